@@ -1,0 +1,45 @@
+"""``optout migrate`` and ``optout topics``: set-up commands for operators."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from services.common.db import check_database, migrate
+from services.common.kafka import check_broker, create_topics
+from services.common.settings import settings
+
+
+def cmd_migrate(_args: argparse.Namespace) -> int:
+    cfg = settings()
+    check_database(cfg.admin_dsn())
+    applied = migrate(cfg.admin_dsn(), cfg.database_app_role)
+    if applied:
+        sys.stdout.write("applied: " + ", ".join(applied) + "\n")
+    else:
+        sys.stdout.write("database schema is up to date\n")
+    return 0
+
+
+def cmd_topics_create(args: argparse.Namespace) -> int:
+    cfg = settings()
+    check_broker(cfg)
+    created = create_topics(cfg, cfg.all_topics(), partitions=args.partitions)
+    for topic in cfg.all_topics():
+        state = "created" if topic in created else "exists"
+        sys.stdout.write(f"{state:8} {topic}\n")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("migrate", help="apply database migrations (idempotent)",
+                       description="Apply pending SQL migrations with OPTOUT_ADMIN_DATABASE_URL "
+                       "and grant the app role DML rights.")
+    p.set_defaults(handler=cmd_migrate)
+
+    topics = sub.add_parser("topics", help="manage the pipeline's Kafka topics")
+    tsub = topics.add_subparsers(dest="topics_command", metavar="ACTION", required=True)
+    create = tsub.add_parser("create", help="create every topic of the pipeline that is missing")
+    create.add_argument("--partitions", type=int, default=None,
+                        help="partitions per topic (default: OPTOUT_TOPIC_PARTITIONS)")
+    create.set_defaults(handler=cmd_topics_create)

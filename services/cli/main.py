@@ -1,0 +1,59 @@
+"""``optout``: one command for operators, upstream teams and SREs.
+
+Every subcommand fails with one clear line on stderr and a non-zero exit, never a
+traceback, when a setting is wrong or the broker or database is unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from services.cli import admin, requests, runner
+from services.common.errors import ConfigurationError, OptoutError, PoisonMessage, RetriableError
+from services.common.logging import configure_logging
+from services.common.settings import settings
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="optout",
+        description="Carry opt-out requests from intake to every destination and confirm them.",
+        epilog="Settings come from OPTOUT_* environment variables (see README / .env.example).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    runner.add_commands(sub)
+    admin.add_commands(sub)
+    requests.add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        cfg = settings()
+        configure_logging(cfg.log_level, cfg.log_format)
+        return handler(args)
+    except ConfigurationError as exc:
+        sys.stderr.write(f"optout: {exc}\n")
+        return 2
+    except PoisonMessage as exc:
+        sys.stderr.write(f"optout: invalid request: {exc}\n")
+        return 2
+    except RetriableError as exc:
+        sys.stderr.write(f"optout: {exc} (transient; try again)\n")
+        return 3
+    except OptoutError as exc:
+        sys.stderr.write(f"optout: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

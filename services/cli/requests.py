@@ -1,0 +1,127 @@
+"""``optout publish`` and ``optout status``: for upstream teams and operators."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from services.common.errors import ConfigurationError, PoisonMessage
+from services.common.kafka import check_broker
+from services.common.request_status import request_status
+from services.common.settings import settings
+from services.publisher.publish import Prepared, RequestPublisher
+
+
+def _read_jsonl(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    stream = sys.stdin if path == "-" else Path(path).open(encoding="utf-8")  # noqa: SIM115
+    with stream:
+        for number, line in enumerate(stream, start=1):
+            if line.strip():
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ConfigurationError(f"{path}:{number}: not JSON ({exc.msg})") from None
+                if not isinstance(value, dict):
+                    raise ConfigurationError(f"{path}:{number}: expected a JSON object")
+                yield number, value
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    cfg = settings()
+    publisher = RequestPublisher(cfg)
+    prepared: list[Prepared] = []
+    errors = 0
+    if args.file:
+        for number, fields in _read_jsonl(args.file):
+            try:
+                prepared.append(publisher.prepare(fields))
+            except (PoisonMessage, ValueError, TypeError) as exc:
+                errors += 1
+                sys.stderr.write(f"{args.file}:{number}: invalid request: {exc}\n")
+    else:
+        fields = {
+            k: v for k, v in {
+                "event_id": args.event_id, "customer_id": args.customer_id, "email": args.email,
+                "phone": args.phone, "scopes": args.scopes, "source": args.source,
+                "jurisdiction": args.jurisdiction, "requested_at": args.requested_at,
+            }.items() if v is not None
+        }
+        if args.postal_address:
+            fields["postal_address"] = json.loads(args.postal_address)
+        prepared.append(publisher.prepare(fields))
+    if errors and not args.skip_invalid:
+        sys.stderr.write(f"optout: {errors} invalid request(s); nothing sent "
+                         "(use --skip-invalid to send the valid ones)\n")
+        return 2
+    check_broker(cfg)
+    sent = 0
+    chunk = 10_000
+    for start in range(0, len(prepared), chunk):
+        sent += publisher.publish(prepared[start:start + chunk])
+        if len(prepared) > chunk:
+            sys.stderr.write(f"sent {sent}/{len(prepared)}\n")
+    for item in prepared[:20] if not args.quiet else []:
+        sys.stdout.write(f"sent event_id={item.record['event_id']} scopes="
+                         f"{','.join(item.record['scopes'])} -> {cfg.requests_topic}\n")
+    if len(prepared) > 20 and not args.quiet:
+        sys.stdout.write(f"... and {len(prepared) - 20} more\n")
+    sys.stdout.write(f"published {sent} request(s) to {cfg.requests_topic}"
+                     f"{f', skipped {errors} invalid' if errors else ''}\n")
+    return 0
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds")
+    return "-" if value is None else str(value)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = request_status(settings(), args.event_id)
+    if status is None:
+        sys.stderr.write(f"optout: no request with event_id {args.event_id!r}\n")
+        return 1
+    if args.json:
+        sys.stdout.write(json.dumps(status, default=_fmt, indent=2) + "\n")
+        return 0
+    for key, value in status.items():
+        if key != "destinations":
+            sys.stdout.write(f"{key:14} {_fmt(value) if not isinstance(value, list) else ','.join(value)}\n")
+    sys.stdout.write(f"\n{'DESTINATION':22} {'STATUS':19} {'SENT':>4} {'ACKED AT':26} DETAIL\n")
+    for d in status["destinations"]:
+        sys.stdout.write(f"{d['destination']:22} {d['status']:19} {d['issue_count']:>4} "
+                         f"{_fmt(d['acked_at']):26} {_fmt(d['detail'])}\n")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "publish", help="publish OptOutRequested events (validated first)",
+        description="Publish one request from flags, or many from a JSON-lines file (one object "
+        "per line with the OptOutRequested fields). Every request is validated with intake's "
+        "rules before anything is sent.",
+    )
+    p.add_argument("--file", "-f", help="JSON-lines file ('-' for stdin)")
+    p.add_argument("--event-id", help="idempotency key (default: a new UUID)")
+    p.add_argument("--customer-id")
+    p.add_argument("--email")
+    p.add_argument("--phone")
+    p.add_argument("--postal-address", help="JSON object: name, lines, city, region, postal_code, country")
+    p.add_argument("--scopes", default="ALL",
+                   help="comma-separated: EMAIL_MARKETING, POSTAL_MARKETING, THIRD_PARTY_SHARING, ALL")
+    p.add_argument("--source", default="API")
+    p.add_argument("--jurisdiction", help="e.g. US-CA, US, EU")
+    p.add_argument("--requested-at", help="ISO-8601 time with zone (default: now)")
+    p.add_argument("--skip-invalid", action="store_true", help="send the valid lines of a file")
+    p.add_argument("--quiet", "-q", action="store_true", help="print only the summary line")
+    p.set_defaults(handler=cmd_publish)
+
+    s = sub.add_parser("status", help="show a request and each destination's state")
+    s.add_argument("event_id")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(handler=cmd_status)

@@ -1,0 +1,206 @@
+"""The one consume loop every service runs (after getsentry/arroyo's run loop).
+
+A service provides a *step* with a tiny interface::
+
+    submit(messages)  # make the batch durable (database commit, delivery reports); idempotent
+    poll()            # serve callbacks and periodic work between batches
+    close()
+
+The loop does the rest: consume a batch, hand it to the step, commit offsets only
+after ``submit`` returned, retry ``RetriableError`` with exponential backoff and
+jitter (tenacity) while keeping the consumer alive with partitions paused, handle
+cooperative rebalances and stop cleanly on SIGTERM after the current batch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from tenacity import (
+    RetryCallState,
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    wait_exponential_jitter,
+)
+
+from services.common import metrics
+from services.common.errors import RetriableError
+from services.common.kafka import make_consumer, next_offsets
+from services.common.logging import get_logger
+from services.common.settings import Settings
+
+log = get_logger(__name__)
+
+
+class Step(Protocol):
+    def submit(self, messages: Sequence[Message]) -> None: ...
+
+    def poll(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ConsumerLoop:
+    def __init__(
+        self,
+        settings: Settings,
+        service: str,
+        topics: list[str],
+        step: Step,
+        stop: threading.Event,
+        group_id: str | None = None,
+        consumer_overrides: dict[str, Any] | None = None,
+        heartbeat: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.service = service
+        self.topics = topics
+        self.step = step
+        self.stop = stop
+        self.group_id = group_id or settings.group(service)
+        self._overrides = consumer_overrides or {}
+        self._heartbeat = heartbeat or (lambda: None)
+        self._revoked_during_batch = False
+        self.consumer: Consumer | None = None
+        metrics.init_service_metrics(service, topics)
+
+    # --- rebalance callbacks ------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        metrics.REBALANCES.labels(self.service, "assigned").inc()
+        metrics.ASSIGNED_PARTITIONS.labels(self.service).set(len(consumer.assignment()))
+        log.info("partitions assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Batches are committed synchronously before the next consume(), so nothing of a
+        # revoked partition is pending here unless we are retrying a batch: then the batch
+        # is finished by its retry and the new owner re-processes (idempotently).
+        self._revoked_during_batch = True
+        metrics.REBALANCES.labels(self.service, "revoked").inc()
+        metrics.ASSIGNED_PARTITIONS.labels(self.service).set(
+            max(0, len(consumer.assignment()) - len(partitions))
+        )
+        log.info("partitions revoked", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._revoked_during_batch = True
+        metrics.REBALANCES.labels(self.service, "lost").inc()
+        log.warning("partitions lost", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+
+    # --- the loop -------------------------------------------------------------------
+    def run(self) -> None:
+        consumer = make_consumer(self.settings, self.group_id, **self._overrides)
+        self.consumer = consumer
+        consumer.subscribe(
+            self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        log.info("consuming", topics=self.topics, group=self.group_id)
+        timeout = self.settings.batch_timeout_ms / 1000
+        try:
+            while not self.stop.is_set():
+                messages = consumer.consume(self.settings.batch_size, timeout)
+                self._heartbeat()
+                self.step.poll()
+                batch = [m for m in messages if self._usable(m)]
+                if batch:
+                    self._process(consumer, batch)
+        finally:
+            log.info("closing consumer")
+            try:
+                self.step.close()
+            finally:
+                consumer.close()
+                self.consumer = None
+
+    def _usable(self, message: Message) -> bool:
+        err = message.error()
+        if err is None:
+            return True
+        if err.code() == KafkaError._PARTITION_EOF:
+            return False
+        if err.fatal():
+            raise KafkaException(err)
+        log.warning("consume error", code=err.name(), reason=err.str())
+        return False
+
+    def _process(self, consumer: Consumer, batch: list[Message]) -> None:
+        started = time.monotonic()
+        self._revoked_during_batch = False
+        idled = False
+
+        def idle(seconds: float) -> None:
+            nonlocal idled
+            idled = True
+            self._idle(consumer, seconds)
+
+        def before_sleep(state: RetryCallState) -> None:
+            metrics.RETRIES.labels(self.service, "batch").inc()
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning("batch failed; retrying", attempt=state.attempt_number,
+                        error=str(exc), wait_seconds=round(state.upcoming_sleep, 2))
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(RetriableError),
+            wait=wait_exponential_jitter(initial=0.2, max=self.settings.retry_max_backoff_seconds),
+            stop=lambda _state: self.stop.is_set(),
+            sleep=idle,
+            before_sleep=before_sleep,
+            reraise=False,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    self.step.submit(batch)
+        except RetryError:
+            log.warning("stopping while a batch was failing; it will be redelivered",
+                        messages=len(batch))
+            return
+        finally:
+            if idled:
+                self._reposition(consumer, batch)
+        self._commit(consumer, batch)
+        metrics.BATCH_SIZE.labels(self.service).observe(len(batch))
+        metrics.BATCH_SECONDS.labels(self.service).observe(time.monotonic() - started)
+        metrics.LAST_PROCESSED.labels(self.service).set_to_current_time()
+
+    def _idle(self, consumer: Consumer, seconds: float) -> None:
+        """Wait out a backoff while staying in the group: pause, keep polling, resume."""
+        assignment = consumer.assignment()
+        consumer.pause(assignment)
+        deadline = time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline and not self.stop.is_set():
+                consumer.poll(min(0.2, max(0.0, deadline - time.monotonic())))
+                self._heartbeat()
+                self.step.poll()
+        finally:
+            consumer.resume(consumer.assignment())
+
+    def _reposition(self, consumer: Consumer, batch: list[Message]) -> None:
+        """After idling, point each partition still ours just past the batch, so nothing
+        fetched during the pause is skipped."""
+        assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        for tp in next_offsets(batch):
+            if (tp.topic, tp.partition) in assigned:
+                try:
+                    consumer.seek(tp)
+                except KafkaException as exc:
+                    log.warning("seek failed", topic=tp.topic, partition=tp.partition, error=str(exc))
+
+    def _commit(self, consumer: Consumer, batch: list[Message]) -> None:
+        offsets = next_offsets(batch)
+        if self._revoked_during_batch:
+            assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+            offsets = [tp for tp in offsets if (tp.topic, tp.partition) in assigned]
+        if not offsets:
+            return
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # The work is durable and idempotent: a failed commit means redelivery, not loss.
+            log.warning("offset commit failed; batch will be redelivered", error=str(exc))
+

@@ -1,0 +1,121 @@
+"""PostgreSQL access: connections with retries at the edge, and versioned migrations.
+
+Migrations are the SQL files in ``migrations/`` named ``NNNN_description.sql``,
+applied in order, each in its own transaction, recorded in ``schema_migrations``.
+A second run changes nothing. They run with the admin role; afterwards the app
+role gets DML rights (and nothing else) on every table.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from services.common.errors import ConfigurationError, RetriableError
+from services.common.logging import get_logger
+
+log = get_logger(__name__)
+
+CONNECT_TIMEOUT_SECONDS = 10
+
+
+def connect(dsn: str, autocommit: bool = False, **kwargs: Any) -> psycopg.Connection[Any]:
+    """Open one connection; transient failures become ``RetriableError``."""
+    try:
+        return psycopg.connect(
+            dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            application_name="optout", **kwargs,
+        )
+    except psycopg.OperationalError as exc:
+        raise RetriableError(f"database unreachable: {first_line(exc)}") from exc
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_database(dsn: str) -> None:
+    """Raise ``ConfigurationError`` with one clear line when the database is unusable."""
+    try:
+        with psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        raise ConfigurationError(
+            f"PostgreSQL is not usable ({first_line(exc)}); check OPTOUT_DATABASE_URL "
+            "or run 'make up'"
+        ) from None
+
+
+def migration_files() -> list[tuple[int, str, str]]:
+    """``(version, name, sql)`` of every migration, in order."""
+    folder = resources.files("services.common") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append((version, entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def migrate(admin_dsn: str, app_role: str | None) -> list[str]:
+    """Apply pending migrations; return the names applied (empty when up to date)."""
+    applied: list[str] = []
+    with connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for version, name, body in migration_files():
+            with conn.transaction():
+                # Serialise concurrent migrators.
+                conn.execute("LOCK TABLE schema_migrations IN EXCLUSIVE MODE")
+                done = conn.execute(
+                    "SELECT 1 FROM schema_migrations WHERE version = %s", (version,)
+                ).fetchone()
+                if done:
+                    continue
+                conn.execute(body.encode())
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                    (version, name),
+                )
+                applied.append(name)
+                log.info("migration applied", migration=name)
+        if app_role:
+            _grant_dml(conn, app_role)
+    return applied
+
+
+def _grant_dml(conn: psycopg.Connection[Any], role: str) -> None:
+    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+    if not exists:
+        log.warning("application role does not exist; no grants made", role=role)
+        return
+    ident = sql.Identifier(role)
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(ident))
+    conn.execute(
+        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}")
+        .format(ident)
+    )
+    conn.execute(sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(ident))
+    conn.execute(sql.SQL("REVOKE ALL ON schema_migrations FROM {}").format(ident))
+    conn.execute(sql.SQL("GRANT SELECT ON schema_migrations TO {}").format(ident))
+
+
+def require_schema(dsn: str) -> None:
+    """Fail with a clear line when migrations have not been applied."""
+    try:
+        with psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
+            row = conn.execute("SELECT to_regclass('public.requests')").fetchone()
+    except psycopg.Error as exc:
+        raise ConfigurationError(
+            f"PostgreSQL is not usable ({first_line(exc)}); check OPTOUT_DATABASE_URL "
+            "or run 'make up'"
+        ) from None
+    if not row or row[0] is None:
+        raise ConfigurationError("the database has no optout tables; run 'optout migrate' first")

@@ -1,0 +1,98 @@
+"""When an opt-out is legally due, from its jurisdiction and scopes.
+
+The strictest rule that applies wins. Business days are Monday to Friday (public
+holidays are not subtracted, which makes every deadline here earlier, never later).
+
+| rule | applies to | due after |
+|---|---|---|
+| mailbox providers (Gmail/Yahoo bulk-sender rules) | email marketing, anywhere | 48 hours |
+| CAN-SPAM | email marketing, US | 10 business days |
+| CCPA/CPRA | every scope, US-CA | 15 business days |
+| GDPR art. 12(3) | every scope, EU/EEA/UK | 1 month |
+| default | only when no rule above applies | 15 business days |
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from services.common.contract import Scope
+
+EEA_AND_UK = frozenset(
+    ["AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT", "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE", "IS", "LI", "NO", "GB", "UK"]
+)
+
+
+def add_business_days(start: datetime, days: int) -> datetime:
+    """``start`` plus ``days`` business days (Mon-Fri), keeping the time of day."""
+    moment = start
+    remaining = days
+    while remaining > 0:
+        moment += timedelta(days=1)
+        if moment.weekday() < 5:
+            remaining -= 1
+    return moment
+
+
+def add_months(start: datetime, months: int) -> datetime:
+    month_index = start.month - 1 + months
+    year = start.year + month_index // 12
+    month = month_index % 12 + 1
+    day = min(start.day, calendar.monthrange(year, month)[1])
+    return start.replace(year=year, month=month, day=day)
+
+
+def _is_us(j: str) -> bool:
+    return j == "US" or j.startswith("US-")
+
+
+def _is_gdpr(j: str) -> bool:
+    return j in ("EU", "EEA") or j.split("-")[0] in EEA_AND_UK
+
+
+@dataclass(frozen=True)
+class DeadlineRule:
+    name: str
+    scopes: frozenset[Scope] | None  # None: every scope
+    jurisdiction: Callable[[str], bool] | None  # None: anywhere
+    due: Callable[[datetime], datetime]
+
+    def applies(self, scopes: frozenset[Scope], jurisdiction: str) -> bool:
+        if self.scopes is not None and not (self.scopes & scopes):
+            return False
+        return self.jurisdiction is None or self.jurisdiction(jurisdiction)
+
+
+_EMAIL = frozenset({Scope.EMAIL_MARKETING, Scope.ALL})
+
+RULES: tuple[DeadlineRule, ...] = (
+    DeadlineRule("mailbox-providers-48h", _EMAIL, None, lambda t: t + timedelta(hours=48)),
+    DeadlineRule("CAN-SPAM", _EMAIL, _is_us, lambda t: add_business_days(t, 10)),
+    DeadlineRule("CCPA", None, lambda j: j == "US-CA", lambda t: add_business_days(t, 15)),
+    DeadlineRule("GDPR", None, _is_gdpr, lambda t: add_months(t, 1)),
+    DeadlineRule("default", None, None, lambda t: add_business_days(t, 15)),
+)
+
+
+def governing_rule_of(
+    requested_at: datetime, scopes: Iterable[Scope], jurisdiction: str | None
+) -> DeadlineRule:
+    """The rule that sets the due time: the earliest of those that apply (the default
+    rule only when no other applies)."""
+    scope_set = frozenset(scopes)
+    where = (jurisdiction or "").strip().upper()
+    applicable = [r for r in RULES[:-1] if r.applies(scope_set, where)] or [RULES[-1]]
+    return min(applicable, key=lambda r: r.due(requested_at))
+
+
+def due_at(requested_at: datetime, scopes: Iterable[Scope], jurisdiction: str | None) -> datetime:
+    return governing_rule_of(requested_at, scopes, jurisdiction).due(requested_at)
+
+
+def governing_rule(
+    requested_at: datetime, scopes: Iterable[Scope], jurisdiction: str | None
+) -> str:
+    return governing_rule_of(requested_at, scopes, jurisdiction).name

@@ -1,0 +1,40 @@
+"""The three ways processing a message can fail (after getsentry/arroyo).
+
+* ``RetriableError``: the world is temporarily broken (database down, broker
+  unreachable). Retry the same batch with backoff; commit nothing meanwhile.
+* ``PoisonMessage``: this message can never be processed. Send it to the DLQ with
+  its reason and carry on with the others.
+* ``Backpressure``: a downstream step is full; try again shortly without counting
+  it as an error.
+"""
+
+from __future__ import annotations
+
+
+class OptoutError(Exception):
+    """Base class of the project's own errors."""
+
+
+class ConfigurationError(OptoutError):
+    """A setting is missing or wrong; the message says which and what to check."""
+
+
+class RetriableError(OptoutError):
+    """A transient failure: the same work will succeed later."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PoisonMessage(OptoutError):
+    """A message that can never be processed. ``reason`` is a short machine-readable code."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class Backpressure(OptoutError):
+    """Downstream is full; retry soon."""

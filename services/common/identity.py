@@ -1,0 +1,98 @@
+"""Normalization, validation and hashing of personal identifiers.
+
+Pure functions: unit tests and property tests call them without a broker.
+Every failure raises ``PoisonMessage`` with a machine-readable reason, because a
+request with a malformed identifier can never be processed as sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+
+import phonenumbers
+
+from services.common.errors import PoisonMessage
+
+MAX_EMAIL_LENGTH = 254
+MAX_LOCAL_PART = 64
+MAX_TEXT_FIELD = 512
+
+# Deliberately simple and strict: no quoted local parts, no IP-literal domains,
+# no whitespace. International domains and local parts (UTF-8) are allowed.
+_EMAIL_LOCAL = re.compile(r"^[^\s@\"(),:;<>\[\]\\]+$")
+_DOMAIN_LABEL = re.compile(r"^(?!-)[^\s@\"(),:;<>\[\]\\.]{1,63}(?<!-)$")
+
+
+def check_text(field: str, value: str, max_length: int = MAX_TEXT_FIELD) -> str:
+    """Reject text the database cannot hold or that is absurdly long."""
+    if "\x00" in value:
+        raise PoisonMessage("invalid_characters", f"{field} contains a NUL character")
+    if len(value) > max_length:
+        raise PoisonMessage("field_too_long", f"{field} is longer than {max_length} characters")
+    return value
+
+
+def normalize_email(raw: str) -> str:
+    """Trim and lower-case an email address; raise ``PoisonMessage('invalid_email')``."""
+    email = unicodedata.normalize("NFC", raw.strip()).lower()
+    if len(email) > MAX_EMAIL_LENGTH or email.count("@") != 1:
+        raise PoisonMessage("invalid_email", "not a single-@ address of at most 254 characters")
+    local, _, domain = email.partition("@")
+    if not local or len(local) > MAX_LOCAL_PART or not _EMAIL_LOCAL.match(local):
+        raise PoisonMessage("invalid_email", "bad local part")
+    if local.startswith(".") or local.endswith(".") or ".." in local:
+        raise PoisonMessage("invalid_email", "bad dots in local part")
+    labels = domain.split(".")
+    if len(labels) < 2 or not all(_DOMAIN_LABEL.match(label) for label in labels):
+        raise PoisonMessage("invalid_email", "bad domain")
+    if any(unicodedata.category(ch).startswith("C") for ch in email):
+        raise PoisonMessage("invalid_email", "control or format characters")
+    return email
+
+
+def normalize_phone(raw: str, default_region: str = "US") -> str:
+    """Return the E.164 form of a phone number; raise ``PoisonMessage('invalid_phone')``."""
+    text = raw.strip()
+    if not text or len(text) > 40:
+        raise PoisonMessage("invalid_phone", "empty or longer than 40 characters")
+    try:
+        parsed = phonenumbers.parse(text, default_region)
+    except phonenumbers.NumberParseException as exc:
+        raise PoisonMessage("invalid_phone", exc._msg) from None
+    if not phonenumbers.is_possible_number(parsed):
+        raise PoisonMessage("invalid_phone", "not a possible phone number")
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def sha256_hex(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def subject_key(
+    customer_id: str | None, email: str | None, phone: str | None, postal_key: str | None
+) -> str:
+    """The Kafka key of an OptOutRequested: customer id, else email, else phone, else address.
+
+    All requests about one person land on one partition, in order.
+    """
+    for prefix, value in (("cust", customer_id), ("email", email), ("phone", phone)):
+        if value:
+            return f"{prefix}:{value}"
+    if postal_key:
+        return f"postal:{sha256_hex(postal_key)}"
+    raise PoisonMessage("no_identifier", "customer_id, email, phone and postal_address are all empty")
+
+
+def mask_email(email: str) -> str:
+    """``jane.doe@example.com`` -> ``j•••••e@e•••••e.com``: enough for a person to recognise."""
+    local, _, domain = email.partition("@")
+    host, _, tld = domain.rpartition(".")
+
+    def mask(part: str) -> str:
+        if len(part) <= 2:
+            return part[:1] + "•"
+        return part[0] + "•" * min(len(part) - 2, 5) + part[-1]
+
+    return f"{mask(local)}@{mask(host)}.{tld}" if host else f"{mask(local)}@{mask(domain)}"

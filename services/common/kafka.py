@@ -1,0 +1,197 @@
+"""Kafka client factories and helpers shared by every service.
+
+confluent-kafka practice: poll -> check ``msg.error()`` -> process -> commit ->
+``close()`` in ``finally``; ``producer.poll(0)`` in loops; delivery reports checked
+before offsets are committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from services.common.errors import ConfigurationError, RetriableError
+from services.common.logging import get_logger
+from services.common.settings import Settings
+
+log = get_logger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+
+def _error_cb(err: KafkaError) -> None:
+    # librdkafka reports broker-down etc. here; it reconnects by itself.
+    log.warning("kafka client error", code=err.name(), reason=err.str())
+
+
+def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        **settings.kafka_config(),
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "message.timeout.ms": 30_000,
+        "error_cb": _error_cb,
+    }
+    config.update(overrides)
+    return config
+
+
+def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        **settings.kafka_config(),
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "max.poll.interval.ms": settings.max_poll_interval_ms,
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 1_000,
+        "fetch.wait.max.ms": 50,
+        "error_cb": _error_cb,
+    }
+    config.update(overrides)
+    return config
+
+
+def make_producer(settings: Settings, **overrides: Any) -> Producer:
+    return Producer(producer_config(settings, **overrides))
+
+
+def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> Consumer:
+    return Consumer(consumer_config(settings, group_id, **overrides))
+
+
+def make_admin(settings: Settings) -> AdminClient:
+    return AdminClient(settings.kafka_config())
+
+
+def check_broker(settings: Settings, timeout: float = 10.0) -> None:
+    """Raise ``ConfigurationError`` with one clear line when the broker does not answer."""
+    admin = make_admin(settings)
+    try:
+        admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise ConfigurationError(
+            f"Kafka at {settings.kafka_bootstrap} did not answer within {timeout:.0f}s "
+            f"({exc.args[0].str() if exc.args else exc}); check OPTOUT_KAFKA_BOOTSTRAP and "
+            "the security settings, or run 'make up'"
+        ) from None
+
+
+def create_topics(
+    settings: Settings, topics: Iterable[str], partitions: int | None = None, timeout: float = 30.0
+) -> list[str]:
+    """Create the topics that do not exist yet; return the ones created."""
+    admin = make_admin(settings)
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    wanted = [t for t in topics if t not in existing]
+    if not wanted:
+        return []
+    futures = admin.create_topics(
+        [
+            NewTopic(t, num_partitions=partitions or settings.topic_partitions,
+                     replication_factor=settings.topic_replication_factor)
+            for t in wanted
+        ],
+        operation_timeout=timeout,
+    )
+    created = []
+    for topic, future in futures.items():
+        try:
+            future.result()
+            created.append(topic)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    return created
+
+
+@dataclass
+class DeliveryTracker:
+    """Counts delivery reports of one batch; ``wait()`` flushes and raises on any failure."""
+
+    producer: Producer
+    pending: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+        self.pending -= 1
+        if err is not None:
+            self.failures.append(f"{err.name()}: {err.str()}")
+
+    def produce(
+        self, topic: str, value: bytes, key: bytes | str | None = None,
+        headers: Headers | None = None,
+    ) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, headers=headers,
+                                      on_delivery=self._on_delivery)
+                break
+            except BufferError:
+                # Local queue full: serve delivery reports to make room (backpressure).
+                self.producer.poll(0.1)
+        self.pending += 1
+        self.producer.poll(0)
+
+    def wait(self, timeout: float = 30.0) -> None:
+        remaining = self.producer.flush(timeout)
+        if remaining or self.pending > 0:
+            raise RetriableError(f"{self.pending} messages not delivered within {timeout:.0f}s")
+        if self.failures:
+            first = self.failures[0]
+            count = len(self.failures)
+            self.failures = []
+            raise RetriableError(f"{count} messages failed delivery (first: {first})")
+
+
+def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
+    """Offsets to commit after ``messages``: highest offset + 1 per partition."""
+    highest: dict[tuple[str, int], int] = {}
+    for m in messages:
+        tp = (m.topic() or "", m.partition() or 0)
+        offset = m.offset() or 0
+        if offset >= highest.get(tp, -1):
+            highest[tp] = offset
+    return [TopicPartition(t, p, o + 1) for (t, p), o in highest.items()]
+
+
+def first_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
+    """Lowest offset per partition (to seek back to when a batch is abandoned)."""
+    lowest: dict[tuple[str, int], int] = {}
+    for m in messages:
+        tp = (m.topic() or "", m.partition() or 0)
+        offset = m.offset() or 0
+        if tp not in lowest or offset < lowest[tp]:
+            lowest[tp] = offset
+    return [TopicPartition(t, p, o) for (t, p), o in lowest.items()]
+
+
+def dlq_headers(message: Message, reason: str, detail: str, service: str) -> Headers:
+    """Headers of a dead-lettered message: why, and where it came from."""
+    original = list(message.headers() or [])
+    return [
+        *((k, v if isinstance(v, bytes) else b"") for k, v in original),
+        ("optout.dlq.reason", reason.encode()),
+        ("optout.dlq.detail", detail.encode("utf-8", "replace")[:1000]),
+        ("optout.dlq.service", service.encode()),
+        ("optout.dlq.topic", (message.topic() or "").encode()),
+        ("optout.dlq.partition", str(message.partition()).encode()),
+        ("optout.dlq.offset", str(message.offset()).encode()),
+    ]
+
+
+def header_value(message: Message, name: str) -> str | None:
+    for key, value in message.headers() or []:
+        if key == name and value is not None:
+            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return None
+
+
+OnAssign = Callable[[Consumer, list[TopicPartition]], None]

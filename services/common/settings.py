@@ -1,0 +1,150 @@
+"""Typed, validated settings from ``OPTOUT_*`` environment variables (and ``.env``).
+
+One frozen object per process. Secrets are ``SecretStr``: never printed, never
+logged. ``kafka_config()`` is the one place that yields the librdkafka dict.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.contract import DESTINATIONS
+from services.common.errors import ConfigurationError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="OPTOUT_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    # --- Kafka -----------------------------------------------------------------
+    kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers.")
+    kafka_security_protocol: str = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256, ...")
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: str | None = None
+    kafka_extra: dict[str, str] = Field(
+        default_factory=dict,
+        description="More librdkafka settings as a JSON object, passed through to every client.",
+    )
+    topic_prefix: str = Field("", description="Prepended to every topic name (isolation).")
+    topic_partitions: int = Field(6, ge=1, le=1000)
+    topic_replication_factor: int = Field(1, ge=1)
+
+    # --- PostgreSQL ------------------------------------------------------------
+    database_url: SecretStr = Field(
+        SecretStr("postgresql://optout_app:app-secret@127.0.0.1:15432/optout"),
+        description="The services' own role: reads and writes tables, no DDL.",
+    )
+    admin_database_url: SecretStr | None = Field(
+        None, description="Role that runs migrations (DDL). Defaults to database_url."
+    )
+    database_app_role: str = Field("optout_app", description="Role migrations grant DML to.")
+
+    # --- Processing ------------------------------------------------------------
+    batch_size: int = Field(1000, ge=1, le=100_000)
+    batch_timeout_ms: int = Field(100, ge=1)
+    max_poll_interval_ms: int = Field(300_000, ge=10_000)
+    clock_skew_seconds: int = Field(300, ge=0, description="Allowed future requested_at.")
+    default_phone_region: str = Field("US", min_length=2, max_length=2)
+    retry_max_backoff_seconds: float = Field(30.0, gt=0)
+
+    # --- Observability ---------------------------------------------------------
+    log_format: str = Field("auto", pattern="^(auto|json|console)$")
+    log_level: str = Field("info")
+    metrics_port: int = Field(0, ge=0, le=65535, description="0 disables the HTTP endpoint.")
+
+    @field_validator("kafka_extra", mode="before")
+    @classmethod
+    def _parse_extra(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
+
+    # --- Derived ---------------------------------------------------------------
+    def kafka_config(self) -> dict[str, str]:
+        """The librdkafka settings common to every client (producer, consumer, admin)."""
+        config: dict[str, str] = {
+            "bootstrap.servers": self.kafka_bootstrap,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            config["sasl.mechanism"] = self.kafka_sasl_mechanism
+        if self.kafka_sasl_username:
+            config["sasl.username"] = self.kafka_sasl_username
+        if self.kafka_sasl_password:
+            config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_ssl_ca_location:
+            config["ssl.ca.location"] = self.kafka_ssl_ca_location
+        config.update(self.kafka_extra)
+        return config
+
+    def dsn(self) -> str:
+        return self.database_url.get_secret_value()
+
+    def admin_dsn(self) -> str:
+        return (self.admin_database_url or self.database_url).get_secret_value()
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def requests_topic(self) -> str:
+        return self.topic("optout.requests")
+
+    @property
+    def requests_dlq_topic(self) -> str:
+        return self.topic("optout.requests.dlq")
+
+    @property
+    def acks_topic(self) -> str:
+        return self.topic("optout.acks")
+
+    @property
+    def acks_dlq_topic(self) -> str:
+        return self.topic("optout.acks.dlq")
+
+    @property
+    def confirmations_topic(self) -> str:
+        return self.topic("optout.confirmations")
+
+    def suppress_topic(self, destination_id: str) -> str:
+        return self.topic(f"optout.suppress.{destination_id}")
+
+    def all_topics(self) -> list[str]:
+        return [
+            self.requests_topic,
+            self.requests_dlq_topic,
+            *(self.suppress_topic(d.id) for d in DESTINATIONS),
+            self.acks_topic,
+            self.acks_dlq_topic,
+            self.confirmations_topic,
+        ]
+
+    def group(self, service: str) -> str:
+        return f"{self.topic_prefix}optout.{service}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings; turn validation errors into one clear ``ConfigurationError``."""
+    try:
+        return Settings(**overrides)
+    except (ValidationError, json.JSONDecodeError) as exc:
+        if isinstance(exc, ValidationError):
+            first = exc.errors()[0]
+            name = "OPTOUT_" + "_".join(str(p) for p in first["loc"]).upper()
+            raise ConfigurationError(f"setting {name} is invalid: {first['msg']}") from None
+        raise ConfigurationError(f"setting OPTOUT_KAFKA_EXTRA is not valid JSON: {exc}") from None
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    return load_settings()

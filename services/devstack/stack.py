@@ -1,0 +1,189 @@
+"""Public entry points: bring the local Kafka + PostgreSQL up (or reuse them), stop them, report.
+
+    from services.devstack import ensure_up
+    info = ensure_up()          # idempotent; starts whatever is not running yet
+    os.environ.update(info.env())
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import psycopg
+import structlog
+
+from services.devstack import config as c
+from services.devstack import kafka_broker, postgres_server
+from services.devstack.config import Paths
+from services.devstack.errors import StackError
+from services.devstack.procs import file_lock, port_open
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    kafka_bootstrap: str
+    kafka_sasl_bootstrap: str | None  # SASL_PLAINTEXT/PLAIN listener when the broker is ours
+    database_url: str  # as optout_app (DML only)
+    admin_database_url: str  # as optout_admin (owner of database optout, runs migrations)
+    superuser_database_url: str | None  # as postgres, when the server is ours
+    started_here: bool  # True when devstack manages (started or reused) a local component
+
+    def env(self) -> dict[str, str]:
+        return {
+            c.ENV_KAFKA_BOOTSTRAP: self.kafka_bootstrap,
+            c.ENV_DATABASE_URL: self.database_url,
+            c.ENV_ADMIN_DATABASE_URL: self.admin_database_url,
+        }
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def _kafka(paths: Paths, install: bool) -> tuple[str, str | None, bool]:
+    """(bootstrap, sasl bootstrap, managed locally)."""
+    given = os.environ.get(c.ENV_KAFKA_BOOTSTRAP, "").strip()
+    external = bool(given) and (
+        given != c.LOCAL_KAFKA_BOOTSTRAP
+        # our own address, but held by a broker we did not start: use it as it is
+        or (kafka_broker.running_pid(paths) is None and port_open(c.KAFKA_HOST, c.KAFKA_PORT))
+    )
+    if external:
+        if not kafka_broker.kafka_answers(given, 10.0):
+            raise StackError(
+                f"{c.ENV_KAFKA_BOOTSTRAP} is set to {given} but no Kafka broker answered there "
+                "within 10 s."
+            )
+        log.info("devstack.kafka_external", bootstrap=given)
+        return given, None, False
+    kafka_broker.ensure_running(paths, install)
+    return c.LOCAL_KAFKA_BOOTSTRAP, c.LOCAL_KAFKA_SASL_BOOTSTRAP, True
+
+
+def _postgres(paths: Paths, install: bool) -> tuple[str, str, str | None, bool]:
+    """(app url, admin url, superuser url, managed locally)."""
+    given = os.environ.get(c.ENV_DATABASE_URL, "").strip()
+    external = bool(given) and (
+        given != c.LOCAL_DATABASE_URL
+        or (postgres_server.running_pid(paths) is None and port_open(c.PG_HOST, c.PG_PORT))
+    )
+    if external:
+        admin = os.environ.get(c.ENV_ADMIN_DATABASE_URL, "").strip() or given
+        for url in dict.fromkeys((given, admin)):
+            try:
+                with psycopg.connect(url, connect_timeout=10) as conn:
+                    conn.execute("select 1")
+            except psycopg.Error as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise StackError(
+                    f"The database at {_redact(url)} (from {c.ENV_DATABASE_URL}/"
+                    f"{c.ENV_ADMIN_DATABASE_URL}) is not reachable: {first}."
+                ) from exc
+        log.info("devstack.postgres_external", database_url=_redact(given))
+        return given, admin, None, False
+    postgres_server.ensure_running(paths, install)
+    return (
+        c.LOCAL_DATABASE_URL,
+        c.LOCAL_ADMIN_DATABASE_URL,
+        c.LOCAL_SUPERUSER_DATABASE_URL,
+        True,
+    )
+
+
+def ensure_up(install: bool = True) -> StackInfo:
+    """Make sure a Kafka broker and a PostgreSQL server are reachable; return their addresses.
+
+    Components named by OPTOUT_KAFKA_BOOTSTRAP / OPTOUT_DATABASE_URL are only checked. The
+    rest run locally under the state dir: reused when already running, otherwise started
+    (in parallel, detached so they outlive this process). ``install`` allows fetching the
+    Kafka jars with Maven and installing PostgreSQL with apt-get when missing.
+    """
+    paths = Paths.from_env()
+    paths.state_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with file_lock(paths.lock_file), ThreadPoolExecutor(2, thread_name_prefix="devstack") as pool:
+        kafka_future = pool.submit(_kafka, paths, install)
+        pg_future = pool.submit(_postgres, paths, install)
+        errors: list[BaseException] = []
+        kafka_result = pg_result = None
+        try:
+            kafka_result = kafka_future.result()
+        except BaseException as exc:
+            errors.append(exc)
+        try:
+            pg_result = pg_future.result()
+        except BaseException as exc:
+            errors.append(exc)
+    if errors:
+        for extra in errors[1:]:
+            log.error("devstack.up_failed_also", error=str(extra))
+        raise errors[0]
+    assert kafka_result is not None and pg_result is not None
+    bootstrap, sasl, kafka_local = kafka_result
+    db_url, admin_url, super_url, pg_local = pg_result
+    info = StackInfo(
+        kafka_bootstrap=bootstrap,
+        kafka_sasl_bootstrap=sasl,
+        database_url=db_url,
+        admin_database_url=admin_url,
+        superuser_database_url=super_url,
+        started_here=kafka_local or pg_local,
+    )
+    log.info(
+        "devstack.up",
+        kafka_bootstrap=bootstrap,
+        kafka_sasl_bootstrap=sasl,
+        database_url=_redact(db_url),
+        kafka_log=str(paths.kafka_log) if kafka_local else None,
+        postgres_log=str(paths.pg_log) if pg_local else None,
+        seconds=round(time.monotonic() - started, 1),
+    )
+    return info
+
+
+def down() -> None:
+    """Stop our broker and our PostgreSQL (never external ones); no process is left behind."""
+    paths = Paths.from_env()
+    if not paths.state_dir.is_dir():
+        log.info("devstack.down_nothing_to_stop", state_dir=str(paths.state_dir))
+        return
+    started = time.monotonic()
+    with file_lock(paths.lock_file), ThreadPoolExecutor(2, thread_name_prefix="devstack") as pool:
+        kafka_future = pool.submit(kafka_broker.stop, paths)
+        pg_future = pool.submit(postgres_server.stop, paths)
+        kafka_stopped = kafka_future.result()
+        pg_stopped = pg_future.result()
+    left = [
+        name
+        for name, alive in (
+            ("Kafka", kafka_broker.running_pid(paths) is not None),
+            ("PostgreSQL", postgres_server.running_pid(paths) is not None),
+        )
+        if alive
+    ]
+    if left:
+        raise StackError(f"{' and '.join(left)} still running after stop; check `ps` and the logs.")
+    log.info(
+        "devstack.down",
+        kafka_stopped=kafka_stopped,
+        postgres_stopped=pg_stopped,
+        seconds=round(time.monotonic() - started, 1),
+    )
+
+
+def status() -> dict[str, object]:
+    """What runs where; cheap (no Kafka client, one pg_isready)."""
+    paths = Paths.from_env()
+    kafka: dict[str, object] = kafka_broker.status(paths)
+    postgres: dict[str, object] = postgres_server.status(paths)
+    if given := os.environ.get(c.ENV_KAFKA_BOOTSTRAP, "").strip():
+        kafka["env_override"] = given
+    if given := os.environ.get(c.ENV_DATABASE_URL, "").strip():
+        postgres["env_override"] = _redact(given)
+    return {"state_dir": str(paths.state_dir), "kafka": kafka, "postgres": postgres}

@@ -1,0 +1,114 @@
+"""Recording a batch of requests in PostgreSQL: one transaction, a few round trips.
+
+Rows go in with multi-row ``INSERT ... SELECT FROM unnest(...)`` statements;
+``ON CONFLICT DO NOTHING`` makes a redelivered batch a no-op apart from the
+re-send bookkeeping.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from services.intake.planning import PlannedCommand
+from services.intake.validation import OptOutRequest
+
+
+@dataclass
+class RecordOutcome:
+    new: set[str] = field(default_factory=set)  # event ids recorded now
+    duplicates: set[str] = field(default_factory=set)  # seen before, same content
+    conflicts: set[str] = field(default_factory=set)  # seen before, different content
+    resend: set[str] = field(default_factory=set)  # command ids of duplicates still unacknowledged
+
+
+_INSERT_REQUESTS = """
+INSERT INTO requests (event_id, content_sha256, subject_key, customer_id, email, phone,
+                      postal_address, email_sha256, phone_sha256, scopes, source, jurisdiction,
+                      requested_at, received_at, due_at, deadline_rule)
+SELECT e, c, k, cu, em, ph, pa::jsonb, eh, phh, string_to_array(sc, ','), so, ju, ra, %s, du, dr
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+            %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[],
+            %s::timestamptz[], %s::text[])
+     AS t(e, c, k, cu, em, ph, pa, eh, phh, sc, so, ju, ra, du, dr)
+ON CONFLICT (event_id) DO NOTHING
+RETURNING event_id
+"""
+
+_INSERT_COMMANDS = """
+INSERT INTO destination_status (command_id, event_id, destination, first_issued_at, last_issued_at)
+SELECT c, e, d, %s, %s FROM unnest(%s::text[], %s::text[], %s::text[]) AS t(c, e, d)
+ON CONFLICT (command_id) DO NOTHING
+"""
+
+_EXISTING = "SELECT event_id, content_sha256 FROM requests WHERE event_id = ANY(%s)"
+
+_MARK_RESENT = """
+UPDATE destination_status SET last_issued_at = %s, issue_count = issue_count + 1
+WHERE event_id = ANY(%s) AND status = 'PENDING'
+RETURNING command_id
+"""
+
+
+def record_batch(
+    conn: psycopg.Connection[Any],
+    requests: Sequence[OptOutRequest],
+    commands: dict[str, list[PlannedCommand]],
+    now: datetime,
+) -> RecordOutcome:
+    """Record ``requests`` (unique event ids) and their commands in one transaction."""
+    outcome = RecordOutcome()
+    if not requests:
+        return outcome
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(
+            _INSERT_REQUESTS,
+            (
+                now,
+                [r.event_id for r in requests],
+                [r.content_sha256 for r in requests],
+                [r.subject_key for r in requests],
+                [r.customer_id for r in requests],
+                [r.email for r in requests],
+                [r.phone for r in requests],
+                [json.dumps(r.postal_address) if r.postal_address else None for r in requests],
+                [r.email_sha256 for r in requests],
+                [r.phone_sha256 for r in requests],
+                [",".join(r.scopes) for r in requests],
+                [r.source.value for r in requests],
+                [r.jurisdiction for r in requests],
+                [r.requested_at for r in requests],
+                [r.due_at for r in requests],
+                [r.deadline_rule for r in requests],
+            ),
+        )
+        outcome.new = {row[0] for row in cur.fetchall()}
+        seen_before = [r for r in requests if r.event_id not in outcome.new]
+        if seen_before:
+            cur.execute(_EXISTING, ([r.event_id for r in seen_before],))
+            stored = dict(cur.fetchall())
+            for r in seen_before:
+                if stored.get(r.event_id) == r.content_sha256:
+                    outcome.duplicates.add(r.event_id)
+                else:
+                    outcome.conflicts.add(r.event_id)
+        new_commands = [c for eid in outcome.new for c in commands.get(eid, [])]
+        if new_commands:
+            cur.execute(
+                _INSERT_COMMANDS,
+                (
+                    now, now,
+                    [c.command_id for c in new_commands],
+                    [c.record["request_id"] for c in new_commands],
+                    [c.destination for c in new_commands],
+                ),
+            )
+        if outcome.duplicates:
+            cur.execute(_MARK_RESENT, (now, list(outcome.duplicates)))
+            outcome.resend = {row[0] for row in cur.fetchall()}
+    return outcome

@@ -1,0 +1,149 @@
+"""Decode, validate and normalize one OptOutRequested. Pure: no broker, no database."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from services.common.avro import Codec
+from services.common.contract import Scope, Source
+from services.common.deadlines import due_at, governing_rule
+from services.common.errors import PoisonMessage
+from services.common.identity import (
+    check_text,
+    normalize_email,
+    normalize_phone,
+    sha256_hex,
+    subject_key,
+)
+
+MAX_EVENT_ID = 200
+MAX_ADDRESS_LINES = 6
+
+
+@dataclass(frozen=True)
+class OptOutRequest:
+    """A validated, normalized request, ready to record and fan out."""
+
+    event_id: str
+    customer_id: str | None
+    email: str | None
+    phone: str | None
+    postal_address: dict[str, Any] | None
+    email_sha256: str | None
+    phone_sha256: str | None
+    scopes: tuple[Scope, ...]
+    source: Source
+    jurisdiction: str | None
+    requested_at: datetime
+    due_at: datetime
+    deadline_rule: str
+    subject_key: str
+    content_sha256: str
+
+
+def _optional_text(record: dict[str, Any], field: str, max_length: int = 512) -> str | None:
+    value = record.get(field)
+    if value is None:
+        return None
+    value = check_text(field, str(value), max_length).strip()
+    return value or None
+
+
+def normalize_postal_address(raw: dict[str, Any] | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    lines = [check_text("postal_address.lines", str(x), 200).strip() for x in raw.get("lines", [])]
+    lines = [line for line in lines if line]
+    if len(lines) > MAX_ADDRESS_LINES:
+        raise PoisonMessage("invalid_postal_address", f"more than {MAX_ADDRESS_LINES} lines")
+    address = {
+        "name": " ".join(check_text("postal_address.name", raw.get("name") or "", 300).split()),
+        "lines": [" ".join(line.split()) for line in lines],
+        "city": " ".join(check_text("postal_address.city", raw.get("city") or "", 200).split()),
+        "region": (
+            check_text("postal_address.region", raw["region"], 100).strip().upper() or None
+            if raw.get("region") else None
+        ),
+        "postal_code": check_text("postal_address.postal_code", raw.get("postal_code") or "", 20)
+        .strip().upper(),
+        "country": check_text("postal_address.country", raw.get("country") or "", 60)
+        .strip().upper(),
+    }
+    if not address["lines"] or not address["city"] or not address["postal_code"]:
+        raise PoisonMessage("invalid_postal_address", "lines, city and postal_code are required")
+    if len(address["country"]) != 2 or not address["country"].isalpha():
+        raise PoisonMessage("invalid_postal_address", "country must be an ISO 3166-1 alpha-2 code")
+    return address
+
+
+def postal_key(address: dict[str, Any] | None) -> str | None:
+    if address is None:
+        return None
+    return "|".join([address["name"], *address["lines"], address["city"], address["postal_code"],
+                     address["country"]]).lower()
+
+
+def validate_request(
+    record: dict[str, Any], now: datetime, clock_skew: timedelta, phone_region: str = "US"
+) -> OptOutRequest:
+    """Validate and normalize a decoded OptOutRequested; raise ``PoisonMessage`` with a reason."""
+    event_id = check_text("event_id", str(record.get("event_id") or ""), MAX_EVENT_ID).strip()
+    if not event_id:
+        raise PoisonMessage("invalid_event_id", "event_id is empty")
+    customer_id = _optional_text(record, "customer_id", 200)
+    raw_email = _optional_text(record, "email", 320)
+    raw_phone = _optional_text(record, "phone", 40)
+    email = normalize_email(raw_email) if raw_email else None
+    phone = normalize_phone(raw_phone, phone_region) if raw_phone else None
+    address = normalize_postal_address(record.get("postal_address"))
+    if not (customer_id or email or phone or address):
+        raise PoisonMessage("no_identifier", "customer_id, email, phone and postal_address are empty")
+
+    scopes = tuple(sorted({Scope(s) for s in record.get("scopes") or []}))
+    if not scopes:
+        raise PoisonMessage("empty_scopes", "scopes is empty")
+    source = Source(record.get("source") or Source.OTHER)
+    jurisdiction = _optional_text(record, "jurisdiction", 20)
+    jurisdiction = jurisdiction.upper() if jurisdiction else None
+
+    requested_at = record.get("requested_at")
+    if not isinstance(requested_at, datetime):
+        raise PoisonMessage("invalid_requested_at", "requested_at is not a timestamp")
+    if requested_at > now + clock_skew:
+        raise PoisonMessage(
+            "requested_at_in_future", f"requested_at is more than {clock_skew} after now"
+        )
+
+    content = json.dumps(
+        [customer_id, email, phone, address, [s.value for s in scopes], jurisdiction],
+        sort_keys=True, ensure_ascii=False,
+    )
+    return OptOutRequest(
+        event_id=event_id,
+        customer_id=customer_id,
+        email=email,
+        phone=phone,
+        postal_address=address,
+        email_sha256=sha256_hex(email) if email else None,
+        phone_sha256=sha256_hex(phone) if phone else None,
+        scopes=scopes,
+        source=source,
+        jurisdiction=jurisdiction,
+        requested_at=requested_at,
+        due_at=due_at(requested_at, scopes, jurisdiction),
+        deadline_rule=governing_rule(requested_at, scopes, jurisdiction),
+        subject_key=subject_key(customer_id, email, phone, postal_key(address)),
+        content_sha256=hashlib.sha256(content.encode("utf-8")).hexdigest(),
+    )
+
+
+def decode_request(
+    codec: Codec, payload: bytes | None, now: datetime, clock_skew: timedelta,
+    phone_region: str = "US",
+) -> OptOutRequest:
+    _, record = codec.decode(payload, expect="OptOutRequested")
+    return validate_request(record, now, clock_skew, phone_region)
