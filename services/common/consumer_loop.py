@@ -10,6 +10,11 @@ The loop does the rest: consume a batch, hand it to the step, commit offsets onl
 after ``submit`` returned, retry ``RetriableError`` with exponential backoff and
 jitter (tenacity) while keeping the consumer alive with partitions paused, handle
 cooperative rebalances and stop cleanly on SIGTERM after the current batch.
+
+Observability comes with it: librdkafka statistics feed the consumer-lag gauges
+(``kafka_consumergroup_group_lag`` / ``_lag_seconds``), every poll is a heartbeat for
+``/healthz``, and ``service``/``group`` (plus topic, partition and offset per message at
+debug level) are bound in the log context.
 """
 
 from __future__ import annotations
@@ -19,13 +24,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from tenacity import (
     RetryCallState,
     RetryError,
     Retrying,
     retry_if_exception_type,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 
 from services.common import metrics
@@ -33,6 +39,8 @@ from services.common.errors import RetriableError
 from services.common.kafka import make_consumer, next_offsets
 from services.common.logging import get_logger
 from services.common.settings import Settings
+from services.observability.consumer_lag import STATS_INTERVAL_MS, ConsumerLagTracker
+from services.observability.health import HEALTH, liveness_limit
 
 log = get_logger(__name__)
 
@@ -64,10 +72,22 @@ class ConsumerLoop:
         self.stop = stop
         self.group_id = group_id or settings.group(service)
         self._overrides = consumer_overrides or {}
-        self._heartbeat = heartbeat or (lambda: None)
+        self._extra_heartbeat = heartbeat or (lambda: None)
+        self._health_name = f"{service}[{self.group_id}]"
+        self.lag = ConsumerLagTracker(settings, self.group_id)
         self._revoked_during_batch = False
         self.consumer: Consumer | None = None
         metrics.init_service_metrics(service, topics)
+
+    def _heartbeat(self) -> None:
+        HEALTH.beat(self._health_name)
+        self._extra_heartbeat()
+
+    def _consumer_overrides(self) -> dict[str, Any]:
+        stats: dict[str, Any] = {"stats_cb": self.lag.on_stats}
+        if "statistics.interval.ms" not in self.settings.kafka_extra:
+            stats["statistics.interval.ms"] = STATS_INTERVAL_MS
+        return {**stats, **self._overrides}
 
     # --- rebalance callbacks ------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -93,13 +113,22 @@ class ConsumerLoop:
 
     # --- the loop -------------------------------------------------------------------
     def run(self) -> None:
-        consumer = make_consumer(self.settings, self.group_id, **self._overrides)
+        HEALTH.register_loop(self._health_name, liveness_limit(self.settings))
+        try:
+            with structlog.contextvars.bound_contextvars(service=self.service, group=self.group_id):
+                self._run()
+        finally:
+            HEALTH.unregister_loop(self._health_name)
+
+    def _run(self) -> None:
+        consumer = make_consumer(self.settings, self.group_id, **self._consumer_overrides())
         self.consumer = consumer
         consumer.subscribe(
             self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
         log.info("consuming", topics=self.topics, group=self.group_id)
         timeout = self.settings.batch_timeout_ms / 1000
+        self.lag.start()
         try:
             while not self.stop.is_set():
                 messages = consumer.consume(self.settings.batch_size, timeout)
@@ -113,6 +142,7 @@ class ConsumerLoop:
             try:
                 self.step.close()
             finally:
+                self.lag.stop()
                 consumer.close()
                 self.consumer = None
 
@@ -131,6 +161,8 @@ class ConsumerLoop:
         started = time.monotonic()
         self._revoked_during_batch = False
         idled = False
+        for m in batch:
+            log.debug("message received", topic=m.topic(), partition=m.partition(), offset=m.offset())
 
         def idle(seconds: float) -> None:
             nonlocal idled
@@ -145,7 +177,7 @@ class ConsumerLoop:
 
         retrying = Retrying(
             retry=retry_if_exception_type(RetriableError),
-            wait=wait_exponential_jitter(initial=0.2, max=self.settings.retry_max_backoff_seconds),
+            wait=wait_random_exponential(multiplier=0.2, max=self.settings.retry_max_backoff_seconds),
             stop=lambda _state: self.stop.is_set(),
             sleep=idle,
             before_sleep=before_sleep,

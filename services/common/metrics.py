@@ -7,6 +7,8 @@ so dashboards and alerts see it before the first event. Labels are low-cardinali
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from services.common.logging import get_logger
@@ -47,6 +49,67 @@ LAST_PROCESSED = Gauge(
     "optout_last_record_processed_timestamp_seconds",
     "Unix time the service last finished processing a record.", ["service"],
 )
+REQUESTS_NEEDING_ATTENTION = Gauge(
+    "optout_requests_needing_attention",
+    "Requests a destination refused (state NEEDS_ATTENTION), as of the confirmer's last sweep.",
+)
+
+
+# --- Consumer lag: the names and labels of kafka-lag-exporter, which SREs' dashboards know.
+# Set by each service from librdkafka statistics (its own partitions) and by the exporter
+# (`optout run exporter`, every pipeline group, also when its consumer is stopped).
+GROUP_LAG = Gauge(
+    "kafka_consumergroup_group_lag",
+    "Messages between the group's committed offset and the partition's high watermark.",
+    ["group", "topic", "partition"],
+)
+GROUP_LAG_SECONDS = Gauge(
+    "kafka_consumergroup_group_lag_seconds",
+    "Age of the oldest unconsumed message (now - timestamp of the message at the committed "
+    "offset); 0 when caught up.",
+    ["group", "topic", "partition"],
+)
+GROUP_MAX_LAG = Gauge(
+    "kafka_consumergroup_group_max_lag", "Largest partition lag of the group, in messages.", ["group"]
+)
+GROUP_MAX_LAG_SECONDS = Gauge(
+    "kafka_consumergroup_group_max_lag_seconds", "Largest partition lag of the group, in seconds.",
+    ["group"],
+)
+GROUP_OFFSET = Gauge(
+    "kafka_consumergroup_group_offset", "The group's committed offset.", ["group", "topic", "partition"]
+)
+PARTITION_LATEST_OFFSET = Gauge(
+    "kafka_partition_latest_offset", "High watermark of the partition.", ["topic", "partition"]
+)
+GROUP_STATUS = Gauge(
+    "optout_consumergroup_status",
+    "Burrow-style status of the group (worst partition): 1 for the current status, 0 for the others.",
+    ["group", "status"],
+)
+PARTITION_STATUS = Gauge(
+    "optout_consumergroup_partition_status_code",
+    "Burrow-style partition status: 0 OK, 1 WARN, 3 STOP, 4 STALL, 5 REWIND.",
+    ["group", "topic", "partition"],
+)
+LAG_SAMPLED = Gauge(
+    "optout_consumergroup_lag_sampled_timestamp_seconds",
+    "Unix time the exporter last read the groups' offsets successfully.",
+)
+
+# --- End to end: from the customer's request to the confirmation (the confirmer observes it).
+END_TO_END_SECONDS = Histogram(
+    "optout_end_to_end_latency_seconds",
+    "Time from a request's requested_at to its confirmation.",
+    buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400, 2 * 86400, 3 * 86400,
+             7 * 86400, 14 * 86400, 30 * 86400, 45 * 86400, 90 * 86400),
+)
+
+
+def observe_confirmation(requested_at: datetime, confirmed_at: datetime) -> None:
+    """Record one request's end-to-end latency when its confirmation is emitted."""
+    END_TO_END_SECONDS.observe(max(0.0, (confirmed_at - requested_at).total_seconds()))
+
 
 CONSUME_OUTCOMES = ("processed", "duplicate", "dead_lettered", "failed")
 
@@ -60,10 +123,15 @@ def init_service_metrics(service: str, topics: list[str]) -> None:
     LAST_PROCESSED.labels(service)
     for kind in ("assigned", "revoked", "lost"):
         REBALANCES.labels(service, kind)
+    RETRIES.labels(service, "batch")
+    BATCH_SIZE.labels(service)
+    BATCH_SECONDS.labels(service)
+    PRODUCE_SECONDS.labels(service)
 
 
 def serve_metrics(port: int) -> None:
-    """Expose /metrics on ``port`` (0: disabled)."""
+    """Expose /metrics only on ``port`` (0: disabled). Services get /metrics, /healthz and
+    /readyz from ``services.observability.health.serve_health`` instead."""
     if port:
         start_http_server(port, addr="0.0.0.0")
         log.info("metrics endpoint listening", port=port)

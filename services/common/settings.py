@@ -10,11 +10,29 @@ import json
 from functools import lru_cache
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.contract import DESTINATIONS
 from services.common.errors import ConfigurationError
+
+
+class PartnerEndpoint(BaseModel):
+    """One third party told not to sell/share (``OPTOUT_PARTNERS`` is a JSON list of these)."""
+
+    model_config = {"frozen": True}
+
+    name: str = Field(pattern=r"^[a-z0-9_-]{1,64}$")
+    url: str = Field(description="Base URL; the connector POSTs to <url>/opt-outs.")
+    token: SecretStr
+
+
+def _default_partners() -> list[PartnerEndpoint]:
+    return [
+        PartnerEndpoint(name=name, url=f"http://127.0.0.1:18082/partners/{name}",
+                        token=SecretStr(f"dev-{name}-token"))
+        for name in ("adnetwork", "databroker")
+    ]
 
 
 class Settings(BaseSettings):
@@ -57,10 +75,70 @@ class Settings(BaseSettings):
     default_phone_region: str = Field("US", min_length=2, max_length=2)
     retry_max_backoff_seconds: float = Field(30.0, gt=0)
 
+    # --- Confirmer -------------------------------------------------------------
+    sweep_interval_seconds: float = Field(
+        30.0, gt=0, description="How often the confirmer's deadline sweeper runs."
+    )
+    reissue_base_seconds: float = Field(
+        900.0, gt=0, description="Re-send an unacknowledged command after this long; doubles per send."
+    )
+    reissue_cap_seconds: float = Field(
+        21_600.0, gt=0, description="Longest wait between re-sends of one command."
+    )
+    sweep_batch_size: int = Field(500, ge=1, le=100_000, description="Commands re-sent per sweep.")
+
+    # --- Connectors ------------------------------------------------------------
+    email_provider_url: str = Field("http://127.0.0.1:18081", description="Email provider API base URL.")
+    email_provider_token: SecretStr = Field(SecretStr("dev-esp-token"), description="Its API token.")
+    mail_house_dir: str = Field(".run/mail_house", description="Where the daily suppression CSVs go.")
+    partners: list[PartnerEndpoint] = Field(
+        default_factory=_default_partners,
+        description='JSON list of {"name", "url", "token"}: third parties told not to sell/share.',
+    )
+    connector_retry_attempts: int = Field(6, ge=1, le=100, description="apply() tries per batch.")
+    connector_retry_initial_seconds: float = Field(0.2, gt=0)
+    connector_retry_max_backoff_seconds: float = Field(10.0, gt=0)
+    connector_retry_after_max_seconds: float = Field(
+        60.0, gt=0, description="Longest provider Retry-After honoured in-process."
+    )
+    connector_http_timeout_seconds: float = Field(30.0, gt=0)
+    # Local stand-ins of the destination systems (`optout run standins`).
+    standin_host: str = Field("127.0.0.1")
+    standin_email_provider_port: int = Field(18081, ge=0, le=65535)
+    standin_partners_port: int = Field(18082, ge=0, le=65535)
+    standin_failure_rate: float = Field(0.0, ge=0, le=1, description="Share of requests answered 503.")
+    standin_rate_limit_per_second: int = Field(0, ge=0, description="Requests/s before 429; 0: none.")
+    standin_retry_after_seconds: int = Field(1, ge=0)
+    standin_rejected_emails: list[str] = Field(
+        default_factory=list, description="Addresses the email provider stand-in refuses (JSON list)."
+    )
+
     # --- Observability ---------------------------------------------------------
     log_format: str = Field("auto", pattern="^(auto|json|console)$")
     log_level: str = Field("info")
     metrics_port: int = Field(0, ge=0, le=65535, description="0 disables the HTTP endpoint.")
+
+    # --- Web -------------------------------------------------------------------
+    env: str = Field("development", description="'production' refuses dev-only defaults.")
+    web_host: str = Field("127.0.0.1", description="Address the web service listens on.")
+    web_port: int = Field(8080, ge=0, le=65535)
+    web_workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
+    web_public_url: str = Field(
+        "http://127.0.0.1:8080", description="Base URL of unsubscribe links (https in production)."
+    )
+    web_token_keys: SecretStr = Field(
+        # DEV ONLY: a well-known key; the web service and `optout link` refuse it when
+        # OPTOUT_ENV=production. Generate real keys with `optout link --generate-key`.
+        SecretStr('{"dev": "b3B0b3V0LWRldi1vbmx5LWtleS1OT1QtU0VDUkVUISE"}'),
+        description='Token keys as JSON {"kid": "base64url 32-byte key"}; old kids keep verifying.',
+    )
+    web_current_kid: str = Field("dev", description="Key id new links are minted with.")
+    web_token_ttl_days: int = Field(400, ge=0, description="Link lifetime; 0 = links never expire.")
+    web_max_body_bytes: int = Field(8192, ge=256, le=1_048_576)
+    web_rate_limit_per_second: float = Field(5.0, gt=0, description="Per client IP, per instance.")
+    web_rate_limit_burst: int = Field(30, ge=1)
+    web_gpc_path: str = Field("/gpc", pattern=r"^/[A-Za-z0-9._~/-]*$")
+    web_publish_timeout_seconds: float = Field(5.0, gt=0, le=120)
 
     @field_validator("kafka_extra", mode="before")
     @classmethod
@@ -119,11 +197,15 @@ class Settings(BaseSettings):
     def suppress_topic(self, destination_id: str) -> str:
         return self.topic(f"optout.suppress.{destination_id}")
 
+    def suppress_dlq_topic(self, destination_id: str) -> str:
+        return self.topic(f"optout.suppress.{destination_id}.dlq")
+
     def all_topics(self) -> list[str]:
         return [
             self.requests_topic,
             self.requests_dlq_topic,
             *(self.suppress_topic(d.id) for d in DESTINATIONS),
+            *(self.suppress_dlq_topic(d.id) for d in DESTINATIONS),
             self.acks_topic,
             self.acks_dlq_topic,
             self.confirmations_topic,

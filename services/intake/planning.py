@@ -60,19 +60,21 @@ def applicable_destinations(request: OptOutRequest) -> list[Destination]:
 
 
 def plan_commands(request: OptOutRequest, issued_at: datetime) -> list[PlannedCommand]:
+    return [command_for(request, dest, issued_at) for dest in applicable_destinations(request)]
+
+
+def command_for(request: OptOutRequest, dest: Destination, issued_at: datetime) -> PlannedCommand:
+    """The SuppressionCommand for one destination (also used by the confirmer's re-sends)."""
     values = _identifier_values(request)
-    planned = []
-    for dest in applicable_destinations(request):
-        cid = command_id(request.event_id, dest.id)
-        record: dict[str, Any] = {
-            "command_id": cid,
-            "request_id": request.event_id,
-            "destination": dest.id,
-            "scopes": [s.value for s in request.scopes],
-            "issued_at": to_millis(issued_at),
-            "deadline": to_millis(request.due_at),
-        }
-        for identifier in Identifier:
-            record[identifier.value] = values[identifier] if identifier in dest.identifiers else None
-        planned.append(PlannedCommand(cid, dest.id, record))
-    return planned
+    cid = command_id(request.event_id, dest.id)
+    record: dict[str, Any] = {
+        "command_id": cid,
+        "request_id": request.event_id,
+        "destination": dest.id,
+        "scopes": [s.value for s in request.scopes],
+        "issued_at": to_millis(issued_at),
+        "deadline": to_millis(request.due_at),
+    }
+    for identifier in Identifier:
+        record[identifier.value] = values[identifier] if identifier in dest.identifiers else None
+    return PlannedCommand(cid, dest.id, record)

@@ -1,0 +1,84 @@
+# optout — two commands on a fresh machine: `make run` and `make test`.
+# Everything else is here for developers and operators; `make help` lists it.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+OPTOUT := $(VENV)/bin/optout
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# Brings the local Kafka + PostgreSQL up (or reuses them, or uses OPTOUT_KAFKA_BOOTSTRAP /
+# OPTOUT_DATABASE_URL when set) and exports the OPTOUT_* settings that reach them.
+WITH_STACK := eval "$$($(PY) -m services.devstack env)" &&
+PYTEST_ARGS ?=
+
+.PHONY: help install up down run test test-unit test-integration test-faults check fmt \
+        bench-intake bench-e2e bench-web clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "optout needs Python 3.11 or newer")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP) ## create the virtualenv and install optout with its dev tools
+
+up: install ## start Kafka + PostgreSQL in the background, create topics, migrate; print settings
+	$(PY) -m services.devstack up
+	@$(WITH_STACK) $(OPTOUT) topics create && $(OPTOUT) migrate
+	@echo "Settings to reach the stack (eval \"\$$($(PY) -m services.devstack env)\"):"
+	@$(PY) -m services.devstack env
+
+down: ## stop the local Kafka + PostgreSQL started by `make up`/`make run`/`make test`
+	@if [ -x $(PY) ]; then $(PY) -m services.devstack down; fi
+
+run: up ## run the whole pipeline in the foreground (Ctrl-C or SIGTERM stops it)
+	@$(WITH_STACK) exec $(OPTOUT) run all
+
+test: install ## install what is missing, start what the tests need, run every test
+	bash deploy/install-promtool.sh
+	bash deploy/install-chromium.sh
+	$(PY) -m services.devstack up
+	$(WITH_STACK) $(PY) -m pytest -m "not faults" -v --durations=15 $(PYTEST_ARGS)
+
+test-unit: install ## unit tests only (no broker, no database)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: install ## integration and e2e tests against the real broker and database
+	$(PY) -m services.devstack up
+	$(WITH_STACK) $(PY) -m pytest tests/integration tests/e2e -m "not faults" $(PYTEST_ARGS)
+
+test-faults: install ## the full fault-injection run (20,000 opt-outs, kills, outages)
+	$(PY) -m services.devstack up
+	$(WITH_STACK) $(PY) benchmarks/faults.py
+
+check: install ## ruff, ruff format --check, mypy
+	$(VENV)/bin/ruff check services tests benchmarks
+	$(VENV)/bin/ruff format --check services tests benchmarks
+	$(VENV)/bin/mypy
+
+fmt: install ## format the code
+	$(VENV)/bin/ruff format services tests benchmarks
+	$(VENV)/bin/ruff check --fix services tests benchmarks
+
+bench-intake: install ## intake throughput: bare consume vs naive vs ours (200,000 events)
+	$(PY) -m services.devstack up
+	$(WITH_STACK) $(PY) benchmarks/bench_intake.py
+
+bench-e2e: install ## end-to-end latency p50/p95/p99 at a steady rate, then the sustained rate
+	$(PY) -m services.devstack up
+	$(WITH_STACK) $(PY) benchmarks/bench_e2e.py
+
+bench-web: install ## one-click POSTs per second and p99 latency
+	$(PY) -m services.devstack up
+	$(WITH_STACK) $(PY) benchmarks/bench_web.py
+
+clean: down ## stop the stack and remove its data, caches and the virtualenv
+	rm -rf .run $(VENV) .pytest_cache .mypy_cache .ruff_cache test-output

@@ -1,0 +1,235 @@
+"""Intake against the real broker and database (issue: intake)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from confluent_kafka import Producer
+from psycopg import sql
+
+from services.common.avro import default_codec
+from services.common.kafka import make_producer
+from services.intake.planning import command_id
+from services.intake.service import run as run_intake
+from services.publisher.publish import RequestPublisher
+from tests.support.pipeline import isolated_settings, read_topic, running, wait_until
+
+pytestmark = pytest.mark.integration
+
+ADDRESS = {"name": "Ada Lovelace", "lines": ["12 St James's Sq"], "city": "London",
+           "region": None, "postal_code": "SW1Y 4JH", "country": "GB"}
+
+
+def _event(i: int, scopes: list[str], **extra):
+    fields = {"event_id": f"evt-{uuid.uuid4()}", "email": f"user{i}@example.com",
+              "scopes": scopes, "source": "API"}
+    fields.update(extra)
+    return fields
+
+
+def _count_rows(dsn: str, event_ids: list[str]) -> tuple[int, int]:
+    with psycopg.connect(dsn) as conn:
+        r = conn.execute("SELECT count(*) FROM requests WHERE event_id = ANY(%s)",
+                         (event_ids,)).fetchone()
+        d = conn.execute("SELECT count(*) FROM destination_status WHERE event_id = ANY(%s)",
+                         (event_ids,)).fetchone()
+    assert r and d
+    return r[0], d[0]
+
+
+def test_mixed_scopes_fan_out_exactly_the_right_commands(base_settings):
+    cfg = isolated_settings(base_settings)
+    publisher = RequestPublisher(cfg)
+    plan = [
+        (["EMAIL_MARKETING"], {}, {"email_provider"}),
+        (["POSTAL_MARKETING"], {"postal_address": ADDRESS}, {"mail_house"}),
+        (["THIRD_PARTY_SHARING"], {"phone": "+14155550100"}, {"third_party_sharing"}),
+        (["ALL"], {"postal_address": ADDRESS}, {"email_provider", "mail_house",
+                                                "third_party_sharing"}),
+        (["ALL"], {}, {"email_provider", "third_party_sharing"}),
+        (["EMAIL_MARKETING", "THIRD_PARTY_SHARING"], {}, {"email_provider",
+                                                          "third_party_sharing"}),
+    ]
+    events = []
+    expected: dict[str, set[str]] = {}
+    for i in range(60):
+        scopes, extra, dests = plan[i % len(plan)]
+        fields = _event(i, scopes, **extra)
+        events.append(publisher.prepare(fields))
+        expected[fields["event_id"]] = dests
+    publisher.publish(events)
+
+    with running(run_intake, cfg, "intake"):
+        per_dest: dict[str, list] = {}
+        total = sum(len(v) for v in expected.values())
+        got = 0
+        for dest in ("email_provider", "mail_house", "third_party_sharing"):
+            want = sum(1 for v in expected.values() if dest in v)
+            per_dest[dest] = read_topic(cfg, cfg.suppress_topic(dest), expect=want)
+            got += len(per_dest[dest])
+    assert got == total
+    for dest, records in per_dest.items():
+        decoded = [r.decoded() for r in records]
+        assert sorted(d["request_id"] for d in decoded) == sorted(
+            e for e, v in expected.items() if dest in v)
+        for d, r in zip(decoded, records, strict=True):
+            assert d["destination"] == dest
+            assert d["command_id"] == command_id(d["request_id"], dest)
+            assert r.key == d["request_id"].encode()
+            if dest == "third_party_sharing":
+                assert d["email"] is None and d["phone"] is None and d["email_sha256"]
+    rows, dest_rows = _count_rows(cfg.dsn(), list(expected))
+    assert rows == 60 and dest_rows == total
+
+
+def test_redelivery_and_duplicate_publication_record_nothing_twice(base_settings):
+    cfg = isolated_settings(base_settings)
+    publisher = RequestPublisher(cfg)
+    events = [publisher.prepare(_event(i, ["ALL"])) for i in range(40)]
+    publisher.publish(events)
+    publisher.publish(events[:5])  # published twice, probably in the same batch
+    ids = [e.record["event_id"] for e in events]
+    with running(run_intake, cfg, "intake"):
+        wait_until(lambda: _count_rows(cfg.dsn(), ids) == (40, 80), message="40 requests")
+        publisher.publish(events[:10])  # the same events again, after they were recorded
+        # The unacknowledged commands of re-published events are re-sent (connectors
+        # dedupe by command id); a duplicate within one batch is sent once.
+        commands = read_topic(cfg, cfg.suppress_topic("email_provider"), expect=50)
+    assert _count_rows(cfg.dsn(), ids) == (40, 80)
+    assert len(commands) == 50
+    assert Counter(r.decoded()["command_id"] for r in commands).most_common(1)[0][1] == 2
+
+    # Redelivery: a new consumer group reads the whole topic again.
+    again = cfg.model_copy(update={"topic_prefix": cfg.topic_prefix})
+    with running(lambda s, stop: _run_in_group(s, stop, "intake-replay"), again, "replay"):
+        time.sleep(1)
+        wait_until(lambda: _group_caught_up(again, "intake-replay"), message="replay caught up")
+    assert _count_rows(cfg.dsn(), ids) == (40, 80)
+    with psycopg.connect(cfg.dsn()) as conn:
+        counts = conn.execute(
+            "SELECT max(issue_count) FROM destination_status WHERE event_id = ANY(%s)", (ids,)
+        ).fetchone()
+    assert counts and counts[0] >= 2
+
+
+def _run_in_group(cfg, stop: threading.Event, group: str) -> None:
+    from services.common.avro import default_codec
+    from services.common.clock import SystemClock
+    from services.common.consumer_loop import ConsumerLoop
+    from services.intake.step import IntakeStep
+
+    step = IntakeStep(cfg, make_producer(cfg), default_codec(), SystemClock())
+    ConsumerLoop(cfg, "intake", [cfg.requests_topic], step, stop,
+                 group_id=cfg.group(group)).run()
+
+
+def _group_caught_up(cfg, group: str) -> bool:
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({**cfg.kafka_config(), "group.id": cfg.group(group)})
+    try:
+        parts = [TopicPartition(cfg.requests_topic, p) for p in range(3)]
+        committed = c.committed(parts, timeout=10)
+        for tp in committed:
+            _, high = c.get_watermark_offsets(tp, timeout=10)
+            if tp.offset < high:
+                return False
+        return True
+    finally:
+        c.close()
+
+
+def _raw(cfg) -> Producer:
+    return make_producer(cfg)
+
+
+def test_bad_input_goes_to_the_dlq_with_reason_and_good_events_flow(base_settings):
+    cfg = isolated_settings(base_settings)
+    codec = default_codec()
+    now = datetime.now(UTC)
+
+    def body(**overrides):
+        record = {"event_id": str(uuid.uuid4()), "customer_id": None, "email": "ok@example.com",
+                  "phone": None, "postal_address": None, "scopes": ["EMAIL_MARKETING"],
+                  "source": "API", "jurisdiction": None, "requested_at": now}
+        record.update(overrides)
+        return codec.encode("OptOutRequested", record)
+
+    good = codec.encode("OptOutRequested", {
+        "event_id": "dup-1", "email": "first@example.com", "scopes": ["ALL"], "source": "API",
+        "requested_at": now})
+    conflicting = codec.encode("OptOutRequested", {
+        "event_id": "dup-1", "email": "second@example.com", "scopes": ["ALL"], "source": "API",
+        "requested_at": now})
+    bad = {
+        "undecodable": b"\x00\x01random bytes here",
+        "unknown_fingerprint": b"\xc3\x01" + b"\x42" * 8 + b"\x02",
+        "empty_value": b"",
+        "no_identifier": body(email=None),
+        "invalid_email": body(email="not an email"),
+        "empty_scopes": body(scopes=[]),
+        "requested_at_in_future": body(requested_at=now + timedelta(days=2)),
+        "invalid_phone": body(phone="555"),
+        "invalid_characters": body(customer_id="nul\x00byte"),
+    }
+    producer = _raw(cfg)
+    good_ids = []
+    for i, (reason, payload) in enumerate(bad.items()):
+        ok_id = f"good-{i}-{uuid.uuid4()}"
+        good_ids.append(ok_id)
+        producer.produce(cfg.requests_topic, key=f"k{i}", value=body(event_id=ok_id))
+        producer.produce(cfg.requests_topic, key=f"bad-{reason}", value=payload)
+    producer.produce(cfg.requests_topic, key="same", value=good)
+    producer.flush(10)
+    with running(run_intake, cfg, "intake"):
+        wait_until(lambda: _count_rows(cfg.dsn(), [*good_ids, "dup-1"])[0] == len(good_ids) + 1,
+                   message="good events recorded")
+        producer.produce(cfg.requests_topic, key="same", value=conflicting)
+        producer.produce(cfg.requests_topic, key=None, value=body()[:14])  # truncated Avro
+        producer.flush(10)
+        dlq = read_topic(cfg, cfg.requests_dlq_topic, expect=len(bad) + 2)
+    reasons = Counter(r.headers["optout.dlq.reason"] for r in dlq)
+    for reason in bad:
+        assert reasons[reason] == (2 if reason == "undecodable" else 1), (reason, reasons)
+    assert reasons["duplicate_event_id_conflict"] == 1
+    assert reasons["undecodable"] == 2
+    by_reason = {r.headers["optout.dlq.reason"]: r for r in dlq}
+    assert by_reason["invalid_email"].key == b"bad-invalid_email"
+    assert by_reason["invalid_email"].value == bad["invalid_email"]
+    assert by_reason["invalid_email"].headers["optout.dlq.topic"] == cfg.requests_topic
+    assert "optout.dlq.offset" in by_reason["invalid_email"].headers
+    with psycopg.connect(cfg.dsn()) as conn:
+        row = conn.execute("SELECT email FROM requests WHERE event_id = 'dup-1'").fetchone()
+    assert row == ("first@example.com",)
+
+
+def test_survives_the_database_going_away_for_ten_seconds(base_settings, database):
+    if not database.get("superuser"):
+        pytest.skip("needs a local superuser to take the database away")
+    cfg = isolated_settings(base_settings, batch_size=50)
+    publisher = RequestPublisher(cfg)
+    first = [publisher.prepare(_event(i, ["EMAIL_MARKETING"])) for i in range(300)]
+    second = [publisher.prepare(_event(i, ["EMAIL_MARKETING"])) for i in range(300, 600)]
+    ids = [e.record["event_id"] for e in first + second]
+    publisher.publish(first)
+    name = sql.Identifier(database["name"])
+    with running(run_intake, cfg, "intake"), \
+            psycopg.connect(database["superuser"].replace(database["name"], "postgres"),
+                            autocommit=True) as su:
+        wait_until(lambda: _count_rows(cfg.dsn(), ids)[0] > 0, message="first rows")
+        su.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(name))
+        su.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                   "WHERE datname = %s AND pid <> pg_backend_pid()", (database["name"],))
+        publisher.publish(second)
+        time.sleep(10)
+        su.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(name))
+        wait_until(lambda: _count_rows(cfg.dsn(), ids) == (600, 600), timeout=90,
+                   message="catch-up after the outage")
+        commands = read_topic(cfg, cfg.suppress_topic("email_provider"), expect=600)
+    assert {r.decoded()["request_id"] for r in commands} == set(ids)
