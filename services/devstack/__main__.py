@@ -11,7 +11,9 @@ Logs go to stderr, results to stdout. On failure: one line on stderr, exit code 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shlex
 import sys
 
@@ -84,10 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     except StackError as exc:
         sys.stderr.write(f"devstack {args.command}: {exc}\n")
         return 1
+    except BrokenPipeError:  # e.g. `status | head`: the reader went away, nothing to report
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
     except KeyboardInterrupt:
         sys.stderr.write(f"devstack {args.command}: interrupted\n")
         return 130
-    except Exception as exc:  # noqa: BLE001 - one line, no traceback, by contract
+    except Exception as exc:  # one line, no traceback, by contract
         sys.stderr.write(f"devstack {args.command}: unexpected {type(exc).__name__}: {exc}\n")
         return 1
     return 0

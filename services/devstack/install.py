@@ -45,9 +45,7 @@ def find_java() -> str:
         if not os.access(java, os.X_OK):
             continue
         try:
-            out = subprocess.run(
-                [java, "-version"], capture_output=True, text=True, timeout=30, check=False
-            )
+            out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30, check=False)
         except (OSError, subprocess.TimeoutExpired):
             continue
         match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
@@ -157,8 +155,7 @@ def ensure_kafka_jars(paths: Paths, install: bool) -> Path:
     still_missing = _missing_jars(libs)
     if still_missing:
         raise StackError(
-            f"Maven ran but {libs} still lacks {', '.join(still_missing)}; "
-            f"check {paths.kafka_pom}."
+            f"Maven ran but {libs} still lacks {', '.join(still_missing)}; check {paths.kafka_pom}."
         )
     log.info("devstack.kafka_jars_ready", libs=str(libs))
     return libs

@@ -63,9 +63,7 @@ def server_properties(paths: Paths) -> str:
             f"PLAINTEXT://{h}:{c.KAFKA_PORT},CONTROLLER://{h}:{c.KAFKA_CONTROLLER_PORT},"
             f"SASL_PLAINTEXT://{h}:{c.KAFKA_SASL_PORT}"
         ),
-        "advertised.listeners": (
-            f"PLAINTEXT://{h}:{c.KAFKA_PORT},SASL_PLAINTEXT://{h}:{c.KAFKA_SASL_PORT}"
-        ),
+        "advertised.listeners": (f"PLAINTEXT://{h}:{c.KAFKA_PORT},SASL_PLAINTEXT://{h}:{c.KAFKA_SASL_PORT}"),
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map": (
             "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT"
@@ -102,15 +100,21 @@ def log4j_properties(paths: Paths) -> str:
         "clients": "org.apache.kafka.clients",
     }
     lines = [
-        "# Written by services/devstack: all broker logging goes to one file.",
+        "# Written by services/devstack: broker logging goes to logs/kafka.log (50 MB x 3).",
         "status = warn",
         "name = optout-devstack-kafka",
-        "appender.file.type = File",
+        "appender.file.type = RollingFile",
         "appender.file.name = FILE",
         f"appender.file.fileName = {_prop(paths.kafka_log)}",
+        f"appender.file.filePattern = {_prop(paths.kafka_log)}.%i",
         "appender.file.append = true",
         "appender.file.layout.type = PatternLayout",
         "appender.file.layout.pattern = [%d{ISO8601}] %p %m (%c)%n",
+        "appender.file.policies.type = Policies",
+        "appender.file.policies.size.type = SizeBasedTriggeringPolicy",
+        "appender.file.policies.size.size = 50MB",
+        "appender.file.strategy.type = DefaultRolloverStrategy",
+        "appender.file.strategy.max = 3",
         "rootLogger.level = INFO",
         "rootLogger.appenderRef.file.ref = FILE",
     ]

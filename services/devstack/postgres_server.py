@@ -323,8 +323,7 @@ def ensure_running(paths: Paths, install: bool = True, timeout: float = c.PG_REA
         bootstrap_roles()
     except psycopg.Error as exc:
         raise StackError(
-            f"Creating the optout roles/database failed ({str(exc).strip().splitlines()[0]}); "
-            f"read {logfile}."
+            f"Creating the optout roles/database failed ({str(exc).strip().splitlines()[0]}); read {logfile}."
         ) from exc
 
 
@@ -352,8 +351,18 @@ def stop(paths: Paths, timeout: float = c.STOP_TIMEOUT_S) -> bool:
         try:
             run_logged(
                 _as_pg_user(
-                    [str(bindir / "pg_ctl"), "stop", "-D", str(paths.pg_data), "-m", mode,
-                     "-w", "-t", str(int(timeout)), "-s"]
+                    [
+                        str(bindir / "pg_ctl"),
+                        "stop",
+                        "-D",
+                        str(paths.pg_data),
+                        "-m",
+                        mode,
+                        "-w",
+                        "-t",
+                        str(int(timeout)),
+                        "-s",
+                    ]
                 ),
                 what=f"pg_ctl stop -m {mode}",
                 log_file=paths.pg_log,
@@ -385,5 +394,3 @@ def status(paths: Paths) -> dict[str, object]:
         "log_file": str(paths.pg_log),
         "binaries": str(find_pg_bindir() or "not installed"),
     }
-
-

@@ -119,8 +119,7 @@ def spawn_detached(
     if launcher.returncode != 0 or pid is None:
         detail = (launcher.stderr or launcher.stdout).strip().splitlines()
         raise StackError(
-            f"Could not launch {cmd[0]} ({detail[-1] if detail else 'no output'}); "
-            f"read {log_file}."
+            f"Could not launch {cmd[0]} ({detail[-1] if detail else 'no output'}); read {log_file}."
         )
     return pid
 
@@ -175,9 +174,7 @@ def run_logged(
                 fh.write("\n")
     if result.returncode != 0:
         last = output.strip().splitlines()[-1] if output.strip() else "no output"
-        raise StackError(
-            f"{what} failed with exit code {result.returncode} ({last}); read {log_file}."
-        )
+        raise StackError(f"{what} failed with exit code {result.returncode} ({last}); read {log_file}.")
     return result
 
 

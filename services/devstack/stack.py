@@ -1,8 +1,7 @@
 """Public entry points: bring the local Kafka + PostgreSQL up (or reuse them), stop them, report.
 
-    from services.devstack import ensure_up
-    info = ensure_up()          # idempotent; starts whatever is not running yet
-    os.environ.update(info.env())
+Typical use: ``info = ensure_up()`` (idempotent; starts whatever is not running yet), then
+``os.environ.update(info.env())``.
 """
 
 from __future__ import annotations
@@ -57,8 +56,7 @@ def _kafka(paths: Paths, install: bool) -> tuple[str, str | None, bool]:
     if external:
         if not kafka_broker.kafka_answers(given, 10.0):
             raise StackError(
-                f"{c.ENV_KAFKA_BOOTSTRAP} is set to {given} but no Kafka broker answered there "
-                "within 10 s."
+                f"{c.ENV_KAFKA_BOOTSTRAP} is set to {given} but no Kafka broker answered there within 10 s."
             )
         log.info("devstack.kafka_external", bootstrap=given)
         return given, None, False

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from services.devstack import (
@@ -68,7 +68,9 @@ def test_produce_and_consume_round_trip(stack: StackInfo, topic: str) -> None:
     payload = f"hello-{uuid.uuid4()}".encode()
     producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, "enable.idempotence": True})
     delivered: list[object] = []
-    producer.produce(topic, key=b"k", value=payload, on_delivery=lambda err, msg: delivered.append(err or msg))
+    producer.produce(
+        topic, key=b"k", value=payload, on_delivery=lambda err, msg: delivered.append(err or msg)
+    )
     assert producer.flush(30) == 0
     assert len(delivered) == 1 and not isinstance(delivered[0], Exception)
 
@@ -142,8 +144,17 @@ def test_sasl_plain_listener(stack: StackInfo) -> None:
     metadata = good.list_topics(timeout=15)
     assert metadata.brokers
 
+    errors: list[KafkaError] = []
     bad = AdminClient(
-        {**_sasl_conf(stack.kafka_sasl_bootstrap, "wrong-password"), "log_level": 0}
+        {
+            **_sasl_conf(stack.kafka_sasl_bootstrap, "wrong-password"),
+            "error_cb": errors.append,
+            "log_level": 0,
+        }
     )
+    deadline = time.monotonic() + 15
+    while not errors and time.monotonic() < deadline:
+        bad.poll(0.2)
+    assert [e.code() for e in errors][:1] == [KafkaError._AUTHENTICATION], errors
     with pytest.raises(KafkaException):
-        bad.list_topics(timeout=10)
+        bad.list_topics(timeout=2)
