@@ -187,6 +187,24 @@ def dlq_headers(message: Message, reason: str, detail: str, service: str) -> Hea
     ]
 
 
+# The broker's default message size limit is ~1 MiB; a dead letter carries the original
+# bytes plus headers, so very large originals are cut (and say so) rather than failing
+# delivery forever.
+MAX_DEAD_LETTER_BYTES = 512 * 1024
+
+
+def dead_letter(
+    tracker: DeliveryTracker, topic: str, message: Message, reason: str, detail: str, service: str
+) -> None:
+    """Copy ``message`` (key and bytes unchanged, up to 512 KiB) to a DLQ topic with its reason."""
+    value = message.value() or b""
+    headers = dlq_headers(message, reason, detail, service)
+    if len(value) > MAX_DEAD_LETTER_BYTES:
+        headers.append(("optout.dlq.truncated_from_bytes", str(len(value)).encode()))
+        value = value[:MAX_DEAD_LETTER_BYTES]
+    tracker.produce(topic, value=value, key=message.key(), headers=headers)
+
+
 def header_value(message: Message, name: str) -> str | None:
     for key, value in message.headers() or []:
         if key == name and value is not None:

@@ -21,7 +21,7 @@ from services.common.avro import Codec
 from services.common.clock import Clock
 from services.common.db import connect, first_line
 from services.common.errors import PoisonMessage, RetriableError
-from services.common.kafka import DeliveryTracker, dlq_headers
+from services.common.kafka import DeliveryTracker, dead_letter
 from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.intake.planning import PlannedCommand, plan_commands
@@ -102,10 +102,8 @@ class IntakeStep:
                     self._send_command(tracker, command)
                     produced += 1
         for message, poison in dead:
-            tracker.produce(
-                self.settings.requests_dlq_topic, value=message.value() or b"",
-                key=message.key(), headers=dlq_headers(message, poison.reason, poison.detail, SERVICE),
-            )
+            dead_letter(tracker, self.settings.requests_dlq_topic, message, poison.reason,
+                        poison.detail, SERVICE)
         started = time.monotonic()
         tracker.wait()
         metrics.PRODUCE_SECONDS.labels(SERVICE).observe(time.monotonic() - started)
