@@ -1,0 +1,1 @@
+"""The confirmation worker: records acks, confirms completed requests, sweeps deadlines."""

@@ -1,0 +1,177 @@
+"""What acknowledgements mean for a request. Pure: no broker, no database.
+
+Precedence of a destination's outcome, so duplicate and out-of-order acks are harmless:
+
+* ``PENDING`` takes any ack.
+* ``APPLIED`` and ``ALREADY_SUPPRESSED`` are final: later acks of the same command change
+  nothing (a late ``REJECTED`` from an earlier attempt never undoes a success).
+* ``REJECTED`` gives way to ``APPLIED``/``ALREADY_SUPPRESSED`` (a re-sent command
+  succeeded); a second ``REJECTED`` keeps the first one's detail.
+
+A request is ``CONFIRMED`` when every applicable destination succeeded, needs attention
+when any destination refused (and it is not confirmed), and is ``PENDING`` otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from services.common.avro import Codec
+from services.common.clock import to_millis
+from services.common.contract import AckStatus
+from services.common.errors import PoisonMessage
+from services.common.identity import check_text
+
+PENDING = "PENDING"
+MAX_DETAIL = 2000
+SUCCESS = frozenset({AckStatus.APPLIED.value, AckStatus.ALREADY_SUPPRESSED.value})
+
+
+class RequestState(StrEnum):
+    PENDING = "PENDING"
+    CONFIRMED = "CONFIRMED"
+    NEEDS_ATTENTION = "NEEDS_ATTENTION"
+
+
+@dataclass(frozen=True)
+class Ack:
+    """One decoded SuppressionAck."""
+
+    command_id: str
+    request_id: str
+    destination: str
+    status: AckStatus
+    detail: str | None
+    acked_at: datetime
+
+
+@dataclass(frozen=True)
+class DestinationRow:
+    """One ``destination_status`` row: the recorded outcome of one command."""
+
+    command_id: str
+    event_id: str
+    destination: str
+    status: str  # PENDING or an AckStatus value
+    detail: str | None
+    acked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RequestRow:
+    """The ``requests`` columns a confirmation needs."""
+
+    event_id: str
+    state: str
+    customer_id: str | None
+    email: str | None
+    postal_address: dict[str, Any] | None
+    scopes: tuple[str, ...]
+    requested_at: datetime
+
+
+def ack_from_record(record: Mapping[str, Any]) -> Ack:
+    """Turn a decoded SuppressionAck record into an ``Ack``; raise ``PoisonMessage``."""
+    try:
+        command_id = check_text("command_id", str(record.get("command_id") or ""), 200).strip()
+        request_id = check_text("request_id", str(record.get("request_id") or ""), 200).strip()
+        destination = check_text("destination", str(record.get("destination") or ""), 200).strip()
+        raw_detail = record.get("detail")
+        detail = None if raw_detail is None else check_text("detail", str(raw_detail), 100_000)
+    except PoisonMessage as exc:
+        raise PoisonMessage("invalid_ack", exc.detail) from None
+    if not command_id:
+        raise PoisonMessage("invalid_ack", "command_id is empty")
+    acked_at = record.get("acked_at")
+    if not isinstance(acked_at, datetime):
+        raise PoisonMessage("invalid_ack", "acked_at is not a timestamp")
+    try:
+        status = AckStatus(str(record.get("status")))
+    except ValueError:
+        raise PoisonMessage("invalid_ack", "unknown status") from None
+    return Ack(command_id, request_id, destination, status,
+               detail[:MAX_DETAIL] if detail is not None else None, acked_at)
+
+
+def decode_ack(codec: Codec, payload: bytes | None) -> Ack:
+    _, record = codec.decode(payload, expect="SuppressionAck")
+    return ack_from_record(record)
+
+
+def mismatch(ack: Ack, row: DestinationRow) -> str | None:
+    """Why an ack does not fit the command it names, or None when it does."""
+    if ack.request_id != row.event_id:
+        return "request_id differs from the command's request"
+    if ack.destination != row.destination:
+        return "destination differs from the command's destination"
+    return None
+
+
+def supersedes(current: str, incoming: AckStatus) -> bool:
+    """Whether ``incoming`` replaces the recorded status ``current`` (see module docstring)."""
+    if current == PENDING:
+        return True
+    if current in SUCCESS:
+        return False
+    # current is REJECTED: only a success replaces it.
+    return incoming.value in SUCCESS
+
+
+def apply_ack(row: DestinationRow, ack: Ack) -> DestinationRow:
+    """The row after ``ack`` (the same row when the ack changes nothing)."""
+    if not supersedes(row.status, ack.status):
+        return row
+    return replace(row, status=ack.status.value, detail=ack.detail, acked_at=ack.acked_at)
+
+
+def fold_acks(rows: Mapping[str, DestinationRow], acks: Iterable[Ack]) -> dict[str, DestinationRow]:
+    """Apply ``acks`` in order to ``rows`` (by command id); return only the rows that changed.
+
+    Acks for command ids not in ``rows`` are ignored (the caller dead-letters them)."""
+    current = dict(rows)
+    for ack in acks:
+        row = current.get(ack.command_id)
+        if row is not None:
+            current[ack.command_id] = apply_ack(row, ack)
+    return {cid: row for cid, row in current.items() if row != rows[cid]}
+
+
+def request_state(statuses: Iterable[str]) -> RequestState:
+    """Completion rule: every destination succeeded -> CONFIRMED; any refused -> NEEDS_ATTENTION."""
+    values = list(statuses)
+    if values and all(s in SUCCESS for s in values):
+        return RequestState.CONFIRMED
+    if AckStatus.REJECTED.value in values:
+        return RequestState.NEEDS_ATTENTION
+    return RequestState.PENDING
+
+
+def confirmation_record(
+    request: RequestRow, destinations: Sequence[DestinationRow], confirmed_at: datetime
+) -> dict[str, Any]:
+    """The OptOutConfirmed body. Contact: the email, else the postal address. No marketing content."""
+    outcomes = []
+    for d in sorted(destinations, key=lambda row: row.destination):
+        if d.status not in SUCCESS or d.acked_at is None:
+            raise ValueError(f"destination {d.destination} of {request.event_id} has not applied it")
+        outcomes.append({"destination": d.destination, "status": d.status,
+                         "applied_at": to_millis(d.acked_at)})
+    if not outcomes:
+        raise ValueError(f"request {request.event_id} has no destinations")
+    return {
+        "request_id": request.event_id,
+        "customer_id": request.customer_id,
+        "notify_email": request.email,
+        "notify_postal_address": (
+            None if request.email or request.postal_address is None
+            else {"region": None, **request.postal_address}
+        ),
+        "destinations": outcomes,
+        "scopes": list(request.scopes),
+        "requested_at": to_millis(request.requested_at),
+        "confirmed_at": to_millis(confirmed_at),
+    }

@@ -1,0 +1,19 @@
+"""``optout run confirmer``: wires the confirmer step (and its sweeper) into the consume loop."""
+
+from __future__ import annotations
+
+import threading
+
+from services.common.avro import default_codec
+from services.common.clock import Clock, SystemClock
+from services.common.consumer_loop import ConsumerLoop
+from services.common.kafka import make_producer
+from services.common.settings import Settings
+from services.confirmer.step import ConfirmerStep
+from services.confirmer.sweeper import SERVICE
+
+
+def run(settings: Settings, stop: threading.Event, clock: Clock | None = None) -> None:
+    producer = make_producer(settings)
+    step = ConfirmerStep(settings, producer, default_codec(), clock or SystemClock())
+    ConsumerLoop(settings, SERVICE, [settings.acks_topic], step, stop).run()

@@ -1,0 +1,164 @@
+"""The confirmer step: decode acks -> record them -> confirm completed requests -> DLQ.
+
+Never skipping a confirmation (the crash-safety invariant)
+-----------------------------------------------------------
+The acks of a batch, the requests' new states and the confirmations they cause are
+one unit: ``submit`` opens a database transaction, records the acks, produces one
+OptOutConfirmed per request that has just become complete, **waits for every
+delivery report, and only then commits**. The consume loop commits the offsets after
+``submit`` returns. So, wherever the process dies:
+
+* before the commit: nothing is recorded and the offsets are not committed; the acks
+  are redelivered and the confirmation is produced (again, if it already went out);
+* after the commit: the confirmation was already delivered.
+
+A failed delivery raises ``RetriableError`` inside the transaction, which rolls it back,
+and the loop retries the batch. A confirmation can therefore be sent twice after a
+crash but never skipped; ``request_id`` is the notice's idempotency key for the
+notifier downstream. In the normal path a request is confirmed once, because a request
+that is already ``CONFIRMED`` is never confirmed again.
+
+Dead letters (to ``optout.acks.dlq``, via ``dead_letter``): ``undecodable`` etc. from
+the codec, ``invalid_ack``, ``unknown_command`` (no such command_id) and
+``ack_mismatch`` (request or destination differ from the command's).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from confluent_kafka import Message, Producer
+
+from services.common import metrics
+from services.common.avro import Codec
+from services.common.clock import Clock
+from services.common.db import connect, first_line
+from services.common.errors import PoisonMessage, RetriableError
+from services.common.kafka import DeliveryTracker, dead_letter
+from services.common.logging import get_logger
+from services.common.settings import Settings
+from services.confirmer.outcomes import Ack, decode_ack
+from services.confirmer.store import AckOutcome, apply_acks
+from services.confirmer.sweeper import SERVICE, Sweeper
+
+log = get_logger(__name__)
+
+
+class Database:
+    """One lazily opened connection, dropped after a connection-level failure."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def get(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self._dsn)
+        return self._conn
+
+    def drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+
+class ConfirmerStep:
+    def __init__(self, settings: Settings, producer: Producer, codec: Codec, clock: Clock) -> None:
+        self.settings = settings
+        self.producer = producer
+        self.codec = codec
+        self.clock = clock
+        self.db = Database(settings.dsn())
+        self.sweeper = Sweeper(settings, producer, codec, clock, self.db.get, self.db.drop)
+        self._topic = settings.acks_topic
+        for outcome in metrics.CONSUME_OUTCOMES:
+            metrics.MESSAGES_CONSUMED.labels(SERVICE, self._topic, outcome)
+        metrics.MESSAGES_PRODUCED.labels(SERVICE, settings.confirmations_topic)
+        for reason in ("unknown_command", "ack_mismatch", "invalid_ack", "undecodable"):
+            metrics.DEAD_LETTERED.labels(SERVICE, reason)
+
+    # --- Step interface ---------------------------------------------------------------
+    def poll(self) -> None:
+        self.producer.poll(0)
+        self.sweeper.maybe_sweep()
+
+    def close(self) -> None:
+        self.producer.flush(10)
+        self.db.drop()
+
+    def submit(self, messages: Sequence[Message]) -> None:
+        acks: list[tuple[Message, Ack]] = []
+        dead: list[tuple[Message, PoisonMessage]] = []
+        for message in messages:
+            try:
+                acks.append((message, decode_ack(self.codec, message.value())))
+            except PoisonMessage as poison:
+                dead.append((message, poison))
+        now = self.clock.now()
+        tracker = DeliveryTracker(self.producer)
+        started = time.monotonic()
+        try:
+            conn = self.db.get()
+            with conn.transaction():
+                outcome = apply_acks(conn, [ack for _, ack in acks], now)
+                metrics.DB_SECONDS.labels(SERVICE, "apply_acks").observe(time.monotonic() - started)
+                dead.extend(self._rejected(acks, outcome))
+                for record in outcome.confirmations:
+                    tracker.produce(self.settings.confirmations_topic,
+                                    value=self.codec.encode("OptOutConfirmed", record),
+                                    key=record["request_id"])
+                for message, why in dead:
+                    dead_letter(tracker, self.settings.acks_dlq_topic, message, why.reason,
+                                why.detail, SERVICE)
+                produce_started = time.monotonic()
+                tracker.wait()  # before the commit: see the module docstring
+                metrics.PRODUCE_SECONDS.labels(SERVICE).observe(time.monotonic() - produce_started)
+        except psycopg.OperationalError as exc:
+            self.db.drop()
+            raise RetriableError(f"database error: {first_line(exc)}") from exc
+        except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as exc:
+            raise RetriableError(f"database conflict: {first_line(exc)}") from exc
+        self._count(messages, outcome, dead)
+
+    # --- internals --------------------------------------------------------------------
+    @staticmethod
+    def _rejected(
+        acks: list[tuple[Message, Ack]], outcome: AckOutcome
+    ) -> list[tuple[Message, PoisonMessage]]:
+        rejected = []
+        for message, ack in acks:
+            if ack.command_id in outcome.unknown:
+                rejected.append((message, PoisonMessage(
+                    "unknown_command", f"no command {ack.command_id} is recorded")))
+            elif ack.command_id in outcome.mismatched:
+                rejected.append((message, PoisonMessage(
+                    "ack_mismatch", outcome.mismatched[ack.command_id])))
+        return rejected
+
+    def _count(
+        self, messages: Sequence[Message], outcome: AckOutcome,
+        dead: list[tuple[Message, PoisonMessage]],
+    ) -> None:
+        topic = self._topic
+        for _, poison in dead:
+            metrics.DEAD_LETTERED.labels(SERVICE, poison.reason).inc()
+        metrics.MESSAGES_CONSUMED.labels(SERVICE, topic, "processed").inc(len(outcome.changed))
+        metrics.MESSAGES_CONSUMED.labels(SERVICE, topic, "duplicate").inc(outcome.unchanged)
+        metrics.MESSAGES_CONSUMED.labels(SERVICE, topic, "dead_lettered").inc(len(dead))
+        metrics.MESSAGES_PRODUCED.labels(SERVICE, self.settings.confirmations_topic).inc(
+            len(outcome.confirmations))
+        log.info(
+            "acks recorded", messages=len(messages), changed=len(outcome.changed),
+            unchanged=outcome.unchanged, confirmed=len(outcome.confirmations),
+            needs_attention=len(outcome.needs_attention), dead_lettered=len(dead),
+        )
+        for event_id in sorted(outcome.needs_attention):
+            log.warning("request needs attention: a destination refused it", request_id=event_id)
+        for message, poison in dead:
+            log.debug("dead-lettered", topic=message.topic(), partition=message.partition(),
+                      offset=message.offset(), reason=poison.reason)

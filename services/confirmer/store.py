@@ -1,0 +1,134 @@
+"""Recording a batch of acknowledgements in PostgreSQL: four round trips per batch.
+
+``apply_acks`` runs inside the caller's transaction (the step commits it only after the
+batch's confirmations are delivered, see ``step.py``):
+
+1. find the requests the acks belong to and lock them (``FOR UPDATE``, in event id
+   order, so concurrent confirmers and rebalances serialize instead of deadlocking);
+2. read every destination row of those requests;
+3. fold the acks in with the precedence rules of ``outcomes.py`` and write the rows
+   that changed (one ``UPDATE ... FROM unnest``);
+4. write the requests whose state changed, and build a confirmation for each request
+   that has just become complete.
+
+A redelivered batch changes nothing and confirms nothing a second time: a request
+already ``CONFIRMED`` is never confirmed again.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from services.confirmer.outcomes import (
+    Ack,
+    DestinationRow,
+    RequestRow,
+    RequestState,
+    confirmation_record,
+    fold_acks,
+    mismatch,
+    request_state,
+)
+
+
+@dataclass
+class AckOutcome:
+    unknown: set[str] = field(default_factory=set)  # command ids with no destination row
+    mismatched: dict[str, str] = field(default_factory=dict)  # command id -> why
+    changed: set[str] = field(default_factory=set)  # command ids whose status changed
+    unchanged: int = 0  # acks that changed nothing (duplicates, late or out of order)
+    confirmations: list[dict[str, Any]] = field(default_factory=list)  # OptOutConfirmed bodies
+    needs_attention: set[str] = field(default_factory=set)  # event ids that now need attention
+
+
+_LOCK_REQUESTS = """
+SELECT event_id, state, customer_id, email, postal_address, scopes, requested_at
+FROM requests
+WHERE event_id IN (SELECT event_id FROM destination_status WHERE command_id = ANY(%s))
+ORDER BY event_id
+FOR UPDATE
+"""
+
+_DESTINATIONS = """
+SELECT command_id, event_id, destination, status, detail, acked_at
+FROM destination_status WHERE event_id = ANY(%s)
+"""
+
+_UPDATE_DESTINATIONS = """
+UPDATE destination_status AS d SET status = t.s, detail = t.dt, acked_at = t.a
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[]) AS t(c, s, dt, a)
+WHERE d.command_id = t.c
+"""
+
+_UPDATE_REQUESTS = """
+UPDATE requests AS r
+SET state = t.s, confirmed_at = CASE WHEN t.s = 'CONFIRMED' THEN %s ELSE r.confirmed_at END
+FROM unnest(%s::text[], %s::text[]) AS t(e, s)
+WHERE r.event_id = t.e
+"""
+
+
+def apply_acks(conn: psycopg.Connection[Any], acks: Sequence[Ack], now: datetime) -> AckOutcome:
+    """Record ``acks`` (in message order); call inside a transaction."""
+    outcome = AckOutcome()
+    if not acks:
+        return outcome
+    with conn.cursor() as cur:
+        cur.execute(_LOCK_REQUESTS, (sorted({a.command_id for a in acks}),))
+        requests = {
+            row[0]: RequestRow(row[0], row[1], row[2], row[3], row[4], tuple(row[5]), row[6])
+            for row in cur.fetchall()
+        }
+        rows: dict[str, DestinationRow] = {}
+        if requests:
+            cur.execute(_DESTINATIONS, (list(requests),))
+            rows = {r[0]: DestinationRow(*r) for r in cur.fetchall()}
+
+        valid: list[Ack] = []
+        for ack in acks:
+            row = rows.get(ack.command_id)
+            if row is None:
+                outcome.unknown.add(ack.command_id)
+                continue
+            why = mismatch(ack, row)
+            if why is not None:
+                outcome.mismatched[ack.command_id] = why
+                continue
+            valid.append(ack)
+        changed = fold_acks(rows, valid)
+        outcome.changed = set(changed)
+        outcome.unchanged = len(valid) - len(changed)
+        if changed:
+            cur.execute(_UPDATE_DESTINATIONS, (
+                list(changed),
+                [r.status for r in changed.values()],
+                [r.detail for r in changed.values()],
+                [r.acked_at for r in changed.values()],
+            ))
+
+        rows.update(changed)
+        by_request: dict[str, list[DestinationRow]] = defaultdict(list)
+        for row in rows.values():
+            by_request[row.event_id].append(row)
+        new_states: dict[str, RequestState] = {}
+        for event_id in sorted({r.event_id for r in changed.values()}):
+            request = requests[event_id]
+            state = request_state(r.status for r in by_request[event_id])
+            if state.value == request.state:
+                continue
+            new_states[event_id] = state
+            if state is RequestState.CONFIRMED:
+                outcome.confirmations.append(confirmation_record(request, by_request[event_id], now))
+            elif state is RequestState.NEEDS_ATTENTION:
+                outcome.needs_attention.add(event_id)
+        if new_states:
+            cur.execute(_UPDATE_REQUESTS, (
+                now, list(new_states), [s.value for s in new_states.values()],
+            ))
+    return outcome
