@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from services.cli import admin, link, overdue, requests, runner
+from services.cli import admin, config, lag, link, overdue, requests, runner
 from services.common.errors import ConfigurationError, OptoutError, PoisonMessage, RetriableError
 from services.common.logging import configure_logging
 from services.common.settings import settings
@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     runner.add_commands(sub)
     admin.add_commands(sub)
     requests.add_commands(sub)
+    lag.add_commands(sub)
+    config.add_commands(sub)
     overdue.add_commands(sub)
     link.add_commands(sub)
     return parser
@@ -55,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        return 0
 
 
 if __name__ == "__main__":

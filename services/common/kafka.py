@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from services.common.errors import ConfigurationError, RetriableError
 from services.common.logging import get_logger
@@ -20,7 +21,7 @@ from services.common.settings import Settings
 
 log = get_logger(__name__)
 
-Headers = list[tuple[str, bytes]]
+Headers = list[tuple[str, str | bytes | None]]
 
 
 def _error_cb(err: KafkaError) -> None:
@@ -173,11 +174,18 @@ def first_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
     return [TopicPartition(t, p, o) for (t, p), o in lowest.items()]
 
 
+def header_pairs(message: Message) -> Headers:
+    """A message's headers as (name, value) pairs (librdkafka gives a list; be lenient)."""
+    raw = message.headers() or []
+    items = raw.items() if isinstance(raw, dict) else raw
+    return [(str(name), value) for name, value in items]
+
+
 def dlq_headers(message: Message, reason: str, detail: str, service: str) -> Headers:
     """Headers of a dead-lettered message: why, and where it came from."""
-    original = list(message.headers() or [])
+    original = header_pairs(message)
     return [
-        *((k, v if isinstance(v, bytes) else b"") for k, v in original),
+        *original,
         ("optout.dlq.reason", reason.encode()),
         ("optout.dlq.detail", detail.encode("utf-8", "replace")[:1000]),
         ("optout.dlq.service", service.encode()),
@@ -206,7 +214,7 @@ def dead_letter(
 
 
 def header_value(message: Message, name: str) -> str | None:
-    for key, value in message.headers() or []:
+    for key, value in header_pairs(message):
         if key == name and value is not None:
             return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
     return None

@@ -148,9 +148,9 @@ class Settings(BaseSettings):
         return value
 
     # --- Derived ---------------------------------------------------------------
-    def kafka_config(self) -> dict[str, str]:
+    def kafka_config(self) -> dict[str, str | int | float | bool]:
         """The librdkafka settings common to every client (producer, consumer, admin)."""
-        config: dict[str, str] = {
+        config: dict[str, str | int | float | bool] = {
             "bootstrap.servers": self.kafka_bootstrap,
             "security.protocol": self.kafka_security_protocol,
         }

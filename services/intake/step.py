@@ -101,9 +101,9 @@ class IntakeStep:
                 if event_id in outcome.new or command.command_id in outcome.resend:
                     self._send_command(tracker, command)
                     produced += 1
-        for message, poison in dead:
-            dead_letter(tracker, self.settings.requests_dlq_topic, message, poison.reason,
-                        poison.detail, SERVICE)
+        for message, why in dead:
+            dead_letter(tracker, self.settings.requests_dlq_topic, message, why.reason,
+                        why.detail, SERVICE)
         started = time.monotonic()
         tracker.wait()
         metrics.PRODUCE_SECONDS.labels(SERVICE).observe(time.monotonic() - started)
@@ -172,8 +172,8 @@ class IntakeStep:
         produced: int,
     ) -> None:
         topic = self._topic
-        for _, poison in dead:
-            metrics.DEAD_LETTERED.labels(SERVICE, poison.reason).inc()
+        for _, reason in dead:
+            metrics.DEAD_LETTERED.labels(SERVICE, reason.reason).inc()
         duplicates = len(outcome.duplicates) + len(in_batch_duplicates)
         metrics.MESSAGES_CONSUMED.labels(SERVICE, topic, "processed").inc(len(outcome.new))
         metrics.MESSAGES_CONSUMED.labels(SERVICE, topic, "duplicate").inc(duplicates)
@@ -183,6 +183,6 @@ class IntakeStep:
             dead_lettered=len(dead), commands=produced,
             partitions=sorted({m.partition() for m in messages}),
         )
-        for message, poison in dead:
+        for message, why in dead:
             log.debug("dead-lettered", topic=message.topic(), partition=message.partition(),
-                      offset=message.offset(), reason=poison.reason)
+                      offset=message.offset(), reason=why.reason)

@@ -60,22 +60,21 @@ def normalize_postal_address(raw: dict[str, Any] | None) -> dict[str, Any] | Non
     lines = [line for line in lines if line]
     if len(lines) > MAX_ADDRESS_LINES:
         raise PoisonMessage("invalid_postal_address", f"more than {MAX_ADDRESS_LINES} lines")
-    address = {
+    country = check_text("postal_address.country", raw.get("country") or "", 60).strip().upper()
+    region = raw.get("region")
+    address: dict[str, Any] = {
         "name": " ".join(check_text("postal_address.name", raw.get("name") or "", 300).split()),
         "lines": [" ".join(line.split()) for line in lines],
         "city": " ".join(check_text("postal_address.city", raw.get("city") or "", 200).split()),
-        "region": (
-            check_text("postal_address.region", raw["region"], 100).strip().upper() or None
-            if raw.get("region") else None
-        ),
+        "region": check_text("postal_address.region", region, 100).strip().upper() or None
+        if region else None,
         "postal_code": check_text("postal_address.postal_code", raw.get("postal_code") or "", 20)
         .strip().upper(),
-        "country": check_text("postal_address.country", raw.get("country") or "", 60)
-        .strip().upper(),
+        "country": country,
     }
     if not address["lines"] or not address["city"] or not address["postal_code"]:
         raise PoisonMessage("invalid_postal_address", "lines, city and postal_code are required")
-    if len(address["country"]) != 2 or not address["country"].isalpha():
+    if len(country) != 2 or not country.isalpha():
         raise PoisonMessage("invalid_postal_address", "country must be an ISO 3166-1 alpha-2 code")
     return address
 
