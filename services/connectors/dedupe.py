@@ -1,0 +1,147 @@
+"""The connectors' dedupe store: one row per (destination, command_id) with its outcome.
+
+Pure part: ``first_of_each`` (which commands of a batch are distinct). I/O part:
+``DedupeStore`` (PostgreSQL, table ``connector_applied``, migration 0003).
+
+Ordering in ``ConnectorStep.submit`` and why:
+
+1. look up the batch's command ids here;
+2. ``apply`` only the ones without a stored outcome;
+3. **commit their outcomes here** (one transaction);
+4. publish one ack per delivered message and wait for every delivery report;
+5. return, and the loop commits the offsets.
+
+A crash after 3 re-acknowledges from the stored outcome on redelivery and never calls
+``apply`` again. A crash between 2 and 3 (apply done, outcome not committed) is the one
+window in which a command is applied a second time; no ordering closes it, because the
+destination and PostgreSQL cannot commit together. Recording *before* applying would
+only turn that window into "recorded but never applied", i.e. a false acknowledgement,
+which is worse for an opt-out. So every connector's ``apply`` is idempotent per command
+(the email provider's add-to-unsubscribes is a set union; partners key opt-outs by the
+command id; the mail house file is de-duplicated by command id before it is rewritten).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+import psycopg
+
+from services.common.contract import AckStatus
+from services.common.db import connect, first_line
+from services.common.errors import RetriableError
+
+MAX_DETAIL_LENGTH = 500
+
+
+class HasCommandId(Protocol):
+    @property
+    def command_id(self) -> str: ...
+
+
+T = TypeVar("T", bound=HasCommandId)
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class StoredOutcome:
+    """A command's recorded outcome; what every acknowledgement of it says."""
+
+    command_id: str
+    request_id: str
+    status: AckStatus
+    detail: str | None
+    applied_at: datetime
+
+
+def first_of_each(commands: Iterable[T]) -> list[T]:
+    """The first occurrence of each command id, in batch order."""
+    seen: set[str] = set()
+    unique = []
+    for command in commands:
+        if command.command_id not in seen:
+            seen.add(command.command_id)
+            unique.append(command)
+    return unique
+
+
+def clip_detail(detail: str | None) -> str | None:
+    if detail is None:
+        return None
+    return detail.replace("\x00", " ")[:MAX_DETAIL_LENGTH]
+
+
+_LOOKUP = """
+SELECT command_id, request_id, status, detail, applied_at FROM connector_applied
+WHERE destination = %s AND command_id = ANY(%s)
+"""
+
+# DO UPDATE (a no-op) rather than DO NOTHING so RETURNING also yields the row that won
+# when another instance recorded the same command first: every ack then agrees.
+_RECORD = """
+INSERT INTO connector_applied (destination, command_id, request_id, status, detail, applied_at)
+SELECT %s, c, r, s, d, a FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],
+                                     %s::timestamptz[]) AS t(c, r, s, d, a)
+ON CONFLICT (destination, command_id) DO UPDATE SET destination = connector_applied.destination
+RETURNING command_id, request_id, status, detail, applied_at
+"""
+
+
+def _row(row: tuple[Any, ...]) -> StoredOutcome:
+    return StoredOutcome(row[0], row[1], AckStatus(row[2]), row[3], row[4])
+
+
+class DedupeStore:
+    """Outcomes of one destination's commands, in PostgreSQL."""
+
+    def __init__(self, dsn: str, destination: str) -> None:
+        self.dsn = dsn
+        self.destination = destination
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def lookup(self, command_ids: Sequence[str]) -> dict[str, StoredOutcome]:
+        if not command_ids:
+            return {}
+        rows = self._run(lambda conn: conn.execute(
+            _LOOKUP, (self.destination, list(command_ids))).fetchall())
+        return {r[0]: _row(r) for r in rows}
+
+    def record(self, outcomes: Sequence[StoredOutcome]) -> dict[str, StoredOutcome]:
+        """Store outcomes (first writer wins); return what is stored for each id."""
+        if not outcomes:
+            return {}
+        params = (
+            self.destination,
+            [o.command_id for o in outcomes],
+            [o.request_id for o in outcomes],
+            [o.status.value for o in outcomes],
+            [clip_detail(o.detail) for o in outcomes],
+            [o.applied_at for o in outcomes],
+        )
+
+        def write(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+            with conn.transaction():
+                return conn.execute(_RECORD, params).fetchall()
+
+        return {r[0]: _row(r) for r in self._run(write)}
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    def _run(self, work: Callable[[psycopg.Connection[Any]], R]) -> R:
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = connect(self.dsn, autocommit=True)
+            return work(self._conn)
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise RetriableError(f"database error: {first_line(exc)}") from exc
+        except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as exc:
+            raise RetriableError(f"database conflict: {first_line(exc)}") from exc

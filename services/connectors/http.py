@@ -1,0 +1,139 @@
+"""HTTP bits shared by the connectors that call a provider's API (httpx).
+
+Pure helpers (status classification, Retry-After parsing, reason extraction) plus
+``post_json``, which turns transport errors and transient answers into
+``RetriableError`` (with the provider's Retry-After) and hands back every other
+response for the connector to read.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from services.common.errors import RetriableError
+from services.common.logging import get_logger, redact_text
+
+log = get_logger(__name__)
+
+MAX_REASON_LENGTH = 300
+
+
+class Verdict(StrEnum):
+    OK = "OK"
+    TRANSIENT = "TRANSIENT"  # retry the same call later
+    CONFIGURATION = "CONFIGURATION"  # our token or URL is wrong: retry (an operator must act), never reject
+    PERMANENT = "PERMANENT"  # the provider refuses this data: a rejection with its reason
+
+
+_TRANSIENT_4XX = frozenset({408, 425, 429})
+_CONFIGURATION_4XX = frozenset({401, 403, 404, 405})
+
+
+def classify_status(code: int) -> Verdict:
+    """What an HTTP status means for the commands in the request."""
+    if 200 <= code < 300:
+        return Verdict.OK
+    if code in _TRANSIENT_4XX or code >= 500:
+        return Verdict.TRANSIENT
+    if code in _CONFIGURATION_4XX:
+        return Verdict.CONFIGURATION
+    if 400 <= code < 500:
+        return Verdict.PERMANENT
+    return Verdict.TRANSIENT  # 1xx/3xx from an API: something in between is misbehaving
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None if absent
+    or unreadable."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            moment = parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+        if moment.tzinfo is None:
+            return None
+        return max(0.0, (moment - now).total_seconds())
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN / inf
+        return None
+    return max(0.0, seconds)
+
+
+def clean_reason(text: str, limit: int = MAX_REASON_LENGTH) -> str:
+    """A provider's reason made safe for an ack's ``detail``: one line, no raw PII, bounded."""
+    one_line = " ".join(text.replace("\x00", " ").split())
+    return redact_text(one_line)[:limit]
+
+
+def _message_from(body: Any) -> str | None:
+    if isinstance(body, dict):
+        for key in ("message", "error", "reason", "detail"):
+            value = body.get(key)
+            if isinstance(value, str) and value.strip():
+                return value
+        errors = body.get("errors")
+        if isinstance(errors, list) and errors:
+            return _message_from(errors[0])
+    return None
+
+
+def error_reason(response: httpx.Response) -> str:
+    """``HTTP 400: <the provider's message>``."""
+    try:
+        message = _message_from(response.json())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        message = None
+    if message is None:
+        message = response.text or response.reason_phrase
+    return clean_reason(f"HTTP {response.status_code}: {message}")
+
+
+def make_client(timeout_seconds: float) -> httpx.Client:
+    return httpx.Client(
+        timeout=httpx.Timeout(timeout_seconds, connect=min(timeout_seconds, 5.0)),
+        headers={"User-Agent": "optout-connector/1", "Accept": "application/json"},
+        follow_redirects=False,
+    )
+
+
+def post_json(
+    client: httpx.Client, url: str, token: SecretStr, body: Any, now: datetime, system: str
+) -> httpx.Response:
+    """POST ``body``; return a 2xx or a permanent 4xx response; raise ``RetriableError``
+    for everything that may work later."""
+    try:
+        response = client.post(
+            url, json=body, headers={"Authorization": f"Bearer {token.get_secret_value()}"}
+        )
+    except httpx.TransportError as exc:
+        raise RetriableError(f"{system} unreachable ({type(exc).__name__})") from exc
+    verdict = classify_status(response.status_code)
+    if verdict is Verdict.TRANSIENT:
+        raise RetriableError(
+            f"{system} answered HTTP {response.status_code}",
+            retry_after=parse_retry_after(response.headers.get("Retry-After"), now),
+        )
+    if verdict is Verdict.CONFIGURATION:
+        log.error("provider refused our credentials or URL; check the connector settings",
+                  system=system, status=response.status_code)
+        raise RetriableError(f"{system} answered HTTP {response.status_code}: check its URL and token")
+    return response
+
+
+def json_body(response: httpx.Response, system: str) -> Any:
+    """The JSON body of a 2xx answer; an unreadable one is treated as transient."""
+    try:
+        return response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RetriableError(f"{system} sent an unreadable {response.status_code} answer") from exc

@@ -1,0 +1,441 @@
+"""The connector kit: a destination is one small ``Connector`` class; this module makes it
+reliable.
+
+A connector says what applying a batch of SuppressionCommands to its system means::
+
+    class MyConnector(Connector):
+        destination = "my_system"
+
+        def apply(self, commands: Sequence[Command]) -> list[Outcome]:
+            ...  # one Outcome per command; raise RetriableError(retry_after=...) if transient
+
+``ConnectorStep`` (a ``ConsumerLoop`` step) does the rest: decode (unreadable or
+misrouted messages go to the destination's DLQ), dedupe by ``command_id`` against the
+PostgreSQL store (a re-sent command is acknowledged again, not re-applied), call
+``apply`` with bounded tenacity retries (exponential backoff with full jitter; a
+provider's Retry-After is honoured), record the outcomes, publish one SuppressionAck per
+delivered command to ``optout.acks`` (key = request_id) and return only when every ack
+is delivered, so the loop commits offsets after the acks and never before. When the
+attempts are exhausted it raises ``RetriableError``: the loop backs off and the batch is
+retried; nothing is lost or falsely acknowledged. The exact ordering and its reasons are
+in ``services.connectors.dedupe``.
+
+A connector may also return outcomes for some commands only (the rest are retried), or
+raise ``IncompleteBatch(outcomes, cause)`` to keep the progress it made before a
+transient failure.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from confluent_kafka import Message, Producer
+from prometheus_client import Counter, Histogram
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_when_event_set,
+    wait_random_exponential,
+)
+from tenacity.wait import wait_base
+
+from services.common import metrics
+from services.common.avro import Codec, default_codec
+from services.common.clock import Clock, SystemClock, from_millis, to_millis
+from services.common.consumer_loop import ConsumerLoop
+from services.common.contract import AckStatus
+from services.common.errors import PoisonMessage, RetriableError
+from services.common.kafka import DeliveryTracker, dlq_headers, make_producer
+from services.common.logging import get_logger
+from services.common.settings import Settings
+from services.connectors.dedupe import DedupeStore, StoredOutcome, first_of_each
+
+log = get_logger(__name__)
+
+OUTCOMES = Counter(
+    "optout_connector_outcomes_total",
+    "Acknowledgements published by connectors, by status and whether apply() ran (applied) "
+    "or the stored outcome answered a re-sent command (stored).",
+    ["destination", "status", "source"],
+)
+APPLY_SECONDS = Histogram(
+    "optout_connector_apply_seconds", "Time in one apply() call.", ["destination"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+
+# --- what connectors see -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Command:
+    """A decoded SuppressionCommand."""
+
+    command_id: str
+    request_id: str
+    destination: str
+    customer_id: str | None
+    email: str | None
+    phone: str | None
+    postal_address: Mapping[str, Any] | None
+    email_sha256: str | None
+    phone_sha256: str | None
+    scopes: tuple[str, ...]
+    issued_at: datetime
+    deadline: datetime
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Command:
+        return cls(
+            command_id=str(record["command_id"]),
+            request_id=str(record["request_id"]),
+            destination=str(record["destination"]),
+            customer_id=record.get("customer_id"),
+            email=record.get("email"),
+            phone=record.get("phone"),
+            postal_address=record.get("postal_address"),
+            email_sha256=record.get("email_sha256"),
+            phone_sha256=record.get("phone_sha256"),
+            scopes=tuple(str(s) for s in record.get("scopes") or ()),
+            issued_at=_as_datetime(record["issued_at"]),
+            deadline=_as_datetime(record["deadline"]),
+        )
+
+
+def _as_datetime(value: Any) -> datetime:
+    return value if isinstance(value, datetime) else from_millis(int(value))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the destination did with one command. ``detail`` must carry no raw PII."""
+
+    command_id: str
+    status: AckStatus
+    detail: str | None = None
+
+    @classmethod
+    def applied(cls, command_id: str, detail: str | None = None) -> Outcome:
+        return cls(command_id, AckStatus.APPLIED, detail)
+
+    @classmethod
+    def already_suppressed(cls, command_id: str, detail: str | None = None) -> Outcome:
+        return cls(command_id, AckStatus.ALREADY_SUPPRESSED, detail)
+
+    @classmethod
+    def rejected(cls, command_id: str, reason: str) -> Outcome:
+        return cls(command_id, AckStatus.REJECTED, reason)
+
+
+class IncompleteBatch(RetriableError):
+    """Raised by ``apply`` after finishing part of a batch: ``outcomes`` are kept, the
+    commands without one are retried after ``cause``'s backoff."""
+
+    def __init__(self, outcomes: Sequence[Outcome], cause: RetriableError) -> None:
+        super().__init__(str(cause), retry_after=cause.retry_after)
+        self.outcomes = list(outcomes)
+
+
+class Connector(ABC):
+    """One destination system. ``apply`` must be idempotent per ``command_id`` (see
+    ``services.connectors.dedupe`` for why)."""
+
+    destination: str
+
+    @abstractmethod
+    def apply(self, commands: Sequence[Command]) -> list[Outcome]:
+        """Apply ``commands`` (distinct ids); return one ``Outcome`` per command applied or
+        permanently refused. Raise ``RetriableError`` (``retry_after`` when the provider
+        said so) for transient failures."""
+
+    def close(self) -> None:
+        """Release clients and files."""
+        return None
+
+
+# --- pure helpers ----------------------------------------------------------------------------
+def retry_wait_seconds(retry_after: float | None, backoff: float, cap: float) -> float:
+    """Seconds before the next apply attempt: our jittered exponential backoff, but never
+    sooner than the provider's Retry-After; at most ``cap`` (a longer Retry-After is
+    answered 429 again and, once the attempts are spent, waited out by the loop)."""
+    if retry_after is None:
+        return min(backoff, cap)
+    return min(max(retry_after, backoff), cap)
+
+
+class wait_retry_after(wait_base):
+    """tenacity wait: ``fallback`` backoff, raised to the failure's ``retry_after``."""
+
+    def __init__(self, fallback: wait_base, cap: float) -> None:
+        self.fallback = fallback
+        self.cap = cap
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None and outcome.failed else None
+        hint = error.retry_after if isinstance(error, RetriableError) else None
+        return retry_wait_seconds(hint, self.fallback(retry_state), self.cap)
+
+
+def decode_command(codec: Codec, payload: bytes | None, destination: str) -> Command:
+    """A SuppressionCommand for ``destination``; ``PoisonMessage`` for anything else."""
+    _, record = codec.decode(payload, expect="SuppressionCommand")
+    command = Command.from_record(record)
+    if command.destination != destination:
+        raise PoisonMessage(
+            "wrong_destination", f"command for {command.destination} on the {destination} topic"
+        )
+    return command
+
+
+def stored_outcomes(
+    pending: Sequence[Command], returned: Sequence[Outcome], at: datetime
+) -> tuple[dict[str, StoredOutcome], list[str]]:
+    """Match ``apply``'s outcomes to the pending commands: ``(outcomes by id, ignored ids)``.
+    Outcomes for ids not pending, or repeated, are ignored (a connector bug, logged)."""
+    wanted = {c.command_id: c for c in pending}
+    matched: dict[str, StoredOutcome] = {}
+    ignored: list[str] = []
+    for outcome in returned:
+        command = wanted.get(outcome.command_id)
+        if command is None or outcome.command_id in matched:
+            ignored.append(outcome.command_id)
+            continue
+        matched[outcome.command_id] = StoredOutcome(
+            outcome.command_id, command.request_id, outcome.status, outcome.detail, at
+        )
+    return matched, ignored
+
+
+def ack_record(outcome: StoredOutcome, destination: str) -> dict[str, Any]:
+    """The SuppressionAck body for a stored outcome (the same on every re-ack)."""
+    return {
+        "command_id": outcome.command_id,
+        "request_id": outcome.request_id,
+        "destination": destination,
+        "status": outcome.status.value,
+        "detail": outcome.detail,
+        "acked_at": to_millis(outcome.applied_at),
+    }
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int
+    initial_seconds: float
+    max_backoff_seconds: float
+    retry_after_max_seconds: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(settings.connector_retry_attempts, settings.connector_retry_initial_seconds,
+                   settings.connector_retry_max_backoff_seconds,
+                   settings.connector_retry_after_max_seconds)
+
+
+@dataclass
+class ApplyRun:
+    """What ``apply_with_retries`` got: outcomes by command id, and the last transient
+    error when the attempts ran out (or stop was requested) with commands still pending."""
+
+    outcomes: dict[str, StoredOutcome]
+    error: RetriableError | None
+    attempts: int
+
+
+OnRetry = Callable[[int, BaseException | None, float], None]
+
+
+def apply_with_retries(
+    connector: Connector, commands: Sequence[Command], clock: Clock, policy: RetryPolicy,
+    stop: threading.Event, sleep: Callable[[float], None], on_retry: OnRetry | None = None,
+) -> ApplyRun:
+    """Call ``connector.apply`` until every command has an outcome, at most
+    ``policy.attempts`` times, waiting per ``wait_retry_after`` in between. Only the
+    commands still without an outcome are passed again. Errors other than
+    ``RetriableError`` propagate (a connector bug: the service stops, nothing is acked)."""
+    results: dict[str, StoredOutcome] = {}
+    pending = list(commands)
+
+    def take(returned: Sequence[Outcome]) -> None:
+        nonlocal pending
+        matched, ignored = stored_outcomes(pending, returned, clock.now())
+        results.update(matched)
+        pending = [c for c in pending if c.command_id not in results]
+        if ignored:
+            log.error("connector returned outcomes for commands it was not given",
+                      destination=connector.destination, count=len(ignored))
+
+    def attempt() -> None:
+        started = time.monotonic()
+        try:
+            returned = connector.apply(pending)
+        except IncompleteBatch as partial:
+            take(partial.outcomes)
+            raise
+        finally:
+            APPLY_SECONDS.labels(connector.destination).observe(time.monotonic() - started)
+        take(returned)
+        if pending:
+            raise RetriableError(f"{connector.destination} gave no outcome for {len(pending)} commands")
+
+    def before_sleep(state: RetryCallState) -> None:
+        if on_retry is not None:
+            error = state.outcome.exception() if state.outcome else None
+            on_retry(state.attempt_number, error, state.upcoming_sleep)
+
+    retrying = Retrying(
+        retry=retry_if_exception_type(RetriableError),
+        stop=stop_after_attempt(policy.attempts) | stop_when_event_set(stop),
+        wait=wait_retry_after(
+            wait_random_exponential(multiplier=policy.initial_seconds, max=policy.max_backoff_seconds),
+            cap=policy.retry_after_max_seconds,
+        ),
+        sleep=sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    attempts = 0
+    try:
+        for attempt_state in retrying:
+            with attempt_state:
+                attempts += 1
+                attempt()
+    except RetriableError as exc:
+        return ApplyRun(results, exc, attempts)
+    return ApplyRun(results, None, attempts)
+
+
+# --- the step ------------------------------------------------------------------------------
+class ConnectorStep:
+    def __init__(
+        self, settings: Settings, connector: Connector, producer: Producer, codec: Codec,
+        clock: Clock, stop: threading.Event, store: DedupeStore,
+    ) -> None:
+        self.settings = settings
+        self.connector = connector
+        self.destination = connector.destination
+        self.service = service_name(self.destination)
+        self.producer = producer
+        self.codec = codec
+        self.clock = clock
+        self.stop = stop
+        self.store = store
+        self.policy = RetryPolicy.from_settings(settings)
+        self._topic = settings.suppress_topic(self.destination)
+        for outcome in ("processed", "duplicate", "dead_lettered"):
+            metrics.MESSAGES_CONSUMED.labels(self.service, self._topic, outcome)
+        metrics.RETRIES.labels(self.service, "apply")
+        for status in AckStatus:
+            for source in ("applied", "stored"):
+                OUTCOMES.labels(self.destination, status.value, source)
+
+    # --- Step interface -------------------------------------------------------------------
+    def poll(self) -> None:
+        self.producer.poll(0)
+
+    def close(self) -> None:
+        try:
+            self.producer.flush(10)
+            self.connector.close()
+        finally:
+            self.store.close()
+
+    def submit(self, messages: Sequence[Message]) -> None:
+        deliveries: list[tuple[Message, Command]] = []
+        dead: list[tuple[Message, PoisonMessage]] = []
+        for message in messages:
+            try:
+                deliveries.append((message, decode_command(self.codec, message.value(),
+                                                           self.destination)))
+            except PoisonMessage as poison:
+                dead.append((message, poison))
+        unique = first_of_each(c for _, c in deliveries)
+        known = self.store.lookup([c.command_id for c in unique])
+        fresh = [c for c in unique if c.command_id not in known]
+        outcomes = dict(known)
+        if fresh:
+            outcomes.update(self._apply_and_record(fresh))
+
+        tracker = DeliveryTracker(self.producer)
+        for _, command in deliveries:
+            tracker.produce(
+                self.settings.acks_topic,
+                value=self.codec.encode("SuppressionAck",
+                                        ack_record(outcomes[command.command_id], self.destination)),
+                key=command.request_id,
+            )
+        for message, why in dead:
+            tracker.produce(
+                self.settings.suppress_dlq_topic(self.destination), value=message.value() or b"",
+                key=message.key(),
+                headers=dlq_headers(message, why.reason, why.detail, self.service),
+            )
+        started = time.monotonic()
+        tracker.wait()
+        metrics.PRODUCE_SECONDS.labels(self.service).observe(time.monotonic() - started)
+        self._count(deliveries, dead, {c.command_id for c in fresh}, outcomes)
+
+    # --- internals --------------------------------------------------------------------------
+    def _apply_and_record(self, fresh: list[Command]) -> dict[str, StoredOutcome]:
+        """Apply with bounded retries and commit every outcome obtained, also the partial
+        ones when the attempts run out (so those are never applied again), then re-raise."""
+        run = apply_with_retries(self.connector, fresh, self.clock, self.policy, self.stop,
+                                 sleep=self._sleep, on_retry=self._on_retry)
+        stored = self.store.record(list(run.outcomes.values()))
+        if run.error is not None:
+            raise run.error
+        return stored
+
+    def _sleep(self, seconds: float) -> None:
+        self.stop.wait(seconds)  # a stop request ends the wait; tenacity then stops retrying
+
+    def _on_retry(self, attempt: int, error: BaseException | None, wait_seconds: float) -> None:
+        metrics.RETRIES.labels(self.service, "apply").inc()
+        log.warning("apply failed; retrying", destination=self.destination, attempt=attempt,
+                    error=str(error), wait_seconds=round(wait_seconds, 2))
+
+    def _count(self, deliveries: list[tuple[Message, Command]], dead: list[tuple[Message, PoisonMessage]],
+               applied_ids: set[str], outcomes: Mapping[str, StoredOutcome]) -> None:
+        first_seen: set[str] = set()
+        processed = duplicates = 0
+        for _, command in deliveries:
+            status = outcomes[command.command_id].status.value
+            if command.command_id in applied_ids and command.command_id not in first_seen:
+                first_seen.add(command.command_id)
+                processed += 1
+                OUTCOMES.labels(self.destination, status, "applied").inc()
+            else:
+                duplicates += 1
+                OUTCOMES.labels(self.destination, status, "stored").inc()
+        for _, poison in dead:
+            metrics.DEAD_LETTERED.labels(self.service, poison.reason).inc()
+        metrics.MESSAGES_CONSUMED.labels(self.service, self._topic, "processed").inc(processed)
+        metrics.MESSAGES_CONSUMED.labels(self.service, self._topic, "duplicate").inc(duplicates)
+        metrics.MESSAGES_CONSUMED.labels(self.service, self._topic, "dead_lettered").inc(len(dead))
+        metrics.MESSAGES_PRODUCED.labels(self.service, self.settings.acks_topic).inc(len(deliveries))
+        log.info("batch acknowledged", destination=self.destination, messages=len(deliveries) + len(dead),
+                 applied=processed, reacknowledged=duplicates, dead_lettered=len(dead))
+
+
+def service_name(destination: str) -> str:
+    return f"connector.{destination}"
+
+
+def run_connector(
+    settings: Settings, connector: Connector, stop: threading.Event, clock: Clock | None = None
+) -> None:
+    """Run ``connector`` in the shared consume loop until ``stop`` is set."""
+    service = service_name(connector.destination)
+    step = ConnectorStep(
+        settings, connector, make_producer(settings), default_codec(), clock or SystemClock(), stop,
+        DedupeStore(settings.dsn(), connector.destination),
+    )
+    ConsumerLoop(settings, service, [settings.suppress_topic(connector.destination)], step, stop,
+                 group_id=settings.group(service)).run()

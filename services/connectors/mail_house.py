@@ -1,0 +1,202 @@
+"""mail_house: the suppression file a mail house imports, one CSV per day.
+
+``<mail_house_dir>/suppressions-YYYY-MM-DD.csv`` (UTF-8, RFC 4180, header row): request
+id, command id, the normalized name and postal address (upper case, single spaces, no
+control characters; up to three address-line columns, further lines folded into the
+third) and the date the person was added.
+
+Each batch rewrites the day's file atomically: under an exclusive lock on
+``.suppressions.lock``, read the current file, append the rows whose command id is not
+in it yet, write everything to a temporary file in the same folder, fsync it,
+``os.replace`` it over the day's file and fsync the folder. A crash leaves either the
+old or the new file, never a half-written one; a re-applied command never adds a
+second row. ``apply`` returns only after the fsyncs, so a command is acknowledged only
+once its row is durable. Leftover temporary files of a crashed writer are removed on
+start (under the lock). The lock is ``flock``: instances must share one local folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import os
+import unicodedata
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from services.common.clock import Clock, SystemClock
+from services.common.errors import RetriableError
+from services.common.logging import get_logger
+from services.common.settings import Settings
+from services.connectors.kit import Command, Connector, Outcome
+
+log = get_logger(__name__)
+
+COLUMNS = ("request_id", "command_id", "name", "address_line_1", "address_line_2",
+           "address_line_3", "city", "region", "postal_code", "country", "suppressed_on")
+ADDRESS_LINE_COLUMNS = 3
+FILE_PREFIX = "suppressions-"
+TEMP_SUFFIX = ".tmp"
+LOCK_NAME = ".suppressions.lock"
+# Spreadsheet programs run cells starting with these as formulas (CSV injection).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def file_name(day: date) -> str:
+    return f"{FILE_PREFIX}{day.isoformat()}.csv"
+
+
+def normalize_field(value: str | None) -> str:
+    """NFC, control characters dropped, whitespace collapsed, upper case (postal style)."""
+    if not value:
+        return ""
+    text = unicodedata.normalize("NFC", value)
+    text = "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in text)
+    return " ".join(text.split()).upper()
+
+
+def safe_cell(value: str) -> str:
+    """Neutralise spreadsheet formulas: a leading ``'`` makes the cell plain text."""
+    return "'" + value if value.startswith(_FORMULA_STARTS) else value
+
+
+def address_lines(lines: Sequence[str]) -> list[str]:
+    """Exactly three address-line cells; lines beyond the third are joined into it."""
+    cleaned = [n for n in (normalize_field(line) for line in lines) if n]
+    head = cleaned[:ADDRESS_LINE_COLUMNS - 1]
+    tail = ", ".join(cleaned[ADDRESS_LINE_COLUMNS - 1:])
+    cells = [*head, tail] if tail else head
+    return cells + [""] * (ADDRESS_LINE_COLUMNS - len(cells))
+
+
+def csv_row(command: Command, address: Mapping[str, Any], day: date) -> list[str]:
+    """The file row for one command (``address`` is the command's postal address)."""
+    values = [
+        command.request_id,
+        command.command_id,
+        normalize_field(address.get("name")),
+        *address_lines([str(x) for x in address.get("lines") or []]),
+        normalize_field(address.get("city")),
+        normalize_field(address.get("region")),
+        normalize_field(address.get("postal_code")),
+        normalize_field(address.get("country")),
+        day.isoformat(),
+    ]
+    return [safe_cell(v) for v in values]
+
+
+def render_rows(rows: Sequence[Sequence[str]], with_header: bool) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    if with_header:
+        writer.writerow(COLUMNS)
+    writer.writerows(rows)
+    return buffer.getvalue().encode("utf-8")
+
+
+def command_ids_in(content: bytes) -> set[str]:
+    """Command ids already in a file's content."""
+    if not content:
+        return set()
+    reader = csv.DictReader(io.StringIO(content.decode("utf-8")))
+    return {row["command_id"] for row in reader if row.get("command_id")}
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    content: bytes | None  # the day's new file; None when nothing changes
+    outcomes: list[Outcome]
+    rows_added: int
+
+
+def plan_file(existing: bytes, commands: Sequence[Command], day: date) -> FilePlan:
+    """The day's file with the commands not in it yet, and every command's outcome."""
+    present = command_ids_in(existing)
+    rows: list[list[str]] = []
+    outcomes: list[Outcome] = []
+    for command in commands:
+        address = command.postal_address
+        if not address or not address.get("lines") or not address.get("postal_code"):
+            outcomes.append(Outcome.rejected(command.command_id, "command carries no postal address"))
+            continue
+        if command.command_id not in present:
+            rows.append(csv_row(command, address, day))
+            present.add(command.command_id)
+        outcomes.append(Outcome.applied(command.command_id))
+    if not rows:
+        return FilePlan(None, outcomes, 0)
+    if existing and not existing.endswith(b"\n"):
+        existing += b"\r\n"
+    return FilePlan(existing + render_rows(rows, with_header=not existing), outcomes, len(rows))
+
+
+def write_atomically(path: Path, content: bytes) -> None:
+    """Temporary file in the same folder, fsync, rename over ``path``, fsync the folder."""
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+class MailHouseConnector(Connector):
+    destination = "mail_house"
+
+    def __init__(self, folder: Path, clock: Clock | None = None) -> None:
+        self.folder = folder
+        self.clock = clock or SystemClock()
+        self._cleaned = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MailHouseConnector:
+        return cls(Path(settings.mail_house_dir))
+
+    def path_for(self, day: date) -> Path:
+        return self.folder / file_name(day)
+
+    def apply(self, commands: Sequence[Command]) -> list[Outcome]:
+        day = self.clock.now().date()
+        path = self.path_for(day)
+        try:
+            with self._locked():
+                if not self._cleaned:
+                    self._remove_leftovers()
+                    self._cleaned = True
+                existing = path.read_bytes() if path.exists() else b""
+                plan = plan_file(existing, commands, day)
+                if plan.content is not None:
+                    write_atomically(path, plan.content)
+        except OSError as exc:
+            raise RetriableError(f"mail house folder not writable ({exc.strerror or exc})") from exc
+        log.info("suppression file written", file=path.name, rows_added=plan.rows_added)
+        return plan.outcomes
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / LOCK_NAME, "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def _remove_leftovers(self) -> None:
+        for leftover in self.folder.glob(f".{FILE_PREFIX}*{TEMP_SUFFIX}"):
+            leftover.unlink(missing_ok=True)
+            log.warning("removed a temporary file left by a crashed writer", file=leftover.name)

@@ -1,0 +1,131 @@
+"""third_party_sharing: tell every configured partner not to receive or sell this person's
+data, using only SHA-256 hashes of normalized identifiers.
+
+Each partner gets ``POST {partner.url}/opt-outs`` (bearer token) with
+``{"opt_outs": [{"reference", "email_sha256", "phone_sha256", "customer_id_sha256"}]}``
+(at most 1,000 per call). ``reference`` is the command id: partners key opt-outs by
+it, so sending one again is harmless. Nothing else leaves: the email and phone hashes
+come from intake (hashes of the normalized values; the commands of this destination
+carry no raw email or phone) and the customer id is hashed here.
+
+A command is APPLIED once every partner accepted it; REJECTED, naming the partners and
+their reasons, if any partner refused it permanently. A transient failure at any
+partner retries the batch (partners that already accepted see the same references).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from services.common.clock import Clock, SystemClock
+from services.common.identity import sha256_hex
+from services.common.logging import get_logger
+from services.common.settings import PartnerEndpoint, Settings
+from services.connectors.http import clean_reason, error_reason, json_body, make_client, post_json
+from services.connectors.kit import Command, Connector, Outcome
+
+log = get_logger(__name__)
+
+MAX_BATCH = 1000
+OPT_OUTS_PATH = "/opt-outs"
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+HASH_FIELDS = ("email_sha256", "phone_sha256", "customer_id_sha256")
+
+
+def is_sha256_hex(value: str | None) -> bool:
+    return value is not None and _SHA256_HEX.match(value) is not None
+
+
+def partner_record(command: Command) -> dict[str, str] | None:
+    """What partners learn about one command: its reference and hashes, nothing else.
+    None when the command has no usable identifier."""
+    record: dict[str, str] = {}
+    if is_sha256_hex(command.email_sha256) and command.email_sha256:
+        record["email_sha256"] = command.email_sha256
+    if is_sha256_hex(command.phone_sha256) and command.phone_sha256:
+        record["phone_sha256"] = command.phone_sha256
+    if command.customer_id:
+        record["customer_id_sha256"] = sha256_hex(command.customer_id)
+    if not record:
+        return None
+    return {"reference": command.command_id, **record}
+
+
+def partner_refusals(partner: str, sent: Sequence[str], body: Any) -> dict[str, str]:
+    """References a partner's 2xx answer lists under ``rejected``, with its reasons."""
+    if not isinstance(body, Mapping) or not isinstance(body.get("rejected"), list):
+        return {}
+    wanted = set(sent)
+    found: dict[str, str] = {}
+    for item in body["rejected"]:
+        if isinstance(item, Mapping) and item.get("reference") in wanted:
+            found[str(item["reference"])] = clean_reason(
+                f"{partner}: {item.get('reason') or 'refused'}")
+    return found
+
+
+def combine(command_ids: Sequence[str], refusals: Mapping[str, list[str]]) -> list[Outcome]:
+    """APPLIED when no partner refused; otherwise REJECTED with every partner's reason."""
+    return [
+        Outcome.rejected(cid, clean_reason("; ".join(refusals[cid]), 500)) if refusals.get(cid)
+        else Outcome.applied(cid)
+        for cid in command_ids
+    ]
+
+
+def _chunks(records: Sequence[dict[str, str]], size: int) -> Iterator[list[dict[str, str]]]:
+    for start in range(0, len(records), size):
+        yield list(records[start:start + size])
+
+
+class ThirdPartySharingConnector(Connector):
+    destination = "third_party_sharing"
+
+    def __init__(self, partners: Sequence[PartnerEndpoint], client: httpx.Client,
+                 clock: Clock | None = None) -> None:
+        self.partners = list(partners)
+        self.client = client
+        self.clock = clock or SystemClock()
+        if not self.partners:
+            log.warning("no partners configured (OPTOUT_PARTNERS): every command is acknowledged "
+                        "APPLIED without telling anyone")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ThirdPartySharingConnector:
+        return cls(settings.partners, make_client(settings.connector_http_timeout_seconds))
+
+    def close(self) -> None:
+        self.client.close()
+
+    def apply(self, commands: Sequence[Command]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        records: list[dict[str, str]] = []
+        for command in commands:
+            record = partner_record(command)
+            if record is None:
+                outcomes.append(Outcome.rejected(
+                    command.command_id, "command carries no customer id or identifier hash"))
+            else:
+                records.append(record)
+        refusals: dict[str, list[str]] = {}
+        for partner in self.partners:
+            for chunk in _chunks(records, MAX_BATCH):
+                for reference, reason in self._send(partner, chunk).items():
+                    refusals.setdefault(reference, []).append(reason)
+        outcomes.extend(combine([r["reference"] for r in records], refusals))
+        return outcomes
+
+    def _send(self, partner: PartnerEndpoint, records: list[dict[str, str]]) -> dict[str, str]:
+        """Refusals of one call (raises ``RetriableError`` when the partner may accept later)."""
+        system = f"partner {partner.name}"
+        response = post_json(self.client, partner.url.rstrip("/") + OPT_OUTS_PATH, partner.token,
+                             {"opt_outs": records}, self.clock.now(), system)
+        references = [r["reference"] for r in records]
+        if response.is_success:
+            return partner_refusals(partner.name, references, json_body(response, system))
+        reason = clean_reason(f"{partner.name}: {error_reason(response)}")
+        return dict.fromkeys(references, reason)

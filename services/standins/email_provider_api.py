@@ -1,0 +1,156 @@
+"""Stand-in of an email service provider's global-unsubscribe API (SendGrid-shaped).
+
+``POST /v3/asm/suppressions/global`` ``{"recipient_emails": [...]}`` with
+``Authorization: Bearer <token>``, in this order of checks:
+
+* 401 wrong or missing token;
+* 429 + ``Retry-After`` past ``rate_limit_per_second`` requests in the current second;
+* 503 (+ ``Retry-After: 1``) for a random ``failure_rate`` share of requests;
+* 400 malformed body, or more than 1,000 addresses;
+* 400 ``{"errors": [{"field", "email", "message"}]}`` when the batch holds addresses the
+  provider refuses (``rejected``): nothing of that request is applied (all or nothing);
+* 201 ``{"added": [...], "already_suppressed": [...]}``: idempotent, an address already
+  on the list is reported as already suppressed.
+
+Inspection (tests, humans): ``GET /v3/asm/suppressions/global`` lists the suppressed
+addresses (``[{"email", "created"}]``, as the real API does); ``GET /_standin/stats``
+counts requests by answer and how often each address arrived in an accepted request.
+State is in memory.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from services.standins.web import Request, Response, error
+
+PATH = "/v3/asm/suppressions/global"
+STATS_PATH = "/_standin/stats"
+MAX_BATCH = 1000
+DEFAULT_REJECT_REASON = "address previously hard-bounced and cannot be added"
+
+
+class FixedWindowLimiter:
+    """At most ``limit`` calls per one-second window; 0 means unlimited."""
+
+    def __init__(self, limit: int, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self._monotonic = monotonic
+        self._window = -1
+        self._count = 0
+
+    def admit(self) -> float | None:
+        """None if admitted, else seconds until the window resets."""
+        if self.limit <= 0:
+            return None
+        now = self._monotonic()
+        window = math.floor(now)
+        if window != self._window:
+            self._window, self._count = window, 0
+        if self._count >= self.limit:
+            return window + 1 - now
+        self._count += 1
+        return None
+
+
+class EmailProviderStandin:
+    def __init__(
+        self,
+        token: str,
+        failure_rate: float = 0.0,
+        rate_limit_per_second: int = 0,
+        retry_after_seconds: int = 1,
+        rejected: Mapping[str, str] | Iterable[str] = (),
+        rng: random.Random | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.token = token
+        self.failure_rate = failure_rate
+        self.retry_after_seconds = retry_after_seconds
+        self.rejected: dict[str, str] = (
+            {k.lower(): v for k, v in rejected.items()} if isinstance(rejected, Mapping)
+            else {e.strip().lower(): DEFAULT_REJECT_REASON for e in rejected}
+        )
+        self._rng = rng or random.Random()
+        self._limiter = FixedWindowLimiter(rate_limit_per_second, monotonic)
+        self._wall_clock = wall_clock
+        self._lock = threading.Lock()
+        self.suppressed: dict[str, int] = {}  # email -> created (unix seconds)
+        self.received: Counter[str] = Counter()  # email -> accepted requests that carried it
+        self.answers: Counter[int] = Counter()  # HTTP status -> count (add calls)
+
+    # --- the app ------------------------------------------------------------------------
+    def handle(self, request: Request) -> Response:
+        with self._lock:
+            return self._route(request)
+
+    def _route(self, request: Request) -> Response:
+        if request.path == PATH and request.method == "POST":
+            response = self._add(request)
+            self.answers[response.status] += 1
+            return response
+        if request.path == PATH and request.method == "GET":
+            if request.bearer_token() != self.token:
+                return error(401, "authorization required")
+            return Response(200, [{"email": e, "created": c} for e, c in self.suppressed.items()])
+        if request.path == STATS_PATH and request.method == "GET":
+            return Response(200, self.stats())
+        return error(404, "not found")
+
+    def _add(self, request: Request) -> Response:
+        if request.bearer_token() != self.token:
+            return error(401, "authorization required")
+        wait = self._limiter.admit()
+        if wait is not None:
+            seconds = max(self.retry_after_seconds, math.ceil(wait))
+            return Response(429, {"error": "too many requests"}, {"Retry-After": str(seconds)})
+        if self.failure_rate and self._rng.random() < self.failure_rate:
+            return Response(503, {"error": "service temporarily unavailable"}, {"Retry-After": "1"})
+        emails = _emails(request)
+        if emails is None:
+            return error(400, "body must be {\"recipient_emails\": [\"...\", ...]}")
+        if len(emails) > MAX_BATCH:
+            return error(400, f"at most {MAX_BATCH} recipient_emails per request")
+        refused = [e for e in emails if e.lower() in self.rejected]
+        if refused:
+            return Response(400, {"errors": [
+                {"field": "recipient_emails", "email": e, "message": self.rejected[e.lower()]}
+                for e in refused
+            ]})
+        added, already = [], []
+        now = int(self._wall_clock())
+        for email in dict.fromkeys(e.lower() for e in emails):
+            self.received[email] += 1
+            if email in self.suppressed:
+                already.append(email)
+            else:
+                self.suppressed[email] = now
+                added.append(email)
+        return Response(201, {"added": added, "already_suppressed": already})
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "answers": {str(k): v for k, v in sorted(self.answers.items())},
+            "received": dict(self.received),
+            "suppressed": len(self.suppressed),
+        }
+
+
+def _emails(request: Request) -> list[str] | None:
+    try:
+        body = request.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    emails = body.get("recipient_emails")
+    if not isinstance(emails, list) or not all(isinstance(e, str) and "@" in e for e in emails):
+        return None
+    return [e.strip() for e in emails]
