@@ -1,0 +1,451 @@
+"""Fault-injection run: thousands of opt-outs through the whole pipeline (separate
+processes, real broker and database) while processes are SIGKILLed, the broker restarts,
+PostgreSQL goes away and consumer groups rebalance. Then every figure is verified from
+the database and by reading every output topic from the beginning.
+
+    python -m tests.faults.run_faults            # full: 20,000 opt-outs (make test-faults)
+    python -m tests.faults.run_faults --short    # the short form run by make test
+
+Seeded and repeatable (--seed): the same requests and the same fault schedule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+from services.common.contract import DESTINATIONS
+from services.common.db import migrate
+from services.common.errors import RetriableError
+from services.common.kafka import create_topics
+from services.common.settings import Settings
+from services.devstack import ensure_up
+from services.devstack import kafka_broker, postgres_server
+from services.devstack.config import Paths
+from services.intake.planning import applicable_destinations, command_id
+from services.publisher.publish import Prepared, RequestPublisher
+from tests.faults.fleet import Fleet, Instance
+from tests.support.pipeline import read_topic
+
+CONNECTORS = [d.id for d in DESTINATIONS]
+SCOPE_MIX = [["ALL"], ["EMAIL_MARKETING"], ["POSTAL_MARKETING"], ["THIRD_PARTY_SHARING"],
+             ["EMAIL_MARKETING", "THIRD_PARTY_SHARING"], ["ALL"]]
+JURISDICTIONS = [None, "US", "US-CA", "EU", "DE", "GB"]
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    events: int = 20_000
+    rate_per_second: float = 250.0
+    seed: int = 1129
+    intake_instances: int = 3
+    confirmer_instances: int = 2
+    intake_kills: int = 5
+    confirmer_kills: int = 2
+    connector_kills: int = 2
+    broker_restart: bool = True
+    database_outage_seconds: float = 15.0
+    rebalance: bool = True
+    drain_timeout_seconds: float = 600.0
+    # Behaviour of the email provider stand-in: share of calls failing with a 503, and
+    # share of requests whose address it permanently refuses.
+    standin_failure_rate: float = 0.0
+    rejected_share: float = 0.0
+
+    @classmethod
+    def short(cls) -> FaultPlan:
+        return cls(events=2_000, rate_per_second=80.0, intake_kills=2, confirmer_kills=1,
+                   connector_kills=1, database_outage_seconds=6.0, drain_timeout_seconds=300.0)
+
+    @classmethod
+    def calm(cls, events: int = 1_000) -> FaultPlan:
+        """No faults at all: duplicates must then be zero."""
+        return cls(events=events, rate_per_second=200.0, intake_instances=1,
+                   confirmer_instances=1, intake_kills=0, confirmer_kills=0, connector_kills=0,
+                   broker_restart=False, database_outage_seconds=0.0, rebalance=False,
+                   drain_timeout_seconds=180.0)
+
+
+@dataclass
+class FaultReport:
+    plan: FaultPlan
+    faults: Counter[str] = field(default_factory=Counter)
+    figures: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def table(self) -> str:
+        rows = [("fault injected", "count")] + sorted(self.faults.items())
+        rows += [("", ""), ("figure", "value")] + [(k, str(v)) for k, v in self.figures.items()]
+        width = max(len(r[0]) for r in rows)
+        lines = [f"{a:<{width}}  {b}" for a, b in rows]
+        lines.append("RESULT: " + ("PASS" if self.ok else "FAIL: " + "; ".join(self.problems)))
+        return "\n".join(lines)
+
+
+def _requests(plan: FaultPlan, rng: random.Random) -> list[dict[str, Any]]:
+    out = []
+    now = datetime.now(UTC)
+    for i in range(plan.events):
+        scopes = rng.choice(SCOPE_MIX)
+        fields: dict[str, Any] = {
+            "event_id": str(uuid.UUID(int=rng.getrandbits(128))),
+            "email": f"person{i}.{rng.randrange(10**6)}@example.com",
+            "scopes": scopes, "source": rng.choice(["WEB_FORM", "API", "CALL_CENTER"]),
+            "jurisdiction": rng.choice(JURISDICTIONS),
+            "requested_at": now - timedelta(seconds=rng.randrange(3600)),
+        }
+        if rng.random() < 0.3 or "POSTAL_MARKETING" in scopes:
+            fields["postal_address"] = {"name": f"Person {i}", "lines": [f"{i} Main St"],
+                                        "city": "Springfield", "postal_code": f"{10000 + i}",
+                                        "country": "US"}
+        if rng.random() < 0.3:
+            fields["phone"] = f"+1415555{i % 10000:04d}"
+        out.append(fields)
+    return out
+
+
+class Run:
+    def __init__(self, plan: FaultPlan, work_dir: Path) -> None:
+        self.plan = plan
+        self.rng = random.Random(plan.seed)
+        self.report = FaultReport(plan)
+        self.stack = ensure_up()
+        self.paths = Paths.from_env()
+        self.work_dir = work_dir
+        self.db_name = f"optout_faults_{uuid.uuid4().hex[:8]}"
+        self.killed: set[int] = set()
+        self.lock = threading.Lock()
+
+    # --- set-up -------------------------------------------------------------------
+    def _database(self) -> tuple[str, str]:
+        superuser = self.stack.superuser_database_url
+        if not superuser:
+            migrate(self.stack.admin_database_url, "optout_app")
+            return self.stack.database_url, self.stack.admin_database_url
+        admin_user = psycopg.conninfo.conninfo_to_dict(self.stack.admin_database_url)["user"]
+        with psycopg.connect(superuser, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(self.db_name), sql.Identifier(str(admin_user))))
+        app = _with_db(self.stack.database_url, self.db_name)
+        admin = _with_db(self.stack.admin_database_url, self.db_name)
+        migrate(admin, "optout_app")
+        return app, admin
+
+    def _env(self, app: str, admin: str, rejected: list[str]) -> dict[str, str]:
+        esp_port, partners_port = _free_port(), _free_port()
+        base = f"http://127.0.0.1:{partners_port}/partners"
+        return {
+            "OPTOUT_KAFKA_BOOTSTRAP": self.stack.kafka_bootstrap,
+            "OPTOUT_DATABASE_URL": app,
+            "OPTOUT_ADMIN_DATABASE_URL": admin,
+            "OPTOUT_TOPIC_PREFIX": f"f{uuid.uuid4().hex[:8]}.",
+            "OPTOUT_TOPIC_PARTITIONS": "6",
+            "OPTOUT_BATCH_SIZE": "500",
+            "OPTOUT_BATCH_TIMEOUT_MS": "100",
+            "OPTOUT_LOG_FORMAT": "json",
+            "OPTOUT_METRICS_PORT": "0",
+            "OPTOUT_MAIL_HOUSE_DIR": str(self.work_dir / "mail_house"),
+            "OPTOUT_STANDIN_EMAIL_PROVIDER_PORT": str(esp_port),
+            "OPTOUT_STANDIN_PARTNERS_PORT": str(partners_port),
+            "OPTOUT_EMAIL_PROVIDER_URL": f"http://127.0.0.1:{esp_port}",
+            "OPTOUT_PARTNERS": json.dumps([
+                {"name": "adnet", "url": f"{base}/adnet", "token": "dev-partner-adnet"},
+                {"name": "databroker", "url": f"{base}/databroker",
+                 "token": "dev-partner-databroker"}]),
+            "OPTOUT_STANDIN_FAILURE_RATE": str(self.plan.standin_failure_rate),
+            "OPTOUT_STANDIN_REJECTED_EMAILS": json.dumps(rejected),
+            "OPTOUT_SWEEP_INTERVAL_SECONDS": "5",
+            "OPTOUT_REISSUE_BASE_SECONDS": "120",
+        }
+
+    # --- faults -------------------------------------------------------------------
+    def _kill(self, fleet: Fleet, name: str, restart_after: float | None) -> None:
+        with self.lock:
+            alive = fleet.alive(name)
+            if not alive:
+                return
+            victim = self.rng.choice(alive)
+            self.killed.add(victim.proc.pid)
+            fleet.kill9(victim)
+        self.report.faults[f"kill -9 {name}"] += 1
+        if restart_after is not None:
+            time.sleep(restart_after)
+            with self.lock:
+                fleet.restart(victim)
+
+    def _broker_restart(self) -> None:
+        if not self.stack.started_here or self.stack.superuser_database_url is None:
+            self.report.faults["broker restart (skipped: external broker)"] += 1
+            return
+        kafka_broker.stop(self.paths)
+        time.sleep(3)
+        kafka_broker.ensure_running(self.paths, install=False)
+        self.report.faults["Kafka broker stop + restart"] += 1
+
+    def _database_outage(self, seconds: float) -> None:
+        if self.stack.superuser_database_url is None:
+            self.report.faults["database outage (skipped: external database)"] += 1
+            return
+        postgres_server.stop(self.paths)
+        time.sleep(seconds)
+        postgres_server.ensure_running(self.paths, install=False)
+        self.report.faults[f"PostgreSQL stopped for {seconds:.0f}s"] += 1
+
+    def _schedule(self, fleet: Fleet, span: float) -> list[tuple[float, str, Callable[[], None]]]:
+        p, r = self.plan, self.rng
+        restart = lambda: r.uniform(0.5, 3.0)  # noqa: E731
+        at = lambda: r.uniform(0.1 * span, 0.9 * span)  # noqa: E731
+        events: list[tuple[float, str, Callable[[], None]]] = []
+        for _ in range(p.intake_kills):
+            delay = restart()
+            events.append((at(), "kill intake", lambda d=delay: self._kill(fleet, "intake", d)))
+        for _ in range(p.confirmer_kills):
+            delay = restart()
+            events.append((at(), "kill confirmer",
+                           lambda d=delay: self._kill(fleet, "confirmer", d)))
+        for _ in range(p.connector_kills):
+            delay = restart()
+            events.append((at(), "kill connector",
+                           lambda d=delay: self._kill(fleet, "connector.email_provider", d)))
+        if p.broker_restart:
+            events.append((r.uniform(0.3 * span, 0.6 * span), "broker", self._broker_restart))
+        if p.database_outage_seconds:
+            events.append((r.uniform(0.5 * span, 0.8 * span), "database",
+                           lambda: self._database_outage(p.database_outage_seconds)))
+        if p.rebalance:
+            events.append((0.4 * span, "rebalance: remove an intake",
+                           lambda: self._kill(fleet, "intake", None)))
+            events.append((0.45 * span, "rebalance: add a confirmer", lambda: self._add(fleet)))
+        return sorted(events, key=lambda e: e[0])
+
+    def _add(self, fleet: Fleet) -> None:
+        with self.lock:
+            fleet.start("confirmer", "confirmer")
+        self.report.faults["rebalance: confirmer added"] += 1
+
+    # --- the run ------------------------------------------------------------------
+    def execute(self) -> FaultReport:
+        plan = self.plan
+        app, admin = self._database()
+        publisher_rng = random.Random(plan.seed + 1)
+        requests = _requests(plan, self.rng)
+        rejected = sorted(
+            r["email"] for r in requests
+            if publisher_rng.random() < plan.rejected_share
+            and any(s in ("ALL", "EMAIL_MARKETING") for s in r["scopes"]))
+        env = self._env(app, admin, rejected)
+        cfg = Settings(kafka_bootstrap=env["OPTOUT_KAFKA_BOOTSTRAP"], database_url=app,
+                       admin_database_url=admin, topic_prefix=env["OPTOUT_TOPIC_PREFIX"],
+                       topic_partitions=6)
+        create_topics(cfg, cfg.all_topics())
+        fleet = Fleet(env, self.work_dir)
+        fleet.start("standins", "standins")
+        for _ in range(plan.intake_instances):
+            fleet.start("intake", "intake")
+        for _ in range(plan.confirmer_instances):
+            fleet.start("confirmer", "confirmer")
+        for name in CONNECTORS:
+            fleet.start(f"connector.{name}", "connector", name)
+
+        publisher = RequestPublisher(cfg)
+        prepared = [publisher.prepare(f) for f in requests]
+        expected = {p.record["event_id"]: [d.id for d in applicable_destinations(p.request)]
+                    for p in prepared}
+        refused = {p.record["event_id"] for p in prepared if p.record["email"] in set(rejected)}
+        span = plan.events / plan.rate_per_second
+        schedule = self._schedule(fleet, span)
+        started = time.monotonic()
+        faults = threading.Thread(target=self._run_schedule, args=(schedule, started),
+                                  daemon=True)
+        faults.start()
+        try:
+            self._publish(publisher, prepared, started)
+            faults.join()
+            self._drain(cfg, len(prepared), started)
+        finally:
+            fleet.stop_all()
+        self.report.figures["elapsed seconds"] = round(time.monotonic() - started, 1)
+        self._verify(cfg, expected, refused, fleet)
+        self._drop_database()
+        return self.report
+
+    def _run_schedule(self, schedule: list[tuple[float, str, Callable[[], None]]],
+                      started: float) -> None:
+        for at, _name, action in schedule:
+            time.sleep(max(0.0, started + at - time.monotonic()))
+            action()
+
+    def _publish(self, publisher: RequestPublisher, prepared: list[Prepared],
+                 started: float) -> None:
+        chunk = max(1, int(self.plan.rate_per_second / 4))
+        for i in range(0, len(prepared), chunk):
+            due = started + i / self.plan.rate_per_second
+            time.sleep(max(0.0, due - time.monotonic()))
+            for attempt in Retrying(retry=retry_if_exception_type(RetriableError),
+                                    stop=stop_after_delay(120), wait=wait_fixed(1), reraise=True):
+                with attempt:
+                    publisher.publish(prepared[i:i + chunk])
+            if (i // chunk) % 40 == 0:
+                sys.stderr.write(f"published {i + chunk}/{len(prepared)}\n")
+
+    def _drain(self, cfg: Settings, total: int, started: float) -> None:
+        deadline = time.monotonic() + self.plan.drain_timeout_seconds
+        last = -1
+        while time.monotonic() < deadline:
+            confirmed = _scalar(cfg.dsn(), "SELECT count(*) FROM requests WHERE state <> 'PENDING'")
+            if confirmed != last:
+                sys.stderr.write(f"confirmed {confirmed}/{total} "
+                                 f"after {time.monotonic() - started:.0f}s\n")
+                last = confirmed
+            if confirmed >= total:
+                return
+            time.sleep(2)
+
+    def _verify(self, cfg: Settings, expected: dict[str, list[str]], refused: set[str],
+                fleet: Fleet) -> None:
+        rep, fig = self.report, self.report.figures
+        ids = list(expected)
+        fig["opt-outs published"] = len(ids)
+        fig["requests recorded (distinct)"] = _scalar(
+            cfg.dsn(), "SELECT count(*) FROM requests WHERE event_id = ANY(%s)", (ids,))
+        want_commands = {command_id(e, d) for e, dests in expected.items() for d in dests}
+        delivered: Counter[str] = Counter()
+        for dest in CONNECTORS:
+            for rec in read_topic(cfg, cfg.suppress_topic(dest), settle=3.0, timeout=300):
+                body = rec.decoded()
+                assert body["destination"] == dest
+                delivered[body["command_id"]] += 1
+        refused_commands = {command_id(e, "email_provider") for e in refused}
+        fig["commands expected"] = len(want_commands)
+        fig["commands delivered (distinct)"] = len(want_commands & set(delivered))
+        fig["unexpected commands"] = len(set(delivered) - want_commands)
+        fig["duplicate command messages"] = sum(delivered.values()) - len(delivered)
+        fig["destinations applied"] = _scalar(
+            cfg.dsn(), "SELECT count(*) FROM destination_status WHERE status IN "
+            "('APPLIED', 'ALREADY_SUPPRESSED') AND event_id = ANY(%s)", (ids,))
+        fig["destinations rejected"] = _scalar(
+            cfg.dsn(), "SELECT count(*) FROM destination_status WHERE status = 'REJECTED' "
+            "AND event_id = ANY(%s)", (ids,))
+        fig["requests needing attention"] = _scalar(
+            cfg.dsn(), "SELECT count(*) FROM requests WHERE state = 'NEEDS_ATTENTION' "
+            "AND event_id = ANY(%s)", (ids,))
+        confirmations: Counter[str] = Counter()
+        wrong_destinations = 0
+        for rec in read_topic(cfg, cfg.confirmations_topic, settle=3.0, timeout=300):
+            body = rec.decoded()
+            confirmations[body["request_id"]] += 1
+            named = sorted(d["destination"] for d in body["destinations"])
+            if named != sorted(expected.get(body["request_id"], [])):
+                wrong_destinations += 1
+        should_confirm = set(ids) - refused
+        fig["requests to confirm"] = len(should_confirm)
+        fig["requests confirmed (distinct)"] = len(should_confirm & set(confirmations))
+        fig["confirmations for refused requests"] = len(refused & set(confirmations))
+        fig["confirmations naming wrong destinations"] = wrong_destinations
+        fig["duplicate confirmations"] = sum(confirmations.values()) - len(confirmations)
+        dlq = sum(len(read_topic(cfg, t, settle=1.0)) for t in cfg.all_topics() if "dlq" in t)
+        fig["dead letters"] = dlq
+        unexpected = fleet.died_unexpectedly(self.killed)
+        fig["processes that died on their own"] = len(unexpected)
+
+        checks = [
+            (fig["requests recorded (distinct)"] == len(ids), "not every event was recorded"),
+            (fig["commands delivered (distinct)"] == len(want_commands),
+             "some commands never reached their destination"),
+            (fig["unexpected commands"] == 0, "commands for destinations a request did not touch"),
+            (fig["destinations applied"] == len(want_commands - refused_commands),
+             "some destinations did not apply their command"),
+            (fig["destinations rejected"] == len(refused_commands),
+             "rejections do not match the refused addresses"),
+            (fig["requests needing attention"] == len(refused),
+             "refused requests are not marked as needing attention"),
+            (fig["requests confirmed (distinct)"] == len(should_confirm),
+             "some requests were never confirmed"),
+            (fig["confirmations for refused requests"] == 0, "a refused request was confirmed"),
+            (wrong_destinations == 0, "a confirmation named the wrong destinations"),
+            (dlq == 0, f"{dlq} good messages were dead-lettered"),
+            (not unexpected, "processes died: " + ", ".join(
+                f"{i.name} (log {i.log})" for i in unexpected)),
+            (bool(self.report.faults) or (fig["duplicate command messages"] == 0
+                                          and fig["duplicate confirmations"] == 0),
+             "duplicates in a run without faults"),
+        ]
+        rep.problems.extend(message for passed, message in checks if not passed)
+
+    def _drop_database(self) -> None:
+        if self.stack.superuser_database_url:
+            with psycopg.connect(self.stack.superuser_database_url, autocommit=True) as conn:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(self.db_name)))
+
+
+def _scalar(dsn: str, query: str, params: tuple[Any, ...] = ()) -> int:
+    for attempt in Retrying(stop=stop_after_delay(60), wait=wait_fixed(1), reraise=True,
+                            retry=retry_if_exception_type(psycopg.OperationalError)):
+        with attempt, psycopg.connect(dsn, connect_timeout=5) as conn:
+            row = conn.execute(query.encode(), params).fetchone()
+            return int(row[0]) if row else 0
+    return 0
+
+
+def _with_db(url: str, name: str) -> str:
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    params["dbname"] = name
+    return psycopg.conninfo.make_conninfo(**params)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run(plan: FaultPlan, output: Path | None = None) -> FaultReport:
+    """Run ``plan``; services' logs and the mail-house files stay in ``output``."""
+    folder = output or Path("test-output") / f"faults-{plan.seed}-{int(time.time())}"
+    folder.mkdir(parents=True, exist_ok=True)
+    sys.stderr.write(f"service logs: {folder}\n")
+    return Run(plan, folder).execute()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--short", action="store_true", help="the short form run by make test")
+    parser.add_argument("--calm", action="store_true", help="no faults (duplicates must be 0)")
+    parser.add_argument("--events", type=int, help="override the number of opt-outs")
+    parser.add_argument("--seed", type=int, help="override the seed")
+    args = parser.parse_args(argv)
+    plan = FaultPlan.short() if args.short else FaultPlan.calm() if args.calm else FaultPlan()
+    if args.events:
+        plan = replace(plan, events=args.events)
+    if args.seed is not None:
+        plan = replace(plan, seed=args.seed)
+    sys.stderr.write(f"fault plan: {plan}\n")
+    report = run(plan)
+    sys.stdout.write(report.table() + "\n")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,26 @@
+"""The short fault-injection run, part of `make test` (the full one is `make test-faults`)."""
+
+from pathlib import Path
+
+import pytest
+
+from tests.faults.run_faults import FaultPlan, run
+
+pytestmark = [pytest.mark.e2e]
+
+
+def test_short_fault_run_loses_nothing(stack, tmp_path: Path):
+    report = run(FaultPlan.short(), tmp_path)
+    print(report.table())
+    assert report.faults["kill -9 intake"] >= 2
+    assert report.figures["opt-outs published"] == 2_000
+    assert report.ok, report.table()
+
+
+def test_a_calm_run_has_no_duplicates(stack, tmp_path: Path):
+    report = run(FaultPlan.calm(events=500), tmp_path)
+    print(report.table())
+    assert not report.faults
+    assert report.figures["duplicate command messages"] == 0
+    assert report.figures["duplicate confirmations"] == 0
+    assert report.ok, report.table()
