@@ -28,8 +28,13 @@ EEA_AND_UK = frozenset(
 
 def add_business_days(start: datetime, days: int) -> datetime:
     """``start`` plus ``days`` business days (Mon-Fri), keeping the time of day."""
+    if days <= 0:
+        return start
     moment = start
-    remaining = days
+    if moment.weekday() >= 5:  # counting from a weekend is counting from its Friday
+        moment -= timedelta(days=moment.weekday() - 4)
+    weeks, remaining = divmod(days, 5)
+    moment += timedelta(weeks=weeks)  # from a weekday, a week is five business days
     while remaining > 0:
         moment += timedelta(days=1)
         if moment.weekday() < 5:

@@ -47,7 +47,9 @@ def normalize_email(raw: str) -> str:
     labels = domain.split(".")
     if len(labels) < 2 or not all(_DOMAIN_LABEL.match(label) for label in labels):
         raise PoisonMessage("invalid_email", "bad domain")
-    if any(unicodedata.category(ch).startswith("C") for ch in email):
+    # Control and format characters (Unicode category C*) are exactly the non-printable
+    # ones once whitespace has been refused above.
+    if not email.isprintable():
         raise PoisonMessage("invalid_email", "control or format characters")
     return email
 

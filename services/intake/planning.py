@@ -67,14 +67,18 @@ def command_for(request: OptOutRequest, dest: Destination, issued_at: datetime) 
     """The SuppressionCommand for one destination (also used by the confirmer's re-sends)."""
     values = _identifier_values(request)
     cid = command_id(request.event_id, dest.id)
+    scopes = [s.value for s in request.scopes]
     record: dict[str, Any] = {
         "command_id": cid,
         "request_id": request.event_id,
         "destination": dest.id,
-        "scopes": [s.value for s in request.scopes],
+        "scopes": scopes,
         "issued_at": to_millis(issued_at),
         "deadline": to_millis(request.due_at),
     }
-    for identifier in Identifier:
+    for identifier in _ALL_IDENTIFIERS:
         record[identifier.value] = values[identifier] if identifier in dest.identifiers else None
     return PlannedCommand(cid, dest.id, record)
+
+
+_ALL_IDENTIFIERS = tuple(Identifier)

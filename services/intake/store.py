@@ -27,23 +27,28 @@ class RecordOutcome:
     resend: set[str] = field(default_factory=set)  # command ids of duplicates still unacknowledged
 
 
-_INSERT_REQUESTS = """
-INSERT INTO requests (event_id, content_sha256, subject_key, customer_id, email, phone,
-                      postal_address, email_sha256, phone_sha256, scopes, source, jurisdiction,
-                      requested_at, received_at, due_at, deadline_rule)
-SELECT e, c, k, cu, em, ph, pa::jsonb, eh, phh, string_to_array(sc, ','), so, ju, ra, %s, du, dr
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
-            %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[],
-            %s::timestamptz[], %s::text[])
-     AS t(e, c, k, cu, em, ph, pa, eh, phh, sc, so, ju, ra, du, dr)
-ON CONFLICT (event_id) DO NOTHING
-RETURNING event_id
-"""
-
-_INSERT_COMMANDS = """
-INSERT INTO destination_status (command_id, event_id, destination, first_issued_at, last_issued_at)
-SELECT c, e, d, %s, %s FROM unnest(%s::text[], %s::text[], %s::text[]) AS t(c, e, d)
+# One statement records the new requests and their destination rows: the CTE inserts
+# the requests (conflicting event ids are skipped), and only the commands of requests
+# inserted now are recorded. Arrays go over the wire in binary (%b).
+_RECORD = """
+WITH new AS (
+    INSERT INTO requests (event_id, content_sha256, subject_key, customer_id, email, phone,
+                          postal_address, email_sha256, phone_sha256, scopes, source,
+                          jurisdiction, requested_at, received_at, due_at, deadline_rule)
+    SELECT e, c, k, cu, em, ph, pa::jsonb, eh, phh, string_to_array(sc, ','), so, ju, ra, %b, du, dr
+    FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
+                %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
+                %b::timestamptz[], %b::timestamptz[], %b::text[])
+         AS t(e, c, k, cu, em, ph, pa, eh, phh, sc, so, ju, ra, du, dr)
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+)
+INSERT INTO destination_status (command_id, event_id, destination, first_issued_at,
+                                last_issued_at)
+SELECT t.c, t.e, t.d, %b, %b
+FROM unnest(%b::text[], %b::text[], %b::text[]) AS t(c, e, d) JOIN new ON new.event_id = t.e
 ON CONFLICT (command_id) DO NOTHING
+RETURNING event_id
 """
 
 _EXISTING = "SELECT event_id, content_sha256 FROM requests WHERE event_id = ANY(%s)"
@@ -65,9 +70,10 @@ def record_batch(
     outcome = RecordOutcome()
     if not requests:
         return outcome
+    all_commands = [c for r in requests for c in commands.get(r.event_id, [])]
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(
-            _INSERT_REQUESTS,
+            _RECORD,
             (
                 now,
                 [r.event_id for r in requests],
@@ -85,8 +91,14 @@ def record_batch(
                 [r.requested_at for r in requests],
                 [r.due_at for r in requests],
                 [r.deadline_rule for r in requests],
+                now, now,
+                [c.command_id for c in all_commands],
+                [c.record["request_id"] for c in all_commands],
+                [c.destination for c in all_commands],
             ),
         )
+        # Every request has at least one command (planning guarantees it), so the
+        # destination rows returned name exactly the requests inserted now.
         outcome.new = {row[0] for row in cur.fetchall()}
         seen_before = [r for r in requests if r.event_id not in outcome.new]
         if seen_before:
@@ -97,17 +109,6 @@ def record_batch(
                     outcome.duplicates.add(r.event_id)
                 else:
                     outcome.conflicts.add(r.event_id)
-        new_commands = [c for eid in outcome.new for c in commands.get(eid, [])]
-        if new_commands:
-            cur.execute(
-                _INSERT_COMMANDS,
-                (
-                    now, now,
-                    [c.command_id for c in new_commands],
-                    [c.record["request_id"] for c in new_commands],
-                    [c.destination for c in new_commands],
-                ),
-            )
         if outcome.duplicates:
             cur.execute(_MARK_RESENT, (now, list(outcome.duplicates)))
             outcome.resend = {row[0] for row in cur.fetchall()}

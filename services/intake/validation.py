@@ -10,7 +10,7 @@ from typing import Any
 
 from services.common.avro import Codec
 from services.common.contract import Scope, Source
-from services.common.deadlines import due_at, governing_rule
+from services.common.deadlines import governing_rule_of
 from services.common.errors import PoisonMessage
 from services.common.identity import (
     check_text,
@@ -117,6 +117,7 @@ def validate_request(
             "requested_at_in_future", f"requested_at is more than {clock_skew} after now"
         )
 
+    rule = governing_rule_of(requested_at, scopes, jurisdiction)
     content = json.dumps(
         [customer_id, email, phone, address, [s.value for s in scopes], jurisdiction],
         sort_keys=True, ensure_ascii=False,
@@ -133,8 +134,8 @@ def validate_request(
         source=source,
         jurisdiction=jurisdiction,
         requested_at=requested_at,
-        due_at=due_at(requested_at, scopes, jurisdiction),
-        deadline_rule=governing_rule(requested_at, scopes, jurisdiction),
+        due_at=rule.due(requested_at),
+        deadline_rule=rule.name,
         subject_key=subject_key(customer_id, email, phone, postal_key(address)),
         content_sha256=hashlib.sha256(content.encode("utf-8")).hexdigest(),
     )

@@ -89,3 +89,19 @@ def test_ccpa_and_gdpr_for_non_email_scopes():
     )
     assert governing_rule(FRIDAY, [Scope.POSTAL_MARKETING], "DE") == "GDPR"
     assert governing_rule(FRIDAY, [Scope.POSTAL_MARKETING], None) == "default"
+
+
+def _business_days_one_by_one(start, days):
+    moment = start
+    while days > 0:
+        moment += timedelta(days=1)
+        if moment.weekday() < 5:
+            days -= 1
+    return moment
+
+
+@given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1)),
+       st.integers(min_value=0, max_value=400))
+def test_business_days_closed_form_matches_counting_day_by_day(start, days):
+    start = start.replace(tzinfo=UTC)
+    assert add_business_days(start, days) == _business_days_one_by_one(start, days)
