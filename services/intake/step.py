@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import timedelta
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -43,6 +44,24 @@ class _Accepted:
     commands: list[PlannedCommand]
 
 
+_Dead = tuple[Message, PoisonMessage]
+
+
+@dataclass
+class _Prepared:
+    accepted: list[_Accepted] = field(default_factory=list)
+    dead: list[_Dead] = field(default_factory=list)
+    in_batch_duplicates: int = 0
+
+
+@dataclass
+class _Summary:
+    new: int = 0
+    duplicates: int = 0
+    dead: int = 0
+    commands: int = 0
+
+
 class IntakeStep:
     def __init__(self, settings: Settings, producer: Producer, codec: Codec, clock: Clock) -> None:
         self.settings = settings
@@ -50,6 +69,8 @@ class IntakeStep:
         self.codec = codec
         self.clock = clock
         self._conn: psycopg.Connection[Any] | None = None
+        # One database worker: writes of one batch's chunks stay in order.
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake-db")
         self._skew = timedelta(seconds=settings.clock_skew_seconds)
         self._topic = settings.requests_topic
         for d in ("processed", "duplicate", "dead_lettered"):
@@ -60,38 +81,69 @@ class IntakeStep:
         self.producer.poll(0)
 
     def close(self) -> None:
+        self._db.shutdown(wait=True)
         self.producer.flush(10)
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
     def submit(self, messages: Sequence[Message]) -> None:
+        """Record and fan out a batch, pipelined in chunks: while the database writes
+        chunk *n* (in a worker thread; PostgreSQL works on another core), this thread
+        decodes and validates chunk *n+1*, then encodes and produces chunk *n*'s commands.
+        Returns only when every chunk is committed and every message delivered. If a
+        chunk fails, the whole batch is retried: chunks already committed then count as
+        duplicates and only their unacknowledged commands are sent again."""
         now = self.clock.now()
-        accepted: dict[str, _Accepted] = {}
-        in_batch_duplicates: list[_Accepted] = []
-        dead: list[tuple[Message, PoisonMessage]] = []
+        tracker = DeliveryTracker(self.producer)
+        seen: dict[str, _Accepted] = {}
+        summary = _Summary()
+        size = max(1, self.settings.intake_pipeline_chunk)
+        in_flight: tuple[_Prepared, Future[tuple[RecordOutcome, list[_Dead]]]] | None = None
+        for start in range(0, len(messages), size):
+            prepared = self._prepare(messages[start:start + size], now, seen)
+            # Queue this chunk's write behind the previous one, then fan the previous out.
+            queued = (prepared, self._db.submit(self._record_isolating, prepared.accepted, now))
+            if in_flight is not None:
+                self._fan_out(*in_flight, tracker, summary)
+            in_flight = queued
+        if in_flight is not None:
+            self._fan_out(*in_flight, tracker, summary)
+        started = time.monotonic()
+        tracker.wait()
+        metrics.PRODUCE_SECONDS.labels(SERVICE).observe(time.monotonic() - started)
+        self._count(len(messages), summary)
+
+    def _prepare(self, messages: Sequence[Message], now: datetime,
+                 seen: dict[str, _Accepted]) -> _Prepared:
+        """Decode, validate and plan (CPU only); dedupe within the batch."""
+        prepared = _Prepared()
         for message in messages:
             try:
                 request = decode_request(self.codec, message.value(), now, self._skew,
                                          self.settings.default_phone_region)
                 item = _Accepted(message, request, plan_commands(request, now))
             except PoisonMessage as poison:
-                dead.append((message, poison))
+                prepared.dead.append((message, poison))
                 continue
-            first = accepted.get(request.event_id)
+            first = seen.get(request.event_id)
             if first is None:
-                accepted[request.event_id] = item
+                seen[request.event_id] = item
+                prepared.accepted.append(item)
             elif first.request.content_sha256 == request.content_sha256:
-                in_batch_duplicates.append(item)
+                prepared.in_batch_duplicates += 1
             else:
-                dead.append((message, PoisonMessage(
+                prepared.dead.append((message, PoisonMessage(
                     "duplicate_event_id_conflict", "same event_id, different content")))
+        return prepared
 
-        outcome, rejected = self._record_isolating(list(accepted.values()), now)
-        dead.extend(rejected)
-        tracker = DeliveryTracker(self.producer)
-        produced = 0
-        for event_id, item in accepted.items():
+    def _fan_out(self, prepared: _Prepared, recorded: Future[tuple[RecordOutcome, list[_Dead]]],
+                 tracker: DeliveryTracker, summary: _Summary) -> None:
+        """Once a chunk is committed: produce its commands and dead letters."""
+        outcome, rejected = recorded.result()
+        dead = prepared.dead + rejected
+        for item in prepared.accepted:
+            event_id = item.request.event_id
             if event_id in outcome.conflicts:
                 dead.append((item.message, PoisonMessage(
                     "duplicate_event_id_conflict",
@@ -100,19 +152,21 @@ class IntakeStep:
             for command in item.commands:
                 if event_id in outcome.new or command.command_id in outcome.resend:
                     self._send_command(tracker, command)
-                    produced += 1
+                    summary.commands += 1
         for message, why in dead:
             dead_letter(tracker, self.settings.requests_dlq_topic, message, why.reason,
                         why.detail, SERVICE)
-        started = time.monotonic()
-        tracker.wait()
-        metrics.PRODUCE_SECONDS.labels(SERVICE).observe(time.monotonic() - started)
-        self._count(messages, outcome, dead, in_batch_duplicates, produced)
+            metrics.DEAD_LETTERED.labels(SERVICE, why.reason).inc()
+            log.debug("dead-lettered", topic=message.topic(), partition=message.partition(),
+                      offset=message.offset(), reason=why.reason)
+        summary.new += len(outcome.new)
+        summary.duplicates += len(outcome.duplicates) + prepared.in_batch_duplicates
+        summary.dead += len(dead)
 
     # --- internals --------------------------------------------------------------------
     def _record_isolating(
         self, items: list[_Accepted], now: Any
-    ) -> tuple[RecordOutcome, list[tuple[Message, PoisonMessage]]]:
+    ) -> tuple[RecordOutcome, list[_Dead]]:
         """Record the batch; if the database refuses it for a data reason (not a transient
         one), record the items one by one so only the offending message is dead-lettered."""
         try:
@@ -166,23 +220,11 @@ class IntakeStep:
             key=command.record["request_id"],
         )
 
-    def _count(
-        self, messages: Sequence[Message], outcome: RecordOutcome,
-        dead: list[tuple[Message, PoisonMessage]], in_batch_duplicates: list[_Accepted],
-        produced: int,
-    ) -> None:
+    def _count(self, messages: int, summary: _Summary) -> None:
         topic = self._topic
-        for _, reason in dead:
-            metrics.DEAD_LETTERED.labels(SERVICE, reason.reason).inc()
-        duplicates = len(outcome.duplicates) + len(in_batch_duplicates)
-        metrics.MESSAGES_CONSUMED.labels(SERVICE, topic, "processed").inc(len(outcome.new))
-        metrics.MESSAGES_CONSUMED.labels(SERVICE, topic, "duplicate").inc(duplicates)
-        metrics.MESSAGES_CONSUMED.labels(SERVICE, topic, "dead_lettered").inc(len(dead))
-        log.info(
-            "batch recorded", messages=len(messages), new=len(outcome.new), duplicates=duplicates,
-            dead_lettered=len(dead), commands=produced,
-            partitions=sorted({m.partition() for m in messages}),
-        )
-        for message, why in dead:
-            log.debug("dead-lettered", topic=message.topic(), partition=message.partition(),
-                      offset=message.offset(), reason=why.reason)
+        metrics.MESSAGES_CONSUMED.labels(SERVICE, topic, "processed").inc(summary.new)
+        metrics.MESSAGES_CONSUMED.labels(SERVICE, topic, "duplicate").inc(summary.duplicates)
+        metrics.MESSAGES_CONSUMED.labels(SERVICE, topic, "dead_lettered").inc(summary.dead)
+        log.info("batch recorded", messages=messages, new=summary.new,
+                 duplicates=summary.duplicates, dead_lettered=summary.dead,
+                 commands=summary.commands)
