@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,8 +17,18 @@ COMMAND_NAMESPACE = uuid.UUID("6f1d8a9e-3c5b-4e57-9b0e-2f6c1a7d4e80")
 
 
 def command_id(event_id: str, destination_id: str) -> str:
-    """Deterministic: the same (event, destination) always gives the same command id."""
-    return str(uuid.uuid5(COMMAND_NAMESPACE, f"{event_id}\x1f{destination_id}"))
+    """Deterministic: the same (event, destination) always gives the same command id
+    (a UUIDv5, RFC 4122 section 4.3, computed without the ``uuid`` module's overhead)."""
+    digest = bytearray(
+        hashlib.sha1(_NAMESPACE_BYTES + f"{event_id}\x1f{destination_id}".encode()).digest()[:16]
+    )
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_NAMESPACE_BYTES = COMMAND_NAMESPACE.bytes
 
 
 @dataclass(frozen=True)
@@ -76,9 +87,9 @@ def command_for(request: OptOutRequest, dest: Destination, issued_at: datetime) 
         "issued_at": to_millis(issued_at),
         "deadline": to_millis(request.due_at),
     }
-    for identifier in _ALL_IDENTIFIERS:
-        record[identifier.value] = values[identifier] if identifier in dest.identifiers else None
+    for identifier, name in _IDENTIFIER_NAMES:
+        record[name] = values[identifier] if identifier in dest.identifiers else None
     return PlannedCommand(cid, dest.id, record)
 
 
-_ALL_IDENTIFIERS = tuple(Identifier)
+_IDENTIFIER_NAMES = tuple((i, i.value) for i in Identifier)

@@ -128,3 +128,13 @@ def test_validation_either_accepts_or_gives_a_reason(fields):
         plan_commands(r, NOW)
     except PoisonMessage as exc:
         assert exc.reason == "missing_identifier_for_scope"
+
+
+def test_command_id_is_the_rfc4122_uuid5_of_event_and_destination():
+    import uuid
+
+    from services.intake.planning import COMMAND_NAMESPACE
+
+    for event_id, dest in [("e", "mail_house"), ("ünïcode-€", "email_provider"), ("", "x")]:
+        assert command_id(event_id, dest) == str(
+            uuid.uuid5(COMMAND_NAMESPACE, f"{event_id}\x1f{dest}"))
