@@ -133,6 +133,7 @@ class Run:
         self.work_dir = work_dir
         self.db_name = f"optout_faults_{uuid.uuid4().hex[:8]}"
         self.killed: set[int] = set()
+        self.died_on_their_own: list[Instance] = []
         self.lock = threading.Lock()
 
     # --- set-up -------------------------------------------------------------------
@@ -282,7 +283,12 @@ class Run:
             faults.join()
             self._drain(cfg, len(prepared), started)
         finally:
+            self.died_on_their_own = fleet.died_unexpectedly(self.killed)
             fleet.stop_all()
+            self.died_on_their_own += [i for i in fleet.instances
+                                       if i.proc.returncode not in (0, -15)
+                                       and i.proc.pid not in self.killed
+                                       and i not in self.died_on_their_own]
         self.report.figures["elapsed seconds"] = round(time.monotonic() - started, 1)
         self._verify(cfg, expected, refused, fleet)
         self._drop_database()
@@ -364,8 +370,8 @@ class Run:
         fig["duplicate confirmations"] = sum(confirmations.values()) - len(confirmations)
         dlq = sum(len(read_topic(cfg, t, settle=1.0)) for t in cfg.all_topics() if "dlq" in t)
         fig["dead letters"] = dlq
-        unexpected = fleet.died_unexpectedly(self.killed)
-        fig["processes that died on their own"] = len(unexpected)
+        unexpected = self.died_on_their_own
+        fig["processes that died on their own or failed to stop"] = len(unexpected)
 
         checks = [
             (fig["requests recorded (distinct)"] == len(ids), "not every event was recorded"),

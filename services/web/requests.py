@@ -1,0 +1,199 @@
+"""From a verified token and what was posted to the OptOutRequested fields. Pure.
+
+Sources: the RFC 8058 one-click POST is ``ONE_CLICK``; the page a person fills in after
+following the email's link is ``EMAIL_LINK``; the Global Privacy Control endpoint is
+``GPC_SIGNAL``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.parser import BytesParser
+from email.policy import HTTP
+from typing import Any
+from urllib.parse import parse_qs
+
+from services.common.contract import Scope, Source
+from services.common.errors import PoisonMessage
+from services.intake.planning import applicable_destinations
+from services.intake.validation import OptOutRequest, normalize_postal_address, validate_request
+from services.web.tokens import VerifiedToken, gpc_event_id, request_event_id
+
+MAX_FIELDS = 32
+ONE_CLICK_FIELD = "List-Unsubscribe"
+ONE_CLICK_VALUE = "One-Click"
+# The separate choices the page offers, in page order.
+CHOICES: tuple[Scope, ...] = (Scope.EMAIL_MARKETING, Scope.POSTAL_MARKETING, Scope.THIRD_PARTY_SHARING)
+ADDRESS_FIELDS = (
+    "addr_name",
+    "addr_line1",
+    "addr_line2",
+    "addr_city",
+    "addr_region",
+    "addr_postal_code",
+    "addr_country",
+)
+
+Form = dict[str, list[str]]
+
+
+class FormError(ValueError):
+    """The body is not a form we can read."""
+
+
+class ChoiceError(ValueError):
+    """What the person chose cannot be acted on; ``str()`` is shown to them."""
+
+
+def parse_form(body: bytes, content_type: str) -> Form:
+    """``application/x-www-form-urlencoded`` or ``multipart/form-data`` -> {name: [values]}."""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if kind == "multipart/form-data":
+        return _parse_multipart(body, content_type)
+    if kind not in ("application/x-www-form-urlencoded", ""):
+        raise FormError(f"unsupported content type {kind!r}")
+    try:
+        text = body.decode("utf-8")
+        return parse_qs(text, keep_blank_values=True, strict_parsing=False, max_num_fields=MAX_FIELDS)
+    except (UnicodeDecodeError, ValueError):
+        raise FormError("unreadable form body") from None
+
+
+def _parse_multipart(body: bytes, content_type: str) -> Form:
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")
+    message = BytesParser(policy=HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise FormError("multipart body without parts")
+    form: Form = {}
+    for count, part in enumerate(message.iter_parts()):
+        if count >= MAX_FIELDS:
+            raise FormError("too many fields")
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            continue
+        payload = part.get_payload(decode=True)
+        value = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+        form.setdefault(name, []).append(value)
+    return form
+
+
+def is_one_click(form: Form) -> bool:
+    """RFC 8058: the body carries ``List-Unsubscribe=One-Click``."""
+    return [v.strip() for v in form.get(ONE_CLICK_FIELD, [])] == [ONE_CLICK_VALUE]
+
+
+def _first(form: Form, name: str) -> str:
+    values = form.get(name) or [""]
+    return values[0].strip()
+
+
+@dataclass(frozen=True)
+class Choice:
+    scopes: tuple[Scope, ...]
+    postal_address: dict[str, Any] | None
+
+
+def address_from_form(form: Form) -> dict[str, Any] | None:
+    """The address the person typed, or None when they left it empty."""
+    values = {name: _first(form, name) for name in ADDRESS_FIELDS}
+    if not any(values.values()):
+        return None
+    raw = {
+        "name": values["addr_name"],
+        "lines": [values["addr_line1"], values["addr_line2"]],
+        "city": values["addr_city"],
+        "region": values["addr_region"] or None,
+        "postal_code": values["addr_postal_code"],
+        "country": values["addr_country"],
+    }
+    try:
+        return normalize_postal_address(raw)
+    except PoisonMessage as exc:
+        raise ChoiceError(
+            "Please check the postal address: street, town or city, postal code and a two-letter "
+            f"country code (like US or GB) are needed ({exc.detail})."
+        ) from None
+
+
+def parse_choice(form: Form, token: VerifiedToken) -> Choice:
+    """The page's form -> scopes (+ the postal address to use); ``ChoiceError`` to show."""
+    if _first(form, "choice") == "all":
+        scopes: tuple[Scope, ...] = (Scope.ALL,)
+    else:
+        picked: set[Scope] = set()
+        for value in form.get("scope", []):
+            try:
+                scope = Scope(value.strip().upper())
+            except ValueError:
+                raise ChoiceError("That choice is not one we offer.") from None
+            if scope not in CHOICES:
+                raise ChoiceError("That choice is not one we offer.")
+            picked.add(scope)
+        if not picked:
+            raise ChoiceError("Choose at least one thing to stop, or use “Unsubscribe from all”.")
+        scopes = tuple(sorted(picked))
+    address = token.claims.postal_address or address_from_form(form)
+    if Scope.POSTAL_MARKETING in scopes and address is None:
+        raise ChoiceError("To stop postal mail we need the postal address it is sent to.")
+    return Choice(scopes, address)
+
+
+def _identity(token: VerifiedToken) -> dict[str, Any]:
+    claims = token.claims
+    return {"customer_id": claims.customer_id, "email": claims.email, "jurisdiction": claims.jurisdiction}
+
+
+def one_click_fields(token: VerifiedToken, now: datetime) -> dict[str, Any]:
+    scopes = token.claims.scopes
+    return {
+        **_identity(token),
+        "event_id": request_event_id(token, scopes),
+        "scopes": [s.value for s in scopes],
+        "source": Source.ONE_CLICK.value,
+        "postal_address": token.claims.postal_address,
+        "requested_at": now,
+    }
+
+
+def page_fields(token: VerifiedToken, choice: Choice, now: datetime) -> dict[str, Any]:
+    return {
+        **_identity(token),
+        "event_id": request_event_id(token, choice.scopes),
+        "scopes": [s.value for s in choice.scopes],
+        "source": Source.EMAIL_LINK.value,
+        "postal_address": choice.postal_address,
+        "requested_at": now,
+    }
+
+
+def gpc_fields(token: VerifiedToken, now: datetime) -> dict[str, Any]:
+    customer_id = token.claims.customer_id
+    if not customer_id:
+        raise PoisonMessage("no_identifier", "a GPC token needs a customer id")
+    return {
+        "event_id": gpc_event_id(customer_id),
+        "customer_id": customer_id,
+        "jurisdiction": token.claims.jurisdiction,
+        "scopes": [Scope.THIRD_PARTY_SHARING.value],
+        "source": Source.GPC_SIGNAL.value,
+        "requested_at": now,
+    }
+
+
+def check_actionable(request: OptOutRequest) -> None:
+    """Refuse at the door what intake would dead-letter (a scope no destination can serve)."""
+    applicable_destinations(request)
+
+
+def check_link(token: VerifiedToken, now: datetime, phone_region: str = "US") -> OptOutRequest:
+    """What the one-click POST of ``token`` would publish, validated like intake does.
+
+    ``optout link`` calls it before handing out a link, so no link can produce a request
+    the pipeline would dead-letter."""
+    fields = one_click_fields(token, now)
+    if fields["postal_address"] is not None:
+        fields["postal_address"] = {"region": None, **fields["postal_address"]}
+    request = validate_request(fields, now, timedelta(0), phone_region)
+    check_actionable(request)
+    return request

@@ -1,0 +1,76 @@
+"""The pipeline's own state of the requests a link made, read from PostgreSQL.
+
+An async connection pool keeps the event loop free. The database is needed only for
+status: one-click and form submissions go to Kafka and keep working without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from services.common.logging import get_logger
+from services.web.pages import RequestView
+
+log = get_logger(__name__)
+
+STATE_NAMES = {"PENDING": "pending", "CONFIRMED": "confirmed", "NEEDS_ATTENTION": "needs attention"}
+
+QUERY = """
+SELECT r.event_id, r.state, r.scopes, r.requested_at, r.due_at, r.confirmed_at,
+       count(d.command_id) FILTER (WHERE d.status <> 'PENDING'), count(d.command_id)
+  FROM requests r LEFT JOIN destination_status d ON d.event_id = r.event_id
+ WHERE r.event_id = ANY(%s)
+ GROUP BY r.event_id
+ ORDER BY r.requested_at DESC
+"""
+
+
+class StatusUnavailable(Exception):
+    """The database did not answer; the page says so (503)."""
+
+
+def to_view(row: Sequence[Any]) -> RequestView:
+    event_id, state, scopes, requested_at, due_at, confirmed_at, done, total = row
+    return RequestView(
+        event_id=event_id,
+        state=STATE_NAMES.get(state, "pending"),
+        scopes=tuple(scopes),
+        requested_at=requested_at,
+        due_at=due_at,
+        confirmed_at=confirmed_at,
+        destinations_done=int(done),
+        destinations_total=int(total),
+    )
+
+
+class StatusReader:
+    def __init__(self, dsn: str, max_size: int = 4, timeout: float = 5.0) -> None:
+        self.timeout = timeout
+        self.pool = AsyncConnectionPool(
+            dsn,
+            min_size=0,
+            max_size=max_size,
+            open=False,
+            timeout=timeout,
+            kwargs={"autocommit": True, "connect_timeout": 5, "application_name": "optout-web"},
+        )
+
+    async def open(self) -> None:
+        await self.pool.open(wait=False)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def requests(self, event_ids: Sequence[str]) -> list[RequestView]:
+        try:
+            async with self.pool.connection(self.timeout) as conn:
+                cursor = await conn.execute(QUERY, (list(event_ids),))
+                rows = await cursor.fetchall()
+        except (psycopg.Error, PoolTimeout) as exc:
+            log.warning("status lookup failed", error=type(exc).__name__)
+            raise StatusUnavailable(type(exc).__name__) from None
+        return [to_view(row) for row in rows]
