@@ -1,0 +1,1 @@
+"""Benchmarks that run against the real Kafka broker and PostgreSQL server (``make bench-*``)."""

@@ -1,0 +1,448 @@
+"""Intake throughput on the real broker and database (``make bench-intake``).
+
+    .venv/bin/python -m benchmarks.bench_intake [--events 200000] [--naive-events 5000]
+        [--partitions 6] [--sweep 100,500,1000,5000 --sweep-events 20000] [--profile 50000]
+
+Preloads ``--events`` OptOutRequested events into a fresh input topic, then measures,
+one after the other on the same machine:
+
+(a) bare: a plain confluent-kafka consume loop reading the same messages (the floor cost);
+(b) naive: per message decode + validate, plan, INSERT the request and its destination rows
+    with single statements + commit, produce its commands, ``flush()``, synchronous offset
+    commit. It is slow, so it runs on the first ``--naive-events`` messages only;
+(c) ours: ``IntakeStep`` inside ``ConsumerLoop`` (in a thread), timed until every event is
+    in ``requests`` and every command is on its topic (sum of the end offsets).
+
+Each clock starts when the first messages are in hand (after the consumer group join, shown
+separately as "join") and stops when the last event is done. Progress goes to stderr;
+stdout carries the report, whose last line is a one-line summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka import version as kafka_version
+from prometheus_client import REGISTRY
+from psycopg.types.json import Jsonb
+
+from benchmarks.common import (
+    BenchEnv,
+    EndOffsets,
+    Measurement,
+    Progress,
+    close_env,
+    count_rows,
+    format_table,
+    load_average,
+    note,
+    open_env,
+    preload,
+    setup_logging,
+    start_stack,
+)
+from services.common.avro import default_codec
+from services.common.clock import SystemClock
+from services.common.consumer_loop import ConsumerLoop
+from services.common.kafka import make_consumer, make_producer
+from services.intake.planning import plan_commands
+from services.intake.step import SERVICE, IntakeStep
+from services.intake.validation import decode_request
+
+TARGET_RATIO = 20.0
+TARGET_RATE = 10_000.0
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Wall time, this process's CPU time and the load average around one run."""
+
+    join_seconds: float
+    cpu_seconds: float
+    load: str
+
+    def detail(self) -> str:
+        return f"join {self.join_seconds:.1f}s, cpu {self.cpu_seconds:.1f}s, load {self.load}"
+
+
+def _check(message: Message) -> bool:
+    err = message.error()
+    if err is None:
+        return True
+    if err.code() == KafkaError._PARTITION_EOF:
+        return False
+    raise KafkaException(err)
+
+
+# --- (a) bare consume loop ----------------------------------------------------------------------
+def run_bare(env: BenchEnv, events: int, timeout: float) -> Measurement:
+    settings = env.settings
+    consumer = make_consumer(settings, f"bench-bare-{uuid.uuid4().hex}")
+    consumer.subscribe([settings.requests_topic])
+    progress = Progress("(a) bare", events)
+    cpu0, subscribed = time.process_time(), time.monotonic()
+    first: float | None = None
+    count = 0
+    size = 0
+    try:
+        while count < events:
+            if time.monotonic() - subscribed > timeout:
+                raise RuntimeError(f"bare consume: only {count}/{events} messages within {timeout:.0f}s")
+            batch = consumer.consume(settings.batch_size, settings.batch_timeout_ms / 1000)
+            for message in batch:
+                if _check(message):
+                    if first is None:
+                        first = time.monotonic()
+                    size += len(message.value() or b"")
+                    count += 1
+            progress.update(count)
+        ended = time.monotonic()
+    finally:
+        consumer.close()
+    start = first if first is not None else subscribed
+    phase = Phase(start - subscribed, time.process_time() - cpu0, load_average())
+    return Measurement("(a) bare consume loop", count, ended - start,
+                       f"{size / count:.0f} B/msg, {phase.detail()}")
+
+
+# --- (b) naive per-message intake ---------------------------------------------------------------
+_NAIVE_REQUEST = """
+INSERT INTO requests (event_id, content_sha256, subject_key, customer_id, email, phone,
+                      postal_address, email_sha256, phone_sha256, scopes, source, jurisdiction,
+                      requested_at, received_at, due_at, deadline_rule)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (event_id) DO NOTHING
+"""
+_NAIVE_COMMAND = """
+INSERT INTO destination_status (command_id, event_id, destination, first_issued_at, last_issued_at)
+VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (command_id) DO NOTHING
+"""
+
+
+def run_naive(env: BenchEnv, out: BenchEnv, events: int, timeout: float) -> Measurement:
+    """Reads ``env``'s input topic; records into ``out``'s database and produces to ``out``'s
+    command topics, so (c) later starts from an empty database."""
+    settings = env.settings
+    codec = default_codec()
+    skew = timedelta(seconds=settings.clock_skew_seconds)
+    consumer = make_consumer(settings, f"bench-naive-{uuid.uuid4().hex}")
+    consumer.subscribe([settings.requests_topic])
+    producer = make_producer(out.settings)
+    conn = psycopg.connect(out.dsn())
+    failures: list[str] = []
+    delivered = 0
+
+    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+        nonlocal delivered
+        if err is None:
+            delivered += 1
+        else:
+            failures.append(f"{err.name()}: {err.str()}")
+
+    progress = Progress("(b) naive", events)
+    cpu0, subscribed = time.process_time(), time.monotonic()
+    first: float | None = None
+    done = produced = 0
+    try:
+        while done < events:
+            if time.monotonic() - subscribed > timeout:
+                raise RuntimeError(f"naive intake: only {done}/{events} messages within {timeout:.0f}s")
+            message = consumer.poll(1.0)
+            if message is None or not _check(message):
+                continue
+            if first is None:
+                first = time.monotonic()
+            now = datetime.now(UTC)
+            request = decode_request(codec, message.value(), now, skew, settings.default_phone_region)
+            commands = plan_commands(request, now)
+            with conn.cursor() as cur:
+                cur.execute(_NAIVE_REQUEST, (
+                    request.event_id, request.content_sha256, request.subject_key,
+                    request.customer_id, request.email, request.phone,
+                    Jsonb(request.postal_address) if request.postal_address else None,
+                    request.email_sha256, request.phone_sha256, [s.value for s in request.scopes],
+                    request.source.value, request.jurisdiction, request.requested_at, now,
+                    request.due_at, request.deadline_rule,
+                ))
+                for command in commands:
+                    cur.execute(_NAIVE_COMMAND, (command.command_id, request.event_id,
+                                                 command.destination, now, now))
+            conn.commit()
+            for command in commands:
+                producer.produce(out.settings.suppress_topic(command.destination),
+                                 value=codec.encode("SuppressionCommand", command.record),
+                                 key=request.event_id, on_delivery=on_delivery)
+            if producer.flush(30) or failures:
+                raise RuntimeError(f"naive intake: delivery failed {failures[:1]}")
+            consumer.commit(message=message, asynchronous=False)
+            produced += len(commands)
+            done += 1
+            progress.update(done)
+        ended = time.monotonic()
+    finally:
+        conn.close()
+        consumer.close()
+    rows = count_rows(out.dsn(), "requests")
+    if rows != done or delivered != produced:
+        raise RuntimeError(f"naive intake: {rows} rows for {done} events, {delivered}/{produced} delivered")
+    start = first if first is not None else subscribed
+    phase = Phase(start - subscribed, time.process_time() - cpu0, load_average())
+    return Measurement("(b) naive per-message intake", done, ended - start,
+                       f"{produced} commands, {phase.detail()}")
+
+
+# --- (c) our intake -----------------------------------------------------------------------------
+class TimedStep:
+    """Wraps the real ``IntakeStep``: records when the first batch arrived, how many
+    messages were submitted and how long ``submit`` took in total."""
+
+    def __init__(self, inner: IntakeStep) -> None:
+        self.inner = inner
+        self.first_submit: float | None = None
+        self.submitted = 0
+        self.batches = 0
+        self.submit_seconds = 0.0
+
+    def submit(self, messages: Sequence[Message]) -> None:
+        started = time.monotonic()
+        if self.first_submit is None:
+            self.first_submit = started
+        self.inner.submit(messages)
+        self.submit_seconds += time.monotonic() - started
+        self.submitted += len(messages)
+        self.batches += 1
+
+    def poll(self) -> None:
+        self.inner.poll()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+_HISTOGRAMS = {
+    "db": ("optout_database_seconds_sum", {"service": SERVICE, "operation": "record_batch"}),
+    "flush": ("optout_produce_flush_seconds_sum", {"service": SERVICE}),
+    "batch": ("optout_batch_processing_seconds_sum", {"service": SERVICE}),
+}
+
+
+def _histogram_sums() -> dict[str, float]:
+    return {k: REGISTRY.get_sample_value(name, labels) or 0.0 for k, (name, labels) in _HISTOGRAMS.items()}
+
+
+@dataclass(frozen=True)
+class OursResult:
+    measurement: Measurement
+    commands: int
+    breakdown: list[str]
+
+
+def run_ours(env: BenchEnv, events: int, commands: int, timeout: float, label: str = "(c) ours",
+             profiler: cProfile.Profile | None = None) -> OursResult:
+    settings = env.settings
+    before = _histogram_sums()
+    step = TimedStep(IntakeStep(settings, make_producer(settings), default_codec(), SystemClock()))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    loop = ConsumerLoop(settings, SERVICE, [settings.requests_topic], step, stop)
+
+    def target() -> None:
+        try:
+            if profiler is not None:
+                profiler.runcall(loop.run)
+            else:
+                loop.run()
+        except BaseException as exc:  # reported by the monitor below
+            errors.append(exc)
+
+    watch = EndOffsets(settings, env.suppress_topics())
+    dlq = EndOffsets(settings, [settings.requests_dlq_topic])
+    progress = Progress(label, events)
+    cpu0, subscribed = time.process_time(), time.monotonic()
+    thread = threading.Thread(target=target, name="intake", daemon=True)
+    thread.start()
+    try:
+        while True:
+            if errors:
+                raise RuntimeError(f"intake failed: {errors[0]!r}") from errors[0]
+            if not thread.is_alive():
+                raise RuntimeError("intake thread ended early")
+            if time.monotonic() - subscribed > timeout:
+                raise RuntimeError(f"intake: {step.submitted}/{events} submitted within {timeout:.0f}s")
+            if watch.total() >= commands and count_rows(env.dsn(), "requests") >= events:
+                ended = time.monotonic()
+                break
+            progress.update(step.submitted)
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        thread.join(60)
+    cpu = time.process_time() - cpu0
+    delivered, dead = watch.total(), dlq.total()
+    watch.close()
+    dlq.close()
+    rows = count_rows(env.dsn(), "requests")
+    statuses = count_rows(env.dsn(), "destination_status")
+    if errors:
+        raise RuntimeError(f"intake failed: {errors[0]!r}") from errors[0]
+    if rows != events or statuses != commands or delivered != commands or dead:
+        raise RuntimeError(f"intake: {rows}/{events} requests, {statuses}/{commands} destination rows, "
+                           f"{delivered}/{commands} commands on topics, {dead} dead-lettered")
+    start = step.first_submit if step.first_submit is not None else subscribed
+    wall = ended - start
+    phase = Phase(start - subscribed, cpu, load_average())
+    after = _histogram_sums()
+    db, flush, batch = (after[k] - before[k] for k in ("db", "flush", "batch"))
+    in_submit = step.submit_seconds
+    breakdown = [
+        f"{label}: {step.batches} batches, {events / max(step.batches, 1):,.0f} msgs/batch "
+        f"(batch_size {settings.batch_size}), {commands:,} commands = {commands / wall:,.0f} commands/s",
+        f"  database record_batch    {db:7.2f}s  {100 * db / wall:5.1f}%  (optout_database_seconds)",
+        f"  produce flush/wait       {flush:7.2f}s  {100 * flush / wall:5.1f}%  "
+        "(optout_produce_flush_seconds)",
+        f"  decode/validate/plan/encode/enqueue {in_submit - db - flush:7.2f}s  "
+        f"{100 * (in_submit - db - flush) / wall:5.1f}%  (submit minus the two above)",
+        f"  offset commit + loop     {batch - in_submit:7.2f}s  {100 * (batch - in_submit) / wall:5.1f}%",
+        f"  consume/poll/idle        {wall - batch:7.2f}s  {100 * (wall - batch) / wall:5.1f}%  "
+        "(wall minus optout_batch_processing_seconds)",
+    ]
+    measurement = Measurement(label, events, wall, phase.detail())
+    return OursResult(measurement, commands, breakdown)
+
+
+def fresh_ours(stack: Any, args: argparse.Namespace, events: int, label: str,
+               profiler: cProfile.Profile | None = None, **overrides: Any) -> OursResult:
+    """(c) on its own fresh environment (sweep and profile runs)."""
+    env = open_env(stack, "profile" if profiler is not None else "sweep", args.partitions, **overrides)
+    try:
+        loaded = preload(env.settings, events, seed=args.seed)
+        note(f"{label}: preloaded {events} events in {loaded.seconds:.1f}s")
+        return run_ours(env, events, loaded.commands, args.timeout, label, profiler)
+    finally:
+        if not args.keep:
+            close_env(env)
+
+
+def profile_report(profiler: cProfile.Profile, limit: int = 30) -> str:
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("tottime").print_stats(limit)
+    stats.sort_stats("cumulative").print_stats(r"services/(intake|common)", limit)
+    return out.getvalue()
+
+
+# --- main ---------------------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench-intake", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=200_000, help="events preloaded; (a) and (c) read all")
+    parser.add_argument("--naive-events", type=int, default=5_000,
+                        help="(b) runs on the first N of them (it is slow)")
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="OPTOUT_BATCH_SIZE for (a) and (c) (default: the settings default)")
+    parser.add_argument("--sweep", default="", help="comma-separated batch sizes to run (c) with, e.g. "
+                        "100,500,1000,5000, each on --sweep-events fresh events")
+    parser.add_argument("--sweep-events", type=int, default=20_000)
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also run (c) under cProfile on N fresh events; stats to stderr")
+    parser.add_argument("--profile-out", default=".run/bench-intake.prof")
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--timeout", type=float, default=1800.0, help="per phase, seconds")
+    parser.add_argument("--keep", action="store_true", help="keep the bench databases and topics")
+    parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--check", action="store_true", help="exit 1 when the target is missed")
+    args = parser.parse_args(argv)
+    if args.events < 1 or args.naive_events < 1 or args.partitions < 1:
+        parser.error("--events, --naive-events and --partitions must be positive")
+    args.naive_events = min(args.naive_events, args.events)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.log_level)
+    stack = start_stack()
+    load_before = load_average()
+    overrides: dict[str, Any] = {} if args.batch_size is None else {"batch_size": args.batch_size}
+    env = open_env(stack, "main", args.partitions, **overrides)
+    naive_env = open_env(stack, "naive", args.partitions, **overrides)
+    sweep_rows: list[Measurement] = []
+    profile_line = ""
+    try:
+        loaded = preload(env.settings, args.events, seed=args.seed)
+        note(f"preloaded {loaded.events} events ({loaded.commands} commands due) in {loaded.seconds:.1f}s "
+             f"to {env.settings.requests_topic}")
+        bare = run_bare(env, args.events, args.timeout)
+        note(f"(a) bare: {bare.rate:,.0f} ev/s")
+        naive = None
+        if not args.skip_naive:
+            naive = run_naive(env, naive_env, args.naive_events, args.timeout)
+            note(f"(b) naive: {naive.rate:,.0f} ev/s")
+        ours = run_ours(env, args.events, loaded.commands, args.timeout)
+        note(f"(c) ours: {ours.measurement.rate:,.0f} ev/s")
+        for size in [int(s) for s in args.sweep.split(",") if s.strip()]:
+            result = fresh_ours(stack, args, args.sweep_events, f"(c) batch_size={size}", batch_size=size)
+            sweep_rows.append(result.measurement)
+            note(f"sweep batch_size={size}: {result.measurement.rate:,.0f} ev/s")
+        if args.profile:
+            profiler = cProfile.Profile()
+            result = fresh_ours(stack, args, args.profile, "(c) under cProfile", profiler, **overrides)
+            profiler.dump_stats(args.profile_out)
+            note(f"profile of the intake thread ({args.profile} events, saved to {args.profile_out}):\n"
+                 + profile_report(profiler))
+            profile_line = (f"profile: {args.profile} events under cProfile ran at "
+                            f"{result.measurement.rate:,.0f} ev/s; stats on stderr and in {args.profile_out}")
+    finally:
+        if not args.keep:
+            close_env(env)
+            close_env(naive_env)
+
+    rows = [bare] + ([naive] if naive else []) + [ours.measurement]
+    lines = [
+        f"bench-intake on {time.strftime('%Y-%m-%d %H:%M:%S %Z')}: {args.events:,} events, "
+        f"{args.partitions} partitions, batch_size {env.settings.batch_size}, "
+        f"confluent-kafka {kafka_version()[0]}",
+        f"load average (1/5/15 min) before {load_before}, after {load_average()} "
+        "(machine shared with other runs)",
+        "",
+        *format_table(rows, baseline=naive),
+        "",
+        *ours.breakdown,
+    ]
+    if naive is not None:
+        lines.append(f"note: (b) naive measured on the first {naive.events:,} of {args.events:,} events "
+                     "(it is slow); rates are per second of its own run.")
+    if sweep_rows:
+        lines += ["", f"batch size sweep, {args.sweep_events:,} fresh events each:",
+                  *format_table(sweep_rows, baseline=naive)]
+    if profile_line:
+        lines += ["", profile_line]
+    ratio = ours.measurement.rate / naive.rate if naive else float("nan")
+    passed = naive is not None and ratio >= TARGET_RATIO and ours.measurement.rate >= TARGET_RATE
+    lines += ["", (
+        f"bench-intake: events={args.events} bare={bare.rate:,.0f} ev/s "
+        + (f"naive={naive.rate:,.0f} ev/s (on {naive.events}) " if naive else "naive=skipped ")
+        + f"ours={ours.measurement.rate:,.0f} ev/s ours/naive={ratio:.1f}x "
+        f"ours/bare={ours.measurement.rate / bare.rate:.3f}x "
+        f"target(>={TARGET_RATIO:.0f}x, >={TARGET_RATE:.0f} ev/s)={'PASS' if passed else 'FAIL'}"
+    )]
+    print("\n".join(lines), flush=True)
+    return 1 if args.check and not passed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
