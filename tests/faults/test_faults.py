@@ -16,11 +16,3 @@ def test_short_fault_run_loses_nothing(stack, tmp_path: Path):
     assert report.figures["opt-outs published"] == 2_000
     assert report.ok, report.table()
 
-
-def test_a_calm_run_has_no_duplicates(stack, tmp_path: Path):
-    report = run(FaultPlan.calm(events=500), tmp_path)
-    print(report.table())
-    assert not report.faults
-    assert report.figures["duplicate command messages"] == 0
-    assert report.figures["duplicate confirmations"] == 0
-    assert report.ok, report.table()

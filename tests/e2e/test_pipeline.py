@@ -1,0 +1,41 @@
+"""The whole pipeline as separate processes (intake, confirmer, three connectors, stand-ins)
+on the real broker and database: the downstream issue's "done when"."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tests.faults.run_faults import FaultPlan, run
+
+pytestmark = [pytest.mark.e2e]
+
+
+def test_a_thousand_opt_outs_confirmed_exactly_once(stack, tmp_path: Path):
+    report = run(FaultPlan.calm(events=1_000), tmp_path)
+    print(report.table())
+    fig = report.figures
+    assert fig["requests confirmed (distinct)"] == 1_000
+    assert fig["confirmations naming wrong destinations"] == 0
+    assert fig["unexpected commands"] == 0
+    assert fig["duplicate command messages"] == 0 and fig["duplicate confirmations"] == 0
+    assert report.ok, report.table()
+
+
+def test_email_provider_failing_30_percent_transiently_still_confirms_all(stack, tmp_path: Path):
+    plan = replace(FaultPlan.calm(events=1_000), standin_failure_rate=0.3)
+    report = run(plan, tmp_path)
+    print(report.table())
+    assert report.figures["requests confirmed (distinct)"] == 1_000
+    assert report.ok, report.table()
+
+
+def test_permanent_rejections_need_attention_and_the_rest_confirm(stack, tmp_path: Path):
+    plan = replace(FaultPlan.calm(events=1_000), rejected_share=0.05)
+    report = run(plan, tmp_path)
+    print(report.table())
+    fig = report.figures
+    assert fig["requests needing attention"] > 0
+    assert fig["confirmations for refused requests"] == 0
+    assert fig["requests confirmed (distinct)"] == fig["requests to confirm"] < 1_000
+    assert report.ok, report.table()
