@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     clock_skew_seconds: int = Field(300, ge=0, description="Allowed future requested_at.")
     default_phone_region: str = Field("US", min_length=2, max_length=2)
     retry_max_backoff_seconds: float = Field(30.0, gt=0)
+    retention_days: int = Field(
+        90, ge=0, description="`optout purge` removes raw contact details of requests "
+        "confirmed longer ago than this."
+    )
     intake_pipeline_chunk: int = Field(
         250, ge=1, description="Intake writes a batch in chunks of this many, overlapping "
         "database writes with decoding the next chunk."

@@ -1,0 +1,61 @@
+"""Data minimisation: once a request has been confirmed for longer than the retention
+period, its raw contact details (email, phone, postal address) are removed. What is
+needed to keep suppressing the person and to prove compliance stays: the SHA-256
+hashes of the normalized identifiers, the customer id, scopes, source, jurisdiction,
+every timestamp and each destination's outcome.
+
+Requests not yet confirmed keep their details: connectors and the sweeper still need them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from services.common.logging import get_logger
+
+log = get_logger(__name__)
+
+_PURGE_CHUNK = """
+WITH chosen AS (
+    SELECT event_id FROM requests
+    WHERE state = 'CONFIRMED' AND confirmed_at < %(cutoff)s AND pii_purged_at IS NULL
+    ORDER BY confirmed_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE requests r
+SET email = NULL, phone = NULL, postal_address = NULL, pii_purged_at = %(now)s
+FROM chosen WHERE r.event_id = chosen.event_id
+"""
+
+_COUNT = """
+SELECT count(*) FROM requests
+WHERE state = 'CONFIRMED' AND confirmed_at < %(cutoff)s AND pii_purged_at IS NULL
+"""
+
+
+def purge_contact_details(
+    conn: psycopg.Connection[Any], now: datetime, retention: timedelta, chunk: int = 5_000,
+    dry_run: bool = False, progress: Callable[[int], None] | None = None,
+) -> int:
+    """Purge in chunks, one transaction each; return how many requests were purged
+    (or, with ``dry_run``, would be)."""
+    params = {"cutoff": now - retention, "now": now, "limit": chunk}
+    if dry_run:
+        row = conn.execute(_COUNT, params).fetchone()
+        return int(row[0]) if row else 0
+    total = 0
+    while True:
+        with conn.transaction():
+            done = conn.execute(_PURGE_CHUNK, params).rowcount
+        total += done
+        if progress is not None and done:
+            progress(total)
+        if done < chunk:
+            break
+    log.info("contact details purged", requests=total, retention_days=retention.days)
+    return total
