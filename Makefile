@@ -57,7 +57,7 @@ test-integration: install ## integration and e2e tests against the real broker a
 
 test-faults: install ## the full fault-injection run (20,000 opt-outs, kills, outages)
 	$(PY) -m services.devstack up
-	$(WITH_STACK) $(PY) benchmarks/faults.py
+	$(WITH_STACK) $(PY) -m tests.faults.run_faults
 
 check: install ## ruff, ruff format --check, mypy
 	$(VENV)/bin/ruff check services tests benchmarks
@@ -70,15 +70,15 @@ fmt: install ## format the code
 
 bench-intake: install ## intake throughput: bare consume vs naive vs ours (200,000 events)
 	$(PY) -m services.devstack up
-	$(WITH_STACK) $(PY) benchmarks/bench_intake.py
+	$(WITH_STACK) $(PY) -m benchmarks.bench_intake
 
 bench-e2e: install ## end-to-end latency p50/p95/p99 at a steady rate, then the sustained rate
 	$(PY) -m services.devstack up
-	$(WITH_STACK) $(PY) benchmarks/bench_e2e.py
+	$(WITH_STACK) $(PY) -m benchmarks.bench_e2e
 
 bench-web: install ## one-click POSTs per second and p99 latency
 	$(PY) -m services.devstack up
-	$(WITH_STACK) $(PY) benchmarks/bench_web.py
+	$(WITH_STACK) $(PY) -m benchmarks.bench_web
 
 clean: down ## stop the stack and remove its data, caches and the virtualenv
 	rm -rf .run $(VENV) .pytest_cache .mypy_cache .ruff_cache test-output
