@@ -25,8 +25,6 @@ CREATE TABLE requests (
 );
 
 CREATE INDEX requests_open_by_due ON requests (due_at) WHERE state <> 'CONFIRMED';
-CREATE INDEX requests_by_customer ON requests (customer_id) WHERE customer_id IS NOT NULL;
-CREATE INDEX requests_by_email_hash ON requests (email_sha256) WHERE email_sha256 IS NOT NULL;
 
 CREATE TABLE destination_status (
     command_id       text PRIMARY KEY,              -- uuid5(event_id, destination)
