@@ -15,9 +15,9 @@ from services.common.db import require_schema
 from services.common.errors import ConfigurationError
 from services.common.kafka import check_broker
 from services.common.logging import get_logger
-from services.common.metrics import serve_metrics
 from services.common.settings import Settings, settings
 from services.common.shutdown import install_stop_handlers
+from services.observability.health import serve_health
 
 log = get_logger(__name__)
 
@@ -30,12 +30,42 @@ def _intake(cfg: Settings, stop: threading.Event) -> None:
     run(cfg, stop)
 
 
+def _confirmer(cfg: Settings, stop: threading.Event) -> None:
+    from services.confirmer.service import run
+
+    run(cfg, stop)
+
+
+def _standins(cfg: Settings, stop: threading.Event) -> None:
+    from services.standins.server import run
+
+    run(cfg, stop)
+
+
+def _web(cfg: Settings, stop: threading.Event) -> None:
+    from services.web.service import run
+
+    run(cfg, stop)
+
+
+def _exporter(cfg: Settings, stop: threading.Event) -> None:
+    from services.observability.exporter import run
+
+    run(cfg, stop)
+
+
 # Service name -> (needs the database, entry point). Connectors are "connector NAME".
 SERVICES: dict[str, tuple[bool, ServiceMain]] = {
     "intake": (True, _intake),
+    "exporter": (True, _exporter),
+    "standins": (False, _standins),
+    "confirmer": (True, _confirmer),
+    "web": (False, _web),
 }
 # What `optout run all` (and `make run`) starts.
-PIPELINE: list[list[str]] = [["intake"]]
+PIPELINE: list[list[str]] = [["intake"], ["confirmer"], ["standins"], ["connector", "email_provider"],
+                              ["connector", "mail_house"], ["connector", "third_party_sharing"],
+                              ["web"], ["exporter"]]
 
 
 def _connector_main(name: str) -> ServiceMain:
@@ -70,7 +100,7 @@ def parse_specs(tokens: list[str]) -> list[list[str]]:
 def _run_one(spec: list[str]) -> int:
     cfg = settings()
     if spec[0] == "connector":
-        needs_db, main = False, _connector_main(spec[1])
+        needs_db, main = True, _connector_main(spec[1])  # connectors keep a dedupe store
     else:
         needs_db, main = SERVICES[spec[0]]
     check_broker(cfg)
@@ -78,7 +108,7 @@ def _run_one(spec: list[str]) -> int:
         require_schema(cfg.dsn())
     stop = threading.Event()
     install_stop_handlers(stop)
-    serve_metrics(cfg.metrics_port)
+    serve_health(cfg, needs_db)
     log.info("service starting", service=" ".join(spec))
     main(cfg, stop)
     log.info("service stopped", service=" ".join(spec))
@@ -137,7 +167,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = sub.add_parser(
         "run", help="run services in the foreground",
         description="Run one service in this process, or several as child processes. "
-        "Services: intake, confirmer, web, standins, 'connector NAME' "
+        "Services: intake, confirmer, web, standins, exporter, 'connector NAME' "
         "(email_provider, mail_house, third_party_sharing), or 'all'.",
     )
     p.add_argument("services", nargs="+", metavar="SERVICE")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -92,7 +93,9 @@ class ConsumerLoop:
     # --- rebalance callbacks ------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.REBALANCES.labels(self.service, "assigned").inc()
-        metrics.ASSIGNED_PARTITIONS.labels(self.service).set(len(consumer.assignment()))
+        # Inside the callback the assignment does not include ``partitions`` yet.
+        owned = {(tp.topic, tp.partition) for tp in [*consumer.assignment(), *partitions]}
+        metrics.ASSIGNED_PARTITIONS.labels(self.service).set(len(owned))
         log.info("partitions assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -171,6 +174,8 @@ class ConsumerLoop:
 
         def before_sleep(state: RetryCallState) -> None:
             metrics.RETRIES.labels(self.service, "batch").inc()
+            for topic, count in Counter(m.topic() or "" for m in batch).items():
+                metrics.MESSAGES_CONSUMED.labels(self.service, topic, "failed").inc(count)
             exc = state.outcome.exception() if state.outcome else None
             log.warning("batch failed; retrying", attempt=state.attempt_number,
                         error=str(exc), wait_seconds=round(state.upcoming_sleep, 2))

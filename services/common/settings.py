@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     # --- Observability ---------------------------------------------------------
     log_format: str = Field("auto", pattern="^(auto|json|console)$", description="auto (JSON unless stdout is a terminal), json or console.")
     log_level: str = Field("info", description="debug, info, warning or error.")
+    exporter_interval_seconds: float = Field(
+        15.0, gt=0, description="How often `optout run exporter` samples lag and the business view."
+    )
     metrics_port: int = Field(0, ge=0, le=65535, description="0 disables the HTTP endpoint.")
 
     # --- Web -------------------------------------------------------------------

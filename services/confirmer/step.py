@@ -34,7 +34,7 @@ from confluent_kafka import Message, Producer
 
 from services.common import metrics
 from services.common.avro import Codec
-from services.common.clock import Clock
+from services.common.clock import Clock, from_millis
 from services.common.db import connect, first_line
 from services.common.errors import PoisonMessage, RetriableError
 from services.common.kafka import DeliveryTracker, dead_letter
@@ -123,6 +123,9 @@ class ConfirmerStep:
             raise RetriableError(f"database error: {first_line(exc)}") from exc
         except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as exc:
             raise RetriableError(f"database conflict: {first_line(exc)}") from exc
+        for record in outcome.confirmations:
+            metrics.observe_confirmation(from_millis(record["requested_at"]),
+                                         from_millis(record["confirmed_at"]))
         self._count(messages, outcome, dead)
 
     # --- internals --------------------------------------------------------------------
