@@ -12,7 +12,6 @@ Seeded and repeatable (--seed): the same requests and the same fault schedule.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import threading
@@ -26,23 +25,26 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from services.common.contract import DESTINATIONS
-from services.common.db import migrate
 from services.common.errors import RetriableError
 from services.common.kafka import create_topics
 from services.common.settings import Settings
-from services.devstack import ensure_up
-from services.devstack import kafka_broker, postgres_server
+from services.devstack import ensure_up, kafka_broker, postgres_server
 from services.devstack.config import Paths
 from services.intake.planning import applicable_destinations, command_id
 from services.publisher.publish import Prepared, RequestPublisher
+from tests.faults.environment import (
+    CONNECTORS,
+    create_database,
+    drop_database,
+    pipeline_env,
+    settings_for,
+    start_pipeline,
+)
 from tests.faults.fleet import Fleet, Instance
 from tests.support.pipeline import read_topic
 
-CONNECTORS = [d.id for d in DESTINATIONS]
 SCOPE_MIX = [["ALL"], ["EMAIL_MARKETING"], ["POSTAL_MARKETING"], ["THIRD_PARTY_SHARING"],
              ["EMAIL_MARKETING", "THIRD_PARTY_SHARING"], ["ALL"]]
 JURISDICTIONS = [None, "US", "US-CA", "EU", "DE", "GB"]
@@ -138,45 +140,12 @@ class Run:
 
     # --- set-up -------------------------------------------------------------------
     def _database(self) -> tuple[str, str]:
-        superuser = self.stack.superuser_database_url
-        if not superuser:
-            migrate(self.stack.admin_database_url, "optout_app")
-            return self.stack.database_url, self.stack.admin_database_url
-        admin_user = psycopg.conninfo.conninfo_to_dict(self.stack.admin_database_url)["user"]
-        with psycopg.connect(superuser, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                sql.Identifier(self.db_name), sql.Identifier(str(admin_user))))
-        app = _with_db(self.stack.database_url, self.db_name)
-        admin = _with_db(self.stack.admin_database_url, self.db_name)
-        migrate(admin, "optout_app")
-        return app, admin
+        return create_database(self.stack, self.db_name)
 
     def _env(self, app: str, admin: str, rejected: list[str]) -> dict[str, str]:
-        esp_port, partners_port = _free_port(), _free_port()
-        base = f"http://127.0.0.1:{partners_port}/partners"
-        return {
-            "OPTOUT_KAFKA_BOOTSTRAP": self.stack.kafka_bootstrap,
-            "OPTOUT_DATABASE_URL": app,
-            "OPTOUT_ADMIN_DATABASE_URL": admin,
-            "OPTOUT_TOPIC_PREFIX": f"f{uuid.uuid4().hex[:8]}.",
-            "OPTOUT_TOPIC_PARTITIONS": "6",
-            "OPTOUT_BATCH_SIZE": "500",
-            "OPTOUT_BATCH_TIMEOUT_MS": "100",
-            "OPTOUT_LOG_FORMAT": "json",
-            "OPTOUT_METRICS_PORT": "0",
-            "OPTOUT_MAIL_HOUSE_DIR": str(self.work_dir / "mail_house"),
-            "OPTOUT_STANDIN_EMAIL_PROVIDER_PORT": str(esp_port),
-            "OPTOUT_STANDIN_PARTNERS_PORT": str(partners_port),
-            "OPTOUT_EMAIL_PROVIDER_URL": f"http://127.0.0.1:{esp_port}",
-            "OPTOUT_PARTNERS": json.dumps([
-                {"name": "adnet", "url": f"{base}/adnet", "token": "dev-partner-adnet"},
-                {"name": "databroker", "url": f"{base}/databroker",
-                 "token": "dev-partner-databroker"}]),
-            "OPTOUT_STANDIN_FAILURE_RATE": str(self.plan.standin_failure_rate),
-            "OPTOUT_STANDIN_REJECTED_EMAILS": json.dumps(rejected),
-            "OPTOUT_SWEEP_INTERVAL_SECONDS": "5",
-            "OPTOUT_REISSUE_BASE_SECONDS": "120",
-        }
+        return pipeline_env(self.stack, app, admin, self.work_dir,
+                            standin_failure_rate=self.plan.standin_failure_rate,
+                            rejected_emails=rejected)
 
     # --- faults -------------------------------------------------------------------
     def _kill(self, fleet: Fleet, name: str, restart_after: float | None) -> None:
@@ -254,18 +223,10 @@ class Run:
             if publisher_rng.random() < plan.rejected_share
             and any(s in ("ALL", "EMAIL_MARKETING") for s in r["scopes"]))
         env = self._env(app, admin, rejected)
-        cfg = Settings(kafka_bootstrap=env["OPTOUT_KAFKA_BOOTSTRAP"], database_url=app,
-                       admin_database_url=admin, topic_prefix=env["OPTOUT_TOPIC_PREFIX"],
-                       topic_partitions=6)
+        cfg = settings_for(env)
         create_topics(cfg, cfg.all_topics())
         fleet = Fleet(env, self.work_dir)
-        fleet.start("standins", "standins")
-        for _ in range(plan.intake_instances):
-            fleet.start("intake", "intake")
-        for _ in range(plan.confirmer_instances):
-            fleet.start("confirmer", "confirmer")
-        for name in CONNECTORS:
-            fleet.start(f"connector.{name}", "connector", name)
+        start_pipeline(fleet, plan.intake_instances, plan.confirmer_instances)
 
         publisher = RequestPublisher(cfg)
         prepared = [publisher.prepare(f) for f in requests]
@@ -398,10 +359,7 @@ class Run:
         rep.problems.extend(message for passed, message in checks if not passed)
 
     def _drop_database(self) -> None:
-        if self.stack.superuser_database_url:
-            with psycopg.connect(self.stack.superuser_database_url, autocommit=True) as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(self.db_name)))
+        drop_database(self.stack, self.db_name)
 
 
 def _scalar(dsn: str, query: str, params: tuple[Any, ...] = ()) -> int:
@@ -411,20 +369,6 @@ def _scalar(dsn: str, query: str, params: tuple[Any, ...] = ()) -> int:
             row = conn.execute(query.encode(), params).fetchone()
             return int(row[0]) if row else 0
     return 0
-
-
-def _with_db(url: str, name: str) -> str:
-    params = psycopg.conninfo.conninfo_to_dict(url)
-    params["dbname"] = name
-    return psycopg.conninfo.make_conninfo(**params)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run(plan: FaultPlan, output: Path | None = None) -> FaultReport:

@@ -1,0 +1,669 @@
+"""End-to-end latency of the whole pipeline on the real stack (``make bench-e2e``).
+
+    .venv/bin/python benchmarks/bench_e2e.py [--rate 500] [--seconds 60]
+        [--steps 500,1000,1500,2000,2500,3000] [--step-seconds 20] [--max-p99-ms 5000]
+        [--batch-timeout-ms 50] [--intake-timeout-ms N] [--confirmer-timeout-ms N]
+        [--connector-timeout-ms N] [--sweep-timeouts 20,50,100 --sweep-seconds 15]
+
+Starts every service as its own OS process (``optout run standins``, ``intake``,
+``confirmer``, ``connector NAME`` for each connector, the reference connectors talking to
+the local stand-ins) against a fresh database and fresh topics, exactly as the fault run
+does (``tests.faults.environment``). This process publishes OptOutRequested events at a
+steady rate, each stamped ``requested_at`` = the wall clock (ms) when it is produced, and
+reads ``optout.confirmations`` back. A request's latency is the Kafka CreateTime of its
+OptOutConfirmed (set by the confirmer's producer when it writes the confirmation) minus
+its ``requested_at``; the same figure from the record's ``confirmed_at`` (when the last
+acknowledgement was recorded) is shown too.
+
+Phase 1: ``--rate`` per second for ``--seconds``: p50/p95/p99/max, target p99 < 1 s.
+Phase 2: ``--steps`` rates, ``--step-seconds`` each (draining in between), until one is not
+sustained: not every request confirmed within the drain timeout, p99 above
+``--max-p99-ms`` or confirmations/s (confirmed / span from first to last confirmation)
+below 95% of the publish rate. The last sustained step is the figure.
+
+A warm-up (200 requests, not measured) precedes each fleet's phases, so consumer-group
+joins are not counted. Progress and service logs' location go to stderr; stdout carries
+the report, whose last line is a one-line summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaException,
+    TopicPartition,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (
+    BenchEnv,
+    check_sample,
+    close_env,
+    generate_events,
+    load_average,
+    note,
+    setup_logging,
+    start_stack,
+)
+from services.common.avro import Codec, default_codec
+from services.common.clock import to_millis
+from services.common.errors import PoisonMessage
+from services.common.kafka import (
+    DeliveryTracker,
+    create_topics,
+    make_admin,
+    make_consumer,
+    make_producer,
+)
+from services.common.settings import Settings
+from services.devstack import StackInfo
+from tests.faults.environment import (
+    CONNECTORS,
+    create_database,
+    pipeline_env,
+    settings_for,
+)
+from tests.faults.fleet import Fleet
+
+TARGET_P99_MS = 1000.0
+DEFAULT_BATCH_TIMEOUT_MS = 50
+SLICE_SECONDS = 10
+KEEP_UP_SHARE = 0.95
+WARMUP_EVENTS = 200
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+
+
+# --- figures ----------------------------------------------------------------------------------
+def percentile(sorted_values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile of already sorted values (nan when empty)."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One confirmation as read back: its Kafka CreateTime and its confirmed_at (ms)."""
+
+    written_ms: int
+    confirmed_ms: int
+
+
+@dataclass
+class PhaseResult:
+    label: str
+    rate: float
+    seconds: float
+    published: int = 0
+    publish_seconds: float = 0.0
+    confirmed: int = 0
+    latencies_ms: list[float] = field(default_factory=list)  # CreateTime - requested_at
+    samples: list[tuple[int, float]] = field(default_factory=list)  # (requested_at, latency)
+    confirmed_at_ms: list[float] = field(default_factory=list)  # confirmed_at - requested_at
+    confirmation_span_s: float = 0.0  # first to last confirmation
+    drain_s: float = 0.0  # end of publishing to the last confirmation
+    load_before: str = ""
+    load_after: str = ""
+    cpu: dict[str, float] = field(default_factory=dict)  # service -> % of one core
+    machine_busy: float = 0.0  # % of all cores busy (everything on the machine)
+
+    @property
+    def publish_rate(self) -> float:
+        return self.published / self.publish_seconds if self.publish_seconds else 0.0
+
+    @property
+    def confirmations_per_second(self) -> float:
+        if self.confirmed < 2 or self.confirmation_span_s <= 0:
+            return 0.0
+        return self.confirmed / self.confirmation_span_s
+
+    def pct(self, p: float, values: Sequence[float] | None = None) -> float:
+        return percentile(self.latencies_ms if values is None else values, p)
+
+    def slices(self, seconds: int = SLICE_SECONDS) -> list[tuple[int, float]]:
+        """p99 of the requests published in each ``seconds`` slice of the phase."""
+        if not self.samples:
+            return []
+        start = min(t for t, _ in self.samples)
+        groups: dict[int, list[float]] = {}
+        for requested, latency in self.samples:
+            groups.setdefault((requested - start) // (seconds * 1000), []).append(latency)
+        return [(index * seconds, percentile(sorted(values), 99)) for index, values in sorted(groups.items())]
+
+    def sustained(self, max_p99_ms: float) -> tuple[bool, str]:
+        if self.confirmed < self.published:
+            return False, f"{self.published - self.confirmed} not confirmed in time"
+        if self.pct(99) > max_p99_ms:
+            return False, f"p99 {self.pct(99):,.0f} ms > {max_p99_ms:,.0f} ms"
+        if self.confirmations_per_second < KEEP_UP_SHARE * self.publish_rate:
+            return False, (
+                f"confirmations/s {self.confirmations_per_second:,.0f} < "
+                f"{KEEP_UP_SHARE:.0%} of published/s {self.publish_rate:,.0f}"
+            )
+        if self.publish_rate < KEEP_UP_SHARE * self.rate:
+            return False, f"the benchmark published only {self.publish_rate:,.0f}/s"
+        return True, "sustained"
+
+
+# --- reading confirmations back ----------------------------------------------------------------
+class ConfirmationReader:
+    """A thread reading this run's (fresh) confirmations topic from the beginning: the
+    first confirmation of each request, and how many repeated ones there were."""
+
+    def __init__(self, settings: Settings, codec: Codec) -> None:
+        self.codec = codec
+        self.seen: dict[str, Seen] = {}
+        self.duplicates = 0
+        self.undecodable = 0
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.consumer: Consumer = make_consumer(settings, f"bench-e2e-{uuid.uuid4().hex}")
+        metadata = self.consumer.list_topics(settings.confirmations_topic, timeout=10)
+        partitions = metadata.topics[settings.confirmations_topic].partitions
+        self.consumer.assign(
+            [TopicPartition(settings.confirmations_topic, p, OFFSET_BEGINNING) for p in partitions]
+        )
+        self.thread = threading.Thread(target=self._run, name="confirmations", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            for message in self.consumer.consume(1000, 0.2):
+                if message.error() is not None:
+                    continue
+                try:
+                    _, record = self.codec.decode(message.value(), expect="OptOutConfirmed")
+                except PoisonMessage:
+                    self.undecodable += 1
+                    continue
+                kind, written = message.timestamp()
+                if kind == TIMESTAMP_NOT_AVAILABLE:
+                    written = to_millis(datetime.now(UTC))
+                request_id = str(record["request_id"])
+                with self.lock:
+                    if request_id in self.seen:
+                        self.duplicates += 1
+                    else:
+                        self.seen[request_id] = Seen(written, to_millis(record["confirmed_at"]))
+
+    def count(self, ids: Sequence[str]) -> int:
+        with self.lock:
+            return sum(1 for i in ids if i in self.seen)
+
+    def get(self, request_id: str) -> Seen | None:
+        with self.lock:
+            return self.seen.get(request_id)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        self.consumer.close()
+
+
+# --- the pipeline's processes ------------------------------------------------------------------
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (and its waited-for children) from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(v) for v in fields[11:15]) / _CLOCK_TICK
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine, all cores, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values) - idle) / _CLOCK_TICK, sum(values) / _CLOCK_TICK
+
+
+@dataclass
+class Pipeline:
+    """The service processes of one configuration (one ``Fleet`` per batch-timeout role)."""
+
+    timeouts: dict[str, int]  # role -> OPTOUT_BATCH_TIMEOUT_MS
+    fleets: list[Fleet]
+
+    @classmethod
+    def start(cls, env: dict[str, str], log_dir: Path, timeouts: dict[str, int]) -> Pipeline:
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+        def fleet(role: str) -> Fleet:
+            return Fleet(
+                {
+                    **env,
+                    "OPTOUT_BATCH_TIMEOUT_MS": str(timeouts[role]),
+                    "OPTOUT_MAIL_HOUSE_DIR": str(log_dir / "mail_house"),
+                },
+                log_dir,
+            )
+
+        standins, intake, confirmer, connectors = (
+            fleet("connectors"),
+            fleet("intake"),
+            fleet("confirmer"),
+            fleet("connectors"),
+        )
+        standins.start("standins", "standins")
+        intake.start("intake", "intake")
+        confirmer.start("confirmer", "confirmer")
+        for name in CONNECTORS:
+            connectors.start(f"connector.{name}", "connector", name)
+        return cls(timeouts, [standins, intake, confirmer, connectors])
+
+    def cpu_seconds(self) -> dict[str, float]:
+        return {i.name: process_cpu_seconds(i.proc.pid) for f in self.fleets for i in f.instances}
+
+    def check_alive(self) -> None:
+        dead = [i for f in self.fleets for i in f.died_unexpectedly(set())]
+        if dead:
+            raise RuntimeError(
+                "service processes died: "
+                + ", ".join(f"{i.name} (exit {i.proc.returncode}, log {i.log})" for i in dead)
+            )
+
+    def stop(self) -> None:
+        for f in self.fleets:
+            f.stop_all()
+
+
+# --- publishing at a steady rate ---------------------------------------------------------------
+def _at_millis(ms: int) -> datetime:
+    return EPOCH + timedelta(milliseconds=ms)
+
+
+def publish_steady(
+    settings: Settings, codec: Codec, rate: float, seconds: float, seed: int, label: str
+) -> tuple[dict[str, int], float]:
+    """Publish ``rate * seconds`` realistic requests evenly over ``seconds``, each with
+    ``requested_at`` = now (ms) as it is produced. Return {event_id: requested_at ms}
+    and the seconds publishing took (until every delivery report)."""
+    count = max(1, round(rate * seconds))
+    events = list(generate_events(count, seed))
+    check_sample(events[:200], settings)
+    producer = make_producer(settings)
+    tracker = DeliveryTracker(producer)
+    sent: dict[str, int] = {}
+    started = time.monotonic()
+    next_note = started + 5
+    done = 0
+    while done < count:
+        now = time.monotonic()
+        due = min(count, int((now - started) * rate) + 1)
+        while done < due:
+            event = events[done]
+            requested = to_millis(datetime.now(UTC))
+            record: dict[str, Any] = {**event.record, "requested_at": _at_millis(requested)}
+            tracker.produce(settings.requests_topic, codec.encode("OptOutRequested", record), key=event.key)
+            sent[str(record["event_id"])] = requested
+            done += 1
+        producer.poll(0)
+        if now >= next_note:
+            note(f"{label}: published {done:,}/{count:,}")
+            next_note += 5
+        time.sleep(max(0.0, min(0.005, started + done / rate - time.monotonic())))
+    tracker.wait(60)
+    return sent, time.monotonic() - started
+
+
+def run_phase(
+    settings: Settings,
+    codec: Codec,
+    reader: ConfirmationReader,
+    pipeline: Pipeline,
+    label: str,
+    rate: float,
+    seconds: float,
+    seed: int,
+    drain_timeout: float,
+) -> PhaseResult:
+    result = PhaseResult(label, rate, seconds, load_before=load_average())
+    cpu_before, cpu_started, machine_before = pipeline.cpu_seconds(), time.monotonic(), machine_cpu()
+    sent, result.publish_seconds = publish_steady(settings, codec, rate, seconds, seed, label)
+    result.published = len(sent)
+    published_at = time.monotonic()
+    ids = list(sent)
+    deadline = published_at + drain_timeout
+    next_note = 0.0
+    while True:
+        confirmed = reader.count(ids)
+        if confirmed >= len(ids) or time.monotonic() > deadline:
+            break
+        if time.monotonic() >= next_note:
+            note(f"{label}: confirmed {confirmed:,}/{len(ids):,}")
+            next_note = time.monotonic() + 5
+        pipeline.check_alive()
+        time.sleep(0.2)
+    elapsed = time.monotonic() - cpu_started
+    cpu_after = pipeline.cpu_seconds()
+    result.cpu = {name: 100 * (cpu_after[name] - cpu_before.get(name, 0.0)) / elapsed for name in cpu_after}
+    machine_after = machine_cpu()
+    total = machine_after[1] - machine_before[1]
+    result.machine_busy = 100 * (machine_after[0] - machine_before[0]) / total if total else 0.0
+    result.load_after = load_average()
+    written: list[int] = []
+    for event_id, requested in sent.items():
+        seen = reader.get(event_id)
+        if seen is None:
+            continue
+        written.append(seen.written_ms)
+        result.latencies_ms.append(float(seen.written_ms - requested))
+        result.samples.append((requested, float(seen.written_ms - requested)))
+        result.confirmed_at_ms.append(float(seen.confirmed_ms - requested))
+    result.confirmed = len(written)
+    result.latencies_ms.sort()
+    result.confirmed_at_ms.sort()
+    if written:
+        result.confirmation_span_s = (max(written) - min(written)) / 1000
+        end_ms = min(sent.values()) + result.publish_seconds * 1000
+        result.drain_s = max(0.0, (max(written) - end_ms) / 1000)
+    note(
+        f"{label}: {result.confirmed:,}/{result.published:,} confirmed, p50 {result.pct(50):,.0f} "
+        f"p99 {result.pct(99):,.0f} ms, {result.confirmations_per_second:,.0f} confirmations/s"
+    )
+    return result
+
+
+def warm_up(
+    settings: Settings, codec: Codec, reader: ConfirmationReader, pipeline: Pipeline, seed: int
+) -> None:
+    """Publish a few requests and wait until they are confirmed: groups joined, caches warm."""
+    note(f"warm-up: waiting for every service to join its group and confirm {WARMUP_EVENTS} requests")
+    result = run_phase(
+        settings, codec, reader, pipeline, "warm-up", 100.0, WARMUP_EVENTS / 100, seed, drain_timeout=180.0
+    )
+    if result.confirmed < result.published:
+        raise RuntimeError(
+            f"warm-up: only {result.confirmed}/{result.published} confirmed; see the service logs"
+        )
+
+
+# --- report ------------------------------------------------------------------------------------
+def phase_table(rows: Sequence[PhaseResult], max_p99_ms: float | None = None) -> list[str]:
+    header = (
+        f"{'phase':<22} {'rate/s':>7} {'sent':>7} {'sent/s':>7} {'confirmed':>9} "
+        f"{'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'max ms':>7} {'p99*':>7} "
+        f"{'conf/s':>7} {'drain s':>7} {'busy%':>5}  load before -> after"
+    )
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        line = (
+            f"{r.label:<22} {r.rate:>7,.0f} {r.published:>7,} {r.publish_rate:>7,.0f} "
+            f"{r.confirmed:>9,} {r.pct(50):>7,.0f} {r.pct(95):>7,.0f} {r.pct(99):>7,.0f} "
+            f"{r.pct(100):>7,.0f} {r.pct(99, r.confirmed_at_ms):>7,.0f} "
+            f"{r.confirmations_per_second:>7,.0f} {r.drain_s:>7.1f} {r.machine_busy:>5.0f}  "
+            f"{r.load_before} -> {r.load_after}"
+        )
+        if max_p99_ms is not None:
+            line += f"  {r.sustained(max_p99_ms)[1]}"
+        lines.append(line)
+    lines.append(
+        "p99*: p99 of confirmed_at (last ack recorded) - requested_at; conf/s: confirmed / "
+        "span first..last confirmation; drain: end of publishing to last confirmation; "
+        "busy%: whole machine, all cores"
+    )
+    return lines
+
+
+def cpu_line(result: PhaseResult) -> str:
+    parts = [f"{name} {pct:.0f}%" for name, pct in sorted(result.cpu.items())]
+    return (
+        f"cpu during '{result.label}', % of one core: "
+        + ", ".join(parts)
+        + f"; pipeline total {sum(result.cpu.values()):.0f}%; whole machine busy "
+        f"{result.machine_busy:.0f}% of {os.cpu_count()} cores (broker, database, others)"
+    )
+
+
+def slices_line(result: PhaseResult) -> str:
+    return f"p99 ms of the requests published in each {SLICE_SECONDS} s of '{result.label}': " + " ".join(
+        f"{at}s:{p99:,.0f}" for at, p99 in result.slices()
+    )
+
+
+def timeouts_line(timeouts: dict[str, int], batch_size: int) -> str:
+    return (
+        "OPTOUT_BATCH_TIMEOUT_MS: "
+        + "  ".join(f"{role}={ms} ms" for role, ms in timeouts.items())
+        + f"  (OPTOUT_BATCH_SIZE={batch_size})"
+    )
+
+
+def delete_groups(settings: Settings) -> None:
+    """Delete the consumer groups of this run's services (named after its topic prefix)."""
+    admin = make_admin(settings)
+    listed = admin.list_consumer_groups(request_timeout=10).result()
+    mine = [g.group_id for g in listed.valid if g.group_id.startswith(settings.topic_prefix)]
+    for group, future in (admin.delete_consumer_groups(mine, request_timeout=30) if mine else {}).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            note(f"could not delete consumer group {group}: {exc}")
+
+
+# --- the run -----------------------------------------------------------------------------------
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=500.0, help="phase 1 requests/s")
+    parser.add_argument("--seconds", type=float, default=60.0, help="phase 1 duration")
+    parser.add_argument(
+        "--steps",
+        default="500,1000,1500,2000,2500,3000",
+        help="phase 2 rates, comma separated ('' skips phase 2)",
+    )
+    parser.add_argument("--step-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--max-p99-ms", type=float, default=5000.0, help="a phase 2 step with a higher p99 is not sustained"
+    )
+    parser.add_argument(
+        "--batch-timeout-ms",
+        type=int,
+        default=DEFAULT_BATCH_TIMEOUT_MS,
+        help="OPTOUT_BATCH_TIMEOUT_MS of every service",
+    )
+    parser.add_argument("--intake-timeout-ms", type=int, help="override for intake")
+    parser.add_argument("--confirmer-timeout-ms", type=int, help="override for the confirmer")
+    parser.add_argument("--connector-timeout-ms", type=int, help="override for the connectors")
+    parser.add_argument(
+        "--sweep-timeouts",
+        default="",
+        help="first measure these batch timeouts (ms, comma separated) at --rate",
+    )
+    parser.add_argument("--sweep-seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=Settings.model_fields["batch_size"].default,
+        help="OPTOUT_BATCH_SIZE of every service (default: the settings' default)",
+    )
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--log-level", default="info", help="OPTOUT_LOG_LEVEL of the services")
+    return parser.parse_args(argv)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, stack: StackInfo) -> None:
+        self.args = args
+        self.stack = stack
+        self.codec = default_codec()
+        self.work_dir = Path("test-output") / f"bench-e2e-{int(time.time())}"
+        self.db_name = f"optout_bench_{uuid.uuid4().hex[:8]}"
+        self.seed = 1000
+        app, admin = create_database(stack, self.db_name)
+        self.env = pipeline_env(
+            stack,
+            app,
+            admin,
+            self.work_dir,
+            partitions=args.partitions,
+            batch_size=args.batch_size,
+            log_level=args.log_level,
+        )
+        self.settings = settings_for(self.env)
+        note(f"database {self.db_name}, topic prefix {self.settings.topic_prefix}")
+        try:
+            create_topics(self.settings, self.settings.all_topics())
+            self.reader = ConfirmationReader(self.settings, self.codec)
+        except BaseException:
+            self._drop()
+            raise
+        self.reader.start()
+
+    def next_seed(self) -> int:
+        self.seed += 1
+        return self.seed
+
+    def fleet(self, name: str, timeouts: dict[str, int]) -> Pipeline:
+        note(
+            f"starting the pipeline ({name}): {timeouts_line(timeouts, self.args.batch_size)}; logs in "
+            f"{self.work_dir / name}"
+        )
+        pipeline = Pipeline.start(self.env, self.work_dir / name, timeouts)
+        warm_up(self.settings, self.codec, self.reader, pipeline, self.next_seed())
+        return pipeline
+
+    def phase(self, pipeline: Pipeline, label: str, rate: float, seconds: float) -> PhaseResult:
+        return run_phase(
+            self.settings,
+            self.codec,
+            self.reader,
+            pipeline,
+            label,
+            rate,
+            seconds,
+            self.next_seed(),
+            drain_timeout=max(60.0, 3 * seconds),
+        )
+
+    def _drop(self) -> None:
+        close_env(BenchEnv(self.settings, self.db_name, self.stack.superuser_database_url or ""))
+        delete_groups(self.settings)
+
+    def close(self) -> None:
+        try:
+            self.reader.close()
+        finally:
+            self._drop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    load_start = load_average()
+    note(f"load average before: {load_start} ({os.cpu_count()} cores)")
+    stack = start_stack()
+    bench = Bench(args, stack)
+    note(f"service logs and mail-house files: {bench.work_dir}")
+    lines: list[str] = []
+    sweep_rows: list[tuple[str, PhaseResult]] = []
+    pipeline: Pipeline | None = None
+    try:
+        for ms in _ints(args.sweep_timeouts):
+            timeouts = {"intake": ms, "connectors": ms, "confirmer": ms}
+            pipeline = bench.fleet(f"sweep-{ms}ms", timeouts)
+            sweep_rows.append(
+                (
+                    timeouts_line(timeouts, args.batch_size),
+                    bench.phase(pipeline, f"timeout {ms} ms", args.rate, args.sweep_seconds),
+                )
+            )
+            pipeline.stop()
+            pipeline = None
+        base = args.batch_timeout_ms
+        timeouts = {
+            "intake": args.intake_timeout_ms or base,
+            "connectors": args.connector_timeout_ms or base,
+            "confirmer": args.confirmer_timeout_ms or base,
+        }
+        pipeline = bench.fleet("main", timeouts)
+        steady = bench.phase(pipeline, f"steady {args.rate:,.0f}/s", args.rate, args.seconds)
+        steady_cpu = cpu_line(steady)
+        steps: list[PhaseResult] = []
+        for rate in _ints(args.steps):
+            step = bench.phase(pipeline, f"step {rate:,}/s", rate, args.step_seconds)
+            steps.append(step)
+            if not step.sustained(args.max_p99_ms)[0]:
+                break
+        pipeline.stop()
+        pipeline = None
+    finally:
+        if pipeline is not None:
+            pipeline.stop()
+        duplicates = bench.reader.duplicates
+        bench.close()
+    load_end = load_average()
+
+    lines += [
+        f"bench-e2e: the whole pipeline as separate processes (stand-ins, intake, confirmer, "
+        f"{len(CONNECTORS)} connectors), {args.partitions} partitions, real Kafka + PostgreSQL, "
+        f"{os.cpu_count()} cores shared with the broker, the database and other users",
+        f"load average (1/5/15 min) before: {load_start}  after: {load_end}",
+        "",
+    ]
+    if sweep_rows:
+        lines += [
+            f"batch timeout sweep at {args.rate:,.0f}/s for {args.sweep_seconds:.0f} s each:",
+            *phase_table([r for _, r in sweep_rows]),
+            *[f"  {r.label}: {t}" for t, r in sweep_rows],
+            "",
+        ]
+    lines += [
+        f"phase 1: steady {args.rate:,.0f}/s for {args.seconds:.0f} s  "
+        f"[{timeouts_line(timeouts, args.batch_size)}]",
+        *phase_table([steady]),
+        steady_cpu,
+        slices_line(steady),
+        "",
+    ]
+    sustained = [s for s in steps if s.sustained(args.max_p99_ms)[0]]
+    if steps:
+        lines += [
+            f"phase 2: steps of {args.step_seconds:.0f} s until not sustained (every request "
+            f"confirmed, p99 <= {args.max_p99_ms:,.0f} ms, conf/s >= {KEEP_UP_SHARE:.0%} of "
+            "sent/s)",
+            *phase_table(steps, args.max_p99_ms),
+            cpu_line(steps[-1]),
+            "",
+        ]
+    lines.append(f"duplicate confirmations seen: {duplicates}")
+    best = sustained[-1] if sustained else None
+    passed = steady.confirmed == steady.published and steady.pct(99) < TARGET_P99_MS
+    lines.append(
+        f"bench-e2e: rate={args.rate:,.0f}/s p50={steady.pct(50):,.0f} p95={steady.pct(95):,.0f} "
+        f"p99={steady.pct(99):,.0f} ms target(p99<{TARGET_P99_MS:.0f}ms)={'PASS' if passed else 'FAIL'} "
+        + (
+            f"sustained={best.rate:,.0f}/s at {best.confirmations_per_second:,.0f} confirmations/s"
+            if best
+            else "sustained=none of " + (args.steps or "(skipped)")
+        )
+    )
+    print("\n".join(lines), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

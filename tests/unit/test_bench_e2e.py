@@ -1,0 +1,38 @@
+"""The figures of ``benchmarks/bench_e2e.py``: percentiles, per-slice p99, the sustained rule."""
+
+from benchmarks.bench_e2e import PhaseResult, percentile
+
+
+def test_nearest_rank_percentiles():
+    values = [float(v) for v in range(1, 101)]  # 1..100
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 95) == 95.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([], 99) != percentile([], 99)  # nan
+
+
+def test_p99_per_slice_groups_by_publish_time():
+    result = PhaseResult("p", 10, 30)
+    result.samples = [(1_000 + i * 100, 10.0) for i in range(100)]  # 0..9.9 s: 10 ms
+    result.samples += [(11_000 + i * 100, 500.0) for i in range(100)]  # 10..19.9 s: 500 ms
+    assert result.slices(10) == [(0, 10.0), (10, 500.0)]
+
+
+def _phase(published: int, confirmed: int, span: float, latency: float) -> PhaseResult:
+    result = PhaseResult("step", rate=100, seconds=10, published=published, publish_seconds=10.0)
+    result.confirmed = confirmed
+    result.confirmation_span_s = span
+    result.latencies_ms = [latency] * confirmed
+    return result
+
+
+def test_a_step_is_sustained_only_when_it_keeps_up():
+    assert _phase(1000, 1000, 10.2, 300.0).sustained(5000) == (True, "sustained")
+    missing = _phase(1000, 990, 10.2, 300.0).sustained(5000)
+    assert not missing[0] and "10 not confirmed" in missing[1]
+    slow = _phase(1000, 1000, 10.2, 6000.0).sustained(5000)
+    assert not slow[0] and "p99" in slow[1]
+    behind = _phase(1000, 1000, 14.0, 300.0).sustained(5000)  # 71/s confirmed for 100/s sent
+    assert not behind[0] and "confirmations/s" in behind[1]
