@@ -139,7 +139,8 @@ class DeliveryTracker:
                 # Local queue full: serve delivery reports to make room (backpressure).
                 self.producer.poll(0.1)
         self.pending += 1
-        self.producer.poll(0)
+        if self.pending % 500 == 0:  # serve delivery reports now and then, not per message
+            self.producer.poll(0)
 
     def wait(self, timeout: float = 30.0) -> None:
         remaining = self.producer.flush(timeout)
