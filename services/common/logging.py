@@ -58,6 +58,21 @@ def redact_pii(
     return event_dict
 
 
+class _StdoutLogger:
+    """Writes each rendered line to whatever ``sys.stdout`` is *now* (not the stream that
+    was current when the logger was created and cached)."""
+
+    def __init__(self, *_args: Any) -> None:
+        pass
+
+    def msg(self, message: str) -> None:
+        stream = sys.stdout
+        stream.write(message + "\n")
+        stream.flush()
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog and the stdlib root logger (for libraries) once per process."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
@@ -80,7 +95,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        logger_factory=_StdoutLogger,
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr,

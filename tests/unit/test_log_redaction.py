@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import structlog
 
 from services.common.logging import configure_logging, redact_text
@@ -12,7 +13,14 @@ def test_redact_text_masks_emails_and_phones_but_not_ids_or_dates():
     assert "2026-11-29" in out and "550e8400-e29b-41d4" in out
 
 
-def test_log_lines_never_carry_pii(capsys):
+@pytest.fixture
+def restore_logging():
+    yield
+    # Loggers cached during the test would keep writing to its (closed) captured stdout.
+    structlog.reset_defaults()
+
+
+def test_log_lines_never_carry_pii(capsys, restore_logging):
     configure_logging("debug", "json")
     log = structlog.get_logger("t")
     log.info("hello", email="a@b.com", note="write to bob@example.org", key=b"email:a@b.com",
