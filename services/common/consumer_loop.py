@@ -77,6 +77,8 @@ class ConsumerLoop:
         self._health_name = f"{service}[{self.group_id}]"
         self.lag = ConsumerLagTracker(settings, self.group_id)
         self._revoked_during_batch = False
+        self._assignment_changed = False
+        self._unprocessed: dict[tuple[str, int], int] = {}
         self.consumer: Consumer | None = None
         metrics.init_service_metrics(service, topics)
 
@@ -97,6 +99,9 @@ class ConsumerLoop:
         owned = {(tp.topic, tp.partition) for tp in [*consumer.assignment(), *partitions]}
         metrics.ASSIGNED_PARTITIONS.labels(self.service).set(len(owned))
         log.info("partitions assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+        # librdkafka keeps a partition's pause flag across revocation and re-assignment:
+        # partitions that come back must be resumed (unless we are idling, see _idle).
+        self._assignment_changed = True
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Batches are committed synchronously before the next consume(), so nothing of a
@@ -135,6 +140,9 @@ class ConsumerLoop:
         try:
             while not self.stop.is_set():
                 messages = consumer.consume(self.settings.batch_size, timeout)
+                if self._assignment_changed:
+                    self._assignment_changed = False
+                    consumer.resume(consumer.assignment())
                 self._heartbeat()
                 self.step.poll()
                 batch = [m for m in messages if self._usable(m)]
@@ -205,28 +213,41 @@ class ConsumerLoop:
         metrics.LAST_PROCESSED.labels(self.service).set_to_current_time()
 
     def _idle(self, consumer: Consumer, seconds: float) -> None:
-        """Wait out a backoff while staying in the group: pause, keep polling, resume."""
-        assignment = consumer.assignment()
-        consumer.pause(assignment)
+        """Wait out a backoff while staying in the group: pause, keep polling, resume.
+
+        Partitions assigned meanwhile are paused too. Should a message still arrive, it is
+        not processed now: its partition is sought back to it afterwards (see _reposition),
+        so nothing is skipped."""
         deadline = time.monotonic() + seconds
         try:
             while time.monotonic() < deadline and not self.stop.is_set():
-                consumer.poll(min(0.2, max(0.0, deadline - time.monotonic())))
+                consumer.pause(consumer.assignment())
+                message = consumer.poll(min(0.2, max(0.0, deadline - time.monotonic())))
+                if message is not None and message.error() is None:
+                    key = (message.topic() or "", message.partition() or 0)
+                    offset = message.offset() or 0
+                    self._unprocessed[key] = min(offset, self._unprocessed.get(key, offset))
                 self._heartbeat()
                 self.step.poll()
         finally:
+            self._assignment_changed = False
             consumer.resume(consumer.assignment())
 
     def _reposition(self, consumer: Consumer, batch: list[Message]) -> None:
-        """After idling, point each partition still ours just past the batch, so nothing
-        fetched during the pause is skipped."""
+        """After idling, point each partition still ours just past the batch (or back to
+        the first message fetched but not processed during the pause), so nothing is
+        skipped."""
+        targets = {(tp.topic, tp.partition): tp.offset for tp in next_offsets(batch)}
+        for key, offset in self._unprocessed.items():
+            targets[key] = min(offset, targets.get(key, offset))
+        self._unprocessed.clear()
         assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
-        for tp in next_offsets(batch):
-            if (tp.topic, tp.partition) in assigned:
+        for (topic, partition), offset in targets.items():
+            if (topic, partition) in assigned:
                 try:
-                    consumer.seek(tp)
+                    consumer.seek(TopicPartition(topic, partition, offset))
                 except KafkaException as exc:
-                    log.warning("seek failed", topic=tp.topic, partition=tp.partition, error=str(exc))
+                    log.warning("seek failed", topic=topic, partition=partition, error=str(exc))
 
     def _commit(self, consumer: Consumer, batch: list[Message]) -> None:
         offsets = next_offsets(batch)

@@ -95,7 +95,7 @@ class FaultReport:
         return not self.problems
 
     def table(self) -> str:
-        rows = [("fault injected", "count")] + sorted(self.faults.items())
+        rows = [("fault injected", "count"), *sorted(self.faults.items())]
         rows += [("", ""), ("figure", "value")] + [(k, str(v)) for k, v in self.figures.items()]
         width = max(len(r[0]) for r in rows)
         lines = [f"{a:<{width}}  {b}" for a, b in rows]
@@ -136,6 +136,8 @@ class Run:
         self.db_name = f"optout_faults_{uuid.uuid4().hex[:8]}"
         self.killed: set[int] = set()
         self.died_on_their_own: list[Instance] = []
+        self.restarted: set[int] = set()
+        self.pending_restarts: list[threading.Timer] = []
         self.lock = threading.Lock()
 
     # --- set-up -------------------------------------------------------------------
@@ -239,21 +241,53 @@ class Run:
         faults = threading.Thread(target=self._run_schedule, args=(schedule, started),
                                   daemon=True)
         faults.start()
+        supervising = threading.Event()
+        supervisor = threading.Thread(target=self._supervise, args=(fleet, supervising),
+                                      daemon=True)
+        supervisor.start()
         try:
             self._publish(publisher, prepared, started)
             faults.join()
             self._drain(cfg, len(prepared), started)
         finally:
-            self.died_on_their_own = fleet.died_unexpectedly(self.killed)
-            fleet.stop_all()
-            self.died_on_their_own += [i for i in fleet.instances
-                                       if i.proc.returncode not in (0, -15)
-                                       and i.proc.pid not in self.killed
-                                       and i not in self.died_on_their_own]
+            supervising.set()
+            supervisor.join()
+            for timer in self.pending_restarts:
+                timer.cancel()
+            with self.lock:
+                fleet.stop_all()
+            # Whatever did not stop cleanly on SIGTERM (exit 0) is a failure.
+            self.died_on_their_own = [i for i in fleet.instances
+                                      if i.proc.returncode not in (0, -15)
+                                      and i.proc.pid not in self.killed
+                                      and i.proc.pid not in self.restarted]
         self.report.figures["elapsed seconds"] = round(time.monotonic() - started, 1)
+        self.report.figures["exits restarted by the supervisor"] = len(self.restarted)
         self._verify(cfg, expected, refused, fleet)
-        self._drop_database()
+        if self.report.ok:
+            self._drop_database()
+        else:
+            self.report.figures["database kept for inspection"] = self.db_name
         return self.report
+
+    def _supervise(self, fleet: Fleet, done: threading.Event) -> None:
+        """Act like an orchestrator: a service that exits by itself (for example because
+        PostgreSQL was down when it started, which it reports and exits on) is started
+        again two seconds later."""
+        while not done.wait(1.0):
+            with self.lock:
+                for instance in list(fleet.instances):
+                    pid = instance.proc.pid
+                    if (instance.proc.poll() is not None and pid not in self.killed
+                            and pid not in self.restarted):
+                        self.restarted.add(pid)
+                        timer = threading.Timer(2.0, self._restart_later, (fleet, instance))
+                        self.pending_restarts.append(timer)
+                        timer.start()
+
+    def _restart_later(self, fleet: Fleet, instance: Instance) -> None:
+        with self.lock:
+            fleet.restart(instance)
 
     def _run_schedule(self, schedule: list[tuple[float, str, Callable[[], None]]],
                       started: float) -> None:

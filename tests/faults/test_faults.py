@@ -9,6 +9,7 @@ from tests.faults.run_faults import FaultPlan, run
 pytestmark = [pytest.mark.e2e]
 
 
+@pytest.mark.timeout(600)
 def test_short_fault_run_loses_nothing(stack, tmp_path: Path):
     report = run(FaultPlan.short(), tmp_path)
     print(report.table())
