@@ -158,7 +158,9 @@ class Run:
             victim = self.rng.choice(alive)
             self.killed.add(victim.proc.pid)
             fleet.kill9(victim)
-        self.report.faults[f"kill -9 {name}"] += 1
+        label = (f"kill -9 {name}" if restart_after is not None
+                 else f"rebalance: {name} removed (kill -9, not restarted)")
+        self.report.faults[label] += 1
         if restart_after is not None:
             time.sleep(restart_after)
             with self.lock:
