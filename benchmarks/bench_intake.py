@@ -117,8 +117,9 @@ def run_bare(env: BenchEnv, events: int, timeout: float) -> Measurement:
         consumer.close()
     start = first if first is not None else subscribed
     phase = Phase(start - subscribed, time.process_time() - cpu0, load_average())
-    return Measurement("(a) bare consume loop", count, ended - start,
-                       f"{size / count:.0f} B/msg, {phase.detail()}")
+    return Measurement(
+        "(a) bare consume loop", count, ended - start, f"{size / count:.0f} B/msg, {phase.detail()}"
+    )
 
 
 # --- (b) naive per-message intake ---------------------------------------------------------------
@@ -173,22 +174,39 @@ def run_naive(env: BenchEnv, out: BenchEnv, events: int, timeout: float) -> Meas
             request = decode_request(codec, message.value(), now, skew, settings.default_phone_region)
             commands = plan_commands(request, now)
             with conn.cursor() as cur:
-                cur.execute(_NAIVE_REQUEST, (
-                    request.event_id, request.content_sha256, request.subject_key,
-                    request.customer_id, request.email, request.phone,
-                    Jsonb(request.postal_address) if request.postal_address else None,
-                    request.email_sha256, request.phone_sha256, [s.value for s in request.scopes],
-                    request.source.value, request.jurisdiction, request.requested_at, now,
-                    request.due_at, request.deadline_rule,
-                ))
+                cur.execute(
+                    _NAIVE_REQUEST,
+                    (
+                        request.event_id,
+                        request.content_sha256,
+                        request.subject_key,
+                        request.customer_id,
+                        request.email,
+                        request.phone,
+                        Jsonb(request.postal_address) if request.postal_address else None,
+                        request.email_sha256,
+                        request.phone_sha256,
+                        [s.value for s in request.scopes],
+                        request.source.value,
+                        request.jurisdiction,
+                        request.requested_at,
+                        now,
+                        request.due_at,
+                        request.deadline_rule,
+                    ),
+                )
                 for command in commands:
-                    cur.execute(_NAIVE_COMMAND, (command.command_id, request.event_id,
-                                                 command.destination, now, now))
+                    cur.execute(
+                        _NAIVE_COMMAND, (command.command_id, request.event_id, command.destination, now, now)
+                    )
             conn.commit()
             for command in commands:
-                producer.produce(out.settings.suppress_topic(command.destination),
-                                 value=codec.encode("SuppressionCommand", command.record),
-                                 key=request.event_id, on_delivery=on_delivery)
+                producer.produce(
+                    out.settings.suppress_topic(command.destination),
+                    value=codec.encode("SuppressionCommand", command.record),
+                    key=request.event_id,
+                    on_delivery=on_delivery,
+                )
             if producer.flush(30) or failures:
                 raise RuntimeError(f"naive intake: delivery failed {failures[:1]}")
             consumer.commit(message=message, asynchronous=False)
@@ -204,8 +222,9 @@ def run_naive(env: BenchEnv, out: BenchEnv, events: int, timeout: float) -> Meas
         raise RuntimeError(f"naive intake: {rows} rows for {done} events, {delivered}/{produced} delivered")
     start = first if first is not None else subscribed
     phase = Phase(start - subscribed, time.process_time() - cpu0, load_average())
-    return Measurement("(b) naive per-message intake", done, ended - start,
-                       f"{produced} commands, {phase.detail()}")
+    return Measurement(
+        "(b) naive per-message intake", done, ended - start, f"{produced} commands, {phase.detail()}"
+    )
 
 
 # --- (c) our intake -----------------------------------------------------------------------------
@@ -254,8 +273,14 @@ class OursResult:
     breakdown: list[str]
 
 
-def run_ours(env: BenchEnv, events: int, commands: int, timeout: float, label: str = "(c) ours",
-             profiler: cProfile.Profile | None = None) -> OursResult:
+def run_ours(
+    env: BenchEnv,
+    events: int,
+    commands: int,
+    timeout: float,
+    label: str = "(c) ours",
+    profiler: cProfile.Profile | None = None,
+) -> OursResult:
     settings = env.settings
     before = _histogram_sums()
     step = TimedStep(IntakeStep(settings, make_producer(settings), default_codec(), SystemClock()))
@@ -303,8 +328,10 @@ def run_ours(env: BenchEnv, events: int, commands: int, timeout: float, label: s
     if errors:
         raise RuntimeError(f"intake failed: {errors[0]!r}") from errors[0]
     if rows != events or statuses != commands or delivered != commands or dead:
-        raise RuntimeError(f"intake: {rows}/{events} requests, {statuses}/{commands} destination rows, "
-                           f"{delivered}/{commands} commands on topics, {dead} dead-lettered")
+        raise RuntimeError(
+            f"intake: {rows}/{events} requests, {statuses}/{commands} destination rows, "
+            f"{delivered}/{commands} commands on topics, {dead} dead-lettered"
+        )
     start = step.first_submit if step.first_submit is not None else subscribed
     wall = ended - start
     phase = Phase(start - subscribed, cpu, load_average())
@@ -327,8 +354,9 @@ def run_ours(env: BenchEnv, events: int, commands: int, timeout: float, label: s
     return OursResult(measurement, commands, breakdown)
 
 
-def run_ours_processes(env: BenchEnv, events: int, commands: int, instances: int,
-                       timeout: float) -> Measurement:
+def run_ours_processes(
+    env: BenchEnv, events: int, commands: int, instances: int, timeout: float
+) -> Measurement:
     """(d) ours scaled out: ``instances`` separate ``optout run intake`` processes in one
     consumer group (how intake scales past one core). Timed from the first recorded row
     to the last command delivered; start-up and the group join are excluded."""
@@ -345,9 +373,15 @@ def run_ours_processes(env: BenchEnv, events: int, commands: int, instances: int
     }
     label = f"(d) ours, {instances} processes"
     watch = EndOffsets(settings, env.suppress_topics())
-    procs = [subprocess.Popen([sys.executable, "-m", "services.cli.main", "run", "intake"],
-                              env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for _ in range(instances)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "services.cli.main", "run", "intake"],
+            env=child_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(instances)
+    ]
     progress = Progress(label, events)
     launched = time.monotonic()
     first: float | None = None
@@ -373,12 +407,19 @@ def run_ours_processes(env: BenchEnv, events: int, commands: int, instances: int
             p.wait(60)
         watch.close()
     start = first if first is not None else launched
-    return Measurement(label, events, ended - start,
-                       f"startup+join {start - launched:.1f}s excluded, load {load_average()}")
+    return Measurement(
+        label, events, ended - start, f"startup+join {start - launched:.1f}s excluded, load {load_average()}"
+    )
 
 
-def fresh_ours(stack: Any, args: argparse.Namespace, events: int, label: str,
-               profiler: cProfile.Profile | None = None, **overrides: Any) -> OursResult:
+def fresh_ours(
+    stack: Any,
+    args: argparse.Namespace,
+    events: int,
+    label: str,
+    profiler: cProfile.Profile | None = None,
+    **overrides: Any,
+) -> OursResult:
     """(c) on its own fresh environment (sweep and profile runs)."""
     env = open_env(stack, "profile" if profiler is not None else "sweep", args.partitions, **overrides)
     try:
@@ -402,20 +443,35 @@ def profile_report(profiler: cProfile.Profile, limit: int = 30) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench-intake", description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=200_000, help="events preloaded; (a) and (c) read all")
-    parser.add_argument("--naive-events", type=int, default=5_000,
-                        help="(b) runs on the first N of them (it is slow)")
+    parser.add_argument(
+        "--naive-events", type=int, default=5_000, help="(b) runs on the first N of them (it is slow)"
+    )
     parser.add_argument("--partitions", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="OPTOUT_BATCH_SIZE for (a) and (c) (default: the settings default)")
-    parser.add_argument("--sweep", default="", help="comma-separated batch sizes to run (c) with, e.g. "
-                        "100,500,1000,5000, each on --sweep-events fresh events")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="OPTOUT_BATCH_SIZE for (a) and (c) (default: the settings default)",
+    )
+    parser.add_argument(
+        "--sweep",
+        default="",
+        help="comma-separated batch sizes to run (c) with, e.g. "
+        "100,500,1000,5000, each on --sweep-events fresh events",
+    )
     parser.add_argument("--sweep-events", type=int, default=20_000)
-    parser.add_argument("--profile", type=int, default=0, metavar="N",
-                        help="also run (c) under cProfile on N fresh events; stats to stderr")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run (c) under cProfile on N fresh events; stats to stderr",
+    )
     parser.add_argument("--profile-out", default=".run/bench-intake.prof")
     parser.add_argument("--skip-naive", action="store_true")
-    parser.add_argument("--instances", type=int, default=2,
-                        help="(d): intake processes in one group (0 skips (d))")
+    parser.add_argument(
+        "--instances", type=int, default=2, help="(d): intake processes in one group (0 skips (d))"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--timeout", type=float, default=1800.0, help="per phase, seconds")
     parser.add_argument("--keep", action="store_true", help="keep the bench databases and topics")
@@ -440,8 +496,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     profile_line = ""
     try:
         loaded = preload(env.settings, args.events, seed=args.seed)
-        note(f"preloaded {loaded.events} events ({loaded.commands} commands due) in {loaded.seconds:.1f}s "
-             f"to {env.settings.requests_topic}")
+        note(
+            f"preloaded {loaded.events} events ({loaded.commands} commands due) in {loaded.seconds:.1f}s "
+            f"to {env.settings.requests_topic}"
+        )
         bare = run_bare(env, args.events, args.timeout)
         note(f"(a) bare: {bare.rate:,.0f} ev/s")
         naive = None
@@ -455,8 +513,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             scaled_env = open_env(stack, "scaled", args.partitions, **overrides)
             try:
                 scaled_load = preload(scaled_env.settings, args.events, seed=args.seed)
-                scaled = run_ours_processes(scaled_env, args.events, scaled_load.commands,
-                                            args.instances, args.timeout)
+                scaled = run_ours_processes(
+                    scaled_env, args.events, scaled_load.commands, args.instances, args.timeout
+                )
                 note(f"{scaled.name}: {scaled.rate:,.0f} ev/s")
             finally:
                 if not args.keep:
@@ -469,10 +528,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             profiler = cProfile.Profile()
             result = fresh_ours(stack, args, args.profile, "(c) under cProfile", profiler, **overrides)
             profiler.dump_stats(args.profile_out)
-            note(f"profile of the intake thread ({args.profile} events, saved to {args.profile_out}):\n"
-                 + profile_report(profiler))
-            profile_line = (f"profile: {args.profile} events under cProfile ran at "
-                            f"{result.measurement.rate:,.0f} ev/s; stats on stderr and in {args.profile_out}")
+            note(
+                f"profile of the intake thread ({args.profile} events, saved to {args.profile_out}):\n"
+                + profile_report(profiler)
+            )
+            profile_line = (
+                f"profile: {args.profile} events under cProfile ran at "
+                f"{result.measurement.rate:,.0f} ev/s; stats on stderr and in {args.profile_out}"
+            )
     finally:
         if not args.keep:
             close_env(env)
@@ -491,24 +554,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         *ours.breakdown,
     ]
     if naive is not None:
-        lines.append(f"note: (b) naive measured on the first {naive.events:,} of {args.events:,} events "
-                     "(it is slow); rates are per second of its own run.")
+        lines.append(
+            f"note: (b) naive measured on the first {naive.events:,} of {args.events:,} events "
+            "(it is slow); rates are per second of its own run."
+        )
     if sweep_rows:
-        lines += ["", f"batch size sweep, {args.sweep_events:,} fresh events each:",
-                  *format_table(sweep_rows, baseline=naive)]
+        lines += [
+            "",
+            f"batch size sweep, {args.sweep_events:,} fresh events each:",
+            *format_table(sweep_rows, baseline=naive),
+        ]
     if profile_line:
         lines += ["", profile_line]
     best = max([ours.measurement] + ([scaled] if scaled else []), key=lambda m: m.rate)
     ratio = best.rate / naive.rate if naive else float("nan")
     passed = naive is not None and ratio >= TARGET_RATIO and best.rate >= TARGET_RATE
-    lines += ["", (
-        f"bench-intake: events={args.events} bare={bare.rate:,.0f} ev/s "
-        + (f"naive={naive.rate:,.0f} ev/s (on {naive.events}) " if naive else "naive=skipped ")
-        + f"ours={ours.measurement.rate:,.0f} ev/s "
-        + (f"ours_{args.instances}proc={scaled.rate:,.0f} ev/s " if scaled else "")
-        + f"best/naive={ratio:.1f}x "
-        f"target(>={TARGET_RATIO:.0f}x, >={TARGET_RATE:.0f} ev/s)={'PASS' if passed else 'FAIL'}"
-    )]
+    lines += [
+        "",
+        (
+            f"bench-intake: events={args.events} bare={bare.rate:,.0f} ev/s "
+            + (f"naive={naive.rate:,.0f} ev/s (on {naive.events}) " if naive else "naive=skipped ")
+            + f"ours={ours.measurement.rate:,.0f} ev/s "
+            + (f"ours_{args.instances}proc={scaled.rate:,.0f} ev/s " if scaled else "")
+            + f"best/naive={ratio:.1f}x "
+            f"target(>={TARGET_RATIO:.0f}x, >={TARGET_RATE:.0f} ev/s)={'PASS' if passed else 'FAIL'}"
+        ),
+    ]
     print("\n".join(lines), flush=True)
     return 1 if args.check and not passed else 0
 

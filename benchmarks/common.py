@@ -140,8 +140,9 @@ def open_env(stack: StackInfo, label: str, partitions: int, **overrides: Any) ->
     name = f"optout_bench_{uuid.uuid4().hex[:8]}"
     admin_user = str(psycopg.conninfo.conninfo_to_dict(stack.admin_database_url)["user"])
     with psycopg.connect(superuser, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
-            sql.Identifier(name), sql.Identifier(admin_user)))
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(admin_user))
+        )
     admin_url = _with_dbname(stack.admin_database_url, name)
     migrate(admin_url, APP_ROLE)
     settings = Settings(
@@ -167,8 +168,7 @@ def close_env(env: BenchEnv) -> None:
             if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
                 note(f"could not delete topic {topic}: {exc}")
     with psycopg.connect(env.superuser_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(env.database)))
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(env.database)))
 
 
 def count_rows(dsn: str, table: str) -> int:
@@ -181,35 +181,97 @@ class EndOffsets:
     """Sum of the high watermarks of some topics: how many messages were delivered to them."""
 
     def __init__(self, settings: Settings, topics: Sequence[str]) -> None:
-        self.consumer = Consumer({**settings.kafka_config(), "group.id": f"bench-watch-{uuid.uuid4().hex}",
-                                  "enable.auto.commit": False})
+        self.consumer = Consumer(
+            {
+                **settings.kafka_config(),
+                "group.id": f"bench-watch-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+            }
+        )
         metadata = self.consumer.list_topics(timeout=10)
         self.partitions = [TopicPartition(t, p) for t in topics for p in metadata.topics[t].partitions]
 
     def total(self) -> int:
-        return sum(self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1]
-                   for tp in self.partitions)
+        return sum(
+            self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1] for tp in self.partitions
+        )
 
     def close(self) -> None:
         self.consumer.close()
 
 
 # --- realistic events -----------------------------------------------------------------------
-_FIRST = ("Ada", "Grace", "Alan", "Maria", "José", "Chen", "Priya", "Olu", "Sven", "Fatima", "Liam",
-          "Noah", "Emma", "Sofia", "Yuki", "Ivan", "Aisha", "Lucas", "Mia", "Omar")
-_LAST = ("Lovelace", "Hopper", "Turing", "García", "Nguyen", "Smith", "Müller", "Okafor", "Patel",
-         "Kowalski", "Johnson", "Rossi", "Tanaka", "Dubois", "Andersson", "Haddad", "Silva", "Brown")
+_FIRST = (
+    "Ada",
+    "Grace",
+    "Alan",
+    "Maria",
+    "José",
+    "Chen",
+    "Priya",
+    "Olu",
+    "Sven",
+    "Fatima",
+    "Liam",
+    "Noah",
+    "Emma",
+    "Sofia",
+    "Yuki",
+    "Ivan",
+    "Aisha",
+    "Lucas",
+    "Mia",
+    "Omar",
+)
+_LAST = (
+    "Lovelace",
+    "Hopper",
+    "Turing",
+    "García",
+    "Nguyen",
+    "Smith",
+    "Müller",
+    "Okafor",
+    "Patel",
+    "Kowalski",
+    "Johnson",
+    "Rossi",
+    "Tanaka",
+    "Dubois",
+    "Andersson",
+    "Haddad",
+    "Silva",
+    "Brown",
+)
 _DOMAINS = ("example.com", "example.org", "mail.example.net", "example.co.uk", "example.de")
-_STREETS = ("Main St", "Oak Avenue", "High Street", "Baker Street", "Rue de Rivoli",
-            "Hauptstraße", "Elm Road", "Market St")
+_STREETS = (
+    "Main St",
+    "Oak Avenue",
+    "High Street",
+    "Baker Street",
+    "Rue de Rivoli",
+    "Hauptstraße",
+    "Elm Road",
+    "Market St",
+)
 # (city, region, postal code pattern, country): '9' becomes a random digit.
 _CITIES = (
-    ("San Francisco", "CA", "941", "US"), ("Sacramento", "CA", "958", "US"),
-    ("Austin", "TX", "787", "US"), ("New York", "NY", "100", "US"),
-    ("London", None, "SW1A 1AA", "GB"), ("Berlin", None, "101", "DE"), ("Paris", None, "750", "FR"),
+    ("San Francisco", "CA", "941", "US"),
+    ("Sacramento", "CA", "958", "US"),
+    ("Austin", "TX", "787", "US"),
+    ("New York", "NY", "100", "US"),
+    ("London", None, "SW1A 1AA", "GB"),
+    ("Berlin", None, "101", "DE"),
+    ("Paris", None, "750", "FR"),
 )
 _JURISDICTIONS: tuple[tuple[str | None, int], ...] = (
-    ("US-CA", 25), ("US", 30), ("DE", 8), ("GB", 7), ("FR", 5), ("EU", 5), (None, 20),
+    ("US-CA", 25),
+    ("US", 30),
+    ("DE", 8),
+    ("GB", 7),
+    ("FR", 5),
+    ("EU", 5),
+    (None, 20),
 )
 _SOURCES = tuple(s.value for s in Source)
 
@@ -242,8 +304,14 @@ def _address(rng: random.Random, first: str, last: str) -> dict[str, Any]:
     lines = [f"{rng.randrange(1, 2000)} {rng.choice(_STREETS)}"]
     if rng.random() < 0.3:
         lines.append(f"Apt {rng.randrange(1, 60)}")
-    return {"name": f"{first} {last}", "lines": lines, "city": city, "region": region,
-            "postal_code": postal, "country": country}
+    return {
+        "name": f"{first} {last}",
+        "lines": lines,
+        "city": city,
+        "region": region,
+        "postal_code": postal,
+        "country": country,
+    }
 
 
 def generate_events(count: int, seed: int = 7, now: datetime | None = None) -> Iterator[GeneratedEvent]:
@@ -256,10 +324,12 @@ def generate_events(count: int, seed: int = 7, now: datetime | None = None) -> I
     for i in range(count):
         first, last = rng.choice(_FIRST), rng.choice(_LAST)
         customer_id = f"C{rng.randrange(10**9):09d}" if rng.random() < 0.6 else None
-        email = (f"{first}.{last}.{i}@{rng.choice(_DOMAINS)}".lower()
-                 if rng.random() < 0.75 else None)
-        phone = (f"+1{rng.randrange(201, 990)}{rng.randrange(200, 1000)}{rng.randrange(10000):04d}"
-                 if rng.random() < 0.3 else None)
+        email = f"{first}.{last}.{i}@{rng.choice(_DOMAINS)}".lower() if rng.random() < 0.75 else None
+        phone = (
+            f"+1{rng.randrange(201, 990)}{rng.randrange(200, 1000)}{rng.randrange(10000):04d}"
+            if rng.random() < 0.3
+            else None
+        )
         address = _address(rng, first, last) if rng.random() < 0.25 else None
         if not (customer_id or email or phone or address):
             email = f"{first}.{last}.{i}@{rng.choice(_DOMAINS)}".lower()
@@ -284,8 +354,11 @@ def generate_events(count: int, seed: int = 7, now: datetime | None = None) -> I
             "jurisdiction": rng.choices(places, weights)[0],
             "requested_at": moment - timedelta(seconds=rng.randrange(3 * 86400)),
         }
-        postal = (postal_key(normalize_postal_address(address))
-                  if address is not None and not (customer_id or email or phone) else None)
+        postal = (
+            postal_key(normalize_postal_address(address))
+            if address is not None and not (customer_id or email or phone)
+            else None
+        )
         key = subject_key(customer_id, email, phone, postal)
         yield GeneratedEvent(key, record, expected_commands(record))
 
@@ -300,7 +373,8 @@ def check_sample(sample: Sequence[GeneratedEvent], settings: Settings) -> None:
         if request.subject_key != event.key or planned != event.commands:
             raise RuntimeError(
                 f"generator disagrees with intake for {event.record['event_id']}: key "
-                f"{request.subject_key == event.key}, commands {planned} vs {event.commands}")
+                f"{request.subject_key == event.key}, commands {planned} vs {event.commands}"
+            )
 
 
 @dataclass
@@ -311,15 +385,22 @@ class PreloadResult:
     failures: list[str] = field(default_factory=list)
 
 
-def preload(settings: Settings, count: int, seed: int = 7, codec: Codec | None = None,
-            check: int = 500) -> PreloadResult:
+def preload(
+    settings: Settings, count: int, seed: int = 7, codec: Codec | None = None, check: int = 500
+) -> PreloadResult:
     """Produce ``count`` encoded OptOutRequested events to the requests topic and wait for
     every delivery report. Returns the number of commands intake must fan out."""
     codec = codec or default_codec()
-    producer = make_producer(settings, **{
-        "linger.ms": 50, "batch.size": 1_000_000, "batch.num.messages": 10_000,
-        "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 512 * 1024,
-    })
+    producer = make_producer(
+        settings,
+        **{
+            "linger.ms": 50,
+            "batch.size": 1_000_000,
+            "batch.num.messages": 10_000,
+            "queue.buffering.max.messages": 1_000_000,
+            "queue.buffering.max.kbytes": 512 * 1024,
+        },
+    )
     result = PreloadResult(0, 0, 0.0)
     delivered = 0
 
@@ -351,7 +432,8 @@ def preload(settings: Settings, count: int, seed: int = 7, codec: Codec | None =
     remaining = producer.flush(120)
     result.seconds = time.monotonic() - started
     if remaining or delivered != count or result.failures:
-        raise RuntimeError(f"preload: {delivered}/{count} delivered, {remaining} pending, "
-                           f"failures {result.failures}")
+        raise RuntimeError(
+            f"preload: {delivered}/{count} delivered, {remaining} pending, failures {result.failures}"
+        )
     check_sample(sample, settings)
     return result

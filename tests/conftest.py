@@ -37,8 +37,11 @@ def database(stack: Any) -> Iterator[dict[str, str]]:
     name = f"optout_test_{uuid.uuid4().hex[:8]}"
     admin_user = psycopg.conninfo.conninfo_to_dict(stack.admin_database_url)["user"]
     with psycopg.connect(superuser, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
-            sql.Identifier(name), sql.Identifier(str(admin_user))))
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(name), sql.Identifier(str(admin_user))
+            )
+        )
     urls = {
         "app": _with_dbname(stack.database_url, name),
         "admin": _with_dbname(stack.admin_database_url, name),

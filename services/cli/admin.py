@@ -32,14 +32,18 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("migrate", help="apply database migrations (idempotent)",
-                       description="Apply pending SQL migrations with OPTOUT_ADMIN_DATABASE_URL "
-                       "and grant the app role DML rights.")
+    p = sub.add_parser(
+        "migrate",
+        help="apply database migrations (idempotent)",
+        description="Apply pending SQL migrations with OPTOUT_ADMIN_DATABASE_URL "
+        "and grant the app role DML rights.",
+    )
     p.set_defaults(handler=cmd_migrate)
 
     topics = sub.add_parser("topics", help="manage the pipeline's Kafka topics")
     tsub = topics.add_subparsers(dest="topics_command", metavar="ACTION", required=True)
     create = tsub.add_parser("create", help="create every topic of the pipeline that is missing")
-    create.add_argument("--partitions", type=int, default=None,
-                        help="partitions per topic (default: OPTOUT_TOPIC_PARTITIONS)")
+    create.add_argument(
+        "--partitions", type=int, default=None, help="partitions per topic (default: OPTOUT_TOPIC_PARTITIONS)"
+    )
     create.set_defaults(handler=cmd_topics_create)

@@ -33,8 +33,10 @@ def cmd_config(args: argparse.Namespace) -> int:
             out.write(f"| `OPTOUT_{name.upper()}` | `{default}` | {field.description or ''} |\n")
         return 0
     if args.env_example:
-        out.write("# optout settings: copy to .env and edit. Every variable is optional;\n"
-                  "# the defaults reach the local stack started by `make up`.\n")
+        out.write(
+            "# optout settings: copy to .env and edit. Every variable is optional;\n"
+            "# the defaults reach the local stack started by `make up`.\n"
+        )
         for name, field in Settings.model_fields.items():
             out.write(f"\n# {field.description or name}\n# OPTOUT_{name.upper()}={_default(name)}\n")
         return 0

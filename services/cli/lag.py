@@ -45,10 +45,19 @@ def render_table(reports: Sequence[GroupReport]) -> str:
     rows: list[tuple[str, ...]] = [HEADERS]
     for report in reports:
         for p in report.partitions:
-            rows.append((
-                report.group, p.topic, str(p.partition), "-" if p.committed is None else str(p.committed),
-                str(p.end), str(p.lag), _fmt_seconds(p.lag_seconds), p.status.name, p.owner or "-",
-            ))
+            rows.append(
+                (
+                    report.group,
+                    p.topic,
+                    str(p.partition),
+                    "-" if p.committed is None else str(p.committed),
+                    str(p.end),
+                    str(p.lag),
+                    _fmt_seconds(p.lag_seconds),
+                    p.status.name,
+                    p.owner or "-",
+                )
+            )
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADERS))]
     lines = []
     for report in reports:
@@ -58,8 +67,9 @@ def render_table(reports: Sequence[GroupReport]) -> str:
             f"max lag {report.max_lag_seconds:.1f}s, {len(report.partitions)} partition(s))"
         )
     lines.append("")
-    lines.extend("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-                 for row in rows)
+    lines.extend(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -127,23 +137,49 @@ def _positive_int(text: str) -> int:
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "lag", help="consumer lag per group and partition, with a Burrow-style status",
+        "lag",
+        help="consumer lag per group and partition, with a Burrow-style status",
         description="Committed offset, end offset, lag in messages and in seconds (age of the "
         "oldest unconsumed message) and a status per partition: OK, WARN (lag growing while "
         "committing), STOP (no commits while lagging), STALL (a live consumer not advancing) or "
         "REWIND (offset went backwards); a group's status is its worst partition's. Without "
         "--group: every group of the pipeline. Needs no service running.",
     )
-    p.add_argument("--group", action="append", metavar="GROUP",
-                   help="a consumer group (repeatable); default: the pipeline's groups")
+    p.add_argument(
+        "--group",
+        action="append",
+        metavar="GROUP",
+        help="a consumer group (repeatable); default: the pipeline's groups",
+    )
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: OPTOUT_KAFKA_BOOTSTRAP)")
     p.add_argument("--json", action="store_true", help="JSON output (one document per refresh)")
-    p.add_argument("--watch", nargs="?", const=5.0, type=_positive_float, metavar="SECONDS",
-                   help="refresh every SECONDS (default 5) until interrupted")
-    p.add_argument("--window", type=_positive_int, default=DEFAULT_WINDOW, metavar="N",
-                   help=f"commits per partition in the sliding window (default {DEFAULT_WINDOW})")
-    p.add_argument("--samples", type=_positive_int, default=3, metavar="N",
-                   help="one-shot run: samples taken before reporting (default 3)")
-    p.add_argument("--interval", type=_positive_float, default=1.0, metavar="SECONDS",
-                   help="one-shot run: seconds between samples (default 1)")
+    p.add_argument(
+        "--watch",
+        nargs="?",
+        const=5.0,
+        type=_positive_float,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 5) until interrupted",
+    )
+    p.add_argument(
+        "--window",
+        type=_positive_int,
+        default=DEFAULT_WINDOW,
+        metavar="N",
+        help=f"commits per partition in the sliding window (default {DEFAULT_WINDOW})",
+    )
+    p.add_argument(
+        "--samples",
+        type=_positive_int,
+        default=3,
+        metavar="N",
+        help="one-shot run: samples taken before reporting (default 3)",
+    )
+    p.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=1.0,
+        metavar="SECONDS",
+        help="one-shot run: seconds between samples (default 1)",
+    )
     p.set_defaults(handler=cmd_lag)

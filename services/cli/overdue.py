@@ -47,19 +47,27 @@ def cmd_overdue(args: argparse.Namespace) -> int:
         return 0
     sys.stdout.write(render_table(rows, now))
     late = sum(1 for r in rows if r.overdue(now))
-    sys.stdout.write(f"\n{late} overdue, {len(rows) - late} due within {args.within:g} h"
-                     f"{' (list truncated at --limit)' if len(rows) >= args.limit else ''}\n")
+    sys.stdout.write(
+        f"\n{late} overdue, {len(rows) - late} due within {args.within:g} h"
+        f"{' (list truncated at --limit)' if len(rows) >= args.limit else ''}\n"
+    )
     return 0
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "overdue", help="list unconfirmed requests past their legal due time",
+        "overdue",
+        help="list unconfirmed requests past their legal due time",
         description="List requests not yet CONFIRMED whose due time (from jurisdiction and "
         "scopes) has passed, earliest first, with the destinations still outstanding.",
     )
-    p.add_argument("--within", type=float, default=0.0, metavar="HOURS",
-                   help="also list requests due within this many hours")
+    p.add_argument(
+        "--within",
+        type=float,
+        default=0.0,
+        metavar="HOURS",
+        help="also list requests due within this many hours",
+    )
     p.add_argument("--limit", type=int, default=1000, help="at most this many rows (default 1000)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_overdue)

@@ -12,24 +12,33 @@ from services.common.settings import settings
 from services.retention.purge import purge_contact_details
 
 
+def _progress(purged: int) -> None:
+    sys.stderr.write(f"purged {purged} requests so far\n")
+
+
 def cmd_purge(args: argparse.Namespace) -> int:
     cfg = settings()
     require_schema(cfg.dsn())
     days = args.retention_days if args.retention_days is not None else cfg.retention_days
     with connect(cfg.dsn()) as conn:
         count = purge_contact_details(
-            conn, SystemClock().now(), timedelta(days=days), dry_run=args.dry_run,
-            progress=lambda n: sys.stderr.write(f"purged {n} requests so far\n"),
+            conn,
+            SystemClock().now(),
+            timedelta(days=days),
+            dry_run=args.dry_run,
+            progress=_progress,
         )
     verb = "would purge" if args.dry_run else "purged"
-    sys.stdout.write(f"{verb} the contact details of {count} request(s) confirmed more than "
-                     f"{days} days ago\n")
+    sys.stdout.write(
+        f"{verb} the contact details of {count} request(s) confirmed more than {days} days ago\n"
+    )
     return 0
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "purge", help="remove raw contact details past the retention period",
+        "purge",
+        help="remove raw contact details past the retention period",
         description="Remove the email, phone and postal address of requests confirmed more "
         "than the retention period ago (OPTOUT_RETENTION_DAYS), keeping the hashes, scopes and "
         "timestamps needed to keep suppressing and to prove compliance.",

@@ -45,33 +45,45 @@ def cmd_publish(args: argparse.Namespace) -> int:
                 sys.stderr.write(f"{args.file}:{number}: invalid request: {exc}\n")
     else:
         fields = {
-            k: v for k, v in {
-                "event_id": args.event_id, "customer_id": args.customer_id, "email": args.email,
-                "phone": args.phone, "scopes": args.scopes, "source": args.source,
-                "jurisdiction": args.jurisdiction, "requested_at": args.requested_at,
-            }.items() if v is not None
+            k: v
+            for k, v in {
+                "event_id": args.event_id,
+                "customer_id": args.customer_id,
+                "email": args.email,
+                "phone": args.phone,
+                "scopes": args.scopes,
+                "source": args.source,
+                "jurisdiction": args.jurisdiction,
+                "requested_at": args.requested_at,
+            }.items()
+            if v is not None
         }
         if args.postal_address:
             fields["postal_address"] = json.loads(args.postal_address)
         prepared.append(publisher.prepare(fields))
     if errors and not args.skip_invalid:
-        sys.stderr.write(f"optout: {errors} invalid request(s); nothing sent "
-                         "(use --skip-invalid to send the valid ones)\n")
+        sys.stderr.write(
+            f"optout: {errors} invalid request(s); nothing sent (use --skip-invalid to send the valid ones)\n"
+        )
         return 2
     check_broker(cfg)
     sent = 0
     chunk = 10_000
     for start in range(0, len(prepared), chunk):
-        sent += publisher.publish(prepared[start:start + chunk])
+        sent += publisher.publish(prepared[start : start + chunk])
         if len(prepared) > chunk:
             sys.stderr.write(f"sent {sent}/{len(prepared)}\n")
     for item in prepared[:20] if not args.quiet else []:
-        sys.stdout.write(f"sent event_id={item.record['event_id']} scopes="
-                         f"{','.join(item.record['scopes'])} -> {cfg.requests_topic}\n")
+        sys.stdout.write(
+            f"sent event_id={item.record['event_id']} scopes="
+            f"{','.join(item.record['scopes'])} -> {cfg.requests_topic}\n"
+        )
     if len(prepared) > 20 and not args.quiet:
         sys.stdout.write(f"... and {len(prepared) - 20} more\n")
-    sys.stdout.write(f"published {sent} request(s) to {cfg.requests_topic}"
-                     f"{f', skipped {errors} invalid' if errors else ''}\n")
+    sys.stdout.write(
+        f"published {sent} request(s) to {cfg.requests_topic}"
+        f"{f', skipped {errors} invalid' if errors else ''}\n"
+    )
     return 0
 
 
@@ -94,14 +106,17 @@ def cmd_status(args: argparse.Namespace) -> int:
             sys.stdout.write(f"{key:14} {_fmt(value) if not isinstance(value, list) else ','.join(value)}\n")
     sys.stdout.write(f"\n{'DESTINATION':22} {'STATUS':19} {'SENT':>4} {'ACKED AT':26} DETAIL\n")
     for d in status["destinations"]:
-        sys.stdout.write(f"{d['destination']:22} {d['status']:19} {d['issue_count']:>4} "
-                         f"{_fmt(d['acked_at']):26} {_fmt(d['detail'])}\n")
+        sys.stdout.write(
+            f"{d['destination']:22} {d['status']:19} {d['issue_count']:>4} "
+            f"{_fmt(d['acked_at']):26} {_fmt(d['detail'])}\n"
+        )
     return 0
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "publish", help="publish OptOutRequested events (validated first)",
+        "publish",
+        help="publish OptOutRequested events (validated first)",
         description="Publish one request from flags, or many from a JSON-lines file (one object "
         "per line with the OptOutRequested fields). Every request is validated with intake's "
         "rules before anything is sent.",
@@ -112,8 +127,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--email")
     p.add_argument("--phone")
     p.add_argument("--postal-address", help="JSON object: name, lines, city, region, postal_code, country")
-    p.add_argument("--scopes", default="ALL",
-                   help="comma-separated: EMAIL_MARKETING, POSTAL_MARKETING, THIRD_PARTY_SHARING, ALL")
+    p.add_argument(
+        "--scopes",
+        default="ALL",
+        help="comma-separated: EMAIL_MARKETING, POSTAL_MARKETING, THIRD_PARTY_SHARING, ALL",
+    )
     p.add_argument("--source", default="API")
     p.add_argument("--jurisdiction", help="e.g. US-CA, US, EU")
     p.add_argument("--requested-at", help="ISO-8601 time with zone (default: now)")

@@ -63,9 +63,16 @@ SERVICES: dict[str, tuple[bool, ServiceMain]] = {
     "web": (False, _web),
 }
 # What `optout run all` (and `make run`) starts.
-PIPELINE: list[list[str]] = [["intake"], ["confirmer"], ["standins"], ["connector", "email_provider"],
-                              ["connector", "mail_house"], ["connector", "third_party_sharing"],
-                              ["web"], ["exporter"]]
+PIPELINE: list[list[str]] = [
+    ["intake"],
+    ["confirmer"],
+    ["standins"],
+    ["connector", "email_provider"],
+    ["connector", "mail_house"],
+    ["connector", "third_party_sharing"],
+    ["web"],
+    ["exporter"],
+]
 
 
 def _connector_main(name: str) -> ServiceMain:
@@ -126,7 +133,8 @@ def _supervise(specs: list[list[str]]) -> int:
         if base_port:
             env["OPTOUT_METRICS_PORT"] = str(base_port + index)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli.main", "run", *spec], env=env,
+            [sys.executable, "-m", "services.cli.main", "run", *spec],
+            env=env,
         )
         children.append((" ".join(spec), proc))
         log.info("started", service=" ".join(spec), pid=proc.pid)
@@ -165,7 +173,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "run", help="run services in the foreground",
+        "run",
+        help="run services in the foreground",
         description="Run one service in this process, or several as child processes. "
         "Services: intake, confirmer, web, standins, exporter, 'connector NAME' "
         "(email_provider, mail_house, third_party_sharing), or 'all'.",

@@ -52,8 +52,12 @@ def _load(path: Path) -> SchemaVersion:
     canonical = fastavro.schema.to_parsing_canonical_form(parsed)
     fingerprint = bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
     version = int(path.name.split(".v", 1)[1].split(".", 1)[0])
-    return SchemaVersion(raw["name"] if "." in raw["name"] else f"{raw['namespace']}.{raw['name']}",
-                         version, parsed, fingerprint)
+    return SchemaVersion(
+        raw["name"] if "." in raw["name"] else f"{raw['namespace']}.{raw['name']}",
+        version,
+        parsed,
+        fingerprint,
+    )
 
 
 class Codec:

@@ -185,8 +185,12 @@ class ConsumerLoop:
             for topic, count in Counter(m.topic() or "" for m in batch).items():
                 metrics.MESSAGES_CONSUMED.labels(self.service, topic, "failed").inc(count)
             exc = state.outcome.exception() if state.outcome else None
-            log.warning("batch failed; retrying", attempt=state.attempt_number,
-                        error=str(exc), wait_seconds=round(state.upcoming_sleep, 2))
+            log.warning(
+                "batch failed; retrying",
+                attempt=state.attempt_number,
+                error=str(exc),
+                wait_seconds=round(state.upcoming_sleep, 2),
+            )
 
         retrying = Retrying(
             retry=retry_if_exception_type(RetriableError),
@@ -201,8 +205,7 @@ class ConsumerLoop:
                 with attempt:
                     self.step.submit(batch)
         except RetryError:
-            log.warning("stopping while a batch was failing; it will be redelivered",
-                        messages=len(batch))
+            log.warning("stopping while a batch was failing; it will be redelivered", messages=len(batch))
             return
         finally:
             if idled:
@@ -261,4 +264,3 @@ class ConsumerLoop:
         except KafkaException as exc:
             # The work is durable and idempotent: a failed commit means redelivery, not loss.
             log.warning("offset commit failed; batch will be redelivered", error=str(exc))
-

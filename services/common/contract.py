@@ -84,12 +84,8 @@ DESTINATIONS: tuple[Destination, ...] = (
         # Hashes only: third parties never see a raw email address or phone number.
         # customer_id is the business's own pseudonymous id, used to match partner
         # records that were shared under it.
-        identifiers=frozenset(
-            {Identifier.CUSTOMER_ID, Identifier.EMAIL_SHA256, Identifier.PHONE_SHA256}
-        ),
-        requires_one_of=frozenset(
-            {Identifier.CUSTOMER_ID, Identifier.EMAIL_SHA256, Identifier.PHONE_SHA256}
-        ),
+        identifiers=frozenset({Identifier.CUSTOMER_ID, Identifier.EMAIL_SHA256, Identifier.PHONE_SHA256}),
+        requires_one_of=frozenset({Identifier.CUSTOMER_ID, Identifier.EMAIL_SHA256, Identifier.PHONE_SHA256}),
     ),
 )
 

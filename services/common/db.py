@@ -26,8 +26,11 @@ def connect(dsn: str, autocommit: bool = False, **kwargs: Any) -> psycopg.Connec
     """Open one connection; transient failures become ``RetriableError``."""
     try:
         return psycopg.connect(
-            dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_SECONDS,
-            application_name="optout", **kwargs,
+            dsn,
+            autocommit=autocommit,
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            application_name="optout",
+            **kwargs,
         )
     except psycopg.OperationalError as exc:
         raise RetriableError(f"database unreachable: {first_line(exc)}") from exc
@@ -45,8 +48,7 @@ def check_database(dsn: str) -> None:
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
         raise ConfigurationError(
-            f"PostgreSQL is not usable ({first_line(exc)}); check OPTOUT_DATABASE_URL "
-            "or run 'make up'"
+            f"PostgreSQL is not usable ({first_line(exc)}); check OPTOUT_DATABASE_URL or run 'make up'"
         ) from None
 
 
@@ -99,8 +101,7 @@ def _grant_dml(conn: psycopg.Connection[Any], role: str) -> None:
     ident = sql.Identifier(role)
     conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(ident))
     conn.execute(
-        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}")
-        .format(ident)
+        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}").format(ident)
     )
     conn.execute(sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(ident))
     conn.execute(sql.SQL("REVOKE ALL ON schema_migrations FROM {}").format(ident))
@@ -114,8 +115,7 @@ def require_schema(dsn: str) -> None:
             row = conn.execute("SELECT to_regclass('public.requests')").fetchone()
     except psycopg.Error as exc:
         raise ConfigurationError(
-            f"PostgreSQL is not usable ({first_line(exc)}); check OPTOUT_DATABASE_URL "
-            "or run 'make up'"
+            f"PostgreSQL is not usable ({first_line(exc)}); check OPTOUT_DATABASE_URL or run 'make up'"
         ) from None
     if not row or row[0] is None:
         raise ConfigurationError("the database has no optout tables; run 'optout migrate' first")

@@ -22,7 +22,40 @@ from datetime import datetime, timedelta
 from services.common.contract import Scope
 
 EEA_AND_UK = frozenset(
-    ["AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT", "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE", "IS", "LI", "NO", "GB", "UK"]
+    [
+        "AT",
+        "BE",
+        "BG",
+        "HR",
+        "CY",
+        "CZ",
+        "DK",
+        "EE",
+        "FI",
+        "FR",
+        "DE",
+        "GR",
+        "HU",
+        "IE",
+        "IT",
+        "LV",
+        "LT",
+        "LU",
+        "MT",
+        "NL",
+        "PL",
+        "PT",
+        "RO",
+        "SK",
+        "SI",
+        "ES",
+        "SE",
+        "IS",
+        "LI",
+        "NO",
+        "GB",
+        "UK",
+    ]
 )
 
 
@@ -97,7 +130,5 @@ def due_at(requested_at: datetime, scopes: Iterable[Scope], jurisdiction: str | 
     return governing_rule_of(requested_at, scopes, jurisdiction).due(requested_at)
 
 
-def governing_rule(
-    requested_at: datetime, scopes: Iterable[Scope], jurisdiction: str | None
-) -> str:
+def governing_rule(requested_at: datetime, scopes: Iterable[Scope], jurisdiction: str | None) -> str:
     return governing_rule_of(requested_at, scopes, jurisdiction).name

@@ -72,9 +72,7 @@ def sha256_hex(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
-def subject_key(
-    customer_id: str | None, email: str | None, phone: str | None, postal_key: str | None
-) -> str:
+def subject_key(customer_id: str | None, email: str | None, phone: str | None, postal_key: str | None) -> str:
     """The Kafka key of an OptOutRequested: customer id, else email, else phone, else address.
 
     All requests about one person land on one partition, in order.

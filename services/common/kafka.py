@@ -96,8 +96,11 @@ def create_topics(
         return []
     futures = admin.create_topics(
         [
-            NewTopic(t, num_partitions=partitions or settings.topic_partitions,
-                     replication_factor=settings.topic_replication_factor)
+            NewTopic(
+                t,
+                num_partitions=partitions or settings.topic_partitions,
+                replication_factor=settings.topic_replication_factor,
+            )
             for t in wanted
         ],
         operation_timeout=timeout,
@@ -127,13 +130,17 @@ class DeliveryTracker:
             self.failures.append(f"{err.name()}: {err.str()}")
 
     def produce(
-        self, topic: str, value: bytes, key: bytes | str | None = None,
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | str | None = None,
         headers: Headers | None = None,
     ) -> None:
         while True:
             try:
-                self.producer.produce(topic, value=value, key=key, headers=headers,
-                                      on_delivery=self._on_delivery)
+                self.producer.produce(
+                    topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery
+                )
                 break
             except BufferError:
                 # Local queue full: serve delivery reports to make room (backpressure).

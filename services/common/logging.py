@@ -17,8 +17,18 @@ import structlog
 
 # Keys whose values are personal data whatever they look like.
 _PII_KEYS = frozenset(
-    {"email", "phone", "postal_address", "name", "address", "lines", "city", "postal_code",
-     "notify_email", "key"}
+    {
+        "email",
+        "phone",
+        "postal_address",
+        "name",
+        "address",
+        "lines",
+        "city",
+        "postal_code",
+        "notify_email",
+        "key",
+    }
 )
 _EMAIL_RE = re.compile(r"[^\s@<>\"',;:()\[\]]+@[^\s@<>\"',;:()\[\]]+")
 # Phone-like: E.164 / international (+ and 7+ digits) or NANP-formatted numbers.
@@ -46,9 +56,7 @@ def _redact_value(value: Any) -> Any:
     return redact_text(str(value))
 
 
-def redact_pii(
-    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
+def redact_pii(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: mask PII in every field of the event."""
     for key in list(event_dict):
         if key in _PII_KEYS:
@@ -98,8 +106,9 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         logger_factory=_StdoutLogger,
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr,
-                        format="%(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
+    )
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

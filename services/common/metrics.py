@@ -16,38 +16,49 @@ from services.common.logging import get_logger
 log = get_logger(__name__)
 
 MESSAGES_CONSUMED = Counter(
-    "optout_messages_consumed_total", "Messages consumed, by outcome.",
+    "optout_messages_consumed_total",
+    "Messages consumed, by outcome.",
     ["service", "topic", "outcome"],
 )
 MESSAGES_PRODUCED = Counter(
     "optout_messages_produced_total", "Messages produced (delivery confirmed).", ["service", "topic"]
 )
 DEAD_LETTERED = Counter(
-    "optout_messages_dead_lettered_total", "Messages sent to a DLQ, by reason.",
+    "optout_messages_dead_lettered_total",
+    "Messages sent to a DLQ, by reason.",
     ["service", "reason"],
 )
 RETRIES = Counter("optout_retries_total", "Retries of transient failures.", ["service", "operation"])
 REBALANCES = Counter("optout_rebalances_total", "Partition assignment changes.", ["service", "kind"])
 ASSIGNED_PARTITIONS = Gauge("optout_assigned_partitions", "Partitions assigned.", ["service"])
 BATCH_SIZE = Histogram(
-    "optout_batch_size_messages", "Messages per processed batch.", ["service"],
+    "optout_batch_size_messages",
+    "Messages per processed batch.",
+    ["service"],
     buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
 )
 BATCH_SECONDS = Histogram(
-    "optout_batch_processing_seconds", "Time to process one batch end to end.", ["service"],
+    "optout_batch_processing_seconds",
+    "Time to process one batch end to end.",
+    ["service"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 DB_SECONDS = Histogram(
-    "optout_database_seconds", "Database round trips per batch.", ["service", "operation"],
+    "optout_database_seconds",
+    "Database round trips per batch.",
+    ["service", "operation"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 PRODUCE_SECONDS = Histogram(
-    "optout_produce_flush_seconds", "Time to get every delivery report of a batch.", ["service"],
+    "optout_produce_flush_seconds",
+    "Time to get every delivery report of a batch.",
+    ["service"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 LAST_PROCESSED = Gauge(
     "optout_last_record_processed_timestamp_seconds",
-    "Unix time the service last finished processing a record.", ["service"],
+    "Unix time the service last finished processing a record.",
+    ["service"],
 )
 REQUESTS_NEEDING_ATTENTION = Gauge(
     "optout_requests_needing_attention",
@@ -73,7 +84,8 @@ GROUP_MAX_LAG = Gauge(
     "kafka_consumergroup_group_max_lag", "Largest partition lag of the group, in messages.", ["group"]
 )
 GROUP_MAX_LAG_SECONDS = Gauge(
-    "kafka_consumergroup_group_max_lag_seconds", "Largest partition lag of the group, in seconds.",
+    "kafka_consumergroup_group_max_lag_seconds",
+    "Largest partition lag of the group, in seconds.",
     ["group"],
 )
 GROUP_OFFSET = Gauge(
@@ -101,8 +113,25 @@ LAG_SAMPLED = Gauge(
 END_TO_END_SECONDS = Histogram(
     "optout_end_to_end_latency_seconds",
     "Time from a request's requested_at to its confirmation.",
-    buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400, 2 * 86400, 3 * 86400,
-             7 * 86400, 14 * 86400, 30 * 86400, 45 * 86400, 90 * 86400),
+    buckets=(
+        1,
+        5,
+        15,
+        60,
+        300,
+        900,
+        3600,
+        4 * 3600,
+        12 * 3600,
+        86400,
+        2 * 86400,
+        3 * 86400,
+        7 * 86400,
+        14 * 86400,
+        30 * 86400,
+        45 * 86400,
+        90 * 86400,
+    ),
 )
 
 

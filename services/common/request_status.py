@@ -14,20 +14,46 @@ def request_status(cfg: Settings, event_id: str) -> dict[str, Any] | None:
         row = conn.execute(
             "SELECT event_id, state, scopes, source, jurisdiction, requested_at, received_at,"
             " due_at, deadline_rule, confirmed_at, (state <> 'CONFIRMED' AND due_at < now())"
-            " FROM requests WHERE event_id = %s", (event_id,),
+            " FROM requests WHERE event_id = %s",
+            (event_id,),
         ).fetchone()
         if row is None:
             return None
         dests = conn.execute(
             "SELECT destination, status, command_id, issue_count, last_issued_at, acked_at, detail"
-            " FROM destination_status WHERE event_id = %s ORDER BY destination", (event_id,),
+            " FROM destination_status WHERE event_id = %s ORDER BY destination",
+            (event_id,),
         ).fetchall()
-    keys = ("event_id", "state", "scopes", "source", "jurisdiction", "requested_at",
-            "received_at", "due_at", "deadline_rule", "confirmed_at", "overdue")
+    keys = (
+        "event_id",
+        "state",
+        "scopes",
+        "source",
+        "jurisdiction",
+        "requested_at",
+        "received_at",
+        "due_at",
+        "deadline_rule",
+        "confirmed_at",
+        "overdue",
+    )
     result: dict[str, Any] = dict(zip(keys, row, strict=True))
     result["destinations"] = [
-        dict(zip(("destination", "status", "command_id", "issue_count", "last_issued_at",
-                  "acked_at", "detail"), d, strict=True))
+        dict(
+            zip(
+                (
+                    "destination",
+                    "status",
+                    "command_id",
+                    "issue_count",
+                    "last_issued_at",
+                    "acked_at",
+                    "detail",
+                ),
+                d,
+                strict=True,
+            )
+        )
         for d in dests
     ]
     return result

@@ -29,16 +29,15 @@ class PartnerEndpoint(BaseModel):
 
 def _default_partners() -> list[PartnerEndpoint]:
     return [
-        PartnerEndpoint(name=name, url=f"http://127.0.0.1:18082/partners/{name}",
-                        token=SecretStr(f"dev-{name}-token"))
+        PartnerEndpoint(
+            name=name, url=f"http://127.0.0.1:18082/partners/{name}", token=SecretStr(f"dev-{name}-token")
+        )
         for name in ("adnetwork", "databroker")
     ]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="OPTOUT_", env_file=".env", extra="ignore", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="OPTOUT_", env_file=".env", extra="ignore", frozen=True)
 
     # --- Kafka -----------------------------------------------------------------
     kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers.")
@@ -48,15 +47,15 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256, ...")
     kafka_sasl_username: str | None = Field(None, description="SASL user name.")
     kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
-    kafka_ssl_ca_location: str | None = Field(
-        None, description="CA certificate file for SSL / SASL_SSL."
-    )
+    kafka_ssl_ca_location: str | None = Field(None, description="CA certificate file for SSL / SASL_SSL.")
     kafka_extra: dict[str, str] = Field(
         default_factory=dict,
         description="More librdkafka settings as a JSON object, passed through to every client.",
     )
     topic_prefix: str = Field("", description="Prepended to every topic name (isolation).")
-    topic_partitions: int = Field(6, ge=1, le=1000, description="Partitions per topic created by `optout topics create`.")
+    topic_partitions: int = Field(
+        6, ge=1, le=1000, description="Partitions per topic created by `optout topics create`."
+    )
     topic_replication_factor: int = Field(1, ge=1, description="Replication factor of created topics.")
 
     # --- PostgreSQL ------------------------------------------------------------
@@ -72,17 +71,29 @@ class Settings(BaseSettings):
     # --- Processing ------------------------------------------------------------
     batch_size: int = Field(1000, ge=1, le=100_000, description="Messages consumed per batch.")
     batch_timeout_ms: int = Field(100, ge=1, description="Longest wait to fill a batch.")
-    max_poll_interval_ms: int = Field(300_000, ge=10_000, description="librdkafka max.poll.interval.ms; /healthz fails before it.")
+    max_poll_interval_ms: int = Field(
+        300_000, ge=10_000, description="librdkafka max.poll.interval.ms; /healthz fails before it."
+    )
     clock_skew_seconds: int = Field(300, ge=0, description="Allowed future requested_at.")
-    default_phone_region: str = Field("US", min_length=2, max_length=2, description="Region for phone numbers without a country code (ISO 3166-1).")
-    retry_max_backoff_seconds: float = Field(30.0, gt=0, description="Longest backoff between retries of a failing batch.")
+    default_phone_region: str = Field(
+        "US",
+        min_length=2,
+        max_length=2,
+        description="Region for phone numbers without a country code (ISO 3166-1).",
+    )
+    retry_max_backoff_seconds: float = Field(
+        30.0, gt=0, description="Longest backoff between retries of a failing batch."
+    )
     retention_days: int = Field(
-        90, ge=0, description="`optout purge` removes raw contact details of requests "
-        "confirmed longer ago than this."
+        90,
+        ge=0,
+        description="`optout purge` removes raw contact details of requests confirmed longer ago than this.",
     )
     intake_pipeline_chunk: int = Field(
-        250, ge=1, description="Intake writes a batch in chunks of this many, overlapping "
-        "database writes with decoding the next chunk."
+        250,
+        ge=1,
+        description="Intake writes a batch in chunks of this many, overlapping "
+        "database writes with decoding the next chunk.",
     )
 
     # --- Confirmer -------------------------------------------------------------
@@ -106,25 +117,37 @@ class Settings(BaseSettings):
         description='JSON list of {"name", "url", "token"}: third parties told not to sell/share.',
     )
     connector_retry_attempts: int = Field(6, ge=1, le=100, description="apply() tries per batch.")
-    connector_retry_initial_seconds: float = Field(0.2, gt=0, description="First backoff of a connector's apply() retries.")
-    connector_retry_max_backoff_seconds: float = Field(10.0, gt=0, description="Longest backoff of a connector's apply() retries.")
+    connector_retry_initial_seconds: float = Field(
+        0.2, gt=0, description="First backoff of a connector's apply() retries."
+    )
+    connector_retry_max_backoff_seconds: float = Field(
+        10.0, gt=0, description="Longest backoff of a connector's apply() retries."
+    )
     connector_retry_after_max_seconds: float = Field(
         60.0, gt=0, description="Longest provider Retry-After honoured in-process."
     )
     connector_http_timeout_seconds: float = Field(30.0, gt=0, description="HTTP timeout of connector calls.")
     # Local stand-ins of the destination systems (`optout run standins`).
     standin_host: str = Field("127.0.0.1", description="Address the local stand-ins listen on.")
-    standin_email_provider_port: int = Field(18081, ge=0, le=65535, description="Port of the email provider stand-in.")
+    standin_email_provider_port: int = Field(
+        18081, ge=0, le=65535, description="Port of the email provider stand-in."
+    )
     standin_partners_port: int = Field(18082, ge=0, le=65535, description="Port of the partners stand-in.")
     standin_failure_rate: float = Field(0.0, ge=0, le=1, description="Share of requests answered 503.")
     standin_rate_limit_per_second: int = Field(0, ge=0, description="Requests/s before 429; 0: none.")
-    standin_retry_after_seconds: int = Field(1, ge=0, description="Retry-After the stand-in sends with a 429.")
+    standin_retry_after_seconds: int = Field(
+        1, ge=0, description="Retry-After the stand-in sends with a 429."
+    )
     standin_rejected_emails: list[str] = Field(
         default_factory=list, description="Addresses the email provider stand-in refuses (JSON list)."
     )
 
     # --- Observability ---------------------------------------------------------
-    log_format: str = Field("auto", pattern="^(auto|json|console)$", description="auto (JSON unless stdout is a terminal), json or console.")
+    log_format: str = Field(
+        "auto",
+        pattern="^(auto|json|console)$",
+        description="auto (JSON unless stdout is a terminal), json or console.",
+    )
     log_level: str = Field("info", description="debug, info, warning or error.")
     exporter_interval_seconds: float = Field(
         15.0, gt=0, description="How often `optout run exporter` samples lag and the business view."
@@ -149,9 +172,17 @@ class Settings(BaseSettings):
     web_token_ttl_days: int = Field(400, ge=0, description="Link lifetime; 0 = links never expire.")
     web_max_body_bytes: int = Field(8192, ge=256, le=1_048_576, description="Largest request body accepted.")
     web_rate_limit_per_second: float = Field(5.0, gt=0, description="Per client IP, per instance.")
-    web_rate_limit_burst: int = Field(30, ge=1, description="Requests a client may burst before the rate limit.")
-    web_gpc_path: str = Field("/gpc", pattern=r"^/[A-Za-z0-9._~/-]*$", description="Path of the Global Privacy Control signal endpoint.")
-    web_publish_timeout_seconds: float = Field(5.0, gt=0, le=120, description="How long a POST waits for the broker before a 503.")
+    web_rate_limit_burst: int = Field(
+        30, ge=1, description="Requests a client may burst before the rate limit."
+    )
+    web_gpc_path: str = Field(
+        "/gpc",
+        pattern=r"^/[A-Za-z0-9._~/-]*$",
+        description="Path of the Global Privacy Control signal endpoint.",
+    )
+    web_publish_timeout_seconds: float = Field(
+        5.0, gt=0, le=120, description="How long a POST waits for the broker before a 503."
+    )
 
     @field_validator("kafka_extra", mode="before")
     @classmethod

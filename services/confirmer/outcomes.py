@@ -93,8 +93,14 @@ def ack_from_record(record: Mapping[str, Any]) -> Ack:
         status = AckStatus(str(record.get("status")))
     except ValueError:
         raise PoisonMessage("invalid_ack", "unknown status") from None
-    return Ack(command_id, request_id, destination, status,
-               detail[:MAX_DETAIL] if detail is not None else None, acked_at)
+    return Ack(
+        command_id,
+        request_id,
+        destination,
+        status,
+        detail[:MAX_DETAIL] if detail is not None else None,
+        acked_at,
+    )
 
 
 def decode_ack(codec: Codec, payload: bytes | None) -> Ack:
@@ -158,8 +164,9 @@ def confirmation_record(
     for d in sorted(destinations, key=lambda row: row.destination):
         if d.status not in SUCCESS or d.acked_at is None:
             raise ValueError(f"destination {d.destination} of {request.event_id} has not applied it")
-        outcomes.append({"destination": d.destination, "status": d.status,
-                         "applied_at": to_millis(d.acked_at)})
+        outcomes.append(
+            {"destination": d.destination, "status": d.status, "applied_at": to_millis(d.acked_at)}
+        )
     if not outcomes:
         raise ValueError(f"request {request.event_id} has no destinations")
     return {
@@ -167,7 +174,8 @@ def confirmation_record(
         "customer_id": request.customer_id,
         "notify_email": request.email,
         "notify_postal_address": (
-            None if request.email or request.postal_address is None
+            None
+            if request.email or request.postal_address is None
             else {"region": None, **request.postal_address}
         ),
         "destinations": outcomes,

@@ -30,9 +30,13 @@ class OverdueRequest:
 
     def as_json(self, now: datetime) -> dict[str, Any]:
         return {
-            "event_id": self.event_id, "state": self.state, "jurisdiction": self.jurisdiction,
-            "deadline_rule": self.deadline_rule, "requested_at": self.requested_at.isoformat(),
-            "due_at": self.due_at.isoformat(), "overdue": self.overdue(now),
+            "event_id": self.event_id,
+            "state": self.state,
+            "jurisdiction": self.jurisdiction,
+            "deadline_rule": self.deadline_rule,
+            "requested_at": self.requested_at.isoformat(),
+            "due_at": self.due_at.isoformat(),
+            "overdue": self.overdue(now),
             "seconds_past_due": int((now - self.due_at).total_seconds()),
             "overdue_since": self.overdue_at.isoformat() if self.overdue_at else None,
             "waiting_on": list(self.waiting_on),

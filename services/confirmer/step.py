@@ -109,12 +109,15 @@ class ConfirmerStep:
                 metrics.DB_SECONDS.labels(SERVICE, "apply_acks").observe(time.monotonic() - started)
                 dead.extend(self._rejected(acks, outcome))
                 for record in outcome.confirmations:
-                    tracker.produce(self.settings.confirmations_topic,
-                                    value=self.codec.encode("OptOutConfirmed", record),
-                                    key=record["request_id"])
+                    tracker.produce(
+                        self.settings.confirmations_topic,
+                        value=self.codec.encode("OptOutConfirmed", record),
+                        key=record["request_id"],
+                    )
                 for message, why in dead:
-                    dead_letter(tracker, self.settings.acks_dlq_topic, message, why.reason,
-                                why.detail, SERVICE)
+                    dead_letter(
+                        tracker, self.settings.acks_dlq_topic, message, why.reason, why.detail, SERVICE
+                    )
                 produce_started = time.monotonic()
                 tracker.wait()  # before the commit: see the module docstring
                 metrics.PRODUCE_SECONDS.labels(SERVICE).observe(time.monotonic() - produce_started)
@@ -124,8 +127,9 @@ class ConfirmerStep:
         except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as exc:
             raise RetriableError(f"database conflict: {first_line(exc)}") from exc
         for record in outcome.confirmations:
-            metrics.observe_confirmation(from_millis(record["requested_at"]),
-                                         from_millis(record["confirmed_at"]))
+            metrics.observe_confirmation(
+                from_millis(record["requested_at"]), from_millis(record["confirmed_at"])
+            )
         self._count(messages, outcome, dead)
 
     # --- internals --------------------------------------------------------------------
@@ -136,15 +140,17 @@ class ConfirmerStep:
         rejected = []
         for message, ack in acks:
             if ack.command_id in outcome.unknown:
-                rejected.append((message, PoisonMessage(
-                    "unknown_command", f"no command {ack.command_id} is recorded")))
+                rejected.append(
+                    (message, PoisonMessage("unknown_command", f"no command {ack.command_id} is recorded"))
+                )
             elif ack.command_id in outcome.mismatched:
-                rejected.append((message, PoisonMessage(
-                    "ack_mismatch", outcome.mismatched[ack.command_id])))
+                rejected.append((message, PoisonMessage("ack_mismatch", outcome.mismatched[ack.command_id])))
         return rejected
 
     def _count(
-        self, messages: Sequence[Message], outcome: AckOutcome,
+        self,
+        messages: Sequence[Message],
+        outcome: AckOutcome,
         dead: list[tuple[Message, PoisonMessage]],
     ) -> None:
         topic = self._topic
@@ -154,14 +160,24 @@ class ConfirmerStep:
         metrics.MESSAGES_CONSUMED.labels(SERVICE, topic, "duplicate").inc(outcome.unchanged)
         metrics.MESSAGES_CONSUMED.labels(SERVICE, topic, "dead_lettered").inc(len(dead))
         metrics.MESSAGES_PRODUCED.labels(SERVICE, self.settings.confirmations_topic).inc(
-            len(outcome.confirmations))
+            len(outcome.confirmations)
+        )
         log.info(
-            "acks recorded", messages=len(messages), changed=len(outcome.changed),
-            unchanged=outcome.unchanged, confirmed=len(outcome.confirmations),
-            needs_attention=len(outcome.needs_attention), dead_lettered=len(dead),
+            "acks recorded",
+            messages=len(messages),
+            changed=len(outcome.changed),
+            unchanged=outcome.unchanged,
+            confirmed=len(outcome.confirmations),
+            needs_attention=len(outcome.needs_attention),
+            dead_lettered=len(dead),
         )
         for event_id in sorted(outcome.needs_attention):
             log.warning("request needs attention: a destination refused it", request_id=event_id)
         for message, poison in dead:
-            log.debug("dead-lettered", topic=message.topic(), partition=message.partition(),
-                      offset=message.offset(), reason=poison.reason)
+            log.debug(
+                "dead-lettered",
+                topic=message.topic(),
+                partition=message.partition(),
+                offset=message.offset(),
+                reason=poison.reason,
+            )

@@ -105,12 +105,15 @@ def apply_acks(conn: psycopg.Connection[Any], acks: Sequence[Ack], now: datetime
         outcome.changed = set(changed)
         outcome.unchanged = len(valid) - len(changed)
         if changed:
-            cur.execute(_UPDATE_DESTINATIONS, (
-                list(changed),
-                [r.status for r in changed.values()],
-                [r.detail for r in changed.values()],
-                [r.acked_at for r in changed.values()],
-            ))
+            cur.execute(
+                _UPDATE_DESTINATIONS,
+                (
+                    list(changed),
+                    [r.status for r in changed.values()],
+                    [r.detail for r in changed.values()],
+                    [r.acked_at for r in changed.values()],
+                ),
+            )
 
         rows.update(changed)
         by_request: dict[str, list[DestinationRow]] = defaultdict(list)
@@ -128,7 +131,12 @@ def apply_acks(conn: psycopg.Connection[Any], acks: Sequence[Ack], now: datetime
             elif state is RequestState.NEEDS_ATTENTION:
                 outcome.needs_attention.add(event_id)
         if new_states:
-            cur.execute(_UPDATE_REQUESTS, (
-                now, list(new_states), [s.value for s in new_states.values()],
-            ))
+            cur.execute(
+                _UPDATE_REQUESTS,
+                (
+                    now,
+                    list(new_states),
+                    [s.value for s in new_states.values()],
+                ),
+            )
     return outcome

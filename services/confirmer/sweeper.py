@@ -116,20 +116,49 @@ _NEEDING_ATTENTION = "SELECT count(*) FROM requests WHERE state = 'NEEDS_ATTENTI
 
 def request_from_row(row: tuple[Any, ...]) -> OptOutRequest:
     """The stored request (columns 3.. of ``_DUE_COMMANDS``) as intake's ``OptOutRequest``."""
-    (event_id, customer_id, email, phone, postal_address, email_sha256, phone_sha256, scopes,
-     source, jurisdiction, requested_at, due_at, deadline_rule, subject_key, content_sha256) = row
+    (
+        event_id,
+        customer_id,
+        email,
+        phone,
+        postal_address,
+        email_sha256,
+        phone_sha256,
+        scopes,
+        source,
+        jurisdiction,
+        requested_at,
+        due_at,
+        deadline_rule,
+        subject_key,
+        content_sha256,
+    ) = row
     return OptOutRequest(
-        event_id=event_id, customer_id=customer_id, email=email, phone=phone,
-        postal_address=postal_address, email_sha256=email_sha256, phone_sha256=phone_sha256,
-        scopes=tuple(Scope(s) for s in scopes), source=Source(source), jurisdiction=jurisdiction,
-        requested_at=requested_at, due_at=due_at, deadline_rule=deadline_rule,
-        subject_key=subject_key, content_sha256=content_sha256,
+        event_id=event_id,
+        customer_id=customer_id,
+        email=email,
+        phone=phone,
+        postal_address=postal_address,
+        email_sha256=email_sha256,
+        phone_sha256=phone_sha256,
+        scopes=tuple(Scope(s) for s in scopes),
+        source=Source(source),
+        jurisdiction=jurisdiction,
+        requested_at=requested_at,
+        due_at=due_at,
+        deadline_rule=deadline_rule,
+        subject_key=subject_key,
+        content_sha256=content_sha256,
     )
 
 
 class Sweeper:
     def __init__(
-        self, settings: Settings, producer: Producer, codec: Codec, clock: Clock,
+        self,
+        settings: Settings,
+        producer: Producer,
+        codec: Codec,
+        clock: Clock,
         connection: Callable[[], psycopg.Connection[Any]],
         drop_connection: Callable[[], None],
     ) -> None:
@@ -150,8 +179,11 @@ class Sweeper:
             result, more = self.sweep()
         except RetriableError as exc:
             metrics.RETRIES.labels(SERVICE, "sweep").inc()
-            log.warning("sweep failed; will try again", error=str(exc),
-                        retry_in_seconds=self.settings.sweep_interval_seconds)
+            log.warning(
+                "sweep failed; will try again",
+                error=str(exc),
+                retry_in_seconds=self.settings.sweep_interval_seconds,
+            )
             self.schedule.done(more_waiting=False)
             return None
         self.schedule.done(more_waiting=more)
@@ -167,17 +199,23 @@ class Sweeper:
         try:
             conn = self._connection()
             with conn.transaction(), conn.cursor() as cur:
-                cur.execute(_DUE_COMMANDS, {
-                    "earliest": now - timedelta(seconds=min(base, cap)), "now": now, "base": base,
-                    "cap": cap, "max_exp": MAX_EXPONENT, "limit": limit,
-                })
+                cur.execute(
+                    _DUE_COMMANDS,
+                    {
+                        "earliest": now - timedelta(seconds=min(base, cap)),
+                        "now": now,
+                        "base": base,
+                        "cap": cap,
+                        "max_exp": MAX_EXPONENT,
+                        "limit": limit,
+                    },
+                )
                 due = cur.fetchall()
                 sent = self._resend(due, now)
                 if sent:
                     cur.execute(_MARK_REISSUED, (now, sent))
                     counts = dict(cur.fetchall())
-                    result.reissued = [(row[0], row[1], counts[row[0]]) for row in due
-                                       if row[0] in counts]
+                    result.reissued = [(row[0], row[1], counts[row[0]]) for row in due if row[0] in counts]
                 cur.execute(_MARK_OVERDUE, {"now": now, "limit": limit})
                 overdue = cur.fetchall()
                 result.newly_overdue = [r[0] for r in overdue]
@@ -194,8 +232,12 @@ class Sweeper:
         for event_id, rule in overdue:
             log.warning("request overdue", request_id=event_id, deadline_rule=rule)
         if result.reissued or result.newly_overdue:
-            log.info("swept", reissued=len(result.reissued), newly_overdue=len(result.newly_overdue),
-                     needing_attention=result.needing_attention)
+            log.info(
+                "swept",
+                reissued=len(result.reissued),
+                newly_overdue=len(result.newly_overdue),
+                needing_attention=result.needing_attention,
+            )
         return result, len(due) >= limit or len(overdue) >= limit
 
     def _resend(self, due: list[tuple[Any, ...]], now: datetime) -> list[str]:
@@ -209,13 +251,19 @@ class Sweeper:
             command, destination_id = row[0], row[1]
             dest = DESTINATIONS_BY_ID.get(destination_id)
             if dest is None:
-                log.warning("pending command for an unknown destination; not re-sent",
-                            command_id=command, destination=destination_id)
+                log.warning(
+                    "pending command for an unknown destination; not re-sent",
+                    command_id=command,
+                    destination=destination_id,
+                )
                 continue
             planned = command_for(request_from_row(row[3:]), dest, now)
             topic = self.settings.suppress_topic(dest.id)
-            tracker.produce(topic, value=self.codec.encode("SuppressionCommand", planned.record),
-                            key=planned.record["request_id"])
+            tracker.produce(
+                topic,
+                value=self.codec.encode("SuppressionCommand", planned.record),
+                key=planned.record["request_id"],
+            )
             sent.append(planned.command_id)
             per_topic[topic] = per_topic.get(topic, 0) + 1
         tracker.wait()

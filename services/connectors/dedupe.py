@@ -105,8 +105,7 @@ class DedupeStore:
     def lookup(self, command_ids: Sequence[str]) -> dict[str, StoredOutcome]:
         if not command_ids:
             return {}
-        rows = self._run(lambda conn: conn.execute(
-            _LOOKUP, (self.destination, list(command_ids))).fetchall())
+        rows = self._run(lambda conn: conn.execute(_LOOKUP, (self.destination, list(command_ids))).fetchall())
         return {r[0]: _row(r) for r in rows}
 
     def record(self, outcomes: Sequence[StoredOutcome]) -> dict[str, StoredOutcome]:

@@ -36,7 +36,7 @@ Result = tuple[AckStatus, str | None]
 
 def chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
-        yield list(items[start:start + size])
+        yield list(items[start : start + size])
 
 
 def success_results(sent: Sequence[str], body: Any) -> dict[str, Result]:
@@ -73,15 +73,17 @@ def outcomes_for(commands: Sequence[Command], results: Mapping[str, Result]) -> 
     """One outcome per command whose address has a result (several commands may share one)."""
     return [
         Outcome(c.command_id, *results[c.email])
-        for c in commands if c.email is not None and c.email in results
+        for c in commands
+        if c.email is not None and c.email in results
     ]
 
 
 class EmailProviderConnector(Connector):
     destination = "email_provider"
 
-    def __init__(self, base_url: str, token: SecretStr, client: httpx.Client,
-                 clock: Clock | None = None) -> None:
+    def __init__(
+        self, base_url: str, token: SecretStr, client: httpx.Client, clock: Clock | None = None
+    ) -> None:
         self.url = base_url.rstrip("/") + ADD_PATH
         self.token = token
         self.client = client
@@ -89,15 +91,21 @@ class EmailProviderConnector(Connector):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EmailProviderConnector:
-        return cls(settings.email_provider_url, settings.email_provider_token,
-                   make_client(settings.connector_http_timeout_seconds))
+        return cls(
+            settings.email_provider_url,
+            settings.email_provider_token,
+            make_client(settings.connector_http_timeout_seconds),
+        )
 
     def close(self) -> None:
         self.client.close()
 
     def apply(self, commands: Sequence[Command]) -> list[Outcome]:
-        outcomes = [Outcome.rejected(c.command_id, "command carries no email address")
-                    for c in commands if not c.email]
+        outcomes = [
+            Outcome.rejected(c.command_id, "command carries no email address")
+            for c in commands
+            if not c.email
+        ]
         addresses = list(dict.fromkeys(c.email for c in commands if c.email))
         results: dict[str, Result] = {}
         for chunk in chunks(addresses, MAX_BATCH):
@@ -113,8 +121,9 @@ class EmailProviderConnector(Connector):
         results: dict[str, Result] = {}
         remaining = addresses
         while remaining:
-            response = post_json(self.client, self.url, self.token, {"recipient_emails": remaining},
-                                 self.clock.now(), SYSTEM)
+            response = post_json(
+                self.client, self.url, self.token, {"recipient_emails": remaining}, self.clock.now(), SYSTEM
+            )
             if response.is_success:
                 results.update(success_results(remaining, json_body(response, SYSTEM)))
                 return results

@@ -125,8 +125,11 @@ def post_json(
             retry_after=parse_retry_after(response.headers.get("Retry-After"), now),
         )
     if verdict is Verdict.CONFIGURATION:
-        log.error("provider refused our credentials or URL; check the connector settings",
-                  system=system, status=response.status_code)
+        log.error(
+            "provider refused our credentials or URL; check the connector settings",
+            system=system,
+            status=response.status_code,
+        )
         raise RetriableError(f"{system} answered HTTP {response.status_code}: check its URL and token")
     return response
 

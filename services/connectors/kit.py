@@ -67,7 +67,9 @@ OUTCOMES = Counter(
     ["destination", "status", "source"],
 )
 APPLY_SECONDS = Histogram(
-    "optout_connector_apply_seconds", "Time in one apply() call.", ["destination"],
+    "optout_connector_apply_seconds",
+    "Time in one apply() call.",
+    ["destination"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
@@ -234,9 +236,12 @@ class RetryPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
-        return cls(settings.connector_retry_attempts, settings.connector_retry_initial_seconds,
-                   settings.connector_retry_max_backoff_seconds,
-                   settings.connector_retry_after_max_seconds)
+        return cls(
+            settings.connector_retry_attempts,
+            settings.connector_retry_initial_seconds,
+            settings.connector_retry_max_backoff_seconds,
+            settings.connector_retry_after_max_seconds,
+        )
 
 
 @dataclass
@@ -253,8 +258,13 @@ OnRetry = Callable[[int, BaseException | None, float], None]
 
 
 def apply_with_retries(
-    connector: Connector, commands: Sequence[Command], clock: Clock, policy: RetryPolicy,
-    stop: threading.Event, sleep: Callable[[float], None], on_retry: OnRetry | None = None,
+    connector: Connector,
+    commands: Sequence[Command],
+    clock: Clock,
+    policy: RetryPolicy,
+    stop: threading.Event,
+    sleep: Callable[[float], None],
+    on_retry: OnRetry | None = None,
 ) -> ApplyRun:
     """Call ``connector.apply`` until every command has an outcome, at most
     ``policy.attempts`` times, waiting per ``wait_retry_after`` in between. Only the
@@ -269,8 +279,11 @@ def apply_with_retries(
         results.update(matched)
         pending = [c for c in pending if c.command_id not in results]
         if ignored:
-            log.error("connector returned outcomes for commands it was not given",
-                      destination=connector.destination, count=len(ignored))
+            log.error(
+                "connector returned outcomes for commands it was not given",
+                destination=connector.destination,
+                count=len(ignored),
+            )
 
     def attempt() -> None:
         started = time.monotonic()
@@ -315,8 +328,14 @@ def apply_with_retries(
 # --- the step ------------------------------------------------------------------------------
 class ConnectorStep:
     def __init__(
-        self, settings: Settings, connector: Connector, producer: Producer, codec: Codec,
-        clock: Clock, stop: threading.Event, store: DedupeStore,
+        self,
+        settings: Settings,
+        connector: Connector,
+        producer: Producer,
+        codec: Codec,
+        clock: Clock,
+        stop: threading.Event,
+        store: DedupeStore,
     ) -> None:
         self.settings = settings
         self.connector = connector
@@ -352,8 +371,7 @@ class ConnectorStep:
         dead: list[tuple[Message, PoisonMessage]] = []
         for message in messages:
             try:
-                deliveries.append((message, decode_command(self.codec, message.value(),
-                                                           self.destination)))
+                deliveries.append((message, decode_command(self.codec, message.value(), self.destination)))
             except PoisonMessage as poison:
                 dead.append((message, poison))
         unique = first_of_each(c for _, c in deliveries)
@@ -367,13 +385,15 @@ class ConnectorStep:
         for _, command in deliveries:
             tracker.produce(
                 self.settings.acks_topic,
-                value=self.codec.encode("SuppressionAck",
-                                        ack_record(outcomes[command.command_id], self.destination)),
+                value=self.codec.encode(
+                    "SuppressionAck", ack_record(outcomes[command.command_id], self.destination)
+                ),
                 key=command.request_id,
             )
         for message, why in dead:
             tracker.produce(
-                self.settings.suppress_dlq_topic(self.destination), value=message.value() or b"",
+                self.settings.suppress_dlq_topic(self.destination),
+                value=message.value() or b"",
                 key=message.key(),
                 headers=dlq_headers(message, why.reason, why.detail, self.service),
             )
@@ -386,8 +406,15 @@ class ConnectorStep:
     def _apply_and_record(self, fresh: list[Command]) -> dict[str, StoredOutcome]:
         """Apply with bounded retries and commit every outcome obtained, also the partial
         ones when the attempts run out (so those are never applied again), then re-raise."""
-        run = apply_with_retries(self.connector, fresh, self.clock, self.policy, self.stop,
-                                 sleep=self._sleep, on_retry=self._on_retry)
+        run = apply_with_retries(
+            self.connector,
+            fresh,
+            self.clock,
+            self.policy,
+            self.stop,
+            sleep=self._sleep,
+            on_retry=self._on_retry,
+        )
         stored = self.store.record(list(run.outcomes.values()))
         if run.error is not None:
             raise run.error
@@ -398,11 +425,21 @@ class ConnectorStep:
 
     def _on_retry(self, attempt: int, error: BaseException | None, wait_seconds: float) -> None:
         metrics.RETRIES.labels(self.service, "apply").inc()
-        log.warning("apply failed; retrying", destination=self.destination, attempt=attempt,
-                    error=str(error), wait_seconds=round(wait_seconds, 2))
+        log.warning(
+            "apply failed; retrying",
+            destination=self.destination,
+            attempt=attempt,
+            error=str(error),
+            wait_seconds=round(wait_seconds, 2),
+        )
 
-    def _count(self, deliveries: list[tuple[Message, Command]], dead: list[tuple[Message, PoisonMessage]],
-               applied_ids: set[str], outcomes: Mapping[str, StoredOutcome]) -> None:
+    def _count(
+        self,
+        deliveries: list[tuple[Message, Command]],
+        dead: list[tuple[Message, PoisonMessage]],
+        applied_ids: set[str],
+        outcomes: Mapping[str, StoredOutcome],
+    ) -> None:
         first_seen: set[str] = set()
         processed = duplicates = 0
         for _, command in deliveries:
@@ -420,8 +457,14 @@ class ConnectorStep:
         metrics.MESSAGES_CONSUMED.labels(self.service, self._topic, "duplicate").inc(duplicates)
         metrics.MESSAGES_CONSUMED.labels(self.service, self._topic, "dead_lettered").inc(len(dead))
         metrics.MESSAGES_PRODUCED.labels(self.service, self.settings.acks_topic).inc(len(deliveries))
-        log.info("batch acknowledged", destination=self.destination, messages=len(deliveries) + len(dead),
-                 applied=processed, reacknowledged=duplicates, dead_lettered=len(dead))
+        log.info(
+            "batch acknowledged",
+            destination=self.destination,
+            messages=len(deliveries) + len(dead),
+            applied=processed,
+            reacknowledged=duplicates,
+            dead_lettered=len(dead),
+        )
 
 
 def service_name(destination: str) -> str:
@@ -434,8 +477,19 @@ def run_connector(
     """Run ``connector`` in the shared consume loop until ``stop`` is set."""
     service = service_name(connector.destination)
     step = ConnectorStep(
-        settings, connector, make_producer(settings), default_codec(), clock or SystemClock(), stop,
+        settings,
+        connector,
+        make_producer(settings),
+        default_codec(),
+        clock or SystemClock(),
+        stop,
         DedupeStore(settings.dsn(), connector.destination),
     )
-    ConsumerLoop(settings, service, [settings.suppress_topic(connector.destination)], step, stop,
-                 group_id=settings.group(service)).run()
+    ConsumerLoop(
+        settings,
+        service,
+        [settings.suppress_topic(connector.destination)],
+        step,
+        stop,
+        group_id=settings.group(service),
+    ).run()

@@ -38,8 +38,19 @@ from services.connectors.kit import Command, Connector, Outcome
 
 log = get_logger(__name__)
 
-COLUMNS = ("request_id", "command_id", "name", "address_line_1", "address_line_2",
-           "address_line_3", "city", "region", "postal_code", "country", "suppressed_on")
+COLUMNS = (
+    "request_id",
+    "command_id",
+    "name",
+    "address_line_1",
+    "address_line_2",
+    "address_line_3",
+    "city",
+    "region",
+    "postal_code",
+    "country",
+    "suppressed_on",
+)
 ADDRESS_LINE_COLUMNS = 3
 FILE_PREFIX = "suppressions-"
 TEMP_SUFFIX = ".tmp"
@@ -69,8 +80,8 @@ def safe_cell(value: str) -> str:
 def address_lines(lines: Sequence[str]) -> list[str]:
     """Exactly three address-line cells; lines beyond the third are joined into it."""
     cleaned = [n for n in (normalize_field(line) for line in lines) if n]
-    head = cleaned[:ADDRESS_LINE_COLUMNS - 1]
-    tail = ", ".join(cleaned[ADDRESS_LINE_COLUMNS - 1:])
+    head = cleaned[: ADDRESS_LINE_COLUMNS - 1]
+    tail = ", ".join(cleaned[ADDRESS_LINE_COLUMNS - 1 :])
     cells = [*head, tail] if tail else head
     return cells + [""] * (ADDRESS_LINE_COLUMNS - len(cells))
 

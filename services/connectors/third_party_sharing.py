@@ -63,15 +63,15 @@ def partner_refusals(partner: str, sent: Sequence[str], body: Any) -> dict[str, 
     found: dict[str, str] = {}
     for item in body["rejected"]:
         if isinstance(item, Mapping) and item.get("reference") in wanted:
-            found[str(item["reference"])] = clean_reason(
-                f"{partner}: {item.get('reason') or 'refused'}")
+            found[str(item["reference"])] = clean_reason(f"{partner}: {item.get('reason') or 'refused'}")
     return found
 
 
 def combine(command_ids: Sequence[str], refusals: Mapping[str, list[str]]) -> list[Outcome]:
     """APPLIED when no partner refused; otherwise REJECTED with every partner's reason."""
     return [
-        Outcome.rejected(cid, clean_reason("; ".join(refusals[cid]), 500)) if refusals.get(cid)
+        Outcome.rejected(cid, clean_reason("; ".join(refusals[cid]), 500))
+        if refusals.get(cid)
         else Outcome.applied(cid)
         for cid in command_ids
     ]
@@ -79,20 +79,23 @@ def combine(command_ids: Sequence[str], refusals: Mapping[str, list[str]]) -> li
 
 def _chunks(records: Sequence[dict[str, str]], size: int) -> Iterator[list[dict[str, str]]]:
     for start in range(0, len(records), size):
-        yield list(records[start:start + size])
+        yield list(records[start : start + size])
 
 
 class ThirdPartySharingConnector(Connector):
     destination = "third_party_sharing"
 
-    def __init__(self, partners: Sequence[PartnerEndpoint], client: httpx.Client,
-                 clock: Clock | None = None) -> None:
+    def __init__(
+        self, partners: Sequence[PartnerEndpoint], client: httpx.Client, clock: Clock | None = None
+    ) -> None:
         self.partners = list(partners)
         self.client = client
         self.clock = clock or SystemClock()
         if not self.partners:
-            log.warning("no partners configured (OPTOUT_PARTNERS): every command is acknowledged "
-                        "APPLIED without telling anyone")
+            log.warning(
+                "no partners configured (OPTOUT_PARTNERS): every command is acknowledged "
+                "APPLIED without telling anyone"
+            )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ThirdPartySharingConnector:
@@ -107,8 +110,9 @@ class ThirdPartySharingConnector(Connector):
         for command in commands:
             record = partner_record(command)
             if record is None:
-                outcomes.append(Outcome.rejected(
-                    command.command_id, "command carries no customer id or identifier hash"))
+                outcomes.append(
+                    Outcome.rejected(command.command_id, "command carries no customer id or identifier hash")
+                )
             else:
                 records.append(record)
         refusals: dict[str, list[str]] = {}
@@ -122,8 +126,14 @@ class ThirdPartySharingConnector(Connector):
     def _send(self, partner: PartnerEndpoint, records: list[dict[str, str]]) -> dict[str, str]:
         """Refusals of one call (raises ``RetriableError`` when the partner may accept later)."""
         system = f"partner {partner.name}"
-        response = post_json(self.client, partner.url.rstrip("/") + OPT_OUTS_PATH, partner.token,
-                             {"opt_outs": records}, self.clock.now(), system)
+        response = post_json(
+            self.client,
+            partner.url.rstrip("/") + OPT_OUTS_PATH,
+            partner.token,
+            {"opt_outs": records},
+            self.clock.now(),
+            system,
+        )
         references = [r["reference"] for r in records]
         if response.is_success:
             return partner_refusals(partner.name, references, json_body(response, system))

@@ -101,7 +101,7 @@ class IntakeStep:
         size = max(1, self.settings.intake_pipeline_chunk)
         in_flight: tuple[_Prepared, Future[tuple[RecordOutcome, list[_Dead]]]] | None = None
         for start in range(0, len(messages), size):
-            prepared = self._prepare(messages[start:start + size], now, seen)
+            prepared = self._prepare(messages[start : start + size], now, seen)
             # Queue this chunk's write behind the previous one, then fan the previous out.
             queued = (prepared, self._db.submit(self._record_isolating, prepared.accepted, now))
             if in_flight is not None:
@@ -114,14 +114,14 @@ class IntakeStep:
         metrics.PRODUCE_SECONDS.labels(SERVICE).observe(time.monotonic() - started)
         self._count(len(messages), summary)
 
-    def _prepare(self, messages: Sequence[Message], now: datetime,
-                 seen: dict[str, _Accepted]) -> _Prepared:
+    def _prepare(self, messages: Sequence[Message], now: datetime, seen: dict[str, _Accepted]) -> _Prepared:
         """Decode, validate and plan (CPU only); dedupe within the batch."""
         prepared = _Prepared()
         for message in messages:
             try:
-                request = decode_request(self.codec, message.value(), now, self._skew,
-                                         self.settings.default_phone_region)
+                request = decode_request(
+                    self.codec, message.value(), now, self._skew, self.settings.default_phone_region
+                )
                 item = _Accepted(message, request, plan_commands(request, now))
             except PoisonMessage as poison:
                 prepared.dead.append((message, poison))
@@ -133,40 +133,56 @@ class IntakeStep:
             elif first.request.content_sha256 == request.content_sha256:
                 prepared.in_batch_duplicates += 1
             else:
-                prepared.dead.append((message, PoisonMessage(
-                    "duplicate_event_id_conflict", "same event_id, different content")))
+                prepared.dead.append(
+                    (
+                        message,
+                        PoisonMessage("duplicate_event_id_conflict", "same event_id, different content"),
+                    )
+                )
         return prepared
 
-    def _fan_out(self, prepared: _Prepared, recorded: Future[tuple[RecordOutcome, list[_Dead]]],
-                 tracker: DeliveryTracker, summary: _Summary) -> None:
+    def _fan_out(
+        self,
+        prepared: _Prepared,
+        recorded: Future[tuple[RecordOutcome, list[_Dead]]],
+        tracker: DeliveryTracker,
+        summary: _Summary,
+    ) -> None:
         """Once a chunk is committed: produce its commands and dead letters."""
         outcome, rejected = recorded.result()
         dead = prepared.dead + rejected
         for item in prepared.accepted:
             event_id = item.request.event_id
             if event_id in outcome.conflicts:
-                dead.append((item.message, PoisonMessage(
-                    "duplicate_event_id_conflict",
-                    "event_id already recorded with different content")))
+                dead.append(
+                    (
+                        item.message,
+                        PoisonMessage(
+                            "duplicate_event_id_conflict", "event_id already recorded with different content"
+                        ),
+                    )
+                )
                 continue
             for command in item.commands:
                 if event_id in outcome.new or command.command_id in outcome.resend:
                     self._send_command(tracker, command)
                     summary.commands += 1
         for message, why in dead:
-            dead_letter(tracker, self.settings.requests_dlq_topic, message, why.reason,
-                        why.detail, SERVICE)
+            dead_letter(tracker, self.settings.requests_dlq_topic, message, why.reason, why.detail, SERVICE)
             metrics.DEAD_LETTERED.labels(SERVICE, why.reason).inc()
-            log.debug("dead-lettered", topic=message.topic(), partition=message.partition(),
-                      offset=message.offset(), reason=why.reason)
+            log.debug(
+                "dead-lettered",
+                topic=message.topic(),
+                partition=message.partition(),
+                offset=message.offset(),
+                reason=why.reason,
+            )
         summary.new += len(outcome.new)
         summary.duplicates += len(outcome.duplicates) + prepared.in_batch_duplicates
         summary.dead += len(dead)
 
     # --- internals --------------------------------------------------------------------
-    def _record_isolating(
-        self, items: list[_Accepted], now: Any
-    ) -> tuple[RecordOutcome, list[_Dead]]:
+    def _record_isolating(self, items: list[_Accepted], now: Any) -> tuple[RecordOutcome, list[_Dead]]:
         """Record the batch; if the database refuses it for a data reason (not a transient
         one), record the items one by one so only the offending message is dead-lettered."""
         try:
@@ -193,8 +209,10 @@ class IntakeStep:
             if self._conn is None or self._conn.closed:
                 self._conn = connect(self.settings.dsn())
             outcome = record_batch(
-                self._conn, [i.request for i in items],
-                {i.request.event_id: i.commands for i in items}, now,
+                self._conn,
+                [i.request for i in items],
+                {i.request.event_id: i.commands for i in items},
+                now,
             )
         except psycopg.OperationalError as exc:
             self._drop_connection()
@@ -225,6 +243,11 @@ class IntakeStep:
         metrics.MESSAGES_CONSUMED.labels(SERVICE, topic, "processed").inc(summary.new)
         metrics.MESSAGES_CONSUMED.labels(SERVICE, topic, "duplicate").inc(summary.duplicates)
         metrics.MESSAGES_CONSUMED.labels(SERVICE, topic, "dead_lettered").inc(summary.dead)
-        log.info("batch recorded", messages=messages, new=summary.new,
-                 duplicates=summary.duplicates, dead_lettered=summary.dead,
-                 commands=summary.commands)
+        log.info(
+            "batch recorded",
+            messages=messages,
+            new=summary.new,
+            duplicates=summary.duplicates,
+            dead_lettered=summary.dead,
+            commands=summary.commands,
+        )

@@ -67,9 +67,11 @@ def normalize_postal_address(raw: dict[str, Any] | None) -> dict[str, Any] | Non
         "lines": [" ".join(line.split()) for line in lines],
         "city": " ".join(check_text("postal_address.city", raw.get("city") or "", 200).split()),
         "region": check_text("postal_address.region", region, 100).strip().upper() or None
-        if region else None,
+        if region
+        else None,
         "postal_code": check_text("postal_address.postal_code", raw.get("postal_code") or "", 20)
-        .strip().upper(),
+        .strip()
+        .upper(),
         "country": country,
     }
     if not address["lines"] or not address["city"] or not address["postal_code"]:
@@ -82,8 +84,9 @@ def normalize_postal_address(raw: dict[str, Any] | None) -> dict[str, Any] | Non
 def postal_key(address: dict[str, Any] | None) -> str | None:
     if address is None:
         return None
-    return "|".join([address["name"], *address["lines"], address["city"], address["postal_code"],
-                     address["country"]]).lower()
+    return "|".join(
+        [address["name"], *address["lines"], address["city"], address["postal_code"], address["country"]]
+    ).lower()
 
 
 def validate_request(
@@ -113,14 +116,13 @@ def validate_request(
     if not isinstance(requested_at, datetime):
         raise PoisonMessage("invalid_requested_at", "requested_at is not a timestamp")
     if requested_at > now + clock_skew:
-        raise PoisonMessage(
-            "requested_at_in_future", f"requested_at is more than {clock_skew} after now"
-        )
+        raise PoisonMessage("requested_at_in_future", f"requested_at is more than {clock_skew} after now")
 
     rule = governing_rule_of(requested_at, scopes, jurisdiction)
     content = json.dumps(
         [customer_id, email, phone, address, [s.value for s in scopes], jurisdiction],
-        sort_keys=True, ensure_ascii=False,
+        sort_keys=True,
+        ensure_ascii=False,
     )
     return OptOutRequest(
         event_id=event_id,
@@ -142,7 +144,10 @@ def validate_request(
 
 
 def decode_request(
-    codec: Codec, payload: bytes | None, now: datetime, clock_skew: timedelta,
+    codec: Codec,
+    payload: bytes | None,
+    now: datetime,
+    clock_skew: timedelta,
     phone_region: str = "US",
 ) -> OptOutRequest:
     _, record = codec.decode(payload, expect="OptOutRequested")

@@ -30,14 +30,20 @@ from services.common.contract import DESTINATIONS
 STATES = ("pending", "confirmed", "needs_attention", "overdue")
 # (label, upper bound of time left); "overdue" is below zero, "later" beyond the last.
 DEADLINE_BUCKETS: tuple[tuple[str, timedelta], ...] = (
-    ("1d", timedelta(days=1)), ("3d", timedelta(days=3)), ("7d", timedelta(days=7)),
-    ("14d", timedelta(days=14)), ("30d", timedelta(days=30)),
+    ("1d", timedelta(days=1)),
+    ("3d", timedelta(days=3)),
+    ("7d", timedelta(days=7)),
+    ("14d", timedelta(days=14)),
+    ("30d", timedelta(days=30)),
 )
 DUE_IN_LABELS = ("overdue", *(label for label, _ in DEADLINE_BUCKETS), "later")
 COMMAND_STATUSES = ("pending", "applied", "already_suppressed", "rejected")
 
-REQUESTS = Gauge("optout_requests", "Opt-out requests by state (overdue: not confirmed and past "
-                 "due_at, also counted in its own state).", ["state"])
+REQUESTS = Gauge(
+    "optout_requests",
+    "Opt-out requests by state (overdue: not confirmed and past due_at, also counted in its own state).",
+    ["state"],
+)
 OLDEST_UNCONFIRMED_AGE = Gauge(
     "optout_oldest_unconfirmed_request_age_seconds",
     "Now minus the requested_at of the oldest request not yet confirmed (0 when none).",
@@ -48,10 +54,12 @@ NEAREST_DEADLINE = Gauge(
 )
 OPEN_BY_DEADLINE = Gauge(
     "optout_open_requests_by_deadline",
-    "Unconfirmed requests by time left until due_at (the deadline burn-down).", ["due_in"],
+    "Unconfirmed requests by time left until due_at (the deadline burn-down).",
+    ["due_in"],
 )
 DESTINATION_COMMANDS = Gauge(
-    "optout_destination_commands", "Commands by destination and acknowledgement status.",
+    "optout_destination_commands",
+    "Commands by destination and acknowledgement status.",
     ["destination", "status"],
 )
 REFRESHED = Gauge(
@@ -128,30 +136,43 @@ def init_zeros() -> None:
     NEAREST_DEADLINE.set(math.inf)
 
 
-_BUCKET_SQL = "CASE WHEN due_at < %(now)s THEN 'overdue' " + " ".join(
-    f"WHEN due_at < %(now)s + interval '{bound.days} days' THEN '{label}'"
-    for label, bound in DEADLINE_BUCKETS
-) + " ELSE 'later' END"
+_BUCKET_SQL = (
+    "CASE WHEN due_at < %(now)s THEN 'overdue' "
+    + " ".join(
+        f"WHEN due_at < %(now)s + interval '{bound.days} days' THEN '{label}'"
+        for label, bound in DEADLINE_BUCKETS
+    )
+    + " ELSE 'later' END"
+)
 
 
 def query_snapshot(conn: psycopg.Connection[Any], now: datetime) -> BusinessSnapshot:
     """Read the business view in one read-only transaction."""
     params = {"now": now}
     with conn.transaction():
-        by_state = {str(s): int(n) for s, n in conn.execute(
-            "SELECT state, count(*) FROM requests GROUP BY state").fetchall()}
+        by_state = {
+            str(s): int(n)
+            for s, n in conn.execute("SELECT state, count(*) FROM requests GROUP BY state").fetchall()
+        }
         row = conn.execute(
             "SELECT count(*) FILTER (WHERE due_at < %(now)s), min(requested_at), min(due_at)"
-            " FROM requests WHERE state <> 'CONFIRMED'", params,
+            " FROM requests WHERE state <> 'CONFIRMED'",
+            params,
         ).fetchone()
-        buckets = {str(b): int(n) for b, n in conn.execute(
-            f"SELECT {_BUCKET_SQL} AS bucket, count(*) FROM requests"
-            " WHERE state <> 'CONFIRMED' GROUP BY bucket", params,
-        ).fetchall()}
-        commands = {(str(d), str(s)): int(n) for d, s, n in conn.execute(
-            "SELECT destination, status, count(*) FROM destination_status"
-            " GROUP BY destination, status"
-        ).fetchall()}
+        buckets = {
+            str(b): int(n)
+            for b, n in conn.execute(
+                f"SELECT {_BUCKET_SQL} AS bucket, count(*) FROM requests"
+                " WHERE state <> 'CONFIRMED' GROUP BY bucket",
+                params,
+            ).fetchall()
+        }
+        commands = {
+            (str(d), str(s)): int(n)
+            for d, s, n in conn.execute(
+                "SELECT destination, status, count(*) FROM destination_status GROUP BY destination, status"
+            ).fetchall()
+        }
     overdue, oldest, nearest = row if row else (0, None, None)
     return BusinessSnapshot(by_state, int(overdue or 0), oldest, nearest, buckets, commands)
 

@@ -29,7 +29,10 @@ STATS_INTERVAL_MS = 5_000
 
 class ConsumerLagTracker:
     def __init__(
-        self, settings: Settings, group: str, interval: float = STATS_INTERVAL_MS / 1000,
+        self,
+        settings: Settings,
+        group: str,
+        interval: float = STATS_INTERVAL_MS / 1000,
         reader: OffsetTimestampReader | None = None,
         on_snapshot: Callable[[ConsumerStats], None] | None = None,
     ) -> None:

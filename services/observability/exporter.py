@@ -60,18 +60,28 @@ class GroupLagExporter:
             for status in Status:
                 if status is not Status.ERR:
                     metrics.GROUP_STATUS.labels(report.group, status.name).set(
-                        1 if report.status is status else 0)
+                        1 if report.status is status else 0
+                    )
         for labels in self._exported - current:
-            for gauge in (metrics.GROUP_LAG, metrics.GROUP_LAG_SECONDS, metrics.GROUP_OFFSET,
-                          metrics.PARTITION_STATUS):
+            for gauge in (
+                metrics.GROUP_LAG,
+                metrics.GROUP_LAG_SECONDS,
+                metrics.GROUP_OFFSET,
+                metrics.PARTITION_STATUS,
+            ):
                 with contextlib.suppress(KeyError):
                     gauge.remove(*labels)
         self._exported = current
 
 
 class Exporter:
-    def __init__(self, settings: Settings, specs: Sequence[GroupSpec] | None = None,
-                 clock: Clock | None = None, monitor: GroupLagMonitor | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        specs: Sequence[GroupSpec] | None = None,
+        clock: Clock | None = None,
+        monitor: GroupLagMonitor | None = None,
+    ) -> None:
         self.settings = settings
         self.specs = list(specs) if specs is not None else pipeline_groups(settings)
         self.clock = clock or SystemClock()
@@ -89,16 +99,21 @@ class Exporter:
         try:
             reports = self.monitor.sample(self.specs)
         except KafkaException as exc:
-            log.warning("reading consumer group offsets failed; retrying next interval",
-                        error=exc.args[0].str() if exc.args else str(exc))
+            log.warning(
+                "reading consumer group offsets failed; retrying next interval",
+                error=exc.args[0].str() if exc.args else str(exc),
+            )
             return
         self.lag.export(reports)
         self.last_reports = reports
         metrics.LAG_SAMPLED.set(self.clock.now().timestamp())
         lagging = [r for r in reports if r.status is not Status.OK]
-        log.info("consumer groups sampled", groups=len(reports),
-                 not_ok={r.group: r.status.name for r in lagging},
-                 total_lag=sum(r.total_lag for r in reports))
+        log.info(
+            "consumer groups sampled",
+            groups=len(reports),
+            not_ok={r.group: r.status.name for r in lagging},
+            total_lag=sum(r.total_lag for r in reports),
+        )
 
     def refresh_business(self) -> None:
         now = self.clock.now().astimezone(UTC)
@@ -108,8 +123,7 @@ class Exporter:
             snapshot = business.query_snapshot(self._conn, now)
         except (RetriableError, psycopg.Error) as exc:
             self._drop()
-            log.warning("reading the business view failed; retrying next interval",
-                        error=first_line(exc))
+            log.warning("reading the business view failed; retrying next interval", error=first_line(exc))
             return
         business.export(snapshot, now)
 
@@ -124,8 +138,12 @@ class Exporter:
         self.monitor.close()
 
 
-def run(settings: Settings, stop: threading.Event, interval: float | None = None,
-        specs: Sequence[GroupSpec] | None = None) -> None:
+def run(
+    settings: Settings,
+    stop: threading.Event,
+    interval: float | None = None,
+    specs: Sequence[GroupSpec] | None = None,
+) -> None:
     interval = interval if interval is not None else settings.exporter_interval_seconds
     exporter = Exporter(settings, specs)
     HEALTH.register_loop(SERVICE, max_silence=max(60.0, 4 * interval))

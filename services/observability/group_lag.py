@@ -51,8 +51,7 @@ def pipeline_groups(settings: Settings) -> list[GroupSpec]:
         GroupSpec(settings.group("confirmer"), (settings.acks_topic,)),
     ]
     specs.extend(
-        GroupSpec(settings.group(f"connector.{d.id}"), (settings.suppress_topic(d.id),))
-        for d in DESTINATIONS
+        GroupSpec(settings.group(f"connector.{d.id}"), (settings.suppress_topic(d.id),)) for d in DESTINATIONS
     )
     return specs
 
@@ -84,10 +83,14 @@ class PartitionReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "topic": self.topic, "partition": self.partition, "committed": self.committed,
-            "end": self.end, "lag": self.lag,
+            "topic": self.topic,
+            "partition": self.partition,
+            "committed": self.committed,
+            "end": self.end,
+            "lag": self.lag,
             "lag_seconds": None if self.lag_seconds is None else round(self.lag_seconds, 3),
-            "owner": self.owner, "status": self.status.name,
+            "owner": self.owner,
+            "status": self.status.name,
             "commits_in_window": self.commits_in_window,
         }
 
@@ -123,9 +126,13 @@ class GroupReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "group": self.group, "state": self.state, "members": self.members,
-            "status": self.status.name, "burrow_status": self.burrow_status.name,
-            "total_lag": self.total_lag, "max_lag": self.max_lag,
+            "group": self.group,
+            "state": self.state,
+            "members": self.members,
+            "status": self.status.name,
+            "burrow_status": self.burrow_status.name,
+            "total_lag": self.total_lag,
+            "max_lag": self.max_lag,
             "max_lag_seconds": round(self.max_lag_seconds, 3),
             "sampled_at": round(self.sampled_at, 3),
             "partitions": [p.to_json() for p in self.partitions],
@@ -133,8 +140,11 @@ class GroupReport:
 
 
 def evaluate_group(
-    raw: GroupOffsets, windows: dict[tuple[str, str, int], PartitionWindow], now: float,
-    stamps: dict[TopicPartitionKey, int | None], window_size: int = DEFAULT_WINDOW,
+    raw: GroupOffsets,
+    windows: dict[tuple[str, str, int], PartitionWindow],
+    now: float,
+    stamps: dict[TopicPartitionKey, int | None],
+    window_size: int = DEFAULT_WINDOW,
     repeat_after: float = DEFAULT_REPEAT_AFTER,
 ) -> GroupReport:
     """Add ``raw`` to the windows and judge every partition (pure but for the windows)."""
@@ -151,12 +161,19 @@ def evaluate_group(
         window = windows.setdefault((raw.group, topic, partition), PartitionWindow(window_size, repeat_after))
         position = committed if committed is not None and committed >= 0 else start
         window.observe(position, lag, now, owned=owner is not None, end=end)
-        reports.append(PartitionReport(
-            topic=topic, partition=partition,
-            committed=committed if committed is not None and committed >= 0 else None,
-            end=end, lag=lag, lag_seconds=lag_seconds(int(now * 1000), stamps.get(tp), lag),
-            owner=owner, status=window.evaluate(lag, now), commits_in_window=len(window.samples),
-        ))
+        reports.append(
+            PartitionReport(
+                topic=topic,
+                partition=partition,
+                committed=committed if committed is not None and committed >= 0 else None,
+                end=end,
+                lag=lag,
+                lag_seconds=lag_seconds(int(now * 1000), stamps.get(tp), lag),
+                owner=owner,
+                status=window.evaluate(lag, now),
+                commits_in_window=len(window.samples),
+            )
+        )
     return GroupReport(raw.group, raw.state, raw.members, tuple(reports), now)
 
 
@@ -164,8 +181,11 @@ class GroupLagMonitor:
     """Samples groups' lag; keeps each partition's window across samples."""
 
     def __init__(
-        self, settings: Settings, window: int = DEFAULT_WINDOW,
-        reader: OffsetTimestampReader | None = None, wall_clock: Callable[[], float] = time.time,
+        self,
+        settings: Settings,
+        window: int = DEFAULT_WINDOW,
+        reader: OffsetTimestampReader | None = None,
+        wall_clock: Callable[[], float] = time.time,
         repeat_after: float = DEFAULT_REPEAT_AFTER,
     ) -> None:
         self._repeat_after = repeat_after
@@ -187,12 +207,17 @@ class GroupLagMonitor:
                 if message_lag(committed, end, start) > 0:
                     wanted[tp] = start if committed is None else max(committed, start)
             stamps = self._reader.timestamps(wanted) if wanted else {}
-            reports.append(evaluate_group(raw, self.windows, self._now(), stamps, self._window,
-                                          self._repeat_after))
+            reports.append(
+                evaluate_group(raw, self.windows, self._now(), stamps, self._window, self._repeat_after)
+            )
         return reports
 
-    @retry(retry=retry_if_exception_type(KafkaException), stop=stop_after_attempt(3),
-           wait=wait_exponential(multiplier=0.5, max=4), reraise=True)
+    @retry(
+        retry=retry_if_exception_type(KafkaException),
+        stop=stop_after_attempt(3),
+        wait=wait_exponential(multiplier=0.5, max=4),
+        reraise=True,
+    )
     def fetch(self, spec: GroupSpec) -> GroupOffsets:
         state, members, owners = self._describe(spec.group)
         partitions = self._partitions(spec.topics) if spec.topics else []

@@ -94,8 +94,11 @@ class HealthState:
             silent = now - loop.last_beat
             fine = silent <= loop.max_silence
             ok = ok and fine
-            detail[name] = {"ok": fine, "seconds_since_poll": round(silent, 3),
-                            "limit_seconds": loop.max_silence}
+            detail[name] = {
+                "ok": fine,
+                "seconds_since_poll": round(silent, 3),
+                "limit_seconds": loop.max_silence,
+            }
         return ok, {"status": "ok" if ok else "failing", "loops": detail}
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
@@ -125,8 +128,9 @@ def liveness_limit(settings: Settings) -> float:
 class CachedCheck:
     """Run ``probe`` at most once per ``ttl`` seconds; remember its last answer."""
 
-    def __init__(self, probe: Check, ttl: float = CHECK_CACHE_SECONDS,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, probe: Check, ttl: float = CHECK_CACHE_SECONDS, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self._probe = probe
         self._ttl = ttl
         self._monotonic = monotonic
@@ -159,8 +163,9 @@ def kafka_check(settings: Settings, timeout: float = 3.0) -> Check:
 def database_check(settings: Settings, timeout: int = 3) -> Check:
     def probe() -> str | None:
         try:
-            with psycopg.connect(settings.dsn(), connect_timeout=timeout,
-                                 application_name="optout-readyz") as conn:
+            with psycopg.connect(
+                settings.dsn(), connect_timeout=timeout, application_name="optout-readyz"
+            ) as conn:
                 conn.execute("SELECT 1")
         except psycopg.Error as exc:
             return f"database: {first_line(exc)}"
@@ -207,8 +212,7 @@ class HealthServer:
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self.port: int = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="health-http",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="health-http", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
@@ -217,8 +221,9 @@ class HealthServer:
         self._thread.join(5)
 
 
-def serve_health(settings: Settings, needs_db: bool, state: HealthState = HEALTH,
-                 port: int | None = None) -> HealthServer | None:
+def serve_health(
+    settings: Settings, needs_db: bool, state: HealthState = HEALTH, port: int | None = None
+) -> HealthServer | None:
     """Register the broker (and database) readiness checks; serve on ``metrics_port``
     (or ``port``). Returns None when the port setting is 0 (endpoint disabled)."""
     state.add_check("kafka", kafka_check(settings))
@@ -228,6 +233,7 @@ def serve_health(settings: Settings, needs_db: bool, state: HealthState = HEALTH
     if port is None and not chosen:
         return None
     server = HealthServer(chosen, state=state)
-    log.info("metrics and health endpoint listening", port=server.port,
-             paths=["/metrics", "/healthz", "/readyz"])
+    log.info(
+        "metrics and health endpoint listening", port=server.port, paths=["/metrics", "/healthz", "/readyz"]
+    )
     return server

@@ -126,7 +126,10 @@ def lag_not_decreasing(window: Sequence[CommitSample]) -> bool:
 
 
 def evaluate_partition(
-    window: Sequence[CommitSample], current_lag: int, now: float, owner_alive: bool = False,
+    window: Sequence[CommitSample],
+    current_lag: int,
+    now: float,
+    owner_alive: bool = False,
     recent_ends: Sequence[int] = (),
 ) -> Status:
     """Burrow's partition status for ``window`` (oldest first) and the lag now.
@@ -177,15 +180,12 @@ class PartitionWindow:
         if end is not None:
             self.recent_ends.append(end)
         last = self.samples[-1] if self.samples else None
-        if (
-            last is None
-            or offset != last.offset
-            or (owned and now - last.timestamp >= self.repeat_after)
-        ):
+        if last is None or offset != last.offset or (owned and now - last.timestamp >= self.repeat_after):
             self.samples.append(CommitSample(offset, lag, now))
             return True
         return False
 
     def evaluate(self, current_lag: int, now: float) -> Status:
-        return evaluate_partition(list(self.samples), current_lag, now, owner_alive=self.owned,
-                                  recent_ends=list(self.recent_ends))
+        return evaluate_partition(
+            list(self.samples), current_lag, now, owner_alive=self.owned, recent_ends=list(self.recent_ends)
+        )

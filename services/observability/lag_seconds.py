@@ -55,7 +55,10 @@ class OffsetTimestampReader:
     """Timestamp (ms) of the message at an offset, per partition, cached and rate-limited."""
 
     def __init__(
-        self, settings: Settings, min_interval: float = 5.0, read_timeout: float = 3.0,
+        self,
+        settings: Settings,
+        min_interval: float = 5.0,
+        read_timeout: float = 3.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings

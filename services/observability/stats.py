@@ -68,10 +68,15 @@ def parse_partitions(stats: dict[str, Any]) -> list[PartitionOffsets]:
             if not (_valid(committed) and _valid(high)):
                 continue
             low = entry.get("lo_offset")
-            out.append(PartitionOffsets(
-                topic=str(topic.get("topic", topic_name)), partition=partition,
-                committed=committed, high=high, low=low if isinstance(low, int) and _valid(low) else None,
-            ))
+            out.append(
+                PartitionOffsets(
+                    topic=str(topic.get("topic", topic_name)),
+                    partition=partition,
+                    committed=committed,
+                    high=high,
+                    low=low if isinstance(low, int) and _valid(low) else None,
+                )
+            )
     return sorted(out, key=lambda p: (p.topic, p.partition))
 
 
@@ -83,7 +88,8 @@ def parse_stats(raw: str | bytes) -> ConsumerStats:
     cgrp = stats.get("cgrp") if isinstance(stats.get("cgrp"), dict) else None
     brokers = stats.get("brokers") or {}
     up = sum(
-        1 for b in brokers.values()
+        1
+        for b in brokers.values()
         if isinstance(b, dict) and b.get("state") == "UP" and b.get("nodeid", 0) >= 0
     )
     emitted = stats.get("time")

@@ -18,8 +18,17 @@ from services.common.kafka import DeliveryTracker, make_producer
 from services.common.settings import Settings
 from services.intake.validation import OptOutRequest, validate_request
 
-FIELDS = ("event_id", "customer_id", "email", "phone", "postal_address", "scopes", "source",
-          "jurisdiction", "requested_at")
+FIELDS = (
+    "event_id",
+    "customer_id",
+    "email",
+    "phone",
+    "postal_address",
+    "scopes",
+    "source",
+    "jurisdiction",
+    "requested_at",
+)
 
 
 @dataclass(frozen=True)
@@ -43,7 +52,10 @@ def parse_time(value: Any) -> datetime:
 
 class RequestPublisher:
     def __init__(
-        self, settings: Settings, producer: Producer | None = None, codec: Codec | None = None,
+        self,
+        settings: Settings,
+        producer: Producer | None = None,
+        codec: Codec | None = None,
         clock: Clock | None = None,
     ) -> None:
         self.settings = settings
@@ -74,16 +86,22 @@ class RequestPublisher:
             record["postal_address"] = {"region": None, **record["postal_address"]}
         try:
             request = validate_request(
-                record, self.clock.now(), timedelta(seconds=self.settings.clock_skew_seconds),
+                record,
+                self.clock.now(),
+                timedelta(seconds=self.settings.clock_skew_seconds),
                 self.settings.default_phone_region,
             )
         except ValueError as exc:  # unknown enum symbol
             raise ValueError(str(exc)) from None
         # Send the normalized identifiers, so every consumer sees one spelling.
         record.update(
-            event_id=request.event_id, customer_id=request.customer_id, email=request.email,
-            phone=request.phone, postal_address=request.postal_address,
-            jurisdiction=request.jurisdiction, scopes=[s.value for s in request.scopes],
+            event_id=request.event_id,
+            customer_id=request.customer_id,
+            email=request.email,
+            phone=request.phone,
+            postal_address=request.postal_address,
+            jurisdiction=request.jurisdiction,
+            scopes=[s.value for s in request.scopes],
             source=request.source.value,
         )
         self.codec.encode("OptOutRequested", record)  # fail here, not in the producer
@@ -94,8 +112,11 @@ class RequestPublisher:
         tracker = DeliveryTracker(self.producer)
         count = 0
         for item in prepared:
-            tracker.produce(self.settings.requests_topic,
-                            value=self.codec.encode("OptOutRequested", item.record), key=item.key)
+            tracker.produce(
+                self.settings.requests_topic,
+                value=self.codec.encode("OptOutRequested", item.record),
+                key=item.key,
+            )
             count += 1
         tracker.wait(timeout)
         return count

@@ -39,8 +39,12 @@ WHERE state = 'CONFIRMED' AND confirmed_at < %(cutoff)s AND pii_purged_at IS NUL
 
 
 def purge_contact_details(
-    conn: psycopg.Connection[Any], now: datetime, retention: timedelta, chunk: int = 5_000,
-    dry_run: bool = False, progress: Callable[[int], None] | None = None,
+    conn: psycopg.Connection[Any],
+    now: datetime,
+    retention: timedelta,
+    chunk: int = 5_000,
+    dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> int:
     """Purge in chunks, one transaction each; return how many requests were purged
     (or, with ``dry_run``, would be)."""

@@ -75,7 +75,8 @@ class EmailProviderStandin:
         self.failure_rate = failure_rate
         self.retry_after_seconds = retry_after_seconds
         self.rejected: dict[str, str] = (
-            {k.lower(): v for k, v in rejected.items()} if isinstance(rejected, Mapping)
+            {k.lower(): v for k, v in rejected.items()}
+            if isinstance(rejected, Mapping)
             else {e.strip().lower(): DEFAULT_REJECT_REASON for e in rejected}
         )
         self._rng = rng or random.Random()
@@ -115,15 +116,20 @@ class EmailProviderStandin:
             return Response(503, {"error": "service temporarily unavailable"}, {"Retry-After": "1"})
         emails = _emails(request)
         if emails is None:
-            return error(400, "body must be {\"recipient_emails\": [\"...\", ...]}")
+            return error(400, 'body must be {"recipient_emails": ["...", ...]}')
         if len(emails) > MAX_BATCH:
             return error(400, f"at most {MAX_BATCH} recipient_emails per request")
         refused = [e for e in emails if e.lower() in self.rejected]
         if refused:
-            return Response(400, {"errors": [
-                {"field": "recipient_emails", "email": e, "message": self.rejected[e.lower()]}
-                for e in refused
-            ]})
+            return Response(
+                400,
+                {
+                    "errors": [
+                        {"field": "recipient_emails", "email": e, "message": self.rejected[e.lower()]}
+                        for e in refused
+                    ]
+                },
+            )
         added, already = [], []
         now = int(self._wall_clock())
         for email in dict.fromkeys(e.lower() for e in emails):

@@ -73,8 +73,9 @@ class Partner:
 
 
 class PartnersStandin:
-    def __init__(self, tokens: Mapping[str, str], failure_rate: float = 0.0,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self, tokens: Mapping[str, str], failure_rate: float = 0.0, rng: random.Random | None = None
+    ) -> None:
         self.partners = {name: Partner(token) for name, token in tokens.items()}
         self.failure_rate = failure_rate
         self._rng = rng or random.Random()
@@ -87,9 +88,14 @@ class PartnersStandin:
             return error(404, "no such partner")
         with self._lock:
             if request.method == "GET":
-                return Response(200, {"opt_outs": list(partner.opt_outs.values()),
-                                      "raw_bodies": list(partner.raw_bodies),
-                                      "answers": {str(k): v for k, v in partner.answers.items()}})
+                return Response(
+                    200,
+                    {
+                        "opt_outs": list(partner.opt_outs.values()),
+                        "raw_bodies": list(partner.raw_bodies),
+                        "answers": {str(k): v for k, v in partner.answers.items()},
+                    },
+                )
             if request.method != "POST":
                 return error(405, "method not allowed")
             response = self._receive(partner, request)
@@ -104,8 +110,9 @@ class PartnersStandin:
         if self.failure_rate and self._rng.random() < self.failure_rate:
             return Response(503, {"error": "partner temporarily unavailable"}, {"Retry-After": "1"})
         if looks_raw(raw):
-            return error(400, "raw identifiers are not accepted; send SHA-256 hashes",
-                         reason="raw_identifier")
+            return error(
+                400, "raw identifiers are not accepted; send SHA-256 hashes", reason="raw_identifier"
+            )
         try:
             body = request.json()
         except ValueError:

@@ -33,8 +33,11 @@ def partners_from(settings: Settings) -> PartnersStandin:
 
 def run(settings: Settings, stop: threading.Event) -> None:
     host = settings.standin_host
-    with StandinServer(email_provider_from(settings).handle, host,
-                       settings.standin_email_provider_port, "email_provider"), \
-         StandinServer(partners_from(settings).handle, host, settings.standin_partners_port, "partners"):
+    with (
+        StandinServer(
+            email_provider_from(settings).handle, host, settings.standin_email_provider_port, "email_provider"
+        ),
+        StandinServer(partners_from(settings).handle, host, settings.standin_partners_port, "partners"),
+    ):
         log.info("stand-ins serving; stop with SIGTERM or Ctrl-C")
         stop.wait()

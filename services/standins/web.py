@@ -65,8 +65,9 @@ def _handler_for(app: App, name: str) -> type[BaseHTTPRequestHandler]:
                 self._send(error(413, "request body too large"))
                 return
             body = self.rfile.read(length) if length else b""
-            request = Request(self.command, urlsplit(self.path).path,
-                              {k.lower(): v for k, v in self.headers.items()}, body)
+            request = Request(
+                self.command, urlsplit(self.path).path, {k.lower(): v for k, v in self.headers.items()}, body
+            )
             self._send(app(request))
 
         def _send(self, response: Response) -> None:
@@ -94,8 +95,9 @@ class StandinServer:
         self.name = name
         self._server = ThreadingHTTPServer((host, port), _handler_for(app, name))
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name=f"standin-{name}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name=f"standin-{name}", daemon=True
+        )
 
     @property
     def port(self) -> int:
@@ -119,6 +121,7 @@ class StandinServer:
     def __enter__(self) -> StandinServer:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

@@ -44,8 +44,10 @@ class ServiceProcesses:
         self.workdir = workdir
         self.procs: list[Proc] = []
         esp_port, partners_port = free_port(), free_port()
-        partners = [{"name": n, "url": f"http://127.0.0.1:{partners_port}/partners/{n}",
-                     "token": f"dev-{n}-token"} for n in ("adnetwork", "databroker")]
+        partners = [
+            {"name": n, "url": f"http://127.0.0.1:{partners_port}/partners/{n}", "token": f"dev-{n}-token"}
+            for n in ("adnetwork", "databroker")
+        ]
         (workdir / "mail_house").mkdir(exist_ok=True)
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("OPTOUT_")},
@@ -75,8 +77,10 @@ class ServiceProcesses:
         with out.open("wb") as o, err.open("wb") as e:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "services.cli.main", "run", *spec],
-                env={**self.env, "OPTOUT_METRICS_PORT": str(port)}, cwd=self.workdir,
-                stdout=o, stderr=e,
+                env={**self.env, "OPTOUT_METRICS_PORT": str(port)},
+                cwd=self.workdir,
+                stdout=o,
+                stderr=e,
             )
         proc = Proc(name, popen, out, err, port)
         self.procs.append(proc)
@@ -117,8 +121,9 @@ class ServiceProcesses:
         lines = []
         for proc in self.procs:
             for stream, path in (("stdout", proc.stdout), ("stderr", proc.stderr)):
-                lines.extend((proc.name, stream, line)
-                             for line in path.read_text(errors="replace").splitlines())
+                lines.extend(
+                    (proc.name, stream, line) for line in path.read_text(errors="replace").splitlines()
+                )
         return lines
 
 

@@ -52,8 +52,16 @@ class Scraper:
 
     def scrape(self) -> dict[str, Any]:
         text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
-        row: dict[str, Any] = {"t": time.time(), "lag": {}, "offset": {}, "lag_seconds": {},
-                               "status": {}, "max_lag_seconds": 0.0, "oldest_age": 0.0, "pending": 0.0}
+        row: dict[str, Any] = {
+            "t": time.time(),
+            "lag": {},
+            "offset": {},
+            "lag_seconds": {},
+            "status": {},
+            "max_lag_seconds": 0.0,
+            "oldest_age": 0.0,
+            "pending": 0.0,
+        }
         for family in text_string_to_metric_families(text):
             for s in family.samples:
                 labels = s.labels
@@ -82,10 +90,19 @@ class Scraper:
 
 
 def optout_lag(cfg: Settings, group: str) -> dict[str, Any]:
-    env = {**os.environ, "OPTOUT_KAFKA_BOOTSTRAP": cfg.kafka_bootstrap,
-           "OPTOUT_TOPIC_PREFIX": cfg.topic_prefix, "OPTOUT_LOG_FORMAT": "json"}
-    done = subprocess.run([sys.executable, "-m", "services.cli.main", "lag", "--group", group,
-                           "--json"], env=env, capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "OPTOUT_KAFKA_BOOTSTRAP": cfg.kafka_bootstrap,
+        "OPTOUT_TOPIC_PREFIX": cfg.topic_prefix,
+        "OPTOUT_LOG_FORMAT": "json",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "lag", "--group", group, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     report: dict[str, Any] = json.loads(done.stdout)["groups"][0]
     return report
@@ -102,9 +119,17 @@ class Load:
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            batch = [self.publisher.prepare({
-                "event_id": f"evt-{uuid.uuid4()}", "email": f"load-{uuid.uuid4().hex[:8]}@example.com",
-                "scopes": ["EMAIL_MARKETING"], "source": "API"}) for _ in range(4)]
+            batch = [
+                self.publisher.prepare(
+                    {
+                        "event_id": f"evt-{uuid.uuid4()}",
+                        "email": f"load-{uuid.uuid4().hex[:8]}@example.com",
+                        "scopes": ["EMAIL_MARKETING"],
+                        "source": "API",
+                    }
+                )
+                for _ in range(4)
+            ]
             self.sent += self.publisher.publish(batch)
             self.stop.wait(0.5)
 
@@ -120,6 +145,7 @@ class Load:
 def promtool_test_from(rows: list[dict[str, Any]], group: str, topic: str) -> tuple[str, int]:
     """A promtool unit test whose input series are the scraped values (one scrape per minute)
     and whose expectations follow from them; returns the YAML and the evaluation minute."""
+
     def values(key: str, partition: str | None = None) -> str:
         out = []
         for row in rows:
@@ -130,58 +156,87 @@ def promtool_test_from(rows: list[dict[str, Any]], group: str, topic: str) -> tu
     labels = f'group="{group}", job="optout-exporter", instance="exporter:9107"'
     partitions = sorted({p for row in rows for p in row["lag"]})
     series = [
-        {"series": f'kafka_consumergroup_group_max_lag_seconds{{{labels}}}',
-         "values": values("max_lag_seconds")},
-        {"series": 'optout_oldest_unconfirmed_request_age_seconds{job="optout-exporter"}',
-         "values": values("oldest_age")},
+        {
+            "series": f"kafka_consumergroup_group_max_lag_seconds{{{labels}}}",
+            "values": values("max_lag_seconds"),
+        },
+        {
+            "series": 'optout_oldest_unconfirmed_request_age_seconds{job="optout-exporter"}',
+            "values": values("oldest_age"),
+        },
     ]
     for status in ("OK", "WARN", "STOP", "STALL", "REWIND"):
-        series.append({"series": f'optout_consumergroup_status{{{labels}, status="{status}"}}',
-                       "values": " ".join(repr(float(r["status"].get(status, 0))) for r in rows)})
+        series.append(
+            {
+                "series": f'optout_consumergroup_status{{{labels}, status="{status}"}}',
+                "values": " ".join(repr(float(r["status"].get(status, 0))) for r in rows),
+            }
+        )
     for p in partitions:
         part = f'{labels}, topic="{topic}", partition="{p}"'
         series.append({"series": f"kafka_consumergroup_group_lag{{{part}}}", "values": values("lag", p)})
-        series.append({"series": f"kafka_consumergroup_group_offset{{{part}}}",
-                       "values": values("offset", p)})
+        series.append(
+            {"series": f"kafka_consumergroup_group_offset{{{part}}}", "values": values("offset", p)}
+        )
     last = len(rows) - 1
     first_stop = next(i for i, r in enumerate(rows) if r["status"].get("STOP") == 1)
     assert all(r["status"].get("STOP") == 1 for r in rows[first_stop:]), "STOP must hold"
-    expected_error = [{
-        "exp_labels": {"severity": "critical", "group": group, "status": "STOP"},
-        "exp_annotations": {
-            "summary": f"Consumer group {group} is STOP",
-            "description": f"Burrow-style evaluation of {group} has been STOP for 5 minutes (STOP: no "
-                           "commits while lagging; STALL: a live member not advancing; REWIND: committed "
-                           f"offset went backwards). See `optout lag --group {group} --watch`."},
-    }] if last - first_stop >= 5 else []
+    expected_error = (
+        [
+            {
+                "exp_labels": {"severity": "critical", "group": group, "status": "STOP"},
+                "exp_annotations": {
+                    "summary": f"Consumer group {group} is STOP",
+                    "description": f"Burrow-style evaluation of {group} has been STOP for 5 minutes "
+                    "(STOP: no "
+                    "commits while lagging; STALL: a live member not advancing; REWIND: committed "
+                    f"offset went backwards). See `optout lag --group {group} --watch`.",
+                },
+            }
+        ]
+        if last - first_stop >= 5
+        else []
+    )
     stopped = []
     for p in partitions:
-        offsets = [r["offset"].get(p) for r in rows[max(0, last - 15):]]
-        lags = [r["lag"].get(p) or 0 for r in rows[last - 5:]]
+        offsets = [r["offset"].get(p) for r in rows[max(0, last - 15) :]]
+        lags = [r["lag"].get(p) or 0 for r in rows[last - 5 :]]
         if len(offsets) == 16 and len(set(offsets)) == 1 and None not in offsets and min(lags) > 0:
-            stopped.append({
-                "exp_labels": {"severity": "critical", "group": group, "topic": topic, "partition": p},
-                "exp_annotations": {
-                    "summary": f"Consumer group {group} stopped on {topic}[{p}]",
-                    "description": f"{group} has committed nothing on {topic}[{p}] for 15 minutes while "
-                                   f"{int(rows[last]['lag'][p])} message(s) wait. Is the service running "
-                                   "(`optout lag` shows STOP when no member owns the partition, STALL "
-                                   "when one does)?"},
-            })
+            stopped.append(
+                {
+                    "exp_labels": {"severity": "critical", "group": group, "topic": topic, "partition": p},
+                    "exp_annotations": {
+                        "summary": f"Consumer group {group} stopped on {topic}[{p}]",
+                        "description": f"{group} has committed nothing on {topic}[{p}] for 15 minutes while "
+                        f"{int(rows[last]['lag'][p])} message(s) wait. Is the service running "
+                        "(`optout lag` shows STOP when no member owns the partition, STALL "
+                        "when one does)?",
+                    },
+                }
+            )
     test = {
         "rule_files": [str(PROMETHEUS / "alerts.yml")],
         "evaluation_interval": "1m",
-        "tests": [{
-            "name": "scraped from the e2e run",
-            "interval": "1m",
-            "input_series": series,
-            "alert_rule_test": [
-                {"eval_time": f"{last}m", "alertname": "OptoutConsumerGroupError",
-                 "exp_alerts": expected_error},
-                {"eval_time": f"{last}m", "alertname": "OptoutConsumerStopped", "exp_alerts": stopped},
-                {"eval_time": f"{first_stop}m", "alertname": "OptoutConsumerGroupError", "exp_alerts": []},
-            ],
-        }],
+        "tests": [
+            {
+                "name": "scraped from the e2e run",
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": [
+                    {
+                        "eval_time": f"{last}m",
+                        "alertname": "OptoutConsumerGroupError",
+                        "exp_alerts": expected_error,
+                    },
+                    {"eval_time": f"{last}m", "alertname": "OptoutConsumerStopped", "exp_alerts": stopped},
+                    {
+                        "eval_time": f"{first_stop}m",
+                        "alertname": "OptoutConsumerGroupError",
+                        "exp_alerts": [],
+                    },
+                ],
+            }
+        ],
     }
     assert expected_error and stopped, "the scraped run is too short to make an alert fire"
     return json.dumps(test, indent=1), last  # YAML is a superset of JSON
@@ -207,9 +262,16 @@ def test_stopped_connector_shows_in_metrics_lag_and_alerts_then_recovers(base_se
             services.wait_ready(proc)
         with running(run_exporter, cfg, "exporter"), Load(cfg) as load:
             # 1. Everything flows: the connector keeps up.
-            wait_until(lambda: Scraper.status(scraper.scrape()) == "OK"
-                       and sum(scraper.rows[-1]["lag"].values()) < 20 and load.sent > 20,
-                       timeout=90, interval=2, message="connector OK under load")
+            wait_until(
+                lambda: (
+                    Scraper.status(scraper.scrape()) == "OK"
+                    and sum(scraper.rows[-1]["lag"].values()) < 20
+                    and load.sent > 20
+                ),
+                timeout=90,
+                interval=2,
+                message="connector OK under load",
+            )
             assert optout_lag(cfg, group)["status"] == "OK"
             scraper.rows.clear()
             for _ in range(3):
@@ -236,18 +298,30 @@ def test_stopped_connector_shows_in_metrics_lag_and_alerts_then_recovers(base_se
         if PROMTOOL is not None:
             text, _ = promtool_test_from(rows, group, topic)
             (tmp_path / "scraped_test.yml").write_text(text)
-            result = subprocess.run([PROMTOOL, "test", "rules", "scraped_test.yml"], cwd=tmp_path,
-                                    capture_output=True, text=True, timeout=120)
+            result = subprocess.run(
+                [PROMTOOL, "test", "rules", "scraped_test.yml"],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert result.returncode == 0, result.stdout + result.stderr
 
         # 3. Restarted, with the load stopped: everything drains back to OK.
         connector = services.start("connector", DEST)
         services.wait_ready(connector)
         with running(run_exporter, cfg, "exporter"):
-            wait_until(lambda: Scraper.status(scraper.scrape()) == "OK"
-                       and sum(scraper.rows[-1]["lag"].values()) == 0
-                       and scraper.rows[-1]["pending"] == 0 and scraper.rows[-1]["oldest_age"] == 0,
-                       timeout=120, interval=2, message="back to OK, nothing pending")
+            wait_until(
+                lambda: (
+                    Scraper.status(scraper.scrape()) == "OK"
+                    and sum(scraper.rows[-1]["lag"].values()) == 0
+                    and scraper.rows[-1]["pending"] == 0
+                    and scraper.rows[-1]["oldest_age"] == 0
+                ),
+                timeout=120,
+                interval=2,
+                message="back to OK, nothing pending",
+            )
         back = optout_lag(cfg, group)
         assert back["status"] == "OK" and back["total_lag"] == 0
     finally:

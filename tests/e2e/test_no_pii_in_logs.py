@@ -23,15 +23,42 @@ from tests.support.pipeline import isolated_settings, read_topic, wait_until
 pytestmark = pytest.mark.e2e
 
 PEOPLE: list[dict[str, Any]] = [
-    {"email": "Margaret.Hamilton1936@apollo-guidance.example", "phone": "+1 (617) 555-0142",
-     "address": {"name": "Margaret Hamilton", "lines": ["1 Memorial Drive", "Apt 17B"],
-                 "city": "Cambridge", "region": "MA", "postal_code": "02142", "country": "US"}},
-    {"email": "grace.hopper+cobol@navy-research.example", "phone": "+44 20 7946 0958",
-     "address": {"name": "Grace Brewster Hopper", "lines": ["221B Baker Street"],
-                 "city": "Marylebone", "region": None, "postal_code": "NW1 6XE", "country": "GB"}},
-    {"email": "katherine_johnson@langley-nasa.example", "phone": "(757) 555-0199",
-     "address": {"name": "Katherine Coleman Johnson", "lines": ["4 Hampton Roads Parkway"],
-                 "city": "Hampton", "region": "VA", "postal_code": "23666", "country": "US"}},
+    {
+        "email": "Margaret.Hamilton1936@apollo-guidance.example",
+        "phone": "+1 (617) 555-0142",
+        "address": {
+            "name": "Margaret Hamilton",
+            "lines": ["1 Memorial Drive", "Apt 17B"],
+            "city": "Cambridge",
+            "region": "MA",
+            "postal_code": "02142",
+            "country": "US",
+        },
+    },
+    {
+        "email": "grace.hopper+cobol@navy-research.example",
+        "phone": "+44 20 7946 0958",
+        "address": {
+            "name": "Grace Brewster Hopper",
+            "lines": ["221B Baker Street"],
+            "city": "Marylebone",
+            "region": None,
+            "postal_code": "NW1 6XE",
+            "country": "GB",
+        },
+    },
+    {
+        "email": "katherine_johnson@langley-nasa.example",
+        "phone": "(757) 555-0199",
+        "address": {
+            "name": "Katherine Coleman Johnson",
+            "lines": ["4 Hampton Roads Parkway"],
+            "city": "Hampton",
+            "region": "VA",
+            "postal_code": "23666",
+            "country": "US",
+        },
+    },
 ]
 
 
@@ -39,8 +66,16 @@ def needles(person: dict[str, Any]) -> list[str]:
     """Spellings of this person's data that must never be logged."""
     email, phone, address = person["email"], person["phone"], person["address"]
     digits = "".join(c for c in phone if c.isdigit())
-    out = [email, email.lower(), email.split("@")[0].lower(), phone, digits[-10:],
-           address["name"], *address["lines"], address["postal_code"]]
+    out = [
+        email,
+        email.lower(),
+        email.split("@")[0].lower(),
+        phone,
+        digits[-10:],
+        address["name"],
+        *address["lines"],
+        address["postal_code"],
+    ]
     if phone.startswith("("):
         out.append("+1" + digits)
     else:
@@ -51,10 +86,13 @@ def needles(person: dict[str, Any]) -> list[str]:
 def test_no_log_line_of_any_service_contains_pii(base_settings: dict[str, Any], tmp_path: Path):
     cfg = isolated_settings(base_settings)
     services = ServiceProcesses(cfg, tmp_path)
-    started = [services.start("standins"), services.start("intake"), services.start("confirmer"),
-               *(services.start("connector", d)
-                 for d in ("email_provider", "mail_house", "third_party_sharing")),
-               services.start("exporter")]
+    started = [
+        services.start("standins"),
+        services.start("intake"),
+        services.start("confirmer"),
+        *(services.start("connector", d) for d in ("email_provider", "mail_house", "third_party_sharing")),
+        services.start("exporter"),
+    ]
     try:
         for proc in started:
             if proc.name != "standins":
@@ -63,29 +101,45 @@ def test_no_log_line_of_any_service_contains_pii(base_settings: dict[str, Any], 
         publisher = RequestPublisher(cfg)
         good = []
         for i, person in enumerate(PEOPLE * 4):
-            good.append(publisher.prepare({
-                "event_id": f"evt-{uuid.uuid4()}", "customer_id": f"C-{i}", "email": person["email"],
-                "phone": person["phone"], "postal_address": person["address"], "scopes": ["ALL"],
-                "source": "WEB_FORM",
-            }))
+            good.append(
+                publisher.prepare(
+                    {
+                        "event_id": f"evt-{uuid.uuid4()}",
+                        "customer_id": f"C-{i}",
+                        "email": person["email"],
+                        "phone": person["phone"],
+                        "postal_address": person["address"],
+                        "scopes": ["ALL"],
+                        "source": "WEB_FORM",
+                    }
+                )
+            )
         publisher.publish(good)
         # Poison carrying PII: not Avro at all, and Avro with an unusable address.
         producer = make_producer(cfg)
         person = PEOPLE[0]
-        producer.produce(cfg.requests_topic, key=b"junk",
-                         value=f'{{"email": "{person["email"]}", "phone": "{person["phone"]}"}}'.encode())
-        broken = {**good[1].record, "event_id": f"evt-{uuid.uuid4()}",
-                  "postal_address": {**PEOPLE[1]["address"], "lines": [], "country": "GB"}}
-        producer.produce(cfg.requests_topic, key=b"junk",
-                         value=default_codec().encode("OptOutRequested", broken))
+        producer.produce(
+            cfg.requests_topic,
+            key=b"junk",
+            value=f'{{"email": "{person["email"]}", "phone": "{person["phone"]}"}}'.encode(),
+        )
+        broken = {
+            **good[1].record,
+            "event_id": f"evt-{uuid.uuid4()}",
+            "postal_address": {**PEOPLE[1]["address"], "lines": [], "country": "GB"},
+        }
+        producer.produce(
+            cfg.requests_topic, key=b"junk", value=default_codec().encode("OptOutRequested", broken)
+        )
         producer.flush(10)
 
         ids = [p.record["event_id"] for p in good]
 
         def confirmed() -> int:
             with psycopg.connect(cfg.dsn()) as conn:
-                row = conn.execute("SELECT count(*) FROM requests WHERE event_id = ANY(%s)"
-                                   " AND state = 'CONFIRMED'", (ids,)).fetchone()
+                row = conn.execute(
+                    "SELECT count(*) FROM requests WHERE event_id = ANY(%s) AND state = 'CONFIRMED'", (ids,)
+                ).fetchone()
             return int(row[0]) if row else 0
 
         wait_until(lambda: confirmed() == len(ids), timeout=180, message="every request confirmed")
@@ -111,7 +165,9 @@ def test_no_log_line_of_any_service_contains_pii(base_settings: dict[str, Any], 
 
     leaks = [
         (name, stream, needle, line[:300])
-        for person in PEOPLE for needle in needles(person)
-        for name, stream, line in lines if needle.lower() in line.lower()
+        for person in PEOPLE
+        for needle in needles(person)
+        for name, stream, line in lines
+        if needle.lower() in line.lower()
     ]
     assert not leaks, f"{len(leaks)} log line(s) carry PII, first: {leaks[:3]}"

@@ -33,7 +33,9 @@ class Fleet:
         handle = log.open("wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.cli.main", "run", *spec],
-            env={**os.environ, **self.env}, stdout=handle, stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
+            stdout=handle,
+            stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
         handle.close()

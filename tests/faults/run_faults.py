@@ -45,8 +45,14 @@ from tests.faults.environment import (
 from tests.faults.fleet import Fleet, Instance
 from tests.support.pipeline import read_topic
 
-SCOPE_MIX = [["ALL"], ["EMAIL_MARKETING"], ["POSTAL_MARKETING"], ["THIRD_PARTY_SHARING"],
-             ["EMAIL_MARKETING", "THIRD_PARTY_SHARING"], ["ALL"]]
+SCOPE_MIX = [
+    ["ALL"],
+    ["EMAIL_MARKETING"],
+    ["POSTAL_MARKETING"],
+    ["THIRD_PARTY_SHARING"],
+    ["EMAIL_MARKETING", "THIRD_PARTY_SHARING"],
+    ["ALL"],
+]
 JURISDICTIONS = [None, "US", "US-CA", "EU", "DE", "GB"]
 
 
@@ -71,16 +77,32 @@ class FaultPlan:
 
     @classmethod
     def short(cls) -> FaultPlan:
-        return cls(events=2_000, rate_per_second=80.0, intake_kills=2, confirmer_kills=1,
-                   connector_kills=1, database_outage_seconds=6.0, drain_timeout_seconds=300.0)
+        return cls(
+            events=2_000,
+            rate_per_second=80.0,
+            intake_kills=2,
+            confirmer_kills=1,
+            connector_kills=1,
+            database_outage_seconds=6.0,
+            drain_timeout_seconds=300.0,
+        )
 
     @classmethod
     def calm(cls, events: int = 1_000) -> FaultPlan:
         """No faults at all: duplicates must then be zero."""
-        return cls(events=events, rate_per_second=200.0, intake_instances=1,
-                   confirmer_instances=1, intake_kills=0, confirmer_kills=0, connector_kills=0,
-                   broker_restart=False, database_outage_seconds=0.0, rebalance=False,
-                   drain_timeout_seconds=180.0)
+        return cls(
+            events=events,
+            rate_per_second=200.0,
+            intake_instances=1,
+            confirmer_instances=1,
+            intake_kills=0,
+            confirmer_kills=0,
+            connector_kills=0,
+            broker_restart=False,
+            database_outage_seconds=0.0,
+            rebalance=False,
+            drain_timeout_seconds=180.0,
+        )
 
 
 @dataclass
@@ -111,14 +133,19 @@ def _requests(plan: FaultPlan, rng: random.Random) -> list[dict[str, Any]]:
         fields: dict[str, Any] = {
             "event_id": str(uuid.UUID(int=rng.getrandbits(128))),
             "email": f"person{i}.{rng.randrange(10**6)}@example.com",
-            "scopes": scopes, "source": rng.choice(["WEB_FORM", "API", "CALL_CENTER"]),
+            "scopes": scopes,
+            "source": rng.choice(["WEB_FORM", "API", "CALL_CENTER"]),
             "jurisdiction": rng.choice(JURISDICTIONS),
             "requested_at": now - timedelta(seconds=rng.randrange(3600)),
         }
         if rng.random() < 0.3 or "POSTAL_MARKETING" in scopes:
-            fields["postal_address"] = {"name": f"Person {i}", "lines": [f"{i} Main St"],
-                                        "city": "Springfield", "postal_code": f"{10000 + i}",
-                                        "country": "US"}
+            fields["postal_address"] = {
+                "name": f"Person {i}",
+                "lines": [f"{i} Main St"],
+                "city": "Springfield",
+                "postal_code": f"{10000 + i}",
+                "country": "US",
+            }
         if rng.random() < 0.3:
             fields["phone"] = f"+1415555{i % 10000:04d}"
         out.append(fields)
@@ -145,9 +172,14 @@ class Run:
         return create_database(self.stack, self.db_name)
 
     def _env(self, app: str, admin: str, rejected: list[str]) -> dict[str, str]:
-        return pipeline_env(self.stack, app, admin, self.work_dir,
-                            standin_failure_rate=self.plan.standin_failure_rate,
-                            rejected_emails=rejected)
+        return pipeline_env(
+            self.stack,
+            app,
+            admin,
+            self.work_dir,
+            standin_failure_rate=self.plan.standin_failure_rate,
+            rejected_emails=rejected,
+        )
 
     # --- faults -------------------------------------------------------------------
     def _kill(self, fleet: Fleet, name: str, restart_after: float | None) -> None:
@@ -158,8 +190,11 @@ class Run:
             victim = self.rng.choice(alive)
             self.killed.add(victim.proc.pid)
             fleet.kill9(victim)
-        label = (f"kill -9 {name}" if restart_after is not None
-                 else f"rebalance: {name} removed (kill -9, not restarted)")
+        label = (
+            f"kill -9 {name}"
+            if restart_after is not None
+            else f"rebalance: {name} removed (kill -9, not restarted)"
+        )
         self.report.faults[label] += 1
         if restart_after is not None:
             time.sleep(restart_after)
@@ -194,20 +229,26 @@ class Run:
             events.append((at(), "kill intake", lambda d=delay: self._kill(fleet, "intake", d)))
         for _ in range(p.confirmer_kills):
             delay = restart()
-            events.append((at(), "kill confirmer",
-                           lambda d=delay: self._kill(fleet, "confirmer", d)))
+            events.append((at(), "kill confirmer", lambda d=delay: self._kill(fleet, "confirmer", d)))
         for _ in range(p.connector_kills):
             delay = restart()
-            events.append((at(), "kill connector",
-                           lambda d=delay: self._kill(fleet, "connector.email_provider", d)))
+            events.append(
+                (at(), "kill connector", lambda d=delay: self._kill(fleet, "connector.email_provider", d))
+            )
         if p.broker_restart:
             events.append((r.uniform(0.3 * span, 0.6 * span), "broker", self._broker_restart))
         if p.database_outage_seconds:
-            events.append((r.uniform(0.5 * span, 0.8 * span), "database",
-                           lambda: self._database_outage(p.database_outage_seconds)))
+            events.append(
+                (
+                    r.uniform(0.5 * span, 0.8 * span),
+                    "database",
+                    lambda: self._database_outage(p.database_outage_seconds),
+                )
+            )
         if p.rebalance:
-            events.append((0.4 * span, "rebalance: remove an intake",
-                           lambda: self._kill(fleet, "intake", None)))
+            events.append(
+                (0.4 * span, "rebalance: remove an intake", lambda: self._kill(fleet, "intake", None))
+            )
             events.append((0.45 * span, "rebalance: add a confirmer", lambda: self._add(fleet)))
         return sorted(events, key=lambda e: e[0])
 
@@ -223,9 +264,11 @@ class Run:
         publisher_rng = random.Random(plan.seed + 1)
         requests = _requests(plan, self.rng)
         rejected = sorted(
-            r["email"] for r in requests
+            r["email"]
+            for r in requests
             if publisher_rng.random() < plan.rejected_share
-            and any(s in ("ALL", "EMAIL_MARKETING") for s in r["scopes"]))
+            and any(s in ("ALL", "EMAIL_MARKETING") for s in r["scopes"])
+        )
         env = self._env(app, admin, rejected)
         cfg = settings_for(env)
         create_topics(cfg, cfg.all_topics())
@@ -234,18 +277,17 @@ class Run:
 
         publisher = RequestPublisher(cfg)
         prepared = [publisher.prepare(f) for f in requests]
-        expected = {p.record["event_id"]: [d.id for d in applicable_destinations(p.request)]
-                    for p in prepared}
+        expected = {
+            p.record["event_id"]: [d.id for d in applicable_destinations(p.request)] for p in prepared
+        }
         refused = {p.record["event_id"] for p in prepared if p.record["email"] in set(rejected)}
         span = plan.events / plan.rate_per_second
         schedule = self._schedule(fleet, span)
         started = time.monotonic()
-        faults = threading.Thread(target=self._run_schedule, args=(schedule, started),
-                                  daemon=True)
+        faults = threading.Thread(target=self._run_schedule, args=(schedule, started), daemon=True)
         faults.start()
         supervising = threading.Event()
-        supervisor = threading.Thread(target=self._supervise, args=(fleet, supervising),
-                                      daemon=True)
+        supervisor = threading.Thread(target=self._supervise, args=(fleet, supervising), daemon=True)
         supervisor.start()
         try:
             self._publish(publisher, prepared, started)
@@ -259,10 +301,13 @@ class Run:
             with self.lock:
                 fleet.stop_all()
             # Whatever did not stop cleanly on SIGTERM (exit 0) is a failure.
-            self.died_on_their_own = [i for i in fleet.instances
-                                      if i.proc.returncode not in (0, -15)
-                                      and i.proc.pid not in self.killed
-                                      and i.proc.pid not in self.restarted]
+            self.died_on_their_own = [
+                i
+                for i in fleet.instances
+                if i.proc.returncode not in (0, -15)
+                and i.proc.pid not in self.killed
+                and i.proc.pid not in self.restarted
+            ]
         self.report.figures["elapsed seconds"] = round(time.monotonic() - started, 1)
         self.report.figures["exits restarted by the supervisor"] = len(self.restarted)
         self._verify(cfg, expected, refused, fleet)
@@ -280,8 +325,11 @@ class Run:
             with self.lock:
                 for instance in list(fleet.instances):
                     pid = instance.proc.pid
-                    if (instance.proc.poll() is not None and pid not in self.killed
-                            and pid not in self.restarted):
+                    if (
+                        instance.proc.poll() is not None
+                        and pid not in self.killed
+                        and pid not in self.restarted
+                    ):
                         self.restarted.add(pid)
                         timer = threading.Timer(2.0, self._restart_later, (fleet, instance))
                         self.pending_restarts.append(timer)
@@ -291,22 +339,24 @@ class Run:
         with self.lock:
             fleet.restart(instance)
 
-    def _run_schedule(self, schedule: list[tuple[float, str, Callable[[], None]]],
-                      started: float) -> None:
+    def _run_schedule(self, schedule: list[tuple[float, str, Callable[[], None]]], started: float) -> None:
         for at, _name, action in schedule:
             time.sleep(max(0.0, started + at - time.monotonic()))
             action()
 
-    def _publish(self, publisher: RequestPublisher, prepared: list[Prepared],
-                 started: float) -> None:
+    def _publish(self, publisher: RequestPublisher, prepared: list[Prepared], started: float) -> None:
         chunk = max(1, int(self.plan.rate_per_second / 4))
         for i in range(0, len(prepared), chunk):
             due = started + i / self.plan.rate_per_second
             time.sleep(max(0.0, due - time.monotonic()))
-            for attempt in Retrying(retry=retry_if_exception_type(RetriableError),
-                                    stop=stop_after_delay(120), wait=wait_fixed(1), reraise=True):
+            for attempt in Retrying(
+                retry=retry_if_exception_type(RetriableError),
+                stop=stop_after_delay(120),
+                wait=wait_fixed(1),
+                reraise=True,
+            ):
                 with attempt:
-                    publisher.publish(prepared[i:i + chunk])
+                    publisher.publish(prepared[i : i + chunk])
             if (i // chunk) % 40 == 0:
                 sys.stderr.write(f"published {i + chunk}/{len(prepared)}\n")
 
@@ -316,20 +366,19 @@ class Run:
         while time.monotonic() < deadline:
             confirmed = _scalar(cfg.dsn(), "SELECT count(*) FROM requests WHERE state <> 'PENDING'")
             if confirmed != last:
-                sys.stderr.write(f"confirmed {confirmed}/{total} "
-                                 f"after {time.monotonic() - started:.0f}s\n")
+                sys.stderr.write(f"confirmed {confirmed}/{total} after {time.monotonic() - started:.0f}s\n")
                 last = confirmed
             if confirmed >= total:
                 return
             time.sleep(2)
 
-    def _verify(self, cfg: Settings, expected: dict[str, list[str]], refused: set[str],
-                fleet: Fleet) -> None:
+    def _verify(self, cfg: Settings, expected: dict[str, list[str]], refused: set[str], fleet: Fleet) -> None:
         rep, fig = self.report, self.report.figures
         ids = list(expected)
         fig["opt-outs published"] = len(ids)
         fig["requests recorded (distinct)"] = _scalar(
-            cfg.dsn(), "SELECT count(*) FROM requests WHERE event_id = ANY(%s)", (ids,))
+            cfg.dsn(), "SELECT count(*) FROM requests WHERE event_id = ANY(%s)", (ids,)
+        )
         want_commands = {command_id(e, d) for e, dests in expected.items() for d in dests}
         delivered: Counter[str] = Counter()
         for dest in CONNECTORS:
@@ -343,14 +392,21 @@ class Run:
         fig["unexpected commands"] = len(set(delivered) - want_commands)
         fig["duplicate command messages"] = sum(delivered.values()) - len(delivered)
         fig["destinations applied"] = _scalar(
-            cfg.dsn(), "SELECT count(*) FROM destination_status WHERE status IN "
-            "('APPLIED', 'ALREADY_SUPPRESSED') AND event_id = ANY(%s)", (ids,))
+            cfg.dsn(),
+            "SELECT count(*) FROM destination_status WHERE status IN "
+            "('APPLIED', 'ALREADY_SUPPRESSED') AND event_id = ANY(%s)",
+            (ids,),
+        )
         fig["destinations rejected"] = _scalar(
-            cfg.dsn(), "SELECT count(*) FROM destination_status WHERE status = 'REJECTED' "
-            "AND event_id = ANY(%s)", (ids,))
+            cfg.dsn(),
+            "SELECT count(*) FROM destination_status WHERE status = 'REJECTED' AND event_id = ANY(%s)",
+            (ids,),
+        )
         fig["requests needing attention"] = _scalar(
-            cfg.dsn(), "SELECT count(*) FROM requests WHERE state = 'NEEDS_ATTENTION' "
-            "AND event_id = ANY(%s)", (ids,))
+            cfg.dsn(),
+            "SELECT count(*) FROM requests WHERE state = 'NEEDS_ATTENTION' AND event_id = ANY(%s)",
+            (ids,),
+        )
         confirmations: Counter[str] = Counter()
         wrong_destinations = 0
         for rec in read_topic(cfg, cfg.confirmations_topic, settle=3.0, timeout=300):
@@ -372,25 +428,36 @@ class Run:
 
         checks = [
             (fig["requests recorded (distinct)"] == len(ids), "not every event was recorded"),
-            (fig["commands delivered (distinct)"] == len(want_commands),
-             "some commands never reached their destination"),
+            (
+                fig["commands delivered (distinct)"] == len(want_commands),
+                "some commands never reached their destination",
+            ),
             (fig["unexpected commands"] == 0, "commands for destinations a request did not touch"),
-            (fig["destinations applied"] == len(want_commands - refused_commands),
-             "some destinations did not apply their command"),
-            (fig["destinations rejected"] == len(refused_commands),
-             "rejections do not match the refused addresses"),
-            (fig["requests needing attention"] == len(refused),
-             "refused requests are not marked as needing attention"),
-            (fig["requests confirmed (distinct)"] == len(should_confirm),
-             "some requests were never confirmed"),
+            (
+                fig["destinations applied"] == len(want_commands - refused_commands),
+                "some destinations did not apply their command",
+            ),
+            (
+                fig["destinations rejected"] == len(refused_commands),
+                "rejections do not match the refused addresses",
+            ),
+            (
+                fig["requests needing attention"] == len(refused),
+                "refused requests are not marked as needing attention",
+            ),
+            (
+                fig["requests confirmed (distinct)"] == len(should_confirm),
+                "some requests were never confirmed",
+            ),
             (fig["confirmations for refused requests"] == 0, "a refused request was confirmed"),
             (wrong_destinations == 0, "a confirmation named the wrong destinations"),
             (dlq == 0, f"{dlq} good messages were dead-lettered"),
-            (not unexpected, "processes died: " + ", ".join(
-                f"{i.name} (log {i.log})" for i in unexpected)),
-            (bool(self.report.faults) or (fig["duplicate command messages"] == 0
-                                          and fig["duplicate confirmations"] == 0),
-             "duplicates in a run without faults"),
+            (not unexpected, "processes died: " + ", ".join(f"{i.name} (log {i.log})" for i in unexpected)),
+            (
+                bool(self.report.faults)
+                or (fig["duplicate command messages"] == 0 and fig["duplicate confirmations"] == 0),
+                "duplicates in a run without faults",
+            ),
         ]
         rep.problems.extend(message for passed, message in checks if not passed)
 
@@ -399,8 +466,12 @@ class Run:
 
 
 def _scalar(dsn: str, query: str, params: tuple[Any, ...] = ()) -> int:
-    for attempt in Retrying(stop=stop_after_delay(60), wait=wait_fixed(1), reraise=True,
-                            retry=retry_if_exception_type(psycopg.OperationalError)):
+    for attempt in Retrying(
+        stop=stop_after_delay(60),
+        wait=wait_fixed(1),
+        reraise=True,
+        retry=retry_if_exception_type(psycopg.OperationalError),
+    ):
         with attempt, psycopg.connect(dsn, connect_timeout=5) as conn:
             row = conn.execute(query.encode(), params).fetchone()
             return int(row[0]) if row else 0

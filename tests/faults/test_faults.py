@@ -16,4 +16,3 @@ def test_short_fault_run_loses_nothing(stack, tmp_path: Path):
     assert report.faults["kill -9 intake"] >= 2
     assert report.figures["opt-outs published"] == 2_000
     assert report.ok, report.table()
-

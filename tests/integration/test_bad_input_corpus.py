@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -25,16 +25,30 @@ RTL = "محمد بن سلمان \u05e9\u05dc\u05d5\u05dd 🙂 Zoë"
 
 
 def _record(now: datetime, **overrides):
-    record = {"event_id": str(uuid.uuid4()), "customer_id": None, "email": "ok@example.com",
-              "phone": None, "postal_address": None, "scopes": ["ALL"], "source": "API",
-              "jurisdiction": None, "requested_at": now}
+    record = {
+        "event_id": str(uuid.uuid4()),
+        "customer_id": None,
+        "email": "ok@example.com",
+        "phone": None,
+        "postal_address": None,
+        "scopes": ["ALL"],
+        "source": "API",
+        "jurisdiction": None,
+        "requested_at": now,
+    }
     record.update(overrides)
     return record
 
 
 def _address(value: str):
-    return {"name": value, "lines": [value, "2 " + value], "city": value, "region": value[:50],
-            "postal_code": "12345", "country": "US"}
+    return {
+        "name": value,
+        "lines": [value, "2 " + value],
+        "city": value,
+        "region": value[:50],
+        "postal_code": "12345",
+        "country": "US",
+    }
 
 
 def test_hostile_corpus(base_settings):
@@ -65,8 +79,7 @@ def test_hostile_corpus(base_settings):
     ]
     recorded: dict[str, dict] = {
         # kept exactly as sent (parameterised SQL, text columns)
-        "sqli": _record(now, customer_id=SQLI, jurisdiction="US-CA",
-                        postal_address=_address(SQLI)),
+        "sqli": _record(now, customer_id=SQLI, jurisdiction="US-CA", postal_address=_address(SQLI)),
         "control": _record(now, customer_id=CONTROL, postal_address=_address(CONTROL)),
         "rtl": _record(now, customer_id=RTL, postal_address=_address(RTL)),
         "past": _record(now, requested_at=datetime(1971, 1, 1, tzinfo=UTC)),
@@ -84,8 +97,11 @@ def test_hostile_corpus(base_settings):
         producer.produce(cfg.requests_topic, key=b"good", value=codec.encode("OptOutRequested", ok))
         producer.produce(cfg.requests_topic, key=key, value=value)
     for name, record in recorded.items():
-        producer.produce(cfg.requests_topic, key=None if name == "nullkey" else name.encode(),
-                         value=codec.encode("OptOutRequested", record))
+        producer.produce(
+            cfg.requests_topic,
+            key=None if name == "nullkey" else name.encode(),
+            value=codec.encode("OptOutRequested", record),
+        )
     producer.produce(cfg.requests_topic, key=b"c", value=first)
     assert producer.flush(30) == 0
 
@@ -97,8 +113,7 @@ def test_hostile_corpus(base_settings):
         dlq = read_topic(cfg, cfg.requests_dlq_topic, expect=len(dlq_cases) + 1, timeout=90)
         # The service is still consuming after all that: one more good event goes through.
         late = _record(now)
-        producer.produce(cfg.requests_topic, key=b"late",
-                         value=codec.encode("OptOutRequested", late))
+        producer.produce(cfg.requests_topic, key=b"late", value=codec.encode("OptOutRequested", late))
         producer.flush(10)
         wait_until(lambda: _recorded(cfg, [late["event_id"]]) == 1, message="late event")
 
@@ -116,24 +131,25 @@ def test_hostile_corpus(base_settings):
         for record in recorded.values():
             row = conn.execute(
                 "SELECT customer_id, postal_address->>'name', jurisdiction, requested_at "
-                "FROM requests WHERE event_id = %s", (record["event_id"],)).fetchone()
+                "FROM requests WHERE event_id = %s",
+                (record["event_id"],),
+            ).fetchone()
             assert row is not None
             assert row[0] == record["customer_id"]
             if record["postal_address"]:
                 assert row[1] == " ".join(record["postal_address"]["name"].split())
             assert row[3] == record["requested_at"]
         assert conn.execute("SELECT to_regclass('requests')").fetchone() == ("requests",)
-        overdue = conn.execute("SELECT due_at < now() FROM requests WHERE event_id = %s",
-                               (recorded["past"]["event_id"],)).fetchone()
+        overdue = conn.execute(
+            "SELECT due_at < now() FROM requests WHERE event_id = %s", (recorded["past"]["event_id"],)
+        ).fetchone()
         assert overdue == (True,)
-        email = conn.execute("SELECT email FROM requests WHERE event_id = %s",
-                             (conflict_id,)).fetchone()
+        email = conn.execute("SELECT email FROM requests WHERE event_id = %s", (conflict_id,)).fetchone()
         assert email == ("first@example.com",)
     assert Counter(reasons.values())["undecodable"] == 5
 
 
 def _recorded(cfg, ids: list[str]) -> int:
     with psycopg.connect(cfg.dsn()) as conn:
-        row = conn.execute("SELECT count(*) FROM requests WHERE event_id = ANY(%s)",
-                           (ids,)).fetchone()
+        row = conn.execute("SELECT count(*) FROM requests WHERE event_id = ANY(%s)", (ids,)).fetchone()
     return row[0] if row else 0

@@ -33,8 +33,14 @@ from tests.support.pipeline import isolated_settings, read_topic, running, wait_
 
 pytestmark = pytest.mark.integration
 
-ADDRESS = {"name": "Ada Lovelace", "lines": ["12 St James's Sq"], "city": "London",
-           "region": None, "postal_code": "SW1Y 4JH", "country": "GB"}
+ADDRESS = {
+    "name": "Ada Lovelace",
+    "lines": ["12 St James's Sq"],
+    "city": "London",
+    "region": None,
+    "postal_code": "SW1Y 4JH",
+    "country": "GB",
+}
 # (scopes, extra fields, expected destinations)
 PLAN: list[tuple[list[str], dict[str, Any], set[str]]] = [
     (["EMAIL_MARKETING"], {}, {"email_provider"}),
@@ -45,16 +51,24 @@ PLAN: list[tuple[list[str], dict[str, Any], set[str]]] = [
 ]
 
 
-def _publish(cfg: Settings, count: int, plan: list[tuple[list[str], dict[str, Any], set[str]]] = PLAN,
-             ) -> dict[str, set[str]]:
+def _publish(
+    cfg: Settings,
+    count: int,
+    plan: list[tuple[list[str], dict[str, Any], set[str]]] = PLAN,
+) -> dict[str, set[str]]:
     """Publish ``count`` requests cycling through ``plan``; return event id -> destinations."""
     publisher = RequestPublisher(cfg)
     expected: dict[str, set[str]] = {}
     prepared = []
     for i in range(count):
         scopes, extra, dests = plan[i % len(plan)]
-        fields = {"event_id": f"evt-{uuid.uuid4()}", "email": f"user{i}@example.com",
-                  "scopes": scopes, "source": "API", **extra}
+        fields = {
+            "event_id": f"evt-{uuid.uuid4()}",
+            "email": f"user{i}@example.com",
+            "scopes": scopes,
+            "source": "API",
+            **extra,
+        }
         prepared.append(publisher.prepare({k: v for k, v in fields.items() if v is not None}))
         expected[str(fields["event_id"])] = dests
     publisher.publish(prepared)
@@ -63,34 +77,55 @@ def _publish(cfg: Settings, count: int, plan: list[tuple[list[str], dict[str, An
 
 def _commands(cfg: Settings, event_ids: list[str]) -> list[tuple[str, str, str]]:
     """(command_id, event_id, destination) of the requests, once intake recorded them all."""
+
     def recorded() -> bool:
         with psycopg.connect(cfg.dsn()) as conn:
-            row = conn.execute("SELECT count(DISTINCT event_id) FROM destination_status"
-                               " WHERE event_id = ANY(%s)", (event_ids,)).fetchone()
+            row = conn.execute(
+                "SELECT count(DISTINCT event_id) FROM destination_status WHERE event_id = ANY(%s)",
+                (event_ids,),
+            ).fetchone()
         return row is not None and row[0] == len(event_ids)
 
     wait_until(recorded, timeout=120, message="intake recorded the requests")
     with psycopg.connect(cfg.dsn()) as conn:
-        rows = conn.execute("SELECT command_id, event_id, destination FROM destination_status"
-                            " WHERE event_id = ANY(%s)", (event_ids,)).fetchall()
+        rows = conn.execute(
+            "SELECT command_id, event_id, destination FROM destination_status WHERE event_id = ANY(%s)",
+            (event_ids,),
+        ).fetchall()
     return [(r[0], r[1], r[2]) for r in rows]
 
 
-def _send_acks(producer: Producer, cfg: Settings, commands: list[tuple[str, str, str]],
-               status: str = "APPLIED", detail: str | None = None,
-               acked_at: datetime | None = None) -> None:
+def _send_acks(
+    producer: Producer,
+    cfg: Settings,
+    commands: list[tuple[str, str, str]],
+    status: str = "APPLIED",
+    detail: str | None = None,
+    acked_at: datetime | None = None,
+) -> None:
     codec = default_codec()
     for cid, event_id, dest in commands:
-        producer.produce(cfg.acks_topic, key=event_id, value=codec.encode("SuppressionAck", {
-            "command_id": cid, "request_id": event_id, "destination": dest, "status": status,
-            "detail": detail, "acked_at": acked_at or datetime.now(UTC)}))
+        producer.produce(
+            cfg.acks_topic,
+            key=event_id,
+            value=codec.encode(
+                "SuppressionAck",
+                {
+                    "command_id": cid,
+                    "request_id": event_id,
+                    "destination": dest,
+                    "status": status,
+                    "detail": detail,
+                    "acked_at": acked_at or datetime.now(UTC),
+                },
+            ),
+        )
     assert producer.flush(30) == 0
 
 
 def _states(cfg: Settings, event_ids: list[str]) -> Counter[str]:
     with psycopg.connect(cfg.dsn()) as conn:
-        rows = conn.execute("SELECT state FROM requests WHERE event_id = ANY(%s)",
-                            (event_ids,)).fetchall()
+        rows = conn.execute("SELECT state FROM requests WHERE event_id = ANY(%s)", (event_ids,)).fetchall()
     return Counter(r[0] for r in rows)
 
 
@@ -112,11 +147,13 @@ def _caught_up(cfg: Settings) -> bool:
 def _confirm_main(clock: ManualClock | None = None) -> Any:
     def main(cfg: Settings, stop: threading.Event) -> None:
         run_confirmer(cfg, stop, clock)
+
     return main
 
 
 def test_every_request_confirmed_exactly_once_naming_exactly_its_destinations(
-        base_settings: dict[str, Any]) -> None:
+    base_settings: dict[str, Any],
+) -> None:
     cfg = isolated_settings(base_settings)
     expected = _publish(cfg, 1000)
     ids = list(expected)
@@ -140,8 +177,9 @@ def test_every_request_confirmed_exactly_once_naming_exactly_its_destinations(
     decoded = [r.decoded() for r in again]
     assert Counter(d["request_id"] for d in decoded) == Counter(ids)  # each exactly once
     by_command = {(e, d) for _, e, d in commands}
-    status_of = {(e, d): ("ALREADY_SUPPRESSED" if i % 2 == 0 else "APPLIED")
-                 for i, (_, e, d) in enumerate(commands)}
+    status_of = {
+        (e, d): ("ALREADY_SUPPRESSED" if i % 2 == 0 else "APPLIED") for i, (_, e, d) in enumerate(commands)
+    }
     for record, raw in zip(decoded, again, strict=True):
         rid = record["request_id"]
         assert raw.key == rid.encode()
@@ -170,17 +208,19 @@ def test_rejected_destination_needs_attention_and_is_never_confirmed(base_settin
         mail = [c for c in commands if c[2] == "mail_house"]
         _send_acks(producer, cfg, [c for c in commands if c[2] != "mail_house"])
         _send_acks(producer, cfg, mail, "REJECTED", detail="address undeliverable")
-        wait_until(lambda: _states(cfg, ids) == Counter({"NEEDS_ATTENTION": 4}),
-                   message="needs attention")
-        wait_until(lambda: (REGISTRY.get_sample_value("optout_requests_needing_attention") or 0) >= 4,
-                   message="needs-attention gauge")
+        wait_until(lambda: _states(cfg, ids) == Counter({"NEEDS_ATTENTION": 4}), message="needs attention")
+        wait_until(
+            lambda: (REGISTRY.get_sample_value("optout_requests_needing_attention") or 0) >= 4,
+            message="needs-attention gauge",
+        )
         wait_until(lambda: _caught_up(cfg), message="confirmer consumed the acks")
         assert read_topic(cfg, cfg.confirmations_topic, settle=2.0) == []
         status = request_status(cfg, ids[0])
         assert status is not None and status["state"] == "NEEDS_ATTENTION"
         rejected = [d for d in status["destinations"] if d["status"] == "REJECTED"]
         assert [(d["destination"], d["detail"]) for d in rejected] == [
-            ("mail_house", "address undeliverable")]
+            ("mail_house", "address undeliverable")
+        ]
 
         # A re-sent command succeeds later: the request is confirmed after all, once.
         _send_acks(producer, cfg, mail[:1], "APPLIED")
@@ -190,7 +230,8 @@ def test_rejected_destination_needs_attention_and_is_never_confirmed(base_settin
 
 
 def test_unknown_mismatched_and_undecodable_acks_go_to_the_dlq_with_reason(
-        base_settings: dict[str, Any]) -> None:
+    base_settings: dict[str, Any],
+) -> None:
     cfg = isolated_settings(base_settings)
     expected = _publish(cfg, 2, [PLAN[0]])
     ids = list(expected)
@@ -199,8 +240,11 @@ def test_unknown_mismatched_and_undecodable_acks_go_to_the_dlq_with_reason(
         commands = _commands(cfg, ids)
         ghost = command_id("evt-never-recorded", "email_provider")
         _send_acks(producer, cfg, [(ghost, "evt-never-recorded", "email_provider")])
-        _send_acks(producer, cfg, [(commands[0][0], ids[1] if commands[0][1] == ids[0] else ids[0],
-                                    "email_provider")])
+        _send_acks(
+            producer,
+            cfg,
+            [(commands[0][0], ids[1] if commands[0][1] == ids[0] else ids[0], "email_provider")],
+        )
         producer.produce(cfg.acks_topic, key="junk", value=b"\x00not avro")
         producer.flush(10)
         # The good ack of the other request in the same stream still confirms it.
@@ -219,9 +263,13 @@ def test_unknown_mismatched_and_undecodable_acks_go_to_the_dlq_with_reason(
 
 
 def _set_max_message_bytes(cfg: Settings, topic: str, value: int) -> None:
-    resource = ConfigResource("TOPIC", topic, incremental_configs=[
-        ConfigEntry("max.message.bytes", str(value),
-                    incremental_operation=AlterConfigOpType.SET)])
+    resource = ConfigResource(
+        "TOPIC",
+        topic,
+        incremental_configs=[
+            ConfigEntry("max.message.bytes", str(value), incremental_operation=AlterConfigOpType.SET)
+        ],
+    )
     admin = make_admin(cfg)  # kept alive until the futures resolve
     for future in admin.incremental_alter_configs([resource]).values():
         future.result(30)
@@ -239,12 +287,16 @@ def test_a_failed_confirmation_delivery_is_retried_not_skipped(base_settings: di
     with running(run_intake, cfg, "intake"), running(_confirm_main(), cfg, "confirmer"):
         commands = _commands(cfg, ids)
         _send_acks(producer, cfg, commands)
-        wait_until(lambda: (REGISTRY.get_sample_value("optout_retries_total", retries) or 0) >= before + 2,
-                   message="the batch failed and was retried")
+        wait_until(
+            lambda: (REGISTRY.get_sample_value("optout_retries_total", retries) or 0) >= before + 2,
+            message="the batch failed and was retried",
+        )
         # Nothing was committed while the confirmations could not be delivered.
         with psycopg.connect(cfg.dsn()) as conn:
-            pending = conn.execute("SELECT count(*) FROM destination_status WHERE event_id = ANY(%s)"
-                                   " AND status = 'PENDING'", (ids,)).fetchone()
+            pending = conn.execute(
+                "SELECT count(*) FROM destination_status WHERE event_id = ANY(%s) AND status = 'PENDING'",
+                (ids,),
+            ).fetchone()
         assert pending == (len(commands),)
         assert _states(cfg, ids) == Counter({"PENDING": 3})
         _set_max_message_bytes(cfg, cfg.confirmations_topic, 1_048_588)
@@ -254,10 +306,11 @@ def test_a_failed_confirmation_delivery_is_retried_not_skipped(base_settings: di
 
 
 def test_sweeper_reissues_unacked_commands_and_marks_requests_overdue(
-        base_settings: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = isolated_settings(base_settings, reissue_base_seconds=60, reissue_cap_seconds=3600,
-                            sweep_interval_seconds=10)
+    base_settings: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = isolated_settings(
+        base_settings, reissue_base_seconds=60, reissue_cap_seconds=3600, sweep_interval_seconds=10
+    )
     clock = ManualClock(datetime.now(UTC))
     expected = _publish(cfg, 2, [PLAN[0]])  # EMAIL_MARKETING: due 48 hours after the request
     slow, done = list(expected)
@@ -265,12 +318,12 @@ def test_sweeper_reissues_unacked_commands_and_marks_requests_overdue(
 
     def issue_count(event_id: str) -> int:
         with psycopg.connect(cfg.dsn()) as conn:
-            row = conn.execute("SELECT issue_count FROM destination_status WHERE event_id = %s",
-                               (event_id,)).fetchone()
+            row = conn.execute(
+                "SELECT issue_count FROM destination_status WHERE event_id = %s", (event_id,)
+            ).fetchone()
         return int(row[0]) if row else 0
 
-    with running(run_intake, cfg, "intake"), \
-            running(_confirm_main(clock), cfg, "confirmer"):
+    with running(run_intake, cfg, "intake"), running(_confirm_main(clock), cfg, "confirmer"):
         commands = {c[1]: c for c in _commands(cfg, [slow, done])}
         first = read_topic(cfg, cfg.suppress_topic("email_provider"), expect=2)
         assert issue_count(slow) == 1
@@ -289,12 +342,16 @@ def test_sweeper_reissues_unacked_commands_and_marks_requests_overdue(
             row = conn.execute("SELECT overdue_at FROM requests WHERE event_id = %s", (slow,)).fetchone()
             late = [r for r in list_overdue(conn, clock.now()) if r.event_id in expected]
             real_now = [r for r in list_overdue(conn, datetime.now(UTC)) if r.event_id in expected]
-            nearing = [r for r in list_overdue(conn, datetime.now(UTC), timedelta(hours=49))
-                       if r.event_id in expected]
+            nearing = [
+                r
+                for r in list_overdue(conn, datetime.now(UTC), timedelta(hours=49))
+                if r.event_id in expected
+            ]
 
     assert row is not None and row[0] == clock.now()
     assert [(r.event_id, r.state, r.waiting_on) for r in late] == [
-        (slow, "PENDING", ("email_provider:PENDING",))]
+        (slow, "PENDING", ("email_provider:PENDING",))
+    ]
     assert late[0].overdue(clock.now()) and late[0].deadline_rule == "mailbox-providers-48h"
     assert real_now == []  # only the injected clock moved
     assert [r.event_id for r in nearing] == [slow]

@@ -37,14 +37,23 @@ from tests.support.pipeline import Record, isolated_settings, read_topic, runnin
 pytestmark = pytest.mark.integration
 
 ESP_TOKEN = "test-esp-token"
-SCOPE_FOR = {"email_provider": "EMAIL_MARKETING", "mail_house": "POSTAL_MARKETING",
-             "third_party_sharing": "THIRD_PARTY_SHARING"}
+SCOPE_FOR = {
+    "email_provider": "EMAIL_MARKETING",
+    "mail_house": "POSTAL_MARKETING",
+    "third_party_sharing": "THIRD_PARTY_SHARING",
+}
 FAST_RETRIES = {"connector_retry_initial_seconds": 0.05, "connector_retry_max_backoff_seconds": 0.5}
 
 
 def _address(i: int) -> dict[str, Any]:
-    return {"name": f"Ada  Lovelace {i}", "lines": [f"{i} St James's Sq", "Flat 2"], "city": "London",
-            "region": None, "postal_code": "SW1Y 4JH", "country": "GB"}
+    return {
+        "name": f"Ada  Lovelace {i}",
+        "lines": [f"{i} St James's Sq", "Flat 2"],
+        "city": "London",
+        "region": None,
+        "postal_code": "SW1Y 4JH",
+        "country": "GB",
+    }
 
 
 def commands(destination: str, count: int, rejected_every: int = 0) -> list[dict[str, Any]]:
@@ -53,24 +62,40 @@ def commands(destination: str, count: int, rejected_every: int = 0) -> list[dict
     tag = uuid.uuid4().hex[:8]
     out: list[dict[str, Any]] = []
     for i in range(count):
-        email = f"bounce{i}-{tag}@example.com" if rejected_every and i % rejected_every == 0 \
+        email = (
+            f"bounce{i}-{tag}@example.com"
+            if rejected_every and i % rejected_every == 0
             else f"user{i}-{tag}@example.com"
+        )
         request = validate_request(
-            {"event_id": f"evt-{uuid.uuid4()}", "email": email, "phone": f"+1415555{i:04d}",
-             "customer_id": f"C-{tag}-{i}", "postal_address": _address(i),
-             "scopes": [SCOPE_FOR[destination]], "source": "API", "requested_at": now},
-            now, timedelta(minutes=5))
+            {
+                "event_id": f"evt-{uuid.uuid4()}",
+                "email": email,
+                "phone": f"+1415555{i:04d}",
+                "customer_id": f"C-{tag}-{i}",
+                "postal_address": _address(i),
+                "scopes": [SCOPE_FOR[destination]],
+                "source": "API",
+                "requested_at": now,
+            },
+            now,
+            timedelta(minutes=5),
+        )
         out.extend(c.record for c in plan_commands(request, now) if c.destination == destination)
     return out
 
 
-def publish(cfg: Settings, destination: str, records: list[dict[str, Any]],
-            raw: list[bytes] | None = None) -> None:
+def publish(
+    cfg: Settings, destination: str, records: list[dict[str, Any]], raw: list[bytes] | None = None
+) -> None:
     codec = default_codec()
     tracker = DeliveryTracker(make_producer(cfg))
     for record in records:
-        tracker.produce(cfg.suppress_topic(destination), codec.encode("SuppressionCommand", record),
-                        key=record["request_id"])
+        tracker.produce(
+            cfg.suppress_topic(destination),
+            codec.encode("SuppressionCommand", record),
+            key=record["request_id"],
+        )
     for value in raw or []:
         tracker.produce(cfg.suppress_topic(destination), value, key=b"junk")
     tracker.wait()
@@ -87,8 +112,10 @@ def acks_by_command(records: list[Record]) -> dict[str, list[dict[str, Any]]]:
 
 def stored_rows(cfg: Settings, destination: str, ids: list[str]) -> int:
     with psycopg.connect(cfg.dsn()) as conn:
-        row = conn.execute("SELECT count(*) FROM connector_applied WHERE destination = %s"
-                           " AND command_id = ANY(%s)", (destination, ids)).fetchone()
+        row = conn.execute(
+            "SELECT count(*) FROM connector_applied WHERE destination = %s AND command_id = ANY(%s)",
+            (destination, ids),
+        ).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -108,8 +135,9 @@ def test_email_provider_applies_once_and_acknowledges_every_delivery(
     base_settings: dict[str, Any], esp_server: Esp
 ) -> None:
     standin, server = esp_server
-    cfg = isolated_settings(base_settings, email_provider_url=server.url,
-                            email_provider_token=ESP_TOKEN, **FAST_RETRIES)
+    cfg = isolated_settings(
+        base_settings, email_provider_url=server.url, email_provider_token=ESP_TOKEN, **FAST_RETRIES
+    )
     batch = commands("email_provider", 20)
     wrong_dest = commands("mail_house", 1)
     publish(cfg, "email_provider", batch + wrong_dest, raw=[b"not avro"])
@@ -135,38 +163,52 @@ def test_email_provider_applies_once_and_acknowledges_every_delivery(
 
 
 def test_email_provider_rides_out_503s_and_429s(base_settings: dict[str, Any]) -> None:
-    standin = EmailProviderStandin(token=ESP_TOKEN, failure_rate=0.3, rate_limit_per_second=3,
-                                   retry_after_seconds=1, rng=random.Random(1))
+    standin = EmailProviderStandin(
+        token=ESP_TOKEN,
+        failure_rate=0.3,
+        rate_limit_per_second=3,
+        retry_after_seconds=1,
+        rng=random.Random(1),
+    )
     with StandinServer(standin.handle) as server:
-        cfg = isolated_settings(base_settings, email_provider_url=server.url, batch_size=4,
-                                email_provider_token=ESP_TOKEN, **FAST_RETRIES)
+        cfg = isolated_settings(
+            base_settings,
+            email_provider_url=server.url,
+            batch_size=4,
+            email_provider_token=ESP_TOKEN,
+            **FAST_RETRIES,
+        )
         batch = commands("email_provider", 40)
         publish(cfg, "email_provider", batch)
         started = time.monotonic()
         with running(connector_runner("email_provider"), cfg, "email_provider"):
             acks = read_topic(cfg, cfg.acks_topic, expect=40, timeout=120)
         elapsed = time.monotonic() - started
-        listed = httpx.get(f"{server.url}/v3/asm/suppressions/global",
-                           headers={"Authorization": f"Bearer {ESP_TOKEN}"}).json()
+        listed = httpx.get(
+            f"{server.url}/v3/asm/suppressions/global", headers={"Authorization": f"Bearer {ESP_TOKEN}"}
+        ).json()
     grouped = acks_by_command(acks)
     assert len(acks) == 40 and set(grouped) == {c["command_id"] for c in batch}
     assert {a[0]["status"] for a in grouped.values()} <= {"APPLIED", "ALREADY_SUPPRESSED"}
     assert standin.answers[503] > 0 and standin.answers[429] > 0, standin.answers
     assert {e["email"] for e in listed} == {c["email"] for c in batch}
-    print(f"\n40 commands through 30% 503s + 3 req/s limit: answers={dict(standin.answers)} "
-          f"in {elapsed:.1f}s")
+    print(
+        f"\n40 commands through 30% 503s + 3 req/s limit: answers={dict(standin.answers)} in {elapsed:.1f}s"
+    )
 
 
 def test_email_provider_permanent_refusal_is_a_rejected_ack_with_the_reason(
-    base_settings: dict[str, Any]
+    base_settings: dict[str, Any],
 ) -> None:
     batch = commands("email_provider", 12, rejected_every=4)
     refused = {c["email"] for c in batch if c["email"].startswith("bounce")}
-    standin = EmailProviderStandin(token=ESP_TOKEN,
-                                   rejected=dict.fromkeys(refused, "address hard-bounced on 2025-01-02"))
+    standin = EmailProviderStandin(
+        token=ESP_TOKEN, rejected=dict.fromkeys(refused, "address hard-bounced on 2025-01-02")
+    )
     with StandinServer(standin.handle) as server:
-        cfg = isolated_settings(base_settings, email_provider_url=server.url,
-                                email_provider_token=ESP_TOKEN, **FAST_RETRIES)
+        cfg = isolated_settings(
+            base_settings, email_provider_url=server.url, email_provider_token=ESP_TOKEN, **FAST_RETRIES
+        )
         publish(cfg, "email_provider", batch)
         with running(connector_runner("email_provider"), cfg, "email_provider"):
             acks = [r.decoded() for r in read_topic(cfg, cfg.acks_topic, expect=12)]
@@ -187,15 +229,18 @@ def test_no_ack_while_the_database_is_away(
     if not database.get("superuser"):
         pytest.skip("needs a local superuser to take the database away")
     standin, server = esp_server
-    cfg = isolated_settings(base_settings, email_provider_url=server.url,
-                            email_provider_token=ESP_TOKEN, **FAST_RETRIES)
+    cfg = isolated_settings(
+        base_settings, email_provider_url=server.url, email_provider_token=ESP_TOKEN, **FAST_RETRIES
+    )
     batch = commands("email_provider", 10)
     name = sql.Identifier(database["name"])
-    with psycopg.connect(database["superuser"].replace(database["name"], "postgres"),
-                         autocommit=True) as su:
+    with psycopg.connect(database["superuser"].replace(database["name"], "postgres"), autocommit=True) as su:
         su.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(name))
-        su.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                   "WHERE datname = %s AND pid <> pg_backend_pid()", (database["name"],))
+        su.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database["name"],),
+        )
         try:
             with running(connector_runner("email_provider"), cfg, "email_provider"):
                 publish(cfg, "email_provider", batch)
@@ -231,8 +276,10 @@ def test_mail_house_writes_durable_rows_once(base_settings: dict[str, Any], tmp_
         # Simulate a crash after writing the file but before recording the outcome:
         # forget four outcomes, then re-send them, so apply runs again for them.
         with psycopg.connect(cfg.dsn()) as conn:
-            conn.execute("DELETE FROM connector_applied WHERE destination = 'mail_house'"
-                         " AND command_id = ANY(%s)", (ids[6:],))
+            conn.execute(
+                "DELETE FROM connector_applied WHERE destination = 'mail_house' AND command_id = ANY(%s)",
+                (ids[6:],),
+            )
         publish(cfg, "mail_house", batch[6:])
         all_acks = read_topic(cfg, cfg.acks_topic, expect=17)
     assert len(all_acks) == 17
@@ -253,8 +300,10 @@ def test_third_party_partners_get_hashes_only_and_all_must_accept(base_settings:
     tokens = {"adnetwork": "tok-a", "databroker": "tok-b"}
     standin = PartnersStandin(tokens, failure_rate=0.3, rng=random.Random(1))  # first draw 0.13: a 503 first
     with StandinServer(standin.handle) as server:
-        partners = [PartnerEndpoint(name=n, url=f"{server.url}/partners/{n}", token=SecretStr(t))
-                    for n, t in tokens.items()]
+        partners = [
+            PartnerEndpoint(name=n, url=f"{server.url}/partners/{n}", token=SecretStr(t))
+            for n, t in tokens.items()
+        ]
         cfg = isolated_settings(base_settings, partners=partners, batch_size=5, **FAST_RETRIES)
         batch = commands("third_party_sharing", 15)
         publish(cfg, "third_party_sharing", batch)
@@ -262,7 +311,8 @@ def test_third_party_partners_get_hashes_only_and_all_must_accept(base_settings:
             acks = read_topic(cfg, cfg.acks_topic, expect=15, timeout=120)
         received = {n: httpx.get(f"{server.url}/partners/{n}/opt-outs").json() for n in tokens}
     assert {a["command_id"]: a["status"] for a in (r.decoded() for r in acks)} == {
-        c["command_id"]: "APPLIED" for c in batch}
+        c["command_id"]: "APPLIED" for c in batch
+    }
     assert sum(p.answers[503] for p in standin.partners.values()) > 0  # retries happened
     for name, state in received.items():
         by_ref = {o["reference"]: o for o in state["opt_outs"]}

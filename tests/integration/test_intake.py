@@ -22,23 +22,33 @@ from tests.support.pipeline import isolated_settings, read_topic, running, wait_
 
 pytestmark = pytest.mark.integration
 
-ADDRESS = {"name": "Ada Lovelace", "lines": ["12 St James's Sq"], "city": "London",
-           "region": None, "postal_code": "SW1Y 4JH", "country": "GB"}
+ADDRESS = {
+    "name": "Ada Lovelace",
+    "lines": ["12 St James's Sq"],
+    "city": "London",
+    "region": None,
+    "postal_code": "SW1Y 4JH",
+    "country": "GB",
+}
 
 
 def _event(i: int, scopes: list[str], **extra):
-    fields = {"event_id": f"evt-{uuid.uuid4()}", "email": f"user{i}@example.com",
-              "scopes": scopes, "source": "API"}
+    fields = {
+        "event_id": f"evt-{uuid.uuid4()}",
+        "email": f"user{i}@example.com",
+        "scopes": scopes,
+        "source": "API",
+    }
     fields.update(extra)
     return fields
 
 
 def _count_rows(dsn: str, event_ids: list[str]) -> tuple[int, int]:
     with psycopg.connect(dsn) as conn:
-        r = conn.execute("SELECT count(*) FROM requests WHERE event_id = ANY(%s)",
-                         (event_ids,)).fetchone()
-        d = conn.execute("SELECT count(*) FROM destination_status WHERE event_id = ANY(%s)",
-                         (event_ids,)).fetchone()
+        r = conn.execute("SELECT count(*) FROM requests WHERE event_id = ANY(%s)", (event_ids,)).fetchone()
+        d = conn.execute(
+            "SELECT count(*) FROM destination_status WHERE event_id = ANY(%s)", (event_ids,)
+        ).fetchone()
     assert r and d
     return r[0], d[0]
 
@@ -50,11 +60,9 @@ def test_mixed_scopes_fan_out_exactly_the_right_commands(base_settings):
         (["EMAIL_MARKETING"], {}, {"email_provider"}),
         (["POSTAL_MARKETING"], {"postal_address": ADDRESS}, {"mail_house"}),
         (["THIRD_PARTY_SHARING"], {"phone": "+14155550100"}, {"third_party_sharing"}),
-        (["ALL"], {"postal_address": ADDRESS}, {"email_provider", "mail_house",
-                                                "third_party_sharing"}),
+        (["ALL"], {"postal_address": ADDRESS}, {"email_provider", "mail_house", "third_party_sharing"}),
         (["ALL"], {}, {"email_provider", "third_party_sharing"}),
-        (["EMAIL_MARKETING", "THIRD_PARTY_SHARING"], {}, {"email_provider",
-                                                          "third_party_sharing"}),
+        (["EMAIL_MARKETING", "THIRD_PARTY_SHARING"], {}, {"email_provider", "third_party_sharing"}),
     ]
     events = []
     expected: dict[str, set[str]] = {}
@@ -76,8 +84,7 @@ def test_mixed_scopes_fan_out_exactly_the_right_commands(base_settings):
     assert got == total
     for dest, records in per_dest.items():
         decoded = [r.decoded() for r in records]
-        assert sorted(d["request_id"] for d in decoded) == sorted(
-            e for e, v in expected.items() if dest in v)
+        assert sorted(d["request_id"] for d in decoded) == sorted(e for e, v in expected.items() if dest in v)
         for d, r in zip(decoded, records, strict=True):
             assert d["destination"] == dest
             assert d["command_id"] == command_id(d["request_id"], dest)
@@ -125,8 +132,7 @@ def _run_in_group(cfg, stop: threading.Event, group: str) -> None:
     from services.intake.step import IntakeStep
 
     step = IntakeStep(cfg, make_producer(cfg), default_codec(), SystemClock())
-    ConsumerLoop(cfg, "intake", [cfg.requests_topic], step, stop,
-                 group_id=cfg.group(group)).run()
+    ConsumerLoop(cfg, "intake", [cfg.requests_topic], step, stop, group_id=cfg.group(group)).run()
 
 
 def _group_caught_up(cfg, group: str) -> bool:
@@ -155,18 +161,40 @@ def test_bad_input_goes_to_the_dlq_with_reason_and_good_events_flow(base_setting
     now = datetime.now(UTC)
 
     def body(**overrides):
-        record = {"event_id": str(uuid.uuid4()), "customer_id": None, "email": "ok@example.com",
-                  "phone": None, "postal_address": None, "scopes": ["EMAIL_MARKETING"],
-                  "source": "API", "jurisdiction": None, "requested_at": now}
+        record = {
+            "event_id": str(uuid.uuid4()),
+            "customer_id": None,
+            "email": "ok@example.com",
+            "phone": None,
+            "postal_address": None,
+            "scopes": ["EMAIL_MARKETING"],
+            "source": "API",
+            "jurisdiction": None,
+            "requested_at": now,
+        }
         record.update(overrides)
         return codec.encode("OptOutRequested", record)
 
-    good = codec.encode("OptOutRequested", {
-        "event_id": "dup-1", "email": "first@example.com", "scopes": ["ALL"], "source": "API",
-        "requested_at": now})
-    conflicting = codec.encode("OptOutRequested", {
-        "event_id": "dup-1", "email": "second@example.com", "scopes": ["ALL"], "source": "API",
-        "requested_at": now})
+    good = codec.encode(
+        "OptOutRequested",
+        {
+            "event_id": "dup-1",
+            "email": "first@example.com",
+            "scopes": ["ALL"],
+            "source": "API",
+            "requested_at": now,
+        },
+    )
+    conflicting = codec.encode(
+        "OptOutRequested",
+        {
+            "event_id": "dup-1",
+            "email": "second@example.com",
+            "scopes": ["ALL"],
+            "source": "API",
+            "requested_at": now,
+        },
+    )
     bad = {
         "undecodable": b"\x00\x01random bytes here",
         "unknown_fingerprint": b"\xc3\x01" + b"\x42" * 8 + b"\x02",
@@ -188,8 +216,10 @@ def test_bad_input_goes_to_the_dlq_with_reason_and_good_events_flow(base_setting
     producer.produce(cfg.requests_topic, key="same", value=good)
     producer.flush(10)
     with running(run_intake, cfg, "intake"):
-        wait_until(lambda: _count_rows(cfg.dsn(), [*good_ids, "dup-1"])[0] == len(good_ids) + 1,
-                   message="good events recorded")
+        wait_until(
+            lambda: _count_rows(cfg.dsn(), [*good_ids, "dup-1"])[0] == len(good_ids) + 1,
+            message="good events recorded",
+        )
         producer.produce(cfg.requests_topic, key="same", value=conflicting)
         producer.produce(cfg.requests_topic, key=None, value=body()[:14])  # truncated Avro
         producer.flush(10)
@@ -219,17 +249,22 @@ def test_survives_the_database_going_away_for_ten_seconds(base_settings, databas
     ids = [e.record["event_id"] for e in first + second]
     publisher.publish(first)
     name = sql.Identifier(database["name"])
-    with running(run_intake, cfg, "intake"), \
-            psycopg.connect(database["superuser"].replace(database["name"], "postgres"),
-                            autocommit=True) as su:
+    with (
+        running(run_intake, cfg, "intake"),
+        psycopg.connect(database["superuser"].replace(database["name"], "postgres"), autocommit=True) as su,
+    ):
         wait_until(lambda: _count_rows(cfg.dsn(), ids)[0] > 0, message="first rows")
         su.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(name))
-        su.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                   "WHERE datname = %s AND pid <> pg_backend_pid()", (database["name"],))
+        su.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database["name"],),
+        )
         publisher.publish(second)
         time.sleep(10)
         su.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(name))
-        wait_until(lambda: _count_rows(cfg.dsn(), ids) == (600, 600), timeout=90,
-                   message="catch-up after the outage")
+        wait_until(
+            lambda: _count_rows(cfg.dsn(), ids) == (600, 600), timeout=90, message="catch-up after the outage"
+        )
         commands = read_topic(cfg, cfg.suppress_topic("email_provider"), expect=600)
     assert {r.decoded()["request_id"] for r in commands} == set(ids)

@@ -42,8 +42,9 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
-def series(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
-           **labels: str) -> dict[str, float]:
+def series(
+    metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> dict[str, float]:
     """``partition -> value`` of ``name`` samples matching ``labels``."""
     found = {}
     for (metric, label_items), value in metrics.items():
@@ -57,12 +58,30 @@ class LagWatch:
     """``optout lag --watch 1 --json`` in a subprocess; each refresh lands in a queue."""
 
     def __init__(self, cfg: Settings, group: str, window: int) -> None:
-        env = {**os.environ, "OPTOUT_KAFKA_BOOTSTRAP": cfg.kafka_bootstrap,
-               "OPTOUT_TOPIC_PREFIX": cfg.topic_prefix, "OPTOUT_LOG_FORMAT": "json"}
+        env = {
+            **os.environ,
+            "OPTOUT_KAFKA_BOOTSTRAP": cfg.kafka_bootstrap,
+            "OPTOUT_TOPIC_PREFIX": cfg.topic_prefix,
+            "OPTOUT_LOG_FORMAT": "json",
+        }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli.main", "lag", "--group", group, "--json",
-             "--watch", "1", "--window", str(window)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+            [
+                sys.executable,
+                "-m",
+                "services.cli.main",
+                "lag",
+                "--group",
+                group,
+                "--json",
+                "--watch",
+                "1",
+                "--window",
+                str(window),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
         )
         self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
         self.seen: list[dict[str, Any]] = []
@@ -74,8 +93,9 @@ class LagWatch:
             if line.startswith("{"):
                 self.lines.put(json.loads(line)["groups"][0])
 
-    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str
-                 ) -> dict[str, Any]:
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -115,17 +135,25 @@ def test_optout_lag_turns_ok_warn_stop_rewind_and_back_to_ok(base_settings):
     def commit(consumer: Consumer, offset: int) -> None:
         consumer.commit(offsets=[TopicPartition(topic, 0, offset)], asynchronous=False)
 
-    member = Consumer({**cfg.kafka_config(), "group.id": group, "enable.auto.commit": False,
-                       "auto.offset.reset": "earliest"})
+    member = Consumer(
+        {
+            **cfg.kafka_config(),
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
     member.subscribe([topic])
-    wait_until(lambda: (member.poll(0.2), bool(member.assignment()))[1], timeout=30,
-               message="partitions assigned")
+    wait_until(
+        lambda: (member.poll(0.2), bool(member.assignment()))[1], timeout=30, message="partitions assigned"
+    )
     produce(20)
     commit(member, 20)
     watch = LagWatch(cfg, group, window=4)
     try:
-        ok = watch.wait_for(lambda g: g["status"] == "OK" and _partition0(g)["committed"] == 20,
-                            30, "OK with lag 0")
+        ok = watch.wait_for(
+            lambda g: g["status"] == "OK" and _partition0(g)["committed"] == 20, 30, "OK with lag 0"
+        )
         assert _partition0(ok)["lag"] == 0 and _partition0(ok)["lag_seconds"] == 0
         assert ok["members"] == 1 and _partition0(ok)["owner"]
 
@@ -153,21 +181,29 @@ def test_optout_lag_turns_ok_warn_stop_rewind_and_back_to_ok(base_settings):
         assert stop["members"] == 0 and stop["burrow_status"] == "ERR"
         first_lag, first_age = _partition0(stop)["lag"], _partition0(stop)["lag_seconds"]
         produce(15)
-        later = watch.wait_for(lambda g: _partition0(g)["lag"] >= first_lag + 15
-                               and _partition0(g)["lag_seconds"] > first_age + 1, 30,
-                               "lag in messages and seconds rising")
+        later = watch.wait_for(
+            lambda g: (
+                _partition0(g)["lag"] >= first_lag + 15 and _partition0(g)["lag_seconds"] > first_age + 1
+            ),
+            30,
+            "lag in messages and seconds rising",
+        )
         assert later["status"] == "STOP"
 
         # Restarted: catches up to the end -> OK.
         end = _partition0(later)["end"]
-        member = Consumer({**cfg.kafka_config(), "group.id": group, "enable.auto.commit": False,
-                           "auto.offset.reset": "earliest"})
+        member = Consumer(
+            {
+                **cfg.kafka_config(),
+                "group.id": group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
         member.subscribe([topic])
-        wait_until(lambda: (member.poll(0.2), bool(member.assignment()))[1], timeout=30,
-                   message="reassigned")
+        wait_until(lambda: (member.poll(0.2), bool(member.assignment()))[1], timeout=30, message="reassigned")
         commit(member, end)
-        back = watch.wait_for(lambda g: g["status"] == "OK" and _partition0(g)["lag"] == 0, 30,
-                              "OK again")
+        back = watch.wait_for(lambda g: g["status"] == "OK" and _partition0(g)["lag"] == 0, 30, "OK again")
         assert back["max_lag_seconds"] == 0
 
         # Someone resets the group's offset backwards -> REWIND.
@@ -187,14 +223,31 @@ def test_optout_lag_one_shot_table_and_json_for_the_pipeline_groups(base_setting
         producer.produce(topic, value=b"x", partition=1)
     producer.flush(10)
     env = {**os.environ, "OPTOUT_TOPIC_PREFIX": cfg.topic_prefix, "OPTOUT_LOG_FORMAT": "json"}
-    base = [sys.executable, "-m", "services.cli.main", "lag", "--bootstrap", cfg.kafka_bootstrap,
-            "--samples", "2", "--interval", "0.5"]
+    base = [
+        sys.executable,
+        "-m",
+        "services.cli.main",
+        "lag",
+        "--bootstrap",
+        cfg.kafka_bootstrap,
+        "--samples",
+        "2",
+        "--interval",
+        "0.5",
+    ]
     done = subprocess.run([*base, "--json"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     groups = {g["group"]: g for g in json.loads(done.stdout)["groups"]}
-    assert set(groups) == {cfg.group(n) for n in ("intake", "confirmer", "connector.email_provider",
-                                                    "connector.mail_house",
-                                                    "connector.third_party_sharing")}
+    assert set(groups) == {
+        cfg.group(n)
+        for n in (
+            "intake",
+            "confirmer",
+            "connector.email_provider",
+            "connector.mail_house",
+            "connector.third_party_sharing",
+        )
+    }
     intake = groups[cfg.group("intake")]
     # Nothing committed yet, nobody consuming, messages waiting: lag from the low watermark, STOP.
     p1 = next(p for p in intake["partitions"] if p["partition"] == 1)
@@ -209,8 +262,13 @@ def test_optout_lag_one_shot_table_and_json_for_the_pipeline_groups(base_setting
     # GROUP TOPIC PARTITION COMMITTED END LAG LAG_SECONDS STATUS OWNER
     assert re.search(rf"{re.escape(topic)}\s+1\s+-\s+7\s+7\s+[\d.]+\s+STOP\s+-", table.stdout)
 
-    unreachable = subprocess.run([*base[:-4], "--bootstrap", "127.0.0.1:1", "--samples", "1"],
-                                 env=env, capture_output=True, text=True, timeout=120)
+    unreachable = subprocess.run(
+        [*base[:-4], "--bootstrap", "127.0.0.1:1", "--samples", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert unreachable.returncode != 0 and "Traceback" not in unreachable.stderr
 
 
@@ -232,8 +290,12 @@ def _get(port: int, path: str) -> httpx.Response:
 
 
 def _event(i: int) -> dict[str, Any]:
-    return {"event_id": f"evt-{uuid.uuid4()}", "email": f"lag{i}@example.com",
-            "scopes": ["EMAIL_MARKETING"], "source": "API"}
+    return {
+        "event_id": f"evt-{uuid.uuid4()}",
+        "email": f"lag{i}@example.com",
+        "scopes": ["EMAIL_MARKETING"],
+        "source": "API",
+    }
 
 
 def test_intake_metrics_show_its_partition_lag_and_health(base_settings, database):
@@ -242,9 +304,12 @@ def test_intake_metrics_show_its_partition_lag_and_health(base_settings, databas
     publisher = RequestPublisher(cfg)
     publisher.publish([publisher.prepare(_event(i)) for i in range(30)])
     name = sql.Identifier(database["name"])
-    with health_endpoint(cfg) as port, running(run_intake, cfg, "intake"), \
-            psycopg.connect(database["superuser"].replace(database["name"], "postgres"),
-                            autocommit=True) as su:
+    with (
+        health_endpoint(cfg) as port,
+        running(run_intake, cfg, "intake"),
+        psycopg.connect(database["superuser"].replace(database["name"], "postgres"), autocommit=True) as su,
+    ):
+
         def caught_up() -> bool:
             m = scrape(port)
             lags = series(m, "kafka_consumergroup_group_lag", group=group)
@@ -260,8 +325,11 @@ def test_intake_metrics_show_its_partition_lag_and_health(base_settings, databas
 
         # The database goes away: intake keeps polling (live) but cannot commit -> lag rises.
         su.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(name))
-        su.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                   "WHERE datname = %s AND pid <> pg_backend_pid()", (database["name"],))
+        su.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database["name"],),
+        )
         try:
             publisher.publish([publisher.prepare(_event(100 + i)) for i in range(12)])
 
@@ -275,15 +343,22 @@ def test_intake_metrics_show_its_partition_lag_and_health(base_settings, databas
             total = sum(series(scrape(port), "kafka_consumergroup_group_lag", group=group).values())
             assert total == 12
             first = lagging()
-            wait_until(lambda: any(lagging().get(p, 0) > age + 2 for p, age in first.items()),
-                       timeout=30, message="lag seconds rising")
-            wait_until(lambda: _get(port, "/readyz").status_code == 503, timeout=30,
-                       message="not ready without the database")
+            wait_until(
+                lambda: any(lagging().get(p, 0) > age + 2 for p, age in first.items()),
+                timeout=30,
+                message="lag seconds rising",
+            )
+            wait_until(
+                lambda: _get(port, "/readyz").status_code == 503,
+                timeout=30,
+                message="not ready without the database",
+            )
             body = _get(port, "/readyz").json()
             assert body["checks"]["database"]["ok"] is False and body["checks"]["kafka"]["ok"] is True
             assert _get(port, "/healthz").status_code == 200  # the loop still polls
-            failed = series(scrape(port), "optout_messages_consumed_total", service="intake",
-                            outcome="failed")
+            failed = series(
+                scrape(port), "optout_messages_consumed_total", service="intake", outcome="failed"
+            )
             assert sum(failed.values()) >= 12  # each failed attempt counts its batch
         finally:
             su.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(name))

@@ -48,8 +48,11 @@ def test_the_unit_tests_catch_a_changed_threshold(tmp_path: Path):
     alerts = (DEPLOY / "prometheus" / "alerts.yml").read_text()
     assert "kafka_consumergroup_group_max_lag_seconds) > 300" in alerts
     (tmp_path / "alerts.yml").write_text(
-        alerts.replace("kafka_consumergroup_group_max_lag_seconds) > 300",
-                       "kafka_consumergroup_group_max_lag_seconds) > 3000"))
+        alerts.replace(
+            "kafka_consumergroup_group_max_lag_seconds) > 300",
+            "kafka_consumergroup_group_max_lag_seconds) > 3000",
+        )
+    )
     shutil.copy(DEPLOY / "prometheus" / "alerts_test.yml", tmp_path / "alerts_test.yml")
     result = promtool("test", "rules", "alerts_test.yml", cwd=tmp_path)
     assert result.returncode != 0
@@ -59,9 +62,16 @@ def test_the_unit_tests_catch_a_changed_threshold(tmp_path: Path):
 def test_grafana_dashboard_is_valid_json_with_the_required_panels():
     dashboard = json.loads((DEPLOY / "grafana" / "optout-dashboard.json").read_text())
     titles = " | ".join(p["title"] for p in dashboard["panels"])
-    for needed in ("Lag per group (messages)", "Lag per group (seconds", "Throughput",
-                   "Dead-lettered", "Batch processing", "End-to-end latency", "Requests by state",
-                   "Deadline burn-down"):
+    for needed in (
+        "Lag per group (messages)",
+        "Lag per group (seconds",
+        "Throughput",
+        "Dead-lettered",
+        "Batch processing",
+        "End-to-end latency",
+        "Requests by state",
+        "Deadline burn-down",
+    ):
         assert needed in titles
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))

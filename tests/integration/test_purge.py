@@ -43,10 +43,14 @@ def test_purge_keeps_hashes_and_only_touches_old_confirmed_requests(database):
         assert would >= 1
         purged = purge_contact_details(conn, NOW, timedelta(days=90), chunk=1)
         assert purged == would
-        rows = {r[0]: r[1:] for r in conn.execute(
-            "SELECT event_id, email, phone, postal_address, email_sha256, customer_id, scopes,"
-            " pii_purged_at FROM requests WHERE event_id = ANY(%s)",
-            ([old, recent, pending, attention],)).fetchall()}
+        rows = {
+            r[0]: r[1:]
+            for r in conn.execute(
+                "SELECT event_id, email, phone, postal_address, email_sha256, customer_id, scopes,"
+                " pii_purged_at FROM requests WHERE event_id = ANY(%s)",
+                ([old, recent, pending, attention],),
+            ).fetchall()
+        }
         assert rows[old][:3] == (None, None, None)
         assert rows[old][3] == sha256_hex(f"{old}@example.com")
         assert rows[old][4:6] == ("c-1", ["ALL"]) and rows[old][6] == NOW
@@ -58,7 +62,12 @@ def test_purge_keeps_hashes_and_only_touches_old_confirmed_requests(database):
 
 def test_purge_cli_dry_run(database):
     env = {"OPTOUT_DATABASE_URL": database["app"], "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-m", "services.cli.main", "purge", "--dry-run"],
-                          env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "purge", "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert "would purge the contact details of" in done.stdout

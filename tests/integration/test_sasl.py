@@ -10,8 +10,8 @@ from contextlib import ExitStack
 
 import pytest
 
-from services.common.kafka import check_broker
 from services.common.errors import ConfigurationError
+from services.common.kafka import check_broker
 from services.confirmer.service import run as run_confirmer
 from services.connectors.registry import connector_runner
 from services.devstack import KAFKA_SASL_MECHANISM, KAFKA_SASL_PASSWORD, KAFKA_SASL_USERNAME
@@ -35,21 +35,46 @@ def test_pipeline_over_sasl(stack, base_settings, tmp_path):
     esp, partners = _free_port(), _free_port()
     cfg = isolated_settings(
         {**base_settings, "kafka_bootstrap": stack.kafka_sasl_bootstrap},
-        kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism=KAFKA_SASL_MECHANISM,
-        kafka_sasl_username=KAFKA_SASL_USERNAME, kafka_sasl_password=KAFKA_SASL_PASSWORD,
-        standin_email_provider_port=esp, standin_partners_port=partners,
-        email_provider_url=f"http://127.0.0.1:{esp}", mail_house_dir=str(tmp_path),
-        partners=json.loads(json.dumps([
-            {"name": "adnetwork", "url": f"http://127.0.0.1:{partners}/partners/adnetwork",
-             "token": "dev-partner-adnetwork"}])),
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism=KAFKA_SASL_MECHANISM,
+        kafka_sasl_username=KAFKA_SASL_USERNAME,
+        kafka_sasl_password=KAFKA_SASL_PASSWORD,
+        standin_email_provider_port=esp,
+        standin_partners_port=partners,
+        email_provider_url=f"http://127.0.0.1:{esp}",
+        mail_house_dir=str(tmp_path),
+        partners=json.loads(
+            json.dumps(
+                [
+                    {
+                        "name": "adnetwork",
+                        "url": f"http://127.0.0.1:{partners}/partners/adnetwork",
+                        "token": "dev-partner-adnetwork",
+                    }
+                ]
+            )
+        ),
     )
     assert cfg.kafka_config()["sasl.password"] == KAFKA_SASL_PASSWORD
     publisher = RequestPublisher(cfg)
-    address = {"name": "Grace Hopper", "lines": ["1 Navy Way"], "city": "Arlington",
-               "postal_code": "22202", "country": "US"}
-    events = [publisher.prepare({"event_id": str(uuid.uuid4()), "email": f"g{i}@example.com",
-                                 "postal_address": address, "scopes": ["ALL"]})
-              for i in range(20)]
+    address = {
+        "name": "Grace Hopper",
+        "lines": ["1 Navy Way"],
+        "city": "Arlington",
+        "postal_code": "22202",
+        "country": "US",
+    }
+    events = [
+        publisher.prepare(
+            {
+                "event_id": str(uuid.uuid4()),
+                "email": f"g{i}@example.com",
+                "postal_address": address,
+                "scopes": ["ALL"],
+            }
+        )
+        for i in range(20)
+    ]
     publisher.publish(events)
     with ExitStack() as services:
         services.enter_context(running(run_standins, cfg, "standins"))
@@ -58,8 +83,7 @@ def test_pipeline_over_sasl(stack, base_settings, tmp_path):
             services.enter_context(running(connector_runner(name), cfg, name))
         services.enter_context(running(run_confirmer, cfg, "confirmer"))
         confirmations = read_topic(cfg, cfg.confirmations_topic, expect=20, timeout=90)
-    assert {r.decoded()["request_id"] for r in confirmations} == {
-        e.record["event_id"] for e in events}
+    assert {r.decoded()["request_id"] for r in confirmations} == {e.record["event_id"] for e in events}
 
 
 def test_wrong_sasl_password_is_refused(stack, base_settings):
@@ -67,9 +91,12 @@ def test_wrong_sasl_password_is_refused(stack, base_settings):
         pytest.skip("the broker is not ours: no SASL listener to test against")
     from services.common.settings import Settings
 
-    cfg = Settings(**{**base_settings, "kafka_bootstrap": stack.kafka_sasl_bootstrap},
-                   kafka_security_protocol="SASL_PLAINTEXT",
-                   kafka_sasl_mechanism=KAFKA_SASL_MECHANISM,
-                   kafka_sasl_username=KAFKA_SASL_USERNAME, kafka_sasl_password="wrong")
+    cfg = Settings(
+        **{**base_settings, "kafka_bootstrap": stack.kafka_sasl_bootstrap},
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism=KAFKA_SASL_MECHANISM,
+        kafka_sasl_username=KAFKA_SASL_USERNAME,
+        kafka_sasl_password="wrong",
+    )
     with pytest.raises(ConfigurationError, match="did not answer"):
         check_broker(cfg, timeout=5)

@@ -23,8 +23,7 @@ ServiceMain = Callable[[Settings, threading.Event], None]
 def isolated_settings(base: dict[str, Any], **overrides: Any) -> Settings:
     """Settings with a fresh topic prefix, and the topics created (3 partitions each)."""
     prefix = f"t{uuid.uuid4().hex[:10]}."
-    values = {**base, "topic_prefix": prefix, "topic_partitions": 3, "batch_timeout_ms": 50,
-              **overrides}
+    values = {**base, "topic_prefix": prefix, "topic_partitions": 3, "batch_timeout_ms": 50, **overrides}
     cfg = Settings(**values)
     create_topics(cfg, cfg.all_topics())
     return cfg
@@ -67,20 +66,28 @@ class Record:
 
 
 def _to_record(m: Message) -> Record:
-    headers = {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else "")
-               for k, v in (m.headers() or [])}
+    headers = {
+        k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else "") for k, v in (m.headers() or [])
+    }
     return Record(m.key(), m.value(), headers, m.partition() or 0, m.offset() or 0)
 
 
-def read_topic(cfg: Settings, topic: str, expect: int | None = None, timeout: float = 60.0,
-               settle: float = 1.5) -> list[Record]:
+def read_topic(
+    cfg: Settings, topic: str, expect: int | None = None, timeout: float = 60.0, settle: float = 1.5
+) -> list[Record]:
     """Read ``topic`` from the beginning until ``expect`` messages arrived (or, with no
     expectation, until nothing new came for ``settle`` seconds). Assigns partitions
     directly: no consumer group, nothing committed."""
     admin = make_admin(cfg)
     partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer = Consumer({**cfg.kafka_config(), "group.id": f"reader-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {
+            **cfg.kafka_config(),
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
     consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
     out: list[Record] = []
     deadline = time.monotonic() + timeout
@@ -103,8 +110,9 @@ def read_topic(cfg: Settings, topic: str, expect: int | None = None, timeout: fl
     return out
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 60.0, interval: float = 0.25,
-               message: str = "condition") -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 60.0, interval: float = 0.25, message: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

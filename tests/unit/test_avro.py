@@ -8,7 +8,10 @@ from services.common.errors import PoisonMessage
 
 def _request(**overrides):
     record = {
-        "event_id": "e-1", "email": "a@example.com", "scopes": ["ALL"], "source": "API",
+        "event_id": "e-1",
+        "email": "a@example.com",
+        "scopes": ["ALL"],
+        "source": "API",
         "requested_at": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
     }
     record.update(overrides)
@@ -37,8 +40,14 @@ def test_round_trip_every_schema():
     assert name == "OptOutRequested"
     assert record["phone"] == "+14155550123"
     assert record["requested_at"] == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-    ack = {"command_id": "c", "request_id": "r", "destination": "mail_house", "status": "APPLIED",
-           "detail": None, "acked_at": 1}
+    ack = {
+        "command_id": "c",
+        "request_id": "r",
+        "destination": "mail_house",
+        "status": "APPLIED",
+        "detail": None,
+        "acked_at": 1,
+    }
     assert codec.decode(codec.encode("SuppressionAck", ack))[0] == "SuppressionAck"
 
 
@@ -68,8 +77,14 @@ def test_truncated_and_trailing_bodies_are_undecodable():
 
 def test_wrong_message_type_is_rejected():
     codec = default_codec()
-    ack = {"command_id": "c", "request_id": "r", "destination": "d", "status": "APPLIED",
-           "detail": None, "acked_at": 1}
+    ack = {
+        "command_id": "c",
+        "request_id": "r",
+        "destination": "d",
+        "status": "APPLIED",
+        "detail": None,
+        "acked_at": 1,
+    }
     with pytest.raises(PoisonMessage) as info:
         codec.decode(codec.encode("SuppressionAck", ack), expect="OptOutRequested")
     assert info.value.reason == "wrong_message_type"

@@ -33,23 +33,47 @@ from services.confirmer.sweeper import SweepSchedule, next_reissue_at, reissue_i
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 APPLIED, ALREADY, REJECTED = AckStatus.APPLIED, AckStatus.ALREADY_SUPPRESSED, AckStatus.REJECTED
-ADDRESS = {"name": "Ada Lovelace", "lines": ["12 St James's Sq"], "city": "London",
-           "region": None, "postal_code": "SW1Y 4JH", "country": "GB"}
+ADDRESS = {
+    "name": "Ada Lovelace",
+    "lines": ["12 St James's Sq"],
+    "city": "London",
+    "region": None,
+    "postal_code": "SW1Y 4JH",
+    "country": "GB",
+}
 
 
-def row(cid: str = "c1", status: str = "PENDING", dest: str = "email_provider",
-        acked_at: datetime | None = None, detail: str | None = None) -> DestinationRow:
+def row(
+    cid: str = "c1",
+    status: str = "PENDING",
+    dest: str = "email_provider",
+    acked_at: datetime | None = None,
+    detail: str | None = None,
+) -> DestinationRow:
     return DestinationRow(cid, "evt-1", dest, status, detail, acked_at)
 
 
-def ack(status: AckStatus, cid: str = "c1", minutes: int = 0, detail: str | None = None,
-        dest: str = "email_provider", request_id: str = "evt-1") -> Ack:
+def ack(
+    status: AckStatus,
+    cid: str = "c1",
+    minutes: int = 0,
+    detail: str | None = None,
+    dest: str = "email_provider",
+    request_id: str = "evt-1",
+) -> Ack:
     return Ack(cid, request_id, dest, status, detail, T0 + timedelta(minutes=minutes))
 
 
 def request(email: str | None = "ada@example.com") -> RequestRow:
-    return RequestRow("evt-1", "PENDING", "cust-9", email, ADDRESS,
-                      ("EMAIL_MARKETING", "POSTAL_MARKETING"), T0 - timedelta(hours=1))
+    return RequestRow(
+        "evt-1",
+        "PENDING",
+        "cust-9",
+        email,
+        ADDRESS,
+        ("EMAIL_MARKETING", "POSTAL_MARKETING"),
+        T0 - timedelta(hours=1),
+    )
 
 
 # --- precedence ------------------------------------------------------------------------
@@ -134,8 +158,10 @@ def test_request_state(statuses: list[str], state: RequestState) -> None:
 
 # --- the confirmation record -----------------------------------------------------------
 def test_confirmation_names_each_destination_with_its_applied_time_and_the_email() -> None:
-    dests = [row("c2", "ALREADY_SUPPRESSED", "mail_house", T0 + timedelta(minutes=2)),
-             row("c1", "APPLIED", "email_provider", T0 + timedelta(minutes=1))]
+    dests = [
+        row("c2", "ALREADY_SUPPRESSED", "mail_house", T0 + timedelta(minutes=2)),
+        row("c1", "APPLIED", "email_provider", T0 + timedelta(minutes=1)),
+    ]
     confirmed_at = T0 + timedelta(minutes=3)
     record = confirmation_record(request(), dests, confirmed_at)
     assert record["request_id"] == "evt-1"
@@ -143,10 +169,16 @@ def test_confirmation_names_each_destination_with_its_applied_time_and_the_email
     assert record["notify_email"] == "ada@example.com"
     assert record["notify_postal_address"] is None  # email wins
     assert record["destinations"] == [
-        {"destination": "email_provider", "status": "APPLIED",
-         "applied_at": to_millis(T0 + timedelta(minutes=1))},
-        {"destination": "mail_house", "status": "ALREADY_SUPPRESSED",
-         "applied_at": to_millis(T0 + timedelta(minutes=2))},
+        {
+            "destination": "email_provider",
+            "status": "APPLIED",
+            "applied_at": to_millis(T0 + timedelta(minutes=1)),
+        },
+        {
+            "destination": "mail_house",
+            "status": "ALREADY_SUPPRESSED",
+            "applied_at": to_millis(T0 + timedelta(minutes=2)),
+        },
     ]
     assert record["requested_at"] == to_millis(T0 - timedelta(hours=1))
     assert record["confirmed_at"] == to_millis(confirmed_at)
@@ -166,15 +198,21 @@ def test_confirmation_falls_back_to_the_postal_address_without_an_email() -> Non
 def test_no_confirmation_claims_success_for_an_unapplied_destination() -> None:
     for status in ("PENDING", "REJECTED"):
         with pytest.raises(ValueError, match="has not applied"):
-            confirmation_record(request(), [row("c1", "APPLIED", acked_at=T0),
-                                            row("c2", status, "mail_house", T0)], T0)
+            confirmation_record(
+                request(), [row("c1", "APPLIED", acked_at=T0), row("c2", status, "mail_house", T0)], T0
+            )
 
 
 # --- decoding acks ---------------------------------------------------------------------
 def _ack_record(**overrides: object) -> dict[str, object]:
-    values: dict[str, object] = {"command_id": "c1", "request_id": "evt-1",
-                                 "destination": "email_provider", "status": "REJECTED",
-                                 "detail": "bounced", "acked_at": T0}
+    values: dict[str, object] = {
+        "command_id": "c1",
+        "request_id": "evt-1",
+        "destination": "email_provider",
+        "status": "REJECTED",
+        "detail": "bounced",
+        "acked_at": T0,
+    }
     values.update(overrides)
     return values
 
@@ -184,8 +222,12 @@ def test_decode_ack_round_trips_through_the_codec() -> None:
     decoded = decode_ack(codec, codec.encode("SuppressionAck", _ack_record()))
     assert decoded == Ack("c1", "evt-1", "email_provider", REJECTED, "bounced", T0)
     with pytest.raises(PoisonMessage) as info:
-        decode_ack(codec, codec.encode("OptOutConfirmed", confirmation_record(
-            request(), [row("c1", "APPLIED", acked_at=T0)], T0)))
+        decode_ack(
+            codec,
+            codec.encode(
+                "OptOutConfirmed", confirmation_record(request(), [row("c1", "APPLIED", acked_at=T0)], T0)
+            ),
+        )
     assert info.value.reason == "wrong_message_type"
 
 
@@ -243,11 +285,19 @@ def test_describe_lateness() -> None:
 
 
 def test_overdue_table_and_json() -> None:
-    item = OverdueRequest("evt-1", "NEEDS_ATTENTION", "US-CA", "CCPA", T0 - timedelta(days=30),
-                          T0 - timedelta(hours=2), T0 - timedelta(hours=1),
-                          ("mail_house:REJECTED",))
-    soon = OverdueRequest("evt-2", "PENDING", None, "default", T0, T0 + timedelta(hours=3), None,
-                          ("email_provider:PENDING",))
+    item = OverdueRequest(
+        "evt-1",
+        "NEEDS_ATTENTION",
+        "US-CA",
+        "CCPA",
+        T0 - timedelta(days=30),
+        T0 - timedelta(hours=2),
+        T0 - timedelta(hours=1),
+        ("mail_house:REJECTED",),
+    )
+    soon = OverdueRequest(
+        "evt-2", "PENDING", None, "default", T0, T0 + timedelta(hours=3), None, ("email_provider:PENDING",)
+    )
     table = render_table([item, soon], T0).splitlines()
     assert table[0].startswith("EVENT ID")
     assert "overdue 2h 0m" in table[1] and "mail_house:REJECTED" in table[1]

@@ -52,16 +52,30 @@ from services.standins.partners_api import PartnersStandin, looks_raw, validate_
 from services.standins.web import App, Request
 
 NOW = datetime(2025, 3, 14, 9, 26, 53, tzinfo=UTC)
-ADDRESS = {"name": "Ada  Lovelace", "lines": ["12 St James's Sq", "Flat 2", "Wing B", "Floor 3"],
-           "city": "London", "region": None, "postal_code": "SW1Y 4JH", "country": "GB"}
+ADDRESS = {
+    "name": "Ada  Lovelace",
+    "lines": ["12 St James's Sq", "Flat 2", "Wing B", "Floor 3"],
+    "city": "London",
+    "region": None,
+    "postal_code": "SW1Y 4JH",
+    "country": "GB",
+}
 
 
 def cmd(destination: str = "email_provider", **fields: object) -> Command:
     record: dict[str, object] = {
-        "command_id": str(uuid.uuid4()), "request_id": f"evt-{uuid.uuid4()}",
-        "destination": destination, "customer_id": None, "email": None, "phone": None,
-        "postal_address": None, "email_sha256": None, "phone_sha256": None,
-        "scopes": ["ALL"], "issued_at": to_millis(NOW), "deadline": to_millis(NOW + timedelta(days=10)),
+        "command_id": str(uuid.uuid4()),
+        "request_id": f"evt-{uuid.uuid4()}",
+        "destination": destination,
+        "customer_id": None,
+        "email": None,
+        "phone": None,
+        "postal_address": None,
+        "email_sha256": None,
+        "phone_sha256": None,
+        "scopes": ["ALL"],
+        "issued_at": to_millis(NOW),
+        "deadline": to_millis(NOW + timedelta(days=10)),
     }
     record.update(fields)
     return Command.from_record(record)
@@ -69,10 +83,18 @@ def cmd(destination: str = "email_provider", **fields: object) -> Command:
 
 def transport(app: App) -> httpx.MockTransport:
     """Route httpx requests to a stand-in's handler function."""
+
     def handler(request: httpx.Request) -> httpx.Response:
-        answer = app(Request(request.method, request.url.path,
-                             {k.lower(): v for k, v in request.headers.items()}, request.content))
+        answer = app(
+            Request(
+                request.method,
+                request.url.path,
+                {k.lower(): v for k, v in request.headers.items()},
+                request.content,
+            )
+        )
         return httpx.Response(answer.status, json=answer.body, headers=dict(answer.headers))
+
     return httpx.MockTransport(handler)
 
 
@@ -86,8 +108,11 @@ def test_first_of_each_keeps_the_first_occurrence_in_order() -> None:
 
 def test_stored_outcomes_match_pending_commands_and_ignore_strays() -> None:
     a, b = cmd(), cmd()
-    returned = [Outcome.applied(a.command_id), Outcome.rejected("not-pending", "x"),
-                Outcome.rejected(a.command_id, "second answer for a")]
+    returned = [
+        Outcome.applied(a.command_id),
+        Outcome.rejected("not-pending", "x"),
+        Outcome.rejected(a.command_id, "second answer for a"),
+    ]
     matched, ignored = stored_outcomes([a, b], returned, NOW)
     assert set(matched) == {a.command_id}
     assert matched[a.command_id] == StoredOutcome(a.command_id, a.request_id, AckStatus.APPLIED, None, NOW)
@@ -101,14 +126,17 @@ def test_clip_detail_bounds_and_strips_nul() -> None:
 
 
 # --- retry waits ------------------------------------------------------------------------------
-@pytest.mark.parametrize(("hint", "backoff", "cap", "expected"), [
-    (None, 0.7, 10.0, 0.7),      # no hint: our backoff
-    (3.0, 0.7, 10.0, 3.0),       # the provider's Retry-After is a floor
-    (1.0, 4.0, 10.0, 4.0),       # a longer own backoff is kept
-    (120.0, 0.7, 60.0, 60.0),    # capped
-    (None, 99.0, 10.0, 10.0),
-    (0.0, 0.2, 10.0, 0.2),
-])
+@pytest.mark.parametrize(
+    ("hint", "backoff", "cap", "expected"),
+    [
+        (None, 0.7, 10.0, 0.7),  # no hint: our backoff
+        (3.0, 0.7, 10.0, 3.0),  # the provider's Retry-After is a floor
+        (1.0, 4.0, 10.0, 4.0),  # a longer own backoff is kept
+        (120.0, 0.7, 60.0, 60.0),  # capped
+        (None, 99.0, 10.0, 10.0),
+        (0.0, 0.2, 10.0, 0.2),
+    ],
+)
 def test_retry_wait_seconds(hint: float | None, backoff: float, cap: float, expected: float) -> None:
     assert retry_wait_seconds(hint, backoff, cap) == expected
 
@@ -149,11 +177,13 @@ class ScriptedConnector(Connector):
 POLICY = RetryPolicy(attempts=4, initial_seconds=0.1, max_backoff_seconds=2.0, retry_after_max_seconds=30.0)
 
 
-def _run(connector: Connector, commands: Sequence[Command],
-         stop: threading.Event | None = None) -> tuple[list[float], ApplyRun]:
+def _run(
+    connector: Connector, commands: Sequence[Command], stop: threading.Event | None = None
+) -> tuple[list[float], ApplyRun]:
     sleeps: list[float] = []
-    run = apply_with_retries(connector, commands, ManualClock(NOW), POLICY, stop or threading.Event(),
-                             sleep=sleeps.append)
+    run = apply_with_retries(
+        connector, commands, ManualClock(NOW), POLICY, stop or threading.Event(), sleep=sleeps.append
+    )
     return sleeps, run
 
 
@@ -164,8 +194,8 @@ def test_transient_failures_are_retried_with_retry_after_then_applied() -> None:
     assert run.error is None and run.attempts == 3
     assert {o.status for o in run.outcomes.values()} == {AckStatus.APPLIED}
     assert set(run.outcomes) == {a.command_id, b.command_id}
-    assert sleeps[0] == 2.5            # Retry-After honoured
-    assert 0 <= sleeps[1] <= 2.0       # jittered exponential backoff within the cap
+    assert sleeps[0] == 2.5  # Retry-After honoured
+    assert 0 <= sleeps[1] <= 2.0  # jittered exponential backoff within the cap
     assert len(fake.calls) == 3
 
 
@@ -209,7 +239,7 @@ def test_incomplete_batch_keeps_progress_even_when_attempts_run_out() -> None:
 
     fake = Partial([])
     sleeps, run = _run(fake, [a, b])
-    assert set(run.outcomes) == {a.command_id}        # kept, so it is recorded and not re-applied
+    assert set(run.outcomes) == {a.command_id}  # kept, so it is recorded and not re-applied
     assert isinstance(run.error, IncompleteBatch) and run.error.retry_after == 1.0
     assert fake.calls[1:] == [[b.command_id]] * (POLICY.attempts - 1)
     assert all(s >= 1.0 for s in sleeps)
@@ -226,16 +256,22 @@ def test_a_connector_bug_is_not_retried() -> None:
 def test_decode_command_checks_type_and_destination() -> None:
     codec = default_codec()
     command = cmd("mail_house", postal_address=ADDRESS)
-    record = {**command.__dict__, "scopes": list(command.scopes),
-              "issued_at": to_millis(command.issued_at), "deadline": to_millis(command.deadline)}
+    record = {
+        **command.__dict__,
+        "scopes": list(command.scopes),
+        "issued_at": to_millis(command.issued_at),
+        "deadline": to_millis(command.deadline),
+    }
     payload = codec.encode("SuppressionCommand", record)
     decoded = decode_command(codec, payload, "mail_house")
     assert decoded.command_id == command.command_id and decoded.issued_at == command.issued_at
     with pytest.raises(PoisonMessage) as wrong_dest:
         decode_command(codec, payload, "email_provider")
     assert wrong_dest.value.reason == "wrong_destination"
-    ack = codec.encode("SuppressionAck", {"command_id": "c", "request_id": "r", "destination": "d",
-                                          "status": "APPLIED", "acked_at": 0})
+    ack = codec.encode(
+        "SuppressionAck",
+        {"command_id": "c", "request_id": "r", "destination": "d", "status": "APPLIED", "acked_at": 0},
+    )
     with pytest.raises(PoisonMessage) as wrong_type:
         decode_command(codec, ack, "mail_house")
     assert wrong_type.value.reason == "wrong_message_type"
@@ -245,19 +281,38 @@ def test_decode_command_checks_type_and_destination() -> None:
 
 def test_ack_record_encodes_as_a_suppression_ack() -> None:
     stored = StoredOutcome("cid", "rid", AckStatus.REJECTED, "email provider: hard bounce", NOW)
-    _, decoded = default_codec().decode(default_codec().encode("SuppressionAck",
-                                                               ack_record(stored, "email_provider")))
-    assert decoded == {"command_id": "cid", "request_id": "rid", "destination": "email_provider",
-                       "status": "REJECTED", "detail": "email provider: hard bounce", "acked_at": NOW}
+    _, decoded = default_codec().decode(
+        default_codec().encode("SuppressionAck", ack_record(stored, "email_provider"))
+    )
+    assert decoded == {
+        "command_id": "cid",
+        "request_id": "rid",
+        "destination": "email_provider",
+        "status": "REJECTED",
+        "detail": "email provider: hard bounce",
+        "acked_at": NOW,
+    }
 
 
 # --- HTTP helpers -----------------------------------------------------------------------------
-@pytest.mark.parametrize(("code", "verdict"), [
-    (200, Verdict.OK), (201, Verdict.OK), (429, Verdict.TRANSIENT), (408, Verdict.TRANSIENT),
-    (500, Verdict.TRANSIENT), (503, Verdict.TRANSIENT), (401, Verdict.CONFIGURATION),
-    (403, Verdict.CONFIGURATION), (404, Verdict.CONFIGURATION), (400, Verdict.PERMANENT),
-    (413, Verdict.PERMANENT), (422, Verdict.PERMANENT), (302, Verdict.TRANSIENT),
-])
+@pytest.mark.parametrize(
+    ("code", "verdict"),
+    [
+        (200, Verdict.OK),
+        (201, Verdict.OK),
+        (429, Verdict.TRANSIENT),
+        (408, Verdict.TRANSIENT),
+        (500, Verdict.TRANSIENT),
+        (503, Verdict.TRANSIENT),
+        (401, Verdict.CONFIGURATION),
+        (403, Verdict.CONFIGURATION),
+        (404, Verdict.CONFIGURATION),
+        (400, Verdict.PERMANENT),
+        (413, Verdict.PERMANENT),
+        (422, Verdict.PERMANENT),
+        (302, Verdict.TRANSIENT),
+    ],
+)
 def test_classify_status(code: int, verdict: Verdict) -> None:
     assert classify_status(code) is verdict
 
@@ -299,8 +354,9 @@ def test_email_provider_maps_added_already_and_rejected() -> None:
     no_email = cmd()
     out = {o.command_id: o for o in connector.apply([again, bad, fresh, no_email])}
     assert out[again.command_id].status is AckStatus.ALREADY_SUPPRESSED
-    assert out[bad.command_id] == Outcome.rejected(bad.command_id,
-                                                   "email provider: hard bounce on 2025-01-02")
+    assert out[bad.command_id] == Outcome.rejected(
+        bad.command_id, "email provider: hard bounce on 2025-01-02"
+    )
     assert out[fresh.command_id].status is AckStatus.APPLIED  # re-sent after the 400
     assert out[no_email.command_id].status is AckStatus.REJECTED
     assert set(standin.suppressed) == {"a@example.com", "b@example.com"}
@@ -346,10 +402,12 @@ def test_email_provider_incomplete_batch_keeps_the_first_chunk() -> None:
 
 def test_success_and_rejection_parsing() -> None:
     assert success_results(["a@x.io", "b@x.io"], {"already_suppressed": ["B@x.io"]}) == {
-        "a@x.io": (AckStatus.APPLIED, None), "b@x.io": (AckStatus.ALREADY_SUPPRESSED, None)}
-    assert rejected_addresses(["a@x.io"], {"errors": [{"email": "A@X.IO", "message": "no"},
-                                                      {"email": "other@x.io"}, "junk"]}) == {
-        "a@x.io": "email provider: no"}
+        "a@x.io": (AckStatus.APPLIED, None),
+        "b@x.io": (AckStatus.ALREADY_SUPPRESSED, None),
+    }
+    assert rejected_addresses(
+        ["a@x.io"], {"errors": [{"email": "A@X.IO", "message": "no"}, {"email": "other@x.io"}, "junk"]}
+    ) == {"a@x.io": "email provider: no"}
     assert rejected_addresses(["a@x.io"], None) == {}
 
 
@@ -358,15 +416,22 @@ def test_csv_row_normalizes_and_folds_address_lines() -> None:
     command = cmd("mail_house", postal_address=ADDRESS)
     row = mh.csv_row(command, ADDRESS, date(2025, 3, 14))
     assert dict(zip(mh.COLUMNS, row, strict=True)) == {
-        "request_id": command.request_id, "command_id": command.command_id,
-        "name": "ADA LOVELACE", "address_line_1": "12 ST JAMES'S SQ", "address_line_2": "FLAT 2",
-        "address_line_3": "WING B, FLOOR 3", "city": "LONDON", "region": "",
-        "postal_code": "SW1Y 4JH", "country": "GB", "suppressed_on": "2025-03-14",
+        "request_id": command.request_id,
+        "command_id": command.command_id,
+        "name": "ADA LOVELACE",
+        "address_line_1": "12 ST JAMES'S SQ",
+        "address_line_2": "FLAT 2",
+        "address_line_3": "WING B, FLOOR 3",
+        "city": "LONDON",
+        "region": "",
+        "postal_code": "SW1Y 4JH",
+        "country": "GB",
+        "suppressed_on": "2025-03-14",
     }
 
 
 def test_csv_cells_cannot_be_formulas_or_break_lines() -> None:
-    address = {**ADDRESS, "name": "=HYPERLINK(\"http://x\")", "lines": ["1 Main\nSt", "\x07"]}
+    address = {**ADDRESS, "name": '=HYPERLINK("http://x")', "lines": ["1 Main\nSt", "\x07"]}
     row = mh.csv_row(cmd("mail_house"), address, date(2025, 1, 1))
     assert row[2].startswith("'=")
     assert row[3] == "1 MAIN ST" and row[4] == ""
@@ -382,8 +447,7 @@ def test_plan_file_adds_only_new_command_ids() -> None:
     assert second.rows_added == 1 and second.content is not None
     rows = list(csv.DictReader(io.StringIO(second.content.decode())))
     assert [r["command_id"] for r in rows] == [a.command_id, b.command_id]
-    assert [o.status for o in second.outcomes] == [AckStatus.APPLIED, AckStatus.APPLIED,
-                                                   AckStatus.REJECTED]
+    assert [o.status for o in second.outcomes] == [AckStatus.APPLIED, AckStatus.APPLIED, AckStatus.REJECTED]
     assert mh.plan_file(second.content, [a, b], day).content is None
 
 
@@ -412,11 +476,19 @@ def _hashed(**fields: object) -> Command:
 
 def test_partner_record_holds_only_hashes() -> None:
     email_hash = sha256_hex("jane@example.com")
-    command = _hashed(customer_id="C-42", email_sha256=email_hash, phone_sha256="not-a-hash",
-                      email="jane@example.com", phone="+14155550123")
+    command = _hashed(
+        customer_id="C-42",
+        email_sha256=email_hash,
+        phone_sha256="not-a-hash",
+        email="jane@example.com",
+        phone="+14155550123",
+    )
     record = partner_record(command)
-    assert record == {"reference": command.command_id, "email_sha256": email_hash,
-                      "customer_id_sha256": sha256_hex("C-42")}
+    assert record == {
+        "reference": command.command_id,
+        "email_sha256": email_hash,
+        "customer_id_sha256": sha256_hex("C-42"),
+    }
     assert partner_record(_hashed(email="jane@example.com")) is None
 
 
@@ -427,10 +499,13 @@ def test_combine_requires_every_partner() -> None:
 
 def test_third_party_connector_reaches_every_partner_with_hashes_only() -> None:
     standin = PartnersStandin({"p1": "t1", "p2": "t2"})
-    partners = [PartnerEndpoint(name=n, url=f"http://partners/partners/{n}", token=SecretStr(t))
-                for n, t in (("p1", "t1"), ("p2", "t2"))]
+    partners = [
+        PartnerEndpoint(name=n, url=f"http://partners/partners/{n}", token=SecretStr(t))
+        for n, t in (("p1", "t1"), ("p2", "t2"))
+    ]
     connector = ThirdPartySharingConnector(
-        partners, httpx.Client(transport=transport(standin.handle)), ManualClock(NOW))
+        partners, httpx.Client(transport=transport(standin.handle)), ManualClock(NOW)
+    )
     good = _hashed(email_sha256=sha256_hex("a@example.com"), customer_id="C-1")
     empty = _hashed()
     out = {o.command_id: o for o in connector.apply([good, empty])}
@@ -445,8 +520,14 @@ def test_a_partner_refusal_rejects_with_its_name() -> None:
     standin = PartnersStandin({"p1": "t1"})
     wrong = PartnerEndpoint(name="p1", url="http://partners/partners/p1", token=SecretStr("t1"))
     connector = ThirdPartySharingConnector([wrong], httpx.Client(transport=transport(standin.handle)))
-    answer = standin.handle(Request("POST", "/partners/p1/opt-outs", {"authorization": "Bearer t1"},
-                                    b'{"opt_outs": [{"reference": "r", "email_sha256": "jane@x.io"}]}'))
+    answer = standin.handle(
+        Request(
+            "POST",
+            "/partners/p1/opt-outs",
+            {"authorization": "Bearer t1"},
+            b'{"opt_outs": [{"reference": "r", "email_sha256": "jane@x.io"}]}',
+        )
+    )
     assert answer.status == 400 and answer.body["reason"] == "raw_identifier"
     out = connector.apply([_hashed(phone_sha256=sha256_hex("+14155550123"))])
     assert out[0].status is AckStatus.APPLIED
@@ -459,7 +540,9 @@ def test_a_partner_refusal_rejects_with_its_name() -> None:
 def test_partner_validation() -> None:
     h = sha256_hex("x")
     assert validate_opt_outs({"opt_outs": [{"reference": "r", "email_sha256": h}]}) == (
-        [{"reference": "r", "email_sha256": h}], None)
+        [{"reference": "r", "email_sha256": h}],
+        None,
+    )
     assert validate_opt_outs({"opt_outs": [{"reference": "r", "email": "a"}]})[1] == "unknown fields: email"
     assert validate_opt_outs({"opt_outs": [{"reference": "r", "email_sha256": h.upper()}]})[1]
     assert validate_opt_outs({"opt_outs": [{"email_sha256": h}]})[1]
@@ -482,8 +565,14 @@ def test_fixed_window_limiter() -> None:
 def test_email_standin_failure_rate_is_roughly_honoured() -> None:
     standin = EmailProviderStandin(token="t", failure_rate=0.3, rng=random.Random(7))
     for i in range(400):
-        standin.handle(Request("POST", "/v3/asm/suppressions/global", {"authorization": "Bearer t"},
-                               f'{{"recipient_emails": ["u{i}@example.com"]}}'.encode()))
+        standin.handle(
+            Request(
+                "POST",
+                "/v3/asm/suppressions/global",
+                {"authorization": "Bearer t"},
+                f'{{"recipient_emails": ["u{i}@example.com"]}}'.encode(),
+            )
+        )
     assert 0.2 < standin.answers[503] / 400 < 0.4
     assert standin.answers[503] + standin.answers[201] == 400
 

@@ -14,8 +14,21 @@ def test_email_is_trimmed_and_lower_cased():
     assert normalize_email("  Jane.Doe@Example.COM ") == "jane.doe@example.com"
 
 
-@pytest.mark.parametrize("bad", ["", "no-at", "a@b", "a@@b.com", "a b@c.com", "@x.com", "a@-x.com",
-                                 "a..b@x.com", "x" * 65 + "@x.com", "a@x.com'; DROP TABLE x;--@y"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "no-at",
+        "a@b",
+        "a@@b.com",
+        "a b@c.com",
+        "@x.com",
+        "a@-x.com",
+        "a..b@x.com",
+        "x" * 65 + "@x.com",
+        "a@x.com'; DROP TABLE x;--@y",
+    ],
+)
 def test_invalid_emails_are_poison(bad):
     with pytest.raises(PoisonMessage) as info:
         normalize_email(bad)
@@ -84,9 +97,7 @@ def test_email_marketing_is_due_in_48_hours_anywhere():
 
 def test_ccpa_and_gdpr_for_non_email_scopes():
     assert due_at(FRIDAY, [Scope.THIRD_PARTY_SHARING], "US-CA") == add_business_days(FRIDAY, 15)
-    assert due_at(FRIDAY, [Scope.POSTAL_MARKETING], "EU") == datetime(
-        2026, 12, 27, 15, 0, tzinfo=UTC
-    )
+    assert due_at(FRIDAY, [Scope.POSTAL_MARKETING], "EU") == datetime(2026, 12, 27, 15, 0, tzinfo=UTC)
     assert governing_rule(FRIDAY, [Scope.POSTAL_MARKETING], "DE") == "GDPR"
     assert governing_rule(FRIDAY, [Scope.POSTAL_MARKETING], None) == "default"
 
@@ -100,8 +111,10 @@ def _business_days_one_by_one(start, days):
     return moment
 
 
-@given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1)),
-       st.integers(min_value=0, max_value=400))
+@given(
+    st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1)),
+    st.integers(min_value=0, max_value=400),
+)
 def test_business_days_closed_form_matches_counting_day_by_day(start, days):
     start = start.replace(tzinfo=UTC)
     assert add_business_days(start, days) == _business_days_one_by_one(start, days)

@@ -11,14 +11,28 @@ from services.intake.validation import validate_request
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 SKEW = timedelta(minutes=5)
-ADDRESS = {"name": "Jane  Doe", "lines": ["1 Main St", " "], "city": "Springfield",
-           "region": "il", "postal_code": "62701", "country": "us"}
+ADDRESS = {
+    "name": "Jane  Doe",
+    "lines": ["1 Main St", " "],
+    "city": "Springfield",
+    "region": "il",
+    "postal_code": "62701",
+    "country": "us",
+}
 
 
 def record(**overrides):
-    base = {"event_id": "evt-1", "customer_id": None, "email": "Jane@Example.com", "phone": None,
-            "postal_address": None, "scopes": ["EMAIL_MARKETING"], "source": "API",
-            "jurisdiction": None, "requested_at": NOW - timedelta(minutes=1)}
+    base = {
+        "event_id": "evt-1",
+        "customer_id": None,
+        "email": "Jane@Example.com",
+        "phone": None,
+        "postal_address": None,
+        "scopes": ["EMAIL_MARKETING"],
+        "source": "API",
+        "jurisdiction": None,
+        "requested_at": NOW - timedelta(minutes=1),
+    }
     base.update(overrides)
     return base
 
@@ -88,7 +102,8 @@ def test_explicit_scope_without_identifier_is_poison():
 def test_commands_carry_only_what_each_destination_needs():
     r = validate_request(
         record(scopes=["ALL"], phone="+14155550123", postal_address=ADDRESS, customer_id="c-9"),
-        NOW, SKEW,
+        NOW,
+        SKEW,
     )
     commands = {c.destination: c.record for c in plan_commands(r, NOW)}
     assert commands["email_provider"]["email"] == "jane@example.com"
@@ -108,14 +123,16 @@ def test_command_id_is_deterministic_per_event_and_destination():
 
 
 @given(
-    st.fixed_dictionaries({
-        "event_id": st.text(max_size=30),
-        "customer_id": st.none() | st.text(max_size=30),
-        "email": st.none() | st.text(max_size=40) | st.emails(),
-        "phone": st.none() | st.text(max_size=20),
-        "scopes": st.lists(st.sampled_from([s.value for s in Scope]), max_size=4),
-        "jurisdiction": st.none() | st.text(max_size=8),
-    })
+    st.fixed_dictionaries(
+        {
+            "event_id": st.text(max_size=30),
+            "customer_id": st.none() | st.text(max_size=30),
+            "email": st.none() | st.text(max_size=40) | st.emails(),
+            "phone": st.none() | st.text(max_size=20),
+            "scopes": st.lists(st.sampled_from([s.value for s in Scope]), max_size=4),
+            "jurisdiction": st.none() | st.text(max_size=8),
+        }
+    )
 )
 def test_validation_either_accepts_or_gives_a_reason(fields):
     try:
@@ -136,5 +153,4 @@ def test_command_id_is_the_rfc4122_uuid5_of_event_and_destination():
     from services.intake.planning import COMMAND_NAMESPACE
 
     for event_id, dest in [("e", "mail_house"), ("ünïcode-€", "email_provider"), ("", "x")]:
-        assert command_id(event_id, dest) == str(
-            uuid.uuid5(COMMAND_NAMESPACE, f"{event_id}\x1f{dest}"))
+        assert command_id(event_id, dest) == str(uuid.uuid5(COMMAND_NAMESPACE, f"{event_id}\x1f{dest}"))

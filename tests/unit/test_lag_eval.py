@@ -30,12 +30,12 @@ def window(*rows: tuple[int, int, float]) -> list[CommitSample]:
     [
         (10, 15, 0, 5),
         (15, 15, 0, 0),
-        (None, 15, 0, 15),     # nothing committed: everything from the low watermark
+        (None, 15, 0, 15),  # nothing committed: everything from the low watermark
         (None, 15, 5, 10),
-        (-1001, 15, 5, 10),    # librdkafka's "no offset"
-        (2, 15, 5, 10),        # committed offset deleted by retention
-        (20, 15, 0, 0),        # never negative
-        (3, -1001, 0, 0),      # unknown end
+        (-1001, 15, 5, 10),  # librdkafka's "no offset"
+        (2, 15, 5, 10),  # committed offset deleted by retention
+        (20, 15, 0, 0),  # never negative
+        (3, -1001, 0, 0),  # unknown end
     ],
 )
 def test_message_lag(committed: int | None, end: int, start: int, expected: int) -> None:
@@ -134,15 +134,16 @@ def test_group_status_is_the_worst_partition_and_burrow_folds_errors_into_err() 
     assert burrow_group_status(Status.WARN) is Status.WARN
 
 
-@given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 10**6)), min_size=1, max_size=12),
-       st.integers(1, 10**6))
+@given(
+    st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 10**6)), min_size=1, max_size=12),
+    st.integers(1, 10**6),
+)
 def test_a_recent_window_with_a_zero_lag_commit_and_no_rewind_is_ok(
     rows: list[tuple[int, int]], current: int
 ) -> None:
     offsets = sorted(o for o, _ in rows)
     lags = [lag for _, lag in rows]
-    samples = [CommitSample(o, lag, float(i))
-               for i, (o, lag) in enumerate(zip(offsets, lags, strict=True))]
+    samples = [CommitSample(o, lag, float(i)) for i, (o, lag) in enumerate(zip(offsets, lags, strict=True))]
     middle = len(samples) // 2
     samples[middle] = CommitSample(samples[middle].offset, 0, samples[middle].timestamp)
     assert evaluate_partition(samples, current, now=samples[-1].timestamp) is Status.OK
@@ -163,7 +164,7 @@ def test_unowned_unchanged_offset_is_no_commit_so_a_stopped_consumer_turns_stop(
     assert w.evaluate(5, now=10.0) is Status.WARN  # lag not decreasing while it commits
     # The consumer stops; lag rises; the offset stays.
     assert not w.observe(110, 9, now=15.0, owned=False)
-    assert w.evaluate(9, now=15.0) is Status.WARN   # 5 s since last commit < 10 s span
+    assert w.evaluate(9, now=15.0) is Status.WARN  # 5 s since last commit < 10 s span
     assert not w.observe(110, 14, now=21.0, owned=False)
     assert w.evaluate(14, now=21.0) is Status.STOP  # 11 s > 10 s span
     # Restarted: catches up to zero lag.
@@ -175,7 +176,7 @@ def test_owned_unchanged_offset_repeats_only_after_repeat_after_then_stalls() ->
     w = PartitionWindow(repeat_after=30.0)
     assert w.observe(100, 5, now=0.0, owned=True)
     assert not w.observe(100, 6, now=10.0, owned=True)
-    assert w.evaluate(6, now=10.0) is Status.OK   # one commit: no trend, owner alive: not STOP
+    assert w.evaluate(6, now=10.0) is Status.OK  # one commit: no trend, owner alive: not STOP
     assert w.observe(100, 8, now=30.0, owned=True)
     assert w.evaluate(8, now=30.0) is Status.STALL
 
@@ -195,7 +196,9 @@ def test_window_size_must_be_positive() -> None:
 def test_evaluate_group_builds_partition_reports_and_worst_status() -> None:
     windows: dict[tuple[str, str, int], PartitionWindow] = {}
     raw = GroupOffsets(
-        group="g", state="EMPTY", members=0,
+        group="g",
+        state="EMPTY",
+        members=0,
         committed={("t", 0): 10, ("t", 1): None, ("t", 2): 7},
         start={("t", 0): 0, ("t", 1): 3, ("t", 2): 0},
         end={("t", 0): 10, ("t", 1): 8, ("t", 2): 9},

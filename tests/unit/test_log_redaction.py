@@ -23,8 +23,14 @@ def restore_logging():
 def test_log_lines_never_carry_pii(capsys, restore_logging):
     configure_logging("debug", "json")
     log = structlog.get_logger("t")
-    log.info("hello", email="a@b.com", note="write to bob@example.org", key=b"email:a@b.com",
-             nested={"phone": "+14155550123", "ok": 3}, postal_address={"city": "Springfield"})
+    log.info(
+        "hello",
+        email="a@b.com",
+        note="write to bob@example.org",
+        key=b"email:a@b.com",
+        nested={"phone": "+14155550123", "ok": 3},
+        postal_address={"city": "Springfield"},
+    )
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     blob = json.dumps(line)
     for secret in ("a@b.com", "bob@example.org", "4155550123", "Springfield"):

@@ -69,11 +69,18 @@ def test_cached_check_probes_at_most_once_per_ttl() -> None:
 
 
 # --- business view -----------------------------------------------------------------------------
-@pytest.mark.parametrize(("left", "label"), [
-    (timedelta(seconds=-1), "overdue"), (timedelta(hours=23), "1d"), (timedelta(days=2), "3d"),
-    (timedelta(days=6), "7d"), (timedelta(days=13), "14d"), (timedelta(days=29), "30d"),
-    (timedelta(days=45), "later"),
-])
+@pytest.mark.parametrize(
+    ("left", "label"),
+    [
+        (timedelta(seconds=-1), "overdue"),
+        (timedelta(hours=23), "1d"),
+        (timedelta(days=2), "3d"),
+        (timedelta(days=6), "7d"),
+        (timedelta(days=13), "14d"),
+        (timedelta(days=29), "30d"),
+        (timedelta(days=45), "later"),
+    ],
+)
 def test_deadline_bucket(left: timedelta, label: str) -> None:
     assert business.deadline_bucket(left) == label
 
@@ -82,15 +89,22 @@ def test_gauge_values_from_rows() -> None:
     rows = [
         ("CONFIRMED", NOW - timedelta(days=9), NOW + timedelta(days=30)),
         ("PENDING", NOW - timedelta(hours=2), NOW + timedelta(days=44)),
-        ("PENDING", NOW - timedelta(days=46), NOW - timedelta(days=1)),      # overdue
+        ("PENDING", NOW - timedelta(days=46), NOW - timedelta(days=1)),  # overdue
         ("NEEDS_ATTENTION", NOW - timedelta(days=40), NOW + timedelta(days=2)),
     ]
     values = business.gauge_values(business.snapshot_from_rows(rows, NOW), NOW)
     assert values["requests"] == {"pending": 2, "confirmed": 1, "needs_attention": 1, "overdue": 1}
     assert values["oldest_age"] == timedelta(days=46).total_seconds()
     assert values["nearest_deadline"] == -86400.0
-    assert values["open_by_deadline"] == {"overdue": 1, "1d": 0, "3d": 1, "7d": 0, "14d": 0,
-                                          "30d": 0, "later": 1}
+    assert values["open_by_deadline"] == {
+        "overdue": 1,
+        "1d": 0,
+        "3d": 1,
+        "7d": 0,
+        "14d": 0,
+        "30d": 0,
+        "later": 1,
+    }
     assert values["commands"][("email_provider", "rejected")] == 0
 
 
@@ -115,17 +129,35 @@ def test_observe_confirmation_records_end_to_end_latency() -> None:
 
 # --- deploy/ only queries metrics the code exports ------------------------------------------------
 _PROMQL_WORDS = {
-    "max", "min", "sum", "by", "and", "or", "on", "rate", "increase", "delta", "changes",
-    "histogram_quantile", "time", "le", "without", "count", "avg", "unless", "ignoring", "up",
-    "bool", "offset",
+    "max",
+    "min",
+    "sum",
+    "by",
+    "and",
+    "or",
+    "on",
+    "rate",
+    "increase",
+    "delta",
+    "changes",
+    "histogram_quantile",
+    "time",
+    "le",
+    "without",
+    "count",
+    "avg",
+    "unless",
+    "ignoring",
+    "up",
+    "bool",
+    "offset",
 }
 
 
 def _metric_names_in(exprs: list[str]) -> set[str]:
     names: set[str] = set()
     for expr in exprs:
-        stripped = re.sub(r'\{[^}]*\}|"[^"]*"|\[[^\]]*\]|\b(?:by|on|without|ignoring)\s*\([^)]*\)',
-                          " ", expr)
+        stripped = re.sub(r'\{[^}]*\}|"[^"]*"|\[[^\]]*\]|\b(?:by|on|without|ignoring)\s*\([^)]*\)', " ", expr)
         names |= {w for w in re.findall(r"[a-z_][a-z0-9_]*", stripped) if w not in _PROMQL_WORDS}
     return names
 

@@ -41,15 +41,28 @@ def test_a_newer_version_reads_older_messages(tmp_path: Path):
         shutil.copy(path, tmp_path / path.name)
     v1 = json.loads((tmp_path / "OptOutRequested.v1.avsc").read_text())
     v2 = json.loads(json.dumps(v1))
-    v2["fields"].append({"name": "locale", "type": ["null", "string"], "default": None,
-                         "doc": "Customer's preferred language (added in v2)."})
+    v2["fields"].append(
+        {
+            "name": "locale",
+            "type": ["null", "string"],
+            "default": None,
+            "doc": "Customer's preferred language (added in v2).",
+        }
+    )
     (tmp_path / "OptOutRequested.v2.avsc").write_text(json.dumps(v2))
 
     old_writer = Codec(schemas_dir())  # knows only v1
     new_reader = Codec(tmp_path)  # knows v1 and v2
-    payload = old_writer.encode("OptOutRequested", {
-        "event_id": "e", "email": "a@example.com", "scopes": ["ALL"], "source": "API",
-        "requested_at": datetime(2026, 1, 1, tzinfo=UTC)})
+    payload = old_writer.encode(
+        "OptOutRequested",
+        {
+            "event_id": "e",
+            "email": "a@example.com",
+            "scopes": ["ALL"],
+            "source": "API",
+            "requested_at": datetime(2026, 1, 1, tzinfo=UTC),
+        },
+    )
     name, record = new_reader.decode(payload)
     assert name == "OptOutRequested"
     assert record["locale"] is None and record["email"] == "a@example.com"

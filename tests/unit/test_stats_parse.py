@@ -10,33 +10,56 @@ import pytest
 from services.observability.stats import parse_stats
 
 
-def _partition(n: int, committed: int, hi: int, lo: int = 0, desired: bool = True,
-               fetch_state: str = "active") -> dict[str, Any]:
+def _partition(
+    n: int, committed: int, hi: int, lo: int = 0, desired: bool = True, fetch_state: str = "active"
+) -> dict[str, Any]:
     # Shaped like librdkafka 2.x output (trimmed to the fields that matter plus a few others).
-    return {"partition": n, "broker": 1, "leader": 1, "desired": desired, "unknown": False,
-            "fetch_state": fetch_state, "query_offset": -2, "next_offset": hi, "app_offset": hi,
-            "stored_offset": hi, "commited_offset": committed, "committed_offset": committed,
-            "eof_offset": hi, "lo_offset": lo, "hi_offset": hi, "ls_offset": hi,
-            "consumer_lag": -1 if committed < 0 else hi - committed, "rxmsgs": 5}
+    return {
+        "partition": n,
+        "broker": 1,
+        "leader": 1,
+        "desired": desired,
+        "unknown": False,
+        "fetch_state": fetch_state,
+        "query_offset": -2,
+        "next_offset": hi,
+        "app_offset": hi,
+        "stored_offset": hi,
+        "commited_offset": committed,
+        "committed_offset": committed,
+        "eof_offset": hi,
+        "lo_offset": lo,
+        "hi_offset": hi,
+        "ls_offset": hi,
+        "consumer_lag": -1 if committed < 0 else hi - committed,
+        "rxmsgs": 5,
+    }
 
 
 def _stats(partitions: dict[str, dict[str, Any]], topic: str = "t.optout.requests") -> str:
-    return json.dumps({
-        "name": "rdkafka#consumer-3", "client_id": "rdkafka", "type": "consumer", "time": 1795932227,
-        "cgrp": {"state": "up", "join_state": "steady", "rebalance_cnt": 1, "assignment_size": 2},
-        "brokers": {
-            "127.0.0.1:19092/1": {"name": "127.0.0.1:19092/1", "nodeid": 1, "state": "UP"},
-            "GroupCoordinator": {"name": "GroupCoordinator", "nodeid": -1, "state": "UP"},
-        },
-        "topics": {topic: {"topic": topic, "partitions": partitions}},
-    })
+    return json.dumps(
+        {
+            "name": "rdkafka#consumer-3",
+            "client_id": "rdkafka",
+            "type": "consumer",
+            "time": 1795932227,
+            "cgrp": {"state": "up", "join_state": "steady", "rebalance_cnt": 1, "assignment_size": 2},
+            "brokers": {
+                "127.0.0.1:19092/1": {"name": "127.0.0.1:19092/1", "nodeid": 1, "state": "UP"},
+                "GroupCoordinator": {"name": "GroupCoordinator", "nodeid": -1, "state": "UP"},
+            },
+            "topics": {topic: {"topic": topic, "partitions": partitions}},
+        }
+    )
 
 
 def test_committed_and_high_watermark_per_partition() -> None:
     raw = _stats({"0": _partition(0, 3, 5), "1": _partition(1, 10, 40, lo=2)})
     stats = parse_stats(raw)
     assert [(p.topic, p.partition, p.committed, p.high, p.low) for p in stats.partitions] == [
-        ("t.optout.requests", 0, 3, 5, 0), ("t.optout.requests", 1, 10, 40, 2)]
+        ("t.optout.requests", 0, 3, 5, 0),
+        ("t.optout.requests", 1, 10, 40, 2),
+    ]
     assert [p.lag for p in stats.partitions] == [2, 30]
     assert stats.group_state == "up" and stats.assignment_size == 2
     assert stats.brokers_up == 1  # the logical GroupCoordinator entry is not a broker
@@ -50,11 +73,15 @@ def test_internal_partition_minus_one_is_skipped() -> None:
 
 
 def test_no_offset_values_are_skipped() -> None:
-    stats = parse_stats(_stats({
-        "0": _partition(0, -1001, 5),       # nothing committed yet
-        "1": _partition(1, 3, -1001),       # high watermark not known yet
-        "2": _partition(2, 4, 9, lo=-1001),  # low unknown: kept, low None
-    }))
+    stats = parse_stats(
+        _stats(
+            {
+                "0": _partition(0, -1001, 5),  # nothing committed yet
+                "1": _partition(1, 3, -1001),  # high watermark not known yet
+                "2": _partition(2, 4, 9, lo=-1001),  # low unknown: kept, low None
+            }
+        )
+    )
     assert [(p.partition, p.low) for p in stats.partitions] == [(2, None)]
     assert stats.partitions[0].lag == 5
 
