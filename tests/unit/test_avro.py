@@ -1,6 +1,8 @@
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from services.common.avro import MARKER, default_codec
 from services.common.errors import PoisonMessage
@@ -88,3 +90,31 @@ def test_wrong_message_type_is_rejected():
     with pytest.raises(PoisonMessage) as info:
         codec.decode(codec.encode("SuppressionAck", ack), expect="OptOutRequested")
     assert info.value.reason == "wrong_message_type"
+
+
+@given(st.binary(max_size=300))
+def test_decode_never_crashes_on_arbitrary_bytes(payload):
+    codec = default_codec()
+    try:
+        name, record = codec.decode(payload)
+    except PoisonMessage as exc:
+        assert exc.reason in {"empty_value", "undecodable", "unknown_fingerprint"}
+        return
+    assert isinstance(record, dict) and name in {
+        "OptOutRequested",
+        "SuppressionCommand",
+        "SuppressionAck",
+        "OptOutConfirmed",
+    }
+
+
+@given(st.binary(min_size=1, max_size=200))
+def test_decode_of_a_known_header_with_random_body_is_a_record_or_poison(body):
+    codec = default_codec()
+    header = codec.encode("OptOutRequested", _request())[:10]
+    try:
+        _, record = codec.decode(header + body, expect="OptOutRequested")
+    except PoisonMessage as exc:
+        assert exc.reason == "undecodable"
+        return
+    assert "event_id" in record
