@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,7 +38,7 @@ from services.standins.partners_api import PartnersStandin
 from services.standins.web import StandinServer
 from services.web.links import mint_link
 from services.web.tokens import Purpose, keyring_from_settings, request_event_id, verify
-from tests.support.pipeline import isolated_settings, running, wait_until
+from tests.support.pipeline import free_port, isolated_settings, running, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -60,16 +59,10 @@ PARTNER_TOKENS = {"adnetwork": "tok-a", "databroker": "tok-b"}
 ESP_TOKEN = "e2e-esp-token"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def web_process(base_settings: dict[str, Any]) -> Iterator[tuple[Settings, str]]:
     """``optout run web`` as a separate process on a free port; SIGTERM at the end."""
-    port = _free_port()
+    port = free_port()
     public = f"http://127.0.0.1:{port}"
     cfg = isolated_settings(
         base_settings,

@@ -10,7 +10,6 @@ latency benchmark (``benchmarks/bench_e2e.py``).
 from __future__ import annotations
 
 import json
-import socket
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from services.common.db import migrate
 from services.common.settings import Settings
 from services.devstack import StackInfo
 from tests.faults.fleet import Fleet
+from tests.support.pipeline import free_port
 
 APP_ROLE = "optout_app"
 CONNECTORS = [d.id for d in DESTINATIONS]
@@ -32,12 +32,6 @@ CONNECTORS = [d.id for d in DESTINATIONS]
 def with_db(url: str, name: str) -> str:
     """``url`` pointing at database ``name``."""
     return psycopg.conninfo.make_conninfo(url, dbname=name)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def create_database(stack: StackInfo, name: str) -> tuple[str, str]:

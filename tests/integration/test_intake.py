@@ -18,18 +18,9 @@ from services.common.kafka import make_producer
 from services.intake.planning import command_id
 from services.intake.service import run as run_intake
 from services.publisher.publish import RequestPublisher
-from tests.support.pipeline import isolated_settings, read_topic, running, wait_until
+from tests.support.pipeline import ADDRESS, isolated_settings, read_topic, running, wait_until
 
 pytestmark = pytest.mark.integration
-
-ADDRESS = {
-    "name": "Ada Lovelace",
-    "lines": ["12 St James's Sq"],
-    "city": "London",
-    "region": None,
-    "postal_code": "SW1Y 4JH",
-    "country": "GB",
-}
 
 
 def _event(i: int, scopes: list[str], **extra):

@@ -4,7 +4,6 @@ three connectors, confirmer) runs against the local broker's SASL_PLAINTEXT list
 from __future__ import annotations
 
 import json
-import socket
 import uuid
 from contextlib import ExitStack
 
@@ -18,21 +17,15 @@ from services.devstack import KAFKA_SASL_MECHANISM, KAFKA_SASL_PASSWORD, KAFKA_S
 from services.intake.service import run as run_intake
 from services.publisher.publish import RequestPublisher
 from services.standins.server import run as run_standins
-from tests.support.pipeline import isolated_settings, read_topic, running
+from tests.support.pipeline import free_port, isolated_settings, read_topic, running
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_pipeline_over_sasl(stack, base_settings, tmp_path):
     if not stack.kafka_sasl_bootstrap:
         pytest.skip("the broker is not ours: no SASL listener to test against")
-    esp, partners = _free_port(), _free_port()
+    esp, partners = free_port(), free_port()
     cfg = isolated_settings(
         {**base_settings, "kafka_bootstrap": stack.kafka_sasl_bootstrap},
         kafka_security_protocol="SASL_PLAINTEXT",

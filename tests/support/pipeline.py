@@ -3,6 +3,7 @@ reading topics back. Everything talks to the real broker and database."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import uuid
@@ -18,6 +19,23 @@ from services.common.kafka import create_topics, make_admin
 from services.common.settings import Settings
 
 ServiceMain = Callable[[Settings, threading.Event], None]
+
+# A realistic postal address for tests (the same one everywhere, so failures compare easily).
+ADDRESS: dict[str, Any] = {
+    "name": "Ada Lovelace",
+    "lines": ["12 St James's Sq"],
+    "city": "London",
+    "region": None,
+    "postal_code": "SW1Y 4JH",
+    "country": "GB",
+}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def isolated_settings(base: dict[str, Any], **overrides: Any) -> Settings:

@@ -30,17 +30,10 @@ from services.confirmer.outcomes import (
 )
 from services.confirmer.overdue import OverdueRequest, describe_lateness
 from services.confirmer.sweeper import SweepSchedule, next_reissue_at, reissue_interval
+from tests.support.pipeline import ADDRESS
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 APPLIED, ALREADY, REJECTED = AckStatus.APPLIED, AckStatus.ALREADY_SUPPRESSED, AckStatus.REJECTED
-ADDRESS = {
-    "name": "Ada Lovelace",
-    "lines": ["12 St James's Sq"],
-    "city": "London",
-    "region": None,
-    "postal_code": "SW1Y 4JH",
-    "country": "GB",
-}
 
 
 def row(

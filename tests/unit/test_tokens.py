@@ -46,18 +46,11 @@ from services.web.tokens import (
     request_event_id,
     verify,
 )
+from tests.support.pipeline import ADDRESS
 
 NOW = datetime(2025, 3, 4, 12, 0, tzinfo=UTC)
 KEY_A = bytes(range(32))
 KEY_B = bytes(range(100, 132))
-ADDRESS = {
-    "name": "Ada Lovelace",
-    "lines": ["12 St James's Sq"],
-    "city": "London",
-    "region": None,
-    "postal_code": "SW1Y 4JH",
-    "country": "GB",
-}
 
 
 def ring(current: str = "a", **keys: bytes) -> KeyRing:
