@@ -20,21 +20,26 @@ import sys
 import structlog
 
 
+def _say(line: str) -> None:
+    """The CLI's output goes to stdout (logs go to stderr)."""
+    sys.stdout.write(f"{line}\n")
+
+
 def _exports(env: dict[str, str]) -> list[str]:
     return [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
 
 
 def _print_status(state: dict[str, object]) -> None:
-    print(f"state dir: {state['state_dir']}")
+    _say(f"state dir: {state['state_dir']}")
     for name in ("kafka", "postgres"):
         part = state[name]
         assert isinstance(part, dict)
         running = "running" if part.get("running") else "stopped"
         pid = f" (pid {part['pid']})" if part.get("pid") else ""
-        print(f"{name}: {running}{pid}")
+        _say(f"{name}: {running}{pid}")
         for key, value in part.items():
             if key not in ("running", "pid"):
-                print(f"  {key}: {value}")
+                _say(f"  {key}: {value}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,20 +72,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("up", "env"):
             info = ensure_up(install=not args.no_install)
             if args.command == "up":
-                print(f"kafka bootstrap:       {info.kafka_bootstrap}")
-                print(f"kafka SASL bootstrap:  {info.kafka_sasl_bootstrap or '-'}")
-                print(f"database (app):        {info.database_url}")
-                print(f"database (admin):      {info.admin_database_url}")
-                print(f"database (superuser):  {info.superuser_database_url or '-'}")
-                print()
-            print("\n".join(_exports(info.env())))
+                _say(f"kafka bootstrap:       {info.kafka_bootstrap}")
+                _say(f"kafka SASL bootstrap:  {info.kafka_sasl_bootstrap or '-'}")
+                _say(f"database (app):        {info.database_url}")
+                _say(f"database (admin):      {info.admin_database_url}")
+                _say(f"database (superuser):  {info.superuser_database_url or '-'}")
+                _say("")
+            _say("\n".join(_exports(info.env())))
         elif args.command == "down":
             down()
-            print("stopped")
+            _say("stopped")
         else:
             state = status()
             if args.json:
-                print(json.dumps(state, indent=2, sort_keys=True))
+                _say(json.dumps(state, indent=2, sort_keys=True))
             else:
                 _print_status(state)
     except StackError as exc:
