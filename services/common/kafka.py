@@ -7,6 +7,8 @@ before offsets are committed.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,9 +26,23 @@ log = get_logger(__name__)
 Headers = list[tuple[str, str | bytes | None]]
 
 
+# librdkafka's own log lines ("%3|...|FAIL|... Connection refused", every 50 ms while a
+# broker is down) would flood stderr. Client errors reach ``_error_cb`` instead, logged
+# structured and at most once per error code every 30 s; native lines go to this stdlib
+# logger, silent unless someone lowers its level to debug a client.
+NATIVE_LOG = logging.getLogger("librdkafka")
+NATIVE_LOG.setLevel(logging.CRITICAL)
+_ERROR_LOG_INTERVAL_SECONDS = 30.0
+_last_error_logged: dict[str, float] = {}
+
+
 def _error_cb(err: KafkaError) -> None:
     # librdkafka reports broker-down etc. here; it reconnects by itself.
-    log.warning("kafka client error", code=err.name(), reason=err.str())
+    now = time.monotonic()
+    code = err.name()
+    if now - _last_error_logged.get(code, -_ERROR_LOG_INTERVAL_SECONDS) >= _ERROR_LOG_INTERVAL_SECONDS:
+        _last_error_logged[code] = now
+        log.warning("kafka client error", code=code, reason=err.str())
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
@@ -38,6 +54,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "compression.type": "lz4",
         "message.timeout.ms": 30_000,
         "error_cb": _error_cb,
+        "logger": NATIVE_LOG,
     }
     config.update(overrides)
     return config
@@ -55,6 +72,7 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         "heartbeat.interval.ms": 1_000,
         "fetch.wait.max.ms": 50,
         "error_cb": _error_cb,
+        "logger": NATIVE_LOG,
     }
     config.update(overrides)
     return config
@@ -69,7 +87,8 @@ def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> Consum
 
 
 def make_admin(settings: Settings) -> AdminClient:
-    return AdminClient(settings.kafka_config())
+    config: dict[str, Any] = {**settings.kafka_config(), "logger": NATIVE_LOG}
+    return AdminClient(config)
 
 
 def check_broker(settings: Settings, timeout: float = 10.0) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from services.common.kafka import NATIVE_LOG
 from services.common.logging import get_logger
 from services.common.settings import Settings
 
@@ -48,6 +49,7 @@ def reader_config(settings: Settings) -> dict[str, Any]:
         "max.partition.fetch.bytes": 65_536,
         "queued.max.messages.kbytes": 1024,
         "client.id": "optout-lag-reader",
+        "logger": NATIVE_LOG,
     }
 
 
