@@ -7,11 +7,12 @@ logged. ``kafka_config()`` is the one place that yields the librdkafka dict.
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from typing import Any
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from services.common.contract import DESTINATIONS
 from services.common.errors import ConfigurationError
@@ -263,12 +264,16 @@ def load_settings(**overrides: Any) -> Settings:
     """Read settings; turn validation errors into one clear ``ConfigurationError``."""
     try:
         return Settings(**overrides)
-    except (ValidationError, json.JSONDecodeError) as exc:
-        if isinstance(exc, ValidationError):
-            first = exc.errors()[0]
-            name = "OPTOUT_" + "_".join(str(p) for p in first["loc"]).upper()
-            raise ConfigurationError(f"setting {name} is invalid: {first['msg']}") from None
-        raise ConfigurationError(f"setting OPTOUT_KAFKA_EXTRA is not valid JSON: {exc}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "OPTOUT_" + "_".join(str(p) for p in first["loc"]).upper()
+        raise ConfigurationError(f"setting {name} is invalid: {first['msg']}") from None
+    except (SettingsError, json.JSONDecodeError) as exc:
+        # pydantic-settings: a JSON-valued variable (OPTOUT_KAFKA_EXTRA, OPTOUT_PARTNERS, ...)
+        # that is not JSON; its message names the field.
+        match = re.search(r'field "(\w+)"', str(exc))
+        name = f"OPTOUT_{match.group(1).upper()}" if match else "a JSON-valued setting"
+        raise ConfigurationError(f"setting {name} is not valid JSON") from None
 
 
 @lru_cache(maxsize=1)
