@@ -18,6 +18,7 @@ import calendar
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 
 from services.common.contract import Scope
 
@@ -120,10 +121,18 @@ def governing_rule_of(
 ) -> DeadlineRule:
     """The rule that sets the due time: the earliest of those that apply (the default
     rule only when no other applies)."""
-    scope_set = frozenset(scopes)
-    where = (jurisdiction or "").strip().upper()
-    applicable = [r for r in RULES[:-1] if r.applies(scope_set, where)] or [RULES[-1]]
+    applicable = _applicable(frozenset(scopes), (jurisdiction or "").strip().upper())
+    if len(applicable) == 1:
+        return applicable[0]
     return min(applicable, key=lambda r: r.due(requested_at))
+
+
+@lru_cache(maxsize=1024)
+def _applicable(scopes: frozenset[Scope], jurisdiction: str) -> tuple[DeadlineRule, ...]:
+    """The rules that apply to a combination of scopes and jurisdiction (few combinations
+    exist, so this is computed once per combination)."""
+    found = tuple(r for r in RULES[:-1] if r.applies(scopes, jurisdiction))
+    return found or (RULES[-1],)
 
 
 def due_at(requested_at: datetime, scopes: Iterable[Scope], jurisdiction: str | None) -> datetime:

@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     database_app_role: str = Field("optout_app", description="Role migrations grant DML to.")
 
     # --- Processing ------------------------------------------------------------
-    batch_size: int = Field(1000, ge=1, le=100_000, description="Messages consumed per batch.")
+    batch_size: int = Field(5000, ge=1, le=100_000, description="Messages consumed per batch.")
     batch_timeout_ms: int = Field(100, ge=1, description="Longest wait to fill a batch.")
     max_poll_interval_ms: int = Field(
         300_000, ge=10_000, description="librdkafka max.poll.interval.ms; /healthz fails before it."
@@ -85,13 +85,16 @@ class Settings(BaseSettings):
     retry_max_backoff_seconds: float = Field(
         30.0, gt=0, description="Longest backoff between retries of a failing batch."
     )
+    intake_database_connections: int = Field(
+        3, ge=1, le=16, description="Database connections intake writes chunks on in parallel."
+    )
     retention_days: int = Field(
         90,
         ge=0,
         description="`optout purge` removes raw contact details of requests confirmed longer ago than this.",
     )
     intake_pipeline_chunk: int = Field(
-        250,
+        1000,
         ge=1,
         description="Intake writes a batch in chunks of this many, overlapping "
         "database writes with decoding the next chunk.",

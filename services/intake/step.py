@@ -7,7 +7,9 @@ consume loop then commits the offsets.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -68,9 +70,12 @@ class IntakeStep:
         self.producer = producer
         self.codec = codec
         self.clock = clock
-        self._conn: psycopg.Connection[Any] | None = None
+        # One connection per database worker thread (keyed by thread id).
+        self._conns: dict[int, psycopg.Connection[Any]] = {}
         # One database worker: writes of one batch's chunks stay in order.
-        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake-db")
+        self._db = ThreadPoolExecutor(
+            max_workers=settings.intake_database_connections, thread_name_prefix="intake-db"
+        )
         self._skew = timedelta(seconds=settings.clock_skew_seconds)
         self._topic = settings.requests_topic
         for d in ("processed", "duplicate", "dead_lettered"):
@@ -83,14 +88,17 @@ class IntakeStep:
     def close(self) -> None:
         self._db.shutdown(wait=True)
         self.producer.flush(10)
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
 
     def submit(self, messages: Sequence[Message]) -> None:
-        """Record and fan out a batch, pipelined in chunks: while the database writes
-        chunk *n* (in a worker thread; PostgreSQL works on another core), this thread
-        decodes and validates chunk *n+1*, then encodes and produces chunk *n*'s commands.
+        """Record and fan out a batch, pipelined in chunks: while database workers (one
+        connection each, ``OPTOUT_INTAKE_DATABASE_CONNECTIONS``) write chunks *n*, *n+1*
+        (PostgreSQL works on other cores), this thread decodes and validates the next one,
+        then encodes and produces the oldest committed chunk's commands. Chunks hold
+        distinct event ids (duplicates within a batch are removed first), so concurrent
+        writes never wait on each other.
         Returns only when every chunk is committed and every message delivered. If a
         chunk fails, the whole batch is retried: chunks already committed then count as
         duplicates and only their unacknowledged commands are sent again."""
@@ -99,16 +107,16 @@ class IntakeStep:
         seen: dict[str, _Accepted] = {}
         summary = _Summary()
         size = max(1, self.settings.intake_pipeline_chunk)
-        in_flight: tuple[_Prepared, Future[tuple[RecordOutcome, list[_Dead]]]] | None = None
+        depth = self.settings.intake_database_connections
+        in_flight: deque[tuple[_Prepared, Future[tuple[RecordOutcome, list[_Dead]]]]] = deque()
         for start in range(0, len(messages), size):
             prepared = self._prepare(messages[start : start + size], now, seen)
-            # Queue this chunk's write behind the previous one, then fan the previous out.
-            queued = (prepared, self._db.submit(self._record_isolating, prepared.accepted, now))
-            if in_flight is not None:
-                self._fan_out(*in_flight, tracker, summary)
-            in_flight = queued
-        if in_flight is not None:
-            self._fan_out(*in_flight, tracker, summary)
+            # Hand the chunk to a database worker; fan out the oldest once enough are queued.
+            in_flight.append((prepared, self._db.submit(self._record_isolating, prepared.accepted, now)))
+            if len(in_flight) > depth:
+                self._fan_out(*in_flight.popleft(), tracker, summary)
+        while in_flight:
+            self._fan_out(*in_flight.popleft(), tracker, summary)
         started = time.monotonic()
         tracker.wait()
         metrics.PRODUCE_SECONDS.labels(SERVICE).observe(time.monotonic() - started)
@@ -205,17 +213,19 @@ class IntakeStep:
 
     def _record(self, items: list[_Accepted], now: Any) -> RecordOutcome:
         started = time.monotonic()
+        worker = threading.get_ident()
         try:
-            if self._conn is None or self._conn.closed:
-                self._conn = connect(self.settings.dsn())
+            conn = self._conns.get(worker)
+            if conn is None or conn.closed:
+                conn = self._conns[worker] = connect(self.settings.dsn())
             outcome = record_batch(
-                self._conn,
+                conn,
                 [i.request for i in items],
                 {i.request.event_id: i.commands for i in items},
                 now,
             )
         except psycopg.OperationalError as exc:
-            self._drop_connection()
+            self._drop_connection(worker)
             raise RetriableError(f"database error: {first_line(exc)}") from exc
         except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as exc:
             raise RetriableError(f"database conflict: {first_line(exc)}") from exc
@@ -224,12 +234,10 @@ class IntakeStep:
         metrics.DB_SECONDS.labels(SERVICE, "record_batch").observe(time.monotonic() - started)
         return outcome
 
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
+    def _drop_connection(self, worker: int) -> None:
+        conn = self._conns.pop(worker, None)
+        if conn is not None:
+            conn.close()
 
     def _send_command(self, tracker: DeliveryTracker, command: PlannedCommand) -> None:
         tracker.produce(
