@@ -53,6 +53,10 @@ class Fleet:
     def restart(self, instance: Instance) -> Instance:
         return self.start(instance.name, *instance.spec)
 
+    def died_unexpectedly(self, killed: set[int]) -> list[Instance]:
+        """Instances that exited although nobody killed them."""
+        return [i for i in self.instances if i.proc.poll() is not None and i.proc.pid not in killed]
+
     def stop_all(self, timeout: float = 30.0) -> None:
         for i in self.instances:
             if i.proc.poll() is None:

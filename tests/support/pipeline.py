@@ -15,7 +15,7 @@ from typing import Any
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from services.common.avro import default_codec
-from services.common.kafka import create_topics, make_admin
+from services.common.kafka import create_topics, header_pairs, make_admin
 from services.common.settings import Settings
 
 ServiceMain = Callable[[Settings, threading.Event], None]
@@ -85,7 +85,7 @@ class Record:
 
 def _to_record(m: Message) -> Record:
     headers = {
-        k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else "") for k, v in (m.headers() or [])
+        k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else "") for k, v in header_pairs(m)
     }
     return Record(m.key(), m.value(), headers, m.partition() or 0, m.offset() or 0)
 
