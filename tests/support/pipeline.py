@@ -84,9 +84,7 @@ class Record:
 
 
 def _to_record(m: Message) -> Record:
-    headers = {
-        k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else "") for k, v in header_pairs(m)
-    }
+    headers = {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else "") for k, v in header_pairs(m)}
     return Record(m.key(), m.value(), headers, m.partition() or 0, m.offset() or 0)
 
 
