@@ -8,8 +8,10 @@ role gets DML rights (and nothing else) on every table.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -18,6 +20,7 @@ from services.common.errors import ConfigurationError, RetriableError
 from services.common.logging import get_logger
 
 log = get_logger(__name__)
+R = TypeVar("R")
 
 CONNECT_TIMEOUT_SECONDS = 10
 
@@ -34,6 +37,37 @@ def connect(dsn: str, autocommit: bool = False, **kwargs: Any) -> psycopg.Connec
         )
     except psycopg.OperationalError as exc:
         raise RetriableError(f"database unreachable: {first_line(exc)}") from exc
+
+
+class LazyConnection:
+    """One connection, opened on first use and dropped after a connection-level failure,
+    so the next use reconnects. ``run`` maps transient database failures to
+    ``RetriableError`` (the consume loop retries them with backoff)."""
+
+    def __init__(self, dsn: str, autocommit: bool = False) -> None:
+        self._dsn = dsn
+        self._autocommit = autocommit
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def get(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self._dsn, autocommit=self._autocommit)
+        return self._conn
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+    def run(self, work: Callable[[psycopg.Connection[Any]], R]) -> R:
+        try:
+            return work(self.get())
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise RetriableError(f"database error: {first_line(exc)}") from exc
+        except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as exc:
+            raise RetriableError(f"database conflict: {first_line(exc)}") from exc
 
 
 def first_line(exc: BaseException) -> str:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import psycopg
 from confluent_kafka import Message, Producer
@@ -35,7 +34,7 @@ from confluent_kafka import Message, Producer
 from services.common import metrics
 from services.common.avro import Codec
 from services.common.clock import Clock, from_millis
-from services.common.db import connect, first_line
+from services.common.db import LazyConnection, first_line
 from services.common.errors import PoisonMessage, RetriableError
 from services.common.kafka import DeliveryTracker, dead_letter
 from services.common.logging import get_logger
@@ -47,34 +46,14 @@ from services.confirmer.sweeper import SERVICE, Sweeper
 log = get_logger(__name__)
 
 
-class Database:
-    """One lazily opened connection, dropped after a connection-level failure."""
-
-    def __init__(self, dsn: str) -> None:
-        self._dsn = dsn
-        self._conn: psycopg.Connection[Any] | None = None
-
-    def get(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = connect(self._dsn)
-        return self._conn
-
-    def drop(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
-
-
 class ConfirmerStep:
     def __init__(self, settings: Settings, producer: Producer, codec: Codec, clock: Clock) -> None:
         self.settings = settings
         self.producer = producer
         self.codec = codec
         self.clock = clock
-        self.db = Database(settings.dsn())
-        self.sweeper = Sweeper(settings, producer, codec, clock, self.db.get, self.db.drop)
+        self.db = LazyConnection(settings.dsn())
+        self.sweeper = Sweeper(settings, producer, codec, clock, self.db.get, self.db.close)
         self._topic = settings.acks_topic
         for outcome in metrics.CONSUME_OUTCOMES:
             metrics.MESSAGES_CONSUMED.labels(SERVICE, self._topic, outcome)
@@ -89,7 +68,7 @@ class ConfirmerStep:
 
     def close(self) -> None:
         self.producer.flush(10)
-        self.db.drop()
+        self.db.close()
 
     def submit(self, messages: Sequence[Message]) -> None:
         acks: list[tuple[Message, Ack]] = []
@@ -122,7 +101,7 @@ class ConfirmerStep:
                 tracker.wait()  # before the commit: see the module docstring
                 metrics.PRODUCE_SECONDS.labels(SERVICE).observe(time.monotonic() - produce_started)
         except psycopg.OperationalError as exc:
-            self.db.drop()
+            self.db.close()
             raise RetriableError(f"database error: {first_line(exc)}") from exc
         except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as exc:
             raise RetriableError(f"database conflict: {first_line(exc)}") from exc

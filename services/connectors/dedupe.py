@@ -23,7 +23,7 @@ command id; the mail house file is de-duplicated by command id before it is rewr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -31,8 +31,7 @@ from typing import Any, Protocol, TypeVar
 import psycopg
 
 from services.common.contract import AckStatus
-from services.common.db import connect, first_line
-from services.common.errors import RetriableError
+from services.common.db import LazyConnection
 
 MAX_DETAIL_LENGTH = 500
 
@@ -43,7 +42,6 @@ class HasCommandId(Protocol):
 
 
 T = TypeVar("T", bound=HasCommandId)
-R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -100,12 +98,14 @@ class DedupeStore:
     def __init__(self, dsn: str, destination: str) -> None:
         self.dsn = dsn
         self.destination = destination
-        self._conn: psycopg.Connection[Any] | None = None
+        self._db = LazyConnection(dsn, autocommit=True)
 
     def lookup(self, command_ids: Sequence[str]) -> dict[str, StoredOutcome]:
         if not command_ids:
             return {}
-        rows = self._run(lambda conn: conn.execute(_LOOKUP, (self.destination, list(command_ids))).fetchall())
+        rows = self._db.run(
+            lambda conn: conn.execute(_LOOKUP, (self.destination, list(command_ids))).fetchall()
+        )
         return {r[0]: _row(r) for r in rows}
 
     def record(self, outcomes: Sequence[StoredOutcome]) -> dict[str, StoredOutcome]:
@@ -125,22 +125,7 @@ class DedupeStore:
             with conn.transaction():
                 return conn.execute(_RECORD, params).fetchall()
 
-        return {r[0]: _row(r) for r in self._run(write)}
+        return {r[0]: _row(r) for r in self._db.run(write)}
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
-
-    def _run(self, work: Callable[[psycopg.Connection[Any]], R]) -> R:
-        try:
-            if self._conn is None or self._conn.closed:
-                self._conn = connect(self.dsn, autocommit=True)
-            return work(self._conn)
-        except psycopg.OperationalError as exc:
-            self.close()
-            raise RetriableError(f"database error: {first_line(exc)}") from exc
-        except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as exc:
-            raise RetriableError(f"database conflict: {first_line(exc)}") from exc
+        self._db.close()

@@ -22,8 +22,8 @@ from confluent_kafka import Message, Producer
 from services.common import metrics
 from services.common.avro import Codec
 from services.common.clock import Clock
-from services.common.db import connect, first_line
-from services.common.errors import PoisonMessage, RetriableError
+from services.common.db import LazyConnection, first_line
+from services.common.errors import PoisonMessage
 from services.common.kafka import DeliveryTracker, dead_letter
 from services.common.logging import get_logger
 from services.common.settings import Settings
@@ -71,8 +71,7 @@ class IntakeStep:
         self.codec = codec
         self.clock = clock
         # One connection per database worker thread (keyed by thread id).
-        self._conns: dict[int, psycopg.Connection[Any]] = {}
-        # One database worker: writes of one batch's chunks stay in order.
+        self._conns: dict[int, LazyConnection] = {}
         self._db = ThreadPoolExecutor(
             max_workers=settings.intake_database_connections, thread_name_prefix="intake-db"
         )
@@ -214,30 +213,17 @@ class IntakeStep:
     def _record(self, items: list[_Accepted], now: Any) -> RecordOutcome:
         started = time.monotonic()
         worker = threading.get_ident()
+        conn = self._conns.get(worker)
+        if conn is None:
+            conn = self._conns[worker] = LazyConnection(self.settings.dsn())
+        requests = [i.request for i in items]
+        commands = {i.request.event_id: i.commands for i in items}
         try:
-            conn = self._conns.get(worker)
-            if conn is None or conn.closed:
-                conn = self._conns[worker] = connect(self.settings.dsn())
-            outcome = record_batch(
-                conn,
-                [i.request for i in items],
-                {i.request.event_id: i.commands for i in items},
-                now,
-            )
-        except psycopg.OperationalError as exc:
-            self._drop_connection(worker)
-            raise RetriableError(f"database error: {first_line(exc)}") from exc
-        except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as exc:
-            raise RetriableError(f"database conflict: {first_line(exc)}") from exc
+            outcome = conn.run(lambda c: record_batch(c, requests, commands, now))
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             raise _DataRejected(first_line(exc)) from exc
         metrics.DB_SECONDS.labels(SERVICE, "record_batch").observe(time.monotonic() - started)
         return outcome
-
-    def _drop_connection(self, worker: int) -> None:
-        conn = self._conns.pop(worker, None)
-        if conn is not None:
-            conn.close()
 
     def _send_command(self, tracker: DeliveryTracker, command: PlannedCommand) -> None:
         tracker.produce(

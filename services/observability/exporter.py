@@ -14,14 +14,13 @@ import contextlib
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 import psycopg
 from confluent_kafka import KafkaException
 
 from services.common import metrics
 from services.common.clock import Clock, SystemClock
-from services.common.db import connect, first_line
+from services.common.db import LazyConnection, first_line
 from services.common.errors import RetriableError
 from services.common.logging import get_logger
 from services.common.settings import Settings
@@ -87,7 +86,7 @@ class Exporter:
         self.clock = clock or SystemClock()
         self.monitor = monitor or GroupLagMonitor(settings)
         self.lag = GroupLagExporter()
-        self._conn: psycopg.Connection[Any] | None = None
+        self._db = LazyConnection(settings.dsn(), autocommit=True)
         self.last_reports: list[GroupReport] = []
         business.init_zeros()
 
@@ -118,9 +117,7 @@ class Exporter:
     def refresh_business(self) -> None:
         now = self.clock.now().astimezone(UTC)
         try:
-            if self._conn is None or self._conn.closed:
-                self._conn = connect(self.settings.dsn(), autocommit=True)
-            snapshot = business.query_snapshot(self._conn, now)
+            snapshot = business.query_snapshot(self._db.get(), now)
         except (RetriableError, psycopg.Error) as exc:
             self._drop()
             log.warning("reading the business view failed; retrying next interval", error=first_line(exc))
@@ -128,10 +125,7 @@ class Exporter:
         business.export(snapshot, now)
 
     def _drop(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._conn.close()
-            self._conn = None
+        self._db.close()
 
     def close(self) -> None:
         self._drop()
