@@ -61,9 +61,9 @@ from services.common.avro import default_codec
 from services.common.clock import SystemClock
 from services.common.consumer_loop import ConsumerLoop
 from services.common.kafka import make_consumer, make_producer
-from services.intake.planning import plan_commands
+from services.domain.planning import plan_commands
+from services.domain.validation import decode_request
 from services.intake.step import SERVICE, IntakeStep
-from services.intake.validation import decode_request
 
 TARGET_RATIO = 20.0
 TARGET_RATE = 10_000.0

@@ -27,13 +27,13 @@ from pydantic import SecretStr
 from services.common.avro import Codec, default_codec
 from services.common.contract import DESTINATIONS, Identifier, Scope, Source, destinations_for_scopes
 from services.common.db import migrate
-from services.common.identity import subject_key
 from services.common.kafka import create_topics, make_admin, make_producer
 from services.common.logging import configure_logging
 from services.common.settings import Settings
 from services.devstack import StackInfo, ensure_up
-from services.intake.planning import plan_commands
-from services.intake.validation import normalize_postal_address, postal_key, validate_request
+from services.domain.identity import subject_key
+from services.domain.planning import plan_commands
+from services.domain.validation import normalize_postal_address, postal_key, validate_request
 
 APP_ROLE = "optout_app"
 

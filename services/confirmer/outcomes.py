@@ -24,7 +24,7 @@ from services.common.avro import Codec
 from services.common.clock import to_millis
 from services.common.contract import AckStatus
 from services.common.errors import PoisonMessage
-from services.common.identity import check_text
+from services.domain.identity import check_text
 
 PENDING = "PENDING"
 MAX_DETAIL = 2000

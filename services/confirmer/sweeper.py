@@ -38,8 +38,8 @@ from services.common.errors import RetriableError
 from services.common.kafka import DeliveryTracker
 from services.common.logging import get_logger
 from services.common.settings import Settings
-from services.intake.planning import command_for
-from services.intake.validation import OptOutRequest
+from services.domain.planning import command_for
+from services.domain.validation import OptOutRequest
 
 log = get_logger(__name__)
 SERVICE = "confirmer"

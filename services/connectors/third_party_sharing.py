@@ -22,11 +22,11 @@ from typing import Any
 import httpx
 
 from services.common.clock import Clock, SystemClock
-from services.common.identity import sha256_hex
 from services.common.logging import get_logger
 from services.common.settings import PartnerEndpoint, Settings
 from services.connectors.http import clean_reason, error_reason, json_body, make_client, post_json
 from services.connectors.kit import Command, Connector, Outcome
+from services.domain.identity import sha256_hex
 
 log = get_logger(__name__)
 

@@ -27,9 +27,9 @@ from services.common.errors import PoisonMessage
 from services.common.kafka import DeliveryTracker, dead_letter
 from services.common.logging import get_logger
 from services.common.settings import Settings
-from services.intake.planning import PlannedCommand, plan_commands
+from services.domain.planning import PlannedCommand, plan_commands
+from services.domain.validation import OptOutRequest, decode_request
 from services.intake.store import RecordOutcome, record_batch
-from services.intake.validation import OptOutRequest, decode_request
 
 log = get_logger(__name__)
 SERVICE = "intake"

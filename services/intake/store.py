@@ -15,8 +15,8 @@ from typing import Any
 
 import psycopg
 
-from services.intake.planning import PlannedCommand
-from services.intake.validation import OptOutRequest
+from services.domain.planning import PlannedCommand
+from services.domain.validation import OptOutRequest
 
 
 @dataclass

@@ -16,7 +16,7 @@ from services.common.avro import Codec, default_codec
 from services.common.clock import Clock, SystemClock
 from services.common.kafka import DeliveryTracker, make_producer
 from services.common.settings import Settings
-from services.intake.validation import OptOutRequest, validate_request
+from services.domain.validation import OptOutRequest, validate_request
 
 FIELDS = (
     "event_id",

@@ -16,7 +16,7 @@ from html import escape
 from urllib.parse import quote
 
 from services.common.contract import Scope
-from services.common.identity import mask_email
+from services.domain.identity import mask_email
 from services.web.requests import ADDRESS_FIELDS, CHOICES
 from services.web.tokens import Claims
 

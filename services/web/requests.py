@@ -16,8 +16,8 @@ from urllib.parse import parse_qs
 
 from services.common.contract import Scope, Source
 from services.common.errors import PoisonMessage
-from services.intake.planning import applicable_destinations
-from services.intake.validation import OptOutRequest, normalize_postal_address, validate_request
+from services.domain.planning import applicable_destinations
+from services.domain.validation import OptOutRequest, normalize_postal_address, validate_request
 from services.web.tokens import VerifiedToken, gpc_event_id, request_event_id
 
 MAX_FIELDS = 32

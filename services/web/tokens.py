@@ -32,9 +32,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from services.common.contract import Scope
 from services.common.errors import ConfigurationError, PoisonMessage
-from services.common.identity import check_text, normalize_email
 from services.common.settings import Settings
-from services.intake.validation import normalize_postal_address
+from services.domain.identity import check_text, normalize_email
+from services.domain.validation import normalize_postal_address
 
 FORMAT_VERSION = 1
 KEY_BYTES = 32

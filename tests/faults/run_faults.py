@@ -32,7 +32,7 @@ from services.common.kafka import create_topics
 from services.common.settings import Settings
 from services.devstack import ensure_up, kafka_broker, postgres_server
 from services.devstack.config import Paths
-from services.intake.planning import applicable_destinations, command_id
+from services.domain.planning import applicable_destinations, command_id
 from services.publisher.publish import Prepared, RequestPublisher
 from tests.faults.environment import (
     CONNECTORS,

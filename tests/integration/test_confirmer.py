@@ -26,7 +26,7 @@ from services.common.request_status import request_status
 from services.common.settings import Settings
 from services.confirmer.overdue import list_overdue
 from services.confirmer.service import run as run_confirmer
-from services.intake.planning import command_id
+from services.domain.planning import command_id
 from services.intake.service import run as run_intake
 from services.publisher.publish import RequestPublisher
 from tests.support.pipeline import ADDRESS, isolated_settings, read_topic, running, wait_until

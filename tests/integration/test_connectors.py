@@ -23,12 +23,12 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from services.common.avro import default_codec
-from services.common.identity import sha256_hex
 from services.common.kafka import DeliveryTracker, make_producer
 from services.common.settings import PartnerEndpoint, Settings
 from services.connectors.registry import connector_runner
-from services.intake.planning import plan_commands
-from services.intake.validation import validate_request
+from services.domain.identity import sha256_hex
+from services.domain.planning import plan_commands
+from services.domain.validation import validate_request
 from services.standins.email_provider_api import EmailProviderStandin
 from services.standins.partners_api import PartnersStandin
 from services.standins.web import StandinServer

@@ -15,7 +15,7 @@ from psycopg import sql
 
 from services.common.avro import default_codec
 from services.common.kafka import make_producer
-from services.intake.planning import command_id
+from services.domain.planning import command_id
 from services.intake.service import run as run_intake
 from services.publisher.publish import RequestPublisher
 from tests.support.pipeline import ADDRESS, isolated_settings, read_topic, running, wait_until

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from services.common.identity import sha256_hex
+from services.domain.identity import sha256_hex
 from services.retention.purge import purge_contact_details
 
 pytestmark = pytest.mark.integration

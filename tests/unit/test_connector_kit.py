@@ -25,7 +25,6 @@ from services.common.avro import default_codec
 from services.common.clock import ManualClock, to_millis
 from services.common.contract import AckStatus
 from services.common.errors import PoisonMessage, RetriableError
-from services.common.identity import sha256_hex
 from services.common.settings import PartnerEndpoint
 from services.connectors import mail_house as mh
 from services.connectors.dedupe import StoredOutcome, clip_detail, first_of_each
@@ -47,6 +46,7 @@ from services.connectors.kit import (
 )
 from services.connectors.registry import CONNECTORS, connector_runner
 from services.connectors.third_party_sharing import ThirdPartySharingConnector, combine, partner_record
+from services.domain.identity import sha256_hex
 from services.standins.email_provider_api import EmailProviderStandin, FixedWindowLimiter
 from services.standins.partners_api import PartnersStandin, looks_raw, validate_opt_outs
 from services.standins.web import App, Request

@@ -5,9 +5,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.common.contract import Scope
-from services.common.deadlines import add_business_days, add_months, due_at, governing_rule
 from services.common.errors import PoisonMessage
-from services.common.identity import mask_email, normalize_email, normalize_phone, sha256_hex
+from services.domain.deadlines import add_business_days, add_months, due_at, governing_rule
+from services.domain.identity import mask_email, normalize_email, normalize_phone, sha256_hex
 
 
 def test_email_is_trimmed_and_lower_cased():

@@ -6,8 +6,8 @@ from hypothesis import strategies as st
 
 from services.common.contract import DESTINATIONS, Scope
 from services.common.errors import PoisonMessage
-from services.intake.planning import applicable_destinations, command_id, plan_commands
-from services.intake.validation import validate_request
+from services.domain.planning import applicable_destinations, command_id, plan_commands
+from services.domain.validation import validate_request
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 SKEW = timedelta(minutes=5)
@@ -150,7 +150,7 @@ def test_validation_either_accepts_or_gives_a_reason(fields):
 def test_command_id_is_the_rfc4122_uuid5_of_event_and_destination():
     import uuid
 
-    from services.intake.planning import COMMAND_NAMESPACE
+    from services.domain.planning import COMMAND_NAMESPACE
 
     for event_id, dest in [("e", "mail_house"), ("ünïcode-€", "email_provider"), ("", "x")]:
         assert command_id(event_id, dest) == str(uuid.uuid5(COMMAND_NAMESPACE, f"{event_id}\x1f{dest}"))

@@ -11,7 +11,7 @@ from typing import Any
 from services.common.clock import to_millis
 from services.common.contract import Destination, Identifier, Scope, destinations_for_scopes
 from services.common.errors import PoisonMessage
-from services.intake.validation import OptOutRequest
+from services.domain.validation import OptOutRequest
 
 COMMAND_NAMESPACE = uuid.UUID("6f1d8a9e-3c5b-4e57-9b0e-2f6c1a7d4e80")
 

@@ -9,9 +9,9 @@ from typing import Any
 
 from services.common.avro import Codec
 from services.common.contract import Scope, Source
-from services.common.deadlines import governing_rule_of
 from services.common.errors import PoisonMessage
-from services.common.identity import (
+from services.domain.deadlines import governing_rule_of
+from services.domain.identity import (
     check_text,
     normalize_email,
     normalize_phone,
