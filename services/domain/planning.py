@@ -6,11 +6,11 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from services.common.clock import to_millis
 from services.common.contract import Destination, Identifier, Scope, destinations_for_scopes
 from services.common.errors import PoisonMessage
+from services.common.records import SuppressionCommandRecord
 from services.domain.validation import OptOutRequest
 
 COMMAND_NAMESPACE = uuid.UUID("6f1d8a9e-3c5b-4e57-9b0e-2f6c1a7d4e80")
@@ -35,10 +35,10 @@ _NAMESPACE_BYTES = COMMAND_NAMESPACE.bytes
 class PlannedCommand:
     command_id: str
     destination: str
-    record: dict[str, Any]  # the SuppressionCommand body, ready to encode
+    record: SuppressionCommandRecord  # the body, ready to encode
 
 
-def _identifier_values(request: OptOutRequest) -> dict[Identifier, Any]:
+def _identifier_values(request: OptOutRequest) -> dict[Identifier, object]:
     return {
         Identifier.CUSTOMER_ID: request.customer_id,
         Identifier.EMAIL: request.email,
@@ -75,21 +75,22 @@ def plan_commands(request: OptOutRequest, issued_at: datetime) -> list[PlannedCo
 
 
 def command_for(request: OptOutRequest, dest: Destination, issued_at: datetime) -> PlannedCommand:
-    """The SuppressionCommand for one destination (also used by the confirmer's re-sends)."""
-    values = _identifier_values(request)
+    """The SuppressionCommand for one destination (also used by the confirmer's re-sends).
+    Only the identifiers the destination takes are filled in."""
     cid = command_id(request.event_id, dest.id)
-    scopes = [s.value for s in request.scopes]
-    record: dict[str, Any] = {
-        "command_id": cid,
-        "request_id": request.event_id,
-        "destination": dest.id,
-        "scopes": scopes,
-        "issued_at": to_millis(issued_at),
-        "deadline": to_millis(request.due_at),
-    }
-    for identifier, name in _IDENTIFIER_NAMES:
-        record[name] = values[identifier] if identifier in dest.identifiers else None
+    has = dest.identifiers
+    record = SuppressionCommandRecord(
+        command_id=cid,
+        request_id=request.event_id,
+        destination=dest.id,
+        customer_id=request.customer_id if Identifier.CUSTOMER_ID in has else None,
+        email=request.email if Identifier.EMAIL in has else None,
+        phone=request.phone if Identifier.PHONE in has else None,
+        postal_address=request.postal_address if Identifier.POSTAL_ADDRESS in has else None,
+        email_sha256=request.email_sha256 if Identifier.EMAIL_SHA256 in has else None,
+        phone_sha256=request.phone_sha256 if Identifier.PHONE_SHA256 in has else None,
+        scopes=[s.value for s in request.scopes],
+        issued_at=to_millis(issued_at),
+        deadline=to_millis(request.due_at),
+    )
     return PlannedCommand(cid, dest.id, record)
-
-
-_IDENTIFIER_NAMES = tuple((i, i.value) for i in Identifier)

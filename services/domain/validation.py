@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from services.common.avro import Codec
 from services.common.contract import Scope, Source
 from services.common.errors import PoisonMessage
+from services.common.records import PostalAddressRecord, decode_opt_out_requested
 from services.domain.deadlines import governing_rule_of
 from services.domain.identity import (
     check_text,
@@ -31,7 +33,7 @@ class OptOutRequest:
     customer_id: str | None
     email: str | None
     phone: str | None
-    postal_address: dict[str, Any] | None
+    postal_address: PostalAddressRecord | None
     email_sha256: str | None
     phone_sha256: str | None
     scopes: tuple[Scope, ...]
@@ -44,7 +46,7 @@ class OptOutRequest:
     content_sha256: str
 
 
-def _optional_text(record: dict[str, Any], field: str, max_length: int = 512) -> str | None:
+def _optional_text(record: Mapping[str, Any], field: str, max_length: int = 512) -> str | None:
     value = record.get(field)
     if value is None:
         return None
@@ -52,7 +54,7 @@ def _optional_text(record: dict[str, Any], field: str, max_length: int = 512) ->
     return value or None
 
 
-def normalize_postal_address(raw: dict[str, Any] | None) -> dict[str, Any] | None:
+def normalize_postal_address(raw: Mapping[str, Any] | None) -> PostalAddressRecord | None:
     if raw is None:
         return None
     lines = [check_text("postal_address.lines", str(x), 200).strip() for x in raw.get("lines", [])]
@@ -61,18 +63,17 @@ def normalize_postal_address(raw: dict[str, Any] | None) -> dict[str, Any] | Non
         raise PoisonMessage("invalid_postal_address", f"more than {MAX_ADDRESS_LINES} lines")
     country = check_text("postal_address.country", raw.get("country") or "", 60).strip().upper()
     region = raw.get("region")
-    address: dict[str, Any] = {
-        "name": " ".join(check_text("postal_address.name", raw.get("name") or "", 300).split()),
-        "lines": [" ".join(line.split()) for line in lines],
-        "city": " ".join(check_text("postal_address.city", raw.get("city") or "", 200).split()),
-        "region": check_text("postal_address.region", region, 100).strip().upper() or None
-        if region
-        else None,
-        "postal_code": check_text("postal_address.postal_code", raw.get("postal_code") or "", 20)
+    region = check_text("postal_address.region", region, 100).strip().upper() or None if region else None
+    address = PostalAddressRecord(
+        name=" ".join(check_text("postal_address.name", raw.get("name") or "", 300).split()),
+        lines=[" ".join(line.split()) for line in lines],
+        city=" ".join(check_text("postal_address.city", raw.get("city") or "", 200).split()),
+        region=region,
+        postal_code=check_text("postal_address.postal_code", raw.get("postal_code") or "", 20)
         .strip()
         .upper(),
-        "country": country,
-    }
+        country=country,
+    )
     if not address["lines"] or not address["city"] or not address["postal_code"]:
         raise PoisonMessage("invalid_postal_address", "lines, city and postal_code are required")
     if len(country) != 2 or not country.isalpha():
@@ -80,7 +81,7 @@ def normalize_postal_address(raw: dict[str, Any] | None) -> dict[str, Any] | Non
     return address
 
 
-def postal_key(address: dict[str, Any] | None) -> str | None:
+def postal_key(address: PostalAddressRecord | None) -> str | None:
     if address is None:
         return None
     return "|".join(
@@ -89,7 +90,7 @@ def postal_key(address: dict[str, Any] | None) -> str | None:
 
 
 def validate_request(
-    record: dict[str, Any], now: datetime, clock_skew: timedelta, phone_region: str = "US"
+    record: Mapping[str, Any], now: datetime, clock_skew: timedelta, phone_region: str = "US"
 ) -> OptOutRequest:
     """Validate and normalize a decoded OptOutRequested; raise ``PoisonMessage`` with a reason."""
     event_id = check_text("event_id", str(record.get("event_id") or ""), MAX_EVENT_ID).strip()
@@ -147,5 +148,4 @@ def decode_request(
     clock_skew: timedelta,
     phone_region: str = "US",
 ) -> OptOutRequest:
-    _, record = codec.decode(payload, expect="OptOutRequested")
-    return validate_request(record, now, clock_skew, phone_region)
+    return validate_request(decode_opt_out_requested(codec, payload), now, clock_skew, phone_region)

@@ -16,6 +16,7 @@ from urllib.parse import parse_qs
 
 from services.common.contract import Scope, Source
 from services.common.errors import PoisonMessage
+from services.common.records import PostalAddressRecord
 from services.domain.planning import applicable_destinations
 from services.domain.validation import OptOutRequest, normalize_postal_address, validate_request
 from services.web.tokens import VerifiedToken, gpc_event_id, request_event_id
@@ -91,10 +92,10 @@ def _first(form: Form, name: str) -> str:
 @dataclass(frozen=True)
 class Choice:
     scopes: tuple[Scope, ...]
-    postal_address: dict[str, Any] | None
+    postal_address: PostalAddressRecord | None
 
 
-def address_from_form(form: Form) -> dict[str, Any] | None:
+def address_from_form(form: Form) -> PostalAddressRecord | None:
     """The address the person typed, or None when they left it empty."""
     values = {name: _first(form, name) for name in ADDRESS_FIELDS}
     if not any(values.values()):

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from services.common.contract import Scope
 from services.common.errors import ConfigurationError, PoisonMessage
+from services.common.records import PostalAddressRecord
 from services.common.settings import Settings
 from services.domain.identity import check_text, normalize_email
 from services.domain.validation import normalize_postal_address
@@ -78,7 +79,7 @@ class Claims:
     scopes: tuple[Scope, ...]
     customer_id: str | None = None
     email: str | None = None
-    postal_address: dict[str, Any] | None = field(default=None, compare=False)
+    postal_address: PostalAddressRecord | None = field(default=None, compare=False)
     jurisdiction: str | None = None
     expires_at: datetime | None = None
 
