@@ -221,3 +221,35 @@ def test_after_purge_a_database_dump_holds_no_email_phone_or_address(
     assert found == []
     # Hashes stay: enough to keep suppressing the person and to prove it.
     assert sha256_hex(only_email) in after and sha256_hex(f"+44207946{digits}") in after
+
+
+def test_purge_cli_removes_mail_house_files_older_than_the_retention_period(
+    database: dict[str, str], tmp_path: Path
+) -> None:
+    today = datetime.now(UTC).date()
+    old = [tmp_path / f"suppressions-{(today - timedelta(days=d)).isoformat()}.csv" for d in (40, 31)]
+    kept = tmp_path / f"suppressions-{(today - timedelta(days=29)).isoformat()}.csv"
+    for path in [*old, kept]:
+        path.write_text("request_id,command_id,name\r\nr,c,ADA LOVELACE\r\n")
+    env = {
+        "OPTOUT_DATABASE_URL": database["app"],
+        "OPTOUT_MAIL_HOUSE_DIR": str(tmp_path),
+        "PATH": "/usr/bin:/bin",
+    }
+
+    def purge(*extra: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "services.cli.main", "purge", "--retention-days", "30", *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "would remove 2 mail-house file(s)" in purge("--dry-run")
+    assert all(p.exists() for p in old)
+    assert "removed 2 mail-house file(s)" in purge()
+    assert not any(p.exists() for p in old) and kept.exists()
+    assert "removed 0 mail-house file(s)" in purge()
