@@ -35,7 +35,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
         )
     verb = "would purge" if args.dry_run else "purged"
     sys.stdout.write(
-        f"{verb} the contact details of {count} request(s) confirmed more than {days} days ago\n"
+        f"{verb} the contact details of {count} request(s) confirmed or resolved more than {days} days ago\n"
     )
     folder = Path(cfg.mail_house_dir)
     try:
@@ -54,10 +54,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = sub.add_parser(
         "purge",
         help="remove raw contact details past the retention period",
-        description="Remove the email, phone and postal address of requests confirmed more "
-        "than the retention period ago (OPTOUT_RETENTION_DAYS), keeping the hashes, scopes and "
-        "timestamps needed to keep suppressing and to prove compliance; and remove the mail "
-        "house's suppression files (OPTOUT_MAIL_HOUSE_DIR) older than the same period.",
+        description="Remove the email, phone and postal address of requests confirmed (or "
+        "resolved) more than the retention period ago (OPTOUT_RETENTION_DAYS), keeping the "
+        "hashes, scopes and timestamps needed to keep suppressing and to prove compliance; and "
+        "remove the mail house's suppression files (OPTOUT_MAIL_HOUSE_DIR) older than that.",
     )
     p.add_argument("--retention-days", type=int, help="override OPTOUT_RETENTION_DAYS")
     p.add_argument("--dry-run", action="store_true", help="only count what would be purged")
