@@ -106,11 +106,16 @@ def _pg_dump(database: dict[str, str]) -> str:
 
 
 def _run_to_confirmation(
-    base_settings: dict[str, Any], mail_dir: Path, requests: list[dict[str, Any]]
+    base_settings: dict[str, Any],
+    mail_dir: Path,
+    requests: list[dict[str, Any]],
+    rejected_emails: tuple[str, ...] = (),
+    state: str = "CONFIRMED",
 ) -> list[str]:
     """Publish ``requests`` and run intake, the three connectors (against the stand-ins)
-    and the confirmer until every request is CONFIRMED."""
-    esp = EmailProviderStandin(token="purge-esp-token")
+    and the confirmer until every request is in ``state`` (the email provider stand-in
+    refuses ``rejected_emails``)."""
+    esp = EmailProviderStandin(token="purge-esp-token", rejected=rejected_emails)
     tokens = {"adnetwork": "tok-a", "databroker": "tok-b"}
     partners_api = PartnersStandin(tokens)
     with (
@@ -135,7 +140,7 @@ def _run_to_confirmation(
         def confirmed() -> bool:
             with psycopg.connect(cfg.dsn()) as conn:
                 row = conn.execute(
-                    "SELECT count(*) FROM requests WHERE event_id = ANY(%s) AND state = 'CONFIRMED'", (ids,)
+                    "SELECT count(*) FROM requests WHERE event_id = ANY(%s) AND state = %s", (ids, state)
                 ).fetchone()
             return row is not None and row[0] == len(ids)
 
@@ -145,7 +150,7 @@ def _run_to_confirmation(
         with contextlib.ExitStack() as stack:
             for name, main in services:
                 stack.enter_context(running(main, cfg, name))
-            wait_until(confirmed, timeout=120, message="every request confirmed")
+            wait_until(confirmed, timeout=120, message=f"every request {state}")
     return ids
 
 
@@ -253,3 +258,34 @@ def test_purge_cli_removes_mail_house_files_older_than_the_retention_period(
     assert "removed 2 mail-house file(s)" in purge()
     assert not any(p.exists() for p in old) and kept.exists()
     assert "removed 0 mail-house file(s)" in purge()
+
+
+def test_a_resolved_request_that_needed_attention_is_purged_like_a_confirmed_one(
+    base_settings: dict[str, Any], database: dict[str, str], tmp_path: Path
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    email = f"bounced.{tag}@example.net"
+    [event_id] = _run_to_confirmation(
+        base_settings,
+        tmp_path,
+        [{"email": email, "scopes": ["ALL"]}],
+        rejected_emails=(email,),
+        state="NEEDS_ATTENTION",
+    )
+    _purge_now(database, tmp_path)
+    with psycopg.connect(database["app"]) as conn:  # needs attention, unresolved: kept
+        row = conn.execute("SELECT email FROM requests WHERE event_id = %s", (event_id,)).fetchone()
+    assert row == (email,)
+    env = {"OPTOUT_DATABASE_URL": database["app"], "PATH": "/usr/bin:/bin"}
+    resolved = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "resolve", event_id, "--note", "ESP ticket 4711"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert resolved.returncode == 0, resolved.stderr
+    _purge_now(database, tmp_path)
+    after = _pg_dump(database)
+    assert event_id in after and "ESP ticket 4711" in after
+    assert email not in after and f"bounced.{tag}" not in after
