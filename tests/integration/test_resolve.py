@@ -9,12 +9,16 @@ import subprocess
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 
+from services.common.settings import Settings
 from services.domain.identity import sha256_hex
 from services.observability.business import gauge_values, query_snapshot
+from services.observability.exporter import Exporter
 from services.retention.purge import purge_contact_details
 
 pytestmark = pytest.mark.integration
@@ -136,3 +140,17 @@ def test_old_unresolved_attention_shows_until_resolved_then_purge_treats_it_as_d
     assert rows[old] == (None, None, None, True)
     for kept in (recent, pending):
         assert rows[kept][0] == f"{kept}@example.com" and rows[kept][3] is False
+
+
+def test_the_exporter_exports_the_past_retention_gauge(base_settings: dict[str, Any]) -> None:
+    cfg = Settings(**base_settings, retention_days=90)
+    with psycopg.connect(cfg.dsn(), autocommit=True) as conn:
+        _insert(conn, "NEEDS_ATTENTION", 200)
+        expected = _past_retention_gauge(conn)
+    assert expected >= 1
+    exporter = Exporter(cfg, specs=[])
+    try:
+        exporter.refresh_business()
+    finally:
+        exporter.close()
+    assert REGISTRY.get_sample_value("optout_requests_needing_attention_past_retention") == expected
