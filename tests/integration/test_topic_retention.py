@@ -21,10 +21,10 @@ pytestmark = pytest.mark.integration
 HOUR_MS = 3_600_000
 
 
-def _retention_ms(cfg: Settings, topics: list[str]) -> dict[str, int]:
+def _config_ms(cfg: Settings, topics: list[str], name: str = "retention.ms") -> dict[str, int]:
     admin = make_admin(cfg)
     futures = admin.describe_configs([ConfigResource("TOPIC", t) for t in topics])
-    return {res.name: int(f.result(30)["retention.ms"].value) for res, f in futures.items()}
+    return {res.name: int(f.result(30)[name].value) for res, f in futures.items()}
 
 
 def test_pii_topics_are_derived_from_the_contract() -> None:
@@ -66,16 +66,20 @@ def test_topics_create_sets_and_then_changes_retention_of_pii_topics(base_settin
     other = [t for t in cfg.all_topics() if t not in pii]
     first = topics_create(48)
     assert sum(line.startswith("created") for line in first) == len(cfg.all_topics())
-    retention = _retention_ms(cfg, cfg.all_topics())
+    assert not any(line.startswith("retention") for line in first)  # set on creation
+    retention = _config_ms(cfg, cfg.all_topics())
     assert {t: retention[t] for t in pii} == {t: 48 * HOUR_MS for t in pii}
     assert all(retention[t] != 48 * HOUR_MS for t in other)
+    segments = _config_ms(cfg, pii, "segment.ms")
+    assert set(segments.values()) == {24 * HOUR_MS}  # a message outlives retention by a day at most
 
     second = topics_create(12)
     changed = [line for line in second if line.startswith("retention")]
     assert len(changed) == len(pii)  # one line per topic changed
     assert all("12 h" in line for line in changed)
-    retention = _retention_ms(cfg, cfg.all_topics())
+    retention = _config_ms(cfg, cfg.all_topics())
     assert {t: retention[t] for t in pii} == {t: 12 * HOUR_MS for t in pii}
+    assert set(_config_ms(cfg, pii, "segment.ms").values()) == {12 * HOUR_MS}
     assert all(retention[t] != 12 * HOUR_MS for t in other)
 
     # Run again with the same setting: nothing to change.
