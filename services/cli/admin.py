@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from services.common.db import check_database, migrate
-from services.common.kafka import check_broker, create_topics
+from services.common.kafka import apply_pii_retention, check_broker, create_topics
 from services.common.settings import settings
 
 
@@ -28,6 +28,9 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
     for topic in cfg.all_topics():
         state = "created" if topic in created else "exists"
         sys.stdout.write(f"{state:8} {topic}\n")
+    for change in apply_pii_retention(cfg):
+        was = f"{change.old_ms / 3_600_000:g} h" if change.old_ms is not None else "unset"
+        sys.stdout.write(f"retention {change.topic}: {change.new_ms / 3_600_000:g} h (was {was})\n")
     return 0
 
 

@@ -1,14 +1,18 @@
-"""``optout purge``: remove raw contact details of requests confirmed long ago."""
+"""``optout purge``: remove raw contact details of requests confirmed long ago, and the
+mail house's suppression files older than the retention period."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from datetime import timedelta
+from pathlib import Path
 
 from services.common.clock import SystemClock
 from services.common.db import connect, require_schema
+from services.common.errors import ConfigurationError
 from services.common.settings import settings
+from services.retention.files import remove_old_mail_house_files
 from services.retention.purge import purge_contact_details
 
 
@@ -20,18 +24,29 @@ def cmd_purge(args: argparse.Namespace) -> int:
     cfg = settings()
     require_schema(cfg.dsn())
     days = args.retention_days if args.retention_days is not None else cfg.retention_days
+    now = SystemClock().now()
     with connect(cfg.dsn()) as conn:
         count = purge_contact_details(
             conn,
-            SystemClock().now(),
+            now,
             timedelta(days=days),
             dry_run=args.dry_run,
             progress=_progress,
         )
     verb = "would purge" if args.dry_run else "purged"
     sys.stdout.write(
-        f"{verb} the contact details of {count} request(s) confirmed more than {days} days ago\n"
+        f"{verb} the contact details of {count} request(s) confirmed or resolved more than {days} days ago\n"
     )
+    folder = Path(cfg.mail_house_dir)
+    try:
+        files = remove_old_mail_house_files(folder, now, timedelta(days=days), dry_run=args.dry_run)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot remove old mail-house files in {folder} ({exc.strerror or exc}); "
+            "check OPTOUT_MAIL_HOUSE_DIR"
+        ) from None
+    verb = "would remove" if args.dry_run else "removed"
+    sys.stdout.write(f"{verb} {len(files)} mail-house file(s) older than {days} days from {folder}\n")
     return 0
 
 
@@ -39,9 +54,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = sub.add_parser(
         "purge",
         help="remove raw contact details past the retention period",
-        description="Remove the email, phone and postal address of requests confirmed more "
-        "than the retention period ago (OPTOUT_RETENTION_DAYS), keeping the hashes, scopes and "
-        "timestamps needed to keep suppressing and to prove compliance.",
+        description="Remove the email, phone and postal address of requests confirmed (or "
+        "resolved) more than the retention period ago (OPTOUT_RETENTION_DAYS), keeping the "
+        "hashes, scopes and timestamps needed to keep suppressing and to prove compliance; and "
+        "remove the mail house's suppression files (OPTOUT_MAIL_HOUSE_DIR) older than that.",
     )
     p.add_argument("--retention-days", type=int, help="override OPTOUT_RETENTION_DAYS")
     p.add_argument("--dry-run", action="store_true", help="only count what would be purged")

@@ -15,8 +15,10 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, ConfigResource
 from confluent_kafka.cimpl import NewTopic
 
+from services.common.contract import DESTINATIONS, Identifier
 from services.common.errors import ConfigurationError, RetriableError
 from services.common.logging import get_logger
 from services.common.settings import Settings
@@ -104,21 +106,61 @@ def check_broker(settings: Settings, timeout: float = 10.0) -> None:
         ) from None
 
 
+# Identifiers that are raw contact details: topics whose messages carry one get a bounded
+# retention (hashes and customer ids are not raw contact details).
+RAW_CONTACT_IDENTIFIERS = frozenset({Identifier.EMAIL, Identifier.PHONE, Identifier.POSTAL_ADDRESS})
+RETENTION_MS = "retention.ms"
+SEGMENT_MS = "segment.ms"
+# Kafka deletes whole segments: rolling a PII topic's segment at least daily keeps a message
+# from outliving its retention by more than a day (the broker default rolls every 7 days).
+MAX_PII_SEGMENT_MS = 86_400_000
+
+
+def pii_topics(settings: Settings) -> list[str]:
+    """Topics that carry raw contact details: requests, confirmations, the command topics of
+    destinations that receive a raw email, phone or postal address, and every DLQ (a dead
+    letter keeps the original bytes)."""
+    raw_commands = [d.id for d in DESTINATIONS if d.identifiers & RAW_CONTACT_IDENTIFIERS]
+    chosen = {
+        settings.requests_topic,
+        settings.confirmations_topic,
+        settings.requests_dlq_topic,
+        settings.acks_dlq_topic,
+        *(settings.suppress_topic(d) for d in raw_commands),
+        *(settings.suppress_dlq_topic(d.id) for d in DESTINATIONS),
+    }
+    return [t for t in settings.all_topics() if t in chosen]
+
+
+def pii_retention_ms(settings: Settings) -> int:
+    return settings.pii_topic_retention_hours * 3_600_000
+
+
+def pii_topic_config(settings: Settings) -> dict[str, str]:
+    """Topic settings of a PII topic: ``retention.ms`` and a ``segment.ms`` of at most a day."""
+    retention = pii_retention_ms(settings)
+    return {RETENTION_MS: str(retention), SEGMENT_MS: str(min(retention, MAX_PII_SEGMENT_MS))}
+
+
 def create_topics(
     settings: Settings, topics: Iterable[str], partitions: int | None = None, timeout: float = 30.0
 ) -> list[str]:
-    """Create the topics that do not exist yet; return the ones created."""
+    """Create the topics that do not exist yet; return the ones created. Topics that carry
+    raw contact details (``pii_topics``) are created with ``retention.ms`` from
+    OPTOUT_PII_TOPIC_RETENTION_HOURS and ``segment.ms`` of at most a day."""
     admin = make_admin(settings)
     existing = set(admin.list_topics(timeout=timeout).topics)
     wanted = [t for t in topics if t not in existing]
     if not wanted:
         return []
+    pii = set(pii_topics(settings))
     futures = admin.create_topics(
         [
             NewTopic(
                 t,
                 num_partitions=partitions or settings.topic_partitions,
                 replication_factor=settings.topic_replication_factor,
+                config=pii_topic_config(settings) if t in pii else {},
             )
             for t in wanted
         ],
@@ -133,6 +175,50 @@ def create_topics(
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
     return created
+
+
+@dataclass(frozen=True)
+class RetentionChange:
+    topic: str
+    old_ms: int | None  # retention.ms before; None when the broker did not report it
+    new_ms: int
+
+
+def apply_pii_retention(settings: Settings, timeout: float = 30.0) -> list[RetentionChange]:
+    """Set ``retention.ms`` (and ``segment.ms``, see ``pii_topic_config``) of every existing
+    PII topic (``pii_topics``) where they differ from OPTOUT_PII_TOPIC_RETENTION_HOURS
+    (incremental alter: other settings are kept); return the topics changed."""
+    admin = make_admin(settings)
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    topics = [t for t in pii_topics(settings) if t in existing]
+    if not topics:
+        return []
+    wanted = pii_topic_config(settings)
+    described = admin.describe_configs([ConfigResource("TOPIC", t) for t in topics], request_timeout=timeout)
+    changes: dict[str, tuple[RetentionChange, list[ConfigEntry]]] = {}
+    for resource, future in described.items():
+        current = {name: entry.value for name, entry in future.result(timeout).items() if name in wanted}
+        differing = [name for name, value in wanted.items() if current.get(name) != value]
+        if differing:
+            old = current.get(RETENTION_MS)
+            change = RetentionChange(resource.name, int(old) if old else None, int(wanted[RETENTION_MS]))
+            entries = [
+                ConfigEntry(name, wanted[name], incremental_operation=AlterConfigOpType.SET)
+                for name in differing
+            ]
+            changes[resource.name] = (change, entries)
+    if not changes:
+        return []
+    altered = admin.incremental_alter_configs(
+        [
+            ConfigResource("TOPIC", topic, incremental_configs=entries)
+            for topic, (_, entries) in changes.items()
+        ],
+        request_timeout=timeout,
+    )
+    for future in altered.values():
+        future.result(timeout)
+    return [changes[t][0] for t in topics if t in changes]
 
 
 @dataclass

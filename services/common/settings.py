@@ -58,6 +58,14 @@ class Settings(BaseSettings):
         6, ge=1, le=1000, description="Partitions per topic created by `optout topics create`."
     )
     topic_replication_factor: int = Field(1, ge=1, description="Replication factor of created topics.")
+    pii_topic_retention_hours: int = Field(
+        168,
+        ge=1,
+        le=87_600,
+        description="retention.ms (in hours) of the topics that carry raw contact details "
+        "(requests, confirmations, raw-identifier command topics, every DLQ); "
+        "`optout topics create` applies it to new and existing topics.",
+    )
 
     # --- PostgreSQL ------------------------------------------------------------
     database_url: SecretStr = Field(

@@ -75,13 +75,16 @@ def sha256_hex(value: str) -> str:
 def subject_key(customer_id: str | None, email: str | None, phone: str | None, postal_key: str | None) -> str:
     """The Kafka key of an OptOutRequested: customer id, else email, else phone, else address.
 
-    All requests about one person land on one partition, in order.
+    All requests about one person land on one partition, in order. The key carries no raw
+    contact detail: ``cust:<customer_id>`` (the business's pseudonymous id), else
+    ``email_sha256:<hex>`` of the normalized email, ``phone_sha256:<hex>`` of the E.164
+    phone, ``postal:<hex>`` of the normalized address key.
     """
-    for prefix, value in (("cust", customer_id), ("email", email), ("phone", phone)):
+    if customer_id:
+        return f"cust:{customer_id}"
+    for prefix, value in (("email_sha256", email), ("phone_sha256", phone), ("postal", postal_key)):
         if value:
-            return f"{prefix}:{value}"
-    if postal_key:
-        return f"postal:{sha256_hex(postal_key)}"
+            return f"{prefix}:{sha256_hex(value)}"
     raise PoisonMessage("no_identifier", "customer_id, email, phone and postal_address are all empty")
 
 

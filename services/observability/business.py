@@ -4,9 +4,13 @@ which requests are at risk of missing their legal deadline?
 Gauges (exported by ``optout run exporter`` only, so no other service reports zeros
 it never measured):
 
-- ``optout_requests{state}``: pending, confirmed, needs_attention, and overdue
-  (= not confirmed and past ``due_at``; also counted in pending or needs_attention)
-- ``optout_oldest_unconfirmed_request_age_seconds``: now - oldest ``requested_at`` not confirmed
+- ``optout_requests{state}``: pending, confirmed, needs_attention, resolved (needed
+  attention, closed by a person with ``optout resolve``), and overdue (= not confirmed nor
+  resolved and past ``due_at``; also counted in pending or needs_attention)
+- ``optout_requests_needing_attention_past_retention``: unresolved NEEDS_ATTENTION requests
+  received longer ago than the retention period (their raw contact details stay until resolved)
+- ``optout_oldest_unconfirmed_request_age_seconds``: now - oldest ``requested_at`` not
+  confirmed (resolved requests are closed: they count in none of the "open" gauges)
 - ``optout_nearest_deadline_seconds``: ``due_at`` of the most urgent unconfirmed request
   minus now (negative once overdue; +Inf when nothing is open)
 - ``optout_open_requests_by_deadline{due_in}``: unconfirmed requests by time left
@@ -27,7 +31,7 @@ from prometheus_client import Gauge
 
 from services.common.contract import DESTINATIONS
 
-STATES = ("pending", "confirmed", "needs_attention", "overdue")
+STATES = ("pending", "confirmed", "needs_attention", "resolved", "overdue")
 # (label, upper bound of time left); "overdue" is below zero, "later" beyond the last.
 DEADLINE_BUCKETS: tuple[tuple[str, timedelta], ...] = (
     ("1d", timedelta(days=1)),
@@ -62,6 +66,11 @@ DESTINATION_COMMANDS = Gauge(
     "Commands by destination and acknowledgement status.",
     ["destination", "status"],
 )
+ATTENTION_PAST_RETENTION = Gauge(
+    "optout_requests_needing_attention_past_retention",
+    "Unresolved NEEDS_ATTENTION requests received longer ago than OPTOUT_RETENTION_DAYS: their raw "
+    "contact details are kept until someone runs `optout resolve`.",
+)
 REFRESHED = Gauge(
     "optout_business_metrics_refreshed_timestamp_seconds",
     "Unix time the business metrics were last read from the database.",
@@ -76,6 +85,7 @@ class BusinessSnapshot:
     nearest_due_at: datetime | None
     open_by_deadline: dict[str, int]
     commands: dict[tuple[str, str], int] = field(default_factory=dict)
+    attention_past_retention: int = 0
 
 
 def deadline_bucket(time_left: timedelta) -> str:
@@ -107,6 +117,7 @@ def gauge_values(snapshot: BusinessSnapshot, now: datetime) -> dict[str, Any]:
         "nearest_deadline": (nearest - now).total_seconds() if nearest else math.inf,
         "open_by_deadline": {label: snapshot.open_by_deadline.get(label, 0) for label in DUE_IN_LABELS},
         "commands": commands,
+        "attention_past_retention": snapshot.attention_past_retention,
     }
 
 
@@ -120,6 +131,7 @@ def export(snapshot: BusinessSnapshot, now: datetime) -> None:
         OPEN_BY_DEADLINE.labels(label).set(count)
     for (destination, status), count in values["commands"].items():
         DESTINATION_COMMANDS.labels(destination, status).set(count)
+    ATTENTION_PAST_RETENTION.set(values["attention_past_retention"])
     REFRESHED.set(now.timestamp())
 
 
@@ -134,6 +146,7 @@ def init_zeros() -> None:
             DESTINATION_COMMANDS.labels(d.id, status).set(0)
     OLDEST_UNCONFIRMED_AGE.set(0)
     NEAREST_DEADLINE.set(math.inf)
+    ATTENTION_PAST_RETENTION.set(0)
 
 
 _BUCKET_SQL = (
@@ -146,24 +159,33 @@ _BUCKET_SQL = (
 )
 
 
-def query_snapshot(conn: psycopg.Connection[Any], now: datetime) -> BusinessSnapshot:
-    """Read the business view in one read-only transaction."""
-    params = {"now": now}
+# A request is open until confirmed or resolved by a person (``optout resolve``).
+_OPEN = "state <> 'CONFIRMED' AND resolved_at IS NULL"
+
+
+def query_snapshot(conn: psycopg.Connection[Any], now: datetime, retention: timedelta) -> BusinessSnapshot:
+    """Read the business view in one read-only transaction. ``retention``: the retention
+    period (OPTOUT_RETENTION_DAYS) after which an unresolved NEEDS_ATTENTION request counts
+    in ``optout_requests_needing_attention_past_retention``."""
+    params = {"now": now, "stale_before": now - retention}
     with conn.transaction():
         by_state = {
             str(s): int(n)
-            for s, n in conn.execute("SELECT state, count(*) FROM requests GROUP BY state").fetchall()
+            for s, n in conn.execute(
+                "SELECT CASE WHEN resolved_at IS NOT NULL AND state <> 'CONFIRMED' THEN 'RESOLVED'"
+                " ELSE state END AS s, count(*) FROM requests GROUP BY s"
+            ).fetchall()
         }
         row = conn.execute(
-            "SELECT count(*) FILTER (WHERE due_at < %(now)s), min(requested_at), min(due_at)"
-            " FROM requests WHERE state <> 'CONFIRMED'",
+            "SELECT count(*) FILTER (WHERE due_at < %(now)s), min(requested_at), min(due_at),"
+            " count(*) FILTER (WHERE state = 'NEEDS_ATTENTION' AND received_at < %(stale_before)s)"
+            f" FROM requests WHERE {_OPEN}",
             params,
         ).fetchone()
         buckets = {
             str(b): int(n)
             for b, n in conn.execute(
-                f"SELECT {_BUCKET_SQL} AS bucket, count(*) FROM requests"
-                " WHERE state <> 'CONFIRMED' GROUP BY bucket",
+                f"SELECT {_BUCKET_SQL} AS bucket, count(*) FROM requests WHERE {_OPEN} GROUP BY bucket",
                 params,
             ).fetchall()
         }
@@ -173,8 +195,8 @@ def query_snapshot(conn: psycopg.Connection[Any], now: datetime) -> BusinessSnap
                 "SELECT destination, status, count(*) FROM destination_status GROUP BY destination, status"
             ).fetchall()
         }
-    overdue, oldest, nearest = row if row else (0, None, None)
-    return BusinessSnapshot(by_state, int(overdue or 0), oldest, nearest, buckets, commands)
+    overdue, oldest, nearest, stale = row if row else (0, None, None, 0)
+    return BusinessSnapshot(by_state, int(overdue or 0), oldest, nearest, buckets, commands, int(stale or 0))
 
 
 def snapshot_from_rows(rows: Iterable[tuple[str, datetime, datetime]], now: datetime) -> BusinessSnapshot:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 from confluent_kafka import KafkaException
@@ -117,7 +117,9 @@ class Exporter:
     def refresh_business(self) -> None:
         now = self.clock.now().astimezone(UTC)
         try:
-            snapshot = business.query_snapshot(self._db.get(), now)
+            snapshot = business.query_snapshot(
+                self._db.get(), now, timedelta(days=self.settings.retention_days)
+            )
         except (RetriableError, psycopg.Error) as exc:
             self._drop()
             log.warning("reading the business view failed; retrying next interval", error=first_line(exc))

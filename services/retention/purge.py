@@ -4,7 +4,11 @@ needed to keep suppressing the person and to prove compliance stays: the SHA-256
 hashes of the normalized identifiers, the customer id, scopes, source, jurisdiction,
 every timestamp and each destination's outcome.
 
-Requests not yet confirmed keep their details: connectors and the sweeper still need them.
+A request that needed attention (a destination refused it) and that someone resolved
+(``optout resolve``) is treated the same way, the retention period counting from
+``resolved_at``. Requests not yet confirmed nor resolved keep their details: connectors and
+the sweeper still need them (``optout overdue`` and a gauge show those that need attention
+for longer than the retention period).
 """
 
 from __future__ import annotations
@@ -19,11 +23,17 @@ from services.common.logging import get_logger
 
 log = get_logger(__name__)
 
-_PURGE_CHUNK = """
+# Done long enough ago: confirmed, or resolved by a person.
+_DUE = """
+    pii_purged_at IS NULL
+    AND ((state = 'CONFIRMED' AND confirmed_at < %(cutoff)s) OR resolved_at < %(cutoff)s)
+"""
+
+_PURGE_CHUNK = f"""
 WITH chosen AS (
     SELECT event_id FROM requests
-    WHERE state = 'CONFIRMED' AND confirmed_at < %(cutoff)s AND pii_purged_at IS NULL
-    ORDER BY confirmed_at
+    WHERE {_DUE}
+    ORDER BY coalesce(confirmed_at, resolved_at)
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
@@ -32,10 +42,7 @@ SET email = NULL, phone = NULL, postal_address = NULL, pii_purged_at = %(now)s
 FROM chosen WHERE r.event_id = chosen.event_id
 """
 
-_COUNT = """
-SELECT count(*) FROM requests
-WHERE state = 'CONFIRMED' AND confirmed_at < %(cutoff)s AND pii_purged_at IS NULL
-"""
+_COUNT = f"SELECT count(*) FROM requests WHERE {_DUE}"
 
 
 def purge_contact_details(

@@ -45,7 +45,7 @@ def test_valid_request_is_normalized_and_hashed():
     assert r.postal_address["lines"] == ["1 Main St"]
     assert r.postal_address["country"] == "US"
     assert r.email_sha256 and len(r.email_sha256) == 64
-    assert r.subject_key == "email:jane@example.com"
+    assert r.subject_key == "email_sha256:" + r.email_sha256
     assert r.due_at == r.requested_at + timedelta(hours=48)
 
 

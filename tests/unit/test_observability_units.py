@@ -93,7 +93,13 @@ def test_gauge_values_from_rows() -> None:
         ("NEEDS_ATTENTION", NOW - timedelta(days=40), NOW + timedelta(days=2)),
     ]
     values = business.gauge_values(business.snapshot_from_rows(rows, NOW), NOW)
-    assert values["requests"] == {"pending": 2, "confirmed": 1, "needs_attention": 1, "overdue": 1}
+    assert values["requests"] == {
+        "pending": 2,
+        "confirmed": 1,
+        "needs_attention": 1,
+        "resolved": 0,
+        "overdue": 1,
+    }
     assert values["oldest_age"] == timedelta(days=46).total_seconds()
     assert values["nearest_deadline"] == -86400.0
     assert values["open_by_deadline"] == {
