@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from services.common.clock import Clock, SystemClock
+from services.common.errors import ConfigurationError
 from services.common.logging import get_logger
 from services.common.settings import PartnerEndpoint, Settings
 from services.connectors.http import clean_reason, error_reason, json_body, make_client, post_json
@@ -88,14 +89,15 @@ class ThirdPartySharingConnector(Connector):
     def __init__(
         self, partners: Sequence[PartnerEndpoint], client: httpx.Client, clock: Clock | None = None
     ) -> None:
+        if not partners:
+            # Nobody would be told, yet every command would be acknowledged APPLIED.
+            raise ConfigurationError(
+                "OPTOUT_PARTNERS is empty: the third_party_sharing connector would acknowledge "
+                "opt-outs without telling anyone; list the partners, or do not run this connector"
+            )
         self.partners = list(partners)
         self.client = client
         self.clock = clock or SystemClock()
-        if not self.partners:
-            log.warning(
-                "no partners configured (OPTOUT_PARTNERS): every command is acknowledged "
-                "APPLIED without telling anyone"
-            )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ThirdPartySharingConnector:
