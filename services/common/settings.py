@@ -6,16 +6,43 @@ logged. ``kafka_config()`` is the one place that yields the librdkafka dict.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from services.common.contract import DESTINATIONS
 from services.common.errors import ConfigurationError
+
+# --- development defaults that production refuses ---------------------------------------------
+# Mark a field ``json_schema_extra=DEV_ONLY`` when its default (or a value like it) only makes
+# sense on a developer's machine. With OPTOUT_ENV=production, ``load_settings`` refuses a
+# marked field whose value is its default, holds one of ``DEV_SECRETS`` (as a whole word:
+# a DSN password, a token, a key) or an http(s) URL on a loopback host (see
+# ``production_problems``). Adding a dev-only setting: add the marker to its Field, and its
+# dev secret (if any) to DEV_SECRETS.
+DEV_ONLY: dict[str, Any] = {"dev_only": True}
+
+_DEV_APP_PASSWORD = "app-secret"  # services/devstack/config.py PG_APP_PASSWORD
+_DEV_ESP_TOKEN = "dev-esp-token"
+_DEV_WEB_KEY = "b3B0b3V0LWRldi1vbmx5LWtleS1OT1QtU0VDUkVUISE"  # base64url of the web's DEV_KEY
+_DEV_PARTNERS = ("adnetwork", "databroker")
+DEV_SECRETS = frozenset(
+    {
+        _DEV_APP_PASSWORD,
+        "admin-secret",  # devstack PG_ADMIN_PASSWORD
+        "optout-secret",  # devstack KAFKA_SASL_PASSWORD
+        _DEV_ESP_TOKEN,
+        _DEV_WEB_KEY,
+        *(f"dev-{name}-token" for name in _DEV_PARTNERS),
+    }
+)
 
 
 class PartnerEndpoint(BaseModel):
@@ -33,7 +60,7 @@ def _default_partners() -> list[PartnerEndpoint]:
         PartnerEndpoint(
             name=name, url=f"http://127.0.0.1:18082/partners/{name}", token=SecretStr(f"dev-{name}-token")
         )
-        for name in ("adnetwork", "databroker")
+        for name in _DEV_PARTNERS
     ]
 
 
@@ -41,13 +68,17 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OPTOUT_", env_file=".env", extra="ignore", frozen=True)
 
     # --- Kafka -----------------------------------------------------------------
-    kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers.")
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:19092", description="Kafka bootstrap servers.", json_schema_extra=DEV_ONLY
+    )
     kafka_security_protocol: str = Field(
         "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
     )
     kafka_sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256, ...")
     kafka_sasl_username: str | None = Field(None, description="SASL user name.")
-    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="SASL password (secret).", json_schema_extra=DEV_ONLY
+    )
     kafka_ssl_ca_location: str | None = Field(None, description="CA certificate file for SSL / SASL_SSL.")
     kafka_extra: dict[str, str] = Field(
         default_factory=dict,
@@ -61,11 +92,14 @@ class Settings(BaseSettings):
 
     # --- PostgreSQL ------------------------------------------------------------
     database_url: SecretStr = Field(
-        SecretStr("postgresql://optout_app:app-secret@127.0.0.1:15432/optout"),
+        SecretStr(f"postgresql://optout_app:{_DEV_APP_PASSWORD}@127.0.0.1:15432/optout"),
         description="The services' own role: reads and writes tables, no DDL.",
+        json_schema_extra=DEV_ONLY,
     )
     admin_database_url: SecretStr | None = Field(
-        None, description="Role that runs migrations (DDL). Defaults to database_url."
+        None,
+        description="Role that runs migrations (DDL). Defaults to database_url.",
+        json_schema_extra=DEV_ONLY,
     )
     database_app_role: str = Field("optout_app", description="Role migrations grant DML to.")
 
@@ -113,12 +147,19 @@ class Settings(BaseSettings):
     sweep_batch_size: int = Field(500, ge=1, le=100_000, description="Commands re-sent per sweep.")
 
     # --- Connectors ------------------------------------------------------------
-    email_provider_url: str = Field("http://127.0.0.1:18081", description="Email provider API base URL.")
-    email_provider_token: SecretStr = Field(SecretStr("dev-esp-token"), description="Its API token.")
-    mail_house_dir: str = Field(".run/mail_house", description="Where the daily suppression CSVs go.")
+    email_provider_url: str = Field(
+        "http://127.0.0.1:18081", description="Email provider API base URL.", json_schema_extra=DEV_ONLY
+    )
+    email_provider_token: SecretStr = Field(
+        SecretStr(_DEV_ESP_TOKEN), description="Its API token.", json_schema_extra=DEV_ONLY
+    )
+    mail_house_dir: str = Field(
+        ".run/mail_house", description="Where the daily suppression CSVs go.", json_schema_extra=DEV_ONLY
+    )
     partners: list[PartnerEndpoint] = Field(
         default_factory=_default_partners,
         description='JSON list of {"name", "url", "token"}: third parties told not to sell/share.',
+        json_schema_extra=DEV_ONLY,
     )
     connector_retry_attempts: int = Field(6, ge=1, le=100, description="apply() tries per batch.")
     connector_retry_initial_seconds: float = Field(
@@ -159,18 +200,24 @@ class Settings(BaseSettings):
     metrics_port: int = Field(0, ge=0, le=65535, description="0 disables the HTTP endpoint.")
 
     # --- Web -------------------------------------------------------------------
-    env: str = Field("development", description="'production' refuses dev-only defaults.")
+    env: str = Field(
+        "development",
+        description="'production' refuses every dev-only default (dev secrets, loopback URLs, local paths).",
+    )
     web_host: str = Field("127.0.0.1", description="Address the web service listens on.")
     web_port: int = Field(8080, ge=0, le=65535, description="Port the web service listens on.")
     web_workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
     web_public_url: str = Field(
-        "http://127.0.0.1:8080", description="Base URL of unsubscribe links (https in production)."
+        "http://127.0.0.1:8080",
+        description="Base URL of unsubscribe links (https in production).",
+        json_schema_extra=DEV_ONLY,
     )
     web_token_keys: SecretStr = Field(
         # DEV ONLY: a well-known key; the web service and `optout link` refuse it when
         # OPTOUT_ENV=production. Generate real keys with `optout link --generate-key`.
-        SecretStr('{"dev": "b3B0b3V0LWRldi1vbmx5LWtleS1OT1QtU0VDUkVUISE"}'),
+        SecretStr(json.dumps({"dev": _DEV_WEB_KEY})),
         description='Token keys as JSON {"kid": "base64url 32-byte key"}; old kids keep verifying.',
+        json_schema_extra=DEV_ONLY,
     )
     web_current_kid: str = Field("dev", description="Key id new links are minted with.")
     web_token_ttl_days: int = Field(400, ge=0, description="Link lifetime; 0 = links never expire.")
@@ -263,10 +310,87 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}optout.{service}"
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Read settings; turn validation errors into one clear ``ConfigurationError``."""
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+_WORD = re.compile(r"[A-Za-z0-9_-]+")
+_URL = re.compile(r"https?://[^\s\"',]+", re.IGNORECASE)
+
+
+def _texts(value: Any) -> Iterator[str]:
+    """Every string inside a setting's value (secrets revealed, models and JSON walked)."""
+    if isinstance(value, SecretStr):
+        yield from _texts(value.get_secret_value())
+    elif isinstance(value, str):
+        yield value
+    elif isinstance(value, BaseModel):
+        yield from _texts(value.model_dump())
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield str(key)
+            yield from _texts(item)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            yield from _texts(item)
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    name = host.strip("[]").lower()
+    if name in _LOOPBACK_NAMES:
+        return True
     try:
-        return Settings(**overrides)
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
+
+
+def _dev_like(value: Any) -> bool:
+    """Does a value hold a well-known dev secret (as a whole word) or a loopback http(s) URL?"""
+    for text in _texts(value):
+        if DEV_SECRETS & set(_WORD.findall(text)):
+            return True
+        for url in _URL.findall(text):
+            try:
+                host = urlsplit(url).hostname
+            except ValueError:
+                continue
+            if is_loopback_host(host):
+                return True
+    return False
+
+
+def production_problems(cfg: Settings) -> list[str]:
+    """``OPTOUT_*`` names of the DEV_ONLY settings that still hold a development value."""
+    problems = []
+    values = cfg.model_dump()
+    defaults = Settings.model_construct().model_dump()  # the declared defaults, no environment
+    for name, field in Settings.model_fields.items():
+        if field.json_schema_extra != DEV_ONLY:
+            continue
+        value, default = values[name], defaults[name]
+        if (value is not None and value == default) or _dev_like(value):
+            problems.append(f"OPTOUT_{name.upper()}")
+    return problems
+
+
+def check_production(cfg: Settings) -> None:
+    """With OPTOUT_ENV=production, one ``ConfigurationError`` naming every dev-only value."""
+    if cfg.env.lower() != "production":
+        return
+    problems = production_problems(cfg)
+    if problems:
+        raise ConfigurationError(
+            "OPTOUT_ENV=production refuses development defaults (dev-only values, well-known dev "
+            f"secrets, loopback URLs); set {', '.join(problems)}; see .env.example"
+        )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings; turn validation errors into one clear ``ConfigurationError``, and refuse
+    development defaults when OPTOUT_ENV=production (``check_production``)."""
+    try:
+        cfg = Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
         name = "OPTOUT_" + "_".join(str(p) for p in first["loc"]).upper()
@@ -277,6 +401,8 @@ def load_settings(**overrides: Any) -> Settings:
         match = re.search(r'field "(\w+)"', str(exc))
         name = f"OPTOUT_{match.group(1).upper()}" if match else "a JSON-valued setting"
         raise ConfigurationError(f"setting {name} is not valid JSON") from None
+    check_production(cfg)
+    return cfg
 
 
 @lru_cache(maxsize=1)
