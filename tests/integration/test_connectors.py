@@ -223,6 +223,29 @@ def test_email_provider_permanent_refusal_is_a_rejected_ack_with_the_reason(
     assert len(refused) == 3 and set(standin.suppressed) == {c["email"] for c in batch} - refused
 
 
+def test_a_refusal_naming_no_address_rejects_only_the_refused_one(base_settings: dict[str, Any]) -> None:
+    batch = commands("email_provider", 40)
+    bad = batch[29]["email"]
+    standin = EmailProviderStandin(
+        token=ESP_TOKEN, refused_unnamed={bad: "invalid email in recipient_emails"}
+    )
+    with StandinServer(standin.handle) as server:
+        cfg = isolated_settings(
+            base_settings, email_provider_url=server.url, email_provider_token=ESP_TOKEN, **FAST_RETRIES
+        )
+        publish(cfg, "email_provider", batch)
+        with running(connector_runner("email_provider"), cfg, "email_provider"):
+            acks = [r.decoded() for r in read_topic(cfg, cfg.acks_topic, expect=40)]
+    statuses = {a["command_id"]: (a["status"], a["detail"]) for a in acks}
+    assert statuses == {
+        c["command_id"]: ("REJECTED", "email provider: HTTP 400: invalid email in recipient_emails")
+        if c["email"] == bad
+        else ("APPLIED", None)
+        for c in batch
+    }
+    assert set(standin.suppressed) == {c["email"] for c in batch} - {bad}
+
+
 def test_no_ack_while_the_database_is_away(
     base_settings: dict[str, Any], database: dict[str, str], esp_server: Esp
 ) -> None:
