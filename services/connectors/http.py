@@ -115,6 +115,10 @@ def post_json(
         )
     except httpx.TransportError as exc:
         raise RetriableError(f"{system} unreachable ({type(exc).__name__})") from exc
+    except httpx.RequestError as exc:  # e.g. a body that fails its Content-Encoding: status unknown
+        raise RetriableError(
+            f"{system} sent an answer that could not be read ({type(exc).__name__})"
+        ) from exc
     verdict = classify_status(response.status_code)
     if verdict is Verdict.TRANSIENT:
         raise RetriableError(

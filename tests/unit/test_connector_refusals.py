@@ -21,7 +21,7 @@ from pydantic import SecretStr
 
 from services.common.clock import ManualClock, to_millis
 from services.common.contract import AckStatus
-from services.common.errors import ConfigurationError
+from services.common.errors import ConfigurationError, RetriableError
 from services.common.settings import PartnerEndpoint
 from services.connectors.email_provider import EmailProviderConnector
 from services.connectors.kit import Command, IncompleteBatch, Outcome
@@ -190,6 +190,16 @@ def test_a_4xx_body_that_is_not_json_is_still_a_reason() -> None:
     assert outcome.status is AckStatus.REJECTED and (outcome.detail or "").startswith(
         "email provider: HTTP 418"
     )
+
+
+def test_an_answer_that_cannot_be_decoded_is_transient_not_a_crash() -> None:
+    def broken(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(201, headers={"Content-Encoding": "gzip"}, content=b"not gzip")
+
+    client = httpx.Client(transport=httpx.MockTransport(broken))
+    connector = EmailProviderConnector("http://esp", SecretStr("tok"), client, ManualClock(NOW))
+    with pytest.raises(RetriableError, match="could not be read"):
+        connector.apply([cmd("email_provider", email="a@example.com")])
 
 
 # --- third-party sharing -------------------------------------------------------------------------
