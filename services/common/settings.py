@@ -20,30 +20,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from services.common.contract import DESTINATIONS
 from services.common.errors import ConfigurationError
 
-# --- development defaults that production refuses ---------------------------------------------
-# Mark a field ``json_schema_extra=DEV_ONLY`` when its default (or a value like it) only makes
-# sense on a developer's machine. With OPTOUT_ENV=production, ``load_settings`` refuses a
-# marked field whose value is its default, holds one of ``DEV_SECRETS`` (as a whole word:
-# a DSN password, a token, a key) or an http(s) URL on a loopback host (see
-# ``production_problems``). Adding a dev-only setting: add the marker to its Field, and its
-# dev secret (if any) to DEV_SECRETS.
-DEV_ONLY: dict[str, Any] = {"dev_only": True}
-
-_DEV_APP_PASSWORD = "app-secret"  # services/devstack/config.py PG_APP_PASSWORD
-_DEV_ESP_TOKEN = "dev-esp-token"
-_DEV_WEB_KEY = "b3B0b3V0LWRldi1vbmx5LWtleS1OT1QtU0VDUkVUISE"  # base64url of the web's DEV_KEY
-_DEV_PARTNERS = ("adnetwork", "databroker")
-DEV_SECRETS = frozenset(
-    {
-        _DEV_APP_PASSWORD,
-        "admin-secret",  # devstack PG_ADMIN_PASSWORD
-        "optout-secret",  # devstack KAFKA_SASL_PASSWORD
-        _DEV_ESP_TOKEN,
-        _DEV_WEB_KEY,
-        *(f"dev-{name}-token" for name in _DEV_PARTNERS),
-    }
-)
-
 
 class PartnerEndpoint(BaseModel):
     """One third party told not to sell/share (``OPTOUT_PARTNERS`` is a JSON list of these)."""
@@ -60,7 +36,7 @@ def _default_partners() -> list[PartnerEndpoint]:
         PartnerEndpoint(
             name=name, url=f"http://127.0.0.1:18082/partners/{name}", token=SecretStr(f"dev-{name}-token")
         )
-        for name in _DEV_PARTNERS
+        for name in ("adnetwork", "databroker")
     ]
 
 
@@ -68,17 +44,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OPTOUT_", env_file=".env", extra="ignore", frozen=True)
 
     # --- Kafka -----------------------------------------------------------------
-    kafka_bootstrap: str = Field(
-        "127.0.0.1:19092", description="Kafka bootstrap servers.", json_schema_extra=DEV_ONLY
-    )
+    kafka_bootstrap: str = Field("127.0.0.1:19092", description="Kafka bootstrap servers.")
     kafka_security_protocol: str = Field(
         "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
     )
     kafka_sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256, ...")
     kafka_sasl_username: str | None = Field(None, description="SASL user name.")
-    kafka_sasl_password: SecretStr | None = Field(
-        None, description="SASL password (secret).", json_schema_extra=DEV_ONLY
-    )
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
     kafka_ssl_ca_location: str | None = Field(None, description="CA certificate file for SSL / SASL_SSL.")
     kafka_extra: dict[str, str] = Field(
         default_factory=dict,
@@ -92,14 +64,11 @@ class Settings(BaseSettings):
 
     # --- PostgreSQL ------------------------------------------------------------
     database_url: SecretStr = Field(
-        SecretStr(f"postgresql://optout_app:{_DEV_APP_PASSWORD}@127.0.0.1:15432/optout"),
+        SecretStr("postgresql://optout_app:app-secret@127.0.0.1:15432/optout"),
         description="The services' own role: reads and writes tables, no DDL.",
-        json_schema_extra=DEV_ONLY,
     )
     admin_database_url: SecretStr | None = Field(
-        None,
-        description="Role that runs migrations (DDL). Defaults to database_url.",
-        json_schema_extra=DEV_ONLY,
+        None, description="Role that runs migrations (DDL). Defaults to database_url."
     )
     database_app_role: str = Field("optout_app", description="Role migrations grant DML to.")
 
@@ -147,19 +116,12 @@ class Settings(BaseSettings):
     sweep_batch_size: int = Field(500, ge=1, le=100_000, description="Commands re-sent per sweep.")
 
     # --- Connectors ------------------------------------------------------------
-    email_provider_url: str = Field(
-        "http://127.0.0.1:18081", description="Email provider API base URL.", json_schema_extra=DEV_ONLY
-    )
-    email_provider_token: SecretStr = Field(
-        SecretStr(_DEV_ESP_TOKEN), description="Its API token.", json_schema_extra=DEV_ONLY
-    )
-    mail_house_dir: str = Field(
-        ".run/mail_house", description="Where the daily suppression CSVs go.", json_schema_extra=DEV_ONLY
-    )
+    email_provider_url: str = Field("http://127.0.0.1:18081", description="Email provider API base URL.")
+    email_provider_token: SecretStr = Field(SecretStr("dev-esp-token"), description="Its API token.")
+    mail_house_dir: str = Field(".run/mail_house", description="Where the daily suppression CSVs go.")
     partners: list[PartnerEndpoint] = Field(
         default_factory=_default_partners,
         description='JSON list of {"name", "url", "token"}: third parties told not to sell/share.',
-        json_schema_extra=DEV_ONLY,
     )
     connector_retry_attempts: int = Field(6, ge=1, le=100, description="apply() tries per batch.")
     connector_retry_initial_seconds: float = Field(
@@ -208,16 +170,13 @@ class Settings(BaseSettings):
     web_port: int = Field(8080, ge=0, le=65535, description="Port the web service listens on.")
     web_workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
     web_public_url: str = Field(
-        "http://127.0.0.1:8080",
-        description="Base URL of unsubscribe links (https in production).",
-        json_schema_extra=DEV_ONLY,
+        "http://127.0.0.1:8080", description="Base URL of unsubscribe links (https in production)."
     )
     web_token_keys: SecretStr = Field(
         # DEV ONLY: a well-known key; the web service and `optout link` refuse it when
         # OPTOUT_ENV=production. Generate real keys with `optout link --generate-key`.
-        SecretStr(json.dumps({"dev": _DEV_WEB_KEY})),
+        SecretStr('{"dev": "b3B0b3V0LWRldi1vbmx5LWtleS1OT1QtU0VDUkVUISE"}'),
         description='Token keys as JSON {"kid": "base64url 32-byte key"}; old kids keep verifying.',
-        json_schema_extra=DEV_ONLY,
     )
     web_current_kid: str = Field("dev", description="Key id new links are minted with.")
     web_token_ttl_days: int = Field(400, ge=0, description="Link lifetime; 0 = links never expire.")
@@ -310,6 +269,35 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}optout.{service}"
 
 
+# --- development values that production refuses ------------------------------------------------
+# With OPTOUT_ENV=production, ``load_settings`` refuses each setting named here (and every
+# SecretStr setting with a non-empty default) whose value is its local-stack default, holds
+# one of DEV_SECRETS (as a whole word: a DSN password, a token, a key) or an http(s) URL on
+# a loopback host. Adding a setting with a dev-only default: add its name here (a secret is
+# covered already; add its dev value to DEV_SECRETS if it can hide inside other settings).
+PRODUCTION_REFUSES_DEV_VALUES: tuple[str, ...] = (
+    "kafka_bootstrap",
+    "kafka_sasl_password",
+    "database_url",
+    "admin_database_url",
+    "email_provider_url",
+    "email_provider_token",
+    "mail_house_dir",
+    "partners",
+    "web_public_url",
+    "web_token_keys",
+)
+DEV_SECRETS = frozenset(
+    {
+        "app-secret",  # the local stack's database passwords (services/devstack/config.py)
+        "admin-secret",
+        "optout-secret",  # the local broker's SASL password
+        "dev-esp-token",
+        "dev-adnetwork-token",
+        "dev-databroker-token",
+        "b3B0b3V0LWRldi1vbmx5LWtleS1OT1QtU0VDUkVUISE",  # the web's well-known dev token key
+    }
+)
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 _WORD = re.compile(r"[A-Za-z0-9_-]+")
 _URL = re.compile(r"https?://[^\s\"',]+", re.IGNORECASE)
@@ -361,14 +349,17 @@ def _dev_like(value: Any) -> bool:
 
 
 def production_problems(cfg: Settings) -> list[str]:
-    """``OPTOUT_*`` names of the DEV_ONLY settings that still hold a development value."""
-    problems = []
+    """``OPTOUT_*`` names of the settings that still hold a development value: those of
+    PRODUCTION_REFUSES_DEV_VALUES, and every secret with a non-empty default (a secret's
+    default is a dev secret by nature, so a new one is covered without being listed)."""
     values = cfg.model_dump()
     defaults = Settings.model_construct().model_dump()  # the declared defaults, no environment
-    for name, field in Settings.model_fields.items():
-        if field.json_schema_extra != DEV_ONLY:
-            continue
+    problems = []
+    for name in Settings.model_fields:
         value, default = values[name], defaults[name]
+        secret_default = isinstance(default, SecretStr) and bool(default.get_secret_value())
+        if name not in PRODUCTION_REFUSES_DEV_VALUES and not secret_default:
+            continue
         if (value is not None and value == default) or _dev_like(value):
             problems.append(f"OPTOUT_{name.upper()}")
     return problems

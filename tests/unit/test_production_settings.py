@@ -6,16 +6,25 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import secrets
 from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from services.cli.config import mask_kafka_extra
 from services.cli.main import main
 from services.common.errors import ConfigurationError
-from services.common.settings import DEV_SECRETS, Settings, load_settings, production_problems, settings
+from services.common.settings import (
+    DEV_SECRETS,
+    PRODUCTION_REFUSES_DEV_VALUES,
+    Settings,
+    load_settings,
+    production_problems,
+    settings,
+)
 from services.devstack import config as devstack_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +57,7 @@ def production_values() -> dict[str, object]:
 def _no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Only the values a test passes count: no OPTOUT_* variable, no .env file."""
     monkeypatch.chdir(ROOT / "tests")
-    for name in list(__import__("os").environ):
+    for name in list(os.environ):
         if name.startswith("OPTOUT_"):
             monkeypatch.delenv(name)
 
@@ -105,6 +114,18 @@ def test_one_dev_value_among_production_values_is_refused(override: dict[str, ob
 def test_a_real_password_that_merely_contains_a_dev_word_is_accepted() -> None:
     values = {**production_values(), "database_url": "postgresql://u:myapp-secret-9@db.internal/optout"}
     assert production_problems(load_settings(**values)) == []
+
+
+def test_the_checked_names_are_settings_and_every_secret_default_is_checked() -> None:
+    assert set(PRODUCTION_REFUSES_DEV_VALUES) <= set(Settings.model_fields)
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings(env="production")
+    secret_defaults = [
+        name
+        for name, value in Settings.model_construct().model_dump().items()
+        if isinstance(value, SecretStr) and value.get_secret_value()
+    ]
+    assert secret_defaults and all(f"OPTOUT_{n.upper()}" in str(refused.value) for n in secret_defaults)
 
 
 def test_dev_secrets_cover_the_defaults_and_the_local_stack() -> None:
