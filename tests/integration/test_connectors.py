@@ -318,6 +318,23 @@ def test_mail_house_writes_durable_rows_once(base_settings: dict[str, Any], tmp_
     assert stored_rows(cfg, "mail_house", ids) == 10
 
 
+def test_mail_house_keeps_a_garbled_file_aside_and_carries_on(
+    base_settings: dict[str, Any], tmp_path: Path
+) -> None:
+    cfg = isolated_settings(base_settings, mail_house_dir=str(tmp_path), **FAST_RETRIES)
+    today = tmp_path / f"suppressions-{datetime.now(UTC).date().isoformat()}.csv"
+    held = b"request_id;command_id;name\r\nevt-1;cmd-1;JANE \xff\xfe EDITED IN A SPREADSHEET\r\n"
+    today.write_bytes(held)
+    batch = commands("mail_house", 5)
+    publish(cfg, "mail_house", batch)
+    with running(connector_runner("mail_house"), cfg, "mail_house"):
+        acks = [r.decoded() for r in read_topic(cfg, cfg.acks_topic, expect=5)]
+    assert {a["command_id"]: a["status"] for a in acks} == {c["command_id"]: "APPLIED" for c in batch}
+    [aside] = list(tmp_path.glob(f"{today.name}.garbled-*"))
+    assert aside.read_bytes() == held
+    assert sorted(r["command_id"] for r in _csv_rows(tmp_path)) == sorted(c["command_id"] for c in batch)
+
+
 # --- third-party sharing ----------------------------------------------------------------------
 def test_third_party_partners_get_hashes_only_and_all_must_accept(base_settings: dict[str, Any]) -> None:
     tokens = {"adnetwork": "tok-a", "databroker": "tok-b"}
