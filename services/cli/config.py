@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import SecretStr
 
 from services.common.settings import Settings, settings
 
+MASK = "********"
+# librdkafka settings whose value is (or may embed) a secret: sasl.password,
+# ssl.key.password, ssl.keystore.password, sasl.oauthbearer.client.secret, ssl.key.pem,
+# sasl.oauthbearer.config (clientSecret=...), sasl.jaas.config, anything "credentials".
+_SECRET_KEY = re.compile(r"password|secret|credential|key|token|jaas|oauthbearer\.config", re.IGNORECASE)
+
+
+def mask_kafka_extra(extra: Mapping[str, str]) -> dict[str, str]:
+    """``OPTOUT_KAFKA_EXTRA`` with the values of secret-looking keys masked."""
+    return {k: (MASK if _SECRET_KEY.search(k) and v else v) for k, v in extra.items()}
+
 
 def _show(value: Any) -> str:
     if isinstance(value, SecretStr):
-        return "********" if value.get_secret_value() else ""
+        return MASK if value.get_secret_value() else ""
     if isinstance(value, dict | list):
         return json.dumps(value, default=_show)
     return "" if value is None else str(value)
@@ -41,6 +54,8 @@ def cmd_config(args: argparse.Namespace) -> int:
             out.write(f"\n# {field.description or name}\n# OPTOUT_{name.upper()}={_default(name)}\n")
         return 0
     for name, value in settings().model_dump().items():
+        if name == "kafka_extra":
+            value = mask_kafka_extra(value)
         out.write(f"OPTOUT_{name.upper()}={_show(value)}\n")
     return 0
 

@@ -6,10 +6,13 @@ logged. ``kafka_config()`` is the one place that yields the librdkafka dict.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -167,7 +170,10 @@ class Settings(BaseSettings):
     metrics_port: int = Field(0, ge=0, le=65535, description="0 disables the HTTP endpoint.")
 
     # --- Web -------------------------------------------------------------------
-    env: str = Field("development", description="'production' refuses dev-only defaults.")
+    env: str = Field(
+        "development",
+        description="'production' refuses every dev-only default (dev secrets, loopback URLs, local paths).",
+    )
     web_host: str = Field("127.0.0.1", description="Address the web service listens on.")
     web_port: int = Field(8080, ge=0, le=65535, description="Port the web service listens on.")
     web_workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
@@ -271,10 +277,119 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}optout.{service}"
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Read settings; turn validation errors into one clear ``ConfigurationError``."""
+# --- development values that production refuses ------------------------------------------------
+# With OPTOUT_ENV=production, ``load_settings`` refuses each setting named here (and every
+# SecretStr setting with a non-empty default) whose value is its local-stack default, holds
+# one of DEV_SECRETS (as a whole word: a DSN password, a token, a key) or an http(s) URL on
+# a loopback host. Adding a setting with a dev-only default: add its name here (a secret is
+# covered already; add its dev value to DEV_SECRETS if it can hide inside other settings).
+PRODUCTION_REFUSES_DEV_VALUES: tuple[str, ...] = (
+    "kafka_bootstrap",
+    "kafka_sasl_password",
+    "database_url",
+    "admin_database_url",
+    "email_provider_url",
+    "email_provider_token",
+    "mail_house_dir",
+    "partners",
+    "web_public_url",
+    "web_token_keys",
+)
+DEV_SECRETS = frozenset(
+    {
+        "app-secret",  # the local stack's database passwords (services/devstack/config.py)
+        "admin-secret",
+        "optout-secret",  # the local broker's SASL password
+        "dev-esp-token",
+        "dev-adnetwork-token",
+        "dev-databroker-token",
+        "b3B0b3V0LWRldi1vbmx5LWtleS1OT1QtU0VDUkVUISE",  # the web's well-known dev token key
+    }
+)
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+_WORD = re.compile(r"[A-Za-z0-9_-]+")
+_URL = re.compile(r"https?://[^\s\"',]+", re.IGNORECASE)
+
+
+def _texts(value: Any) -> Iterator[str]:
+    """Every string inside a setting's value (secrets revealed, models and JSON walked)."""
+    if isinstance(value, SecretStr):
+        yield from _texts(value.get_secret_value())
+    elif isinstance(value, str):
+        yield value
+    elif isinstance(value, BaseModel):
+        yield from _texts(value.model_dump())
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield str(key)
+            yield from _texts(item)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            yield from _texts(item)
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    name = host.strip("[]").lower()
+    if name in _LOOPBACK_NAMES:
+        return True
     try:
-        return Settings(**overrides)
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
+
+
+def _dev_like(value: Any) -> bool:
+    """Does a value hold a well-known dev secret (as a whole word) or a loopback http(s) URL?"""
+    for text in _texts(value):
+        if DEV_SECRETS & set(_WORD.findall(text)):
+            return True
+        for url in _URL.findall(text):
+            try:
+                host = urlsplit(url).hostname
+            except ValueError:
+                continue
+            if is_loopback_host(host):
+                return True
+    return False
+
+
+def production_problems(cfg: Settings) -> list[str]:
+    """``OPTOUT_*`` names of the settings that still hold a development value: those of
+    PRODUCTION_REFUSES_DEV_VALUES, and every secret with a non-empty default (a secret's
+    default is a dev secret by nature, so a new one is covered without being listed)."""
+    values = cfg.model_dump()
+    defaults = Settings.model_construct().model_dump()  # the declared defaults, no environment
+    problems = []
+    for name in Settings.model_fields:
+        value, default = values[name], defaults[name]
+        secret_default = isinstance(default, SecretStr) and bool(default.get_secret_value())
+        if name not in PRODUCTION_REFUSES_DEV_VALUES and not secret_default:
+            continue
+        if (value is not None and value == default) or _dev_like(value):
+            problems.append(f"OPTOUT_{name.upper()}")
+    return problems
+
+
+def check_production(cfg: Settings) -> None:
+    """With OPTOUT_ENV=production, one ``ConfigurationError`` naming every dev-only value."""
+    if cfg.env.lower() != "production":
+        return
+    problems = production_problems(cfg)
+    if problems:
+        raise ConfigurationError(
+            "OPTOUT_ENV=production refuses development defaults (dev-only values, well-known dev "
+            f"secrets, loopback URLs); set {', '.join(problems)}; see .env.example"
+        )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings; turn validation errors into one clear ``ConfigurationError``, and refuse
+    development defaults when OPTOUT_ENV=production (``check_production``)."""
+    try:
+        cfg = Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
         name = "OPTOUT_" + "_".join(str(p) for p in first["loc"]).upper()
@@ -285,6 +400,8 @@ def load_settings(**overrides: Any) -> Settings:
         match = re.search(r'field "(\w+)"', str(exc))
         name = f"OPTOUT_{match.group(1).upper()}" if match else "a JSON-valued setting"
         raise ConfigurationError(f"setting {name} is not valid JSON") from None
+    check_production(cfg)
+    return cfg
 
 
 @lru_cache(maxsize=1)

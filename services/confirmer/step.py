@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 from confluent_kafka import Message, Producer
@@ -34,8 +35,8 @@ from confluent_kafka import Message, Producer
 from services.common import metrics
 from services.common.avro import Codec
 from services.common.clock import Clock, from_millis
-from services.common.db import LazyConnection, first_line
-from services.common.errors import PoisonMessage, RetriableError
+from services.common.db import LazyConnection
+from services.common.errors import PoisonMessage
 from services.common.kafka import DeliveryTracker, dead_letter
 from services.common.logging import get_logger
 from services.common.settings import Settings
@@ -53,7 +54,7 @@ class ConfirmerStep:
         self.codec = codec
         self.clock = clock
         self.db = LazyConnection(settings.dsn())
-        self.sweeper = Sweeper(settings, producer, codec, clock, self.db.get, self.db.close)
+        self.sweeper = Sweeper(settings, producer, codec, clock, self.db)
         self._topic = settings.acks_topic
         for outcome in metrics.CONSUME_OUTCOMES:
             metrics.MESSAGES_CONSUMED.labels(SERVICE, self._topic, outcome)
@@ -81,8 +82,8 @@ class ConfirmerStep:
         now = self.clock.now()
         tracker = DeliveryTracker(self.producer)
         started = time.monotonic()
-        try:
-            conn = self.db.get()
+
+        def work(conn: psycopg.Connection[Any]) -> AckOutcome:
             with conn.transaction():
                 outcome = apply_acks(conn, [ack for _, ack in acks], now)
                 metrics.DB_SECONDS.labels(SERVICE, "apply_acks").observe(time.monotonic() - started)
@@ -100,11 +101,10 @@ class ConfirmerStep:
                 produce_started = time.monotonic()
                 tracker.wait()  # before the commit: see the module docstring
                 metrics.PRODUCE_SECONDS.labels(SERVICE).observe(time.monotonic() - produce_started)
-        except psycopg.OperationalError as exc:
-            self.db.close()
-            raise RetriableError(f"database error: {first_line(exc)}") from exc
-        except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as exc:
-            raise RetriableError(f"database conflict: {first_line(exc)}") from exc
+            return outcome
+
+        # Transient database errors become RetriableError; a dropped connection is reopened.
+        outcome = self.db.run(work)
         for record in outcome.confirmations:
             metrics.observe_confirmation(
                 from_millis(record["requested_at"]), from_millis(record["confirmed_at"])

@@ -14,6 +14,15 @@ on the injected clock). One sweep, in one transaction:
 * marks requests that are past ``due_at`` and not confirmed (``overdue_at``), once each;
 * refreshes the needs-attention gauge.
 
+Only destinations the contract knows are selected: pending commands of a destination
+that no longer exists (a connector retired while commands waited) can never be re-sent,
+and would otherwise fill every batch and starve the others. They are counted per
+destination instead (``optout_pending_commands_unknown_destination``), and logged once
+per destination and process.
+
+Database access goes through the confirmer's one ``LazyConnection``: transient failures
+become ``RetriableError`` and a dropped connection is reopened by the next sweep.
+
 A full batch schedules the next sweep immediately, so a backlog drains over
 consecutive polls without blocking the consume loop for long.
 """
@@ -21,19 +30,19 @@ consecutive polls without blocking the consume loop for long.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
 from confluent_kafka import Producer
+from prometheus_client import Gauge
 
 from services.common import metrics
 from services.common.avro import Codec
 from services.common.clock import Clock
 from services.common.contract import DESTINATIONS_BY_ID, Scope, Source
-from services.common.db import first_line
+from services.common.db import LazyConnection
 from services.common.errors import RetriableError
 from services.common.kafka import DeliveryTracker
 from services.common.logging import get_logger
@@ -44,6 +53,14 @@ from services.domain.validation import OptOutRequest
 log = get_logger(__name__)
 SERVICE = "confirmer"
 MAX_EXPONENT = 40
+KNOWN_DESTINATIONS = sorted(DESTINATIONS_BY_ID)
+
+UNKNOWN_DESTINATION_COMMANDS = Gauge(
+    "optout_pending_commands_unknown_destination",
+    "Pending commands of a destination the contract no longer has: never re-sent, never "
+    "acknowledged; resolve them by hand.",
+    ["destination"],
+)
 
 
 def reissue_interval(issue_count: int, base_seconds: float, cap_seconds: float) -> timedelta:
@@ -78,6 +95,7 @@ class SweepResult:
     reissued: list[tuple[str, str, int]] = field(default_factory=list)  # (command, dest, new count)
     newly_overdue: list[str] = field(default_factory=list)  # event ids
     needing_attention: int = 0
+    unknown_destinations: dict[str, int] = field(default_factory=dict)  # destination -> pending
 
 
 _DUE_COMMANDS = """
@@ -87,6 +105,7 @@ SELECT d.command_id, d.destination, d.issue_count,
        r.deadline_rule, r.subject_key, r.content_sha256
 FROM destination_status d JOIN requests r ON r.event_id = d.event_id
 WHERE d.status = 'PENDING'
+  AND d.destination = ANY(%(known)s)
   AND d.last_issued_at <= %(earliest)s
   AND d.last_issued_at + make_interval(secs => least(
         %(cap)s, %(base)s * power(2, least(greatest(d.issue_count - 1, 0), %(max_exp)s))
@@ -112,6 +131,12 @@ RETURNING event_id, deadline_rule
 """
 
 _NEEDING_ATTENTION = "SELECT count(*) FROM requests WHERE state = 'NEEDS_ATTENTION'"
+
+_UNKNOWN_DESTINATIONS = """
+SELECT destination, count(*) FROM destination_status
+WHERE status = 'PENDING' AND NOT (destination = ANY(%(known)s))
+GROUP BY destination
+"""
 
 
 def request_from_row(row: tuple[Any, ...]) -> OptOutRequest:
@@ -159,16 +184,15 @@ class Sweeper:
         producer: Producer,
         codec: Codec,
         clock: Clock,
-        connection: Callable[[], psycopg.Connection[Any]],
-        drop_connection: Callable[[], None],
+        db: LazyConnection,
     ) -> None:
         self.settings = settings
         self.producer = producer
         self.codec = codec
         self.clock = clock
-        self._connection = connection
-        self._drop_connection = drop_connection
+        self.db = db
         self.schedule = SweepSchedule(clock, settings.sweep_interval_seconds)
+        self._reported_unknown: set[str] = set()
         metrics.RETRIES.labels(SERVICE, "sweep")
 
     def maybe_sweep(self) -> SweepResult | None:
@@ -196,20 +220,19 @@ class Sweeper:
         base, cap = self.settings.reissue_base_seconds, self.settings.reissue_cap_seconds
         result = SweepResult()
         started = time.monotonic()
-        try:
-            conn = self._connection()
+        params = {
+            "earliest": now - timedelta(seconds=min(base, cap)),
+            "now": now,
+            "base": base,
+            "cap": cap,
+            "max_exp": MAX_EXPONENT,
+            "limit": limit,
+            "known": KNOWN_DESTINATIONS,
+        }
+
+        def work(conn: psycopg.Connection[Any]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
             with conn.transaction(), conn.cursor() as cur:
-                cur.execute(
-                    _DUE_COMMANDS,
-                    {
-                        "earliest": now - timedelta(seconds=min(base, cap)),
-                        "now": now,
-                        "base": base,
-                        "cap": cap,
-                        "max_exp": MAX_EXPONENT,
-                        "limit": limit,
-                    },
-                )
+                cur.execute(_DUE_COMMANDS, params)
                 due = cur.fetchall()
                 sent = self._resend(due, now)
                 if sent:
@@ -222,13 +245,14 @@ class Sweeper:
                 cur.execute(_NEEDING_ATTENTION)
                 counted = cur.fetchone()
                 result.needing_attention = int(counted[0]) if counted else 0
-        except psycopg.OperationalError as exc:
-            self._drop_connection()
-            raise RetriableError(f"database error: {first_line(exc)}") from exc
-        except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as exc:
-            raise RetriableError(f"database conflict: {first_line(exc)}") from exc
+                cur.execute(_UNKNOWN_DESTINATIONS, params)
+                result.unknown_destinations = {str(r[0]): int(r[1]) for r in cur.fetchall()}
+            return due, overdue
+
+        due, overdue = self.db.run(work)
         metrics.DB_SECONDS.labels(SERVICE, "sweep").observe(time.monotonic() - started)
         metrics.REQUESTS_NEEDING_ATTENTION.set(result.needing_attention)
+        self._report_unknown(result.unknown_destinations)
         for event_id, rule in overdue:
             log.warning("request overdue", request_id=event_id, deadline_rule=rule)
         if result.reissued or result.newly_overdue:
@@ -239,6 +263,21 @@ class Sweeper:
                 needing_attention=result.needing_attention,
             )
         return result, len(due) >= limit or len(overdue) >= limit
+
+    def _report_unknown(self, pending: dict[str, int]) -> None:
+        """Gauge every unknown destination's pending commands; log each destination once."""
+        for destination in self._reported_unknown - set(pending):
+            UNKNOWN_DESTINATION_COMMANDS.labels(destination).set(0)
+        for destination, count in sorted(pending.items()):
+            UNKNOWN_DESTINATION_COMMANDS.labels(destination).set(count)
+            if destination not in self._reported_unknown:
+                log.warning(
+                    "pending commands for a destination that no longer exists; they are never "
+                    "re-sent: resolve them by hand (optout status) or restore the destination",
+                    destination=destination,
+                    pending=count,
+                )
+        self._reported_unknown |= set(pending)
 
     def _resend(self, due: list[tuple[Any, ...]], now: datetime) -> list[str]:
         """Publish the due commands again; return their ids once every one is delivered."""

@@ -8,11 +8,10 @@ response for the connector to read.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import SecretStr
@@ -21,6 +20,7 @@ from services.common.errors import RetriableError
 from services.common.logging import get_logger, redact_text
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 MAX_REASON_LENGTH = 300
 
@@ -76,24 +76,21 @@ def clean_reason(text: str, limit: int = MAX_REASON_LENGTH) -> str:
     return redact_text(one_line)[:limit]
 
 
-def _message_from(body: Any) -> str | None:
+def _message_from(body: Any, depth: int = 0) -> str | None:
     if isinstance(body, dict):
         for key in ("message", "error", "reason", "detail"):
             value = body.get(key)
             if isinstance(value, str) and value.strip():
                 return value
         errors = body.get("errors")
-        if isinstance(errors, list) and errors:
-            return _message_from(errors[0])
+        if isinstance(errors, list) and errors and depth < 2:
+            return _message_from(errors[0], depth + 1)
     return None
 
 
 def error_reason(response: httpx.Response) -> str:
     """``HTTP 400: <the provider's message>``."""
-    try:
-        message = _message_from(response.json())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        message = None
+    message = _message_from(json_or_none(response))
     if message is None:
         message = response.text or response.reason_phrase
     return clean_reason(f"HTTP {response.status_code}: {message}")
@@ -118,6 +115,10 @@ def post_json(
         )
     except httpx.TransportError as exc:
         raise RetriableError(f"{system} unreachable ({type(exc).__name__})") from exc
+    except httpx.RequestError as exc:  # e.g. a body that fails its Content-Encoding: status unknown
+        raise RetriableError(
+            f"{system} sent an answer that could not be read ({type(exc).__name__})"
+        ) from exc
     verdict = classify_status(response.status_code)
     if verdict is Verdict.TRANSIENT:
         raise RetriableError(
@@ -134,9 +135,21 @@ def post_json(
     return response
 
 
-def json_body(response: httpx.Response, system: str) -> Any:
-    """The JSON body of a 2xx answer; an unreadable one is treated as transient."""
+def json_or_none(response: httpx.Response) -> Any:
+    """The JSON body of an answer, or None when it is not JSON (a partner's bad data never
+    raises: the connector turns it into a rejection with its reason)."""
     try:
         return response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RetriableError(f"{system} sent an unreadable {response.status_code} answer") from exc
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, absurd nesting
+        return None
+
+
+def undocumented_answer(system: str, expected: str) -> str:
+    """The rejection reason for a 2xx whose body is not the documented shape."""
+    return clean_reason(f"{system}: 2xx answer is not the documented {expected}; outcome unknown")
+
+
+def split_halves(items: list[T]) -> tuple[list[T], list[T]]:
+    """The two halves a batch refused as a whole is split into to find the refused items."""
+    half = len(items) // 2
+    return items[:half], items[half:]

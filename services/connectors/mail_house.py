@@ -13,6 +13,12 @@ old or the new file, never a half-written one; a re-applied command never adds a
 second row. ``apply`` returns only after the fsyncs, so a command is acknowledged only
 once its row is durable. Leftover temporary files of a crashed writer are removed on
 start (under the lock). The lock is ``flock``: instances must share one local folder.
+
+A day's file that cannot be read back as this format (hand-edited or garbled: not UTF-8,
+broken CSV, another header, rows of another width) is never lost and never crashes the
+connector: it is renamed aside to ``suppressions-YYYY-MM-DD.csv.garbled-<UTC time>``
+(the mail house imports only ``*.csv``), a warning names both files, and a new day's file
+is started. Its rows are still in the file kept aside, for an operator to repair.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
+
+from prometheus_client import Counter
 
 from services.common.clock import Clock, SystemClock
 from services.common.errors import RetriableError
@@ -55,6 +63,11 @@ ADDRESS_LINE_COLUMNS = 3
 FILE_PREFIX = "suppressions-"
 TEMP_SUFFIX = ".tmp"
 LOCK_NAME = ".suppressions.lock"
+GARBLED_SUFFIX = ".garbled-"
+GARBLED_FILES = Counter(
+    "optout_mail_house_garbled_files_total",
+    "Day's suppression files that could not be read back and were kept aside.",
+)
 # Spreadsheet programs run cells starting with these as formulas (CSV injection).
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -111,12 +124,32 @@ def render_rows(rows: Sequence[Sequence[str]], with_header: bool) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
+class GarbledFile(Exception):
+    """The day's file is not in the format this connector writes."""
+
+
 def command_ids_in(content: bytes) -> set[str]:
-    """Command ids already in a file's content."""
+    """Command ids already in a file's content; ``GarbledFile`` when it is not this format."""
     if not content:
         return set()
-    reader = csv.DictReader(io.StringIO(content.decode("utf-8")))
-    return {row["command_id"] for row in reader if row.get("command_id")}
+    try:
+        rows = list(csv.reader(io.StringIO(content.decode("utf-8-sig"), newline="")))
+    except UnicodeDecodeError as exc:
+        raise GarbledFile(f"not UTF-8 (byte {exc.start})") from None
+    except csv.Error as exc:
+        raise GarbledFile(f"not readable as CSV ({exc})") from None
+    if not rows or tuple(rows[0]) != COLUMNS:
+        raise GarbledFile("the header row is not the expected columns")
+    index = COLUMNS.index("command_id")
+    ids: set[str] = set()
+    for number, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue  # a blank line
+        if len(row) != len(COLUMNS):
+            raise GarbledFile(f"row {number} has {len(row)} cells, not {len(COLUMNS)}")
+        if row[index]:
+            ids.add(row[index])
+    return ids
 
 
 @dataclass(frozen=True)
@@ -127,7 +160,8 @@ class FilePlan:
 
 
 def plan_file(existing: bytes, commands: Sequence[Command], day: date) -> FilePlan:
-    """The day's file with the commands not in it yet, and every command's outcome."""
+    """The day's file with the commands not in it yet, and every command's outcome
+    (``GarbledFile`` when ``existing`` is not this format)."""
     present = command_ids_in(existing)
     rows: list[list[str]] = []
     outcomes: list[Outcome] = []
@@ -158,11 +192,15 @@ def write_atomically(path: Path, content: bytes) -> None:
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
-    folder = os.open(path.parent, os.O_RDONLY)
+    fsync_folder(path.parent)
+
+
+def fsync_folder(folder: Path) -> None:
+    handle = os.open(folder, os.O_RDONLY)
     try:
-        os.fsync(folder)
+        os.fsync(handle)
     finally:
-        os.close(folder)
+        os.close(handle)
 
 
 class MailHouseConnector(Connector):
@@ -189,7 +227,11 @@ class MailHouseConnector(Connector):
                     self._remove_leftovers()
                     self._cleaned = True
                 existing = path.read_bytes() if path.exists() else b""
-                plan = plan_file(existing, commands, day)
+                try:
+                    plan = plan_file(existing, commands, day)
+                except GarbledFile as garbled:
+                    self._set_aside(path, str(garbled))
+                    plan = plan_file(b"", commands, day)
                 if plan.content is not None:
                     write_atomically(path, plan.content)
         except OSError as exc:
@@ -206,6 +248,22 @@ class MailHouseConnector(Connector):
                 yield
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def _set_aside(self, path: Path, why: str) -> Path:
+        """Rename a garbled day's file aside (its rows are kept there); the caller starts anew."""
+        stamp = self.clock.now().strftime("%Y%m%dT%H%M%S%fZ")
+        aside = path.with_name(f"{path.name}{GARBLED_SUFFIX}{stamp}")
+        os.replace(path, aside)
+        fsync_folder(path.parent)
+        GARBLED_FILES.inc()
+        log.warning(
+            "the day's suppression file cannot be read back (hand-edited or garbled); kept it "
+            "aside with its rows and started a new file: repair and deliver the rows kept aside",
+            file=path.name,
+            kept_as=aside.name,
+            reason=why,
+        )
+        return aside
 
     def _remove_leftovers(self) -> None:
         for leftover in self.folder.glob(f".{FILE_PREFIX}*{TEMP_SUFFIX}"):

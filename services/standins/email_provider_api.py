@@ -9,8 +9,12 @@
 * 400 malformed body, or more than 1,000 addresses;
 * 400 ``{"errors": [{"field", "email", "message"}]}`` when the batch holds addresses the
   provider refuses (``rejected``): nothing of that request is applied (all or nothing);
+* 400 ``{"error": message}`` naming no address when the batch holds an address of
+  ``refused_unnamed`` (as real providers answer "invalid email in recipient_emails"):
+  nothing of that request is applied, and the caller must find the address itself;
 * 201 ``{"added": [...], "already_suppressed": [...]}``: idempotent, an address already
-  on the list is reported as already suppressed.
+  on the list is reported as already suppressed. With ``garbage`` set (bytes or any JSON
+  value), the addresses are added but the 201's body is that instead (a provider's bad data).
 
 Inspection (tests, humans): ``GET /v3/asm/suppressions/global`` lists the suppressed
 addresses (``[{"email", "created"}]``, as the real API does); ``GET /_standin/stats``
@@ -67,6 +71,8 @@ class EmailProviderStandin:
         rate_limit_per_second: int = 0,
         retry_after_seconds: int = 1,
         rejected: Mapping[str, str] | Iterable[str] = (),
+        refused_unnamed: Mapping[str, str] | None = None,
+        garbage: Any = None,
         rng: random.Random | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -79,6 +85,8 @@ class EmailProviderStandin:
             if isinstance(rejected, Mapping)
             else {e.strip().lower(): DEFAULT_REJECT_REASON for e in rejected}
         )
+        self.refused_unnamed = {k.lower(): v for k, v in (refused_unnamed or {}).items()}
+        self.garbage = garbage
         self._rng = rng or random.Random()
         self._limiter = FixedWindowLimiter(rate_limit_per_second, monotonic)
         self._wall_clock = wall_clock
@@ -130,6 +138,9 @@ class EmailProviderStandin:
                     ]
                 },
             )
+        unnamed = [self.refused_unnamed[e.lower()] for e in emails if e.lower() in self.refused_unnamed]
+        if unnamed:
+            return error(400, unnamed[0])
         added, already = [], []
         now = int(self._wall_clock())
         for email in dict.fromkeys(e.lower() for e in emails):
@@ -139,6 +150,8 @@ class EmailProviderStandin:
             else:
                 self.suppressed[email] = now
                 added.append(email)
+        if self.garbage is not None:
+            return Response(201, self.garbage)
         return Response(201, {"added": added, "already_suppressed": already})
 
     def stats(self) -> dict[str, Any]:

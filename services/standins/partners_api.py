@@ -9,6 +9,11 @@
   phone number, or a hash field is not 64 lower-case hex digits: partners accept hashes
   only, and refuse the whole request;
 * 400 malformed body, unknown fields, or more than 1,000 opt-outs;
+* 400 ``{"error": reason}`` naming no reference when an opt-out carries a hash of
+  ``refused_unnamed`` (``{hash: reason}``): the whole request is refused, the caller
+  must find the item itself;
+* a 200 whose body is ``garbage`` (when set: bytes, or any JSON value) instead of the
+  documented answer, to test what the connector does with a partner's bad data;
 * 200 ``{"accepted": [...], "rejected": [{"reference", "reason"}]}``; an opt-out with no
   hash at all is rejected; a reference seen before is accepted again (idempotent).
 
@@ -74,10 +79,17 @@ class Partner:
 
 class PartnersStandin:
     def __init__(
-        self, tokens: Mapping[str, str], failure_rate: float = 0.0, rng: random.Random | None = None
+        self,
+        tokens: Mapping[str, str],
+        failure_rate: float = 0.0,
+        rng: random.Random | None = None,
+        refused_unnamed: Mapping[str, str] | None = None,
+        garbage: Any = None,
     ) -> None:
         self.partners = {name: Partner(token) for name, token in tokens.items()}
         self.failure_rate = failure_rate
+        self.refused_unnamed = dict(refused_unnamed or {})
+        self.garbage = garbage
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
 
@@ -120,6 +132,16 @@ class PartnersStandin:
         items, problem = validate_opt_outs(body)
         if problem is not None:
             return error(400, problem)
+        for item in items:
+            hit = [
+                self.refused_unnamed[h]
+                for k, h in item.items()
+                if k != "reference" and h in self.refused_unnamed
+            ]
+            if hit:
+                return error(400, hit[0])
+        if self.garbage is not None:
+            return Response(200, self.garbage)
         accepted, rejected = [], []
         for item in items:
             if not HASH_FIELDS & set(item):

@@ -43,7 +43,7 @@ class Request:
 @dataclass(frozen=True)
 class Response:
     status: int
-    body: Any = None
+    body: Any = None  # JSON-able, or bytes sent as they are
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -71,7 +71,10 @@ def _handler_for(app: App, name: str) -> type[BaseHTTPRequestHandler]:
             self._send(app(request))
 
         def _send(self, response: Response) -> None:
-            payload = b"" if response.body is None else json.dumps(response.body).encode("utf-8")
+            body = response.body
+            payload = (
+                body if isinstance(body, bytes) else b"" if body is None else json.dumps(body).encode("utf-8")
+            )
             self.send_response(response.status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))

@@ -37,11 +37,14 @@ def _run(env: dict[str, str], *args: str) -> tuple[int, str, float]:
         ({"OPTOUT_BATCH_SIZE": "many"}, ("run", "intake"), "OPTOUT_BATCH_SIZE"),
         ({"OPTOUT_KAFKA_EXTRA": "{not json"}, ("topics", "create"), "OPTOUT_KAFKA_EXTRA"),
         ({}, ("run", "connector", "fax_machine"), "fax_machine"),
+        # Nobody would be told, yet every command would be acknowledged APPLIED.
+        ({"OPTOUT_PARTNERS": "[]"}, ("run", "connector", "third_party_sharing"), "OPTOUT_PARTNERS"),
+        ({"OPTOUT_ENV": "production"}, ("run", "intake"), "OPTOUT_EMAIL_PROVIDER_TOKEN"),
     ],
 )
-def test_one_clear_line_and_a_non_zero_exit(stack, env, args, says):
+def test_one_clear_line_and_a_non_zero_exit(stack, database, env, args, says):
     code, stderr, seconds = _run(
-        {"OPTOUT_KAFKA_BOOTSTRAP": stack.kafka_bootstrap, "OPTOUT_DATABASE_URL": stack.database_url, **env},
+        {"OPTOUT_KAFKA_BOOTSTRAP": stack.kafka_bootstrap, "OPTOUT_DATABASE_URL": database["app"], **env},
         *args,
     )
     lines = [line for line in stderr.splitlines() if line.strip()]

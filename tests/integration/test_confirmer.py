@@ -374,3 +374,98 @@ def test_sweeper_reissues_unacked_commands_and_marks_requests_overdue(
     assert slow in listed and done not in listed
     assert listed[slow]["overdue"] is False and listed[slow]["waiting_on"] == ["email_provider:PENDING"]
     assert slow not in table
+
+
+def _issue_count(cfg: Settings, event_id: str, destination: str = "email_provider") -> int:
+    with psycopg.connect(cfg.dsn()) as conn:
+        row = conn.execute(
+            "SELECT issue_count FROM destination_status WHERE event_id = %s AND destination = %s",
+            (event_id, destination),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _commands_of_a_gone_destination(cfg: Settings, template: str, count: int, destination: str) -> list[str]:
+    """``count`` pending commands of ``destination`` (not in the contract), each of its own
+    request (a copy of ``template``), sent a day ago: older than every other command."""
+    ghosts = [f"evt-ghost-{uuid.uuid4()}" for _ in range(count)]
+    with psycopg.connect(cfg.dsn()) as conn:
+        conn.execute("CREATE TEMP TABLE ghost AS SELECT * FROM requests WHERE event_id = %s", (template,))
+        for ghost in ghosts:
+            conn.execute("UPDATE ghost SET event_id = %s", (ghost,))
+            conn.execute("INSERT INTO requests SELECT * FROM ghost")
+            conn.execute(
+                "INSERT INTO destination_status (command_id, event_id, destination, first_issued_at,"
+                " last_issued_at) VALUES (%s, %s, %s, now() - interval '1 day', now() - interval '1 day')",
+                (f"cmd-{ghost}", ghost, destination),
+            )
+    return ghosts
+
+
+def test_sweeper_is_not_starved_by_commands_of_a_destination_that_no_longer_exists(
+    base_settings: dict[str, Any],
+) -> None:
+    cfg = isolated_settings(
+        base_settings,
+        reissue_base_seconds=60,
+        reissue_cap_seconds=3600,
+        sweep_interval_seconds=10,
+        sweep_batch_size=5,
+    )
+    clock = ManualClock(datetime.now(UTC))
+    [known] = list(_publish(cfg, 1, [PLAN[0]]))  # one email_provider command
+    with running(run_intake, cfg, "intake"):
+        _commands(cfg, [known])
+    gone = f"gone_{uuid.uuid4().hex[:8]}"  # its own label: the registry is process-wide
+    ghosts = _commands_of_a_gone_destination(cfg, known, cfg.sweep_batch_size, gone)
+
+    def unknown_gauge() -> float | None:
+        return REGISTRY.get_sample_value("optout_pending_commands_unknown_destination", {"destination": gone})
+
+    with running(_confirm_main(clock), cfg, "confirmer"):
+        clock.advance(timedelta(seconds=90))  # past the first re-send interval (60 s)
+        wait_until(lambda: _issue_count(cfg, known) == 2, message="the known destination's command re-sent")
+        sent = read_topic(cfg, cfg.suppress_topic("email_provider"), expect=2)
+        wait_until(lambda: unknown_gauge() == len(ghosts), message="the unknown destination reported")
+    assert [r.decoded()["request_id"] for r in sent] == [known, known]  # intake's send, the re-send
+    assert [_issue_count(cfg, g, gone) for g in ghosts] == [1] * len(ghosts)  # reported, never re-sent
+
+
+def test_sweeper_recovers_from_a_dropped_database_connection(
+    base_settings: dict[str, Any], database: dict[str, str]
+) -> None:
+    if not database.get("superuser"):
+        pytest.skip("needs a local superuser to end the confirmer's session")
+    cfg = isolated_settings(
+        base_settings, reissue_base_seconds=60, reissue_cap_seconds=3600, sweep_interval_seconds=10
+    )
+    clock = ManualClock(datetime.now(UTC))
+    [event] = list(_publish(cfg, 1, [PLAN[0]]))
+    with running(run_intake, cfg, "intake"):
+        _commands(cfg, [event])
+    retries = {"service": "confirmer", "operation": "sweep"}
+    before = REGISTRY.get_sample_value("optout_retries_total", retries) or 0.0
+    # Intake has stopped: the only optout session left on this database is the confirmer's.
+    sessions = (
+        "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = 'optout'"
+        " AND pid <> pg_backend_pid()"
+    )
+
+    with psycopg.connect(database["superuser"], autocommit=True) as su:
+
+        def confirmer_sessions() -> set[int]:
+            return {int(r[0]) for r in su.execute(sessions, (database["name"],)).fetchall()}
+
+        with running(_confirm_main(clock), cfg, "confirmer"):
+            wait_until(lambda: bool(confirmer_sessions()), message="the confirmer's first sweep connected")
+            dropped = confirmer_sessions()
+            su.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (sorted(dropped),))
+
+            def resent() -> bool:
+                clock.advance(timedelta(seconds=90))  # a sweep is due on every check
+                return _issue_count(cfg, event) >= 2
+
+            wait_until(resent, message="the sweeper reconnected and re-sent the command")
+            reconnected = confirmer_sessions()
+    assert (REGISTRY.get_sample_value("optout_retries_total", retries) or 0.0) >= before + 1
+    assert reconnected and not reconnected & dropped

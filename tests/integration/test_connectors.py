@@ -223,6 +223,29 @@ def test_email_provider_permanent_refusal_is_a_rejected_ack_with_the_reason(
     assert len(refused) == 3 and set(standin.suppressed) == {c["email"] for c in batch} - refused
 
 
+def test_a_refusal_naming_no_address_rejects_only_the_refused_one(base_settings: dict[str, Any]) -> None:
+    batch = commands("email_provider", 40)
+    bad = batch[29]["email"]
+    standin = EmailProviderStandin(
+        token=ESP_TOKEN, refused_unnamed={bad: "invalid email in recipient_emails"}
+    )
+    with StandinServer(standin.handle) as server:
+        cfg = isolated_settings(
+            base_settings, email_provider_url=server.url, email_provider_token=ESP_TOKEN, **FAST_RETRIES
+        )
+        publish(cfg, "email_provider", batch)
+        with running(connector_runner("email_provider"), cfg, "email_provider"):
+            acks = [r.decoded() for r in read_topic(cfg, cfg.acks_topic, expect=40)]
+    statuses = {a["command_id"]: (a["status"], a["detail"]) for a in acks}
+    assert statuses == {
+        c["command_id"]: ("REJECTED", "email provider: HTTP 400: invalid email in recipient_emails")
+        if c["email"] == bad
+        else ("APPLIED", None)
+        for c in batch
+    }
+    assert set(standin.suppressed) == {c["email"] for c in batch} - {bad}
+
+
 def test_no_ack_while_the_database_is_away(
     base_settings: dict[str, Any], database: dict[str, str], esp_server: Esp
 ) -> None:
@@ -293,6 +316,23 @@ def test_mail_house_writes_durable_rows_once(base_settings: dict[str, Any], tmp_
     assert first["request_id"] == batch[0]["request_id"]
     assert first["suppressed_on"] == datetime.now(UTC).date().isoformat()
     assert stored_rows(cfg, "mail_house", ids) == 10
+
+
+def test_mail_house_keeps_a_garbled_file_aside_and_carries_on(
+    base_settings: dict[str, Any], tmp_path: Path
+) -> None:
+    cfg = isolated_settings(base_settings, mail_house_dir=str(tmp_path), **FAST_RETRIES)
+    today = tmp_path / f"suppressions-{datetime.now(UTC).date().isoformat()}.csv"
+    held = b"request_id;command_id;name\r\nevt-1;cmd-1;JANE \xff\xfe EDITED IN A SPREADSHEET\r\n"
+    today.write_bytes(held)
+    batch = commands("mail_house", 5)
+    publish(cfg, "mail_house", batch)
+    with running(connector_runner("mail_house"), cfg, "mail_house"):
+        acks = [r.decoded() for r in read_topic(cfg, cfg.acks_topic, expect=5)]
+    assert {a["command_id"]: a["status"] for a in acks} == {c["command_id"]: "APPLIED" for c in batch}
+    [aside] = list(tmp_path.glob(f"{today.name}.garbled-*"))
+    assert aside.read_bytes() == held
+    assert sorted(r["command_id"] for r in _csv_rows(tmp_path)) == sorted(c["command_id"] for c in batch)
 
 
 # --- third-party sharing ----------------------------------------------------------------------
