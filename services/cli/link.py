@@ -92,9 +92,9 @@ def cmd_link(args: argparse.Namespace) -> int:
         cfg = settings()
         token = mint_gpc_token(cfg, args.customer_id, jurisdiction=args.jurisdiction, ttl_days=args.ttl_days)
         if args.json:
-            sys.stdout.write(json.dumps({"token": token, "url": gpc_url(cfg, token)}) + "\n")
+            sys.stdout.write(json.dumps({"token": token, "url": gpc_url(cfg)}) + "\n")
         else:
-            sys.stdout.write(f"GPC token: {token}\nSignal URL: {gpc_url(cfg, token)}\n")
+            sys.stdout.write(f"GPC token: {token}\nSignal URL: {gpc_url(cfg)}\n")
         return 0
     if not (args.email or args.customer_id):
         raise ConfigurationError("name the recipient: --email and/or --customer-id (or --file)")

@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Iterator
 from functools import lru_cache
+from ipaddress import ip_network
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -189,9 +190,16 @@ class Settings(BaseSettings):
     web_current_kid: str = Field("dev", description="Key id new links are minted with.")
     web_token_ttl_days: int = Field(400, ge=0, description="Link lifetime; 0 = links never expire.")
     web_max_body_bytes: int = Field(8192, ge=256, le=1_048_576, description="Largest request body accepted.")
-    web_rate_limit_per_second: float = Field(5.0, gt=0, description="Per client IP, per instance.")
+    web_rate_limit_per_second: float = Field(
+        5.0, gt=0, description="Per client (IPv6: per /64), per instance; one-click POSTs per token."
+    )
     web_rate_limit_burst: int = Field(
         30, ge=1, description="Requests a client may burst before the rate limit."
+    )
+    web_trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Proxies (JSON list of CIDRs) whose X-Forwarded-For names the client; "
+        "empty: the TCP peer is the client.",
     )
     web_gpc_path: str = Field(
         "/gpc",
@@ -201,6 +209,17 @@ class Settings(BaseSettings):
     web_publish_timeout_seconds: float = Field(
         5.0, gt=0, le=120, description="How long a POST waits for the broker before a 503."
     )
+
+    @field_validator("web_trusted_proxies")
+    @classmethod
+    def _check_cidrs(cls, value: list[str]) -> list[str]:
+        networks = []
+        for item in value:
+            try:
+                networks.append(str(ip_network(item.strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP network in CIDR notation") from None
+        return networks
 
     @field_validator("kafka_extra", mode="before")
     @classmethod

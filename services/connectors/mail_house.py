@@ -3,7 +3,9 @@
 ``<mail_house_dir>/suppressions-YYYY-MM-DD.csv`` (UTF-8, RFC 4180, header row): request
 id, command id, the normalized name and postal address (upper case, single spaces, no
 control characters; up to three address-line columns, further lines folded into the
-third) and the date the person was added.
+third), the date the person was added and the customer id (empty when the request named
+none; where it is set, the mail house suppresses the address only if it is the address on
+file for that customer).
 
 Each batch rewrites the day's file atomically: under an exclusive lock on
 ``.suppressions.lock``, read the current file, append the rows whose command id is not
@@ -58,6 +60,9 @@ COLUMNS = (
     "postal_code",
     "country",
     "suppressed_on",
+    # Last, so files written before it existed keep their columns: the mail house suppresses
+    # the address only where it is the one on file for this customer (docs/web.md).
+    "customer_id",
 )
 ADDRESS_LINE_COLUMNS = 3
 FILE_PREFIX = "suppressions-"
@@ -111,6 +116,7 @@ def csv_row(command: Command, address: Mapping[str, Any], day: date) -> list[str
         normalize_field(address.get("postal_code")),
         normalize_field(address.get("country")),
         day.isoformat(),
+        command.customer_id or "",
     ]
     return [safe_cell(v) for v in values]
 

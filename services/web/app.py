@@ -4,24 +4,30 @@ Routes (TOKEN is minted by ``services.web.tokens.mint``):
 
 * ``POST /u/TOKEN`` with ``List-Unsubscribe=One-Click``: publishes one OptOutRequested
   (source ONE_CLICK, the token's scopes) and answers 200 only after the broker acked it;
-  503 + Retry-After when it did not. No cookies, redirects or scripts.
-* ``GET /u/TOKEN``: the page (never changes anything); ``POST /u/TOKEN/choose``: its form
-  (source EMAIL_LINK), answered with what was received and what happens next.
-* ``GET /u/TOKEN/status``: pending / confirmed / needs attention / not yet received, as
-  HTML, or JSON with ``Accept: application/json``.
-* ``GET|POST <web_gpc_path>`` with ``Sec-GPC: 1`` and a GPC customer token (``?t=`` or
-  ``Authorization: Bearer``): one THIRD_PARTY_SHARING opt-out (source GPC_SIGNAL) per customer.
+  503 + Retry-After when it did not. No cookies, redirects or scripts. Rate limited per
+  token (mailbox providers post for many recipients from few addresses).
+* ``GET /u/TOKEN``: the page (never changes anything); ``POST /u/choose`` with the token
+  in the body (``t``): its form (source EMAIL_LINK), answered with what was received and
+  what happens next. ``POST /u/TOKEN/choose`` is still accepted (pages already open).
+* ``POST /u/status`` (token in the body) or ``GET /u/TOKEN/status``: pending / confirmed /
+  needs attention / not yet received, as HTML, or JSON with ``Accept: application/json``.
+* ``POST <web_gpc_path>`` with ``Sec-GPC: 1`` and a GPC customer token (body ``t`` or
+  ``Authorization: Bearer``), or ``GET`` with the Bearer header from a script (never a plain
+  navigation, never a token in the URL): one THIRD_PARTY_SHARING opt-out (source
+  GPC_SIGNAL) per customer and jurisdiction.
 
-Every response carries the security headers; every route but /healthz is rate limited
-per client address; bodies are size-limited; bad tokens get a 400 page and publish nothing.
+Every response carries the security headers; every other route but /healthz is rate
+limited per client address (``services.web.ratelimit``: trusted proxies, IPv6 by /64);
+bodies are size-limited; bad tokens get a 400 page and publish nothing.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, Protocol
@@ -42,7 +48,7 @@ from services.common.settings import Settings
 from services.publisher.publish import Prepared
 from services.web import pages
 from services.web.publishing import AsyncPublisher, PublishUnavailable
-from services.web.ratelimit import RateLimiter
+from services.web.ratelimit import Network, RateLimiter, bucket_key, client_address, parse_trusted_proxies
 from services.web.requests import (
     ChoiceError,
     FormError,
@@ -76,6 +82,9 @@ WEB_PUBLISH_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 GPC_SEEN_MAX = 100_000
+MAX_REFS = 8
+# ``POST /u/TOKEN`` (one-click): limited per token by the handler, not per address.
+ONE_CLICK_PATH = re.compile(r"^/u/[^/]+\.[^/]+$")
 
 
 class Publisher(Protocol):
@@ -88,7 +97,9 @@ class Publisher(Protocol):
 class Statuses(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
-    async def requests(self, event_ids: list[str]) -> list[pages.RequestView]: ...
+    async def requests(
+        self, event_ids: Sequence[str], refs: Sequence[str] = (), customer_id: str | None = None
+    ) -> list[pages.RequestView]: ...
 
 
 class BodyTooLarge(Exception):
@@ -135,26 +146,43 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-class RateLimit:
-    """Pure ASGI middleware: 429 + Retry-After when a client's bucket is empty."""
+def client_key(scope: Scope, trusted: Sequence[Network]) -> str:
+    """The rate-limit bucket of the client that sent this request (see ``ratelimit``)."""
+    peer = scope.get("client")
+    forwarded = [v.decode("latin-1") for n, v in scope.get("headers", []) if n == b"x-forwarded-for"]
+    return bucket_key(client_address(peer[0] if peer else None, forwarded, trusted))
 
-    def __init__(self, app: ASGIApp, limiter: RateLimiter, exempt: frozenset[str]) -> None:
+
+def too_many(wait: float) -> HTMLResponse:
+    WEB_REQUESTS.labels("any", "rate_limited").inc()
+    return HTMLResponse(
+        pages.TOO_MANY, status_code=429, headers={"Retry-After": str(max(1, math.ceil(wait)))}
+    )
+
+
+class RateLimit:
+    """Pure ASGI middleware: 429 + Retry-After when a client's bucket is empty.
+
+    One-click POSTs pass through: their handler limits them per token."""
+
+    def __init__(
+        self, app: ASGIApp, limiter: RateLimiter, exempt: frozenset[str], trusted: Sequence[Network]
+    ) -> None:
         self.app = app
         self.limiter = limiter
         self.exempt = exempt
+        self.trusted = tuple(trusted)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
-        client = scope.get("client")
-        wait = self.limiter.acquire(client[0] if client else "unknown")
+        if scope["method"] == "POST" and ONE_CLICK_PATH.match(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        wait = self.limiter.acquire(client_key(scope, self.trusted))
         if wait > 0:
-            WEB_REQUESTS.labels("any", "rate_limited").inc()
-            response = HTMLResponse(
-                pages.TOO_MANY, status_code=429, headers={"Retry-After": str(max(1, math.ceil(wait)))}
-            )
-            await response(scope, receive, send)
+            await too_many(wait)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -186,18 +214,33 @@ class WebApp:
     """The handlers, with their dependencies injected (tests pass their own clock etc.)."""
 
     def __init__(
-        self, settings: Settings, ring: KeyRing, publisher: Publisher, statuses: Statuses, clock: Clock
+        self,
+        settings: Settings,
+        ring: KeyRing,
+        publisher: Publisher,
+        statuses: Statuses,
+        clock: Clock,
+        limiter: RateLimiter,
     ) -> None:
         self.settings = settings
         self.ring = ring
         self.publisher = publisher
         self.statuses = statuses
         self.clock = clock
+        self.limiter = limiter
+        self.trusted = parse_trusted_proxies(settings.web_trusted_proxies)
         self.limit = settings.web_max_body_bytes
         self._gpc_seen: OrderedDict[str, str] = OrderedDict()
 
     def _token(self, request: Request, purpose: Purpose = Purpose.UNSUBSCRIBE) -> VerifiedToken:
-        return verify(self.ring, str(request.path_params["token"]), self.clock.now(), purpose)
+        return self._verify(str(request.path_params["token"]), purpose)
+
+    def _verify(self, raw: str, purpose: Purpose = Purpose.UNSUBSCRIBE) -> VerifiedToken:
+        return verify(self.ring, raw, self.clock.now(), purpose)
+
+    def _limited(self, key: str) -> Response | None:
+        wait = self.limiter.acquire(key)
+        return too_many(wait) if wait > 0 else None
 
     async def _publish(self, prepared: Prepared) -> None:
         started = time.perf_counter()
@@ -212,9 +255,14 @@ class WebApp:
     async def one_click(self, request: Request) -> Response:
         try:
             token = self._token(request)
-            form = await self._form(request)
         except TokenError as exc:
-            return self._bad_token("one_click", exc)
+            # Made-up tokens count against the sender's address, not a fresh bucket each.
+            return self._limited(client_key(request.scope, self.trusted)) or self._bad_token("one_click", exc)
+        refused = self._limited(f"token:{token.token_id}")
+        if refused is not None:
+            return refused
+        try:
+            form = await self._form(request)
         except BodyTooLarge:
             return self._too_large("one_click")
         except FormError:
@@ -248,9 +296,10 @@ class WebApp:
         return _html(pages.choose_page(request.path_params["token"], token.claims))
 
     async def choose(self, request: Request) -> Response:
+        """``POST /u/TOKEN/choose`` (pages rendered before the token moved into the body)."""
         raw_token = str(request.path_params["token"])
         try:
-            token = self._token(request)
+            token = self._verify(raw_token)
             form = await self._form(request)
         except TokenError as exc:
             return self._bad_token("choose", exc)
@@ -258,6 +307,23 @@ class WebApp:
             return self._too_large("choose")
         except FormError:
             return _html(pages.message_page("Something went wrong", "We could not read the form."), 400)
+        return await self._choose(raw_token, token, form)
+
+    async def choose_posted(self, request: Request) -> Response:
+        """``POST /u/choose``: the page's forms, with the token in the body (``t``)."""
+        try:
+            form = await self._form(request)
+            raw_token = _first(form, "t")
+            token = self._verify(raw_token)
+        except TokenError as exc:
+            return self._bad_token("choose", exc)
+        except BodyTooLarge:
+            return self._too_large("choose")
+        except FormError:
+            return _html(pages.message_page("Something went wrong", "We could not read the form."), 400)
+        return await self._choose(raw_token, token, form)
+
+    async def _choose(self, raw_token: str, token: VerifiedToken, form: dict[str, list[str]]) -> Response:
         selected = [s for s in OptOutScope if s.value in form.get("scope", [])]
         typed = {k: v[0] for k, v in form.items() if k.startswith("addr_") and v}
         try:
@@ -291,16 +357,36 @@ class WebApp:
         )
 
     async def status(self, request: Request) -> Response:
+        """``GET /u/TOKEN/status[?ref=EVENT_ID]``."""
+        raw_token = str(request.path_params["token"])
         try:
-            token = self._token(request)
+            token = self._verify(raw_token)
         except TokenError as exc:
             return self._bad_token("status", exc)
-        wants_json = (
-            "application/json" in request.headers.get("accept", "")
-            or request.query_params.get("format") == "json"
-        )
+        refs = request.query_params.getlist("ref")
+        return await self._status(request, raw_token, token, refs, request.query_params.get("format", ""))
+
+    async def status_posted(self, request: Request) -> Response:
+        """``POST /u/status`` with the token (``t``) and references (``ref``) in the body."""
         try:
-            views = await self.statuses.requests(candidate_event_ids(token))
+            form = await self._form(request)
+            raw_token = _first(form, "t")
+            token = self._verify(raw_token)
+        except TokenError as exc:
+            return self._bad_token("status", exc)
+        except BodyTooLarge:
+            return self._too_large("status")
+        except FormError:
+            return _html(pages.message_page("Something went wrong", "We could not read the form."), 400)
+        return await self._status(request, raw_token, token, form.get("ref", []), _first(form, "format"))
+
+    async def _status(
+        self, request: Request, raw_token: str, token: VerifiedToken, refs: Sequence[str], format_: str
+    ) -> Response:
+        wants_json = "application/json" in request.headers.get("accept", "") or format_ == "json"
+        refs = [ref for ref in refs if ref][:MAX_REFS]
+        try:
+            views = await self.statuses.requests(candidate_event_ids(token), refs, token.claims.customer_id)
         except StatusUnavailable:
             WEB_REQUESTS.labels("status", "unavailable").inc()
             if wants_json:
@@ -333,14 +419,28 @@ class WebApp:
                     ],
                 }
             )
-        return _html(pages.status_page(request.path_params["token"], token.claims, views))
+        return _html(pages.status_page(raw_token, token.claims, views, refs))
 
     # --- Global Privacy Control -----------------------------------------------
     async def gpc(self, request: Request) -> Response:
-        raw = request.query_params.get("t", "")
+        """The GPC signal. It changes state only on POST, or on a GET that is not a plain
+        navigation (a script's ``fetch`` with the Bearer header): browsers with GPC on send
+        ``Sec-GPC: 1`` with every request, so following a link is no request to act."""
+        if "t" in request.query_params:
+            WEB_REQUESTS.labels("gpc", "token_in_url").inc()
+            return JSONResponse(
+                {"error": "send the token in the POST body (t=...) or a Bearer header, not in the URL"},
+                400,
+            )
         auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            raw = auth[7:].strip()
+        raw = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        if request.method == "POST" and not raw:
+            try:
+                raw = _first(await self._form(request), "t")
+            except BodyTooLarge:
+                return JSONResponse({"error": "request too large"}, 413)
+            except FormError:
+                return JSONResponse({"error": "unreadable form"}, 400)
         try:
             token = verify(self.ring, raw, self.clock.now(), Purpose.GPC)
         except TokenError as exc:
@@ -349,13 +449,15 @@ class WebApp:
         vary = {"Vary": "Sec-GPC"}
         if request.headers.get("sec-gpc", "").strip() != "1":
             WEB_REQUESTS.labels("gpc", "no_signal").inc()
-            return JSONResponse({"gpc": False}, headers=vary)
+            return JSONResponse({"gpc": False, "recorded": False}, headers=vary)
+        if request.method != "POST" and request.headers.get("sec-fetch-mode", "") == "navigate":
+            WEB_REQUESTS.labels("gpc", "navigation").inc()
+            return JSONResponse({"gpc": True, "recorded": False}, headers=vary)
         fields = gpc_fields(token, self.clock.now())
-        customer_id = str(fields["customer_id"])
-        seen = self._gpc_seen.get(customer_id)
-        if seen is not None:
+        event_id = str(fields["event_id"])
+        if event_id in self._gpc_seen:
             WEB_REQUESTS.labels("gpc", "already_sent").inc()
-            return JSONResponse({"gpc": True, "event_id": seen}, headers=vary)
+            return JSONResponse({"gpc": True, "recorded": True, "event_id": event_id}, headers=vary)
         try:
             prepared = self.publisher.prepare(fields)
             check_actionable(prepared.request)
@@ -367,11 +469,11 @@ class WebApp:
         except PublishUnavailable as exc:
             WEB_REQUESTS.labels("gpc", "unavailable").inc()
             return JSONResponse({"error": "try again"}, 503, {"Retry-After": str(exc.retry_after)})
-        self._gpc_seen[customer_id] = str(fields["event_id"])
+        self._gpc_seen[event_id] = event_id
         while len(self._gpc_seen) > GPC_SEEN_MAX:
             self._gpc_seen.popitem(last=False)
         WEB_REQUESTS.labels("gpc", "published").inc()
-        return JSONResponse({"gpc": True, "event_id": fields["event_id"]}, headers=vary)
+        return JSONResponse({"gpc": True, "recorded": True, "event_id": event_id}, headers=vary)
 
     async def health(self, _request: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -388,6 +490,11 @@ class WebApp:
     def _too_large(self, route: str) -> Response:
         WEB_REQUESTS.labels(route, "too_large").inc()
         return _html(pages.TOO_LARGE, 413)
+
+
+def _first(form: Mapping[str, list[str]], name: str) -> str:
+    values = form.get(name) or [""]
+    return values[0].strip()
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -410,7 +517,12 @@ def create_app(
     the_clock = clock or SystemClock()
     the_publisher: Publisher = publisher or AsyncPublisher(settings)
     the_statuses: Statuses = statuses or StatusReader(settings.dsn())
-    web = WebApp(settings, ring or keyring_from_settings(settings), the_publisher, the_statuses, the_clock)
+    limiter = RateLimiter(
+        settings.web_rate_limit_per_second, settings.web_rate_limit_burst, the_clock.monotonic
+    )
+    web = WebApp(
+        settings, ring or keyring_from_settings(settings), the_publisher, the_statuses, the_clock, limiter
+    )
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -426,6 +538,8 @@ def create_app(
     routes = [
         Route("/healthz", web.health, methods=["GET"]),
         Route("/favicon.ico", web.favicon, methods=["GET"]),
+        Route("/u/choose", web.choose_posted, methods=["POST"]),
+        Route("/u/status", web.status_posted, methods=["POST"]),
         Route("/u/{token}", web.page, methods=["GET"]),
         Route("/u/{token}", web.one_click, methods=["POST"]),
         Route("/u/{token}/choose", web.choose, methods=["POST"]),
@@ -433,9 +547,11 @@ def create_app(
         Route(gpc_path, web.gpc, methods=["GET", "POST"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: _not_found})
-    limiter = RateLimiter(
-        settings.web_rate_limit_per_second, settings.web_rate_limit_burst, the_clock.monotonic
+    app.add_middleware(
+        RateLimit,
+        limiter=limiter,
+        exempt=frozenset({"/healthz", "/favicon.ico"}),
+        trusted=web.trusted,
     )
-    app.add_middleware(RateLimit, limiter=limiter, exempt=frozenset({"/healthz", "/favicon.ico"}))
     app.add_middleware(SecurityHeaders, headers=security_headers(settings))
     return app

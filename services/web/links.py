@@ -91,7 +91,7 @@ def mint_gpc_token(
     ring: KeyRing | None = None,
     clock: Clock | None = None,
 ) -> str:
-    """A signed customer token for the GPC signal endpoint (``?t=`` or Bearer)."""
+    """A signed customer token for the GPC signal endpoint (POST body ``t`` or Bearer)."""
     keys = ring or keyring_from_settings(settings)
     now = (clock or SystemClock()).now()
     claims = make_claims(
@@ -104,5 +104,7 @@ def mint_gpc_token(
     return mint(keys, claims)
 
 
-def gpc_url(settings: Settings, token: str) -> str:
-    return f"{_base(settings)}{settings.web_gpc_path}?t={token}"
+def gpc_url(settings: Settings) -> str:
+    """Where the signal goes: POST with the token in the body (``t``) or, from a script,
+    ``Authorization: Bearer TOKEN``. Never the token in the URL (proxies log URLs)."""
+    return f"{_base(settings)}{settings.web_gpc_path}"

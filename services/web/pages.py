@@ -17,7 +17,13 @@ from urllib.parse import quote
 
 from services.common.contract import Scope
 from services.domain.identity import mask_email
-from services.web.requests import ADDRESS_FIELDS, CHOICES
+from services.web.requests import (
+    ADDRESS_FIELDS,
+    ADDRESS_NEEDS_CUSTOMER,
+    CHOICES,
+    accepts_typed_address,
+    offers_postal,
+)
 from services.web.tokens import Claims
 
 CSS = """\
@@ -135,7 +141,26 @@ def _who(claims: Claims) -> str:
 
 
 def link_base(token: str) -> str:
+    """The page's own URL (the link from the email: the one place the token is in a URL)."""
     return f"/u/{quote(token, safe='.-_')}"
+
+
+# The page's forms post here, with the token in the body (``t``), so that it never appears
+# in a URL a proxy logs beyond the link the person followed.
+CHOOSE_ACTION = "/u/choose"
+STATUS_ACTION = "/u/status"
+
+
+def _token_field(token: str) -> str:
+    return f'<input type="hidden" name="t" value="{_e(token)}">'
+
+
+def _status_form(token: str, label: str, refs: Sequence[str] = (), css: str = "secondary") -> str:
+    hidden = "".join(f'<input type="hidden" name="ref" value="{_e(ref)}">' for ref in refs)
+    return (
+        f'<form method="post" action="{STATUS_ACTION}">{_token_field(token)}{hidden}'
+        f'<button class="{css}" type="submit">{_e(label)}</button></form>'
+    )
 
 
 def _scope_list(scopes: Iterable[str]) -> str:
@@ -155,21 +180,26 @@ def choose_page(
     selected: Sequence[Scope] = (),
     address: dict[str, str] | None = None,
 ) -> str:
-    base = link_base(token)
     has_address = claims.postal_address is not None
+    postal = offers_postal(claims)
     alert = (
         f'<div class="alert" role="alert" id="problem"><strong>There is a problem.</strong> {_e(error)}</div>'
         if error
         else ""
     )
-    all_hint = (
-        "Stops marketing email, postal mail and sharing your details with third parties."
-        if has_address
-        else "Stops marketing email and sharing your details with third parties. To stop postal "
-        "mail too, choose it below and give your address."
-    )
+    if has_address:
+        all_hint = "Stops marketing email, postal mail and sharing your details with third parties."
+    elif postal:
+        all_hint = (
+            "Stops marketing email and sharing your details with third parties. To stop postal "
+            "mail too, choose it below and give your address."
+        )
+    else:
+        all_hint = "Stops marketing email and sharing your details with third parties."
     options = []
     for scope in CHOICES:
+        if scope is Scope.POSTAL_MARKETING and not postal:
+            continue
         label, hint = SCOPE_TEXT[scope]
         ident = f"scope-{scope.value.lower().replace('_', '-')}"
         checked = " checked" if scope in selected else ""
@@ -180,22 +210,28 @@ def choose_page(
             f"{_e(hint)}</span></label></div>"
         )
     wants_postal = bool(address) or Scope.POSTAL_MARKETING in selected
-    address_block = "" if has_address else _address_fields(address or {}, open_=wants_postal)
+    if accepts_typed_address(claims):
+        address_block = _address_fields(address or {}, open_=wants_postal)
+    elif postal:
+        address_block = ""
+    else:
+        address_block = f'<p class="hint" id="postal-hint">Postal mail: {_e(ADDRESS_NEEDS_CUSTOMER)}</p>'
     body = (
         f"{alert}<h1>Unsubscribe</h1>"
         f"<p>These choices are for {_who(claims)}.</p>"
-        f'<form method="post" action="{_e(base)}/choose">'
+        f'<form method="post" action="{CHOOSE_ACTION}">{_token_field(token)}'
         '<input type="hidden" name="choice" value="all">'
         '<button class="primary" type="submit" aria-describedby="all-hint">'
         "Unsubscribe from all marketing</button></form>"
         f'<p class="hint" id="all-hint">{_e(all_hint)}</p>'
         f'<h2 id="pick-heading">Or choose what to stop</h2>'
-        f'<form method="post" action="{_e(base)}/choose" aria-labelledby="pick-heading">'
+        f'<form method="post" action="{CHOOSE_ACTION}" aria-labelledby="pick-heading">'
+        f"{_token_field(token)}"
         f"<fieldset><legend>Stop:</legend>{''.join(options)}</fieldset>"
         f"{address_block}"
         '<button class="secondary" type="submit">Save my choices</button></form>'
-        '<p class="hint">Nothing changes until you press a button. '
-        f'<a href="{_e(base)}/status">See the status of a request you already made</a>.</p>'
+        '<p class="hint">Nothing changes until you press a button.</p>'
+        f"{_status_form(token, 'See the status of a request you already made')}"
     )
     return _layout("Unsubscribe", body)
 
@@ -221,7 +257,8 @@ def _address_fields(values: dict[str, str], open_: bool) -> str:
         )
     return (
         f"<details{' open' if open_ else ''}><summary>Postal mail: add the address we send "
-        f"it to</summary>{''.join(fields)}</details>"
+        f'it to</summary><p class="hint">We stop postal mail to this address when it is the '
+        f"address we have on file for your account.</p>{''.join(fields)}</details>"
     )
 
 
@@ -237,8 +274,8 @@ def received_page(token: str, claims: Claims, event_id: str, scopes: Sequence[st
         f"{_e(_date(due_at))}.</li>"
         "<li>A message that was already on its way may still arrive for a short while.</li></ol>"
         f"<p>Your reference: <code>{_e(event_id)}</code></p>"
-        f'<p class="links"><a href="{_e(base)}/status">Check the status</a>'
-        f'<a href="{_e(base)}">Change other choices</a></p>'
+        f"{_status_form(token, 'Check the status', [event_id])}"
+        f'<p class="links"><a href="{_e(base)}">Change other choices</a></p>'
     )
     return _layout("Request received", body)
 
@@ -254,7 +291,7 @@ def overall_state(views: Sequence[RequestView]) -> str:
     return "pending"
 
 
-def status_page(token: str, claims: Claims, views: Sequence[RequestView]) -> str:
+def status_page(token: str, claims: Claims, views: Sequence[RequestView], refs: Sequence[str] = ()) -> str:
     base = link_base(token)
     overall = overall_state(views)
     key, text, css = STATE_TEXT[overall]
@@ -286,8 +323,8 @@ def status_page(token: str, claims: Claims, views: Sequence[RequestView]) -> str
         f'<span class="state {css}" id="overall" data-state="{_e(key)}" role="status">'
         f"{_e(text)}</span></p>"
         f"{listing}"
-        f'<p class="links"><a href="{_e(base)}/status">Check again</a>'
-        f'<a href="{_e(base)}">Back to your choices</a></p>'
+        f"{_status_form(token, 'Check again', refs)}"
+        f'<p class="links"><a href="{_e(base)}">Back to your choices</a></p>'
     )
     return _layout("Status of your request", body)
 

@@ -19,7 +19,7 @@ from services.common.errors import PoisonMessage
 from services.common.records import PostalAddressRecord
 from services.domain.planning import applicable_destinations
 from services.domain.validation import OptOutRequest, normalize_postal_address, validate_request
-from services.web.tokens import VerifiedToken, gpc_event_id, request_event_id
+from services.web.tokens import Claims, VerifiedToken, gpc_event_id, request_event_id
 
 MAX_FIELDS = 32
 ONE_CLICK_FIELD = "List-Unsubscribe"
@@ -89,10 +89,30 @@ def _first(form: Form, name: str) -> str:
     return values[0].strip()
 
 
+# Why a typed address needs a customer id (shown on the page and in errors).
+ADDRESS_NEEDS_CUSTOMER = (
+    "We can stop postal mail to an address typed here only for a link that names your "
+    "customer account, so that the address can be checked against the one we have on file "
+    "for you. This link does not, so please use the link in a recent letter from us, or "
+    "contact us and we will help."
+)
+
+
 @dataclass(frozen=True)
 class Choice:
     scopes: tuple[Scope, ...]
     postal_address: PostalAddressRecord | None
+    typed: bool = False  # postal_address was typed on the page (not carried by the token)
+
+
+def offers_postal(claims: Claims) -> bool:
+    """The page offers postal mail when the token carries the address, or names the
+    customer account a typed address is checked against."""
+    return claims.postal_address is not None or claims.customer_id is not None
+
+
+def accepts_typed_address(claims: Claims) -> bool:
+    return claims.postal_address is None and claims.customer_id is not None
 
 
 def address_from_form(form: Form) -> PostalAddressRecord | None:
@@ -118,7 +138,11 @@ def address_from_form(form: Form) -> PostalAddressRecord | None:
 
 
 def parse_choice(form: Form, token: VerifiedToken) -> Choice:
-    """The page's form -> scopes (+ the postal address to use); ``ChoiceError`` to show."""
+    """The page's form -> scopes (+ the postal address to use); ``ChoiceError`` to show.
+
+    Postal mail uses the token's address; without one, an address typed on the page, but
+    only when the token names a customer id (anyone holding a link could otherwise get a
+    stranger's address suppressed)."""
     if _first(form, "choice") == "all":
         scopes: tuple[Scope, ...] = (Scope.ALL,)
     else:
@@ -134,10 +158,19 @@ def parse_choice(form: Form, token: VerifiedToken) -> Choice:
         if not picked:
             raise ChoiceError("Choose at least one thing to stop, or use “Unsubscribe from all”.")
         scopes = tuple(sorted(picked))
-    address = token.claims.postal_address or address_from_form(form)
-    if Scope.POSTAL_MARKETING in scopes and address is None:
+    if Scope.POSTAL_MARKETING not in scopes:
+        # An address matters only for postal mail (``ALL`` uses the token's, if any).
+        return Choice(scopes, token.claims.postal_address)
+    if token.claims.postal_address is not None:
+        return Choice(scopes, token.claims.postal_address)
+    # A typed address is bound to the token's customer id: the mail house suppresses it
+    # only where it is the address on file for that customer (docs/web.md).
+    if not accepts_typed_address(token.claims):
+        raise ChoiceError(ADDRESS_NEEDS_CUSTOMER)
+    typed = address_from_form(form)
+    if typed is None:
         raise ChoiceError("To stop postal mail we need the postal address it is sent to.")
-    return Choice(scopes, address)
+    return Choice(scopes, typed, typed=True)
 
 
 def _identity(token: VerifiedToken) -> dict[str, Any]:
@@ -160,7 +193,7 @@ def one_click_fields(token: VerifiedToken, now: datetime) -> dict[str, Any]:
 def page_fields(token: VerifiedToken, choice: Choice, now: datetime) -> dict[str, Any]:
     return {
         **_identity(token),
-        "event_id": request_event_id(token, choice.scopes),
+        "event_id": request_event_id(token, choice.scopes, choice.postal_address if choice.typed else None),
         "scopes": [s.value for s in choice.scopes],
         "source": Source.EMAIL_LINK.value,
         "postal_address": choice.postal_address,
@@ -173,7 +206,7 @@ def gpc_fields(token: VerifiedToken, now: datetime) -> dict[str, Any]:
     if not customer_id:
         raise PoisonMessage("no_identifier", "a GPC token needs a customer id")
     return {
-        "event_id": gpc_event_id(customer_id),
+        "event_id": gpc_event_id(customer_id, token.claims.jurisdiction),
         "customer_id": customer_id,
         "jurisdiction": token.claims.jurisdiction,
         "scopes": [Scope.THIRD_PARTY_SHARING.value],

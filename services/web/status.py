@@ -23,7 +23,7 @@ QUERY = """
 SELECT r.event_id, r.state, r.scopes, r.requested_at, r.due_at, r.confirmed_at,
        count(d.command_id) FILTER (WHERE d.status <> 'PENDING'), count(d.command_id)
   FROM requests r LEFT JOIN destination_status d ON d.event_id = r.event_id
- WHERE r.event_id = ANY(%s)
+ WHERE r.event_id = ANY(%s) OR (r.event_id = ANY(%s) AND r.customer_id = %s)
  GROUP BY r.event_id
  ORDER BY r.requested_at DESC
 """
@@ -65,10 +65,15 @@ class StatusReader:
     async def close(self) -> None:
         await self.pool.close()
 
-    async def requests(self, event_ids: Sequence[str]) -> list[RequestView]:
+    async def requests(
+        self, event_ids: Sequence[str], refs: Sequence[str] = (), customer_id: str | None = None
+    ) -> list[RequestView]:
+        """The requests among ``event_ids``, plus those among ``refs`` (references the
+        page handed out, e.g. of a request with a typed address) of ``customer_id``."""
+        by_reference = list(refs) if customer_id is not None else []
         try:
             async with self.pool.connection(self.timeout) as conn:
-                cursor = await conn.execute(QUERY, (list(event_ids),))
+                cursor = await conn.execute(QUERY, (list(event_ids), by_reference, customer_id))
                 rows = await cursor.fetchall()
         except (psycopg.Error, PoolTimeout) as exc:
             log.warning("status lookup failed", error=type(exc).__name__)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 import re
@@ -45,7 +46,7 @@ _KID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _B64 = re.compile(r"^[A-Za-z0-9_-]+$")
 DEV_KEY = b"optout-dev-only-key-NOT-SECRET!!"
 
-# Deterministic event ids: same token + same scopes -> same OptOutRequested event_id.
+# Deterministic event ids: same token + same content -> same OptOutRequested event_id.
 EVENT_NAMESPACE = uuid.UUID("3b0c7f6e-8f52-4d8e-a1c4-5e2f9d7b6a10")
 
 _SCOPE_CODES = {
@@ -277,17 +278,32 @@ def expiry(now: datetime, ttl_days: int) -> datetime | None:
     return now + timedelta(days=ttl_days) if ttl_days > 0 else None
 
 
-def request_event_id(token: VerifiedToken, scopes: Iterable[Scope]) -> str:
-    """The event_id of a request made through ``token`` for ``scopes`` (order-insensitive).
+def request_event_id(
+    token: VerifiedToken, scopes: Iterable[Scope], typed_address: Mapping[str, Any] | None = None
+) -> str:
+    """The event_id of a request made through ``token`` for ``scopes`` (order-insensitive),
+    with ``typed_address``: a normalized postal address the person typed on the page.
 
-    Posting the same choice twice gives the same id, so the pipeline records it once; a
-    different choice is a different request."""
+    The event id covers everything intake's content hash covers: the token fixes the
+    identifiers and jurisdiction, the arguments the rest. Posting the same choice twice
+    gives the same id, so the pipeline records it once; a different choice or a corrected
+    address is a different request (never the same id with other content, which intake
+    would dead-letter)."""
     codes = "".join(sorted(_SCOPE_CODES[s] for s in set(scopes)))
-    return str(uuid.uuid5(EVENT_NAMESPACE, f"{token.token_id}|{codes}"))
+    name = f"{token.token_id}|{codes}"
+    if typed_address is not None:
+        name += "|" + _digest(typed_address)
+    return str(uuid.uuid5(EVENT_NAMESPACE, name))
+
+
+def _digest(value: Mapping[str, Any]) -> str:
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def candidate_event_ids(token: VerifiedToken) -> list[str]:
-    """Every event id a request through ``token`` can have (one per non-empty scope set)."""
+    """Every event id a request through ``token`` without a typed address can have (one per
+    non-empty scope set). Requests with a typed address are found by their reference."""
     scopes = list(Scope)
     return [
         request_event_id(token, combo)
@@ -296,6 +312,8 @@ def candidate_event_ids(token: VerifiedToken) -> list[str]:
     ]
 
 
-def gpc_event_id(customer_id: str) -> str:
-    """One GPC opt-out per customer, however many signals arrive."""
-    return str(uuid.uuid5(EVENT_NAMESPACE, f"gpc|{customer_id}"))
+def gpc_event_id(customer_id: str, jurisdiction: str | None = None) -> str:
+    """One GPC opt-out per customer and jurisdiction, however many signals arrive (a token
+    naming another jurisdiction is other content, so it gets its own id)."""
+    name = f"gpc|{customer_id}" if jurisdiction is None else f"gpc|{customer_id}|{jurisdiction}"
+    return str(uuid.uuid5(EVENT_NAMESPACE, name))

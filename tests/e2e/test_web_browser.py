@@ -210,14 +210,14 @@ def test_a_person_unsubscribes_in_a_browser_and_sees_it_confirmed(web_process, t
                 page.screenshot(path=str(OUTPUT / "web-2-request-received.png"), full_page=True)
 
                 # 4. Status: pending (or already confirmed), then confirmed.
-                page.get_by_role("link", name="Check the status").click()
+                page.get_by_role("button", name="Check the status").click()
                 overall = page.locator("#overall")
                 assert overall.get_attribute("data-state") in ("not yet received", "pending", "confirmed")
                 deadline = time.monotonic() + 120
                 while overall.get_attribute("data-state") != "confirmed":
                     assert time.monotonic() < deadline, "status did not turn confirmed in 120 s"
                     time.sleep(1.0)
-                    page.get_by_role("link", name="Check again").click()
+                    page.get_by_role("button", name="Check again").click()
                     overall = page.locator("#overall")
                 assert overall.inner_text() == "Confirmed"
                 page.screenshot(path=str(OUTPUT / "web-3-status-confirmed.png"), full_page=True)

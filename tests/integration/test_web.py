@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from datetime import UTC, datetime, timedelta
@@ -9,7 +10,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import psycopg
 import pytest
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from starlette.testclient import TestClient
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from services.common.clock import ManualClock
 from services.common.contract import Scope
@@ -45,10 +48,34 @@ def _path(url: str) -> str:
     return "/" + url.split("://", 1)[1].split("/", 1)[1]
 
 
-def _requests(cfg, expect=None, settle=1.0):
-    return [
-        r.decoded() for r in read_topic(cfg, cfg.requests_topic, expect=expect, timeout=30, settle=settle)
-    ]
+def _requests(cfg, expect: int):
+    """The ``expect`` messages on the requests topic, after checking that exactly that many
+    are there (every 200 was acked before it was answered, so the count is already final)."""
+    assert _on_topic(cfg, cfg.requests_topic) == expect
+    return [r.decoded() for r in read_topic(cfg, cfg.requests_topic, expect=expect, timeout=30, settle=0)]
+
+
+@retry(
+    retry=retry_if_exception_type(KafkaException),
+    wait=wait_fixed(0.2),
+    stop=stop_after_delay(30),
+    reraise=True,
+)
+def _intake_caught_up(cfg) -> bool:
+    """Intake's consumer group has committed every message on the requests topic: each
+    one was recorded or dead-lettered (intake commits only after that is durable)."""
+    topic = cfg.requests_topic
+    consumer = Consumer({**cfg.kafka_config(), "group.id": cfg.group("intake"), "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+        for tp in committed:
+            _low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            if high > 0 and tp.offset < high:
+                return False
+        return True
+    finally:
+        consumer.close()
 
 
 def _rows(cfg, event_id: str) -> int:
@@ -71,7 +98,7 @@ def test_one_click_publishes_once_acked_and_twice_is_recorded_once(base_settings
     with TestClient(create_app(cfg)) as client:
         first = client.post(_path(link.url), **ONE_CLICK)
         # Acked means on the topic already: read it back before posting again.
-        after_first = _requests(cfg, expect=1, settle=0.2)
+        after_first = _requests(cfg, expect=1)
         second = client.post(_path(link.url), **ONE_CLICK)
     assert first.status_code == 200 and second.status_code == 200
     assert "set-cookie" not in first.headers and "location" not in first.headers
@@ -85,9 +112,80 @@ def test_one_click_publishes_once_acked_and_twice_is_recorded_once(base_settings
     assert record["email"] == "jane.doe@example.com" and record["customer_id"] == "c-1"
 
     with running(run_intake, cfg, "intake"):
-        wait_until(lambda: _rows(cfg, expected_id) == 1, timeout=60, message="intake recorded it")
-        time.sleep(1.0)  # the duplicate has been consumed too by now
+        wait_until(lambda: _intake_caught_up(cfg), timeout=60, message="intake to commit both messages")
     assert _rows(cfg, expected_id) == 1
+    assert _requests_dlq(cfg) == 0
+
+
+@retry(  # a fresh topic's partitions may still be electing their leader
+    retry=retry_if_exception_type(KafkaException),
+    wait=wait_fixed(0.2),
+    stop=stop_after_delay(30),
+    reraise=True,
+)
+def _on_topic(cfg, topic: str) -> int:
+    """Messages on ``topic`` (fresh per test): exact at once, no waiting for silence. The web
+    answers only after the broker acked, and intake commits only after its dead letters
+    were acked, so the count is final when the caller asks."""
+    consumer = Consumer({**cfg.kafka_config(), "group.id": "web-test-counter"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions
+        )
+    finally:
+        consumer.close()
+
+
+def _requests_dlq(cfg) -> int:
+    return _on_topic(cfg, cfg.requests_dlq_topic)
+
+
+def _reference(html: str) -> str:
+    match = re.search(r"Your reference: <code>([^<]+)</code>", html)
+    assert match is not None, html
+    return match.group(1)
+
+
+def test_a_corrected_resubmission_is_recorded_and_nothing_is_dead_lettered(base_settings):
+    cfg = isolated_settings(base_settings, **GENEROUS)
+    link = mint_link(cfg, email="jane.doe@example.com", customer_id="c-fix")
+    typed = {
+        "scope": ["POSTAL_MARKETING"],
+        "addr_name": "Jane Doe",
+        "addr_line1": "1 Mian St",
+        "addr_city": "Springfield",
+        "addr_postal_code": "12345",
+        "addr_country": "US",
+    }
+    corrected = {**typed, "addr_line1": "1 Main St"}
+    gpc_ca = mint_gpc_token(cfg, "c-fix", jurisdiction="US-CA")
+    gpc_co = mint_gpc_token(cfg, "c-fix", jurisdiction="US-CO")
+    with TestClient(create_app(cfg)) as client:
+        first = client.post(_path(link.url) + "/choose", data=typed)
+        second = client.post(_path(link.url) + "/choose", data=corrected)
+        repeated = client.post(_path(link.url) + "/choose", data=corrected)
+        signals = [
+            client.post(cfg.web_gpc_path, headers={"Sec-GPC": "1", "Authorization": f"Bearer {t}"})
+            for t in (gpc_ca, gpc_co)
+        ]
+    assert [r.status_code for r in (first, second, repeated)] == [200, 200, 200]
+    assert [s.status_code for s in signals] == [200, 200]
+    page_ids = [_reference(r.text) for r in (first, second, repeated)]
+    assert page_ids[0] != page_ids[1] == page_ids[2]
+    gpc_ids = [s.json()["event_id"] for s in signals]
+    with running(run_intake, cfg, "intake"):
+        wait_until(lambda: _intake_caught_up(cfg), timeout=60, message="intake to commit every message")
+    with psycopg.connect(cfg.dsn()) as conn:
+        rows = conn.execute(
+            "SELECT event_id, postal_address->'lines'->>0, jurisdiction FROM requests"
+            " WHERE customer_id = 'c-fix' ORDER BY requested_at"
+        ).fetchall()
+    recorded = {row[0]: row for row in rows}
+    assert set(recorded) == {page_ids[0], page_ids[1], *gpc_ids}
+    assert recorded[page_ids[1]][1] == "1 Main St"
+    assert {recorded[i][2] for i in gpc_ids} == {"US-CA", "US-CO"}
+    assert _requests_dlq(cfg) == 0
 
 
 def test_get_shows_the_page_and_publishes_nothing(base_settings):
@@ -101,8 +199,11 @@ def test_get_shows_the_page_and_publishes_nothing(base_settings):
     html = page.text
     assert "j•••••e@e•••••e.com" in html and "jane.doe@example.com" not in html
     assert "Unsubscribe from all marketing" in html
-    for name in ("EMAIL_MARKETING", "POSTAL_MARKETING", "THIRD_PARTY_SHARING"):
+    for name in ("EMAIL_MARKETING", "THIRD_PARTY_SHARING"):
         assert f'value="{name}"' in html
+    # No customer id in the link: no postal address can be typed, and the page says why.
+    assert 'value="POSTAL_MARKETING"' not in html and 'name="addr_line1"' not in html
+    assert "customer account" in html
     assert "<script" not in html
     headers = page.headers
     assert "default-src 'none'" in headers["content-security-policy"]
@@ -110,7 +211,7 @@ def test_get_shows_the_page_and_publishes_nothing(base_settings):
     assert headers["x-frame-options"] == "DENY"
     assert headers["cache-control"] == "no-store"
     assert "set-cookie" not in headers
-    assert _requests(cfg) == []
+    assert _on_topic(cfg, cfg.requests_topic) == 0
 
 
 def test_the_page_form_publishes_the_chosen_scopes(base_settings):
@@ -137,9 +238,12 @@ def test_the_page_form_publishes_the_chosen_scopes(base_settings):
     assert "What happens next" in done.text
     assert everything.status_code == 200
     records = {r["event_id"]: r for r in _requests(cfg, expect=2)}
-    chosen = request_event_id(token, [Scope.EMAIL_MARKETING, Scope.POSTAL_MARKETING])
+    # The typed address is part of the request's content, so part of its event id.
+    chosen = _reference(done.text)
+    assert chosen != request_event_id(token, [Scope.EMAIL_MARKETING, Scope.POSTAL_MARKETING])
     assert set(records) == {chosen, request_event_id(token, [Scope.ALL])}
     assert records[chosen]["source"] == "EMAIL_LINK"
+    assert records[chosen]["customer_id"] == "c-7"  # the mail house matches the address to it
     assert sorted(records[chosen]["scopes"]) == ["EMAIL_MARKETING", "POSTAL_MARKETING"]
     assert records[chosen]["postal_address"]["city"] == "Springfield"
     assert chosen in done.text
@@ -166,6 +270,39 @@ def test_status_follows_the_pipeline(base_settings):
     assert after["requests"][0]["scopes"] == ["EMAIL_MARKETING"]
     assert after["requests"][0]["destinations_total"] == 1
     assert 'id="overall" data-state="pending"' in page
+
+
+def test_status_finds_a_typed_address_request_by_its_reference_for_its_customer_only(base_settings):
+    cfg = isolated_settings(base_settings, **GENEROUS)
+    link = mint_link(cfg, email="ref@example.com", customer_id="c-ref")
+    stranger = mint_link(cfg, email="other@example.com", customer_id="c-other")
+    typed = {
+        "t": link.token,
+        "scope": ["POSTAL_MARKETING"],
+        "addr_name": "Ref Person",
+        "addr_line1": "3 High St",
+        "addr_city": "Leeds",
+        "addr_postal_code": "LS1 1AA",
+        "addr_country": "GB",
+    }
+    with TestClient(create_app(cfg)) as client:
+        done = client.post("/u/choose", data=typed)
+        reference = _reference(done.text)
+        # The received page's status button carries the reference, in the form body.
+        assert f'name="ref" value="{reference}"' in done.text
+        with running(run_intake, cfg, "intake"):
+            wait_until(lambda: _rows(cfg, reference) == 1, timeout=60, message="intake recorded it")
+
+        def status(token: str, refs: list[str]) -> list[str]:
+            answer = client.post("/u/status", data={"t": token, "ref": refs, "format": "json"})
+            assert answer.status_code == 200
+            return [r["event_id"] for r in answer.json()["requests"]]
+
+        assert status(link.token, [reference]) == [reference]
+        assert status(link.token, []) == []  # not derivable from the token alone
+        assert status(stranger.token, [reference]) == []  # another customer's link
+        page = client.post("/u/status", data={"t": link.token, "ref": [reference]}).text
+    assert reference in page and f'name="ref" value="{reference}"' in page  # "Check again" keeps it
 
 
 def test_hostile_tokens_get_400_and_publish_nothing(base_settings):
@@ -239,7 +376,7 @@ def test_not_one_click_bodies_and_oversized_bodies(base_settings):
     assert empty.status_code == 400 and wrong.status_code == 400
     assert huge.status_code == 413 and streamed.status_code == 413
     assert missing.status_code == 404 and "content-security-policy" in missing.headers
-    assert _requests(cfg) == []
+    assert _on_topic(cfg, cfg.requests_topic) == 0
 
 
 def test_rate_limit_answers_429_per_client(base_settings):
@@ -270,13 +407,13 @@ def test_broker_unreachable_answers_503_with_retry_after(base_settings):
         one_click = client.post(_path(link.url), **ONE_CLICK)
         elapsed = time.monotonic() - started
         form = client.post(_path(link.url) + "/choose", data={"choice": "all"})
-        signal = client.get(f"{cfg.web_gpc_path}?t={gpc}", headers={"Sec-GPC": "1"})
+        signal = client.post(cfg.web_gpc_path, data={"t": gpc}, headers={"Sec-GPC": "1"})
     assert one_click.status_code == 503 and int(one_click.headers["retry-after"]) > 0
     assert "Please try again" in one_click.text
     assert elapsed < 10
     assert form.status_code == 503 and "retry-after" in form.headers
     assert signal.status_code == 503
-    assert _requests(good) == []
+    assert _on_topic(good, good.requests_topic) == 0
 
 
 def test_gpc_signal_opts_out_of_sharing_once_per_customer(base_settings):
@@ -285,12 +422,14 @@ def test_gpc_signal_opts_out_of_sharing_once_per_customer(base_settings):
     link_token = mint_link(cfg, email="a@example.com", customer_id="cust-gpc-1").token
     path = cfg.web_gpc_path
     with TestClient(create_app(cfg)) as client:
-        no_signal = client.get(f"{path}?t={token}")
-        first = client.get(f"{path}?t={token}", headers={"Sec-GPC": "1"})
+        no_signal = client.post(path, data={"t": token})
+        in_url = client.get(f"{path}?t={token}", headers={"Sec-GPC": "1"})
+        first = client.post(path, data={"t": token}, headers={"Sec-GPC": "1"})
         again = client.post(path, headers={"Sec-GPC": "1", "Authorization": f"Bearer {token}"})
-        wrong_kind = client.get(f"{path}?t={link_token}", headers={"Sec-GPC": "1"})
-        missing = client.get(path, headers={"Sec-GPC": "1"})
-    assert no_signal.status_code == 200 and no_signal.json() == {"gpc": False}
+        wrong_kind = client.post(path, data={"t": link_token}, headers={"Sec-GPC": "1"})
+        missing = client.post(path, headers={"Sec-GPC": "1"})
+    assert no_signal.status_code == 200 and no_signal.json() == {"gpc": False, "recorded": False}
+    assert in_url.status_code == 400
     assert first.status_code == 200 and first.json()["event_id"] == gpc_event_id("cust-gpc-1")
     assert again.status_code == 200 and again.json()["event_id"] == gpc_event_id("cust-gpc-1")
     assert wrong_kind.status_code == 400 and missing.status_code == 400

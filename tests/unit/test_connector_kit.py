@@ -413,7 +413,7 @@ def test_success_and_rejection_parsing() -> None:
 
 # --- mail house -------------------------------------------------------------------------------
 def test_csv_row_normalizes_and_folds_address_lines() -> None:
-    command = cmd("mail_house", postal_address=ADDRESS)
+    command = cmd("mail_house", postal_address=ADDRESS, customer_id="C-42")
     row = mh.csv_row(command, ADDRESS, date(2025, 3, 14))
     assert dict(zip(mh.COLUMNS, row, strict=True)) == {
         "request_id": command.request_id,
@@ -427,7 +427,10 @@ def test_csv_row_normalizes_and_folds_address_lines() -> None:
         "postal_code": "SW1Y 4JH",
         "country": "GB",
         "suppressed_on": "2025-03-14",
+        # The mail house suppresses the address only where it is on file for this customer.
+        "customer_id": "C-42",
     }
+    assert mh.csv_row(cmd("mail_house"), ADDRESS, date(2025, 3, 14))[-1] == ""
 
 
 def test_csv_cells_cannot_be_formulas_or_break_lines() -> None:
