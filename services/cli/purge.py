@@ -12,6 +12,7 @@ from services.common.clock import SystemClock
 from services.common.db import connect, require_schema
 from services.common.errors import ConfigurationError
 from services.common.settings import settings
+from services.connectors.mail_house import FILE_PREFIX
 from services.retention.files import remove_old_mail_house_files
 from services.retention.purge import purge_contact_details
 
@@ -39,7 +40,9 @@ def cmd_purge(args: argparse.Namespace) -> int:
     )
     folder = Path(cfg.mail_house_dir)
     try:
-        files = remove_old_mail_house_files(folder, now, timedelta(days=days), dry_run=args.dry_run)
+        files = remove_old_mail_house_files(
+            folder, now, timedelta(days=days), FILE_PREFIX, dry_run=args.dry_run
+        )
     except OSError as exc:
         raise ConfigurationError(
             f"cannot remove old mail-house files in {folder} ({exc.strerror or exc}); "

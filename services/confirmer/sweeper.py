@@ -105,6 +105,7 @@ SELECT d.command_id, d.destination, d.issue_count,
        r.deadline_rule, r.subject_key, r.content_sha256
 FROM destination_status d JOIN requests r ON r.event_id = d.event_id
 WHERE d.status = 'PENDING'
+  AND r.resolved_at IS NULL  -- resolved by a person (optout resolve): closed, never re-sent
   AND d.destination = ANY(%(known)s)
   AND d.last_issued_at <= %(earliest)s
   AND d.last_issued_at + make_interval(secs => least(
@@ -125,12 +126,12 @@ _MARK_OVERDUE = """
 UPDATE requests SET overdue_at = %(now)s
 WHERE event_id IN (
     SELECT event_id FROM requests
-    WHERE state <> 'CONFIRMED' AND overdue_at IS NULL AND due_at <= %(now)s
+    WHERE state <> 'CONFIRMED' AND overdue_at IS NULL AND resolved_at IS NULL AND due_at <= %(now)s
     ORDER BY due_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
 RETURNING event_id, deadline_rule
 """
 
-_NEEDING_ATTENTION = "SELECT count(*) FROM requests WHERE state = 'NEEDS_ATTENTION'"
+_NEEDING_ATTENTION = "SELECT count(*) FROM requests WHERE state = 'NEEDS_ATTENTION' AND resolved_at IS NULL"
 
 _UNKNOWN_DESTINATIONS = """
 SELECT destination, count(*) FROM destination_status

@@ -431,6 +431,42 @@ def test_sweeper_is_not_starved_by_commands_of_a_destination_that_no_longer_exis
     assert [_issue_count(cfg, g, gone) for g in ghosts] == [1] * len(ghosts)  # reported, never re-sent
 
 
+def test_sweeper_leaves_resolved_requests_alone(base_settings: dict[str, Any]) -> None:
+    """A request someone resolved (``optout resolve``) is closed: its commands still pending
+    are not re-sent (after purge they carry no identifier) and it is never marked overdue."""
+    cfg = isolated_settings(
+        base_settings, reissue_base_seconds=60, reissue_cap_seconds=3600, sweep_interval_seconds=10
+    )
+    clock = ManualClock(datetime.now(UTC))
+    open_one, resolved = list(_publish(cfg, 2, [PLAN[0]]))
+    with running(run_intake, cfg, "intake"):
+        _commands(cfg, [open_one, resolved])
+    with psycopg.connect(cfg.dsn()) as conn:
+        conn.execute(
+            "UPDATE requests SET state = 'NEEDS_ATTENTION', resolved_at = now(),"
+            " resolution_note = 'handled by phone' WHERE event_id = %s",
+            (resolved,),
+        )
+    with running(_confirm_main(clock), cfg, "confirmer"):
+        clock.advance(timedelta(hours=49))  # past the re-send interval and past due (48 h)
+        wait_until(lambda: _issue_count(cfg, open_one) == 2, message="the open request's command re-sent")
+        with psycopg.connect(cfg.dsn()) as conn:
+            wait_until(
+                lambda: (
+                    conn.execute(
+                        "SELECT overdue_at IS NOT NULL FROM requests WHERE event_id = %s", (open_one,)
+                    ).fetchone()
+                    == (True,)
+                ),
+                message="the open request marked overdue",
+            )
+            overdue = conn.execute(
+                "SELECT overdue_at FROM requests WHERE event_id = %s", (resolved,)
+            ).fetchone()
+    assert _issue_count(cfg, resolved) == 1  # intake's send only
+    assert overdue == (None,)
+
+
 def test_sweeper_recovers_from_a_dropped_database_connection(
     base_settings: dict[str, Any], database: dict[str, str]
 ) -> None:
