@@ -14,8 +14,14 @@ from datetime import datetime
 from typing import Any, TypedDict
 
 from services.common.avro import Codec
+from services.common.clock import from_millis
 
 WireTime = int | datetime  # timestamp-millis: epoch ms when written, a datetime when read
+
+
+def as_datetime(value: WireTime) -> datetime:
+    """A ``timestamp-millis`` field as an aware datetime, however it was filled in."""
+    return value if isinstance(value, datetime) else from_millis(value)
 
 
 class PostalAddressRecord(TypedDict):

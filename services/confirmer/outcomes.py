@@ -18,12 +18,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
 
 from services.common.avro import Codec
 from services.common.clock import to_millis
 from services.common.contract import AckStatus
 from services.common.errors import PoisonMessage
+from services.common.records import (
+    DestinationOutcomeRecord,
+    OptOutConfirmedRecord,
+    PostalAddressRecord,
+    SuppressionAckRecord,
+    decode_suppression_ack,
+    postal_address_record,
+)
 from services.domain.identity import check_text
 
 PENDING = "PENDING"
@@ -69,12 +76,12 @@ class RequestRow:
     state: str
     customer_id: str | None
     email: str | None
-    postal_address: dict[str, Any] | None
+    postal_address: PostalAddressRecord | None
     scopes: tuple[str, ...]
     requested_at: datetime
 
 
-def ack_from_record(record: Mapping[str, Any]) -> Ack:
+def ack_from_record(record: SuppressionAckRecord) -> Ack:
     """Turn a decoded SuppressionAck record into an ``Ack``; raise ``PoisonMessage``."""
     try:
         command_id = check_text("command_id", str(record.get("command_id") or ""), 200).strip()
@@ -104,8 +111,7 @@ def ack_from_record(record: Mapping[str, Any]) -> Ack:
 
 
 def decode_ack(codec: Codec, payload: bytes | None) -> Ack:
-    _, record = codec.decode(payload, expect="SuppressionAck")
-    return ack_from_record(record)
+    return ack_from_record(decode_suppression_ack(codec, payload))
 
 
 def mismatch(ack: Ack, row: DestinationRow) -> str | None:
@@ -158,28 +164,26 @@ def request_state(statuses: Iterable[str]) -> RequestState:
 
 def confirmation_record(
     request: RequestRow, destinations: Sequence[DestinationRow], confirmed_at: datetime
-) -> dict[str, Any]:
+) -> OptOutConfirmedRecord:
     """The OptOutConfirmed body. Contact: the email, else the postal address. No marketing content."""
-    outcomes = []
+    outcomes: list[DestinationOutcomeRecord] = []
     for d in sorted(destinations, key=lambda row: row.destination):
         if d.status not in SUCCESS or d.acked_at is None:
             raise ValueError(f"destination {d.destination} of {request.event_id} has not applied it")
         outcomes.append(
-            {"destination": d.destination, "status": d.status, "applied_at": to_millis(d.acked_at)}
+            DestinationOutcomeRecord(
+                destination=d.destination, status=d.status, applied_at=to_millis(d.acked_at)
+            )
         )
     if not outcomes:
         raise ValueError(f"request {request.event_id} has no destinations")
-    return {
-        "request_id": request.event_id,
-        "customer_id": request.customer_id,
-        "notify_email": request.email,
-        "notify_postal_address": (
-            None
-            if request.email or request.postal_address is None
-            else {"region": None, **request.postal_address}
-        ),
-        "destinations": outcomes,
-        "scopes": list(request.scopes),
-        "requested_at": to_millis(request.requested_at),
-        "confirmed_at": to_millis(confirmed_at),
-    }
+    return OptOutConfirmedRecord(
+        request_id=request.event_id,
+        customer_id=request.customer_id,
+        notify_email=request.email,
+        notify_postal_address=None if request.email else postal_address_record(request.postal_address),
+        destinations=outcomes,
+        scopes=list(request.scopes),
+        requested_at=to_millis(request.requested_at),
+        confirmed_at=to_millis(confirmed_at),
+    )

@@ -34,11 +34,12 @@ from confluent_kafka import Message, Producer
 
 from services.common import metrics
 from services.common.avro import Codec
-from services.common.clock import Clock, from_millis
+from services.common.clock import Clock
 from services.common.db import LazyConnection
 from services.common.errors import PoisonMessage
 from services.common.kafka import DeliveryTracker, dead_letter
 from services.common.logging import get_logger
+from services.common.records import as_datetime
 from services.common.settings import Settings
 from services.confirmer.outcomes import Ack, decode_ack
 from services.confirmer.store import AckOutcome, apply_acks
@@ -107,7 +108,7 @@ class ConfirmerStep:
         outcome = self.db.run(work)
         for record in outcome.confirmations:
             metrics.observe_confirmation(
-                from_millis(record["requested_at"]), from_millis(record["confirmed_at"])
+                as_datetime(record["requested_at"]), as_datetime(record["confirmed_at"])
             )
         self._count(messages, outcome, dead)
 

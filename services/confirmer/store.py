@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg
 
+from services.common.records import OptOutConfirmedRecord
 from services.confirmer.outcomes import (
     Ack,
     DestinationRow,
@@ -43,7 +44,7 @@ class AckOutcome:
     mismatched: dict[str, str] = field(default_factory=dict)  # command id -> why
     changed: set[str] = field(default_factory=set)  # command ids whose status changed
     unchanged: int = 0  # acks that changed nothing (duplicates, late or out of order)
-    confirmations: list[dict[str, Any]] = field(default_factory=list)  # OptOutConfirmed bodies
+    confirmations: list[OptOutConfirmedRecord] = field(default_factory=list)
     needs_attention: set[str] = field(default_factory=set)  # event ids that now need attention
 
 

@@ -15,6 +15,7 @@ from confluent_kafka import Producer
 from services.common.avro import Codec, default_codec
 from services.common.clock import Clock, SystemClock
 from services.common.kafka import DeliveryTracker, make_producer
+from services.common.records import OptOutRequestedRecord
 from services.common.settings import Settings
 from services.domain.validation import OptOutRequest, validate_request
 
@@ -34,7 +35,7 @@ FIELDS = (
 @dataclass(frozen=True)
 class Prepared:
     key: str
-    record: dict[str, Any]
+    record: OptOutRequestedRecord
     request: OptOutRequest
 
 
@@ -71,7 +72,7 @@ class RequestPublisher:
         scopes = fields.get("scopes") or []
         if isinstance(scopes, str):
             scopes = [s.strip().upper() for s in scopes.split(",") if s.strip()]
-        record: dict[str, Any] = {
+        raw: dict[str, Any] = {
             "event_id": fields.get("event_id") or str(uuid.uuid4()),
             "customer_id": fields.get("customer_id"),
             "email": fields.get("email"),
@@ -82,11 +83,9 @@ class RequestPublisher:
             "jurisdiction": fields.get("jurisdiction"),
             "requested_at": parse_time(fields.get("requested_at") or self.clock.now()),
         }
-        if record["postal_address"] is not None:
-            record["postal_address"] = {"region": None, **record["postal_address"]}
         try:
             request = validate_request(
-                record,
+                raw,
                 self.clock.now(),
                 timedelta(seconds=self.settings.clock_skew_seconds),
                 self.settings.default_phone_region,
@@ -94,15 +93,16 @@ class RequestPublisher:
         except ValueError as exc:  # unknown enum symbol
             raise ValueError(str(exc)) from None
         # Send the normalized identifiers, so every consumer sees one spelling.
-        record.update(
+        record = OptOutRequestedRecord(
             event_id=request.event_id,
             customer_id=request.customer_id,
             email=request.email,
             phone=request.phone,
             postal_address=request.postal_address,
-            jurisdiction=request.jurisdiction,
             scopes=[s.value for s in request.scopes],
             source=request.source.value,
+            jurisdiction=request.jurisdiction,
+            requested_at=request.requested_at,
         )
         self.codec.encode("OptOutRequested", record)  # fail here, not in the producer
         return Prepared(request.subject_key, record, request)
