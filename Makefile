@@ -81,4 +81,5 @@ bench-web: install ## one-click POSTs per second and p99 latency
 	$(WITH_STACK) $(PY) -m benchmarks.bench_web
 
 clean: down ## stop the stack and remove its data, caches and the virtualenv
+	@if [ -x $(PY) ]; then rm -rf "$$($(PY) -m services.devstack state-dir)"; fi
 	rm -rf .run $(VENV) .pytest_cache .mypy_cache .ruff_cache test-output
