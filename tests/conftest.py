@@ -1,6 +1,8 @@
-"""Fixtures shared by integration and e2e tests: the real Kafka broker and PostgreSQL
-server (started by ``services.devstack`` or given by OPTOUT_KAFKA_BOOTSTRAP /
-OPTOUT_DATABASE_URL), and a fresh, migrated database per test session."""
+"""Fixtures shared by every test: the real Kafka broker and PostgreSQL server (started by
+``services.devstack`` or given by OPTOUT_KAFKA_BOOTSTRAP / OPTOUT_DATABASE_URL), a fresh,
+migrated database per test session (per pytest-xdist worker: each worker is a session),
+and a check that no test lets a service log an error it did not declare
+(``tests/support/logcapture.py``)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,49 @@ import pytest
 from psycopg import sql
 
 from services.common.db import migrate
+from tests.support.logcapture import CAPTURE, Capture, ensure_installed
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    ensure_installed()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, ``serial`` tests at least never run alongside each other (one
+    worker takes them all); `make test` keeps them out of the parallel pass altogether."""
+    for item in items:
+        if item.get_closest_marker("serial"):
+            item.add_marker(pytest.mark.xdist_group("serial"))
+
+
+@pytest.fixture(autouse=True)
+def _no_unexpected_errors(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the test when anything logged at level error or above (structlog, stdlib logging,
+    the JSON logs of child processes registered with ``CAPTURE.watch``) that the test did
+    not declare with ``@pytest.mark.expected_errors(regex, ...)`` or ``expected_errors``."""
+    ensure_installed()
+    CAPTURE.reset()
+    for mark in request.node.iter_markers("expected_errors"):
+        CAPTURE.allow(*mark.args)
+    yield
+    unexpected = CAPTURE.unexpected()
+    CAPTURE.reset()
+    if unexpected:
+        listed = "\n  ".join(e.line() for e in unexpected[:10])
+        more = f"\n  ... and {len(unexpected) - 10} more" if len(unexpected) > 10 else ""
+        pytest.fail(
+            f"{len(unexpected)} unexpected error(s) logged during the test "
+            f"(declare provoked ones with @pytest.mark.expected_errors(regex)):\n  {listed}{more}",
+            pytrace=False,
+        )
+
+
+@pytest.fixture
+def expected_errors() -> Capture:
+    """``expected_errors.allow(regex)`` declares errors this test provokes;
+    ``expected_errors.seen(regex)`` says whether one was logged."""
+    return CAPTURE
 
 
 @pytest.fixture(scope="session")

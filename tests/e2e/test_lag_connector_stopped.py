@@ -34,7 +34,8 @@ from services.publisher.publish import RequestPublisher
 from tests.e2e.obs_support import ServiceProcesses
 from tests.support.pipeline import isolated_settings, running, wait_until
 
-pytestmark = pytest.mark.e2e
+# Services as separate processes (and a browser): one such test at a time on one worker.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("service-processes")]
 
 DEST = "email_provider"
 PROMETHEUS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"

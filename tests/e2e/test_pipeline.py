@@ -8,7 +8,9 @@ import pytest
 
 from tests.faults.run_faults import FaultPlan, run
 
-pytestmark = [pytest.mark.e2e]
+# Whole pipelines of processes are CPU-heavy: one at a time (pytest-xdist runs this group on
+# one worker), while the other workers run the lighter tests.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("pipeline-processes")]
 
 
 def test_a_thousand_opt_outs_confirmed_exactly_once(stack, tmp_path: Path):
