@@ -69,34 +69,64 @@ def stack() -> Any:
 
 
 @pytest.fixture(scope="session")
-def database(stack: Any) -> Iterator[dict[str, str]]:
-    """A fresh database for this test session, migrated with the admin role.
+def database_template(stack: Any) -> Iterator[dict[str, str]]:
+    """A migrated database for this test session (per pytest-xdist worker: each worker is a
+    session) that ``database`` clones for each test.
 
-    With a local superuser we create ``optout_test_<random>`` owned by the admin role
-    and drop it afterwards; against a user-provided database we migrate it in place."""
+    With a local superuser we create ``optout_test_<random>`` owned by the admin role and
+    drop it afterwards; against a user-provided database we migrate it in place."""
     superuser = stack.superuser_database_url
     if not superuser:
         migrate(stack.admin_database_url, os.environ.get("OPTOUT_DATABASE_APP_ROLE", "optout_app"))
         yield {"app": stack.database_url, "admin": stack.admin_database_url, "superuser": ""}
         return
     name = f"optout_test_{uuid.uuid4().hex[:8]}"
-    admin_user = psycopg.conninfo.conninfo_to_dict(stack.admin_database_url)["user"]
+    _create_database(superuser, name, owner=stack.admin_database_url)
+    urls = _urls(stack, superuser, name)
+    migrate(urls["admin"], "optout_app")
+    yield urls
+    _drop_database(superuser, name)
+
+
+@pytest.fixture
+def database(stack: Any, database_template: dict[str, str]) -> Iterator[dict[str, str]]:
+    """A fresh, migrated database for this test alone (a copy of the session's template, a few
+    milliseconds): services that scan the whole database (the deadline sweeper, the business
+    gauges, purge, ``optout overdue``) see only this test's rows, whatever ran before it.
+    Against a user-provided database (no superuser) every test shares that one."""
+    superuser = stack.superuser_database_url
+    if not superuser:
+        yield database_template
+        return
+    name = f"{database_template['name']}_{uuid.uuid4().hex[:8]}"
+    _create_database(superuser, name, owner=stack.admin_database_url, template=database_template["name"])
+    yield _urls(stack, superuser, name)
+    _drop_database(superuser, name)
+
+
+def _create_database(superuser: str, name: str, owner: str, template: str | None = None) -> None:
+    admin_user = psycopg.conninfo.conninfo_to_dict(owner)["user"]
+    statement = sql.SQL("CREATE DATABASE {} OWNER {}").format(
+        sql.Identifier(name), sql.Identifier(str(admin_user))
+    )
+    if template is not None:
+        statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
     with psycopg.connect(superuser, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                sql.Identifier(name), sql.Identifier(str(admin_user))
-            )
-        )
-    urls = {
+        conn.execute(statement)
+
+
+def _drop_database(superuser: str, name: str) -> None:
+    with psycopg.connect(superuser, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _urls(stack: Any, superuser: str, name: str) -> dict[str, str]:
+    return {
         "app": _with_dbname(stack.database_url, name),
         "admin": _with_dbname(stack.admin_database_url, name),
         "superuser": _with_dbname(superuser, name),
         "name": name,
     }
-    migrate(urls["admin"], "optout_app")
-    yield urls
-    with psycopg.connect(superuser, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def _with_dbname(url: str, name: str) -> str:

@@ -148,9 +148,13 @@ def wait_until(
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {message}")
 
 
-# A topic created a moment ago may have no leader yet ("not leader for partition").
+class _TopicNotReady(Exception):
+    """The broker's metadata does not list the topic's partitions yet."""
+
+
+# A topic created a moment ago may have no partitions in the metadata or no leader yet.
 @retry(
-    retry=retry_if_exception_type(KafkaException),
+    retry=retry_if_exception_type((KafkaException, _TopicNotReady)),
     stop=stop_after_delay(15),
     wait=wait_fixed(0.2),
     reraise=True,
@@ -160,11 +164,12 @@ def uncommitted(cfg: Settings, group: str, topics: tuple[str, ...]) -> int:
     partitions of end offset minus committed offset; a partition with messages and no commit
     counts whole). Zero means the group processed and committed everything there is."""
     admin = make_admin(cfg)
-    partitions = [
-        TopicPartition(topic, p)
-        for topic in topics
-        for p in sorted(admin.list_topics(topic, timeout=10).topics[topic].partitions)
-    ]
+    partitions: list[TopicPartition] = []
+    for topic in topics:
+        listed = sorted(admin.list_topics(topic, timeout=10).topics[topic].partitions)
+        if not listed:
+            raise _TopicNotReady(topic)
+        partitions.extend(TopicPartition(topic, p) for p in listed)
     request = ConsumerGroupTopicPartitions(group, partitions)
     result = admin.list_consumer_group_offsets([request], request_timeout=10)[group].result()
     committed = {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions or []}
