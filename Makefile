@@ -64,7 +64,7 @@ test-unit: install ## unit tests only (no broker, no database)
 
 test-integration: install ## integration and e2e tests against the real broker and database
 	$(PY) -m services.devstack up
-	$(WITH_STACK) $(PY) -m pytest tests/integration tests/e2e -m "not faults" $(PYTEST_ARGS)
+	$(WITH_STACK) $(PY) -m pytest tests/integration tests/e2e -m "not faults" -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-faults: install ## the full fault-injection run (20,000 opt-outs, kills, outages)
 	$(PY) -m services.devstack up
