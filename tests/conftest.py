@@ -1,7 +1,7 @@
 """Fixtures shared by every test: the real Kafka broker and PostgreSQL server (started by
 ``services.devstack`` or given by OPTOUT_KAFKA_BOOTSTRAP / OPTOUT_DATABASE_URL), a fresh,
-migrated database per test session (per pytest-xdist worker: each worker is a session),
-and a check that no test lets a service log an error it did not declare
+migrated database per test (copied from a template migrated once per session, i.e. per
+pytest-xdist worker), and a check that no test lets a service log an error it did not declare
 (``tests/support/logcapture.py``)."""
 
 from __future__ import annotations
