@@ -42,18 +42,29 @@ down: ## stop the local Kafka + PostgreSQL started by `make up`/`make run`/`make
 run: up ## run the whole pipeline in the foreground (Ctrl-C or SIGTERM stops it)
 	@$(WITH_STACK) exec $(OPTOUT) run all
 
+# Parallel test workers: the suite mostly waits on the broker and the database, so more
+# workers than cores pay off. Each worker has its own database and topic prefixes.
+TEST_WORKERS ?= 4
+
 test: install ## install what is missing, start what the tests need, run every test
 	bash deploy/install-promtool.sh
 	bash deploy/install-chromium.sh
 	$(PY) -m services.devstack up
-	$(WITH_STACK) $(PY) -m pytest -m "not faults" -v --durations=15 $(PYTEST_ARGS)
+	@# 1. Everything that can share the stack, on $(TEST_WORKERS) workers.
+	@# 2. `serial` tests (they restart the broker and database), alone. Exit 5: none selected.
+	$(WITH_STACK) status=0; \
+	$(PY) -m pytest -m "not faults and not serial" -n $(TEST_WORKERS) --dist loadgroup -v \
+	    --durations=15 $(PYTEST_ARGS) || status=$$?; \
+	$(PY) -m pytest -m "serial and not faults" -n 0 -v --durations=5 $(PYTEST_ARGS) \
+	    || { code=$$?; [ $$code -eq 5 ] || status=$$code; }; \
+	exit $$status
 
 test-unit: install ## unit tests only (no broker, no database)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: install ## integration and e2e tests against the real broker and database
 	$(PY) -m services.devstack up
-	$(WITH_STACK) $(PY) -m pytest tests/integration tests/e2e -m "not faults" $(PYTEST_ARGS)
+	$(WITH_STACK) $(PY) -m pytest tests/integration tests/e2e -m "not faults" -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-faults: install ## the full fault-injection run (20,000 opt-outs, kills, outages)
 	$(PY) -m services.devstack up
@@ -81,4 +92,5 @@ bench-web: install ## one-click POSTs per second and p99 latency
 	$(WITH_STACK) $(PY) -m benchmarks.bench_web
 
 clean: down ## stop the stack and remove its data, caches and the virtualenv
+	@if [ -x $(PY) ]; then rm -rf "$$($(PY) -m services.devstack state-dir)"; fi
 	rm -rf .run $(VENV) .pytest_cache .mypy_cache .ruff_cache test-output

@@ -4,6 +4,7 @@ up      start (or reuse) the stack; print the addresses and the ``export`` lines
 env     same as up, but print only the ``export`` lines:  eval "$(python -m services.devstack env)"
 down    stop our broker and database server
 status  print what runs where (``--json`` for machine-readable output)
+state-dir  print the folder that holds the stack's data and logs (``make clean`` removes it)
 
 Logs go to stderr, results to stdout. On failure: one line on stderr, exit code 1.
 """
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="stop our broker and database server")
     st = sub.add_parser("status", help="show what runs where")
     st.add_argument("--json", action="store_true", help="print JSON")
+    sub.add_parser("state-dir", help="print the folder that holds the stack's data and logs")
     args = parser.parse_args(argv)
 
     # Results go to stdout (so `eval "$(... env)"` works); logs go to stderr.
@@ -79,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
                 _say(f"database (superuser):  {info.superuser_database_url or '-'}")
                 _say("")
             _say("\n".join(_exports(info.env())))
+        elif args.command == "state-dir":
+            from services.devstack.config import Paths
+
+            _say(str(Paths.from_env().state_dir))
         elif args.command == "down":
             down()
             _say("stopped")

@@ -1,7 +1,10 @@
 """Fixed addresses, credentials and on-disk layout of the local dev stack.
 
-Everything the broker and the database server write lives under one state directory
-(``<repo>/.run`` unless ``OPTOUT_STACK_DIR`` says otherwise)::
+Everything the broker and the database server write lives under one state directory:
+``OPTOUT_STACK_DIR`` when set, else ``<repo>/.run``; but when we are root and the PostgreSQL
+OS user cannot reach ``<repo>/.run`` (a clone under /root or in a ``mktemp -d`` folder, which
+other users cannot enter), ``/var/tmp/optout-<hash of the repo path>`` instead: the same
+folder for the same checkout every time, so ``down`` and ``env`` find it again::
 
     .run/
       kafka/      server.properties, log4j2.properties, kafka.pid, data/ (KRaft log dir)
@@ -11,9 +14,16 @@ Everything the broker and the database server write lives under one state direct
 
 from __future__ import annotations
 
+import grp
+import hashlib
 import os
+import pwd
+import stat
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+
+from services.devstack.errors import StackError
 
 # --- Kafka ----------------------------------------------------------------------------------
 KAFKA_HOST = "127.0.0.1"
@@ -59,6 +69,9 @@ ENV_KAFKA_LIBS = "OPTOUT_KAFKA_LIBS"
 
 STOP_TIMEOUT_S = 30.0
 
+# Where the state goes when the checkout is out of the PostgreSQL OS user's reach.
+FALLBACK_PARENT = Path("/var/tmp")
+
 
 def repo_root() -> Path:
     """The repository root: two levels above this package, else the nearest parent of cwd
@@ -73,18 +86,96 @@ def repo_root() -> Path:
     return here
 
 
+def pg_os_account() -> tuple[int, set[int]] | None:
+    """(uid, group ids) of the PostgreSQL OS user, or None while it does not exist yet."""
+    try:
+        account = pwd.getpwnam(PG_OS_USER)
+    except KeyError:
+        return None
+    groups = {account.pw_gid}
+    try:
+        groups.update(os.getgrouplist(PG_OS_USER, account.pw_gid))
+    except OSError:
+        groups.update(g.gr_gid for g in grp.getgrall() if PG_OS_USER in g.gr_mem)
+    return account.pw_uid, groups
+
+
+def reachable_by(path: Path, uid: int | None, gids: Collection[int]) -> bool:
+    """True when the account (uid, gids) may traverse every existing folder on the way to
+    ``path`` (the execute bit of owner, group or other, whichever applies to it). Folders
+    that do not exist yet are created by us, open to it."""
+    for folder in (path, *path.parents):
+        try:
+            st = folder.stat()
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        if uid is not None and st.st_uid == uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid in gids:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+def default_state_dir(
+    root: Path,
+    euid: int,
+    pg_account: tuple[int, set[int]] | None,
+    fallback_parent: Path = FALLBACK_PARENT,
+) -> Path:
+    """``<root>/.run``, unless we are root (PostgreSQL then runs as its own OS user) and that
+    user cannot reach it: then a folder of this checkout under ``fallback_parent``."""
+    inside = root / ".run"
+    if euid != 0:
+        return inside
+    uid, gids = pg_account if pg_account is not None else (None, set[int]())
+    if reachable_by(inside, uid, gids):
+        return inside
+    digest = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+    return fallback_parent / f"optout-{digest}"
+
+
 @dataclass(frozen=True)
 class Paths:
     root: Path
     state_dir: Path
     kafka_libs: Path
+    # Why the state is not where a reader expects it (empty when it is): logged once on `up`.
+    state_dir_note: str = ""
 
     @classmethod
     def from_env(cls) -> Paths:
         root = repo_root()
-        state = Path(os.environ.get(ENV_STACK_DIR) or root / ".run").expanduser().resolve()
         libs = Path(os.environ.get(ENV_KAFKA_LIBS) or root / ".cache" / "kafka" / "libs")
-        return cls(root=root, state_dir=state, kafka_libs=libs.expanduser().resolve())
+        libs = libs.expanduser().resolve()
+        if given := os.environ.get(ENV_STACK_DIR):
+            return cls(root=root, state_dir=Path(given).expanduser().resolve(), kafka_libs=libs)
+        state = default_state_dir(root, os.geteuid(), pg_os_account(), FALLBACK_PARENT)
+        note = ""
+        if state != root / ".run":
+            note = (
+                f"the {PG_OS_USER} OS user cannot enter {root} (a parent folder lacks o+x), so the "
+                f"stack keeps its state in {state}; set {ENV_STACK_DIR} to choose another folder"
+            )
+        return cls(root=root, state_dir=state, kafka_libs=libs, state_dir_note=note)
+
+    def prepare_state_dir(self) -> None:
+        """Create the state folder; a moved one is created traversable by the server and must
+        be a real folder of ours (a symlink or someone else's folder at that name is refused)."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        st = self.state_dir.lstat()
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise StackError(
+                f"{self.state_dir} is not a folder owned by this user; remove it or set "
+                f"{ENV_STACK_DIR} to another folder."
+            )
+        if self.state_dir_note:
+            os.chmod(self.state_dir, stat.S_IMODE(st.st_mode) | 0o711)
 
     # layout ---------------------------------------------------------------------------------
     @property

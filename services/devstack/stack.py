@@ -103,7 +103,9 @@ def ensure_up(install: bool = True) -> StackInfo:
     Kafka jars with Maven and installing PostgreSQL with apt-get when missing.
     """
     paths = Paths.from_env()
-    paths.state_dir.mkdir(parents=True, exist_ok=True)
+    paths.prepare_state_dir()
+    if paths.state_dir_note:
+        log.info("devstack.state_dir", state_dir=str(paths.state_dir), note=paths.state_dir_note)
     started = time.monotonic()
     with file_lock(paths.lock_file), ThreadPoolExecutor(2, thread_name_prefix="devstack") as pool:
         kafka_future = pool.submit(_kafka, paths, install)

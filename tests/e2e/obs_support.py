@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from services.common.settings import Settings
+from tests.support.logcapture import CAPTURE, ErrorEvent, json_log_errors
 from tests.support.pipeline import free_port
 
 
@@ -37,6 +38,8 @@ class ServiceProcesses:
         self.cfg = cfg
         self.workdir = workdir
         self.procs: list[Proc] = []
+        # Errors the children log fail the test like the test process's own (tests/conftest.py).
+        CAPTURE.watch(self.error_events)
         esp_port, partners_port = free_port(), free_port()
         partners = [
             {"name": n, "url": f"http://127.0.0.1:{partners_port}/partners/{n}", "token": f"dev-{n}-token"}
@@ -109,6 +112,10 @@ class ServiceProcesses:
             if proc.popen.returncode is None:
                 codes[proc.name] = self.stop(proc)
         return codes
+
+    def error_events(self) -> list[ErrorEvent]:
+        """Lines at level error or above (and tracebacks) of every child's logs."""
+        return [e for p in self.procs for e in json_log_errors(p.name, (p.stdout, p.stderr))]
 
     def log_lines(self) -> list[tuple[str, str, str]]:
         """(process, stream, line) of every log line written so far."""

@@ -34,7 +34,8 @@ from services.publisher.publish import RequestPublisher
 from tests.e2e.obs_support import ServiceProcesses
 from tests.support.pipeline import isolated_settings, running, wait_until
 
-pytestmark = pytest.mark.e2e
+# Services as separate processes (and a browser): one such test at a time on one worker.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("service-processes")]
 
 DEST = "email_provider"
 PROMETHEUS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
@@ -272,7 +273,14 @@ def test_stopped_connector_shows_in_metrics_lag_and_alerts_then_recovers(base_se
                 interval=2,
                 message="connector OK under load",
             )
-            assert optout_lag(cfg, group)["status"] == "OK"
+            # `optout lag` samples on its own: on a busy machine one sample may catch the lag
+            # rising for a moment (WARN); it reports OK once the connector keeps up again.
+            wait_until(
+                lambda: optout_lag(cfg, group)["status"] == "OK",
+                timeout=60,
+                interval=1,
+                message="optout lag OK under load",
+            )
             scraper.rows.clear()
             for _ in range(3):
                 scraper.scrape()

@@ -6,7 +6,6 @@ and postal addresses, in the spellings a log could plausibly contain."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,11 +15,13 @@ import pytest
 
 from services.common.avro import default_codec
 from services.common.kafka import make_producer
+from services.observability.group_lag import pipeline_groups
 from services.publisher.publish import RequestPublisher
 from tests.e2e.obs_support import ServiceProcesses, json_lines
-from tests.support.pipeline import isolated_settings, read_topic, wait_until
+from tests.support.pipeline import isolated_settings, read_topic, wait_committed, wait_until
 
-pytestmark = pytest.mark.e2e
+# Services as separate processes (and a browser): one such test at a time on one worker.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("service-processes")]
 
 PEOPLE: list[dict[str, Any]] = [
     {
@@ -145,7 +146,8 @@ def test_no_log_line_of_any_service_contains_pii(base_settings: dict[str, Any], 
         wait_until(lambda: confirmed() == len(ids), timeout=180, message="every request confirmed")
         dead = read_topic(cfg, cfg.requests_dlq_topic, expect=2)
         assert len(dead) == 2
-        time.sleep(2)  # let batch logs of the last acks and confirmations be written
+        # Every service committed everything it consumed: it has processed and logged it all.
+        wait_committed(cfg, {spec.group: spec.topics for spec in pipeline_groups(cfg)}, timeout=60)
     finally:
         codes = services.stop_all()
     assert set(codes.values()) == {0}, codes

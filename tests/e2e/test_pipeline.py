@@ -7,8 +7,17 @@ from pathlib import Path
 import pytest
 
 from tests.faults.run_faults import FaultPlan, run
+from tests.support.logcapture import CAPTURE, json_log_errors
 
-pytestmark = [pytest.mark.e2e]
+# Whole pipelines of processes are CPU-heavy: one at a time (pytest-xdist runs this group on
+# one worker), while the other workers run the lighter tests.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("pipeline-processes")]
+
+
+@pytest.fixture(autouse=True)
+def _service_logs_count(tmp_path: Path) -> None:
+    """No faults are injected here: an error line in any service's log fails the test."""
+    CAPTURE.watch(lambda: json_log_errors("pipeline", sorted(tmp_path.glob("**/*.log"))))
 
 
 def test_a_thousand_opt_outs_confirmed_exactly_once(stack, tmp_path: Path):

@@ -38,9 +38,11 @@ from services.standins.partners_api import PartnersStandin
 from services.standins.web import StandinServer
 from services.web.links import mint_link
 from services.web.tokens import Purpose, keyring_from_settings, request_event_id, verify
+from tests.support.logcapture import CAPTURE, json_log_errors
 from tests.support.pipeline import free_port, isolated_settings, running, wait_until
 
-pytestmark = pytest.mark.e2e
+# Services as separate processes (and a browser): one such test at a time on one worker.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("service-processes")]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -84,6 +86,7 @@ def web_process(base_settings: dict[str, Any]) -> Iterator[tuple[Settings, str]]
     )
     log_path = OUTPUT / "web-e2e-service.log"
     OUTPUT.mkdir(exist_ok=True)
+    CAPTURE.watch(lambda: json_log_errors("web", [log_path]))  # its errors fail the test too
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.cli.main", "run", "web"],

@@ -6,7 +6,8 @@ import pytest
 
 from tests.faults.run_faults import FaultPlan, run
 
-pytestmark = [pytest.mark.e2e]
+# It stops and restarts the shared broker and database: never alongside other tests.
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 
 
 @pytest.mark.timeout(600)

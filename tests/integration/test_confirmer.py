@@ -201,10 +201,16 @@ def test_rejected_destination_needs_attention_and_is_never_confirmed(base_settin
         _send_acks(producer, cfg, [c for c in commands if c[2] != "mail_house"])
         _send_acks(producer, cfg, mail, "REJECTED", detail="address undeliverable")
         wait_until(lambda: _states(cfg, ids) == Counter({"NEEDS_ATTENTION": 4}), message="needs attention")
-        wait_until(
-            lambda: (REGISTRY.get_sample_value("optout_requests_needing_attention") or 0) >= 4,
-            message="needs-attention gauge",
-        )
+
+        # The gauge counts the whole (per-session) database: earlier tests' rows count too, so
+        # ">= 4" could hold before any sweep saw ours. It must match the database, ours included.
+        def gauge_counts_ours() -> bool:
+            with psycopg.connect(cfg.dsn()) as conn:
+                row = conn.execute("SELECT count(*) FROM requests WHERE state = 'NEEDS_ATTENTION'").fetchone()
+            in_db = int(row[0]) if row else 0
+            return in_db >= 4 and REGISTRY.get_sample_value("optout_requests_needing_attention") == in_db
+
+        wait_until(gauge_counts_ours, message="needs-attention gauge")
         wait_until(lambda: _caught_up(cfg), message="confirmer consumed the acks")
         assert read_topic(cfg, cfg.confirmations_topic, settle=2.0) == []
         status = request_status(cfg, ids[0])

@@ -106,7 +106,6 @@ def test_redelivery_and_duplicate_publication_record_nothing_twice(base_settings
     # Redelivery: a new consumer group reads the whole topic again.
     again = cfg.model_copy(update={"topic_prefix": cfg.topic_prefix})
     with running(lambda s, stop: _run_in_group(s, stop, "intake-replay"), again, "replay"):
-        time.sleep(1)
         wait_until(lambda: _group_caught_up(again, "intake-replay"), message="replay caught up")
     assert _count_rows(cfg.dsn(), ids) == (40, 80)
     with psycopg.connect(cfg.dsn()) as conn:

@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, Message, TopicPartition
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from services.common.avro import default_codec
 from services.common.kafka import create_topics, header_pairs, make_admin
@@ -89,13 +90,15 @@ def _to_record(m: Message) -> Record:
 
 
 def read_topic(
-    cfg: Settings, topic: str, expect: int | None = None, timeout: float = 60.0, settle: float = 1.5
+    cfg: Settings, topic: str, expect: int | None = None, timeout: float = 60.0, settle: float = 0.5
 ) -> list[Record]:
     """Read ``topic`` from the beginning until ``expect`` messages arrived (or, with no
-    expectation, until nothing new came for ``settle`` seconds). Assigns partitions
-    directly: no consumer group, nothing committed."""
+    expectation, right away), then on to the end offsets the broker reports at that moment
+    (everything already written, extras included), then until nothing new came for
+    ``settle`` seconds (extras still on their way). Assigns partitions directly: no
+    consumer group, nothing committed."""
     admin = make_admin(cfg)
-    partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
+    partitions = sorted(admin.list_topics(topic, timeout=10).topics[topic].partitions)
     consumer = Consumer(
         {
             **cfg.kafka_config(),
@@ -106,20 +109,28 @@ def read_topic(
     )
     consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
     out: list[Record] = []
+    next_offset: dict[int, int] = {}
+    ends: dict[int, tuple[int, int]] | None = None  # partition -> (low, high) watermarks
     deadline = time.monotonic() + timeout
     last_new = time.monotonic()
     try:
         while time.monotonic() < deadline:
-            batch = consumer.consume(1000, 0.2)
+            batch = consumer.consume(1000, 0.1)
             got = [_to_record(m) for m in batch if m.error() is None]
             if got:
                 out.extend(got)
+                for r in got:
+                    next_offset[r.partition] = max(next_offset.get(r.partition, 0), r.offset + 1)
                 last_new = time.monotonic()
-            if expect is not None and len(out) >= expect:
-                # Keep reading briefly to catch unexpected extras.
-                if time.monotonic() - last_new > settle:
-                    break
-            elif expect is None and time.monotonic() - last_new > settle:
+            if expect is not None and len(out) < expect:
+                continue
+            if ends is None:
+                ends = {
+                    p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                    for p in partitions
+                }
+            caught_up = all(high <= max(low, next_offset.get(p, low)) for p, (low, high) in ends.items())
+            if caught_up and time.monotonic() - last_new > settle:
                 break
     finally:
         consumer.close()
@@ -135,3 +146,56 @@ def wait_until(
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {message}")
+
+
+class _TopicNotReady(Exception):
+    """The broker's metadata does not list the topic's partitions yet."""
+
+
+# A topic created a moment ago may have no partitions in the metadata or no leader yet.
+@retry(
+    retry=retry_if_exception_type((KafkaException, _TopicNotReady)),
+    stop=stop_after_delay(15),
+    wait=wait_fixed(0.2),
+    reraise=True,
+)
+def uncommitted(cfg: Settings, group: str, topics: tuple[str, ...]) -> int:
+    """Messages of ``topics`` that consumer group ``group`` has not committed yet (the sum over
+    partitions of end offset minus committed offset; a partition with messages and no commit
+    counts whole). Zero means the group processed and committed everything there is."""
+    admin = make_admin(cfg)
+    partitions: list[TopicPartition] = []
+    for topic in topics:
+        listed = sorted(admin.list_topics(topic, timeout=10).topics[topic].partitions)
+        if not listed:
+            raise _TopicNotReady(topic)
+        partitions.extend(TopicPartition(topic, p) for p in listed)
+    request = ConsumerGroupTopicPartitions(group, partitions)
+    result = admin.list_consumer_group_offsets([request], request_timeout=10)[group].result()
+    committed = {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions or []}
+    watermarks = Consumer({**cfg.kafka_config(), "group.id": f"watermarks-{uuid.uuid4().hex}"})
+    try:
+        missing = 0
+        for tp in partitions:
+            low, high = watermarks.get_watermark_offsets(tp, timeout=10)
+            done = committed.get((tp.topic, tp.partition), -1)
+            missing += max(0, high - max(done, low))
+        return missing
+    finally:
+        watermarks.close()
+
+
+def wait_committed(cfg: Settings, groups: dict[str, tuple[str, ...]], timeout: float = 60.0) -> None:
+    """Wait until every group (name -> topics) committed every message of its topics: its
+    services have then processed (and logged) all of them."""
+    left: dict[str, int] = {}
+
+    def done() -> bool:
+        left.clear()
+        left.update({g: n for g, topics in groups.items() if (n := uncommitted(cfg, g, topics))})
+        return not left
+
+    try:
+        wait_until(done, timeout=timeout, message="consumer groups to commit everything")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; uncommitted messages per group: {left}") from None

@@ -375,6 +375,7 @@ def test_email_provider_transient_answers_raise_with_retry_after() -> None:
     assert unavailable.value.retry_after == 1.0
 
 
+@pytest.mark.expected_errors("provider refused our credentials")
 def test_email_provider_wrong_token_is_retried_not_rejected() -> None:
     standin = EmailProviderStandin(token="right")
     client = httpx.Client(transport=transport(standin.handle))

@@ -121,16 +121,29 @@ def test_nothing_open_means_no_age_and_an_infinite_deadline() -> None:
 
 
 def test_observe_confirmation_records_end_to_end_latency() -> None:
-    def count_and_sum() -> tuple[float, float]:
-        c = REGISTRY.get_sample_value("optout_end_to_end_latency_seconds_count") or 0.0
-        s = REGISTRY.get_sample_value("optout_end_to_end_latency_seconds_sum") or 0.0
-        return c, s
+    name = "optout_end_to_end_latency_seconds"
 
-    before = count_and_sum()
+    def samples() -> dict[str, float]:
+        return {
+            "count": REGISTRY.get_sample_value(f"{name}_count") or 0.0,
+            "sum": REGISTRY.get_sample_value(f"{name}_sum") or 0.0,
+            "le_1": REGISTRY.get_sample_value(f"{name}_bucket", {"le": "1.0"}) or 0.0,
+            "le_300": REGISTRY.get_sample_value(f"{name}_bucket", {"le": "300.0"}) or 0.0,
+            "le_900": REGISTRY.get_sample_value(f"{name}_bucket", {"le": "900.0"}) or 0.0,
+        }
+
+    # Whatever earlier tests observed stays in the process-global registry: an awkward
+    # float sum like this one made exact comparisons of the deltas fail.
+    metrics.observe_confirmation(NOW - timedelta(seconds=1539.142857142857), NOW)
+    before = samples()
     metrics.observe_confirmation(NOW - timedelta(minutes=10), NOW)
     metrics.observe_confirmation(NOW, NOW - timedelta(seconds=5))  # clock skew: counted as 0
-    after = count_and_sum()
-    assert after[0] - before[0] == 2 and after[1] - before[1] == 600.0
+    after = samples()
+    delta = {k: after[k] - before[k] for k in after}
+    assert delta["count"] == 2
+    assert delta["sum"] == pytest.approx(600.0)
+    # Bucket counts are whole numbers: the skewed one lands in le=1, the 10 minutes in le=900.
+    assert (delta["le_1"], delta["le_300"], delta["le_900"]) == (1, 1, 2)
 
 
 # --- deploy/ only queries metrics the code exports ------------------------------------------------
