@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,17 +190,6 @@ def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
     return [TopicPartition(t, p, o + 1) for (t, p), o in highest.items()]
 
 
-def first_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
-    """Lowest offset per partition (to seek back to when a batch is abandoned)."""
-    lowest: dict[tuple[str, int], int] = {}
-    for m in messages:
-        tp = (m.topic() or "", m.partition() or 0)
-        offset = m.offset() or 0
-        if tp not in lowest or offset < lowest[tp]:
-            lowest[tp] = offset
-    return [TopicPartition(t, p, o) for (t, p), o in lowest.items()]
-
-
 def header_pairs(message: Message) -> Headers:
     """A message's headers as (name, value) pairs (librdkafka gives a list; be lenient)."""
     raw = message.headers() or []
@@ -238,13 +227,3 @@ def dead_letter(
         headers.append(("optout.dlq.truncated_from_bytes", str(len(value)).encode()))
         value = value[:MAX_DEAD_LETTER_BYTES]
     tracker.produce(topic, value=value, key=message.key(), headers=headers)
-
-
-def header_value(message: Message, name: str) -> str | None:
-    for key, value in header_pairs(message):
-        if key == name and value is not None:
-            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-    return None
-
-
-OnAssign = Callable[[Consumer, list[TopicPartition]], None]
