@@ -46,7 +46,7 @@ from services.common.clock import Clock, SystemClock, from_millis, to_millis
 from services.common.consumer_loop import Backoff, ConsumerLoop
 from services.common.contract import AckStatus
 from services.common.errors import PoisonMessage, RetriableError
-from services.common.kafka import DeliveryTracker, dlq_headers, make_producer
+from services.common.kafka import DeliveryTracker, dead_letter, make_producer
 from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.connectors.dedupe import DedupeStore, StoredOutcome, first_of_each
@@ -305,11 +305,13 @@ class ConnectorStep:
                 key=command.request_id,
             )
         for message, why in dead:
-            tracker.produce(
+            dead_letter(
+                tracker,
                 self.settings.suppress_dlq_topic(self.destination),
-                value=message.value() or b"",
-                key=message.key(),
-                headers=dlq_headers(message, why.reason, why.detail, self.service),
+                message,
+                why.reason,
+                why.detail,
+                self.service,
             )
         started = time.monotonic()
         tracker.wait()
