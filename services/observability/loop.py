@@ -4,11 +4,19 @@ heartbeat for ``/healthz``. Services wire it into ``ConsumerLoop`` as its observ
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from services.common.settings import Settings
 from services.observability.consumer_lag import STATS_INTERVAL_MS, ConsumerLagTracker
 from services.observability.health import HEALTH, HealthState, liveness_limit
+
+
+class LagTracker(Protocol):
+    def on_stats(self, raw: str) -> None: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class LoopObservability:
@@ -21,10 +29,10 @@ class LoopObservability:
         service: str,
         group: str,
         health: HealthState = HEALTH,
-        lag: ConsumerLagTracker | None = None,
+        lag: LagTracker | None = None,
     ) -> None:
         self.name = f"{service}[{group}]"
-        self.lag = lag or ConsumerLagTracker(settings, group)
+        self.lag: LagTracker = lag or ConsumerLagTracker(settings, group)
         self._health = health
         self._limit = liveness_limit(settings)
         self._stats_interval_set = "statistics.interval.ms" in settings.kafka_extra
