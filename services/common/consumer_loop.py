@@ -89,7 +89,10 @@ class NoObserver:
         return None
 
 
-ConsumerFactory = Callable[..., Consumer]  # make_consumer(settings, group_id, **overrides)
+class ConsumerFactory(Protocol):
+    """``make_consumer``, or a test's fake."""
+
+    def __call__(self, settings: Settings, group_id: str, **overrides: Any) -> Consumer: ...
 
 
 # --- waiting between attempts ------------------------------------------------------------
