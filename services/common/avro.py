@@ -78,9 +78,6 @@ class Codec:
     def latest(self, short_name: str) -> SchemaVersion:
         return self._latest[short_name]
 
-    def known_fingerprints(self) -> Mapping[bytes, SchemaVersion]:
-        return self._by_fingerprint
-
     def encode(self, short_name: str, record: Mapping[str, Any]) -> bytes:
         schema = self._latest[short_name]
         buffer = io.BytesIO()

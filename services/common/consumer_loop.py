@@ -8,13 +8,15 @@ A service provides a *step* with a tiny interface::
 
 The loop does the rest: consume a batch, hand it to the step, commit offsets only
 after ``submit`` returned, retry ``RetriableError`` with exponential backoff and
-jitter (tenacity) while keeping the consumer alive with partitions paused, handle
-cooperative rebalances and stop cleanly on SIGTERM after the current batch.
+jitter (tenacity; never sooner than the error's ``retry_after``, e.g. a provider's
+Retry-After) while keeping the consumer in its group with its partitions paused, handle
+cooperative rebalances and stop cleanly on SIGTERM after the current batch. This is the
+only retry of a batch: a step that fails raises, after making durable what it finished.
 
-Observability comes with it: librdkafka statistics feed the consumer-lag gauges
-(``kafka_consumergroup_group_lag`` / ``_lag_seconds``), every poll is a heartbeat for
-``/healthz``, and ``service``/``group`` (plus topic, partition and offset per message at
-debug level) are bound in the log context.
+Whoever watches the loop (lag metrics, ``/healthz``) plugs in a ``LoopObserver``: it
+adds consumer settings (a ``stats_cb``), hears about start and stop, and gets a beat
+on every poll, also while a batch is being retried. ``service``/``group`` (plus topic,
+partition and offset per message at debug level) are bound in the log context.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
@@ -34,16 +37,17 @@ from tenacity import (
     retry_if_exception_type,
     wait_random_exponential,
 )
+from tenacity.wait import wait_base
 
 from services.common import metrics
 from services.common.errors import RetriableError
 from services.common.kafka import make_consumer, next_offsets
 from services.common.logging import get_logger
 from services.common.settings import Settings
-from services.observability.consumer_lag import STATS_INTERVAL_MS, ConsumerLagTracker
-from services.observability.health import HEALTH, liveness_limit
 
 log = get_logger(__name__)
+
+IDLE_POLL_SECONDS = 0.2  # longest single poll while a batch waits for its retry
 
 
 class Step(Protocol):
@@ -52,6 +56,89 @@ class Step(Protocol):
     def poll(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+class LoopObserver(Protocol):
+    """What the loop tells whoever watches it (``services.observability.loop`` wires the
+    lag metrics and ``/healthz``; the loop knows nothing of them)."""
+
+    def consumer_config(self) -> dict[str, Any]:
+        """Settings merged into the consumer's (e.g. ``stats_cb``)."""
+        ...
+
+    def started(self) -> None: ...
+
+    def beat(self) -> None:
+        """The loop polled the consumer (it is alive and in its group)."""
+        ...
+
+    def stopped(self) -> None: ...
+
+
+class NoObserver:
+    def consumer_config(self) -> dict[str, Any]:
+        return {}
+
+    def started(self) -> None:
+        return None
+
+    def beat(self) -> None:
+        return None
+
+    def stopped(self) -> None:
+        return None
+
+
+class ConsumerFactory(Protocol):
+    """``make_consumer``, or a test's fake."""
+
+    def __call__(self, settings: Settings, group_id: str, **overrides: Any) -> Consumer: ...
+
+
+# --- waiting between attempts ------------------------------------------------------------
+def retry_wait_seconds(retry_after: float | None, backoff: float, cap: float) -> float:
+    """Seconds before the next attempt: our jittered exponential ``backoff``, but never
+    sooner than the failure's ``retry_after`` (a provider's Retry-After); at most ``cap``
+    (a longer Retry-After is answered 429 again and waited out again)."""
+    if retry_after is None:
+        return min(backoff, cap)
+    return min(max(retry_after, backoff), cap)
+
+
+class wait_retry_after(wait_base):
+    """tenacity wait: ``fallback`` backoff, raised to the failure's ``retry_after``."""
+
+    def __init__(self, fallback: wait_base, cap: float) -> None:
+        self.fallback = fallback
+        self.cap = cap
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None and outcome.failed else None
+        hint = error.retry_after if isinstance(error, RetriableError) else None
+        return retry_wait_seconds(hint, self.fallback(retry_state), self.cap)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How long a failing batch waits before its next attempt: jittered exponential
+    from ``initial_seconds`` up to ``max_seconds``, raised to the error's
+    ``retry_after`` (honoured up to ``retry_after_max_seconds``)."""
+
+    initial_seconds: float
+    max_seconds: float
+    retry_after_max_seconds: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Backoff:
+        cap = settings.retry_max_backoff_seconds
+        return cls(min(0.2, cap), cap, cap)
+
+    def wait(self) -> wait_base:
+        return wait_retry_after(
+            wait_random_exponential(multiplier=self.initial_seconds, max=self.max_seconds),
+            cap=self.retry_after_max_seconds,
+        )
 
 
 class ConsumerLoop:
@@ -64,7 +151,10 @@ class ConsumerLoop:
         stop: threading.Event,
         group_id: str | None = None,
         consumer_overrides: dict[str, Any] | None = None,
-        heartbeat: Callable[[], None] | None = None,
+        observer: LoopObserver | None = None,
+        backoff: Backoff | None = None,
+        consumer_factory: ConsumerFactory = make_consumer,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.service = service
@@ -73,9 +163,10 @@ class ConsumerLoop:
         self.stop = stop
         self.group_id = group_id or settings.group(service)
         self._overrides = consumer_overrides or {}
-        self._extra_heartbeat = heartbeat or (lambda: None)
-        self._health_name = f"{service}[{self.group_id}]"
-        self.lag = ConsumerLagTracker(settings, self.group_id)
+        self.observer: LoopObserver = observer or NoObserver()
+        self.backoff = backoff or Backoff.from_settings(settings)
+        self._make_consumer = consumer_factory
+        self._monotonic = monotonic
         self._revoked_during_batch = False
         self._assignment_changed = False
         self._unprocessed: dict[tuple[str, int], int] = {}
@@ -83,14 +174,7 @@ class ConsumerLoop:
         metrics.init_service_metrics(service, topics)
 
     def _heartbeat(self) -> None:
-        HEALTH.beat(self._health_name)
-        self._extra_heartbeat()
-
-    def _consumer_overrides(self) -> dict[str, Any]:
-        stats: dict[str, Any] = {"stats_cb": self.lag.on_stats}
-        if "statistics.interval.ms" not in self.settings.kafka_extra:
-            stats["statistics.interval.ms"] = STATS_INTERVAL_MS
-        return {**stats, **self._overrides}
+        self.observer.beat()
 
     # --- rebalance callbacks ------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -121,22 +205,22 @@ class ConsumerLoop:
 
     # --- the loop -------------------------------------------------------------------
     def run(self) -> None:
-        HEALTH.register_loop(self._health_name, liveness_limit(self.settings))
+        self.observer.started()
         try:
             with structlog.contextvars.bound_contextvars(service=self.service, group=self.group_id):
                 self._run()
         finally:
-            HEALTH.unregister_loop(self._health_name)
+            self.observer.stopped()
 
     def _run(self) -> None:
-        consumer = make_consumer(self.settings, self.group_id, **self._consumer_overrides())
+        overrides = {**self.observer.consumer_config(), **self._overrides}
+        consumer = self._make_consumer(self.settings, self.group_id, **overrides)
         self.consumer = consumer
         consumer.subscribe(
             self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
         log.info("consuming", topics=self.topics, group=self.group_id)
         timeout = self.settings.batch_timeout_ms / 1000
-        self.lag.start()
         try:
             while not self.stop.is_set():
                 messages = consumer.consume(self.settings.batch_size, timeout)
@@ -153,7 +237,6 @@ class ConsumerLoop:
             try:
                 self.step.close()
             finally:
-                self.lag.stop()
                 consumer.close()
                 self.consumer = None
 
@@ -194,7 +277,7 @@ class ConsumerLoop:
 
         retrying = Retrying(
             retry=retry_if_exception_type(RetriableError),
-            wait=wait_random_exponential(multiplier=0.2, max=self.settings.retry_max_backoff_seconds),
+            wait=self.backoff.wait(),
             stop=lambda _state: self.stop.is_set(),
             sleep=idle,
             before_sleep=before_sleep,
@@ -221,11 +304,11 @@ class ConsumerLoop:
         Partitions assigned meanwhile are paused too. Should a message still arrive, it is
         not processed now: its partition is sought back to it afterwards (see _reposition),
         so nothing is skipped."""
-        deadline = time.monotonic() + seconds
+        deadline = self._monotonic() + seconds
         try:
-            while time.monotonic() < deadline and not self.stop.is_set():
+            while self._monotonic() < deadline and not self.stop.is_set():
                 consumer.pause(consumer.assignment())
-                message = consumer.poll(min(0.2, max(0.0, deadline - time.monotonic())))
+                message = consumer.poll(min(IDLE_POLL_SECONDS, max(0.0, deadline - self._monotonic())))
                 if message is not None and message.error() is None:
                     key = (message.topic() or "", message.partition() or 0)
                     offset = message.offset() or 0

@@ -60,10 +60,6 @@ class Destination:
     identifiers: frozenset[Identifier]
     requires_one_of: frozenset[Identifier]
 
-    @property
-    def default_topic(self) -> str:
-        return f"optout.suppress.{self.id}"
-
 
 DESTINATIONS: tuple[Destination, ...] = (
     Destination(

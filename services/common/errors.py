@@ -1,11 +1,10 @@
-"""The three ways processing a message can fail (after getsentry/arroyo).
+"""The ways processing a message can fail (after getsentry/arroyo).
 
 * ``RetriableError``: the world is temporarily broken (database down, broker
   unreachable). Retry the same batch with backoff; commit nothing meanwhile.
 * ``PoisonMessage``: this message can never be processed. Send it to the DLQ with
   its reason and carry on with the others.
-* ``Backpressure``: a downstream step is full; try again shortly without counting
-  it as an error.
+* ``ConfigurationError``: a setting is missing or wrong; the service does not start.
 """
 
 from __future__ import annotations
@@ -34,7 +33,3 @@ class PoisonMessage(OptoutError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
-
-
-class Backpressure(OptoutError):
-    """Downstream is full; retry soon."""

@@ -221,18 +221,49 @@ def apply_pii_retention(settings: Settings, timeout: float = 30.0) -> list[Reten
     return [changes[t][0] for t in topics if t in changes]
 
 
+@dataclass(frozen=True)
+class Outgoing:
+    """One message to produce."""
+
+    topic: str
+    value: bytes
+    key: bytes | str | None = None
+    headers: Headers | None = None
+
+
+# Size refusals: librdkafka's own check at produce() (over the producer's
+# message.max.bytes) and the broker's, in the delivery report.
+SIZE_ERRORS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
+
+
 @dataclass
 class DeliveryTracker:
-    """Counts delivery reports of one batch; ``wait()`` flushes and raises on any failure."""
+    """Counts delivery reports of one batch; ``wait()`` flushes and raises on any failure.
+
+    A message produced with a ``fallback`` that is refused for its size (at ``produce``
+    or in its delivery report) is replaced by the fallback, so a refusal that would
+    repeat on every retry never blocks the batch (see ``dead_letter``)."""
 
     producer: Producer
     pending: int = 0
     failures: list[str] = field(default_factory=list)
+    _replacements: list[Outgoing] = field(default_factory=list)
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
         self.pending -= 1
         if err is not None:
             self.failures.append(f"{err.name()}: {err.str()}")
+
+    def _delivery_with_fallback(self, fallback: Outgoing) -> Callable[[KafkaError | None, Message], None]:
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if err is not None and err.code() in SIZE_ERRORS:
+                self.pending -= 1
+                log.warning("message refused for its size; sending its fallback", topic=fallback.topic)
+                self._replacements.append(fallback)
+                return
+            self._on_delivery(err, msg)
+
+        return on_delivery
 
     def produce(
         self,
@@ -240,22 +271,33 @@ class DeliveryTracker:
         value: bytes,
         key: bytes | str | None = None,
         headers: Headers | None = None,
+        fallback: Outgoing | None = None,
     ) -> None:
+        on_delivery = self._on_delivery if fallback is None else self._delivery_with_fallback(fallback)
         while True:
             try:
-                self.producer.produce(
-                    topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery
-                )
+                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
                 break
             except BufferError:
                 # Local queue full: serve delivery reports to make room (backpressure).
                 self.producer.poll(0.1)
+            except KafkaException as exc:
+                if fallback is None or not exc.args or exc.args[0].code() not in SIZE_ERRORS:
+                    raise
+                log.warning("message refused for its size; sending its fallback", topic=fallback.topic)
+                self.produce(fallback.topic, fallback.value, fallback.key, fallback.headers)
+                return
         self.pending += 1
         if self.pending % 500 == 0:  # serve delivery reports now and then, not per message
             self.producer.poll(0)
 
     def wait(self, timeout: float = 30.0) -> None:
         remaining = self.producer.flush(timeout)
+        while self._replacements and not remaining:
+            replacements, self._replacements = self._replacements, []
+            for outgoing in replacements:
+                self.produce(outgoing.topic, outgoing.value, outgoing.key, outgoing.headers)
+            remaining = self.producer.flush(timeout)
         if remaining or self.pending > 0:
             raise RetriableError(f"{self.pending} messages not delivered within {timeout:.0f}s")
         if self.failures:
@@ -276,17 +318,6 @@ def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
     return [TopicPartition(t, p, o + 1) for (t, p), o in highest.items()]
 
 
-def first_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
-    """Lowest offset per partition (to seek back to when a batch is abandoned)."""
-    lowest: dict[tuple[str, int], int] = {}
-    for m in messages:
-        tp = (m.topic() or "", m.partition() or 0)
-        offset = m.offset() or 0
-        if tp not in lowest or offset < lowest[tp]:
-            lowest[tp] = offset
-    return [TopicPartition(t, p, o) for (t, p), o in lowest.items()]
-
-
 def header_pairs(message: Message) -> Headers:
     """A message's headers as (name, value) pairs (librdkafka gives a list; be lenient)."""
     raw = message.headers() or []
@@ -294,13 +325,29 @@ def header_pairs(message: Message) -> Headers:
     return [(str(name), value) for name, value in items]
 
 
-def dlq_headers(message: Message, reason: str, detail: str, service: str) -> Headers:
-    """Headers of a dead-lettered message: why, and where it came from."""
-    original = header_pairs(message)
+# --- dead letters: one path for intake, connectors and the confirmer -------------------------
+# A dead letter must always be deliverable, or the batch that carries it is retried forever.
+# Brokers refuse records over message.max.bytes (default ~1 MiB) and librdkafka refuses
+# them at produce() (its own message.max.bytes, default 1,000,000). So a dead letter is cut
+# to MAX_DEAD_LETTER_BYTES in total (key, value and every header, counted with their record
+# overhead), saying what was cut; should it still be refused (a topic with a lower
+# max.message.bytes), a minimal record with only the reason and origin replaces it.
+MAX_DEAD_LETTER_BYTES = 900 * 1024
+MAX_DLQ_DETAIL_BYTES = 1000
+MAX_DLQ_KEY_BYTES = 1024
+MAX_ORIGINAL_HEADER_BYTES = 64 * 1024  # original headers kept (whole, in order) up to this
+_HEADER_OVERHEAD = 10  # varint lengths etc. per header in a Kafka record
+_RECORD_OVERHEAD = 128
+
+
+def _header_size(name: str, value: str | bytes | None) -> int:
+    raw = value.encode() if isinstance(value, str) else (value or b"")
+    return len(name.encode()) + len(raw) + _HEADER_OVERHEAD
+
+
+def _origin_headers(message: Message, reason: str, service: str) -> Headers:
     return [
-        *original,
-        ("optout.dlq.reason", reason.encode()),
-        ("optout.dlq.detail", detail.encode("utf-8", "replace")[:1000]),
+        ("optout.dlq.reason", reason.encode("utf-8", "replace")[:200]),
         ("optout.dlq.service", service.encode()),
         ("optout.dlq.topic", (message.topic() or "").encode()),
         ("optout.dlq.partition", str(message.partition()).encode()),
@@ -308,29 +355,78 @@ def dlq_headers(message: Message, reason: str, detail: str, service: str) -> Hea
     ]
 
 
-# The broker's default message size limit is ~1 MiB; a dead letter carries the original
-# bytes plus headers, so very large originals are cut (and say so) rather than failing
-# delivery forever.
-MAX_DEAD_LETTER_BYTES = 512 * 1024
+def dlq_headers(message: Message, reason: str, detail: str, service: str) -> Headers:
+    """Headers of a dead-lettered message: why, and where it came from (original headers
+    are added by ``dead_letter_record``, within its size limit)."""
+    origin = _origin_headers(message, reason, service)
+    return [
+        origin[0],
+        ("optout.dlq.detail", detail.encode("utf-8", "replace")[:MAX_DLQ_DETAIL_BYTES]),
+        *origin[1:],
+    ]
+
+
+def dead_letter_record(
+    topic: str, message: Message, reason: str, detail: str, service: str, limit: int = MAX_DEAD_LETTER_BYTES
+) -> Outgoing:
+    """``message`` as a dead letter on ``topic``: its key, bytes and headers plus ours,
+    at most ``limit`` bytes in all. What does not fit is cut and named: the key beyond
+    1 KiB (``optout.dlq.key_truncated_from_bytes``), original headers beyond 64 KiB or
+    the room left (``optout.dlq.headers_dropped``: their names), the value beyond the room
+    left (``optout.dlq.truncated_from_bytes``)."""
+    ours = dlq_headers(message, reason, detail, service)
+    notes: Headers = []
+    key = message.key()
+    if key is not None and len(key) > MAX_DLQ_KEY_BYTES:
+        notes.append(("optout.dlq.key_truncated_from_bytes", str(len(key)).encode()))
+        key = key[:MAX_DLQ_KEY_BYTES]
+    kept: Headers = []
+    dropped: list[str] = []
+    budget = MAX_ORIGINAL_HEADER_BYTES
+    for name, value in header_pairs(message):
+        size = _header_size(name, value)
+        if size <= budget:
+            kept.append((name, value))
+            budget -= size
+        else:
+            dropped.append(name)
+    if dropped:
+        names = ",".join(dropped).encode("utf-8", "replace")[:MAX_DLQ_DETAIL_BYTES]
+        notes.append(("optout.dlq.headers_dropped", names))
+    value = message.value() or b""
+    notes_room = _header_size("optout.dlq.truncated_from_bytes", str(len(value)))
+    used = (
+        _RECORD_OVERHEAD
+        + len(key or b"")
+        + sum(_header_size(n, v) for n, v in [*kept, *ours, *notes])
+        + notes_room
+    )
+    room = max(0, limit - used)
+    if len(value) > room:
+        notes.append(("optout.dlq.truncated_from_bytes", str(len(value)).encode()))
+        value = value[:room]
+    return Outgoing(topic, value, key, [*kept, *ours, *notes])
+
+
+def minimal_dead_letter(topic: str, message: Message, reason: str, service: str) -> Outgoing:
+    """The last resort when even the cut dead letter is refused: no value, no original
+    headers, only the reason and where the message came from."""
+    key = message.key()
+    headers = [*_origin_headers(message, reason, service), ("optout.dlq.minimal", b"1")]
+    return Outgoing(topic, b"", key if key is None or len(key) <= MAX_DLQ_KEY_BYTES else None, headers)
 
 
 def dead_letter(
     tracker: DeliveryTracker, topic: str, message: Message, reason: str, detail: str, service: str
 ) -> None:
-    """Copy ``message`` (key and bytes unchanged, up to 512 KiB) to a DLQ topic with its reason."""
-    value = message.value() or b""
-    headers = dlq_headers(message, reason, detail, service)
-    if len(value) > MAX_DEAD_LETTER_BYTES:
-        headers.append(("optout.dlq.truncated_from_bytes", str(len(value)).encode()))
-        value = value[:MAX_DEAD_LETTER_BYTES]
-    tracker.produce(topic, value=value, key=message.key(), headers=headers)
-
-
-def header_value(message: Message, name: str) -> str | None:
-    for key, value in header_pairs(message):
-        if key == name and value is not None:
-            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-    return None
-
-
-OnAssign = Callable[[Consumer, list[TopicPartition]], None]
+    """Copy ``message`` to the DLQ ``topic`` with its reason (the one dead-letter path of
+    every service); see ``dead_letter_record`` for the size limit. Never blocks the batch:
+    a size refusal sends ``minimal_dead_letter`` instead."""
+    record = dead_letter_record(topic, message, reason, detail, service)
+    tracker.produce(
+        record.topic,
+        record.value,
+        key=record.key,
+        headers=record.headers,
+        fallback=minimal_dead_letter(topic, message, reason, service),
+    )

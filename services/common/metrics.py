@@ -9,11 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
-
-from services.common.logging import get_logger
-
-log = get_logger(__name__)
+from prometheus_client import Counter, Gauge, Histogram
 
 MESSAGES_CONSUMED = Counter(
     "optout_messages_consumed_total",
@@ -156,11 +152,3 @@ def init_service_metrics(service: str, topics: list[str]) -> None:
     BATCH_SIZE.labels(service)
     BATCH_SECONDS.labels(service)
     PRODUCE_SECONDS.labels(service)
-
-
-def serve_metrics(port: int) -> None:
-    """Expose /metrics only on ``port`` (0: disabled). Services get /metrics, /healthz and
-    /readyz from ``services.observability.health.serve_health`` instead."""
-    if port:
-        start_http_server(port, addr="0.0.0.0")
-        log.info("metrics endpoint listening", port=port)

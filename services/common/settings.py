@@ -132,15 +132,16 @@ class Settings(BaseSettings):
         default_factory=_default_partners,
         description='JSON list of {"name", "url", "token"}: third parties told not to sell/share.',
     )
-    connector_retry_attempts: int = Field(6, ge=1, le=100, description="apply() tries per batch.")
     connector_retry_initial_seconds: float = Field(
-        0.2, gt=0, description="First backoff of a connector's apply() retries."
+        0.2, gt=0, description="First backoff before a connector's failed batch is retried."
     )
     connector_retry_max_backoff_seconds: float = Field(
-        10.0, gt=0, description="Longest backoff of a connector's apply() retries."
+        10.0, gt=0, description="Longest backoff before a connector's failed batch is retried."
     )
     connector_retry_after_max_seconds: float = Field(
-        60.0, gt=0, description="Longest provider Retry-After honoured in-process."
+        60.0,
+        gt=0,
+        description="Longest provider Retry-After honoured (the consumer keeps polling meanwhile).",
     )
     connector_http_timeout_seconds: float = Field(30.0, gt=0, description="HTTP timeout of connector calls.")
     # Local stand-ins of the destination systems (`optout run standins`).

@@ -11,9 +11,11 @@ from services.common.kafka import make_producer
 from services.common.settings import Settings
 from services.confirmer.step import ConfirmerStep
 from services.confirmer.sweeper import SERVICE
+from services.observability.loop import observe_loop
 
 
 def run(settings: Settings, stop: threading.Event, clock: Clock | None = None) -> None:
     producer = make_producer(settings)
     step = ConfirmerStep(settings, producer, default_codec(), clock or SystemClock())
-    ConsumerLoop(settings, SERVICE, [settings.acks_topic], step, stop).run()
+    observer = observe_loop(settings, SERVICE)
+    ConsumerLoop(settings, SERVICE, [settings.acks_topic], step, stop, observer=observer).run()

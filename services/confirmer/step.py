@@ -26,7 +26,8 @@ the codec, ``invalid_ack``, ``unknown_command`` (no such command_id) and
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -48,13 +49,26 @@ from services.confirmer.sweeper import SERVICE, Sweeper
 log = get_logger(__name__)
 
 
+# Records a batch of acks inside the caller's transaction (``store.apply_acks``).
+AckRecorder = Callable[[psycopg.Connection[Any], Sequence[Ack], datetime], AckOutcome]
+
+
 class ConfirmerStep:
-    def __init__(self, settings: Settings, producer: Producer, codec: Codec, clock: Clock) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        producer: Producer,
+        codec: Codec,
+        clock: Clock,
+        db: LazyConnection | None = None,
+        record_acks: AckRecorder = apply_acks,
+    ) -> None:
         self.settings = settings
         self.producer = producer
         self.codec = codec
         self.clock = clock
-        self.db = LazyConnection(settings.dsn())
+        self.db = db or LazyConnection(settings.dsn())
+        self._record_acks = record_acks
         self.sweeper = Sweeper(settings, producer, codec, clock, self.db)
         self._topic = settings.acks_topic
         for outcome in metrics.CONSUME_OUTCOMES:
@@ -86,7 +100,7 @@ class ConfirmerStep:
 
         def work(conn: psycopg.Connection[Any]) -> AckOutcome:
             with conn.transaction():
-                outcome = apply_acks(conn, [ack for _, ack in acks], now)
+                outcome = self._record_acks(conn, [ack for _, ack in acks], now)
                 metrics.DB_SECONDS.labels(SERVICE, "apply_acks").observe(time.monotonic() - started)
                 dead.extend(self._rejected(acks, outcome))
                 for record in outcome.confirmations:

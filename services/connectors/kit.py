@@ -12,13 +12,15 @@ A connector says what applying a batch of SuppressionCommands to its system mean
 ``ConnectorStep`` (a ``ConsumerLoop`` step) does the rest: decode (unreadable or
 misrouted messages go to the destination's DLQ), dedupe by ``command_id`` against the
 PostgreSQL store (a re-sent command is acknowledged again, not re-applied), call
-``apply`` with bounded tenacity retries (exponential backoff with full jitter; a
-provider's Retry-After is honoured), record the outcomes, publish one SuppressionAck per
-delivered command to ``optout.acks`` (key = request_id) and return only when every ack
-is delivered, so the loop commits offsets after the acks and never before. When the
-attempts are exhausted it raises ``RetriableError``: the loop backs off and the batch is
-retried; nothing is lost or falsely acknowledged. The exact ordering and its reasons are
-in ``services.connectors.dedupe``.
+``apply`` once for the commands without a stored outcome, record the outcomes, publish one
+SuppressionAck per delivered command to ``optout.acks`` (key = request_id) and return
+only when every ack is delivered, so the loop commits offsets after the acks and never
+before. A transient failure is raised to the loop after recording what was finished: the
+loop retries the batch with exponential backoff and full jitter, never sooner than a
+provider's Retry-After (``connector_backoff``), while its consumer stays in the group
+(paused, polling, heartbeating); the retried batch finds the finished commands in the
+store and applies only the rest. Nothing is lost or falsely acknowledged. The exact
+ordering and its reasons are in ``services.connectors.dedupe``.
 
 A connector may also return outcomes for some commands only (the rest are retried), or
 raise ``IncompleteBatch(outcomes, cause)`` to keep the progress it made before a
@@ -30,33 +32,25 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from confluent_kafka import Message, Producer
 from prometheus_client import Counter, Histogram
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_when_event_set,
-    wait_random_exponential,
-)
-from tenacity.wait import wait_base
 
 from services.common import metrics
 from services.common.avro import Codec, default_codec
 from services.common.clock import Clock, SystemClock, from_millis, to_millis
-from services.common.consumer_loop import ConsumerLoop
+from services.common.consumer_loop import Backoff, ConsumerLoop
 from services.common.contract import AckStatus
 from services.common.errors import PoisonMessage, RetriableError
-from services.common.kafka import DeliveryTracker, dlq_headers, make_producer
+from services.common.kafka import DeliveryTracker, dead_letter, make_producer
 from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.connectors.dedupe import DedupeStore, StoredOutcome, first_of_each
+from services.observability.loop import observe_loop
 
 log = get_logger(__name__)
 
@@ -162,29 +156,6 @@ class Connector(ABC):
 
 
 # --- pure helpers ----------------------------------------------------------------------------
-def retry_wait_seconds(retry_after: float | None, backoff: float, cap: float) -> float:
-    """Seconds before the next apply attempt: our jittered exponential backoff, but never
-    sooner than the provider's Retry-After; at most ``cap`` (a longer Retry-After is
-    answered 429 again and, once the attempts are spent, waited out by the loop)."""
-    if retry_after is None:
-        return min(backoff, cap)
-    return min(max(retry_after, backoff), cap)
-
-
-class wait_retry_after(wait_base):
-    """tenacity wait: ``fallback`` backoff, raised to the failure's ``retry_after``."""
-
-    def __init__(self, fallback: wait_base, cap: float) -> None:
-        self.fallback = fallback
-        self.cap = cap
-
-    def __call__(self, retry_state: RetryCallState) -> float:
-        outcome = retry_state.outcome
-        error = outcome.exception() if outcome is not None and outcome.failed else None
-        hint = error.retry_after if isinstance(error, RetriableError) else None
-        return retry_wait_seconds(hint, self.fallback(retry_state), self.cap)
-
-
 def decode_command(codec: Codec, payload: bytes | None, destination: str) -> Command:
     """A SuppressionCommand for ``destination``; ``PoisonMessage`` for anything else."""
     _, record = codec.decode(payload, expect="SuppressionCommand")
@@ -227,102 +198,49 @@ def ack_record(outcome: StoredOutcome, destination: str) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int
-    initial_seconds: float
-    max_backoff_seconds: float
-    retry_after_max_seconds: float
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> RetryPolicy:
-        return cls(
-            settings.connector_retry_attempts,
-            settings.connector_retry_initial_seconds,
-            settings.connector_retry_max_backoff_seconds,
-            settings.connector_retry_after_max_seconds,
-        )
+def connector_backoff(settings: Settings) -> Backoff:
+    """The consume loop's wait between attempts of a connector's failing batch."""
+    return Backoff(
+        initial_seconds=settings.connector_retry_initial_seconds,
+        max_seconds=settings.connector_retry_max_backoff_seconds,
+        retry_after_max_seconds=settings.connector_retry_after_max_seconds,
+    )
 
 
 @dataclass
 class ApplyRun:
-    """What ``apply_with_retries`` got: outcomes by command id, and the last transient
-    error when the attempts ran out (or stop was requested) with commands still pending."""
+    """What one ``apply`` call got: outcomes by command id, and the transient error to
+    retry the rest after (None when every command has an outcome)."""
 
     outcomes: dict[str, StoredOutcome]
     error: RetriableError | None
-    attempts: int
 
 
-OnRetry = Callable[[int, BaseException | None, float], None]
-
-
-def apply_with_retries(
-    connector: Connector,
-    commands: Sequence[Command],
-    clock: Clock,
-    policy: RetryPolicy,
-    stop: threading.Event,
-    sleep: Callable[[float], None],
-    on_retry: OnRetry | None = None,
-) -> ApplyRun:
-    """Call ``connector.apply`` until every command has an outcome, at most
-    ``policy.attempts`` times, waiting per ``wait_retry_after`` in between. Only the
-    commands still without an outcome are passed again. Errors other than
-    ``RetriableError`` propagate (a connector bug: the service stops, nothing is acked)."""
-    results: dict[str, StoredOutcome] = {}
-    pending = list(commands)
-
-    def take(returned: Sequence[Outcome]) -> None:
-        nonlocal pending
-        matched, ignored = stored_outcomes(pending, returned, clock.now())
-        results.update(matched)
-        pending = [c for c in pending if c.command_id not in results]
-        if ignored:
-            log.error(
-                "connector returned outcomes for commands it was not given",
-                destination=connector.destination,
-                count=len(ignored),
-            )
-
-    def attempt() -> None:
-        started = time.monotonic()
-        try:
-            returned = connector.apply(pending)
-        except IncompleteBatch as partial:
-            take(partial.outcomes)
-            raise
-        finally:
-            APPLY_SECONDS.labels(connector.destination).observe(time.monotonic() - started)
-        take(returned)
-        if pending:
-            raise RetriableError(f"{connector.destination} gave no outcome for {len(pending)} commands")
-
-    def before_sleep(state: RetryCallState) -> None:
-        if on_retry is not None:
-            error = state.outcome.exception() if state.outcome else None
-            on_retry(state.attempt_number, error, state.upcoming_sleep)
-
-    retrying = Retrying(
-        retry=retry_if_exception_type(RetriableError),
-        stop=stop_after_attempt(policy.attempts) | stop_when_event_set(stop),
-        wait=wait_retry_after(
-            wait_random_exponential(multiplier=policy.initial_seconds, max=policy.max_backoff_seconds),
-            cap=policy.retry_after_max_seconds,
-        ),
-        sleep=sleep,
-        before_sleep=before_sleep,
-        reraise=True,
-    )
-    attempts = 0
+def apply_once(connector: Connector, commands: Sequence[Command], clock: Clock) -> ApplyRun:
+    """Call ``connector.apply`` once. Outcomes of an ``IncompleteBatch`` are kept with its
+    error; commands left without an outcome make a ``RetriableError``. Any other
+    ``RetriableError`` propagates (nothing to keep), and so does every other error (a
+    connector bug: the service stops, nothing is acked). There is no waiting here: the
+    consume loop retries the batch, idling in its group, honouring ``retry_after``."""
+    started = time.monotonic()
+    error: RetriableError | None = None
     try:
-        for attempt_state in retrying:
-            with attempt_state:
-                attempts += 1
-                attempt()
-    except RetriableError as exc:
-        return ApplyRun(results, exc, attempts)
-    return ApplyRun(results, None, attempts)
+        returned = connector.apply(commands)
+    except IncompleteBatch as partial:
+        returned, error = partial.outcomes, partial
+    finally:
+        APPLY_SECONDS.labels(connector.destination).observe(time.monotonic() - started)
+    matched, ignored = stored_outcomes(commands, returned, clock.now())
+    if ignored:
+        log.error(
+            "connector returned outcomes for commands it was not given",
+            destination=connector.destination,
+            count=len(ignored),
+        )
+    missing = len(commands) - len(matched)
+    if error is None and missing:
+        error = RetriableError(f"{connector.destination} gave no outcome for {missing} commands")
+    return ApplyRun(matched, error)
 
 
 # --- the step ------------------------------------------------------------------------------
@@ -334,7 +252,6 @@ class ConnectorStep:
         producer: Producer,
         codec: Codec,
         clock: Clock,
-        stop: threading.Event,
         store: DedupeStore,
     ) -> None:
         self.settings = settings
@@ -344,13 +261,10 @@ class ConnectorStep:
         self.producer = producer
         self.codec = codec
         self.clock = clock
-        self.stop = stop
         self.store = store
-        self.policy = RetryPolicy.from_settings(settings)
         self._topic = settings.suppress_topic(self.destination)
         for outcome in ("processed", "duplicate", "dead_lettered"):
             metrics.MESSAGES_CONSUMED.labels(self.service, self._topic, outcome)
-        metrics.RETRIES.labels(self.service, "apply")
         for status in AckStatus:
             for source in ("applied", "stored"):
                 OUTCOMES.labels(self.destination, status.value, source)
@@ -391,11 +305,13 @@ class ConnectorStep:
                 key=command.request_id,
             )
         for message, why in dead:
-            tracker.produce(
+            dead_letter(
+                tracker,
                 self.settings.suppress_dlq_topic(self.destination),
-                value=message.value() or b"",
-                key=message.key(),
-                headers=dlq_headers(message, why.reason, why.detail, self.service),
+                message,
+                why.reason,
+                why.detail,
+                self.service,
             )
         started = time.monotonic()
         tracker.wait()
@@ -404,34 +320,14 @@ class ConnectorStep:
 
     # --- internals --------------------------------------------------------------------------
     def _apply_and_record(self, fresh: list[Command]) -> dict[str, StoredOutcome]:
-        """Apply with bounded retries and commit every outcome obtained, also the partial
-        ones when the attempts run out (so those are never applied again), then re-raise."""
-        run = apply_with_retries(
-            self.connector,
-            fresh,
-            self.clock,
-            self.policy,
-            self.stop,
-            sleep=self._sleep,
-            on_retry=self._on_retry,
-        )
+        """Apply once and commit every outcome obtained, also the partial ones of a
+        failed call (so those are never applied again); then raise its error, and the
+        loop retries the batch after its backoff (or the provider's Retry-After)."""
+        run = apply_once(self.connector, fresh, self.clock)
         stored = self.store.record(list(run.outcomes.values()))
         if run.error is not None:
             raise run.error
         return stored
-
-    def _sleep(self, seconds: float) -> None:
-        self.stop.wait(seconds)  # a stop request ends the wait; tenacity then stops retrying
-
-    def _on_retry(self, attempt: int, error: BaseException | None, wait_seconds: float) -> None:
-        metrics.RETRIES.labels(self.service, "apply").inc()
-        log.warning(
-            "apply failed; retrying",
-            destination=self.destination,
-            attempt=attempt,
-            error=str(error),
-            wait_seconds=round(wait_seconds, 2),
-        )
 
     def _count(
         self,
@@ -482,14 +378,16 @@ def run_connector(
         make_producer(settings),
         default_codec(),
         clock or SystemClock(),
-        stop,
         DedupeStore(settings.dsn(), connector.destination),
     )
+    group = settings.group(service)
     ConsumerLoop(
         settings,
         service,
         [settings.suppress_topic(connector.destination)],
         step,
         stop,
-        group_id=settings.group(service),
+        group_id=group,
+        observer=observe_loop(settings, service, group),
+        backoff=connector_backoff(settings),
     ).run()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -64,9 +64,21 @@ class _Summary:
     commands: int = 0
 
 
+# Records a chunk of requests (unique event ids) and their commands in one transaction.
+Recorder = Callable[[list[OptOutRequest], dict[str, list[PlannedCommand]], datetime], RecordOutcome]
+
+
 class IntakeStep:
-    def __init__(self, settings: Settings, producer: Producer, codec: Codec, clock: Clock) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        producer: Producer,
+        codec: Codec,
+        clock: Clock,
+        recorder: Recorder | None = None,
+    ) -> None:
         self.settings = settings
+        self._recorder = recorder or self._record_in_database
         self.producer = producer
         self.codec = codec
         self.clock = clock
@@ -210,16 +222,21 @@ class IntakeStep:
             total.resend |= one.resend
         return total, rejected
 
-    def _record(self, items: list[_Accepted], now: Any) -> RecordOutcome:
-        started = time.monotonic()
+    def _record_in_database(
+        self, requests: list[OptOutRequest], commands: dict[str, list[PlannedCommand]], now: datetime
+    ) -> RecordOutcome:
         worker = threading.get_ident()
         conn = self._conns.get(worker)
         if conn is None:
             conn = self._conns[worker] = LazyConnection(self.settings.dsn())
+        return conn.run(lambda c: record_batch(c, requests, commands, now))
+
+    def _record(self, items: list[_Accepted], now: Any) -> RecordOutcome:
+        started = time.monotonic()
         requests = [i.request for i in items]
         commands = {i.request.event_id: i.commands for i in items}
         try:
-            outcome = conn.run(lambda c: record_batch(c, requests, commands, now))
+            outcome = self._recorder(requests, commands, now)
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             raise _DataRejected(first_line(exc)) from exc
         metrics.DB_SECONDS.labels(SERVICE, "record_batch").observe(time.monotonic() - started)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import random
-import threading
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -19,7 +18,6 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import SecretStr
-from tenacity import RetryCallState, Retrying, wait_fixed
 
 from services.common.avro import default_codec
 from services.common.clock import ManualClock, to_millis
@@ -31,18 +29,14 @@ from services.connectors.dedupe import StoredOutcome, clip_detail, first_of_each
 from services.connectors.email_provider import EmailProviderConnector, rejected_addresses, success_results
 from services.connectors.http import Verdict, classify_status, clean_reason, error_reason, parse_retry_after
 from services.connectors.kit import (
-    ApplyRun,
     Command,
     Connector,
     IncompleteBatch,
     Outcome,
-    RetryPolicy,
     ack_record,
-    apply_with_retries,
+    apply_once,
     decode_command,
-    retry_wait_seconds,
     stored_outcomes,
-    wait_retry_after,
 )
 from services.connectors.registry import CONNECTORS, connector_runner
 from services.connectors.third_party_sharing import ThirdPartySharingConnector, combine, partner_record
@@ -125,38 +119,7 @@ def test_clip_detail_bounds_and_strips_nul() -> None:
     assert clipped is not None and len(clipped) == 500 and "\x00" not in clipped
 
 
-# --- retry waits ------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("hint", "backoff", "cap", "expected"),
-    [
-        (None, 0.7, 10.0, 0.7),  # no hint: our backoff
-        (3.0, 0.7, 10.0, 3.0),  # the provider's Retry-After is a floor
-        (1.0, 4.0, 10.0, 4.0),  # a longer own backoff is kept
-        (120.0, 0.7, 60.0, 60.0),  # capped
-        (None, 99.0, 10.0, 10.0),
-        (0.0, 0.2, 10.0, 0.2),
-    ],
-)
-def test_retry_wait_seconds(hint: float | None, backoff: float, cap: float, expected: float) -> None:
-    assert retry_wait_seconds(hint, backoff, cap) == expected
-
-
-def _failed_state(error: BaseException, attempt: int = 1) -> RetryCallState:
-    state = RetryCallState(Retrying(), None, (), {})
-    state.attempt_number = attempt
-    state.set_exception((type(error), error, None))
-    return state
-
-
-def test_wait_retry_after_honours_the_error_hint() -> None:
-    wait = wait_retry_after(wait_fixed(0.5), cap=30.0)
-    assert wait(_failed_state(RetriableError("429", retry_after=7.0))) == 7.0
-    assert wait(_failed_state(RetriableError("503"))) == 0.5
-    assert wait(_failed_state(RetriableError("429", retry_after=300.0))) == 30.0
-    assert wait(_failed_state(ValueError("not ours"))) == 0.5
-
-
-# --- the retry engine with an in-memory fake connector -----------------------------------------
+# --- one apply() call with an in-memory fake connector ----------------------------------------
 class ScriptedConnector(Connector):
     """Fails per a script, then applies; records every call."""
 
@@ -174,81 +137,50 @@ class ScriptedConnector(Connector):
         return [Outcome.applied(c.command_id) for c in commands]
 
 
-POLICY = RetryPolicy(attempts=4, initial_seconds=0.1, max_backoff_seconds=2.0, retry_after_max_seconds=30.0)
-
-
-def _run(
-    connector: Connector, commands: Sequence[Command], stop: threading.Event | None = None
-) -> tuple[list[float], ApplyRun]:
-    sleeps: list[float] = []
-    run = apply_with_retries(
-        connector, commands, ManualClock(NOW), POLICY, stop or threading.Event(), sleep=sleeps.append
-    )
-    return sleeps, run
-
-
-def test_transient_failures_are_retried_with_retry_after_then_applied() -> None:
+def test_apply_once_returns_every_outcome() -> None:
     a, b = cmd(), cmd()
-    fake = ScriptedConnector([RetriableError("429", retry_after=2.5), RetriableError("503"), None])
-    sleeps, run = _run(fake, [a, b])
-    assert run.error is None and run.attempts == 3
+    run = apply_once(ScriptedConnector([]), [a, b], ManualClock(NOW))
+    assert run.error is None and set(run.outcomes) == {a.command_id, b.command_id}
     assert {o.status for o in run.outcomes.values()} == {AckStatus.APPLIED}
-    assert set(run.outcomes) == {a.command_id, b.command_id}
-    assert sleeps[0] == 2.5  # Retry-After honoured
-    assert 0 <= sleeps[1] <= 2.0  # jittered exponential backoff within the cap
-    assert len(fake.calls) == 3
 
 
-def test_exhausted_attempts_return_the_error_and_no_outcome() -> None:
-    fake = ScriptedConnector([RetriableError("down")] * 10)
-    sleeps, run = _run(fake, [cmd()])
-    assert isinstance(run.error, RetriableError) and run.outcomes == {}
-    assert run.attempts == POLICY.attempts and len(sleeps) == POLICY.attempts - 1
+def test_apply_once_lets_a_transient_error_through_to_the_loop() -> None:
+    with pytest.raises(RetriableError) as limited:
+        apply_once(ScriptedConnector([RetriableError("429", retry_after=120.0)]), [cmd()], ManualClock(NOW))
+    assert limited.value.retry_after == 120.0  # the loop waits it out, polling
 
 
-def test_a_stop_request_ends_retrying_early() -> None:
-    stop = threading.Event()
-    stop.set()
-    fake = ScriptedConnector([RetriableError("down")] * 10)
-    _, run = _run(fake, [cmd()], stop)
-    assert run.error is not None and len(fake.calls) == 1
-
-
-def test_commands_without_an_outcome_are_retried_alone() -> None:
+@pytest.mark.expected_errors("connector returned outcomes for commands it was not given")
+def test_commands_without_an_outcome_make_a_retriable_error() -> None:
     a, b = cmd(), cmd()
 
     class HalfConnector(ScriptedConnector):
         def apply(self, commands: Sequence[Command]) -> list[Outcome]:
             self.calls.append([c.command_id for c in commands])
-            return [Outcome.applied(commands[0].command_id)]
+            return [Outcome.applied(commands[0].command_id), Outcome.applied("stray")]
 
-    fake = HalfConnector([])
-    _, run = _run(fake, [a, b])
-    assert run.error is None
-    assert fake.calls == [[a.command_id, b.command_id], [b.command_id]]
+    run = apply_once(HalfConnector([]), [a, b], ManualClock(NOW))
+    assert set(run.outcomes) == {a.command_id}
+    assert isinstance(run.error, RetriableError) and "1 commands" in str(run.error)
 
 
-def test_incomplete_batch_keeps_progress_even_when_attempts_run_out() -> None:
+def test_incomplete_batch_keeps_its_progress_with_its_error() -> None:
     a, b = cmd(), cmd()
 
     class Partial(ScriptedConnector):
         def apply(self, commands: Sequence[Command]) -> list[Outcome]:
-            self.calls.append([c.command_id for c in commands])
             done = [Outcome.applied(c.command_id) for c in commands if c.command_id == a.command_id]
             raise IncompleteBatch(done, RetriableError("second chunk failed", retry_after=1.0))
 
-    fake = Partial([])
-    sleeps, run = _run(fake, [a, b])
+    run = apply_once(Partial([]), [a, b], ManualClock(NOW))
     assert set(run.outcomes) == {a.command_id}  # kept, so it is recorded and not re-applied
     assert isinstance(run.error, IncompleteBatch) and run.error.retry_after == 1.0
-    assert fake.calls[1:] == [[b.command_id]] * (POLICY.attempts - 1)
-    assert all(s >= 1.0 for s in sleeps)
 
 
 def test_a_connector_bug_is_not_retried() -> None:
     fake = ScriptedConnector([KeyError("bug")])
     with pytest.raises(KeyError):
-        _run(fake, [cmd()])
+        apply_once(fake, [cmd()], ManualClock(NOW))
     assert len(fake.calls) == 1
 
 

@@ -1,0 +1,312 @@
+"""The consume loop's rules, checked in milliseconds against an in-process fake of the
+consumer (tests/support/fake_kafka.py): commit only after ``submit`` returned, pause and
+keep polling while a failing batch waits (also a provider's long Retry-After), resume
+re-assigned partitions, seek back to messages fetched while idling, commit only
+partitions still assigned after a revocation, fatal errors stop, PARTITION_EOF does not."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, Message
+from tenacity import RetryCallState, Retrying, wait_fixed
+
+from services.common.consumer_loop import (
+    IDLE_POLL_SECONDS,
+    Backoff,
+    ConsumerLoop,
+    retry_wait_seconds,
+    wait_retry_after,
+)
+from services.common.errors import RetriableError
+from services.common.settings import Settings
+from tests.support.fake_kafka import FakeBroker, FakeClock, FakeConsumer, Key
+
+TOPIC = "u.in"
+FAST = Backoff(initial_seconds=0.5, max_seconds=2.0, retry_after_max_seconds=300.0)
+
+
+class ScriptedStep:
+    """Raises the scripted errors in turn (None: succeed); records every call."""
+
+    def __init__(self, script: Sequence[BaseException | None] = ()) -> None:
+        self.script = list(script)
+        self.batches: list[list[tuple[int, int]]] = []
+        self.commits_seen: list[int] = []
+        self.consumers: list[FakeConsumer] = []
+        self.on_submit: Callable[[int], None] | None = None
+        self.polls = 0
+        self.closed = False
+
+    def submit(self, messages: Sequence[Message]) -> None:
+        self.batches.append([(m.partition() or 0, m.offset() or 0) for m in messages])
+        if self.consumers:
+            self.commits_seen.append(len(self.consumers[0].commits))
+        if self.on_submit is not None:
+            self.on_submit(len(self.batches))
+        outcome = self.script.pop(0) if self.script else None
+        if outcome is not None:
+            raise outcome
+
+    def poll(self) -> None:
+        self.polls += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class RecordingObserver:
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.events: list[str] = []
+        self.beats: list[float] = []
+
+    def consumer_config(self) -> dict[str, Any]:
+        return {"stats_cb": "marker"}
+
+    def started(self) -> None:
+        self.events.append("started")
+
+    def beat(self) -> None:
+        self.beats.append(self.clock.monotonic())
+
+    def stopped(self) -> None:
+        self.events.append("stopped")
+
+
+class Harness:
+    def __init__(
+        self,
+        step: Any,
+        broker: FakeBroker | None = None,
+        initial: list[Key] | None = None,
+        backoff: Backoff = FAST,
+        on_poll: Callable[[FakeConsumer], None] | None = None,
+        errors: Sequence[KafkaError] = (),
+    ) -> None:
+        self.broker = broker or FakeBroker(partitions=3)
+        self.clock = FakeClock()
+        self.stop = threading.Event()
+        self.consumers: list[FakeConsumer] = []
+        self.observer = RecordingObserver(self.clock)
+        self.settings = Settings(topic_prefix="u.", batch_size=100, batch_timeout_ms=100)
+        self.initial = initial
+        self.on_poll = on_poll
+
+        def factory(settings: Settings, group_id: str, **overrides: Any) -> FakeConsumer:
+            consumer = FakeConsumer(
+                self.broker, group_id, self.clock, initial=self.initial, on_drained=self.stop.set
+            )
+            consumer.config = overrides
+            consumer.on_poll = self.on_poll
+            for error in errors:
+                consumer.inject_error(error)
+            self.consumers.append(consumer)
+            return consumer
+
+        if isinstance(step, ScriptedStep):
+            step.consumers = self.consumers
+        self.loop = ConsumerLoop(
+            self.settings,
+            "svc",
+            [TOPIC],
+            step,
+            self.stop,
+            group_id="g",
+            observer=self.observer,
+            backoff=backoff,
+            consumer_factory=factory,
+            monotonic=self.clock.monotonic,
+        )
+
+    def consumer_on_poll(self, hook: Callable[[FakeConsumer], None]) -> None:
+        self.on_poll = hook
+
+    @property
+    def consumer(self) -> FakeConsumer:
+        return self.consumers[0]
+
+    def publish(self, partition: int, count: int) -> None:
+        for i in range(count):
+            self.broker.append(TOPIC, f"v{partition}-{i}".encode(), partition=partition)
+
+    def run(self) -> None:
+        self.loop.run()
+
+    def committed(self) -> dict[int, int]:
+        return {p: o for (g, (t, p)), o in self.broker.committed.items() if g == "g" and t == TOPIC}
+
+
+# --- waits ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("hint", "backoff", "cap", "expected"),
+    [
+        (None, 0.7, 10.0, 0.7),  # no hint: our backoff
+        (3.0, 0.7, 10.0, 3.0),  # the provider's Retry-After is a floor
+        (1.0, 4.0, 10.0, 4.0),  # a longer own backoff is kept
+        (120.0, 0.7, 60.0, 60.0),  # capped
+        (None, 99.0, 10.0, 10.0),
+        (0.0, 0.2, 10.0, 0.2),
+    ],
+)
+def test_retry_wait_seconds(hint: float | None, backoff: float, cap: float, expected: float) -> None:
+    assert retry_wait_seconds(hint, backoff, cap) == expected
+
+
+def _failed_state(error: BaseException, attempt: int = 1) -> RetryCallState:
+    state = RetryCallState(Retrying(), None, (), {})
+    state.attempt_number = attempt
+    state.set_exception((type(error), error, None))
+    return state
+
+
+def test_wait_retry_after_honours_the_error_hint() -> None:
+    wait = wait_retry_after(wait_fixed(0.5), cap=30.0)
+    assert wait(_failed_state(RetriableError("429", retry_after=7.0))) == 7.0
+    assert wait(_failed_state(RetriableError("503"))) == 0.5
+    assert wait(_failed_state(RetriableError("429", retry_after=300.0))) == 30.0
+    assert wait(_failed_state(ValueError("not ours"))) == 0.5
+
+
+# --- the loop ---------------------------------------------------------------------------------
+def test_processes_and_commits_after_submit_with_the_observer_wired_in() -> None:
+    step = ScriptedStep()
+    h = Harness(step)
+    h.publish(0, 3)
+    h.publish(2, 2)
+    h.run()
+    assert sorted(o for batch in step.batches for o in batch) == [(0, 0), (0, 1), (0, 2), (2, 0), (2, 1)]
+    assert step.commits_seen == [0]  # nothing committed before submit ran
+    assert h.committed() == {0: 3, 2: 2}
+    assert h.consumer.config["stats_cb"] == "marker"  # observer's consumer settings applied
+    assert h.observer.events == ["started", "stopped"] and h.observer.beats
+    assert step.closed and h.consumer.closed
+
+
+def test_a_failing_batch_is_not_committed_until_submit_returns() -> None:
+    step = ScriptedStep([RetriableError("database down"), RetriableError("still down"), None])
+    h = Harness(step)
+    h.publish(1, 4)
+    h.run()
+    assert len(step.batches) == 3 and step.batches[0] == step.batches[2]
+    assert step.commits_seen == [0, 0, 0]
+    assert h.consumer.commits == [[(TOPIC, 1, 4)]]
+
+
+def test_a_long_retry_after_is_waited_out_paused_polling_and_beating() -> None:
+    step = ScriptedStep([RetriableError("HTTP 429", retry_after=120.0), None])
+    h = Harness(step)
+    h.publish(0, 2)
+    paused_polls: list[bool] = []
+    submitted_at: list[float] = []
+    step.on_submit = lambda _n: submitted_at.append(h.clock.monotonic())
+
+    def check(consumer: FakeConsumer) -> None:
+        owned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        paused_polls.append(bool(owned) and owned <= consumer.paused)
+
+    h.consumer_on_poll(check)
+    h.run()
+    assert submitted_at[1] - submitted_at[0] >= 120.0  # the Retry-After was honoured
+    assert h.consumer.polls >= 120.0 / IDLE_POLL_SECONDS - 1  # and the consumer kept polling
+    assert all(paused_polls) and paused_polls  # with every partition paused
+    during = [b for b in h.observer.beats if submitted_at[0] <= b <= submitted_at[1]]
+    gaps = [b - a for a, b in itertools.pairwise(during)]
+    assert during and max(gaps) <= IDLE_POLL_SECONDS + 1e-9  # /healthz heard from it throughout
+    assert h.consumer.paused == set()  # resumed afterwards
+    assert h.committed() == {0: 2}
+
+
+def test_messages_fetched_while_idling_are_sought_back_not_skipped() -> None:
+    step = ScriptedStep([RetriableError("down"), None])
+    h = Harness(step, initial=[(TOPIC, 0)])
+    h.publish(0, 2)
+    h.publish(1, 3)
+
+    def assign_p1_once(consumer: FakeConsumer) -> None:
+        if consumer.polls == 1:
+            consumer.assign([(TOPIC, 1)])  # arrives inside this poll: not paused yet
+
+    h.consumer_on_poll(assign_p1_once)
+    h.run()
+    processed = {o for batch in step.batches[1:] for o in batch}
+    assert {(1, 0), (1, 1), (1, 2)} <= processed  # offset 0 of p1 was fetched while idling
+    assert h.committed() == {0: 2, 1: 3}
+
+
+def test_partitions_revoked_during_a_batch_are_not_committed() -> None:
+    step = ScriptedStep([RetriableError("down"), None])
+    h = Harness(step)
+    h.publish(0, 2)
+    h.publish(1, 2)
+
+    def revoke_p1(consumer: FakeConsumer) -> None:
+        if consumer.polls == 1:
+            consumer.revoke([(TOPIC, 1)])
+
+    h.consumer_on_poll(revoke_p1)
+    h.run()
+    assert len(step.batches) == 2 and sorted(step.batches[1]) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert h.consumer.commits == [[(TOPIC, 0, 2)]]  # p1 belongs to another member now
+
+
+def test_re_assigned_partitions_are_resumed() -> None:
+    """librdkafka keeps a partition's pause flag across revocation and re-assignment."""
+    step = ScriptedStep([RetriableError("down"), None])
+    h = Harness(step)
+    h.publish(0, 1)
+    h.publish(1, 1)
+
+    def revoke_p1(consumer: FakeConsumer) -> None:
+        if consumer.polls == 2:  # paused by now
+            consumer.revoke([(TOPIC, 1)])
+
+    def reassign(n: int) -> None:
+        if n == 2:
+            h.consumer.assign([(TOPIC, 1)])
+            h.publish(1, 2)
+
+    step.on_submit = reassign
+    h.consumer_on_poll(revoke_p1)
+    h.run()
+    assert (TOPIC, 1) not in h.consumer.paused
+    assert h.committed()[1] == 3  # every message of p1 processed after it came back
+
+
+def test_a_stop_request_while_a_batch_fails_commits_nothing() -> None:
+    step = ScriptedStep([RetriableError("down")] * 1000)
+    h = Harness(step)
+    h.publish(0, 1)
+    step.on_submit = lambda n: h.stop.set() if n == 3 else None
+    h.run()
+    assert h.consumer.commits == [] and step.closed and h.consumer.closed
+
+
+def test_partition_eof_and_transient_errors_are_skipped() -> None:
+    step = ScriptedStep()
+    errors = [KafkaError(KafkaError._PARTITION_EOF), KafkaError(KafkaError._TRANSPORT, "broker down")]
+    h = Harness(step, errors=errors)
+    h.publish(0, 1)
+    h.run()
+    assert step.batches == [[(0, 0)]] and h.committed() == {0: 1}
+
+
+def test_a_fatal_error_stops_the_loop_and_closes_everything() -> None:
+    step = ScriptedStep()
+    h = Harness(step, errors=[KafkaError(KafkaError._FENCED, "fenced", fatal=True)])
+    with pytest.raises(KafkaException):
+        h.run()
+    assert step.closed and h.consumer.closed and h.observer.events == ["started", "stopped"]
+
+
+def test_a_step_bug_propagates_without_commit() -> None:
+    step = ScriptedStep([KeyError("bug")])
+    h = Harness(step)
+    h.publish(0, 1)
+    with pytest.raises(KeyError):
+        h.run()
+    assert h.consumer.commits == [] and len(step.batches) == 1
