@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from services.cli import admin, config, lag, link, overdue, purge, requests, runner
+from services.cli import admin, config, lag, link, overdue, purge, requests, runner, suppression
 from services.common.errors import ConfigurationError, OptoutError, PoisonMessage, RetriableError
 from services.common.logging import configure_logging
 from services.common.settings import settings
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_commands(sub)
     overdue.add_commands(sub)
     link.add_commands(sub)
+    suppression.add_commands(sub)
     return parser
 
 

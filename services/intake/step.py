@@ -30,6 +30,7 @@ from services.common.settings import Settings
 from services.domain.planning import PlannedCommand, plan_commands
 from services.domain.validation import OptOutRequest, decode_request
 from services.intake.store import RecordOutcome, record_batch
+from services.suppression.entries import suppression_ring
 
 log = get_logger(__name__)
 SERVICE = "intake"
@@ -70,6 +71,7 @@ class IntakeStep:
         self.producer = producer
         self.codec = codec
         self.clock = clock
+        self._ring = suppression_ring(settings)  # seals suppression-list entries
         # One connection per database worker thread (keyed by thread id).
         self._conns: dict[int, LazyConnection] = {}
         self._db = ThreadPoolExecutor(
@@ -219,7 +221,7 @@ class IntakeStep:
         requests = [i.request for i in items]
         commands = {i.request.event_id: i.commands for i in items}
         try:
-            outcome = conn.run(lambda c: record_batch(c, requests, commands, now))
+            outcome = conn.run(lambda c: record_batch(c, requests, commands, now, self._ring))
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             raise _DataRejected(first_line(exc)) from exc
         metrics.DB_SECONDS.labels(SERVICE, "record_batch").observe(time.monotonic() - started)

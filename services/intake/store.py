@@ -2,7 +2,8 @@
 
 Rows go in with multi-row ``INSERT ... SELECT FROM unnest(...)`` statements;
 ``ON CONFLICT DO NOTHING`` makes a redelivered batch a no-op apart from the
-re-send bookkeeping.
+re-send bookkeeping. The same statement adds the identifiers of every newly recorded
+request to the encrypted suppression list (``services/suppression``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from typing import Any
 
 import psycopg
 
+from services.common.sealing import KeyRing
 from services.domain.planning import PlannedCommand
 from services.domain.validation import OptOutRequest
+from services.suppression.entries import entries_of, postal_sha256, seal
 
 
 @dataclass
@@ -27,21 +30,42 @@ class RecordOutcome:
     resend: set[str] = field(default_factory=set)  # command ids of duplicates still unacknowledged
 
 
-# One statement records the new requests and their destination rows: the CTE inserts
-# the requests (conflicting event ids are skipped), and only the commands of requests
-# inserted now are recorded. Arrays go over the wire in binary (%b).
+# One statement records the new requests, their destination rows and their suppression-list
+# entries: the first CTE inserts the requests (conflicting event ids are skipped), and only
+# the commands and entries of requests inserted now are recorded. Entries are grouped by
+# (kind, hash) (one person may appear twice in a chunk), written in key order (so concurrent
+# writers lock rows in one order and never deadlock) and merged with an existing entry: the
+# latest value and request, the union of the scopes. Arrays go over the wire in binary (%b).
 _RECORD = """
 WITH new AS (
     INSERT INTO requests (event_id, content_sha256, subject_key, customer_id, email, phone,
-                          postal_address, email_sha256, phone_sha256, scopes, source,
-                          jurisdiction, requested_at, received_at, due_at, deadline_rule)
-    SELECT e, c, k, cu, em, ph, pa::jsonb, eh, phh, string_to_array(sc, ','), so, ju, ra, %b, du, dr
+                          postal_address, email_sha256, phone_sha256, postal_sha256, scopes,
+                          source, jurisdiction, requested_at, received_at, due_at, deadline_rule)
+    SELECT e, c, k, cu, em, ph, pa::jsonb, eh, phh, pah, string_to_array(sc, ','), so, ju, ra, %b,
+           du, dr
     FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
                 %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
-                %b::timestamptz[], %b::timestamptz[], %b::text[])
-         AS t(e, c, k, cu, em, ph, pa, eh, phh, sc, so, ju, ra, du, dr)
+                %b::text[], %b::timestamptz[], %b::timestamptz[], %b::text[])
+         AS t(e, c, k, cu, em, ph, pa, eh, phh, pah, sc, so, ju, ra, du, dr)
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id
+), listed AS (
+    INSERT INTO suppression_list AS s (kind, sha256, sealed, scopes, first_request_id,
+                                       last_request_id, created_at, updated_at)
+    SELECT t.k, t.h, (array_agg(t.v ORDER BY t.n DESC))[1],
+           ARRAY(SELECT DISTINCT x FROM unnest(string_to_array(string_agg(t.sc, ','), ',')) AS x
+                 ORDER BY x),
+           (array_agg(t.e ORDER BY t.n))[1], (array_agg(t.e ORDER BY t.n DESC))[1], %b, %b
+    FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[])
+         WITH ORDINALITY AS t(k, h, v, e, sc, n)
+         JOIN new ON new.event_id = t.e
+    GROUP BY t.k, t.h
+    ORDER BY t.k, t.h
+    ON CONFLICT (kind, sha256) DO UPDATE
+    SET sealed = EXCLUDED.sealed,
+        scopes = ARRAY(SELECT DISTINCT x FROM unnest(s.scopes || EXCLUDED.scopes) AS x ORDER BY x),
+        last_request_id = EXCLUDED.last_request_id,
+        updated_at = EXCLUDED.updated_at
 )
 INSERT INTO destination_status (command_id, event_id, destination, first_issued_at,
                                 last_issued_at)
@@ -65,12 +89,16 @@ def record_batch(
     requests: Sequence[OptOutRequest],
     commands: dict[str, list[PlannedCommand]],
     now: datetime,
+    ring: KeyRing,
 ) -> RecordOutcome:
-    """Record ``requests`` (unique event ids) and their commands in one transaction."""
+    """Record ``requests`` (unique event ids), their commands and their suppression-list
+    entries (sealed with ``ring``'s current key) in one transaction."""
     outcome = RecordOutcome()
     if not requests:
         return outcome
     all_commands = [c for r in requests for c in commands.get(r.event_id, [])]
+    # Sealed for every request of the chunk; the statement keeps those of new requests.
+    listed = [(r, e) for r in requests for e in entries_of(r)]
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(
             _RECORD,
@@ -85,12 +113,20 @@ def record_batch(
                 [json.dumps(r.postal_address) if r.postal_address else None for r in requests],
                 [r.email_sha256 for r in requests],
                 [r.phone_sha256 for r in requests],
+                [postal_sha256(r.postal_address) for r in requests],
                 [",".join(r.scopes) for r in requests],
                 [r.source.value for r in requests],
                 [r.jurisdiction for r in requests],
                 [r.requested_at for r in requests],
                 [r.due_at for r in requests],
                 [r.deadline_rule for r in requests],
+                now,
+                now,
+                [e.kind.value for _, e in listed],
+                [e.sha256 for _, e in listed],
+                [seal(ring, e) for _, e in listed],
+                [r.event_id for r, _ in listed],
+                [",".join(r.scopes) for r, _ in listed],
                 now,
                 now,
                 [c.command_id for c in all_commands],

@@ -1,0 +1,80 @@
+"""Which identifiers the suppression list keeps, how they are sealed, and the key settings."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.common.errors import ConfigurationError
+from services.common.sealing import SealError, generate_key, kid_of
+from services.common.settings import DEV_SUPPRESSION_KEY, DEV_SUPPRESSION_KEYS, Settings
+from services.domain.identity import sha256_hex
+from services.domain.validation import postal_key, validate_request
+from services.suppression.entries import Entry, Kind, entries_of, open_value, seal, suppression_ring
+from tests.support.pipeline import ADDRESS
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def _request(**fields):
+    record = {"event_id": "e-1", "scopes": ["ALL"], "source": "API", "requested_at": NOW, **fields}
+    return validate_request(record, NOW, timedelta(minutes=5))
+
+
+def test_entries_are_the_normalized_identifiers_keyed_by_the_command_hashes():
+    request = _request(
+        email=" Jane@Example.COM ", phone="(415) 555-0123", postal_address=ADDRESS, customer_id="c"
+    )
+    entries = entries_of(request)
+    assert [e.kind for e in entries] == [Kind.EMAIL, Kind.PHONE, Kind.POSTAL]
+    email, phone, postal = entries
+    assert (email.value, email.sha256) == ("jane@example.com", request.email_sha256)
+    assert (phone.value, phone.sha256) == ("+14155550123", request.phone_sha256)
+    assert postal.sha256 == sha256_hex(postal_key(request.postal_address) or "")
+    assert json.loads(postal.value) == request.postal_address
+
+
+def test_a_customer_id_alone_is_not_listed():
+    assert entries_of(_request(customer_id="c-1")) == []
+
+
+def test_a_sealed_value_opens_only_in_its_own_row():
+    ring = suppression_ring(Settings())
+    entry = Entry(Kind.EMAIL, sha256_hex("jane@example.com"), "jane@example.com")
+    sealed = seal(ring, entry)
+    assert kid_of(sealed) == "dev" and "jane" not in sealed
+    assert open_value(ring, Kind.EMAIL, entry.sha256, sealed) == "jane@example.com"
+    for kind, digest in ((Kind.PHONE, entry.sha256), (Kind.EMAIL, sha256_hex("john@example.com"))):
+        with pytest.raises(SealError) as err:
+            open_value(ring, kind, digest, sealed)
+        assert err.value.reason == "forged"
+
+
+def test_the_dev_key_is_the_default_and_refused_in_production():
+    default = Settings()
+    assert default.suppression_keys.get_secret_value() == DEV_SUPPRESSION_KEYS
+    ring = suppression_ring(default)
+    assert ring.uses_dev_key and ring.current == "dev"
+    assert DEV_SUPPRESSION_KEYS not in repr(default)  # a secret: never printed
+    production = default.model_copy(update={"env": "production"})
+    with pytest.raises(ConfigurationError, match="OPTOUT_SUPPRESSION_KEYS contains the dev-only key"):
+        suppression_ring(production)
+    real = generate_key()
+    rotated = production.model_copy(
+        update={
+            "suppression_keys": Settings(suppression_keys=json.dumps({"2026a": real})).suppression_keys,
+            "suppression_current_kid": "2026a",
+        }
+    )
+    ring = suppression_ring(rotated)
+    assert ring.kids == ["2026a"] and not ring.uses_dev_key
+    assert len(DEV_SUPPRESSION_KEY) == 32
+
+
+def test_bad_key_settings_name_the_setting():
+    with pytest.raises(ConfigurationError, match="OPTOUT_SUPPRESSION_KEYS is not valid JSON"):
+        suppression_ring(Settings(suppression_keys="{nope"))
+    with pytest.raises(ConfigurationError, match="OPTOUT_SUPPRESSION_CURRENT_KID 'k9' is not in"):
+        suppression_ring(Settings(suppression_current_kid="k9"))
