@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from services.common.sealing import KeyRing, SealError, kid_of
+from services.common.sealing import KeyRing, SealError, b64encode, kid_of
 from services.common.settings import DEV_SUPPRESSION_KEY
 from services.domain.identity import sha256_hex
 from services.domain.planning import plan_commands
@@ -359,3 +359,39 @@ def test_intake_service_writes_sealed_entries(base_settings):
     with psycopg.connect(cfg.dsn()) as conn:
         found = identifiers_for(conn, DEV_RING, Kind.EMAIL, hashes)
     assert sorted(s.identifier for s in found.values()) == sorted(e.lower() for e in emails)
+
+
+def test_rotate_and_status_commands(database):
+    with psycopg.connect(database["app"]) as conn:
+        _record(conn, [_request(email=_unique_email()) for _ in range(5)], DEV_RING)
+        conn.commit()
+    keys = json.dumps({"dev": b64encode(DEV_SUPPRESSION_KEY), "k1": b64encode(KEY_1), "k2": b64encode(KEY_2)})
+    env = {
+        "OPTOUT_DATABASE_URL": database["app"],
+        "OPTOUT_SUPPRESSION_KEYS": keys,
+        "OPTOUT_SUPPRESSION_CURRENT_KID": "k2",
+        "PATH": "/usr/bin:/bin",
+    }
+
+    def optout(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "services.cli.main", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+    before = optout("suppression-list", "status")
+    assert before.returncode == 0, before.stderr
+    assert "(in key ring)" in before.stdout and "entries:" in before.stdout
+    done = optout("suppression-list", "rotate", "--chunk", "2")
+    assert done.returncode == 0, done.stderr
+    assert "re-encrypted 2 entries so far" in done.stderr  # one progress line per chunk
+    assert "0 unreadable; 0 left under other keys" in done.stdout
+    after = optout("suppression-list", "status")
+    assert "(current)" in after.stdout and "(in key ring)" not in after.stdout
+    with psycopg.connect(database["app"]) as conn:
+        assert {kid_of(r[0]) for r in conn.execute("SELECT sealed FROM suppression_list").fetchall()} == {
+            "k2"
+        }
+    env["OPTOUT_ENV"] = "production"
+    env["OPTOUT_SUPPRESSION_KEYS"] = json.dumps({"dev": b64encode(DEV_SUPPRESSION_KEY)})
+    env["OPTOUT_SUPPRESSION_CURRENT_KID"] = "dev"
+    refused = optout("suppression-list", "rotate")
+    assert refused.returncode == 2 and "dev-only key while OPTOUT_ENV=production" in refused.stderr
