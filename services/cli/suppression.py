@@ -16,6 +16,7 @@ from services.common.sealing import generate_key
 from services.common.settings import settings
 from services.domain.identity import normalize_email, normalize_phone, sha256_hex
 from services.domain.validation import normalize_postal_address
+from services.suppression.backfill import backfill
 from services.suppression.entries import postal_sha256, suppression_ring
 from services.suppression.erase import Person, erase_person
 from services.suppression.rotate import Rotation, entries_by_kid, rotate
@@ -63,6 +64,20 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         + "\n"
     )
     return 1 if result.unreadable else 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    ring = suppression_ring(settings())
+
+    def progress(requests: int, entries: int) -> None:
+        sys.stderr.write(f"read {requests} requests, {entries} identifiers so far\n")
+
+    with _connect() as conn:
+        requests, entries = backfill(conn, ring, SystemClock().now(), chunk=args.chunk, progress=progress)
+    sys.stdout.write(
+        f"listed the {entries} identifiers of {requests} requests still holding contact details\n"
+    )
+    return 0
 
 
 def cmd_generate_key(_args: argparse.Namespace) -> int:
@@ -132,6 +147,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     rot.add_argument("--chunk", type=int, default=1000, help="entries per transaction (default 1000)")
     rot.set_defaults(handler=cmd_rotate)
+    back = actions.add_parser(
+        "backfill",
+        help="list the identifiers of requests recorded before the suppression list existed",
+        description="Add entries for every request that still holds contact details (requests "
+        "recorded before migration 0005). Idempotent; safe while the services run.",
+    )
+    back.add_argument("--chunk", type=int, default=1000, help="requests per transaction (default 1000)")
+    back.set_defaults(handler=cmd_backfill)
     gen = actions.add_parser("generate-key", help="print a new random key for OPTOUT_SUPPRESSION_KEYS")
     gen.set_defaults(handler=cmd_generate_key)
 

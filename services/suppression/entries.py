@@ -70,14 +70,21 @@ def postal_sha256(address: dict[str, Any] | None) -> str | None:
 def entries_of(request: OptOutRequest) -> list[Entry]:
     """The identifiers of ``request`` the suppression list keeps (none for a customer id
     alone: it is not a contact detail and stays on the request)."""
+    return identifier_entries(request.email, request.phone, request.postal_address)
+
+
+def identifier_entries(
+    email: str | None, phone: str | None, postal_address: dict[str, Any] | None
+) -> list[Entry]:
+    """Entries of already normalized identifiers (email, E.164 phone, normalized address)."""
     found: list[Entry] = []
-    if request.email and request.email_sha256:
-        found.append(Entry(Kind.EMAIL, request.email_sha256, request.email))
-    if request.phone and request.phone_sha256:
-        found.append(Entry(Kind.PHONE, request.phone_sha256, request.phone))
-    digest = postal_sha256(request.postal_address)
-    if request.postal_address is not None and digest is not None:
-        value = json.dumps(request.postal_address, separators=(",", ":"), ensure_ascii=False)
+    if email:
+        found.append(Entry(Kind.EMAIL, sha256_hex(email), email))
+    if phone:
+        found.append(Entry(Kind.PHONE, sha256_hex(phone), phone))
+    digest = postal_sha256(postal_address)
+    if postal_address is not None and digest is not None:
+        value = json.dumps(postal_address, separators=(",", ":"), ensure_ascii=False)
         found.append(Entry(Kind.POSTAL, digest, value))
     return found
 

@@ -395,3 +395,53 @@ def test_rotate_and_status_commands(database):
     env["OPTOUT_SUPPRESSION_CURRENT_KID"] = "dev"
     refused = optout("suppression-list", "rotate")
     assert refused.returncode == 2 and "dev-only key while OPTOUT_ENV=production" in refused.stderr
+
+
+def test_backfill_lists_requests_recorded_before_the_list_existed(database):
+    from services.suppression.backfill import backfill
+
+    email, phone = _unique_email().lower(), "+14155557" + str(uuid.uuid4().int % 1000).zfill(3)
+    address = {**ADDRESS, "name": f"Backfill {uuid.uuid4().hex[:6]}"}
+    old = _request(email=email, phone=phone, postal_address=address, scopes=("EMAIL_MARKETING",))
+    purged = _request(email=_unique_email())
+    with psycopg.connect(database["app"]) as conn:
+        # As recorded before migration 0005: a request row, no entry, no postal hash.
+        for request, details in (
+            (old, (email, phone, json.dumps(old.postal_address))),
+            (purged, (None,) * 3),
+        ):
+            conn.execute(
+                "INSERT INTO requests (event_id, content_sha256, subject_key, email, phone, postal_address,"
+                " email_sha256, phone_sha256, scopes, source, requested_at, due_at, deadline_rule)"
+                " VALUES (%s, 'h', 'k', %s, %s, %s, %s, %s, %s, 'API', %s, %s, 'default')",
+                (
+                    request.event_id,
+                    *details,
+                    request.email_sha256,
+                    request.phone_sha256,
+                    list(request.scopes),
+                    NOW,
+                    NOW,
+                ),
+            )
+        conn.commit()
+        postal_hash = sha256_hex(postal_key(old.postal_address) or "")
+        first = backfill(conn, DEV_RING, NOW, chunk=3)
+        assert first[1] >= 3
+        again = backfill(conn, DEV_RING, NOW, chunk=3)
+        assert again == first  # idempotent: the same requests, nothing new
+        for kind, digest, clear in (
+            (Kind.EMAIL, old.email_sha256, email),
+            (Kind.PHONE, old.phone_sha256, phone),
+            (Kind.POSTAL, postal_hash, None),
+        ):
+            assert digest
+            entry = _rows(conn, kind, [digest])[digest]
+            assert entry[1:3] == (["EMAIL_MARKETING"], old.event_id)
+            opened = open_value(DEV_RING, kind, digest, entry[0])
+            assert (opened == clear) if clear else (json.loads(opened) == old.postal_address)
+        assert not _rows(conn, Kind.EMAIL, [purged.email_sha256 or ""])
+        stored = conn.execute(
+            "SELECT postal_sha256 FROM requests WHERE event_id = %s", (old.event_id,)
+        ).fetchone()
+        assert stored == (postal_hash,)
