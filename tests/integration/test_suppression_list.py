@@ -177,6 +177,9 @@ def test_identifiers_for_and_iterate_decrypt_by_hash_kind_and_scope(database):
         found = identifiers_for(conn, ring, Kind.EMAIL, [*hashes[:3], sha256_hex("nobody@example.com")])
         assert {h: s.identifier for h, s in found.items()} == dict(zip(hashes[:3], emails[:3], strict=True))
         chunks = list(iterate(conn, ring, kinds=[Kind.EMAIL], scopes=["EMAIL_MARKETING", "ALL"], chunk=2))
+        everything = [s for c in iterate(conn, ring, chunk=3) for s in c]
+        total = conn.execute("SELECT count(*) FROM suppression_list").fetchone()
+    assert total and len(everything) == total[0] >= len(emails)
     assert all(len(c) <= 2 for c in chunks)
     seen = [s for c in chunks for s in c]
     assert [s.sha256 for s in seen] == sorted(s.sha256 for s in seen)  # key order, no repeats
