@@ -19,7 +19,49 @@ import psycopg
 from services.common.sealing import KeyRing
 from services.domain.planning import PlannedCommand
 from services.domain.validation import OptOutRequest
-from services.suppression.entries import entries_of, postal_sha256, seal
+from services.suppression.entries import Entry, entries_of, postal_sha256, seal
+
+
+@dataclass
+class ListedEntries:
+    """A chunk's suppression-list entries as the statement's arrays: one row per (kind, hash),
+    sorted by it; a person named by several requests of the chunk gets the latest value and
+    request, the first request and the union of the scopes. ``events``/``rows``: which
+    request makes which row (1-based) worth writing, if that request is new."""
+
+    kinds: list[str] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+    sealed: list[str] = field(default_factory=list)
+    scopes: list[str] = field(default_factory=list)
+    first: list[str] = field(default_factory=list)
+    last: list[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, requests: Sequence[OptOutRequest], ring: KeyRing) -> ListedEntries:
+        merged: dict[tuple[str, str], tuple[Entry, list[OptOutRequest]]] = {}
+        for request in requests:
+            for entry in entries_of(request):
+                key = (entry.kind.value, entry.sha256)
+                seen = merged.get(key)
+                if seen is None:
+                    merged[key] = (entry, [request])
+                else:
+                    merged[key] = (entry, [*seen[1], request])  # the latest value wins
+        listed = cls()
+        for row, key in enumerate(sorted(merged), start=1):
+            entry, named_by = merged[key]
+            listed.kinds.append(key[0])
+            listed.hashes.append(key[1])
+            listed.sealed.append(seal(ring, entry))
+            listed.scopes.append(",".join(sorted({s.value for r in named_by for s in r.scopes})))
+            listed.first.append(named_by[0].event_id)
+            listed.last.append(named_by[-1].event_id)
+            for request in named_by:
+                listed.events.append(request.event_id)
+                listed.rows.append(row)
+        return listed
 
 
 @dataclass
@@ -32,10 +74,11 @@ class RecordOutcome:
 
 # One statement records the new requests, their destination rows and their suppression-list
 # entries: the first CTE inserts the requests (conflicting event ids are skipped), and only
-# the commands and entries of requests inserted now are recorded. Entries are grouped by
-# (kind, hash) (one person may appear twice in a chunk), written in key order (so concurrent
-# writers lock rows in one order and never deadlock) and merged with an existing entry: the
-# latest value and request, the union of the scopes. Arrays go over the wire in binary (%b).
+# the commands and entries of requests inserted now are recorded. Entries come merged per
+# (kind, hash) and sorted by it (see ``ListedEntries``); an entry is written when one of its
+# requests is new (``m`` maps request ids to entry rows), in key order, so concurrent writers
+# lock rows in one order and never deadlock, and merged with an existing entry: the latest
+# value and request, the union of the scopes. Arrays go over the wire in binary (%b).
 _RECORD = """
 WITH new AS (
     INSERT INTO requests (event_id, content_sha256, subject_key, customer_id, email, phone,
@@ -52,18 +95,17 @@ WITH new AS (
 ), listed AS (
     INSERT INTO suppression_list AS s (kind, sha256, sealed, scopes, first_request_id,
                                        last_request_id, created_at, updated_at)
-    SELECT t.k, t.h, (array_agg(t.v ORDER BY t.n DESC))[1],
-           ARRAY(SELECT DISTINCT x FROM unnest(string_to_array(string_agg(t.sc, ','), ',')) AS x
-                 ORDER BY x),
-           (array_agg(t.e ORDER BY t.n))[1], (array_agg(t.e ORDER BY t.n DESC))[1], %b, %b
-    FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[])
-         WITH ORDINALITY AS t(k, h, v, e, sc, n)
-         JOIN new ON new.event_id = t.e
-    GROUP BY t.k, t.h
-    ORDER BY t.k, t.h
+    SELECT t.k, t.h, t.v, string_to_array(t.sc, ','), t.f, t.l, %b, %b
+    FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[])
+         WITH ORDINALITY AS t(k, h, v, sc, f, l, n)
+    WHERE t.n IN (SELECT m.n FROM unnest(%b::text[], %b::int8[]) AS m(e, n)
+                  JOIN new ON new.event_id = m.e)
+    ORDER BY t.n
     ON CONFLICT (kind, sha256) DO UPDATE
     SET sealed = EXCLUDED.sealed,
-        scopes = ARRAY(SELECT DISTINCT x FROM unnest(s.scopes || EXCLUDED.scopes) AS x ORDER BY x),
+        scopes = CASE WHEN s.scopes @> EXCLUDED.scopes THEN s.scopes
+                      ELSE ARRAY(SELECT DISTINCT x FROM unnest(s.scopes || EXCLUDED.scopes) AS x
+                                 ORDER BY x) END,
         last_request_id = EXCLUDED.last_request_id,
         updated_at = EXCLUDED.updated_at
 )
@@ -98,7 +140,7 @@ def record_batch(
         return outcome
     all_commands = [c for r in requests for c in commands.get(r.event_id, [])]
     # Sealed for every request of the chunk; the statement keeps those of new requests.
-    listed = [(r, e) for r in requests for e in entries_of(r)]
+    listed = ListedEntries.of(requests, ring)
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(
             _RECORD,
@@ -122,11 +164,14 @@ def record_batch(
                 [r.deadline_rule for r in requests],
                 now,
                 now,
-                [e.kind.value for _, e in listed],
-                [e.sha256 for _, e in listed],
-                [seal(ring, e) for _, e in listed],
-                [r.event_id for r, _ in listed],
-                [",".join(r.scopes) for r, _ in listed],
+                listed.kinds,
+                listed.hashes,
+                listed.sealed,
+                listed.scopes,
+                listed.first,
+                listed.last,
+                listed.events,
+                listed.rows,
                 now,
                 now,
                 [c.command_id for c in all_commands],

@@ -78,3 +78,22 @@ def test_bad_key_settings_name_the_setting():
         suppression_ring(Settings(suppression_keys="{nope"))
     with pytest.raises(ConfigurationError, match="OPTOUT_SUPPRESSION_CURRENT_KID 'k9' is not in"):
         suppression_ring(Settings(suppression_current_kid="k9"))
+
+
+def test_a_chunk_lists_each_identifier_once_in_key_order_merging_its_requests():
+    from services.intake.store import ListedEntries
+
+    ring = suppression_ring(Settings())
+    first = _request(email="jane@example.com", phone="+14155550123", scopes=["EMAIL_MARKETING"])
+    other = _request(event_id="e-2", email="john@example.com", scopes=["ALL"])
+    again = _request(event_id="e-3", email="JANE@example.com", scopes=["THIRD_PARTY_SHARING"])
+    listed = ListedEntries.of([first, other, again], ring)
+    keys = list(zip(listed.kinds, listed.hashes, strict=True))
+    assert keys == sorted(keys) and len(keys) == 3  # jane's email once, john's email, jane's phone
+    jane = keys.index(("email", sha256_hex("jane@example.com")))
+    assert listed.scopes[jane] == "EMAIL_MARKETING,THIRD_PARTY_SHARING"
+    assert (listed.first[jane], listed.last[jane]) == ("e-1", "e-3")
+    assert open_value(ring, Kind.EMAIL, keys[jane][1], listed.sealed[jane]) == "jane@example.com"
+    # Each request points at the rows it names (1-based): written if that request is new.
+    pairs = set(zip(listed.events, listed.rows, strict=True))
+    assert {("e-1", jane + 1), ("e-3", jane + 1)} <= pairs and len(pairs) == 4
