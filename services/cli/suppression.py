@@ -113,8 +113,10 @@ def cmd_erase(args: argparse.Namespace) -> int:
         )
     if result.open_requests:
         sys.stdout.write(
-            f"note: {len(result.open_requests)} matched request(s) are not confirmed yet; "
-            "destinations not yet told can no longer be: " + ", ".join(result.open_requests) + "\n"
+            f"note: {len(result.open_requests)} matched request(s) are not confirmed yet; their "
+            "commands already sent still carry the identifiers, re-sends no longer can: "
+            + ", ".join(result.open_requests)
+            + "\n"
         )
     return 0
 

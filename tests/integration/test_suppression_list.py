@@ -330,7 +330,7 @@ def test_erase_by_phone_reports_open_requests_and_refuses_bad_input(database):
     done = _erase_cli(database, "--phone", phone)
     assert done.returncode == 0, done.stderr
     assert "removed 1 suppression-list entries" in done.stdout
-    assert f"not confirmed yet; destinations not yet told can no longer be: {pending.event_id}" in done.stdout
+    assert f"re-sends no longer can: {pending.event_id}" in done.stdout
     with psycopg.connect(database["app"]) as conn:
         assert (
             erase_person(
