@@ -80,7 +80,8 @@ def iterate(
         "limit": chunk,
     }
     while True:
-        rows = conn.execute(_PAGE, {**params, "kind": position[0], "sha256": position[1]}).fetchall()
+        with conn.transaction():  # one short transaction per page (a savepoint inside the caller's)
+            rows = conn.execute(_PAGE, {**params, "kind": position[0], "sha256": position[1]}).fetchall()
         if rows:
             yield [_decrypt(ring, row) for row in rows]
             position = (rows[-1][0], rows[-1][1])

@@ -91,7 +91,8 @@ def rotate(
                 progress(result)
         if len(rows) < chunk:
             break
-    result.remaining = {kid: n for kid, n in entries_by_kid(conn).items() if kid != ring.current}
+    with conn.transaction():
+        result.remaining = {kid: n for kid, n in entries_by_kid(conn).items() if kid != ring.current}
     log.info(
         "suppression list rotated",
         current_kid=ring.current,

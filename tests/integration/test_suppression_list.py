@@ -64,6 +64,11 @@ def _rows(conn: psycopg.Connection[Any], kind: Kind, hashes: list[str]) -> dict[
     return {r[0]: r[1:] for r in rows}
 
 
+def _unique_phone() -> str:
+    """A US number no other test of the session uses (E.164)."""
+    return f"+1{uuid.uuid4().int % 8_000_000_000 + 2_000_000_000}"
+
+
 def _unique_email() -> str:
     return f"Supp.{uuid.uuid4().hex[:10]}@Example.com"
 
@@ -129,7 +134,7 @@ def test_redelivery_changes_nothing_and_a_later_request_merges_into_the_entry(da
 
 def test_a_whole_table_dump_holds_no_plaintext(database):
     email = _unique_email()
-    phone = "+442079460" + str(uuid.uuid4().int % 1000).zfill(3)
+    phone = _unique_phone()
     address = {**ADDRESS, "name": f"Dump Tester {uuid.uuid4().hex[:6]}"}
     request = _request(email=email, phone=phone, postal_address=address)
     with psycopg.connect(database["app"]) as conn:
@@ -180,6 +185,12 @@ def test_identifiers_for_and_iterate_decrypt_by_hash_kind_and_scope(database):
         everything = [s for c in iterate(conn, ring, chunk=3) for s in c]
         total = conn.execute("SELECT count(*) FROM suppression_list").fetchone()
     assert total and len(everything) == total[0] >= len(emails)
+    with psycopg.connect(database["app"]) as fresh:
+        pages = iterate(fresh, ring, chunk=2)
+        assert len(next(pages)) == 2
+        # Between pages no transaction stays open (a whole-list replay may take long).
+        assert fresh.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        pages.close()
     assert all(len(c) <= 2 for c in chunks)
     seen = [s for c in chunks for s in c]
     assert [s.sha256 for s in seen] == sorted(s.sha256 for s in seen)  # key order, no repeats
@@ -219,6 +230,7 @@ def test_rotation_re_encrypts_every_entry_while_intake_writes(database):
     finally:
         stop.set()
         writer.join(timeout=30)
+    assert not writer.is_alive(), "the writer did not stop"
     assert not failures, failures
     assert result.unreadable == 0 and result.remaining == {}
     assert progress and progress == sorted(progress)
@@ -262,7 +274,7 @@ def _erase_cli(database: dict[str, str], *args: str) -> subprocess.CompletedProc
 
 def test_erase_removes_the_entries_and_the_contact_details_of_every_request(database):
     email = _unique_email()
-    phone = "+1415555" + str(uuid.uuid4().int % 10000).zfill(4)
+    phone = _unique_phone()
     customer = f"c-{uuid.uuid4().hex[:8]}"
     with_phone = _request(email=email, phone=phone, postal_address=ADDRESS, customer_id=customer)
     phone_only = _request(phone=phone)  # the same person, found through their phone
@@ -322,7 +334,7 @@ def test_erase_removes_an_address_only_its_owner_carries(database):
 
 
 def test_erase_by_phone_reports_open_requests_and_refuses_bad_input(database):
-    phone = "+1415556" + str(uuid.uuid4().int % 10000).zfill(4)
+    phone = _unique_phone()
     pending = _request(phone=phone)
     with psycopg.connect(database["app"]) as conn:
         _record(conn, [pending])
@@ -403,7 +415,7 @@ def test_rotate_and_status_commands(database):
 def test_backfill_lists_requests_recorded_before_the_list_existed(database):
     from services.suppression.backfill import backfill
 
-    email, phone = _unique_email().lower(), "+14155557" + str(uuid.uuid4().int % 1000).zfill(3)
+    email, phone = _unique_email().lower(), _unique_phone()
     address = {**ADDRESS, "name": f"Backfill {uuid.uuid4().hex[:6]}"}
     old = _request(email=email, phone=phone, postal_address=address, scopes=("EMAIL_MARKETING",))
     purged = _request(email=_unique_email())
