@@ -97,3 +97,17 @@ def test_a_chunk_lists_each_identifier_once_in_key_order_merging_its_requests():
     # Each request points at the rows it names (1-based): written if that request is new.
     pairs = set(zip(listed.events, listed.rows, strict=True))
     assert {("e-1", jane + 1), ("e-3", jane + 1)} <= pairs and len(pairs) == 4
+
+
+def test_intake_refuses_to_start_with_the_dev_key_in_production():
+    from confluent_kafka import Producer
+
+    from services.common.avro import default_codec
+    from services.common.clock import ManualClock
+    from services.intake.step import IntakeStep
+
+    producer = Producer({"bootstrap.servers": "127.0.0.1:1"})
+    with pytest.raises(ConfigurationError, match="OPTOUT_SUPPRESSION_KEYS contains the dev-only key"):
+        IntakeStep(
+            Settings().model_copy(update={"env": "production"}), producer, default_codec(), ManualClock(NOW)
+        )
