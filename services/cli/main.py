@@ -10,7 +10,18 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from services.cli import admin, config, lag, link, overdue, purge, requests, resolve, runner
+from services.cli import (
+    admin,
+    config,
+    lag,
+    link,
+    overdue,
+    purge,
+    requests,
+    resolve,
+    runner,
+    suppression,
+)
 from services.common.errors import ConfigurationError, OptoutError, PoisonMessage, RetriableError
 from services.common.logging import configure_logging
 from services.common.settings import settings
@@ -34,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     overdue.add_commands(sub)
     resolve.add_commands(sub)
     link.add_commands(sub)
+    suppression.add_commands(sub)
     return parser
 
 

@@ -21,6 +21,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from services.common.contract import DESTINATIONS
 from services.common.errors import ConfigurationError
 
+# DEV ONLY: the well-known key of the default OPTOUT_SUPPRESSION_KEYS (base64url of these
+# 32 bytes). The suppression list refuses it when OPTOUT_ENV=production
+# (services/suppression/keys.py); generate real keys with `optout suppression-list generate-key`.
+DEV_SUPPRESSION_KEY = b"optout-DEV-ONLY-suppression-key!"
+DEV_SUPPRESSION_KEYS = '{"dev": "b3B0b3V0LURFVi1PTkxZLXN1cHByZXNzaW9uLWtleSE"}'
+
 
 class PartnerEndpoint(BaseModel):
     """One third party told not to sell/share (``OPTOUT_PARTNERS`` is a JSON list of these)."""
@@ -211,6 +217,17 @@ class Settings(BaseSettings):
         5.0, gt=0, le=120, description="How long a POST waits for the broker before a 503."
     )
 
+    # --- Suppression list ------------------------------------------------------
+    suppression_keys: SecretStr = Field(
+        # DEV ONLY: a well-known key; the suppression list refuses it when OPTOUT_ENV=production.
+        SecretStr(DEV_SUPPRESSION_KEYS),
+        description='Suppression-list encryption keys as JSON {"kid": "base64url 32-byte key"}; '
+        "old kids keep decrypting.",
+    )
+    suppression_current_kid: str = Field(
+        "dev", description="Key id new suppression-list entries are encrypted with."
+    )
+
     @field_validator("web_trusted_proxies")
     @classmethod
     def _check_cidrs(cls, value: list[str]) -> list[str]:
@@ -314,6 +331,7 @@ PRODUCTION_REFUSES_DEV_VALUES: tuple[str, ...] = (
     "partners",
     "web_public_url",
     "web_token_keys",
+    "suppression_keys",
 )
 DEV_SECRETS = frozenset(
     {
@@ -324,6 +342,7 @@ DEV_SECRETS = frozenset(
         "dev-adnetwork-token",
         "dev-databroker-token",
         "b3B0b3V0LWRldi1vbmx5LWtleS1OT1QtU0VDUkVUISE",  # the web's well-known dev token key
+        "b3B0b3V0LURFVi1PTkxZLXN1cHByZXNzaW9uLWtleSE",  # the suppression list's well-known dev key
     }
 )
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})

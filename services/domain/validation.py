@@ -81,7 +81,7 @@ def normalize_postal_address(raw: Mapping[str, Any] | None) -> PostalAddressReco
     return address
 
 
-def postal_key(address: PostalAddressRecord | None) -> str | None:
+def postal_key(address: Mapping[str, Any] | None) -> str | None:
     if address is None:
         return None
     return "|".join(

@@ -30,6 +30,7 @@ from services.common.settings import Settings
 from services.domain.planning import PlannedCommand, plan_commands
 from services.domain.validation import OptOutRequest, decode_request
 from services.intake.store import RecordOutcome, record_batch
+from services.suppression.entries import suppression_ring
 
 log = get_logger(__name__)
 SERVICE = "intake"
@@ -82,6 +83,7 @@ class IntakeStep:
         self.producer = producer
         self.codec = codec
         self.clock = clock
+        self._ring = suppression_ring(settings)  # seals suppression-list entries
         # One connection per database worker thread (keyed by thread id).
         self._conns: dict[int, LazyConnection] = {}
         self._db = ThreadPoolExecutor(
@@ -229,7 +231,7 @@ class IntakeStep:
         conn = self._conns.get(worker)
         if conn is None:
             conn = self._conns[worker] = LazyConnection(self.settings.dsn())
-        return conn.run(lambda c: record_batch(c, requests, commands, now))
+        return conn.run(lambda c: record_batch(c, requests, commands, now, self._ring))
 
     def _record(self, items: list[_Accepted], now: Any) -> RecordOutcome:
         started = time.monotonic()

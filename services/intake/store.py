@@ -2,7 +2,8 @@
 
 Rows go in with multi-row ``INSERT ... SELECT FROM unnest(...)`` statements;
 ``ON CONFLICT DO NOTHING`` makes a redelivered batch a no-op apart from the
-re-send bookkeeping.
+re-send bookkeeping. The same statement adds the identifiers of every newly recorded
+request to the encrypted suppression list (``services/suppression``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,52 @@ from typing import Any
 
 import psycopg
 
+from services.common.sealing import KeyRing
 from services.domain.planning import PlannedCommand
 from services.domain.validation import OptOutRequest
+from services.suppression.entries import Entry, entries_of, postal_sha256, seal
+
+
+@dataclass
+class ListedEntries:
+    """A chunk's suppression-list entries as the statement's arrays: one row per (kind, hash),
+    sorted by it; a person named by several requests of the chunk gets the latest value and
+    request, the first request and the union of the scopes. ``events``/``rows``: which
+    request makes which row (1-based) worth writing, if that request is new."""
+
+    kinds: list[str] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+    sealed: list[str] = field(default_factory=list)
+    scopes: list[str] = field(default_factory=list)
+    first: list[str] = field(default_factory=list)
+    last: list[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, requests: Sequence[OptOutRequest], ring: KeyRing) -> ListedEntries:
+        merged: dict[tuple[str, str], tuple[Entry, list[OptOutRequest]]] = {}
+        for request in requests:
+            for entry in entries_of(request):
+                key = (entry.kind.value, entry.sha256)
+                seen = merged.get(key)
+                if seen is None:
+                    merged[key] = (entry, [request])
+                else:
+                    merged[key] = (entry, [*seen[1], request])  # the latest value wins
+        listed = cls()
+        for row, key in enumerate(sorted(merged), start=1):
+            entry, named_by = merged[key]
+            listed.kinds.append(key[0])
+            listed.hashes.append(key[1])
+            listed.sealed.append(seal(ring, entry))
+            listed.scopes.append(",".join(sorted({s.value for r in named_by for s in r.scopes})))
+            listed.first.append(named_by[0].event_id)
+            listed.last.append(named_by[-1].event_id)
+            for request in named_by:
+                listed.events.append(request.event_id)
+                listed.rows.append(row)
+        return listed
 
 
 @dataclass
@@ -27,21 +72,42 @@ class RecordOutcome:
     resend: set[str] = field(default_factory=set)  # command ids of duplicates still unacknowledged
 
 
-# One statement records the new requests and their destination rows: the CTE inserts
-# the requests (conflicting event ids are skipped), and only the commands of requests
-# inserted now are recorded. Arrays go over the wire in binary (%b).
+# One statement records the new requests, their destination rows and their suppression-list
+# entries: the first CTE inserts the requests (conflicting event ids are skipped), and only
+# the commands and entries of requests inserted now are recorded. Entries come merged per
+# (kind, hash) and sorted by it (see ``ListedEntries``); an entry is written when one of its
+# requests is new (``m`` maps request ids to entry rows), in key order, so concurrent writers
+# lock rows in one order and never deadlock, and merged with an existing entry: the latest
+# value and request, the union of the scopes. Arrays go over the wire in binary (%b).
 _RECORD = """
 WITH new AS (
     INSERT INTO requests (event_id, content_sha256, subject_key, customer_id, email, phone,
-                          postal_address, email_sha256, phone_sha256, scopes, source,
-                          jurisdiction, requested_at, received_at, due_at, deadline_rule)
-    SELECT e, c, k, cu, em, ph, pa::jsonb, eh, phh, string_to_array(sc, ','), so, ju, ra, %b, du, dr
+                          postal_address, email_sha256, phone_sha256, postal_sha256, scopes,
+                          source, jurisdiction, requested_at, received_at, due_at, deadline_rule)
+    SELECT e, c, k, cu, em, ph, pa::jsonb, eh, phh, pah, string_to_array(sc, ','), so, ju, ra, %b,
+           du, dr
     FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
                 %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
-                %b::timestamptz[], %b::timestamptz[], %b::text[])
-         AS t(e, c, k, cu, em, ph, pa, eh, phh, sc, so, ju, ra, du, dr)
+                %b::text[], %b::timestamptz[], %b::timestamptz[], %b::text[])
+         AS t(e, c, k, cu, em, ph, pa, eh, phh, pah, sc, so, ju, ra, du, dr)
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id
+), listed AS (
+    INSERT INTO suppression_list AS s (kind, sha256, sealed, scopes, first_request_id,
+                                       last_request_id, created_at, updated_at)
+    SELECT t.k, t.h, t.v, string_to_array(t.sc, ','), t.f, t.l, %b, %b
+    FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[])
+         WITH ORDINALITY AS t(k, h, v, sc, f, l, n)
+    WHERE t.n IN (SELECT m.n FROM unnest(%b::text[], %b::int8[]) AS m(e, n)
+                  JOIN new ON new.event_id = m.e)
+    ORDER BY t.n
+    ON CONFLICT (kind, sha256) DO UPDATE
+    SET sealed = EXCLUDED.sealed,
+        scopes = CASE WHEN s.scopes @> EXCLUDED.scopes THEN s.scopes
+                      ELSE ARRAY(SELECT DISTINCT x FROM unnest(s.scopes || EXCLUDED.scopes) AS x
+                                 ORDER BY x) END,
+        last_request_id = EXCLUDED.last_request_id,
+        updated_at = EXCLUDED.updated_at
 )
 INSERT INTO destination_status (command_id, event_id, destination, first_issued_at,
                                 last_issued_at)
@@ -65,12 +131,16 @@ def record_batch(
     requests: Sequence[OptOutRequest],
     commands: dict[str, list[PlannedCommand]],
     now: datetime,
+    ring: KeyRing,
 ) -> RecordOutcome:
-    """Record ``requests`` (unique event ids) and their commands in one transaction."""
+    """Record ``requests`` (unique event ids), their commands and their suppression-list
+    entries (sealed with ``ring``'s current key) in one transaction."""
     outcome = RecordOutcome()
     if not requests:
         return outcome
     all_commands = [c for r in requests for c in commands.get(r.event_id, [])]
+    # Sealed for every request of the chunk; the statement keeps those of new requests.
+    listed = ListedEntries.of(requests, ring)
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(
             _RECORD,
@@ -85,12 +155,23 @@ def record_batch(
                 [json.dumps(r.postal_address) if r.postal_address else None for r in requests],
                 [r.email_sha256 for r in requests],
                 [r.phone_sha256 for r in requests],
+                [postal_sha256(r.postal_address) for r in requests],
                 [",".join(r.scopes) for r in requests],
                 [r.source.value for r in requests],
                 [r.jurisdiction for r in requests],
                 [r.requested_at for r in requests],
                 [r.due_at for r in requests],
                 [r.deadline_rule for r in requests],
+                now,
+                now,
+                listed.kinds,
+                listed.hashes,
+                listed.sealed,
+                listed.scopes,
+                listed.first,
+                listed.last,
+                listed.events,
+                listed.rows,
                 now,
                 now,
                 [c.command_id for c in all_commands],

@@ -14,12 +14,8 @@ Pure: no I/O; the clock is passed in.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
-import os
-import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,22 +24,22 @@ from enum import StrEnum
 from itertools import combinations
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from services.common.contract import Scope
 from services.common.errors import ConfigurationError, PoisonMessage
 from services.common.records import PostalAddressRecord
+from services.common.sealing import KeyRing as KeyRing  # re-exported for the web's callers
+from services.common.sealing import SealError, b64encode
+from services.common.sealing import b64decode as b64decode
+from services.common.sealing import generate_key as generate_key
+from services.common.sealing import parse_keys as parse_key_setting
 from services.common.settings import Settings
 from services.domain.identity import check_text, normalize_email
 from services.domain.validation import normalize_postal_address
 
 FORMAT_VERSION = 1
-KEY_BYTES = 32
-NONCE_BYTES = 12
 MAX_TOKEN_CHARS = 2048
-_KID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-_B64 = re.compile(r"^[A-Za-z0-9_-]+$")
+KEYS_SETTING = "OPTOUT_WEB_TOKEN_KEYS"
+CURRENT_KID_SETTING = "OPTOUT_WEB_CURRENT_KID"
 DEV_KEY = b"optout-dev-only-key-NOT-SECRET!!"
 
 # Deterministic event ids: same token + same content -> same OptOutRequested event_id.
@@ -92,70 +88,19 @@ class VerifiedToken:
     claims: Claims
 
 
-def b64encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def b64decode(text: str) -> bytes:
-    if not _B64.match(text):
-        raise ValueError("not base64url")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def generate_key() -> str:
-    """A fresh random AES-256 key, base64url, for ``OPTOUT_WEB_TOKEN_KEYS``."""
-    return b64encode(os.urandom(KEY_BYTES))
-
-
-class KeyRing:
-    """Keys by id; ``current`` mints, every key verifies."""
-
-    def __init__(self, keys: Mapping[str, bytes], current: str) -> None:
-        if not keys:
-            raise ConfigurationError("OPTOUT_WEB_TOKEN_KEYS holds no key")
-        for kid, key in keys.items():
-            if not _KID.match(kid):
-                raise ConfigurationError(f"token key id {kid!r} must match [A-Za-z0-9_-]{{1,32}}")
-            if len(key) != KEY_BYTES:
-                raise ConfigurationError(f"token key {kid!r} must be {KEY_BYTES} bytes (base64url)")
-        if current not in keys:
-            raise ConfigurationError(f"OPTOUT_WEB_CURRENT_KID {current!r} is not in OPTOUT_WEB_TOKEN_KEYS")
-        self.current = current
-        self._ciphers = {kid: AESGCM(key) for kid, key in keys.items()}
-        self._dev_kids = frozenset(kid for kid, key in keys.items() if key == DEV_KEY)
-
-    @property
-    def kids(self) -> list[str]:
-        return sorted(self._ciphers)
-
-    @property
-    def uses_dev_key(self) -> bool:
-        return bool(self._dev_kids)
-
-    def cipher(self, kid: str) -> AESGCM | None:
-        return self._ciphers.get(kid)
-
-
 def parse_keys(raw: str) -> dict[str, bytes]:
-    """``{"kid": "base64url key"}`` -> ``{kid: bytes}``; ``ConfigurationError`` if malformed."""
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        raise ConfigurationError("OPTOUT_WEB_TOKEN_KEYS is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise ConfigurationError('OPTOUT_WEB_TOKEN_KEYS must be a JSON object {"kid": "key"}')
-    keys: dict[str, bytes] = {}
-    for kid, text in value.items():
-        try:
-            keys[str(kid)] = b64decode(str(text))
-        except (ValueError, binascii.Error):
-            raise ConfigurationError(f"token key {kid!r} is not base64url") from None
-    return keys
+    """``OPTOUT_WEB_TOKEN_KEYS`` -> ``{kid: bytes}``; ``ConfigurationError`` if malformed."""
+    return parse_key_setting(raw, KEYS_SETTING)
+
+
+def token_ring(keys: dict[str, bytes], current: str) -> KeyRing:
+    """A key ring for tokens (errors name the web settings; knows the dev key)."""
+    return KeyRing(keys, current, setting=KEYS_SETTING, current_setting=CURRENT_KID_SETTING, dev_key=DEV_KEY)
 
 
 def keyring_from_settings(settings: Settings) -> KeyRing:
     """The configured key ring; refuses the well-known dev key when ``OPTOUT_ENV=production``."""
-    ring = KeyRing(parse_keys(settings.web_token_keys.get_secret_value()), settings.web_current_kid)
+    ring = token_ring(parse_keys(settings.web_token_keys.get_secret_value()), settings.web_current_kid)
     if ring.uses_dev_key and settings.env.lower() == "production":
         raise ConfigurationError(
             "OPTOUT_WEB_TOKEN_KEYS contains the dev-only key while OPTOUT_ENV=production; "
@@ -227,41 +172,21 @@ def _claims(payload: bytes) -> Claims:
     )
 
 
-def _aad(kid: str) -> bytes:
-    return f"optout-token/{FORMAT_VERSION}/{kid}".encode("ascii")
+# The associated data is this prefix followed by the key id (the sealing primitive appends it).
+_CONTEXT = f"optout-token/{FORMAT_VERSION}/".encode("ascii")
 
 
 def mint(ring: KeyRing, claims: Claims, nonce: bytes | None = None) -> str:
     """Encrypt ``claims`` under the current key. ``nonce`` only for tests."""
-    kid = ring.current
-    cipher = ring.cipher(kid)
-    assert cipher is not None  # KeyRing guarantees the current kid exists
-    iv = nonce if nonce is not None else os.urandom(NONCE_BYTES)
-    sealed = cipher.encrypt(iv, _payload(claims), _aad(kid))
-    return f"{kid}.{b64encode(iv + sealed)}"
+    return ring.seal(_payload(claims), _CONTEXT, nonce)
 
 
 def verify(ring: KeyRing, token: str, now: datetime, purpose: Purpose) -> VerifiedToken:
     """Decrypt and check a token; raise ``TokenError`` with the reason it is refused."""
-    if len(token) > MAX_TOKEN_CHARS or token.count(".") != 1:
-        raise TokenError("malformed")
-    kid, _, body = token.partition(".")
-    if not _KID.match(kid):
-        raise TokenError("malformed")
     try:
-        raw = b64decode(body)
-    except (ValueError, binascii.Error):
-        raise TokenError("malformed") from None
-    if len(raw) < NONCE_BYTES + 16 + 2:
-        raise TokenError("malformed")
-    cipher = ring.cipher(kid)
-    if cipher is None:
-        raise TokenError("unknown_key")
-    nonce, sealed = raw[:NONCE_BYTES], raw[NONCE_BYTES:]
-    try:
-        payload = cipher.decrypt(nonce, sealed, _aad(kid))
-    except InvalidTag:
-        raise TokenError("forged") from None
+        kid, nonce, payload = ring.open(token, _CONTEXT, max_chars=MAX_TOKEN_CHARS, min_plaintext=2)
+    except SealError as exc:
+        raise TokenError(exc.reason) from None
     try:
         claims = _claims(payload)
     except (ValueError, KeyError, TypeError):

@@ -50,6 +50,8 @@ def production_values() -> dict[str, object]:
         "web_public_url": "https://unsubscribe.example.com",
         "web_token_keys": json.dumps({"2026a": _key()}),
         "web_current_kid": "2026a",
+        "suppression_keys": json.dumps({"2026s": _key()}),
+        "suppression_current_kid": "2026s",
     }
 
 
@@ -76,6 +78,7 @@ def test_production_with_every_default_names_each_dev_only_setting_in_one_line()
         "OPTOUT_PARTNERS",
         "OPTOUT_WEB_PUBLIC_URL",
         "OPTOUT_WEB_TOKEN_KEYS",
+        "OPTOUT_SUPPRESSION_KEYS",
     ):
         assert name in message, name
     # Never the secret values themselves.
