@@ -35,19 +35,25 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from confluent_kafka import Message, Producer
 from prometheus_client import Counter, Histogram
 
 from services.common import metrics
 from services.common.avro import Codec, default_codec
-from services.common.clock import Clock, SystemClock, from_millis, to_millis
+from services.common.clock import Clock, SystemClock, to_millis
 from services.common.consumer_loop import Backoff, ConsumerLoop
 from services.common.contract import AckStatus
 from services.common.errors import PoisonMessage, RetriableError
 from services.common.kafka import DeliveryTracker, dead_letter, make_producer
 from services.common.logging import get_logger
+from services.common.records import (
+    PostalAddressRecord,
+    SuppressionAckRecord,
+    SuppressionCommandRecord,
+    as_datetime,
+    decode_suppression_command,
+)
 from services.common.settings import Settings
 from services.connectors.dedupe import DedupeStore, StoredOutcome, first_of_each
 from services.observability.loop import observe_loop
@@ -79,7 +85,7 @@ class Command:
     customer_id: str | None
     email: str | None
     phone: str | None
-    postal_address: Mapping[str, Any] | None
+    postal_address: PostalAddressRecord | None
     email_sha256: str | None
     phone_sha256: str | None
     scopes: tuple[str, ...]
@@ -87,25 +93,21 @@ class Command:
     deadline: datetime
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> Command:
+    def from_record(cls, record: SuppressionCommandRecord) -> Command:
         return cls(
-            command_id=str(record["command_id"]),
-            request_id=str(record["request_id"]),
-            destination=str(record["destination"]),
-            customer_id=record.get("customer_id"),
-            email=record.get("email"),
-            phone=record.get("phone"),
-            postal_address=record.get("postal_address"),
-            email_sha256=record.get("email_sha256"),
-            phone_sha256=record.get("phone_sha256"),
-            scopes=tuple(str(s) for s in record.get("scopes") or ()),
-            issued_at=_as_datetime(record["issued_at"]),
-            deadline=_as_datetime(record["deadline"]),
+            command_id=record["command_id"],
+            request_id=record["request_id"],
+            destination=record["destination"],
+            customer_id=record["customer_id"],
+            email=record["email"],
+            phone=record["phone"],
+            postal_address=record["postal_address"],
+            email_sha256=record["email_sha256"],
+            phone_sha256=record["phone_sha256"],
+            scopes=tuple(record["scopes"]),
+            issued_at=as_datetime(record["issued_at"]),
+            deadline=as_datetime(record["deadline"]),
         )
-
-
-def _as_datetime(value: Any) -> datetime:
-    return value if isinstance(value, datetime) else from_millis(int(value))
 
 
 @dataclass(frozen=True)
@@ -158,8 +160,7 @@ class Connector(ABC):
 # --- pure helpers ----------------------------------------------------------------------------
 def decode_command(codec: Codec, payload: bytes | None, destination: str) -> Command:
     """A SuppressionCommand for ``destination``; ``PoisonMessage`` for anything else."""
-    _, record = codec.decode(payload, expect="SuppressionCommand")
-    command = Command.from_record(record)
+    command = Command.from_record(decode_suppression_command(codec, payload))
     if command.destination != destination:
         raise PoisonMessage(
             "wrong_destination", f"command for {command.destination} on the {destination} topic"
@@ -186,16 +187,16 @@ def stored_outcomes(
     return matched, ignored
 
 
-def ack_record(outcome: StoredOutcome, destination: str) -> dict[str, Any]:
+def ack_record(outcome: StoredOutcome, destination: str) -> SuppressionAckRecord:
     """The SuppressionAck body for a stored outcome (the same on every re-ack)."""
-    return {
-        "command_id": outcome.command_id,
-        "request_id": outcome.request_id,
-        "destination": destination,
-        "status": outcome.status.value,
-        "detail": outcome.detail,
-        "acked_at": to_millis(outcome.applied_at),
-    }
+    return SuppressionAckRecord(
+        command_id=outcome.command_id,
+        request_id=outcome.request_id,
+        destination=destination,
+        status=outcome.status.value,
+        detail=outcome.detail,
+        acked_at=to_millis(outcome.applied_at),
+    )
 
 
 def connector_backoff(settings: Settings) -> Backoff:
