@@ -16,7 +16,7 @@ WITH_STACK := eval "$$($(PY) -m services.devstack env)" &&
 PYTEST_ARGS ?=
 
 .PHONY: help install up down run test test-unit test-integration test-faults check fmt \
-        bench-intake bench-e2e bench-web clean
+        bench-intake bench-e2e bench-web bench-suppression clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -52,11 +52,15 @@ test: install ## install what is missing, start what the tests need, run every t
 	$(PY) -m services.devstack up
 	@# 1. Everything that can share the stack, on $(TEST_WORKERS) workers.
 	@# 2. `serial` tests (they restart the broker and database), alone. Exit 5: none selected.
+	@# 3. One closing line with the counts of both passes.
+	rm -f test-output/parallel.xml test-output/serial.xml
 	$(WITH_STACK) status=0; \
 	$(PY) -m pytest -m "not faults and not serial" -n $(TEST_WORKERS) --dist loadgroup -v \
-	    --durations=15 $(PYTEST_ARGS) || status=$$?; \
-	$(PY) -m pytest -m "serial and not faults" -n 0 -v --durations=5 $(PYTEST_ARGS) \
+	    --durations=15 --junitxml=test-output/parallel.xml $(PYTEST_ARGS) || status=$$?; \
+	$(PY) -m pytest -m "serial and not faults" -n 0 -v --durations=5 \
+	    --junitxml=test-output/serial.xml $(PYTEST_ARGS) \
 	    || { code=$$?; [ $$code -eq 5 ] || status=$$code; }; \
+	$(PY) -m tests.support.summary test-output/parallel.xml test-output/serial.xml; \
 	exit $$status
 
 test-unit: install ## unit tests only (no broker, no database)
@@ -90,6 +94,10 @@ bench-e2e: install ## end-to-end latency p50/p95/p99 at a steady rate, then the 
 bench-web: install ## one-click POSTs per second and p99 latency
 	$(PY) -m services.devstack up
 	$(WITH_STACK) $(PY) -m benchmarks.bench_web
+
+bench-suppression: install ## what the encrypted suppression list costs intake (sealing, record_batch)
+	$(PY) -m services.devstack up
+	$(WITH_STACK) $(PY) -m benchmarks.bench_suppression
 
 clean: down ## stop the stack and remove its data, caches and the virtualenv
 	@if [ -x $(PY) ]; then rm -rf "$$($(PY) -m services.devstack state-dir)"; fi

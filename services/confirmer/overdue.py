@@ -59,31 +59,34 @@ class OverdueRequest:
         }
 
 
-_QUERY = """
+# The columns of an ``OverdueRequest`` (what each destination still waits on), for the
+# requests a WHERE clause picks; the WHERE and ORDER BY come in the two queries below.
+_SELECT = """
 SELECT r.event_id, r.state, r.jurisdiction, r.deadline_rule, r.requested_at, r.due_at,
        r.overdue_at,
        coalesce(array_agg(d.destination || ':' || d.status ORDER BY d.destination)
                 FILTER (WHERE d.status NOT IN ('APPLIED', 'ALREADY_SUPPRESSED')), '{}'),
        r.received_at
 FROM requests r LEFT JOIN destination_status d ON d.event_id = r.event_id
-WHERE r.state <> 'CONFIRMED' AND r.resolved_at IS NULL AND r.due_at < %s
+"""
+
+_QUERY = (
+    _SELECT
+    + """WHERE r.state <> 'CONFIRMED' AND r.resolved_at IS NULL AND r.due_at < %s
 GROUP BY r.event_id
 ORDER BY r.due_at, r.event_id
 LIMIT %s
 """
+)
 
-_PAST_RETENTION = """
-SELECT r.event_id, r.state, r.jurisdiction, r.deadline_rule, r.requested_at, r.due_at,
-       r.overdue_at,
-       coalesce(array_agg(d.destination || ':' || d.status ORDER BY d.destination)
-                FILTER (WHERE d.status NOT IN ('APPLIED', 'ALREADY_SUPPRESSED')), '{}'),
-       r.received_at
-FROM requests r LEFT JOIN destination_status d ON d.event_id = r.event_id
-WHERE r.state = 'NEEDS_ATTENTION' AND r.resolved_at IS NULL AND r.received_at < %s
+_PAST_RETENTION = (
+    _SELECT
+    + """WHERE r.state = 'NEEDS_ATTENTION' AND r.resolved_at IS NULL AND r.received_at < %s
 GROUP BY r.event_id
 ORDER BY r.received_at, r.event_id
 LIMIT %s
 """
+)
 
 
 def list_overdue(

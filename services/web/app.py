@@ -297,31 +297,29 @@ class WebApp:
 
     async def choose(self, request: Request) -> Response:
         """``POST /u/TOKEN/choose`` (pages rendered before the token moved into the body)."""
-        raw_token = str(request.path_params["token"])
-        try:
-            token = self._verify(raw_token)
-            form = await self._form(request)
-        except TokenError as exc:
-            return self._bad_token("choose", exc)
-        except BodyTooLarge:
-            return self._too_large("choose")
-        except FormError:
-            return _html(pages.message_page("Something went wrong", "We could not read the form."), 400)
-        return await self._choose(raw_token, token, form)
+        got = await self._token_form(request, "choose", str(request.path_params["token"]))
+        return got if isinstance(got, Response) else await self._choose(*got)
 
     async def choose_posted(self, request: Request) -> Response:
         """``POST /u/choose``: the page's forms, with the token in the body (``t``)."""
+        got = await self._token_form(request, "choose")
+        return got if isinstance(got, Response) else await self._choose(*got)
+
+    async def _token_form(
+        self, request: Request, route: str, path_token: str | None = None
+    ) -> tuple[str, VerifiedToken, dict[str, list[str]]] | Response:
+        """The posted form and its verified token (from the path, else the form's ``t``), or
+        the page that says what was wrong."""
         try:
             form = await self._form(request)
-            raw_token = _first(form, "t")
-            token = self._verify(raw_token)
+            raw_token = path_token if path_token is not None else _first(form, "t")
+            return raw_token, self._verify(raw_token), form
         except TokenError as exc:
-            return self._bad_token("choose", exc)
+            return self._bad_token(route, exc)
         except BodyTooLarge:
-            return self._too_large("choose")
+            return self._too_large(route)
         except FormError:
             return _html(pages.message_page("Something went wrong", "We could not read the form."), 400)
-        return await self._choose(raw_token, token, form)
 
     async def _choose(self, raw_token: str, token: VerifiedToken, form: dict[str, list[str]]) -> Response:
         selected = [s for s in OptOutScope if s.value in form.get("scope", [])]
@@ -368,16 +366,10 @@ class WebApp:
 
     async def status_posted(self, request: Request) -> Response:
         """``POST /u/status`` with the token (``t``) and references (``ref``) in the body."""
-        try:
-            form = await self._form(request)
-            raw_token = _first(form, "t")
-            token = self._verify(raw_token)
-        except TokenError as exc:
-            return self._bad_token("status", exc)
-        except BodyTooLarge:
-            return self._too_large("status")
-        except FormError:
-            return _html(pages.message_page("Something went wrong", "We could not read the form."), 400)
+        got = await self._token_form(request, "status")
+        if isinstance(got, Response):
+            return got
+        raw_token, token, form = got
         return await self._status(request, raw_token, token, form.get("ref", []), _first(form, "format"))
 
     async def _status(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import random
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -44,6 +43,7 @@ from services.domain.identity import sha256_hex
 from services.standins.email_provider_api import EmailProviderStandin, FixedWindowLimiter
 from services.standins.partners_api import PartnersStandin, looks_raw, validate_opt_outs
 from services.standins.web import App, Request
+from tests.support.commands import make_command
 
 NOW = datetime(2025, 3, 14, 9, 26, 53, tzinfo=UTC)
 ADDRESS = {
@@ -57,22 +57,7 @@ ADDRESS = {
 
 
 def cmd(destination: str = "email_provider", **fields: object) -> Command:
-    record: dict[str, object] = {
-        "command_id": str(uuid.uuid4()),
-        "request_id": f"evt-{uuid.uuid4()}",
-        "destination": destination,
-        "customer_id": None,
-        "email": None,
-        "phone": None,
-        "postal_address": None,
-        "email_sha256": None,
-        "phone_sha256": None,
-        "scopes": ["ALL"],
-        "issued_at": to_millis(NOW),
-        "deadline": to_millis(NOW + timedelta(days=10)),
-    }
-    record.update(fields)
-    return Command.from_record(record)
+    return make_command(NOW, destination, **fields)
 
 
 def transport(app: App) -> httpx.MockTransport:

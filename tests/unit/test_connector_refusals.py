@@ -10,16 +10,15 @@ crash and never a false APPLIED. The stand-ins' own handlers answer through
 from __future__ import annotations
 
 import math
-import uuid
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
-from services.common.clock import ManualClock, to_millis
+from services.common.clock import ManualClock
 from services.common.contract import AckStatus
 from services.common.errors import ConfigurationError, RetriableError
 from services.common.settings import PartnerEndpoint
@@ -30,28 +29,14 @@ from services.domain.identity import sha256_hex
 from services.standins.email_provider_api import EmailProviderStandin
 from services.standins.partners_api import PartnersStandin
 from services.standins.web import App, Request, Response
+from tests.support.commands import make_command
 
 NOW = datetime(2026, 3, 14, 9, 26, 53, tzinfo=UTC)
 INVALID = "invalid email address in recipient_emails"
 
 
 def cmd(destination: str, **fields: object) -> Command:
-    record: dict[str, object] = {
-        "command_id": str(uuid.uuid4()),
-        "request_id": f"evt-{uuid.uuid4()}",
-        "destination": destination,
-        "customer_id": None,
-        "email": None,
-        "phone": None,
-        "postal_address": None,
-        "email_sha256": None,
-        "phone_sha256": None,
-        "scopes": ["ALL"],
-        "issued_at": to_millis(NOW),
-        "deadline": to_millis(NOW + timedelta(days=10)),
-    }
-    record.update(fields)
-    return Command.from_record(record)
+    return make_command(NOW, destination, **fields)
 
 
 class Counted:

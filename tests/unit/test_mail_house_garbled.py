@@ -6,47 +6,25 @@ from __future__ import annotations
 
 import csv
 import io
-import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import structlog
 from prometheus_client import REGISTRY
 
-from services.common.clock import ManualClock, to_millis
+from services.common.clock import ManualClock
 from services.common.contract import AckStatus
 from services.connectors import mail_house as mh
 from services.connectors.kit import Command
+from tests.support.commands import make_command
+from tests.support.pipeline import ADDRESS
 
 NOW = datetime(2026, 3, 14, 9, 26, 53, tzinfo=UTC)
-ADDRESS = {
-    "name": "Ada Lovelace",
-    "lines": ["12 St James's Sq"],
-    "city": "London",
-    "region": None,
-    "postal_code": "SW1Y 4JH",
-    "country": "GB",
-}
 
 
 def cmd() -> Command:
-    return Command.from_record(
-        {
-            "command_id": str(uuid.uuid4()),
-            "request_id": f"evt-{uuid.uuid4()}",
-            "destination": "mail_house",
-            "customer_id": None,
-            "email": None,
-            "phone": None,
-            "postal_address": ADDRESS,
-            "email_sha256": None,
-            "phone_sha256": None,
-            "scopes": ["POSTAL_MARKETING"],
-            "issued_at": to_millis(NOW),
-            "deadline": to_millis(NOW + timedelta(days=10)),
-        }
-    )
+    return make_command(NOW, "mail_house", postal_address=ADDRESS, scopes=["POSTAL_MARKETING"])
 
 
 def good_file(commands: list[Command]) -> bytes:
