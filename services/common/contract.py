@@ -7,9 +7,12 @@ else in the code names destinations.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
+
+from pydantic import SecretStr
 
 
 class Scope(StrEnum):
@@ -59,6 +62,12 @@ class Destination:
     scopes: frozenset[Scope]
     identifiers: frozenset[Identifier]
     requires_one_of: frozenset[Identifier]
+    # Which connector serves it (a connector kind, e.g. "sendgrid"), that kind's options
+    # (the destination's ``[settings]`` table in the destinations file, validated by the
+    # kind) and its credentials, resolved from the environment or files at start-up.
+    kind: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    credentials: Mapping[str, SecretStr] = field(default_factory=dict, compare=False, repr=False)
 
 
 DESTINATIONS: tuple[Destination, ...] = (

@@ -140,6 +140,12 @@ class IncompleteBatch(RetriableError):
         self.outcomes = list(outcomes)
 
 
+class CredentialsRefused(RetriableError):
+    """The destination refused *us*: a 401/403, a changed SSH host key. That is our
+    misconfiguration, never the person's: nothing is rejected, the batch waits (paused, in
+    its group) and is tried again every ``retry_after`` seconds until the credentials work."""
+
+
 class Connector(ABC):
     """One destination system. ``apply`` must be idempotent per ``command_id`` (see
     ``services.connectors.dedupe`` for why)."""
