@@ -17,6 +17,7 @@ from psycopg import sql
 
 from services.common.db import migrate
 from tests.support.logcapture import CAPTURE, Capture, ensure_installed
+from tests.support.pipeline import delete_isolated_topics
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -59,6 +60,13 @@ def expected_errors() -> Capture:
     """``expected_errors.allow(regex)`` declares errors this test provokes;
     ``expected_errors.seen(regex)`` says whether one was logged."""
     return CAPTURE
+
+
+@pytest.fixture(autouse=True)
+def _delete_test_topics() -> Iterator[None]:
+    """The topics a test made with isolated_settings go when it ends (see there)."""
+    yield
+    delete_isolated_topics()
 
 
 @pytest.fixture(scope="session")

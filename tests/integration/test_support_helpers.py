@@ -7,8 +7,14 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from services.common.kafka import make_producer
-from tests.support.pipeline import isolated_settings, uncommitted, wait_committed
+from services.common.kafka import make_admin, make_producer
+from tests.support.pipeline import (
+    delete_isolated_topics,
+    isolated_settings,
+    uncommitted,
+    wait_committed,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -36,3 +42,17 @@ def test_uncommitted_counts_what_a_group_has_not_committed(base_settings: dict[s
     finally:
         committer.close()
     wait_committed(cfg, {group: (topic,)}, timeout=10)
+
+
+def test_topics_of_isolated_settings_are_deleted_after_the_test(base_settings):
+    # (The autouse fixture calls delete_isolated_topics after every test; here it is called
+    # early, to see it work.)
+    cfg = isolated_settings(base_settings)
+    admin = make_admin(cfg)
+
+    def ours() -> list[str]:
+        return [t for t in admin.list_topics(timeout=10).topics if t.startswith(cfg.topic_prefix)]
+
+    assert sorted(ours()) == sorted(cfg.all_topics())
+    assert sorted(delete_isolated_topics()) == sorted(cfg.all_topics())
+    wait_until(lambda: ours() == [], timeout=30, message="the test's topics gone")

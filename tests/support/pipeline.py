@@ -39,13 +39,37 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Settings made by isolated_settings during the current test: their topics are deleted when
+# the test ends (tests/conftest.py), so repeated runs against one broker do not pile up
+# thousands of partitions (a broker holds files open for each).
+_ISOLATED: list[Settings] = []
+
+
 def isolated_settings(base: dict[str, Any], **overrides: Any) -> Settings:
-    """Settings with a fresh topic prefix, and the topics created (3 partitions each)."""
+    """Settings with a fresh topic prefix, and the topics created (3 partitions each); the
+    topics are deleted after the test."""
     prefix = f"t{uuid.uuid4().hex[:10]}."
     values = {**base, "topic_prefix": prefix, "topic_partitions": 3, "batch_timeout_ms": 50, **overrides}
     cfg = Settings(**values)
+    _ISOLATED.append(cfg)
     create_topics(cfg, cfg.all_topics())
     return cfg
+
+
+def delete_isolated_topics(timeout: float = 30.0) -> list[str]:
+    """Delete every topic whose name starts with a prefix isolated_settings handed out since
+    the last call; return the topics deleted."""
+    made, _ISOLATED[:] = list(_ISOLATED), []
+    deleted: list[str] = []
+    for cfg in made:
+        admin = make_admin(cfg)
+        topics = [t for t in admin.list_topics(timeout=timeout).topics if t.startswith(cfg.topic_prefix)]
+        if not topics:
+            continue
+        for future in admin.delete_topics(topics, operation_timeout=timeout).values():
+            future.result(timeout)
+        deleted.extend(topics)
+    return deleted
 
 
 @contextmanager
