@@ -28,6 +28,7 @@ from services.common.settings import Settings
 from services.connectors import webhook_partners as wp
 from services.connectors.kit import Command, CredentialsRefused, Outcome
 from services.domain.identity import sha256_hex
+from services.standins.server import webhook_partners_from
 from services.standins.web import Request, Response
 from services.standins.webhook_receiver import WebhookPartnersStandin, WebhookReceiver
 from tests.support.commands import make_command
@@ -543,3 +544,14 @@ def test_a_wrong_url_is_retried_never_rejected(status: int) -> None:
     with pytest.raises(RetriableError, match="check its URL") as raised:
         conn.apply([cmd(1)])
     assert not isinstance(raised.value, CredentialsRefused)
+
+
+def test_optout_run_standins_serves_the_dev_partners_with_their_dev_secrets() -> None:
+    settings = Settings()
+    served = webhook_partners_from(settings)
+    assert set(served.partners) == set(settings.standin_webhook_secrets) == {"adnetwork", "databroker"}
+    secret = settings.standin_webhook_secrets["adnetwork"]
+    body = event({"reference": "r1", "email_sha256": EMAIL_HASH})
+    headers = delivery([secret], body, datetime.now(UTC).timestamp())
+    answer = served.handle(Request("POST", "/webhooks/adnetwork", headers, body))
+    assert answer.status == 200
