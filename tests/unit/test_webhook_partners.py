@@ -555,3 +555,36 @@ def test_optout_run_standins_serves_the_dev_partners_with_their_dev_secrets() ->
     headers = delivery([secret], body, datetime.now(UTC).timestamp())
     answer = served.handle(Request("POST", "/webhooks/adnetwork", headers, body))
     assert answer.status == 200
+
+
+# --- the sample receiver in docs/destinations.md ---------------------------------------------
+def docs_receiver() -> dict[str, Any]:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "destinations.md").read_text()
+    listing = text.split("### The sample receiver", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(listing, "docs/destinations.md", "exec"), namespace)
+    return namespace
+
+
+def test_the_documented_sample_receiver_verifies_and_refuses_like_ours() -> None:
+    docs = docs_receiver()
+    refused, receive = docs["Refused"], docs["receive"]
+    now = NOW.timestamp()
+    body = event({"reference": "r1", "email_sha256": EMAIL_HASH})
+    good = delivery([NEW, OLD], body, now)  # signed during a rotation
+    expected = {"results": [{"reference": "r1", "status": "accepted", "reason": None}]}
+    assert receive([OLD], good, body, now) == expected
+    assert receive([NEW], delivery([NEW], body, now, "msg_2"), body, now) == expected
+    assert receive([NEW], good, body, now + 60) == expected  # replay: first answer, not reprocessed
+    other = event({"reference": "r2", "email_sha256": EMAIL_HASH})
+    cases = [
+        (delivery([NEW], other, now, "msg_1"), other, "reused"),  # same id, another body
+        (delivery([NEW], body, now, "msg_3"), body.replace(b"r1", b"r9"), "no matching signature"),  # forged
+        (delivery([OTHER], body, now, "msg_4"), body, "no matching signature"),  # wrong secret
+        (delivery([NEW], body, now - 301, "msg_5"), body, "tolerance"),  # stale
+        ({**delivery([NEW], body, now, "msg_6"), "webhook-signature": "v1,***"}, body, "no matching"),
+        ({"webhook-id": "msg_7"}, body, "missing"),
+    ]
+    for headers, sent, why in cases:
+        with pytest.raises(refused, match=why):
+            receive([NEW], headers, sent, now)
