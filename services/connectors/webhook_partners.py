@@ -298,7 +298,8 @@ class WebhookPartnersConnector(Connector):
         if code in (401, 403):
             # The kit pauses the connector and says so once (a log line, a gauge, an alert).
             raise CredentialsRefused(
-                f"{system} answered HTTP {code}: check its signing secrets",
+                f"{system} answered HTTP {code}: check its signing secrets, and this host's clock "
+                "(partners refuse timestamps more than 5 minutes off)",
                 retry_after=self.credentials_recheck_seconds,
             )
         verdict = classify_status(code)

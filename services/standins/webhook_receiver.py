@@ -190,10 +190,15 @@ class WebhookPartnersStandin:
         partner.raw_bodies.append(request.body.decode("utf-8", "replace"))
         if self.failure_rate and self._rng.random() < self.failure_rate:
             return Response(503, {"error": "partner temporarily unavailable"}, {"Retry-After": "1"})
+        receiver = partner.receiver
+        try:  # the knobs below answer authentic deliveries only (receive() checks again)
+            standard_webhooks.verify(receiver.keys, request.headers, request.body, receiver.clock())
+        except standard_webhooks.VerificationError as exc:
+            return error(401, f"invalid webhook: {exc}")
         if self.refused_unnamed:
             hit = [reason for h, reason in self.refused_unnamed.items() if h.encode() in request.body]
             if hit:
                 return error(400, hit[0])
         if self.garbage is not None:
             return Response(200, self.garbage)
-        return partner.receiver.receive(request.headers, request.body)
+        return receiver.receive(request.headers, request.body)

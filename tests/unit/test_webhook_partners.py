@@ -588,3 +588,11 @@ def test_the_documented_sample_receiver_verifies_and_refuses_like_ours() -> None
     for headers, sent, why in cases:
         with pytest.raises(refused, match=why):
             receive([NEW], headers, sent, now)
+
+
+def test_the_stand_in_refuses_a_forged_delivery_before_any_test_knob() -> None:
+    body = event({"reference": "r1", "email_sha256": EMAIL_HASH})
+    served = standin(refused_unnamed={EMAIL_HASH: "x"}, garbage={"ok": True})
+    forged = delivery([NEW], body, NOW.timestamp())  # adnetwork holds OLD only
+    answer = served.handle(Request("POST", "/webhooks/adnetwork", forged, body))
+    assert answer.status == 401
