@@ -156,6 +156,16 @@ class Settings(BaseSettings):
         18081, ge=0, le=65535, description="Port of the email provider stand-in."
     )
     standin_partners_port: int = Field(18082, ge=0, le=65535, description="Port of the partners stand-in.")
+    standin_webhook_partners_port: int = Field(
+        18090, ge=0, le=65535, description="Port of the signed-webhook partners stand-in."
+    )
+    standin_webhook_secrets: dict[str, str] = Field(
+        default_factory=lambda: {
+            "adnetwork": "whsec_b3B0b3V0LURFVi1PTkxZLXdlYmhvb2sta2V5LWFkbmV0d29yaw==",
+            "databroker": "whsec_b3B0b3V0LURFVi1PTkxZLXdlYmhvb2sta2V5LWRhdGFicm9rZXI=",
+        },
+        description="JSON {partner: 'whsec_... [whsec_...]'}: the webhook stand-in's partners and secrets.",
+    )
     standin_failure_rate: float = Field(0.0, ge=0, le=1, description="Share of requests answered 503.")
     standin_rate_limit_per_second: int = Field(0, ge=0, description="Requests/s before 429; 0: none.")
     standin_retry_after_seconds: int = Field(

@@ -36,12 +36,14 @@ from services.common.errors import ConfigurationError
 from services.common.logging import get_logger
 from services.common.settings import PartnerEndpoint, Settings
 from services.connectors.http import (
+    CallAnswer,
+    RefusedWhole,
     clean_reason,
     error_reason,
+    find_refusals,
     json_or_none,
     make_client,
     post_json,
-    split_halves,
     undocumented_answer,
 )
 from services.connectors.kit import Command, Connector, Outcome
@@ -146,54 +148,32 @@ class ThirdPartySharingConnector(Connector):
         refusals: dict[str, list[str]] = {}
         for partner in self.partners:
             for chunk in _chunks(records, MAX_BATCH):
-                found: dict[str, str] = {}
-                self._send(partner, chunk, found)
-                for reference, reason in found.items():
+                for reference, reason in self._send(partner, chunk).items():
                     refusals.setdefault(reference, []).append(reason)
         outcomes.extend(combine([r["reference"] for r in records], refusals))
         return outcomes
 
-    def _send(
-        self,
-        partner: PartnerEndpoint,
-        records: list[dict[str, str]],
-        refusals: dict[str, str],
-        refused_inside: bool = False,
-    ) -> bool:
-        """Send one call's records to a partner, adding its refusals to ``refusals``; raises
-        ``RetriableError`` when the partner may accept later. A 4xx (it names no reference)
-        splits the records in halves (``refused_inside``: a refusal is known to be among
-        them, so two or more are split without being sent). Returns whether this call
-        accepted every record."""
-        if refused_inside and len(records) > 1:
-            self._split(partner, records, refusals)
-            return False
+    def _send(self, partner: PartnerEndpoint, records: list[dict[str, str]]) -> dict[str, str]:
+        """Send one chunk to a partner: its refusals by reference (a 4xx naming no
+        reference is narrowed down by ``find_refusals``); raises ``RetriableError`` when
+        the partner may accept later."""
         system = f"partner {partner.name}"
-        response = post_json(
-            self.client,
-            partner.url.rstrip("/") + OPT_OUTS_PATH,
-            partner.token,
-            {"opt_outs": records},
-            self.clock.now(),
-            system,
-        )
-        references = [r["reference"] for r in records]
-        if response.is_success:
+
+        def call(part: list[dict[str, str]]) -> CallAnswer:
+            response = post_json(
+                self.client,
+                partner.url.rstrip("/") + OPT_OUTS_PATH,
+                partner.token,
+                {"opt_outs": part},
+                self.clock.now(),
+                system,
+            )
+            references = [r["reference"] for r in part]
+            if not response.is_success:
+                return RefusedWhole(clean_reason(f"{partner.name}: {error_reason(response)}"))
             found = partner_refusals(partner.name, references, json_or_none(response))
             if found is None:
-                found = dict.fromkeys(references, undocumented_answer(partner.name, "{accepted, rejected}"))
-            refusals.update(found)
-            return not found
-        if len(records) == 1:  # refused alone: this one is it
-            refusals[references[0]] = clean_reason(f"{partner.name}: {error_reason(response)}")
-            return False
-        self._split(partner, records, refusals)
-        return False
+                return dict.fromkeys(references, undocumented_answer(partner.name, "{accepted, rejected}"))
+            return found
 
-    def _split(
-        self, partner: PartnerEndpoint, records: list[dict[str, str]], refusals: dict[str, str]
-    ) -> None:
-        left, right = split_halves(records)
-        left_accepted = self._send(partner, left, refusals)
-        # A left half accepted whole means the refusal lies in the right half.
-        self._send(partner, right, refusals, refused_inside=left_accepted)
+        return find_refusals(records, lambda r: r["reference"], call)

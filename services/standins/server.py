@@ -10,6 +10,7 @@ from services.common.settings import Settings
 from services.standins.email_provider_api import EmailProviderStandin
 from services.standins.partners_api import PartnersStandin
 from services.standins.web import StandinServer
+from services.standins.webhook_receiver import WebhookPartnersStandin
 
 log = get_logger(__name__)
 
@@ -31,6 +32,13 @@ def partners_from(settings: Settings) -> PartnersStandin:
     )
 
 
+def webhook_partners_from(settings: Settings) -> WebhookPartnersStandin:
+    return WebhookPartnersStandin(
+        {name: secrets.split() for name, secrets in settings.standin_webhook_secrets.items()},
+        failure_rate=settings.standin_failure_rate,
+    )
+
+
 def run(settings: Settings, stop: threading.Event) -> None:
     host = settings.standin_host
     with (
@@ -38,6 +46,12 @@ def run(settings: Settings, stop: threading.Event) -> None:
             email_provider_from(settings).handle, host, settings.standin_email_provider_port, "email_provider"
         ),
         StandinServer(partners_from(settings).handle, host, settings.standin_partners_port, "partners"),
+        StandinServer(
+            webhook_partners_from(settings).handle,
+            host,
+            settings.standin_webhook_partners_port,
+            "webhook_partners",
+        ),
     ):
         log.info("stand-ins serving; stop with SIGTERM or Ctrl-C")
         stop.wait()

@@ -8,6 +8,7 @@ in a background thread.
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -94,9 +95,21 @@ def _handler_for(app: App, name: str) -> type[BaseHTTPRequestHandler]:
 class StandinServer:
     """Serve ``app`` in a daemon thread; use as a context manager or start()/stop()."""
 
-    def __init__(self, app: App, host: str = "127.0.0.1", port: int = 0, name: str = "standin") -> None:
+    def __init__(
+        self,
+        app: App,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        name: str = "standin",
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """``tls``: a server-side context to serve https (tests of certificate checks)."""
         self.name = name
         self._server = ThreadingHTTPServer((host, port), _handler_for(app, name))
+        self._scheme = "http"
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+            self._scheme = "https"
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name=f"standin-{name}", daemon=True
@@ -109,7 +122,7 @@ class StandinServer:
     @property
     def url(self) -> str:
         host = self._server.server_address[0]
-        return f"http://{host.decode() if isinstance(host, bytes) else host}:{self.port}"
+        return f"{self._scheme}://{host.decode() if isinstance(host, bytes) else host}:{self.port}"
 
     def start(self) -> StandinServer:
         self._thread.start()
