@@ -29,6 +29,7 @@ class Request:
     path: str
     headers: Mapping[str, str]  # lower-case names
     body: bytes = b""
+    query: str = ""  # the raw query string, without "?"
 
     def bearer_token(self) -> str | None:
         value = self.headers.get("authorization", "")
@@ -65,8 +66,9 @@ def _handler_for(app: App, name: str) -> type[BaseHTTPRequestHandler]:
                 self._send(error(413, "request body too large"))
                 return
             body = self.rfile.read(length) if length else b""
+            url = urlsplit(self.path)
             request = Request(
-                self.command, urlsplit(self.path).path, {k.lower(): v for k, v in self.headers.items()}, body
+                self.command, url.path, {k.lower(): v for k, v in self.headers.items()}, body, url.query
             )
             self._send(app(request))
 
