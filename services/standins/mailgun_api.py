@@ -93,6 +93,13 @@ class MailgunStandin:
         with self._lock:
             self.api_key = api_key
 
+    def set_limits(self, failure_rate: float, rate_limit_per_second: int) -> None:
+        """Change the failure rate and rate limit at run time."""
+        with self._lock:
+            self.failure_rate = failure_rate
+            self._limit = rate_limit_per_second
+            self._limiter = FixedWindowLimiter(rate_limit_per_second)
+
     def handle(self, request: Request) -> Response:
         with self._lock:
             if request.path == STATS_PATH and request.method == "GET":
