@@ -146,12 +146,16 @@ class IncompleteBatch(RetriableError):
         super().__init__(str(cause), retry_after=cause.retry_after)
         self.outcomes = list(outcomes)
         self.cause = cause
+        self.log_each_retry = cause.log_each_retry
 
 
 class CredentialsRefused(RetriableError):
     """The destination refused *us*: a 401/403, a changed SSH host key. That is our
     misconfiguration, never the person's: nothing is rejected, the batch waits (paused, in
-    its group) and is tried again every ``retry_after`` seconds until the credentials work."""
+    its group) and is tried again every ``retry_after`` seconds until the credentials work.
+    ``CredentialsWatch`` logs when it starts and when it ends, so retries are not logged."""
+
+    log_each_retry = False
 
 
 class CredentialsWatch:

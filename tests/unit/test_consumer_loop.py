@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
+import structlog
 from confluent_kafka import KafkaError, KafkaException, Message
 from tenacity import RetryCallState, Retrying, wait_fixed
 
@@ -310,3 +311,17 @@ def test_a_step_bug_propagates_without_commit() -> None:
     with pytest.raises(KeyError):
         h.run()
     assert h.consumer.commits == [] and len(step.batches) == 1
+
+
+def test_retries_of_a_quiet_error_are_not_logged_as_warnings() -> None:
+    class Quiet(RetriableError):
+        log_each_retry = False
+
+    step = ScriptedStep([Quiet("refused", retry_after=1.0), Quiet("refused", retry_after=1.0), None])
+    h = Harness(step)
+    h.publish(0, 1)
+    with structlog.testing.capture_logs() as logs:
+        h.run()
+    retries = [e for e in logs if e["event"] == "batch failed; retrying"]
+    assert [e["log_level"] for e in retries] == ["debug", "debug"]
+    assert h.committed() == {0: 1}
