@@ -397,7 +397,11 @@ class ConnectorStep:
         """Apply once and commit every outcome obtained, also the partial ones of a
         failed call (so those are never applied again); then raise its error, and the
         loop retries the batch after its backoff (or the provider's Retry-After)."""
-        run = apply_once(self.connector, fresh, self.clock)
+        try:
+            run = apply_once(self.connector, fresh, self.clock)
+        except RetriableError as exc:  # raised as it is: nothing to keep
+            self.credentials.observe(exc, got_answers=False)
+            raise
         self.credentials.observe(run.error, bool(run.outcomes))
         stored = self.store.record(list(run.outcomes.values()))
         if run.error is not None:
