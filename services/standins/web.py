@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from services.common.logging import get_logger
 
@@ -88,7 +88,8 @@ def _handler_for(app: App, name: str) -> type[BaseHTTPRequestHandler]:
         do_GET = do_POST = do_PUT = do_DELETE = _serve  # the stdlib's handler names
 
         def log_message(self, format: str, *args: Any) -> None:
-            log.debug("stand-in request", standin=name, line=format % args)
+            # Unquoted, so an address in a path or query (read-backs, paging) is redacted.
+            log.debug("stand-in request", standin=name, line=unquote(format % args))
 
     return Handler
 
