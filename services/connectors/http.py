@@ -8,7 +8,8 @@ Pure helpers (status classification, Retry-After parsing, reason extraction) plu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
@@ -200,6 +201,16 @@ def json_or_none(response: httpx.Response) -> Any:
 def undocumented_answer(system: str, expected: str) -> str:
     """The rejection reason for a 2xx whose body is not the documented shape."""
     return clean_reason(f"{system}: 2xx answer is not the documented {expected}; outcome unknown")
+
+
+_ADDRESS_TOKEN = re.compile(r"[^\s@<>\"',;:()\[\]]+@[^\s@<>\"',;:()\[\]]+")
+
+
+def addresses_named(text: str, sent: Sequence[str]) -> list[str]:
+    """The addresses of ``sent`` that ``text`` (a provider's error message) names as whole
+    tokens, compared case-insensitively ("a@x.com" is not named by "aa@x.com")."""
+    named = {token.rstrip(".").lower() for token in _ADDRESS_TOKEN.findall(text)}
+    return [e for e in sent if e.lower() in named]
 
 
 def split_halves(items: list[T]) -> tuple[list[T], list[T]]:

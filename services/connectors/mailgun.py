@@ -49,6 +49,7 @@ from services.common.settings import Settings
 from services.connectors.email_provider import Result, chunks, outcomes_for
 from services.connectors.http import (
     DEFAULT_CREDENTIALS_CHECK_SECONDS,
+    addresses_named,
     clean_reason,
     error_reason,
     json_or_none,
@@ -109,9 +110,8 @@ def named_refusals(sent: Sequence[str], body: Any) -> dict[str, str]:
     message = body.get("message") if isinstance(body, Mapping) else None
     if not isinstance(message, str):
         return {}
-    text = message.lower()
     reason = clean_reason(f"{SYSTEM}: {message}")
-    return {e: reason for e in sent if e.lower() in text}
+    return {e: reason for e in addresses_named(message, sent)}
 
 
 class MailgunConnector(Connector):

@@ -52,6 +52,7 @@ from services.common.settings import Settings
 from services.connectors.email_provider import Result, chunks, outcomes_for
 from services.connectors.http import (
     DEFAULT_CREDENTIALS_CHECK_SECONDS,
+    addresses_named,
     clean_reason,
     error_reason,
     json_or_none,
@@ -114,15 +115,12 @@ def named_refusals(sent: Sequence[str], body: Any) -> dict[str, str]:
     if not isinstance(errors, list):
         return {}
     found: dict[str, str] = {}
-    lowered = [(e, e.lower()) for e in sent]
     for error in errors:
         if not isinstance(error, Mapping):
             continue
         message = str(error.get("message") or "refused")
-        text = f"{error.get('field') or ''} {message}".lower()
-        for address, low in lowered:
-            if low in text and address not in found:
-                found[address] = clean_reason(f"{SYSTEM}: {message}")
+        for address in addresses_named(f"{error.get('field') or ''} {message}", sent):
+            found.setdefault(address, clean_reason(f"{SYSTEM}: {message}"))
     return found
 
 

@@ -210,3 +210,14 @@ def test_build_picks_the_regions_base_url() -> None:
         mailgun.build(_destination(domain=DOMAIN, region="asia"), settings)
     with pytest.raises(ConfigurationError, match=r"settings\.domain"):
         mailgun.build(_destination(), settings)
+
+
+def test_a_refusal_naming_a_longer_address_does_not_reject_its_suffix() -> None:
+    short, long = cmd("A@example.com"), cmd("ba@example.com")
+    standin = MailgunStandin(api_key=KEY, rejected=["ba@example.com"])
+    mg, _ = connector(standin)
+
+    outcomes = by_id(mg.apply([short, long]))
+
+    assert outcomes[short.command_id].status is AckStatus.APPLIED
+    assert outcomes[long.command_id].status is AckStatus.REJECTED

@@ -249,3 +249,14 @@ def test_build_reads_options_and_the_api_key() -> None:
             ),
             settings,
         )
+
+
+def test_a_refusal_naming_a_longer_address_does_not_reject_its_suffix() -> None:
+    short, long = cmd("a@example.com"), cmd("aa@example.com")
+    standin = SendGridStandin(api_key=KEY, rejected=["aa@example.com"])
+    sg, _ = connector(standin)
+
+    outcomes = by_id(sg.apply([short, long]))
+
+    assert outcomes[short.command_id].status is AckStatus.APPLIED
+    assert outcomes[long.command_id].status is AckStatus.REJECTED
