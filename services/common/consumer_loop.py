@@ -268,7 +268,8 @@ class ConsumerLoop:
             for topic, count in Counter(m.topic() or "" for m in batch).items():
                 metrics.MESSAGES_CONSUMED.labels(self.service, topic, "failed").inc(count)
             exc = state.outcome.exception() if state.outcome else None
-            log.warning(
+            quiet = isinstance(exc, RetriableError) and not exc.log_each_retry
+            (log.debug if quiet else log.warning)(
                 "batch failed; retrying",
                 attempt=state.attempt_number,
                 error=str(exc),

@@ -19,7 +19,11 @@ class ConfigurationError(OptoutError):
 
 
 class RetriableError(OptoutError):
-    """A transient failure: the same work will succeed later."""
+    """A transient failure: the same work will succeed later. ``log_each_retry`` False: a
+    condition whose start and end someone else reports once (e.g. refused credentials), so
+    the consume loop logs its retries at debug level only."""
+
+    log_each_retry: bool = True
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)

@@ -150,6 +150,11 @@ class Settings(BaseSettings):
         description="Longest provider Retry-After honoured (the consumer keeps polling meanwhile).",
     )
     connector_http_timeout_seconds: float = Field(30.0, gt=0, description="HTTP timeout of connector calls.")
+    connector_credentials_check_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="While a destination refuses our credentials (401/403), try again this often.",
+    )
     # Local stand-ins of the destination systems (`optout run standins`).
     standin_host: str = Field("127.0.0.1", description="Address the local stand-ins listen on.")
     standin_email_provider_port: int = Field(
@@ -165,6 +170,14 @@ class Settings(BaseSettings):
             "databroker": "whsec_b3B0b3V0LURFVi1PTkxZLXdlYmhvb2sta2V5LWRhdGFicm9rZXI=",
         },
         description="JSON {partner: 'whsec_... [whsec_...]'}: the webhook stand-in's partners and secrets.",
+    )
+    standin_sendgrid_port: int = Field(18091, ge=0, le=65535, description="Port of the SendGrid stand-in.")
+    standin_sendgrid_api_key: str = Field(
+        "dev-sendgrid-key", description="API key the SendGrid stand-in accepts (development only)."
+    )
+    standin_mailgun_port: int = Field(18092, ge=0, le=65535, description="Port of the Mailgun stand-in.")
+    standin_mailgun_api_key: str = Field(
+        "dev-mailgun-key", description="API key the Mailgun stand-in accepts (development only)."
     )
     standin_failure_rate: float = Field(0.0, ge=0, le=1, description="Share of requests answered 503.")
     standin_rate_limit_per_second: int = Field(0, ge=0, description="Requests/s before 429; 0: none.")

@@ -16,7 +16,9 @@ The call has the shape the real providers use (SendGrid's "add to global suppres
   calls. Only an address refused when sent alone is REJECTED, with the provider's reason.
 * 429 (Retry-After honoured), 5xx, timeouts: transient, retried by the kit; the outcomes
   found so far are kept (``IncompleteBatch``).
-* 401/403/404: our token or URL is wrong: retried (and logged), never a rejection.
+* 401/403: our token is refused: ``CredentialsRefused`` (partitions paused, checked again
+  every ``connector_credentials_check_seconds``), never a rejection.
+* 404: our URL is wrong: retried (and logged), never a rejection.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from services.common.contract import AckStatus
 from services.common.errors import RetriableError
 from services.common.settings import Settings
 from services.connectors.http import (
+    DEFAULT_CREDENTIALS_CHECK_SECONDS,
     clean_reason,
     error_reason,
     json_or_none,
@@ -110,12 +113,18 @@ class EmailProviderConnector(Connector):
     destination = "email_provider"
 
     def __init__(
-        self, base_url: str, token: SecretStr, client: httpx.Client, clock: Clock | None = None
+        self,
+        base_url: str,
+        token: SecretStr,
+        client: httpx.Client,
+        clock: Clock | None = None,
+        credentials_check_seconds: float = DEFAULT_CREDENTIALS_CHECK_SECONDS,
     ) -> None:
         self.url = base_url.rstrip("/") + ADD_PATH
         self.token = token
         self.client = client
         self.clock = clock or SystemClock()
+        self.credentials_check_seconds = credentials_check_seconds
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EmailProviderConnector:
@@ -123,6 +132,7 @@ class EmailProviderConnector(Connector):
             settings.email_provider_url,
             settings.email_provider_token,
             make_client(settings.connector_http_timeout_seconds),
+            credentials_check_seconds=settings.connector_credentials_check_seconds,
         )
 
     def close(self) -> None:
@@ -156,7 +166,13 @@ class EmailProviderConnector(Connector):
                 self._split(remaining, results)
                 return False
             response = post_json(
-                self.client, self.url, self.token, {"recipient_emails": remaining}, self.clock.now(), SYSTEM
+                self.client,
+                self.url,
+                self.token,
+                {"recipient_emails": remaining},
+                self.clock.now(),
+                SYSTEM,
+                self.credentials_check_seconds,
             )
             if response.is_success:
                 results.update(success_results(remaining, json_or_none(response)))

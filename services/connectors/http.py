@@ -1,15 +1,16 @@
 """HTTP bits shared by the connectors that call a provider's API (httpx).
 
 Pure helpers (status classification, Retry-After parsing, reason extraction) plus
-``post_json``, which turns transport errors and transient answers into
-``RetriableError`` (with the provider's Retry-After) and hands back every other
-response for the connector to read.
+``send``/``post_json``, which turn transport errors and transient answers into
+``RetriableError`` (with the provider's Retry-After or rate-limit reset), a 401/403 into
+``CredentialsRefused``, and hand back every other response for the connector to read.
 """
 
 from __future__ import annotations
 
+import re
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -21,6 +22,7 @@ from pydantic import SecretStr
 
 from services.common.errors import RetriableError
 from services.common.logging import get_logger, redact_text
+from services.connectors.kit import CredentialsRefused
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -31,12 +33,15 @@ MAX_REASON_LENGTH = 300
 class Verdict(StrEnum):
     OK = "OK"
     TRANSIENT = "TRANSIENT"  # retry the same call later
-    CONFIGURATION = "CONFIGURATION"  # our token or URL is wrong: retry (an operator must act), never reject
+    CREDENTIALS = "CREDENTIALS"  # 401/403: our credentials are refused: CredentialsRefused, never reject
+    CONFIGURATION = "CONFIGURATION"  # our URL is wrong: retry (an operator must act), never reject
     PERMANENT = "PERMANENT"  # the provider refuses this data: a rejection with its reason
 
 
 _TRANSIENT_4XX = frozenset({408, 425, 429})
-_CONFIGURATION_4XX = frozenset({401, 403, 404, 405})
+_CREDENTIALS_4XX = frozenset({401, 403})
+_CONFIGURATION_4XX = frozenset({404, 405})
+DEFAULT_CREDENTIALS_CHECK_SECONDS = 30.0
 
 
 def classify_status(code: int) -> Verdict:
@@ -45,6 +50,8 @@ def classify_status(code: int) -> Verdict:
         return Verdict.OK
     if code in _TRANSIENT_4XX or code >= 500:
         return Verdict.TRANSIENT
+    if code in _CREDENTIALS_4XX:
+        return Verdict.CREDENTIALS
     if code in _CONFIGURATION_4XX:
         return Verdict.CONFIGURATION
     if 400 <= code < 500:
@@ -110,35 +117,81 @@ def make_client(timeout_seconds: float, verify: ssl.SSLContext | bool = True) ->
     )
 
 
-def post_json(
-    client: httpx.Client, url: str, token: SecretStr, body: Any, now: datetime, system: str
+RetryAfter = Callable[[httpx.Response], float | None]
+
+
+def retry_after_header(response: httpx.Response, now: datetime) -> float | None:
+    """The standard ``Retry-After`` of an answer."""
+    return parse_retry_after(response.headers.get("Retry-After"), now)
+
+
+def send(
+    client: httpx.Client,
+    method: str,
+    url: str,
+    system: str,
+    retry_after: RetryAfter,
+    credentials_check_seconds: float = DEFAULT_CREDENTIALS_CHECK_SECONDS,
+    *,
+    json: Any = None,
+    headers: Mapping[str, str] | None = None,
+    passthrough: frozenset[int] = frozenset(),
 ) -> httpx.Response:
-    """POST ``body``; return a 2xx or a permanent 4xx response; raise ``RetriableError``
-    for everything that may work later."""
+    """Send one request; return a 2xx or a permanent 4xx response. Raise
+    ``CredentialsRefused`` for a 401/403 (checked again after ``credentials_check_seconds``)
+    and ``RetriableError`` for everything else that may work later (``retry_after`` reads
+    the provider's rate-limit headers). Statuses in ``passthrough`` (e.g. a lookup's 404) are
+    returned as they are."""
     try:
-        response = client.post(
-            url, json=body, headers={"Authorization": f"Bearer {token.get_secret_value()}"}
-        )
+        response = client.request(method, url, json=json, headers=headers)
     except httpx.TransportError as exc:
         raise RetriableError(f"{system} unreachable ({type(exc).__name__})") from exc
     except httpx.RequestError as exc:  # e.g. a body that fails its Content-Encoding: status unknown
         raise RetriableError(
             f"{system} sent an answer that could not be read ({type(exc).__name__})"
         ) from exc
+    if response.status_code in passthrough:
+        return response
     verdict = classify_status(response.status_code)
     if verdict is Verdict.TRANSIENT:
         raise RetriableError(
-            f"{system} answered HTTP {response.status_code}",
-            retry_after=parse_retry_after(response.headers.get("Retry-After"), now),
+            f"{system} answered HTTP {response.status_code}", retry_after=retry_after(response)
+        )
+    if verdict is Verdict.CREDENTIALS:
+        raise CredentialsRefused(
+            f"{system} answered HTTP {response.status_code}: check its credentials",
+            retry_after=credentials_check_seconds,
         )
     if verdict is Verdict.CONFIGURATION:
         log.error(
-            "provider refused our credentials or URL; check the connector settings",
+            "provider answered not found; check the connector's URL settings",
             system=system,
             status=response.status_code,
         )
-        raise RetriableError(f"{system} answered HTTP {response.status_code}: check its URL and token")
+        raise RetriableError(f"{system} answered HTTP {response.status_code}: check its URL")
     return response
+
+
+def post_json(
+    client: httpx.Client,
+    url: str,
+    token: SecretStr,
+    body: Any,
+    now: datetime,
+    system: str,
+    credentials_check_seconds: float = DEFAULT_CREDENTIALS_CHECK_SECONDS,
+) -> httpx.Response:
+    """POST ``body`` with a Bearer token (see ``send``; Retry-After honoured)."""
+    return send(
+        client,
+        "POST",
+        url,
+        system,
+        lambda response: retry_after_header(response, now),
+        credentials_check_seconds,
+        json=body,
+        headers={"Authorization": f"Bearer {token.get_secret_value()}"},
+    )
 
 
 def json_or_none(response: httpx.Response) -> Any:
@@ -153,6 +206,16 @@ def json_or_none(response: httpx.Response) -> Any:
 def undocumented_answer(system: str, expected: str) -> str:
     """The rejection reason for a 2xx whose body is not the documented shape."""
     return clean_reason(f"{system}: 2xx answer is not the documented {expected}; outcome unknown")
+
+
+_ADDRESS_TOKEN = re.compile(r"[^\s@<>\"',;:()\[\]]+@[^\s@<>\"',;:()\[\]]+")
+
+
+def addresses_named(text: str, sent: Sequence[str]) -> list[str]:
+    """The addresses of ``sent`` that ``text`` (a provider's error message) names as whole
+    tokens, compared case-insensitively ("a@x.com" is not named by "aa@x.com")."""
+    named = {token.rstrip(".").lower() for token in _ADDRESS_TOKEN.findall(text)}
+    return [e for e in sent if e.lower() in named]
 
 
 def split_halves(items: list[T]) -> tuple[list[T], list[T]]:

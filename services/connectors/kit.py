@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from confluent_kafka import Message, Producer
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.common import metrics
 from services.common.avro import Codec, default_codec
@@ -56,6 +56,7 @@ from services.common.records import (
 )
 from services.common.settings import Settings
 from services.connectors.dedupe import DedupeStore, StoredOutcome, first_of_each
+from services.observability.health import HEALTH, HealthState
 from services.observability.loop import observe_loop
 
 log = get_logger(__name__)
@@ -71,6 +72,12 @@ APPLY_SECONDS = Histogram(
     "Time in one apply() call.",
     ["destination"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+CREDENTIALS_REFUSED = Gauge(
+    "optout_connector_credentials_refused",
+    "1 while the destination refuses our credentials (HTTP 401/403, a changed host key): "
+    "its partitions are paused and it retries by itself; 0 once a call works again.",
+    ["destination"],
 )
 
 
@@ -138,12 +145,70 @@ class IncompleteBatch(RetriableError):
     def __init__(self, outcomes: Sequence[Outcome], cause: RetriableError) -> None:
         super().__init__(str(cause), retry_after=cause.retry_after)
         self.outcomes = list(outcomes)
+        self.cause = cause
+        self.log_each_retry = cause.log_each_retry
 
 
 class CredentialsRefused(RetriableError):
     """The destination refused *us*: a 401/403, a changed SSH host key. That is our
     misconfiguration, never the person's: nothing is rejected, the batch waits (paused, in
-    its group) and is tried again every ``retry_after`` seconds until the credentials work."""
+    its group) and is tried again every ``retry_after`` seconds until the credentials work.
+    ``CredentialsWatch`` logs when it starts and when it ends, so retries are not logged."""
+
+    log_each_retry = False
+
+
+class CredentialsWatch:
+    """Whether ``destination`` refuses our credentials right now (thread-safe: the health
+    endpoint reads it). It sets the gauge and logs once per change, never once per retry;
+    ``readiness`` is a ``/readyz`` check (not ready while refused; ``/healthz`` is untouched,
+    the loop keeps polling)."""
+
+    def __init__(self, destination: str) -> None:
+        self.destination = destination
+        self._lock = threading.Lock()
+        self._reason: str | None = None
+        CREDENTIALS_REFUSED.labels(destination).set(0)
+
+    @property
+    def refused(self) -> bool:
+        with self._lock:
+            return self._reason is not None
+
+    def observe(self, error: RetriableError | None, got_answers: bool) -> None:
+        """After one ``apply``: its error (None: it finished) and whether it produced outcomes."""
+        cause = error.cause if isinstance(error, IncompleteBatch) else error
+        if isinstance(cause, CredentialsRefused):
+            self._refuse(str(cause), cause.retry_after)
+        elif error is None or got_answers:
+            self._clear()
+
+    def _refuse(self, reason: str, retry_after: float | None) -> None:
+        with self._lock:
+            started = self._reason is None
+            self._reason = reason
+        CREDENTIALS_REFUSED.labels(self.destination).set(1)
+        if started:
+            log.error(
+                "destination refuses our credentials; its partitions are paused and nothing is "
+                "rejected until they work (fix the credentials; it resumes by itself)",
+                destination=self.destination,
+                reason=reason,
+                check_every_seconds=retry_after,
+            )
+
+    def _clear(self) -> None:
+        with self._lock:
+            was = self._reason is not None
+            self._reason = None
+        CREDENTIALS_REFUSED.labels(self.destination).set(0)
+        if was:
+            log.info("destination accepts our credentials again; resuming", destination=self.destination)
+
+    def readiness(self) -> str | None:
+        with self._lock:
+            reason = self._reason
+        return None if reason is None else f"credentials refused: {reason}"
 
 
 class Connector(ABC):
@@ -260,10 +325,12 @@ class ConnectorStep:
         codec: Codec,
         clock: Clock,
         store: DedupeStore,
+        credentials: CredentialsWatch | None = None,
     ) -> None:
         self.settings = settings
         self.connector = connector
         self.destination = connector.destination
+        self.credentials = credentials or CredentialsWatch(self.destination)
         self.service = service_name(self.destination)
         self.producer = producer
         self.codec = codec
@@ -330,7 +397,12 @@ class ConnectorStep:
         """Apply once and commit every outcome obtained, also the partial ones of a
         failed call (so those are never applied again); then raise its error, and the
         loop retries the batch after its backoff (or the provider's Retry-After)."""
-        run = apply_once(self.connector, fresh, self.clock)
+        try:
+            run = apply_once(self.connector, fresh, self.clock)
+        except RetriableError as exc:  # raised as it is: nothing to keep
+            self.credentials.observe(exc, got_answers=False)
+            raise
+        self.credentials.observe(run.error, bool(run.outcomes))
         stored = self.store.record(list(run.outcomes.values()))
         if run.error is not None:
             raise run.error
@@ -375,10 +447,17 @@ def service_name(destination: str) -> str:
 
 
 def run_connector(
-    settings: Settings, connector: Connector, stop: threading.Event, clock: Clock | None = None
+    settings: Settings,
+    connector: Connector,
+    stop: threading.Event,
+    clock: Clock | None = None,
+    health: HealthState = HEALTH,
 ) -> None:
-    """Run ``connector`` in the shared consume loop until ``stop`` is set."""
+    """Run ``connector`` in the shared consume loop until ``stop`` is set. While the
+    destination refuses our credentials, ``/readyz`` reports it (check
+    ``credentials:<destination>``)."""
     service = service_name(connector.destination)
+    watch = CredentialsWatch(connector.destination)
     step = ConnectorStep(
         settings,
         connector,
@@ -386,15 +465,21 @@ def run_connector(
         default_codec(),
         clock or SystemClock(),
         DedupeStore(settings.dsn(), connector.destination),
+        watch,
     )
     group = settings.group(service)
-    ConsumerLoop(
-        settings,
-        service,
-        [settings.suppress_topic(connector.destination)],
-        step,
-        stop,
-        group_id=group,
-        observer=observe_loop(settings, service, group),
-        backoff=connector_backoff(settings),
-    ).run()
+    check = f"credentials:{connector.destination}"
+    health.add_check(check, watch.readiness)
+    try:
+        ConsumerLoop(
+            settings,
+            service,
+            [settings.suppress_topic(connector.destination)],
+            step,
+            stop,
+            group_id=group,
+            observer=observe_loop(settings, service, group, health),
+            backoff=connector_backoff(settings),
+        ).run()
+    finally:
+        health.remove_check(check)

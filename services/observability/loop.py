@@ -57,6 +57,8 @@ class LoopObservability:
             self._health.unregister_loop(self.name)
 
 
-def observe_loop(settings: Settings, service: str, group: str | None = None) -> LoopObservability:
+def observe_loop(
+    settings: Settings, service: str, group: str | None = None, health: HealthState = HEALTH
+) -> LoopObservability:
     """The observer of ``service``'s loop in ``group`` (default: the service's group)."""
-    return LoopObservability(settings, service, group or settings.group(service))
+    return LoopObservability(settings, service, group or settings.group(service), health)

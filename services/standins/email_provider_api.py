@@ -49,6 +49,11 @@ class FixedWindowLimiter:
         self._window = -1
         self._count = 0
 
+    @property
+    def used(self) -> int:
+        """Calls admitted in the current window."""
+        return self._count
+
     def admit(self) -> float | None:
         """None if admitted, else seconds until the window resets."""
         if self.limit <= 0:

@@ -1,4 +1,4 @@
-"""``optout run standins``: the email provider and partner stand-ins, configured from
+"""``optout run standins``: the email provider, SendGrid, Mailgun and partner stand-ins, configured from
 settings, served until stop is requested."""
 
 from __future__ import annotations
@@ -8,7 +8,9 @@ import threading
 from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.standins.email_provider_api import EmailProviderStandin
+from services.standins.mailgun_api import MailgunStandin
 from services.standins.partners_api import PartnersStandin
+from services.standins.sendgrid_api import SendGridStandin
 from services.standins.web import StandinServer
 from services.standins.webhook_receiver import WebhookPartnersStandin
 
@@ -39,6 +41,24 @@ def webhook_partners_from(settings: Settings) -> WebhookPartnersStandin:
     )
 
 
+def sendgrid_from(settings: Settings) -> SendGridStandin:
+    return SendGridStandin(
+        api_key=settings.standin_sendgrid_api_key,
+        failure_rate=settings.standin_failure_rate,
+        rate_limit_per_second=settings.standin_rate_limit_per_second,
+        rejected=settings.standin_rejected_emails,
+    )
+
+
+def mailgun_from(settings: Settings) -> MailgunStandin:
+    return MailgunStandin(
+        api_key=settings.standin_mailgun_api_key,
+        failure_rate=settings.standin_failure_rate,
+        rate_limit_per_second=settings.standin_rate_limit_per_second,
+        rejected=settings.standin_rejected_emails,
+    )
+
+
 def run(settings: Settings, stop: threading.Event) -> None:
     host = settings.standin_host
     with (
@@ -52,6 +72,8 @@ def run(settings: Settings, stop: threading.Event) -> None:
             settings.standin_webhook_partners_port,
             "webhook_partners",
         ),
+        StandinServer(sendgrid_from(settings).handle, host, settings.standin_sendgrid_port, "sendgrid"),
+        StandinServer(mailgun_from(settings).handle, host, settings.standin_mailgun_port, "mailgun"),
     ):
         log.info("stand-ins serving; stop with SIGTERM or Ctrl-C")
         stop.wait()

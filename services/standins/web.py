@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from services.common.logging import get_logger
 
@@ -30,6 +30,7 @@ class Request:
     path: str
     headers: Mapping[str, str]  # lower-case names
     body: bytes = b""
+    query: str = ""  # the raw query string, without "?"
 
     def bearer_token(self) -> str | None:
         value = self.headers.get("authorization", "")
@@ -66,8 +67,9 @@ def _handler_for(app: App, name: str) -> type[BaseHTTPRequestHandler]:
                 self._send(error(413, "request body too large"))
                 return
             body = self.rfile.read(length) if length else b""
+            url = urlsplit(self.path)
             request = Request(
-                self.command, urlsplit(self.path).path, {k.lower(): v for k, v in self.headers.items()}, body
+                self.command, url.path, {k.lower(): v for k, v in self.headers.items()}, body, url.query
             )
             self._send(app(request))
 
@@ -87,7 +89,8 @@ def _handler_for(app: App, name: str) -> type[BaseHTTPRequestHandler]:
         do_GET = do_POST = do_PUT = do_DELETE = _serve  # the stdlib's handler names
 
         def log_message(self, format: str, *args: Any) -> None:
-            log.debug("stand-in request", standin=name, line=format % args)
+            # Unquoted, so an address in a path or query (read-backs, paging) is redacted.
+            log.debug("stand-in request", standin=name, line=unquote(format % args))
 
     return Handler
 

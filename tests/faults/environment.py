@@ -90,6 +90,8 @@ def pipeline_env(
         "OPTOUT_MAIL_HOUSE_DIR": str(work_dir / "mail_house"),
         "OPTOUT_STANDIN_EMAIL_PROVIDER_PORT": str(esp_port),
         "OPTOUT_STANDIN_PARTNERS_PORT": str(partners_port),
+        "OPTOUT_STANDIN_SENDGRID_PORT": "0",  # any free port: not used here
+        "OPTOUT_STANDIN_MAILGUN_PORT": "0",
         "OPTOUT_EMAIL_PROVIDER_URL": f"http://127.0.0.1:{esp_port}",
         "OPTOUT_PARTNERS": json.dumps(
             [

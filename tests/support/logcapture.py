@@ -131,6 +131,10 @@ def _with_capture(processors: Iterable[Any] | None) -> list[Any] | None:
 
 
 def _configure(processors: Iterable[Any] | None = None, **kwargs: Any) -> None:
+    # Loggers cached on first use keep the processors of that moment, so a later
+    # re-configuration (structlog.testing.capture_logs, another test's configure_logging)
+    # would miss them depending on test order: in tests nothing is cached.
+    kwargs["cache_logger_on_first_use"] = False
     _original_configure(processors=_with_capture(processors), **kwargs)
 
 
@@ -140,7 +144,7 @@ def ensure_installed() -> None:
     structlog.configure = _configure
     current = structlog.get_config()["processors"]
     if not current or current[0] is not capture_processor:
-        _original_configure(processors=_with_capture(current))
+        _original_configure(processors=_with_capture(current), cache_logger_on_first_use=False)
     root = logging.getLogger()
     if _HANDLER not in root.handlers:
         root.addHandler(_HANDLER)

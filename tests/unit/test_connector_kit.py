@@ -26,10 +26,18 @@ from services.common.settings import PartnerEndpoint
 from services.connectors import mail_house as mh
 from services.connectors.dedupe import StoredOutcome, clip_detail, first_of_each
 from services.connectors.email_provider import EmailProviderConnector, rejected_addresses, success_results
-from services.connectors.http import Verdict, classify_status, clean_reason, error_reason, parse_retry_after
+from services.connectors.http import (
+    Verdict,
+    classify_status,
+    clean_reason,
+    error_reason,
+    parse_retry_after,
+    post_json,
+)
 from services.connectors.kit import (
     Command,
     Connector,
+    CredentialsRefused,
     IncompleteBatch,
     Outcome,
     ack_record,
@@ -221,8 +229,8 @@ def test_ack_record_encodes_as_a_suppression_ack() -> None:
         (408, Verdict.TRANSIENT),
         (500, Verdict.TRANSIENT),
         (503, Verdict.TRANSIENT),
-        (401, Verdict.CONFIGURATION),
-        (403, Verdict.CONFIGURATION),
+        (401, Verdict.CREDENTIALS),
+        (403, Verdict.CREDENTIALS),
         (404, Verdict.CONFIGURATION),
         (400, Verdict.PERMANENT),
         (413, Verdict.PERMANENT),
@@ -292,14 +300,25 @@ def test_email_provider_transient_answers_raise_with_retry_after() -> None:
     assert unavailable.value.retry_after == 1.0
 
 
-@pytest.mark.expected_errors("provider refused our credentials")
-def test_email_provider_wrong_token_is_retried_not_rejected() -> None:
+def test_email_provider_wrong_token_is_credentials_refused_not_rejected() -> None:
     standin = EmailProviderStandin(token="right")
     client = httpx.Client(transport=transport(standin.handle))
-    connector = EmailProviderConnector("http://esp", SecretStr("wrong"), client, ManualClock(NOW))
-    with pytest.raises(RetriableError):
+    connector = EmailProviderConnector(
+        "http://esp", SecretStr("wrong"), client, ManualClock(NOW), credentials_check_seconds=11.0
+    )
+    with pytest.raises(IncompleteBatch) as raised:
         connector.apply([cmd(email="a@example.com")])
+    assert isinstance(raised.value.cause, CredentialsRefused)
+    assert raised.value.retry_after == 11.0 and raised.value.outcomes == []
     assert standin.suppressed == {}
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_every_http_kind_turns_401_and_403_into_credentials_refused(status: int) -> None:
+    client = httpx.Client(transport=httpx.MockTransport(lambda _r: httpx.Response(status, json={})))
+    with pytest.raises(CredentialsRefused) as raised:
+        post_json(client, "http://x/y", SecretStr("t"), {}, NOW, "partner p", credentials_check_seconds=3.0)
+    assert raised.value.retry_after == 3.0
 
 
 def test_email_provider_splits_batches_at_1000() -> None:

@@ -7,11 +7,13 @@ partitions still assigned after a revocation, fatal errors stop, PARTITION_EOF d
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
+import structlog
 from confluent_kafka import KafkaError, KafkaException, Message
 from tenacity import RetryCallState, Retrying, wait_fixed
 
@@ -310,3 +312,22 @@ def test_a_step_bug_propagates_without_commit() -> None:
     with pytest.raises(KeyError):
         h.run()
     assert h.consumer.commits == [] and len(step.batches) == 1
+
+
+def test_retries_of_a_quiet_error_are_not_logged_as_warnings() -> None:
+    class Quiet(RetriableError):
+        log_each_retry = False
+
+    step = ScriptedStep([Quiet("refused", retry_after=1.0), Quiet("refused", retry_after=1.0), None])
+    h = Harness(step)
+    h.publish(0, 1)
+    previous = structlog.get_config()["wrapper_class"]
+    with structlog.testing.capture_logs() as logs:
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+        try:
+            h.run()
+        finally:
+            structlog.configure(wrapper_class=previous)
+    retries = [e for e in logs if e["event"] == "batch failed; retrying"]
+    assert [e["log_level"] for e in retries] == ["debug", "debug"]
+    assert h.committed() == {0: 1}

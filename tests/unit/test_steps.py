@@ -33,6 +33,7 @@ from services.connectors.kit import (
     Command,
     Connector,
     ConnectorStep,
+    CredentialsRefused,
     IncompleteBatch,
     Outcome,
     connector_backoff,
@@ -458,3 +459,22 @@ def test_confirmer_rolls_back_when_a_confirmation_is_not_delivered() -> None:
     with pytest.raises(RetriableError):
         step.submit(_messages(step.settings.acks_topic, [_ack("c1", "evt-1")]))
     assert conn.rolled_back == 1 and conn.committed == []
+
+
+@pytest.mark.expected_errors("destination refuses our credentials")
+def test_connector_step_reports_a_plainly_raised_credentials_refusal_and_its_end() -> None:
+    """A kind may raise ``CredentialsRefused`` itself (not inside an ``IncompleteBatch``)."""
+    producer, store = FakeProducer(FakeBroker()), FakeDedupeStore()
+    refused = CredentialsRefused("SFTP host key changed", retry_after=30.0)
+    connector = ScriptedConnector([refused, refused])
+    step = _connector_step(connector, producer, store)
+    a = _command()
+    batch = _messages(step.settings.suppress_topic("email_provider"), [CODEC.encode("SuppressionCommand", a)])
+    for _ in range(2):
+        with pytest.raises(CredentialsRefused):
+            step.submit(batch)
+        assert step.credentials.refused and step.credentials.readiness() is not None
+        assert store.rows == {} and producer.delivered == []  # nothing rejected, nothing acked
+    step.submit(batch)
+    assert not step.credentials.refused and step.credentials.readiness() is None
+    assert [x["status"] for x in _acks(producer, step.settings)] == ["APPLIED"]
