@@ -145,7 +145,8 @@ def _run_to_confirmation(
             return row is not None and row[0] == len(ids)
 
         services = [("intake", run_intake), ("confirmer", run_confirmer)] + [
-            (name, connector_runner(name)) for name in ("email_provider", "mail_house", "third_party_sharing")
+            (name, connector_runner(name, cfg))
+            for name in ("email_provider", "mail_house", "third_party_sharing")
         ]
         with contextlib.ExitStack() as stack:
             for name, main in services:
