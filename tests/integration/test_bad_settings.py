@@ -137,5 +137,6 @@ def test_a_connector_for_a_destination_not_in_the_file_is_one_line(stack, databa
     )
     assert code == 2
     assert stderr.strip() == (
-        "optout: unknown connector 'email_provider': not a destination in the destinations file (known: esp_a)"
+        "optout: unknown connector 'email_provider': "
+        "not a destination in the destinations file (known: esp_a)"
     )
