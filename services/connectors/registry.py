@@ -62,8 +62,9 @@ def build_connector(settings: Settings, name: str) -> Connector:
 
 def connector_runner(name: str, settings: Settings) -> ServiceMain:
     """``run(settings, stop)`` for the destination ``name`` of ``settings``' destinations file;
-    ``ConfigurationError`` now if there is no such destination or its kind is unknown."""
-    destination_of(settings, name)
+    ``ConfigurationError`` now if there is no such destination, its kind is unknown or the
+    kind refuses its settings or credentials (built once to check, before any broker call)."""
+    build_connector(settings, name).close()
 
     def run(run_settings: Settings, stop: threading.Event) -> None:
         run_connector(run_settings, build_connector(run_settings, name), stop)

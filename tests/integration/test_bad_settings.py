@@ -126,6 +126,24 @@ def test_a_bad_destinations_file_is_one_line_for_every_command(stack, database, 
     assert "Traceback" not in stderr
 
 
+def test_settings_a_kind_refuses_are_one_line_when_its_connector_starts(stack, tmp_path):
+    path = tmp_path / "destinations.toml"
+    path.write_text(
+        _EMAIL.format(name="esp", kind="email_provider") + '[destinations.settings]\nbase_uri = "x"\n'
+    )
+    code, stderr, _ = _run(
+        {"OPTOUT_KAFKA_BOOTSTRAP": stack.kafka_bootstrap, "OPTOUT_DESTINATIONS_FILE": str(path)},
+        "run",
+        "connector",
+        "esp",
+    )
+    assert code == 2
+    assert (
+        stderr.strip()
+        == "optout: destination 'esp' (email_provider): settings.base_uri: Extra inputs are not permitted"
+    )
+
+
 def test_a_connector_for_a_destination_not_in_the_file_is_one_line(stack, database, tmp_path):
     path = tmp_path / "destinations.toml"
     path.write_text(_EMAIL.format(name="esp_a", kind="email_provider"))
