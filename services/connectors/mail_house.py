@@ -292,7 +292,12 @@ class LocalMailHouseOptions(BaseModel):
     folder: str | None = None
 
 
+def folder_of(destination: Destination, settings: Settings) -> Path:
+    """The folder a ``local_mail_house`` destination writes (``optout purge`` cleans it too)."""
+    options = parse_options(LocalMailHouseOptions, destination)
+    return Path(options.folder or settings.mail_house_dir)
+
+
 def build(destination: Destination, settings: Settings) -> Connector:
     """The connector of one ``local_mail_house`` destination (a folder the mail house reads)."""
-    options = parse_options(LocalMailHouseOptions, destination)
-    return MailHouseConnector(Path(options.folder or settings.mail_house_dir), destination=destination.id)
+    return MailHouseConnector(folder_of(destination, settings), destination=destination.id)
