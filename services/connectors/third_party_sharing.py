@@ -46,7 +46,7 @@ from services.connectors.http import (
     split_halves,
     undocumented_answer,
 )
-from services.connectors.kinds import OPTIONS_CONFIG, parse_options
+from services.connectors.kinds import OPTIONS_CONFIG, parse_options, require_hashes_only
 from services.connectors.kit import Command, Connector, Outcome
 from services.domain.identity import sha256_hex
 
@@ -220,6 +220,7 @@ class PartnersOptions(BaseModel):
 def build(destination: Destination, settings: Settings) -> Connector:
     """The connector of one ``partners`` destination (today's invented partner API)."""
     parse_options(PartnersOptions, destination)
+    require_hashes_only(destination)  # third parties never see a raw email or phone
     return ThirdPartySharingConnector(
         settings.partners, make_client(settings.connector_http_timeout_seconds), destination=destination.id
     )

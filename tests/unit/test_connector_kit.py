@@ -510,3 +510,20 @@ def test_registry_runs_the_destinations_of_the_default_file() -> None:
         connector = build_connector(cfg, name)
         assert connector.destination == name
         connector.close()
+
+
+def test_a_partners_destination_with_raw_identifiers_is_refused() -> None:
+    from dataclasses import replace
+
+    from services.common.contract import Identifier
+    from services.common.errors import ConfigurationError
+
+    cfg = Settings()
+    leaky = replace(
+        cfg.destinations["third_party_sharing"],
+        identifiers=frozenset({Identifier.EMAIL, Identifier.EMAIL_SHA256}),
+    )
+    with pytest.raises(
+        ConfigurationError, match=r"'third_party_sharing' \(partners\) receives hashes only: remove email"
+    ):
+        KINDS["partners"](leaky, cfg)
