@@ -172,7 +172,7 @@ def run_naive(env: BenchEnv, out: BenchEnv, events: int, timeout: float) -> Meas
                 first = time.monotonic()
             now = datetime.now(UTC)
             request = decode_request(codec, message.value(), now, skew, settings.default_phone_region)
-            commands = plan_commands(request, now)
+            commands = plan_commands(request, now, settings.destinations)
             with conn.cursor() as cur:
                 cur.execute(
                     _NAIVE_REQUEST,

@@ -38,9 +38,10 @@ def _requests(count: int, seed: int) -> list[OptOutRequest]:
 
 
 def _record(dsn: str, requests: Sequence[OptOutRequest], chunk: int, with_entries: bool) -> float:
-    ring = suppression_ring(Settings())
+    cfg = Settings()
+    ring = suppression_ring(cfg)
     now = datetime.now(UTC)
-    commands = {r.event_id: plan_commands(r, now) for r in requests}
+    commands = {r.event_id: plan_commands(r, now, cfg.destinations) for r in requests}
     with psycopg.connect(dsn) as conn:
         started = time.perf_counter()
         with mock.patch.object(store, "entries_of", entries_of if with_entries else (lambda _r: [])):

@@ -25,8 +25,9 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from services.common.avro import Codec, default_codec
-from services.common.contract import DESTINATIONS, Identifier, Scope, Source, destinations_for_scopes
+from services.common.contract import Identifier, Scope, Source
 from services.common.db import migrate
+from services.common.destinations import load_destinations
 from services.common.kafka import create_topics, make_admin, make_producer
 from services.common.logging import configure_logging
 from services.common.settings import Settings
@@ -116,7 +117,7 @@ class BenchEnv:
         return self.settings.dsn()
 
     def suppress_topics(self) -> list[str]:
-        return [self.settings.suppress_topic(d.id) for d in DESTINATIONS]
+        return [self.settings.suppress_topic(d.id) for d in self.settings.destinations]
 
 
 def _with_dbname(url: str, name: str) -> str:
@@ -283,6 +284,10 @@ class GeneratedEvent:
     commands: int  # how many SuppressionCommands intake must fan out for it
 
 
+# The generator targets the shipped destinations file (deploy/destinations.toml).
+DEFAULT_DESTINATIONS = load_destinations()
+
+
 def expected_commands(record: dict[str, Any]) -> int:
     """Commands intake plans for a valid generated record, from the routing table."""
     email, phone = bool(record["email"]), bool(record["phone"])
@@ -294,7 +299,7 @@ def expected_commands(record: dict[str, Any]) -> int:
         Identifier.EMAIL_SHA256: email,
         Identifier.PHONE_SHA256: phone,
     }
-    destinations = destinations_for_scopes(Scope(s) for s in record["scopes"])
+    destinations = DEFAULT_DESTINATIONS.for_scopes(Scope(s) for s in record["scopes"])
     return sum(1 for d in destinations if any(present[i] for i in d.requires_one_of))
 
 
@@ -369,7 +374,7 @@ def check_sample(sample: Sequence[GeneratedEvent], settings: Settings) -> None:
     skew = timedelta(seconds=settings.clock_skew_seconds)
     for event in sample:
         request = validate_request(event.record, now, skew, settings.default_phone_region)
-        planned = len(plan_commands(request, now))
+        planned = len(plan_commands(request, now, settings.destinations))
         if request.subject_key != event.key or planned != event.commands:
             raise RuntimeError(
                 f"generator disagrees with intake for {event.record['event_id']}: key "

@@ -25,6 +25,7 @@ from services.cli import (
 from services.common.errors import ConfigurationError, OptoutError, PoisonMessage, RetriableError
 from services.common.logging import configure_logging
 from services.common.settings import settings
+from services.connectors.registry import check_destinations
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -56,9 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = settings()
         configure_logging(cfg.log_level, cfg.log_format)
+        check_destinations(cfg)
         return handler(args)
     except ConfigurationError as exc:
-        sys.stderr.write(f"optout: {exc}\n")
+        for line in str(exc).splitlines():  # the destinations file: one line per problem
+            sys.stderr.write(f"optout: {line}\n")
         return 2
     except PoisonMessage as exc:
         sys.stderr.write(f"optout: invalid request: {exc}\n")

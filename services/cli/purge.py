@@ -6,13 +6,13 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import timedelta
-from pathlib import Path
 
 from services.common.clock import SystemClock
 from services.common.db import connect, require_schema
 from services.common.errors import ConfigurationError
 from services.common.settings import settings
-from services.connectors.mail_house import FILE_PREFIX
+from services.connectors.mail_house import FILE_PREFIX, folder_of
+from services.connectors.mail_house import KIND as MAIL_HOUSE_KIND
 from services.retention.files import remove_old_mail_house_files
 from services.retention.purge import purge_contact_details
 
@@ -38,18 +38,20 @@ def cmd_purge(args: argparse.Namespace) -> int:
     sys.stdout.write(
         f"{verb} the contact details of {count} request(s) confirmed or resolved more than {days} days ago\n"
     )
-    folder = Path(cfg.mail_house_dir)
-    try:
-        files = remove_old_mail_house_files(
-            folder, now, timedelta(days=days), FILE_PREFIX, dry_run=args.dry_run
-        )
-    except OSError as exc:
-        raise ConfigurationError(
-            f"cannot remove old mail-house files in {folder} ({exc.strerror or exc}); "
-            "check OPTOUT_MAIL_HOUSE_DIR"
-        ) from None
-    verb = "would remove" if args.dry_run else "removed"
-    sys.stdout.write(f"{verb} {len(files)} mail-house file(s) older than {days} days from {folder}\n")
+    # Every folder a local_mail_house destination of the destinations file writes.
+    folders = sorted({folder_of(d, cfg) for d in cfg.destinations if d.kind == MAIL_HOUSE_KIND})
+    for folder in folders:
+        try:
+            files = remove_old_mail_house_files(
+                folder, now, timedelta(days=days), FILE_PREFIX, dry_run=args.dry_run
+            )
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot remove old mail-house files in {folder} ({exc.strerror or exc}); "
+                "check OPTOUT_MAIL_HOUSE_DIR or the destination's settings.folder"
+            ) from None
+        verb = "would remove" if args.dry_run else "removed"
+        sys.stdout.write(f"{verb} {len(files)} mail-house file(s) older than {days} days from {folder}\n")
     return 0
 
 
@@ -60,7 +62,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         description="Remove the email, phone and postal address of requests confirmed (or "
         "resolved) more than the retention period ago (OPTOUT_RETENTION_DAYS), keeping the "
         "hashes, scopes and timestamps needed to keep suppressing and to prove compliance; and "
-        "remove the mail house's suppression files (OPTOUT_MAIL_HOUSE_DIR) older than that.",
+        "remove the mail house's suppression files (the folder of each local_mail_house "
+        "destination) older than that.",
     )
     p.add_argument("--retention-days", type=int, help="override OPTOUT_RETENTION_DAYS")
     p.add_argument("--dry-run", action="store_true", help="only count what would be purged")

@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from services.common.destinations import DEFAULT_DESTINATIONS_FILE
 from services.common.errors import ConfigurationError, PoisonMessage
 from services.common.kafka import check_broker
 from services.common.request_status import request_status
@@ -93,7 +94,29 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _destinations_table() -> int:
+    """``optout status`` without an event id: the destinations of the destinations file."""
+    cfg = settings()
+    out = sys.stdout
+    out.write(f"destinations file: {cfg.destinations_file or DEFAULT_DESTINATIONS_FILE}\n")
+    out.write(f"{'DESTINATION':22} {'KIND':18} {'SCOPES':40} {'TOPIC / GROUP':40} CREDENTIALS\n")
+    for d in cfg.destinations:
+        scopes = ",".join(sorted(s.value for s in d.scopes))
+        identifiers = "identifiers: " + ",".join(sorted(i.value for i in d.identifiers))
+        credentials = ",".join(sorted(d.credentials)) or "-"
+        rows = (
+            f"{d.id:22} {d.kind:18} {scopes:40} {cfg.suppress_topic(d.id):40} {credentials}",
+            f"{'':22} {'':18} {identifiers:40} {cfg.group('connector.' + d.id)}",
+        )
+        out.writelines(row.rstrip() + "\n" for row in rows)
+    for scope in cfg.destinations.unserved_scopes():
+        out.write(f"warning: no destination serves {scope.value}; a request naming it is dead-lettered\n")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.event_id is None:
+        return _destinations_table()
     status = request_status(settings(), args.event_id)
     if status is None:
         sys.stderr.write(f"optout: no request with event_id {args.event_id!r}\n")
@@ -110,6 +133,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{d['destination']:22} {d['status']:19} {d['issue_count']:>4} "
             f"{_fmt(d['acked_at']):26} {_fmt(d['detail'])}\n"
         )
+    routed = {d["destination"] for d in status["destinations"]}
+    for name in settings().destinations.names:
+        if name not in routed:  # in the file, but not routed (scopes, identifiers, or added later)
+            sys.stdout.write(f"{name:22} {'-':19} {0:>4} {'-':26} not routed\n")
     return 0
 
 
@@ -139,7 +166,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--quiet", "-q", action="store_true", help="print only the summary line")
     p.set_defaults(handler=cmd_publish)
 
-    s = sub.add_parser("status", help="show a request and each destination's state")
-    s.add_argument("event_id")
+    s = sub.add_parser(
+        "status",
+        help="show a request and each destination's state; without EVENT_ID, the destinations",
+    )
+    s.add_argument("event_id", nargs="?", help="omit to list the destinations file's destinations")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(handler=cmd_status)

@@ -67,9 +67,7 @@ PIPELINE: list[list[str]] = [
     ["intake"],
     ["confirmer"],
     ["standins"],
-    ["connector", "email_provider"],
-    ["connector", "mail_house"],
-    ["connector", "third_party_sharing"],
+    ["connectors"],  # one connector per destination of the destinations file
     ["web"],
     ["exporter"],
 ]
@@ -78,7 +76,18 @@ PIPELINE: list[list[str]] = [
 def _connector_main(name: str) -> ServiceMain:
     from services.connectors.registry import connector_runner
 
-    return connector_runner(name)
+    return connector_runner(name, settings())
+
+
+def _pipeline() -> list[list[str]]:
+    """What `optout run all` starts: PIPELINE with one connector per destination."""
+    specs: list[list[str]] = []
+    for spec in PIPELINE:
+        if spec == ["connectors"]:
+            specs.extend(["connector", d.id] for d in settings().destinations)
+        else:
+            specs.append(spec)
+    return specs
 
 
 def parse_specs(tokens: list[str]) -> list[list[str]]:
@@ -94,7 +103,7 @@ def parse_specs(tokens: list[str]) -> list[list[str]]:
             i += 2
             continue
         if name == "all":
-            specs.extend(PIPELINE)
+            specs.extend(_pipeline())
         elif name not in SERVICES:
             known = ", ".join([*SERVICES, "connector NAME", "all"])
             raise ConfigurationError(f"unknown service {name!r}; known: {known}")
@@ -116,6 +125,13 @@ def _run_one(spec: list[str]) -> int:
     stop = threading.Event()
     install_stop_handlers(stop)
     serve_health(cfg, needs_db)
+    for scope in cfg.destinations.unserved_scopes():
+        log.warning(
+            "no destination serves this scope: a request naming it is dead-lettered "
+            "(ALL skips it); see the destinations file",
+            scope=scope.value,
+            destinations=cfg.destinations.names,
+        )
     log.info("service starting", service=" ".join(spec))
     main(cfg, stop)
     log.info("service stopped", service=" ".join(spec))
@@ -177,7 +193,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="run services in the foreground",
         description="Run one service in this process, or several as child processes. "
         "Services: intake, confirmer, web, standins, exporter, 'connector NAME' "
-        "(email_provider, mail_house, third_party_sharing), or 'all'.",
+        "(NAME: a destination of the destinations file), or 'all' (one connector per destination).",
     )
     p.add_argument("services", nargs="+", metavar="SERVICE")
     p.set_defaults(handler=cmd_run)

@@ -1,13 +1,15 @@
 """The public contract shared by every service: scopes, sources, ack statuses,
 destinations and the routing from scopes to destinations.
 
-Adding a destination is one entry in ``DESTINATIONS`` (plus a connector); nothing
-else in the code names destinations.
+Destinations are configuration: the destinations file (``OPTOUT_DESTINATIONS_FILE``,
+default ``deploy/destinations.toml``; see docs/destinations.md) lists them, and
+``services.common.destinations`` loads it into a ``Destinations`` value at start-up.
+Adding a destination is an entry in that file; nothing in the code names destinations.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -70,44 +72,51 @@ class Destination:
     credentials: Mapping[str, SecretStr] = field(default_factory=dict, compare=False, repr=False)
 
 
-DESTINATIONS: tuple[Destination, ...] = (
-    Destination(
-        id="email_provider",
-        scopes=frozenset({Scope.EMAIL_MARKETING}),
-        identifiers=frozenset({Identifier.CUSTOMER_ID, Identifier.EMAIL}),
-        requires_one_of=frozenset({Identifier.EMAIL}),
-    ),
-    Destination(
-        id="mail_house",
-        scopes=frozenset({Scope.POSTAL_MARKETING}),
-        identifiers=frozenset({Identifier.CUSTOMER_ID, Identifier.POSTAL_ADDRESS}),
-        requires_one_of=frozenset({Identifier.POSTAL_ADDRESS}),
-    ),
-    Destination(
-        id="third_party_sharing",
-        scopes=frozenset({Scope.THIRD_PARTY_SHARING}),
-        # Hashes only: third parties never see a raw email address or phone number.
-        # customer_id is the business's own pseudonymous id, used to match partner
-        # records that were shared under it.
-        identifiers=frozenset({Identifier.CUSTOMER_ID, Identifier.EMAIL_SHA256, Identifier.PHONE_SHA256}),
-        requires_one_of=frozenset({Identifier.CUSTOMER_ID, Identifier.EMAIL_SHA256, Identifier.PHONE_SHA256}),
-    ),
-)
+class Destinations:
+    """The destinations of one deployment (the destinations file, loaded once at start-up
+    by ``services.common.destinations``), in file order. Routing asks this value, never a
+    global, so the domain stays pure and two deployments can differ."""
 
-DESTINATIONS_BY_ID: dict[str, Destination] = {d.id: d for d in DESTINATIONS}
+    __slots__ = ("_all", "_by_id")
 
+    def __init__(self, destinations: Iterable[Destination]) -> None:
+        self._all = tuple(destinations)
+        self._by_id = {d.id: d for d in self._all}
 
-def destination(destination_id: str) -> Destination:
-    try:
-        return DESTINATIONS_BY_ID[destination_id]
-    except KeyError:
-        known = ", ".join(sorted(DESTINATIONS_BY_ID))
-        raise ValueError(f"unknown destination {destination_id!r}; known: {known}") from None
+    def __iter__(self) -> Iterator[Destination]:
+        return iter(self._all)
 
+    def __len__(self) -> int:
+        return len(self._all)
 
-def destinations_for_scopes(scopes: Iterable[Scope]) -> list[Destination]:
-    """Destinations a set of scopes touches, in table order. ``ALL`` touches every one."""
-    wanted = set(scopes)
-    if Scope.ALL in wanted:
-        return list(DESTINATIONS)
-    return [d for d in DESTINATIONS if d.scopes & wanted]
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_id
+
+    def __repr__(self) -> str:
+        return f"Destinations({', '.join(self._by_id)})"
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._by_id)
+
+    def get(self, name: str) -> Destination | None:
+        return self._by_id.get(name)
+
+    def __getitem__(self, name: str) -> Destination:
+        try:
+            return self._by_id[name]
+        except KeyError:
+            known = ", ".join(self._by_id) or "none"
+            raise KeyError(f"unknown destination {name!r}; known: {known}") from None
+
+    def for_scopes(self, scopes: Iterable[Scope]) -> list[Destination]:
+        """Destinations a set of scopes touches, in file order. ``ALL`` touches every one."""
+        wanted = set(scopes)
+        if Scope.ALL in wanted:
+            return list(self._all)
+        return [d for d in self._all if d.scopes & wanted]
+
+    def unserved_scopes(self) -> list[Scope]:
+        """Scopes someone may request that no destination serves (``ALL`` excepted)."""
+        served = {s for d in self._all for s in d.scopes}
+        return [s for s in Scope if s is not Scope.ALL and s not in served]

@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, ConfigResource
 from confluent_kafka.cimpl import NewTopic
 
-from services.common.contract import DESTINATIONS, Identifier
+from services.common.contract import Identifier
 from services.common.errors import ConfigurationError, RetriableError
 from services.common.logging import get_logger
 from services.common.settings import Settings
@@ -120,14 +120,14 @@ def pii_topics(settings: Settings) -> list[str]:
     """Topics that carry raw contact details: requests, confirmations, the command topics of
     destinations that receive a raw email, phone or postal address, and every DLQ (a dead
     letter keeps the original bytes)."""
-    raw_commands = [d.id for d in DESTINATIONS if d.identifiers & RAW_CONTACT_IDENTIFIERS]
+    raw_commands = [d.id for d in settings.destinations if d.identifiers & RAW_CONTACT_IDENTIFIERS]
     chosen = {
         settings.requests_topic,
         settings.confirmations_topic,
         settings.requests_dlq_topic,
         settings.acks_dlq_topic,
         *(settings.suppress_topic(d) for d in raw_commands),
-        *(settings.suppress_dlq_topic(d.id) for d in DESTINATIONS),
+        *(settings.suppress_dlq_topic(d.id) for d in settings.destinations),
     }
     return [t for t in settings.all_topics() if t in chosen]
 

@@ -12,13 +12,15 @@ import re
 from collections.abc import Iterator
 from functools import lru_cache
 from ipaddress import ip_network
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from services.common.contract import DESTINATIONS
+from services.common.contract import Destinations
+from services.common.destinations import load_destinations
 from services.common.errors import ConfigurationError
 
 # DEV ONLY: the well-known key of the default OPTOUT_SUPPRESSION_KEYS (base64url of these
@@ -64,6 +66,11 @@ class Settings(BaseSettings):
         description="More librdkafka settings as a JSON object, passed through to every client.",
     )
     topic_prefix: str = Field("", description="Prepended to every topic name (isolation).")
+    destinations_file: Path | None = Field(
+        None,
+        description="The destinations file (TOML; docs/destinations.md); unset: "
+        "deploy/destinations.toml (email_provider, mail_house, third_party_sharing).",
+    )
     topic_partitions: int = Field(
         6, ge=1, le=1000, description="Partitions per topic created by `optout topics create`."
     )
@@ -251,6 +258,17 @@ class Settings(BaseSettings):
         "dev", description="Key id new suppression-list entries are encrypted with."
     )
 
+    # The destinations file, read and checked (credentials resolved) when the settings are
+    # made, so a bad file stops every command at start-up.
+    _destinations: Destinations = PrivateAttr()
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._destinations = load_destinations(self.destinations_file)
+
+    @property
+    def destinations(self) -> Destinations:
+        return self._destinations
+
     @field_validator("web_trusted_proxies")
     @classmethod
     def _check_cidrs(cls, value: list[str]) -> list[str]:
@@ -326,8 +344,8 @@ class Settings(BaseSettings):
         return [
             self.requests_topic,
             self.requests_dlq_topic,
-            *(self.suppress_topic(d.id) for d in DESTINATIONS),
-            *(self.suppress_dlq_topic(d.id) for d in DESTINATIONS),
+            *(self.suppress_topic(d.id) for d in self.destinations),
+            *(self.suppress_dlq_topic(d.id) for d in self.destinations),
             self.acks_topic,
             self.acks_dlq_topic,
             self.confirmations_topic,

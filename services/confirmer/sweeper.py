@@ -41,7 +41,7 @@ from prometheus_client import Gauge
 from services.common import metrics
 from services.common.avro import Codec
 from services.common.clock import Clock
-from services.common.contract import DESTINATIONS_BY_ID, Scope, Source
+from services.common.contract import Scope, Source
 from services.common.db import LazyConnection
 from services.common.errors import RetriableError
 from services.common.kafka import DeliveryTracker
@@ -53,7 +53,6 @@ from services.domain.validation import OptOutRequest
 log = get_logger(__name__)
 SERVICE = "confirmer"
 MAX_EXPONENT = 40
-KNOWN_DESTINATIONS = sorted(DESTINATIONS_BY_ID)
 
 UNKNOWN_DESTINATION_COMMANDS = Gauge(
     "optout_pending_commands_unknown_destination",
@@ -228,7 +227,7 @@ class Sweeper:
             "cap": cap,
             "max_exp": MAX_EXPONENT,
             "limit": limit,
-            "known": KNOWN_DESTINATIONS,
+            "known": self.settings.destinations.names,
         }
 
         def work(conn: psycopg.Connection[Any]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
@@ -289,7 +288,7 @@ class Sweeper:
         per_topic: dict[str, int] = {}
         for row in due:
             command, destination_id = row[0], row[1]
-            dest = DESTINATIONS_BY_ID.get(destination_id)
+            dest = self.settings.destinations.get(destination_id)
             if dest is None:
                 log.warning(
                     "pending command for an unknown destination; not re-sent",

@@ -27,10 +27,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 
 from services.common.clock import Clock, SystemClock
-from services.common.contract import AckStatus
+from services.common.contract import AckStatus, Destination
 from services.common.errors import RetriableError
 from services.common.settings import Settings
 from services.connectors.http import (
@@ -43,6 +43,7 @@ from services.connectors.http import (
     split_halves,
     undocumented_answer,
 )
+from services.connectors.kinds import OPTIONS_CONFIG, parse_options
 from services.connectors.kit import Command, Connector, IncompleteBatch, Outcome
 
 ADD_PATH = "/v3/asm/suppressions/global"
@@ -119,7 +120,9 @@ class EmailProviderConnector(Connector):
         client: httpx.Client,
         clock: Clock | None = None,
         credentials_check_seconds: float = DEFAULT_CREDENTIALS_CHECK_SECONDS,
+        destination: str = "email_provider",
     ) -> None:
+        self.destination = destination  # the destination's name in the destinations file
         self.url = base_url.rstrip("/") + ADD_PATH
         self.token = token
         self.client = client
@@ -199,3 +202,28 @@ class EmailProviderConnector(Connector):
         left_accepted = self._add(left, results)
         # A left half accepted whole means the refusal lies in the right half.
         self._add(right, results, refused_inside=left_accepted)
+
+
+# --- the kind (services/connectors/kinds.py) -------------------------------------------------
+KIND = "email_provider"
+
+
+class EmailProviderOptions(BaseModel):
+    """``[settings]`` of an ``email_provider`` destination; unset: OPTOUT_EMAIL_PROVIDER_URL."""
+
+    model_config = OPTIONS_CONFIG
+    base_url: str | None = None
+
+
+def build(destination: Destination, settings: Settings) -> Connector:
+    """The connector of one ``email_provider`` destination. Its ``base_url`` setting and its
+    ``token`` credential default to OPTOUT_EMAIL_PROVIDER_URL / _TOKEN (today's behaviour)."""
+    options = parse_options(EmailProviderOptions, destination)
+    token = destination.credentials.get("token") or settings.email_provider_token
+    return EmailProviderConnector(
+        options.base_url or settings.email_provider_url,
+        token,
+        make_client(settings.connector_http_timeout_seconds),
+        credentials_check_seconds=settings.connector_credentials_check_seconds,
+        destination=destination.id,
+    )

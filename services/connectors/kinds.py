@@ -27,7 +27,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
 
-from services.common.contract import Destination
+from services.common.contract import Destination, Identifier
 from services.common.errors import ConfigurationError
 from services.common.settings import Settings
 from services.connectors.kit import Connector
@@ -60,3 +60,18 @@ def require_credential(destination: Destination, name: str) -> SecretStr:
             f"set credentials.{name} to an environment variable or a file in the destinations file"
         )
     return value
+
+
+# Identifiers that are raw contact details (not hashes, not the business's own customer id).
+RAW_CONTACT = frozenset({Identifier.EMAIL, Identifier.PHONE, Identifier.POSTAL_ADDRESS})
+
+
+def require_hashes_only(destination: Destination) -> None:
+    """For kinds that must never receive a raw email, phone or postal address (third
+    parties): one clear line when the destinations file lists one in ``identifiers``."""
+    raw = sorted(i.value for i in destination.identifiers & RAW_CONTACT)
+    if raw:
+        raise ConfigurationError(
+            f"destination {destination.id!r} ({destination.kind}) receives hashes only: remove "
+            f"{', '.join(raw)} from its identifiers (use email_sha256 / phone_sha256)"
+        )

@@ -39,11 +39,14 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter
+from pydantic import BaseModel
 
 from services.common.clock import Clock, SystemClock
+from services.common.contract import Destination
 from services.common.errors import RetriableError
 from services.common.logging import get_logger
 from services.common.settings import Settings
+from services.connectors.kinds import OPTIONS_CONFIG, parse_options
 from services.connectors.kit import Command, Connector, Outcome
 
 log = get_logger(__name__)
@@ -212,7 +215,8 @@ def fsync_folder(folder: Path) -> None:
 class MailHouseConnector(Connector):
     destination = "mail_house"
 
-    def __init__(self, folder: Path, clock: Clock | None = None) -> None:
+    def __init__(self, folder: Path, clock: Clock | None = None, destination: str = "mail_house") -> None:
+        self.destination = destination  # the destination's name in the destinations file
         self.folder = folder
         self.clock = clock or SystemClock()
         self._cleaned = False
@@ -275,3 +279,25 @@ class MailHouseConnector(Connector):
         for leftover in self.folder.glob(f".{FILE_PREFIX}*{TEMP_SUFFIX}"):
             leftover.unlink(missing_ok=True)
             log.warning("removed a temporary file left by a crashed writer", file=leftover.name)
+
+
+# --- the kind (services/connectors/kinds.py) -------------------------------------------------
+KIND = "local_mail_house"
+
+
+class LocalMailHouseOptions(BaseModel):
+    """``[settings]`` of a ``local_mail_house`` destination; unset: OPTOUT_MAIL_HOUSE_DIR."""
+
+    model_config = OPTIONS_CONFIG
+    folder: str | None = None
+
+
+def folder_of(destination: Destination, settings: Settings) -> Path:
+    """The folder a ``local_mail_house`` destination writes (``optout purge`` cleans it too)."""
+    options = parse_options(LocalMailHouseOptions, destination)
+    return Path(options.folder or settings.mail_house_dir)
+
+
+def build(destination: Destination, settings: Settings) -> Connector:
+    """The connector of one ``local_mail_house`` destination (a folder the mail house reads)."""
+    return MailHouseConnector(folder_of(destination, settings), destination=destination.id)

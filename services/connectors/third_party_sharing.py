@@ -30,8 +30,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
+from pydantic import BaseModel
 
 from services.common.clock import Clock, SystemClock
+from services.common.contract import Destination
 from services.common.errors import ConfigurationError
 from services.common.logging import get_logger
 from services.common.settings import PartnerEndpoint, Settings
@@ -46,6 +48,7 @@ from services.connectors.http import (
     post_json,
     undocumented_answer,
 )
+from services.connectors.kinds import OPTIONS_CONFIG, parse_options, require_hashes_only
 from services.connectors.kit import Command, Connector, Outcome
 from services.domain.identity import sha256_hex
 
@@ -115,8 +118,13 @@ class ThirdPartySharingConnector(Connector):
     destination = "third_party_sharing"
 
     def __init__(
-        self, partners: Sequence[PartnerEndpoint], client: httpx.Client, clock: Clock | None = None
+        self,
+        partners: Sequence[PartnerEndpoint],
+        client: httpx.Client,
+        clock: Clock | None = None,
+        destination: str = "third_party_sharing",
     ) -> None:
+        self.destination = destination  # the destination's name in the destinations file
         if not partners:
             # Nobody would be told, yet every command would be acknowledged APPLIED.
             raise ConfigurationError(
@@ -177,3 +185,22 @@ class ThirdPartySharingConnector(Connector):
             return found
 
         return find_refusals(records, lambda r: r["reference"], call)
+
+
+# --- the kind (services/connectors/kinds.py) -------------------------------------------------
+KIND = "partners"
+
+
+class PartnersOptions(BaseModel):
+    """``[settings]`` of a ``partners`` destination: none yet; the partners are OPTOUT_PARTNERS."""
+
+    model_config = OPTIONS_CONFIG
+
+
+def build(destination: Destination, settings: Settings) -> Connector:
+    """The connector of one ``partners`` destination (today's invented partner API)."""
+    parse_options(PartnersOptions, destination)
+    require_hashes_only(destination)  # third parties never see a raw email or phone
+    return ThirdPartySharingConnector(
+        settings.partners, make_client(settings.connector_http_timeout_seconds), destination=destination.id
+    )

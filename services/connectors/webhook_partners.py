@@ -80,7 +80,7 @@ from services.connectors.http import (
     parse_retry_after,
     undocumented_answer,
 )
-from services.connectors.kinds import OPTIONS_CONFIG, parse_options, require_credential
+from services.connectors.kinds import OPTIONS_CONFIG, parse_options, require_credential, require_hashes_only
 from services.connectors.kit import Command, Connector, CredentialsRefused, Outcome
 from services.connectors.third_party_sharing import combine, partner_record
 
@@ -368,6 +368,7 @@ def tls_verification(destination: Destination, ca_bundle: str | None) -> ssl.SSL
 
 def build(destination: Destination, settings: Settings) -> WebhookPartnersConnector:
     options = parse_options(WebhookPartnersOptions, destination)
+    require_hashes_only(destination)  # partners never see a raw email or phone
     partners = [partner_from(destination, p) for p in options.partners]
     timeout = options.timeout_seconds or settings.connector_http_timeout_seconds
     client = make_client(timeout, verify=tls_verification(destination, options.ca_bundle))

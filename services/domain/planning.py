@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from services.common.clock import to_millis
-from services.common.contract import Destination, Identifier, Scope, destinations_for_scopes
+from services.common.contract import Destination, Destinations, Identifier, Scope
 from services.common.errors import PoisonMessage
 from services.common.records import SuppressionCommandRecord
 from services.domain.validation import OptOutRequest
@@ -49,15 +49,25 @@ def _identifier_values(request: OptOutRequest) -> dict[Identifier, object]:
     }
 
 
-def applicable_destinations(request: OptOutRequest) -> list[Destination]:
-    """Destinations the scopes route to and that have an identifier they can use.
+def applicable_destinations(request: OptOutRequest, destinations: Destinations) -> list[Destination]:
+    """Of ``destinations`` (the deployment's destinations file), those the scopes route to
+    and that have an identifier they can use.
 
-    ``ALL`` skips destinations the request has no identifier for; an explicitly
-    requested scope that no destination can serve is an error.
+    ``ALL`` skips destinations the request has no identifier for, and scopes no destination
+    serves; an explicitly requested scope that no destination serves, or whose destination
+    lacks an identifier, is an error (the request is dead-lettered with the reason).
     """
+    if Scope.ALL not in request.scopes:
+        served = {s for d in destinations for s in d.scopes}
+        unserved = sorted(s.value for s in request.scopes if s not in served)
+        if unserved:
+            raise PoisonMessage(
+                "no_destination_for_scope",
+                f"no destination serves {', '.join(unserved)} (see the destinations file)",
+            )
     values = _identifier_values(request)
     chosen = []
-    for dest in destinations_for_scopes(request.scopes):
+    for dest in destinations.for_scopes(request.scopes):
         if any(values[i] for i in dest.requires_one_of):
             chosen.append(dest)
         elif Scope.ALL not in request.scopes:
@@ -70,8 +80,10 @@ def applicable_destinations(request: OptOutRequest) -> list[Destination]:
     return chosen
 
 
-def plan_commands(request: OptOutRequest, issued_at: datetime) -> list[PlannedCommand]:
-    return [command_for(request, dest, issued_at) for dest in applicable_destinations(request)]
+def plan_commands(
+    request: OptOutRequest, issued_at: datetime, destinations: Destinations
+) -> list[PlannedCommand]:
+    return [command_for(request, dest, issued_at) for dest in applicable_destinations(request, destinations)]
 
 
 def command_for(request: OptOutRequest, dest: Destination, issued_at: datetime) -> PlannedCommand:

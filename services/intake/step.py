@@ -143,7 +143,7 @@ class IntakeStep:
                 request = decode_request(
                     self.codec, message.value(), now, self._skew, self.settings.default_phone_region
                 )
-                item = _Accepted(message, request, plan_commands(request, now))
+                item = _Accepted(message, request, plan_commands(request, now, self.settings.destinations))
             except PoisonMessage as poison:
                 prepared.dead.append((message, poison))
                 continue

@@ -29,8 +29,6 @@ from typing import Any
 import psycopg
 from prometheus_client import Gauge
 
-from services.common.contract import DESTINATIONS
-
 STATES = ("pending", "confirmed", "needs_attention", "resolved", "overdue")
 # (label, upper bound of time left); "overdue" is below zero, "later" beyond the last.
 DEADLINE_BUCKETS: tuple[tuple[str, timedelta], ...] = (
@@ -98,8 +96,9 @@ def deadline_bucket(time_left: timedelta) -> str:
     return "later"
 
 
-def gauge_values(snapshot: BusinessSnapshot, now: datetime) -> dict[str, Any]:
-    """Every business gauge's value (pure: what ``export`` sets)."""
+def gauge_values(snapshot: BusinessSnapshot, now: datetime, destinations: Iterable[str]) -> dict[str, Any]:
+    """Every business gauge's value (pure: what ``export`` sets); ``destinations``: the names
+    in the destinations file, each reported even with no commands."""
     requests = {state: 0 for state in STATES}
     for state, count in snapshot.by_state.items():
         key = state.lower()
@@ -108,7 +107,7 @@ def gauge_values(snapshot: BusinessSnapshot, now: datetime) -> dict[str, Any]:
     requests["overdue"] = snapshot.overdue
     oldest = snapshot.oldest_unconfirmed_requested_at
     nearest = snapshot.nearest_due_at
-    commands = {(d.id, s): 0 for d in DESTINATIONS for s in COMMAND_STATUSES}
+    commands = {(d, s): 0 for d in destinations for s in COMMAND_STATUSES}
     for (destination, status), count in snapshot.commands.items():
         commands[(destination, status.lower())] = count
     return {
@@ -121,8 +120,8 @@ def gauge_values(snapshot: BusinessSnapshot, now: datetime) -> dict[str, Any]:
     }
 
 
-def export(snapshot: BusinessSnapshot, now: datetime) -> None:
-    values = gauge_values(snapshot, now)
+def export(snapshot: BusinessSnapshot, now: datetime, destinations: Iterable[str]) -> None:
+    values = gauge_values(snapshot, now, destinations)
     for state, count in values["requests"].items():
         REQUESTS.labels(state).set(count)
     OLDEST_UNCONFIRMED_AGE.set(values["oldest_age"])
@@ -135,15 +134,15 @@ def export(snapshot: BusinessSnapshot, now: datetime) -> None:
     REFRESHED.set(now.timestamp())
 
 
-def init_zeros() -> None:
+def init_zeros(destinations: Iterable[str]) -> None:
     """Create every business series with a zero value before the first query."""
     for state in STATES:
         REQUESTS.labels(state).set(0)
     for label in DUE_IN_LABELS:
         OPEN_BY_DEADLINE.labels(label).set(0)
-    for d in DESTINATIONS:
+    for d in destinations:
         for status in COMMAND_STATUSES:
-            DESTINATION_COMMANDS.labels(d.id, status).set(0)
+            DESTINATION_COMMANDS.labels(d, status).set(0)
     OLDEST_UNCONFIRMED_AGE.set(0)
     NEAREST_DEADLINE.set(math.inf)
     ATTENTION_PAST_RETENTION.set(0)

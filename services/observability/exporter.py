@@ -88,7 +88,7 @@ class Exporter:
         self.lag = GroupLagExporter()
         self._db = LazyConnection(settings.dsn(), autocommit=True)
         self.last_reports: list[GroupReport] = []
-        business.init_zeros()
+        business.init_zeros(self.settings.destinations.names)
 
     def refresh(self) -> None:
         self.refresh_lag()
@@ -124,7 +124,7 @@ class Exporter:
             self._drop()
             log.warning("reading the business view failed; retrying next interval", error=first_line(exc))
             return
-        business.export(snapshot, now)
+        business.export(snapshot, now, self.settings.destinations.names)
 
     def _drop(self) -> None:
         self._db.close()

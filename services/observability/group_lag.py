@@ -18,7 +18,6 @@ from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaExcepti
 from confluent_kafka.admin import AdminClient
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from services.common.contract import DESTINATIONS
 from services.common.kafka import make_admin
 from services.common.settings import Settings
 from services.observability.lag import (
@@ -51,7 +50,8 @@ def pipeline_groups(settings: Settings) -> list[GroupSpec]:
         GroupSpec(settings.group("confirmer"), (settings.acks_topic,)),
     ]
     specs.extend(
-        GroupSpec(settings.group(f"connector.{d.id}"), (settings.suppress_topic(d.id),)) for d in DESTINATIONS
+        GroupSpec(settings.group(f"connector.{d.id}"), (settings.suppress_topic(d.id),))
+        for d in settings.destinations
     )
     return specs
 

@@ -274,7 +274,7 @@ class WebApp:
             )
         try:
             prepared = self.publisher.prepare(one_click_fields(token, self.clock.now()))
-            check_actionable(prepared.request)
+            check_actionable(prepared.request, self.settings.destinations)
         except (PoisonMessage, ValueError) as exc:
             WEB_REQUESTS.labels("one_click", "invalid").inc()
             log.warning("one-click token names a request intake would refuse", reason=str(exc))
@@ -327,7 +327,7 @@ class WebApp:
         try:
             choice = parse_choice(form, token)
             prepared = self.publisher.prepare(page_fields(token, choice, self.clock.now()))
-            check_actionable(prepared.request)
+            check_actionable(prepared.request, self.settings.destinations)
         except ChoiceError as exc:
             WEB_REQUESTS.labels("choose", "invalid").inc()
             return _html(pages.choose_page(raw_token, token.claims, str(exc), selected, typed), 400)
@@ -452,7 +452,7 @@ class WebApp:
             return JSONResponse({"gpc": True, "recorded": True, "event_id": event_id}, headers=vary)
         try:
             prepared = self.publisher.prepare(fields)
-            check_actionable(prepared.request)
+            check_actionable(prepared.request, self.settings.destinations)
         except (PoisonMessage, ValueError):
             WEB_REQUESTS.labels("gpc", "invalid").inc()
             return JSONResponse({"error": "invalid token"}, 400)

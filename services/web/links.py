@@ -78,7 +78,12 @@ def mint_link(
         expires_at=expiry(now, settings.web_token_ttl_days if ttl_days is None else ttl_days),
     )
     token = mint(keys, claims)
-    check_link(verify(keys, token, now, Purpose.UNSUBSCRIBE), now, settings.default_phone_region)
+    check_link(
+        verify(keys, token, now, Purpose.UNSUBSCRIBE),
+        now,
+        settings.destinations,
+        settings.default_phone_region,
+    )
     return UnsubscribeLink(url=f"{_base(settings)}/u/{token}", token=token)
 
 

@@ -14,7 +14,7 @@ from email.policy import HTTP
 from typing import Any
 from urllib.parse import parse_qs
 
-from services.common.contract import Scope, Source
+from services.common.contract import Destinations, Scope, Source
 from services.common.errors import PoisonMessage
 from services.common.records import PostalAddressRecord
 from services.domain.planning import applicable_destinations
@@ -215,12 +215,14 @@ def gpc_fields(token: VerifiedToken, now: datetime) -> dict[str, Any]:
     }
 
 
-def check_actionable(request: OptOutRequest) -> None:
+def check_actionable(request: OptOutRequest, destinations: Destinations) -> None:
     """Refuse at the door what intake would dead-letter (a scope no destination can serve)."""
-    applicable_destinations(request)
+    applicable_destinations(request, destinations)
 
 
-def check_link(token: VerifiedToken, now: datetime, phone_region: str = "US") -> OptOutRequest:
+def check_link(
+    token: VerifiedToken, now: datetime, destinations: Destinations, phone_region: str = "US"
+) -> OptOutRequest:
     """What the one-click POST of ``token`` would publish, validated like intake does.
 
     ``optout link`` calls it before handing out a link, so no link can produce a request
@@ -229,5 +231,5 @@ def check_link(token: VerifiedToken, now: datetime, phone_region: str = "US") ->
     if fields["postal_address"] is not None:
         fields["postal_address"] = {"region": None, **fields["postal_address"]}
     request = validate_request(fields, now, timedelta(0), phone_region)
-    check_actionable(request)
+    check_actionable(request, destinations)
     return request

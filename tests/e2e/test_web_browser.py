@@ -176,8 +176,8 @@ def test_a_person_unsubscribes_in_a_browser_and_sees_it_confirmed(web_process, t
         with (
             running(run_intake, cfg, "intake"),
             running(run_confirmer, cfg, "confirmer"),
-            running(connector_runner("email_provider"), cfg, "email_provider"),
-            running(connector_runner("third_party_sharing"), cfg, "third_party_sharing"),
+            running(connector_runner("email_provider", cfg), cfg, "email_provider"),
+            running(connector_runner("third_party_sharing", cfg), cfg, "third_party_sharing"),
             sync_api.sync_playwright() as playwright,
         ):
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

@@ -18,15 +18,15 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from services.common.contract import DESTINATIONS
 from services.common.db import migrate
+from services.common.destinations import load_destinations
 from services.common.settings import Settings
 from services.devstack import StackInfo
 from tests.faults.fleet import Fleet
 from tests.support.pipeline import free_port
 
 APP_ROLE = "optout_app"
-CONNECTORS = [d.id for d in DESTINATIONS]
+CONNECTORS = load_destinations().names  # the faults run uses the shipped destinations file
 
 
 def with_db(url: str, name: str) -> str:

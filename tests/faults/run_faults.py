@@ -278,7 +278,8 @@ class Run:
         publisher = RequestPublisher(cfg)
         prepared = [publisher.prepare(f) for f in requests]
         expected = {
-            p.record["event_id"]: [d.id for d in applicable_destinations(p.request)] for p in prepared
+            p.record["event_id"]: [d.id for d in applicable_destinations(p.request, cfg.destinations)]
+            for p in prepared
         }
         refused = {p.record["event_id"] for p in prepared if p.record["email"] in set(rejected)}
         span = plan.events / plan.rate_per_second

@@ -23,6 +23,7 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from services.common.avro import default_codec
+from services.common.destinations import load_destinations
 from services.common.kafka import DeliveryTracker, make_producer
 from services.common.settings import PartnerEndpoint, Settings
 from services.connectors.registry import connector_runner
@@ -34,6 +35,7 @@ from services.standins.partners_api import PartnersStandin
 from services.standins.web import StandinServer
 from tests.support.pipeline import Record, isolated_settings, read_topic, running
 
+DEFAULT_DESTINATIONS = load_destinations()
 pytestmark = pytest.mark.integration
 
 ESP_TOKEN = "test-esp-token"
@@ -81,7 +83,11 @@ def commands(destination: str, count: int, rejected_every: int = 0) -> list[dict
             now,
             timedelta(minutes=5),
         )
-        out.extend(c.record for c in plan_commands(request, now) if c.destination == destination)
+        out.extend(
+            c.record
+            for c in plan_commands(request, now, DEFAULT_DESTINATIONS)
+            if c.destination == destination
+        )
     return out
 
 
@@ -141,7 +147,7 @@ def test_email_provider_applies_once_and_acknowledges_every_delivery(
     batch = commands("email_provider", 20)
     wrong_dest = commands("mail_house", 1)
     publish(cfg, "email_provider", batch + wrong_dest, raw=[b"not avro"])
-    with running(connector_runner("email_provider"), cfg, "email_provider"):
+    with running(connector_runner("email_provider", cfg), cfg, "email_provider"):
         first = read_topic(cfg, cfg.acks_topic, expect=20)
         publish(cfg, "email_provider", batch[:5])  # re-sent commands: same command ids
         both = read_topic(cfg, cfg.acks_topic, expect=25)
@@ -181,7 +187,7 @@ def test_email_provider_rides_out_503s_and_429s(base_settings: dict[str, Any]) -
         batch = commands("email_provider", 40)
         publish(cfg, "email_provider", batch)
         started = time.monotonic()
-        with running(connector_runner("email_provider"), cfg, "email_provider"):
+        with running(connector_runner("email_provider", cfg), cfg, "email_provider"):
             acks = read_topic(cfg, cfg.acks_topic, expect=40, timeout=120)
         elapsed = time.monotonic() - started
         listed = httpx.get(
@@ -210,7 +216,7 @@ def test_email_provider_permanent_refusal_is_a_rejected_ack_with_the_reason(
             base_settings, email_provider_url=server.url, email_provider_token=ESP_TOKEN, **FAST_RETRIES
         )
         publish(cfg, "email_provider", batch)
-        with running(connector_runner("email_provider"), cfg, "email_provider"):
+        with running(connector_runner("email_provider", cfg), cfg, "email_provider"):
             acks = [r.decoded() for r in read_topic(cfg, cfg.acks_topic, expect=12)]
     by_id = {a["command_id"]: a for a in acks}
     for c in batch:
@@ -234,7 +240,7 @@ def test_a_refusal_naming_no_address_rejects_only_the_refused_one(base_settings:
             base_settings, email_provider_url=server.url, email_provider_token=ESP_TOKEN, **FAST_RETRIES
         )
         publish(cfg, "email_provider", batch)
-        with running(connector_runner("email_provider"), cfg, "email_provider"):
+        with running(connector_runner("email_provider", cfg), cfg, "email_provider"):
             acks = [r.decoded() for r in read_topic(cfg, cfg.acks_topic, expect=40)]
     statuses = {a["command_id"]: (a["status"], a["detail"]) for a in acks}
     assert statuses == {
@@ -265,7 +271,7 @@ def test_no_ack_while_the_database_is_away(
             (database["name"],),
         )
         try:
-            with running(connector_runner("email_provider"), cfg, "email_provider"):
+            with running(connector_runner("email_provider", cfg), cfg, "email_provider"):
                 publish(cfg, "email_provider", batch)
                 during = read_topic(cfg, cfg.acks_topic, settle=6)
                 applied_during = dict(standin.received)
@@ -291,7 +297,7 @@ def test_mail_house_writes_durable_rows_once(base_settings: dict[str, Any], tmp_
     batch = commands("mail_house", 10)
     ids = [c["command_id"] for c in batch]
     publish(cfg, "mail_house", batch)
-    with running(connector_runner("mail_house"), cfg, "mail_house"):
+    with running(connector_runner("mail_house", cfg), cfg, "mail_house"):
         acks = read_topic(cfg, cfg.acks_topic, expect=10)
         # Every acknowledged command is on disk already.
         assert {r.decoded()["command_id"] for r in acks} <= {r["command_id"] for r in _csv_rows(tmp_path)}
@@ -327,7 +333,7 @@ def test_mail_house_keeps_a_garbled_file_aside_and_carries_on(
     today.write_bytes(held)
     batch = commands("mail_house", 5)
     publish(cfg, "mail_house", batch)
-    with running(connector_runner("mail_house"), cfg, "mail_house"):
+    with running(connector_runner("mail_house", cfg), cfg, "mail_house"):
         acks = [r.decoded() for r in read_topic(cfg, cfg.acks_topic, expect=5)]
     assert {a["command_id"]: a["status"] for a in acks} == {c["command_id"]: "APPLIED" for c in batch}
     [aside] = list(tmp_path.glob(f"{today.name}.garbled-*"))
@@ -347,7 +353,7 @@ def test_third_party_partners_get_hashes_only_and_all_must_accept(base_settings:
         cfg = isolated_settings(base_settings, partners=partners, batch_size=5, **FAST_RETRIES)
         batch = commands("third_party_sharing", 15)
         publish(cfg, "third_party_sharing", batch)
-        with running(connector_runner("third_party_sharing"), cfg, "third_party_sharing"):
+        with running(connector_runner("third_party_sharing", cfg), cfg, "third_party_sharing"):
             acks = read_topic(cfg, cfg.acks_topic, expect=15, timeout=120)
         received = {n: httpx.get(f"{server.url}/partners/{n}/opt-outs").json() for n in tokens}
     assert {a["command_id"]: a["status"] for a in (r.decoded() for r in acks)} == {

@@ -58,7 +58,7 @@ def test_a_connector_dead_letters_an_oversized_message_and_carries_on(
     good = commands("mail_house", 1)
     _publish_oversized(cfg, cfg.suppress_topic("mail_house"))
     publish(cfg, "mail_house", good)
-    with running(connector_runner("mail_house"), cfg, "mail_house"):
+    with running(connector_runner("mail_house", cfg), cfg, "mail_house"):
         dead = read_topic(cfg, cfg.suppress_dlq_topic("mail_house"), expect=1, timeout=30)
         acks = read_topic(cfg, cfg.acks_topic, expect=1, timeout=30)
     assert len(dead) == 1
@@ -96,7 +96,7 @@ def test_a_dead_letter_the_dlq_topic_refuses_is_replaced_by_a_minimal_record(
     tracker.produce(cfg.suppress_topic("mail_house"), os.urandom(300 * 1024), key=b"random")  # incompressible
     tracker.wait()
     publish(cfg, "mail_house", good)
-    with running(connector_runner("mail_house"), cfg, "mail_house"):
+    with running(connector_runner("mail_house", cfg), cfg, "mail_house"):
         acks = read_topic(cfg, cfg.acks_topic, expect=1, timeout=30)
         dead = read_topic(cfg, dlq, expect=1, timeout=30)
     assert [a.decoded()["command_id"] for a in acks] == [good[0]["command_id"]]

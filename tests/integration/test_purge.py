@@ -145,7 +145,8 @@ def _run_to_confirmation(
             return row is not None and row[0] == len(ids)
 
         services = [("intake", run_intake), ("confirmer", run_confirmer)] + [
-            (name, connector_runner(name)) for name in ("email_provider", "mail_house", "third_party_sharing")
+            (name, connector_runner(name, cfg))
+            for name in ("email_provider", "mail_house", "third_party_sharing")
         ]
         with contextlib.ExitStack() as stack:
             for name, main in services:
@@ -258,6 +259,39 @@ def test_purge_cli_removes_mail_house_files_older_than_the_retention_period(
     assert "removed 2 mail-house file(s)" in purge()
     assert not any(p.exists() for p in old) and kept.exists()
     assert "removed 0 mail-house file(s)" in purge()
+
+
+def test_purge_cleans_the_folder_of_every_mail_house_destination(
+    database: dict[str, str], tmp_path: Path
+) -> None:
+    old_day = (datetime.now(UTC).date() - timedelta(days=40)).isoformat()
+    folders = [tmp_path / "house_a", tmp_path / "house_b"]
+    entries = []
+    for folder in folders:
+        folder.mkdir()
+        (folder / f"suppressions-{old_day}.csv").write_text("request_id,command_id,name\r\nr,c,ADA\r\n")
+        name = folder.name
+        entries.append(
+            f'[[destinations]]\nname = "{name}"\nkind = "local_mail_house"\nscopes = ["POSTAL_MARKETING"]\n'
+            f'identifiers = ["postal_address"]\nrequires_one_of = ["postal_address"]\n'
+            f'[destinations.settings]\nfolder = "{folder}"\n'
+        )
+    (tmp_path / "destinations.toml").write_text("\n".join(entries))
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "purge", "--retention-days", "30"],
+        env={
+            "OPTOUT_DATABASE_URL": database["app"],
+            "OPTOUT_DESTINATIONS_FILE": str(tmp_path / "destinations.toml"),
+            "PATH": "/usr/bin:/bin",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    for folder in folders:
+        assert f"removed 1 mail-house file(s) older than 30 days from {folder}" in done.stdout
+        assert list(folder.iterdir()) == []
 
 
 def test_a_resolved_request_that_needed_attention_is_purged_like_a_confirmed_one(

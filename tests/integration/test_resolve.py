@@ -74,7 +74,7 @@ def _cli(database: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
 
 def _past_retention_gauge(conn: psycopg.Connection) -> int:
     now = datetime.now(UTC)
-    value = gauge_values(query_snapshot(conn, now, RETENTION), now)["attention_past_retention"]
+    value = gauge_values(query_snapshot(conn, now, RETENTION), now, ())["attention_past_retention"]
     return int(value)
 
 

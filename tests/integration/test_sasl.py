@@ -75,7 +75,7 @@ def test_pipeline_over_sasl(stack, base_settings, tmp_path):
         services.enter_context(running(run_standins, cfg, "standins"))
         services.enter_context(running(run_intake, cfg, "intake"))
         for name in ("email_provider", "mail_house", "third_party_sharing"):
-            services.enter_context(running(connector_runner(name), cfg, name))
+            services.enter_context(running(connector_runner(name, cfg), cfg, name))
         services.enter_context(running(run_confirmer, cfg, "confirmer"))
         confirmations = read_topic(cfg, cfg.confirmations_topic, expect=20, timeout=90)
     assert {r.decoded()["request_id"] for r in confirmations} == {e.record["event_id"] for e in events}

@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from services.common.destinations import load_destinations
 from services.common.sealing import KeyRing, SealError, b64encode, kid_of
 from services.common.settings import DEV_SUPPRESSION_KEY
 from services.domain.identity import sha256_hex
@@ -51,7 +52,7 @@ def _request(event_id: str | None = None, scopes: tuple[str, ...] = ("ALL",), **
 
 
 def _record(conn: psycopg.Connection[Any], requests: list[OptOutRequest], ring: KeyRing = DEV_RING):
-    commands = {r.event_id: plan_commands(r, NOW) for r in requests}
+    commands = {r.event_id: plan_commands(r, NOW, load_destinations()) for r in requests}
     return record_batch(conn, requests, commands, NOW, ring)
 
 

@@ -19,12 +19,12 @@ RETENTION = timedelta(days=90)
 
 def test_attention_past_retention_gauge_is_exported() -> None:
     snapshot = business.BusinessSnapshot({"NEEDS_ATTENTION": 3, "RESOLVED": 2}, 0, None, None, {}, {}, 2)
-    values = business.gauge_values(snapshot, NOW)
+    values = business.gauge_values(snapshot, NOW, ())
     assert values["attention_past_retention"] == 2
     assert values["requests"]["needs_attention"] == 3 and values["requests"]["resolved"] == 2
-    business.export(snapshot, NOW)
+    business.export(snapshot, NOW, ())
     assert REGISTRY.get_sample_value("optout_requests_needing_attention_past_retention") == 2
-    business.export(business.BusinessSnapshot({}, 0, None, None, {}, {}, 0), NOW)
+    business.export(business.BusinessSnapshot({}, 0, None, None, {}, {}, 0), NOW, ())
     assert REGISTRY.get_sample_value("optout_requests_needing_attention_past_retention") == 0
 
 

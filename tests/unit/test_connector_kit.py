@@ -22,7 +22,7 @@ from services.common.avro import default_codec
 from services.common.clock import ManualClock, to_millis
 from services.common.contract import AckStatus
 from services.common.errors import PoisonMessage, RetriableError
-from services.common.settings import PartnerEndpoint
+from services.common.settings import PartnerEndpoint, Settings
 from services.connectors import mail_house as mh
 from services.connectors.dedupe import StoredOutcome, clip_detail, first_of_each
 from services.connectors.email_provider import EmailProviderConnector, rejected_addresses, success_results
@@ -45,7 +45,7 @@ from services.connectors.kit import (
     decode_command,
     stored_outcomes,
 )
-from services.connectors.registry import CONNECTORS, connector_runner
+from services.connectors.registry import KINDS, build_connector, connector_runner
 from services.connectors.third_party_sharing import ThirdPartySharingConnector, combine, partner_record
 from services.domain.identity import sha256_hex
 from services.standins.email_provider_api import EmailProviderStandin, FixedWindowLimiter
@@ -517,10 +517,32 @@ def test_email_standin_failure_rate_is_roughly_honoured() -> None:
     assert standin.answers[503] + standin.answers[201] == 400
 
 
-def test_registry_knows_the_three_connectors() -> None:
-    assert set(CONNECTORS) == {"email_provider", "mail_house", "third_party_sharing"}
+def test_registry_runs_the_destinations_of_the_default_file() -> None:
     from services.common.errors import ConfigurationError
 
+    assert {"email_provider", "local_mail_house", "partners"} <= set(KINDS)
+    cfg = Settings()
     with pytest.raises(ConfigurationError, match="known: email_provider, mail_house, third_party_sharing"):
-        connector_runner("fax_machine")
-    assert callable(connector_runner("mail_house"))
+        connector_runner("fax_machine", cfg)
+    assert callable(connector_runner("mail_house", cfg))
+    for name in cfg.destinations.names:
+        connector = build_connector(cfg, name)
+        assert connector.destination == name
+        connector.close()
+
+
+def test_a_partners_destination_with_raw_identifiers_is_refused() -> None:
+    from dataclasses import replace
+
+    from services.common.contract import Identifier
+    from services.common.errors import ConfigurationError
+
+    cfg = Settings()
+    leaky = replace(
+        cfg.destinations["third_party_sharing"],
+        identifiers=frozenset({Identifier.EMAIL, Identifier.EMAIL_SHA256}),
+    )
+    with pytest.raises(
+        ConfigurationError, match=r"'third_party_sharing' \(partners\) receives hashes only: remove email"
+    ):
+        KINDS["partners"](leaky, cfg)

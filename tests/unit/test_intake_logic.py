@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.common.contract import DESTINATIONS, Scope
+from services.common.contract import Destination, Destinations, Identifier, Scope
+from services.common.destinations import load_destinations
 from services.common.errors import PoisonMessage
 from services.domain.planning import applicable_destinations, command_id, plan_commands
 from services.domain.validation import validate_request
@@ -19,6 +20,9 @@ ADDRESS = {
     "postal_code": "62701",
     "country": "us",
 }
+
+
+DEFAULT = load_destinations()  # deploy/destinations.toml: today's three destinations
 
 
 def record(**overrides):
@@ -84,18 +88,18 @@ def test_content_hash_ignores_spelling_but_not_substance():
 
 def test_routing_all_reaches_every_destination_with_identifiers():
     r = validate_request(record(scopes=["ALL"], postal_address=ADDRESS), NOW, SKEW)
-    assert [d.id for d in applicable_destinations(r)] == [d.id for d in DESTINATIONS]
+    assert [d.id for d in applicable_destinations(r, DEFAULT)] == DEFAULT.names
 
 
 def test_all_skips_destinations_without_identifiers():
     r = validate_request(record(scopes=["ALL"]), NOW, SKEW)
-    assert [d.id for d in applicable_destinations(r)] == ["email_provider", "third_party_sharing"]
+    assert [d.id for d in applicable_destinations(r, DEFAULT)] == ["email_provider", "third_party_sharing"]
 
 
 def test_explicit_scope_without_identifier_is_poison():
     r = validate_request(record(scopes=["POSTAL_MARKETING"]), NOW, SKEW)
     with pytest.raises(PoisonMessage) as info:
-        applicable_destinations(r)
+        applicable_destinations(r, DEFAULT)
     assert info.value.reason == "missing_identifier_for_scope"
 
 
@@ -105,7 +109,7 @@ def test_commands_carry_only_what_each_destination_needs():
         NOW,
         SKEW,
     )
-    commands = {c.destination: c.record for c in plan_commands(r, NOW)}
+    commands = {c.destination: c.record for c in plan_commands(r, NOW, DEFAULT)}
     assert commands["email_provider"]["email"] == "jane@example.com"
     assert commands["email_provider"]["postal_address"] is None
     assert commands["mail_house"]["postal_address"]["city"] == "Springfield"
@@ -142,9 +146,40 @@ def test_validation_either_accepts_or_gives_a_reason(fields):
         return
     assert r.scopes and (r.customer_id or r.email or r.phone)
     try:
-        plan_commands(r, NOW)
+        plan_commands(r, NOW, DEFAULT)
     except PoisonMessage as exc:
         assert exc.reason == "missing_identifier_for_scope"
+
+
+def _email(name: str) -> Destination:
+    return Destination(
+        id=name,
+        kind="email_provider",
+        scopes=frozenset({Scope.EMAIL_MARKETING}),
+        identifiers=frozenset({Identifier.CUSTOMER_ID, Identifier.EMAIL}),
+        requires_one_of=frozenset({Identifier.EMAIL}),
+    )
+
+
+def test_two_email_destinations_both_get_a_command():
+    two = Destinations([_email("esp_a"), _email("esp_b")])
+    r = validate_request(record(scopes=["EMAIL_MARKETING"]), NOW, SKEW)
+    planned = plan_commands(r, NOW, two)
+    assert [c.destination for c in planned] == ["esp_a", "esp_b"]
+    assert len({c.command_id for c in planned}) == 2
+    assert all(c.record["email"] == "jane@example.com" for c in planned)
+
+
+def test_no_email_destination_all_skips_it_and_an_explicit_scope_is_dead_lettered():
+    no_email = Destinations(d for d in DEFAULT if d.id != "email_provider")
+    r = validate_request(record(scopes=["ALL"], customer_id="c-1"), NOW, SKEW)
+    assert [d.id for d in applicable_destinations(r, no_email)] == ["third_party_sharing"]
+    explicit = validate_request(record(scopes=["EMAIL_MARKETING", "THIRD_PARTY_SHARING"]), NOW, SKEW)
+    with pytest.raises(PoisonMessage) as info:
+        applicable_destinations(explicit, no_email)
+    assert info.value.reason == "no_destination_for_scope"
+    assert "EMAIL_MARKETING" in info.value.detail
+    assert no_email.unserved_scopes() == [Scope.EMAIL_MARKETING]
 
 
 def test_command_id_is_the_rfc4122_uuid5_of_event_and_destination():

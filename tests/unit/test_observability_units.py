@@ -92,7 +92,7 @@ def test_gauge_values_from_rows() -> None:
         ("PENDING", NOW - timedelta(days=46), NOW - timedelta(days=1)),  # overdue
         ("NEEDS_ATTENTION", NOW - timedelta(days=40), NOW + timedelta(days=2)),
     ]
-    values = business.gauge_values(business.snapshot_from_rows(rows, NOW), NOW)
+    values = business.gauge_values(business.snapshot_from_rows(rows, NOW), NOW, ["email_provider", "esp_b"])
     assert values["requests"] == {
         "pending": 2,
         "confirmed": 1,
@@ -112,10 +112,11 @@ def test_gauge_values_from_rows() -> None:
         "later": 1,
     }
     assert values["commands"][("email_provider", "rejected")] == 0
+    assert values["commands"][("esp_b", "applied")] == 0  # every destination of the file
 
 
 def test_nothing_open_means_no_age_and_an_infinite_deadline() -> None:
-    values = business.gauge_values(business.snapshot_from_rows([], NOW), NOW)
+    values = business.gauge_values(business.snapshot_from_rows([], NOW), NOW, ())
     assert values["oldest_age"] == 0.0 and math.isinf(values["nearest_deadline"])
     assert set(values["requests"].values()) == {0}
 

@@ -1,0 +1,132 @@
+"""The destinations file: the shipped default reproduces today's three destinations, and
+every mistake is one line naming the file, the destination and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.common.contract import Identifier, Scope
+from services.common.destinations import DEFAULT_DESTINATIONS_FILE, load_destinations
+from services.common.errors import ConfigurationError
+from services.common.settings import Settings
+
+EMAIL = """
+[[destinations]]
+name = "{name}"
+kind = "email_provider"
+scopes = ["EMAIL_MARKETING"]
+identifiers = ["customer_id", "email"]
+requires_one_of = ["email"]
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "destinations.toml"
+    path.write_text(text)
+    return path
+
+
+def _error(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigurationError) as info:
+        load_destinations(_write(tmp_path, text), environ or {})
+    return str(info.value)
+
+
+def test_the_shipped_file_is_todays_three_destinations() -> None:
+    d = load_destinations()
+    assert d.names == ["email_provider", "mail_house", "third_party_sharing"]
+    assert [x.kind for x in d] == ["email_provider", "local_mail_house", "partners"]
+    assert d["email_provider"].scopes == {Scope.EMAIL_MARKETING}
+    assert d["email_provider"].identifiers == {Identifier.CUSTOMER_ID, Identifier.EMAIL}
+    assert d["mail_house"].requires_one_of == {Identifier.POSTAL_ADDRESS}
+    third = d["third_party_sharing"]
+    assert third.identifiers == {Identifier.CUSTOMER_ID, Identifier.EMAIL_SHA256, Identifier.PHONE_SHA256}
+    assert not third.identifiers & {Identifier.EMAIL, Identifier.PHONE}  # hashes only
+    assert d.unserved_scopes() == []
+    assert Settings().destinations.names == d.names
+    assert DEFAULT_DESTINATIONS_FILE.name == "destinations.toml"
+
+
+def test_two_email_destinations_are_two_topics(tmp_path: Path) -> None:
+    path = _write(tmp_path, EMAIL.format(name="esp_a") + EMAIL.format(name="esp_b"))
+    cfg = Settings(destinations_file=path, topic_prefix="t.")
+    assert "t.optout.suppress.esp_a" in cfg.all_topics()
+    assert "t.optout.suppress.esp_b.dlq" in cfg.all_topics()
+    assert not any("email_provider" in t for t in cfg.all_topics())
+    assert [d.id for d in cfg.destinations.for_scopes([Scope.EMAIL_MARKETING])] == ["esp_a", "esp_b"]
+    assert cfg.destinations.unserved_scopes() == [Scope.POSTAL_MARKETING, Scope.THIRD_PARTY_SHARING]
+
+
+def test_credentials_come_from_the_environment_or_a_file(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("from-a-file\n")
+    text = EMAIL.format(name="esp") + '[destinations.credentials]\ntoken = { env = "ESP_TOKEN" }\n'
+    text += 'other = { file = "key" }\n'
+    d = load_destinations(_write(tmp_path, text), {"ESP_TOKEN": "from-env"})
+    creds = d["esp"].credentials
+    assert creds["token"].get_secret_value() == "from-env"
+    assert creds["other"].get_secret_value() == "from-a-file"  # relative to the file, stripped
+    assert "from-env" not in repr(d["esp"])
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (EMAIL.format(name="Esp-A"), "destination 'Esp-A': name 'Esp-A' must be lower-case"),
+        (EMAIL.format(name="esp") + EMAIL.format(name="esp"), "destination 'esp': duplicate name"),
+        (EMAIL.format(name="esp").replace('"EMAIL_MARKETING"', '"FAX"'), "scopes: unknown 'FAX'"),
+        (EMAIL.format(name="esp").replace('["customer_id", "email"]', '["email", "iris"]'), "unknown 'iris'"),
+        (
+            EMAIL.format(name="esp").replace('requires_one_of = ["email"]', 'requires_one_of = ["phone"]'),
+            "requires_one_of names phone, which is not in identifiers",
+        ),
+        (
+            EMAIL.format(name="esp").replace('kind = "email_provider"\n', ""),
+            "destination 'esp': missing 'kind'",
+        ),
+        (EMAIL.format(name="esp") + 'colour = "blue"\n', "unknown key 'colour'"),
+        (
+            EMAIL.format(name="esp") + '[destinations.credentials]\ntoken = { env = "NOT_SET_ANYWHERE" }\n',
+            "credentials.token: environment variable NOT_SET_ANYWHERE is not set or empty",
+        ),
+        (
+            EMAIL.format(name="esp") + '[destinations.credentials]\ntoken = { file = "/nonexistent/key" }\n',
+            "credentials.token: cannot read /nonexistent/key",
+        ),
+        (
+            EMAIL.format(name="esp") + '[destinations.credentials]\ntoken = "sk-live-secret"\n',
+            'credentials.token must be { env = "VAR" } or { file = "/path" } (never the secret itself)',
+        ),
+        (EMAIL.format(name="esp") + "scopes = [", "not valid TOML"),
+    ],
+)
+def test_each_mistake_is_one_line(tmp_path: Path, text: str, says: str) -> None:
+    message = _error(tmp_path, text)
+    assert says in message
+    assert "\n" not in message
+    assert str(tmp_path / "destinations.toml") in message
+
+
+def test_bad_toml_names_the_line(tmp_path: Path) -> None:
+    message = _error(tmp_path, EMAIL.format(name="esp") + 'kind = "twice"\n')
+    assert "not valid TOML" in message and "at line 8" in message
+
+
+def test_every_problem_is_reported_one_line_each(tmp_path: Path) -> None:
+    text = EMAIL.format(name="BAD") + EMAIL.format(name="esp").replace(
+        'requires_one_of = ["email"]', 'requires_one_of = ["fax"]'
+    )
+    lines = _error(tmp_path, text).splitlines()
+    assert len(lines) == 2
+    assert "'BAD'" in lines[0] and "'esp'" in lines[1]
+
+
+def test_a_missing_file_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="cannot read it"):
+        load_destinations(tmp_path / "nope.toml")
+
+
+def test_settings_refuse_a_bad_file_when_they_are_made(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="duplicate name"):
+        Settings(destinations_file=_write(tmp_path, EMAIL.format(name="x") * 2))
