@@ -1,13 +1,16 @@
-"""``optout run standins``: the email provider and partner stand-ins, configured from
+"""``optout run standins``: the email provider and partner stand-ins (and the SFTP mail
+house's importer when ``standin_sftp_inbox`` is set), configured from
 settings, served until stop is requested."""
 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.standins.email_provider_api import EmailProviderStandin
+from services.standins.mail_house_sftp import MailHouseSftpStandin
 from services.standins.partners_api import PartnersStandin
 from services.standins.web import StandinServer
 
@@ -39,5 +42,12 @@ def run(settings: Settings, stop: threading.Event) -> None:
         ),
         StandinServer(partners_from(settings).handle, host, settings.standin_partners_port, "partners"),
     ):
+        importer = None
+        if settings.standin_sftp_inbox:
+            standin = MailHouseSftpStandin(Path(settings.standin_sftp_inbox))
+            importer = threading.Thread(target=standin.run, args=(stop,), name="mail-house-sftp", daemon=True)
+            importer.start()
         log.info("stand-ins serving; stop with SIGTERM or Ctrl-C")
         stop.wait()
+        if importer is not None:
+            importer.join(5)
