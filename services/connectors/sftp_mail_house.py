@@ -69,6 +69,7 @@ PART_SUFFIX = ".part"
 RECEIPT_SUFFIX = ".receipt"
 SEQUENCE_DIGITS = 8
 NO_ADDRESS = "command carries no postal address"
+SETTLE_BACKOFF_SECONDS = 5.0  # between receipt checks after a failed one
 
 
 class SftpMailHouseOptions(BaseModel):
@@ -438,6 +439,15 @@ class SftpMailHouseConnector(Connector):
         if time.monotonic() < self._next_settle:
             return []
         self._next_settle = time.monotonic() + self.options.receipt_poll_seconds
+        try:
+            return self._settle_waiting()
+        except RetriableError as exc:
+            # Not every poll: the server or the database is away, or the host key changed.
+            wait = max(exc.retry_after or 0.0, SETTLE_BACKOFF_SECONDS, self.options.receipt_poll_seconds)
+            self._next_settle = time.monotonic() + wait
+            raise
+
+    def _settle_waiting(self) -> list[StoredOutcome]:
         waiting = self.uploads.waiting()
         if not waiting:
             return []
