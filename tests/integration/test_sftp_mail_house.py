@@ -161,3 +161,31 @@ def test_a_changed_host_key_is_refused_like_bad_credentials(
     finally:
         connector.close()
     assert csv_files(inbox) == []
+
+
+def test_files_are_written_as_part_then_renamed_past_a_crashed_upload(
+    base_settings: dict[str, Any], inbox: Inbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = isolated_settings(base_settings)
+    (inbox.local / "suppressions-00000001.csv.part").write_text("half a file")  # a crash left it
+    connector = sm.build(destination(inbox), cfg)
+    assert isinstance(connector, sm.SftpMailHouseConnector)
+    session = connector._session()
+    calls: list[tuple[str, ...]] = []
+    real_open, real_rename = session.open, session.rename
+    monkeypatch.setattr(
+        session, "open", lambda path, mode: calls.append(("open", path)) or real_open(path, mode)
+    )
+    monkeypatch.setattr(
+        session, "rename", lambda old, new: calls.append(("rename", old, new)) or real_rename(old, new)
+    )
+    try:
+        connector.apply([Command.from_record(r) for r in commands("mail_house", 2)])
+    finally:
+        connector.close()
+    final = f"{inbox.remote}/suppressions-00000002.csv"
+    assert calls == [("open", final + ".part"), ("rename", final + ".part", final)]
+    assert sorted(p.name for p in inbox.local.iterdir()) == [
+        "suppressions-00000001.csv.part",
+        "suppressions-00000002.csv",
+    ]

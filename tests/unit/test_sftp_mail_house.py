@@ -15,9 +15,12 @@ import pytest
 from services.common.clock import ManualClock
 from services.common.contract import AckStatus
 from services.connectors import sftp_mail_house as sm
+from services.connectors.dedupe import StoredOutcome
 from services.connectors.kit import Awaiting, Command, Connector, Outcome, apply_once
 from services.standins.mail_house_sftp import receipt_for
 from tests.support.commands import make_command
+from tests.support.fake_kafka import FakeBroker, FakeProducer
+from tests.unit.test_steps import CODEC, FakeDedupeStore, _acks, _command, _connector_step, _messages
 
 NOW = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
 ADDRESS = {
@@ -117,3 +120,36 @@ def test_awaiting_commands_are_neither_acknowledged_nor_retried():
     # A command with neither an outcome nor Awaiting is still retried.
     run = apply_once(_Handing(), [commands[0], commands[1], commands[2]], ManualClock(NOW))
     assert run.error is not None and "no outcome for 1" in str(run.error)
+
+
+class _Confirming(Connector):
+    """Hands every command over; confirms them when told to."""
+
+    destination = "email_provider"
+
+    def __init__(self) -> None:
+        self.confirm: list[StoredOutcome] = []
+
+    def apply(self, commands: Sequence[Command]) -> list[Outcome | Awaiting]:
+        return [Awaiting(c.command_id) for c in commands]
+
+    def settle(self) -> list[StoredOutcome]:
+        confirmed, self.confirm = self.confirm, []
+        return confirmed
+
+
+def test_the_step_acknowledges_awaiting_commands_only_when_settle_confirms_them():
+    producer, store, connector = FakeProducer(FakeBroker()), FakeDedupeStore(), _Confirming()
+    step = _connector_step(connector, producer, store)
+    a = _command()
+    step.submit(
+        _messages(step.settings.suppress_topic("email_provider"), [CODEC.encode("SuppressionCommand", a)])
+    )
+    step.poll()
+    assert _acks(producer, step.settings) == [] and store.rows == {}  # handed over, not confirmed
+    connector.confirm = [StoredOutcome(a["command_id"], a["request_id"], AckStatus.APPLIED, "receipt", NOW)]
+    step.poll()
+    [ack] = _acks(producer, step.settings)
+    assert (ack["command_id"], ack["status"]) == (a["command_id"], "APPLIED")
+    assert producer.to(step.settings.acks_topic)[0].key == a["request_id"].encode()
+    assert set(store.rows) == {a["command_id"]}  # a re-send is answered from the store
