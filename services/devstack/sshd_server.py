@@ -298,13 +298,24 @@ def ensure_running(paths: Paths, install: bool) -> SftpInfo:
 
 
 def stop(paths: Paths) -> bool:
-    """Stop our sshd (and its sessions: they are its children); True when one ran."""
+    """Stop our sshd and its open sessions; True when one ran."""
     pid = running_pid(paths)
     if pid is None:
         return False
+    sessions = _children(pid)  # one sshd per open SFTP session; they outlive the listener
     terminate(pid, c.STOP_TIMEOUT_S, str(config_file(paths)))
+    for session in sessions:
+        terminate(session, c.STOP_TIMEOUT_S, "sshd")
     pid_file(paths).unlink(missing_ok=True)
     return True
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
 
 
 def status(paths: Paths) -> dict[str, object]:
