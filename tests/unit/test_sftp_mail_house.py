@@ -4,16 +4,21 @@ they make of the commands, and the kit's ``Awaiting`` (issue #11)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from services.common.clock import ManualClock
-from services.common.contract import AckStatus
+from services.common.contract import AckStatus, Destination
+from services.common.errors import ConfigurationError
+from services.common.settings import Settings
 from services.connectors import sftp_mail_house as sm
 from services.connectors.dedupe import StoredOutcome
 from services.connectors.kit import Awaiting, Command, Connector, Outcome, apply_once
@@ -153,3 +158,42 @@ def test_the_step_acknowledges_awaiting_commands_only_when_settle_confirms_them(
     assert (ack["command_id"], ack["status"]) == (a["command_id"], "APPLIED")
     assert producer.to(step.settings.acks_topic)[0].key == a["request_id"].encode()
     assert set(store.rows) == {a["command_id"]}  # a re-send is answered from the store
+
+
+def _destination(tmp_path: Path, **credentials: str) -> Destination:
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("")
+    return Destination(
+        id="mail_house_eu",
+        scopes=frozenset(),
+        identifiers=frozenset(),
+        requires_one_of=frozenset(),
+        kind=sm.KIND,
+        options={
+            "host": "sftp.example",
+            "username": "us",
+            "remote_dir": "/in",
+            "known_hosts": str(known_hosts),
+        },
+        credentials={k: SecretStr(v) for k, v in credentials.items()},
+    )
+
+
+@pytest.mark.parametrize(
+    ("credentials", "why"),
+    [
+        ({}, "needs credential 'private_key'"),
+        ({"private_key": "not a key"}, "private_key is not a usable private key"),
+    ],
+)
+def test_build_refuses_bad_credentials_in_one_line(tmp_path: Path, credentials: dict[str, str], why: str):
+    with pytest.raises(ConfigurationError, match=why) as refused:
+        sm.build(_destination(tmp_path, **credentials), Settings())
+    assert "\n" not in str(refused.value) and "mail_house_eu" in str(refused.value)
+
+
+def test_build_refuses_a_missing_known_hosts_file(tmp_path: Path):
+    destination = _destination(tmp_path)
+    options = {**destination.options, "known_hosts": str(tmp_path / "absent")}
+    with pytest.raises(ConfigurationError, match=r"settings.known_hosts: .*absent is not a file"):
+        sm.build(dataclasses.replace(destination, options=options), Settings())
