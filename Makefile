@@ -30,13 +30,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create the virtualenv and install optout with its dev tools
 
-up: install ## start Kafka + PostgreSQL in the background, create topics, migrate; print settings
+up: install ## start Kafka + PostgreSQL + the SFTP sshd in the background, create topics, migrate; print settings
 	$(PY) -m services.devstack up
 	@$(WITH_STACK) $(OPTOUT) topics create && $(OPTOUT) migrate
 	@echo "Settings to reach the stack (eval \"\$$($(PY) -m services.devstack env)\"):"
 	@$(PY) -m services.devstack env
 
-down: ## stop the local Kafka + PostgreSQL started by `make up`/`make run`/`make test`
+down: ## stop the local Kafka + PostgreSQL + sshd started by `make up`/`make run`/`make test`
 	@if [ -x $(PY) ]; then $(PY) -m services.devstack down; fi
 
 run: up ## run the whole pipeline in the foreground (Ctrl-C or SIGTERM stops it)

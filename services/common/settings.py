@@ -186,6 +186,9 @@ class Settings(BaseSettings):
     standin_mailgun_api_key: str = Field(
         "dev-mailgun-key", description="API key the Mailgun stand-in accepts (development only)."
     )
+    standin_sftp_inbox: str = Field(
+        "", description="The SFTP mail house's inbox on local disk, imported by its stand-in; empty: off."
+    )
     standin_failure_rate: float = Field(0.0, ge=0, le=1, description="Share of requests answered 503.")
     standin_rate_limit_per_second: int = Field(0, ge=0, description="Requests/s before 429; 0: none.")
     standin_retry_after_seconds: int = Field(

@@ -25,6 +25,12 @@ ordering and its reasons are in ``services.connectors.dedupe``.
 A connector may also return outcomes for some commands only (the rest are retried), or
 raise ``IncompleteBatch(outcomes, cause)`` to keep the progress it made before a
 transient failure.
+
+A destination that confirms later (a mail house's import receipt) returns ``Awaiting(id)``
+for a command it handed over: no ack and no retry now (the offset is committed, the
+command stays PENDING at the confirmer); the step calls the connector's ``settle()`` on
+every loop poll and records and acknowledges the outcomes it reports; a command never
+confirmed is re-sent by the confirmer's sweeper and reaches ``apply`` again.
 """
 
 from __future__ import annotations
@@ -138,6 +144,13 @@ class Outcome:
         return cls(command_id, AckStatus.REJECTED, reason)
 
 
+@dataclass(frozen=True)
+class Awaiting:
+    """``apply`` handed the command over; the destination confirms it later (``settle``)."""
+
+    command_id: str
+
+
 class IncompleteBatch(RetriableError):
     """Raised by ``apply`` after finishing part of a batch: ``outcomes`` are kept, the
     commands without one are retried after ``cause``'s backoff."""
@@ -218,10 +231,15 @@ class Connector(ABC):
     destination: str
 
     @abstractmethod
-    def apply(self, commands: Sequence[Command]) -> list[Outcome]:
+    def apply(self, commands: Sequence[Command]) -> Sequence[Outcome | Awaiting]:
         """Apply ``commands`` (distinct ids); return one ``Outcome`` per command applied or
-        permanently refused. Raise ``RetriableError`` (``retry_after`` when the provider
-        said so) for transient failures."""
+        permanently refused (``Awaiting`` when the destination confirms later). Raise
+        ``RetriableError`` (``retry_after`` when the provider said so) for transient failures."""
+
+    def settle(self) -> list[StoredOutcome]:
+        """Outcomes of earlier ``Awaiting`` commands that the destination has confirmed
+        since; called on every loop poll, so it must be cheap when there is nothing new."""
+        return []
 
     def close(self) -> None:
         """Release clients and files."""
@@ -240,7 +258,7 @@ def decode_command(codec: Codec, payload: bytes | None, destination: str) -> Com
 
 
 def stored_outcomes(
-    pending: Sequence[Command], returned: Sequence[Outcome], at: datetime
+    pending: Sequence[Command], returned: Sequence[Outcome | Awaiting], at: datetime
 ) -> tuple[dict[str, StoredOutcome], list[str]]:
     """Match ``apply``'s outcomes to the pending commands: ``(outcomes by id, ignored ids)``.
     Outcomes for ids not pending, or repeated, are ignored (a connector bug, logged)."""
@@ -248,6 +266,8 @@ def stored_outcomes(
     matched: dict[str, StoredOutcome] = {}
     ignored: list[str] = []
     for outcome in returned:
+        if isinstance(outcome, Awaiting):
+            continue
         command = wanted.get(outcome.command_id)
         if command is None or outcome.command_id in matched:
             ignored.append(outcome.command_id)
@@ -286,6 +306,7 @@ class ApplyRun:
 
     outcomes: dict[str, StoredOutcome]
     error: RetriableError | None
+    awaiting: frozenset[str] = frozenset()
 
 
 def apply_once(connector: Connector, commands: Sequence[Command], clock: Clock) -> ApplyRun:
@@ -296,6 +317,7 @@ def apply_once(connector: Connector, commands: Sequence[Command], clock: Clock) 
     consume loop retries the batch, idling in its group, honouring ``retry_after``."""
     started = time.monotonic()
     error: RetriableError | None = None
+    returned: Sequence[Outcome | Awaiting]
     try:
         returned = connector.apply(commands)
     except IncompleteBatch as partial:
@@ -309,10 +331,13 @@ def apply_once(connector: Connector, commands: Sequence[Command], clock: Clock) 
             destination=connector.destination,
             count=len(ignored),
         )
-    missing = len(commands) - len(matched)
+    awaiting = frozenset(
+        r.command_id for r in returned if isinstance(r, Awaiting) and r.command_id not in matched
+    ) & {c.command_id for c in commands}
+    missing = len(commands) - len(matched) - len(awaiting)
     if error is None and missing:
         error = RetriableError(f"{connector.destination} gave no outcome for {missing} commands")
-    return ApplyRun(matched, error)
+    return ApplyRun(matched, error, awaiting)
 
 
 # --- the step ------------------------------------------------------------------------------
@@ -346,6 +371,7 @@ class ConnectorStep:
     # --- Step interface -------------------------------------------------------------------
     def poll(self) -> None:
         self.producer.poll(0)
+        self._settle()
 
     def close(self) -> None:
         try:
@@ -371,6 +397,8 @@ class ConnectorStep:
 
         tracker = DeliveryTracker(self.producer)
         for _, command in deliveries:
+            if command.command_id not in outcomes:
+                continue  # Awaiting: acknowledged by a later settle(), or re-sent by the sweeper
             tracker.produce(
                 self.settings.acks_topic,
                 value=self.codec.encode(
@@ -393,6 +421,33 @@ class ConnectorStep:
         self._count(deliveries, dead, {c.command_id for c in fresh}, outcomes)
 
     # --- internals --------------------------------------------------------------------------
+    def _settle(self) -> None:
+        """Record and acknowledge what the destination confirmed since (``Awaiting``
+        commands). A transient failure is logged and tried again on a later poll: the
+        confirmations stay with the destination (and the sweeper re-sends meanwhile)."""
+        try:
+            settled = self.connector.settle()
+            if not settled:
+                return
+            stored = self.store.record(settled)
+            tracker = DeliveryTracker(self.producer)
+            for outcome in stored.values():
+                tracker.produce(
+                    self.settings.acks_topic,
+                    value=self.codec.encode("SuppressionAck", ack_record(outcome, self.destination)),
+                    key=outcome.request_id,
+                )
+            tracker.wait()
+        except RetriableError as exc:
+            # Recorded outcomes answer the sweeper's re-send; unrecorded ones stay with the
+            # destination and are settled again.
+            log.warning("could not settle confirmations yet", destination=self.destination, error=str(exc))
+            return
+        for outcome in stored.values():
+            OUTCOMES.labels(self.destination, outcome.status.value, "applied").inc()
+        metrics.MESSAGES_PRODUCED.labels(self.service, self.settings.acks_topic).inc(len(stored))
+        log.info("confirmations acknowledged", destination=self.destination, acks=len(stored))
+
     def _apply_and_record(self, fresh: list[Command]) -> dict[str, StoredOutcome]:
         """Apply once and commit every outcome obtained, also the partial ones of a
         failed call (so those are never applied again); then raise its error, and the
@@ -418,7 +473,12 @@ class ConnectorStep:
         first_seen: set[str] = set()
         processed = duplicates = 0
         for _, command in deliveries:
-            status = outcomes[command.command_id].status.value
+            outcome = outcomes.get(command.command_id)
+            if outcome is None:  # Awaiting the destination's confirmation
+                processed += command.command_id not in first_seen
+                first_seen.add(command.command_id)
+                continue
+            status = outcome.status.value
             if command.command_id in applied_ids and command.command_id not in first_seen:
                 first_seen.add(command.command_id)
                 processed += 1
@@ -431,7 +491,8 @@ class ConnectorStep:
         metrics.MESSAGES_CONSUMED.labels(self.service, self._topic, "processed").inc(processed)
         metrics.MESSAGES_CONSUMED.labels(self.service, self._topic, "duplicate").inc(duplicates)
         metrics.MESSAGES_CONSUMED.labels(self.service, self._topic, "dead_lettered").inc(len(dead))
-        metrics.MESSAGES_PRODUCED.labels(self.service, self.settings.acks_topic).inc(len(deliveries))
+        acked = sum(1 for _, command in deliveries if command.command_id in outcomes)
+        metrics.MESSAGES_PRODUCED.labels(self.service, self.settings.acks_topic).inc(acked)
         log.info(
             "batch acknowledged",
             destination=self.destination,

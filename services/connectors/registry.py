@@ -18,6 +18,7 @@ from services.connectors import (
     mail_house,
     mailgun,
     sendgrid,
+    sftp_mail_house,
     third_party_sharing,
     webhook_partners,
 )
@@ -34,6 +35,7 @@ KINDS: dict[str, Build] = {
     sendgrid.KIND: sendgrid.build,
     mailgun.KIND: mailgun.build,
     webhook_partners.KIND: webhook_partners.build,
+    sftp_mail_house.KIND: sftp_mail_house.build,
 }
 
 

@@ -32,7 +32,7 @@ def _exports(env: dict[str, str]) -> list[str]:
 
 def _print_status(state: dict[str, object]) -> None:
     _say(f"state dir: {state['state_dir']}")
-    for name in ("kafka", "postgres"):
+    for name in ("kafka", "postgres", "sshd"):
         part = state[name]
         assert isinstance(part, dict)
         running = "running" if part.get("running") else "stopped"
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             action="store_true",
             help="fail instead of fetching Kafka jars (mvn) or installing PostgreSQL (apt-get)",
         )
-    sub.add_parser("down", help="stop our broker and database server")
+    sub.add_parser("down", help="stop our broker, database server and sshd")
     st = sub.add_parser("status", help="show what runs where")
     st.add_argument("--json", action="store_true", help="print JSON")
     sub.add_parser("state-dir", help="print the folder that holds the stack's data and logs")
@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 _say(f"database (app):        {info.database_url}")
                 _say(f"database (admin):      {info.admin_database_url}")
                 _say(f"database (superuser):  {info.superuser_database_url or '-'}")
+                _say(f"sftp (mail house):     {f'{info.sftp.host}:{info.sftp.port}' if info.sftp else '-'}")
                 _say("")
             _say("\n".join(_exports(info.env())))
         elif args.command == "state-dir":

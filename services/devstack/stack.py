@@ -16,7 +16,7 @@ import psycopg
 import structlog
 
 from services.devstack import config as c
-from services.devstack import kafka_broker, postgres_server
+from services.devstack import kafka_broker, postgres_server, sshd_server
 from services.devstack.config import Paths
 from services.devstack.errors import StackError
 from services.devstack.procs import file_lock, port_open
@@ -32,12 +32,15 @@ class StackInfo:
     admin_database_url: str  # as optout_admin (owner of database optout, runs migrations)
     superuser_database_url: str | None  # as postgres, when the server is ours
     started_here: bool  # True when devstack manages (started or reused) a local component
+    # Our sshd (the mail house's SFTP server); None when OPTOUT_SFTP_HOST names another one.
+    sftp: sshd_server.SftpInfo | None = None
 
     def env(self) -> dict[str, str]:
         return {
             c.ENV_KAFKA_BOOTSTRAP: self.kafka_bootstrap,
             c.ENV_DATABASE_URL: self.database_url,
             c.ENV_ADMIN_DATABASE_URL: self.admin_database_url,
+            **(self.sftp.env() if self.sftp is not None else {}),
         }
 
 
@@ -94,6 +97,15 @@ def _postgres(paths: Paths, install: bool) -> tuple[str, str, str | None, bool]:
     )
 
 
+def _sftp(paths: Paths, install: bool) -> sshd_server.SftpInfo | None:
+    """Our sshd, unless OPTOUT_SFTP_HOST names the mail house's own server (only logged)."""
+    given = os.environ.get(sshd_server.ENV_SFTP_HOST, "").strip()
+    if given and given != sshd_server.SSHD_HOST:
+        log.info("devstack.sftp_external", host=given)
+        return None
+    return sshd_server.ensure_running(paths, install)
+
+
 def ensure_up(install: bool = True) -> StackInfo:
     """Make sure a Kafka broker and a PostgreSQL server are reachable; return their addresses.
 
@@ -107,17 +119,22 @@ def ensure_up(install: bool = True) -> StackInfo:
     if paths.state_dir_note:
         log.info("devstack.state_dir", state_dir=str(paths.state_dir), note=paths.state_dir_note)
     started = time.monotonic()
-    with file_lock(paths.lock_file), ThreadPoolExecutor(2, thread_name_prefix="devstack") as pool:
+    with file_lock(paths.lock_file), ThreadPoolExecutor(3, thread_name_prefix="devstack") as pool:
         kafka_future = pool.submit(_kafka, paths, install)
         pg_future = pool.submit(_postgres, paths, install)
+        sftp_future = pool.submit(_sftp, paths, install)
         errors: list[BaseException] = []
-        kafka_result = pg_result = None
+        kafka_result = pg_result = sftp_result = None
         try:
             kafka_result = kafka_future.result()
         except BaseException as exc:
             errors.append(exc)
         try:
             pg_result = pg_future.result()
+        except BaseException as exc:
+            errors.append(exc)
+        try:
+            sftp_result = sftp_future.result()
         except BaseException as exc:
             errors.append(exc)
     if errors:
@@ -133,7 +150,8 @@ def ensure_up(install: bool = True) -> StackInfo:
         database_url=db_url,
         admin_database_url=admin_url,
         superuser_database_url=super_url,
-        started_here=kafka_local or pg_local,
+        started_here=kafka_local or pg_local or sftp_result is not None,
+        sftp=sftp_result,
     )
     log.info(
         "devstack.up",
@@ -142,6 +160,7 @@ def ensure_up(install: bool = True) -> StackInfo:
         database_url=_redact(db_url),
         kafka_log=str(paths.kafka_log) if kafka_local else None,
         postgres_log=str(paths.pg_log) if pg_local else None,
+        sftp=f"{sftp_result.host}:{sftp_result.port}" if sftp_result else None,
         seconds=round(time.monotonic() - started, 1),
     )
     return info
@@ -154,16 +173,19 @@ def down() -> None:
         log.info("devstack.down_nothing_to_stop", state_dir=str(paths.state_dir))
         return
     started = time.monotonic()
-    with file_lock(paths.lock_file), ThreadPoolExecutor(2, thread_name_prefix="devstack") as pool:
+    with file_lock(paths.lock_file), ThreadPoolExecutor(3, thread_name_prefix="devstack") as pool:
         kafka_future = pool.submit(kafka_broker.stop, paths)
         pg_future = pool.submit(postgres_server.stop, paths)
+        sshd_future = pool.submit(sshd_server.stop, paths)
         kafka_stopped = kafka_future.result()
         pg_stopped = pg_future.result()
+        sshd_stopped = sshd_future.result()
     left = [
         name
         for name, alive in (
             ("Kafka", kafka_broker.running_pid(paths) is not None),
             ("PostgreSQL", postgres_server.running_pid(paths) is not None),
+            ("sshd", sshd_server.running_pid(paths) is not None),
         )
         if alive
     ]
@@ -173,6 +195,7 @@ def down() -> None:
         "devstack.down",
         kafka_stopped=kafka_stopped,
         postgres_stopped=pg_stopped,
+        sshd_stopped=sshd_stopped,
         seconds=round(time.monotonic() - started, 1),
     )
 
@@ -186,4 +209,7 @@ def status() -> dict[str, object]:
         kafka["env_override"] = given
     if given := os.environ.get(c.ENV_DATABASE_URL, "").strip():
         postgres["env_override"] = _redact(given)
-    return {"state_dir": str(paths.state_dir), "kafka": kafka, "postgres": postgres}
+    sshd: dict[str, object] = sshd_server.status(paths)
+    if given := os.environ.get(sshd_server.ENV_SFTP_HOST, "").strip():
+        sshd["env_override"] = given
+    return {"state_dir": str(paths.state_dir), "kafka": kafka, "postgres": postgres, "sshd": sshd}

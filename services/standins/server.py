@@ -1,13 +1,16 @@
-"""``optout run standins``: the email provider, SendGrid, Mailgun and partner stand-ins, configured from
+"""``optout run standins``: the email provider, SendGrid, Mailgun, signed-webhook partner
+stand-ins (and the SFTP mail house's importer when ``standin_sftp_inbox`` is set), configured from
 settings, served until stop is requested."""
 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.standins.email_provider_api import EmailProviderStandin
+from services.standins.mail_house_sftp import MailHouseSftpStandin
 from services.standins.mailgun_api import MailgunStandin
 from services.standins.partners_api import PartnersStandin
 from services.standins.sendgrid_api import SendGridStandin
@@ -75,5 +78,12 @@ def run(settings: Settings, stop: threading.Event) -> None:
         StandinServer(sendgrid_from(settings).handle, host, settings.standin_sendgrid_port, "sendgrid"),
         StandinServer(mailgun_from(settings).handle, host, settings.standin_mailgun_port, "mailgun"),
     ):
+        importer = None
+        if settings.standin_sftp_inbox:
+            standin = MailHouseSftpStandin(Path(settings.standin_sftp_inbox))
+            importer = threading.Thread(target=standin.run, args=(stop,), name="mail-house-sftp", daemon=True)
+            importer.start()
         log.info("stand-ins serving; stop with SIGTERM or Ctrl-C")
         stop.wait()
+        if importer is not None:
+            importer.join(5)

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import paramiko
 import psycopg
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
@@ -59,7 +60,9 @@ def test_ensure_up_is_idempotent_and_reuses(stack: StackInfo) -> None:
     assert again == stack
     assert time.monotonic() - started < 10, "a running stack must be reused, not restarted"
     env = stack.env()
-    assert set(env) == {"OPTOUT_KAFKA_BOOTSTRAP", "OPTOUT_DATABASE_URL", "OPTOUT_ADMIN_DATABASE_URL"}
+    sftp = set(stack.sftp.env()) if stack.sftp is not None else set()
+    assert set(env) == {"OPTOUT_KAFKA_BOOTSTRAP", "OPTOUT_DATABASE_URL", "OPTOUT_ADMIN_DATABASE_URL", *sftp}
+    assert not sftp or "OPTOUT_SFTP_KNOWN_HOSTS" in sftp
     assert env["OPTOUT_KAFKA_BOOTSTRAP"] == stack.kafka_bootstrap
     assert env["OPTOUT_DATABASE_URL"] == stack.database_url
 
@@ -158,3 +161,28 @@ def test_sasl_plain_listener(stack: StackInfo) -> None:
     assert [e.code() for e in errors][:1] == [KafkaError._AUTHENTICATION], errors
     with pytest.raises(KafkaException):
         bad.list_topics(timeout=2)
+
+
+def test_sshd_takes_our_key_only_and_serves_sftp_only(stack: StackInfo) -> None:
+    sftp = stack.sftp
+    if sftp is None:
+        pytest.skip("OPTOUT_SFTP_HOST names an external SFTP server")
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(sftp.known_hosts))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    with pytest.raises(paramiko.AuthenticationException):
+        client.connect(
+            sftp.host, sftp.port, sftp.username, password="guess", look_for_keys=False, allow_agent=False
+        )
+    client.close()
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(sftp.known_hosts))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    key = paramiko.Ed25519Key.from_private_key_file(str(sftp.private_key))
+    client.connect(sftp.host, sftp.port, sftp.username, pkey=key, look_for_keys=False, allow_agent=False)
+    try:
+        assert client.open_sftp().normalize(".") == sftp.remote_dir
+        _, out, _ = client.exec_command("id")
+        assert b"sftp connections only" in out.read()  # ForceCommand internal-sftp: no shell
+    finally:
+        client.close()
