@@ -156,6 +156,9 @@ class Settings(BaseSettings):
         18081, ge=0, le=65535, description="Port of the email provider stand-in."
     )
     standin_partners_port: int = Field(18082, ge=0, le=65535, description="Port of the partners stand-in.")
+    standin_ses_port: int = Field(
+        18086, ge=0, le=65535, description="Port of the Amazon SES (v2) emulator (moto server)."
+    )
     standin_failure_rate: float = Field(0.0, ge=0, le=1, description="Share of requests answered 503.")
     standin_rate_limit_per_second: int = Field(0, ge=0, description="Requests/s before 429; 0: none.")
     standin_retry_after_seconds: int = Field(

@@ -1,5 +1,6 @@
-"""``optout run standins``: the email provider and partner stand-ins, configured from
-settings, served until stop is requested."""
+"""``optout run standins``: the email provider and partner stand-ins and the Amazon SES
+(v2) emulator (moto, contact list ``optout`` with topic ``marketing`` created), configured
+from settings, served until stop is requested."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.standins.email_provider_api import EmailProviderStandin
 from services.standins.partners_api import PartnersStandin
+from services.standins.ses_emulator import SesEmulator
 from services.standins.web import StandinServer
 
 log = get_logger(__name__)
@@ -38,6 +40,7 @@ def run(settings: Settings, stop: threading.Event) -> None:
             email_provider_from(settings).handle, host, settings.standin_email_provider_port, "email_provider"
         ),
         StandinServer(partners_from(settings).handle, host, settings.standin_partners_port, "partners"),
+        SesEmulator(host, settings.standin_ses_port),
     ):
         log.info("stand-ins serving; stop with SIGTERM or Ctrl-C")
         stop.wait()
