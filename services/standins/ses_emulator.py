@@ -17,7 +17,9 @@ allowed ``ses:*`` and hands out its key; a wrong secret is answered 403
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -40,6 +42,7 @@ CONTACT_LIST = "optout"
 TOPIC = "marketing"
 # The IAM calls moto answers without authentication before it starts checking.
 _SETUP_CALLS = 3
+_PR_SET_PDEATHSIG = 1
 _SES_POLICY = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"ses:*","Resource":"*"}]}'
 
 
@@ -47,6 +50,13 @@ _SES_POLICY = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"
 class AccessKey:
     access_key_id: str
     secret_access_key: str
+
+
+def _die_with_parent() -> None:
+    """Linux: the emulator gets SIGTERM when the thread that started it dies (even by
+    SIGKILL), so a killed stand-in process leaves no emulator holding its port."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port(host: str) -> int:
@@ -80,6 +90,7 @@ class SesEmulator:
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
             )
             self._wait_ready()
             if self.authenticate:

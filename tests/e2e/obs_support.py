@@ -58,6 +58,7 @@ class ServiceProcesses:
             "OPTOUT_LOG_LEVEL": "debug",
             "OPTOUT_STANDIN_EMAIL_PROVIDER_PORT": str(esp_port),
             "OPTOUT_STANDIN_PARTNERS_PORT": str(partners_port),
+            "OPTOUT_STANDIN_SES_PORT": str(free_port()),  # the SES emulator (moto)
             "OPTOUT_EMAIL_PROVIDER_URL": f"http://127.0.0.1:{esp_port}",
             "OPTOUT_PARTNERS": json.dumps(partners),
             "OPTOUT_MAIL_HOUSE_DIR": str(workdir / "mail_house"),

@@ -34,6 +34,7 @@ def test_pipeline_over_sasl(stack, base_settings, tmp_path):
         kafka_sasl_password=KAFKA_SASL_PASSWORD,
         standin_email_provider_port=esp,
         standin_partners_port=partners,
+        standin_ses_port=free_port(),
         email_provider_url=f"http://127.0.0.1:{esp}",
         mail_house_dir=str(tmp_path),
         partners=json.loads(
