@@ -4,7 +4,8 @@ An opt-out is a contact on a contact list with ``UnsubscribeAll: true``, or, whe
 destination's settings name a ``topic_name``, with that topic's preference ``OPT_OUT``
 (``TopicPreferences: [{TopicName, SubscriptionStatus: OPT_OUT}]``). The account-level
 suppression list is not used: it only takes the reasons BOUNCE and COMPLAINT
-(https://docs.aws.amazon.com/ses/latest/APIReference-V2/API_PutSuppressedDestination.html).
+(https://docs.aws.amazon.com/ses/latest/APIReference-V2/API_PutSuppressedDestination.html,
+https://docs.aws.amazon.com/ses/latest/APIReference-V2/API_SuppressionOptions.html).
 
 Calls (signed with SigV4 by botocore, never by hand):
 
@@ -17,7 +18,9 @@ Calls (signed with SigV4 by botocore, never by hand):
   preferences will be removed": the update carries the contact's preferences and
   attributes read by GetContact, with ours added).
 * ListContacts   https://docs.aws.amazon.com/ses/latest/APIReference-V2/API_ListContacts.html
-  (read-back for reconciliation, paged with NextToken).
+  (read-back for reconciliation, paged with NextToken; ``Filter`` per
+  https://docs.aws.amazon.com/ses/latest/APIReference-V2/API_ListContactsFilter.html
+  filters by topic only, so ``UnsubscribeAll`` is checked on each contact here).
 
 SES has no batch call for contacts: one command is one to three calls, run on a small
 thread pool (``concurrency``). Errors (https://docs.aws.amazon.com/ses/latest/APIReference-V2/CommonErrors.html):
