@@ -420,6 +420,8 @@ def make_client(
             connect_timeout=options.timeout,
             read_timeout=options.timeout,
             max_pool_connections=options.concurrency,
+            # AWS_ENDPOINT_URL* variables and ~/.aws endpoint settings do not redirect it.
+            ignore_configured_endpoint_urls=True,
         ),
     )
     return client

@@ -1,5 +1,6 @@
-"""The Amazon SES (v2) stand-in: moto's server mode (``moto[server]`` from PyPI, a dev
-dependency), run as a child process on its own port, with the contact list created.
+"""The Amazon SES (v2) stand-in: moto's server mode (``moto`` with ``flask`` and
+``flask-cors`` from PyPI, dev dependencies), run as a child process on its own port,
+with the contact list created.
 
 moto implements the SES v2 calls the ``ses`` connector makes (CreateContactList,
 CreateContact, UpdateContact, GetContact, ListContacts with ``UnsubscribeAll`` and
@@ -125,7 +126,7 @@ class SesEmulator:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise ConfigurationError(
-                    "the SES emulator did not start: is moto[server] installed (make install)?"
+                    "the SES emulator did not start: are moto, flask and flask-cors installed (make install)?"
                 )
             try:
                 httpx.get(f"{self.url}/moto-api/", timeout=1.0)
