@@ -189,6 +189,9 @@ class Settings(BaseSettings):
     standin_sftp_inbox: str = Field(
         "", description="The SFTP mail house's inbox on local disk, imported by its stand-in; empty: off."
     )
+    standin_ses_port: int = Field(
+        18086, ge=0, le=65535, description="Port of the Amazon SES (v2) emulator (moto server)."
+    )
     standin_failure_rate: float = Field(0.0, ge=0, le=1, description="Share of requests answered 503.")
     standin_rate_limit_per_second: int = Field(0, ge=0, description="Requests/s before 429; 0: none.")
     standin_retry_after_seconds: int = Field(

@@ -18,6 +18,7 @@ from services.connectors import (
     mail_house,
     mailgun,
     sendgrid,
+    ses,
     sftp_mail_house,
     third_party_sharing,
     webhook_partners,
@@ -36,6 +37,7 @@ KINDS: dict[str, Build] = {
     mailgun.KIND: mailgun.build,
     webhook_partners.KIND: webhook_partners.build,
     sftp_mail_house.KIND: sftp_mail_house.build,
+    ses.KIND: ses.build,
 }
 
 

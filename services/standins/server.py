@@ -1,6 +1,7 @@
 """``optout run standins``: the email provider, SendGrid, Mailgun, signed-webhook partner
-stand-ins (and the SFTP mail house's importer when ``standin_sftp_inbox`` is set), configured from
-settings, served until stop is requested."""
+stand-ins, the Amazon SES (v2) emulator (moto, contact list ``optout`` with topic
+``marketing`` created) and the SFTP mail house's importer when ``standin_sftp_inbox`` is set,
+configured from settings, served until stop is requested."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from services.standins.mail_house_sftp import MailHouseSftpStandin
 from services.standins.mailgun_api import MailgunStandin
 from services.standins.partners_api import PartnersStandin
 from services.standins.sendgrid_api import SendGridStandin
+from services.standins.ses_emulator import SesEmulator
 from services.standins.web import StandinServer
 from services.standins.webhook_receiver import WebhookPartnersStandin
 
@@ -77,6 +79,7 @@ def run(settings: Settings, stop: threading.Event) -> None:
         ),
         StandinServer(sendgrid_from(settings).handle, host, settings.standin_sendgrid_port, "sendgrid"),
         StandinServer(mailgun_from(settings).handle, host, settings.standin_mailgun_port, "mailgun"),
+        SesEmulator(host, settings.standin_ses_port),
     ):
         importer = None
         if settings.standin_sftp_inbox:

@@ -60,6 +60,7 @@ class ServiceProcesses:
             "OPTOUT_STANDIN_PARTNERS_PORT": str(partners_port),
             "OPTOUT_STANDIN_SENDGRID_PORT": "0",  # any free port: not used here
             "OPTOUT_STANDIN_MAILGUN_PORT": "0",
+            "OPTOUT_STANDIN_SES_PORT": str(free_port()),  # the SES emulator (moto)
             "OPTOUT_EMAIL_PROVIDER_URL": f"http://127.0.0.1:{esp_port}",
             "OPTOUT_PARTNERS": json.dumps(partners),
             "OPTOUT_MAIL_HOUSE_DIR": str(workdir / "mail_house"),

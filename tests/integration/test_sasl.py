@@ -36,6 +36,7 @@ def test_pipeline_over_sasl(stack, base_settings, tmp_path):
         standin_partners_port=partners,
         standin_sendgrid_port=0,  # any free port: not used here
         standin_mailgun_port=0,
+        standin_ses_port=free_port(),
         email_provider_url=f"http://127.0.0.1:{esp}",
         mail_house_dir=str(tmp_path),
         partners=json.loads(
