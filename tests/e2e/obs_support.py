@@ -18,7 +18,7 @@ import httpx
 
 from services.common.settings import Settings
 from tests.support.logcapture import CAPTURE, ErrorEvent, json_log_errors
-from tests.support.pipeline import free_port
+from tests.support.pipeline import free_port, standin_ports_env
 
 
 @dataclass
@@ -47,6 +47,7 @@ class ServiceProcesses:
         ]
         (workdir / "mail_house").mkdir(exist_ok=True)
         self.env = {
+            **standin_ports_env(),  # every stand-in on a free port; the two used are set below
             **{k: v for k, v in os.environ.items() if not k.startswith("OPTOUT_")},
             "OPTOUT_KAFKA_BOOTSTRAP": cfg.kafka_bootstrap,
             "OPTOUT_DATABASE_URL": cfg.dsn(),
@@ -58,9 +59,6 @@ class ServiceProcesses:
             "OPTOUT_LOG_LEVEL": "debug",
             "OPTOUT_STANDIN_EMAIL_PROVIDER_PORT": str(esp_port),
             "OPTOUT_STANDIN_PARTNERS_PORT": str(partners_port),
-            "OPTOUT_STANDIN_SENDGRID_PORT": "0",  # any free port: not used here
-            "OPTOUT_STANDIN_MAILGUN_PORT": "0",
-            "OPTOUT_STANDIN_SES_PORT": str(free_port()),  # the SES emulator (moto)
             "OPTOUT_EMAIL_PROVIDER_URL": f"http://127.0.0.1:{esp_port}",
             "OPTOUT_PARTNERS": json.dumps(partners),
             "OPTOUT_MAIL_HOUSE_DIR": str(workdir / "mail_house"),

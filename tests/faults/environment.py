@@ -23,7 +23,7 @@ from services.common.destinations import load_destinations
 from services.common.settings import Settings
 from services.devstack import StackInfo
 from tests.faults.fleet import Fleet
-from tests.support.pipeline import free_port
+from tests.support.pipeline import free_port, standin_ports_env
 
 APP_ROLE = "optout_app"
 CONNECTORS = load_destinations().names  # the faults run uses the shipped destinations file
@@ -78,6 +78,7 @@ def pipeline_env(
     esp_port, partners_port = free_port(), free_port()
     base = f"http://127.0.0.1:{partners_port}/partners"
     env = {
+        **standin_ports_env(),  # every stand-in on a free port; the two used are set below
         "OPTOUT_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
         "OPTOUT_DATABASE_URL": app,
         "OPTOUT_ADMIN_DATABASE_URL": admin,
@@ -90,9 +91,6 @@ def pipeline_env(
         "OPTOUT_MAIL_HOUSE_DIR": str(work_dir / "mail_house"),
         "OPTOUT_STANDIN_EMAIL_PROVIDER_PORT": str(esp_port),
         "OPTOUT_STANDIN_PARTNERS_PORT": str(partners_port),
-        "OPTOUT_STANDIN_SENDGRID_PORT": "0",  # any free port: not used here
-        "OPTOUT_STANDIN_MAILGUN_PORT": "0",
-        "OPTOUT_STANDIN_SES_PORT": str(free_port()),  # the SES emulator (moto)
         "OPTOUT_EMAIL_PROVIDER_URL": f"http://127.0.0.1:{esp_port}",
         "OPTOUT_PARTNERS": json.dumps(
             [

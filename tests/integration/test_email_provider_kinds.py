@@ -160,14 +160,14 @@ def test_optout_run_standins_serves_sendgrid_and_mailgun_on_their_ports(
     import httpx
 
     from services.standins.server import run as run_standins
-    from tests.support.pipeline import free_port
+    from tests.support.pipeline import standin_ports
 
-    sg_port, mg_port = free_port(), free_port()
+    ports = standin_ports()  # every stand-in on a free port (SES and the others start too)
+    sg_port, mg_port = ports["standin_sendgrid_port"], ports["standin_mailgun_port"]
     cfg = Settings(
         **{
             **base_settings,
-            "standin_email_provider_port": 0,
-            "standin_partners_port": 0,
+            **ports,
             "standin_sendgrid_port": sg_port,
             "standin_mailgun_port": mg_port,
             "standin_sendgrid_api_key": "sg-served",

@@ -17,7 +17,7 @@ from services.devstack import KAFKA_SASL_MECHANISM, KAFKA_SASL_PASSWORD, KAFKA_S
 from services.intake.service import run as run_intake
 from services.publisher.publish import RequestPublisher
 from services.standins.server import run as run_standins
-from tests.support.pipeline import free_port, isolated_settings, read_topic, running
+from tests.support.pipeline import free_port, isolated_settings, read_topic, running, standin_ports
 
 pytestmark = pytest.mark.integration
 
@@ -32,11 +32,7 @@ def test_pipeline_over_sasl(stack, base_settings, tmp_path):
         kafka_sasl_mechanism=KAFKA_SASL_MECHANISM,
         kafka_sasl_username=KAFKA_SASL_USERNAME,
         kafka_sasl_password=KAFKA_SASL_PASSWORD,
-        standin_email_provider_port=esp,
-        standin_partners_port=partners,
-        standin_sendgrid_port=0,  # any free port: not used here
-        standin_mailgun_port=0,
-        standin_ses_port=free_port(),
+        **{**standin_ports(), "standin_email_provider_port": esp, "standin_partners_port": partners},
         email_provider_url=f"http://127.0.0.1:{esp}",
         mail_house_dir=str(tmp_path),
         partners=json.loads(

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
-from services.common.contract import DESTINATIONS_BY_ID, Destination
+from services.common.contract import Destination
 from services.common.settings import Settings
 from services.connectors import sftp_mail_house as sm
 from services.connectors.kit import Command, CredentialsRefused, run_connector
@@ -54,9 +54,9 @@ def inbox(stack: Any) -> Iterator[Inbox]:
 def destination(box: Inbox, known_hosts: Path | None = None, **options: Any) -> Destination:
     return Destination(
         id="mail_house",
-        scopes=DESTINATIONS_BY_ID["mail_house"].scopes,
-        identifiers=DESTINATIONS_BY_ID["mail_house"].identifiers,
-        requires_one_of=DESTINATIONS_BY_ID["mail_house"].requires_one_of,
+        scopes=Settings().destinations["mail_house"].scopes,
+        identifiers=Settings().destinations["mail_house"].identifiers,
+        requires_one_of=Settings().destinations["mail_house"].requires_one_of,
         kind=sm.KIND,
         options={
             "host": box.sftp.host,

@@ -39,6 +39,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def standin_ports() -> dict[str, int]:
+    """A free port for every stand-in ``optout run standins`` starts (settings field name ->
+    port): tests that run it must not collide on the fixed defaults (18081, 18090, ...)."""
+    return {
+        name: free_port()
+        for name in Settings.model_fields
+        if name.startswith("standin_") and name.endswith("_port")
+    }
+
+
+def standin_ports_env() -> dict[str, str]:
+    """``standin_ports`` as OPTOUT_* environment variables, for service processes."""
+    return {f"OPTOUT_{name.upper()}": str(port) for name, port in standin_ports().items()}
+
+
 # Settings made by isolated_settings during the current test: their topics are deleted when
 # the test ends (tests/conftest.py), so repeated runs against one broker do not pile up
 # thousands of partitions (a broker holds files open for each).
