@@ -35,12 +35,10 @@ from services.common.errors import RetriableError
 from services.common.settings import Settings
 from services.connectors.http import (
     DEFAULT_CREDENTIALS_CHECK_SECONDS,
+    add_addresses,
     clean_reason,
-    error_reason,
-    json_or_none,
     make_client,
     post_json,
-    split_halves,
     undocumented_answer,
 )
 from services.connectors.kinds import OPTIONS_CONFIG, parse_options
@@ -156,52 +154,19 @@ class EmailProviderConnector(Connector):
             raise IncompleteBatch([*outcomes, *outcomes_for(commands, results)], exc) from exc
         return [*outcomes, *outcomes_for(commands, results)]
 
-    def _add(self, addresses: list[str], results: dict[str, Result], refused_inside: bool = False) -> bool:
-        """Add one call's worth of addresses, recording a result for each in ``results``.
-        Addresses the provider names as refused are dropped and the rest sent again; a
-        refusal naming none splits the batch (``refused_inside``: a refusal is known to be
-        in it, so a batch of two or more is split without being sent). Returns whether the
-        first call accepted every address."""
-        remaining = addresses
-        first_call = True
-        while remaining:
-            if refused_inside and len(remaining) > 1:
-                self._split(remaining, results)
-                return False
-            response = post_json(
+    def _add(self, addresses: list[str], results: dict[str, Result]) -> None:
+        def post(part: list[str]) -> httpx.Response:
+            return post_json(
                 self.client,
                 self.url,
                 self.token,
-                {"recipient_emails": remaining},
+                {"recipient_emails": part},
                 self.clock.now(),
                 SYSTEM,
                 self.credentials_check_seconds,
             )
-            if response.is_success:
-                results.update(success_results(remaining, json_or_none(response)))
-                return first_call and all(results[e][0] is not AckStatus.REJECTED for e in remaining)
-            first_call = refused_inside = False
-            refused = rejected_addresses(remaining, json_or_none(response))
-            if refused:
-                results.update({e: (AckStatus.REJECTED, r) for e, r in refused.items()})
-                remaining = [e for e in remaining if e not in refused]
-                continue
-            if len(remaining) == 1:  # refused alone: this address is the one
-                results[remaining[0]] = (
-                    AckStatus.REJECTED,
-                    clean_reason(f"{SYSTEM}: {error_reason(response)}"),
-                )
-                return False
-            self._split(remaining, results)
-            return False
-        return False
 
-    def _split(self, addresses: list[str], results: dict[str, Result]) -> None:
-        """Find the addresses of a batch refused as a whole (the refusal named none)."""
-        left, right = split_halves(addresses)
-        left_accepted = self._add(left, results)
-        # A left half accepted whole means the refusal lies in the right half.
-        self._add(right, results, refused_inside=left_accepted)
+        add_addresses(addresses, post, success_results, rejected_addresses, SYSTEM, results)
 
 
 # --- the kind (services/connectors/kinds.py) -------------------------------------------------

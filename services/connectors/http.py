@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import SecretStr
 
+from services.common.contract import AckStatus
 from services.common.errors import RetriableError
 from services.common.logging import get_logger, redact_text
 from services.connectors.kit import CredentialsRefused
@@ -272,3 +273,61 @@ def find_refusals(
     if items:
         send(items)
     return refusals
+
+
+# An email provider's answer for one address: its status and, when refused, why.
+AddressResult = tuple[AckStatus, str | None]
+
+
+def add_addresses(
+    addresses: list[str],
+    post: Callable[[list[str]], httpx.Response],
+    accepted: Callable[[list[str], Any], dict[str, AddressResult]],
+    refused_named: Callable[[list[str], Any], dict[str, str]],
+    system: str,
+    results: dict[str, AddressResult],
+) -> None:
+    """Add one call's worth of ``addresses`` to an email provider's suppression list with
+    ``post``, recording a result for each in ``results`` (also when a ``RetriableError``
+    stops it half-way: the caller keeps what is known).
+
+    A 2xx body is read by ``accepted``. A refusal naming addresses (``refused_named`` of the
+    error body) rejects those and sends the rest again; a refusal naming none splits the
+    batch in halves (a half accepted whole proves the refusal is in the other one, which is
+    split without being sent), so only an address refused alone is rejected, with the
+    provider's reason."""
+
+    def add(remaining: list[str], refused_inside: bool = False) -> bool:
+        """Whether the first call accepted every address."""
+        first_call = True
+        while remaining:
+            if refused_inside and len(remaining) > 1:
+                split(remaining)
+                return False
+            response = post(remaining)
+            if response.is_success:
+                answered = accepted(remaining, json_or_none(response))
+                results.update(answered)
+                return first_call and all(r[0] is not AckStatus.REJECTED for r in answered.values())
+            first_call = refused_inside = False
+            refused = refused_named(remaining, json_or_none(response))
+            if refused:
+                results.update({e: (AckStatus.REJECTED, r) for e, r in refused.items()})
+                remaining = [e for e in remaining if e not in refused]
+                continue
+            if len(remaining) == 1:  # refused alone: this address is the one
+                results[remaining[0]] = (
+                    AckStatus.REJECTED,
+                    clean_reason(f"{system}: {error_reason(response)}"),
+                )
+                return False
+            split(remaining)
+            return False
+        return False
+
+    def split(part: list[str]) -> None:
+        left, right = split_halves(part)
+        left_accepted = add(left)
+        add(right, refused_inside=left_accepted)
+
+    add(addresses)

@@ -49,6 +49,7 @@ from services.common.settings import Settings
 from services.connectors.email_provider import Result, chunks, outcomes_for
 from services.connectors.http import (
     DEFAULT_CREDENTIALS_CHECK_SECONDS,
+    add_addresses,
     addresses_named,
     clean_reason,
     error_reason,
@@ -56,7 +57,6 @@ from services.connectors.http import (
     make_client,
     parse_retry_after,
     send,
-    split_halves,
 )
 from services.connectors.kinds import OPTIONS_CONFIG, parse_options, require_credential
 from services.connectors.kit import Command, Connector, IncompleteBatch, Outcome
@@ -206,39 +206,14 @@ class MailgunConnector(Connector):
         created = format_datetime(self.clock.now(), usegmt=True)
         return [{"address": a, "tags": ["*"], "created_at": created} for a in addresses]
 
-    def _add(self, addresses: list[str], results: dict[str, Result], refused_inside: bool = False) -> bool:
-        """POST ``addresses``, recording a result per address (see the module docstring).
-        Returns whether the first call accepted every address."""
-        remaining = addresses
-        first_call = True
-        while remaining:
-            if refused_inside and len(remaining) > 1:
-                self._split(remaining, results)
-                return False
-            response = self._request("POST", self.base_url + self.path, self._records(remaining))
-            if response.is_success:
-                results.update({e: (AckStatus.APPLIED, None) for e in remaining})
-                return first_call
-            first_call = refused_inside = False
-            refused = named_refusals(remaining, json_or_none(response))
-            if refused:
-                results.update({e: (AckStatus.REJECTED, r) for e, r in refused.items()})
-                remaining = [e for e in remaining if e not in refused]
-                continue
-            if len(remaining) == 1:
-                results[remaining[0]] = (
-                    AckStatus.REJECTED,
-                    clean_reason(f"{SYSTEM}: {error_reason(response)}"),
-                )
-                return False
-            self._split(remaining, results)
-            return False
-        return False
+    def _add(self, addresses: list[str], results: dict[str, Result]) -> None:
+        def post(part: list[str]) -> httpx.Response:
+            return self._request("POST", self.base_url + self.path, self._records(part))
 
-    def _split(self, addresses: list[str], results: dict[str, Result]) -> None:
-        left, right = split_halves(addresses)
-        left_accepted = self._add(left, results)
-        self._add(right, results, refused_inside=left_accepted)
+        def accepted(sent: list[str], _body: Any) -> dict[str, Result]:
+            return {e: (AckStatus.APPLIED, None) for e in sent}
+
+        add_addresses(addresses, post, accepted, named_refusals, SYSTEM, results)
 
 
 def build(destination: Destination, settings: Settings) -> MailgunConnector:

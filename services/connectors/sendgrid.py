@@ -52,6 +52,7 @@ from services.common.settings import Settings
 from services.connectors.email_provider import Result, chunks, outcomes_for
 from services.connectors.http import (
     DEFAULT_CREDENTIALS_CHECK_SECONDS,
+    add_addresses,
     addresses_named,
     clean_reason,
     error_reason,
@@ -59,7 +60,6 @@ from services.connectors.http import (
     make_client,
     parse_retry_after,
     send,
-    split_halves,
 )
 from services.connectors.kinds import OPTIONS_CONFIG, parse_options, require_credential
 from services.connectors.kit import Command, Connector, IncompleteBatch, Outcome
@@ -191,43 +191,11 @@ class SendGridConnector(Connector):
             raise IncompleteBatch([*outcomes, *outcomes_for(commands, results)], exc) from exc
         return [*outcomes, *outcomes_for(commands, results)]
 
-    def _add(
-        self, path: str, addresses: list[str], results: dict[str, Result], refused_inside: bool = False
-    ) -> bool:
-        """POST ``addresses`` to ``path``, recording a result per address; named refusals are
-        dropped and the rest re-sent, unnamed ones split the batch. Returns whether the first
-        call accepted every address (``refused_inside``: a refusal is known to be here)."""
-        remaining = addresses
-        first_call = True
-        while remaining:
-            if refused_inside and len(remaining) > 1:
-                self._split(path, remaining, results)
-                return False
-            response = self._request("POST", path, {"recipient_emails": remaining})
-            if response.is_success:
-                answered = listed(remaining, json_or_none(response))
-                results.update(answered)
-                return first_call and all(r[0] is AckStatus.APPLIED for r in answered.values())
-            first_call = refused_inside = False
-            refused = named_refusals(remaining, json_or_none(response))
-            if refused:
-                results.update({e: (AckStatus.REJECTED, r) for e, r in refused.items()})
-                remaining = [e for e in remaining if e not in refused]
-                continue
-            if len(remaining) == 1:
-                results[remaining[0]] = (
-                    AckStatus.REJECTED,
-                    clean_reason(f"{SYSTEM}: {error_reason(response)}"),
-                )
-                return False
-            self._split(path, remaining, results)
-            return False
-        return False
+    def _add(self, path: str, addresses: list[str], results: dict[str, Result]) -> None:
+        def post(part: list[str]) -> httpx.Response:
+            return self._request("POST", path, {"recipient_emails": part})
 
-    def _split(self, path: str, addresses: list[str], results: dict[str, Result]) -> None:
-        left, right = split_halves(addresses)
-        left_accepted = self._add(path, left, results)
-        self._add(path, right, results, refused_inside=left_accepted)
+        add_addresses(addresses, post, listed, named_refusals, SYSTEM, results)
 
 
 def build(destination: Destination, settings: Settings) -> SendGridConnector:
