@@ -23,7 +23,7 @@ The call has the shape the real providers use (SendGrid's "add to global suppres
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -108,6 +108,26 @@ def outcomes_for(commands: Sequence[Command], results: Mapping[str, Result]) -> 
     ]
 
 
+def apply_by_address(
+    commands: Sequence[Command], add_chunk: Callable[[list[str], dict[str, Result]], None], max_batch: int
+) -> list[Outcome]:
+    """What every email-provider kind's ``apply`` does: commands without an email are
+    rejected, the distinct addresses are added ``max_batch`` at a time by ``add_chunk``
+    (which records a result per address), and each command gets its address's result. A
+    transient failure keeps what is known (``IncompleteBatch``)."""
+    outcomes = [
+        Outcome.rejected(c.command_id, "command carries no email address") for c in commands if not c.email
+    ]
+    addresses = list(dict.fromkeys(c.email for c in commands if c.email))
+    results: dict[str, Result] = {}
+    try:
+        for chunk in chunks(addresses, max_batch):
+            add_chunk(chunk, results)
+    except RetriableError as exc:  # keep what is known; only the rest is tried again
+        raise IncompleteBatch([*outcomes, *outcomes_for(commands, results)], exc) from exc
+    return [*outcomes, *outcomes_for(commands, results)]
+
+
 class EmailProviderConnector(Connector):
     destination = "email_provider"
 
@@ -140,19 +160,7 @@ class EmailProviderConnector(Connector):
         self.client.close()
 
     def apply(self, commands: Sequence[Command]) -> list[Outcome]:
-        outcomes = [
-            Outcome.rejected(c.command_id, "command carries no email address")
-            for c in commands
-            if not c.email
-        ]
-        addresses = list(dict.fromkeys(c.email for c in commands if c.email))
-        results: dict[str, Result] = {}
-        try:
-            for chunk in chunks(addresses, MAX_BATCH):
-                self._add(chunk, results)
-        except RetriableError as exc:  # keep what is known; only the rest is tried again
-            raise IncompleteBatch([*outcomes, *outcomes_for(commands, results)], exc) from exc
-        return [*outcomes, *outcomes_for(commands, results)]
+        return apply_by_address(commands, self._add, MAX_BATCH)
 
     def _add(self, addresses: list[str], results: dict[str, Result]) -> None:
         def post(part: list[str]) -> httpx.Response:

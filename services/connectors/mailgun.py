@@ -46,7 +46,7 @@ from services.common.clock import Clock, SystemClock
 from services.common.contract import AckStatus, Destination
 from services.common.errors import RetriableError
 from services.common.settings import Settings
-from services.connectors.email_provider import Result, chunks, outcomes_for
+from services.connectors.email_provider import Result, apply_by_address
 from services.connectors.http import (
     DEFAULT_CREDENTIALS_CHECK_SECONDS,
     add_addresses,
@@ -59,7 +59,7 @@ from services.connectors.http import (
     send,
 )
 from services.connectors.kinds import OPTIONS_CONFIG, parse_options, require_credential
-from services.connectors.kit import Command, Connector, IncompleteBatch, Outcome
+from services.connectors.kit import Command, Connector, Outcome
 
 KIND = "mailgun"
 MAX_BATCH = 1000
@@ -188,19 +188,7 @@ class MailgunConnector(Connector):
 
     # --- apply -------------------------------------------------------------------------
     def apply(self, commands: Sequence[Command]) -> list[Outcome]:
-        outcomes = [
-            Outcome.rejected(c.command_id, "command carries no email address")
-            for c in commands
-            if not c.email
-        ]
-        addresses = list(dict.fromkeys(c.email for c in commands if c.email))
-        results: dict[str, Result] = {}
-        try:
-            for chunk in chunks(addresses, MAX_BATCH):
-                self._add(chunk, results)
-        except RetriableError as exc:
-            raise IncompleteBatch([*outcomes, *outcomes_for(commands, results)], exc) from exc
-        return [*outcomes, *outcomes_for(commands, results)]
+        return apply_by_address(commands, self._add, MAX_BATCH)
 
     def _records(self, addresses: Sequence[str]) -> list[dict[str, Any]]:
         created = format_datetime(self.clock.now(), usegmt=True)

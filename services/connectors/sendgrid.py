@@ -49,7 +49,7 @@ from services.common.clock import Clock, SystemClock
 from services.common.contract import AckStatus, Destination
 from services.common.errors import RetriableError
 from services.common.settings import Settings
-from services.connectors.email_provider import Result, chunks, outcomes_for
+from services.connectors.email_provider import Result, apply_by_address
 from services.connectors.http import (
     DEFAULT_CREDENTIALS_CHECK_SECONDS,
     add_addresses,
@@ -62,7 +62,7 @@ from services.connectors.http import (
     send,
 )
 from services.connectors.kinds import OPTIONS_CONFIG, parse_options, require_credential
-from services.connectors.kit import Command, Connector, IncompleteBatch, Outcome
+from services.connectors.kit import Command, Connector, Outcome
 
 KIND = "sendgrid"
 GLOBAL_PATH = "/v3/asm/suppressions/global"
@@ -170,26 +170,18 @@ class SendGridConnector(Connector):
 
     # --- apply -------------------------------------------------------------------------
     def apply(self, commands: Sequence[Command]) -> list[Outcome]:
-        outcomes = [
-            Outcome.rejected(c.command_id, "command carries no email address")
-            for c in commands
-            if not c.email
-        ]
-        addresses = list(dict.fromkeys(c.email for c in commands if c.email))
-        results: dict[str, Result] = {}
-        try:
-            for chunk in chunks(addresses, MAX_BATCH):
-                found: dict[str, Result] = {}
-                self._add(GLOBAL_PATH, chunk, found)
-                if self.group_id is not None:
-                    accepted = [e for e in chunk if found[e][0] is AckStatus.APPLIED]
-                    in_group: dict[str, Result] = {}
-                    self._add(GROUP_PATH.format(group_id=self.group_id), accepted, in_group)
-                    found.update(in_group)
-                results.update(found)
-        except RetriableError as exc:  # keep what is known; only the rest is tried again
-            raise IncompleteBatch([*outcomes, *outcomes_for(commands, results)], exc) from exc
-        return [*outcomes, *outcomes_for(commands, results)]
+        return apply_by_address(commands, self._add_with_group, MAX_BATCH)
+
+    def _add_with_group(self, chunk: list[str], results: dict[str, Result]) -> None:
+        """Global suppressions first; then the unsubscribe group, for the addresses added."""
+        found: dict[str, Result] = {}
+        self._add(GLOBAL_PATH, chunk, found)
+        if self.group_id is not None:
+            accepted = [e for e in chunk if found[e][0] is AckStatus.APPLIED]
+            in_group: dict[str, Result] = {}
+            self._add(GROUP_PATH.format(group_id=self.group_id), accepted, in_group)
+            found.update(in_group)
+        results.update(found)
 
     def _add(self, path: str, addresses: list[str], results: dict[str, Result]) -> None:
         def post(part: list[str]) -> httpx.Response:
