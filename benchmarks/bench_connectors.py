@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -33,10 +34,12 @@ import paramiko
 from pydantic import SecretStr
 
 from services.common import standard_webhooks as sw
+from services.common.avro import default_codec
 from services.common.clock import to_millis
 from services.common.contract import AckStatus, Destination, Identifier, Scope
+from services.common.kafka import DeliveryTracker, create_topics, make_producer
 from services.common.settings import Settings
-from services.connectors import mailgun, sendgrid, ses, sftp_mail_house, webhook_partners
+from services.connectors import kit, mailgun, sendgrid, ses, sftp_mail_house, webhook_partners
 from services.connectors.kit import Awaiting, Command, Connector, Outcome
 from services.devstack.sshd_server import SftpInfo
 from services.domain.identity import sha256_hex
@@ -46,7 +49,7 @@ from services.standins.ses_emulator import CONTACT_LIST, SesEmulator
 from services.standins.web import App, Request, Response, StandinServer
 from services.standins.webhook_receiver import WebhookPartnersStandin
 
-from .common import close_env, load_average, note, open_env, setup_logging, start_stack
+from .common import EndOffsets, close_env, load_average, note, open_env, setup_logging, start_stack
 
 TARGET = 0.5
 SG_KEY = "bench-sendgrid-key"
@@ -72,6 +75,7 @@ class KindResult:
     connector_seconds: float
     ceiling_seconds: float
     note: str = ""
+    step_rate: float | None = None  # through ConnectorStep, broker and database
 
     @property
     def connector_rate(self) -> float:
@@ -93,14 +97,15 @@ class KindResult:
 def format_results(results: Sequence[KindResult]) -> list[str]:
     header = (
         f"{'kind':<18} {'commands':>8} {'batch':>6} {'requests':>8} {'connector/s':>12} "
-        f"{'ceiling/s':>11} {'share':>7}  verdict"
+        f"{'ceiling/s':>11} {'share':>7} {'step/s':>8}  verdict"
     )
     lines = [header, "-" * len(header)]
     for r in results:
         verdict = "PASS" if r.passed else "FAIL"
+        step = "-" if r.step_rate is None else f"{r.step_rate:,.0f}"
         line = (
             f"{r.kind:<18} {r.commands:>8,} {r.batch:>6,} {r.requests:>8,} {r.connector_rate:>12,.0f} "
-            f"{r.ceiling_rate:>11,.0f} {r.share:>6.0%}  {verdict} (target >= {TARGET:.0%})"
+            f"{r.ceiling_rate:>11,.0f} {r.share:>6.0%} {step:>8}  {verdict} (target >= {TARGET:.0%})"
         )
         if r.note:
             line += f"  {r.note}"
@@ -110,6 +115,11 @@ def format_results(results: Sequence[KindResult]) -> list[str]:
 
 def make_commands(count: int, destination: str, build: Callable[[int], dict[str, Any]]) -> list[Command]:
     """``count`` commands for ``destination``; ``build(i)`` gives the identifier fields."""
+    return [Command.from_record(r) for r in make_records(count, destination, build)]
+
+
+def make_records(count: int, destination: str, build: Callable[[int], dict[str, Any]]) -> list[Any]:
+    """``count`` SuppressionCommand records for ``destination`` (see ``make_commands``)."""
     now = datetime.now(UTC)
     out = []
     for i in range(count):
@@ -128,7 +138,7 @@ def make_commands(count: int, destination: str, build: Callable[[int], dict[str,
             "deadline": to_millis(now + timedelta(days=10)),
             **build(i),
         }
-        out.append(Command.from_record(record))
+        out.append(record)
     return out
 
 
@@ -192,6 +202,7 @@ def run_connector(connector: Connector, commands: Sequence[Command], batch: int)
 
 
 def bench_http(
+    settings: Settings,
     kind: str,
     count: int,
     batch: int,
@@ -212,7 +223,50 @@ def bench_http(
         connector.close()
         switch.app = fresh()
         ceiling_seconds = replay_http(recorded)
-    return KindResult(kind, count, batch, len(recorded), connector_seconds, ceiling_seconds)
+        switch.app = fresh()
+        step_rate = through_step(settings, build(server.url), make_records(count, kind, identifiers))
+    return KindResult(
+        kind, count, batch, len(recorded), connector_seconds, ceiling_seconds, step_rate=step_rate
+    )
+
+
+def through_step(settings: Settings, connector: Connector, records: Sequence[Any]) -> float | None:
+    """Commands/s of ``connector`` run by the real ConnectorStep (``optout run connector``):
+    consume from its topic, dedupe in PostgreSQL, apply, record, publish acks. Timed from the
+    first ack seen to the last (the consumer group's join and the first batch are left out);
+    None when one batch (``batch_size``) held them all."""
+    topic = settings.suppress_topic(connector.destination)
+    create_topics(settings, [topic, settings.suppress_dlq_topic(connector.destination)])
+    codec = default_codec()
+    tracker = DeliveryTracker(make_producer(settings))
+    for record in records:
+        tracker.produce(topic, codec.encode("SuppressionCommand", record), key=record["request_id"])
+    tracker.wait()
+    acks = EndOffsets(settings, [settings.acks_topic])
+    start = acks.total()
+    stop = threading.Event()
+    worker = threading.Thread(target=kit.run_connector, args=(settings, connector, stop), daemon=True)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 300
+        first: tuple[float, int] | None = None
+        while True:
+            done = acks.total() - start
+            now = time.monotonic()
+            if first is None and done > 0:
+                first = (now, done)
+            if done >= len(records):
+                break
+            if now > deadline:
+                raise RuntimeError(f"{connector.destination}: {done}/{len(records)} acks through the step")
+            time.sleep(0.02)  # polling the topic's offsets, not waiting for a condition
+    finally:
+        stop.set()
+        worker.join(30)
+        acks.close()
+    if first is None or first[1] >= len(records) or now <= first[0]:
+        return None
+    return (done - first[1]) / (now - first[0])
 
 
 def email(i: int) -> dict[str, Any]:
@@ -381,6 +435,7 @@ def report(kinds: Sequence[str], n: Callable[[int], int], settings: Settings, sf
         note("sendgrid ...")
         results.append(
             bench_http(
+                settings,
                 "sendgrid",
                 n(20_000),
                 sendgrid.MAX_BATCH,
@@ -398,6 +453,7 @@ def report(kinds: Sequence[str], n: Callable[[int], int], settings: Settings, sf
         note("mailgun ...")
         results.append(
             bench_http(
+                settings,
                 "mailgun",
                 n(20_000),
                 mailgun.MAX_BATCH,
@@ -419,6 +475,7 @@ def report(kinds: Sequence[str], n: Callable[[int], int], settings: Settings, sf
         note("webhook_partners ...")
         results.append(
             bench_http(
+                settings,
                 "webhook_partners",
                 n(20_000),
                 webhook_partners.DEFAULT_BATCH,

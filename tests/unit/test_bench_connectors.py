@@ -34,12 +34,13 @@ def test_share_is_connector_rate_over_ceiling_rate_and_passes_at_half() -> None:
 def test_the_report_has_one_line_per_kind_with_rates_share_and_verdict() -> None:
     lines = format_results(
         [
-            KindResult("sendgrid", 20_000, 1000, 20, 0.5, 0.25),
+            KindResult("sendgrid", 20_000, 1000, 20, 0.5, 0.25, step_rate=12_345.4),
             KindResult("ses", 2_000, 1, 2_000, 10.0, 2.0, "4 threads"),
         ]
     )
     assert len(lines) == 4 and "connector/s" in lines[0]
     assert "40,000" in lines[2] and "80,000" in lines[2] and "50%" in lines[2] and "PASS" in lines[2]
+    assert "12,345" in lines[2] and "step/s" in lines[0] and " - " in lines[3]
     assert "20%" in lines[3] and "FAIL" in lines[3] and lines[3].endswith("4 threads")
 
 
