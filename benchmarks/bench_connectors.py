@@ -234,7 +234,7 @@ def through_step(settings: Settings, connector: Connector, records: Sequence[Any
     """Commands/s of ``connector`` run by the real ConnectorStep (``optout run connector``):
     consume from its topic, dedupe in PostgreSQL, apply, record, publish acks. Timed from the
     first ack seen to the last (the consumer group's join and the first batch are left out);
-    None when one batch (``batch_size``) held them all."""
+    None for fewer than three batches (``batch_size``): too few to time that way."""
     topic = settings.suppress_topic(connector.destination)
     create_topics(settings, [topic, settings.suppress_dlq_topic(connector.destination)])
     codec = default_codec()
@@ -264,7 +264,7 @@ def through_step(settings: Settings, connector: Connector, records: Sequence[Any
         stop.set()
         worker.join(30)
         acks.close()
-    if first is None or first[1] >= len(records) or now <= first[0]:
+    if first is None or len(records) <= 2 * settings.batch_size or now <= first[0]:
         return None
     return (done - first[1]) / (now - first[0])
 
