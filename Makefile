@@ -16,7 +16,7 @@ WITH_STACK := eval "$$($(PY) -m services.devstack env)" &&
 PYTEST_ARGS ?=
 
 .PHONY: help install up down run test test-unit test-integration test-faults check fmt \
-        bench-intake bench-e2e bench-web bench-suppression clean
+        bench-intake bench-e2e bench-web bench-suppression bench-connectors clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -98,6 +98,10 @@ bench-web: install ## one-click POSTs per second and p99 latency
 bench-suppression: install ## what the encrypted suppression list costs intake (sealing, record_batch)
 	$(PY) -m services.devstack up
 	$(WITH_STACK) $(PY) -m benchmarks.bench_suppression
+
+bench-connectors: install ## commands/s of each connector kind vs its stand-in's ceiling (bare client)
+	$(PY) -m services.devstack up
+	$(WITH_STACK) $(PY) -m benchmarks.bench_connectors
 
 clean: down ## stop the stack and remove its data, caches and the virtualenv
 	@if [ -x $(PY) ]; then rm -rf "$$($(PY) -m services.devstack state-dir)"; fi

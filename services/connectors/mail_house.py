@@ -88,6 +88,8 @@ def normalize_field(value: str | None) -> str:
     """NFC, control characters dropped, whitespace collapsed, upper case (postal style)."""
     if not value:
         return ""
+    if value.isascii() and value.isprintable():  # the common case: already NFC, no controls
+        return " ".join(value.split()).upper()
     text = unicodedata.normalize("NFC", value)
     text = "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in text)
     return " ".join(text.split()).upper()

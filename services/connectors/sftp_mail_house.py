@@ -241,11 +241,17 @@ class UploadLog:
 
     def latest_for(self, command_ids: Sequence[str]) -> dict[str, Upload]:
         """The newest file that carried each command."""
+        # Not ``command_ids && wanted``: PostgreSQL filters every upload of the destination with
+        # it (the planner prefers the primary key to the GIN index) and && compares each pair
+        # of ids, so one batch of 1,000 against 60 stored uploads took a second. Unnesting and
+        # hashing costs one pass over the stored ids (bench-connectors, issue #11).
         rows = self._db.run(
             lambda c: c.execute(
-                f"SELECT {_COLUMNS}, sequence FROM sftp_uploads "
-                "WHERE destination = %s AND command_ids && %s::text[] ORDER BY sequence",
-                (self.destination, list(command_ids)),
+                f"SELECT {_COLUMNS}, sequence FROM sftp_uploads WHERE destination = %(d)s "
+                "AND sequence IN (SELECT s.sequence FROM sftp_uploads s "
+                "CROSS JOIN LATERAL unnest(s.command_ids) AS c(id) WHERE s.destination = %(d)s "
+                "AND c.id IN (SELECT unnest(%(wanted)s::text[]))) ORDER BY sequence",
+                {"d": self.destination, "wanted": list(command_ids)},
             ).fetchall()
         )
         wanted = set(command_ids)

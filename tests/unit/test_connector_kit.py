@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import random
+import unicodedata
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from services.common.avro import default_codec
@@ -376,6 +379,21 @@ def test_csv_cells_cannot_be_formulas_or_break_lines() -> None:
     assert row[2].startswith("'=")
     assert row[3] == "1 MAIN ST" and row[4] == ""
     assert mh.normalize_field(" a\u0301b\t c ") == "ÁB C"
+
+
+def _normalize_field_reference(value: str | None) -> str:
+    """normalize_field before its ASCII fast path (the benchmark's CSV cost, issue #11)."""
+    if not value:
+        return ""
+    text = unicodedata.normalize("NFC", value)
+    text = "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in text)
+    return " ".join(text.split()).upper()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(), st.text(alphabet=st.characters(max_codepoint=127))))
+def test_normalize_field_fast_path_agrees_with_the_full_normalization(value: str) -> None:
+    assert mh.normalize_field(value) == _normalize_field_reference(value)
 
 
 def test_plan_file_adds_only_new_command_ids() -> None:
