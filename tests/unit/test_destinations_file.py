@@ -3,6 +3,8 @@ every mistake is one line naming the file, the destination and the field."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -179,3 +181,28 @@ def test_the_all_kinds_file_is_valid_with_its_development_values() -> None:
     ]
     assert found["sendgrid"].options["base_url"] == "http://127.0.0.1:18091"
     assert found["mail_house"].options["port"] == "12222"
+
+
+def test_make_run_destinations_exports_the_file_and_its_development_values() -> None:
+    """``make run DESTINATIONS=FILE`` evaluates deploy/destinations-env.sh FILE: the file,
+    and the values of FILE's sibling .env that the environment does not already set."""
+    all_kinds = DEFAULT_DESTINATIONS_FILE.with_name("destinations.all-kinds.toml")
+    script = DEFAULT_DESTINATIONS_FILE.with_name("destinations-env.sh")
+    shown = "; ".join(
+        f'echo "{v}=${v}"' for v in ("OPTOUT_DESTINATIONS_FILE", "MAILGUN_API_KEY", "SENDGRID_API_KEY")
+    )
+    shown += '; echo "DATABROKER_WEBHOOK_SECRET=$DATABROKER_WEBHOOK_SECRET"'
+    env = {"PATH": os.environ["PATH"], "SENDGRID_API_KEY": "mine"}
+    out = subprocess.run(
+        ["bash", "-c", f'eval "$(bash {script} {all_kinds})" && {shown}'],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert out == [
+        f"OPTOUT_DESTINATIONS_FILE={all_kinds}",
+        "MAILGUN_API_KEY=dev-mailgun-key",
+        "SENDGRID_API_KEY=mine",  # already set: kept
+        "DATABROKER_WEBHOOK_SECRET=whsec_b3B0b3V0LURFVi1PTkxZLXdlYmhvb2sta2V5LWRhdGFicm9rZXI=",
+    ]
