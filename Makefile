@@ -13,6 +13,11 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # Brings the local Kafka + PostgreSQL up (or reuses them, or uses OPTOUT_KAFKA_BOOTSTRAP /
 # OPTOUT_DATABASE_URL when set) and exports the OPTOUT_* settings that reach them.
 WITH_STACK := eval "$$($(PY) -m services.devstack env)" &&
+# `make run DESTINATIONS=deploy/destinations.all-kinds.toml`: another destinations file
+# (OPTOUT_DESTINATIONS_FILE), with the development credentials of its sibling `.env` file
+# (same name, `.env` instead of `.toml`) when there is one; variables already set win.
+DESTINATIONS ?=
+DEST_ENV := $(if $(DESTINATIONS),eval "$$(bash deploy/destinations-env.sh $(DESTINATIONS))" &&)
 PYTEST_ARGS ?=
 
 .PHONY: help install up down run test test-unit test-integration test-faults check fmt \
@@ -32,15 +37,15 @@ install: $(STAMP) ## create the virtualenv and install optout with its dev tools
 
 up: install ## start Kafka + PostgreSQL + the SFTP sshd in the background, create topics, migrate; print settings
 	$(PY) -m services.devstack up
-	@$(WITH_STACK) $(OPTOUT) topics create && $(OPTOUT) migrate
+	@$(WITH_STACK) $(DEST_ENV) $(OPTOUT) topics create && $(OPTOUT) migrate
 	@echo "Settings to reach the stack (eval \"\$$($(PY) -m services.devstack env)\"):"
 	@$(PY) -m services.devstack env
 
 down: ## stop the local Kafka + PostgreSQL + sshd started by `make up`/`make run`/`make test`
 	@if [ -x $(PY) ]; then $(PY) -m services.devstack down; fi
 
-run: up ## run the whole pipeline in the foreground (Ctrl-C or SIGTERM stops it)
-	@$(WITH_STACK) exec $(OPTOUT) run all
+run: up ## run the whole pipeline in the foreground (DESTINATIONS=file: another destinations file)
+	@$(WITH_STACK) $(DEST_ENV) exec $(OPTOUT) run all
 
 # Parallel test workers: the suite mostly waits on the broker and the database, so more
 # workers than cores pay off. Each worker has its own database and topic prefixes.

@@ -35,6 +35,9 @@ NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 _KEYS = frozenset({"name", "kind", "scopes", "identifiers", "requires_one_of", "settings", "credentials"})
 E = TypeVar("E", Scope, Identifier)
 _REQUIRED = ("name", "kind", "scopes", "identifiers", "requires_one_of")
+# ``${VAR}`` or ``${VAR:-default}`` in a setting's string or a credential's file path: the
+# environment variable's value (the default when it is unset or empty).
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def load_destinations(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Destinations:
@@ -117,6 +120,7 @@ def _destination(
     if not isinstance(options, dict):
         errors.append("settings must be a table ([destinations.settings])")
         options = {}
+    options = {key: _expand(value, f"settings.{key}", environ, errors) for key, value in options.items()}
     credentials = _credentials(entry.get("credentials", {}), base, environ, errors)
     if errors:
         return None
@@ -131,6 +135,30 @@ def _destination(
         options=dict(options),
         credentials=credentials,
     )
+
+
+def _expand(value: object, where: str, environ: Mapping[str, str], errors: list[str]) -> object:
+    """``value`` with every ``${VAR}`` / ``${VAR:-default}`` of its strings (in lists and
+    tables too) replaced from ``environ``; an unset variable without a default is an error.
+    The result stays a string: the kind's options model converts ``"12222"`` for a number."""
+    if isinstance(value, list):
+        return [_expand(v, where, environ, errors) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v, f"{where}.{k}", environ, errors) for k, v in value.items()}
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        var, default = match.group(1), match.group(2)
+        found = environ.get(var, "")
+        if found:
+            return found
+        if default is not None:
+            return default
+        errors.append(f"{where}: environment variable {var} is not set or empty (or write ${{{var}:-x}})")
+        return ""
+
+    return _REFERENCE.sub(substitute, value)
 
 
 def _members(entry: dict[str, Any], key: str, enum: type[E], errors: list[str]) -> set[E] | None:
@@ -169,7 +197,7 @@ def _credentials(
                 errors.append(f"credentials.{key}: environment variable {var} is not set or empty")
                 continue
         else:
-            path = Path(str(source["file"]))
+            path = Path(str(_expand(str(source["file"]), f"credentials.{key}.file", environ, errors)))
             path = path if path.is_absolute() else base / path
             try:
                 value = path.read_text(encoding="utf-8").strip()

@@ -3,6 +3,8 @@ every mistake is one line naming the file, the destination and the field."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -130,3 +132,77 @@ def test_a_missing_file_is_one_line(tmp_path: Path) -> None:
 def test_settings_refuse_a_bad_file_when_they_are_made(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="duplicate name"):
         Settings(destinations_file=_write(tmp_path, EMAIL.format(name="x") * 2))
+
+
+def test_settings_and_credential_files_may_name_environment_variables(tmp_path: Path) -> None:
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "key").write_text("from-a-file\n")
+    text = EMAIL.format(name="esp") + (
+        "[destinations.settings]\n"
+        'base_url = "http://127.0.0.1:${ESP_PORT:-18091}/v3"\n'
+        'hosts = ["${ESP_HOST}", "b"]\n'
+        'nested = { dir = "${ESP_DIR:-/inbox}" }\n'
+        "number = 3\n"
+        "[destinations.credentials]\n"
+        'token = { file = "${SECRETS}/key" }\n'
+    )
+    environ = {"ESP_HOST": "a", "SECRETS": str(tmp_path / "secrets")}
+    esp = load_destinations(_write(tmp_path, text), environ)["esp"]
+    assert esp.options == {
+        "base_url": "http://127.0.0.1:18091/v3",  # the default: ESP_PORT is unset
+        "hosts": ["a", "b"],
+        "nested": {"dir": "/inbox"},
+        "number": 3,
+    }
+    assert esp.credentials["token"].get_secret_value() == "from-a-file"
+    environ["ESP_PORT"] = "9"
+    assert load_destinations(_write(tmp_path, text), environ)["esp"].options["base_url"].endswith(":9/v3")
+
+
+def test_an_unset_variable_without_a_default_is_one_line(tmp_path: Path) -> None:
+    text = EMAIL.format(name="esp") + '[destinations.settings]\nhost = "${MISSING_HOST}"\n'
+    message = _error(tmp_path, text)
+    assert message.count("\n") == 0
+    assert "destination 'esp': settings.host: environment variable MISSING_HOST is not set" in message
+
+
+def test_the_all_kinds_file_is_valid_with_its_development_values() -> None:
+    all_kinds = DEFAULT_DESTINATIONS_FILE.with_name("destinations.all-kinds.toml")
+    dev = all_kinds.with_suffix(".env").read_text().splitlines()
+    environ = dict(line.split("=", 1) for line in dev if line and not line.startswith("#"))
+    environ |= {"OPTOUT_SFTP_KNOWN_HOSTS": "/k", "OPTOUT_SFTP_PRIVATE_KEY_FILE": str(all_kinds)}
+    found = load_destinations(all_kinds, environ)
+    assert [(d.id, d.kind) for d in found] == [
+        ("sendgrid", "sendgrid"),
+        ("ses", "ses"),
+        ("mailgun", "mailgun"),
+        ("mail_house", "sftp_mail_house"),
+        ("partners", "webhook_partners"),
+    ]
+    assert found["sendgrid"].options["base_url"] == "http://127.0.0.1:18091"
+    assert found["mail_house"].options["port"] == "12222"
+
+
+def test_make_run_destinations_exports_the_file_and_its_development_values() -> None:
+    """``make run DESTINATIONS=FILE`` evaluates deploy/destinations-env.sh FILE: the file,
+    and the values of FILE's sibling .env that the environment does not already set."""
+    all_kinds = DEFAULT_DESTINATIONS_FILE.with_name("destinations.all-kinds.toml")
+    script = DEFAULT_DESTINATIONS_FILE.with_name("destinations-env.sh")
+    shown = "; ".join(
+        f'echo "{v}=${v}"' for v in ("OPTOUT_DESTINATIONS_FILE", "MAILGUN_API_KEY", "SENDGRID_API_KEY")
+    )
+    shown += '; echo "DATABROKER_WEBHOOK_SECRET=$DATABROKER_WEBHOOK_SECRET"'
+    env = {"PATH": os.environ["PATH"], "SENDGRID_API_KEY": "mine"}
+    out = subprocess.run(
+        ["bash", "-c", f'eval "$(bash {script} {all_kinds})" && {shown}'],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert out == [
+        f"OPTOUT_DESTINATIONS_FILE={all_kinds}",
+        "MAILGUN_API_KEY=dev-mailgun-key",
+        "SENDGRID_API_KEY=mine",  # already set: kept
+        "DATABROKER_WEBHOOK_SECRET=whsec_b3B0b3V0LURFVi1PTkxZLXdlYmhvb2sta2V5LWRhdGFicm9rZXI=",
+    ]
