@@ -20,12 +20,14 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
+import structlog.testing
 
 ERROR_METHODS = frozenset({"error", "err", "critical", "fatal", "exception", "failure"})
 ERROR_LEVELS = frozenset({"error", "critical", "fatal", "exception"})
@@ -173,3 +175,17 @@ def json_log_errors(name: str, paths: Iterable[Path]) -> list[ErrorEvent]:
             elif stripped.startswith("Traceback (most recent call last)"):
                 out.append(ErrorEvent(name, "stderr", "Traceback", _short(text[-400:], 400)))
     return out
+
+
+@contextmanager
+def capture_all_logs() -> Iterator[list[MutableMapping[str, Any]]]:
+    """``structlog.testing.capture_logs`` at every level: whatever level an earlier test
+    configured logging at (``configure_logging(level="warning")`` filters info and debug
+    before any processor sees them), every event in the block is captured."""
+    previous = structlog.get_config()["wrapper_class"]
+    with structlog.testing.capture_logs() as logs:
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+        try:
+            yield logs
+        finally:
+            structlog.configure(wrapper_class=previous)

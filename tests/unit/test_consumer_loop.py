@@ -7,13 +7,11 @@ partitions still assigned after a revocation, fatal errors stop, PARTITION_EOF d
 from __future__ import annotations
 
 import itertools
-import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-import structlog
 from confluent_kafka import KafkaError, KafkaException, Message
 from tenacity import RetryCallState, Retrying, wait_fixed
 
@@ -27,6 +25,7 @@ from services.common.consumer_loop import (
 from services.common.errors import RetriableError
 from services.common.settings import Settings
 from tests.support.fake_kafka import FakeBroker, FakeClock, FakeConsumer, Key
+from tests.support.logcapture import capture_all_logs
 
 TOPIC = "u.in"
 FAST = Backoff(initial_seconds=0.5, max_seconds=2.0, retry_after_max_seconds=300.0)
@@ -321,13 +320,8 @@ def test_retries_of_a_quiet_error_are_not_logged_as_warnings() -> None:
     step = ScriptedStep([Quiet("refused", retry_after=1.0), Quiet("refused", retry_after=1.0), None])
     h = Harness(step)
     h.publish(0, 1)
-    previous = structlog.get_config()["wrapper_class"]
-    with structlog.testing.capture_logs() as logs:
-        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
-        try:
-            h.run()
-        finally:
-            structlog.configure(wrapper_class=previous)
+    with capture_all_logs() as logs:
+        h.run()
     retries = [e for e in logs if e["event"] == "batch failed; retrying"]
     assert [e["log_level"] for e in retries] == ["debug", "debug"]
     assert h.committed() == {0: 1}

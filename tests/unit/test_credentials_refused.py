@@ -6,12 +6,12 @@ while ``/healthz`` stays alive. The loop side (paused, in the group, retried eve
 from __future__ import annotations
 
 import pytest
-import structlog
 from prometheus_client import REGISTRY
 
 from services.common.errors import RetriableError
 from services.connectors.kit import CredentialsRefused, CredentialsWatch, IncompleteBatch, Outcome
 from services.observability.health import HealthState
+from tests.support.logcapture import capture_all_logs
 
 
 def gauge(destination: str) -> float | None:
@@ -24,7 +24,7 @@ def test_refusal_sets_the_gauge_and_logs_once_until_a_call_works() -> None:
     assert gauge("sendgrid_a") == 0.0 and watch.readiness() is None
     refused = CredentialsRefused("SendGrid answered HTTP 401: check its credentials", retry_after=30.0)
 
-    with structlog.testing.capture_logs() as logs:
+    with capture_all_logs() as logs:
         watch.observe(refused, got_answers=False)
         watch.observe(IncompleteBatch([], refused), got_answers=False)  # a chunk's refusal too
         watch.observe(RetriableError("SendGrid answered HTTP 503"), got_answers=False)  # proves nothing
@@ -43,7 +43,7 @@ def test_refusal_sets_the_gauge_and_logs_once_until_a_call_works() -> None:
 
 def test_a_partial_success_clears_the_refusal() -> None:
     watch = CredentialsWatch("mailgun_b")
-    with structlog.testing.capture_logs():
+    with capture_all_logs():
         watch.observe(CredentialsRefused("401", retry_after=1.0), got_answers=False)
         watch.observe(IncompleteBatch([Outcome.applied("c1")], RetriableError("503")), got_answers=True)
     assert gauge("mailgun_b") == 0.0 and watch.readiness() is None
@@ -56,7 +56,7 @@ def test_readiness_fails_while_liveness_holds() -> None:
     health.add_check("credentials:sendgrid_c", watch.readiness)
     health.register_loop("connector.sendgrid_c[g]", max_silence=5.0)
     health.beat("connector.sendgrid_c[g]")
-    with structlog.testing.capture_logs():
+    with capture_all_logs():
         watch.observe(CredentialsRefused("SendGrid answered HTTP 403", retry_after=30.0), got_answers=False)
 
     ready, body = health.readiness()
@@ -66,6 +66,6 @@ def test_readiness_fails_while_liveness_holds() -> None:
         "ok": False,
         "reason": "credentials refused: SendGrid answered HTTP 403",
     }
-    with structlog.testing.capture_logs():
+    with capture_all_logs():
         watch.observe(None, got_answers=True)
     assert health.readiness()[0]

@@ -18,6 +18,7 @@ from services.common.contract import AckStatus
 from services.connectors import mail_house as mh
 from services.connectors.kit import Command
 from tests.support.commands import make_command
+from tests.support.logcapture import capture_all_logs
 from tests.support.pipeline import ADDRESS
 
 NOW = datetime(2026, 3, 14, 9, 26, 53, tzinfo=UTC)
@@ -59,7 +60,7 @@ def test_a_garbled_file_is_kept_aside_and_a_new_file_started(
     batch = [cmd(), cmd()]
     before = REGISTRY.get_sample_value("optout_mail_house_garbled_files_total") or 0.0
 
-    with structlog.testing.capture_logs() as logs:
+    with capture_all_logs() as logs:
         # A fresh logger: the module's own may be cached by an earlier configure_logging.
         monkeypatch.setattr(mh, "log", structlog.get_logger(mh.__name__))
         outcomes = connector.apply(batch)  # never raises
