@@ -178,3 +178,51 @@ def _emails(request: Request) -> list[str] | None:
     if not isinstance(emails, list) or not all(isinstance(e, str) and "@" in e for e in emails):
         return None
     return [e.strip() for e in emails]
+
+
+class EmailListStandin:
+    """What the SendGrid and Mailgun stand-ins share: the API key they accept (changeable at
+    run time, to test a refused key being fixed), the failures they can be told to produce
+    (a share of 503s, a rate limit, addresses refused by name or refused without being
+    named), and counters of what they received and answered. Calls hold ``_lock``."""
+
+    default_reject_reason = "is not a valid email address"
+
+    def __init__(
+        self,
+        api_key: str,
+        failure_rate: float = 0.0,
+        rate_limit_per_second: int = 0,
+        rejected: Mapping[str, str] | Iterable[str] = (),
+        refused_unnamed: Iterable[str] = (),
+        rng: random.Random | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.api_key = api_key
+        self.failure_rate = failure_rate
+        self.rejected: dict[str, str] = (
+            {k.lower(): v for k, v in rejected.items()}
+            if isinstance(rejected, Mapping)
+            else {e.strip().lower(): self.default_reject_reason for e in rejected}
+        )
+        self.refused_unnamed = {e.lower() for e in refused_unnamed}
+        self._rng = rng or random.Random()
+        self._limit = rate_limit_per_second
+        self._limiter = FixedWindowLimiter(rate_limit_per_second, monotonic)
+        self._monotonic = monotonic
+        self._wall_clock = wall_clock
+        self._lock = threading.Lock()
+        self.received: Counter[str] = Counter()
+        self.answers: Counter[int] = Counter()
+
+    def set_api_key(self, api_key: str) -> None:
+        with self._lock:
+            self.api_key = api_key
+
+    def set_limits(self, failure_rate: float, rate_limit_per_second: int) -> None:
+        """Change the failure rate and rate limit at run time."""
+        with self._lock:
+            self.failure_rate = failure_rate
+            self._limit = rate_limit_per_second
+            self._limiter = FixedWindowLimiter(rate_limit_per_second, self._monotonic)

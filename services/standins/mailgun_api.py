@@ -25,16 +25,12 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-import random
 import re
-import threading
-import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
-from services.standins.email_provider_api import FixedWindowLimiter
+from services.standins.email_provider_api import EmailListStandin
 from services.standins.web import Request, Response
 
 PATH = re.compile(r"^/v3/([^/]+)/unsubscribes(?:/([^/]+))?$")
@@ -60,45 +56,12 @@ def basic_password(request: Request) -> str | None:
     return password if user == "api" else None
 
 
-class MailgunStandin:
-    def __init__(
-        self,
-        api_key: str,
-        failure_rate: float = 0.0,
-        rate_limit_per_second: int = 0,
-        rejected: Mapping[str, str] | Iterable[str] = (),
-        refused_unnamed: Iterable[str] = (),
-        rng: random.Random | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.api_key = api_key
-        self.failure_rate = failure_rate
-        self.rejected: dict[str, str] = (
-            {k.lower(): v for k, v in rejected.items()}
-            if isinstance(rejected, Mapping)
-            else {e.strip().lower(): DEFAULT_REJECT_REASON for e in rejected}
-        )
-        self.refused_unnamed = {e.lower() for e in refused_unnamed}
-        self._rng = rng or random.Random()
-        self._limit = rate_limit_per_second
-        self._limiter = FixedWindowLimiter(rate_limit_per_second, monotonic)
-        self._wall_clock = wall_clock
-        self._lock = threading.Lock()
+class MailgunStandin(EmailListStandin):
+    default_reject_reason = DEFAULT_REJECT_REASON
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.unsubscribed: dict[str, dict[str, dict[str, Any]]] = {}  # domain -> address -> record
-        self.received: Counter[str] = Counter()
-        self.answers: Counter[int] = Counter()
-
-    def set_api_key(self, api_key: str) -> None:
-        with self._lock:
-            self.api_key = api_key
-
-    def set_limits(self, failure_rate: float, rate_limit_per_second: int) -> None:
-        """Change the failure rate and rate limit at run time."""
-        with self._lock:
-            self.failure_rate = failure_rate
-            self._limit = rate_limit_per_second
-            self._limiter = FixedWindowLimiter(rate_limit_per_second)
 
     def handle(self, request: Request) -> Response:
         with self._lock:
