@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, ConfigResource
 from confluent_kafka.cimpl import NewTopic
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from services.common.contract import Identifier
 from services.common.errors import ConfigurationError, RetriableError
@@ -174,7 +175,40 @@ def create_topics(
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
+    _wait_until_served(admin, wanted, timeout)
     return created
+
+
+class _NotServedYet(RetriableError):
+    pass
+
+
+def _wait_until_served(admin: AdminClient, topics: Sequence[str], timeout: float) -> None:
+    """Return once the broker's metadata lists every topic with a leader for each partition.
+
+    KRaft answers CreateTopics when the controller has committed the topic; the broker's
+    metadata cache applies it a moment later, so a list or produce right after the create
+    could find nothing (seen on CI). Raises ``RetriableError`` after ``timeout``."""
+
+    @retry(
+        retry=retry_if_exception_type(_NotServedYet),
+        wait=wait_exponential(multiplier=0.02, max=0.5),
+        stop=stop_after_delay(timeout),
+        reraise=True,
+    )
+    def check() -> None:
+        listed = admin.list_topics(timeout=timeout).topics
+        pending = [
+            t
+            for t in topics
+            if t not in listed
+            or listed[t].error is not None
+            or any(p.leader < 0 for p in listed[t].partitions.values())
+        ]
+        if pending:
+            raise _NotServedYet(f"topics created but not yet served by the broker: {pending}")
+
+    check()
 
 
 @dataclass(frozen=True)
