@@ -21,7 +21,7 @@ from enum import StrEnum
 
 from services.common.avro import Codec
 from services.common.clock import to_millis
-from services.common.contract import AckStatus
+from services.common.contract import AckStatus, Action
 from services.common.errors import PoisonMessage
 from services.common.records import (
     DestinationOutcomeRecord,
@@ -186,4 +186,6 @@ def confirmation_record(
         scopes=list(request.scopes),
         requested_at=to_millis(request.requested_at),
         confirmed_at=to_millis(confirmed_at),
+        action=Action.OPT_OUT.value,  # opt-ins: see the opting-back-in work (issue 12)
+        notify_phone=None,
     )

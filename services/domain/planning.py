@@ -46,6 +46,7 @@ def _identifier_values(request: OptOutRequest) -> dict[Identifier, object]:
         Identifier.POSTAL_ADDRESS: request.postal_address,
         Identifier.EMAIL_SHA256: request.email_sha256,
         Identifier.PHONE_SHA256: request.phone_sha256,
+        Identifier.DEVICE_ID: request.device_id,
     }
 
 
@@ -104,5 +105,8 @@ def command_for(request: OptOutRequest, dest: Destination, issued_at: datetime) 
         scopes=[s.value for s in request.scopes],
         issued_at=to_millis(issued_at),
         deadline=to_millis(request.due_at),
+        action=request.action.value,
+        requested_at=to_millis(request.requested_at),
+        device_id=request.device_id if Identifier.DEVICE_ID in has else None,
     )
     return PlannedCommand(cid, dest.id, record)

@@ -50,6 +50,7 @@ _SCOPE_CODES = {
     Scope.POSTAL_MARKETING: "P",
     Scope.THIRD_PARTY_SHARING: "T",
     Scope.ALL: "A",
+    Scope.SMS_MARKETING: "S",
 }
 _CODE_SCOPES = {code: scope for scope, code in _SCOPE_CODES.items()}
 

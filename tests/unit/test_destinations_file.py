@@ -46,7 +46,7 @@ def test_the_shipped_file_is_todays_three_destinations() -> None:
     third = d["third_party_sharing"]
     assert third.identifiers == {Identifier.CUSTOMER_ID, Identifier.EMAIL_SHA256, Identifier.PHONE_SHA256}
     assert not third.identifiers & {Identifier.EMAIL, Identifier.PHONE}  # hashes only
-    assert d.unserved_scopes() == []
+    assert d.unserved_scopes() == [Scope.SMS_MARKETING]  # until the SMS sender destination lands
     assert Settings().destinations.names == d.names
     assert DEFAULT_DESTINATIONS_FILE.name == "destinations.toml"
 
@@ -58,7 +58,11 @@ def test_two_email_destinations_are_two_topics(tmp_path: Path) -> None:
     assert "t.optout.suppress.esp_b.dlq" in cfg.all_topics()
     assert not any("email_provider" in t for t in cfg.all_topics())
     assert [d.id for d in cfg.destinations.for_scopes([Scope.EMAIL_MARKETING])] == ["esp_a", "esp_b"]
-    assert cfg.destinations.unserved_scopes() == [Scope.POSTAL_MARKETING, Scope.THIRD_PARTY_SHARING]
+    assert cfg.destinations.unserved_scopes() == [
+        Scope.POSTAL_MARKETING,
+        Scope.THIRD_PARTY_SHARING,
+        Scope.SMS_MARKETING,
+    ]
 
 
 def test_credentials_come_from_the_environment_or_a_file(tmp_path: Path) -> None:
