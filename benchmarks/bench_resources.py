@@ -2,7 +2,7 @@
 behind the Kubernetes resource requests and limits (deploy/k8s, docs/capacity.md).
 
     .venv/bin/python -m benchmarks.bench_resources [--rate 1000] [--seconds 30]
-        [--web-rate 50] [--idle-seconds 10]
+        [--web-rate 50] [--idle-seconds 10] [--all-kinds]
 
 Starts every service of ``optout run all`` as its own OS process (``optout run standins``,
 ``intake``, ``confirmer``, ``connector NAME`` for each destination of the shipped
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -192,6 +193,35 @@ def service_env(env: BenchEnv, work: Path, web_port: int) -> dict[str, str]:
         "OPTOUT_WEB_RATE_LIMIT_PER_SECOND": "100000",
         "OPTOUT_WEB_RATE_LIMIT_BURST": "100000",
     }
+
+
+def all_kinds_environment(work: Path) -> dict[str, str]:
+    """deploy/destinations.all-kinds.toml with its development credentials, the stand-ins on
+    free ports, and a fresh inbox on the local stack's SFTP server (as `make run
+    DESTINATIONS=...` and tests/e2e/test_all_destinations.py set them up)."""
+    inbox_root = os.environ.get("OPTOUT_STANDIN_SFTP_INBOX", "")
+    if not inbox_root or not os.environ.get("OPTOUT_SFTP_PRIVATE_KEY_FILE"):
+        raise SystemExit("--all-kinds needs the local stack's sshd: eval the devstack env first")
+    inbox = Path(inbox_root) / f"res{time.time_ns()}"
+    inbox.mkdir()
+    owner = Path(inbox_root).stat()
+    os.chown(inbox, owner.st_uid, owner.st_gid)
+    known_hosts = work / "known_hosts"
+    known_hosts.write_bytes(Path(os.environ["OPTOUT_SFTP_KNOWN_HOSTS"]).read_bytes())
+    env = {
+        "OPTOUT_DESTINATIONS_FILE": str(ROOT / "deploy" / "destinations.all-kinds.toml"),
+        "OPTOUT_STANDIN_SFTP_INBOX": str(inbox),
+        "OPTOUT_SFTP_REMOTE_DIR": f"{os.environ.get('OPTOUT_SFTP_REMOTE_DIR', '/inbox')}/{inbox.name}",
+        "OPTOUT_SFTP_KNOWN_HOSTS": str(known_hosts),
+    }
+    for line in (ROOT / "deploy" / "destinations.all-kinds.env").read_text().splitlines():
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            env[key] = value
+    for name in Settings.model_fields:  # the stand-ins' ports, free ones
+        if name.startswith("standin_") and name.endswith("_port"):
+            env[f"OPTOUT_{name.upper()}"] = str(free_port())
+    return env
 
 
 def start(service: Service, environ: dict[str, str], log_dir: Path) -> None:
@@ -372,17 +402,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="how long to publish")
     parser.add_argument("--web-rate", type=int, default=50, help="one-click POSTs a second")
     parser.add_argument("--idle-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--all-kinds",
+        action="store_true",
+        help="the connectors of deploy/destinations.all-kinds.toml (every real kind against the "
+        "stand-ins, the SFTP mail house on the stack's sshd) instead of the shipped file's",
+    )
     args = parser.parse_args(argv)
     setup_logging()
     if os.environ.get("OPTOUT_DESTINATIONS_FILE"):
-        raise SystemExit("run with the shipped destinations file (unset OPTOUT_DESTINATIONS_FILE)")
+        raise SystemExit("unset OPTOUT_DESTINATIONS_FILE (--all-kinds chooses the other file)")
     load_start = load_average()
     stack = start_stack()
-    env = open_env(stack, "res", partitions=6)
     work = Path(tempfile.mkdtemp(prefix="bench-resources-"))
+    extra = all_kinds_environment(work) if args.all_kinds else {}
+    os.environ.update(extra)  # this process reads the same destinations file
+    env = open_env(stack, "res", partitions=6)
     web_port = free_port()
-    environ = service_env(env, work, web_port)
-    names = load_destinations().names
+    environ = {**service_env(env, work, web_port), **extra}
+    names = load_destinations(Path(extra["OPTOUT_DESTINATIONS_FILE"]) if extra else None).names
     services = [
         Service("standins", ["standins"], free_port()),
         Service("intake", ["intake"], free_port()),
@@ -428,6 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sampler.halt.set()
         stop(services)
         close_env(env)
+        if extra:
+            shutil.rmtree(extra["OPTOUT_STANDIN_SFTP_INBOX"], ignore_errors=True)
     offsets_note = f"{done:,} of {expected:,} requests confirmed"
     print(
         f"\nservice processes under load: {args.rate}/s opt-outs for {args.seconds:.0f} s + "
