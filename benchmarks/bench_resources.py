@@ -6,7 +6,9 @@ behind the Kubernetes resource requests and limits (deploy/k8s, docs/capacity.md
 
 Starts every service of ``optout run all`` as its own OS process (``optout run standins``,
 ``intake``, ``confirmer``, ``connector NAME`` for each destination of the shipped
-destinations file, ``web``, ``exporter``) on a fresh database and fresh topics of the
+destinations file or, with ``--all-kinds``, of deploy/destinations.all-kinds.toml (every
+real kind against the stand-ins, the SFTP mail house on the stack's sshd), ``web``,
+``exporter``) on a fresh database and fresh topics of the
 real stack, each with its own metrics port, and waits until every ``/readyz`` answers 200.
 Then, sampling every process once a second from ``/proc`` (VmRSS; utime + stime):
 
