@@ -1,0 +1,47 @@
+"""``optout run inbound``: the inbound webhook app under uvicorn in a thread, stopped by our
+stop event (SIGTERM/SIGINT). Several instances may run behind a load balancer: the replay
+memory is in PostgreSQL and event ids are deterministic."""
+
+from __future__ import annotations
+
+import threading
+
+import uvicorn
+
+from services.common.logging import get_logger
+from services.common.settings import Settings
+from services.inbound.app import create_app
+from services.inbound.providers import providers_from_settings
+
+log = get_logger(__name__)
+
+
+def run(settings: Settings, stop: threading.Event) -> None:
+    providers = providers_from_settings(settings)  # refuse bad keys before listening
+    config = uvicorn.Config(
+        create_app(settings, providers=providers),
+        host=settings.inbound_host,
+        port=settings.inbound_port,
+        access_log=False,  # the app counts and logs what matters, without addresses
+        log_config=None,
+        server_header=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=10,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    log.info(
+        "inbound webhook service listening",
+        host=settings.inbound_host,
+        port=settings.inbound_port,
+        public_url=settings.inbound_public_url,
+        providers={p.name: settings.inbound_public_url.rstrip("/") + p.path for p in providers},
+    )
+    thread = threading.Thread(target=server.run, name="uvicorn-inbound")
+    thread.start()
+    while thread.is_alive() and not stop.wait(0.2):
+        pass
+    server.should_exit = True
+    thread.join(30)
+    if not stop.is_set():
+        raise RuntimeError("the inbound server stopped by itself (is the port in use?)")
