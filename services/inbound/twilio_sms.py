@@ -83,13 +83,17 @@ def twiml(message: str | None) -> str:
 
 
 def jurisdiction_of(phone: str) -> str | None:
-    """The region of an E.164 number (+1: US or CA by its area code; other NANP countries
-    by theirs), or None when it has none."""
+    """The region of an E.164 number: by its area code within a shared country code (+1: US
+    or CA, or another NANP country), else the country code's main region (+1: US); None
+    when it has none."""
     try:
-        region = phonenumbers.region_code_for_number(phonenumbers.parse(phone, None))
+        parsed = phonenumbers.parse(phone, None)
     except phonenumbers.NumberParseException:
         return None
-    return region if region and region != "ZZ" else None
+    region = phonenumbers.region_code_for_number(parsed)
+    if not region or region == "ZZ":
+        region = phonenumbers.region_code_for_country_code(parsed.country_code or 0)
+    return region if region and region not in ("ZZ", "001") else None
 
 
 def parse_form(body: bytes) -> dict[str, list[str]]:
