@@ -208,12 +208,16 @@ def create_app(
     replay: ReplayMemory | None = None,
     clock: Clock | None = None,
     providers: list[Provider] | None = None,
+    confirm_client: httpx.AsyncClient | None = None,
 ) -> Starlette:
-    """The inbound app; dependencies default to the real producer, database and clock."""
+    """The inbound app; dependencies default to the real producer, database and clock
+    (``confirm_client``: the HTTP client that confirms SNS subscriptions, when enabled)."""
     the_providers = providers if providers is not None else providers_from_settings(settings)
     the_publisher: Publisher = publisher or AsyncPublisher(settings)
     the_replay: ReplayMemory = replay or ReplayStore(settings.dsn())
-    confirm = httpx.AsyncClient() if settings.inbound_sns_confirm_subscriptions else None
+    confirm = None
+    if settings.inbound_sns_confirm_subscriptions:
+        confirm = confirm_client or httpx.AsyncClient()
     inbound = InboundApp(settings, the_publisher, the_replay, clock or SystemClock(), confirm)
 
     @asynccontextmanager
