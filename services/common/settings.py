@@ -255,7 +255,9 @@ class Settings(BaseSettings):
 
     # --- Inbound provider webhooks (`optout run inbound`, docs/inbound.md) --------------
     inbound_host: str = Field("127.0.0.1", description="Address the inbound webhook service listens on.")
-    inbound_port: int = Field(8090, ge=0, le=65535, description="Port the inbound webhook service listens on.")
+    inbound_port: int = Field(
+        8090, ge=0, le=65535, description="Port the inbound webhook service listens on."
+    )
     inbound_public_url: str = Field(
         "http://127.0.0.1:8090",
         description="Base URL the providers post to (as they see it, behind proxies); Twilio "
