@@ -149,6 +149,9 @@ class InboundApp:
         return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
 
     def _prepare(self, name: str, outcome: Outcome) -> list[Prepared]:
+        if outcome.invalid:
+            INBOUND_INVALID.labels(name).inc(outcome.invalid)
+            log.warning("webhook opt-out events skipped: incomplete", provider=name, count=outcome.invalid)
         prepared: list[Prepared] = []
         for opt_out in outcome.opt_outs:
             fields: dict[str, Any] = {

@@ -71,6 +71,7 @@ class Outcome:
 
     opt_outs: tuple[OptOut, ...] = ()
     ignored: int = 0
+    invalid: int = 0  # opt-out events too broken to publish, skipped (the rest are published)
     reply: Reply = field(default_factory=Reply)
     replay_token: str | None = None
     confirm_url: str | None = None

@@ -60,8 +60,10 @@ def verify(key: ec.EllipticCurvePublicKey, signature: str, timestamp: str, body:
     return True
 
 
-def parse(body: bytes, jurisdiction: str | None) -> tuple[list[OptOut], int]:
-    """The opt-outs among the events (and how many other events were ignored)."""
+def parse(body: bytes, jurisdiction: str | None) -> tuple[list[OptOut], int, int]:
+    """The opt-outs among the events, how many other events were ignored, and how many
+    opt-out events lacked what we need (skipped, so one broken event cannot hold back the
+    batch: SendGrid would re-send it for a day)."""
     try:
         events = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -69,13 +71,16 @@ def parse(body: bytes, jurisdiction: str | None) -> tuple[list[OptOut], int]:
     if not isinstance(events, list) or len(events) > MAX_EVENTS:
         raise Rejected("malformed", "body is not a JSON array of events")
     opt_outs: list[OptOut] = []
-    ignored = 0
+    ignored = invalid = 0
     for event in events:
         if not isinstance(event, dict) or event.get("event") not in OPT_OUT_EVENTS:
             ignored += 1
             continue
-        opt_outs.append(_opt_out(event, jurisdiction))
-    return opt_outs, ignored
+        try:
+            opt_outs.append(_opt_out(event, jurisdiction))
+        except Rejected:
+            invalid += 1
+    return opt_outs, ignored, invalid
 
 
 def _opt_out(event: dict[str, Any], jurisdiction: str | None) -> OptOut:
@@ -116,5 +121,5 @@ class SendGrid:
         except (ValueError, OverflowError):
             raise Rejected("malformed", "timestamp header is not Unix seconds") from None
         check_age(signed_at, now, self.max_age, self.skew)
-        opt_outs, ignored = parse(delivery.body, self.jurisdiction)
-        return Outcome(tuple(opt_outs), ignored)
+        opt_outs, ignored, invalid = parse(delivery.body, self.jurisdiction)
+        return Outcome(tuple(opt_outs), ignored, invalid)

@@ -101,6 +101,14 @@ def test_sendgrid_refuses_tampered_stale_future_and_unsigned(sendgrid_signer):
     _refused("bad_signature", provider, Delivery(good.url, moved, body))
 
 
+def test_sendgrid_incomplete_opt_out_event_is_skipped_not_the_batch(sendgrid_signer):
+    events = recorded("sendgrid_events.json")["body"]
+    del events[1]["sg_event_id"]
+    body = json.dumps(events).encode()
+    outcome = _sendgrid(sendgrid_signer).receive(_sendgrid_delivery(sendgrid_signer, body), NOW)
+    assert (len(outcome.opt_outs), outcome.ignored, outcome.invalid) == (2, 1, 1)
+
+
 def test_sendgrid_signed_garbage_is_malformed(sendgrid_signer):
     _refused("malformed", _sendgrid(sendgrid_signer), _sendgrid_delivery(sendgrid_signer, b"{not json"))
 
