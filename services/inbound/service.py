@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import threading
 
+import psycopg
 import uvicorn
 
+from services.common.db import CONNECT_TIMEOUT_SECONDS, first_line
+from services.common.errors import ConfigurationError
 from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.inbound.app import create_app
@@ -16,8 +19,24 @@ from services.inbound.providers import providers_from_settings
 log = get_logger(__name__)
 
 
+def require_replay_table(dsn: str) -> None:
+    """One clear line when migration 0011 (the replay memory) has not been applied."""
+    try:
+        with psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
+            row = conn.execute("SELECT to_regclass('public.inbound_replay_tokens')").fetchone()
+    except psycopg.Error as exc:
+        raise ConfigurationError(
+            f"PostgreSQL is not usable ({first_line(exc)}); check OPTOUT_DATABASE_URL"
+        ) from None
+    if not row or row[0] is None:
+        raise ConfigurationError(
+            "the database has no inbound_replay_tokens table; run 'optout migrate' first"
+        )
+
+
 def run(settings: Settings, stop: threading.Event) -> None:
     providers = providers_from_settings(settings)  # refuse bad keys before listening
+    require_replay_table(settings.dsn())
     config = uvicorn.Config(
         create_app(settings, providers=providers),
         host=settings.inbound_host,
