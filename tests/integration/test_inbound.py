@@ -8,6 +8,7 @@ id, and a forged, stale or replayed delivery gets 401 and publishes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,9 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import REGISTRY
 
 from services.common.settings import Settings
+from services.inbound import replay as replay_module
 from services.inbound.base import inbound_event_id
+from services.inbound.replay import ReplayStore
 from services.inbound.service import run as run_inbound
 from services.intake.service import run as run_intake
 from tests.support.inbound_signers import SendGridSigner, SnsSigner, mailgun_sign, recorded, twilio_request
@@ -232,3 +235,32 @@ def test_forged_stale_or_unsigned_webhooks_get_401_and_publish_nothing(cfg, send
     assert (
         _metric("optout_inbound_webhooks_total", provider="sendgrid", outcome="bad_signature") == before + 2
     )
+
+
+def test_replay_memory_is_shared_by_instances_and_forgets_expired_tokens(base_settings):
+    dsn = Settings(**base_settings).dsn()
+
+    async def scenario() -> None:
+        one, two = ReplayStore(dsn), ReplayStore(dsn)
+        await one.open()
+        await two.open()
+        try:
+            now = datetime.now(UTC)
+            assert not await two.seen("mailgun", "token-a")
+            await one.remember("mailgun", "token-a", now + timedelta(minutes=10))
+            assert await two.seen("mailgun", "token-a")  # another instance sees it
+            assert not await two.seen("sendgrid", "token-a")  # per provider
+            await one.remember("mailgun", "token-old", now - timedelta(seconds=1))
+            assert not await two.seen("mailgun", "token-old")  # expired: stale anyway
+            replay_module.CLEANUP_EVERY_SECONDS = 0.0
+            await two.remember("mailgun", "token-b", now + timedelta(minutes=10))
+        finally:
+            replay_module.CLEANUP_EVERY_SECONDS = 60.0
+            await one.close()
+            await two.close()
+
+    asyncio.run(scenario())
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT token_sha256 FROM inbound_replay_tokens ORDER BY 1").fetchall()
+    assert len(rows) == 2  # token-a and token-b; the expired one was deleted
+    assert all(len(r[0]) == 64 for r in rows)  # only hashes are stored
