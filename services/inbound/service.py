@@ -15,6 +15,7 @@ from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.inbound.app import create_app
 from services.inbound.providers import providers_from_settings
+from services.observability.health import HEALTH
 
 log = get_logger(__name__)
 
@@ -56,11 +57,17 @@ def run(settings: Settings, stop: threading.Event) -> None:
         public_url=settings.inbound_public_url,
         providers={p.name: settings.inbound_public_url.rstrip("/") + p.path for p in providers},
     )
+    # /readyz is ready only once the webhook port accepts connections (the runner starts the
+    # health endpoint just before this, so for the first moment it may still say ready).
+    HEALTH.add_check("inbound_http", lambda: None if server.started else "not listening yet")
     thread = threading.Thread(target=server.run, name="uvicorn-inbound")
     thread.start()
-    while thread.is_alive() and not stop.wait(0.2):
-        pass
-    server.should_exit = True
-    thread.join(30)
+    try:
+        while thread.is_alive() and not stop.wait(0.2):
+            pass
+        server.should_exit = True
+        thread.join(30)
+    finally:
+        HEALTH.remove_check("inbound_http")
     if not stop.is_set():
         raise RuntimeError("the inbound server stopped by itself (is the port in use?)")

@@ -15,7 +15,7 @@ import pytest
 from services.inbound.base import inbound_event_id
 from tests.e2e.obs_support import ServiceProcesses, json_lines
 from tests.support.inbound_signers import SendGridSigner, mailgun_sign, recorded, twilio_request
-from tests.support.pipeline import free_port, isolated_settings, read_topic
+from tests.support.pipeline import free_port, isolated_settings, read_topic, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("service-processes")]
 
@@ -44,6 +44,14 @@ def test_inbound_process_publishes_signed_webhooks_and_logs_no_contact_details(
     proc = services.start("inbound")
     try:
         services.wait_ready(proc)
+
+        def listening() -> bool:  # /readyz may answer a moment before the webhook port
+            try:
+                return httpx.get(public + "/healthz", timeout=5).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(listening, timeout=60, message="the webhook port to accept connections")
         events = recorded("sendgrid_events.json")["body"]
         events[1]["email"] = EMAILS[0]
         sendgrid_body = json.dumps(events[:2]).encode()
