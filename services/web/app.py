@@ -29,6 +29,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -47,18 +48,31 @@ from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.publisher.publish import Prepared
 from services.web import pages
+from services.web.device import (
+    device_event_id,
+    device_from_cookies,
+    new_device_id,
+    set_cookie_header,
+    subject_sha256,
+    user_agent_family,
+)
+from services.web.gpclog import GpcSignal, SignalLog, SignalLogUnavailable
 from services.web.publishing import AsyncPublisher, PublishUnavailable
 from services.web.ratelimit import Network, RateLimiter, bucket_key, client_address, parse_trusted_proxies
 from services.web.requests import (
     ChoiceError,
     FormError,
     check_actionable,
+    device_gpc_fields,
     gpc_fields,
     is_one_click,
     one_click_fields,
     page_fields,
     parse_choice,
     parse_form,
+    parse_resubscribe,
+    resubscribable,
+    resubscribe_fields,
 )
 from services.web.status import StatusReader, StatusUnavailable
 from services.web.tokens import (
@@ -67,6 +81,8 @@ from services.web.tokens import (
     TokenError,
     VerifiedToken,
     candidate_event_ids,
+    candidate_optin_event_ids,
+    gpc_event_id,
     keyring_from_settings,
     verify,
 )
@@ -80,6 +96,11 @@ WEB_PUBLISH_SECONDS = Histogram(
     "optout_web_publish_seconds",
     "Time from produce to broker acknowledgement.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+GPC_LOG_FAILURES = Counter(
+    "optout_web_gpc_log_failures_total",
+    "Applied GPC signals the signal log (gpc_signals) could not record: the opt-out was "
+    "published, but the proof for a regulator is missing.",
 )
 GPC_SEEN_MAX = 100_000
 MAX_REFS = 8
@@ -100,6 +121,12 @@ class Statuses(Protocol):
     async def requests(
         self, event_ids: Sequence[str], refs: Sequence[str] = (), customer_id: str | None = None
     ) -> list[pages.RequestView]: ...
+
+
+class SignalLogger(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def record(self, signal: GpcSignal) -> None: ...
 
 
 class BodyTooLarge(Exception):
@@ -221,8 +248,10 @@ class WebApp:
         statuses: Statuses,
         clock: Clock,
         limiter: RateLimiter,
+        signal_log: SignalLogger,
     ) -> None:
         self.settings = settings
+        self.signal_log = signal_log
         self.ring = ring
         self.publisher = publisher
         self.statuses = statuses
@@ -293,7 +322,70 @@ class WebApp:
         except TokenError as exc:
             return self._bad_token("page", exc)
         WEB_REQUESTS.labels("page", "shown").inc()
-        return _html(pages.choose_page(request.path_params["token"], token.claims))
+        try:
+            _allowed, offered = await self._resubscribe_offers(token)
+        except StatusUnavailable:
+            offered = []  # the page still works; only "resubscribe" waits for the database
+        return _html(pages.choose_page(request.path_params["token"], token.claims, resubscribe=offered))
+
+    async def _resubscribe_offers(self, token: VerifiedToken) -> tuple[list[OptOutScope], list[OptOutScope]]:
+        """(what the person may opt back into: what their requests through this link
+        stopped; of those, what the page offers: not already opted back into)."""
+        optins = set(candidate_optin_event_ids(token))
+        views = await self.statuses.requests([*candidate_event_ids(token), *optins])
+        stopped = [scope for v in views if v.event_id not in optins for scope in v.scopes]
+        back = {scope for v in views if v.event_id in optins for scope in v.scopes}
+        allowed = resubscribable(token.claims, stopped)
+        return allowed, [scope for scope in allowed if scope.value not in back]
+
+    async def resubscribe_posted(self, request: Request) -> Response:
+        """``POST /u/resubscribe`` with the token (``t``) and the scopes to receive again:
+        one OptOutRequested with action OPT_IN. Like the other forms it needs the token in
+        the body (a forged cross-site form has none); a browser's ``Sec-Fetch-Site:
+        cross-site`` is refused as well, as opting back in is the one choice here that
+        restarts marketing."""
+        if request.headers.get("sec-fetch-site", "") == "cross-site":
+            WEB_REQUESTS.labels("resubscribe", "cross_site").inc()
+            return _html(
+                pages.message_page("Something went wrong", "Please use the form on our own page."), 403
+            )
+        got = await self._token_form(request, "resubscribe")
+        if isinstance(got, Response):
+            return got
+        raw_token, token, form = got
+        try:
+            allowed, offered = await self._resubscribe_offers(token)
+        except StatusUnavailable:
+            WEB_REQUESTS.labels("resubscribe", "unavailable").inc()
+            return _html(pages.UNAVAILABLE, 503, {"Retry-After": "5"})
+        try:
+            scopes = parse_resubscribe(form, allowed)
+            prepared = self.publisher.prepare(resubscribe_fields(token, scopes, self.clock.now()))
+            check_actionable(prepared.request, self.settings.destinations)
+        except ChoiceError as exc:
+            WEB_REQUESTS.labels("resubscribe", "invalid").inc()
+            page = pages.choose_page(raw_token, token.claims, resubscribe=offered, resubscribe_error=str(exc))
+            return _html(page, 400)
+        except (PoisonMessage, ValueError):
+            WEB_REQUESTS.labels("resubscribe", "invalid").inc()
+            message = "We cannot act on that choice for this link. Please contact us and we will help."
+            page = pages.choose_page(raw_token, token.claims, resubscribe=offered, resubscribe_error=message)
+            return _html(page, 400)
+        try:
+            await self._publish(prepared)
+        except PublishUnavailable as exc:
+            return _unavailable(exc, "resubscribe")
+        WEB_REQUESTS.labels("resubscribe", "published").inc()
+        record = prepared.record
+        return _html(
+            pages.resubscribed_page(
+                raw_token,
+                token.claims,
+                str(record["event_id"]),
+                list(record["scopes"]),
+                prepared.request.due_at,
+            )
+        )
 
     async def choose(self, request: Request) -> Response:
         """``POST /u/TOKEN/choose`` (pages rendered before the token moved into the body)."""
@@ -378,7 +470,11 @@ class WebApp:
         wants_json = "application/json" in request.headers.get("accept", "") or format_ == "json"
         refs = [ref for ref in refs if ref][:MAX_REFS]
         try:
-            views = await self.statuses.requests(candidate_event_ids(token), refs, token.claims.customer_id)
+            optins = candidate_optin_event_ids(token)
+            views = await self.statuses.requests(
+                [*candidate_event_ids(token), *optins], refs, token.claims.customer_id
+            )
+            views = _mark_opt_ins(views, set(optins))
         except StatusUnavailable:
             WEB_REQUESTS.labels("status", "unavailable").inc()
             if wants_json:
@@ -406,6 +502,7 @@ class WebApp:
                             "confirmed_at": _iso(v.confirmed_at),
                             "destinations_done": v.destinations_done,
                             "destinations_total": v.destinations_total,
+                            "action": v.action,
                         }
                         for v in views
                     ],
@@ -415,9 +512,10 @@ class WebApp:
 
     # --- Global Privacy Control -----------------------------------------------
     async def gpc(self, request: Request) -> Response:
-        """The GPC signal. It changes state only on POST, or on a GET that is not a plain
-        navigation (a script's ``fetch`` with the Bearer header): browsers with GPC on send
-        ``Sec-GPC: 1`` with every request, so following a link is no request to act."""
+        """The GPC signal. With a customer token (POST body ``t`` or a Bearer header) it is
+        the customer's: it changes state only on POST, or on a GET that is not a plain
+        navigation (a script's ``fetch``). Without a token, a GET is a browser's: with
+        ``Sec-GPC: 1`` it opts the browser's pseudonymous device id out (``_gpc_device``)."""
         if "t" in request.query_params:
             WEB_REQUESTS.labels("gpc", "token_in_url").inc()
             return JSONResponse(
@@ -426,6 +524,8 @@ class WebApp:
             )
         auth = request.headers.get("authorization", "")
         raw = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        if request.method != "POST" and not raw:
+            return await self._gpc_device(request)
         if request.method == "POST" and not raw:
             try:
                 raw = _first(await self._form(request), "t")
@@ -438,34 +538,152 @@ class WebApp:
         except TokenError as exc:
             WEB_REQUESTS.labels("gpc", f"token_{exc.reason}").inc()
             return JSONResponse({"error": "invalid token"}, 400)
+        # A browser posting the site's form (no script) gets the page; scripts get JSON.
+        html = request.method == "POST" and "text/html" in request.headers.get("accept", "")
         vary = {"Vary": "Sec-GPC"}
-        if request.headers.get("sec-gpc", "").strip() != "1":
+        signal = request.headers.get("sec-gpc", "").strip() == "1"
+        if not signal:
             WEB_REQUESTS.labels("gpc", "no_signal").inc()
+            if html:
+                return await self._gpc_customer_page(token, raw, signal, recorded=False)
             return JSONResponse({"gpc": False, "recorded": False}, headers=vary)
         if request.method != "POST" and request.headers.get("sec-fetch-mode", "") == "navigate":
             WEB_REQUESTS.labels("gpc", "navigation").inc()
             return JSONResponse({"gpc": True, "recorded": False}, headers=vary)
         fields = gpc_fields(token, self.clock.now())
         event_id = str(fields["event_id"])
+        published = False
         if event_id in self._gpc_seen:
             WEB_REQUESTS.labels("gpc", "already_sent").inc()
-            return JSONResponse({"gpc": True, "recorded": True, "event_id": event_id}, headers=vary)
+        else:
+            try:
+                prepared = self.publisher.prepare(fields)
+                check_actionable(prepared.request, self.settings.destinations)
+            except (PoisonMessage, ValueError):
+                WEB_REQUESTS.labels("gpc", "invalid").inc()
+                return JSONResponse({"error": "invalid token"}, 400)
+            try:
+                await self._publish(prepared)
+            except PublishUnavailable as exc:
+                WEB_REQUESTS.labels("gpc", "unavailable").inc()
+                if html:
+                    return _html(pages.UNAVAILABLE, 503, {"Retry-After": str(exc.retry_after)})
+                return JSONResponse({"error": "try again"}, 503, {"Retry-After": str(exc.retry_after)})
+            self._remember_gpc(event_id)
+            published = True
+            WEB_REQUESTS.labels("gpc", "published").inc()
+        customer_id = str(fields["customer_id"])
+        await self._log_signal(
+            request, "customer", customer_id, event_id, published, token.claims.jurisdiction
+        )
+        if html:
+            return await self._gpc_customer_page(token, raw, signal, recorded=True)
+        return JSONResponse({"gpc": True, "recorded": True, "event_id": event_id}, headers=vary)
+
+    async def _gpc_customer_page(
+        self, token: VerifiedToken, raw: str, signal: bool, recorded: bool
+    ) -> Response:
+        customer_id = token.claims.customer_id or ""
+        event_ids = [gpc_event_id(customer_id, token.claims.jurisdiction)]
+        state, views = await self._gpc_state(event_ids, recorded)
+        page = pages.gpc_page(state, signal, views, self.settings.web_gpc_path, token=raw)
+        return _html(page, headers={"Vary": "Sec-GPC"})
+
+    async def _gpc_device(self, request: Request) -> Response:
+        """``GET <gpc path>`` from a browser without a token: with ``Sec-GPC: 1``, a first-
+        party device id (cookie, set when absent) and one THIRD_PARTY_SHARING opt-out for it
+        (source GPC_SIGNAL, action OPT_OUT, one event id per device); the page shows whether
+        it was honoured (CCPA regulations § 7025(c)(1) and (c)(6)). The signal itself is the
+        request (§ 7025(c)(2): nothing more may be asked), and applying it again changes
+        nothing, so a navigation is enough."""
+        secure = self.settings.web_device_cookie_secure
+        device = device_from_cookies(request.headers.get("cookie", ""), secure)
+        signal = request.headers.get("sec-gpc", "").strip() == "1"
+        headers = {"Vary": "Sec-GPC, Cookie"}
+        recorded = device is not None
+        if signal:
+            if device is None:
+                device = new_device_id()
+                headers["Set-Cookie"] = set_cookie_header(
+                    device, secure, self.settings.web_device_cookie_days
+                )
+            fields = device_gpc_fields(device, self.clock.now())
+            event_id = str(fields["event_id"])
+            published = False
+            if event_id in self._gpc_seen:
+                WEB_REQUESTS.labels("gpc_device", "already_sent").inc()
+            else:
+                try:
+                    prepared = self.publisher.prepare(fields)
+                    check_actionable(prepared.request, self.settings.destinations)
+                except (PoisonMessage, ValueError) as exc:
+                    # No destination of the destinations file takes a device id.
+                    WEB_REQUESTS.labels("gpc_device", "not_actionable").inc()
+                    log.error("a device's GPC opt-out cannot be routed", reason=str(exc))
+                    return _html(pages.UNAVAILABLE, 503, {"Retry-After": "60"})
+                try:
+                    await self._publish(prepared)
+                except PublishUnavailable as exc:
+                    WEB_REQUESTS.labels("gpc_device", "unavailable").inc()
+                    # Keep the cookie: the browser's next try is the same request.
+                    return _html(pages.UNAVAILABLE, 503, {**headers, "Retry-After": str(exc.retry_after)})
+                self._remember_gpc(event_id)
+                published = True
+                WEB_REQUESTS.labels("gpc_device", "published").inc()
+            await self._log_signal(request, "device", device, event_id, published, None)
+            recorded = True
+        else:
+            WEB_REQUESTS.labels("gpc_device", "no_signal").inc()
+        event_ids = [device_event_id(device)] if device is not None else []
+        state, views = await self._gpc_state(event_ids, recorded)
+        if _wants_json(request):
+            body: dict[str, object] = {"gpc": signal, "recorded": recorded, "state": state}
+            if event_ids:
+                body["event_id"] = event_ids[0]
+            return JSONResponse(body, headers=headers)
+        return _html(pages.gpc_page(state, signal, views, self.settings.web_gpc_path), headers=headers)
+
+    async def _gpc_state(
+        self, event_ids: Sequence[str], recorded: bool
+    ) -> tuple[str, list[pages.RequestView]]:
+        if not event_ids:
+            return pages.gpc_state([], recorded), []
         try:
-            prepared = self.publisher.prepare(fields)
-            check_actionable(prepared.request, self.settings.destinations)
-        except (PoisonMessage, ValueError):
-            WEB_REQUESTS.labels("gpc", "invalid").inc()
-            return JSONResponse({"error": "invalid token"}, 400)
-        try:
-            await self._publish(prepared)
-        except PublishUnavailable as exc:
-            WEB_REQUESTS.labels("gpc", "unavailable").inc()
-            return JSONResponse({"error": "try again"}, 503, {"Retry-After": str(exc.retry_after)})
+            views = await self.statuses.requests(event_ids)
+        except StatusUnavailable:
+            return pages.gpc_state([], recorded, status_known=False), []
+        return pages.gpc_state(views, recorded or bool(views)), views
+
+    def _remember_gpc(self, event_id: str) -> None:
         self._gpc_seen[event_id] = event_id
         while len(self._gpc_seen) > GPC_SEEN_MAX:
             self._gpc_seen.popitem(last=False)
-        WEB_REQUESTS.labels("gpc", "published").inc()
-        return JSONResponse({"gpc": True, "recorded": True, "event_id": event_id}, headers=vary)
+
+    async def _log_signal(
+        self,
+        request: Request,
+        kind: str,
+        subject: str,
+        event_id: str,
+        published: bool,
+        jurisdiction: str | None,
+    ) -> None:
+        """One row in ``gpc_signals`` (no raw id, no IP). The opt-out is already on the
+        broker, so a failure here is counted and logged, not shown to the person."""
+        signal = GpcSignal(
+            seen_at=self.clock.now(),
+            subject_kind=kind,
+            subject_sha256=subject_sha256(kind, subject),
+            event_id=event_id,
+            published=published,
+            user_agent_family=user_agent_family(request.headers.get("user-agent", "")),
+            jurisdiction=jurisdiction,
+        )
+        try:
+            await self.signal_log.record(signal)
+        except SignalLogUnavailable as exc:
+            GPC_LOG_FAILURES.inc()
+            log.warning("applied GPC signal not logged", reason=str(exc), event_id=event_id)
 
     async def health(self, _request: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -482,6 +700,15 @@ class WebApp:
     def _too_large(self, route: str) -> Response:
         WEB_REQUESTS.labels(route, "too_large").inc()
         return _html(pages.TOO_LARGE, 413)
+
+
+def _mark_opt_ins(views: Sequence[pages.RequestView], optins: set[str]) -> list[pages.RequestView]:
+    return [replace(v, action="OPT_IN") if v.event_id in optins else v for v in views]
+
+
+def _wants_json(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "text/html" not in accept
 
 
 def _first(form: Mapping[str, list[str]], name: str) -> str:
@@ -504,6 +731,7 @@ def create_app(
     statuses: Statuses | None = None,
     clock: Clock | None = None,
     ring: KeyRing | None = None,
+    signal_log: SignalLogger | None = None,
 ) -> Starlette:
     """The web app; dependencies default to the real producer, database and system clock."""
     the_clock = clock or SystemClock()
@@ -512,19 +740,28 @@ def create_app(
     limiter = RateLimiter(
         settings.web_rate_limit_per_second, settings.web_rate_limit_burst, the_clock.monotonic
     )
+    the_signal_log: SignalLogger = signal_log or SignalLog(settings.dsn())
     web = WebApp(
-        settings, ring or keyring_from_settings(settings), the_publisher, the_statuses, the_clock, limiter
+        settings,
+        ring or keyring_from_settings(settings),
+        the_publisher,
+        the_statuses,
+        the_clock,
+        limiter,
+        the_signal_log,
     )
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         the_publisher.start()
         await the_statuses.open()
+        await the_signal_log.open()
         try:
             yield
         finally:
             await run_in_threadpool(the_publisher.close)
             await the_statuses.close()
+            await the_signal_log.close()
 
     gpc_path = settings.web_gpc_path
     routes = [
@@ -532,6 +769,7 @@ def create_app(
         Route("/favicon.ico", web.favicon, methods=["GET"]),
         Route("/u/choose", web.choose_posted, methods=["POST"]),
         Route("/u/status", web.status_posted, methods=["POST"]),
+        Route("/u/resubscribe", web.resubscribe_posted, methods=["POST"]),
         Route("/u/{token}", web.page, methods=["GET"]),
         Route("/u/{token}", web.one_click, methods=["POST"]),
         Route("/u/{token}/choose", web.choose, methods=["POST"]),

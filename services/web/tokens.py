@@ -243,3 +243,21 @@ def gpc_event_id(customer_id: str, jurisdiction: str | None = None) -> str:
     naming another jurisdiction is other content, so it gets its own id)."""
     name = f"gpc|{customer_id}" if jurisdiction is None else f"gpc|{customer_id}|{jurisdiction}"
     return str(uuid.uuid5(EVENT_NAMESPACE, name))
+
+
+def optin_event_id(token: VerifiedToken, scopes: Iterable[Scope]) -> str:
+    """The event_id of a "resubscribe" (action OPT_IN) through ``token`` for ``scopes``:
+    distinct from every opt-out id of the token (``request_event_id``), the same for the
+    same choice posted twice."""
+    codes = "".join(sorted(_SCOPE_CODES[s] for s in set(scopes)))
+    return str(uuid.uuid5(EVENT_NAMESPACE, f"{token.token_id}|{codes}|OPT_IN"))
+
+
+def candidate_optin_event_ids(token: VerifiedToken) -> list[str]:
+    """Every event id a resubscribe through ``token`` can have (one per non-empty scope set)."""
+    scopes = list(Scope)
+    return [
+        optin_event_id(token, combo)
+        for size in range(1, len(scopes) + 1)
+        for combo in combinations(scopes, size)
+    ]
