@@ -63,6 +63,8 @@ border:1px solid #6b7280;border-radius:6px;background:#fff}
 .alert{border-left:4px solid #b3261e;background:#fef2f2;padding:.75rem 1rem;margin:0 0 1rem;border-radius:4px}
 .ok{border-left:4px solid #15803d;background:#f0fdf4;padding:.75rem 1rem;margin:0 0 1rem;border-radius:4px}
 .ok h1{margin-top:0}
+.wait{border-left:4px solid #a16207;background:#fefce8;padding:.75rem 1rem;margin:0 0 1rem;border-radius:4px}
+.wait h1{margin-top:0}
 ol,ul{padding-left:1.25rem}
 li{margin:.375rem 0}
 .requests{list-style:none;padding:0}
@@ -400,10 +402,10 @@ NOT_FOUND = message_page("Page not found", "There is no page at this address.")
 GPC_STATES = {
     # key: (headline, css class of the box)
     "honored": ("Opt-Out Request Honored", "ok"),
-    "pending": ("Opt-out request received, not yet honored", "ok"),
-    "recorded": ("Opt-out request recorded, not yet honored", "ok"),
+    "pending": ("Opt-out request received, not yet honored", "wait"),
+    "recorded": ("Opt-out request recorded, not yet honored", "wait"),
     "attention": ("Opt-out request not yet honored", "alert"),
-    "unknown": ("Opt-out request recorded", "ok"),
+    "unknown": ("Opt-out request recorded", "wait"),
     "none": ("No Global Privacy Control signal", "ok"),
 }
 

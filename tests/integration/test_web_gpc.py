@@ -179,7 +179,6 @@ def test_gpc_log_cli_and_purge_keep_24_months_of_hashed_proof(database):
     assert "c-7" not in "".join(map(str, rows)) and "D" * 32 not in "".join(map(str, rows))
     mine = cli("gpc-log", "--since", since, "--customer-id", "c-7", "--format", "json")
     assert mine.count('"event_id"') == 2
-    assert "1 signal(s)" in cli("gpc-log", "--since", (now - timedelta(days=5)).date().isoformat())
     assert "would delete 1 GPC signal log row(s) older than 730 days" in cli("purge", "--dry-run")
     with psycopg.connect(database["app"]) as conn:
         assert purge_gpc_signals(conn, now, timedelta(days=730)) == 1
