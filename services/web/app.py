@@ -66,6 +66,7 @@ from services.web.requests import (
     device_gpc_fields,
     gpc_fields,
     is_one_click,
+    latest_actions,
     one_click_fields,
     page_fields,
     parse_choice,
@@ -76,14 +77,14 @@ from services.web.requests import (
 )
 from services.web.status import StatusReader, StatusUnavailable
 from services.web.tokens import (
+    MAX_ROUNDS,
     KeyRing,
     Purpose,
     TokenError,
     VerifiedToken,
-    candidate_event_ids,
-    candidate_optin_event_ids,
     gpc_event_id,
     keyring_from_settings,
+    token_event_ids,
     verify,
 )
 
@@ -302,7 +303,8 @@ class WebApp:
                 "Expected the body List-Unsubscribe=One-Click (RFC 8058).\n", status_code=400
             )
         try:
-            prepared = self.publisher.prepare(one_click_fields(token, self.clock.now()))
+            round_ = await self._round(token)
+            prepared = self.publisher.prepare(one_click_fields(token, self.clock.now(), round_))
             check_actionable(prepared.request, self.settings.destinations)
         except (PoisonMessage, ValueError) as exc:
             WEB_REQUESTS.labels("one_click", "invalid").inc()
@@ -323,20 +325,42 @@ class WebApp:
             return self._bad_token("page", exc)
         WEB_REQUESTS.labels("page", "shown").inc()
         try:
-            _allowed, offered = await self._resubscribe_offers(token)
+            _allowed, offered, _round = await self._resubscribe_offers(token)
         except StatusUnavailable:
             offered = []  # the page still works; only "resubscribe" waits for the database
         return _html(pages.choose_page(request.path_params["token"], token.claims, resubscribe=offered))
 
-    async def _resubscribe_offers(self, token: VerifiedToken) -> tuple[list[OptOutScope], list[OptOutScope]]:
-        """(what the person may opt back into: what their requests through this link
-        stopped; of those, what the page offers: not already opted back into)."""
-        optins = set(candidate_optin_event_ids(token))
-        views = await self.statuses.requests([*candidate_event_ids(token), *optins])
-        stopped = [scope for v in views if v.event_id not in optins for scope in v.scopes]
-        back = {scope for v in views if v.event_id in optins for scope in v.scopes}
-        allowed = resubscribable(token.claims, stopped)
-        return allowed, [scope for scope in allowed if scope.value not in back]
+    async def _history(self, token: VerifiedToken) -> list[pages.RequestView]:
+        """The recorded requests through ``token`` (without a typed address), each marked
+        opt-out or opt-in; ``StatusUnavailable`` when the database does not answer."""
+        ids = token_event_ids(token)
+        views = await self.statuses.requests(list(ids))
+        return [replace(v, action=ids[v.event_id]) for v in views]
+
+    async def _round(self, token: VerifiedToken) -> int:
+        """Resubscribes recorded through ``token``: an opt-out after one gets a new event id
+        (``request_event_id``). Without the database: 0, the id such links always had."""
+        try:
+            return _opt_ins(await self._history(token))
+        except StatusUnavailable:
+            log.warning("resubscribes of a link unknown (database unavailable); using round 0")
+            return 0
+
+    async def _resubscribe_offers(
+        self, token: VerifiedToken
+    ) -> tuple[list[OptOutScope], list[OptOutScope], int]:
+        """(what the person may opt back into now: each choice whose newest request through
+        this link is an opt-out, or an opt-in (the same form posted again); of those, what the
+        page offers: the stopped ones; the round of the next resubscribe)."""
+        views = await self._history(token)
+        round_ = _opt_ins(views)
+        if round_ >= MAX_ROUNDS:
+            return [], [], round_  # the page says nothing; contact us
+        latest = latest_actions((v.requested_at, v.action, v.scopes) for v in views)
+        stopped = [scope.value for scope, action in latest.items() if action == "OPT_OUT"]
+        back = [scope.value for scope, action in latest.items() if action == "OPT_IN"]
+        offered = resubscribable(token.claims, stopped)
+        return resubscribable(token.claims, stopped + back), offered, round_
 
     async def resubscribe_posted(self, request: Request) -> Response:
         """``POST /u/resubscribe`` with the token (``t``) and the scopes to receive again:
@@ -354,13 +378,13 @@ class WebApp:
             return got
         raw_token, token, form = got
         try:
-            allowed, offered = await self._resubscribe_offers(token)
+            allowed, offered, round_ = await self._resubscribe_offers(token)
         except StatusUnavailable:
             WEB_REQUESTS.labels("resubscribe", "unavailable").inc()
             return _html(pages.UNAVAILABLE, 503, {"Retry-After": "5"})
         try:
             scopes = parse_resubscribe(form, allowed)
-            prepared = self.publisher.prepare(resubscribe_fields(token, scopes, self.clock.now()))
+            prepared = self.publisher.prepare(resubscribe_fields(token, scopes, self.clock.now(), round_))
             check_actionable(prepared.request, self.settings.destinations)
         except ChoiceError as exc:
             WEB_REQUESTS.labels("resubscribe", "invalid").inc()
@@ -418,7 +442,8 @@ class WebApp:
         typed = {k: v[0] for k, v in form.items() if k.startswith("addr_") and v}
         try:
             choice = parse_choice(form, token)
-            prepared = self.publisher.prepare(page_fields(token, choice, self.clock.now()))
+            round_ = await self._round(token)
+            prepared = self.publisher.prepare(page_fields(token, choice, self.clock.now(), round_))
             check_actionable(prepared.request, self.settings.destinations)
         except ChoiceError as exc:
             WEB_REQUESTS.labels("choose", "invalid").inc()
@@ -470,11 +495,9 @@ class WebApp:
         wants_json = "application/json" in request.headers.get("accept", "") or format_ == "json"
         refs = [ref for ref in refs if ref][:MAX_REFS]
         try:
-            optins = candidate_optin_event_ids(token)
-            views = await self.statuses.requests(
-                [*candidate_event_ids(token), *optins], refs, token.claims.customer_id
-            )
-            views = _mark_opt_ins(views, set(optins))
+            ids = token_event_ids(token)
+            views = await self.statuses.requests(list(ids), refs, token.claims.customer_id)
+            views = [replace(v, action=ids.get(v.event_id, v.action)) for v in views]
         except StatusUnavailable:
             WEB_REQUESTS.labels("status", "unavailable").inc()
             if wants_json:
@@ -702,8 +725,8 @@ class WebApp:
         return _html(pages.TOO_LARGE, 413)
 
 
-def _mark_opt_ins(views: Sequence[pages.RequestView], optins: set[str]) -> list[pages.RequestView]:
-    return [replace(v, action="OPT_IN") if v.event_id in optins else v for v in views]
+def _opt_ins(views: Sequence[pages.RequestView]) -> int:
+    return sum(1 for v in views if v.action == "OPT_IN")
 
 
 def _wants_json(request: Request) -> bool:

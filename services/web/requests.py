@@ -180,11 +180,12 @@ def _identity(token: VerifiedToken) -> dict[str, Any]:
     return {"customer_id": claims.customer_id, "email": claims.email, "jurisdiction": claims.jurisdiction}
 
 
-def one_click_fields(token: VerifiedToken, now: datetime) -> dict[str, Any]:
+def one_click_fields(token: VerifiedToken, now: datetime, round_: int = 0) -> dict[str, Any]:
+    """``round_``: resubscribes recorded through this token before (``request_event_id``)."""
     scopes = token.claims.scopes
     return {
         **_identity(token),
-        "event_id": request_event_id(token, scopes),
+        "event_id": request_event_id(token, scopes, round_=round_),
         "scopes": [s.value for s in scopes],
         "source": Source.ONE_CLICK.value,
         "postal_address": token.claims.postal_address,
@@ -192,10 +193,11 @@ def one_click_fields(token: VerifiedToken, now: datetime) -> dict[str, Any]:
     }
 
 
-def page_fields(token: VerifiedToken, choice: Choice, now: datetime) -> dict[str, Any]:
+def page_fields(token: VerifiedToken, choice: Choice, now: datetime, round_: int = 0) -> dict[str, Any]:
+    typed = choice.postal_address if choice.typed else None
     return {
         **_identity(token),
-        "event_id": request_event_id(token, choice.scopes, choice.postal_address if choice.typed else None),
+        "event_id": request_event_id(token, choice.scopes, typed, round_),
         "scopes": [s.value for s in choice.scopes],
         "source": Source.EMAIL_LINK.value,
         "postal_address": choice.postal_address,
@@ -242,6 +244,20 @@ def resubscribable(claims: Claims, opted_out: Iterable[str]) -> list[Scope]:
     ]
 
 
+def latest_actions(history: Iterable[tuple[datetime, str, Sequence[str]]]) -> dict[Scope, str]:
+    """Per page choice, the action of the newest request that covers it (``ALL`` covers
+    every choice), from ``(requested_at, action, scopes)``; on a tie the opt-out wins, as
+    in the pipeline."""
+    latest: dict[Scope, tuple[datetime, int, str]] = {}
+    for requested_at, action, scopes in history:
+        rank = 1 if action == Action.OPT_OUT.value else 0
+        covered = CHOICES if Scope.ALL.value in scopes else [s for s in CHOICES if s.value in scopes]
+        for scope in covered:
+            if scope not in latest or (requested_at, rank) > latest[scope][:2]:
+                latest[scope] = (requested_at, rank, action)
+    return {scope: value[2] for scope, value in latest.items()}
+
+
 def parse_resubscribe(form: Form, offered: Sequence[Scope]) -> tuple[Scope, ...]:
     """The scopes ticked on the resubscribe form; ``ChoiceError`` to show."""
     picked: set[Scope] = set()
@@ -258,13 +274,15 @@ def parse_resubscribe(form: Form, offered: Sequence[Scope]) -> tuple[Scope, ...]
     return tuple(sorted(picked))
 
 
-def resubscribe_fields(token: VerifiedToken, scopes: Sequence[Scope], now: datetime) -> dict[str, Any]:
+def resubscribe_fields(
+    token: VerifiedToken, scopes: Sequence[Scope], now: datetime, round_: int = 0
+) -> dict[str, Any]:
     """An explicit opt-in (action OPT_IN, contract version 2) for ``scopes`` of the token's
     person; its event id is distinct from the opt-outs' (``optin_event_id``)."""
     address = token.claims.postal_address if Scope.POSTAL_MARKETING in scopes else None
     return {
         **_identity(token),
-        "event_id": optin_event_id(token, scopes),
+        "event_id": optin_event_id(token, scopes, round_),
         "scopes": [s.value for s in scopes],
         "source": Source.EMAIL_LINK.value,
         "postal_address": address,

@@ -113,7 +113,7 @@ def test_a_browser_without_a_token_is_opted_out_and_sees_it_honoured(base_settin
     }
 
 
-def test_resubscribe_publishes_an_opt_in_that_intake_records_beside_the_opt_out(base_settings):
+def test_resubscribe_then_unsubscribe_again_are_three_requests_intake_records(base_settings):
     cfg = isolated_settings(base_settings, **GENEROUS)
     link = mint_link(cfg, email="back@example.com", customer_id="c-back", scopes=[Scope.EMAIL_MARKETING])
     token = verify(keyring_from_settings(cfg), link.token, datetime.now(UTC), Purpose.UNSUBSCRIBE)
@@ -130,19 +130,23 @@ def test_resubscribe_publishes_an_opt_in_that_intake_records_beside_the_opt_out(
         page = client.get(page_path).text
         assert 'action="/u/resubscribe"' in page and 'value="EMAIL_MARKETING"' in page
         back = client.post("/u/resubscribe", data={"t": link.token, "scope": "EMAIL_MARKETING"})
-        twice = client.post("/u/resubscribe", data={"t": link.token, "scope": "EMAIL_MARKETING"})
-        assert back.status_code == 200 and twice.status_code == 200 and opt_in_id in back.text
+        assert back.status_code == 200 and opt_in_id in back.text
         wait_until(lambda: _request_state(cfg, opt_in_id) is not None, timeout=30, message="opt-in recorded")
         status = client.post("/u/status", data={"t": link.token}).text
         assert "Receive again: marketing email" in status and "Stop: marketing email" in status
         assert 'id="resub-email-marketing"' not in client.get(page_path).text
+        # Stopping again through the same link is a new request, not the first opt-out again.
+        again = client.post("/u/choose", data={"t": link.token, "scope": "EMAIL_MARKETING"})
+        assert again.status_code == 200
+        opt_out_again = request_event_id(token, [Scope.EMAIL_MARKETING], round_=1)
+        wait_until(lambda: _request_state(cfg, opt_out_again) is not None, timeout=30, message="re-opt-out")
     records = [r.decoded() for r in read_topic(cfg, cfg.requests_topic, expect=3, settle=0.5)]
     assert [(r["event_id"], r["action"]) for r in records] == [
         (opt_out_id, "OPT_OUT"),
         (opt_in_id, "OPT_IN"),
-        (opt_in_id, "OPT_IN"),
+        (opt_out_again, "OPT_OUT"),
     ]
-    assert records[1]["requested_at"] > records[0]["requested_at"]
+    assert records[0]["requested_at"] < records[1]["requested_at"] < records[2]["requested_at"]
     assert read_topic(cfg, cfg.requests_dlq_topic, settle=0.2) == []
 
 

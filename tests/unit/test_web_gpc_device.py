@@ -27,18 +27,20 @@ from services.web.gpclog import GpcSignal, SignalLogUnavailable
 from services.web.links import mint_gpc_token, mint_link
 from services.web.requests import (
     device_gpc_fields,
+    latest_actions,
     parse_resubscribe,
     resubscribable,
     resubscribe_fields,
 )
 from services.web.tokens import (
+    MAX_ROUNDS,
     Purpose,
     candidate_event_ids,
-    candidate_optin_event_ids,
     gpc_event_id,
     keyring_from_settings,
     optin_event_id,
     request_event_id,
+    token_event_ids,
     verify,
 )
 from tests.unit.test_web_rules import NOW, FakePublisher, token
@@ -177,7 +179,11 @@ def test_resubscribe_offers_what_the_link_stopped_and_has_its_own_event_ids():
     fields = resubscribe_fields(tok, (Scope.EMAIL_MARKETING,), NOW)
     assert fields["action"] == "OPT_IN" and fields["event_id"] == optin_event_id(tok, [Scope.EMAIL_MARKETING])
     assert fields["event_id"] != request_event_id(tok, [Scope.EMAIL_MARKETING])
-    assert not set(candidate_optin_event_ids(tok)) & set(candidate_event_ids(tok))
+    ids = token_event_ids(tok)
+    assert set(candidate_event_ids(tok)) <= {i for i, a in ids.items() if a == "OPT_OUT"}
+    assert ids[fields["event_id"]] == "OPT_IN"
+    assert ids[request_event_id(tok, [Scope.EMAIL_MARKETING], round_=MAX_ROUNDS)] == "OPT_OUT"
+    assert len(ids) == 31 * (2 * MAX_ROUNDS + 1)  # every id is distinct
     prepared = RequestPublisher(Settings(), producer=object()).prepare(fields)
     assert prepared.record["action"] == "OPT_IN" and prepared.record["email"] == "jane@example.com"
 
@@ -200,10 +206,16 @@ class Statuses:
     async def requests(self, event_ids, refs=(), customer_id=None):
         return [self.views[e] for e in event_ids if e in self.views]
 
-    def put(self, event_id: str, state: str, scopes: tuple[str, ...] = ("THIRD_PARTY_SHARING",)) -> None:
+    def put(
+        self,
+        event_id: str,
+        state: str,
+        scopes: tuple[str, ...] = ("THIRD_PARTY_SHARING",),
+        at: timedelta = timedelta(0),
+    ) -> None:
         confirmed = NOW if state == "confirmed" else None
         self.views[event_id] = pages.RequestView(
-            event_id, state, scopes, NOW, NOW + timedelta(days=15), confirmed, 1 if confirmed else 0, 1
+            event_id, state, scopes, NOW + at, NOW + timedelta(days=15), confirmed, 1 if confirmed else 0, 1
         )
 
 
@@ -321,7 +333,12 @@ def test_the_page_offers_resubscribe_for_what_was_stopped_and_publishes_an_opt_i
     tok = verify(keyring_from_settings(cfg), link.token, NOW, Purpose.UNSUBSCRIBE)
     path = "/u/" + link.token
     assert "Resubscribe" not in client.get(path).text  # nothing stopped yet
-    statuses.put(request_event_id(tok, [Scope.EMAIL_MARKETING]), "confirmed", ("EMAIL_MARKETING",))
+    statuses.put(
+        request_event_id(tok, [Scope.EMAIL_MARKETING]),
+        "confirmed",
+        ("EMAIL_MARKETING",),
+        at=-timedelta(hours=1),
+    )
     page = client.get(path).text
     assert 'action="/u/resubscribe"' in page and 'id="resub-email-marketing"' in page
     assert 'id="resub-third-party-sharing"' not in page
@@ -352,3 +369,52 @@ def test_the_gpc_states_follow_the_database():
     assert pages.gpc_state([], True) == "recorded"
     assert pages.gpc_state([], False) == "none"
     assert pages.gpc_state([], True, status_known=False) == "unknown"
+
+
+def test_the_newest_request_per_choice_decides_and_a_tie_is_an_opt_out():
+    hour = timedelta(hours=1)
+    history = [
+        (NOW, "OPT_OUT", ("ALL",)),
+        (NOW + hour, "OPT_IN", ("EMAIL_MARKETING",)),
+        (NOW + hour, "OPT_OUT", ("THIRD_PARTY_SHARING",)),
+        (NOW + hour, "OPT_IN", ("THIRD_PARTY_SHARING",)),
+    ]
+    assert latest_actions(history) == {
+        Scope.EMAIL_MARKETING: "OPT_IN",
+        Scope.POSTAL_MARKETING: "OPT_OUT",
+        Scope.THIRD_PARTY_SHARING: "OPT_OUT",
+    }
+
+
+def test_an_opt_out_after_a_resubscribe_is_a_new_request_not_the_first_one_again():
+    cfg = Settings(**FAST)
+    client, publisher, statuses, _ = _app(cfg)
+    link = mint_link(cfg, email="jane@example.com", customer_id="c-round", clock=ManualClock(NOW))
+    tok = verify(keyring_from_settings(cfg), link.token, NOW, Purpose.UNSUBSCRIBE)
+    email = [Scope.EMAIL_MARKETING]
+    out0 = request_event_id(tok, email)
+    statuses.put(out0, "confirmed", ("EMAIL_MARKETING",), at=-timedelta(hours=3))
+    form = {"t": link.token, "scope": "EMAIL_MARKETING"}
+    assert client.post("/u/resubscribe", data=form).status_code == 200
+    in0 = publisher.published[-1]["event_id"]
+    assert in0 == optin_event_id(tok, email, 0)
+    statuses.put(in0, "confirmed", ("EMAIL_MARKETING",), at=-timedelta(hours=2))
+    # Resubscribed: the page offers no resubscribe; stopping again is a new request (round 1).
+    assert 'id="resub-email-marketing"' not in client.get("/u/" + link.token).text
+    assert client.post("/u/choose", data=form).status_code == 200
+    out1 = publisher.published[-1]["event_id"]
+    assert out1 == request_event_id(tok, email, round_=1) and out1 != out0
+    # The one-click of the email's header, too.
+    one_click = client.post(
+        "/u/" + link.token,
+        content=b"List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert one_click.status_code == 200 and publisher.published[-1]["event_id"] == out1
+    statuses.put(out1, "confirmed", ("EMAIL_MARKETING",), at=-timedelta(hours=1))
+    # Stopped again: resubscribe is offered again and is a new opt-in (round 1).
+    assert 'id="resub-email-marketing"' in client.get("/u/" + link.token).text
+    assert client.post("/u/resubscribe", data=form).status_code == 200
+    assert publisher.published[-1]["event_id"] == optin_event_id(tok, email, 1) != in0
+    status = client.post("/u/status", data={"t": link.token}).text
+    assert status.count("Stop: marketing email") == 2 and status.count("Receive again: marketing email") == 1
