@@ -15,6 +15,12 @@ Routes (TOKEN is minted by ``services.web.tokens.mint``):
   ``Authorization: Bearer``), or ``GET`` with the Bearer header from a script (never a plain
   navigation, never a token in the URL): one THIRD_PARTY_SHARING opt-out (source
   GPC_SIGNAL) per customer and jurisdiction.
+* ``GET <web_gpc_path>`` without a token: a browser's page. With ``Sec-GPC: 1`` a first-party
+  device id cookie (set when absent) and one THIRD_PARTY_SHARING opt-out for that device
+  (``device_id`` only); the page shows "Opt-Out Request Honored" or not yet, from PostgreSQL.
+  Every applied signal is logged in ``gpc_signals`` (``services.web.gpclog``).
+* ``POST /u/resubscribe`` (token in the body): an explicit opt-in (action OPT_IN) for scopes
+  the link had stopped.
 
 Every response carries the security headers; every other route but /healthz is rate
 limited per client address (``services.web.ratelimit``: trusted proxies, IPv6 by /64);
