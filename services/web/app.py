@@ -29,6 +29,7 @@ bodies are size-limited; bad tokens get a 400 page and publish nothing.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import time
@@ -90,6 +91,7 @@ from services.web.tokens import (
     VerifiedToken,
     gpc_event_id,
     keyring_from_settings,
+    optin_event_ids,
     token_event_ids,
     verify,
 )
@@ -110,6 +112,7 @@ GPC_LOG_FAILURES = Counter(
     "published, but the proof for a regulator is missing.",
 )
 GPC_SEEN_MAX = 100_000
+ROUND_LOOKUP_SECONDS = 1.0
 MAX_REFS = 8
 # ``POST /u/TOKEN`` (one-click): limited per token by the handler, not per address.
 ONE_CLICK_PATH = re.compile(r"^/u/[^/]+\.[^/]+$")
@@ -331,8 +334,10 @@ class WebApp:
             return self._bad_token("page", exc)
         WEB_REQUESTS.labels("page", "shown").inc()
         try:
-            _allowed, offered, _round = await self._resubscribe_offers(token)
-        except StatusUnavailable:
+            _allowed, offered, _round = await asyncio.wait_for(
+                self._resubscribe_offers(token), ROUND_LOOKUP_SECONDS
+            )
+        except (StatusUnavailable, TimeoutError):
             offered = []  # the page still works; only "resubscribe" waits for the database
         return _html(pages.choose_page(request.path_params["token"], token.claims, resubscribe=offered))
 
@@ -347,8 +352,11 @@ class WebApp:
         """Resubscribes recorded through ``token``: an opt-out after one gets a new event id
         (``request_event_id``). Without the database: 0, the id such links always had."""
         try:
-            return _opt_ins(await self._history(token))
-        except StatusUnavailable:
+            # Bounded: one-click must answer even while the database is slow or down.
+            return len(
+                await asyncio.wait_for(self.statuses.requests(optin_event_ids(token)), ROUND_LOOKUP_SECONDS)
+            )
+        except (StatusUnavailable, TimeoutError):
             log.warning("resubscribes of a link unknown (database unavailable); using round 0")
             return 0
 

@@ -271,15 +271,25 @@ def optin_event_id(token: VerifiedToken, scopes: Iterable[Scope], round_: int = 
     return str(uuid.uuid5(EVENT_NAMESPACE, name))
 
 
+# What the resubscribe form can tick (the page's separate choices; see requests.CHOICES).
+_RESUBSCRIBABLE = (Scope.EMAIL_MARKETING, Scope.POSTAL_MARKETING, Scope.THIRD_PARTY_SHARING)
+
+
+def optin_event_ids(token: VerifiedToken) -> list[str]:
+    """Every event id a resubscribe through ``token`` can have (every round)."""
+    combos = [c for size in range(1, 4) for c in combinations(_RESUBSCRIBABLE, size)]
+    return [optin_event_id(token, combo, round_) for round_ in range(MAX_ROUNDS) for combo in combos]
+
+
 def token_event_ids(token: VerifiedToken) -> dict[str, str]:
     """Every event id a request through ``token`` without a typed address can have, opt-outs
     and resubscribes, every round: ``{event_id: "OPT_OUT" | "OPT_IN"}``."""
     scopes = list(Scope)
     combos = [combo for size in range(1, len(scopes) + 1) for combo in combinations(scopes, size)]
-    ids: dict[str, str] = {}
-    for round_ in range(MAX_ROUNDS + 1):
-        for combo in combos:
-            ids[request_event_id(token, combo, round_=round_)] = "OPT_OUT"
-            if round_ < MAX_ROUNDS:
-                ids[optin_event_id(token, combo, round_)] = "OPT_IN"
+    ids = {
+        request_event_id(token, combo, round_=round_): "OPT_OUT"
+        for round_ in range(MAX_ROUNDS + 1)
+        for combo in combos
+    }
+    ids.update(dict.fromkeys(optin_event_ids(token), "OPT_IN"))
     return ids

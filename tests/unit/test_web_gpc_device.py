@@ -32,6 +32,7 @@ from services.web.requests import (
     resubscribable,
     resubscribe_fields,
 )
+from services.web.status import StatusUnavailable
 from services.web.tokens import (
     MAX_ROUNDS,
     Purpose,
@@ -183,7 +184,7 @@ def test_resubscribe_offers_what_the_link_stopped_and_has_its_own_event_ids():
     assert set(candidate_event_ids(tok)) <= {i for i, a in ids.items() if a == "OPT_OUT"}
     assert ids[fields["event_id"]] == "OPT_IN"
     assert ids[request_event_id(tok, [Scope.EMAIL_MARKETING], round_=MAX_ROUNDS)] == "OPT_OUT"
-    assert len(ids) == 31 * (2 * MAX_ROUNDS + 1)  # every id is distinct
+    assert len(ids) == 31 * (MAX_ROUNDS + 1) + 7 * MAX_ROUNDS  # every id is distinct
     prepared = RequestPublisher(Settings(), producer=object()).prepare(fields)
     assert prepared.record["action"] == "OPT_IN" and prepared.record["email"] == "jane@example.com"
 
@@ -418,3 +419,30 @@ def test_an_opt_out_after_a_resubscribe_is_a_new_request_not_the_first_one_again
     assert publisher.published[-1]["event_id"] == optin_event_id(tok, email, 1) != in0
     status = client.post("/u/status", data={"t": link.token}).text
     assert status.count("Stop: marketing email") == 2 and status.count("Receive again: marketing email") == 1
+
+
+class DownStatuses(Statuses):
+    async def requests(self, event_ids, refs=(), customer_id=None):
+        raise StatusUnavailable("OperationalError")
+
+
+def test_without_the_database_one_click_and_the_page_still_work_in_round_0():
+    cfg = Settings(**FAST)
+    publisher = FakePublisher(cfg)
+    app = create_app(
+        cfg, publisher=publisher, statuses=DownStatuses(), clock=ManualClock(NOW), signal_log=Log()
+    )
+    client = TestClient(app)
+    link = mint_link(cfg, email="jane@example.com", clock=ManualClock(NOW))
+    tok = verify(keyring_from_settings(cfg), link.token, NOW, Purpose.UNSUBSCRIBE)
+    page = client.get("/u/" + link.token)
+    assert page.status_code == 200 and "Resubscribe" not in page.text
+    one_click = client.post(
+        "/u/" + link.token,
+        content=b"List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert one_click.status_code == 200
+    assert publisher.published[-1]["event_id"] == request_event_id(tok, [Scope.EMAIL_MARKETING])
+    refused = client.post("/u/resubscribe", data={"t": link.token, "scope": "EMAIL_MARKETING"})
+    assert refused.status_code == 503 and len(publisher.published) == 1
