@@ -20,10 +20,6 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from services.common.logging import get_logger
-
-log = get_logger(__name__)
-
 
 @dataclass(frozen=True)
 class GpcSignal:
