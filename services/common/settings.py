@@ -252,6 +252,20 @@ class Settings(BaseSettings):
     web_publish_timeout_seconds: float = Field(
         5.0, gt=0, le=120, description="How long a POST waits for the broker before a 503."
     )
+    web_device_cookie_secure: bool = Field(
+        True,
+        description="Mark the GPC device cookie Secure (named __Host-optout_device); false "
+        "only for local http development (then optout_device). Production refuses false.",
+    )
+    web_device_cookie_days: int = Field(
+        395, ge=1, le=400, description="Lifetime of the GPC device cookie (browsers cap it at 400 days)."
+    )
+    gpc_log_retention_days: int = Field(
+        730,
+        ge=0,
+        description="`optout purge` deletes applied-GPC-signal log rows older than this "
+        "(24 months: CCPA regulations section 7101).",
+    )
 
     # --- Inbound provider webhooks (`optout run inbound`, docs/inbound.md) --------------
     inbound_host: str = Field("127.0.0.1", description="Address the inbound webhook service listens on.")

@@ -104,6 +104,7 @@ class Command:
     scopes: tuple[str, ...]
     issued_at: datetime
     deadline: datetime
+    device_id: str | None = None  # contract version 2: a pseudonymous browser/device id
 
     @classmethod
     def from_record(cls, record: SuppressionCommandRecord) -> Command:
@@ -120,6 +121,7 @@ class Command:
             scopes=tuple(record["scopes"]),
             issued_at=as_datetime(record["issued_at"]),
             deadline=as_datetime(record["deadline"]),
+            device_id=record.get("device_id"),
         )
 
 

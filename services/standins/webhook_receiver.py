@@ -45,7 +45,7 @@ MAX_BATCH = 1000
 EVENT_TYPE = "suppression.created"
 _PATH = re.compile(r"^/webhooks/(?P<name>[a-z0-9_-]{1,64})$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_HASH_FIELD = re.compile(r"^(email|phone|customer_id)_(sha256|hmac_sha256)$")
+_HASH_FIELD = re.compile(r"^(email|phone|customer_id|device_id)_(sha256|hmac_sha256)$")
 
 
 def opt_outs_of(event: Any) -> list[dict[str, str]] | None:
