@@ -355,6 +355,19 @@ class Settings(BaseSettings):
         "dev", description="Key id new suppression-list entries are encrypted with."
     )
 
+    # --- Customer directory (identity enrichment) -----------------------------
+    directory_enabled: bool = Field(
+        True,
+        description="Intake adds the customer directory's other emails, phones and addresses "
+        "to each request (optout customers import).",
+    )
+    directory_check_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="While the customer directory is empty, how often intake looks again.",
+    )
+
     # The destinations file, read and checked (credentials resolved) when the settings are
     # made, so a bad file stops every command at start-up.
     _destinations: Destinations = PrivateAttr()

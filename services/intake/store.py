@@ -19,6 +19,7 @@ import psycopg
 from services.common.sealing import KeyRing
 from services.domain.planning import PlannedCommand
 from services.domain.validation import OptOutRequest
+from services.intake.enrich import record_enrichment
 from services.suppression.entries import Entry, entries_of, postal_sha256, seal
 
 
@@ -182,6 +183,7 @@ def record_batch(
         # Every request has at least one command (planning guarantees it), so the
         # destination rows returned name exactly the requests inserted now.
         outcome.new = {row[0] for row in cur.fetchall()}
+        record_enrichment(cur, requests, outcome.new)
         seen_before = [r for r in requests if r.event_id not in outcome.new]
         if seen_before:
             cur.execute(_EXISTING, ([r.event_id for r in seen_before],))
