@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from services.cli import (
     admin,
     config,
+    customers,
     gpclog,
     lag,
     link,
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     link.add_commands(sub)
     suppression.add_commands(sub)
     gpclog.add_commands(sub)
+    customers.add_commands(sub)
     return parser
 
 
