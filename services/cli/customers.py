@@ -28,9 +28,9 @@ class _Status:
         self.every = every
         self._last = time.monotonic()
 
-    def __call__(self, text: str, force: bool = False) -> None:
+    def __call__(self, text: str) -> None:
         now = time.monotonic()
-        if force or now - self._last >= self.every:
+        if now - self._last >= self.every:
             self._last = now
             sys.stderr.write(text + "\n")
             sys.stderr.flush()
@@ -69,7 +69,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             for start in range(0, len(entries), args.chunk):
                 upsert_entries(conn, ring, entries[start : start + args.chunk], now)
                 done = min(start + args.chunk, len(entries))
-                status(f"stored {done:,} of {len(entries):,} customers", force=done == len(entries))
+                status(f"stored {done:,} of {len(entries):,} customers")
     emails = sum(len(e.emails) for e in entries)
     phones = sum(len(e.phones) for e in entries)
     addresses = sum(len(e.postal_addresses) for e in entries)
