@@ -53,13 +53,14 @@ ON CONFLICT DO NOTHING
 """
 
 # One round trip for a whole batch of requests: by customer id, or by any identifier's hash.
+# A join on the union of both (not an OR, which makes PostgreSQL scan the whole table).
 _LOOKUP = """
-SELECT c.customer_id, c.sealed FROM customer_directory c
-WHERE c.customer_id = ANY(%(ids)s)
-   OR c.customer_id IN (
-        SELECT k.customer_id FROM customer_directory_keys k
-        JOIN unnest(%(kinds)s::text[], %(hashes)s::text[]) AS q(kind, sha256)
-          ON k.kind = q.kind AND k.sha256 = q.sha256)
+SELECT c.customer_id, c.sealed
+FROM (SELECT unnest(%(ids)s::text[]) AS customer_id
+      UNION
+      SELECT k.customer_id FROM unnest(%(kinds)s::text[], %(hashes)s::text[]) AS q(kind, sha256)
+      JOIN customer_directory_keys k ON k.kind = q.kind AND k.sha256 = q.sha256) AS m
+JOIN customer_directory c ON c.customer_id = m.customer_id
 """
 
 

@@ -5,6 +5,7 @@ customer's emails, phones and postal addresses. Intake looks up every request of
 by its customer id and by the SHA-256 of each of its identifiers, then ``enrich`` adds the
 matched customers' other identifiers to the request, so that "unsubscribe from ALL" reaches
 the mail house with the address on file and the email providers with every address.
+Opt-ins are not enriched (``enrichable``).
 
 Matching: a request whose customer id is in the directory takes that customer only (the
 business's own id is the strongest link); otherwise every customer holding one of the
@@ -20,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from services.common.contract import Action
 from services.common.records import PostalAddressRecord, postal_address_record
 from services.domain.identity import sha256_hex
 from services.domain.validation import OptOutRequest, postal_key
@@ -175,8 +177,18 @@ def merge(request: OptOutRequest, matched: Iterable[DirectoryEntry]) -> Enrichme
     )
 
 
+def enrichable(request: OptOutRequest) -> bool:
+    """Only opt-outs are enriched: "all" means every channel of the person, but an opt-in
+    (consent) stays as narrow as it was given (a START from one phone re-subscribes that
+    phone, not the customer's emails)."""
+    return request.action is Action.OPT_OUT
+
+
 def enrich(request: OptOutRequest, index: DirectoryIndex) -> OptOutRequest:
-    """``request`` with what the directory adds (unchanged when it adds nothing)."""
+    """``request`` with what the directory adds (unchanged when it adds nothing, and for an
+    opt-in)."""
+    if not enrichable(request):
+        return request
     enrichment = merge(request, index.matching(request))
     return replace(request, enrichment=enrichment) if enrichment else request
 

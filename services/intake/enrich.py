@@ -29,6 +29,7 @@ from services.domain.enrichment import (
     DirectoryIndex,
     LookupKey,
     enrich,
+    enrichable,
     identifier_sources,
     request_keys,
 )
@@ -84,8 +85,11 @@ class DatabaseDirectory:
         now = self._monotonic()
         if not requests or now < self._empty_until:
             return list(requests)
-        ids = {r.customer_id for r in requests if r.customer_id}
-        keys: set[LookupKey] = set().union(*(request_keys(r) for r in requests))
+        wanted = [r for r in requests if enrichable(r)]
+        if not wanted:
+            return list(requests)
+        ids = {r.customer_id for r in wanted if r.customer_id}
+        keys: set[LookupKey] = set().union(*(request_keys(r) for r in wanted))
         started = time.monotonic()
         entries = self._db.run(lambda conn: self._lookup(conn, ids, keys))
         metrics.DB_SECONDS.labels(SERVICE, "directory_lookup").observe(time.monotonic() - started)

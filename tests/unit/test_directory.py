@@ -295,3 +295,8 @@ def test_a_confirmation_names_each_destination_once():
     pending = [*rows[:2], DestinationRow("d", "e-1", "email_provider", "PENDING", None, None)]
     with pytest.raises(ValueError, match="has not applied it"):
         confirmation_record(request, pending, t)
+
+
+def test_an_opt_in_is_never_enriched():
+    opt_in = _request(customer_id="c-1", action="OPT_IN")
+    assert enrich(opt_in, DirectoryIndex([ADA])) is opt_in
