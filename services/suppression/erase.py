@@ -4,10 +4,11 @@ their requests are removed at once (not at the end of the retention period).
 A person is named by an email, a phone, a customer id or a postal address. Their requests
 are those carrying that identifier, and those sharing an email, phone or customer id with
 these (one step). Their entries are the identifiers named and every email and phone on
-their requests. A postal address is often a household's: its entry goes only when it was
-named, or when no request of anybody else carries it, so that erasing one person never
-ends the suppression of another. The contact details of their requests are removed; what
-stays is hashes, customer id, scopes, timestamps and outcomes.
+their requests, including those the customer directory added to them. A postal address is
+often a household's: its entry goes only when it was named, or when no request of anybody
+else carries it, so that erasing one person never ends the suppression of another. The
+contact details of their requests are removed; what stays is hashes, customer id, scopes,
+timestamps and outcomes.
 
 Used by ``optout erase`` (a deletion request); an opt-in that ends every suppression calls
 the same function.
@@ -56,6 +57,13 @@ WHERE email_sha256 = ANY(%(email)s) OR phone_sha256 = ANY(%(phone)s)
 _SHARED_ADDRESSES = """
 SELECT DISTINCT postal_sha256 FROM requests
 WHERE postal_sha256 = ANY(%(postal)s) AND NOT (event_id = ANY(%(events)s))
+"""
+
+# The identifiers the customer directory added to the person's requests (their hashes).
+_ADDED = """
+SELECT s->>'kind', s->>'sha256'
+FROM requests r, jsonb_array_elements(r.identifier_sources) AS s
+WHERE r.event_id = ANY(%(events)s) AND r.identifier_sources IS NOT NULL AND s->>'source' = 'directory'
 """
 
 _DELETE = """
@@ -110,7 +118,12 @@ def erase_person(conn: psycopg.Connection[Any], person: Person, now: datetime) -
         result.open_requests = sorted(str(r[0]) for r in rows if r[1] != "CONFIRMED")
         emails |= _present(r[2] for r in rows)
         phones |= _present(r[3] for r in rows)
-        addresses = _present(r[4] for r in rows) - set(person.postal_sha256)
+        added = conn.execute(_ADDED, {"events": events}).fetchall()
+        emails |= {str(h) for k, h in added if k == Kind.EMAIL.value}
+        phones |= {str(h) for k, h in added if k == Kind.PHONE.value}
+        addresses = (
+            _present(r[4] for r in rows) | {str(h) for k, h in added if k == Kind.POSTAL.value}
+        ) - set(person.postal_sha256)
         shared = {
             str(r[0])
             for r in conn.execute(

@@ -206,3 +206,10 @@ def test_a_request_with_only_a_customer_id_reaches_the_mail_house_with_the_addre
     assert event_id in after and customer in after
     assert [s for s in secrets if s.lower() in after.lower()] == []
     assert sha256_hex(emails[1]) in after  # hashes stay, as proof
+
+    # Erasing the customer also erases the entries of the identifiers the directory added.
+    status, out, _ = _in_process(monkeypatch, capsys, database, "erase", "--customer-id", customer)
+    assert status == 0, out
+    with psycopg.connect(cfg.dsn()) as conn:
+        left = set(conn.execute("SELECT kind, sha256 FROM suppression_list").fetchall())
+    assert not {("email", sha256_hex(e)) for e in emails} & left
