@@ -6,26 +6,35 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import os
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from services.cli.main import main
-from services.common.settings import PartnerEndpoint, settings
+from services.common.sealing import KeyRing
+from services.common.settings import PartnerEndpoint, Settings, settings
 from services.confirmer.service import run as run_confirmer
 from services.connectors.registry import connector_runner
+from services.directory.store import upsert_entries
+from services.domain.enrichment import DirectoryEntry
 from services.domain.identity import sha256_hex
+from services.domain.validation import OptOutRequest, validate_request
+from services.intake.enrich import DatabaseDirectory
 from services.intake.service import run as run_intake
 from services.publisher.publish import RequestPublisher
 from services.standins.email_provider_api import EmailProviderStandin
 from services.standins.partners_api import PartnersStandin
 from services.standins.web import StandinServer
+from services.suppression.entries import suppression_ring
 from tests.integration.test_purge import _pg_dump, _purge_now
 from tests.support.pipeline import isolated_settings, running, wait_until
 
@@ -213,3 +222,57 @@ def test_a_request_with_only_a_customer_id_reaches_the_mail_house_with_the_addre
     with psycopg.connect(cfg.dsn()) as conn:
         left = set(conn.execute("SELECT kind, sha256 FROM suppression_list").fetchall())
     assert not {("email", sha256_hex(e)) for e in emails} & left
+
+
+_UNREADABLE = "optout_directory_unreadable_entries_total"
+
+
+def _opt_out(customer_id: str) -> OptOutRequest:
+    now = datetime.now(UTC)
+    record = {
+        "event_id": f"e-{customer_id}",
+        "customer_id": customer_id,
+        "scopes": ["ALL"],
+        "requested_at": now,
+    }
+    return validate_request(record, now, timedelta(minutes=5))
+
+
+@pytest.mark.expected_errors("customer directory entry cannot be decrypted")
+def test_intake_skips_an_entry_it_cannot_decrypt_and_enriches_the_others(
+    base_settings: dict[str, Any],
+) -> None:
+    cfg = Settings(**base_settings)
+    ring = suppression_ring(cfg)
+    retired = KeyRing({"retired": os.urandom(32)}, "retired")  # a key no longer in the ring
+    now = datetime.now(UTC)
+    with psycopg.connect(cfg.dsn()) as conn:
+        upsert_entries(conn, retired, [DirectoryEntry("c-old", ("old@example.com",))], now)
+        upsert_entries(conn, ring, [DirectoryEntry("c-new", ("new@example.com",))], now)
+    directory = DatabaseDirectory(cfg, ring)
+    try:
+        before = REGISTRY.get_sample_value(_UNREADABLE) or 0.0
+        old, new = directory.enrich([_opt_out("c-old"), _opt_out("c-new")])
+    finally:
+        directory.close()
+    assert old.enrichment is None
+    assert new.enrichment is not None and new.enrichment.emails == ("new@example.com",)
+    assert REGISTRY.get_sample_value(_UNREADABLE) == before + 1
+
+
+def test_while_the_directory_is_empty_intake_makes_no_query(base_settings: dict[str, Any]) -> None:
+    cfg = Settings(**base_settings, directory_check_seconds=30)
+    ring = suppression_ring(cfg)
+    clock = [1000.0]
+    directory = DatabaseDirectory(cfg, ring, monotonic=lambda: clock[0])
+    try:
+        assert directory.enrich([_opt_out("c-1")])[0].enrichment is None  # empty: noted
+        with psycopg.connect(cfg.dsn()) as conn:
+            upsert_entries(conn, ring, [DirectoryEntry("c-1", ("one@example.com",))], datetime.now(UTC))
+        clock[0] += 29  # still believed empty: not even looked up
+        assert directory.enrich([_opt_out("c-1")])[0].enrichment is None
+        clock[0] += 2  # checked again: found
+        enriched = directory.enrich([_opt_out("c-1")])[0].enrichment
+        assert enriched is not None and enriched.emails == ("one@example.com",)
+    finally:
+        directory.close()
