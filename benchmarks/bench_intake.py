@@ -263,6 +263,7 @@ _HISTOGRAMS = {
     "db": ("optout_database_seconds_sum", {"service": SERVICE, "operation": "record_batch"}),
     "flush": ("optout_produce_flush_seconds_sum", {"service": SERVICE}),
     "batch": ("optout_batch_processing_seconds_sum", {"service": SERVICE}),
+    "lookup": ("optout_database_seconds_sum", {"service": SERVICE, "operation": "directory_lookup"}),
 }
 
 
@@ -340,7 +341,7 @@ def run_ours(
     wall = ended - start
     phase = Phase(start - subscribed, cpu, load_average())
     after = _histogram_sums()
-    db, flush, batch = (after[k] - before[k] for k in ("db", "flush", "batch"))
+    db, flush, batch, lookup = (after[k] - before[k] for k in ("db", "flush", "batch", "lookup"))
     in_submit = step.submit_seconds
     breakdown = [
         f"{label}: {step.batches} batches, {events / max(step.batches, 1):,.0f} msgs/batch "
@@ -352,6 +353,8 @@ def run_ours(
         "(optout_produce_flush_seconds)",
         f"  inside submit            {in_submit:7.2f}s  {100 * in_submit / wall:5.1f}%  "
         "(decode, validate, plan, encode, waiting for the database)",
+        f"  of which directory       {lookup:7.2f}s  {100 * lookup / wall:5.1f}%  "
+        "(the customer directory's lookups and decryption, on the intake thread)",
         f"  offset commit + loop     {batch - in_submit:7.2f}s  {100 * (batch - in_submit) / wall:5.1f}%",
         f"  consume/poll/idle        {wall - batch:7.2f}s  {100 * (wall - batch) / wall:5.1f}%  "
         "(wall minus optout_batch_processing_seconds)",

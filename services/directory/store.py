@@ -53,14 +53,15 @@ ON CONFLICT DO NOTHING
 """
 
 # One round trip for a whole batch of requests: by customer id, or by any identifier's hash.
-# A join on the union of both (not an OR, which makes PostgreSQL scan the whole table).
+# The matching customer ids are gathered first (an InitPlan), then fetched through the primary
+# key; an OR of both conditions made PostgreSQL scan the whole table on every lookup.
 _LOOKUP = """
-SELECT c.customer_id, c.sealed
-FROM (SELECT unnest(%(ids)s::text[]) AS customer_id
-      UNION
-      SELECT k.customer_id FROM unnest(%(kinds)s::text[], %(hashes)s::text[]) AS q(kind, sha256)
-      JOIN customer_directory_keys k ON k.kind = q.kind AND k.sha256 = q.sha256) AS m
-JOIN customer_directory c ON c.customer_id = m.customer_id
+SELECT c.customer_id, c.sealed FROM customer_directory c
+WHERE c.customer_id = ANY(ARRAY(
+    SELECT unnest(%(ids)s::text[])
+    UNION
+    SELECT k.customer_id FROM unnest(%(kinds)s::text[], %(hashes)s::text[]) AS q(kind, sha256)
+    JOIN customer_directory_keys k ON k.kind = q.kind AND k.sha256 = q.sha256))
 """
 
 

@@ -2,7 +2,7 @@
 directory (``services/directory``) in one query, before planning, and every request gets
 the matched customer's other emails, phones and postal addresses
 (``services/domain/enrichment.py``). What was added is recorded with the request
-(``record_enrichment``, in the transaction that records it).
+(``enrichment_columns``, in the statement that records it).
 
 Cheap when unused: while the directory is empty (or ``OPTOUT_DIRECTORY_ENABLED=false``) no
 query is made; emptiness is checked again at most every ``OPTOUT_DIRECTORY_CHECK_SECONDS``.
@@ -121,24 +121,17 @@ def directory_for(settings: Settings, ring: KeyRing) -> Directory:
     return DatabaseDirectory(settings, ring) if settings.directory_enabled else NoDirectory()
 
 
-_RECORD_ENRICHMENT = """
-UPDATE requests AS r SET directory_identifiers = t.d::jsonb, identifier_sources = t.s::jsonb
-FROM unnest(%s::text[], %s::text[], %s::text[]) AS t(e, d, s)
-WHERE r.event_id = t.e
-"""
-
-
-def record_enrichment(cur: psycopg.Cursor[Any], requests: Sequence[OptOutRequest], new: set[str]) -> None:
-    """Record what the directory added to the requests recorded now (no statement when
-    nothing was added): the raw identifiers (purged later) and their sources (hashes)."""
-    enriched = [r for r in requests if r.enrichment and r.event_id in new]
-    if not enriched:
-        return
-    cur.execute(
-        _RECORD_ENRICHMENT,
-        (
-            [r.event_id for r in enriched],
-            [r.enrichment.to_json() if r.enrichment else None for r in enriched],
-            [json.dumps(identifier_sources(r), separators=(",", ":")) for r in enriched],
-        ),
-    )
+def enrichment_columns(requests: Sequence[OptOutRequest]) -> tuple[list[str | None], list[str | None]]:
+    """The ``requests.directory_identifiers`` and ``identifier_sources`` values (JSON text, or
+    NULL when the directory added nothing) intake records with each request: the raw
+    identifiers added (purged later) and where each identifier came from (hashes only)."""
+    added: list[str | None] = []
+    sources: list[str | None] = []
+    for r in requests:
+        if r.enrichment:
+            added.append(r.enrichment.to_json())
+            sources.append(json.dumps(identifier_sources(r), separators=(",", ":")))
+        else:
+            added.append(None)
+            sources.append(None)
+    return added, sources

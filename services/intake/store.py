@@ -19,7 +19,7 @@ import psycopg
 from services.common.sealing import KeyRing
 from services.domain.planning import PlannedCommand
 from services.domain.validation import OptOutRequest
-from services.intake.enrich import record_enrichment
+from services.intake.enrich import enrichment_columns
 from services.suppression.entries import Entry, entries_of, postal_sha256, seal
 
 
@@ -84,13 +84,14 @@ _RECORD = """
 WITH new AS (
     INSERT INTO requests (event_id, content_sha256, subject_key, customer_id, email, phone,
                           postal_address, email_sha256, phone_sha256, postal_sha256, scopes,
-                          source, jurisdiction, requested_at, received_at, due_at, deadline_rule)
+                          source, jurisdiction, requested_at, received_at, due_at, deadline_rule,
+                          directory_identifiers, identifier_sources)
     SELECT e, c, k, cu, em, ph, pa::jsonb, eh, phh, pah, string_to_array(sc, ','), so, ju, ra, %b,
-           du, dr
+           du, dr, di::jsonb, ds::jsonb
     FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
                 %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
-                %b::text[], %b::timestamptz[], %b::timestamptz[], %b::text[])
-         AS t(e, c, k, cu, em, ph, pa, eh, phh, pah, sc, so, ju, ra, du, dr)
+                %b::text[], %b::timestamptz[], %b::timestamptz[], %b::text[], %b::text[], %b::text[])
+         AS t(e, c, k, cu, em, ph, pa, eh, phh, pah, sc, so, ju, ra, du, dr, di, ds)
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id
 ), listed AS (
@@ -163,6 +164,7 @@ def record_batch(
                 [r.requested_at for r in requests],
                 [r.due_at for r in requests],
                 [r.deadline_rule for r in requests],
+                *enrichment_columns(requests),
                 now,
                 now,
                 listed.kinds,
@@ -183,7 +185,6 @@ def record_batch(
         # Every request has at least one command (planning guarantees it), so the
         # destination rows returned name exactly the requests inserted now.
         outcome.new = {row[0] for row in cur.fetchall()}
-        record_enrichment(cur, requests, outcome.new)
         seen_before = [r for r in requests if r.event_id not in outcome.new]
         if seen_before:
             cur.execute(_EXISTING, ([r.event_id for r in seen_before],))
