@@ -39,6 +39,8 @@ class _Status:
 def cmd_import(args: argparse.Namespace) -> int:
     cfg = settings()
     ring = suppression_ring(cfg)
+    if args.chunk < 1:
+        raise ConfigurationError("--chunk must be at least 1")
     path = Path(args.file)
     try:
         size = os.path.getsize(path)

@@ -149,9 +149,9 @@ def parse_csv(
             row = next(reader)
         except StopIteration:
             break
-        except csv.Error as exc:  # e.g. a NUL byte: the rest cannot be read reliably
-            parsed.errors.append(RowError(line, "not_csv", str(exc)))
-            break
+        except csv.Error as exc:  # e.g. a NUL byte: the rest cannot be read reliably, and a
+            # customer whose rows go on past it would be replaced by part of them
+            raise ConfigurationError(f"line {line}: not CSV ({exc}); nothing imported") from None
         start, line = line, reader.line_num + 1
         if not any(cell.strip() for cell in row):
             continue  # blank line

@@ -112,6 +112,11 @@ def test_an_unusable_header_is_one_clear_error(text: str, message: str):
         parse(text)
 
 
+def test_a_file_the_csv_reader_cannot_read_imports_nothing():
+    with pytest.raises(ConfigurationError, match=r"line 3: not CSV .*; nothing imported"):
+        parse(HEADER + "c-1,a@example.com,,,,,,,,\n" + "c-1," + "b" * 200_000 + ",,,,,,,,\n")
+
+
 def test_progress_is_reported_on_long_files():
     seen: list[int] = []
     rows = "".join(f"c-{i},u{i}@example.com\n" for i in range(25))
