@@ -104,6 +104,7 @@ class Command:
     scopes: tuple[str, ...]
     issued_at: datetime
     deadline: datetime
+    action: str = "OPT_OUT"  # contract version 2: OPT_OUT (suppress) or OPT_IN (un-suppress)
 
     @classmethod
     def from_record(cls, record: SuppressionCommandRecord) -> Command:
@@ -120,6 +121,7 @@ class Command:
             scopes=tuple(record["scopes"]),
             issued_at=as_datetime(record["issued_at"]),
             deadline=as_datetime(record["deadline"]),
+            action=record.get("action") or "OPT_OUT",  # version-1 commands meant OPT_OUT
         )
 
 
