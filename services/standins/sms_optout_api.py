@@ -84,7 +84,7 @@ _CREDENTIAL = re.compile(
 class ApiError(Exception):
     """One of the API's documented errors: HTTP ``status``, code ``code``, its members."""
 
-    def __init__(self, code: str, message: str, status: int = 400, **members: Any) -> None:
+    def __init__(self, code: str, message: str, status: int = 400, **members: object) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -287,7 +287,7 @@ class SmsOptOutStandin:
             )
         return name, self.lists[name]
 
-    def _number(self, value: Any, field: str = "OptedOutNumber") -> str:
+    def _number(self, value: object, field: str = "OptedOutNumber") -> str:
         if not isinstance(value, str) or len(value) > 20 or not PHONE.match(value):
             raise validation(
                 "FIELD_VALIDATION_FAILED",

@@ -21,6 +21,7 @@ from services.connectors import sms_optout_list as sms
 from services.connectors.kit import Command, CredentialsRefused, IncompleteBatch, Outcome
 from services.connectors.registry import KINDS
 from services.standins.sms_optout_api import SmsOptOutStandin
+from services.standins.web import Request
 from tests.support.commands import make_command
 from tests.support.standin_transport import RoutedBotocore
 
@@ -248,3 +249,44 @@ def test_a_loopback_endpoint_without_credentials_uses_the_standin_key(standin) -
         sms.build(destination(credentials={}), settings)  # AWS (not loopback): the file must name them
     with pytest.raises(ConfigurationError, match="local stand-in; OPTOUT_ENV=production"):
         sms.build(destination(endpoint_url="http://localhost:18096"), Settings(env="production"))
+
+
+# --- the stand-in's wire shapes -------------------------------------------------------------------
+def test_standin_refuses_unsigned_requests_in_the_aws_json_error_shape(standin) -> None:
+    answer = standin.handle(
+        Request(
+            "POST",
+            "/",
+            {
+                "x-amz-target": "PinpointSMSVoiceV2.PutOptedOutNumber",
+                "content-type": "application/x-amz-json-1.0",
+            },
+            b'{"OptOutListName": "optout", "OptedOutNumber": "+14155550100"}',
+        )
+    )
+    assert answer.status == 400
+    assert answer.headers["x-amzn-ErrorType"] == "IncompleteSignature"
+    assert answer.headers["Content-Type"] == "application/x-amz-json-1.0"
+    assert answer.body["__type"] == "IncompleteSignature" and answer.body["Message"]
+    assert standin.opted_out() == set()
+
+
+def test_standin_lists_filters_and_creates_lists_like_the_reference(standin) -> None:
+    connector, _ = connect(standin)
+    client: Any = connector.client  # botocore ships no types
+    client.create_opt_out_list(OptOutListName="marketing_us")
+    with pytest.raises(ClientError) as exists:
+        client.create_opt_out_list(OptOutListName="marketing_us")
+    assert exists.value.response["Reason"] == "RESOURCE_ALREADY_EXISTS"
+    names = [x["OptOutListName"] for x in client.describe_opt_out_lists()["OptOutLists"]]
+    assert names == ["Default", "marketing_us", "optout"]
+    connector.apply([cmd(PHONE_A)])
+    mine = client.describe_opted_out_numbers(
+        OptOutListName="optout", Filters=[{"Name": "end-user-opted-out", "Values": ["false"]}]
+    )
+    assert [n["OptedOutNumber"] for n in mine["OptedOutNumbers"]] == [PHONE_A]
+    assert mine["OptedOutNumbers"][0]["EndUserOptedOut"] is False
+    with pytest.raises(ClientError) as bad:
+        client.describe_opted_out_numbers(OptOutListName="optout", OptedOutNumbers=["not-a-number"])
+    assert bad.value.response["Fields"][0]["Name"] == "OptedOutNumbers"
+    connector.close()
