@@ -305,12 +305,13 @@ class SmsOptOutListConnector(Connector):
             return outcomes
         # Credentials or configuration first: that is what the kit must pause and alert on.
         cause = next((f for f in failures if isinstance(f, CredentialsRefused)), failures[0])
-        log.warning(
-            "SMS opt-out list calls failed",
-            destination=self.destination,
-            failed=len(failures),
-            error=str(cause),
-        )
+        if not isinstance(cause, CredentialsRefused):  # refusals: CredentialsWatch logs once
+            log.warning(
+                "SMS opt-out list calls failed",
+                destination=self.destination,
+                failed=len(failures),
+                error=str(cause),
+            )
         if not outcomes:
             raise cause
         raise IncompleteBatch(outcomes, cause) from cause
