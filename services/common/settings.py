@@ -192,6 +192,16 @@ class Settings(BaseSettings):
     standin_ses_port: int = Field(
         18086, ge=0, le=65535, description="Port of the Amazon SES (v2) emulator (moto server)."
     )
+    standin_sms_port: int = Field(
+        18096, ge=0, le=65535, description="Port of the AWS End User Messaging SMS (opt-out lists) stand-in."
+    )
+    standin_sms_access_key_id: str = Field(
+        "dev-sms-key-id", description="AWS access key id the SMS stand-in accepts (development only)."
+    )
+    standin_sms_secret_access_key: str = Field(
+        "dev-sms-secret",
+        description="Its secret, checked in each request's SigV4 signature (development only).",
+    )
     standin_failure_rate: float = Field(0.0, ge=0, le=1, description="Share of requests answered 503.")
     standin_rate_limit_per_second: int = Field(0, ge=0, description="Requests/s before 429; 0: none.")
     standin_retry_after_seconds: int = Field(

@@ -105,6 +105,7 @@ class Command:
     issued_at: datetime
     deadline: datetime
     device_id: str | None = None  # contract version 2: a pseudonymous browser/device id
+    action: str = "OPT_OUT"  # contract version 2: OPT_OUT (suppress) or OPT_IN (un-suppress)
 
     @classmethod
     def from_record(cls, record: SuppressionCommandRecord) -> Command:
@@ -122,6 +123,7 @@ class Command:
             issued_at=as_datetime(record["issued_at"]),
             deadline=as_datetime(record["deadline"]),
             device_id=record.get("device_id"),
+            action=record.get("action") or "OPT_OUT",  # version-1 commands meant OPT_OUT
         )
 
 
