@@ -11,15 +11,19 @@ depend on the order requests arrive in, even for two requests of the same action
 same instant, requests are totally ordered by ``(requested_at, is opt-out, event_id)`` and the
 greatest one wins (``rank``); intake's SQL guard compares the same triple.
 
-What a request *does* (which destinations get a command) follows from where it won:
+What a request *does* (which destinations get a command) follows from the state once it
+has been applied:
 
-* an opt-out takes effect for a scope when it won for at least one of its subjects (suppress
-  more, never less);
-* an opt-in takes effect for a scope only when it won for every one of its subjects: one
-  identifier with a newer opt-out keeps the person suppressed for that scope.
+* an opt-out takes effect for a scope when at least one of its subjects is then suppressed for
+  it (suppress more, never less): whether it won, or a newer opt-out holds (sending it again
+  is harmless, and the person gets their confirmation);
+* an opt-in takes effect for a scope only when every one of its subjects is then opted in:
+  one identifier with a newer opt-out keeps the person suppressed for that scope.
 
-A request that takes effect for no scope is *superseded*: intake records it, sends no
-command, and closes it (see docs/contract.md).
+A request that takes effect for no scope is *superseded* (a newer request of the other action
+holds): intake records it, sends no command, and closes it (see docs/contract.md). Whatever
+reaches a destination, its connector applies a command only if it is newer than the last one
+applied there for the person (services/connectors/kit.py).
 """
 
 from __future__ import annotations
@@ -118,20 +122,22 @@ def wins(candidate: StateEntry, current: StateEntry | None) -> bool:
     return current is None or candidate.rank > current.rank
 
 
-def effective_scopes(request: OptOutRequest, won: Iterable[Key]) -> frozenset[Scope]:
-    """The scopes the request takes effect for, given the (subject, scope) rows it won."""
-    won_keys = set(won)
+def effective_scopes(request: OptOutRequest, suppressed: Mapping[Key, bool]) -> frozenset[Scope]:
+    """The scopes the request takes effect for, given whether each of its (subject, scope)
+    rows is suppressed once it has been applied (a missing row: not suppressed)."""
     subjects = subjects_of(request)
     scopes = concrete_scopes(request.scopes)
     if request.action is Action.OPT_OUT:
-        return frozenset(s for s in scopes if any((subj, s) in won_keys for subj in subjects))
-    return frozenset(s for s in scopes if all((subj, s) in won_keys for subj in subjects))
+        return frozenset(s for s in scopes if any(suppressed.get((subj, s), False) for subj in subjects))
+    return frozenset(s for s in scopes if not any(suppressed.get((subj, s), False) for subj in subjects))
 
 
 def decide(current: Mapping[Key, StateEntry], request: OptOutRequest) -> Decision:
     """What ``request`` changes given the current state of its subjects (missing: no state)."""
     changes = tuple(c for c in proposed(request) if wins(c.entry, current.get((c.subject, c.scope))))
-    return Decision(changes, effective_scopes(request, ((c.subject, c.scope) for c in changes)))
+    after = {k: e.suppressed for k, e in current.items()}
+    after.update({(c.subject, c.scope): c.entry.suppressed for c in changes})
+    return Decision(changes, effective_scopes(request, after))
 
 
 def apply(state: dict[Key, StateEntry], decision: Decision) -> None:

@@ -63,6 +63,7 @@ class _Summary:
     duplicates: int = 0
     dead: int = 0
     commands: int = 0
+    superseded: int = 0
 
 
 # Records a chunk of requests (unique event ids) and their commands in one transaction.
@@ -185,6 +186,8 @@ class IntakeStep:
                 )
                 continue
             for command in item.commands:
+                if command.command_id in outcome.withheld:
+                    continue  # the request did not take effect for its scopes (newest wins)
                 if event_id in outcome.new or command.command_id in outcome.resend:
                     self._send_command(tracker, command)
                     summary.commands += 1
@@ -199,6 +202,7 @@ class IntakeStep:
                 reason=why.reason,
             )
         summary.new += len(outcome.new)
+        summary.superseded += len(outcome.superseded)
         summary.duplicates += len(outcome.duplicates) + prepared.in_batch_duplicates
         summary.dead += len(dead)
 
@@ -222,6 +226,8 @@ class IntakeStep:
             total.duplicates |= one.duplicates
             total.conflicts |= one.conflicts
             total.resend |= one.resend
+            total.withheld |= one.withheld
+            total.superseded |= one.superseded
         return total, rejected
 
     def _record_in_database(
@@ -263,4 +269,5 @@ class IntakeStep:
             duplicates=summary.duplicates,
             dead_lettered=summary.dead,
             commands=summary.commands,
+            superseded=summary.superseded,
         )

@@ -145,7 +145,15 @@ def test_an_opt_in_needs_every_identifier_a_newer_opt_out_by_one_keeps_it():
     # An opt-out wins when it is newest for one of its identifiers.
     old_out = request(3, Action.OPT_OUT, ["EMAIL_MARKETING"], minutes_ago=9, customer_id="c-9")
     assert decide(fold([back_in]), old_out).superseded  # older than the opt-in on both
-    assert effective_scopes(old_out, [("cust:c-9", Scope.EMAIL_MARKETING)]) == {Scope.EMAIL_MARKETING}
+    assert effective_scopes(old_out, {("cust:c-9", Scope.EMAIL_MARKETING): True}) == {Scope.EMAIL_MARKETING}
+
+
+def test_an_older_opt_out_after_a_newer_one_still_takes_effect():
+    newer = request(1, Action.OPT_OUT, ["EMAIL_MARKETING"], minutes_ago=1)
+    older = request(2, Action.OPT_OUT, ["ALL"], minutes_ago=5)
+    d = decide(fold([newer]), older)
+    assert d.effective == frozenset(CONCRETE_SCOPES)  # re-sending an opt-out is harmless
+    assert {c.scope for c in d.changes} == set(CONCRETE_SCOPES) - {Scope.EMAIL_MARKETING}
 
 
 def test_subjects_are_hashed_identifiers():
