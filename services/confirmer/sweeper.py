@@ -41,7 +41,7 @@ from prometheus_client import Gauge
 from services.common import metrics
 from services.common.avro import Codec
 from services.common.clock import Clock
-from services.common.contract import Scope, Source
+from services.common.contract import Action, Scope, Source
 from services.common.db import LazyConnection
 from services.common.errors import RetriableError
 from services.common.kafka import DeliveryTracker
@@ -101,7 +101,7 @@ _DUE_COMMANDS = """
 SELECT d.command_id, d.destination, d.issue_count,
        r.event_id, r.customer_id, r.email, r.phone, r.postal_address, r.email_sha256,
        r.phone_sha256, r.scopes, r.source, r.jurisdiction, r.requested_at, r.due_at,
-       r.deadline_rule, r.subject_key, r.content_sha256
+       r.deadline_rule, r.subject_key, r.content_sha256, r.action, r.device_id
 FROM destination_status d JOIN requests r ON r.event_id = d.event_id
 WHERE d.status = 'PENDING'
   AND r.resolved_at IS NULL  -- resolved by a person (optout resolve): closed, never re-sent
@@ -157,6 +157,8 @@ def request_from_row(row: tuple[Any, ...]) -> OptOutRequest:
         deadline_rule,
         subject_key,
         content_sha256,
+        action,
+        device_id,
     ) = row
     return OptOutRequest(
         event_id=event_id,
@@ -174,6 +176,8 @@ def request_from_row(row: tuple[Any, ...]) -> OptOutRequest:
         deadline_rule=deadline_rule,
         subject_key=subject_key,
         content_sha256=content_sha256,
+        action=Action(action),
+        device_id=device_id,
     )
 
 

@@ -1,5 +1,6 @@
 """Data minimisation: once a request has been confirmed for longer than the retention
-period, its raw contact details (email, phone, postal address) are removed. What is
+period, its raw contact details (email, phone, postal address) and its device id (pseudonymous,
+but treated like contact data) are removed. What is
 needed to keep suppressing the person and to prove compliance stays: the SHA-256
 hashes of the normalized identifiers, the customer id, scopes, source, jurisdiction,
 every timestamp and each destination's outcome.
@@ -38,7 +39,7 @@ WITH chosen AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE requests r
-SET email = NULL, phone = NULL, postal_address = NULL, pii_purged_at = %(now)s
+SET email = NULL, phone = NULL, postal_address = NULL, device_id = NULL, pii_purged_at = %(now)s
 FROM chosen WHERE r.event_id = chosen.event_id
 """
 

@@ -65,7 +65,8 @@ WHERE s.kind = k.kind AND s.sha256 = k.h
 
 _CLEAR = """
 UPDATE requests
-SET email = NULL, phone = NULL, postal_address = NULL, pii_purged_at = coalesce(pii_purged_at, %(now)s)
+SET email = NULL, phone = NULL, postal_address = NULL, device_id = NULL,
+    pii_purged_at = coalesce(pii_purged_at, %(now)s)
 WHERE event_id = ANY(%(events)s)
   AND (email IS NOT NULL OR phone IS NOT NULL OR postal_address IS NOT NULL)
 """
