@@ -189,6 +189,8 @@ def test_decode_command_checks_type_and_destination() -> None:
         "scopes": list(command.scopes),
         "issued_at": to_millis(command.issued_at),
         "deadline": to_millis(command.deadline),
+        "action": command.action.value,
+        "requested_at": 0,
     }
     payload = codec.encode("SuppressionCommand", record)
     decoded = decode_command(codec, payload, "mail_house")
