@@ -127,7 +127,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     for key, value in status.items():
         if key != "destinations":
-            sys.stdout.write(f"{key:14} {_fmt(value) if not isinstance(value, list) else ','.join(value)}\n")
+            shown = _fmt(value) if not isinstance(value, list) else ",".join(value) or "- (superseded)"
+            sys.stdout.write(f"{key:14} {shown}\n")
     sys.stdout.write(f"\n{'DESTINATION':22} {'STATUS':19} {'SENT':>4} {'ACKED AT':26} DETAIL\n")
     for d in status["destinations"]:
         sys.stdout.write(
@@ -170,7 +171,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         choices=("OPT_OUT", "OPT_IN"),
         help="OPT_OUT (default) or OPT_IN: the person opts back in to --scopes. Per person and "
         "scope the newest --requested-at wins (a tie: the opt-out), so an opt-in older than "
-        "the person's latest opt-out changes nothing (in a file: the \"action\" field)",
+        'the person\'s latest opt-out changes nothing (in a file: the "action" field)',
     )
     p.add_argument("--opt-in", action="store_true", help="the same as --action OPT_IN")
     p.add_argument("--skip-invalid", action="store_true", help="send the valid lines of a file")
