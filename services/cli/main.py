@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from services.cli import (
     admin,
     config,
+    gpclog,
     lag,
     link,
     overdue,
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_commands(sub)
     link.add_commands(sub)
     suppression.add_commands(sub)
+    gpclog.add_commands(sub)
     return parser
 
 

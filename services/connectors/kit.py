@@ -165,9 +165,9 @@ class Command:
             scopes=tuple(record["scopes"]),
             issued_at=as_datetime(record["issued_at"]),
             deadline=as_datetime(record["deadline"]),
-            action=Action(record["action"]),
-            requested_at=_known_time(record["requested_at"]),
-            device_id=record["device_id"],
+            action=Action(record.get("action") or Action.OPT_OUT),
+            requested_at=_known_time(record.get("requested_at") or 0),
+            device_id=record.get("device_id"),
         )
 
 

@@ -71,3 +71,20 @@ def purge_contact_details(
             break
     log.info("contact details purged", requests=total, retention_days=retention.days)
     return total
+
+
+def purge_gpc_signals(
+    conn: psycopg.Connection[Any], now: datetime, retention: timedelta, dry_run: bool = False
+) -> int:
+    """The log of applied GPC signals (``gpc_signals``, services/web/gpclog.py) holds no raw
+    identifier; it is proof that signals were honoured, kept for ``retention`` (24 months
+    by default: CCPA regulations § 7101) and then deleted. Returns how many rows were
+    deleted (or, with ``dry_run``, would be)."""
+    cutoff = now - retention
+    if dry_run:
+        row = conn.execute("SELECT count(*) FROM gpc_signals WHERE seen_at < %s", (cutoff,)).fetchone()
+        return int(row[0]) if row else 0
+    with conn.transaction():
+        deleted = conn.execute("DELETE FROM gpc_signals WHERE seen_at < %s", (cutoff,)).rowcount
+    log.info("gpc signal log purged", rows=deleted, retention_days=retention.days)
+    return deleted

@@ -44,7 +44,13 @@ def test_the_shipped_file_is_todays_three_destinations() -> None:
     assert d["email_provider"].identifiers == {Identifier.CUSTOMER_ID, Identifier.EMAIL}
     assert d["mail_house"].requires_one_of == {Identifier.POSTAL_ADDRESS}
     third = d["third_party_sharing"]
-    assert third.identifiers == {Identifier.CUSTOMER_ID, Identifier.EMAIL_SHA256, Identifier.PHONE_SHA256}
+    assert third.identifiers == {
+        Identifier.CUSTOMER_ID,
+        Identifier.EMAIL_SHA256,
+        Identifier.PHONE_SHA256,
+        Identifier.DEVICE_ID,  # a browser's GPC opt-out may carry only its device id
+    }
+    assert Identifier.DEVICE_ID in third.requires_one_of
     assert not third.identifiers & {Identifier.EMAIL, Identifier.PHONE}  # hashes only
     assert d.unserved_scopes() == [Scope.SMS_MARKETING]  # until the SMS sender destination lands
     assert Settings().destinations.names == d.names
