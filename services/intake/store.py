@@ -180,11 +180,16 @@ SET suppressed = EXCLUDED.suppressed, since = EXCLUDED.since, event_id = EXCLUDE
     action = EXCLUDED.action, updated_at = EXCLUDED.updated_at
 WHERE (EXCLUDED.since, EXCLUDED.suppressed, EXCLUDED.event_id)
       > (st.since, st.suppressed, st.event_id)
+RETURNING subject, scope
 """
 
-# The state of the chunk's subjects once upserted (their rows are locked by the upsert, which
-# locks a conflicting row even when its guard keeps it unchanged).
-_STATE_OF = "SELECT subject, scope, suppressed FROM suppression_state WHERE subject = ANY(%b::text[])"
+# The stored state of the rows the chunk did not win (locked by the upsert, which locks a
+# conflicting row even when its guard keeps it unchanged). Rows it won hold its own values.
+_STATE_OF = """
+SELECT st.subject, st.scope, st.suppressed
+FROM suppression_state st JOIN unnest(%b::text[], %b::text[]) AS t(s, sc)
+     ON st.subject = t.s AND st.scope = t.sc
+"""
 
 # Suppression-list entries of the people an opt-in took effect for, and the scopes their
 # state no longer suppresses.
@@ -339,8 +344,12 @@ def _decide(
             [e.action.value for e in entries],
         ),
     )
-    cur.execute(_STATE_OF, (sorted({k[0] for k in keys}),))
-    after: dict[Key, bool] = {(subject, Scope(scope)): bool(s) for subject, scope, s in cur.fetchall()}
+    won = {(subject, Scope(scope)) for subject, scope in cur.fetchall()}
+    after: dict[Key, bool] = {k: chunk_winners[k].suppressed for k in won}
+    lost = [k for k in keys if k not in won]
+    if lost:
+        cur.execute(_STATE_OF, ([k[0] for k in lost], [k[1].value for k in lost]))
+        after.update({(subject, Scope(scope)): bool(v) for subject, scope, v in cur.fetchall()})
     return {r.event_id: effective_scopes(r, after) for r in candidates}
 
 
@@ -372,7 +381,7 @@ def _prune_entries(cur: psycopg.Cursor[Any], opt_ins: Sequence[OptOutRequest], n
         if not remaining:
             delete.append((kind, sha256))
         elif len(remaining) < len(expanded):
-            update.append((kind, sha256, ",".join(remaining)))
+            update.append((kind, sha256, ",".join(sorted(remaining))))
     if update:
         cur.execute(_PRUNE, (now, [u[0] for u in update], [u[1] for u in update], [u[2] for u in update]))
     if delete:
