@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import Message, Producer
+from prometheus_client import Counter
 
 from services.common import metrics
 from services.common.avro import Codec
@@ -34,6 +35,12 @@ from services.suppression.entries import suppression_ring
 
 log = get_logger(__name__)
 SERVICE = "intake"
+SUPERSEDED = Counter(
+    "optout_intake_superseded_total",
+    "Requests recorded as superseded (a newer request of the other action holds for every "
+    "scope): closed with no command and no confirmation, by action.",
+    ["action"],
+)
 
 
 class _DataRejected(Exception):
@@ -203,6 +210,9 @@ class IntakeStep:
             )
         summary.new += len(outcome.new)
         summary.superseded += len(outcome.superseded)
+        for item in prepared.accepted:
+            if item.request.event_id in outcome.superseded:
+                SUPERSEDED.labels(item.request.action.value).inc()
         summary.duplicates += len(outcome.duplicates) + prepared.in_batch_duplicates
         summary.dead += len(dead)
 
