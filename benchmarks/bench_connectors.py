@@ -145,6 +145,9 @@ def make_records(count: int, destination: str, build: Callable[[int], dict[str, 
             "scopes": ["ALL"],
             "issued_at": to_millis(now),
             "deadline": to_millis(now + timedelta(days=10)),
+            "action": "OPT_OUT",
+            "requested_at": to_millis(now),
+            "device_id": None,
             **build(i),
         }
         out.append(record)

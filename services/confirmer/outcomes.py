@@ -79,6 +79,8 @@ class RequestRow:
     postal_address: PostalAddressRecord | None
     scopes: tuple[str, ...]
     requested_at: datetime
+    action: str = Action.OPT_OUT.value  # OPT_OUT or OPT_IN (requests.action)
+    phone: str | None = None  # E.164; the contact when there is no email
 
 
 def ack_from_record(record: SuppressionAckRecord) -> Ack:
@@ -165,7 +167,9 @@ def request_state(statuses: Iterable[str]) -> RequestState:
 def confirmation_record(
     request: RequestRow, destinations: Sequence[DestinationRow], confirmed_at: datetime
 ) -> OptOutConfirmedRecord:
-    """The OptOutConfirmed body. Contact: the email, else the postal address. No marketing content."""
+    """The OptOutConfirmed body. Contact: the email, else the phone (``notify_phone``) and the
+    postal address. It says what was done (``action``: opted out, or back in). No marketing
+    content."""
     outcomes: list[DestinationOutcomeRecord] = []
     for d in _per_destination(destinations):
         if d.status not in SUCCESS or d.acked_at is None:
@@ -186,8 +190,8 @@ def confirmation_record(
         scopes=list(request.scopes),
         requested_at=to_millis(request.requested_at),
         confirmed_at=to_millis(confirmed_at),
-        action=Action.OPT_OUT.value,  # opt-ins: see the opting-back-in work (issue 12)
-        notify_phone=None,
+        action=request.action,
+        notify_phone=None if request.email else request.phone,
     )
 
 

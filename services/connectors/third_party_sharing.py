@@ -22,6 +22,10 @@ with the partner's reason. A 2xx that is not the documented ``{"accepted": [...]
 "rejected": [{"reference", "reason"}]}`` (not JSON, wrong types) refuses that call's
 opt-outs with that reason: the outcome is unknown, so never APPLIED, and never a crash.
 
+Opting back in (``action: OPT_IN``): ``POST {partner.url}/opt-ins`` with
+``{"opt_ins": [...]}``, the same records and answers; the partner drops the opt-outs it holds
+for those hashes (the stand-in, ``services/standins/partners_api.py``, documents it).
+
 ``OPTOUT_PARTNERS=[]`` is refused at start-up: nobody would be told.
 """
 
@@ -58,6 +62,7 @@ log = get_logger(__name__)
 
 MAX_BATCH = 1000
 OPT_OUTS_PATH = "/opt-outs"
+OPT_INS_PATH = "/opt-ins"
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 HASH_FIELDS = ("email_sha256", "phone_sha256", "customer_id_sha256", "device_id_sha256")
 
@@ -148,7 +153,8 @@ class ThirdPartySharingConnector(Connector):
 
     def apply(self, commands: Sequence[Command]) -> list[Outcome]:
         outcomes: list[Outcome] = []
-        records: list[dict[str, str]] = []
+        outs: list[dict[str, str]] = []
+        ins: list[dict[str, str]] = []
         for command in commands:
             record = partner_record(command)
             if record is None:
@@ -156,16 +162,19 @@ class ThirdPartySharingConnector(Connector):
                     Outcome.rejected(command.command_id, "command carries no customer id or identifier hash")
                 )
             else:
-                records.append(record)
+                (ins if command.opt_in else outs).append(record)
         refusals: dict[str, list[str]] = {}
         for partner in self.partners:
-            for chunk in _chunks(records, MAX_BATCH):
-                for reference, reason in self._send(partner, chunk).items():
-                    refusals.setdefault(reference, []).append(reason)
-        outcomes.extend(combine([r["reference"] for r in records], refusals))
+            for records, opting_in in ((outs, False), (ins, True)):
+                for chunk in _chunks(records, MAX_BATCH):
+                    for reference, reason in self._send(partner, chunk, opting_in).items():
+                        refusals.setdefault(reference, []).append(reason)
+        outcomes.extend(combine([r["reference"] for r in (*outs, *ins)], refusals))
         return outcomes
 
-    def _send(self, partner: PartnerEndpoint, records: list[dict[str, str]]) -> dict[str, str]:
+    def _send(
+        self, partner: PartnerEndpoint, records: list[dict[str, str]], opting_in: bool = False
+    ) -> dict[str, str]:
         """Send one chunk to a partner: its refusals by reference (a 4xx naming no
         reference is narrowed down by ``find_refusals``); raises ``RetriableError`` when
         the partner may accept later."""
@@ -174,9 +183,9 @@ class ThirdPartySharingConnector(Connector):
         def call(part: list[dict[str, str]]) -> CallAnswer:
             response = post_json(
                 self.client,
-                partner.url.rstrip("/") + OPT_OUTS_PATH,
+                partner.url.rstrip("/") + (OPT_INS_PATH if opting_in else OPT_OUTS_PATH),
                 partner.token,
-                {"opt_outs": part},
+                {"opt_ins": part} if opting_in else {"opt_outs": part},
                 self.clock.now(),
                 system,
             )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from services.common.clock import to_millis
-from services.common.contract import Destination, Destinations, Identifier, Scope
+from services.common.contract import CONCRETE_SCOPES, Destination, Destinations, Identifier, Scope
 from services.common.errors import PoisonMessage
 from services.common.records import PostalAddressRecord, SuppressionCommandRecord
 from services.domain.enrichment import all_emails, all_phones, all_postal_addresses
@@ -38,6 +38,9 @@ class PlannedCommand:
     command_id: str
     destination: str
     record: SuppressionCommandRecord  # the body, ready to encode
+    # The scopes the destination serves: intake sends the command only when the request takes
+    # effect for one of them (services/domain/preferences.py).
+    serves: frozenset[Scope] = frozenset(CONCRETE_SCOPES)
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,7 @@ def command_for(
         requested_at=to_millis(request.requested_at),
         device_id=request.device_id if Identifier.DEVICE_ID in has else None,
     )
-    return PlannedCommand(cid, dest.id, record)
+    return PlannedCommand(cid, dest.id, record, frozenset(dest.scopes))
 
 
 def _hash(value: str | None, own: str | None, own_sha256: str | None) -> str | None:

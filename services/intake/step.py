@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import Message, Producer
+from prometheus_client import Counter
 
 from services.common import metrics
 from services.common.avro import Codec
@@ -35,6 +36,12 @@ from services.suppression.entries import suppression_ring
 
 log = get_logger(__name__)
 SERVICE = "intake"
+SUPERSEDED = Counter(
+    "optout_intake_superseded_total",
+    "Requests recorded as superseded (a newer request of the other action holds for every "
+    "scope): closed with no command and no confirmation, by action.",
+    ["action"],
+)
 
 
 class _DataRejected(Exception):
@@ -64,6 +71,7 @@ class _Summary:
     duplicates: int = 0
     dead: int = 0
     commands: int = 0
+    superseded: int = 0
 
 
 # Records a chunk of requests (unique event ids) and their commands in one transaction.
@@ -204,6 +212,8 @@ class IntakeStep:
                 )
                 continue
             for command in item.commands:
+                if command.command_id in outcome.withheld:
+                    continue  # the request did not take effect for its scopes (newest wins)
                 if event_id in outcome.new or command.command_id in outcome.resend:
                     self._send_command(tracker, command)
                     summary.commands += 1
@@ -218,6 +228,10 @@ class IntakeStep:
                 reason=why.reason,
             )
         summary.new += len(outcome.new)
+        summary.superseded += len(outcome.superseded)
+        for item in prepared.accepted:
+            if item.request.event_id in outcome.superseded:
+                SUPERSEDED.labels(item.request.action.value).inc()
         summary.duplicates += len(outcome.duplicates) + prepared.in_batch_duplicates
         summary.dead += len(dead)
 
@@ -241,6 +255,8 @@ class IntakeStep:
             total.duplicates |= one.duplicates
             total.conflicts |= one.conflicts
             total.resend |= one.resend
+            total.withheld |= one.withheld
+            total.superseded |= one.superseded
         return total, rejected
 
     def _record_in_database(
@@ -282,4 +298,5 @@ class IntakeStep:
             duplicates=summary.duplicates,
             dead_lettered=summary.dead,
             commands=summary.commands,
+            superseded=summary.superseded,
         )

@@ -1,6 +1,7 @@
 """Data minimisation: once a request has been confirmed for longer than the retention
 period, its raw contact details (email, phone, postal address, and those the customer
-directory added: ``directory_identifiers``) are removed. What is
+directory added: ``directory_identifiers``) and its device id (pseudonymous, but treated like
+contact data) are removed. What is
 needed to keep suppressing the person and to prove compliance stays: the SHA-256
 hashes of the normalized identifiers, the customer id, scopes, source, jurisdiction,
 every timestamp and each destination's outcome.
@@ -40,7 +41,7 @@ WITH chosen AS (
 )
 UPDATE requests r
 SET email = NULL, phone = NULL, postal_address = NULL, directory_identifiers = NULL,
-    pii_purged_at = %(now)s
+    device_id = NULL, pii_purged_at = %(now)s
 FROM chosen WHERE r.event_id = chosen.event_id
 """
 

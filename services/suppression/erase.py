@@ -74,10 +74,11 @@ WHERE s.kind = k.kind AND s.sha256 = k.h
 _CLEAR = """
 UPDATE requests
 SET email = NULL, phone = NULL, postal_address = NULL, directory_identifiers = NULL,
+    device_id = NULL,
     pii_purged_at = coalesce(pii_purged_at, %(now)s)
 WHERE event_id = ANY(%(events)s)
   AND (email IS NOT NULL OR phone IS NOT NULL OR postal_address IS NOT NULL
-       OR directory_identifiers IS NOT NULL)
+       OR directory_identifiers IS NOT NULL OR device_id IS NOT NULL)
 """
 
 

@@ -271,6 +271,8 @@ def test_the_sweeper_rebuilds_each_command_from_the_stored_enrichment():
         request.deadline_rule,
         request.subject_key,
         request.content_sha256,
+        request.action.value,
+        request.device_id,
         stored,
     )
     rebuilt = request_from_row(row)
