@@ -292,8 +292,6 @@ class SmsOptOutListConnector(Connector):
                 outcomes.append(Outcome.rejected(command.command_id, "command carries no phone number"))
             elif not E164.match(command.phone):
                 outcomes.append(Outcome.rejected(command.command_id, "phone number is not in E.164 format"))
-            elif command.action not in (Action.OPT_OUT, Action.OPT_IN):
-                outcomes.append(Outcome.rejected(command.command_id, f"unknown action {command.action!r}"))
             else:
                 by_number.setdefault(command.phone, []).append(command)
         failures: list[RetriableError] = []

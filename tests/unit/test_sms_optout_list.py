@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError
 from pydantic import SecretStr
 
-from services.common.contract import AckStatus, Destination, Identifier, Scope
+from services.common.contract import AckStatus, Action, Destination, Identifier, Scope
 from services.common.errors import ConfigurationError, RetriableError
 from services.common.settings import Settings
 from services.connectors import sms_optout_list as sms
@@ -71,7 +71,7 @@ def conn(standin: SmsOptOutStandin) -> Iterator[tuple[sms.SmsOptOutListConnector
 
 
 def cmd(phone: str | None, action: str = "OPT_OUT") -> Command:
-    return make_command(NOW, "sms_us", phone=phone, scopes=["SMS_MARKETING"], action=action)
+    return make_command(NOW, "sms_us", phone=phone, scopes=["SMS_MARKETING"], action=Action(action))
 
 
 def statuses(outcomes: list[Outcome]) -> dict[str, AckStatus]:
@@ -123,14 +123,14 @@ def test_one_numbers_commands_in_a_batch_apply_in_their_order(conn, standin, act
     assert (PHONE_A in standin.opted_out()) is listed
 
 
-def test_commands_without_a_usable_number_or_action_are_rejected_without_a_call(conn) -> None:
+def test_commands_without_a_usable_number_are_rejected_without_a_call(conn) -> None:
+    # (An unknown action cannot reach a connector: the Avro enum reads it as OPT_OUT.)
     connector, routed = conn
-    none, local, odd = cmd(None), cmd("4155550100"), cmd(PHONE_A, "MAYBE")
-    outcomes = {o.command_id: o for o in connector.apply([none, local, odd])}
+    none, local = cmd(None), cmd("4155550100")
+    outcomes = {o.command_id: o for o in connector.apply([none, local])}
     assert {o.status for o in outcomes.values()} == {AckStatus.REJECTED}
     assert outcomes[none.command_id].detail == "command carries no phone number"
     assert outcomes[local.command_id].detail == "phone number is not in E.164 format"
-    assert outcomes[odd.command_id].detail == "unknown action 'MAYBE'"
     assert routed.targets == []
 
 
