@@ -35,7 +35,9 @@ from services.domain.preferences import (
     effective_scopes,
     newest_per_key,
     serves,
+    subjects_of,
 )
+from services.domain.subjects import ScopeState
 from services.domain.validation import OptOutRequest
 from services.suppression.entries import Entry, Kind, entries_of, postal_sha256, seal
 
@@ -112,6 +114,10 @@ class RecordOutcome:
     # destination serves (newest wins). Superseded: new event ids that took effect nowhere.
     withheld: set[str] = field(default_factory=set)
     superseded: set[str] = field(default_factory=set)
+    # The state (every scope) of each subject whose state this chunk changed, and of the
+    # subjects of its duplicates (a redelivery publishes again what may not have been
+    # published): what goes to the compacted topic optout.suppressions after the commit.
+    states: dict[str, list[ScopeState]] = field(default_factory=dict)
 
 
 # One statement records the new requests, their destination rows and their suppression-list
@@ -180,6 +186,14 @@ SET suppressed = EXCLUDED.suppressed, since = EXCLUDED.since, event_id = EXCLUDE
     action = EXCLUDED.action, updated_at = EXCLUDED.updated_at
 WHERE (EXCLUDED.since, EXCLUDED.suppressed, EXCLUDED.event_id)
       > (st.since, st.suppressed, st.event_id)
+RETURNING st.subject
+"""
+
+# The whole state (every scope) of the subjects whose state changed, for the compacted topic
+# optout.suppressions (published by the intake step once the transaction has committed).
+_PUBLISHED_STATE = """
+SELECT subject, scope, suppressed, since, event_id, action FROM suppression_state
+WHERE subject = ANY(%b::text[])
 """
 
 # The state of the chunk's subjects once upserted (their rows are locked by the upsert, which
@@ -231,7 +245,7 @@ def record_batch(
         cur.execute(_EXISTING, ([r.event_id for r in requests],))
         stored = dict(cur.fetchall())
         candidates = [r for r in requests if r.event_id not in stored]
-        effective = _decide(cur, candidates, now)
+        effective, changed = _decide(cur, candidates, now)
         kept = {
             r.event_id: [c for c in commands.get(r.event_id, []) if serves(c.serves, effective[r.event_id])]
             for r in candidates
@@ -314,16 +328,25 @@ def record_batch(
         if outcome.duplicates:
             cur.execute(_MARK_RESENT, (now, list(outcome.duplicates)))
             outcome.resend = {row[0] for row in cur.fetchall()}
+        published = changed | {
+            s for r in requests if r.event_id in outcome.duplicates for s in subjects_of(r)
+        }
+        if published:
+            cur.execute(_PUBLISHED_STATE, (sorted(published),))
+            outcome.states = {s: [] for s in published}
+            for subject, scope, suppressed, since, event_id, action in cur.fetchall():
+                outcome.states[subject].append(ScopeState(scope, suppressed, since, event_id, action))
     return outcome
 
 
 def _decide(
     cur: psycopg.Cursor[Any], candidates: Sequence[OptOutRequest], now: datetime
-) -> dict[str, frozenset[Scope]]:
+) -> tuple[dict[str, frozenset[Scope]], set[str]]:
     """Upsert the state the candidates win (newest wins, guarded against the stored state);
-    return the scopes each takes effect for, given the state then."""
+    return the scopes each takes effect for, given the state then, and the subjects whose
+    state changed."""
     if not candidates:
-        return {}
+        return {}, set()
     chunk_winners = newest_per_key(candidates)
     keys = sorted(chunk_winners)
     entries = [chunk_winners[k] for k in keys]
@@ -339,9 +362,10 @@ def _decide(
             [e.action.value for e in entries],
         ),
     )
+    changed = {row[0] for row in cur.fetchall()}
     cur.execute(_STATE_OF, (sorted({k[0] for k in keys}),))
     after: dict[Key, bool] = {(subject, Scope(scope)): bool(s) for subject, scope, s in cur.fetchall()}
-    return {r.event_id: effective_scopes(r, after) for r in candidates}
+    return {r.event_id: effective_scopes(r, after) for r in candidates}, changed
 
 
 def _listed_scopes(request: OptOutRequest, effective: frozenset[Scope]) -> list[str]:
