@@ -20,6 +20,7 @@ from services.cli import (
     requests,
     resolve,
     runner,
+    scrub,
     suppression,
 )
 from services.common.errors import ConfigurationError, OptoutError, PoisonMessage, RetriableError
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_commands(sub)
     link.add_commands(sub)
     suppression.add_commands(sub)
+    scrub.add_commands(sub)
     return parser
 
 
