@@ -52,6 +52,7 @@ def production_values() -> dict[str, object]:
         "web_current_kid": "2026a",
         "suppression_keys": json.dumps({"2026s": _key()}),
         "suppression_current_kid": "2026s",
+        "lookup_api_keys": ["lookup-live-key-0123456789"],
     }
 
 
@@ -79,6 +80,7 @@ def test_production_with_every_default_names_each_dev_only_setting_in_one_line()
         "OPTOUT_WEB_PUBLIC_URL",
         "OPTOUT_WEB_TOKEN_KEYS",
         "OPTOUT_SUPPRESSION_KEYS",
+        "OPTOUT_LOOKUP_API_KEYS",
     ):
         assert name in message, name
     # Never the secret values themselves.
