@@ -109,9 +109,9 @@ def _kept(path: Path) -> list[str]:
         return [row[1] for row in csv.reader(handle)][1:]
 
 
-def test_scrub_removes_exactly_the_suppressed_rows(cfg: Settings, tag: str, tmp_path: Path) -> None:
+def _scrub_by_scope(cfg: Settings, tag: str, tmp_path: Path, rows: int) -> None:
     source, target = tmp_path / "audience.csv", tmp_path / "clean.csv"
-    numbers = _audience(source, tag, ROWS)
+    numbers = _audience(source, tag, rows)
     report = scrub(cfg.dsn(), source, target, scope=Scope.EMAIL_MARKETING)
     suppressed = [n for n in numbers if 0 <= n < 50]
     assert (report.rows, report.removed, report.invalid) == (len(numbers), len(suppressed), numbers.count(-1))
@@ -121,6 +121,14 @@ def test_scrub_removes_exactly_the_suppressed_rows(cfg: Settings, tag: str, tmp_
     assert not {_email(tag, i) for i in range(50)} & {k.strip().lower() for k in kept}
     assert {_email(tag, i) for i in range(50, 120)} <= {k.strip().lower() for k in kept}
     assert target.read_text().splitlines()[0] == "first_name,Email,city"
+
+
+def test_scrub_of_100000_rows(cfg: Settings, tag: str, tmp_path: Path) -> None:
+    _scrub_by_scope(cfg, tag, tmp_path, 100_000)
+
+
+def test_scrub_removes_exactly_the_suppressed_rows(cfg: Settings, tag: str, tmp_path: Path) -> None:
+    _scrub_by_scope(cfg, tag, tmp_path, ROWS)
 
     # Any scope (the default), through the command line, on a file of hashes, invalid rows dropped.
     hashed, out = tmp_path / "hashed.csv", tmp_path / "hashed-clean.csv"
