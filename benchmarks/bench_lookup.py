@@ -175,7 +175,10 @@ def run_processes(target: Any, args: Sequence[tuple[object, ...]]) -> tuple[list
 
 
 def start_lookup(env_vars: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli.main", "run", "lookup"], env=env_vars)
+    # The service's log lines go to stderr: stdout carries only the report.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "run", "lookup"], env=env_vars, stdout=sys.stderr
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
