@@ -76,8 +76,8 @@ PIPELINE: list[list[str]] = [
     ["standins"],
     ["connectors"],  # one connector per destination of the destinations file
     ["web"],
-    ["lookup"],
     ["exporter"],
+    ["lookup"],  # last: the metrics ports of the others (OPTOUT_METRICS_PORT + index) stay
 ]
 
 

@@ -183,7 +183,7 @@ def _metric_names_in(exprs: list[str]) -> set[str]:
 
 
 def _exported_names() -> set[str]:
-    for module in ("services.connectors.kit",):  # another service's metrics, when present
+    for module in ("services.connectors.kit", "services.lookup.app"):  # other services' metrics
         try:
             importlib.import_module(module)
         except ImportError:
