@@ -95,6 +95,14 @@ class ScopeState:
     request_id: str
     action: str
 
+    def as_json(self) -> dict[str, object]:
+        return {
+            "suppressed": self.suppressed,
+            "since": self.since.isoformat(),
+            "request_id": self.request_id,
+            "action": self.action,
+        }
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -112,23 +120,21 @@ class Answer:
         return {
             "subject": self.subject,
             "suppressed": self.suppressed,
-            "scopes": {
-                s.scope: {
-                    "suppressed": s.suppressed,
-                    "since": s.since.isoformat(),
-                    "request_id": s.request_id,
-                    "action": s.action,
-                }
-                for s in self.states
-            },
+            "scopes": {s.scope: s.as_json() for s in self.states},
         }
 
 
 _ORDER = {s.value: i for i, s in enumerate(CONCRETE_SCOPES)}
 
 
+def _rank(state: ScopeState) -> tuple[int, str]:
+    return (_ORDER.get(state.scope, len(_ORDER)), state.scope)
+
+
 def ordered(states: Iterable[ScopeState]) -> tuple[ScopeState, ...]:
-    return tuple(sorted(states, key=lambda s: (_ORDER.get(s.scope, len(_ORDER)), s.scope)))
+    """Contract order (scopes unknown to this version last, by name)."""
+    listed = tuple(states)
+    return listed if len(listed) < 2 else tuple(sorted(listed, key=_rank))
 
 
 def answer(subject: str, scope: Scope | None, states: Iterable[ScopeState]) -> Answer:

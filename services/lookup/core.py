@@ -119,11 +119,15 @@ def single_response(query: Query, rows: Mapping[str, Sequence[ScopeState]]) -> d
 
 def batch_response(batch: Batch, rows: Mapping[str, Sequence[ScopeState]]) -> dict[str, object]:
     results: list[dict[str, object]] = []
+    done: dict[str, dict[str, object]] = {}  # a subject asked twice is answered once
     for item in batch.items:
         if isinstance(item, BadIdentifier):
             results.append({"error": item.reason})
-        else:
-            results.append(answer(item, batch.scope, rows.get(item, ())).as_json())
+            continue
+        found = done.get(item)
+        if found is None:
+            found = done[item] = answer(item, batch.scope, rows.get(item, ())).as_json()
+        results.append(found)
     return {
         "scope": batch.scope.value if batch.scope else None,
         "suppressed": sum(1 for r in results if r.get("suppressed") is True),
