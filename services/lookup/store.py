@@ -2,7 +2,8 @@
 
 One statement per HTTP request: a primary-key read for one subject (``= %s``), or one
 ``= ANY(%s)`` for a batch (an index scan of the primary key per subject). An async pool
-keeps the event loop free; statements are prepared on each connection after a few uses.
+keeps the event loop free; statements are prepared on each connection after a few uses and
+answered in binary (no text parsing of timestamps).
 """
 
 from __future__ import annotations
@@ -64,9 +65,9 @@ class StateReader:
         try:
             async with self.pool.connection(self.timeout) as conn:
                 if len(subjects) == 1:
-                    cursor = await conn.execute(ONE, (subjects[0],))
+                    cursor = await conn.execute(ONE, (subjects[0],), binary=True)
                 else:
-                    cursor = await conn.execute(MANY, (list(subjects),))
+                    cursor = await conn.execute(MANY, (list(subjects),), binary=True)
                 rows: list[Row] = await cursor.fetchall()
         except (psycopg.Error, PoolTimeout) as exc:
             log.warning("suppression state read failed", error=type(exc).__name__)
