@@ -69,6 +69,9 @@ SERVICES: dict[str, tuple[bool, ServiceMain]] = {
     "web": (False, _web),
     "lookup": (True, _lookup),
 }
+# Services that never use Kafka: not checked at start-up, not part of their readiness (the
+# lookup API answers from PostgreSQL alone, so a broker outage does not stop senders asking).
+NO_BROKER = {"lookup"}
 # What `optout run all` (and `make run`) starts.
 PIPELINE: list[list[str]] = [
     ["intake"],
@@ -127,12 +130,14 @@ def _run_one(spec: list[str]) -> int:
         needs_db, main = True, _connector_main(spec[1])  # connectors keep a dedupe store
     else:
         needs_db, main = SERVICES[spec[0]]
-    check_broker(cfg)
+    needs_kafka = spec[0] not in NO_BROKER
+    if needs_kafka:
+        check_broker(cfg)
     if needs_db:
         require_schema(cfg.dsn())
     stop = threading.Event()
     install_stop_handlers(stop)
-    serve_health(cfg, needs_db)
+    serve_health(cfg, needs_db, needs_kafka=needs_kafka)
     for scope in cfg.destinations.unserved_scopes():
         log.warning(
             "no destination serves this scope: a request naming it is dead-lettered "
