@@ -34,10 +34,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import psycopg
@@ -166,7 +165,7 @@ def _bare(dsn: str, kind: str, seconds: float, seed: int, out: Results) -> None:
     out.put((latencies, 0))
 
 
-def run_processes(target: Any, args: Sequence[tuple[object, ...]]) -> tuple[list[float], int]:
+def run_processes(target: Callable[..., None], args: Sequence[tuple[object, ...]]) -> tuple[list[float], int]:
     """Run ``target(*a, queue)`` in one forked process per ``a``; gather their latencies."""
     context = multiprocessing.get_context("fork")
     queue: Results = context.Queue()
