@@ -48,6 +48,12 @@ def _web(cfg: Settings, stop: threading.Event) -> None:
     run(cfg, stop)
 
 
+def _inbound(cfg: Settings, stop: threading.Event) -> None:
+    from services.inbound.service import run
+
+    run(cfg, stop)
+
+
 def _lookup(cfg: Settings, stop: threading.Event) -> None:
     from services.lookup.service import run
 
@@ -67,6 +73,7 @@ SERVICES: dict[str, tuple[bool, ServiceMain]] = {
     "standins": (False, _standins),
     "confirmer": (True, _confirmer),
     "web": (False, _web),
+    "inbound": (True, _inbound),  # the replay memory of webhook tokens is in PostgreSQL
     "lookup": (True, _lookup),
 }
 # Services that never use Kafka: not checked at start-up, not part of their readiness (the
@@ -80,7 +87,8 @@ PIPELINE: list[list[str]] = [
     ["connectors"],  # one connector per destination of the destinations file
     ["web"],
     ["exporter"],
-    ["lookup"],  # last: the metrics ports of the others (OPTOUT_METRICS_PORT + index) stay
+    ["inbound"],  # last, so the metrics ports of the others stay as they were
+    ["lookup"],  # after inbound, for the same reason (OPTOUT_METRICS_PORT + index)
 ]
 
 
@@ -205,7 +213,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "run",
         help="run services in the foreground",
         description="Run one service in this process, or several as child processes. "
-        "Services: intake, confirmer, web, lookup, standins, exporter, 'connector NAME' "
+        "Services: intake, confirmer, web, inbound, lookup, standins, exporter, 'connector NAME' "
         "(NAME: a destination of the destinations file), or 'all' (one connector per destination).",
     )
     p.add_argument("services", nargs="+", metavar="SERVICE")

@@ -171,7 +171,7 @@ def confirmation_record(
     postal address. It says what was done (``action``: opted out, or back in). No marketing
     content."""
     outcomes: list[DestinationOutcomeRecord] = []
-    for d in sorted(destinations, key=lambda row: row.destination):
+    for d in _per_destination(destinations):
         if d.status not in SUCCESS or d.acked_at is None:
             raise ValueError(f"destination {d.destination} of {request.event_id} has not applied it")
         outcomes.append(
@@ -193,3 +193,27 @@ def confirmation_record(
         action=request.action,
         notify_phone=None if request.email else request.phone,
     )
+
+
+def _per_destination(rows: Sequence[DestinationRow]) -> list[DestinationRow]:
+    """One row per destination, in name order. A request the customer directory enriched may
+    send a destination several commands (one per email address, say): the destination
+    counts as done when all are; its status is APPLIED if any command applied (else
+    ALREADY_SUPPRESSED), its time the last acknowledgement."""
+    by_destination: dict[str, list[DestinationRow]] = {}
+    for row in rows:
+        by_destination.setdefault(row.destination, []).append(row)
+    merged = []
+    for name in sorted(by_destination):
+        group = by_destination[name]
+        if len(group) == 1:
+            merged.append(group[0])
+            continue
+        not_done = [r for r in group if r.status not in SUCCESS or r.acked_at is None]
+        if not_done:
+            merged.append(not_done[0])
+            continue
+        applied = any(r.status == AckStatus.APPLIED.value for r in group)
+        status = AckStatus.APPLIED.value if applied else AckStatus.ALREADY_SUPPRESSED.value
+        merged.append(replace(group[0], status=status, acked_at=max(r.acked_at for r in group if r.acked_at)))
+    return merged

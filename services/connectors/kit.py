@@ -92,6 +92,12 @@ APPLY_SECONDS = Histogram(
     ["destination"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+SUPERSEDED_COMMANDS = Counter(
+    "optout_connector_superseded_total",
+    "Commands acknowledged without calling the destination because a newer request for the "
+    "same person was applied there (newest wins), by action.",
+    ["destination", "action"],
+)
 CREDENTIALS_REFUSED = Gauge(
     "optout_connector_credentials_refused",
     "1 while the destination refuses our credentials (HTTP 401/403, a changed host key): "
@@ -165,9 +171,9 @@ class Command:
             scopes=tuple(record["scopes"]),
             issued_at=as_datetime(record["issued_at"]),
             deadline=as_datetime(record["deadline"]),
-            action=Action(record["action"]),
-            requested_at=_known_time(record["requested_at"]),
-            device_id=record["device_id"],
+            action=Action(record.get("action") or Action.OPT_OUT),
+            requested_at=_known_time(record.get("requested_at") or 0),
+            device_id=record.get("device_id"),
         )
 
 
@@ -563,6 +569,9 @@ class ConnectorStep:
         done = {cid for cid, o in run.outcomes.items() if o.status is not AckStatus.REJECTED} | run.awaiting
         stored = self.store.record([*kept.values(), *run.outcomes.values()], latest_of(to_apply, done))
         if stale:
+            for command in fresh:
+                if command.command_id in stale:
+                    SUPERSEDED_COMMANDS.labels(self.destination, command.action.value).inc()
             log.info("superseded commands acknowledged", destination=self.destination, count=len(stale))
         if run.error is not None:
             raise run.error

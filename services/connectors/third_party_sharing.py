@@ -2,11 +2,13 @@
 data, using only SHA-256 hashes of normalized identifiers.
 
 Each partner gets ``POST {partner.url}/opt-outs`` (bearer token) with
-``{"opt_outs": [{"reference", "email_sha256", "phone_sha256", "customer_id_sha256"}]}``
-(at most 1,000 per call). ``reference`` is the command id: partners key opt-outs by
+``{"opt_outs": [{"reference", "email_sha256", "phone_sha256", "customer_id_sha256",
+"device_id_sha256"}]}`` (at most 1,000 per call). ``reference`` is the command id: partners key opt-outs by
 it, so sending one again is harmless. Nothing else leaves: the email and phone hashes
 come from intake (hashes of the normalized values; the commands of this destination
-carry no raw email or phone) and the customer id is hashed here.
+carry no raw email or phone) and the customer id is hashed here, as is a device id (the
+pseudonymous first-party id of a browser that sent Global Privacy Control: random, so it
+names no one, but a partner still gets only its SHA-256, like every other identifier).
 
 A command is APPLIED once every partner accepted it; REJECTED, naming the partners and
 their reasons, if any partner refused it permanently. A transient failure at any
@@ -62,7 +64,7 @@ MAX_BATCH = 1000
 OPT_OUTS_PATH = "/opt-outs"
 OPT_INS_PATH = "/opt-ins"
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-HASH_FIELDS = ("email_sha256", "phone_sha256", "customer_id_sha256")
+HASH_FIELDS = ("email_sha256", "phone_sha256", "customer_id_sha256", "device_id_sha256")
 
 
 def is_sha256_hex(value: str | None) -> bool:
@@ -79,6 +81,8 @@ def partner_record(command: Command) -> dict[str, str] | None:
         record["phone_sha256"] = command.phone_sha256
     if command.customer_id:
         record["customer_id_sha256"] = sha256_hex(command.customer_id)
+    if command.device_id:
+        record["device_id_sha256"] = sha256_hex(command.device_id)
     if not record:
         return None
     return {"reference": command.command_id, **record}

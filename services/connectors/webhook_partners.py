@@ -23,8 +23,8 @@ event types are ours; the specification leaves ``type`` to the sender.
 ``timestamp`` is when the newest of these opt-outs was ordered. Hash formats, per partner:
 
 * ``sha256`` (default): SHA-256 hex of the normalized identifier (email trimmed and
-  lower-cased, phone in E.164, customer id as is): fields ``email_sha256``,
-  ``phone_sha256``, ``customer_id_sha256``.
+  lower-cased, phone in E.164, customer id and device id as they are): fields
+  ``email_sha256``, ``phone_sha256``, ``customer_id_sha256``, ``device_id_sha256``.
 * ``hmac_sha256``: HMAC-SHA256 hex, keyed with the partner's ``hash_key`` credential, of
   that SHA-256 hex (a partner that does not want plain hashes anyone can recompute):
   fields ``email_hmac_sha256``, ``phone_hmac_sha256``, ``customer_id_hmac_sha256``.
@@ -95,7 +95,7 @@ EVENT_TYPE = "suppression.created"
 DELETED_EVENT_TYPE = "suppression.deleted"  # opting back in
 MAX_BATCH = 1000
 DEFAULT_BATCH = 500  # ~190 bytes per opt-out: ~95 kB per delivery
-HASHED_FIELDS = ("email", "phone", "customer_id")
+HASHED_FIELDS = ("email", "phone", "customer_id", "device_id")
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 _GONE = 410  # the spec: the receiver no longer wants these webhooks (an operator must act)
 MIN_HASH_KEY_BYTES = 16

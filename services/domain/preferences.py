@@ -74,7 +74,8 @@ class Decision:
 
 
 def subjects_of(request: OptOutRequest) -> tuple[str, ...]:
-    """Every subject (pseudonymous identifier) the request names, sorted."""
+    """Every subject (pseudonymous identifier) the request names, with those the customer
+    directory added to it, sorted."""
     found: list[str] = []
     if request.customer_id:
         found.append(f"cust:{request.customer_id}")
@@ -87,7 +88,13 @@ def subjects_of(request: OptOutRequest) -> tuple[str, ...]:
         found.append(f"postal:{sha256_hex(address)}")
     if request.device_id:
         found.append(f"device_sha256:{sha256_hex(request.device_id)}")
-    return tuple(sorted(found))
+    added = request.enrichment  # what the customer directory added (opt-outs only)
+    if added:
+        found.extend(f"cust:{c}" for c in added.customer_ids)
+        found.extend(f"email_sha256:{sha256_hex(e)}" for e in added.emails)
+        found.extend(f"phone_sha256:{sha256_hex(p)}" for p in added.phones)
+        found.extend(f"postal:{sha256_hex(k)}" for a in added.postal_addresses if (k := postal_key(a)))
+    return tuple(sorted(set(found)))
 
 
 def concrete_scopes(scopes: Iterable[Scope]) -> tuple[Scope, ...]:

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.common.avro import Codec
 from services.common.contract import Action, Scope, Source
@@ -20,6 +20,9 @@ from services.domain.identity import (
     sha256_hex,
     subject_key,
 )
+
+if TYPE_CHECKING:
+    from services.domain.enrichment import Enrichment
 
 MAX_EVENT_ID = 200
 MAX_ADDRESS_LINES = 6
@@ -48,6 +51,9 @@ class OptOutRequest:
     content_sha256: str
     action: Action = Action.OPT_OUT
     device_id: str | None = None  # pseudonymous browser/device id (schema version 2)
+    # What the customer directory added (intake, services/domain/enrichment.py); not part of
+    # the request's content (content_sha256).
+    enrichment: Enrichment | None = None
 
 
 def _optional_text(record: Mapping[str, Any], field: str, max_length: int = 512) -> str | None:

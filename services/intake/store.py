@@ -39,6 +39,7 @@ from services.domain.preferences import (
 )
 from services.domain.subjects import ScopeState
 from services.domain.validation import OptOutRequest
+from services.intake.enrich import enrichment_columns
 from services.suppression.entries import Entry, Kind, entries_of, postal_sha256, seal
 
 _SCOPE_VALUES = frozenset(s.value for s in Scope)
@@ -134,15 +135,16 @@ WITH new AS (
     INSERT INTO requests (event_id, content_sha256, subject_key, customer_id, email, phone,
                           postal_address, email_sha256, phone_sha256, postal_sha256, scopes,
                           source, jurisdiction, requested_at, received_at, due_at, deadline_rule,
+                          directory_identifiers, identifier_sources,
                           action, device_id, effective_scopes, state, confirmed_at)
     SELECT e, c, k, cu, em, ph, pa::jsonb, eh, phh, pah, string_to_array(sc, ','), so, ju, ra, %b,
-           du, dr, ac, dv, string_to_array(ef, ','),
+           du, dr, di::jsonb, ds::jsonb, ac, dv, string_to_array(ef, ','),
            CASE WHEN cf THEN 'CONFIRMED' ELSE 'PENDING' END, CASE WHEN cf THEN %b END
     FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
                 %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
                 %b::text[], %b::timestamptz[], %b::timestamptz[], %b::text[], %b::text[],
-                %b::text[], %b::text[], %b::bool[])
-         AS t(e, c, k, cu, em, ph, pa, eh, phh, pah, sc, so, ju, ra, du, dr, ac, dv, ef, cf)
+                %b::text[], %b::text[], %b::text[], %b::text[], %b::bool[])
+         AS t(e, c, k, cu, em, ph, pa, eh, phh, pah, sc, so, ju, ra, du, dr, di, ds, ac, dv, ef, cf)
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id
 ), listed AS (
@@ -186,7 +188,7 @@ SET suppressed = EXCLUDED.suppressed, since = EXCLUDED.since, event_id = EXCLUDE
     action = EXCLUDED.action, updated_at = EXCLUDED.updated_at
 WHERE (EXCLUDED.since, EXCLUDED.suppressed, EXCLUDED.event_id)
       > (st.since, st.suppressed, st.event_id)
-RETURNING st.subject
+RETURNING subject, scope
 """
 
 # The whole state (every scope) of the subjects whose state changed, for the compacted topic
@@ -196,9 +198,13 @@ SELECT subject, scope, suppressed, since, event_id, action FROM suppression_stat
 WHERE subject = ANY(%b::text[])
 """
 
-# The state of the chunk's subjects once upserted (their rows are locked by the upsert, which
-# locks a conflicting row even when its guard keeps it unchanged).
-_STATE_OF = "SELECT subject, scope, suppressed FROM suppression_state WHERE subject = ANY(%b::text[])"
+# The stored state of the rows the chunk did not win (locked by the upsert, which locks a
+# conflicting row even when its guard keeps it unchanged). Rows it won hold its own values.
+_STATE_OF = """
+SELECT st.subject, st.scope, st.suppressed
+FROM suppression_state st JOIN unnest(%b::text[], %b::text[]) AS t(s, sc)
+     ON st.subject = t.s AND st.scope = t.sc
+"""
 
 # Suppression-list entries of the people an opt-in took effect for, and the scopes their
 # state no longer suppresses.
@@ -279,6 +285,7 @@ def record_batch(
                 [r.requested_at for r in candidates],
                 [r.due_at for r in candidates],
                 [r.deadline_rule for r in candidates],
+                *enrichment_columns(candidates),
                 [r.action.value for r in candidates],
                 [r.device_id for r in candidates],
                 [",".join(s.value for s in sorted(effective[r.event_id])) for r in candidates],
@@ -362,10 +369,13 @@ def _decide(
             [e.action.value for e in entries],
         ),
     )
-    changed = {row[0] for row in cur.fetchall()}
-    cur.execute(_STATE_OF, (sorted({k[0] for k in keys}),))
-    after: dict[Key, bool] = {(subject, Scope(scope)): bool(s) for subject, scope, s in cur.fetchall()}
-    return {r.event_id: effective_scopes(r, after) for r in candidates}, changed
+    won = {(subject, Scope(scope)) for subject, scope in cur.fetchall()}
+    after: dict[Key, bool] = {k: chunk_winners[k].suppressed for k in won}
+    lost = [k for k in keys if k not in won]
+    if lost:
+        cur.execute(_STATE_OF, ([k[0] for k in lost], [k[1].value for k in lost]))
+        after.update({(subject, Scope(scope)): bool(v) for subject, scope, v in cur.fetchall()})
+    return {r.event_id: effective_scopes(r, after) for r in candidates}, {k[0] for k in won}
 
 
 def _listed_scopes(request: OptOutRequest, effective: frozenset[Scope]) -> list[str]:
@@ -396,7 +406,7 @@ def _prune_entries(cur: psycopg.Cursor[Any], opt_ins: Sequence[OptOutRequest], n
         if not remaining:
             delete.append((kind, sha256))
         elif len(remaining) < len(expanded):
-            update.append((kind, sha256, ",".join(remaining)))
+            update.append((kind, sha256, ",".join(sorted(remaining))))
     if update:
         cur.execute(_PRUNE, (now, [u[0] for u in update], [u[1] for u in update], [u[2] for u in update]))
     if delete:

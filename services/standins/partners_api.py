@@ -1,7 +1,7 @@
 """Stand-in of third-party partners' "do not sell/share" endpoints, one per partner name.
 
 ``POST /partners/<name>/opt-outs`` ``{"opt_outs": [{"reference", "email_sha256",
-"phone_sha256", "customer_id_sha256"}]}`` with ``Authorization: Bearer <partner token>``:
+"phone_sha256", "customer_id_sha256", "device_id_sha256"}]}`` with ``Authorization: Bearer <partner token>``:
 
 * 404 unknown partner; 401 wrong token;
 * 503 (+ ``Retry-After: 1``) for a random ``failure_rate`` share of requests;
@@ -39,7 +39,7 @@ from typing import Any
 from services.standins.web import Request, Response, error
 
 MAX_BATCH = 1000
-HASH_FIELDS = frozenset({"email_sha256", "phone_sha256", "customer_id_sha256"})
+HASH_FIELDS = frozenset({"email_sha256", "phone_sha256", "customer_id_sha256", "device_id_sha256"})
 ALLOWED_FIELDS = HASH_FIELDS | {"reference"}
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _PATH = re.compile(r"^/partners/(?P<name>[a-z0-9_-]{1,64})/(?P<what>opt-outs|opt-ins)$")

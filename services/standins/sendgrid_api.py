@@ -5,7 +5,8 @@
   ``{"recipient_emails": [...]}`` (idempotent: an address already there is accepted again);
 * ``POST /v3/asm/groups/{group_id}/suppressions`` (same bodies) -> 201;
 * ``GET /v3/asm/suppressions/global/{email}`` -> 200 ``{"recipient_email": ...}`` or ``{}``;
-* ``DELETE /v3/asm/suppressions/global/{email}`` -> 204 (removed, or not there: idempotent):
+* ``DELETE /v3/asm/suppressions/global/{email}`` -> 204 No Content (the page documents only
+  that answer; an address not on the list is answered 204 too, our assumption):
   https://www.twilio.com/docs/sendgrid/api-reference/suppressions-global-suppressions/delete-a-global-suppression
 * ``DELETE /v3/asm/groups/{group_id}/suppressions/{email}`` -> 204:
   https://www.twilio.com/docs/sendgrid/api-reference/suppressions-suppressions/delete-a-suppression-from-a-suppression-group

@@ -51,7 +51,7 @@ EVENT_TYPE = "suppression.created"
 DELETED_EVENT_TYPE = "suppression.deleted"  # opting back in
 _PATH = re.compile(r"^/webhooks/(?P<name>[a-z0-9_-]{1,64})$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_HASH_FIELD = re.compile(r"^(email|phone|customer_id)_(sha256|hmac_sha256)$")
+_HASH_FIELD = re.compile(r"^(email|phone|customer_id|device_id)_(sha256|hmac_sha256)$")
 
 
 def opt_outs_of(event: Any, event_type: str = EVENT_TYPE) -> list[dict[str, str]] | None:

@@ -18,11 +18,16 @@ from typing import Any
 import psycopg
 import pytest
 
-from services.common.settings import Settings
+from services.common.destinations import load_destinations
+from services.common.sealing import KeyRing
+from services.common.settings import DEV_SUPPRESSION_KEY, Settings
 from services.confirmer.service import run as run_confirmer
 from services.connectors.registry import connector_runner
 from services.domain.identity import sha256_hex
+from services.domain.planning import plan_commands
+from services.domain.validation import validate_request
 from services.intake.service import run as run_intake
+from services.intake.store import record_batch
 from services.publisher.publish import RequestPublisher
 from services.standins.email_provider_api import EmailProviderStandin
 from services.standins.web import StandinServer
@@ -142,3 +147,70 @@ def test_a_stale_opt_in_changes_nothing(pipeline: tuple[Settings, EmailProviderS
     assert email in standin.suppressed and not standin.removed
     assert _state(cfg, email) == (True, out)
     assert [c["request_id"] for c in _confirmations(cfg, 1)] == [out]  # none for the stale one
+
+
+# --- the recording transaction alone (no broker) ---------------------------------------------
+def _request(email: str, action: str, scopes: list[str], minutes_ago: int, **fields: Any) -> Any:
+    now = datetime.now(UTC)
+    return validate_request(
+        {
+            "event_id": f"evt-{uuid.uuid4()}",
+            "email": email,
+            "scopes": scopes,
+            "source": "API",
+            "action": action,
+            "requested_at": now - timedelta(minutes=minutes_ago),
+            **fields,
+        },
+        now,
+        timedelta(minutes=5),
+    )
+
+
+def _record(conn: psycopg.Connection[Any], requests: list[Any]) -> Any:
+    now = datetime.now(UTC)
+    commands = {r.event_id: plan_commands(r, now, load_destinations()) for r in requests}
+    return record_batch(conn, requests, commands, now, KeyRing({"dev": DEV_SUPPRESSION_KEY}, "dev"))
+
+
+def test_recording_keeps_newest_wins_and_the_suppression_list_in_step(database: dict[str, str]) -> None:
+    email = f"eve-{uuid.uuid4().hex[:8]}@example.com"
+    with psycopg.connect(database["app"]) as conn:
+        everything = _request(email, "OPT_OUT", ["ALL"], 10, customer_id="c-eve")
+        assert _record(conn, [everything]).withheld == set()
+        assert _listed_in(conn, email) == ["ALL"]
+        # An opt-in for ALL older than the opt-out: superseded, every command withheld.
+        stale = _request(email, "OPT_IN", ["ALL"], 20)
+        outcome = _record(conn, [stale])
+        assert outcome.superseded == {stale.event_id} and len(outcome.withheld) == 2
+        # Opting back in to email only: the email provider's command only.
+        email_only = _request(email, "OPT_IN", ["EMAIL_MARKETING"], 5)
+        outcome = _record(conn, [email_only])
+        assert outcome.new == {email_only.event_id} and not outcome.superseded and not outcome.withheld
+        assert _listed_in(conn, email) == ["POSTAL_MARKETING", "SMS_MARKETING", "THIRD_PARTY_SHARING"]
+        # One chunk with an opt-in and an older opt-out of a new person: only the opt-in acts.
+        other = f"zed-{uuid.uuid4().hex[:8]}@example.com"
+        newer_in = _request(other, "OPT_IN", ["EMAIL_MARKETING"], 1)
+        older_out = _request(other, "OPT_OUT", ["EMAIL_MARKETING"], 2)
+        outcome = _record(conn, [newer_in, older_out])
+        assert outcome.superseded == {older_out.event_id}
+        assert _listed_in(conn, other) is None
+        state = dict(
+            conn.execute(
+                "SELECT scope, suppressed FROM suppression_state WHERE subject = %s",
+                (f"email_sha256:{sha256_hex(email)}",),
+            ).fetchall()
+        )
+        assert state == {
+            "EMAIL_MARKETING": False,
+            "POSTAL_MARKETING": True,
+            "SMS_MARKETING": True,
+            "THIRD_PARTY_SHARING": True,
+        }
+
+
+def _listed_in(conn: psycopg.Connection[Any], email: str) -> list[str] | None:
+    row = conn.execute(
+        "SELECT scopes FROM suppression_list WHERE kind = 'email' AND sha256 = %s", (sha256_hex(email),)
+    ).fetchone()
+    return list(row[0]) if row else None

@@ -87,7 +87,7 @@ def test_content_hash_ignores_spelling_but_not_substance():
 
 
 def test_routing_all_reaches_every_destination_with_identifiers():
-    r = validate_request(record(scopes=["ALL"], postal_address=ADDRESS), NOW, SKEW)
+    r = validate_request(record(scopes=["ALL"], postal_address=ADDRESS, phone="+1 415 555 0100"), NOW, SKEW)
     assert [d.id for d in applicable_destinations(r, DEFAULT)] == DEFAULT.names
 
 
@@ -179,7 +179,7 @@ def test_no_email_destination_all_skips_it_and_an_explicit_scope_is_dead_lettere
         applicable_destinations(explicit, no_email)
     assert info.value.reason == "no_destination_for_scope"
     assert "EMAIL_MARKETING" in info.value.detail
-    assert no_email.unserved_scopes() == [Scope.EMAIL_MARKETING, Scope.SMS_MARKETING]
+    assert no_email.unserved_scopes() == [Scope.EMAIL_MARKETING]
 
 
 def test_command_id_is_the_rfc4122_uuid5_of_event_and_destination():

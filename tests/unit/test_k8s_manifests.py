@@ -468,6 +468,8 @@ def _pod_environment(overlay: str, workdir: Path) -> dict[str, str]:
         "kafka-sasl-password": "from-the-vault",
         "email-provider-token": "unused-in-prod",
         "partners": "[]",
+        "inbound-mailgun-signing-key": "from-the-vault-mailgun",
+        "inbound-twilio-auth-token": "from-the-vault-twilio",
         "lookup-api-keys": '["lookup-key-from-the-vault"]',
     }
     connector = next(d for d in of_kind(overlay, "Deployment") if service_of(d).startswith("connector."))
