@@ -55,7 +55,7 @@ def test_serves_with_the_database_alone(base_settings: dict[str, Any]) -> None:
             except httpx.HTTPError:
                 return False
 
-        wait_until(ready, timeout=60, message="optout run lookup ready")
+        wait_until(ready, timeout=120, message="optout run lookup ready")
         url = f"http://127.0.0.1:{port}/v1/suppressions"
         params = {"email": "someone@example.com"}
         assert httpx.get(url, params=params, timeout=5).status_code == 401
@@ -66,7 +66,7 @@ def test_serves_with_the_database_alone(base_settings: dict[str, Any]) -> None:
         assert 'optout_lookup_requests_total{outcome="ok",route="lookup"} 1.0' in scraped
     finally:
         proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=30)
+        output, _ = proc.communicate(timeout=90)
     assert proc.returncode == 0, output
     assert "someone@example.com" not in output  # raw identifiers are never logged
 
