@@ -23,6 +23,7 @@ from services.cli import (
     resolve,
     runner,
     scrub,
+    state,
     suppression,
 )
 from services.common.errors import ConfigurationError, OptoutError, PoisonMessage, RetriableError
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     gpclog.add_commands(sub)
     customers.add_commands(sub)
     scrub.add_commands(sub)
+    state.add_commands(sub)
     return parser
 
 

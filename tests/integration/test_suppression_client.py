@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 import pytest
 
 from services.common.avro import default_codec
@@ -17,6 +18,7 @@ from services.common.settings import Settings
 from services.domain.identity import sha256_hex
 from services.domain.subjects import BadIdentifier, ScopeState, state_record
 from services.suppression.client import SuppressionClient
+from services.suppression.publish_state import publish_state
 from tests.support.pipeline import isolated_settings, wait_until
 
 pytestmark = pytest.mark.integration
@@ -78,5 +80,35 @@ def test_a_missing_topic_says_so(base_settings: dict[str, Any]) -> None:
     try:
         with pytest.raises(RetriableError, match="optout topics create"):
             client.load(timeout=5)
+    finally:
+        client.close()
+
+
+def test_publish_state_puts_states_recorded_before_the_topic_on_it(base_settings: dict[str, Any]) -> None:
+    """``optout suppression-state publish``: rows already in suppression_state (as migration
+    0007's backfill leaves them) reach the topic; a subject opted back in everywhere is a
+    tombstone."""
+    cfg = isolated_settings(base_settings)
+    rows = [
+        (ADA, "EMAIL_MARKETING", True, "e1", "OPT_OUT"),
+        (ADA, "SMS_MARKETING", False, "e2", "OPT_IN"),
+        (BOB, "EMAIL_MARKETING", False, "e3", "OPT_IN"),
+        ("cust:c-9", "THIRD_PARTY_SHARING", True, "e4", "OPT_OUT"),
+    ]
+    with psycopg.connect(cfg.dsn()) as conn:
+        for subject, scope, suppressed, event_id, action in rows:
+            conn.execute(
+                "INSERT INTO suppression_state (subject, scope, suppressed, since, event_id, action, "
+                "updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (subject, scope, suppressed, AT, event_id, action, AT),
+            )
+    assert publish_state(cfg, make_producer(cfg), default_codec(), AT) == (2, 1)
+    client = SuppressionClient.from_settings(cfg)
+    try:
+        client.load(timeout=60)
+        assert client.subjects() == {ADA, "cust:c-9"}
+        assert client.is_suppressed(email="ada@example.com", scope="EMAIL_MARKETING")
+        assert not client.is_suppressed(email="ada@example.com", scope="SMS_MARKETING")
+        assert client.states(ADA)[1] == ScopeState("SMS_MARKETING", False, AT, "e2", "OPT_IN")
     finally:
         client.close()
