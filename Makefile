@@ -22,7 +22,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help install up down run test test-unit test-integration test-faults check fmt \
         bench-intake bench-e2e bench-web bench-suppression bench-connectors bench-resources \
-        bench-pk-read k8s-render clean
+        bench-pk-read bench-lookup bench-scrub k8s-render clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -118,6 +118,14 @@ bench-resources: install ## memory and CPU of every service process under load (
 bench-pk-read: install ## primary-key reads/s of the suppression list (stand-in for bench-lookup)
 	$(PY) -m services.devstack up
 	$(WITH_STACK) $(PY) -m benchmarks.bench_pk_read
+
+bench-lookup: install ## lookup API: single lookups/s + p99 and batch identifiers/s vs a bare psycopg loop
+	$(PY) -m services.devstack up
+	$(WITH_STACK) $(PY) -m benchmarks.bench_lookup
+
+bench-scrub: install ## optout scrub of 1,000,000 rows vs COPY + anti-join in PostgreSQL
+	$(PY) -m services.devstack up
+	$(WITH_STACK) $(PY) -m benchmarks.bench_scrub
 
 k8s-render: ## render every Kubernetes overlay into test-output/k8s/ (kubectl kustomize)
 	bash deploy/install-kustomize.sh

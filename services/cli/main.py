@@ -22,6 +22,8 @@ from services.cli import (
     requests,
     resolve,
     runner,
+    scrub,
+    state,
     suppression,
 )
 from services.common.errors import ConfigurationError, OptoutError, PoisonMessage, RetriableError
@@ -51,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     suppression.add_commands(sub)
     gpclog.add_commands(sub)
     customers.add_commands(sub)
+    scrub.add_commands(sub)
+    state.add_commands(sub)
     return parser
 
 

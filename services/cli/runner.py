@@ -54,6 +54,12 @@ def _inbound(cfg: Settings, stop: threading.Event) -> None:
     run(cfg, stop)
 
 
+def _lookup(cfg: Settings, stop: threading.Event) -> None:
+    from services.lookup.service import run
+
+    run(cfg, stop)
+
+
 def _exporter(cfg: Settings, stop: threading.Event) -> None:
     from services.observability.exporter import run
 
@@ -68,7 +74,11 @@ SERVICES: dict[str, tuple[bool, ServiceMain]] = {
     "confirmer": (True, _confirmer),
     "web": (False, _web),
     "inbound": (True, _inbound),  # the replay memory of webhook tokens is in PostgreSQL
+    "lookup": (True, _lookup),
 }
+# Services that never use Kafka: not checked at start-up, not part of their readiness (the
+# lookup API answers from PostgreSQL alone, so a broker outage does not stop senders asking).
+NO_BROKER = {"lookup"}
 # What `optout run all` (and `make run`) starts.
 PIPELINE: list[list[str]] = [
     ["intake"],
@@ -78,6 +88,7 @@ PIPELINE: list[list[str]] = [
     ["web"],
     ["exporter"],
     ["inbound"],  # last, so the metrics ports of the others stay as they were
+    ["lookup"],  # after inbound, for the same reason (OPTOUT_METRICS_PORT + index)
 ]
 
 
@@ -127,12 +138,14 @@ def _run_one(spec: list[str]) -> int:
         needs_db, main = True, _connector_main(spec[1])  # connectors keep a dedupe store
     else:
         needs_db, main = SERVICES[spec[0]]
-    check_broker(cfg)
+    needs_kafka = spec[0] not in NO_BROKER
+    if needs_kafka:
+        check_broker(cfg)
     if needs_db:
         require_schema(cfg.dsn())
     stop = threading.Event()
     install_stop_handlers(stop)
-    serve_health(cfg, needs_db)
+    serve_health(cfg, needs_db, needs_kafka=needs_kafka)
     for scope in cfg.destinations.unserved_scopes():
         log.warning(
             "no destination serves this scope: a request naming it is dead-lettered "
@@ -200,7 +213,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "run",
         help="run services in the foreground",
         description="Run one service in this process, or several as child processes. "
-        "Services: intake, confirmer, web, inbound, standins, exporter, 'connector NAME' "
+        "Services: intake, confirmer, web, inbound, lookup, standins, exporter, 'connector NAME' "
         "(NAME: a destination of the destinations file), or 'all' (one connector per destination).",
     )
     p.add_argument("services", nargs="+", metavar="SERVICE")

@@ -137,6 +137,20 @@ def pii_retention_ms(settings: Settings) -> int:
     return settings.pii_topic_retention_hours * 3_600_000
 
 
+# The suppression-state topic (``Settings.suppressions_topic``) keeps the newest value per
+# key for ever: log compaction, and a tombstone (null value) removes a key after
+# ``delete.retention.ms`` (a day, the broker default), long enough for followers to see it.
+COMPACTED_TOPIC_CONFIG = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"}
+
+
+def topic_config(settings: Settings, topic: str, pii: set[str]) -> dict[str, str]:
+    """What a topic is created with: PII topics a bounded retention, the suppression-state
+    topic log compaction, others the broker's defaults."""
+    if topic == settings.suppressions_topic:
+        return dict(COMPACTED_TOPIC_CONFIG)
+    return pii_topic_config(settings) if topic in pii else {}
+
+
 def pii_topic_config(settings: Settings) -> dict[str, str]:
     """Topic settings of a PII topic: ``retention.ms`` and a ``segment.ms`` of at most a day."""
     retention = pii_retention_ms(settings)
@@ -148,7 +162,8 @@ def create_topics(
 ) -> list[str]:
     """Create the topics that do not exist yet; return the ones created. Topics that carry
     raw contact details (``pii_topics``) are created with ``retention.ms`` from
-    OPTOUT_PII_TOPIC_RETENTION_HOURS and ``segment.ms`` of at most a day."""
+    OPTOUT_PII_TOPIC_RETENTION_HOURS and ``segment.ms`` of at most a day; the suppression-state
+    topic with log compaction (``topic_config``)."""
     admin = make_admin(settings)
     existing = set(admin.list_topics(timeout=timeout).topics)
     wanted = [t for t in topics if t not in existing]
@@ -161,7 +176,7 @@ def create_topics(
                 t,
                 num_partitions=partitions or settings.topic_partitions,
                 replication_factor=settings.topic_replication_factor,
-                config=pii_topic_config(settings) if t in pii else {},
+                config=topic_config(settings, t, pii),
             )
             for t in wanted
         ],
@@ -302,7 +317,7 @@ class DeliveryTracker:
     def produce(
         self,
         topic: str,
-        value: bytes,
+        value: bytes | None,  # None: a tombstone (compacted topics)
         key: bytes | str | None = None,
         headers: Headers | None = None,
         fallback: Outgoing | None = None,

@@ -175,3 +175,37 @@ def decode_opt_out_confirmed(codec: Codec, payload: bytes | None) -> OptOutConfi
         action=r["action"],
         notify_phone=r["notify_phone"],
     )
+
+
+class ScopeStateRecord(TypedDict):
+    scope: str
+    suppressed: bool
+    since: WireTime
+    request_id: str
+    action: str
+
+
+class SuppressionStateRecord(TypedDict):
+    """The value of the compacted topic optout.suppressions (key: the subject)."""
+
+    subject: str
+    scopes: list[ScopeStateRecord]
+    updated_at: WireTime
+
+
+def decode_suppression_state(codec: Codec, payload: bytes | None) -> SuppressionStateRecord:
+    _, r = codec.decode(payload, expect="SuppressionState")
+    return SuppressionStateRecord(
+        subject=r["subject"],
+        scopes=[
+            ScopeStateRecord(
+                scope=s["scope"],
+                suppressed=s["suppressed"],
+                since=s["since"],
+                request_id=s["request_id"],
+                action=s["action"],
+            )
+            for s in r["scopes"]
+        ],
+        updated_at=r["updated_at"],
+    )

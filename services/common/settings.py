@@ -28,6 +28,7 @@ from services.common.errors import ConfigurationError
 # (services/suppression/keys.py); generate real keys with `optout suppression-list generate-key`.
 DEV_SUPPRESSION_KEY = b"optout-DEV-ONLY-suppression-key!"
 DEV_SUPPRESSION_KEYS = '{"dev": "b3B0b3V0LURFVi1PTkxZLXN1cHByZXNzaW9uLWtleSE"}'
+DEV_LOOKUP_API_KEY = "dev-lookup-api-key"
 
 
 class PartnerEndpoint(BaseModel):
@@ -354,6 +355,21 @@ class Settings(BaseSettings):
         description="The reply to START.",
     )
 
+    # --- Lookup API (`optout run lookup`, README "Asking before you send") ------------
+    lookup_host: str = Field("127.0.0.1", description="Address the lookup API listens on.")
+    lookup_port: int = Field(8095, ge=0, le=65535, description="Port the lookup API listens on.")
+    lookup_workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes of the lookup API.")
+    lookup_api_keys: list[SecretStr] = Field(
+        # DEV ONLY: a well-known key; production refuses it. Several keys are accepted at
+        # once, so a key is rotated by adding the new one, moving callers, removing the old.
+        default_factory=lambda: [SecretStr(DEV_LOOKUP_API_KEY)],
+        description='API keys the lookup API accepts (JSON list of strings, e.g. ["k1", "k2"]; '
+        "Authorization: Bearer KEY or X-API-Key: KEY).",
+    )
+    lookup_database_connections: int = Field(
+        8, ge=1, le=256, description="PostgreSQL connections of each lookup API worker."
+    )
+
     # --- Suppression list ------------------------------------------------------
     suppression_keys: SecretStr = Field(
         # DEV ONLY: a well-known key; the suppression list refuses it when OPTOUT_ENV=production.
@@ -454,6 +470,11 @@ class Settings(BaseSettings):
     def confirmations_topic(self) -> str:
         return self.topic("optout.confirmations")
 
+    @property
+    def suppressions_topic(self) -> str:
+        """The compacted topic of the current suppression state per subject."""
+        return self.topic("optout.suppressions")
+
     def suppress_topic(self, destination_id: str) -> str:
         return self.topic(f"optout.suppress.{destination_id}")
 
@@ -469,6 +490,7 @@ class Settings(BaseSettings):
             self.acks_topic,
             self.acks_dlq_topic,
             self.confirmations_topic,
+            self.suppressions_topic,
         ]
 
     def group(self, service: str) -> str:
@@ -494,6 +516,7 @@ PRODUCTION_REFUSES_DEV_VALUES: tuple[str, ...] = (
     "web_token_keys",
     "inbound_public_url",
     "suppression_keys",
+    "lookup_api_keys",
 )
 DEV_SECRETS = frozenset(
     {
@@ -507,6 +530,7 @@ DEV_SECRETS = frozenset(
         "b3B0b3V0LURFVi1PTkxZLXN1cHByZXNzaW9uLWtleSE",  # the suppression list's well-known dev key
         "dev-mailgun-webhook-signing-key",  # the inbound service's dev Mailgun signing key
         "dev-twilio-auth-token",  # the inbound service's dev Twilio auth token
+        "dev-lookup-api-key",  # the lookup API's well-known dev key (DEV_LOOKUP_API_KEY)
     }
 )
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})

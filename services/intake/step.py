@@ -29,6 +29,7 @@ from services.common.kafka import DeliveryTracker, dead_letter
 from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.domain.planning import PlannedCommand, plan_commands
+from services.domain.subjects import state_record
 from services.domain.validation import OptOutRequest, decode_request
 from services.intake.enrich import Directory, NoDirectory, directory_for
 from services.intake.store import RecordOutcome, record_batch
@@ -41,6 +42,10 @@ SUPERSEDED = Counter(
     "Requests recorded as superseded (a newer request of the other action holds for every "
     "scope): closed with no command and no confirmation, by action.",
     ["action"],
+)
+STATES_PUBLISHED = Counter(
+    "optout_suppression_states_published_total",
+    "Subject states intake published to the compacted topic optout.suppressions (values and tombstones).",
 )
 
 
@@ -105,6 +110,7 @@ class IntakeStep:
         )
         self._skew = timedelta(seconds=settings.clock_skew_seconds)
         self._topic = settings.requests_topic
+        self._states_topic = settings.suppressions_topic
         for d in ("processed", "duplicate", "dead_lettered"):
             metrics.MESSAGES_CONSUMED.labels(SERVICE, self._topic, d)
 
@@ -217,6 +223,7 @@ class IntakeStep:
                 if event_id in outcome.new or command.command_id in outcome.resend:
                     self._send_command(tracker, command)
                     summary.commands += 1
+        self._publish_states(tracker, outcome)
         for message, why in dead:
             dead_letter(tracker, self.settings.requests_dlq_topic, message, why.reason, why.detail, SERVICE)
             metrics.DEAD_LETTERED.labels(SERVICE, why.reason).inc()
@@ -257,6 +264,7 @@ class IntakeStep:
             total.resend |= one.resend
             total.withheld |= one.withheld
             total.superseded |= one.superseded
+            total.states.update(one.states)
         return total, rejected
 
     def _record_in_database(
@@ -278,6 +286,17 @@ class IntakeStep:
             raise _DataRejected(first_line(exc)) from exc
         metrics.DB_SECONDS.labels(SERVICE, "record_batch").observe(time.monotonic() - started)
         return outcome
+
+    def _publish_states(self, tracker: DeliveryTracker, outcome: RecordOutcome) -> None:
+        """The committed state of every subject the chunk changed, to the compacted topic
+        optout.suppressions (key: the subject; a tombstone when nothing is suppressed)."""
+        now = self.clock.now()
+        for subject in sorted(outcome.states):
+            record = state_record(subject, outcome.states[subject], now)
+            value = None if record is None else self.codec.encode("SuppressionState", record)
+            tracker.produce(self._states_topic, value=value, key=subject)
+        if outcome.states:
+            STATES_PUBLISHED.inc(len(outcome.states))
 
     def _send_command(self, tracker: DeliveryTracker, command: PlannedCommand) -> None:
         tracker.produce(

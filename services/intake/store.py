@@ -35,7 +35,9 @@ from services.domain.preferences import (
     effective_scopes,
     newest_per_key,
     serves,
+    subjects_of,
 )
+from services.domain.subjects import ScopeState
 from services.domain.validation import OptOutRequest
 from services.intake.enrich import enrichment_columns
 from services.suppression.entries import Entry, Kind, entries_of, postal_sha256, seal
@@ -113,6 +115,10 @@ class RecordOutcome:
     # destination serves (newest wins). Superseded: new event ids that took effect nowhere.
     withheld: set[str] = field(default_factory=set)
     superseded: set[str] = field(default_factory=set)
+    # The state (every scope) of each subject whose state this chunk changed, and of the
+    # subjects of its duplicates (a redelivery publishes again what may not have been
+    # published): what goes to the compacted topic optout.suppressions after the commit.
+    states: dict[str, list[ScopeState]] = field(default_factory=dict)
 
 
 # One statement records the new requests, their destination rows and their suppression-list
@@ -185,6 +191,13 @@ WHERE (EXCLUDED.since, EXCLUDED.suppressed, EXCLUDED.event_id)
 RETURNING subject, scope
 """
 
+# The whole state (every scope) of the subjects whose state changed, for the compacted topic
+# optout.suppressions (published by the intake step once the transaction has committed).
+_PUBLISHED_STATE = """
+SELECT subject, scope, suppressed, since, event_id, action FROM suppression_state
+WHERE subject = ANY(%b::text[])
+"""
+
 # The stored state of the rows the chunk did not win (locked by the upsert, which locks a
 # conflicting row even when its guard keeps it unchanged). Rows it won hold its own values.
 _STATE_OF = """
@@ -238,7 +251,7 @@ def record_batch(
         cur.execute(_EXISTING, ([r.event_id for r in requests],))
         stored = dict(cur.fetchall())
         candidates = [r for r in requests if r.event_id not in stored]
-        effective = _decide(cur, candidates, now)
+        effective, changed = _decide(cur, candidates, now)
         kept = {
             r.event_id: [c for c in commands.get(r.event_id, []) if serves(c.serves, effective[r.event_id])]
             for r in candidates
@@ -322,16 +335,25 @@ def record_batch(
         if outcome.duplicates:
             cur.execute(_MARK_RESENT, (now, list(outcome.duplicates)))
             outcome.resend = {row[0] for row in cur.fetchall()}
+        published = changed | {
+            s for r in requests if r.event_id in outcome.duplicates for s in subjects_of(r)
+        }
+        if published:
+            cur.execute(_PUBLISHED_STATE, (sorted(published),))
+            outcome.states = {s: [] for s in published}
+            for subject, scope, suppressed, since, event_id, action in cur.fetchall():
+                outcome.states[subject].append(ScopeState(scope, suppressed, since, event_id, action))
     return outcome
 
 
 def _decide(
     cur: psycopg.Cursor[Any], candidates: Sequence[OptOutRequest], now: datetime
-) -> dict[str, frozenset[Scope]]:
+) -> tuple[dict[str, frozenset[Scope]], set[str]]:
     """Upsert the state the candidates win (newest wins, guarded against the stored state);
-    return the scopes each takes effect for, given the state then."""
+    return the scopes each takes effect for, given the state then, and the subjects whose
+    state changed."""
     if not candidates:
-        return {}
+        return {}, set()
     chunk_winners = newest_per_key(candidates)
     keys = sorted(chunk_winners)
     entries = [chunk_winners[k] for k in keys]
@@ -353,7 +375,7 @@ def _decide(
     if lost:
         cur.execute(_STATE_OF, ([k[0] for k in lost], [k[1].value for k in lost]))
         after.update({(subject, Scope(scope)): bool(v) for subject, scope, v in cur.fetchall()})
-    return {r.event_id: effective_scopes(r, after) for r in candidates}
+    return {r.event_id: effective_scopes(r, after) for r in candidates}, {k[0] for k in won}
 
 
 def _listed_scopes(request: OptOutRequest, effective: frozenset[Scope]) -> list[str]:

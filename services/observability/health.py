@@ -222,11 +222,16 @@ class HealthServer:
 
 
 def serve_health(
-    settings: Settings, needs_db: bool, state: HealthState = HEALTH, port: int | None = None
+    settings: Settings,
+    needs_db: bool,
+    state: HealthState = HEALTH,
+    port: int | None = None,
+    needs_kafka: bool = True,
 ) -> HealthServer | None:
     """Register the broker (and database) readiness checks; serve on ``metrics_port``
     (or ``port``). Returns None when the port setting is 0 (endpoint disabled)."""
-    state.add_check("kafka", kafka_check(settings))
+    if needs_kafka:
+        state.add_check("kafka", kafka_check(settings))
     if needs_db:
         state.add_check("database", database_check(settings))
     chosen = settings.metrics_port if port is None else port

@@ -47,7 +47,7 @@ CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication"}
 WORKLOADS = {"Deployment", "Job", "CronJob"}
 
 # Services other issues are adding: their Deployments exist before the code does.
-UPCOMING_SERVICES = {"inbound", "lookup"}
+UPCOMING_SERVICES = {"inbound"}
 # Development-only settings: the local stand-ins (`optout run standins`), set in the dev
 # overlay only (components/standins).
 DEV_ONLY_SETTINGS = {f"OPTOUT_{n.upper()}" for n in Settings.model_fields if n.startswith("standin_")}
@@ -470,6 +470,7 @@ def _pod_environment(overlay: str, workdir: Path) -> dict[str, str]:
         "partners": "[]",
         "inbound-mailgun-signing-key": "from-the-vault-mailgun",
         "inbound-twilio-auth-token": "from-the-vault-twilio",
+        "lookup-api-keys": '["lookup-key-from-the-vault"]',
     }
     connector = next(d for d in of_kind(overlay, "Deployment") if service_of(d).startswith("connector."))
     for item in pod_spec(connector)["containers"][0]["env"]:

@@ -55,6 +55,7 @@ def production_values() -> dict[str, object]:
         "inbound_public_url": "https://hooks.example.com",
         "inbound_mailgun_signing_key": "mailgun-live-signing-key",
         "inbound_twilio_auth_token": "twilio-live-auth-token",
+        "lookup_api_keys": ["lookup-live-key-0123456789"],
     }
 
 
@@ -85,6 +86,7 @@ def test_production_with_every_default_names_each_dev_only_setting_in_one_line()
         "OPTOUT_INBOUND_PUBLIC_URL",
         "OPTOUT_INBOUND_MAILGUN_SIGNING_KEY",
         "OPTOUT_INBOUND_TWILIO_AUTH_TOKEN",
+        "OPTOUT_LOOKUP_API_KEYS",
     ):
         assert name in message, name
     # Never the secret values themselves.

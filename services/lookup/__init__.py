@@ -1,0 +1,1 @@
+"""The suppression lookup API (``optout run lookup``): "is this person suppressed?"."""
