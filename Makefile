@@ -19,6 +19,12 @@ WITH_STACK := eval "$$($(PY) -m services.devstack env)" &&
 DESTINATIONS ?=
 DEST_ENV := $(if $(DESTINATIONS),eval "$$(bash deploy/destinations-env.sh $(DESTINATIONS))" &&)
 PYTEST_ARGS ?=
+# `make up BROKERS=3` (and run, test-faults, bench-*): a replicated cluster of three Kafka
+# nodes (OPTOUT_DEVSTACK_BROKERS) instead of the single broker; `make down` stops either.
+BROKERS ?=
+ifneq ($(BROKERS),)
+export OPTOUT_DEVSTACK_BROKERS := $(BROKERS)
+endif
 
 .PHONY: help install up down run test test-unit test-integration test-faults check fmt \
         bench-intake bench-e2e bench-web bench-suppression bench-connectors clean

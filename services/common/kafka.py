@@ -137,6 +137,18 @@ def pii_retention_ms(settings: Settings) -> int:
     return settings.pii_topic_retention_hours * 3_600_000
 
 
+MIN_INSYNC_REPLICAS = "min.insync.replicas"
+
+
+def topic_config(settings: Settings, topic: str, pii: set[str]) -> dict[str, str]:
+    """Settings of a topic ``create_topics`` makes: min.insync.replicas when configured, and
+    the retention of a PII topic."""
+    config = pii_topic_config(settings) if topic in pii else {}
+    if settings.topic_min_insync_replicas is not None:
+        config[MIN_INSYNC_REPLICAS] = str(settings.topic_min_insync_replicas)
+    return config
+
+
 def pii_topic_config(settings: Settings) -> dict[str, str]:
     """Topic settings of a PII topic: ``retention.ms`` and a ``segment.ms`` of at most a day."""
     retention = pii_retention_ms(settings)
@@ -146,9 +158,10 @@ def pii_topic_config(settings: Settings) -> dict[str, str]:
 def create_topics(
     settings: Settings, topics: Iterable[str], partitions: int | None = None, timeout: float = 30.0
 ) -> list[str]:
-    """Create the topics that do not exist yet; return the ones created. Topics that carry
-    raw contact details (``pii_topics``) are created with ``retention.ms`` from
-    OPTOUT_PII_TOPIC_RETENTION_HOURS and ``segment.ms`` of at most a day."""
+    """Create the topics that do not exist yet; return the ones created, with
+    OPTOUT_TOPIC_REPLICATION_FACTOR copies and (when set) OPTOUT_TOPIC_MIN_INSYNC_REPLICAS.
+    Topics that carry raw contact details (``pii_topics``) are created with ``retention.ms``
+    from OPTOUT_PII_TOPIC_RETENTION_HOURS and ``segment.ms`` of at most a day."""
     admin = make_admin(settings)
     existing = set(admin.list_topics(timeout=timeout).topics)
     wanted = [t for t in topics if t not in existing]
@@ -161,7 +174,7 @@ def create_topics(
                 t,
                 num_partitions=partitions or settings.topic_partitions,
                 replication_factor=settings.topic_replication_factor,
-                config=pii_topic_config(settings) if t in pii else {},
+                config=topic_config(settings, t, pii),
             )
             for t in wanted
         ],
@@ -253,6 +266,50 @@ def apply_pii_retention(settings: Settings, timeout: float = 30.0) -> list[Reten
     for future in altered.values():
         future.result(timeout)
     return [changes[t][0] for t in topics if t in changes]
+
+
+def apply_min_insync_replicas(settings: Settings, timeout: float = 30.0) -> list[str]:
+    """Set ``min.insync.replicas`` of every existing topic of the pipeline to
+    OPTOUT_TOPIC_MIN_INSYNC_REPLICAS where it differs (nothing when that is unset); return
+    the topics changed."""
+    wanted = settings.topic_min_insync_replicas
+    if wanted is None:
+        return []
+    admin = make_admin(settings)
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    topics = [t for t in settings.all_topics() if t in existing]
+    if not topics:
+        return []
+    described = admin.describe_configs([ConfigResource("TOPIC", t) for t in topics], request_timeout=timeout)
+    differing = []
+    for resource, future in described.items():
+        entry = future.result(timeout).get(MIN_INSYNC_REPLICAS)
+        if entry is None or entry.value != str(wanted):
+            differing.append(resource.name)
+    if not differing:
+        return []
+    entry = ConfigEntry(MIN_INSYNC_REPLICAS, str(wanted), incremental_operation=AlterConfigOpType.SET)
+    altered = admin.incremental_alter_configs(
+        [ConfigResource("TOPIC", t, incremental_configs=[entry]) for t in differing], request_timeout=timeout
+    )
+    for future in altered.values():
+        future.result(timeout)
+    return [t for t in topics if t in differing]
+
+
+def under_replicated_topics(settings: Settings, timeout: float = 30.0) -> dict[str, int]:
+    """Topics of the pipeline with fewer replicas than OPTOUT_TOPIC_REPLICATION_FACTOR, with
+    the replicas they have (a topic's replication factor changes only by reassignment)."""
+    listed = make_admin(settings).list_topics(timeout=timeout).topics
+    short: dict[str, int] = {}
+    for name in settings.all_topics():
+        topic = listed.get(name)
+        if topic is None or not topic.partitions:
+            continue
+        replicas = min(len(p.replicas) for p in topic.partitions.values())
+        if replicas < settings.topic_replication_factor:
+            short[name] = replicas
+    return short
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from services.common.contract import Destinations
@@ -74,7 +82,15 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(
         6, ge=1, le=1000, description="Partitions per topic created by `optout topics create`."
     )
-    topic_replication_factor: int = Field(1, ge=1, description="Replication factor of created topics.")
+    topic_replication_factor: int = Field(
+        1, ge=1, description="Replication factor of created topics (3 on a production cluster)."
+    )
+    topic_min_insync_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="min.insync.replicas of created topics: an acks=all write needs this many "
+        "in-sync copies (2 with replication factor 3); unset: the broker's default.",
+    )
     pii_topic_retention_hours: int = Field(
         168,
         ge=1,
@@ -285,6 +301,17 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"{item!r} is not an IP network in CIDR notation") from None
         return networks
+
+    @field_validator("topic_min_insync_replicas")
+    @classmethod
+    def _check_min_insync(cls, value: int | None, info: ValidationInfo) -> int | None:
+        replication = info.data.get("topic_replication_factor")
+        if value is not None and isinstance(replication, int) and value > replication:
+            raise ValueError(
+                f"{value} exceeds OPTOUT_TOPIC_REPLICATION_FACTOR ({replication}): every "
+                "acks=all write would be refused"
+            )
+        return value
 
     @field_validator("kafka_extra", mode="before")
     @classmethod
