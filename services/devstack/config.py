@@ -12,7 +12,7 @@ folder for the same checkout every time, so ``down`` and ``env`` find it again::
                   node-3/ (each laid out like kafka/)
       postgres/   data/ (PGDATA, holds postmaster.pid), socket/ (unix socket)
       pgbouncer/  with OPTOUT_DEVSTACK_PGBOUNCER=1: pgbouncer.ini, userlist.txt, pgbouncer.pid
-      logs/       kafka.log, kafka-node-N.log, postgres.log, pgbouncer.log
+      logs/       kafka.log, kafka-cluster-node-N.log, postgres.log, pgbouncer.log
 """
 
 from __future__ import annotations

@@ -7,7 +7,10 @@ min.insync.replicas 2; each node has its own rack (``broker.rack``).
       cluster.id   the id every node was formatted with
       voters       the quorum (``1@127.0.0.1:19193,...``) the nodes were formatted for
       node-1/ node-2/ node-3/   server.properties, log4j2.properties, kafka.pid, data/
-    <state>/logs/kafka-node-1.log ...
+    <state>/logs/kafka-cluster-node-1.log ...
+
+A test may run a throwaway cluster beside it (``layout(..., name="kafka-cluster-test")``
+on other ports); ``stop`` (``make down``) stops every cluster under the state dir.
 
 Besides starting and stopping the cluster, this module offers what an operator (and the
 fault run, ``tests/faults``) does to one node: kill -9, SIGSTOP/SIGCONT, a controlled
@@ -25,6 +28,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 from confluent_kafka import KafkaException
@@ -53,6 +57,7 @@ from services.devstack.procs import pid_alive, wait_for
 log = structlog.get_logger()
 
 METADATA_QUORUM_TOOL = "org.apache.kafka.tools.MetadataQuorumCommand"
+DEFAULT_NAME = "kafka-cluster"  # <state>/kafka-cluster; other clusters: <state>/kafka-cluster-*
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,10 @@ class Cluster:
     def size(self) -> int:
         return len(self.nodes)
 
+    @property
+    def directory(self) -> Path:
+        return self.nodes[0].directory.parent
+
     def node(self, node_id: int) -> BrokerNode:
         for each in self.nodes:
             if each.node_id == node_id:
@@ -82,10 +91,13 @@ class Cluster:
         return AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
 
 
-def layout(paths: Paths, brokers: int, port_base: int | None = None) -> Cluster:
-    """The nodes of a ``brokers``-node cluster under ``paths`` (nothing is started)."""
+def layout(paths: Paths, brokers: int, port_base: int | None = None, name: str = DEFAULT_NAME) -> Cluster:
+    """The nodes of a ``brokers``-node cluster under ``<state>/<name>`` (nothing is started);
+    another ``name`` and ``port_base`` give a second cluster beside it (a test's own)."""
     if brokers < 2:
         raise StackError("a cluster has at least 3 nodes; the single broker is kafka_broker's")
+    if not name.startswith(DEFAULT_NAME):
+        raise StackError(f"a cluster's folder name starts with {DEFAULT_NAME!r}, not {name!r}")
     base = c.kafka_port_base(brokers) if port_base is None else port_base
     step = c.KAFKA_NODE_PORT_STEP
     ids = range(1, brokers + 1)
@@ -97,8 +109,8 @@ def layout(paths: Paths, brokers: int, port_base: int | None = None) -> Cluster:
                 port=base + step * (i - 1),
                 controller_port=base + step * (i - 1) + 1,
                 sasl_port=base + step * (i - 1) + 2,
-                directory=paths.kafka_cluster_dir / f"node-{i}",
-                log_file=paths.logs_dir / f"kafka-node-{i}.log",
+                directory=paths.state_dir / name / f"node-{i}",
+                log_file=paths.logs_dir / f"{name}-node-{i}.log",
                 logs_dir=paths.logs_dir,
                 voters=voters,
                 rack=f"rack-{i}",
@@ -110,11 +122,10 @@ def layout(paths: Paths, brokers: int, port_base: int | None = None) -> Cluster:
 
 
 def _nodes_on_disk(paths: Paths) -> list[BrokerNode]:
-    """Every node folder under the cluster dir (ports do not matter for finding or stopping)."""
-    if not paths.kafka_cluster_dir.is_dir():
-        return []
+    """Every node folder of every cluster under the state dir (ports do not matter for
+    finding or stopping a node)."""
     found = []
-    for folder in sorted(paths.kafka_cluster_dir.glob("node-*")):
+    for folder in sorted(paths.state_dir.glob(f"{DEFAULT_NAME}*/node-*")):
         suffix = folder.name.removeprefix("node-")
         if folder.is_dir() and suffix.isdigit():
             found.append(
@@ -124,7 +135,7 @@ def _nodes_on_disk(paths: Paths) -> list[BrokerNode]:
                     controller_port=0,
                     sasl_port=0,
                     directory=folder,
-                    log_file=paths.logs_dir / f"kafka-node-{suffix}.log",
+                    log_file=paths.logs_dir / f"{folder.parent.name}-node-{suffix}.log",
                     logs_dir=paths.logs_dir,
                     voters=("on-disk",),
                 )
@@ -139,11 +150,11 @@ def pids(cluster: Cluster) -> dict[int, int]:
 
 def _cluster_id(paths: Paths, cluster: Cluster) -> str:
     """The id to format new nodes with; refuses a cluster dir formatted for other voters."""
-    folder = paths.kafka_cluster_dir
+    folder = cluster.directory
     folder.mkdir(parents=True, exist_ok=True)
     voters = ",".join(cluster.nodes[0].voters)
     voters_file, id_file = folder / "voters", folder / "cluster.id"
-    any_formatted = any(formatted(n) for n in _nodes_on_disk(paths))
+    any_formatted = any(formatted(n) for n in cluster.nodes)
     if voters_file.is_file() and any_formatted and voters_file.read_text().strip() != voters:
         raise StackError(
             f"The Kafka cluster in {folder} was formatted for other nodes or ports "
@@ -158,11 +169,16 @@ def _cluster_id(paths: Paths, cluster: Cluster) -> str:
 
 
 def ensure_running(
-    paths: Paths, brokers: int, install: bool = True, timeout: float = c.KAFKA_CLUSTER_READY_TIMEOUT_S
+    paths: Paths,
+    brokers: int,
+    install: bool = True,
+    timeout: float = c.KAFKA_CLUSTER_READY_TIMEOUT_S,
+    cluster: Cluster | None = None,
 ) -> Cluster:
     """Reuse the running cluster, or (install jars and) start the nodes that are not running,
-    formatting new ones in parallel; return once the cluster lists every node as a live broker."""
-    cluster = layout(paths, brokers)
+    formatting new ones in parallel; return once the cluster lists every node as a live broker.
+    ``cluster``: another layout than the stack's own (``layout(..., name=...)``)."""
+    cluster = cluster or layout(paths, brokers)
     started = time.monotonic()
     deadline = started + timeout
     running = pids(cluster)
@@ -192,11 +208,11 @@ def ensure_running(
             deadline,
             lambda: all(pid_alive(p) for p in running.values()),
             f"The Kafka cluster (pids {sorted(running.values())})",
-            str(paths.logs_dir / "kafka-node-*.log"),
+            str(paths.logs_dir / f"{cluster.directory.name}-node-*.log"),
         )
     except StackError:
         if missing:
-            stop(paths)
+            stop_cluster(cluster)
         raise
     log.info(
         "devstack.kafka_cluster_ready",
@@ -208,14 +224,23 @@ def ensure_running(
     return cluster
 
 
-def stop(paths: Paths, timeout: float = c.STOP_TIMEOUT_S) -> bool:
-    """Stop every node of the cluster dir, all at once: one by one, the last node would wait
-    for a controlled shutdown that a quorum of one cannot grant. True when any ran."""
-    nodes = _nodes_on_disk(paths)
+def _stop_all(nodes: list[BrokerNode], timeout: float) -> bool:
+    """All at once: one by one, the last node would wait for a controlled shutdown that a
+    quorum of one cannot grant. True when any ran."""
     if not nodes:
         return False
     with ThreadPoolExecutor(len(nodes), thread_name_prefix="kafka-stop") as pool:
         return any(list(pool.map(lambda n: stop_node(n, timeout), nodes)))
+
+
+def stop(paths: Paths, timeout: float = c.STOP_TIMEOUT_S) -> bool:
+    """Stop every node of every cluster under the state dir; True when any ran."""
+    return _stop_all(_nodes_on_disk(paths), timeout)
+
+
+def stop_cluster(cluster: Cluster, timeout: float = c.STOP_TIMEOUT_S) -> bool:
+    """Stop the nodes of one cluster; True when any ran."""
+    return _stop_all(list(cluster.nodes), timeout)
 
 
 def running_pids(paths: Paths) -> list[int]:
@@ -234,8 +259,8 @@ def status(paths: Paths, brokers: int) -> dict[str, object]:
         "bootstrap": cluster.bootstrap,
         "sasl_bootstrap": cluster.sasl_bootstrap,
         "formatted": all(formatted(n) for n in cluster.nodes),
-        "log_dir": str(paths.kafka_cluster_dir),
-        "log_files": str(paths.logs_dir / "kafka-node-*.log"),
+        "log_dir": str(cluster.directory),
+        "log_files": str(paths.logs_dir / f"{DEFAULT_NAME}-node-*.log"),
     }
 
 

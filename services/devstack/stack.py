@@ -186,7 +186,7 @@ def ensure_up(install: bool = True, brokers: int | None = None) -> StackInfo:
         sftp=sftp_result,
         kafka_brokers=kafka_result.brokers,
     )
-    kafka_log = paths.kafka_log if kafka_result.brokers == 1 else paths.logs_dir / "kafka-node-*.log"
+    kafka_log = paths.kafka_log if kafka_result.brokers == 1 else paths.logs_dir / "kafka-cluster-node-*.log"
     log.info(
         "devstack.up",
         kafka_bootstrap=kafka_result.bootstrap,
