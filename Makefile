@@ -60,6 +60,7 @@ TEST_WORKERS ?= 4
 test: install ## install what is missing, start what the tests need, run every test
 	bash deploy/install-promtool.sh
 	bash deploy/install-chromium.sh
+	bash deploy/install-pgbouncer.sh
 	$(PY) -m services.devstack up
 	@# 1. Everything that can share the stack, on $(TEST_WORKERS) workers.
 	@# 2. `serial` tests (they restart the broker and database), alone. Exit 5: none selected.

@@ -26,7 +26,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
     require_schema(cfg.dsn())
     days = args.retention_days if args.retention_days is not None else cfg.retention_days
     now = SystemClock().now()
-    with connect(cfg.dsn()) as conn:
+    with connect(cfg.dsn(), prepared_statements=cfg.database_prepared_statements) as conn:
         count = purge_contact_details(
             conn,
             now,

@@ -109,6 +109,12 @@ class Settings(BaseSettings):
         None, description="Role that runs migrations (DDL). Defaults to database_url."
     )
     database_app_role: str = Field("optout_app", description="Role migrations grant DML to.")
+    database_prepared_statements: bool = Field(
+        True,
+        description="Let psycopg prepare a statement on the server after 5 runs on one connection; "
+        "false behind PgBouncer older than 1.21 in transaction pooling (the next transaction "
+        "may run on a server connection without it).",
+    )
 
     # --- Processing ------------------------------------------------------------
     batch_size: int = Field(5000, ge=1, le=100_000, description="Messages consumed per batch.")

@@ -7,7 +7,8 @@ status  print what runs where (``--json`` for machine-readable output)
 state-dir  print the folder that holds the stack's data and logs (``make clean`` removes it)
 
 OPTOUT_DEVSTACK_BROKERS=3 runs a replicated cluster of three Kafka nodes instead of the single
-broker (OPTOUT_DEVSTACK_KAFKA_PORT_BASE moves its ports).
+broker (OPTOUT_DEVSTACK_KAFKA_PORT_BASE moves its ports). OPTOUT_DEVSTACK_PGBOUNCER=1 puts
+PgBouncer (transaction pooling, port 16432) between the services and PostgreSQL.
 
 Logs go to stderr, results to stdout. On failure: one line on stderr, exit code 1.
 """
@@ -35,7 +36,7 @@ def _exports(env: dict[str, str]) -> list[str]:
 
 def _print_status(state: dict[str, object]) -> None:
     _say(f"state dir: {state['state_dir']}")
-    for name in ("kafka", "postgres", "sshd"):
+    for name in ("kafka", "postgres", "sshd", "pgbouncer"):
         part = state[name]
         assert isinstance(part, dict)
         running = "running" if part.get("running") else "stopped"

@@ -16,7 +16,7 @@ import psycopg
 import structlog
 
 from services.devstack import config as c
-from services.devstack import kafka_broker, kafka_cluster, postgres_server, sshd_server
+from services.devstack import kafka_broker, kafka_cluster, pgbouncer_server, postgres_server, sshd_server
 from services.devstack.config import Paths
 from services.devstack.errors import StackError
 from services.devstack.procs import file_lock, port_open
@@ -36,23 +36,29 @@ class StackInfo:
     sftp: sshd_server.SftpInfo | None = None
     # Kafka nodes we run: 1 (the single broker), 3 (a replicated cluster), 0 (an external one).
     kafka_brokers: int = 1
+    # database_url goes through our PgBouncer in transaction pooling (OPTOUT_DEVSTACK_PGBOUNCER).
+    database_pooled: bool = False
 
     def env(self) -> dict[str, str]:
         replication: dict[str, str] = {}
         if self.kafka_brokers >= 3:
             # What a replicated cluster's topics need: 3 copies, 2 in sync for every write.
             replication = {ENV_REPLICATION_FACTOR: "3", ENV_MIN_INSYNC_REPLICAS: "2"}
+        # PgBouncer 1.18 (Debian 12) in transaction pooling cannot carry prepared statements.
+        pooled = {ENV_PREPARED_STATEMENTS: "false"} if self.database_pooled else {}
         return {
             c.ENV_KAFKA_BOOTSTRAP: self.kafka_bootstrap,
             **replication,
             c.ENV_DATABASE_URL: self.database_url,
             c.ENV_ADMIN_DATABASE_URL: self.admin_database_url,
+            **pooled,
             **(self.sftp.env() if self.sftp is not None else {}),
         }
 
 
 ENV_REPLICATION_FACTOR = "OPTOUT_TOPIC_REPLICATION_FACTOR"
 ENV_MIN_INSYNC_REPLICAS = "OPTOUT_TOPIC_MIN_INSYNC_REPLICAS"
+ENV_PREPARED_STATEMENTS = "OPTOUT_DATABASE_PREPARED_STATEMENTS"
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,7 @@ def ensure_up(install: bool = True, brokers: int | None = None) -> StackInfo:
         sftp_future = pool.submit(_sftp, paths, install)
         errors: list[BaseException] = []
         kafka_result = pg_result = sftp_result = None
+        pooled = False
         try:
             kafka_result = kafka_future.result()
         except BaseException as exc:
@@ -169,6 +176,14 @@ def ensure_up(install: bool = True, brokers: int | None = None) -> StackInfo:
             sftp_result = sftp_future.result()
         except BaseException as exc:
             errors.append(exc)
+        if not errors and pg_result is not None and c.pgbouncer_wanted():
+            try:
+                bouncer = pgbouncer_server.for_stack(paths, pg_result[0])
+                pgbouncer_server.ensure_running(paths, bouncer, install)
+                pg_result = (bouncer.url(pg_result[0]), *pg_result[1:])
+                pooled = True
+            except BaseException as exc:
+                errors.append(exc)
     if errors:
         for extra in errors[1:]:
             log.error("devstack.up_failed_also", error=str(extra))
@@ -185,6 +200,7 @@ def ensure_up(install: bool = True, brokers: int | None = None) -> StackInfo:
         started_here=kafka_local or pg_local or sftp_result is not None,
         sftp=sftp_result,
         kafka_brokers=kafka_result.brokers,
+        database_pooled=pooled,
     )
     kafka_log = paths.kafka_log if kafka_result.brokers == 1 else paths.logs_dir / "kafka-cluster-node-*.log"
     log.info(
@@ -193,6 +209,7 @@ def ensure_up(install: bool = True, brokers: int | None = None) -> StackInfo:
         kafka_sasl_bootstrap=kafka_result.sasl_bootstrap,
         kafka_brokers=kafka_result.brokers,
         database_url=_redact(db_url),
+        pgbouncer=pooled,
         kafka_log=str(kafka_log) if kafka_local else None,
         postgres_log=str(paths.pg_log) if pg_local else None,
         sftp=f"{sftp_result.host}:{sftp_result.port}" if sftp_result else None,
@@ -218,6 +235,7 @@ def down() -> None:
         kafka_future = pool.submit(_stop_kafka, paths)
         pg_future = pool.submit(postgres_server.stop, paths)
         sshd_future = pool.submit(sshd_server.stop, paths)
+        pgbouncer_stopped = pgbouncer_server.stop_in(paths)
         kafka_stopped = kafka_future.result()
         pg_stopped = pg_future.result()
         sshd_stopped = sshd_future.result()
@@ -237,6 +255,7 @@ def down() -> None:
         kafka_stopped=kafka_stopped,
         postgres_stopped=pg_stopped,
         sshd_stopped=sshd_stopped,
+        pgbouncer_stopped=pgbouncer_stopped,
         seconds=round(time.monotonic() - started, 1),
     )
 
@@ -254,4 +273,11 @@ def status() -> dict[str, object]:
     sshd: dict[str, object] = sshd_server.status(paths)
     if given := os.environ.get(sshd_server.ENV_SFTP_HOST, "").strip():
         sshd["env_override"] = given
-    return {"state_dir": str(paths.state_dir), "kafka": kafka, "postgres": postgres, "sshd": sshd}
+    pgbouncer: dict[str, object] = pgbouncer_server.status(paths)
+    return {
+        "state_dir": str(paths.state_dir),
+        "kafka": kafka,
+        "postgres": postgres,
+        "sshd": sshd,
+        "pgbouncer": pgbouncer,
+    }

@@ -86,7 +86,9 @@ class Exporter:
         self.clock = clock or SystemClock()
         self.monitor = monitor or GroupLagMonitor(settings)
         self.lag = GroupLagExporter()
-        self._db = LazyConnection(settings.dsn(), autocommit=True)
+        self._db = LazyConnection(
+            settings.dsn(), autocommit=True, prepared_statements=settings.database_prepared_statements
+        )
         self.last_reports: list[GroupReport] = []
         business.init_zeros(self.settings.destinations.names)
 
