@@ -27,7 +27,7 @@ export OPTOUT_DEVSTACK_BROKERS := $(BROKERS)
 endif
 
 .PHONY: help install up down run test test-unit test-integration test-faults check fmt \
-        bench-intake bench-e2e bench-web bench-suppression bench-connectors clean
+        bench-intake bench-e2e bench-web bench-suppression bench-connectors bench-intake-scale clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -110,6 +110,11 @@ bench-web: install ## one-click POSTs per second and p99 latency
 bench-suppression: install ## what the encrypted suppression list costs intake (sealing, record_batch)
 	$(PY) -m services.devstack up
 	$(WITH_STACK) $(PY) -m benchmarks.bench_suppression
+
+bench-intake-scale: export OPTOUT_DEVSTACK_BROKERS := $(or $(BROKERS),3)
+bench-intake-scale: install ## intake from 1 to 3 processes on the replicated cluster (BROKERS=1: the single broker)
+	$(PY) -m services.devstack up
+	$(WITH_STACK) $(PY) -m benchmarks.bench_intake_scale
 
 bench-connectors: install ## commands/s of each connector kind vs its stand-in's ceiling (bare client)
 	$(PY) -m services.devstack up

@@ -82,9 +82,14 @@ class ClusterFaults:
         self.recoveries.append((f"seconds to full replication after {label}", seconds))
         _say(f"fully replicated again {seconds:.1f}s after {label} ended")
 
-    def _restart(self, node: BrokerNode) -> None:
+    def _restart(self, node: BrokerNode, label: str | None = None) -> None:
+        started = time.monotonic()
         kafka_cluster.start_node(self.paths, self.cluster, node, REJOIN_TIMEOUT_SECONDS)
         self.down.discard(node.node_id)
+        if label is not None:
+            self.recoveries.append(
+                (f"seconds for the node to start and rejoin after {label}", time.monotonic() - started)
+            )
 
     def kill_busiest_leader(self, down_seconds: float, restart: bool = True) -> None:
         node, led = self.busiest_leader()
@@ -96,7 +101,7 @@ class ClusterFaults:
             self.faults["  (left down: the cluster carries on with two nodes)"] += 1
             return
         time.sleep(down_seconds)
-        self._restart(node)
+        self._restart(node, "the leader kill")
         self._settle("the leader kill")
 
     def kill_controller(self, down_seconds: float) -> None:
@@ -111,7 +116,7 @@ class ClusterFaults:
         self.recoveries.append(("seconds until a new controller was elected", time.monotonic() - killed_at))
         _say(f"node {successor} is the active controller now")
         time.sleep(max(0.0, down_seconds - (time.monotonic() - killed_at)))
-        self._restart(node)
+        self._restart(node, "the controller kill")
         self._settle("the controller kill")
 
     def _new_controller(self, exclude: int, timeout: float = 60.0) -> int:
