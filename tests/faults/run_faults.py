@@ -43,6 +43,7 @@ from services.devstack import config as devstack_config
 from services.devstack.config import Paths
 from services.devstack.kafka_cluster import Cluster
 from services.domain.planning import applicable_destinations, command_id
+from services.observability import replication
 from services.publisher.publish import Prepared, RequestPublisher
 from tests.faults.cluster_faults import ClusterFaults
 from tests.faults.environment import (
@@ -600,6 +601,12 @@ class Run:
         for label, seconds in chaos.recoveries:
             fig[label] = round(seconds, 1)
         fig["Kafka nodes alive at the end"] = len(kafka_cluster.pids(self.cluster))
+        health = replication.from_metadata(
+            admin.list_topics(timeout=10), cfg.all_topics(), cfg.topic_min_insync_replicas or 1
+        )
+        under = sum(h.under_replicated for h in health.values())
+        unwritable = sum(h.unwritable for h in health.values())
+        fig["partitions under-replicated / refusing writes at the end"] = f"{under} / {unwritable}"
         return [
             (
                 replicas == [cfg.topic_replication_factor],

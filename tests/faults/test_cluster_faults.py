@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from services.common.settings import Settings
 from services.devstack import StackInfo, kafka_cluster
 from services.devstack.config import Paths
 from services.devstack.errors import StackError
@@ -82,4 +83,7 @@ def test_short_cluster_fault_run_loses_nothing(
     assert report.faults["kill -9 Kafka node leading the busiest partitions"] == 1
     assert report.figures["opt-outs published"] == plan.events
     assert report.figures["topic replicas / min.insync.replicas"] == "[3] / ['2']"
+    # One node of three left down: every partition lacks a copy, none refuses writes (2 in sync).
+    partitions = len(Settings(destinations_file=None).all_topics()) * 6  # the run's topics x partitions
+    assert report.figures["partitions under-replicated / refusing writes at the end"] == f"{partitions} / 0"
     assert report.ok, report.table()
