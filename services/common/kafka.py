@@ -48,8 +48,19 @@ def _error_cb(err: KafkaError) -> None:
         log.warning("kafka client error", code=code, reason=err.str())
 
 
+PRODUCE_REQUEST_TIMEOUT_MS = 10_000
+
+
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
+        # A ProduceRequest times out after the lesser of socket.timeout.ms and the batch's
+        # remaining message.timeout.ms. At librdkafka's 60 s default, a request to a leader that
+        # hangs (a broker frozen, not dead) outlives message.timeout.ms: the messages fail
+        # though the cluster may have them, and the batch's retry writes them again. At 10 s
+        # the request is given up and retried at the new leader (same sequence numbers: the
+        # idempotent producer's copies are dropped), well within message.timeout.ms.
+        # OPTOUT_KAFKA_EXTRA may set another value.
+        "socket.timeout.ms": PRODUCE_REQUEST_TIMEOUT_MS,
         **settings.kafka_config(),
         "enable.idempotence": True,
         "acks": "all",
