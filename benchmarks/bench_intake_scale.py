@@ -192,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     one = runs[0].rate if runs else 0.0
     header = (
         f"{'processes':>9} {'events':>8} {'seconds':>8} {'events/s':>9} {'x first':>8} "
-        f"{'per process (events/s each)':<34} {'CPU s each':<22} load before -> after"
+        f"{'per process (events/s each)':<30} {'CPU s each':<18} {'CPU us/event':>12}  "
+        "load before -> after"
     )
     lines = [
         f"bench-intake-scale on {time.strftime('%Y-%m-%d %H:%M:%S %Z')}: {_cpu_count()} cores, {shape}, "
@@ -205,13 +206,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for run in runs:
         each = ", ".join(f"{n / run.seconds:,.0f}" for n in run.per_process)
         cpu = ", ".join(f"{s:.1f}" for s in run.cpu_seconds)
+        per_event = 1e6 * sum(run.cpu_seconds) / run.events
         lines.append(
             f"{run.instances:>9} {run.events:>8,} {run.seconds:>8.1f} {run.rate:>9,.0f} "
-            f"{run.rate / one if one else 0:>7.2f}x {each:<34} {cpu:<22} "
+            f"{run.rate / one if one else 0:>7.2f}x {each:<30} {cpu:<18} {per_event:>12,.0f}  "
             f"{run.load_before} -> {run.load_after}"
         )
     best = max(runs, key=lambda r: r.rate)
     lines += [
+        "",
+        "CPU us/event: the intake processes' own CPU time (start-up and group join included) per "
+        "event; 1e6 / it is what one free core would allow.",
         "",
         f"bench-intake-scale: best={best.rate:,.0f} ev/s with {best.instances} process(es) "
         f"target(>={TARGET_RATE:,.0f} ev/s)={'PASS' if best.rate >= TARGET_RATE else 'FAIL'}; "
