@@ -27,10 +27,11 @@ export OPTOUT_DEVSTACK_BROKERS := $(BROKERS)
 endif
 
 .PHONY: help install up down run test test-unit test-integration test-faults check fmt \
-        bench-intake bench-e2e bench-web bench-suppression bench-connectors bench-intake-scale clean
+        bench-intake bench-e2e bench-web bench-suppression bench-connectors bench-resources \
+        bench-pk-read bench-intake-scale k8s-render clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "optout needs Python 3.11 or newer")'
@@ -60,6 +61,7 @@ TEST_WORKERS ?= 4
 test: install ## install what is missing, start what the tests need, run every test
 	bash deploy/install-promtool.sh
 	bash deploy/install-chromium.sh
+	bash deploy/install-kustomize.sh
 	bash deploy/install-pgbouncer.sh
 	$(PY) -m services.devstack up
 	@# 1. Everything that can share the stack, on $(TEST_WORKERS) workers.
@@ -76,6 +78,7 @@ test: install ## install what is missing, start what the tests need, run every t
 	exit $$status
 
 test-unit: install ## unit tests only (no broker, no database)
+	bash deploy/install-kustomize.sh
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: install ## integration and e2e tests against the real broker and database
@@ -119,6 +122,23 @@ bench-intake-scale: install ## intake from 1 to 3 processes on the replicated cl
 bench-connectors: install ## commands/s of each connector kind vs its stand-in's ceiling (bare client)
 	$(PY) -m services.devstack up
 	$(WITH_STACK) $(PY) -m benchmarks.bench_connectors
+
+bench-resources: install ## memory and CPU of every service process under load (the k8s resource figures)
+	$(PY) -m services.devstack up
+	$(WITH_STACK) $(PY) -m benchmarks.bench_resources
+
+bench-pk-read: install ## primary-key reads/s of the suppression list (stand-in for bench-lookup)
+	$(PY) -m services.devstack up
+	$(WITH_STACK) $(PY) -m benchmarks.bench_pk_read
+
+k8s-render: ## render every Kubernetes overlay into test-output/k8s/ (kubectl kustomize)
+	bash deploy/install-kustomize.sh
+	mkdir -p test-output/k8s
+	for overlay in deploy/k8s/overlays/*/; do name=$$(basename $$overlay); \
+	    if kubectl version --client 2>/dev/null | grep -Eq '^Kustomize Version: v[5-9]'; then \
+	        kubectl kustomize $$overlay > test-output/k8s/$$name.yaml; \
+	    else "$$(command -v kustomize || echo .cache/bin/kustomize)" build $$overlay > test-output/k8s/$$name.yaml; fi; \
+	    echo "test-output/k8s/$$name.yaml"; done
 
 clean: down ## stop the stack and remove its data, caches and the virtualenv
 	@if [ -x $(PY) ]; then rm -rf "$$($(PY) -m services.devstack state-dir)"; fi

@@ -39,13 +39,22 @@ from services.common.clock import to_millis
 from services.common.contract import AckStatus, Destination, Identifier, Scope
 from services.common.kafka import DeliveryTracker, create_topics, make_producer
 from services.common.settings import Settings
-from services.connectors import kit, mailgun, sendgrid, ses, sftp_mail_house, webhook_partners
+from services.connectors import (
+    kit,
+    mailgun,
+    sendgrid,
+    ses,
+    sftp_mail_house,
+    sms_optout_list,
+    webhook_partners,
+)
 from services.connectors.kit import Awaiting, Command, Connector, Outcome
 from services.devstack.sshd_server import SftpInfo
 from services.domain.identity import sha256_hex
 from services.standins.mailgun_api import MailgunStandin
 from services.standins.sendgrid_api import SendGridStandin
 from services.standins.ses_emulator import CONTACT_LIST, SesEmulator
+from services.standins.sms_optout_api import SmsOptOutStandin
 from services.standins.web import App, Request, Response, StandinServer
 from services.standins.webhook_receiver import WebhookPartnersStandin
 
@@ -136,6 +145,9 @@ def make_records(count: int, destination: str, build: Callable[[int], dict[str, 
             "scopes": ["ALL"],
             "issued_at": to_millis(now),
             "deadline": to_millis(now + timedelta(days=10)),
+            "action": "OPT_OUT",
+            "requested_at": to_millis(now),
+            "device_id": None,
             **build(i),
         }
         out.append(record)
@@ -332,6 +344,58 @@ def bench_ses(count: int, settings: Settings) -> KindResult:
     return KindResult("ses", count, 1, len(calls), connector_seconds, ceiling_seconds, f"{threads} threads")
 
 
+# --- SMS opt-out list (botocore, pinpoint-sms-voice-v2) ------------------------------------------
+SMS_KEY = ("AKIABENCHSMS", "bench-sms-secret")
+
+
+def phone(i: int) -> dict[str, Any]:
+    return {"phone": f"+1415{i:07d}"}
+
+
+def bench_sms(count: int, settings: Settings) -> KindResult:
+    """One PutOptedOutNumber per command on the connector's thread pool; the ceiling replays
+    the same calls through one bare botocore client on as many threads, against a fresh
+    stand-in."""
+    with StandinServer(SmsOptOutStandin(dict([SMS_KEY])).handle, name="sms") as first:
+        dest = destination(
+            "sms",
+            sms_optout_list.KIND,
+            {"region": "us-east-1", "opt_out_list_name": "optout", "endpoint_url": first.url},
+            {"access_key_id": SMS_KEY[0], "secret_access_key": SMS_KEY[1]},
+            {Identifier.PHONE},
+        )
+        connector = sms_optout_list.build(dest, settings)
+        assert isinstance(connector, sms_optout_list.SmsOptOutListConnector)
+        calls: list[tuple[str, dict[str, Any]]] = []
+
+        def hook(params: dict[str, Any], model: Any, **_: Any) -> None:
+            calls.append((model.name, dict(params)))
+
+        client: Any = connector.client  # botocore ships no types
+        client.meta.events.register("provide-client-params.pinpoint-sms-voice-v2.*", hook)
+        commands = make_commands(count, "sms", phone)
+        connector_seconds = run_connector(connector, commands, len(commands))
+        threads = connector.options.concurrency
+        connector.close()
+    with StandinServer(SmsOptOutStandin(dict([SMS_KEY])).handle, name="sms") as second:
+        bare = sms_optout_list.make_client(
+            sms_optout_list.SmsOptOutListOptions(
+                region="us-east-1", opt_out_list_name="optout", endpoint_url=second.url, concurrency=threads
+            ),
+            SMS_KEY[0],
+            SMS_KEY[1],
+            None,
+        )
+        if {name for name, _ in calls} != {"PutOptedOutNumber"}:
+            raise RuntimeError(f"sms: no replay for {sorted({name for name, _ in calls})}")
+        with ThreadPoolExecutor(threads) as pool:
+            started = time.perf_counter()
+            list(pool.map(lambda call: bare.put_opted_out_number(**call[1]), calls))
+            ceiling_seconds = time.perf_counter() - started
+        bare.close()
+    return KindResult("sms", count, 1, len(calls), connector_seconds, ceiling_seconds, f"{threads} threads")
+
+
 # --- SFTP mail house (paramiko) ----------------------------------------------------------------
 def postal(i: int) -> dict[str, Any]:
     return {
@@ -411,7 +475,7 @@ def bench_sftp(count: int, batch: int, info: SftpInfo, settings: Settings) -> Ki
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every command count")
-    parser.add_argument("--kinds", default="sendgrid,mailgun,webhook_partners,ses,sftp_mail_house")
+    parser.add_argument("--kinds", default="sendgrid,mailgun,webhook_partners,ses,sms,sftp_mail_house")
     args = parser.parse_args(argv)
     setup_logging()
     kinds = args.kinds.split(",")
@@ -496,6 +560,9 @@ def report(kinds: Sequence[str], n: Callable[[int], int], settings: Settings, sf
     if "ses" in kinds:
         note("ses ...")
         results.append(bench_ses(n(2_000), settings))
+    if "sms" in kinds:
+        note("sms ...")
+        results.append(bench_sms(n(2_000), settings))
     if "sftp_mail_house" in kinds:
         note("sftp_mail_house ...")
         if sftp is None:

@@ -50,6 +50,7 @@ from benchmarks.common import (
     close_env,
     count_rows,
     format_table,
+    generate_events,
     load_average,
     note,
     open_env,
@@ -61,9 +62,12 @@ from services.common.avro import default_codec
 from services.common.clock import SystemClock
 from services.common.consumer_loop import ConsumerLoop
 from services.common.kafka import make_consumer, make_producer
+from services.directory.store import upsert_entries
+from services.domain.enrichment import DirectoryEntry, DirectoryIndex, enrich
 from services.domain.planning import plan_commands
-from services.domain.validation import decode_request
+from services.domain.validation import decode_request, normalize_postal_address, validate_request
 from services.intake.step import SERVICE, IntakeStep
+from services.suppression.entries import suppression_ring
 
 TARGET_RATIO = 20.0
 TARGET_RATE = 10_000.0
@@ -259,6 +263,7 @@ _HISTOGRAMS = {
     "db": ("optout_database_seconds_sum", {"service": SERVICE, "operation": "record_batch"}),
     "flush": ("optout_produce_flush_seconds_sum", {"service": SERVICE}),
     "batch": ("optout_batch_processing_seconds_sum", {"service": SERVICE}),
+    "lookup": ("optout_database_seconds_sum", {"service": SERVICE, "operation": "directory_lookup"}),
 }
 
 
@@ -336,7 +341,7 @@ def run_ours(
     wall = ended - start
     phase = Phase(start - subscribed, cpu, load_average())
     after = _histogram_sums()
-    db, flush, batch = (after[k] - before[k] for k in ("db", "flush", "batch"))
+    db, flush, batch, lookup = (after[k] - before[k] for k in ("db", "flush", "batch", "lookup"))
     in_submit = step.submit_seconds
     breakdown = [
         f"{label}: {step.batches} batches, {events / max(step.batches, 1):,.0f} msgs/batch "
@@ -348,6 +353,8 @@ def run_ours(
         "(optout_produce_flush_seconds)",
         f"  inside submit            {in_submit:7.2f}s  {100 * in_submit / wall:5.1f}%  "
         "(decode, validate, plan, encode, waiting for the database)",
+        f"  of which directory       {lookup:7.2f}s  {100 * lookup / wall:5.1f}%  "
+        "(the customer directory's lookups and decryption, on the intake thread)",
         f"  offset commit + loop     {batch - in_submit:7.2f}s  {100 * (batch - in_submit) / wall:5.1f}%",
         f"  consume/poll/idle        {wall - batch:7.2f}s  {100 * (wall - batch) / wall:5.1f}%  "
         "(wall minus optout_batch_processing_seconds)",
@@ -433,6 +440,64 @@ def fresh_ours(
             close_env(env)
 
 
+def directory_entries(events: int, seed: int) -> list[DirectoryEntry]:
+    """A customer directory for the generated events: every customer id among them, each with
+    an email and a postal address of its own (so each such request gains commands)."""
+    entries: dict[str, DirectoryEntry] = {}
+    for event in generate_events(events, seed):
+        customer = event.record["customer_id"]
+        if not customer:
+            continue
+        address = normalize_postal_address(
+            {
+                "name": f"Customer {customer}",
+                "lines": [f"{customer[-4:]} Directory Road"],
+                "city": "Springfield",
+                "region": "IL",
+                "postal_code": "62701",
+                "country": "US",
+            }
+        )
+        entries[customer] = DirectoryEntry(
+            customer, (f"{customer.lower()}@directory.example.net",), (), (address,) if address else ()
+        )
+    return list(entries.values())
+
+
+def run_with_directory(stack: Any, args: argparse.Namespace, **overrides: Any) -> OursResult:
+    """(e): (c) on fresh events whose customers are all in the customer directory."""
+    env = open_env(stack, "directory", args.partitions, **overrides)
+    try:
+        entries = directory_entries(args.events, args.seed)
+        now = datetime.now(UTC)
+        with psycopg.connect(env.dsn()) as conn:
+            ring = suppression_ring(env.settings)
+            for start in range(0, len(entries), 1000):
+                upsert_entries(conn, ring, entries[start : start + 1000], now)
+        # The commands intake must fan out, enriched: planned here exactly as intake plans.
+        index = DirectoryIndex(entries)
+        skew = timedelta(seconds=env.settings.clock_skew_seconds)
+        commands = sum(
+            len(
+                plan_commands(
+                    enrich(validate_request(e.record, now, skew, env.settings.default_phone_region), index),
+                    now,
+                    env.settings.destinations,
+                )
+            )
+            for e in generate_events(args.events, args.seed)
+        )
+        loaded = preload(env.settings, args.events, seed=args.seed)
+        note(
+            f"(e) directory of {len(entries):,} customers; {commands:,} commands due "
+            f"(without it {loaded.commands:,})"
+        )
+        return run_ours(env, args.events, commands, args.timeout, "(e) ours, directory loaded")
+    finally:
+        if not args.keep:
+            close_env(env)
+
+
 def profile_report(profiler: cProfile.Profile, limit: int = 30) -> str:
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out)
@@ -471,6 +536,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--profile-out", default=".run/bench-intake.prof")
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument(
+        "--directory",
+        action="store_true",
+        help="(e): also run (c) with a customer directory holding every customer id of the events",
+    )
     parser.add_argument(
         "--instances", type=int, default=2, help="(d): intake processes in one group (0 skips (d))"
     )
@@ -522,6 +592,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             finally:
                 if not args.keep:
                     close_env(scaled_env)
+        directory = None
+        if args.directory:
+            directory = run_with_directory(stack, args, **overrides)
+            note(f"(e) directory: {directory.measurement.rate:,.0f} ev/s")
         for size in [int(s) for s in args.sweep.split(",") if s.strip()]:
             result = fresh_ours(stack, args, args.sweep_events, f"(c) batch_size={size}", batch_size=size)
             sweep_rows.append(result.measurement)
@@ -544,6 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             close_env(naive_env)
 
     rows = [bare] + ([naive] if naive else []) + [ours.measurement] + ([scaled] if scaled else [])
+    rows += [directory.measurement] if directory else []
     lines = [
         f"bench-intake on {time.strftime('%Y-%m-%d %H:%M:%S %Z')}: {args.events:,} events, "
         f"{args.partitions} partitions, batch_size {env.settings.batch_size}, "
@@ -554,6 +629,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         *format_table(rows, baseline=naive),
         "",
         *ours.breakdown,
+        *(directory.breakdown if directory else []),
     ]
     if naive is not None:
         lines.append(

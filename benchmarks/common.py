@@ -298,6 +298,7 @@ def expected_commands(record: dict[str, Any]) -> int:
         Identifier.POSTAL_ADDRESS: record["postal_address"] is not None,
         Identifier.EMAIL_SHA256: email,
         Identifier.PHONE_SHA256: phone,
+        Identifier.DEVICE_ID: bool(record.get("device_id")),
     }
     destinations = DEFAULT_DESTINATIONS.for_scopes(Scope(s) for s in record["scopes"])
     return sum(1 for d in destinations if any(present[i] for i in d.requires_one_of))

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from services.cli import (
     admin,
     config,
+    customers,
+    gpclog,
     lag,
     link,
     overdue,
@@ -47,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_commands(sub)
     link.add_commands(sub)
     suppression.add_commands(sub)
+    gpclog.add_commands(sub)
+    customers.add_commands(sub)
     return parser
 
 

@@ -14,7 +14,7 @@ from services.common.settings import settings
 from services.connectors.mail_house import FILE_PREFIX, folder_of
 from services.connectors.mail_house import KIND as MAIL_HOUSE_KIND
 from services.retention.files import remove_old_mail_house_files
-from services.retention.purge import purge_contact_details
+from services.retention.purge import purge_contact_details, purge_gpc_signals
 
 
 def _progress(purged: int) -> None:
@@ -37,6 +37,15 @@ def cmd_purge(args: argparse.Namespace) -> int:
     verb = "would purge" if args.dry_run else "purged"
     sys.stdout.write(
         f"{verb} the contact details of {count} request(s) confirmed or resolved more than {days} days ago\n"
+    )
+    with connect(cfg.dsn(), prepared_statements=cfg.database_prepared_statements) as conn:
+        signals = purge_gpc_signals(
+            conn, now, timedelta(days=cfg.gpc_log_retention_days), dry_run=args.dry_run
+        )
+    verb = "would delete" if args.dry_run else "deleted"
+    sys.stdout.write(
+        f"{verb} {signals} GPC signal log row(s) older than {cfg.gpc_log_retention_days} days "
+        "(OPTOUT_GPC_LOG_RETENTION_DAYS)\n"
     )
     # Every folder a local_mail_house destination of the destinations file writes.
     folders = sorted({folder_of(d, cfg) for d in cfg.destinations if d.kind == MAIL_HOUSE_KIND})
@@ -63,7 +72,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "resolved) more than the retention period ago (OPTOUT_RETENTION_DAYS), keeping the "
         "hashes, scopes and timestamps needed to keep suppressing and to prove compliance; and "
         "remove the mail house's suppression files (the folder of each local_mail_house "
-        "destination) older than that.",
+        "destination) older than that; and the log of applied GPC signals older than "
+        "OPTOUT_GPC_LOG_RETENTION_DAYS (it holds no raw identifier).",
     )
     p.add_argument("--retention-days", type=int, help="override OPTOUT_RETENTION_DAYS")
     p.add_argument("--dry-run", action="store_true", help="only count what would be purged")

@@ -56,6 +56,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
                 "source": args.source,
                 "jurisdiction": args.jurisdiction,
                 "requested_at": args.requested_at,
+                "action": "OPT_IN" if args.opt_in else args.action,
             }.items()
             if v is not None
         }
@@ -76,7 +77,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
             sys.stderr.write(f"sent {sent}/{len(prepared)}\n")
     for item in prepared[:20] if not args.quiet else []:
         sys.stdout.write(
-            f"sent event_id={item.record['event_id']} scopes="
+            f"sent event_id={item.record['event_id']} action={item.record['action']} scopes="
             f"{','.join(item.record['scopes'])} -> {cfg.requests_topic}\n"
         )
     if len(prepared) > 20 and not args.quiet:
@@ -126,7 +127,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     for key, value in status.items():
         if key != "destinations":
-            sys.stdout.write(f"{key:14} {_fmt(value) if not isinstance(value, list) else ','.join(value)}\n")
+            shown = _fmt(value) if not isinstance(value, list) else ",".join(value) or "- (superseded)"
+            sys.stdout.write(f"{key:14} {shown}\n")
     sys.stdout.write(f"\n{'DESTINATION':22} {'STATUS':19} {'SENT':>4} {'ACKED AT':26} DETAIL\n")
     for d in status["destinations"]:
         sys.stdout.write(
@@ -146,7 +148,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="publish OptOutRequested events (validated first)",
         description="Publish one request from flags, or many from a JSON-lines file (one object "
         "per line with the OptOutRequested fields). Every request is validated with intake's "
-        "rules before anything is sent.",
+        "rules before anything is sent. An opt-out by default; --opt-in (or --action OPT_IN) "
+        "publishes an opt-in: the person opts back in.",
     )
     p.add_argument("--file", "-f", help="JSON-lines file ('-' for stdin)")
     p.add_argument("--event-id", help="idempotency key (default: a new UUID)")
@@ -162,6 +165,15 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--source", default="API")
     p.add_argument("--jurisdiction", help="e.g. US-CA, US, EU")
     p.add_argument("--requested-at", help="ISO-8601 time with zone (default: now)")
+    p.add_argument(
+        "--action",
+        type=str.upper,
+        choices=("OPT_OUT", "OPT_IN"),
+        help="OPT_OUT (default) or OPT_IN: the person opts back in to --scopes. Per person and "
+        "scope the newest --requested-at wins (a tie: the opt-out), so an opt-in older than "
+        'the person\'s latest opt-out changes nothing (in a file: the "action" field)',
+    )
+    p.add_argument("--opt-in", action="store_true", help="the same as --action OPT_IN")
     p.add_argument("--skip-invalid", action="store_true", help="send the valid lines of a file")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the summary line")
     p.set_defaults(handler=cmd_publish)

@@ -48,6 +48,12 @@ def _web(cfg: Settings, stop: threading.Event) -> None:
     run(cfg, stop)
 
 
+def _inbound(cfg: Settings, stop: threading.Event) -> None:
+    from services.inbound.service import run
+
+    run(cfg, stop)
+
+
 def _exporter(cfg: Settings, stop: threading.Event) -> None:
     from services.observability.exporter import run
 
@@ -61,6 +67,7 @@ SERVICES: dict[str, tuple[bool, ServiceMain]] = {
     "standins": (False, _standins),
     "confirmer": (True, _confirmer),
     "web": (False, _web),
+    "inbound": (True, _inbound),  # the replay memory of webhook tokens is in PostgreSQL
 }
 # What `optout run all` (and `make run`) starts.
 PIPELINE: list[list[str]] = [
@@ -70,6 +77,7 @@ PIPELINE: list[list[str]] = [
     ["connectors"],  # one connector per destination of the destinations file
     ["web"],
     ["exporter"],
+    ["inbound"],  # last, so the metrics ports of the others stay as they were
 ]
 
 
@@ -192,7 +200,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "run",
         help="run services in the foreground",
         description="Run one service in this process, or several as child processes. "
-        "Services: intake, confirmer, web, standins, exporter, 'connector NAME' "
+        "Services: intake, confirmer, web, inbound, standins, exporter, 'connector NAME' "
         "(NAME: a destination of the destinations file), or 'all' (one connector per destination).",
     )
     p.add_argument("services", nargs="+", metavar="SERVICE")

@@ -22,6 +22,23 @@ class Scope(StrEnum):
     POSTAL_MARKETING = "POSTAL_MARKETING"
     THIRD_PARTY_SHARING = "THIRD_PARTY_SHARING"
     ALL = "ALL"
+    SMS_MARKETING = "SMS_MARKETING"  # schema version 2
+
+
+# The scopes a person can be suppressed for; ALL stands for every one of them.
+CONCRETE_SCOPES: tuple[Scope, ...] = (
+    Scope.EMAIL_MARKETING,
+    Scope.POSTAL_MARKETING,
+    Scope.THIRD_PARTY_SHARING,
+    Scope.SMS_MARKETING,
+)
+
+
+class Action(StrEnum):
+    """OPT_OUT: stop. OPT_IN: the person opted back in (schema version 2)."""
+
+    OPT_OUT = "OPT_OUT"
+    OPT_IN = "OPT_IN"
 
 
 class Source(StrEnum):
@@ -32,6 +49,8 @@ class Source(StrEnum):
     GPC_SIGNAL = "GPC_SIGNAL"
     API = "API"
     OTHER = "OTHER"
+    SMS_REPLY = "SMS_REPLY"  # schema version 2: a STOP/START text
+    PROVIDER_WEBHOOK = "PROVIDER_WEBHOOK"  # schema version 2: an email provider's event
 
 
 class AckStatus(StrEnum):
@@ -49,6 +68,7 @@ class Identifier(StrEnum):
     POSTAL_ADDRESS = "postal_address"
     EMAIL_SHA256 = "email_sha256"
     PHONE_SHA256 = "phone_sha256"
+    DEVICE_ID = "device_id"  # a pseudonymous browser/device id (schema version 2)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ class OptOutRequestedRecord(TypedDict):
     source: str
     jurisdiction: str | None
     requested_at: WireTime
+    action: str  # version 2: OPT_OUT or OPT_IN
+    device_id: str | None  # version 2
 
 
 class SuppressionCommandRecord(TypedDict):
@@ -58,6 +60,9 @@ class SuppressionCommandRecord(TypedDict):
     scopes: list[str]
     issued_at: WireTime
     deadline: WireTime
+    action: str  # version 2: OPT_OUT (suppress) or OPT_IN (un-suppress)
+    requested_at: WireTime  # version 2; 0 in version-1 commands
+    device_id: str | None  # version 2
 
 
 class SuppressionAckRecord(TypedDict):
@@ -84,6 +89,8 @@ class OptOutConfirmedRecord(TypedDict):
     scopes: list[str]
     requested_at: WireTime
     confirmed_at: WireTime
+    action: str  # version 2
+    notify_phone: str | None  # version 2
 
 
 def postal_address_record(raw: Mapping[str, Any] | None) -> PostalAddressRecord | None:
@@ -111,6 +118,8 @@ def decode_opt_out_requested(codec: Codec, payload: bytes | None) -> OptOutReque
         source=r["source"],
         jurisdiction=r["jurisdiction"],
         requested_at=r["requested_at"],
+        action=r["action"],
+        device_id=r["device_id"],
     )
 
 
@@ -129,6 +138,9 @@ def decode_suppression_command(codec: Codec, payload: bytes | None) -> Suppressi
         scopes=r["scopes"],
         issued_at=r["issued_at"],
         deadline=r["deadline"],
+        action=r["action"],
+        requested_at=r["requested_at"],
+        device_id=r["device_id"],
     )
 
 
@@ -160,4 +172,6 @@ def decode_opt_out_confirmed(codec: Codec, payload: bytes | None) -> OptOutConfi
         scopes=r["scopes"],
         requested_at=r["requested_at"],
         confirmed_at=r["confirmed_at"],
+        action=r["action"],
+        notify_phone=r["notify_phone"],
     )

@@ -13,7 +13,8 @@ def request_status(cfg: Settings, event_id: str) -> dict[str, Any] | None:
     with connect(cfg.dsn(), prepared_statements=cfg.database_prepared_statements) as conn:
         row = conn.execute(
             "SELECT event_id, state, scopes, source, jurisdiction, requested_at, received_at,"
-            " due_at, deadline_rule, confirmed_at, (state <> 'CONFIRMED' AND due_at < now())"
+            " due_at, deadline_rule, confirmed_at, (state <> 'CONFIRMED' AND due_at < now()),"
+            " action, effective_scopes"
             " FROM requests WHERE event_id = %s",
             (event_id,),
         ).fetchone()
@@ -36,6 +37,10 @@ def request_status(cfg: Settings, event_id: str) -> dict[str, Any] | None:
         "deadline_rule",
         "confirmed_at",
         "overdue",
+        "action",  # OPT_OUT or OPT_IN
+        # Where it took effect (newest wins): None before migration 0007 (all its scopes);
+        # empty for a superseded request (a newer one of the other action holds).
+        "effective_scopes",
     )
     result: dict[str, Any] = dict(zip(keys, row, strict=True))
     result["destinations"] = [

@@ -214,6 +214,16 @@ class Settings(BaseSettings):
     standin_ses_port: int = Field(
         18086, ge=0, le=65535, description="Port of the Amazon SES (v2) emulator (moto server)."
     )
+    standin_sms_port: int = Field(
+        18096, ge=0, le=65535, description="Port of the AWS End User Messaging SMS (opt-out lists) stand-in."
+    )
+    standin_sms_access_key_id: str = Field(
+        "dev-sms-key-id", description="AWS access key id the SMS stand-in accepts (development only)."
+    )
+    standin_sms_secret_access_key: str = Field(
+        "dev-sms-secret",
+        description="Its secret, checked in each request's SigV4 signature (development only).",
+    )
     standin_failure_rate: float = Field(0.0, ge=0, le=1, description="Share of requests answered 503.")
     standin_rate_limit_per_second: int = Field(0, ge=0, description="Requests/s before 429; 0: none.")
     standin_retry_after_seconds: int = Field(
@@ -274,6 +284,97 @@ class Settings(BaseSettings):
     web_publish_timeout_seconds: float = Field(
         5.0, gt=0, le=120, description="How long a POST waits for the broker before a 503."
     )
+    web_device_cookie_secure: bool = Field(
+        True,
+        description="Mark the GPC device cookie Secure (named __Host-optout_device); false "
+        "only for local http development (then optout_device). Production refuses false.",
+    )
+    web_device_cookie_days: int = Field(
+        395, ge=1, le=400, description="Lifetime of the GPC device cookie (browsers cap it at 400 days)."
+    )
+    gpc_log_retention_days: int = Field(
+        730,
+        ge=0,
+        description="`optout purge` deletes applied-GPC-signal log rows older than this "
+        "(24 months: CCPA regulations section 7101).",
+    )
+
+    # --- Inbound provider webhooks (`optout run inbound`, docs/inbound.md) --------------
+    inbound_host: str = Field("127.0.0.1", description="Address the inbound webhook service listens on.")
+    inbound_port: int = Field(
+        8090, ge=0, le=65535, description="Port the inbound webhook service listens on."
+    )
+    inbound_public_url: str = Field(
+        "http://127.0.0.1:8090",
+        description="Base URL the providers post to (as they see it, behind proxies); Twilio "
+        "signs the full URL, so it must match the URL configured at Twilio.",
+    )
+    inbound_max_body_bytes: int = Field(
+        1_048_576, ge=1024, le=16_777_216, description="Largest webhook body accepted."
+    )
+    inbound_max_age_seconds: int = Field(
+        600,
+        ge=1,
+        le=86_400,
+        description="Signed timestamps (SendGrid header, Mailgun signature) older than this "
+        "are refused as stale (401); Mailgun tokens are remembered this long.",
+    )
+    inbound_sns_max_age_seconds: int = Field(
+        3600,
+        ge=1,
+        le=1_209_600,
+        description="SNS messages whose Timestamp (the publish time, kept on retries) is older "
+        "than this are refused as stale (401).",
+    )
+    inbound_email_jurisdiction: str | None = Field(
+        None, description="Jurisdiction of email-provider opt-outs; unset: none (the default deadline rules)."
+    )
+    inbound_sendgrid_public_key: str = Field(
+        "",
+        description="SendGrid signed Event Webhook verification key (base64 DER, as SendGrid "
+        "shows it); empty: the SendGrid endpoint is off.",
+    )
+    inbound_mailgun_signing_key: SecretStr = Field(
+        # DEV ONLY: refused when OPTOUT_ENV=production (a secret with a non-empty default).
+        SecretStr("dev-mailgun-webhook-signing-key"),
+        description="Mailgun HTTP webhook signing key (secret).",
+    )
+    inbound_sns_certificate: Path | None = Field(
+        None,
+        description="PEM file of the SNS signing certificate(s) to trust (downloaded once from "
+        "SigningCertURL; never fetched at run time); unset: the SES/SNS endpoint is off.",
+    )
+    inbound_sns_topic_arns: list[str] = Field(
+        default_factory=list,
+        description="JSON list of the SNS topic ARNs accepted (required with the certificate).",
+    )
+    inbound_sns_confirm_subscriptions: bool = Field(
+        False,
+        description="Confirm SNS subscriptions by GET of the SubscribeURL; off: log and count the "
+        "pending confirmation for an operator to confirm.",
+    )
+    inbound_twilio_auth_token: SecretStr = Field(
+        # DEV ONLY: refused when OPTOUT_ENV=production (a secret with a non-empty default).
+        SecretStr("dev-twilio-auth-token"),
+        description="Twilio auth token that signs inbound SMS webhooks (secret).",
+    )
+    inbound_sms_jurisdiction: str | None = Field(
+        None,
+        description="Jurisdiction of SMS opt-outs; unset: the region of the sender's number "
+        "(+1: US or CA by area code).",
+    )
+    inbound_sms_stop_reply: str = Field(
+        "You are unsubscribed and will receive no more marketing texts from us. Reply START to resubscribe.",
+        min_length=1,
+        max_length=320,
+        description="The one confirmation text sent after STOP (no marketing).",
+    )
+    inbound_sms_start_reply: str = Field(
+        "You are resubscribed to our texts. Reply STOP to unsubscribe.",
+        min_length=1,
+        max_length=320,
+        description="The reply to START.",
+    )
 
     # --- Suppression list ------------------------------------------------------
     suppression_keys: SecretStr = Field(
@@ -284,6 +385,19 @@ class Settings(BaseSettings):
     )
     suppression_current_kid: str = Field(
         "dev", description="Key id new suppression-list entries are encrypted with."
+    )
+
+    # --- Customer directory (identity enrichment) -----------------------------
+    directory_enabled: bool = Field(
+        True,
+        description="Intake adds the customer directory's other emails, phones and addresses "
+        "to each request (optout customers import).",
+    )
+    directory_check_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="While the customer directory is empty, how often intake looks again.",
     )
 
     # The destinations file, read and checked (credentials resolved) when the settings are
@@ -307,6 +421,11 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"{item!r} is not an IP network in CIDR notation") from None
         return networks
+
+    @field_validator("topic_min_insync_replicas", mode="before")
+    @classmethod
+    def _empty_min_insync_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("topic_min_insync_replicas")
     @classmethod
@@ -411,6 +530,7 @@ PRODUCTION_REFUSES_DEV_VALUES: tuple[str, ...] = (
     "partners",
     "web_public_url",
     "web_token_keys",
+    "inbound_public_url",
     "suppression_keys",
 )
 DEV_SECRETS = frozenset(
@@ -423,6 +543,8 @@ DEV_SECRETS = frozenset(
         "dev-databroker-token",
         "b3B0b3V0LWRldi1vbmx5LWtleS1OT1QtU0VDUkVUISE",  # the web's well-known dev token key
         "b3B0b3V0LURFVi1PTkxZLXN1cHByZXNzaW9uLWtleSE",  # the suppression list's well-known dev key
+        "dev-mailgun-webhook-signing-key",  # the inbound service's dev Mailgun signing key
+        "dev-twilio-auth-token",  # the inbound service's dev Twilio auth token
     }
 )
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})

@@ -21,7 +21,7 @@ from enum import StrEnum
 
 from services.common.avro import Codec
 from services.common.clock import to_millis
-from services.common.contract import AckStatus
+from services.common.contract import AckStatus, Action
 from services.common.errors import PoisonMessage
 from services.common.records import (
     DestinationOutcomeRecord,
@@ -79,6 +79,8 @@ class RequestRow:
     postal_address: PostalAddressRecord | None
     scopes: tuple[str, ...]
     requested_at: datetime
+    action: str = Action.OPT_OUT.value  # OPT_OUT or OPT_IN (requests.action)
+    phone: str | None = None  # E.164; the contact when there is no email
 
 
 def ack_from_record(record: SuppressionAckRecord) -> Ack:
@@ -165,9 +167,11 @@ def request_state(statuses: Iterable[str]) -> RequestState:
 def confirmation_record(
     request: RequestRow, destinations: Sequence[DestinationRow], confirmed_at: datetime
 ) -> OptOutConfirmedRecord:
-    """The OptOutConfirmed body. Contact: the email, else the postal address. No marketing content."""
+    """The OptOutConfirmed body. Contact: the email, else the phone (``notify_phone``) and the
+    postal address. It says what was done (``action``: opted out, or back in). No marketing
+    content."""
     outcomes: list[DestinationOutcomeRecord] = []
-    for d in sorted(destinations, key=lambda row: row.destination):
+    for d in _per_destination(destinations):
         if d.status not in SUCCESS or d.acked_at is None:
             raise ValueError(f"destination {d.destination} of {request.event_id} has not applied it")
         outcomes.append(
@@ -186,4 +190,30 @@ def confirmation_record(
         scopes=list(request.scopes),
         requested_at=to_millis(request.requested_at),
         confirmed_at=to_millis(confirmed_at),
+        action=request.action,
+        notify_phone=None if request.email else request.phone,
     )
+
+
+def _per_destination(rows: Sequence[DestinationRow]) -> list[DestinationRow]:
+    """One row per destination, in name order. A request the customer directory enriched may
+    send a destination several commands (one per email address, say): the destination
+    counts as done when all are; its status is APPLIED if any command applied (else
+    ALREADY_SUPPRESSED), its time the last acknowledgement."""
+    by_destination: dict[str, list[DestinationRow]] = {}
+    for row in rows:
+        by_destination.setdefault(row.destination, []).append(row)
+    merged = []
+    for name in sorted(by_destination):
+        group = by_destination[name]
+        if len(group) == 1:
+            merged.append(group[0])
+            continue
+        not_done = [r for r in group if r.status not in SUCCESS or r.acked_at is None]
+        if not_done:
+            merged.append(not_done[0])
+            continue
+        applied = any(r.status == AckStatus.APPLIED.value for r in group)
+        status = AckStatus.APPLIED.value if applied else AckStatus.ALREADY_SUPPRESSED.value
+        merged.append(replace(group[0], status=status, acked_at=max(r.acked_at for r in group if r.acked_at)))
+    return merged

@@ -49,7 +49,7 @@ class AckOutcome:
 
 
 _LOCK_REQUESTS = """
-SELECT event_id, state, customer_id, email, postal_address, scopes, requested_at
+SELECT event_id, state, customer_id, email, postal_address, scopes, requested_at, action, phone
 FROM requests
 WHERE event_id IN (SELECT event_id FROM destination_status WHERE command_id = ANY(%s))
 ORDER BY event_id
@@ -83,7 +83,9 @@ def apply_acks(conn: psycopg.Connection[Any], acks: Sequence[Ack], now: datetime
     with conn.cursor() as cur:
         cur.execute(_LOCK_REQUESTS, (sorted({a.command_id for a in acks}),))
         requests = {
-            row[0]: RequestRow(row[0], row[1], row[2], row[3], row[4], tuple(row[5]), row[6])
+            row[0]: RequestRow(
+                row[0], row[1], row[2], row[3], row[4], tuple(row[5]), row[6], action=row[7], phone=row[8]
+            )
             for row in cur.fetchall()
         }
         rows: dict[str, DestinationRow] = {}

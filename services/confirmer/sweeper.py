@@ -41,13 +41,14 @@ from prometheus_client import Gauge
 from services.common import metrics
 from services.common.avro import Codec
 from services.common.clock import Clock
-from services.common.contract import Scope, Source
+from services.common.contract import Action, Scope, Source
 from services.common.db import LazyConnection
 from services.common.errors import RetriableError
 from services.common.kafka import DeliveryTracker
 from services.common.logging import get_logger
 from services.common.settings import Settings
-from services.domain.planning import command_for
+from services.domain.enrichment import Enrichment
+from services.domain.planning import commands_for
 from services.domain.validation import OptOutRequest
 
 log = get_logger(__name__)
@@ -101,7 +102,8 @@ _DUE_COMMANDS = """
 SELECT d.command_id, d.destination, d.issue_count,
        r.event_id, r.customer_id, r.email, r.phone, r.postal_address, r.email_sha256,
        r.phone_sha256, r.scopes, r.source, r.jurisdiction, r.requested_at, r.due_at,
-       r.deadline_rule, r.subject_key, r.content_sha256
+       r.deadline_rule, r.subject_key, r.content_sha256, r.action, r.device_id,
+       r.directory_identifiers
 FROM destination_status d JOIN requests r ON r.event_id = d.event_id
 WHERE d.status = 'PENDING'
   AND r.resolved_at IS NULL  -- resolved by a person (optout resolve): closed, never re-sent
@@ -140,7 +142,9 @@ GROUP BY destination
 
 
 def request_from_row(row: tuple[Any, ...]) -> OptOutRequest:
-    """The stored request (columns 3.. of ``_DUE_COMMANDS``) as intake's ``OptOutRequest``."""
+    """The stored request (columns 3.. of ``_DUE_COMMANDS``) as intake's ``OptOutRequest``,
+    with what the customer directory added (column ``directory_identifiers``, if selected)."""
+    enrichment = Enrichment.from_stored(row[17]) if len(row) > 17 else None
     (
         event_id,
         customer_id,
@@ -157,7 +161,9 @@ def request_from_row(row: tuple[Any, ...]) -> OptOutRequest:
         deadline_rule,
         subject_key,
         content_sha256,
-    ) = row
+        action,
+        device_id,
+    ) = row[:17]
     return OptOutRequest(
         event_id=event_id,
         customer_id=customer_id,
@@ -174,6 +180,9 @@ def request_from_row(row: tuple[Any, ...]) -> OptOutRequest:
         deadline_rule=deadline_rule,
         subject_key=subject_key,
         content_sha256=content_sha256,
+        enrichment=enrichment,
+        action=Action(action),
+        device_id=device_id,
     )
 
 
@@ -296,7 +305,19 @@ class Sweeper:
                     destination=destination_id,
                 )
                 continue
-            planned = command_for(request_from_row(row[3:]), dest, now)
+            # The command with this id: one of the request's commands for the destination
+            # (several when the customer directory added identifiers, planning.commands_for).
+            planned = next(
+                (c for c in commands_for(request_from_row(row[3:]), dest, now) if c.command_id == command),
+                None,
+            )
+            if planned is None:
+                log.warning(
+                    "pending command no longer planned for its request; not re-sent",
+                    command_id=command,
+                    destination=destination_id,
+                )
+                continue
             topic = self.settings.suppress_topic(dest.id)
             tracker.produce(
                 topic,

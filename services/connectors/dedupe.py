@@ -30,7 +30,7 @@ from typing import Any, Protocol, TypeVar
 
 import psycopg
 
-from services.common.contract import AckStatus
+from services.common.contract import AckStatus, Action
 from services.common.db import LazyConnection
 
 MAX_DETAIL_LENGTH = 500
@@ -53,6 +53,21 @@ class StoredOutcome:
     status: AckStatus
     detail: str | None
     applied_at: datetime
+
+
+@dataclass(frozen=True)
+class Latest:
+    """The newest request applied at a destination for one person (subject key)."""
+
+    subject: str
+    requested_at: datetime
+    action: Action
+    request_id: str
+
+    @property
+    def rank(self) -> tuple[datetime, bool, str]:
+        """Newest first; on the same instant the opt-out (services/domain/preferences.py)."""
+        return (self.requested_at, self.action is Action.OPT_OUT, self.request_id)
 
 
 def first_of_each(commands: Iterable[T]) -> list[T]:
@@ -88,6 +103,27 @@ RETURNING command_id, request_id, status, detail, applied_at
 """
 
 
+_LATEST = """
+SELECT subject, requested_at, action, request_id FROM connector_latest
+WHERE destination = %s AND subject = ANY(%s)
+"""
+
+# Newest wins (the same rank as ``Latest.rank``); rows in key order against deadlocks.
+_RECORD_LATEST = """
+INSERT INTO connector_latest AS l (destination, subject, requested_at, action, request_id,
+                                   applied_at)
+SELECT %s, s, r, a, q, coalesce(%s::timestamptz, now())
+FROM unnest(%s::text[], %s::timestamptz[], %s::text[], %s::text[])
+     WITH ORDINALITY AS t(s, r, a, q, n)
+ORDER BY t.n
+ON CONFLICT (destination, subject) DO UPDATE
+SET requested_at = EXCLUDED.requested_at, action = EXCLUDED.action,
+    request_id = EXCLUDED.request_id, applied_at = EXCLUDED.applied_at
+WHERE (EXCLUDED.requested_at, EXCLUDED.action = 'OPT_OUT', EXCLUDED.request_id)
+      > (l.requested_at, l.action = 'OPT_OUT', l.request_id)
+"""
+
+
 def _row(row: tuple[Any, ...]) -> StoredOutcome:
     return StoredOutcome(row[0], row[1], AckStatus(row[2]), row[3], row[4])
 
@@ -108,10 +144,25 @@ class DedupeStore:
         )
         return {r[0]: _row(r) for r in rows}
 
-    def record(self, outcomes: Sequence[StoredOutcome]) -> dict[str, StoredOutcome]:
-        """Store outcomes (first writer wins); return what is stored for each id."""
-        if not outcomes:
+    def latest(self, subjects: Sequence[str]) -> dict[str, Latest]:
+        """The newest request applied here for each of ``subjects`` (absent: none)."""
+        if not subjects:
             return {}
+        rows = self._db.run(lambda conn: conn.execute(_LATEST, (self.destination, list(subjects))).fetchall())
+        return {r[0]: Latest(r[0], r[1], Action(r[2]), r[3]) for r in rows}
+
+    def record(
+        self, outcomes: Sequence[StoredOutcome], latest: Sequence[Latest] = ()
+    ) -> dict[str, StoredOutcome]:
+        """Store outcomes (first writer wins) and, in the same transaction, the newest request
+        applied per person (newest wins); return what is stored for each id."""
+        if not outcomes and not latest:
+            return {}
+        newest: dict[str, Latest] = {}
+        for item in latest:
+            if item.subject not in newest or item.rank > newest[item.subject].rank:
+                newest[item.subject] = item
+        ordered = [newest[k] for k in sorted(newest)]
         params = (
             self.destination,
             [o.command_id for o in outcomes],
@@ -123,6 +174,20 @@ class DedupeStore:
 
         def write(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
             with conn.transaction():
+                if ordered:
+                    conn.execute(
+                        _RECORD_LATEST,
+                        (
+                            self.destination,
+                            max(o.applied_at for o in outcomes) if outcomes else None,
+                            [x.subject for x in ordered],
+                            [x.requested_at for x in ordered],
+                            [x.action.value for x in ordered],
+                            [x.request_id for x in ordered],
+                        ),
+                    )
+                if not outcomes:
+                    return []
                 return conn.execute(_RECORD, params).fetchall()
 
         return {r[0]: _row(r) for r in self._db.run(write)}

@@ -19,12 +19,18 @@ The call has the shape the real providers use (SendGrid's "add to global suppres
 * 401/403: our token is refused: ``CredentialsRefused`` (partitions paused, checked again
   every ``connector_credentials_check_seconds``), never a rejection.
 * 404: our URL is wrong: retried (and logged), never a rejection.
+
+Opt-ins (``action: OPT_IN``): ``DELETE {base}/v3/asm/suppressions/global/{email}`` per
+address, SendGrid's shape (https://www.twilio.com/docs/sendgrid/api-reference/suppressions-global-suppressions/delete-a-global-suppression):
+204 -> APPLIED; 404 -> APPLIED with "was not on the provider's suppression list"; other
+answers as above.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, SecretStr
@@ -39,6 +45,9 @@ from services.connectors.http import (
     clean_reason,
     make_client,
     post_json,
+    removal_result,
+    retry_after_header,
+    send,
     undocumented_answer,
 )
 from services.connectors.kinds import OPTIONS_CONFIG, parse_options
@@ -99,6 +108,11 @@ def rejected_addresses(sent: Sequence[str], body: Any) -> dict[str, str]:
     return found
 
 
+# Un-suppresses one address (an opt-in); raises ``RetriableError`` when it may work later.
+RemoveOne = Callable[[str], Result]
+CANNOT_UNSUPPRESS = "this destination kind cannot un-suppress (opt-in); a person must act"
+
+
 def outcomes_for(commands: Sequence[Command], results: Mapping[str, Result]) -> list[Outcome]:
     """One outcome per command whose address has a result (several commands may share one)."""
     return [
@@ -109,23 +123,39 @@ def outcomes_for(commands: Sequence[Command], results: Mapping[str, Result]) -> 
 
 
 def apply_by_address(
-    commands: Sequence[Command], add_chunk: Callable[[list[str], dict[str, Result]], None], max_batch: int
+    commands: Sequence[Command],
+    add_chunk: Callable[[list[str], dict[str, Result]], None],
+    max_batch: int,
+    remove_one: RemoveOne | None = None,
 ) -> list[Outcome]:
     """What every email-provider kind's ``apply`` does: commands without an email are
-    rejected, the distinct addresses are added ``max_batch`` at a time by ``add_chunk``
-    (which records a result per address), and each command gets its address's result. A
+    rejected, the distinct addresses of opt-outs are added ``max_batch`` at a time by
+    ``add_chunk`` (which records a result per address), those of opt-ins (``OPT_IN``) are
+    removed one by one by ``remove_one``, and each command gets its address's result. A
     transient failure keeps what is known (``IncompleteBatch``)."""
     outcomes = [
         Outcome.rejected(c.command_id, "command carries no email address") for c in commands if not c.email
     ]
-    addresses = list(dict.fromkeys(c.email for c in commands if c.email))
-    results: dict[str, Result] = {}
+    outs = [c for c in commands if c.email and not c.opt_in]
+    ins = [c for c in commands if c.email and c.opt_in]
+    if remove_one is None:
+        outcomes += [Outcome.rejected(c.command_id, CANNOT_UNSUPPRESS) for c in ins]
+        ins = []
+    added: dict[str, Result] = {}
+    removed: dict[str, Result] = {}
+
+    def known() -> list[Outcome]:
+        return [*outcomes, *outcomes_for(outs, added), *outcomes_for(ins, removed)]
+
     try:
-        for chunk in chunks(addresses, max_batch):
-            add_chunk(chunk, results)
+        for chunk in chunks(list(dict.fromkeys(c.email for c in outs if c.email)), max_batch):
+            add_chunk(chunk, added)
+        if remove_one is not None:
+            for address in dict.fromkeys(c.email for c in ins if c.email):
+                removed[address] = remove_one(address)
     except RetriableError as exc:  # keep what is known; only the rest is tried again
-        raise IncompleteBatch([*outcomes, *outcomes_for(commands, results)], exc) from exc
-    return [*outcomes, *outcomes_for(commands, results)]
+        raise IncompleteBatch(known(), exc) from exc
+    return known()
 
 
 class EmailProviderConnector(Connector):
@@ -160,7 +190,23 @@ class EmailProviderConnector(Connector):
         self.client.close()
 
     def apply(self, commands: Sequence[Command]) -> list[Outcome]:
-        return apply_by_address(commands, self._add, MAX_BATCH)
+        return apply_by_address(commands, self._add, MAX_BATCH, self._remove)
+
+    def _remove(self, address: str) -> Result:
+        """``DELETE {url}/{email}`` -> 204 (the SendGrid shape this API follows); 404: it
+        was not on the list."""
+        now = self.clock.now()
+        response = send(
+            self.client,
+            "DELETE",
+            f"{self.url}/{quote(address, safe='@')}",
+            SYSTEM,
+            lambda r: retry_after_header(r, now),
+            self.credentials_check_seconds,
+            headers={"Authorization": f"Bearer {self.token.get_secret_value()}"},
+            passthrough=frozenset({404}),
+        )
+        return removal_result(response, SYSTEM)
 
     def _add(self, addresses: list[str], results: dict[str, Result]) -> None:
         def post(part: list[str]) -> httpx.Response:

@@ -331,3 +331,17 @@ def add_addresses(
         add(right, refused_inside=left_accepted)
 
     add(addresses)
+
+
+NOT_LISTED = "was not on the provider's suppression list"
+
+
+def removal_result(response: httpx.Response, system: str) -> AddressResult:
+    """One address's result of an un-suppress call (``send`` with ``passthrough={404}``):
+    a 2xx removed it (APPLIED); a 404 means it was not on the list, which is what an opt-in
+    wants (APPLIED, saying so); any other permanent 4xx is the provider refusing it."""
+    if response.is_success:
+        return (AckStatus.APPLIED, None)
+    if response.status_code == 404:
+        return (AckStatus.APPLIED, NOT_LISTED)
+    return (AckStatus.REJECTED, clean_reason(f"{system}: {error_reason(response)}"))

@@ -26,6 +26,17 @@ A connector may also return outcomes for some commands only (the rest are retrie
 raise ``IncompleteBatch(outcomes, cause)`` to keep the progress it made before a
 transient failure.
 
+**Newest wins at the destination** (opting back in, docs/contract.md): the step records, per
+destination and person (each pseudonymous identifier the command carries: ``cust:``,
+``email_sha256:``, ``phone_sha256:``, ``postal:``, ``device_sha256:``), the newest request it
+applied (table ``connector_latest``). A fresh command older than that for one of its
+identifiers (ranked by ``requested_at``, then opt-out before opt-in, then request id; see
+``services.domain.preferences``), or older than another command of the same batch for the same
+person, is acknowledged without calling the destination: a late opt-in never undoes a newer
+opt-out, nor a late opt-out a newer opt-in. It is acknowledged ``ALREADY_SUPPRESSED`` when the
+newer request is an opt-out, else ``APPLIED``, with the detail ``superseded``. Version-1
+commands (``requested_at`` 0) always apply.
+
 A destination that confirms later (a mail house's import receipt) returns ``Awaiting(id)``
 for a command it handed over: no ack and no retry now (the offset is committed, the
 command stays PENDING at the confirmer); the step calls the connector's ``settle()`` on
@@ -38,7 +49,7 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -49,7 +60,7 @@ from services.common import metrics
 from services.common.avro import Codec, default_codec
 from services.common.clock import Clock, SystemClock, to_millis
 from services.common.consumer_loop import Backoff, ConsumerLoop
-from services.common.contract import AckStatus
+from services.common.contract import AckStatus, Action
 from services.common.errors import PoisonMessage, RetriableError
 from services.common.kafka import DeliveryTracker, dead_letter, make_producer
 from services.common.logging import get_logger
@@ -61,7 +72,9 @@ from services.common.records import (
     decode_suppression_command,
 )
 from services.common.settings import Settings
-from services.connectors.dedupe import DedupeStore, StoredOutcome, first_of_each
+from services.connectors.dedupe import DedupeStore, Latest, StoredOutcome, first_of_each
+from services.domain.identity import sha256_hex
+from services.domain.validation import postal_key
 from services.observability.health import HEALTH, HealthState
 from services.observability.loop import observe_loop
 
@@ -78,6 +91,12 @@ APPLY_SECONDS = Histogram(
     "Time in one apply() call.",
     ["destination"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+SUPERSEDED_COMMANDS = Counter(
+    "optout_connector_superseded_total",
+    "Commands acknowledged without calling the destination because a newer request for the "
+    "same person was applied there (newest wins), by action.",
+    ["destination", "action"],
 )
 CREDENTIALS_REFUSED = Gauge(
     "optout_connector_credentials_refused",
@@ -104,6 +123,38 @@ class Command:
     scopes: tuple[str, ...]
     issued_at: datetime
     deadline: datetime
+    action: Action = Action.OPT_OUT  # OPT_IN: un-suppress (schema version 2)
+    requested_at: datetime | None = None  # None in version-1 commands (written as 0)
+    device_id: str | None = None
+
+    @property
+    def opt_in(self) -> bool:
+        return self.action is Action.OPT_IN
+
+    @property
+    def rank(self) -> tuple[datetime, bool, str] | None:
+        """Newest first; on the same instant the opt-out; None: unknown (version 1)."""
+        if self.requested_at is None:
+            return None
+        return (self.requested_at, self.action is Action.OPT_OUT, self.request_id)
+
+    def subjects(self) -> tuple[str, ...]:
+        """The person's pseudonymous identifiers this command carries (as subject keys)."""
+        found: set[str] = set()
+        if self.customer_id:
+            found.add(f"cust:{self.customer_id}")
+        email_hash = self.email_sha256 or (sha256_hex(self.email) if self.email else None)
+        if email_hash:
+            found.add(f"email_sha256:{email_hash}")
+        phone_hash = self.phone_sha256 or (sha256_hex(self.phone) if self.phone else None)
+        if phone_hash:
+            found.add(f"phone_sha256:{phone_hash}")
+        address = postal_key(self.postal_address)
+        if address is not None:
+            found.add(f"postal:{sha256_hex(address)}")
+        if self.device_id:
+            found.add(f"device_sha256:{sha256_hex(self.device_id)}")
+        return tuple(sorted(found))
 
     @classmethod
     def from_record(cls, record: SuppressionCommandRecord) -> Command:
@@ -120,7 +171,16 @@ class Command:
             scopes=tuple(record["scopes"]),
             issued_at=as_datetime(record["issued_at"]),
             deadline=as_datetime(record["deadline"]),
+            action=Action(record.get("action") or Action.OPT_OUT),
+            requested_at=_known_time(record.get("requested_at") or 0),
+            device_id=record.get("device_id"),
         )
+
+
+def _known_time(value: int | datetime) -> datetime | None:
+    """A version-2 ``requested_at``; None for a version-1 command's 0 (the epoch)."""
+    at = as_datetime(value)
+    return None if at.timestamp() <= 0 else at
 
 
 @dataclass(frozen=True)
@@ -290,6 +350,46 @@ def ack_record(outcome: StoredOutcome, destination: str) -> SuppressionAckRecord
     )
 
 
+SUPERSEDED = "superseded: a newer request for this person was applied here; the destination was not called"
+
+
+def superseded(commands: Sequence[Command], latest: Mapping[str, Latest]) -> dict[str, Outcome]:
+    """The outcomes of ``commands`` older than the newest request applied for the same person
+    (``latest``, by subject) or than another command of the batch for the same person: they
+    are acknowledged without calling the destination (see the module docstring)."""
+    newest: dict[str, tuple[tuple[datetime, bool, str], Action]] = {
+        subject: (item.rank, item.action) for subject, item in latest.items()
+    }
+    for command in commands:
+        rank = command.rank
+        if rank is None:
+            continue
+        for subject in command.subjects():
+            if subject not in newest or rank > newest[subject][0]:
+                newest[subject] = (rank, command.action)
+    found: dict[str, Outcome] = {}
+    for command in commands:
+        rank = command.rank
+        if rank is None:
+            continue
+        newer = [newest[s] for s in command.subjects() if newest[s][0] > rank]
+        if newer:
+            action = max(newer)[1]
+            status = AckStatus.ALREADY_SUPPRESSED if action is Action.OPT_OUT else AckStatus.APPLIED
+            found[command.command_id] = Outcome(command.command_id, status, SUPERSEDED)
+    return found
+
+
+def latest_of(commands: Sequence[Command], done: Collection[str]) -> list[Latest]:
+    """What applying ``commands`` whose ids are in ``done`` makes the newest per person."""
+    return [
+        Latest(subject, c.requested_at, c.action, c.request_id)
+        for c in commands
+        if c.command_id in done and c.requested_at is not None
+        for subject in c.subjects()
+    ]
+
+
 def connector_backoff(settings: Settings) -> Backoff:
     """The consume loop's wait between attempts of a connector's failing batch."""
     return Backoff(
@@ -451,14 +551,28 @@ class ConnectorStep:
     def _apply_and_record(self, fresh: list[Command]) -> dict[str, StoredOutcome]:
         """Apply once and commit every outcome obtained, also the partial ones of a
         failed call (so those are never applied again); then raise its error, and the
-        loop retries the batch after its backoff (or the provider's Retry-After)."""
-        try:
-            run = apply_once(self.connector, fresh, self.clock)
-        except RetriableError as exc:  # raised as it is: nothing to keep
-            self.credentials.observe(exc, got_answers=False)
-            raise
-        self.credentials.observe(run.error, bool(run.outcomes))
-        stored = self.store.record(list(run.outcomes.values()))
+        loop retries the batch after its backoff (or the provider's Retry-After).
+        Commands older than what was applied here for the same person are not applied
+        (``superseded``)."""
+        subjects = sorted({s for c in fresh if c.rank is not None for s in c.subjects()})
+        stale = superseded(fresh, self.store.latest(subjects))
+        to_apply = [c for c in fresh if c.command_id not in stale]
+        kept, _ = stored_outcomes(fresh, list(stale.values()), self.clock.now())
+        run = ApplyRun({}, None)
+        if to_apply:
+            try:
+                run = apply_once(self.connector, to_apply, self.clock)
+            except RetriableError as exc:  # raised as it is: nothing to keep
+                self.credentials.observe(exc, got_answers=False)
+                raise
+            self.credentials.observe(run.error, bool(run.outcomes))
+        done = {cid for cid, o in run.outcomes.items() if o.status is not AckStatus.REJECTED} | run.awaiting
+        stored = self.store.record([*kept.values(), *run.outcomes.values()], latest_of(to_apply, done))
+        if stale:
+            for command in fresh:
+                if command.command_id in stale:
+                    SUPERSEDED_COMMANDS.labels(self.destination, command.action.value).inc()
+            log.info("superseded commands acknowledged", destination=self.destination, count=len(stale))
         if run.error is not None:
             raise run.error
         return stored

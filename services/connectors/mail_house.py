@@ -5,7 +5,13 @@ id, command id, the normalized name and postal address (upper case, single space
 control characters; up to three address-line columns, further lines folded into the
 third), the date the person was added and the customer id (empty when the request named
 none; where it is set, the mail house suppresses the address only if it is the address on
-file for that customer).
+file for that customer), then the ``action``: ``OPT_OUT`` (suppress the address) or
+``OPT_IN`` (the person opted back in: remove the address from the mail house's suppression
+list). Rows are in the order they were applied here and the connector never writes a row
+older than the newest already written for the person (services/connectors/kit.py), so the
+mail house applies the rows of its files in order (files by day, rows top to bottom) and the
+last row for an address wins. A day's file written before the ``action`` column existed is
+rewritten with it (every earlier row: ``OPT_OUT``) the next time a row is added to it.
 
 Each batch rewrites the day's file atomically: under an exclusive lock on
 ``.suppressions.lock``, read the current file, append the rows whose command id is not
@@ -66,7 +72,11 @@ COLUMNS = (
     # Last, so files written before it existed keep their columns: the mail house suppresses
     # the address only where it is the one on file for this customer (docs/web.md).
     "customer_id",
+    # Opting back in (issue #12): OPT_OUT or OPT_IN. Last, for the same reason.
+    "action",
 )
+# The columns of files written before ``action`` existed (read back and upgraded).
+COLUMNS_BEFORE_ACTION = COLUMNS[:-1]
 ADDRESS_LINE_COLUMNS = 3
 FILE_PREFIX = "suppressions-"
 TEMP_SUFFIX = ".tmp"
@@ -122,6 +132,7 @@ def csv_row(command: Command, address: Mapping[str, Any], day: date) -> list[str
         normalize_field(address.get("country")),
         day.isoformat(),
         command.customer_id or "",
+        command.action.value,
     ]
     return [safe_cell(v) for v in values]
 
@@ -149,18 +160,28 @@ def command_ids_in(content: bytes) -> set[str]:
         raise GarbledFile(f"not UTF-8 (byte {exc.start})") from None
     except csv.Error as exc:
         raise GarbledFile(f"not readable as CSV ({exc})") from None
-    if not rows or tuple(rows[0]) != COLUMNS:
+    if not rows or tuple(rows[0]) not in (COLUMNS, COLUMNS_BEFORE_ACTION):
         raise GarbledFile("the header row is not the expected columns")
+    width = len(rows[0])
     index = COLUMNS.index("command_id")
     ids: set[str] = set()
     for number, row in enumerate(rows[1:], start=2):
         if not row:
             continue  # a blank line
-        if len(row) != len(COLUMNS):
-            raise GarbledFile(f"row {number} has {len(row)} cells, not {len(COLUMNS)}")
+        if len(row) != width:
+            raise GarbledFile(f"row {number} has {len(row)} cells, not {width}")
         if row[index]:
             ids.add(row[index])
     return ids
+
+
+def with_action_column(content: bytes) -> bytes:
+    """A readable file of the format before ``action`` as today's (earlier rows: OPT_OUT);
+    any other content as it is."""
+    if not content.lstrip(b"\xef\xbb\xbf").startswith(",".join(COLUMNS_BEFORE_ACTION).encode() + b"\r"):
+        return content
+    rows = list(csv.reader(io.StringIO(content.decode("utf-8-sig"), newline="")))
+    return render_rows([[*row, "OPT_OUT"] for row in rows[1:] if row], with_header=True)
 
 
 @dataclass(frozen=True)
@@ -187,6 +208,7 @@ def plan_file(existing: bytes, commands: Sequence[Command], day: date) -> FilePl
         outcomes.append(Outcome.applied(command.command_id))
     if not rows:
         return FilePlan(None, outcomes, 0)
+    existing = with_action_column(existing)
     if existing and not existing.endswith(b"\n"):
         existing += b"\r\n"
     return FilePlan(existing + render_rows(rows, with_header=not existing), outcomes, len(rows))

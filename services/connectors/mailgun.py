@@ -12,12 +12,18 @@ Calls (each as documented on the page named next to it):
 * ``GET /v3/{domain}/unsubscribes?limit=N`` -> ``{"items": [...], "paging": {"next", ...}}``,
   following ``paging.next`` until a page is empty (``list_unsubscribed``):
   https://documentation.mailgun.com/docs/mailgun/api-reference/send/mailgun/unsubscribe/get-v3--domainid--unsubscribes
+* ``DELETE /v3/{domain}/unsubscribes/{address}`` -> 200 ``{"message", "address"}``; 404
+  ``{"message"}`` when the address is not on the list (opting back in, one address a call;
+  "delivery to the deleted email address resumes until it unsubscribes again"):
+  https://documentation.mailgun.com/docs/mailgun/api-reference/send/mailgun/unsubscribe/delete-v3--domainid--unsubscribes--address-
 * HTTP Basic authentication, user ``api``, password the API key; base URL
   ``https://api.mailgun.net`` (US) or ``https://api.eu.mailgun.net`` (EU):
   https://documentation.mailgun.com/docs/mailgun/api-reference/authentication
 
 What an answer means for the commands:
 
+* opt-ins: 200 -> APPLIED; 404 -> APPLIED, "was not on the provider's suppression list";
+  400 -> REJECTED with Mailgun's message.
 * 200: every address sent is APPLIED (adding an address already unsubscribed updates it; the
   API has no "already suppressed" answer).
 * 400 whose message names an address of the batch: that address is REJECTED with Mailgun's
@@ -56,6 +62,7 @@ from services.connectors.http import (
     json_or_none,
     make_client,
     parse_retry_after,
+    removal_result,
     send,
 )
 from services.connectors.kinds import OPTIONS_CONFIG, parse_options, require_credential
@@ -188,7 +195,11 @@ class MailgunConnector(Connector):
 
     # --- apply -------------------------------------------------------------------------
     def apply(self, commands: Sequence[Command]) -> list[Outcome]:
-        return apply_by_address(commands, self._add, MAX_BATCH)
+        return apply_by_address(commands, self._add, MAX_BATCH, self._remove)
+
+    def _remove(self, address: str) -> Result:
+        url = f"{self.base_url}{self.path}/{quote(address, safe='@')}"
+        return removal_result(self._request("DELETE", url, passthrough=frozenset({404})), SYSTEM)
 
     def _records(self, addresses: Sequence[str]) -> list[dict[str, Any]]:
         created = format_datetime(self.clock.now(), usegmt=True)

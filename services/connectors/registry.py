@@ -20,6 +20,7 @@ from services.connectors import (
     sendgrid,
     ses,
     sftp_mail_house,
+    sms_optout_list,
     third_party_sharing,
     webhook_partners,
 )
@@ -38,6 +39,7 @@ KINDS: dict[str, Build] = {
     webhook_partners.KIND: webhook_partners.build,
     sftp_mail_house.KIND: sftp_mail_house.build,
     ses.KIND: ses.build,
+    sms_optout_list.KIND: sms_optout_list.build,
 }
 
 

@@ -18,6 +18,16 @@ Calls (each as documented on the page named next to it):
   https://www.twilio.com/docs/sendgrid/api-reference/how-to-use-the-sendgrid-v3-api/rate-limits
   https://www.twilio.com/docs/sendgrid/api-reference/how-to-use-the-sendgrid-v3-api/responses
 
+Opting back in (``action: OPT_IN``), one address per call:
+
+* ``DELETE /v3/asm/suppressions/global/{email}`` -> 204:
+  https://www.twilio.com/docs/sendgrid/api-reference/suppressions-global-suppressions/delete-a-global-suppression
+* ``DELETE /v3/asm/groups/{group_id}/suppressions/{email}`` -> 204, when ``group_id`` is set,
+  after the global call:
+  https://www.twilio.com/docs/sendgrid/api-reference/suppressions-suppressions/delete-a-suppression-from-a-suppression-group
+* 204 -> APPLIED; 404 -> APPLIED, "was not on the provider's suppression list"; another 4xx
+  -> REJECTED with SendGrid's message; 401/403, 429, 5xx as below.
+
 What an answer means for the commands:
 
 * 201: every address the reply lists is APPLIED; one it does not list is REJECTED with that
@@ -59,6 +69,7 @@ from services.connectors.http import (
     json_or_none,
     make_client,
     parse_retry_after,
+    removal_result,
     send,
 )
 from services.connectors.kinds import OPTIONS_CONFIG, parse_options, require_credential
@@ -147,7 +158,9 @@ class SendGridConnector(Connector):
         self.client.close()
 
     # --- HTTP --------------------------------------------------------------------------
-    def _request(self, method: str, path: str, body: Any = None) -> httpx.Response:
+    def _request(
+        self, method: str, path: str, body: Any = None, passthrough: frozenset[int] = frozenset()
+    ) -> httpx.Response:
         now = self.clock.now()
         return send(
             self.client,
@@ -158,6 +171,7 @@ class SendGridConnector(Connector):
             self.credentials_check_seconds,
             json=body,
             headers={"Authorization": f"Bearer {self.api_key.get_secret_value()}"},
+            passthrough=passthrough,
         )
 
     def read_back(self, email: str) -> bool:
@@ -170,7 +184,20 @@ class SendGridConnector(Connector):
 
     # --- apply -------------------------------------------------------------------------
     def apply(self, commands: Sequence[Command]) -> list[Outcome]:
-        return apply_by_address(commands, self._add_with_group, MAX_BATCH)
+        return apply_by_address(commands, self._add_with_group, MAX_BATCH, self._remove)
+
+    def _remove(self, address: str) -> Result:
+        """Un-suppress: the global list, then the unsubscribe group."""
+        email = quote(address, safe="@")
+        paths = [f"{GLOBAL_PATH}/{email}"]
+        if self.group_id is not None:
+            paths.append(f"{GROUP_PATH.format(group_id=self.group_id)}/{email}")
+        result: Result = (AckStatus.APPLIED, None)
+        for path in paths:
+            result = removal_result(self._request("DELETE", path, passthrough=frozenset({404})), SYSTEM)
+            if result[0] is AckStatus.REJECTED:
+                return result
+        return result
 
     def _add_with_group(self, chunk: list[str], results: dict[str, Result]) -> None:
         """Global suppressions first; then the unsubscribe group, for the addresses added."""

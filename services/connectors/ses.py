@@ -22,6 +22,13 @@ Calls (signed with SigV4 by botocore, never by hand):
   https://docs.aws.amazon.com/ses/latest/APIReference-V2/API_ListContactsFilter.html
   filters by topic only, so ``UnsubscribeAll`` is checked on each contact here).
 
+Opting back in (``action: OPT_IN``), mirroring the opt-out: GetContact; no contact means
+nothing suppresses the address here (APPLIED, saying so); a contact already opted in is left
+alone (APPLIED); else UpdateContact with ``UnsubscribeAll: false`` and, with a
+``topic_name``, that topic's preference ``OPT_IN`` (the contact's other preferences and
+attributes kept, as above). The contact is never deleted (DeleteContact would also lose
+preferences the person set elsewhere).
+
 SES has no batch call for contacts: one command is one to three calls, run on a small
 thread pool (``concurrency``). Errors (https://docs.aws.amazon.com/ses/latest/APIReference-V2/CommonErrors.html):
 
@@ -266,20 +273,20 @@ class SesConnector(Connector):
     # --- apply ---------------------------------------------------------------------------------
     def apply(self, commands: Sequence[Command]) -> list[Outcome]:
         outcomes: list[Outcome] = []
-        sendable: list[tuple[Command, str]] = []
+        sendable: list[Command] = []
         for command in commands:
             if command.email:
-                sendable.append((command, command.email))
+                sendable.append(command)
             else:
                 outcomes.append(Outcome.rejected(command.command_id, "command carries no email address"))
         failures: list[RetriableError] = []
-        for command, result in zip(
-            [c for c, _ in sendable], self._pool.map(self._apply_one, [e for _, e in sendable]), strict=True
-        ):
+        for command, result in zip(sendable, self._pool.map(self._one, sendable), strict=True):
             if isinstance(result, RetriableError):
                 failures.append(result)
             elif isinstance(result, Refusal):
                 outcomes.append(Outcome.rejected(command.command_id, result.reason))
+            elif isinstance(result, tuple):
+                outcomes.append(Outcome(command.command_id, *result))
             else:
                 outcomes.append(Outcome(command.command_id, result))
         if not failures:
@@ -290,6 +297,36 @@ class SesConnector(Connector):
         if not outcomes:
             raise cause
         raise IncompleteBatch(outcomes, cause) from cause
+
+    def _one(self, command: Command) -> AckStatus | tuple[AckStatus, str] | Refusal | RetriableError:
+        email = command.email or ""
+        return self._opt_in_one(email) if command.opt_in else self._apply_one(email)
+
+    def _opt_in_one(self, email: str) -> AckStatus | tuple[AckStatus, str] | Refusal | RetriableError:
+        """One address opts back in: clear what an opt-out set, if the contact exists."""
+        operation = "GetContact"
+        topic = self.options.topic_name
+        try:
+            try:
+                contact = self.client.get_contact(
+                    ContactListName=self.options.contact_list_name, EmailAddress=email
+                )
+            except ClientError as missing:
+                if error_code(missing) != "NotFoundException":
+                    raise
+                return (AckStatus.APPLIED, "no contact on the list: nothing suppresses it here")
+            preferences = contact.get("TopicPreferences", [])
+            opted_out_topic = topic is not None and any(
+                p["TopicName"] == topic and p["SubscriptionStatus"] == "OPT_OUT" for p in preferences
+            )
+            if not contact.get("UnsubscribeAll") and not opted_out_topic:
+                return (AckStatus.APPLIED, "the contact was not opted out")
+            operation = "UpdateContact"
+            opt_in = None if topic is None else TopicPreference(TopicName=topic, SubscriptionStatus="OPT_IN")
+            self._update(email, contact, opt_in, unsubscribe_all=False)
+            return AckStatus.APPLIED
+        except (ClientError, BotoCoreError) as error:
+            return classify(error, operation, self.options)
 
     def _apply_one(self, email: str) -> AckStatus | Refusal | RetriableError:
         """One address: create the contact opted out, or update it when it exists."""
@@ -328,8 +365,15 @@ class SesConnector(Connector):
                 return RetriableError(f"SES {operation}: contact vanished while updating")
             return classify(error, operation, self.options)
 
-    def _update(self, email: str, contact: ContactRecord, opt_out: TopicPreference | None) -> None:
-        """UpdateContact replaces every preference: send the contact's own, with ours."""
+    def _update(
+        self,
+        email: str,
+        contact: ContactRecord,
+        opt_out: TopicPreference | None,
+        unsubscribe_all: bool | None = None,
+    ) -> None:
+        """UpdateContact replaces every preference: send the contact's own, with ours
+        (``opt_out``: the preference to set; ``unsubscribe_all``: None for an opt-out's rule)."""
         preferences = [
             p
             for p in contact.get("TopicPreferences", [])
@@ -338,19 +382,24 @@ class SesConnector(Connector):
         if opt_out is not None:
             preferences.append(opt_out)
         attributes = contact.get("AttributesData")
+        everything = (
+            unsubscribe_all
+            if unsubscribe_all is not None
+            else opt_out is None or bool(contact.get("UnsubscribeAll"))
+        )
         if attributes is None:
             self.client.update_contact(
                 ContactListName=self.options.contact_list_name,
                 EmailAddress=email,
                 TopicPreferences=preferences,
-                UnsubscribeAll=opt_out is None or bool(contact.get("UnsubscribeAll")),
+                UnsubscribeAll=everything,
             )
         else:
             self.client.update_contact(
                 ContactListName=self.options.contact_list_name,
                 EmailAddress=email,
                 TopicPreferences=preferences,
-                UnsubscribeAll=opt_out is None or bool(contact.get("UnsubscribeAll")),
+                UnsubscribeAll=everything,
                 AttributesData=attributes,
             )
 

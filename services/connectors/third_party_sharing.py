@@ -2,11 +2,13 @@
 data, using only SHA-256 hashes of normalized identifiers.
 
 Each partner gets ``POST {partner.url}/opt-outs`` (bearer token) with
-``{"opt_outs": [{"reference", "email_sha256", "phone_sha256", "customer_id_sha256"}]}``
-(at most 1,000 per call). ``reference`` is the command id: partners key opt-outs by
+``{"opt_outs": [{"reference", "email_sha256", "phone_sha256", "customer_id_sha256",
+"device_id_sha256"}]}`` (at most 1,000 per call). ``reference`` is the command id: partners key opt-outs by
 it, so sending one again is harmless. Nothing else leaves: the email and phone hashes
 come from intake (hashes of the normalized values; the commands of this destination
-carry no raw email or phone) and the customer id is hashed here.
+carry no raw email or phone) and the customer id is hashed here, as is a device id (the
+pseudonymous first-party id of a browser that sent Global Privacy Control: random, so it
+names no one, but a partner still gets only its SHA-256, like every other identifier).
 
 A command is APPLIED once every partner accepted it; REJECTED, naming the partners and
 their reasons, if any partner refused it permanently. A transient failure at any
@@ -19,6 +21,10 @@ costs ~log2(1000) more calls, and only an opt-out refused when sent alone is ref
 with the partner's reason. A 2xx that is not the documented ``{"accepted": [...],
 "rejected": [{"reference", "reason"}]}`` (not JSON, wrong types) refuses that call's
 opt-outs with that reason: the outcome is unknown, so never APPLIED, and never a crash.
+
+Opting back in (``action: OPT_IN``): ``POST {partner.url}/opt-ins`` with
+``{"opt_ins": [...]}``, the same records and answers; the partner drops the opt-outs it holds
+for those hashes (the stand-in, ``services/standins/partners_api.py``, documents it).
 
 ``OPTOUT_PARTNERS=[]`` is refused at start-up: nobody would be told.
 """
@@ -56,8 +62,9 @@ log = get_logger(__name__)
 
 MAX_BATCH = 1000
 OPT_OUTS_PATH = "/opt-outs"
+OPT_INS_PATH = "/opt-ins"
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-HASH_FIELDS = ("email_sha256", "phone_sha256", "customer_id_sha256")
+HASH_FIELDS = ("email_sha256", "phone_sha256", "customer_id_sha256", "device_id_sha256")
 
 
 def is_sha256_hex(value: str | None) -> bool:
@@ -74,6 +81,8 @@ def partner_record(command: Command) -> dict[str, str] | None:
         record["phone_sha256"] = command.phone_sha256
     if command.customer_id:
         record["customer_id_sha256"] = sha256_hex(command.customer_id)
+    if command.device_id:
+        record["device_id_sha256"] = sha256_hex(command.device_id)
     if not record:
         return None
     return {"reference": command.command_id, **record}
@@ -144,7 +153,8 @@ class ThirdPartySharingConnector(Connector):
 
     def apply(self, commands: Sequence[Command]) -> list[Outcome]:
         outcomes: list[Outcome] = []
-        records: list[dict[str, str]] = []
+        outs: list[dict[str, str]] = []
+        ins: list[dict[str, str]] = []
         for command in commands:
             record = partner_record(command)
             if record is None:
@@ -152,16 +162,19 @@ class ThirdPartySharingConnector(Connector):
                     Outcome.rejected(command.command_id, "command carries no customer id or identifier hash")
                 )
             else:
-                records.append(record)
+                (ins if command.opt_in else outs).append(record)
         refusals: dict[str, list[str]] = {}
         for partner in self.partners:
-            for chunk in _chunks(records, MAX_BATCH):
-                for reference, reason in self._send(partner, chunk).items():
-                    refusals.setdefault(reference, []).append(reason)
-        outcomes.extend(combine([r["reference"] for r in records], refusals))
+            for records, opting_in in ((outs, False), (ins, True)):
+                for chunk in _chunks(records, MAX_BATCH):
+                    for reference, reason in self._send(partner, chunk, opting_in).items():
+                        refusals.setdefault(reference, []).append(reason)
+        outcomes.extend(combine([r["reference"] for r in (*outs, *ins)], refusals))
         return outcomes
 
-    def _send(self, partner: PartnerEndpoint, records: list[dict[str, str]]) -> dict[str, str]:
+    def _send(
+        self, partner: PartnerEndpoint, records: list[dict[str, str]], opting_in: bool = False
+    ) -> dict[str, str]:
         """Send one chunk to a partner: its refusals by reference (a 4xx naming no
         reference is narrowed down by ``find_refusals``); raises ``RetriableError`` when
         the partner may accept later."""
@@ -170,9 +183,9 @@ class ThirdPartySharingConnector(Connector):
         def call(part: list[dict[str, str]]) -> CallAnswer:
             response = post_json(
                 self.client,
-                partner.url.rstrip("/") + OPT_OUTS_PATH,
+                partner.url.rstrip("/") + (OPT_INS_PATH if opting_in else OPT_OUTS_PATH),
                 partner.token,
-                {"opt_outs": part},
+                {"opt_ins": part} if opting_in else {"opt_outs": part},
                 self.clock.now(),
                 system,
             )

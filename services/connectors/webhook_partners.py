@@ -16,11 +16,15 @@ batch of at most ``max_batch`` (default 500, at most 1,000) opt-outs::
      "data": {"opt_outs": [{"reference": "<command id>", "email_sha256": "<64 hex>",
                             "phone_sha256": "<64 hex>", "customer_id_sha256": "<64 hex>"}]}}
 
+When people opt back in (``action: OPT_IN``) the event is ``suppression.deleted`` with
+``data.opt_ins`` (the same items): the partner drops what it holds for those hashes. The
+event types are ours; the specification leaves ``type`` to the sender.
+
 ``timestamp`` is when the newest of these opt-outs was ordered. Hash formats, per partner:
 
 * ``sha256`` (default): SHA-256 hex of the normalized identifier (email trimmed and
-  lower-cased, phone in E.164, customer id as is): fields ``email_sha256``,
-  ``phone_sha256``, ``customer_id_sha256``.
+  lower-cased, phone in E.164, customer id and device id as they are): fields
+  ``email_sha256``, ``phone_sha256``, ``customer_id_sha256``, ``device_id_sha256``.
 * ``hmac_sha256``: HMAC-SHA256 hex, keyed with the partner's ``hash_key`` credential, of
   that SHA-256 hex (a partner that does not want plain hashes anyone can recompute):
   fields ``email_hmac_sha256``, ``phone_hmac_sha256``, ``customer_id_hmac_sha256``.
@@ -88,9 +92,10 @@ log = get_logger(__name__)
 
 KIND = "webhook_partners"
 EVENT_TYPE = "suppression.created"
+DELETED_EVENT_TYPE = "suppression.deleted"  # opting back in
 MAX_BATCH = 1000
 DEFAULT_BATCH = 500  # ~190 bytes per opt-out: ~95 kB per delivery
-HASHED_FIELDS = ("email", "phone", "customer_id")
+HASHED_FIELDS = ("email", "phone", "customer_id", "device_id")
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 _GONE = 410  # the spec: the receiver no longer wants these webhooks (an operator must act)
 MIN_HASH_KEY_BYTES = 16
@@ -171,10 +176,14 @@ def partner_opt_out(record: Mapping[str, str], partner: Partner) -> dict[str, st
     return out
 
 
-def event_body(opt_outs: Sequence[Mapping[str, str]], occurred_at: datetime) -> bytes:
-    """The signed body: minified JSON, built once and sent byte for byte."""
+def event_body(
+    opt_outs: Sequence[Mapping[str, str]], occurred_at: datetime, opting_in: bool = False
+) -> bytes:
+    """The signed body: minified JSON, built once and sent byte for byte (``opting_in``: a
+    ``suppression.deleted`` event of ``opt_ins``)."""
     stamp = occurred_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    event = {"type": EVENT_TYPE, "timestamp": stamp, "data": {"opt_outs": list(opt_outs)}}
+    data = {"opt_ins" if opting_in else "opt_outs": list(opt_outs)}
+    event = {"type": DELETED_EVENT_TYPE if opting_in else EVENT_TYPE, "timestamp": stamp, "data": data}
     return json.dumps(event, separators=(",", ":"), ensure_ascii=True).encode()
 
 
@@ -245,7 +254,8 @@ class WebhookPartnersConnector(Connector):
 
     def apply(self, commands: Sequence[Command]) -> list[Outcome]:
         outcomes: list[Outcome] = []
-        records: list[dict[str, str]] = []
+        outs: list[dict[str, str]] = []
+        ins: list[dict[str, str]] = []
         ordered: dict[str, datetime] = {}
         for command in commands:
             record = partner_record(command)
@@ -254,23 +264,28 @@ class WebhookPartnersConnector(Connector):
                     Outcome.rejected(command.command_id, "command carries no customer id or identifier hash")
                 )
                 continue
-            records.append(record)
+            (ins if command.opt_in else outs).append(record)
             ordered[command.command_id] = command.issued_at
         refusals: dict[str, list[str]] = {}
         for partner in self.partners:
-            for chunk in _chunks(records, self.max_batch):
-                opt_outs = [partner_opt_out(r, partner) for r in chunk]
-                found = find_refusals(opt_outs, _reference, partial(self._call, partner, ordered))
-                for reference, reason in found.items():
-                    refusals.setdefault(reference, []).append(reason)
-        outcomes.extend(combine([r["reference"] for r in records], refusals))
+            for records, opting_in in ((outs, False), (ins, True)):
+                for chunk in _chunks(records, self.max_batch):
+                    opt_outs = [partner_opt_out(r, partner) for r in chunk]
+                    call = partial(self._call, partner, ordered, opting_in)
+                    for reference, reason in find_refusals(opt_outs, _reference, call).items():
+                        refusals.setdefault(reference, []).append(reason)
+        outcomes.extend(combine([r["reference"] for r in (*outs, *ins)], refusals))
         return outcomes
 
     def _call(
-        self, partner: Partner, ordered: Mapping[str, datetime], opt_outs: list[dict[str, str]]
+        self,
+        partner: Partner,
+        ordered: Mapping[str, datetime],
+        opting_in: bool,
+        opt_outs: list[dict[str, str]],
     ) -> CallAnswer:
         references = [o["reference"] for o in opt_outs]
-        body = event_body(opt_outs, max(ordered[r] for r in references))
+        body = event_body(opt_outs, max(ordered[r] for r in references), opting_in)
         response = self._post(partner, body)
         if not response.is_success:
             return RefusedWhole(clean_reason(f"{partner.name}: {error_reason(response)}"))

@@ -7,6 +7,8 @@ holidays are not subtracted, which makes every deadline here earlier, never late
 |---|---|---|
 | mailbox providers (Gmail/Yahoo bulk-sender rules) | email marketing, anywhere | 48 hours |
 | CAN-SPAM | email marketing, US | 10 business days |
+| TCPA (FCC 2024 revocation rule) | SMS marketing, US | 10 business days |
+| CASL | email and SMS marketing, Canada (CA, CA-xx) | 10 business days |
 | CCPA/CPRA | every scope, US-CA | 15 business days |
 | GDPR art. 12(3) | every scope, EU/EEA/UK | 1 month |
 | default | only when no rule above applies | 15 business days |
@@ -106,10 +108,23 @@ class DeadlineRule:
 
 
 _EMAIL = frozenset({Scope.EMAIL_MARKETING, Scope.ALL})
+_SMS = frozenset({Scope.SMS_MARKETING, Scope.ALL})
+# CASL covers commercial electronic messages: email and text messages.
+_ELECTRONIC = frozenset({Scope.EMAIL_MARKETING, Scope.SMS_MARKETING, Scope.ALL})
+
+
+def _is_canada(j: str) -> bool:
+    return j == "CA" or j.startswith("CA-")
+
 
 RULES: tuple[DeadlineRule, ...] = (
     DeadlineRule("mailbox-providers-48h", _EMAIL, None, lambda t: t + timedelta(hours=48)),
     DeadlineRule("CAN-SPAM", _EMAIL, _is_us, lambda t: add_business_days(t, 10)),
+    # FCC 2024 TCPA revocation rule (47 CFR 64.1200(a)(10)): honour a revocation of consent
+    # "by any reasonable means", e.g. a STOP reply, within 10 business days.
+    DeadlineRule("TCPA", _SMS, _is_us, lambda t: add_business_days(t, 10)),
+    # CASL s.11(3): give effect to an unsubscribe within 10 business days.
+    DeadlineRule("CASL", _ELECTRONIC, _is_canada, lambda t: add_business_days(t, 10)),
     DeadlineRule("CCPA", None, lambda j: j == "US-CA", lambda t: add_business_days(t, 15)),
     DeadlineRule("GDPR", None, _is_gdpr, lambda t: add_months(t, 1)),
     DeadlineRule("default", None, None, lambda t: add_business_days(t, 15)),

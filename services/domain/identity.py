@@ -72,8 +72,15 @@ def sha256_hex(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
-def subject_key(customer_id: str | None, email: str | None, phone: str | None, postal_key: str | None) -> str:
-    """The Kafka key of an OptOutRequested: customer id, else email, else phone, else address.
+def subject_key(
+    customer_id: str | None,
+    email: str | None,
+    phone: str | None,
+    postal_key: str | None,
+    device_id: str | None = None,
+) -> str:
+    """The Kafka key of an OptOutRequested: customer id, else email, else phone, else
+    address, else device id (``device_sha256:<hex>``).
 
     All requests about one person land on one partition, in order. The key carries no raw
     contact detail: ``cust:<customer_id>`` (the business's pseudonymous id), else
@@ -82,7 +89,12 @@ def subject_key(customer_id: str | None, email: str | None, phone: str | None, p
     """
     if customer_id:
         return f"cust:{customer_id}"
-    for prefix, value in (("email_sha256", email), ("phone_sha256", phone), ("postal", postal_key)):
+    for prefix, value in (
+        ("email_sha256", email),
+        ("phone_sha256", phone),
+        ("postal", postal_key),
+        ("device_sha256", device_id),
+    ):
         if value:
             return f"{prefix}:{sha256_hex(value)}"
     raise PoisonMessage("no_identifier", "customer_id, email, phone and postal_address are all empty")

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from services.common.clock import to_millis
-from services.common.contract import Destination, Destinations, Identifier, Scope
+from services.common.contract import CONCRETE_SCOPES, Destination, Destinations, Identifier, Scope
 from services.common.errors import PoisonMessage
-from services.common.records import SuppressionCommandRecord
-from services.domain.validation import OptOutRequest
+from services.common.records import PostalAddressRecord, SuppressionCommandRecord
+from services.domain.enrichment import all_emails, all_phones, all_postal_addresses
+from services.domain.identity import sha256_hex
+from services.domain.validation import OptOutRequest, postal_key
 
 COMMAND_NAMESPACE = uuid.UUID("6f1d8a9e-3c5b-4e57-9b0e-2f6c1a7d4e80")
 
@@ -36,16 +38,63 @@ class PlannedCommand:
     command_id: str
     destination: str
     record: SuppressionCommandRecord  # the body, ready to encode
+    # The scopes the destination serves: intake sends the command only when the request takes
+    # effect for one of them (services/domain/preferences.py).
+    serves: frozenset[Scope] = frozenset(CONCRETE_SCOPES)
 
 
-def _identifier_values(request: OptOutRequest) -> dict[Identifier, object]:
+@dataclass(frozen=True)
+class ContactSlot:
+    """The contact identifiers one command carries (before the destination's filter)."""
+
+    email: str | None = None
+    phone: str | None = None
+    postal_address: PostalAddressRecord | None = None
+
+
+def contact_slots(request: OptOutRequest, dest: Destination) -> list[ContactSlot]:
+    """One slot per command ``dest`` gets: the request's own identifiers (and, where it has
+    none, the directory's first) in slot 0; each further email, phone or address the
+    directory added (``services/domain/enrichment.py``) in slots 1.. (zipped: slot *i* takes
+    the *i*-th of each kind the destination carries). A request without enrichment gets
+    exactly one slot, so exactly today's command."""
+    if request.enrichment is None:
+        return [ContactSlot(request.email, request.phone, request.postal_address)]
+    has = dest.identifiers
+    emails = all_emails(request) if has & _EMAIL_KINDS else []
+    phones = all_phones(request) if has & _PHONE_KINDS else []
+    postals = all_postal_addresses(request) if Identifier.POSTAL_ADDRESS in has else []
+    count = max(1, len(emails), len(phones), len(postals))
+    return [
+        ContactSlot(
+            emails[i] if i < len(emails) else None,
+            phones[i] if i < len(phones) else None,
+            postals[i] if i < len(postals) else None,
+        )
+        for i in range(count)
+    ]
+
+
+_EMAIL_KINDS = frozenset({Identifier.EMAIL, Identifier.EMAIL_SHA256})
+_PHONE_KINDS = frozenset({Identifier.PHONE, Identifier.PHONE_SHA256})
+
+
+def _identifier_values(request: OptOutRequest, slot: ContactSlot | None = None) -> dict[Identifier, object]:
+    if slot is None:
+        emails, phones, postals = all_emails(request), all_phones(request), all_postal_addresses(request)
+        slot = ContactSlot(
+            emails[0] if emails else None,
+            phones[0] if phones else None,
+            postals[0] if postals else None,
+        )
     return {
         Identifier.CUSTOMER_ID: request.customer_id,
-        Identifier.EMAIL: request.email,
-        Identifier.PHONE: request.phone,
-        Identifier.POSTAL_ADDRESS: request.postal_address,
-        Identifier.EMAIL_SHA256: request.email_sha256,
-        Identifier.PHONE_SHA256: request.phone_sha256,
+        Identifier.EMAIL: slot.email,
+        Identifier.PHONE: slot.phone,
+        Identifier.POSTAL_ADDRESS: slot.postal_address,
+        Identifier.EMAIL_SHA256: slot.email,
+        Identifier.PHONE_SHA256: slot.phone,
+        Identifier.DEVICE_ID: request.device_id,
     }
 
 
@@ -83,26 +132,84 @@ def applicable_destinations(request: OptOutRequest, destinations: Destinations) 
 def plan_commands(
     request: OptOutRequest, issued_at: datetime, destinations: Destinations
 ) -> list[PlannedCommand]:
-    return [command_for(request, dest, issued_at) for dest in applicable_destinations(request, destinations)]
+    return [
+        command
+        for dest in applicable_destinations(request, destinations)
+        for command in commands_for(request, dest, issued_at)
+    ]
 
 
-def command_for(request: OptOutRequest, dest: Destination, issued_at: datetime) -> PlannedCommand:
-    """The SuppressionCommand for one destination (also used by the confirmer's re-sends).
-    Only the identifiers the destination takes are filled in."""
-    cid = command_id(request.event_id, dest.id)
+def commands_for(request: OptOutRequest, dest: Destination, issued_at: datetime) -> list[PlannedCommand]:
+    """Every command of ``request`` for ``dest`` (also used by the confirmer's re-sends):
+    one per contact slot (``contact_slots``). Slot 0 is today's command, id
+    ``command_id(event_id, destination)``; a further slot is sent only if it carries an
+    identifier the destination acts on, under an id derived from the hashes it carries."""
+    slots = contact_slots(request, dest)
+    planned = [command_for(request, dest, issued_at, slots[0])]
+    for slot in slots[1:]:
+        values = _identifier_values(request, slot)
+        contact = [i for i in dest.identifiers & _CONTACT_KINDS if values[i]]
+        if not contact or not any(values[i] for i in dest.requires_one_of):
+            continue
+        planned.append(command_for(request, dest, issued_at, slot, _slot_tag(slot)))
+    return planned
+
+
+_CONTACT_KINDS = _EMAIL_KINDS | _PHONE_KINDS | {Identifier.POSTAL_ADDRESS}
+
+
+def _slot_tag(slot: ContactSlot) -> str:
+    """What tells a slot's command apart from the request's other commands: its hashes."""
+    parts = []
+    if slot.email:
+        parts.append(f"email:{sha256_hex(slot.email)}")
+    if slot.phone:
+        parts.append(f"phone:{sha256_hex(slot.phone)}")
+    if slot.postal_address is not None:
+        parts.append(f"postal:{sha256_hex(postal_key(slot.postal_address) or '')}")
+    return ",".join(parts)
+
+
+def command_for(
+    request: OptOutRequest,
+    dest: Destination,
+    issued_at: datetime,
+    slot: ContactSlot | None = None,
+    tag: str | None = None,
+) -> PlannedCommand:
+    """The SuppressionCommand for one destination and contact slot (default: the request's
+    own identifiers). Only the identifiers the destination takes are filled in."""
+    if slot is None:
+        slot = ContactSlot(request.email, request.phone, request.postal_address)
+    cid = command_id(request.event_id, dest.id if tag is None else f"{dest.id}\x1f{tag}")
     has = dest.identifiers
     record = SuppressionCommandRecord(
         command_id=cid,
         request_id=request.event_id,
         destination=dest.id,
         customer_id=request.customer_id if Identifier.CUSTOMER_ID in has else None,
-        email=request.email if Identifier.EMAIL in has else None,
-        phone=request.phone if Identifier.PHONE in has else None,
-        postal_address=request.postal_address if Identifier.POSTAL_ADDRESS in has else None,
-        email_sha256=request.email_sha256 if Identifier.EMAIL_SHA256 in has else None,
-        phone_sha256=request.phone_sha256 if Identifier.PHONE_SHA256 in has else None,
+        email=slot.email if Identifier.EMAIL in has else None,
+        phone=slot.phone if Identifier.PHONE in has else None,
+        postal_address=slot.postal_address if Identifier.POSTAL_ADDRESS in has else None,
+        email_sha256=_hash(slot.email, request.email, request.email_sha256)
+        if Identifier.EMAIL_SHA256 in has
+        else None,
+        phone_sha256=_hash(slot.phone, request.phone, request.phone_sha256)
+        if Identifier.PHONE_SHA256 in has
+        else None,
         scopes=[s.value for s in request.scopes],
         issued_at=to_millis(issued_at),
         deadline=to_millis(request.due_at),
+        action=request.action.value,
+        requested_at=to_millis(request.requested_at),
+        device_id=request.device_id if Identifier.DEVICE_ID in has else None,
     )
-    return PlannedCommand(cid, dest.id, record)
+    return PlannedCommand(cid, dest.id, record, frozenset(dest.scopes))
+
+
+def _hash(value: str | None, own: str | None, own_sha256: str | None) -> str | None:
+    """The SHA-256 of a slot's value (the request's own hash for its own value, so a
+    request whose raw value was purged still re-sends its hash)."""
+    if value == own:
+        return own_sha256
+    return sha256_hex(value) if value else None

@@ -6,10 +6,10 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.common.avro import Codec
-from services.common.contract import Scope, Source
+from services.common.contract import Action, Scope, Source
 from services.common.errors import PoisonMessage
 from services.common.records import PostalAddressRecord, decode_opt_out_requested
 from services.domain.deadlines import governing_rule_of
@@ -21,8 +21,13 @@ from services.domain.identity import (
     subject_key,
 )
 
+if TYPE_CHECKING:
+    from services.domain.enrichment import Enrichment
+
 MAX_EVENT_ID = 200
 MAX_ADDRESS_LINES = 6
+MAX_DEVICE_ID = 128
+_DEVICE_ID_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,11 @@ class OptOutRequest:
     deadline_rule: str
     subject_key: str
     content_sha256: str
+    action: Action = Action.OPT_OUT
+    device_id: str | None = None  # pseudonymous browser/device id (schema version 2)
+    # What the customer directory added (intake, services/domain/enrichment.py); not part of
+    # the request's content (content_sha256).
+    enrichment: Enrichment | None = None
 
 
 def _optional_text(record: Mapping[str, Any], field: str, max_length: int = 512) -> str | None:
@@ -102,8 +112,12 @@ def validate_request(
     email = normalize_email(raw_email) if raw_email else None
     phone = normalize_phone(raw_phone, phone_region) if raw_phone else None
     address = normalize_postal_address(record.get("postal_address"))
-    if not (customer_id or email or phone or address):
-        raise PoisonMessage("no_identifier", "customer_id, email, phone and postal_address are empty")
+    device_id = _device_id(record)
+    if not (customer_id or email or phone or address or device_id):
+        raise PoisonMessage(
+            "no_identifier", "customer_id, email, phone, postal_address and device_id are empty"
+        )
+    action = Action(record.get("action") or Action.OPT_OUT)
 
     scopes = tuple(sorted({Scope(s) for s in record.get("scopes") or []}))
     if not scopes:
@@ -121,7 +135,19 @@ def validate_request(
     rule = governing_rule_of(requested_at, scopes, jurisdiction)
     # The substance of the request, in a fixed order (the address dict is built above in a
     # fixed key order), so that the same content always hashes the same.
-    content = repr((customer_id, email, phone, address, tuple(s.value for s in scopes), jurisdiction))
+    # Version-1 content (an opt-out without a device id) hashes as it always did, so a
+    # re-published old event is still recognised as the same request.
+    substance: tuple[object, ...] = (
+        customer_id,
+        email,
+        phone,
+        address,
+        tuple(s.value for s in scopes),
+        jurisdiction,
+    )
+    if action is not Action.OPT_OUT or device_id:
+        substance = (*substance, action.value, device_id)
+    content = repr(substance)
     return OptOutRequest(
         event_id=event_id,
         customer_id=customer_id,
@@ -136,9 +162,18 @@ def validate_request(
         requested_at=requested_at,
         due_at=rule.due(requested_at),
         deadline_rule=rule.name,
-        subject_key=subject_key(customer_id, email, phone, postal_key(address)),
+        subject_key=subject_key(customer_id, email, phone, postal_key(address), device_id),
         content_sha256=hashlib.sha256(content.encode("utf-8")).hexdigest(),
+        action=action,
+        device_id=device_id,
     )
+
+
+def _device_id(record: Mapping[str, Any]) -> str | None:
+    value = _optional_text(record, "device_id", MAX_DEVICE_ID)
+    if value is not None and not set(value) <= _DEVICE_ID_CHARACTERS:
+        raise PoisonMessage("invalid_device_id", "device_id may hold only letters, digits and -_.:")
+    return value
 
 
 def decode_request(

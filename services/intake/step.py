@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import Message, Producer
+from prometheus_client import Counter
 
 from services.common import metrics
 from services.common.avro import Codec
@@ -29,11 +30,18 @@ from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.domain.planning import PlannedCommand, plan_commands
 from services.domain.validation import OptOutRequest, decode_request
+from services.intake.enrich import Directory, NoDirectory, directory_for
 from services.intake.store import RecordOutcome, record_batch
 from services.suppression.entries import suppression_ring
 
 log = get_logger(__name__)
 SERVICE = "intake"
+SUPERSEDED = Counter(
+    "optout_intake_superseded_total",
+    "Requests recorded as superseded (a newer request of the other action holds for every "
+    "scope): closed with no command and no confirmation, by action.",
+    ["action"],
+)
 
 
 class _DataRejected(Exception):
@@ -63,6 +71,7 @@ class _Summary:
     duplicates: int = 0
     dead: int = 0
     commands: int = 0
+    superseded: int = 0
 
 
 # Records a chunk of requests (unique event ids) and their commands in one transaction.
@@ -77,6 +86,7 @@ class IntakeStep:
         codec: Codec,
         clock: Clock,
         recorder: Recorder | None = None,
+        directory: Directory | None = None,
     ) -> None:
         self.settings = settings
         self._recorder = recorder or self._record_in_database
@@ -84,6 +94,10 @@ class IntakeStep:
         self.codec = codec
         self.clock = clock
         self._ring = suppression_ring(settings)  # seals suppression-list entries
+        # The customer directory (none by default when the recorder is a test's fake).
+        self._directory = directory or (
+            directory_for(settings, self._ring) if recorder is None else NoDirectory()
+        )
         # One connection per database worker thread (keyed by thread id).
         self._conns: dict[int, LazyConnection] = {}
         self._db = ThreadPoolExecutor(
@@ -100,6 +114,7 @@ class IntakeStep:
 
     def close(self) -> None:
         self._db.shutdown(wait=True)
+        self._directory.close()
         self.producer.flush(10)
         for conn in self._conns.values():
             conn.close()
@@ -136,13 +151,25 @@ class IntakeStep:
         self._count(len(messages), summary)
 
     def _prepare(self, messages: Sequence[Message], now: datetime, seen: dict[str, _Accepted]) -> _Prepared:
-        """Decode, validate and plan (CPU only); dedupe within the batch."""
+        """Decode and validate, enrich from the customer directory (one query for the chunk),
+        plan; dedupe within the batch."""
         prepared = _Prepared()
+        decoded: list[tuple[Message, OptOutRequest]] = []
         for message in messages:
             try:
-                request = decode_request(
-                    self.codec, message.value(), now, self._skew, self.settings.default_phone_region
+                decoded.append(
+                    (
+                        message,
+                        decode_request(
+                            self.codec, message.value(), now, self._skew, self.settings.default_phone_region
+                        ),
+                    )
                 )
+            except PoisonMessage as poison:
+                prepared.dead.append((message, poison))
+        enriched = self._directory.enrich([request for _, request in decoded])
+        for (message, _), request in zip(decoded, enriched, strict=True):
+            try:
                 item = _Accepted(message, request, plan_commands(request, now, self.settings.destinations))
             except PoisonMessage as poison:
                 prepared.dead.append((message, poison))
@@ -185,6 +212,8 @@ class IntakeStep:
                 )
                 continue
             for command in item.commands:
+                if command.command_id in outcome.withheld:
+                    continue  # the request did not take effect for its scopes (newest wins)
                 if event_id in outcome.new or command.command_id in outcome.resend:
                     self._send_command(tracker, command)
                     summary.commands += 1
@@ -199,6 +228,10 @@ class IntakeStep:
                 reason=why.reason,
             )
         summary.new += len(outcome.new)
+        summary.superseded += len(outcome.superseded)
+        for item in prepared.accepted:
+            if item.request.event_id in outcome.superseded:
+                SUPERSEDED.labels(item.request.action.value).inc()
         summary.duplicates += len(outcome.duplicates) + prepared.in_batch_duplicates
         summary.dead += len(dead)
 
@@ -222,6 +255,8 @@ class IntakeStep:
             total.duplicates |= one.duplicates
             total.conflicts |= one.conflicts
             total.resend |= one.resend
+            total.withheld |= one.withheld
+            total.superseded |= one.superseded
         return total, rejected
 
     def _record_in_database(
@@ -265,4 +300,5 @@ class IntakeStep:
             duplicates=summary.duplicates,
             dead_lettered=summary.dead,
             commands=summary.commands,
+            superseded=summary.superseded,
         )

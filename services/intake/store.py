@@ -3,23 +3,50 @@
 Rows go in with multi-row ``INSERT ... SELECT FROM unnest(...)`` statements;
 ``ON CONFLICT DO NOTHING`` makes a redelivered batch a no-op apart from the
 re-send bookkeeping. The same statement adds the identifiers of every newly recorded
-request to the encrypted suppression list (``services/suppression``).
+opt-out to the encrypted suppression list (``services/suppression``).
+
+Opting back in (``services/domain/preferences.py``): before the requests are written, the
+transaction upserts the suppression state (``suppression_state``, one row per subject and
+concrete scope) with the newest-wins guard, and learns from ``RETURNING`` which rows each
+request won. A request then takes effect only for those scopes: commands go only to the
+destinations serving them (the others are *withheld*), and a request that takes effect for
+no scope is *superseded*: recorded CONFIRMED with ``effective_scopes = '{}'``, no command and
+no confirmation. An opt-out writes its suppression-list entries for the scopes it took effect
+for; an opt-in that takes effect removes those scopes from the person's entries (an entry
+left with no scope is deleted: nothing to suppress, nothing to keep).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import psycopg
 
+from services.common.contract import Action, Scope
 from services.common.sealing import KeyRing
 from services.domain.planning import PlannedCommand
+from services.domain.preferences import (
+    Key,
+    concrete_scopes,
+    effective_scopes,
+    newest_per_key,
+    serves,
+)
 from services.domain.validation import OptOutRequest
-from services.suppression.entries import Entry, entries_of, postal_sha256, seal
+from services.intake.enrich import enrichment_columns
+from services.suppression.entries import Entry, Kind, entries_of, postal_sha256, seal
+
+_SCOPE_VALUES = frozenset(s.value for s in Scope)
+# Which subject prefix a suppression-list kind's hash goes with (the same SHA-256).
+_SUBJECT_PREFIX = {
+    Kind.EMAIL.value: "email_sha256:",
+    Kind.PHONE.value: "phone_sha256:",
+    Kind.POSTAL.value: "postal:",
+}
 
 
 @dataclass
@@ -39,7 +66,19 @@ class ListedEntries:
     rows: list[int] = field(default_factory=list)
 
     @classmethod
-    def of(cls, requests: Sequence[OptOutRequest], ring: KeyRing) -> ListedEntries:
+    def of(
+        cls,
+        requests: Sequence[OptOutRequest],
+        ring: KeyRing,
+        scopes_of: Mapping[str, Sequence[str]] | None = None,
+    ) -> ListedEntries:
+        """``scopes_of``: the scopes to list per event id (default: the request's scopes)."""
+
+        def scopes(request: OptOutRequest) -> Sequence[str]:
+            if scopes_of is not None and request.event_id in scopes_of:
+                return scopes_of[request.event_id]
+            return [s.value for s in request.scopes]
+
         merged: dict[tuple[str, str], tuple[Entry, list[OptOutRequest]]] = {}
         for request in requests:
             for entry in entries_of(request):
@@ -55,7 +94,7 @@ class ListedEntries:
             listed.kinds.append(key[0])
             listed.hashes.append(key[1])
             listed.sealed.append(seal(ring, entry))
-            listed.scopes.append(",".join(sorted({s.value for r in named_by for s in r.scopes})))
+            listed.scopes.append(",".join(sorted({s for r in named_by for s in scopes(r)})))
             listed.first.append(named_by[0].event_id)
             listed.last.append(named_by[-1].event_id)
             for request in named_by:
@@ -70,6 +109,10 @@ class RecordOutcome:
     duplicates: set[str] = field(default_factory=set)  # seen before, same content
     conflicts: set[str] = field(default_factory=set)  # seen before, different content
     resend: set[str] = field(default_factory=set)  # command ids of duplicates still unacknowledged
+    # Command ids of new requests not sent: the request did not take effect for any scope the
+    # destination serves (newest wins). Superseded: new event ids that took effect nowhere.
+    withheld: set[str] = field(default_factory=set)
+    superseded: set[str] = field(default_factory=set)
 
 
 # One statement records the new requests, their destination rows and their suppression-list
@@ -79,17 +122,23 @@ class RecordOutcome:
 # requests is new (``m`` maps request ids to entry rows), in key order, so concurrent writers
 # lock rows in one order and never deadlock, and merged with an existing entry: the latest
 # value and request, the union of the scopes. Arrays go over the wire in binary (%b).
+# A request with no command to send (superseded, or effective only for scopes no destination
+# of it serves) is recorded CONFIRMED at once (``cf``).
 _RECORD = """
 WITH new AS (
     INSERT INTO requests (event_id, content_sha256, subject_key, customer_id, email, phone,
                           postal_address, email_sha256, phone_sha256, postal_sha256, scopes,
-                          source, jurisdiction, requested_at, received_at, due_at, deadline_rule)
+                          source, jurisdiction, requested_at, received_at, due_at, deadline_rule,
+                          directory_identifiers, identifier_sources,
+                          action, device_id, effective_scopes, state, confirmed_at)
     SELECT e, c, k, cu, em, ph, pa::jsonb, eh, phh, pah, string_to_array(sc, ','), so, ju, ra, %b,
-           du, dr
+           du, dr, di::jsonb, ds::jsonb, ac, dv, string_to_array(ef, ','),
+           CASE WHEN cf THEN 'CONFIRMED' ELSE 'PENDING' END, CASE WHEN cf THEN %b END
     FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
                 %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
-                %b::text[], %b::timestamptz[], %b::timestamptz[], %b::text[])
-         AS t(e, c, k, cu, em, ph, pa, eh, phh, pah, sc, so, ju, ra, du, dr)
+                %b::text[], %b::timestamptz[], %b::timestamptz[], %b::text[], %b::text[],
+                %b::text[], %b::text[], %b::text[], %b::text[], %b::bool[])
+         AS t(e, c, k, cu, em, ph, pa, eh, phh, pah, sc, so, ju, ra, du, dr, di, ds, ac, dv, ef, cf)
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id
 ), listed AS (
@@ -108,13 +157,59 @@ WITH new AS (
                                  ORDER BY x) END,
         last_request_id = EXCLUDED.last_request_id,
         updated_at = EXCLUDED.updated_at
+), commands AS (
+    INSERT INTO destination_status (command_id, event_id, destination, first_issued_at,
+                                    last_issued_at)
+    SELECT t.c, t.e, t.d, %b, %b
+    FROM unnest(%b::text[], %b::text[], %b::text[]) AS t(c, e, d) JOIN new ON new.event_id = t.e
+    ON CONFLICT (command_id) DO NOTHING
 )
-INSERT INTO destination_status (command_id, event_id, destination, first_issued_at,
-                                last_issued_at)
-SELECT t.c, t.e, t.d, %b, %b
-FROM unnest(%b::text[], %b::text[], %b::text[]) AS t(c, e, d) JOIN new ON new.event_id = t.e
-ON CONFLICT (command_id) DO NOTHING
-RETURNING event_id
+SELECT event_id FROM new
+"""
+
+# The newest-wins guard of services/domain/preferences.py (``StateEntry.rank``): a row changes
+# only for a request ranking higher by (requested_at, suppressed, event_id). Rows come sorted
+# by key, so concurrent writers lock them in one order. RETURNING: the rows the chunk won.
+_UPSERT_STATE = """
+INSERT INTO suppression_state AS st (subject, scope, suppressed, since, event_id, action,
+                                     updated_at)
+SELECT t.s, t.sc, t.su, t.si, t.e, t.a, %b
+FROM unnest(%b::text[], %b::text[], %b::bool[], %b::timestamptz[], %b::text[], %b::text[])
+     WITH ORDINALITY AS t(s, sc, su, si, e, a, n)
+ORDER BY t.n
+ON CONFLICT (subject, scope) DO UPDATE
+SET suppressed = EXCLUDED.suppressed, since = EXCLUDED.since, event_id = EXCLUDED.event_id,
+    action = EXCLUDED.action, updated_at = EXCLUDED.updated_at
+WHERE (EXCLUDED.since, EXCLUDED.suppressed, EXCLUDED.event_id)
+      > (st.since, st.suppressed, st.event_id)
+RETURNING subject, scope
+"""
+
+# The stored state of the rows the chunk did not win (locked by the upsert, which locks a
+# conflicting row even when its guard keeps it unchanged). Rows it won hold its own values.
+_STATE_OF = """
+SELECT st.subject, st.scope, st.suppressed
+FROM suppression_state st JOIN unnest(%b::text[], %b::text[]) AS t(s, sc)
+     ON st.subject = t.s AND st.scope = t.sc
+"""
+
+# Suppression-list entries of the people an opt-in took effect for, and the scopes their
+# state no longer suppresses.
+_ENTRIES_TO_PRUNE = """
+SELECT s.kind, s.sha256, s.scopes FROM suppression_list s
+JOIN unnest(%b::text[], %b::text[]) AS t(k, h) ON s.kind = t.k AND s.sha256 = t.h
+ORDER BY s.kind, s.sha256
+FOR UPDATE OF s
+"""
+_OPTED_IN = "SELECT subject, scope FROM suppression_state WHERE subject = ANY(%b::text[]) AND NOT suppressed"
+_PRUNE = """
+UPDATE suppression_list s SET scopes = string_to_array(t.sc, ','), updated_at = %b
+FROM unnest(%b::text[], %b::text[], %b::text[]) AS t(k, h, sc)
+WHERE s.kind = t.k AND s.sha256 = t.h
+"""
+_DELETE_ENTRIES = """
+DELETE FROM suppression_list s USING unnest(%b::text[], %b::text[]) AS t(k, h)
+WHERE s.kind = t.k AND s.sha256 = t.h
 """
 
 _EXISTING = "SELECT event_id, content_sha256 FROM requests WHERE event_id = ANY(%s)"
@@ -133,35 +228,55 @@ def record_batch(
     now: datetime,
     ring: KeyRing,
 ) -> RecordOutcome:
-    """Record ``requests`` (unique event ids), their commands and their suppression-list
-    entries (sealed with ``ring``'s current key) in one transaction."""
+    """Record ``requests`` (unique event ids), the suppression state they win, the commands
+    of the scopes they take effect for and their suppression-list entries (sealed with
+    ``ring``'s current key) in one transaction."""
     outcome = RecordOutcome()
     if not requests:
         return outcome
-    all_commands = [c for r in requests for c in commands.get(r.event_id, [])]
-    # Sealed for every request of the chunk; the statement keeps those of new requests.
-    listed = ListedEntries.of(requests, ring)
     with conn.transaction(), conn.cursor() as cur:
+        cur.execute(_EXISTING, ([r.event_id for r in requests],))
+        stored = dict(cur.fetchall())
+        candidates = [r for r in requests if r.event_id not in stored]
+        effective = _decide(cur, candidates, now)
+        kept = {
+            r.event_id: [c for c in commands.get(r.event_id, []) if serves(c.serves, effective[r.event_id])]
+            for r in candidates
+        }
+        for r in candidates:
+            kept_ids = {c.command_id for c in kept[r.event_id]}
+            outcome.withheld |= {c.command_id for c in commands.get(r.event_id, [])} - kept_ids
+        all_commands = [c for r in candidates for c in kept[r.event_id]]
+        opt_outs = [r for r in candidates if r.action is Action.OPT_OUT and effective[r.event_id]]
+        listed = ListedEntries.of(
+            opt_outs, ring, {r.event_id: _listed_scopes(r, effective[r.event_id]) for r in opt_outs}
+        )
         cur.execute(
             _RECORD,
             (
                 now,
-                [r.event_id for r in requests],
-                [r.content_sha256 for r in requests],
-                [r.subject_key for r in requests],
-                [r.customer_id for r in requests],
-                [r.email for r in requests],
-                [r.phone for r in requests],
-                [json.dumps(r.postal_address) if r.postal_address else None for r in requests],
-                [r.email_sha256 for r in requests],
-                [r.phone_sha256 for r in requests],
-                [postal_sha256(r.postal_address) for r in requests],
-                [",".join(r.scopes) for r in requests],
-                [r.source.value for r in requests],
-                [r.jurisdiction for r in requests],
-                [r.requested_at for r in requests],
-                [r.due_at for r in requests],
-                [r.deadline_rule for r in requests],
+                now,
+                [r.event_id for r in candidates],
+                [r.content_sha256 for r in candidates],
+                [r.subject_key for r in candidates],
+                [r.customer_id for r in candidates],
+                [r.email for r in candidates],
+                [r.phone for r in candidates],
+                [json.dumps(r.postal_address) if r.postal_address else None for r in candidates],
+                [r.email_sha256 for r in candidates],
+                [r.phone_sha256 for r in candidates],
+                [postal_sha256(r.postal_address) for r in candidates],
+                [",".join(r.scopes) for r in candidates],
+                [r.source.value for r in candidates],
+                [r.jurisdiction for r in candidates],
+                [r.requested_at for r in candidates],
+                [r.due_at for r in candidates],
+                [r.deadline_rule for r in candidates],
+                *enrichment_columns(candidates),
+                [r.action.value for r in candidates],
+                [r.device_id for r in candidates],
+                [",".join(s.value for s in sorted(effective[r.event_id])) for r in candidates],
+                [not kept[r.event_id] for r in candidates],
                 now,
                 now,
                 listed.kinds,
@@ -179,19 +294,98 @@ def record_batch(
                 [c.destination for c in all_commands],
             ),
         )
-        # Every request has at least one command (planning guarantees it), so the
-        # destination rows returned name exactly the requests inserted now.
         outcome.new = {row[0] for row in cur.fetchall()}
-        seen_before = [r for r in requests if r.event_id not in outcome.new]
-        if seen_before:
-            cur.execute(_EXISTING, ([r.event_id for r in seen_before],))
-            stored = dict(cur.fetchall())
-            for r in seen_before:
-                if stored.get(r.event_id) == r.content_sha256:
+        outcome.superseded = {e for e in outcome.new if not effective[e]}
+        opt_ins = [
+            r
+            for r in candidates
+            if r.event_id in outcome.new and r.action is Action.OPT_IN and effective[r.event_id]
+        ]
+        if opt_ins:
+            _prune_entries(cur, opt_ins, now)
+        for r in requests:
+            if r.event_id in outcome.new:
+                continue
+            if r.event_id in stored and stored[r.event_id] == r.content_sha256:
+                outcome.duplicates.add(r.event_id)
+            elif r.event_id in stored:
+                outcome.conflicts.add(r.event_id)
+            else:  # recorded meanwhile by another writer: look again
+                row = cur.execute(_EXISTING, ([r.event_id],)).fetchone()
+                if row is not None and row[1] == r.content_sha256:
                     outcome.duplicates.add(r.event_id)
                 else:
                     outcome.conflicts.add(r.event_id)
+        outcome.withheld &= {
+            c.command_id for r in requests if r.event_id in outcome.new for c in commands.get(r.event_id, [])
+        }
         if outcome.duplicates:
             cur.execute(_MARK_RESENT, (now, list(outcome.duplicates)))
             outcome.resend = {row[0] for row in cur.fetchall()}
     return outcome
+
+
+def _decide(
+    cur: psycopg.Cursor[Any], candidates: Sequence[OptOutRequest], now: datetime
+) -> dict[str, frozenset[Scope]]:
+    """Upsert the state the candidates win (newest wins, guarded against the stored state);
+    return the scopes each takes effect for, given the state then."""
+    if not candidates:
+        return {}
+    chunk_winners = newest_per_key(candidates)
+    keys = sorted(chunk_winners)
+    entries = [chunk_winners[k] for k in keys]
+    cur.execute(
+        _UPSERT_STATE,
+        (
+            now,
+            [k[0] for k in keys],
+            [k[1].value for k in keys],
+            [e.suppressed for e in entries],
+            [e.since for e in entries],
+            [e.event_id for e in entries],
+            [e.action.value for e in entries],
+        ),
+    )
+    won = {(subject, Scope(scope)) for subject, scope in cur.fetchall()}
+    after: dict[Key, bool] = {k: chunk_winners[k].suppressed for k in won}
+    lost = [k for k in keys if k not in won]
+    if lost:
+        cur.execute(_STATE_OF, ([k[0] for k in lost], [k[1].value for k in lost]))
+        after.update({(subject, Scope(scope)): bool(v) for subject, scope, v in cur.fetchall()})
+    return {r.event_id: effective_scopes(r, after) for r in candidates}
+
+
+def _listed_scopes(request: OptOutRequest, effective: frozenset[Scope]) -> list[str]:
+    """The scopes an opt-out's suppression-list entries get: its own, or where it took effect."""
+    if set(concrete_scopes(request.scopes)) <= effective:
+        return [s.value for s in request.scopes]
+    return sorted(s.value for s in effective)
+
+
+def _prune_entries(cur: psycopg.Cursor[Any], opt_ins: Sequence[OptOutRequest], now: datetime) -> None:
+    """Remove from the opted-in people's suppression-list entries every scope their state no
+    longer suppresses (``ALL`` is expanded first); delete entries left with none."""
+    keys = sorted({(e.kind.value, e.sha256) for r in opt_ins for e in entries_of(r)})
+    if not keys:
+        return
+    cur.execute(_ENTRIES_TO_PRUNE, ([k for k, _ in keys], [h for _, h in keys]))
+    rows = cur.fetchall()
+    if not rows:
+        return
+    subjects = [_SUBJECT_PREFIX[kind] + sha256 for kind, sha256, _ in rows]
+    cur.execute(_OPTED_IN, (subjects,))
+    opted_in = {(subject, scope) for subject, scope in cur.fetchall()}
+    update: list[tuple[str, str, str]] = []
+    delete: list[tuple[str, str]] = []
+    for (kind, sha256, scopes), subject in zip(rows, subjects, strict=True):
+        expanded = [s.value for s in concrete_scopes(Scope(x) for x in scopes if x in _SCOPE_VALUES)]
+        remaining = [s for s in expanded if (subject, s) not in opted_in]
+        if not remaining:
+            delete.append((kind, sha256))
+        elif len(remaining) < len(expanded):
+            update.append((kind, sha256, ",".join(sorted(remaining))))
+    if update:
+        cur.execute(_PRUNE, (now, [u[0] for u in update], [u[1] for u in update], [u[2] for u in update]))
+    if delete:
+        cur.execute(_DELETE_ENTRIES, ([d[0] for d in delete], [d[1] for d in delete]))

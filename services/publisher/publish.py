@@ -29,6 +29,8 @@ FIELDS = (
     "source",
     "jurisdiction",
     "requested_at",
+    "action",
+    "device_id",
 )
 
 
@@ -82,6 +84,8 @@ class RequestPublisher:
             "source": str(fields.get("source") or "API").upper(),
             "jurisdiction": fields.get("jurisdiction"),
             "requested_at": parse_time(fields.get("requested_at") or self.clock.now()),
+            "action": str(fields.get("action") or "OPT_OUT").upper(),
+            "device_id": fields.get("device_id"),
         }
         try:
             request = validate_request(
@@ -103,6 +107,8 @@ class RequestPublisher:
             source=request.source.value,
             jurisdiction=request.jurisdiction,
             requested_at=request.requested_at,
+            action=request.action.value,
+            device_id=request.device_id,
         )
         self.codec.encode("OptOutRequested", record)  # fail here, not in the producer
         return Prepared(request.subject_key, record, request)

@@ -1,5 +1,7 @@
 """Data minimisation: once a request has been confirmed for longer than the retention
-period, its raw contact details (email, phone, postal address) are removed. What is
+period, its raw contact details (email, phone, postal address, and those the customer
+directory added: ``directory_identifiers``) and its device id (pseudonymous, but treated like
+contact data) are removed. What is
 needed to keep suppressing the person and to prove compliance stays: the SHA-256
 hashes of the normalized identifiers, the customer id, scopes, source, jurisdiction,
 every timestamp and each destination's outcome.
@@ -38,7 +40,8 @@ WITH chosen AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE requests r
-SET email = NULL, phone = NULL, postal_address = NULL, pii_purged_at = %(now)s
+SET email = NULL, phone = NULL, postal_address = NULL, directory_identifiers = NULL,
+    device_id = NULL, pii_purged_at = %(now)s
 FROM chosen WHERE r.event_id = chosen.event_id
 """
 
@@ -70,3 +73,20 @@ def purge_contact_details(
             break
     log.info("contact details purged", requests=total, retention_days=retention.days)
     return total
+
+
+def purge_gpc_signals(
+    conn: psycopg.Connection[Any], now: datetime, retention: timedelta, dry_run: bool = False
+) -> int:
+    """The log of applied GPC signals (``gpc_signals``, services/web/gpclog.py) holds no raw
+    identifier; it is proof that signals were honoured, kept for ``retention`` (24 months
+    by default: CCPA regulations § 7101) and then deleted. Returns how many rows were
+    deleted (or, with ``dry_run``, would be)."""
+    cutoff = now - retention
+    if dry_run:
+        row = conn.execute("SELECT count(*) FROM gpc_signals WHERE seen_at < %s", (cutoff,)).fetchone()
+        return int(row[0]) if row else 0
+    with conn.transaction():
+        deleted = conn.execute("DELETE FROM gpc_signals WHERE seen_at < %s", (cutoff,)).rowcount
+    log.info("gpc signal log purged", rows=deleted, retention_days=retention.days)
+    return deleted

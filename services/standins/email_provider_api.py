@@ -16,6 +16,11 @@
   on the list is reported as already suppressed. With ``garbage`` set (bytes or any JSON
   value), the addresses are added but the 201's body is that instead (a provider's bad data).
 
+Opting back in: ``DELETE /v3/asm/suppressions/global/{email}`` (SendGrid's shape,
+https://www.twilio.com/docs/sendgrid/api-reference/suppressions-global-suppressions/delete-a-global-suppression)
+-> 204 once removed, 404 ``{"error": "not found"}`` when the address is not on the list;
+401, 429 and 503 as above.
+
 Inspection (tests, humans): ``GET /v3/asm/suppressions/global`` lists the suppressed
 addresses (``[{"email", "created"}]``, as the real API does); ``GET /_standin/stats``
 counts requests by answer and how often each address arrived in an accepted request.
@@ -31,6 +36,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+from urllib.parse import unquote
 
 from services.standins.web import Request, Response, error
 
@@ -99,6 +105,7 @@ class EmailProviderStandin:
         self.suppressed: dict[str, int] = {}  # email -> created (unix seconds)
         self.received: Counter[str] = Counter()  # email -> accepted requests that carried it
         self.answers: Counter[int] = Counter()  # HTTP status -> count (add calls)
+        self.removed: Counter[str] = Counter()  # email -> times removed (opt-ins)
 
     # --- the app ------------------------------------------------------------------------
     def handle(self, request: Request) -> Response:
@@ -108,6 +115,10 @@ class EmailProviderStandin:
     def _route(self, request: Request) -> Response:
         if request.path == PATH and request.method == "POST":
             response = self._add(request)
+            self.answers[response.status] += 1
+            return response
+        if request.path.startswith(PATH + "/") and request.method == "DELETE":
+            response = self._remove(request)
             self.answers[response.status] += 1
             return response
         if request.path == PATH and request.method == "GET":
@@ -159,11 +170,27 @@ class EmailProviderStandin:
             return Response(201, self.garbage)
         return Response(201, {"added": added, "already_suppressed": already})
 
+    def _remove(self, request: Request) -> Response:
+        if request.bearer_token() != self.token:
+            return error(401, "authorization required")
+        wait = self._limiter.admit()
+        if wait is not None:
+            seconds = max(self.retry_after_seconds, math.ceil(wait))
+            return Response(429, {"error": "too many requests"}, {"Retry-After": str(seconds)})
+        if self.failure_rate and self._rng.random() < self.failure_rate:
+            return Response(503, {"error": "service temporarily unavailable"}, {"Retry-After": "1"})
+        email = unquote(request.path[len(PATH) + 1 :]).strip().lower()
+        if self.suppressed.pop(email, None) is None:
+            return error(404, "not found")
+        self.removed[email] += 1
+        return Response(204)
+
     def stats(self) -> dict[str, Any]:
         return {
             "answers": {str(k): v for k, v in sorted(self.answers.items())},
             "received": dict(self.received),
             "suppressed": len(self.suppressed),
+            "removed": dict(self.removed),
         }
 
 

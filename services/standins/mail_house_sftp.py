@@ -29,13 +29,15 @@ POLL_SECONDS = 0.2
 
 
 def receipt_for(name: str, content: bytes, imported_at: datetime) -> dict[str, object]:
-    """The receipt of one imported file (rows without a postal code are rejected)."""
+    """The receipt of one imported file (rows without a postal code, or with an ``action``
+    other than OPT_OUT or OPT_IN, are rejected; files without the column are opt-outs)."""
     rows = list(csv.DictReader(io.StringIO(content.decode("utf-8-sig"), newline="")))
-    rejected = [
-        {"row": number, "reason": "no postal code"}
-        for number, row in enumerate(rows, start=1)
-        if not (row.get("postal_code") or "").strip()
-    ]
+    rejected = []
+    for number, row in enumerate(rows, start=1):
+        if not (row.get("postal_code") or "").strip():
+            rejected.append({"row": number, "reason": "no postal code"})
+        elif (row.get("action") or "OPT_OUT") not in ("OPT_OUT", "OPT_IN"):
+            rejected.append({"row": number, "reason": "unknown action"})
     return {
         "file": name,
         "rows": len(rows),

@@ -7,6 +7,10 @@
   already there is updated);
 * ``GET /v3/{domain}/unsubscribes/{address}`` -> 200 ``{"address", "tags", "created_at"}`` or
   404 ``{"message": "Address not found in unsubscribers table"}``;
+* ``DELETE /v3/{domain}/unsubscribes/{address}`` -> 200 ``{"message": "Unsubscribe event has
+  been removed", "address"}``, or 404 ``{"message": "Address not found in unsubscribers
+  table"}`` when it is not there:
+  https://documentation.mailgun.com/docs/mailgun/api-reference/send/mailgun/unsubscribe/delete-v3--domainid--unsubscribes--address-
 * ``GET /v3/{domain}/unsubscribes?limit=N[&page=next&address=A]`` -> ``{"items", "paging"}``,
   pages ordered by address, ``paging.next`` continuing after the page's last address;
 * HTTP Basic auth with user ``api`` and the API key, else 401 ``Forbidden`` (plain text, as
@@ -100,6 +104,11 @@ class MailgunStandin(EmailListStandin):
             if record is None:
                 return message(404, "Address not found in unsubscribers table")
             return Response(200, record)
+        if request.method == "DELETE" and address is not None:
+            email = unquote(address).lower()
+            if self.unsubscribed.get(domain, {}).pop(email, None) is None:
+                return message(404, "Address not found in unsubscribers table")
+            return Response(200, {"message": "Unsubscribe event has been removed", "address": email})
         if request.method == "GET":
             return self._list(domain, parse_qs(request.query), request.headers.get("host", "localhost"))
         return message(405, "Method not allowed")

@@ -1,7 +1,7 @@
 """Stand-in of third-party partners' "do not sell/share" endpoints, one per partner name.
 
 ``POST /partners/<name>/opt-outs`` ``{"opt_outs": [{"reference", "email_sha256",
-"phone_sha256", "customer_id_sha256"}]}`` with ``Authorization: Bearer <partner token>``:
+"phone_sha256", "customer_id_sha256", "device_id_sha256"}]}`` with ``Authorization: Bearer <partner token>``:
 
 * 404 unknown partner; 401 wrong token;
 * 503 (+ ``Retry-After: 1``) for a random ``failure_rate`` share of requests;
@@ -16,6 +16,10 @@
   documented answer, to test what the connector does with a partner's bad data;
 * 200 ``{"accepted": [...], "rejected": [{"reference", "reason"}]}``; an opt-out with no
   hash at all is rejected; a reference seen before is accepted again (idempotent).
+
+``POST /partners/<name>/opt-ins`` ``{"opt_ins": [...]}`` (the same items, checks and answers):
+the person opted back in; the partner drops every opt-out it holds that shares a hash with
+the item (this partner API is our own; there is no published standard to follow).
 
 ``GET /partners/<name>/opt-outs`` returns what the partner holds and every raw body it
 was sent (``{"opt_outs", "raw_bodies", "answers"}``), so tests can check that nothing
@@ -35,10 +39,10 @@ from typing import Any
 from services.standins.web import Request, Response, error
 
 MAX_BATCH = 1000
-HASH_FIELDS = frozenset({"email_sha256", "phone_sha256", "customer_id_sha256"})
+HASH_FIELDS = frozenset({"email_sha256", "phone_sha256", "customer_id_sha256", "device_id_sha256"})
 ALLOWED_FIELDS = HASH_FIELDS | {"reference"}
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-_PATH = re.compile(r"^/partners/(?P<name>[a-z0-9_-]{1,64})/opt-outs$")
+_PATH = re.compile(r"^/partners/(?P<name>[a-z0-9_-]{1,64})/(?P<what>opt-outs|opt-ins)$")
 _RAW_PHONE = re.compile(r"\+\d{7,15}")
 
 
@@ -47,13 +51,14 @@ def looks_raw(text: str) -> bool:
     return "@" in text or _RAW_PHONE.search(text) is not None
 
 
-def validate_opt_outs(body: Any) -> tuple[list[dict[str, str]], str | None]:
-    """``(opt-outs, None)``, or ``([], reason)`` when the whole request must be refused."""
-    if not isinstance(body, dict) or set(body) != {"opt_outs"} or not isinstance(body["opt_outs"], list):
-        return [], 'body must be {"opt_outs": [...]}'
-    items = body["opt_outs"]
+def validate_opt_outs(body: Any, key: str = "opt_outs") -> tuple[list[dict[str, str]], str | None]:
+    """``(opt-outs, None)``, or ``([], reason)`` when the whole request must be refused
+    (``key``: ``opt_outs``, or ``opt_ins`` for opting back in)."""
+    if not isinstance(body, dict) or set(body) != {key} or not isinstance(body[key], list):
+        return [], f'body must be {{"{key}": [...]}}'
+    items = body[key]
     if len(items) > MAX_BATCH:
-        return [], f"at most {MAX_BATCH} opt_outs per request"
+        return [], f"at most {MAX_BATCH} {key} per request"
     checked: list[dict[str, str]] = []
     for item in items:
         if not isinstance(item, dict) or not all(isinstance(v, str) for v in item.values()):
@@ -73,6 +78,7 @@ def validate_opt_outs(body: Any) -> tuple[list[dict[str, str]], str | None]:
 class Partner:
     token: str
     opt_outs: dict[str, dict[str, str]] = field(default_factory=dict)  # reference -> opt-out
+    opt_ins: dict[str, dict[str, str]] = field(default_factory=dict)  # reference -> opt-in
     raw_bodies: list[str] = field(default_factory=list)
     answers: Counter[int] = field(default_factory=Counter)
 
@@ -104,17 +110,20 @@ class PartnersStandin:
                     200,
                     {
                         "opt_outs": list(partner.opt_outs.values()),
+                        "opt_ins": list(partner.opt_ins.values()),
                         "raw_bodies": list(partner.raw_bodies),
                         "answers": {str(k): v for k, v in partner.answers.items()},
                     },
                 )
             if request.method != "POST":
                 return error(405, "method not allowed")
-            response = self._receive(partner, request)
+            response = self._receive(
+                partner, request, opting_in=match is not None and match["what"] == "opt-ins"
+            )
             partner.answers[response.status] += 1
             return response
 
-    def _receive(self, partner: Partner, request: Request) -> Response:
+    def _receive(self, partner: Partner, request: Request, opting_in: bool = False) -> Response:
         if request.bearer_token() != partner.token:
             return error(401, "authorization required")
         raw = request.body.decode("utf-8", "replace")
@@ -129,7 +138,7 @@ class PartnersStandin:
             body = request.json()
         except ValueError:
             return error(400, "body is not JSON")
-        items, problem = validate_opt_outs(body)
+        items, problem = validate_opt_outs(body, "opt_ins" if opting_in else "opt_outs")
         if problem is not None:
             return error(400, problem)
         for item in items:
@@ -147,6 +156,13 @@ class PartnersStandin:
             if not HASH_FIELDS & set(item):
                 rejected.append({"reference": item["reference"], "reason": "no identifier hash"})
                 continue
-            partner.opt_outs[item["reference"]] = item
+            if opting_in:
+                hashes = {h for k, h in item.items() if k != "reference"}
+                for reference, held in list(partner.opt_outs.items()):
+                    if hashes & {h for k, h in held.items() if k != "reference"}:
+                        del partner.opt_outs[reference]
+                partner.opt_ins[item["reference"]] = item
+            else:
+                partner.opt_outs[item["reference"]] = item
             accepted.append(item["reference"])
         return Response(200, {"accepted": accepted, "rejected": rejected})

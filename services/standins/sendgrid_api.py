@@ -5,6 +5,11 @@
   ``{"recipient_emails": [...]}`` (idempotent: an address already there is accepted again);
 * ``POST /v3/asm/groups/{group_id}/suppressions`` (same bodies) -> 201;
 * ``GET /v3/asm/suppressions/global/{email}`` -> 200 ``{"recipient_email": ...}`` or ``{}``;
+* ``DELETE /v3/asm/suppressions/global/{email}`` -> 204 No Content (the page documents only
+  that answer; an address not on the list is answered 204 too, our assumption):
+  https://www.twilio.com/docs/sendgrid/api-reference/suppressions-global-suppressions/delete-a-global-suppression
+* ``DELETE /v3/asm/groups/{group_id}/suppressions/{email}`` -> 204:
+  https://www.twilio.com/docs/sendgrid/api-reference/suppressions-suppressions/delete-a-suppression-from-a-suppression-group
 * ``Authorization: Bearer <api key>``, else 401; errors are ``{"errors": [{"field", "message"}]}``.
 
 Checks in order: 401 wrong key; 429 past ``rate_limit_per_second`` requests in the current
@@ -32,6 +37,7 @@ from services.standins.web import Request, Response
 
 GLOBAL_PATH = "/v3/asm/suppressions/global"
 GROUP_PATH = re.compile(r"^/v3/asm/groups/(\d+)/suppressions$")
+GROUP_MEMBER_PATH = re.compile(r"^/v3/asm/groups/(\d+)/suppressions/([^/]+)$")
 KEY_PATH = "/_standin/api_key"
 STATS_PATH = "/_standin/stats"
 MAX_BATCH = 1000
@@ -87,6 +93,13 @@ class SendGridStandin(EmailListStandin):
         group = GROUP_PATH.match(request.path)
         if request.method == "POST" and (request.path == GLOBAL_PATH or group):
             return self._add(request, int(group.group(1)) if group else None, headers)
+        member = GROUP_MEMBER_PATH.match(request.path)
+        if request.method == "DELETE" and (request.path.startswith(GLOBAL_PATH + "/") or member):
+            if member:
+                self.groups.get(int(member.group(1)), set()).discard(unquote(member.group(2)).lower())
+            else:
+                self.suppressed.pop(unquote(request.path[len(GLOBAL_PATH) + 1 :]).lower(), None)
+            return Response(204, None, headers)
         if request.method == "GET" and request.path.startswith(GLOBAL_PATH + "/"):
             email = unquote(request.path[len(GLOBAL_PATH) + 1 :]).lower()
             body = {"recipient_email": email} if email in self.suppressed else {}

@@ -1,6 +1,7 @@
 """``optout run standins``: the email provider, SendGrid, Mailgun, signed-webhook partner
 stand-ins, the Amazon SES (v2) emulator (moto, contact list ``optout`` with topic
-``marketing`` created) and the SFTP mail house's importer when ``standin_sftp_inbox`` is set,
+``marketing`` created), the AWS End User Messaging SMS stand-in (opt-out lists ``Default`` and
+``optout``) and the SFTP mail house's importer when ``standin_sftp_inbox`` is set,
 configured from settings, served until stop is requested."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from services.standins.mailgun_api import MailgunStandin
 from services.standins.partners_api import PartnersStandin
 from services.standins.sendgrid_api import SendGridStandin
 from services.standins.ses_emulator import SesEmulator
+from services.standins.sms_optout_api import SmsOptOutStandin
 from services.standins.web import StandinServer
 from services.standins.webhook_receiver import WebhookPartnersStandin
 
@@ -64,6 +66,14 @@ def mailgun_from(settings: Settings) -> MailgunStandin:
     )
 
 
+def sms_from(settings: Settings) -> SmsOptOutStandin:
+    return SmsOptOutStandin(
+        {settings.standin_sms_access_key_id: settings.standin_sms_secret_access_key},
+        failure_rate=settings.standin_failure_rate,
+        rate_limit_per_second=settings.standin_rate_limit_per_second,
+    )
+
+
 def run(settings: Settings, stop: threading.Event) -> None:
     host = settings.standin_host
     with (
@@ -80,6 +90,7 @@ def run(settings: Settings, stop: threading.Event) -> None:
         StandinServer(sendgrid_from(settings).handle, host, settings.standin_sendgrid_port, "sendgrid"),
         StandinServer(mailgun_from(settings).handle, host, settings.standin_mailgun_port, "mailgun"),
         SesEmulator(host, settings.standin_ses_port),
+        StandinServer(sms_from(settings).handle, host, settings.standin_sms_port, "sms"),
     ):
         importer = None
         if settings.standin_sftp_inbox:

@@ -79,7 +79,8 @@ def _handler_for(app: App, name: str) -> type[BaseHTTPRequestHandler]:
                 body if isinstance(body, bytes) else b"" if body is None else json.dumps(body).encode("utf-8")
             )
             self.send_response(response.status)
-            self.send_header("Content-Type", "application/json")
+            if not any(k.lower() == "content-type" for k in response.headers):
+                self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             for key, value in response.headers.items():
                 self.send_header(key, value)

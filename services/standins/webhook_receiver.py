@@ -17,6 +17,11 @@ shows it):
    timestamps can no longer pass step 2;
 4. answer ``{"results": [{"reference", "status": "accepted" | "rejected", "reason"}]}``.
 
+Events: ``suppression.created`` (``data.opt_outs``: hold these opt-outs) and, when a person
+opts back in, ``suppression.deleted`` (``data.opt_ins``, the same items: drop every opt-out
+held that shares a hash with one). The event types are ours (the specification leaves
+``type`` to the sender); the envelope and signatures are the specification's.
+
 ``WebhookPartnersStandin`` routes ``POST /webhooks/<partner>`` to one receiver per partner
 and adds the test knobs of ``partners_api``: 503 + ``Retry-After`` for a ``failure_rate``
 share, a 400 naming no reference for hashes in ``refused_unnamed``, a rejection with a
@@ -43,17 +48,20 @@ from services.standins.web import Request, Response, error
 
 MAX_BATCH = 1000
 EVENT_TYPE = "suppression.created"
+DELETED_EVENT_TYPE = "suppression.deleted"  # opting back in
 _PATH = re.compile(r"^/webhooks/(?P<name>[a-z0-9_-]{1,64})$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_HASH_FIELD = re.compile(r"^(email|phone|customer_id)_(sha256|hmac_sha256)$")
+_HASH_FIELD = re.compile(r"^(email|phone|customer_id|device_id)_(sha256|hmac_sha256)$")
 
 
-def opt_outs_of(event: Any) -> list[dict[str, str]] | None:
-    """The opt-outs of a ``suppression.created`` event; None when it is not one."""
-    if not isinstance(event, dict) or event.get("type") != EVENT_TYPE:
+def opt_outs_of(event: Any, event_type: str = EVENT_TYPE) -> list[dict[str, str]] | None:
+    """The opt-outs of a ``suppression.created`` event (the opt-ins of a
+    ``suppression.deleted`` one); None when it is not one."""
+    if not isinstance(event, dict) or event.get("type") != event_type:
         return None
     data = event.get("data")
-    items = data.get("opt_outs") if isinstance(data, dict) else None
+    key = "opt_ins" if event_type == DELETED_EVENT_TYPE else "opt_outs"
+    items = data.get(key) if isinstance(data, dict) else None
     if not isinstance(items, list) or len(items) > MAX_BATCH:
         return None
     for item in items:
@@ -83,6 +91,7 @@ class WebhookReceiver:
     clock: Callable[[], float] = time.time
     tolerance_seconds: int = standard_webhooks.TOLERANCE_SECONDS
     held: dict[str, dict[str, str]] = field(default_factory=dict)  # reference -> opt-out
+    opted_in: dict[str, dict[str, str]] = field(default_factory=dict)  # reference -> opt-in
     seen: dict[str, _Seen] = field(default_factory=dict)  # webhook-id -> first answer
     replays: int = 0
 
@@ -106,15 +115,24 @@ class WebhookReceiver:
             self.replays += 1
             return first.response
         try:
-            opt_outs = opt_outs_of(json.loads(body))
+            event = json.loads(body)
         except ValueError:
-            opt_outs = None
-        if opt_outs is None:
-            return error(400, f"body must be a {EVENT_TYPE} event of hashed opt-outs")
+            event = None
+        opt_outs = opt_outs_of(event)
+        opt_ins = opt_outs_of(event, DELETED_EVENT_TYPE)
+        if opt_outs is None and opt_ins is None:
+            return error(400, f"body must be a {EVENT_TYPE} or {DELETED_EVENT_TYPE} event of hashes")
         results = []  # 4: one result per reference
-        for opt_out in opt_outs:
+        for opt_out in opt_outs if opt_outs is not None else opt_ins or []:
             reason = self.decide(opt_out)
-            if reason is None:
+            if reason is None and opt_ins is not None:
+                hashes = {v for k, v in opt_out.items() if k != "reference"}
+                for reference, held in list(self.held.items()):
+                    if hashes & {v for k, v in held.items() if k != "reference"}:
+                        del self.held[reference]
+                self.opted_in[opt_out["reference"]] = opt_out
+                results.append({"reference": opt_out["reference"], "status": "accepted", "reason": None})
+            elif reason is None:
                 self.held[opt_out["reference"]] = opt_out
                 results.append({"reference": opt_out["reference"], "status": "accepted", "reason": None})
             else:
@@ -175,6 +193,7 @@ class WebhookPartnersStandin:
                     200,
                     {
                         "opt_outs": list(partner.receiver.held.values()),
+                        "opt_ins": list(partner.receiver.opted_in.values()),
                         "raw_bodies": list(partner.raw_bodies),
                         "answers": {str(k): v for k, v in partner.answers.items()},
                         "replays": partner.receiver.replays,

@@ -71,7 +71,16 @@ def postal_sha256(address: Mapping[str, Any] | None) -> str | None:
 def entries_of(request: OptOutRequest) -> list[Entry]:
     """The identifiers of ``request`` the suppression list keeps (none for a customer id
     alone: it is not a contact detail and stays on the request)."""
-    return identifier_entries(request.email, request.phone, request.postal_address)
+    found = identifier_entries(request.email, request.phone, request.postal_address)
+    added = request.enrichment  # what the customer directory added (services/intake/enrich.py)
+    if added:
+        for email in added.emails:
+            found += identifier_entries(email, None, None)
+        for phone in added.phones:
+            found += identifier_entries(None, phone, None)
+        for address in added.postal_addresses:
+            found += identifier_entries(None, None, address)
+    return found
 
 
 def identifier_entries(

@@ -4,10 +4,11 @@ their requests are removed at once (not at the end of the retention period).
 A person is named by an email, a phone, a customer id or a postal address. Their requests
 are those carrying that identifier, and those sharing an email, phone or customer id with
 these (one step). Their entries are the identifiers named and every email and phone on
-their requests. A postal address is often a household's: its entry goes only when it was
-named, or when no request of anybody else carries it, so that erasing one person never
-ends the suppression of another. The contact details of their requests are removed; what
-stays is hashes, customer id, scopes, timestamps and outcomes.
+their requests, including those the customer directory added to them. A postal address is
+often a household's: its entry goes only when it was named, or when no request of anybody
+else carries it, so that erasing one person never ends the suppression of another. The
+contact details of their requests are removed; what stays is hashes, customer id, scopes,
+timestamps and outcomes.
 
 Used by ``optout erase`` (a deletion request); an opt-in that ends every suppression calls
 the same function.
@@ -58,6 +59,13 @@ SELECT DISTINCT postal_sha256 FROM requests
 WHERE postal_sha256 = ANY(%(postal)s) AND NOT (event_id = ANY(%(events)s))
 """
 
+# The identifiers the customer directory added to the person's requests (their hashes).
+_ADDED = """
+SELECT s->>'kind', s->>'sha256'
+FROM requests r, jsonb_array_elements(r.identifier_sources) AS s
+WHERE r.event_id = ANY(%(events)s) AND r.identifier_sources IS NOT NULL AND s->>'source' = 'directory'
+"""
+
 _DELETE = """
 DELETE FROM suppression_list s USING unnest(%(kinds)s::text[], %(hashes)s::text[]) AS k(kind, h)
 WHERE s.kind = k.kind AND s.sha256 = k.h
@@ -65,9 +73,12 @@ WHERE s.kind = k.kind AND s.sha256 = k.h
 
 _CLEAR = """
 UPDATE requests
-SET email = NULL, phone = NULL, postal_address = NULL, pii_purged_at = coalesce(pii_purged_at, %(now)s)
+SET email = NULL, phone = NULL, postal_address = NULL, directory_identifiers = NULL,
+    device_id = NULL,
+    pii_purged_at = coalesce(pii_purged_at, %(now)s)
 WHERE event_id = ANY(%(events)s)
-  AND (email IS NOT NULL OR phone IS NOT NULL OR postal_address IS NOT NULL)
+  AND (email IS NOT NULL OR phone IS NOT NULL OR postal_address IS NOT NULL
+       OR directory_identifiers IS NOT NULL OR device_id IS NOT NULL)
 """
 
 
@@ -108,7 +119,12 @@ def erase_person(conn: psycopg.Connection[Any], person: Person, now: datetime) -
         result.open_requests = sorted(str(r[0]) for r in rows if r[1] != "CONFIRMED")
         emails |= _present(r[2] for r in rows)
         phones |= _present(r[3] for r in rows)
-        addresses = _present(r[4] for r in rows) - set(person.postal_sha256)
+        added = conn.execute(_ADDED, {"events": events}).fetchall()
+        emails |= {str(h) for k, h in added if k == Kind.EMAIL.value}
+        phones |= {str(h) for k, h in added if k == Kind.PHONE.value}
+        addresses = (
+            _present(r[4] for r in rows) | {str(h) for k, h in added if k == Kind.POSTAL.value}
+        ) - set(person.postal_sha256)
         shared = {
             str(r[0])
             for r in conn.execute(

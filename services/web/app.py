@@ -15,6 +15,12 @@ Routes (TOKEN is minted by ``services.web.tokens.mint``):
   ``Authorization: Bearer``), or ``GET`` with the Bearer header from a script (never a plain
   navigation, never a token in the URL): one THIRD_PARTY_SHARING opt-out (source
   GPC_SIGNAL) per customer and jurisdiction.
+* ``GET <web_gpc_path>`` without a token: a browser's page. With ``Sec-GPC: 1`` a first-party
+  device id cookie (set when absent) and one THIRD_PARTY_SHARING opt-out for that device
+  (``device_id`` only); the page shows "Opt-Out Request Honored" or not yet, from PostgreSQL.
+  Every applied signal is logged in ``gpc_signals`` (``services.web.gpclog``).
+* ``POST /u/resubscribe`` (token in the body): an explicit opt-in (action OPT_IN) for scopes
+  the link had stopped.
 
 Every response carries the security headers; every other route but /healthz is rate
 limited per client address (``services.web.ratelimit``: trusted proxies, IPv6 by /64);
@@ -23,12 +29,14 @@ bodies are size-limited; bad tokens get a 400 page and publish nothing.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -47,27 +55,44 @@ from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.publisher.publish import Prepared
 from services.web import pages
+from services.web.device import (
+    device_event_id,
+    device_from_cookies,
+    new_device_id,
+    set_cookie_header,
+    subject_sha256,
+    user_agent_family,
+)
+from services.web.gpclog import GpcSignal, SignalLog, SignalLogUnavailable
 from services.web.publishing import AsyncPublisher, PublishUnavailable
 from services.web.ratelimit import Network, RateLimiter, bucket_key, client_address, parse_trusted_proxies
 from services.web.requests import (
     ChoiceError,
     FormError,
     check_actionable,
+    device_gpc_fields,
     gpc_fields,
     is_one_click,
+    latest_actions,
     one_click_fields,
     page_fields,
     parse_choice,
     parse_form,
+    parse_resubscribe,
+    resubscribable,
+    resubscribe_fields,
 )
 from services.web.status import StatusReader, StatusUnavailable
 from services.web.tokens import (
+    MAX_ROUNDS,
     KeyRing,
     Purpose,
     TokenError,
     VerifiedToken,
-    candidate_event_ids,
+    gpc_event_id,
     keyring_from_settings,
+    optin_event_ids,
+    token_event_ids,
     verify,
 )
 
@@ -81,7 +106,13 @@ WEB_PUBLISH_SECONDS = Histogram(
     "Time from produce to broker acknowledgement.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+GPC_LOG_FAILURES = Counter(
+    "optout_web_gpc_log_failures_total",
+    "Applied GPC signals the signal log (gpc_signals) could not record: the opt-out was "
+    "published, but the proof for a regulator is missing.",
+)
 GPC_SEEN_MAX = 100_000
+ROUND_LOOKUP_SECONDS = 1.0
 MAX_REFS = 8
 # ``POST /u/TOKEN`` (one-click): limited per token by the handler, not per address.
 ONE_CLICK_PATH = re.compile(r"^/u/[^/]+\.[^/]+$")
@@ -100,6 +131,12 @@ class Statuses(Protocol):
     async def requests(
         self, event_ids: Sequence[str], refs: Sequence[str] = (), customer_id: str | None = None
     ) -> list[pages.RequestView]: ...
+
+
+class SignalLogger(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def record(self, signal: GpcSignal) -> None: ...
 
 
 class BodyTooLarge(Exception):
@@ -221,8 +258,10 @@ class WebApp:
         statuses: Statuses,
         clock: Clock,
         limiter: RateLimiter,
+        signal_log: SignalLogger,
     ) -> None:
         self.settings = settings
+        self.signal_log = signal_log
         self.ring = ring
         self.publisher = publisher
         self.statuses = statuses
@@ -273,7 +312,8 @@ class WebApp:
                 "Expected the body List-Unsubscribe=One-Click (RFC 8058).\n", status_code=400
             )
         try:
-            prepared = self.publisher.prepare(one_click_fields(token, self.clock.now()))
+            round_ = await self._round(token)
+            prepared = self.publisher.prepare(one_click_fields(token, self.clock.now(), round_))
             check_actionable(prepared.request, self.settings.destinations)
         except (PoisonMessage, ValueError) as exc:
             WEB_REQUESTS.labels("one_click", "invalid").inc()
@@ -293,7 +333,97 @@ class WebApp:
         except TokenError as exc:
             return self._bad_token("page", exc)
         WEB_REQUESTS.labels("page", "shown").inc()
-        return _html(pages.choose_page(request.path_params["token"], token.claims))
+        try:
+            _allowed, offered, _round = await asyncio.wait_for(
+                self._resubscribe_offers(token), ROUND_LOOKUP_SECONDS
+            )
+        except (StatusUnavailable, TimeoutError):
+            offered = []  # the page still works; only "resubscribe" waits for the database
+        return _html(pages.choose_page(request.path_params["token"], token.claims, resubscribe=offered))
+
+    async def _history(self, token: VerifiedToken) -> list[pages.RequestView]:
+        """The recorded requests through ``token`` (without a typed address), each marked
+        opt-out or opt-in; ``StatusUnavailable`` when the database does not answer."""
+        ids = token_event_ids(token)
+        views = await self.statuses.requests(list(ids))
+        return [replace(v, action=ids[v.event_id]) for v in views]
+
+    async def _round(self, token: VerifiedToken) -> int:
+        """Resubscribes recorded through ``token``: an opt-out after one gets a new event id
+        (``request_event_id``). Without the database: 0, the id such links always had."""
+        try:
+            # Bounded: one-click must answer even while the database is slow or down.
+            return len(
+                await asyncio.wait_for(self.statuses.requests(optin_event_ids(token)), ROUND_LOOKUP_SECONDS)
+            )
+        except (StatusUnavailable, TimeoutError):
+            log.warning("resubscribes of a link unknown (database unavailable); using round 0")
+            return 0
+
+    async def _resubscribe_offers(
+        self, token: VerifiedToken
+    ) -> tuple[list[OptOutScope], list[OptOutScope], int]:
+        """(what the person may opt back into now: each choice whose newest request through
+        this link is an opt-out, or an opt-in (the same form posted again); of those, what the
+        page offers: the stopped ones; the round of the next resubscribe)."""
+        views = await self._history(token)
+        round_ = _opt_ins(views)
+        if round_ >= MAX_ROUNDS:
+            return [], [], round_  # the page says nothing; contact us
+        latest = latest_actions((v.requested_at, v.action, v.scopes) for v in views)
+        stopped = [scope.value for scope, action in latest.items() if action == "OPT_OUT"]
+        back = [scope.value for scope, action in latest.items() if action == "OPT_IN"]
+        offered = resubscribable(token.claims, stopped)
+        return resubscribable(token.claims, stopped + back), offered, round_
+
+    async def resubscribe_posted(self, request: Request) -> Response:
+        """``POST /u/resubscribe`` with the token (``t``) and the scopes to receive again:
+        one OptOutRequested with action OPT_IN. Like the other forms it needs the token in
+        the body (a forged cross-site form has none); a browser's ``Sec-Fetch-Site:
+        cross-site`` is refused as well, as opting back in is the one choice here that
+        restarts marketing."""
+        if request.headers.get("sec-fetch-site", "") == "cross-site":
+            WEB_REQUESTS.labels("resubscribe", "cross_site").inc()
+            return _html(
+                pages.message_page("Something went wrong", "Please use the form on our own page."), 403
+            )
+        got = await self._token_form(request, "resubscribe")
+        if isinstance(got, Response):
+            return got
+        raw_token, token, form = got
+        try:
+            allowed, offered, round_ = await self._resubscribe_offers(token)
+        except StatusUnavailable:
+            WEB_REQUESTS.labels("resubscribe", "unavailable").inc()
+            return _html(pages.UNAVAILABLE, 503, {"Retry-After": "5"})
+        try:
+            scopes = parse_resubscribe(form, allowed)
+            prepared = self.publisher.prepare(resubscribe_fields(token, scopes, self.clock.now(), round_))
+            check_actionable(prepared.request, self.settings.destinations)
+        except ChoiceError as exc:
+            WEB_REQUESTS.labels("resubscribe", "invalid").inc()
+            page = pages.choose_page(raw_token, token.claims, resubscribe=offered, resubscribe_error=str(exc))
+            return _html(page, 400)
+        except (PoisonMessage, ValueError):
+            WEB_REQUESTS.labels("resubscribe", "invalid").inc()
+            message = "We cannot act on that choice for this link. Please contact us and we will help."
+            page = pages.choose_page(raw_token, token.claims, resubscribe=offered, resubscribe_error=message)
+            return _html(page, 400)
+        try:
+            await self._publish(prepared)
+        except PublishUnavailable as exc:
+            return _unavailable(exc, "resubscribe")
+        WEB_REQUESTS.labels("resubscribe", "published").inc()
+        record = prepared.record
+        return _html(
+            pages.resubscribed_page(
+                raw_token,
+                token.claims,
+                str(record["event_id"]),
+                list(record["scopes"]),
+                prepared.request.due_at,
+            )
+        )
 
     async def choose(self, request: Request) -> Response:
         """``POST /u/TOKEN/choose`` (pages rendered before the token moved into the body)."""
@@ -326,7 +456,8 @@ class WebApp:
         typed = {k: v[0] for k, v in form.items() if k.startswith("addr_") and v}
         try:
             choice = parse_choice(form, token)
-            prepared = self.publisher.prepare(page_fields(token, choice, self.clock.now()))
+            round_ = await self._round(token)
+            prepared = self.publisher.prepare(page_fields(token, choice, self.clock.now(), round_))
             check_actionable(prepared.request, self.settings.destinations)
         except ChoiceError as exc:
             WEB_REQUESTS.labels("choose", "invalid").inc()
@@ -378,7 +509,9 @@ class WebApp:
         wants_json = "application/json" in request.headers.get("accept", "") or format_ == "json"
         refs = [ref for ref in refs if ref][:MAX_REFS]
         try:
-            views = await self.statuses.requests(candidate_event_ids(token), refs, token.claims.customer_id)
+            ids = token_event_ids(token)
+            views = await self.statuses.requests(list(ids), refs, token.claims.customer_id)
+            views = [replace(v, action=ids.get(v.event_id, v.action)) for v in views]
         except StatusUnavailable:
             WEB_REQUESTS.labels("status", "unavailable").inc()
             if wants_json:
@@ -406,6 +539,7 @@ class WebApp:
                             "confirmed_at": _iso(v.confirmed_at),
                             "destinations_done": v.destinations_done,
                             "destinations_total": v.destinations_total,
+                            "action": v.action,
                         }
                         for v in views
                     ],
@@ -415,9 +549,10 @@ class WebApp:
 
     # --- Global Privacy Control -----------------------------------------------
     async def gpc(self, request: Request) -> Response:
-        """The GPC signal. It changes state only on POST, or on a GET that is not a plain
-        navigation (a script's ``fetch`` with the Bearer header): browsers with GPC on send
-        ``Sec-GPC: 1`` with every request, so following a link is no request to act."""
+        """The GPC signal. With a customer token (POST body ``t`` or a Bearer header) it is
+        the customer's: it changes state only on POST, or on a GET that is not a plain
+        navigation (a script's ``fetch``). Without a token, a GET is a browser's: with
+        ``Sec-GPC: 1`` it opts the browser's pseudonymous device id out (``_gpc_device``)."""
         if "t" in request.query_params:
             WEB_REQUESTS.labels("gpc", "token_in_url").inc()
             return JSONResponse(
@@ -426,6 +561,8 @@ class WebApp:
             )
         auth = request.headers.get("authorization", "")
         raw = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        if request.method != "POST" and not raw:
+            return await self._gpc_device(request)
         if request.method == "POST" and not raw:
             try:
                 raw = _first(await self._form(request), "t")
@@ -438,34 +575,152 @@ class WebApp:
         except TokenError as exc:
             WEB_REQUESTS.labels("gpc", f"token_{exc.reason}").inc()
             return JSONResponse({"error": "invalid token"}, 400)
+        # A browser posting the site's form (no script) gets the page; scripts get JSON.
+        html = request.method == "POST" and "text/html" in request.headers.get("accept", "")
         vary = {"Vary": "Sec-GPC"}
-        if request.headers.get("sec-gpc", "").strip() != "1":
+        signal = request.headers.get("sec-gpc", "").strip() == "1"
+        if not signal:
             WEB_REQUESTS.labels("gpc", "no_signal").inc()
+            if html:
+                return await self._gpc_customer_page(token, raw, signal, recorded=False)
             return JSONResponse({"gpc": False, "recorded": False}, headers=vary)
         if request.method != "POST" and request.headers.get("sec-fetch-mode", "") == "navigate":
             WEB_REQUESTS.labels("gpc", "navigation").inc()
             return JSONResponse({"gpc": True, "recorded": False}, headers=vary)
         fields = gpc_fields(token, self.clock.now())
         event_id = str(fields["event_id"])
+        published = False
         if event_id in self._gpc_seen:
             WEB_REQUESTS.labels("gpc", "already_sent").inc()
-            return JSONResponse({"gpc": True, "recorded": True, "event_id": event_id}, headers=vary)
+        else:
+            try:
+                prepared = self.publisher.prepare(fields)
+                check_actionable(prepared.request, self.settings.destinations)
+            except (PoisonMessage, ValueError):
+                WEB_REQUESTS.labels("gpc", "invalid").inc()
+                return JSONResponse({"error": "invalid token"}, 400)
+            try:
+                await self._publish(prepared)
+            except PublishUnavailable as exc:
+                WEB_REQUESTS.labels("gpc", "unavailable").inc()
+                if html:
+                    return _html(pages.UNAVAILABLE, 503, {"Retry-After": str(exc.retry_after)})
+                return JSONResponse({"error": "try again"}, 503, {"Retry-After": str(exc.retry_after)})
+            self._remember_gpc(event_id)
+            published = True
+            WEB_REQUESTS.labels("gpc", "published").inc()
+        customer_id = str(fields["customer_id"])
+        await self._log_signal(
+            request, "customer", customer_id, event_id, published, token.claims.jurisdiction
+        )
+        if html:
+            return await self._gpc_customer_page(token, raw, signal, recorded=True)
+        return JSONResponse({"gpc": True, "recorded": True, "event_id": event_id}, headers=vary)
+
+    async def _gpc_customer_page(
+        self, token: VerifiedToken, raw: str, signal: bool, recorded: bool
+    ) -> Response:
+        customer_id = token.claims.customer_id or ""
+        event_ids = [gpc_event_id(customer_id, token.claims.jurisdiction)]
+        state, views = await self._gpc_state(event_ids, recorded)
+        page = pages.gpc_page(state, signal, views, self.settings.web_gpc_path, token=raw)
+        return _html(page, headers={"Vary": "Sec-GPC"})
+
+    async def _gpc_device(self, request: Request) -> Response:
+        """``GET <gpc path>`` from a browser without a token: with ``Sec-GPC: 1``, a first-
+        party device id (cookie, set when absent) and one THIRD_PARTY_SHARING opt-out for it
+        (source GPC_SIGNAL, action OPT_OUT, one event id per device); the page shows whether
+        it was honoured (CCPA regulations § 7025(c)(1) and (c)(6)). The signal itself is the
+        request (§ 7025(c)(2): nothing more may be asked), and applying it again changes
+        nothing, so a navigation is enough."""
+        secure = self.settings.web_device_cookie_secure
+        device = device_from_cookies(request.headers.get("cookie", ""), secure)
+        signal = request.headers.get("sec-gpc", "").strip() == "1"
+        headers = {"Vary": "Sec-GPC, Cookie"}
+        recorded = device is not None
+        if signal:
+            if device is None:
+                device = new_device_id()
+                headers["Set-Cookie"] = set_cookie_header(
+                    device, secure, self.settings.web_device_cookie_days
+                )
+            fields = device_gpc_fields(device, self.clock.now())
+            event_id = str(fields["event_id"])
+            published = False
+            if event_id in self._gpc_seen:
+                WEB_REQUESTS.labels("gpc_device", "already_sent").inc()
+            else:
+                try:
+                    prepared = self.publisher.prepare(fields)
+                    check_actionable(prepared.request, self.settings.destinations)
+                except (PoisonMessage, ValueError) as exc:
+                    # No destination of the destinations file takes a device id.
+                    WEB_REQUESTS.labels("gpc_device", "not_actionable").inc()
+                    log.error("a device's GPC opt-out cannot be routed", reason=str(exc))
+                    return _html(pages.UNAVAILABLE, 503, {"Retry-After": "60"})
+                try:
+                    await self._publish(prepared)
+                except PublishUnavailable as exc:
+                    WEB_REQUESTS.labels("gpc_device", "unavailable").inc()
+                    # Keep the cookie: the browser's next try is the same request.
+                    return _html(pages.UNAVAILABLE, 503, {**headers, "Retry-After": str(exc.retry_after)})
+                self._remember_gpc(event_id)
+                published = True
+                WEB_REQUESTS.labels("gpc_device", "published").inc()
+            await self._log_signal(request, "device", device, event_id, published, None)
+            recorded = True
+        else:
+            WEB_REQUESTS.labels("gpc_device", "no_signal").inc()
+        event_ids = [device_event_id(device)] if device is not None else []
+        state, views = await self._gpc_state(event_ids, recorded)
+        if _wants_json(request):
+            body: dict[str, object] = {"gpc": signal, "recorded": recorded, "state": state}
+            if event_ids:
+                body["event_id"] = event_ids[0]
+            return JSONResponse(body, headers=headers)
+        return _html(pages.gpc_page(state, signal, views, self.settings.web_gpc_path), headers=headers)
+
+    async def _gpc_state(
+        self, event_ids: Sequence[str], recorded: bool
+    ) -> tuple[str, list[pages.RequestView]]:
+        if not event_ids:
+            return pages.gpc_state([], recorded), []
         try:
-            prepared = self.publisher.prepare(fields)
-            check_actionable(prepared.request, self.settings.destinations)
-        except (PoisonMessage, ValueError):
-            WEB_REQUESTS.labels("gpc", "invalid").inc()
-            return JSONResponse({"error": "invalid token"}, 400)
-        try:
-            await self._publish(prepared)
-        except PublishUnavailable as exc:
-            WEB_REQUESTS.labels("gpc", "unavailable").inc()
-            return JSONResponse({"error": "try again"}, 503, {"Retry-After": str(exc.retry_after)})
+            views = await self.statuses.requests(event_ids)
+        except StatusUnavailable:
+            return pages.gpc_state([], recorded, status_known=False), []
+        return pages.gpc_state(views, recorded or bool(views)), views
+
+    def _remember_gpc(self, event_id: str) -> None:
         self._gpc_seen[event_id] = event_id
         while len(self._gpc_seen) > GPC_SEEN_MAX:
             self._gpc_seen.popitem(last=False)
-        WEB_REQUESTS.labels("gpc", "published").inc()
-        return JSONResponse({"gpc": True, "recorded": True, "event_id": event_id}, headers=vary)
+
+    async def _log_signal(
+        self,
+        request: Request,
+        kind: str,
+        subject: str,
+        event_id: str,
+        published: bool,
+        jurisdiction: str | None,
+    ) -> None:
+        """One row in ``gpc_signals`` (no raw id, no IP). The opt-out is already on the
+        broker, so a failure here is counted and logged, not shown to the person."""
+        signal = GpcSignal(
+            seen_at=self.clock.now(),
+            subject_kind=kind,
+            subject_sha256=subject_sha256(kind, subject),
+            event_id=event_id,
+            published=published,
+            user_agent_family=user_agent_family(request.headers.get("user-agent", "")),
+            jurisdiction=jurisdiction,
+        )
+        try:
+            await self.signal_log.record(signal)
+        except SignalLogUnavailable as exc:
+            GPC_LOG_FAILURES.inc()
+            log.warning("applied GPC signal not logged", reason=str(exc), event_id=event_id)
 
     async def health(self, _request: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -482,6 +737,15 @@ class WebApp:
     def _too_large(self, route: str) -> Response:
         WEB_REQUESTS.labels(route, "too_large").inc()
         return _html(pages.TOO_LARGE, 413)
+
+
+def _opt_ins(views: Sequence[pages.RequestView]) -> int:
+    return sum(1 for v in views if v.action == "OPT_IN")
+
+
+def _wants_json(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "text/html" not in accept
 
 
 def _first(form: Mapping[str, list[str]], name: str) -> str:
@@ -504,6 +768,7 @@ def create_app(
     statuses: Statuses | None = None,
     clock: Clock | None = None,
     ring: KeyRing | None = None,
+    signal_log: SignalLogger | None = None,
 ) -> Starlette:
     """The web app; dependencies default to the real producer, database and system clock."""
     the_clock = clock or SystemClock()
@@ -514,19 +779,30 @@ def create_app(
     limiter = RateLimiter(
         settings.web_rate_limit_per_second, settings.web_rate_limit_burst, the_clock.monotonic
     )
+    the_signal_log: SignalLogger = signal_log or SignalLog(
+        settings.dsn(), prepared_statements=settings.database_prepared_statements
+    )
     web = WebApp(
-        settings, ring or keyring_from_settings(settings), the_publisher, the_statuses, the_clock, limiter
+        settings,
+        ring or keyring_from_settings(settings),
+        the_publisher,
+        the_statuses,
+        the_clock,
+        limiter,
+        the_signal_log,
     )
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         the_publisher.start()
         await the_statuses.open()
+        await the_signal_log.open()
         try:
             yield
         finally:
             await run_in_threadpool(the_publisher.close)
             await the_statuses.close()
+            await the_signal_log.close()
 
     gpc_path = settings.web_gpc_path
     routes = [
@@ -534,6 +810,7 @@ def create_app(
         Route("/favicon.ico", web.favicon, methods=["GET"]),
         Route("/u/choose", web.choose_posted, methods=["POST"]),
         Route("/u/status", web.status_posted, methods=["POST"]),
+        Route("/u/resubscribe", web.resubscribe_posted, methods=["POST"]),
         Route("/u/{token}", web.page, methods=["GET"]),
         Route("/u/{token}", web.one_click, methods=["POST"]),
         Route("/u/{token}/choose", web.choose, methods=["POST"]),

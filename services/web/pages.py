@@ -63,6 +63,8 @@ border:1px solid #6b7280;border-radius:6px;background:#fff}
 .alert{border-left:4px solid #b3261e;background:#fef2f2;padding:.75rem 1rem;margin:0 0 1rem;border-radius:4px}
 .ok{border-left:4px solid #15803d;background:#f0fdf4;padding:.75rem 1rem;margin:0 0 1rem;border-radius:4px}
 .ok h1{margin-top:0}
+.wait{border-left:4px solid #a16207;background:#fefce8;padding:.75rem 1rem;margin:0 0 1rem;border-radius:4px}
+.wait h1{margin-top:0}
 ol,ul{padding-left:1.25rem}
 li{margin:.375rem 0}
 .requests{list-style:none;padding:0}
@@ -113,6 +115,7 @@ class RequestView:
     confirmed_at: datetime | None
     destinations_done: int
     destinations_total: int
+    action: str = "OPT_OUT"  # OPT_IN: a resubscribe (contract version 2)
 
 
 def _e(value: object) -> str:
@@ -179,6 +182,8 @@ def choose_page(
     error: str | None = None,
     selected: Sequence[Scope] = (),
     address: dict[str, str] | None = None,
+    resubscribe: Sequence[Scope] = (),
+    resubscribe_error: str | None = None,
 ) -> str:
     has_address = claims.postal_address is not None
     postal = offers_postal(claims)
@@ -231,9 +236,52 @@ def choose_page(
         f"{address_block}"
         '<button class="secondary" type="submit">Save my choices</button></form>'
         '<p class="hint">Nothing changes until you press a button.</p>'
+        f"{_resubscribe_form(token, resubscribe, resubscribe_error)}"
         f"{_status_form(token, 'See the status of a request you already made')}"
     )
     return _layout("Unsubscribe", body)
+
+
+RESUBSCRIBE_ACTION = "/u/resubscribe"
+
+
+def _resubscribe_form(token: str, offered: Sequence[Scope], error: str | None) -> str:
+    """ "Changed your mind?": opt back in to what this link stopped (no JavaScript)."""
+    if not offered:
+        return ""
+    alert = f'<div class="alert" role="alert" id="resubscribe-problem">{_e(error)}</div>' if error else ""
+    options = []
+    for scope in offered:
+        label, hint = SCOPE_TEXT[scope]
+        ident = f"resub-{scope.value.lower().replace('_', '-')}"
+        options.append(
+            f'<div class="opt"><input type="checkbox" name="scope" value="{_e(scope.value)}" '
+            f'id="{ident}" checked><label for="{ident}">{_e(label)}<span class="hint">'
+            f"{_e(hint)}</span></label></div>"
+        )
+    return (
+        f'<h2 id="resubscribe-heading">Changed your mind?</h2>{alert}'
+        f'<form method="post" action="{RESUBSCRIBE_ACTION}" aria-labelledby="resubscribe-heading">'
+        f"{_token_field(token)}"
+        f"<fieldset><legend>You stopped these. Receive again:</legend>{''.join(options)}</fieldset>"
+        '<button class="secondary" type="submit" id="resubscribe">Resubscribe</button></form>'
+    )
+
+
+def resubscribed_page(
+    token: str, claims: Claims, event_id: str, scopes: Sequence[str], due_at: datetime
+) -> str:
+    base = link_base(token)
+    body = (
+        '<div class="ok" role="status"><h1>Resubscribed</h1>'
+        f"<p>We have your request to receive again: {_scope_list(scopes)}, for {_who(claims)}.</p></div>"
+        "<p>We tell each of our systems that had stopped, and the status turns to "
+        f"<strong>Confirmed</strong> when all of them have, at the latest by {_e(_date(due_at))}.</p>"
+        f"<p>Your reference: <code>{_e(event_id)}</code></p>"
+        f"{_status_form(token, 'Check the status', [event_id])}"
+        f'<p class="links"><a href="{_e(base)}">Back to your choices</a></p>'
+    )
+    return _layout("Resubscribed", body)
 
 
 def _address_fields(values: dict[str, str], open_: bool) -> str:
@@ -305,8 +353,9 @@ def status_page(token: str, claims: Claims, views: Sequence[RequestView], refs: 
                 else f"{view.destinations_done} of {view.destinations_total} systems done; "
                 f"due by {_date(view.due_at)}."
             )
+            verb = "Receive again" if view.action == "OPT_IN" else "Stop"
             items.append(
-                f"<li><strong>{_scope_list(view.scopes).capitalize()}</strong><br>"
+                f"<li><strong>{verb}: {_scope_list(view.scopes)}</strong><br>"
                 f'<span class="state {v_css}" data-state="{_e(v_key)}">{_e(v_text)}</span> '
                 f'<span class="hint">Requested {_e(_date(view.requested_at))}. {_e(detail)}</span>'
                 f'<br><span class="hint">Reference <code>{_e(view.event_id)}</code></span></li>'
@@ -345,3 +394,97 @@ UNAVAILABLE = message_page(
 TOO_MANY = message_page("Too many requests", "Please wait a moment and try again.")
 TOO_LARGE = message_page("Request too large", "That request was larger than we accept.")
 NOT_FOUND = message_page("Page not found", "There is no page at this address.")
+
+
+# --- Global Privacy Control ------------------------------------------------------------
+# CCPA regulations § 7025(c)(6) (in force 2026): the business must display whether it has
+# processed the opt-out preference signal, e.g. "Opt-Out Request Honored".
+GPC_STATES = {
+    # key: (headline, css class of the box)
+    "honored": ("Opt-Out Request Honored", "ok"),
+    "pending": ("Opt-out request received, not yet honored", "wait"),
+    "recorded": ("Opt-out request recorded, not yet honored", "wait"),
+    "attention": ("Opt-out request not yet honored", "alert"),
+    "unknown": ("Opt-out request recorded", "wait"),
+    "none": ("No Global Privacy Control signal", "ok"),
+}
+
+
+def gpc_state(views: Sequence[RequestView], recorded: bool, status_known: bool = True) -> str:
+    """honored | pending | recorded | attention | unknown | none, from the request's state in
+    the database (``views``) and whether a signal was recorded for it now or before."""
+    if not status_known:
+        return "unknown" if recorded else "none"
+    if not views:
+        return "recorded" if recorded else "none"
+    overall = overall_state(views)
+    return {"confirmed": "honored", "needs attention": "attention"}.get(overall, "pending")
+
+
+def gpc_page(
+    state: str, signal: bool, views: Sequence[RequestView], gpc_path: str, token: str | None = None
+) -> str:
+    """What we did with this browser's GPC signal (by its cookie), or an account's (by its
+    GPC ``token``), without JavaScript. "Check again" is a link (a browser) or a form
+    posting the token (an account: never a token in a URL)."""
+    whom = "your account" if token else "this browser"
+    headline, css = GPC_STATES[state]
+    view = views[0] if views else None
+    if state == "honored" and view is not None and view.confirmed_at is not None:
+        detail = (
+            f"We do not sell or share personal information linked to {whom} with third parties. "
+            f"Every system that shares data confirmed it on {_date(view.confirmed_at)}."
+        )
+    elif state == "pending" and view is not None:
+        detail = (
+            f"We are telling every system that shares data to stop for {whom}: "
+            f"{view.destinations_done} of {view.destinations_total} done; due by {_date(view.due_at)}."
+        )
+    elif state == "recorded":
+        detail = (
+            f"We recorded the opt-out of sale and sharing for {whom} and are passing it on. "
+            "This usually takes minutes."
+        )
+    elif state == "attention":
+        detail = (
+            "A system that shares data has not accepted the opt-out yet. We have been alerted and "
+            "will resolve it; nothing is needed from you."
+        )
+    elif state == "unknown":
+        detail = (
+            f"We recorded the opt-out of sale and sharing for {whom}, but cannot look up its "
+            "progress right now. Please check again in a minute."
+        )
+    else:
+        detail = (
+            "Your browser is not sending a Global Privacy Control signal, so nothing was changed. "
+            "Turn on Global Privacy Control in your browser's privacy settings and it will be "
+            "honoured here without anything else to do."
+        )
+    note = ""
+    if not signal and state != "none":
+        note = (
+            '<p class="hint">Your browser is not sending the signal right now; the opt-out it '
+            "sent before still stands.</p>"
+        )
+    elif signal:
+        note = (
+            '<p class="hint">Your browser sends Global Privacy Control (<code>Sec-GPC: 1</code>). '
+            "We treat it as a request to opt out of the sale and sharing of your personal "
+            "information, without asking you for anything.</p>"
+        )
+    reference = f'<p class="hint">Reference <code>{_e(view.event_id)}</code></p>' if view is not None else ""
+    if token:
+        again = (
+            f'<form method="post" action="{_e(gpc_path)}">{_token_field(token)}'
+            '<button class="secondary" type="submit">Check again</button></form>'
+        )
+    else:
+        again = f'<p class="links"><a href="{_e(gpc_path)}" id="check-again">Check again</a></p>'
+    body = (
+        f'<div class="{css}" role="status"><h1 id="gpc-state" data-state="{_e(state)}">'
+        f"{_e(headline)}</h1><p>{_e(detail)}</p></div>"
+        f"{note}{reference}"
+        f"{again}"
+    )
+    return _layout("Global Privacy Control", body)

@@ -7,6 +7,7 @@ following the email's link is ``EMAIL_LINK``; the Global Privacy Control endpoin
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.parser import BytesParser
@@ -14,12 +15,13 @@ from email.policy import HTTP
 from typing import Any
 from urllib.parse import parse_qs
 
-from services.common.contract import Destinations, Scope, Source
+from services.common.contract import Action, Destinations, Scope, Source
 from services.common.errors import PoisonMessage
 from services.common.records import PostalAddressRecord
 from services.domain.planning import applicable_destinations
 from services.domain.validation import OptOutRequest, normalize_postal_address, validate_request
-from services.web.tokens import Claims, VerifiedToken, gpc_event_id, request_event_id
+from services.web.device import device_event_id
+from services.web.tokens import Claims, VerifiedToken, gpc_event_id, optin_event_id, request_event_id
 
 MAX_FIELDS = 32
 ONE_CLICK_FIELD = "List-Unsubscribe"
@@ -178,11 +180,12 @@ def _identity(token: VerifiedToken) -> dict[str, Any]:
     return {"customer_id": claims.customer_id, "email": claims.email, "jurisdiction": claims.jurisdiction}
 
 
-def one_click_fields(token: VerifiedToken, now: datetime) -> dict[str, Any]:
+def one_click_fields(token: VerifiedToken, now: datetime, round_: int = 0) -> dict[str, Any]:
+    """``round_``: resubscribes recorded through this token before (``request_event_id``)."""
     scopes = token.claims.scopes
     return {
         **_identity(token),
-        "event_id": request_event_id(token, scopes),
+        "event_id": request_event_id(token, scopes, round_=round_),
         "scopes": [s.value for s in scopes],
         "source": Source.ONE_CLICK.value,
         "postal_address": token.claims.postal_address,
@@ -190,10 +193,11 @@ def one_click_fields(token: VerifiedToken, now: datetime) -> dict[str, Any]:
     }
 
 
-def page_fields(token: VerifiedToken, choice: Choice, now: datetime) -> dict[str, Any]:
+def page_fields(token: VerifiedToken, choice: Choice, now: datetime, round_: int = 0) -> dict[str, Any]:
+    typed = choice.postal_address if choice.typed else None
     return {
         **_identity(token),
-        "event_id": request_event_id(token, choice.scopes, choice.postal_address if choice.typed else None),
+        "event_id": request_event_id(token, choice.scopes, typed, round_),
         "scopes": [s.value for s in choice.scopes],
         "source": Source.EMAIL_LINK.value,
         "postal_address": choice.postal_address,
@@ -212,6 +216,78 @@ def gpc_fields(token: VerifiedToken, now: datetime) -> dict[str, Any]:
         "scopes": [Scope.THIRD_PARTY_SHARING.value],
         "source": Source.GPC_SIGNAL.value,
         "requested_at": now,
+    }
+
+
+def device_gpc_fields(device_id: str, now: datetime) -> dict[str, Any]:
+    """A browser without a token that sent ``Sec-GPC: 1``: an opt-out of sharing for its
+    pseudonymous device id alone (contract version 2), one per device."""
+    return {
+        "event_id": device_event_id(device_id),
+        "device_id": device_id,
+        "scopes": [Scope.THIRD_PARTY_SHARING.value],
+        "source": Source.GPC_SIGNAL.value,
+        "requested_at": now,
+        "action": Action.OPT_OUT.value,
+    }
+
+
+def resubscribable(claims: Claims, opted_out: Iterable[str]) -> list[Scope]:
+    """The page's choices a person may opt back into: those their requests through this
+    link stopped (``ALL`` stands for every choice the link can reach), in page order."""
+    stopped = set(opted_out)
+    return [
+        scope
+        for scope in CHOICES
+        if (scope.value in stopped or Scope.ALL.value in stopped)
+        and (scope is not Scope.POSTAL_MARKETING or claims.postal_address is not None)
+    ]
+
+
+def latest_actions(history: Iterable[tuple[datetime, str, Sequence[str]]]) -> dict[Scope, str]:
+    """Per page choice, the action of the newest request that covers it (``ALL`` covers
+    every choice), from ``(requested_at, action, scopes)``; on a tie the opt-out wins, as
+    in the pipeline."""
+    latest: dict[Scope, tuple[datetime, int, str]] = {}
+    for requested_at, action, scopes in history:
+        rank = 1 if action == Action.OPT_OUT.value else 0
+        covered = CHOICES if Scope.ALL.value in scopes else [s for s in CHOICES if s.value in scopes]
+        for scope in covered:
+            if scope not in latest or (requested_at, rank) > latest[scope][:2]:
+                latest[scope] = (requested_at, rank, action)
+    return {scope: value[2] for scope, value in latest.items()}
+
+
+def parse_resubscribe(form: Form, offered: Sequence[Scope]) -> tuple[Scope, ...]:
+    """The scopes ticked on the resubscribe form; ``ChoiceError`` to show."""
+    picked: set[Scope] = set()
+    for value in form.get("scope", []):
+        try:
+            scope = Scope(value.strip().upper())
+        except ValueError:
+            raise ChoiceError("That choice is not one we offer.") from None
+        if scope not in offered:
+            raise ChoiceError("That choice is not one we offer.")
+        picked.add(scope)
+    if not picked:
+        raise ChoiceError("Choose at least one thing to receive again.")
+    return tuple(sorted(picked))
+
+
+def resubscribe_fields(
+    token: VerifiedToken, scopes: Sequence[Scope], now: datetime, round_: int = 0
+) -> dict[str, Any]:
+    """An explicit opt-in (action OPT_IN, contract version 2) for ``scopes`` of the token's
+    person; its event id is distinct from the opt-outs' (``optin_event_id``)."""
+    address = token.claims.postal_address if Scope.POSTAL_MARKETING in scopes else None
+    return {
+        **_identity(token),
+        "event_id": optin_event_id(token, scopes, round_),
+        "scopes": [s.value for s in scopes],
+        "source": Source.EMAIL_LINK.value,
+        "postal_address": address,
+        "requested_at": now,
+        "action": Action.OPT_IN.value,
     }
 
 

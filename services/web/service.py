@@ -15,6 +15,7 @@ from multiprocessing.process import BaseProcess
 
 import uvicorn
 
+from services.common.errors import ConfigurationError
 from services.common.logging import configure_logging, get_logger
 from services.common.settings import Settings
 from services.common.shutdown import install_stop_handlers
@@ -67,6 +68,10 @@ def _worker(settings: Settings, sock: socket.socket) -> None:
 def run(settings: Settings, stop: threading.Event) -> None:
     keyring_from_settings(settings)  # refuse bad or dev-only keys before listening
     check_public_url(settings)
+    if settings.env.lower() == "production" and not settings.web_device_cookie_secure:
+        raise ConfigurationError(
+            "OPTOUT_WEB_DEVICE_COOKIE_SECURE=false is for local http only, not OPTOUT_ENV=production"
+        )
     log.info(
         "web service listening",
         host=settings.web_host,

@@ -50,6 +50,7 @@ _SCOPE_CODES = {
     Scope.POSTAL_MARKETING: "P",
     Scope.THIRD_PARTY_SHARING: "T",
     Scope.ALL: "A",
+    Scope.SMS_MARKETING: "S",
 }
 _CODE_SCOPES = {code: scope for scope, code in _SCOPE_CODES.items()}
 
@@ -204,7 +205,10 @@ def expiry(now: datetime, ttl_days: int) -> datetime | None:
 
 
 def request_event_id(
-    token: VerifiedToken, scopes: Iterable[Scope], typed_address: Mapping[str, Any] | None = None
+    token: VerifiedToken,
+    scopes: Iterable[Scope],
+    typed_address: Mapping[str, Any] | None = None,
+    round_: int = 0,
 ) -> str:
     """The event_id of a request made through ``token`` for ``scopes`` (order-insensitive),
     with ``typed_address``: a normalized postal address the person typed on the page.
@@ -213,11 +217,18 @@ def request_event_id(
     identifiers and jurisdiction, the arguments the rest. Posting the same choice twice
     gives the same id, so the pipeline records it once; a different choice or a corrected
     address is a different request (never the same id with other content, which intake
-    would dead-letter)."""
+    would dead-letter).
+
+    ``round_``: how many resubscribes (opt-ins) through this token were recorded before
+    (``optin_event_id``). An opt-out after a resubscribe is a new request, so it must not
+    reuse the id of the opt-out before it (intake would record it as that one again, and
+    the opt-in would stand); round 0 is the id links always had."""
     codes = "".join(sorted(_SCOPE_CODES[s] for s in set(scopes)))
     name = f"{token.token_id}|{codes}"
     if typed_address is not None:
         name += "|" + _digest(typed_address)
+    if round_:
+        name += f"|r{round_}"
     return str(uuid.uuid5(EVENT_NAMESPACE, name))
 
 
@@ -242,3 +253,43 @@ def gpc_event_id(customer_id: str, jurisdiction: str | None = None) -> str:
     naming another jurisdiction is other content, so it gets its own id)."""
     name = f"gpc|{customer_id}" if jurisdiction is None else f"gpc|{customer_id}|{jurisdiction}"
     return str(uuid.uuid5(EVENT_NAMESPACE, name))
+
+
+# Resubscribes through one link: after this many, the page offers none (contact us); the
+# status page can enumerate every id a link's requests can have.
+MAX_ROUNDS = 8
+
+
+def optin_event_id(token: VerifiedToken, scopes: Iterable[Scope], round_: int = 0) -> str:
+    """The event_id of a "resubscribe" (action OPT_IN) through ``token`` for ``scopes``:
+    distinct from every opt-out id of the token (``request_event_id``), the same for the
+    same choice posted twice. ``round_``: the resubscribes recorded before this one."""
+    codes = "".join(sorted(_SCOPE_CODES[s] for s in set(scopes)))
+    name = f"{token.token_id}|{codes}|OPT_IN"
+    if round_:
+        name += f"|r{round_}"
+    return str(uuid.uuid5(EVENT_NAMESPACE, name))
+
+
+# What the resubscribe form can tick (the page's separate choices; see requests.CHOICES).
+_RESUBSCRIBABLE = (Scope.EMAIL_MARKETING, Scope.POSTAL_MARKETING, Scope.THIRD_PARTY_SHARING)
+
+
+def optin_event_ids(token: VerifiedToken) -> list[str]:
+    """Every event id a resubscribe through ``token`` can have (every round)."""
+    combos = [c for size in range(1, 4) for c in combinations(_RESUBSCRIBABLE, size)]
+    return [optin_event_id(token, combo, round_) for round_ in range(MAX_ROUNDS) for combo in combos]
+
+
+def token_event_ids(token: VerifiedToken) -> dict[str, str]:
+    """Every event id a request through ``token`` without a typed address can have, opt-outs
+    and resubscribes, every round: ``{event_id: "OPT_OUT" | "OPT_IN"}``."""
+    scopes = list(Scope)
+    combos = [combo for size in range(1, len(scopes) + 1) for combo in combinations(scopes, size)]
+    ids = {
+        request_event_id(token, combo, round_=round_): "OPT_OUT"
+        for round_ in range(MAX_ROUNDS + 1)
+        for combo in combos
+    }
+    ids.update(dict.fromkeys(optin_event_ids(token), "OPT_IN"))
+    return ids

@@ -1,6 +1,7 @@
 """Every real connector kind at once (issue #11, "Done when"): the shipped
 ``deploy/destinations.all-kinds.toml`` (SendGrid, Amazon SES through botocore, Mailgun, the
-SFTP mail house acknowledged on receipts, two signed-webhook partners) on the real broker and
+SFTP mail house acknowledged on receipts, two signed-webhook partners, the AWS End User
+Messaging SMS opt-out list through botocore) on the real broker and
 database, the services as processes (intake, confirmer, one connector per destination), the
 stand-ins in this process (their state is read directly), the SES emulator (moto) and the
 stack's OpenSSH sshd.
@@ -32,6 +33,8 @@ import pytest
 
 from services.common.destinations import DEFAULT_DESTINATIONS_FILE
 from services.common.settings import Settings
+from services.connectors.registry import build_connector
+from services.connectors.sms_optout_list import SmsOptOutListConnector
 from services.devstack.sshd_server import SftpInfo
 from services.domain.planning import applicable_destinations, command_id
 from services.publisher.publish import Prepared, RequestPublisher
@@ -39,6 +42,7 @@ from services.standins.mail_house_sftp import MailHouseSftpStandin
 from services.standins.mailgun_api import MailgunStandin
 from services.standins.sendgrid_api import SendGridStandin
 from services.standins.ses_emulator import CONTACT_LIST, SesEmulator
+from services.standins.sms_optout_api import SmsOptOutStandin
 from services.standins.web import StandinServer
 from services.standins.webhook_receiver import WebhookPartnersStandin
 from tests.faults.environment import pipeline_env
@@ -51,7 +55,7 @@ from tests.support.pipeline import free_port, isolated_settings, read_topic, wai
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("pipeline-processes")]
 
 ALL_KINDS = DEFAULT_DESTINATIONS_FILE.with_name("destinations.all-kinds.toml")
-NAMES = ("sendgrid", "ses", "mailgun", "mail_house", "partners")
+NAMES = ("sendgrid", "ses", "mailgun", "mail_house", "partners", "sms")
 DEV_ENV = DEFAULT_DESTINATIONS_FILE.with_name("destinations.all-kinds.env")
 DEV_SECRETS = dict(
     line.split("=", 1) for line in DEV_ENV.read_text().splitlines() if line and not line.startswith("#")
@@ -63,6 +67,8 @@ SCOPES = [
     ["THIRD_PARTY_SHARING"],
     ["EMAIL_MARKETING", "THIRD_PARTY_SHARING"],
     ["EMAIL_MARKETING", "POSTAL_MARKETING"],
+    ["SMS_MARKETING"],
+    ["SMS_MARKETING", "THIRD_PARTY_SHARING"],
 ]
 
 
@@ -99,6 +105,7 @@ def opt_outs(count: int, seed: int) -> list[dict[str, Any]]:
             "EMAIL_MARKETING": "email" in fields,
             "POSTAL_MARKETING": "postal_address" in fields,
             "THIRD_PARTY_SHARING": bool({"email", "phone", "customer_id"} & set(fields)),
+            "SMS_MARKETING": "phone" in fields,
         }
         fields["scopes"] = rng.choice([s for s in SCOPES if all(can[x] for x in s)])
         out.append(fields)
@@ -112,6 +119,7 @@ class Standins:
     partners: WebhookPartnersStandin
     ses: SesEmulator
     mail_house: MailHouseSftpStandin
+    sms: SmsOptOutStandin
 
 
 @dataclass
@@ -199,6 +207,7 @@ def pipeline(
             "databroker": [DEV_SECRETS["DATABROKER_WEBHOOK_SECRET"]],
         }
     )
+    sms = SmsOptOutStandin({DEV_SECRETS["SMS_ACCESS_KEY_ID"]: DEV_SECRETS["SMS_SECRET_ACCESS_KEY"]})
     stop = threading.Event()
     importer_standin = MailHouseSftpStandin(inbox)
     importer = threading.Thread(target=importer_standin.run, args=(stop,), daemon=True)
@@ -209,6 +218,7 @@ def pipeline(
         StandinServer(mailgun.handle, name="mailgun") as mg,
         StandinServer(partners.handle, name="webhook_partners") as wh,
         SesEmulator() as ses,
+        StandinServer(sms.handle, name="sms") as sm,
     ):
         env = {
             **DEV_SECRETS,
@@ -218,6 +228,7 @@ def pipeline(
             "OPTOUT_STANDIN_MAILGUN_PORT": str(mg.port),
             "OPTOUT_STANDIN_WEBHOOK_PARTNERS_PORT": str(wh.port),
             "OPTOUT_STANDIN_SES_PORT": str(ses.port),
+            "OPTOUT_STANDIN_SMS_PORT": str(sm.port),
             **sftp.env(),
             "OPTOUT_SFTP_REMOTE_DIR": f"{sftp.remote_dir}/{inbox.name}",
             "OPTOUT_SFTP_KNOWN_HOSTS": str(known_hosts),
@@ -248,7 +259,7 @@ def pipeline(
                 cfg,
                 env,
                 fleet,
-                Standins(sendgrid, mailgun, partners, ses, importer_standin),
+                Standins(sendgrid, mailgun, partners, ses, importer_standin, sms),
                 known_hosts,
                 {name: free_port() for name in NAMES},
             )
@@ -296,6 +307,14 @@ def check_delivered(
     assert set(st.mailgun.unsubscribed.get("mg.example.com", {})) == emails
     contacts = st.ses.client().list_contacts(ContactListName=CONTACT_LIST)["Contacts"]
     assert {c["EmailAddress"] for c in contacts if c.get("UnsubscribeAll")} == emails
+
+    phones = {by_id[e]["phone"] for e, d in expected.items() if "sms" in d}
+    assert st.sms.opted_out("optout") == phones
+    assert set(st.sms.stats()["answers"]) == {"200"}  # no call refused
+    reader = build_connector(cfg, "sms")
+    assert isinstance(reader, SmsOptOutListConnector)
+    assert set(reader.opted_out_numbers()) == phones  # read back with DescribeOptedOutNumbers
+    reader.close()
 
     postal = {by_id[e]["postal_address"]["postal_code"] for e, d in expected.items() if "mail_house" in d}
     rows: list[str] = []
@@ -351,7 +370,7 @@ def test_refused_credentials_pause_only_their_destination_until_fixed(pipeline: 
     routed = Counter(d for dests in expected.values() for d in dests)
 
     def others_done() -> bool:
-        return all(pipeline.acks(n) == routed[n] for n in ("sendgrid", "ses", "partners"))
+        return all(pipeline.acks(n) == routed[n] for n in ("sendgrid", "ses", "partners", "sms"))
 
     wait_until(others_done, 90, 0.5, "the other destinations to acknowledge everything")
     wait_until(lambda: pipeline.refused_gauge("mailgun") == 1.0, 30, 0.5, "mailgun's gauge")

@@ -91,7 +91,7 @@ def test_no_log_line_of_any_service_contains_pii(base_settings: dict[str, Any], 
         services.start("standins"),
         services.start("intake"),
         services.start("confirmer"),
-        *(services.start("connector", d) for d in ("email_provider", "mail_house", "third_party_sharing")),
+        *(services.start("connector", d) for d in cfg.destinations.names),  # incl. sms_sender
         services.start("exporter"),
     ]
     try:

@@ -9,6 +9,7 @@ Screenshots of each step go to ``test-output/``. Install the browser with
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -64,6 +65,16 @@ ESP_TOKEN = "e2e-esp-token"
 @pytest.fixture
 def web_process(base_settings: dict[str, Any]) -> Iterator[tuple[Settings, str]]:
     """``optout run web`` as a separate process on a free port; SIGTERM at the end."""
+    with serve_web(base_settings) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def serve_web(
+    base_settings: dict[str, Any], log_name: str = "web-e2e-service.log", **extra_env: str
+) -> Iterator[tuple[Settings, str]]:
+    """``optout run web`` as a separate process on a free port (``extra_env``: more
+    OPTOUT_* variables for it); SIGTERM at the end."""
     port = free_port()
     public = f"http://127.0.0.1:{port}"
     cfg = isolated_settings(
@@ -82,9 +93,10 @@ def web_process(base_settings: dict[str, Any]) -> Iterator[tuple[Settings, str]]
             "OPTOUT_WEB_PORT": str(port),
             "OPTOUT_WEB_PUBLIC_URL": public,
             "OPTOUT_LOG_FORMAT": "json",
+            **extra_env,
         }
     )
-    log_path = OUTPUT / "web-e2e-service.log"
+    log_path = OUTPUT / log_name
     OUTPUT.mkdir(exist_ok=True)
     CAPTURE.watch(lambda: json_log_errors("web", [log_path]))  # its errors fail the test too
     with log_path.open("wb") as log:

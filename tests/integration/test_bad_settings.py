@@ -40,6 +40,25 @@ def _run(env: dict[str, str], *args: str) -> tuple[int, str, float]:
         # Nobody would be told, yet every command would be acknowledged APPLIED.
         ({"OPTOUT_PARTNERS": "[]"}, ("run", "connector", "third_party_sharing"), "OPTOUT_PARTNERS"),
         ({"OPTOUT_ENV": "production"}, ("run", "intake"), "OPTOUT_EMAIL_PROVIDER_TOKEN"),
+        # The inbound webhooks service (docs/inbound.md): keys are checked before listening.
+        (
+            {"OPTOUT_INBOUND_SENDGRID_PUBLIC_KEY": "nope"},
+            ("run", "inbound"),
+            "OPTOUT_INBOUND_SENDGRID_PUBLIC_KEY",
+        ),
+        (
+            {"OPTOUT_INBOUND_SNS_CERTIFICATE": "/no/such.pem"},
+            ("run", "inbound"),
+            "OPTOUT_INBOUND_SNS_TOPIC_ARNS",
+        ),
+        (
+            {
+                "OPTOUT_INBOUND_SNS_CERTIFICATE": "/no/such.pem",
+                "OPTOUT_INBOUND_SNS_TOPIC_ARNS": '["arn:aws:sns:us-east-1:123456789012:ses"]',
+            },
+            ("run", "inbound"),
+            "OPTOUT_INBOUND_SNS_CERTIFICATE",
+        ),
     ],
 )
 def test_one_clear_line_and_a_non_zero_exit(stack, database, env, args, says):

@@ -246,6 +246,7 @@ def test_optout_lag_one_shot_table_and_json_for_the_pipeline_groups(base_setting
             "connector.email_provider",
             "connector.mail_house",
             "connector.third_party_sharing",
+            "connector.sms_sender",
         )
     }
     intake = groups[cfg.group("intake")]

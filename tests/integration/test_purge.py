@@ -27,7 +27,7 @@ from services.retention.purge import purge_contact_details
 from services.standins.email_provider_api import EmailProviderStandin
 from services.standins.partners_api import PartnersStandin
 from services.standins.web import StandinServer
-from tests.support.pipeline import isolated_settings, running, wait_until
+from tests.support.pipeline import isolated_settings, running, sms_standin, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -112,7 +112,7 @@ def _run_to_confirmation(
     rejected_emails: tuple[str, ...] = (),
     state: str = "CONFIRMED",
 ) -> list[str]:
-    """Publish ``requests`` and run intake, the three connectors (against the stand-ins)
+    """Publish ``requests`` and run intake, the connectors (against the stand-ins)
     and the confirmer until every request is in ``state`` (the email provider stand-in
     refuses ``rejected_emails``)."""
     esp = EmailProviderStandin(token="purge-esp-token", rejected=rejected_emails)
@@ -121,6 +121,7 @@ def _run_to_confirmation(
     with (
         StandinServer(esp.handle, name="email_provider") as esp_server,
         StandinServer(partners_api.handle, name="partners") as partners_server,
+        sms_standin(),
     ):
         cfg = isolated_settings(
             base_settings,
@@ -145,8 +146,7 @@ def _run_to_confirmation(
             return row is not None and row[0] == len(ids)
 
         services = [("intake", run_intake), ("confirmer", run_confirmer)] + [
-            (name, connector_runner(name, cfg))
-            for name in ("email_provider", "mail_house", "third_party_sharing")
+            (name, connector_runner(name, cfg)) for name in cfg.destinations.names
         ]
         with contextlib.ExitStack() as stack:
             for name, main in services:

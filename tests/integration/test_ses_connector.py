@@ -64,6 +64,9 @@ def records(count: int) -> list[dict[str, Any]]:
             "scopes": ["EMAIL_MARKETING"],
             "issued_at": to_millis(now),
             "deadline": to_millis(now + timedelta(days=10)),
+            "action": "OPT_OUT",
+            "requested_at": to_millis(now),
+            "device_id": None,
         }
         for i in range(count)
     ]

@@ -26,6 +26,9 @@ def make_command(now: datetime, destination: str = "email_provider", **fields: A
         "scopes": ["ALL"],
         "issued_at": to_millis(now),
         "deadline": to_millis(now + timedelta(days=10)),
+        "action": "OPT_OUT",
+        "requested_at": 0,
+        "device_id": None,
     }
     record.update(fields)
     return Command.from_record(record)

@@ -12,12 +12,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, Message, TopicPartition
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from services.common.avro import default_codec
 from services.common.kafka import create_topics, header_pairs, make_admin
 from services.common.settings import Settings
+from services.standins.sms_optout_api import SmsOptOutStandin
+from services.standins.web import StandinServer
 
 ServiceMain = Callable[[Settings, threading.Event], None]
 
@@ -248,3 +251,16 @@ def wait_committed(cfg: Settings, groups: dict[str, tuple[str, ...]], timeout: f
         wait_until(done, timeout=timeout, message="consumer groups to commit everything")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; uncommitted messages per group: {left}") from None
+
+
+@contextmanager
+def sms_standin() -> Iterator[SmsOptOutStandin]:
+    """The AWS End User Messaging SMS stand-in on a free port, accepting the development key,
+    with OPTOUT_STANDIN_SMS_PORT set meanwhile: the shipped destinations file's ``sms_sender``
+    (``endpoint_url = http://127.0.0.1:${OPTOUT_STANDIN_SMS_PORT:-18096}``), loaded in that
+    time, talks to it."""
+    defaults = Settings.model_construct()
+    standin = SmsOptOutStandin({defaults.standin_sms_access_key_id: defaults.standin_sms_secret_access_key})
+    with StandinServer(standin.handle, name="sms") as server, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OPTOUT_STANDIN_SMS_PORT", str(server.port))
+        yield standin

@@ -3,6 +3,7 @@ sweeper's growing re-send interval and schedule (ManualClock), overdue formattin
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -186,6 +187,17 @@ def test_confirmation_falls_back_to_the_postal_address_without_an_email() -> Non
     record = confirmation_record(request(email=None), [row("c1", "APPLIED", acked_at=T0)], T0)
     assert record["notify_email"] is None
     assert record["notify_postal_address"] == ADDRESS
+
+
+def test_an_opt_in_is_confirmed_as_an_opt_in_and_a_phone_only_person_by_text() -> None:
+    opted_in = replace(request(email=None), action="OPT_IN", phone="+15555550100")
+    record = confirmation_record(opted_in, [row("c1", "APPLIED", acked_at=T0)], T0)
+    assert record["action"] == "OPT_IN"
+    assert record["notify_phone"] == "+15555550100"
+    with_email = confirmation_record(
+        replace(request(), phone="+15555550100"), [row("c1", "APPLIED", acked_at=T0)], T0
+    )
+    assert with_email["action"] == "OPT_OUT" and with_email["notify_phone"] is None
 
 
 def test_no_confirmation_claims_success_for_an_unapplied_destination() -> None:

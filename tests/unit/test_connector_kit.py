@@ -189,6 +189,8 @@ def test_decode_command_checks_type_and_destination() -> None:
         "scopes": list(command.scopes),
         "issued_at": to_millis(command.issued_at),
         "deadline": to_millis(command.deadline),
+        "action": command.action.value,
+        "requested_at": 0,
     }
     payload = codec.encode("SuppressionCommand", record)
     decoded = decode_command(codec, payload, "mail_house")
@@ -369,8 +371,23 @@ def test_csv_row_normalizes_and_folds_address_lines() -> None:
         "suppressed_on": "2025-03-14",
         # The mail house suppresses the address only where it is on file for this customer.
         "customer_id": "C-42",
+        "action": "OPT_OUT",
     }
-    assert mh.csv_row(cmd("mail_house"), ADDRESS, date(2025, 3, 14))[-1] == ""
+    assert mh.csv_row(cmd("mail_house"), ADDRESS, date(2025, 3, 14))[-2] == ""
+    opt_in = cmd("mail_house", postal_address=ADDRESS, action="OPT_IN")
+    assert mh.csv_row(opt_in, ADDRESS, date(2025, 3, 14))[-1] == "OPT_IN"
+
+
+def test_a_day_file_written_before_the_action_column_is_upgraded() -> None:
+    old_header = ",".join(mh.COLUMNS_BEFORE_ACTION).encode() + b"\r\n"
+    old_row = mh.render_rows([mh.csv_row(cmd("mail_house"), ADDRESS, date(2025, 3, 14))[:-1]], False)
+    new = cmd("mail_house", postal_address=ADDRESS, action="OPT_IN")
+    plan = mh.plan_file(old_header + old_row, [new], date(2025, 3, 14))
+    assert plan.content is not None
+    lines = plan.content.decode().splitlines()
+    assert lines[0].endswith(",customer_id,action")
+    assert lines[1].endswith(",OPT_OUT") and lines[2].endswith(",OPT_IN")
+    assert len(mh.command_ids_in(plan.content)) == 2
 
 
 def test_csv_cells_cannot_be_formulas_or_break_lines() -> None:

@@ -1,4 +1,4 @@
-"""The destinations file: the shipped default reproduces today's three destinations, and
+"""The destinations file: the shipped default serves every scope with four destinations, and
 every mistake is one line naming the file, the destination and the field."""
 
 from __future__ import annotations
@@ -36,16 +36,27 @@ def _error(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> 
     return str(info.value)
 
 
-def test_the_shipped_file_is_todays_three_destinations() -> None:
+def test_the_shipped_file_is_four_destinations_serving_every_scope() -> None:
     d = load_destinations()
-    assert d.names == ["email_provider", "mail_house", "third_party_sharing"]
-    assert [x.kind for x in d] == ["email_provider", "local_mail_house", "partners"]
+    assert d.names == ["email_provider", "mail_house", "third_party_sharing", "sms_sender"]
+    assert [x.kind for x in d] == ["email_provider", "local_mail_house", "partners", "sms_optout_list"]
     assert d["email_provider"].scopes == {Scope.EMAIL_MARKETING}
     assert d["email_provider"].identifiers == {Identifier.CUSTOMER_ID, Identifier.EMAIL}
     assert d["mail_house"].requires_one_of == {Identifier.POSTAL_ADDRESS}
     third = d["third_party_sharing"]
-    assert third.identifiers == {Identifier.CUSTOMER_ID, Identifier.EMAIL_SHA256, Identifier.PHONE_SHA256}
+    assert third.identifiers == {
+        Identifier.CUSTOMER_ID,
+        Identifier.EMAIL_SHA256,
+        Identifier.PHONE_SHA256,
+        Identifier.DEVICE_ID,  # a browser's GPC opt-out may carry only its device id
+    }
+    assert Identifier.DEVICE_ID in third.requires_one_of
     assert not third.identifiers & {Identifier.EMAIL, Identifier.PHONE}  # hashes only
+    sms = d["sms_sender"]
+    assert sms.scopes == {Scope.SMS_MARKETING}
+    assert sms.identifiers == {Identifier.CUSTOMER_ID, Identifier.PHONE}
+    assert sms.requires_one_of == {Identifier.PHONE}
+    assert sms.options["endpoint_url"] == "http://127.0.0.1:18096"  # the stand-in of `optout run standins`
     assert d.unserved_scopes() == []
     assert Settings().destinations.names == d.names
     assert DEFAULT_DESTINATIONS_FILE.name == "destinations.toml"
@@ -58,7 +69,11 @@ def test_two_email_destinations_are_two_topics(tmp_path: Path) -> None:
     assert "t.optout.suppress.esp_b.dlq" in cfg.all_topics()
     assert not any("email_provider" in t for t in cfg.all_topics())
     assert [d.id for d in cfg.destinations.for_scopes([Scope.EMAIL_MARKETING])] == ["esp_a", "esp_b"]
-    assert cfg.destinations.unserved_scopes() == [Scope.POSTAL_MARKETING, Scope.THIRD_PARTY_SHARING]
+    assert cfg.destinations.unserved_scopes() == [
+        Scope.POSTAL_MARKETING,
+        Scope.THIRD_PARTY_SHARING,
+        Scope.SMS_MARKETING,
+    ]
 
 
 def test_credentials_come_from_the_environment_or_a_file(tmp_path: Path) -> None:
@@ -178,7 +193,9 @@ def test_the_all_kinds_file_is_valid_with_its_development_values() -> None:
         ("mailgun", "mailgun"),
         ("mail_house", "sftp_mail_house"),
         ("partners", "webhook_partners"),
+        ("sms", "sms_optout_list"),
     ]
+    assert found["sms"].credentials["secret_access_key"].get_secret_value() == "dev-sms-secret"
     assert found["sendgrid"].options["base_url"] == "http://127.0.0.1:18091"
     assert found["mail_house"].options["port"] == "12222"
 

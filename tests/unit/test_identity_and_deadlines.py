@@ -118,3 +118,16 @@ def _business_days_one_by_one(start, days):
 def test_business_days_closed_form_matches_counting_day_by_day(start, days):
     start = start.replace(tzinfo=UTC)
     assert add_business_days(start, days) == _business_days_one_by_one(start, days)
+
+
+@pytest.mark.parametrize(
+    ("jurisdiction", "rule"), [("US", "TCPA"), ("US-NY", "TCPA"), ("CA", "CASL"), ("CA-QC", "CASL")]
+)
+def test_sms_marketing_is_due_in_10_business_days_in_the_us_and_canada(jurisdiction, rule):
+    assert due_at(FRIDAY, [Scope.SMS_MARKETING], jurisdiction) == add_business_days(FRIDAY, 10)
+    assert governing_rule(FRIDAY, [Scope.SMS_MARKETING], jurisdiction) == rule
+
+
+def test_sms_marketing_elsewhere_follows_the_general_rules():
+    assert governing_rule(FRIDAY, [Scope.SMS_MARKETING], "DE") == "GDPR"
+    assert governing_rule(FRIDAY, [Scope.SMS_MARKETING], None) == "default"

@@ -52,6 +52,9 @@ def production_values() -> dict[str, object]:
         "web_current_kid": "2026a",
         "suppression_keys": json.dumps({"2026s": _key()}),
         "suppression_current_kid": "2026s",
+        "inbound_public_url": "https://hooks.example.com",
+        "inbound_mailgun_signing_key": "mailgun-live-signing-key",
+        "inbound_twilio_auth_token": "twilio-live-auth-token",
     }
 
 
@@ -79,6 +82,9 @@ def test_production_with_every_default_names_each_dev_only_setting_in_one_line()
         "OPTOUT_WEB_PUBLIC_URL",
         "OPTOUT_WEB_TOKEN_KEYS",
         "OPTOUT_SUPPRESSION_KEYS",
+        "OPTOUT_INBOUND_PUBLIC_URL",
+        "OPTOUT_INBOUND_MAILGUN_SIGNING_KEY",
+        "OPTOUT_INBOUND_TWILIO_AUTH_TOKEN",
     ):
         assert name in message, name
     # Never the secret values themselves.

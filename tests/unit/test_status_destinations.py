@@ -49,7 +49,8 @@ def test_status_lists_the_default_destinations(monkeypatch, tmp_path, fresh_sett
     assert "deploy/destinations.toml" in text
     for name, kind in [("email_provider", "email_provider"), ("mail_house", "local_mail_house")]:
         assert any(line.split()[:2] == [name, kind] for line in text.splitlines())
-    assert "warning" not in text
+    assert any(line.split()[:2] == ["sms_sender", "sms_optout_list"] for line in text.splitlines())
+    assert [line for line in text.splitlines() if "warning" in line] == []  # every scope is served
 
 
 def test_status_lists_the_files_destinations_and_warns_of_unserved_scopes(

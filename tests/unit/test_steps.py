@@ -28,7 +28,7 @@ from services.common.settings import Settings
 from services.confirmer.outcomes import Ack
 from services.confirmer.step import ConfirmerStep
 from services.confirmer.store import AckOutcome
-from services.connectors.dedupe import StoredOutcome
+from services.connectors.dedupe import Latest, StoredOutcome
 from services.connectors.kit import (
     Command,
     Connector,
@@ -179,14 +179,23 @@ def test_intake_raises_retriable_when_the_database_is_down_or_delivery_fails(int
 class FakeDedupeStore:
     def __init__(self) -> None:
         self.rows: dict[str, StoredOutcome] = {}
+        self.newest: dict[str, Latest] = {}
         self.closed = False
 
     def lookup(self, command_ids: Sequence[str]) -> dict[str, StoredOutcome]:
         return {c: self.rows[c] for c in command_ids if c in self.rows}
 
-    def record(self, outcomes: Sequence[StoredOutcome]) -> dict[str, StoredOutcome]:
+    def latest(self, subjects: Sequence[str]) -> dict[str, Latest]:
+        return {s: self.newest[s] for s in subjects if s in self.newest}
+
+    def record(
+        self, outcomes: Sequence[StoredOutcome], latest: Sequence[Latest] = ()
+    ) -> dict[str, StoredOutcome]:
         for o in outcomes:
             self.rows.setdefault(o.command_id, o)
+        for item in latest:
+            if item.subject not in self.newest or item.rank > self.newest[item.subject].rank:
+                self.newest[item.subject] = item
         return {o.command_id: self.rows[o.command_id] for o in outcomes}
 
     def close(self) -> None:

@@ -1,0 +1,73 @@
+"""``optout run inbound``: the inbound webhook app under uvicorn in a thread, stopped by our
+stop event (SIGTERM/SIGINT). Several instances may run behind a load balancer: the replay
+memory is in PostgreSQL and event ids are deterministic."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+import uvicorn
+
+from services.common.db import CONNECT_TIMEOUT_SECONDS, first_line
+from services.common.errors import ConfigurationError
+from services.common.logging import get_logger
+from services.common.settings import Settings
+from services.inbound.app import create_app
+from services.inbound.providers import providers_from_settings
+from services.observability.health import HEALTH
+
+log = get_logger(__name__)
+
+
+def require_replay_table(dsn: str) -> None:
+    """One clear line when migration 0011 (the replay memory) has not been applied."""
+    try:
+        with psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
+            row = conn.execute("SELECT to_regclass('public.inbound_replay_tokens')").fetchone()
+    except psycopg.Error as exc:
+        raise ConfigurationError(
+            f"PostgreSQL is not usable ({first_line(exc)}); check OPTOUT_DATABASE_URL"
+        ) from None
+    if not row or row[0] is None:
+        raise ConfigurationError(
+            "the database has no inbound_replay_tokens table; run 'optout migrate' first"
+        )
+
+
+def run(settings: Settings, stop: threading.Event) -> None:
+    providers = providers_from_settings(settings)  # refuse bad keys before listening
+    require_replay_table(settings.dsn())
+    config = uvicorn.Config(
+        create_app(settings, providers=providers),
+        host=settings.inbound_host,
+        port=settings.inbound_port,
+        access_log=False,  # the app counts and logs what matters, without addresses
+        log_config=None,
+        server_header=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=10,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    log.info(
+        "inbound webhook service listening",
+        host=settings.inbound_host,
+        port=settings.inbound_port,
+        public_url=settings.inbound_public_url,
+        providers={p.name: settings.inbound_public_url.rstrip("/") + p.path for p in providers},
+    )
+    # /readyz is ready only once the webhook port accepts connections (the runner starts the
+    # health endpoint just before this, so for the first moment it may still say ready).
+    HEALTH.add_check("inbound_http", lambda: None if server.started else "not listening yet")
+    thread = threading.Thread(target=server.run, name="uvicorn-inbound")
+    thread.start()
+    try:
+        while thread.is_alive() and not stop.wait(0.2):
+            pass
+        server.should_exit = True
+        thread.join(30)
+    finally:
+        HEALTH.remove_check("inbound_http")
+    if not stop.is_set():
+        raise RuntimeError("the inbound server stopped by itself (is the port in use?)")
