@@ -19,10 +19,16 @@ WITH_STACK := eval "$$($(PY) -m services.devstack env)" &&
 DESTINATIONS ?=
 DEST_ENV := $(if $(DESTINATIONS),eval "$$(bash deploy/destinations-env.sh $(DESTINATIONS))" &&)
 PYTEST_ARGS ?=
+# `make up BROKERS=3` (and run, test-faults, bench-*): a replicated cluster of three Kafka
+# nodes (OPTOUT_DEVSTACK_BROKERS) instead of the single broker; `make down` stops either.
+BROKERS ?=
+ifneq ($(BROKERS),)
+export OPTOUT_DEVSTACK_BROKERS := $(BROKERS)
+endif
 
 .PHONY: help install up down run test test-unit test-integration test-faults check fmt \
         bench-intake bench-e2e bench-web bench-suppression bench-connectors bench-resources \
-        bench-pk-read bench-lookup bench-scrub k8s-render clean
+        bench-pk-read bench-lookup bench-scrub bench-intake-scale k8s-render clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -56,6 +62,7 @@ test: install ## install what is missing, start what the tests need, run every t
 	bash deploy/install-promtool.sh
 	bash deploy/install-chromium.sh
 	bash deploy/install-kustomize.sh
+	bash deploy/install-pgbouncer.sh
 	$(PY) -m services.devstack up
 	@# 1. Everything that can share the stack, on $(TEST_WORKERS) workers.
 	@# 2. `serial` tests (they restart the broker and database), alone. Exit 5: none selected.
@@ -106,6 +113,11 @@ bench-web: install ## one-click POSTs per second and p99 latency
 bench-suppression: install ## what the encrypted suppression list costs intake (sealing, record_batch)
 	$(PY) -m services.devstack up
 	$(WITH_STACK) $(PY) -m benchmarks.bench_suppression
+
+bench-intake-scale: export OPTOUT_DEVSTACK_BROKERS := $(or $(BROKERS),3)
+bench-intake-scale: install ## intake from 1 to 3 processes on the replicated cluster (BROKERS=1: the single broker)
+	$(PY) -m services.devstack up
+	$(WITH_STACK) $(PY) -m benchmarks.bench_intake_scale
 
 bench-connectors: install ## commands/s of each connector kind vs its stand-in's ceiling (bare client)
 	$(PY) -m services.devstack up

@@ -6,7 +6,13 @@ import argparse
 import sys
 
 from services.common.db import check_database, migrate
-from services.common.kafka import apply_pii_retention, check_broker, create_topics
+from services.common.kafka import (
+    apply_min_insync_replicas,
+    apply_pii_retention,
+    check_broker,
+    create_topics,
+    under_replicated_topics,
+)
 from services.common.settings import settings
 
 
@@ -31,6 +37,13 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
     for change in apply_pii_retention(cfg):
         was = f"{change.old_ms / 3_600_000:g} h" if change.old_ms is not None else "unset"
         sys.stdout.write(f"retention {change.topic}: {change.new_ms / 3_600_000:g} h (was {was})\n")
+    for topic in apply_min_insync_replicas(cfg):
+        sys.stdout.write(f"min.insync.replicas {topic}: {cfg.topic_min_insync_replicas}\n")
+    for topic, replicas in under_replicated_topics(cfg).items():
+        sys.stdout.write(
+            f"warning: {topic} has {replicas} replica(s), fewer than OPTOUT_TOPIC_REPLICATION_FACTOR="
+            f"{cfg.topic_replication_factor}; only a partition reassignment adds replicas\n"
+        )
     return 0
 
 

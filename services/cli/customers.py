@@ -67,7 +67,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     if not args.dry_run and entries:
         require_schema(cfg.dsn())
         now = SystemClock().now()
-        with connect(cfg.dsn()) as conn:
+        with connect(cfg.dsn(), prepared_statements=cfg.database_prepared_statements) as conn:
             for start in range(0, len(entries), args.chunk):
                 upsert_entries(conn, ring, entries[start : start + args.chunk], now)
                 done = min(start + args.chunk, len(entries))
@@ -87,7 +87,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_status(_args: argparse.Namespace) -> int:
     cfg = settings()
     require_schema(cfg.dsn())
-    with connect(cfg.dsn()) as conn:
+    with connect(cfg.dsn(), prepared_statements=cfg.database_prepared_statements) as conn:
         customers, identifiers = counts(conn)
     sys.stdout.write(f"customers: {customers:,} ({identifiers:,} emails, phones and postal addresses)\n")
     return 0

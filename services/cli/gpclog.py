@@ -52,7 +52,7 @@ def cmd_gpc_log(args: argparse.Namespace) -> int:
         subject = subject_sha256("customer", args.customer_id)
     elif args.device_id:
         subject = subject_sha256("device", args.device_id)
-    with connect(cfg.dsn()) as conn:
+    with connect(cfg.dsn(), prepared_statements=cfg.database_prepared_statements) as conn:
         signals = list(list_signals(conn, since, until, subject))
         states = {
             row[0]: (row[1], row[2])

@@ -40,7 +40,7 @@ def cmd_overdue(args: argparse.Namespace) -> int:
     within = timedelta(hours=args.within)
     retention = timedelta(days=cfg.retention_days)
     try:
-        with connect(cfg.dsn()) as conn:
+        with connect(cfg.dsn(), prepared_statements=cfg.database_prepared_statements) as conn:
             rows = list_overdue(conn, now, within, args.limit)
             stale = list_attention_past_retention(conn, now, retention, args.limit)
     except psycopg.errors.UndefinedColumn:

@@ -26,7 +26,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
     require_schema(cfg.dsn())
     days = args.retention_days if args.retention_days is not None else cfg.retention_days
     now = SystemClock().now()
-    with connect(cfg.dsn()) as conn:
+    with connect(cfg.dsn(), prepared_statements=cfg.database_prepared_statements) as conn:
         count = purge_contact_details(
             conn,
             now,
@@ -38,7 +38,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
     sys.stdout.write(
         f"{verb} the contact details of {count} request(s) confirmed or resolved more than {days} days ago\n"
     )
-    with connect(cfg.dsn()) as conn:
+    with connect(cfg.dsn(), prepared_statements=cfg.database_prepared_statements) as conn:
         signals = purge_gpc_signals(
             conn, now, timedelta(days=cfg.gpc_log_retention_days), dry_run=args.dry_run
         )

@@ -74,7 +74,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     note = check_note(args.note)
     require_schema(cfg.dsn())
     try:
-        with connect(cfg.dsn()) as conn:
+        with connect(cfg.dsn(), prepared_statements=cfg.database_prepared_statements) as conn:
             resolve(conn, args.event_id, note)
     except psycopg.errors.UndefinedColumn:
         raise ConfigurationError("the database schema is out of date; run 'optout migrate'") from None

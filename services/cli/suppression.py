@@ -25,7 +25,7 @@ from services.suppression.rotate import Rotation, entries_by_kid, rotate
 def _connect() -> psycopg.Connection[Any]:
     cfg = settings()
     require_schema(cfg.dsn())
-    conn = connect(cfg.dsn())
+    conn = connect(cfg.dsn(), prepared_statements=cfg.database_prepared_statements)
     found = conn.execute("SELECT to_regclass('public.suppression_list')").fetchone()
     if not found or found[0] is None:
         conn.close()

@@ -23,16 +23,29 @@ log = get_logger(__name__)
 R = TypeVar("R")
 
 CONNECT_TIMEOUT_SECONDS = 10
+# psycopg prepares a statement on the server once a connection has run it this many times
+# (its own default). Behind a transaction-pooling PgBouncer older than 1.21 the next
+# transaction may land on another server connection that lacks it, so
+# OPTOUT_DATABASE_PREPARED_STATEMENTS=false turns preparing off (prepare_threshold None).
+PREPARE_THRESHOLD = 5
 
 
-def connect(dsn: str, autocommit: bool = False, **kwargs: Any) -> psycopg.Connection[Any]:
-    """Open one connection; transient failures become ``RetriableError``."""
+def prepare_threshold(prepared_statements: bool) -> int | None:
+    return PREPARE_THRESHOLD if prepared_statements else None
+
+
+def connect(
+    dsn: str, autocommit: bool = False, *, prepared_statements: bool = True, **kwargs: Any
+) -> psycopg.Connection[Any]:
+    """Open one connection; transient failures become ``RetriableError``.
+    ``prepared_statements=False``: never prepare statements on the server (see above)."""
     try:
         return psycopg.connect(
             dsn,
             autocommit=autocommit,
             connect_timeout=CONNECT_TIMEOUT_SECONDS,
             application_name="optout",
+            prepare_threshold=prepare_threshold(prepared_statements),
             **kwargs,
         )
     except psycopg.OperationalError as exc:
@@ -44,14 +57,17 @@ class LazyConnection:
     so the next use reconnects. ``run`` maps transient database failures to
     ``RetriableError`` (the consume loop retries them with backoff)."""
 
-    def __init__(self, dsn: str, autocommit: bool = False) -> None:
+    def __init__(self, dsn: str, autocommit: bool = False, prepared_statements: bool = True) -> None:
         self._dsn = dsn
         self._autocommit = autocommit
+        self._prepared_statements = prepared_statements
         self._conn: psycopg.Connection[Any] | None = None
 
     def get(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = connect(self._dsn, autocommit=self._autocommit)
+            self._conn = connect(
+                self._dsn, autocommit=self._autocommit, prepared_statements=self._prepared_statements
+            )
         return self._conn
 
     def close(self) -> None:

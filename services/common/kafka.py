@@ -48,8 +48,19 @@ def _error_cb(err: KafkaError) -> None:
         log.warning("kafka client error", code=code, reason=err.str())
 
 
+PRODUCE_REQUEST_TIMEOUT_MS = 10_000
+
+
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
+        # A ProduceRequest times out after the lesser of socket.timeout.ms and the batch's
+        # remaining message.timeout.ms. At librdkafka's 60 s default, a request to a leader that
+        # hangs (a broker frozen, not dead) outlives message.timeout.ms: the messages fail
+        # though the cluster may have them, and the batch's retry writes them again. At 10 s
+        # the request is given up and retried at the new leader (same sequence numbers: the
+        # idempotent producer's copies are dropped), well within message.timeout.ms.
+        # OPTOUT_KAFKA_EXTRA may set another value.
+        "socket.timeout.ms": PRODUCE_REQUEST_TIMEOUT_MS,
         **settings.kafka_config(),
         "enable.idempotence": True,
         "acks": "all",
@@ -141,14 +152,20 @@ def pii_retention_ms(settings: Settings) -> int:
 # key for ever: log compaction, and a tombstone (null value) removes a key after
 # ``delete.retention.ms`` (a day, the broker default), long enough for followers to see it.
 COMPACTED_TOPIC_CONFIG = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1"}
+MIN_INSYNC_REPLICAS = "min.insync.replicas"
 
 
 def topic_config(settings: Settings, topic: str, pii: set[str]) -> dict[str, str]:
     """What a topic is created with: PII topics a bounded retention, the suppression-state
-    topic log compaction, others the broker's defaults."""
+    topic log compaction, others the broker's defaults; every one min.insync.replicas when
+    configured."""
     if topic == settings.suppressions_topic:
-        return dict(COMPACTED_TOPIC_CONFIG)
-    return pii_topic_config(settings) if topic in pii else {}
+        config = dict(COMPACTED_TOPIC_CONFIG)
+    else:
+        config = pii_topic_config(settings) if topic in pii else {}
+    if settings.topic_min_insync_replicas is not None:
+        config[MIN_INSYNC_REPLICAS] = str(settings.topic_min_insync_replicas)
+    return config
 
 
 def pii_topic_config(settings: Settings) -> dict[str, str]:
@@ -160,10 +177,11 @@ def pii_topic_config(settings: Settings) -> dict[str, str]:
 def create_topics(
     settings: Settings, topics: Iterable[str], partitions: int | None = None, timeout: float = 30.0
 ) -> list[str]:
-    """Create the topics that do not exist yet; return the ones created. Topics that carry
-    raw contact details (``pii_topics``) are created with ``retention.ms`` from
-    OPTOUT_PII_TOPIC_RETENTION_HOURS and ``segment.ms`` of at most a day; the suppression-state
-    topic with log compaction (``topic_config``)."""
+    """Create the topics that do not exist yet; return the ones created, with
+    OPTOUT_TOPIC_REPLICATION_FACTOR copies and (when set) OPTOUT_TOPIC_MIN_INSYNC_REPLICAS.
+    Topics that carry raw contact details (``pii_topics``) are created with ``retention.ms``
+    from OPTOUT_PII_TOPIC_RETENTION_HOURS and ``segment.ms`` of at most a day; the
+    suppression-state topic with log compaction (``topic_config``)."""
     admin = make_admin(settings)
     existing = set(admin.list_topics(timeout=timeout).topics)
     wanted = [t for t in topics if t not in existing]
@@ -268,6 +286,50 @@ def apply_pii_retention(settings: Settings, timeout: float = 30.0) -> list[Reten
     for future in altered.values():
         future.result(timeout)
     return [changes[t][0] for t in topics if t in changes]
+
+
+def apply_min_insync_replicas(settings: Settings, timeout: float = 30.0) -> list[str]:
+    """Set ``min.insync.replicas`` of every existing topic of the pipeline to
+    OPTOUT_TOPIC_MIN_INSYNC_REPLICAS where it differs (nothing when that is unset); return
+    the topics changed."""
+    wanted = settings.topic_min_insync_replicas
+    if wanted is None:
+        return []
+    admin = make_admin(settings)
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    topics = [t for t in settings.all_topics() if t in existing]
+    if not topics:
+        return []
+    described = admin.describe_configs([ConfigResource("TOPIC", t) for t in topics], request_timeout=timeout)
+    differing = []
+    for resource, future in described.items():
+        entry = future.result(timeout).get(MIN_INSYNC_REPLICAS)
+        if entry is None or entry.value != str(wanted):
+            differing.append(resource.name)
+    if not differing:
+        return []
+    entry = ConfigEntry(MIN_INSYNC_REPLICAS, str(wanted), incremental_operation=AlterConfigOpType.SET)
+    altered = admin.incremental_alter_configs(
+        [ConfigResource("TOPIC", t, incremental_configs=[entry]) for t in differing], request_timeout=timeout
+    )
+    for future in altered.values():
+        future.result(timeout)
+    return [t for t in topics if t in differing]
+
+
+def under_replicated_topics(settings: Settings, timeout: float = 30.0) -> dict[str, int]:
+    """Topics of the pipeline with fewer replicas than OPTOUT_TOPIC_REPLICATION_FACTOR, with
+    the replicas they have (a topic's replication factor changes only by reassignment)."""
+    listed = make_admin(settings).list_topics(timeout=timeout).topics
+    short: dict[str, int] = {}
+    for name in settings.all_topics():
+        topic = listed.get(name)
+        if topic is None or not topic.partitions:
+            continue
+        replicas = min(len(p.replicas) for p in topic.partitions.values())
+        if replicas < settings.topic_replication_factor:
+            short[name] = replicas
+    return short
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,18 @@ LAG_SAMPLED = Gauge(
     "optout_consumergroup_lag_sampled_timestamp_seconds",
     "Unix time the exporter last read the groups' offsets successfully.",
 )
+# Replication of the pipeline's topics, as the exporter last saw it in the cluster's metadata.
+UNDER_REPLICATED_PARTITIONS = Gauge(
+    "optout_kafka_under_replicated_partitions",
+    "Partitions of a pipeline topic with fewer in-sync replicas than replicas (a broker down or behind).",
+    ["topic"],
+)
+UNWRITABLE_PARTITIONS = Gauge(
+    "optout_kafka_unwritable_partitions",
+    "Partitions of a pipeline topic that refuse acks=all writes: no leader, or fewer in-sync "
+    "replicas than min.insync.replicas.",
+    ["topic"],
+)
 
 # --- End to end: from the customer's request to the confirmation (the confirmer observes it).
 END_TO_END_SECONDS = Histogram(

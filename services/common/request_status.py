@@ -10,7 +10,7 @@ from services.common.settings import Settings
 
 def request_status(cfg: Settings, event_id: str) -> dict[str, Any] | None:
     """The request and each destination's state (shared with the web service)."""
-    with connect(cfg.dsn()) as conn:
+    with connect(cfg.dsn(), prepared_statements=cfg.database_prepared_statements) as conn:
         row = conn.execute(
             "SELECT event_id, state, scopes, source, jurisdiction, requested_at, received_at,"
             " due_at, deadline_rule, confirmed_at, (state <> 'CONFIRMED' AND due_at < now()),"

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from services.common.contract import Destinations
@@ -75,7 +83,15 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(
         6, ge=1, le=1000, description="Partitions per topic created by `optout topics create`."
     )
-    topic_replication_factor: int = Field(1, ge=1, description="Replication factor of created topics.")
+    topic_replication_factor: int = Field(
+        1, ge=1, description="Replication factor of created topics (3 on a production cluster)."
+    )
+    topic_min_insync_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="min.insync.replicas of created topics: an acks=all write needs this many "
+        "in-sync copies (2 with replication factor 3); unset: the broker's default.",
+    )
     pii_topic_retention_hours: int = Field(
         168,
         ge=1,
@@ -94,6 +110,12 @@ class Settings(BaseSettings):
         None, description="Role that runs migrations (DDL). Defaults to database_url."
     )
     database_app_role: str = Field("optout_app", description="Role migrations grant DML to.")
+    database_prepared_statements: bool = Field(
+        True,
+        description="Let psycopg prepare a statement on the server after 5 runs on one connection; "
+        "false behind PgBouncer older than 1.21 in transaction pooling (the next transaction "
+        "may run on a server connection without it).",
+    )
 
     # --- Processing ------------------------------------------------------------
     batch_size: int = Field(5000, ge=1, le=100_000, description="Messages consumed per batch.")
@@ -415,6 +437,22 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"{item!r} is not an IP network in CIDR notation") from None
         return networks
+
+    @field_validator("topic_min_insync_replicas", mode="before")
+    @classmethod
+    def _empty_min_insync_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("topic_min_insync_replicas")
+    @classmethod
+    def _check_min_insync(cls, value: int | None, info: ValidationInfo) -> int | None:
+        replication = info.data.get("topic_replication_factor")
+        if value is not None and isinstance(replication, int) and value > replication:
+            raise ValueError(
+                f"{value} exceeds OPTOUT_TOPIC_REPLICATION_FACTOR ({replication}): every "
+                "acks=all write would be refused"
+            )
+        return value
 
     @field_validator("kafka_extra", mode="before")
     @classmethod

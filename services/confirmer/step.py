@@ -67,7 +67,9 @@ class ConfirmerStep:
         self.producer = producer
         self.codec = codec
         self.clock = clock
-        self.db = db or LazyConnection(settings.dsn())
+        self.db = db or LazyConnection(
+            settings.dsn(), prepared_statements=settings.database_prepared_statements
+        )
         self._record_acks = record_acks
         self.sweeper = Sweeper(settings, producer, codec, clock, self.db)
         self._topic = settings.acks_topic

@@ -131,10 +131,10 @@ def _row(row: tuple[Any, ...]) -> StoredOutcome:
 class DedupeStore:
     """Outcomes of one destination's commands, in PostgreSQL."""
 
-    def __init__(self, dsn: str, destination: str) -> None:
+    def __init__(self, dsn: str, destination: str, prepared_statements: bool = True) -> None:
         self.dsn = dsn
         self.destination = destination
-        self._db = LazyConnection(dsn, autocommit=True)
+        self._db = LazyConnection(dsn, autocommit=True, prepared_statements=prepared_statements)
 
     def lookup(self, command_ids: Sequence[str]) -> dict[str, StoredOutcome]:
         if not command_ids:

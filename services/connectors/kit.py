@@ -639,7 +639,7 @@ def run_connector(
         make_producer(settings),
         default_codec(),
         clock or SystemClock(),
-        DedupeStore(settings.dsn(), connector.destination),
+        DedupeStore(settings.dsn(), connector.destination, settings.database_prepared_statements),
         watch,
     )
     group = settings.group(service)

@@ -227,9 +227,9 @@ def _upload(row: tuple[Any, ...]) -> Upload:
 
 
 class UploadLog:
-    def __init__(self, dsn: str, destination: str) -> None:
+    def __init__(self, dsn: str, destination: str, prepared_statements: bool = True) -> None:
         self.destination = destination
-        self._db = LazyConnection(dsn, autocommit=True)
+        self._db = LazyConnection(dsn, autocommit=True, prepared_statements=prepared_statements)
 
     def highest_sequence(self) -> int | None:
         row = self._db.run(
@@ -539,4 +539,9 @@ def build(destination: Destination, settings: Settings) -> Connector:
     pkey = load_private_key(
         key.get_secret_value(), passphrase.get_secret_value() if passphrase else None, where
     )
-    return SftpMailHouseConnector(destination.id, options, pkey, UploadLog(settings.dsn(), destination.id))
+    return SftpMailHouseConnector(
+        destination.id,
+        options,
+        pkey,
+        UploadLog(settings.dsn(), destination.id, settings.database_prepared_statements),
+    )

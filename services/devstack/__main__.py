@@ -2,9 +2,13 @@
 
 up      start (or reuse) the stack; print the addresses and the ``export`` lines
 env     same as up, but print only the ``export`` lines:  eval "$(python -m services.devstack env)"
-down    stop our broker and database server
+down    stop our broker(s), database server, sshd (and PgBouncer)
 status  print what runs where (``--json`` for machine-readable output)
 state-dir  print the folder that holds the stack's data and logs (``make clean`` removes it)
+
+OPTOUT_DEVSTACK_BROKERS=3 runs a replicated cluster of three Kafka nodes instead of the single
+broker (OPTOUT_DEVSTACK_KAFKA_PORT_BASE moves its ports). OPTOUT_DEVSTACK_PGBOUNCER=1 puts
+PgBouncer (transaction pooling, port 16432) between the services and PostgreSQL.
 
 Logs go to stderr, results to stdout. On failure: one line on stderr, exit code 1.
 """
@@ -32,7 +36,7 @@ def _exports(env: dict[str, str]) -> list[str]:
 
 def _print_status(state: dict[str, object]) -> None:
     _say(f"state dir: {state['state_dir']}")
-    for name in ("kafka", "postgres", "sshd"):
+    for name in ("kafka", "postgres", "sshd", "pgbouncer"):
         part = state[name]
         assert isinstance(part, dict)
         running = "running" if part.get("running") else "stopped"
@@ -75,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             info = ensure_up(install=not args.no_install)
             if args.command == "up":
                 _say(f"kafka bootstrap:       {info.kafka_bootstrap}")
+                _say(f"kafka nodes (ours):    {info.kafka_brokers or '-'}")
                 _say(f"kafka SASL bootstrap:  {info.kafka_sasl_bootstrap or '-'}")
                 _say(f"database (app):        {info.database_url}")
                 _say(f"database (admin):      {info.admin_database_url}")

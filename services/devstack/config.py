@@ -8,8 +8,11 @@ folder for the same checkout every time, so ``down`` and ``env`` find it again::
 
     .run/
       kafka/      server.properties, log4j2.properties, kafka.pid, data/ (KRaft log dir)
+      kafka-cluster/  with OPTOUT_DEVSTACK_BROKERS=3: cluster.id, voters, node-1/ node-2/
+                  node-3/ (each laid out like kafka/)
       postgres/   data/ (PGDATA, holds postmaster.pid), socket/ (unix socket)
-      logs/       kafka.log, postgres.log
+      pgbouncer/  with OPTOUT_DEVSTACK_PGBOUNCER=1: pgbouncer.ini, userlist.txt, pgbouncer.pid
+      logs/       kafka.log, kafka-cluster-node-N.log, postgres.log, pgbouncer.log
 """
 
 from __future__ import annotations
@@ -39,6 +42,16 @@ KAFKA_STORAGE_TOOL = "kafka.tools.StorageTool"
 KAFKA_HEAP_OPTS = ("-Xms256m", "-Xmx768m")
 KAFKA_READY_TIMEOUT_S = 60.0
 
+# A replicated cluster (OPTOUT_DEVSTACK_BROKERS=3): every node is broker and controller (KRaft
+# combined mode, a static quorum of all nodes), its own JVM with a small heap. Node i (from 1)
+# listens on base + 10*(i-1) + 0 (PLAINTEXT), + 1 (CONTROLLER), + 2 (SASL_PLAINTEXT); the
+# default base keeps it clear of the single broker's ports, so both can run side by side.
+KAFKA_CLUSTER_PORT_BASE = 19192
+KAFKA_NODE_PORT_STEP = 10
+KAFKA_CLUSTER_HEAP_OPTS = ("-Xms192m", "-Xmx384m")
+KAFKA_CLUSTER_READY_TIMEOUT_S = 90.0
+BROKER_COUNTS = (1, 3, 5)  # an odd number of voters; 1 is the single broker
+
 LOCAL_KAFKA_BOOTSTRAP = f"{KAFKA_HOST}:{KAFKA_PORT}"
 LOCAL_KAFKA_SASL_BOOTSTRAP = f"{KAFKA_HOST}:{KAFKA_SASL_PORT}"
 
@@ -66,11 +79,59 @@ ENV_DATABASE_URL = "OPTOUT_DATABASE_URL"
 ENV_ADMIN_DATABASE_URL = "OPTOUT_ADMIN_DATABASE_URL"
 ENV_STACK_DIR = "OPTOUT_STACK_DIR"
 ENV_KAFKA_LIBS = "OPTOUT_KAFKA_LIBS"
+ENV_BROKERS = "OPTOUT_DEVSTACK_BROKERS"  # 1 (default), 3 or 5 Kafka nodes
+ENV_KAFKA_PORT_BASE = "OPTOUT_DEVSTACK_KAFKA_PORT_BASE"  # first port of the (first) Kafka node
+ENV_PGBOUNCER = "OPTOUT_DEVSTACK_PGBOUNCER"  # 1: PgBouncer in front of PostgreSQL for the services
+ENV_PGBOUNCER_PORT = "OPTOUT_DEVSTACK_PGBOUNCER_PORT"
+PGBOUNCER_PORT = 16432
 
 STOP_TIMEOUT_S = 30.0
 
 # Where the state goes when the checkout is out of the PostgreSQL OS user's reach.
 FALLBACK_PARENT = Path("/var/tmp")
+
+
+def broker_count() -> int:
+    """How many Kafka nodes the local stack runs (OPTOUT_DEVSTACK_BROKERS, default 1)."""
+    raw = os.environ.get(ENV_BROKERS, "").strip()
+    if not raw:
+        return 1
+    if not raw.isdigit() or int(raw) not in BROKER_COUNTS:
+        allowed = ", ".join(str(n) for n in BROKER_COUNTS)
+        raise StackError(
+            f"{ENV_BROKERS} must be one of {allowed} (an odd number of KRaft voters), not {raw!r}."
+        )
+    return int(raw)
+
+
+def _port_setting(name: str, default: int, span: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not 1024 <= int(raw) <= 65535 - span:
+        raise StackError(f"{name} must be a port number from 1024 to {65535 - span}, not {raw!r}.")
+    return int(raw)
+
+
+def kafka_port_base(brokers: int) -> int:
+    """The first port of Kafka node 1: OPTOUT_DEVSTACK_KAFKA_PORT_BASE, else 19092 for the
+    single broker and 19192 for a cluster."""
+    default = KAFKA_PORT if brokers == 1 else KAFKA_CLUSTER_PORT_BASE
+    return _port_setting(ENV_KAFKA_PORT_BASE, default, KAFKA_NODE_PORT_STEP * brokers)
+
+
+def pgbouncer_wanted() -> bool:
+    """OPTOUT_DEVSTACK_PGBOUNCER: 1/true/yes starts PgBouncer, 0/false/no/empty does not."""
+    raw = os.environ.get(ENV_PGBOUNCER, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise StackError(f"{ENV_PGBOUNCER} must be 1 or 0, not {raw!r}.")
+
+
+def pgbouncer_port() -> int:
+    return _port_setting(ENV_PGBOUNCER_PORT, PGBOUNCER_PORT, 0)
 
 
 def repo_root() -> Path:
@@ -218,6 +279,14 @@ class Paths:
     @property
     def kafka_log(self) -> Path:
         return self.logs_dir / "kafka.log"
+
+    @property
+    def kafka_cluster_dir(self) -> Path:
+        return self.state_dir / "kafka-cluster"
+
+    @property
+    def pgbouncer_dir(self) -> Path:
+        return self.state_dir / "pgbouncer"
 
     @property
     def pg_dir(self) -> Path:

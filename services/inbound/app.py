@@ -217,7 +217,9 @@ def create_app(
     (``confirm_client``: the HTTP client that confirms SNS subscriptions, when enabled)."""
     the_providers = providers if providers is not None else providers_from_settings(settings)
     the_publisher: Publisher = publisher or AsyncPublisher(settings)
-    the_replay: ReplayMemory = replay or ReplayStore(settings.dsn())
+    the_replay: ReplayMemory = replay or ReplayStore(
+        settings.dsn(), prepared_statements=settings.database_prepared_statements
+    )
     confirm = None
     if settings.inbound_sns_confirm_subscriptions:
         confirm = confirm_client or httpx.AsyncClient()

@@ -15,6 +15,7 @@ from datetime import datetime
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from services.common.db import prepare_threshold
 from services.common.logging import get_logger
 
 log = get_logger(__name__)
@@ -31,7 +32,9 @@ def _digest(token: str) -> str:
 
 
 class ReplayStore:
-    def __init__(self, dsn: str, max_size: int = 4, timeout: float = 5.0) -> None:
+    def __init__(
+        self, dsn: str, max_size: int = 4, timeout: float = 5.0, prepared_statements: bool = True
+    ) -> None:
         self.timeout = timeout
         self._last_cleanup = 0.0
         self.pool = AsyncConnectionPool(
@@ -40,7 +43,12 @@ class ReplayStore:
             max_size=max_size,
             open=False,
             timeout=timeout,
-            kwargs={"autocommit": True, "connect_timeout": 5, "application_name": "optout-inbound"},
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": 5,
+                "application_name": "optout-inbound",
+                "prepare_threshold": prepare_threshold(prepared_statements),
+            },
         )
 
     async def open(self) -> None:

@@ -71,7 +71,9 @@ class DatabaseDirectory:
     def __init__(
         self, settings: Settings, ring: KeyRing, monotonic: Callable[[], float] = time.monotonic
     ) -> None:
-        self._db = LazyConnection(settings.dsn(), autocommit=True)
+        self._db = LazyConnection(
+            settings.dsn(), autocommit=True, prepared_statements=settings.database_prepared_statements
+        )
         self._ring = ring
         self._every = settings.directory_check_seconds
         self._monotonic = monotonic

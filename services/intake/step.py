@@ -273,7 +273,9 @@ class IntakeStep:
         worker = threading.get_ident()
         conn = self._conns.get(worker)
         if conn is None:
-            conn = self._conns[worker] = LazyConnection(self.settings.dsn())
+            conn = self._conns[worker] = LazyConnection(
+                self.settings.dsn(), prepared_statements=self.settings.database_prepared_statements
+            )
         return conn.run(lambda c: record_batch(c, requests, commands, now, self._ring))
 
     def _record(self, items: list[_Accepted], now: Any) -> RecordOutcome:

@@ -1,11 +1,11 @@
 """``optout run exporter``: the SRE's outside view, exported for Prometheus.
 
 Every ``interval`` seconds it samples every pipeline consumer group (lag in messages
-and seconds, Burrow-style status; what ``optout lag`` shows) and reads the business
-view from PostgreSQL. It sees a group even when its service is stopped, which the
-service's own ``/metrics`` cannot. A failing source is logged and retried at the next
-interval; the other keeps being exported; ``..._timestamp_seconds`` gauges tell how
-fresh each is.
+and seconds, Burrow-style status; what ``optout lag`` shows), the replication of the
+pipeline's topics (``replication.py``) and reads the business view from PostgreSQL. It
+sees a group even when its service is stopped, which the service's own ``/metrics``
+cannot. A failing source is logged and retried at the next interval; the other keeps
+being exported; ``..._timestamp_seconds`` gauges tell how fresh each is.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from services.common import metrics
 from services.common.clock import Clock, SystemClock
 from services.common.db import LazyConnection, first_line
 from services.common.errors import RetriableError
+from services.common.kafka import make_admin
 from services.common.logging import get_logger
 from services.common.settings import Settings
-from services.observability import business
+from services.observability import business, replication
 from services.observability.group_lag import GroupLagMonitor, GroupReport, GroupSpec, pipeline_groups
 from services.observability.health import HEALTH
 from services.observability.lag import Status
@@ -86,13 +87,37 @@ class Exporter:
         self.clock = clock or SystemClock()
         self.monitor = monitor or GroupLagMonitor(settings)
         self.lag = GroupLagExporter()
-        self._db = LazyConnection(settings.dsn(), autocommit=True)
+        self._admin = make_admin(settings)
+        self._db = LazyConnection(
+            settings.dsn(), autocommit=True, prepared_statements=settings.database_prepared_statements
+        )
         self.last_reports: list[GroupReport] = []
         business.init_zeros(self.settings.destinations.names)
 
     def refresh(self) -> None:
         self.refresh_lag()
+        self.refresh_replication()
         self.refresh_business()
+
+    def refresh_replication(self) -> None:
+        """Under-replicated and unwritable partitions of the pipeline's topics."""
+        try:
+            metadata = self._admin.list_topics(timeout=10)
+        except KafkaException as exc:
+            log.warning(
+                "reading the cluster's metadata failed; retrying next interval",
+                error=exc.args[0].str() if exc.args else str(exc),
+            )
+            return
+        # Without the setting, the broker's default: at least the leader itself must be in sync.
+        min_isr = self.settings.topic_min_insync_replicas or 1
+        health = replication.from_metadata(metadata, self.settings.all_topics(), min_isr)
+        for topic, state in health.items():
+            metrics.UNDER_REPLICATED_PARTITIONS.labels(topic).set(state.under_replicated)
+            metrics.UNWRITABLE_PARTITIONS.labels(topic).set(state.unwritable)
+        short = {t: h.under_replicated for t, h in health.items() if h.under_replicated}
+        if short:
+            log.warning("partitions under-replicated", partitions=short)
 
     def refresh_lag(self) -> None:
         try:

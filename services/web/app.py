@@ -773,11 +773,15 @@ def create_app(
     """The web app; dependencies default to the real producer, database and system clock."""
     the_clock = clock or SystemClock()
     the_publisher: Publisher = publisher or AsyncPublisher(settings)
-    the_statuses: Statuses = statuses or StatusReader(settings.dsn())
+    the_statuses: Statuses = statuses or StatusReader(
+        settings.dsn(), prepared_statements=settings.database_prepared_statements
+    )
     limiter = RateLimiter(
         settings.web_rate_limit_per_second, settings.web_rate_limit_burst, the_clock.monotonic
     )
-    the_signal_log: SignalLogger = signal_log or SignalLog(settings.dsn())
+    the_signal_log: SignalLogger = signal_log or SignalLog(
+        settings.dsn(), prepared_statements=settings.database_prepared_statements
+    )
     web = WebApp(
         settings,
         ring or keyring_from_settings(settings),

@@ -20,6 +20,8 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from services.common.db import prepare_threshold
+
 
 @dataclass(frozen=True)
 class GpcSignal:
@@ -57,7 +59,9 @@ VALUES (%s, %s, %s, %s, %s, %s, %s)
 class SignalLog:
     """Writes rows from the web app through its own small async pool."""
 
-    def __init__(self, dsn: str, max_size: int = 2, timeout: float = 5.0) -> None:
+    def __init__(
+        self, dsn: str, max_size: int = 2, timeout: float = 5.0, prepared_statements: bool = True
+    ) -> None:
         self.timeout = timeout
         self.pool = AsyncConnectionPool(
             dsn,
@@ -65,7 +69,12 @@ class SignalLog:
             max_size=max_size,
             open=False,
             timeout=timeout,
-            kwargs={"autocommit": True, "connect_timeout": 5, "application_name": "optout-web-gpc"},
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": 5,
+                "application_name": "optout-web-gpc",
+                "prepare_threshold": prepare_threshold(prepared_statements),
+            },
         )
 
     async def open(self) -> None:

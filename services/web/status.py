@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from services.common.db import prepare_threshold
 from services.common.logging import get_logger
 from services.web.pages import RequestView
 
@@ -48,7 +49,9 @@ def to_view(row: Sequence[Any]) -> RequestView:
 
 
 class StatusReader:
-    def __init__(self, dsn: str, max_size: int = 4, timeout: float = 5.0) -> None:
+    def __init__(
+        self, dsn: str, max_size: int = 4, timeout: float = 5.0, prepared_statements: bool = True
+    ) -> None:
         self.timeout = timeout
         self.pool = AsyncConnectionPool(
             dsn,
@@ -56,7 +59,12 @@ class StatusReader:
             max_size=max_size,
             open=False,
             timeout=timeout,
-            kwargs={"autocommit": True, "connect_timeout": 5, "application_name": "optout-web"},
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": 5,
+                "application_name": "optout-web",
+                "prepare_threshold": prepare_threshold(prepared_statements),
+            },
         )
 
     async def open(self) -> None:

@@ -103,6 +103,8 @@ def pipeline_env(
         "OPTOUT_SWEEP_INTERVAL_SECONDS": "5",
         "OPTOUT_REISSUE_BASE_SECONDS": "120",
     }
+    # On a replicated cluster: its topics' replication factor and min ISR.
+    env.update({k: v for k, v in stack.env().items() if k.startswith("OPTOUT_TOPIC_")})
     if log_level is not None:
         env["OPTOUT_LOG_LEVEL"] = log_level
     return env
@@ -116,7 +118,10 @@ def settings_for(env: dict[str, str]) -> Settings:
         "admin_database_url": env["OPTOUT_ADMIN_DATABASE_URL"],
         "topic_prefix": env["OPTOUT_TOPIC_PREFIX"],
         "topic_partitions": int(env["OPTOUT_TOPIC_PARTITIONS"]),
+        "topic_replication_factor": int(env.get("OPTOUT_TOPIC_REPLICATION_FACTOR", "1")),
     }
+    if "OPTOUT_TOPIC_MIN_INSYNC_REPLICAS" in env:
+        values["topic_min_insync_replicas"] = int(env["OPTOUT_TOPIC_MIN_INSYNC_REPLICAS"])
     return Settings(**values)
 
 

@@ -6,6 +6,12 @@ the database and by reading every output topic from the beginning.
     python -m tests.faults.run_faults            # full: 20,000 opt-outs (make test-faults)
     python -m tests.faults.run_faults --short    # the short form run by make test
 
+On a replicated cluster (OPTOUT_DEVSTACK_BROKERS=3, ``make test-faults BROKERS=3``) the run
+adds the cluster's faults (``tests/faults/cluster_faults.py``): kill -9 of the node leading
+the busiest partitions and of the active controller, a node frozen with SIGSTOP for 30 s,
+and a rolling restart of all three; topics then have 3 replicas, 2 of them in sync for
+every write.
+
 Seeded and repeatable (--seed): the same requests and the same fault schedule.
 """
 
@@ -19,21 +25,27 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from confluent_kafka.admin import ConfigResource
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from services.common.errors import RetriableError
 from services.common.kafka import create_topics
 from services.common.settings import Settings
-from services.devstack import ensure_up, kafka_broker, postgres_server
+from services.devstack import StackInfo, ensure_up, kafka_broker, kafka_cluster, postgres_server
+from services.devstack import config as devstack_config
 from services.devstack.config import Paths
+from services.devstack.kafka_cluster import Cluster
 from services.domain.planning import applicable_destinations, command_id
+from services.observability import replication
 from services.publisher.publish import Prepared, RequestPublisher
+from tests.faults.cluster_faults import ClusterFaults
 from tests.faults.environment import (
     CONNECTORS,
     create_database,
@@ -43,7 +55,7 @@ from tests.faults.environment import (
     start_pipeline,
 )
 from tests.faults.fleet import Fleet, Instance
-from tests.support.pipeline import read_topic
+from tests.support.pipeline import Record, read_topic
 
 SCOPE_MIX = [
     ["ALL"],
@@ -74,6 +86,54 @@ class FaultPlan:
     # share of requests whose address it permanently refuses.
     standin_failure_rate: float = 0.0
     rejected_share: float = 0.0
+    # On a replicated cluster, in this order, one after another (each waits until every
+    # partition is fully replicated again): "leader" (kill -9 the node leading the busiest
+    # partitions, start it again after leader_down_seconds), "leader-left-down" (the same,
+    # never started again), "controller" (kill -9 the active controller), "freeze"
+    # (SIGSTOP a node for freeze_seconds, then SIGCONT), "rolling" (restart every node).
+    cluster_faults: tuple[str, ...] = ()
+    cluster_faults_at: float = 0.1  # share of the publishing span before the first one
+    leader_down_seconds: float = 10.0
+    freeze_seconds: float = 30.0
+    verify_settle_seconds: float = 3.0  # reading output topics: quiet time after the end
+
+    @classmethod
+    def cluster(cls) -> FaultPlan:
+        """The full run on three Kafka nodes: the default faults (but the single broker's
+        restart, replaced by the rolling restart) plus every cluster fault, over a longer
+        span so that they all happen under load."""
+        return cls(
+            events=30_000,
+            rate_per_second=150.0,
+            broker_restart=False,
+            cluster_faults=("leader", "controller", "freeze", "rolling"),
+            drain_timeout_seconds=900.0,
+        )
+
+    @classmethod
+    def cluster_short(cls) -> FaultPlan:
+        """The short cluster form run by make test: one node frozen with SIGSTOP for 5 s
+        (a long GC pause, shorter than the broker session timeout: nothing is fenced,
+        whatever needs it waits), then kill -9 of the node leading the busiest partitions,
+        left down (fenced after the 9 s session timeout; its partitions get new leaders and
+        the cluster carries on with two nodes, still meeting min.insync.replicas 2)."""
+        return cls(
+            events=1_000,
+            rate_per_second=100.0,
+            intake_instances=1,
+            confirmer_instances=1,
+            intake_kills=0,
+            confirmer_kills=0,
+            connector_kills=0,
+            broker_restart=False,
+            database_outage_seconds=0.0,
+            rebalance=False,
+            cluster_faults=("freeze", "leader-left-down"),
+            cluster_faults_at=0.05,
+            freeze_seconds=5.0,
+            drain_timeout_seconds=180.0,
+            verify_settle_seconds=0.5,
+        )
 
     @classmethod
     def short(cls) -> FaultPlan:
@@ -152,13 +212,29 @@ def _requests(plan: FaultPlan, rng: random.Random) -> list[dict[str, Any]]:
     return out
 
 
+CLUSTER_FAULTS = ("leader", "leader-left-down", "controller", "freeze", "rolling")
+
+
 class Run:
-    def __init__(self, plan: FaultPlan, work_dir: Path) -> None:
+    def __init__(
+        self, plan: FaultPlan, work_dir: Path, stack: StackInfo | None = None, cluster: Cluster | None = None
+    ) -> None:
         self.plan = plan
         self.rng = random.Random(plan.seed)
         self.report = FaultReport(plan)
-        self.stack = ensure_up()
+        self.stack = stack or ensure_up()
         self.paths = Paths.from_env()
+        if cluster is None and self.stack.kafka_brokers >= 3:
+            cluster = kafka_cluster.layout(self.paths, self.stack.kafka_brokers)
+        self.cluster = cluster
+        unknown = [f for f in plan.cluster_faults if f not in CLUSTER_FAULTS]
+        if unknown:
+            raise ValueError(f"unknown cluster faults {unknown}; known: {CLUSTER_FAULTS}")
+        if plan.cluster_faults and cluster is None:
+            raise SystemExit(
+                "the cluster faults need the local three-node cluster: make test-faults BROKERS=3"
+            )
+        self.cluster_faults: ClusterFaults | None = None
         self.work_dir = work_dir
         self.db_name = f"optout_faults_{uuid.uuid4().hex[:8]}"
         self.killed: set[int] = set()
@@ -260,6 +336,7 @@ class Run:
     # --- the run ------------------------------------------------------------------
     def execute(self) -> FaultReport:
         plan = self.plan
+        setting_up = time.monotonic()
         app, admin = self._database()
         publisher_rng = random.Random(plan.seed + 1)
         requests = _requests(plan, self.rng)
@@ -272,6 +349,10 @@ class Run:
         env = self._env(app, admin, rejected)
         cfg = settings_for(env)
         create_topics(cfg, cfg.all_topics())
+        if self.cluster is not None:
+            self.cluster_faults = ClusterFaults(
+                self.paths, self.cluster, cfg.all_topics(), random.Random(plan.seed + 2), self.report.faults
+            )
         fleet = Fleet(env, self.work_dir)
         start_pipeline(fleet, plan.intake_instances, plan.confirmer_instances)
 
@@ -285,14 +366,20 @@ class Run:
         span = plan.events / plan.rate_per_second
         schedule = self._schedule(fleet, span)
         started = time.monotonic()
+        sys.stderr.write(f"set up in {started - setting_up:.1f}s; publishing\n")
         faults = threading.Thread(target=self._run_schedule, args=(schedule, started), daemon=True)
         faults.start()
+        kafka_faults = threading.Thread(
+            target=self._run_cluster_faults, args=(started + plan.cluster_faults_at * span,), daemon=True
+        )
+        kafka_faults.start()
         supervising = threading.Event()
         supervisor = threading.Thread(target=self._supervise, args=(fleet, supervising), daemon=True)
         supervisor.start()
         try:
             self._publish(publisher, prepared, started)
             faults.join()
+            kafka_faults.join()
             self._drain(cfg, len(prepared), started)
         finally:
             supervising.set()
@@ -311,7 +398,9 @@ class Run:
             ]
         self.report.figures["elapsed seconds"] = round(time.monotonic() - started, 1)
         self.report.figures["exits restarted by the supervisor"] = len(self.restarted)
+        verifying = time.monotonic()
         self._verify(cfg, expected, refused, fleet)
+        sys.stderr.write(f"verified in {time.monotonic() - verifying:.1f}s\n")
         if self.report.ok:
             self._drop_database()
         else:
@@ -335,6 +424,27 @@ class Run:
                         timer = threading.Timer(2.0, self._restart_later, (fleet, instance))
                         self.pending_restarts.append(timer)
                         timer.start()
+
+    def _run_cluster_faults(self, start_at: float) -> None:
+        """The cluster's faults, one after another, from ``start_at`` (a monotonic time)."""
+        chaos, plan = self.cluster_faults, self.plan
+        if chaos is None or not plan.cluster_faults:
+            return
+        time.sleep(max(0.0, start_at - time.monotonic()))
+        try:
+            for name in plan.cluster_faults:
+                if name == "leader":
+                    chaos.kill_busiest_leader(plan.leader_down_seconds)
+                elif name == "leader-left-down":
+                    chaos.kill_busiest_leader(0.0, restart=False)
+                elif name == "controller":
+                    chaos.kill_controller(plan.leader_down_seconds)
+                elif name == "freeze":
+                    chaos.freeze(plan.freeze_seconds)
+                elif name == "rolling":
+                    chaos.rolling_restart()
+        except Exception as exc:  # reported as a failure of the run, with its reason
+            self.report.problems.append(f"cluster fault failed: {type(exc).__name__}: {exc}")
 
     def _restart_later(self, fleet: Fleet, instance: Instance) -> None:
         with self.lock:
@@ -381,9 +491,10 @@ class Run:
             cfg.dsn(), "SELECT count(*) FROM requests WHERE event_id = ANY(%s)", (ids,)
         )
         want_commands = {command_id(e, d) for e, dests in expected.items() for d in dests}
+        outputs = self._read_outputs(cfg)
         delivered: Counter[str] = Counter()
         for dest in CONNECTORS:
-            for rec in read_topic(cfg, cfg.suppress_topic(dest), settle=3.0, timeout=300):
+            for rec in outputs[cfg.suppress_topic(dest)]:
                 body = rec.decoded()
                 assert body["destination"] == dest
                 delivered[body["command_id"]] += 1
@@ -410,7 +521,7 @@ class Run:
         )
         confirmations: Counter[str] = Counter()
         wrong_destinations = 0
-        for rec in read_topic(cfg, cfg.confirmations_topic, settle=3.0, timeout=300):
+        for rec in outputs[cfg.confirmations_topic]:
             body = rec.decoded()
             confirmations[body["request_id"]] += 1
             named = sorted(d["destination"] for d in body["destinations"])
@@ -422,7 +533,7 @@ class Run:
         fig["confirmations for refused requests"] = len(refused & set(confirmations))
         fig["confirmations naming wrong destinations"] = wrong_destinations
         fig["duplicate confirmations"] = sum(confirmations.values()) - len(confirmations)
-        dlq = sum(len(read_topic(cfg, t, settle=1.0)) for t in cfg.all_topics() if "dlq" in t)
+        dlq = sum(len(outputs[t]) for t in cfg.all_topics() if "dlq" in t)
         fig["dead letters"] = dlq
         unexpected = self.died_on_their_own
         fig["processes that died on their own or failed to stop"] = len(unexpected)
@@ -460,7 +571,52 @@ class Run:
                 "duplicates in a run without faults",
             ),
         ]
+        checks += self._verify_cluster(cfg)
         rep.problems.extend(message for passed, message in checks if not passed)
+
+    def _read_outputs(self, cfg: Settings) -> dict[str, list[Record]]:
+        """Every command topic, the confirmations and every DLQ, read from the beginning, all
+        at once (each reader waits for the topic's end and then a quiet moment)."""
+        settle = self.plan.verify_settle_seconds
+        wanted = {cfg.suppress_topic(d): settle for d in CONNECTORS}
+        wanted[cfg.confirmations_topic] = settle
+        wanted.update({t: min(1.0, settle) for t in cfg.all_topics() if "dlq" in t})
+        with ThreadPoolExecutor(len(wanted), thread_name_prefix="verify") as pool:
+            futures = {t: pool.submit(read_topic, cfg, t, None, 300, quiet) for t, quiet in wanted.items()}
+            return {t: f.result() for t, f in futures.items()}
+
+    def _verify_cluster(self, cfg: Settings) -> list[tuple[bool, str]]:
+        """On the cluster: the run's topics have the replicas and min ISR asked for, the
+        recoveries' durations, and the nodes alive at the end."""
+        chaos = self.cluster_faults
+        if self.cluster is None or chaos is None:
+            return []
+        fig = self.report.figures
+        admin = self.cluster.admin()
+        topics = admin.list_topics(timeout=10).topics
+        replicas = sorted({len(p.replicas) for t in cfg.all_topics() for p in topics[t].partitions.values()})
+        described = admin.describe_configs([ConfigResource("TOPIC", t) for t in cfg.all_topics()])
+        min_isr = sorted({f.result(30)["min.insync.replicas"].value for f in described.values()})
+        fig["topic replicas / min.insync.replicas"] = f"{replicas} / {min_isr}"
+        for label, seconds in chaos.recoveries:
+            fig[label] = round(seconds, 1)
+        fig["Kafka nodes alive at the end"] = len(kafka_cluster.pids(self.cluster))
+        health = replication.from_metadata(
+            admin.list_topics(timeout=10), cfg.all_topics(), cfg.topic_min_insync_replicas or 1
+        )
+        under = sum(h.under_replicated for h in health.values())
+        unwritable = sum(h.unwritable for h in health.values())
+        fig["partitions under-replicated / refusing writes at the end"] = f"{under} / {unwritable}"
+        return [
+            (
+                replicas == [cfg.topic_replication_factor],
+                f"topics have {replicas} replicas, not {cfg.topic_replication_factor}",
+            ),
+            (
+                cfg.topic_min_insync_replicas is None or min_isr == [str(cfg.topic_min_insync_replicas)],
+                f"topics have min.insync.replicas {min_isr}, not {cfg.topic_min_insync_replicas}",
+            ),
+        ]
 
     def _drop_database(self) -> None:
         drop_database(self.stack, self.db_name)
@@ -479,12 +635,19 @@ def _scalar(dsn: str, query: str, params: tuple[Any, ...] = ()) -> int:
     return 0
 
 
-def run(plan: FaultPlan, output: Path | None = None) -> FaultReport:
-    """Run ``plan``; services' logs and the mail-house files stay in ``output``."""
+def run(
+    plan: FaultPlan,
+    output: Path | None = None,
+    stack: StackInfo | None = None,
+    cluster: Cluster | None = None,
+) -> FaultReport:
+    """Run ``plan`` on ``stack`` (default: ``ensure_up()``), with the cluster's faults on
+    ``cluster`` (default: the stack's own when it runs three nodes); services' logs and the
+    mail-house files stay in ``output``."""
     folder = output or Path("test-output") / f"faults-{plan.seed}-{int(time.time())}"
     folder.mkdir(parents=True, exist_ok=True)
     sys.stderr.write(f"service logs: {folder}\n")
-    return Run(plan, folder).execute()
+    return Run(plan, folder, stack, cluster).execute()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -494,7 +657,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, help="override the number of opt-outs")
     parser.add_argument("--seed", type=int, help="override the seed")
     args = parser.parse_args(argv)
-    plan = FaultPlan.short() if args.short else FaultPlan.calm() if args.calm else FaultPlan()
+    on_cluster = devstack_config.broker_count() >= 3
+    if args.calm:
+        plan = FaultPlan.calm()
+    elif on_cluster:
+        plan = FaultPlan.cluster_short() if args.short else FaultPlan.cluster()
+    else:
+        plan = FaultPlan.short() if args.short else FaultPlan()
     if args.events:
         plan = replace(plan, events=args.events)
     if args.seed is not None:

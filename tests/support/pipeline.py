@@ -167,16 +167,26 @@ def read_topic(
             if expect is not None and len(out) < expect:
                 continue
             if ends is None:
-                ends = {
-                    p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                    for p in partitions
-                }
+                ends = {p: _watermarks(consumer, topic, p) for p in partitions}
             caught_up = all(high <= max(low, next_offset.get(p, low)) for p, (low, high) in ends.items())
             if caught_up and time.monotonic() - last_new > settle:
                 break
     finally:
         consumer.close()
     return out
+
+
+@retry(
+    retry=retry_if_exception_type(KafkaException),
+    stop=stop_after_delay(30),
+    wait=wait_fixed(0.5),
+    reraise=True,
+)
+def _watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
+    """(low, high) watermarks of a partition; retried while its leader moves (a broker of a
+    cluster was killed: the query may meet the old leader's handle being torn down)."""
+    low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+    return int(low), int(high)
 
 
 def wait_until(
