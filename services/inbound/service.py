@@ -11,6 +11,7 @@ import uvicorn
 
 from services.common.db import CONNECT_TIMEOUT_SECONDS, first_line
 from services.common.errors import ConfigurationError
+from services.common.http_server import serve_until_stopped, uvicorn_config
 from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.inbound.app import create_app
@@ -38,16 +39,9 @@ def require_replay_table(dsn: str) -> None:
 def run(settings: Settings, stop: threading.Event) -> None:
     providers = providers_from_settings(settings)  # refuse bad keys before listening
     require_replay_table(settings.dsn())
-    config = uvicorn.Config(
-        create_app(settings, providers=providers),
-        host=settings.inbound_host,
-        port=settings.inbound_port,
-        access_log=False,  # the app counts and logs what matters, without addresses
-        log_config=None,
-        server_header=False,
-        proxy_headers=False,
-        timeout_graceful_shutdown=10,
-        lifespan="on",
+    # No access log: the app counts and logs what matters, without addresses.
+    config = uvicorn_config(
+        create_app(settings, providers=providers), settings.inbound_host, settings.inbound_port
     )
     server = uvicorn.Server(config)
     log.info(
@@ -60,14 +54,7 @@ def run(settings: Settings, stop: threading.Event) -> None:
     # /readyz is ready only once the webhook port accepts connections (the runner starts the
     # health endpoint just before this, so for the first moment it may still say ready).
     HEALTH.add_check("inbound_http", lambda: None if server.started else "not listening yet")
-    thread = threading.Thread(target=server.run, name="uvicorn-inbound")
-    thread.start()
     try:
-        while thread.is_alive() and not stop.wait(0.2):
-            pass
-        server.should_exit = True
-        thread.join(30)
+        serve_until_stopped(server, stop, "inbound")
     finally:
         HEALTH.remove_check("inbound_http")
-    if not stop.is_set():
-        raise RuntimeError("the inbound server stopped by itself (is the port in use?)")

@@ -8,14 +8,13 @@ asked to stop or when one of them dies.
 
 from __future__ import annotations
 
-import multiprocessing
 import socket
 import threading
-from multiprocessing.process import BaseProcess
 
 import uvicorn
 
 from services.common.errors import ConfigurationError
+from services.common.http_server import run_worker_processes, serve_until_stopped, uvicorn_config
 from services.common.logging import configure_logging, get_logger
 from services.common.settings import Settings
 from services.common.shutdown import install_stop_handlers
@@ -34,33 +33,13 @@ def check_keys(settings: Settings) -> None:
 
 
 def _config(settings: Settings) -> uvicorn.Config:
-    return uvicorn.Config(
-        create_app(settings),
-        host=settings.lookup_host,
-        port=settings.lookup_port,
-        access_log=False,  # query strings carry raw emails and phones
-        log_config=None,
-        server_header=False,
-        date_header=False,
-        proxy_headers=False,
-        timeout_graceful_shutdown=10,
-        lifespan="on",
-        backlog=4096,
-        limit_concurrency=10_000,
-    )
+    # No access log: paths carry tokens (web) and query strings raw emails and phones (lookup).
+    return uvicorn_config(create_app(settings), settings.lookup_host, settings.lookup_port, date_header=False)
 
 
 def serve(settings: Settings, stop: threading.Event, sockets: list[socket.socket] | None = None) -> None:
     """Run one uvicorn server until ``stop`` is set (it drains in-flight requests)."""
-    server = uvicorn.Server(_config(settings))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, name="uvicorn")
-    thread.start()
-    while thread.is_alive() and not stop.wait(0.2):
-        pass
-    server.should_exit = True
-    thread.join(30)
-    if not stop.is_set():
-        raise RuntimeError("the lookup server stopped by itself (is the port in use?)")
+    serve_until_stopped(uvicorn.Server(_config(settings)), stop, "lookup", sockets)
 
 
 def _worker(settings: Settings, sock: socket.socket) -> None:
@@ -82,30 +61,6 @@ def run(settings: Settings, stop: threading.Event) -> None:
     if settings.lookup_workers == 1:
         serve(settings, stop)
         return
-    sock = socket.socket(socket.AF_INET6 if ":" in settings.lookup_host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.lookup_host, settings.lookup_port))
-    sock.listen(4096)
-    sock.set_inheritable(True)
-    context = multiprocessing.get_context("spawn")
-    workers: list[BaseProcess] = []
-    try:
-        for index in range(settings.lookup_workers):
-            child = context.Process(target=_worker, args=(settings, sock), name=f"lookup-{index}")
-            child.start()
-            workers.append(child)
-        while not stop.wait(0.5):
-            if any(not p.is_alive() for p in workers):
-                log.error("a lookup worker exited; stopping the others")
-                break
-    finally:
-        for proc in workers:
-            if proc.is_alive() and proc.pid is not None:
-                proc.terminate()
-        for proc in workers:
-            proc.join(30)
-            if proc.is_alive():
-                proc.kill()
-        sock.close()
-    if not stop.is_set():
-        raise RuntimeError("a lookup worker exited unexpectedly")
+    run_worker_processes(
+        "lookup", settings.lookup_host, settings.lookup_port, settings.lookup_workers, _worker, settings, stop
+    )

@@ -8,14 +8,13 @@ when one of them dies.
 
 from __future__ import annotations
 
-import multiprocessing
 import socket
 import threading
-from multiprocessing.process import BaseProcess
 
 import uvicorn
 
 from services.common.errors import ConfigurationError
+from services.common.http_server import run_worker_processes, serve_until_stopped, uvicorn_config
 from services.common.logging import configure_logging, get_logger
 from services.common.settings import Settings
 from services.common.shutdown import install_stop_handlers
@@ -27,35 +26,13 @@ log = get_logger(__name__)
 
 
 def _config(settings: Settings) -> uvicorn.Config:
-    return uvicorn.Config(
-        create_app(settings),
-        host=settings.web_host,
-        port=settings.web_port,
-        # No access log: paths carry tokens. The app counts and logs what matters.
-        access_log=False,
-        log_config=None,
-        server_header=False,
-        date_header=True,
-        proxy_headers=False,
-        timeout_graceful_shutdown=10,
-        lifespan="on",
-        backlog=4096,
-        limit_concurrency=10_000,
-    )
+    # No access log: paths carry tokens (web) and query strings raw emails and phones (lookup).
+    return uvicorn_config(create_app(settings), settings.web_host, settings.web_port, date_header=True)
 
 
 def serve(settings: Settings, stop: threading.Event, sockets: list[socket.socket] | None = None) -> None:
     """Run one uvicorn server until ``stop`` is set (it drains in-flight requests)."""
-    server = uvicorn.Server(_config(settings))
-    # In a non-main thread uvicorn installs no signal handlers: our stop event rules.
-    thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, name="uvicorn")
-    thread.start()
-    while thread.is_alive() and not stop.wait(0.2):
-        pass
-    server.should_exit = True
-    thread.join(30)
-    if not stop.is_set():
-        raise RuntimeError("the web server stopped by itself (is the port in use?)")
+    serve_until_stopped(uvicorn.Server(_config(settings)), stop, "web", sockets)
 
 
 def _worker(settings: Settings, sock: socket.socket) -> None:
@@ -82,30 +59,6 @@ def run(settings: Settings, stop: threading.Event) -> None:
     if settings.web_workers == 1:
         serve(settings, stop)
         return
-    sock = socket.socket(socket.AF_INET6 if ":" in settings.web_host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.web_host, settings.web_port))
-    sock.listen(4096)
-    sock.set_inheritable(True)
-    context = multiprocessing.get_context("spawn")
-    workers: list[BaseProcess] = []
-    try:
-        for index in range(settings.web_workers):
-            child = context.Process(target=_worker, args=(settings, sock), name=f"web-{index}")
-            child.start()
-            workers.append(child)
-        while not stop.wait(0.5):
-            if any(not p.is_alive() for p in workers):
-                log.error("a web worker exited; stopping the others")
-                break
-    finally:
-        for proc in workers:
-            if proc.is_alive() and proc.pid is not None:
-                proc.terminate()  # SIGTERM: the worker drains and exits
-        for proc in workers:
-            proc.join(30)
-            if proc.is_alive():
-                proc.kill()
-        sock.close()
-    if not stop.is_set():
-        raise RuntimeError("a web worker exited unexpectedly")
+    run_worker_processes(
+        "web", settings.web_host, settings.web_port, settings.web_workers, _worker, settings, stop
+    )
