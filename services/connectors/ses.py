@@ -59,8 +59,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypedDict
 
-import botocore.session
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, Field
 
@@ -68,6 +66,7 @@ from services.common.contract import AckStatus, Destination
 from services.common.errors import RetriableError
 from services.common.logging import get_logger
 from services.common.settings import Settings
+from services.connectors.aws import create_client, error_code, http_status, transient
 from services.connectors.http import clean_reason
 from services.connectors.kinds import OPTIONS_CONFIG, parse_options, require_credential
 from services.connectors.kit import Command, Connector, CredentialsRefused, IncompleteBatch, Outcome
@@ -186,26 +185,9 @@ class Refusal:
     reason: str
 
 
-def error_code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code") or "")
-
-
-def http_status(error: ClientError) -> int:
-    return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-
-
 def pii_free(text: str) -> str:
     """SES's message without the address it may quote."""
     return clean_reason(_EMAIL_LIKE.sub("<address>", text))
-
-
-def retry_after_header(error: ClientError) -> float | None:
-    headers = error.response.get("ResponseMetadata", {}).get("HTTPHeaders") or {}
-    value = headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
 
 
 def classify(
@@ -213,18 +195,17 @@ def classify(
 ) -> RetriableError | Refusal:
     """What one failed call means: retry later (``RetriableError``, ``CredentialsRefused``,
     ``SesMisconfigured``) or a refusal of this address alone."""
-    if not isinstance(error, ClientError):  # timeouts, connection refused/reset, DNS
-        return RetriableError(f"SES {operation}: {type(error).__name__}")
+    retry = transient(
+        error,
+        f"SES {operation}",
+        throttling=THROTTLING,
+        transient_codes=TRANSIENT,
+        throttle_retry_seconds=options.throttle_retry_seconds,
+    )
+    if retry is not None or not isinstance(error, ClientError):
+        return retry or RetriableError(f"SES {operation}: {type(error).__name__}")
     code, status = error_code(error), http_status(error)
     message = str(error.response.get("Error", {}).get("Message") or "")
-    if code in THROTTLING or status == 429:
-        wait = retry_after_header(error)
-        return RetriableError(
-            f"SES {operation} throttled ({code or status})",
-            retry_after=options.throttle_retry_seconds if wait is None else wait,
-        )
-    if status >= 500 or code in TRANSIENT:
-        return RetriableError(f"SES {operation}: {code or status}")
     if status in (401, 403) or code in REFUSED:
         return CredentialsRefused(
             f"SES refused our credentials on {operation} ({code or status}); "
@@ -456,22 +437,15 @@ def make_client(
 ) -> SesV2Client:
     """A botocore ``sesv2`` client with exactly these credentials (the default AWS chain
     is never consulted) and no retries of its own (the kit retries)."""
-    session = botocore.session.Session()
-    client: SesV2Client = session.create_client(
+    client: SesV2Client = create_client(
         "sesv2",
-        region_name=options.region,
+        region=options.region,
         endpoint_url=options.endpoint_url,
-        aws_access_key_id=access_key_id,
-        aws_secret_access_key=secret_access_key,
-        aws_session_token=session_token,
-        config=Config(
-            retries={"total_max_attempts": 1},
-            connect_timeout=options.timeout,
-            read_timeout=options.timeout,
-            max_pool_connections=options.concurrency,
-            # AWS_ENDPOINT_URL* variables and ~/.aws endpoint settings do not redirect it.
-            ignore_configured_endpoint_urls=True,
-        ),
+        access_key_id=access_key_id,
+        secret_access_key=secret_access_key,
+        session_token=session_token,
+        timeout=options.timeout,
+        concurrency=options.concurrency,
     )
     return client
 

@@ -44,15 +44,13 @@ pool (``concurrency``).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, TypedDict
 from urllib.parse import urlsplit
 
-import botocore.session
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, Field
 
@@ -60,6 +58,7 @@ from services.common.contract import AckStatus, Action, Destination
 from services.common.errors import ConfigurationError, RetriableError
 from services.common.logging import get_logger
 from services.common.settings import Settings, is_loopback_host
+from services.connectors.aws import create_client, error_code, error_member, http_status, transient
 from services.connectors.http import clean_reason
 from services.connectors.kinds import OPTIONS_CONFIG, parse_options, require_credential
 from services.connectors.kit import Command, Connector, CredentialsRefused, IncompleteBatch, Outcome
@@ -182,32 +181,9 @@ class Refusal:
     reason: str
 
 
-def error_code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code") or "")
-
-
-def http_status(error: ClientError) -> int:
-    return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-
-
-def error_member(error: ClientError, name: str) -> object:
-    """A member of the modeled error (``Reason``, ``Fields``, ``ResourceType``)."""
-    response: Mapping[str, object] = error.response
-    return response.get(name)
-
-
 def pii_free(text: str) -> str:
     """AWS's message without a phone number it may quote."""
     return clean_reason(_DIGITS.sub("<number>", text))
-
-
-def retry_after_header(error: ClientError) -> float | None:
-    headers = error.response.get("ResponseMetadata", {}).get("HTTPHeaders") or {}
-    value = headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
 
 
 def about_the_number(error: ClientError) -> bool:
@@ -235,18 +211,17 @@ def classify(
 ) -> RetriableError | Refusal:
     """What one failed call means: retry later (``RetriableError``, ``CredentialsRefused``,
     ``SmsMisconfigured``) or a refusal of this number alone."""
-    if not isinstance(error, ClientError):  # timeouts, connection refused/reset, DNS
-        return RetriableError(f"SMS {operation}: {type(error).__name__}")
+    retry = transient(
+        error,
+        f"SMS {operation}",
+        throttling=THROTTLING,
+        transient_codes=TRANSIENT,
+        throttle_retry_seconds=options.throttle_retry_seconds,
+    )
+    if retry is not None or not isinstance(error, ClientError):
+        return retry or RetriableError(f"SMS {operation}: {type(error).__name__}")
     code, status = error_code(error), http_status(error)
     message = str(error.response.get("Error", {}).get("Message") or "")
-    if code in THROTTLING or status == 429:
-        wait = retry_after_header(error)
-        return RetriableError(
-            f"SMS {operation} throttled ({code or status})",
-            retry_after=options.throttle_retry_seconds if wait is None else wait,
-        )
-    if status >= 500 or code in TRANSIENT:
-        return RetriableError(f"SMS {operation}: {code or status}")
     if status in (401, 403) or code in REFUSED:
         reason = error_member(error, "Reason")
         return CredentialsRefused(
@@ -393,21 +368,15 @@ def make_client(
 ) -> SmsVoiceV2Client:
     """A botocore ``pinpoint-sms-voice-v2`` client with exactly these credentials (the default
     AWS chain is never consulted) and no retries of its own (the kit retries)."""
-    session = botocore.session.Session()
-    client: SmsVoiceV2Client = session.create_client(
+    client: SmsVoiceV2Client = create_client(
         "pinpoint-sms-voice-v2",
-        region_name=options.region,
+        region=options.region,
         endpoint_url=options.endpoint_url,
-        aws_access_key_id=access_key_id,
-        aws_secret_access_key=secret_access_key,
-        aws_session_token=session_token,
-        config=Config(
-            retries={"total_max_attempts": 1},
-            connect_timeout=options.timeout,
-            read_timeout=options.timeout,
-            max_pool_connections=options.concurrency,
-            ignore_configured_endpoint_urls=True,
-        ),
+        access_key_id=access_key_id,
+        secret_access_key=secret_access_key,
+        session_token=session_token,
+        timeout=options.timeout,
+        concurrency=options.concurrency,
     )
     return client
 
