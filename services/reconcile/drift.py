@@ -23,10 +23,11 @@ from services.common.errors import PoisonMessage
 from services.domain.identity import normalize_email, normalize_phone, sha256_hex
 from services.domain.planning import command_id
 
-# Our state's requested_at plus this: the re-issued command ranks just after the request
-# that suppressed the person (so the connector's newest-wins check applies it) and before
-# any later request of the person (a newer opt-in is never undone by a re-issue).
-RANK_STEP = timedelta(microseconds=1)
+# Our state's requested_at plus this (the wire's resolution is the millisecond): the re-issued
+# command ranks just after the request that suppressed the person (so the connector's
+# newest-wins check applies it) and before any later request of the person (a newer opt-in is
+# never undone by a re-issue).
+RANK_STEP = timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True)

@@ -261,7 +261,7 @@ def reconcile(settings: Settings, name: str, repair: bool = True, clock: Clock |
                     report.unsendable,
                 ),
             )
-    log.info(
+    log.debug(  # the CLI prints the report itself (stdout stays one JSON document with --json)
         "reconciled",
         destination=name,
         expected=drift.expected,
