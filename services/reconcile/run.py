@@ -36,7 +36,7 @@ from services.common.logging import get_logger
 from services.common.records import SuppressionCommandRecord
 from services.common.sealing import KeyRing, SealError
 from services.common.settings import Settings
-from services.connectors import email_provider, mailgun, sendgrid, sms_optout_list
+from services.connectors import email_provider, mailgun, sendgrid, ses, sms_optout_list
 from services.connectors.kit import Connector
 from services.connectors.registry import build_connector, destination_of
 from services.reconcile.drift import RANK_STEP, Drift, Expected, compare, reissue_ids, reissue_prefix
@@ -49,6 +49,7 @@ SUPPORTED_KINDS: dict[str, str] = {
     sendgrid.KIND: "GET /v3/suppression/unsubscribes (limit/offset pages)",
     mailgun.KIND: "GET /v3/{domain}/unsubscribes (paging.next)",
     email_provider.KIND: "GET /v3/asm/suppressions/global (one list)",
+    ses.KIND: "ListContacts (NextToken pages; opted-out contacts only)",
     sms_optout_list.KIND: "DescribeOptedOutNumbers (NextToken pages)",
 }
 # How long a re-issued command has (its ``deadline``; connectors do not act on it).
@@ -109,6 +110,8 @@ def read_back_of(settings: Settings, destination: Destination) -> ReadBack:
         return ReadBack(Identifier.EMAIL, connector.list_unsubscribed, connector)
     if isinstance(connector, email_provider.EmailProviderConnector):
         return ReadBack(Identifier.EMAIL, connector.list_suppressed, connector)
+    if isinstance(connector, ses.SesConnector):
+        return ReadBack(Identifier.EMAIL, connector.opted_out_addresses, connector)
     if isinstance(connector, sms_optout_list.SmsOptOutListConnector):
         return ReadBack(Identifier.PHONE, connector.opted_out_numbers, connector)
     connector.close()

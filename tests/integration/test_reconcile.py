@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 
 from services.cli.main import main as cli_main
 from services.common.errors import ConfigurationError
@@ -23,8 +24,10 @@ from services.confirmer import service as confirmer
 from services.connectors.kit import run_connector
 from services.connectors.registry import build_connector
 from services.domain.identity import sha256_hex
+from services.observability import reconcile as reconcile_gauges
 from services.reconcile.run import reconcile
 from services.standins.mailgun_api import MailgunStandin
+from services.standins.sms_optout_api import OptedOut, SmsOptOutStandin
 from services.standins.web import StandinServer
 from services.suppression.entries import Entry, Kind, seal, suppression_ring
 from tests.integration.test_connectors import FAST_RETRIES
@@ -58,10 +61,13 @@ api_key = {{ env = "RECONCILE_IT_MAILGUN_KEY" }}
     return path
 
 
-def load_state(cfg: Settings, emails: list[str], others: dict[str, tuple[str, bool]]) -> None:
+def load_state(
+    cfg: Settings, emails: list[str], others: dict[str, tuple[str, bool]], kind: Kind = Kind.EMAIL
+) -> None:
     """Suppressed for EMAIL_MARKETING, with their sealed values; ``others``: subject -> (scope,
     suppressed) rows the destination must not count."""
     ring = suppression_ring(cfg)
+    prefix, scope = ("email", "EMAIL_MARKETING") if kind is Kind.EMAIL else ("phone", "SMS_MARKETING")
     since = datetime(2026, 11, 1, tzinfo=UTC)
     now = datetime.now(UTC)
     with psycopg.connect(cfg.dsn()) as conn, conn.cursor() as cur:
@@ -69,7 +75,7 @@ def load_state(cfg: Settings, emails: list[str], others: dict[str, tuple[str, bo
             "INSERT INTO suppression_state (subject, scope, suppressed, since, event_id, action, updated_at)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s)",
             [
-                (f"email_sha256:{sha256_hex(e)}", "EMAIL_MARKETING", True, since, f"ev-{i}", "OPT_OUT", now)
+                (f"{prefix}_sha256:{sha256_hex(e)}", scope, True, since, f"ev-{i}", "OPT_OUT", now)
                 for i, e in enumerate(emails)
             ]
             + [
@@ -79,12 +85,13 @@ def load_state(cfg: Settings, emails: list[str], others: dict[str, tuple[str, bo
         )
         cur.executemany(
             "INSERT INTO suppression_list (kind, sha256, sealed, scopes, first_request_id,"
-            " last_request_id, created_at, updated_at) VALUES ('email', %s, %s, %s, %s, %s, %s, %s)",
+            " last_request_id, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
             [
                 (
+                    kind.value,
                     sha256_hex(e),
-                    seal(ring, Entry(Kind.EMAIL, sha256_hex(e), e)),
-                    ["EMAIL_MARKETING"],
+                    seal(ring, Entry(kind, sha256_hex(e), e)),
+                    [scope],
                     f"ev-{i}",
                     f"ev-{i}",
                     now,
@@ -171,6 +178,10 @@ def test_reconcile_finds_and_restores_exactly_the_deleted_entries(
                 (NAME,),
             ).fetchone()
         assert row == (N, N + 1, 0, 1, 0)
+        with psycopg.connect(cfg.dsn()) as conn:
+            assert reconcile_gauges.export(conn) == 1  # what `optout run exporter` exports
+        assert REGISTRY.get_sample_value("optout_reconcile_missing", {"destination": NAME}) == 0
+        assert REGISTRY.get_sample_value("optout_reconcile_unknown", {"destination": NAME}) == 1
 
         # The CLI: exit 1 while something is missing and not re-issued (--no-repair).
         table.pop(emails[0])
@@ -200,3 +211,45 @@ def test_a_kind_that_cannot_be_read_back_is_refused_in_one_line(base_settings: d
     name = next(d.id for d in cfg.destinations if d.kind == "local_mail_house")
     with pytest.raises(ConfigurationError, match="reconciliation is not supported"):
         reconcile(cfg, name)
+
+
+def test_the_sms_opt_out_list_is_read_back_by_e164_number(
+    base_settings: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECONCILE_IT_SMS_KEY_ID", "AKIARECONCILE")
+    monkeypatch.setenv("RECONCILE_IT_SMS_SECRET", "reconcile-secret")
+    standin = SmsOptOutStandin({"AKIARECONCILE": "reconcile-secret"}, region="us-east-1")
+    phones = [f"+1415555{i:04d}" for i in range(40)]
+    with StandinServer(standin.handle, name="sms") as server:
+        path = tmp_path / "destinations.toml"
+        path.write_text(
+            f"""
+[[destinations]]
+name = "sms_rc"
+kind = "sms_optout_list"
+scopes = ["SMS_MARKETING"]
+identifiers = ["phone"]
+requires_one_of = ["phone"]
+[destinations.settings]
+region = "us-east-1"
+opt_out_list_name = "optout"
+endpoint_url = "{server.url}"
+[destinations.credentials]
+access_key_id = {{ env = "RECONCILE_IT_SMS_KEY_ID" }}
+secret_access_key = {{ env = "RECONCILE_IT_SMS_SECRET" }}
+"""
+        )
+        cfg = isolated_settings(base_settings, destinations_file=path)
+        load_state(
+            cfg, phones, {f"email_sha256:{sha256_hex('a@example.com')}": ("SMS_MARKETING", True)}, Kind.PHONE
+        )
+        for phone in phones[1:]:
+            standin.lists["optout"][phone] = OptedOut(0.0, False)
+        standin.lists["optout"]["+14155559999"] = OptedOut(0.0, True)  # opted out by replying STOP
+
+        report = reconcile(cfg, "sms_rc")
+        assert [m.sha256 for m in report.drift.missing] == [sha256_hex(phones[0])]
+        assert report.drift.unknown == [sha256_hex("+14155559999")]
+        assert report.reissued == 1
+        (command,) = [r.decoded() for r in read_topic(cfg, cfg.suppress_topic("sms_rc"), expect=1)]
+        assert command["phone"] == phones[0] and command["scopes"] == ["SMS_MARKETING"]
