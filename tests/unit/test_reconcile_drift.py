@@ -5,10 +5,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from pydantic import SecretStr
+
 from services.common.contract import Destination, Identifier, Scope, is_reconcile_request
+from services.connectors.email_provider import EmailProviderConnector
 from services.domain.identity import sha256_hex
 from services.reconcile.drift import RANK_STEP, Expected, compare, hash_of, reissue_ids
 from services.reconcile.run import command_records
+from services.standins.email_provider_api import EmailProviderStandin
+from tests.support.commands import make_command
+from tests.support.standin_transport import Routed
 
 SINCE = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -63,3 +69,16 @@ def test_commands_carry_only_what_the_destination_takes_and_rank_after_the_reque
     assert record["scopes"] == ["EMAIL_MARKETING"] and record["action"] == "OPT_OUT"
     assert record["requested_at"] == int((SINCE + RANK_STEP).timestamp() * 1000)
     assert record["request_id"].startswith("reconcile:mailgun:")
+
+
+def test_the_legacy_email_provider_lists_its_suppressions() -> None:
+    standin = EmailProviderStandin(token="tok")
+    routed = Routed(standin.handle)
+    connector = EmailProviderConnector("https://esp.test", SecretStr("tok"), routed.client())
+    connector.apply([make_command(SINCE, "email_provider", email=f"e{i}@example.com") for i in range(3)])
+
+    assert sorted(connector.list_suppressed()) == [f"e{i}@example.com" for i in range(3)]
+    assert (routed.requests[-1].method, routed.requests[-1].url.path) == (
+        "GET",
+        "/v3/asm/suppressions/global",
+    )
