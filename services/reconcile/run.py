@@ -40,7 +40,8 @@ from services.connectors import email_provider, mailgun, sendgrid, ses, sms_opto
 from services.connectors.kit import Connector
 from services.connectors.registry import build_connector, destination_of
 from services.reconcile.drift import RANK_STEP, Drift, Expected, compare, reissue_ids, reissue_prefix
-from services.suppression.entries import Kind, open_value, suppression_ring
+from services.suppression.entries import Kind, suppression_ring
+from services.suppression.identifiers import identifiers_for
 
 log = get_logger(__name__)
 
@@ -151,20 +152,22 @@ def _generations(conn: psycopg.Connection[Any], destination: str, hashes: Sequen
 def _values(
     conn: psycopg.Connection[Any], ring: KeyRing, kind: Kind, hashes: Sequence[str]
 ) -> dict[str, str]:
-    """Raw values of ``hashes`` from the encrypted suppression list (only in memory)."""
+    """Raw values of ``hashes`` from the encrypted suppression list (only in memory); an entry
+    that does not open with the configured keys is left out (counted as unsendable)."""
     if not hashes:
         return {}
-    rows = conn.execute(
-        "SELECT sha256, sealed FROM suppression_list WHERE kind = %s AND sha256 = ANY(%s)",
-        (kind.value, list(hashes)),
-    ).fetchall()
-    found: dict[str, str] = {}
-    for sha, sealed in rows:
-        try:
-            found[sha] = open_value(ring, kind, sha, sealed)
-        except SealError:
-            log.warning("a suppression-list entry does not open with the configured keys", kind=kind.value)
-    return found
+    try:
+        found = identifiers_for(conn, ring, kind, hashes)
+    except SealError:  # one bad entry: open them one by one, keep the others
+        found = {}
+        for sha in hashes:
+            try:
+                found.update(identifiers_for(conn, ring, kind, [sha]))
+            except SealError:
+                log.warning(
+                    "a suppression-list entry does not open with the configured keys", kind=kind.value
+                )
+    return {sha: entry.identifier for sha, entry in found.items()}
 
 
 def command_records(

@@ -254,15 +254,24 @@ secret_access_key = {{ env = "RECONCILE_IT_SMS_SECRET" }}
         )
         cfg = isolated_settings(base_settings, destinations_file=path)
         load_state(
-            cfg, phones, {f"email_sha256:{sha256_hex('a@example.com')}": ("SMS_MARKETING", True)}, Kind.PHONE
+            cfg,
+            phones,
+            {
+                f"email_sha256:{sha256_hex('a@example.com')}": ("SMS_MARKETING", True),
+                # suppressed, but erased from the suppression list: nothing to re-send
+                f"phone_sha256:{sha256_hex('+14155551234')}": ("SMS_MARKETING", True),
+            },
+            Kind.PHONE,
         )
         for phone in phones[1:]:
             standin.lists["optout"][phone] = OptedOut(0.0, False)
         standin.lists["optout"]["+14155559999"] = OptedOut(0.0, True)  # opted out by replying STOP
 
         report = reconcile(cfg, "sms_rc")
-        assert [m.sha256 for m in report.drift.missing] == [sha256_hex(phones[0])]
+        assert [m.sha256 for m in report.drift.missing] == sorted(
+            [sha256_hex(phones[0]), sha256_hex("+14155551234")]
+        )
         assert report.drift.unknown == [sha256_hex("+14155559999")]
-        assert report.reissued == 1
+        assert (report.reissued, report.unsendable) == (1, 1)
         (command,) = [r.decoded() for r in read_topic(cfg, cfg.suppress_topic("sms_rc"), expect=1)]
         assert command["phone"] == phones[0] and command["scopes"] == ["SMS_MARKETING"]
