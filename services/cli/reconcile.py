@@ -13,7 +13,10 @@ import argparse
 import json
 import sys
 
+import psycopg
+
 from services.common.db import require_schema
+from services.common.errors import ConfigurationError
 from services.common.settings import settings
 from services.reconcile.run import Report, reconcile
 
@@ -42,7 +45,10 @@ def render(report: Report) -> str:
 def cmd_reconcile(args: argparse.Namespace) -> int:
     cfg = settings()
     require_schema(cfg.dsn())
-    report = reconcile(cfg, args.destination, repair=args.repair)
+    try:
+        report = reconcile(cfg, args.destination, repair=args.repair)
+    except psycopg.errors.UndefinedTable:
+        raise ConfigurationError("the database schema is out of date; run 'optout migrate'") from None
     if args.json:
         sys.stdout.write(json.dumps(report.as_json(), indent=2) + "\n")
     else:
