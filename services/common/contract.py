@@ -140,3 +140,13 @@ class Destinations:
         """Scopes someone may request that no destination serves (``ALL`` excepted)."""
         served = {s for d in self._all for s in d.scopes}
         return [s for s in Scope if s is not Scope.ALL and s not in served]
+
+
+# Request ids of the commands `optout reconcile` re-issues (``reconcile:<destination>:...``):
+# there is no customer request behind them, so the confirmer records and confirms nothing
+# for their acks (services/confirmer/step.py) and no destination_status row exists for them.
+RECONCILE_REQUEST_PREFIX = "reconcile:"
+
+
+def is_reconcile_request(request_id: str) -> bool:
+    return request_id.startswith(RECONCILE_REQUEST_PREFIX)

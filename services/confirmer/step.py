@@ -21,6 +21,11 @@ that is already ``CONFIRMED`` is never confirmed again.
 Dead letters (to ``optout.acks.dlq``, via ``dead_letter``): ``undecodable`` etc. from
 the codec, ``invalid_ack``, ``unknown_command`` (no such command_id) and
 ``ack_mismatch`` (request or destination differ from the command's).
+
+Acks of commands ``optout reconcile`` re-issued (request id ``reconcile:...``,
+``services.common.contract.is_reconcile_request``) are skipped: no customer request is
+behind them, so nothing is recorded, confirmed or dead-lettered (their outcome stays in the
+connector's ``connector_applied``). They are counted as consumed with outcome ``ignored``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from confluent_kafka import Message, Producer
 from services.common import metrics
 from services.common.avro import Codec
 from services.common.clock import Clock
+from services.common.contract import is_reconcile_request
 from services.common.db import LazyConnection
 from services.common.errors import PoisonMessage
 from services.common.kafka import DeliveryTracker, dead_letter
@@ -91,11 +97,19 @@ class ConfirmerStep:
     def submit(self, messages: Sequence[Message]) -> None:
         acks: list[tuple[Message, Ack]] = []
         dead: list[tuple[Message, PoisonMessage]] = []
+        ignored = 0
         for message in messages:
             try:
-                acks.append((message, decode_ack(self.codec, message.value())))
+                ack = decode_ack(self.codec, message.value())
             except PoisonMessage as poison:
                 dead.append((message, poison))
+                continue
+            if is_reconcile_request(ack.request_id):
+                ignored += 1  # a reconcile re-issue: no request to record or confirm
+            else:
+                acks.append((message, ack))
+        if ignored:
+            metrics.MESSAGES_CONSUMED.labels(SERVICE, self._topic, "ignored").inc(ignored)
         now = self.clock.now()
         tracker = DeliveryTracker(self.producer)
         started = time.monotonic()

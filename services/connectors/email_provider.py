@@ -192,6 +192,22 @@ class EmailProviderConnector(Connector):
     def apply(self, commands: Sequence[Command]) -> list[Outcome]:
         return apply_by_address(commands, self._add, MAX_BATCH, self._remove)
 
+    def list_suppressed(self) -> Iterator[str]:
+        """Every address on the list, for reconciliation: ``GET {base}/v3/asm/suppressions/global``
+        -> 200 ``[{"email", "created"}]`` (the legacy provider's one unpaged list call, as its
+        stand-in documents it; ``RetriableError`` when the answer is not that)."""
+        now = self.clock.now()
+        response = send(
+            self.client,
+            "GET",
+            self.url,
+            SYSTEM,
+            lambda r: retry_after_header(r, now),
+            self.credentials_check_seconds,
+            headers={"Authorization": f"Bearer {self.token.get_secret_value()}"},
+        )
+        yield from listed_emails(response, SYSTEM)
+
     def _remove(self, address: str) -> Result:
         """``DELETE {url}/{email}`` -> 204 (the SendGrid shape this API follows); 404: it
         was not on the list."""
@@ -221,6 +237,20 @@ class EmailProviderConnector(Connector):
             )
 
         add_addresses(addresses, post, success_results, rejected_addresses, SYSTEM, results)
+
+
+def listed_emails(response: httpx.Response, system: str) -> list[str]:
+    """The addresses of a 2xx ``[{"email": ..., "created": ...}, ...]`` list answer (SendGrid's
+    list shape); ``RetriableError`` for anything else (the read-back is unknown, never empty)."""
+    try:
+        body = response.json() if response.is_success else None
+    except ValueError:
+        body = None
+    if not isinstance(body, list):
+        raise RetriableError(f"{system} list answer is not the documented [{{email, created}}]")
+    return [
+        item["email"] for item in body if isinstance(item, Mapping) and isinstance(item.get("email"), str)
+    ]
 
 
 # --- the kind (services/connectors/kinds.py) -------------------------------------------------

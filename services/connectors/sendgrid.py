@@ -12,6 +12,10 @@ Calls (each as documented on the page named next to it):
 * ``GET /v3/asm/suppressions/global/{email}`` -> 200 ``{"recipient_email": ...}`` when
   suppressed, ``{}`` when not (``read_back``, for reconciliation):
   https://www.twilio.com/docs/sendgrid/api-reference/suppressions-global-suppressions/retrieve-a-global-suppression
+* ``GET /v3/suppression/unsubscribes?limit=N&offset=M`` -> 200 ``[{"email", "created"}]``,
+  every globally suppressed address, page by page (``list_suppressed``, for ``optout
+  reconcile``; a page shorter than ``limit`` is the last):
+  https://www.twilio.com/docs/sendgrid/api-reference/suppressions-global-suppressions/retrieve-all-global-suppressions
 * Authentication ``Authorization: Bearer <api key>``; errors
   ``{"errors": [{"field", "message"}]}``; rate limiting: 429 with ``X-RateLimit-Limit``,
   ``X-RateLimit-Remaining`` and ``X-RateLimit-Reset`` (epoch seconds), honoured as the wait:
@@ -47,7 +51,7 @@ Batch size: SendGrid's pages do not state a limit for these calls; we send at mo
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -59,7 +63,7 @@ from services.common.clock import Clock, SystemClock
 from services.common.contract import AckStatus, Destination
 from services.common.errors import RetriableError
 from services.common.settings import Settings
-from services.connectors.email_provider import Result, apply_by_address
+from services.connectors.email_provider import Result, apply_by_address, listed_emails
 from services.connectors.http import (
     DEFAULT_CREDENTIALS_CHECK_SECONDS,
     add_addresses,
@@ -77,6 +81,7 @@ from services.connectors.kit import Command, Connector, Outcome
 
 KIND = "sendgrid"
 GLOBAL_PATH = "/v3/asm/suppressions/global"
+LIST_PATH = "/v3/suppression/unsubscribes"
 GROUP_PATH = "/v3/asm/groups/{group_id}/suppressions"
 MAX_BATCH = 1000
 SYSTEM = "SendGrid"
@@ -181,6 +186,17 @@ class SendGridConnector(Connector):
         if not response.is_success or not isinstance(body, Mapping):
             raise RetriableError(f"{SYSTEM} read-back answered {error_reason(response)}")
         return str(body.get("recipient_email") or "").lower() == email.lower()
+
+    def list_suppressed(self, page_size: int = 500) -> Iterator[str]:
+        """Every globally suppressed address, page after page (``limit``/``offset``)."""
+        offset = 0
+        while True:
+            response = self._request("GET", f"{LIST_PATH}?limit={page_size}&offset={offset}")
+            page = listed_emails(response, SYSTEM)
+            yield from page
+            if len(page) < page_size:
+                return
+            offset += page_size
 
     # --- apply -------------------------------------------------------------------------
     def apply(self, commands: Sequence[Command]) -> list[Outcome]:

@@ -2,7 +2,8 @@
 
 Every ``interval`` seconds it samples every pipeline consumer group (lag in messages
 and seconds, Burrow-style status; what ``optout lag`` shows), the replication of the
-pipeline's topics (``replication.py``) and reads the business view from PostgreSQL. It
+pipeline's topics (``replication.py``) and reads the business view from PostgreSQL (and
+the last ``optout reconcile`` report per destination, ``reconcile.py``). It
 sees a group even when its service is stopped, which the service's own ``/metrics``
 cannot. A failing source is logged and retried at the next interval; the other keeps
 being exported; ``..._timestamp_seconds`` gauges tell how fresh each is.
@@ -25,7 +26,7 @@ from services.common.errors import RetriableError
 from services.common.kafka import make_admin
 from services.common.logging import get_logger
 from services.common.settings import Settings
-from services.observability import business, replication
+from services.observability import business, reconcile, replication
 from services.observability.group_lag import GroupLagMonitor, GroupReport, GroupSpec, pipeline_groups
 from services.observability.health import HEALTH
 from services.observability.lag import Status
@@ -150,6 +151,11 @@ class Exporter:
             log.warning("reading the business view failed; retrying next interval", error=first_line(exc))
             return
         business.export(snapshot, now, self.settings.destinations.names)
+        try:
+            reconcile.export(self._db.get())
+        except (RetriableError, psycopg.Error) as exc:
+            self._drop()
+            log.warning("reading the reconcile reports failed; retrying next interval", error=first_line(exc))
 
     def _drop(self) -> None:
         self._db.close()

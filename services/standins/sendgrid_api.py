@@ -5,6 +5,8 @@
   ``{"recipient_emails": [...]}`` (idempotent: an address already there is accepted again);
 * ``POST /v3/asm/groups/{group_id}/suppressions`` (same bodies) -> 201;
 * ``GET /v3/asm/suppressions/global/{email}`` -> 200 ``{"recipient_email": ...}`` or ``{}``;
+* ``GET /v3/suppression/unsubscribes?limit=N&offset=M`` -> 200 ``[{"email", "created"}]``:
+  https://www.twilio.com/docs/sendgrid/api-reference/suppressions-global-suppressions/retrieve-all-global-suppressions
 * ``DELETE /v3/asm/suppressions/global/{email}`` -> 204 No Content (the page documents only
   that answer; an address not on the list is answered 204 too, our assumption):
   https://www.twilio.com/docs/sendgrid/api-reference/suppressions-global-suppressions/delete-a-global-suppression
@@ -30,12 +32,13 @@ import math
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 from services.standins.email_provider_api import EmailListStandin
 from services.standins.web import Request, Response
 
 GLOBAL_PATH = "/v3/asm/suppressions/global"
+LIST_PATH = "/v3/suppression/unsubscribes"
 GROUP_PATH = re.compile(r"^/v3/asm/groups/(\d+)/suppressions$")
 GROUP_MEMBER_PATH = re.compile(r"^/v3/asm/groups/(\d+)/suppressions/([^/]+)$")
 KEY_PATH = "/_standin/api_key"
@@ -100,11 +103,27 @@ class SendGridStandin(EmailListStandin):
             else:
                 self.suppressed.pop(unquote(request.path[len(GLOBAL_PATH) + 1 :]).lower(), None)
             return Response(204, None, headers)
+        if request.method == "GET" and request.path == LIST_PATH:
+            return self._list(parse_qs(request.query), headers)
         if request.method == "GET" and request.path.startswith(GLOBAL_PATH + "/"):
             email = unquote(request.path[len(GLOBAL_PATH) + 1 :]).lower()
             body = {"recipient_email": email} if email in self.suppressed else {}
             return Response(200, body, headers)
         return errors(404, "resource not found", headers=headers)
+
+    def _list(self, query: Mapping[str, list[str]], headers: dict[str, str]) -> Response:
+        """``GET /v3/suppression/unsubscribes?limit&offset`` -> ``[{"email", "created"}]``
+        (oldest first, as added):
+        https://www.twilio.com/docs/sendgrid/api-reference/suppressions-global-suppressions/retrieve-all-global-suppressions"""
+        try:
+            limit = int(query.get("limit", ["500"])[0])
+            offset = int(query.get("offset", ["0"])[0])
+        except ValueError:
+            return errors(400, "limit and offset must be integers", None, headers)
+        if limit < 1 or offset < 0:
+            return errors(400, "limit must be positive and offset not negative", None, headers)
+        page = list(self.suppressed.items())[offset : offset + limit]
+        return Response(200, [{"email": e, "created": c} for e, c in page], headers)
 
     def _rate_headers(self, wait: float | None) -> dict[str, str]:
         if self._limit <= 0:

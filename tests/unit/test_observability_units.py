@@ -192,6 +192,7 @@ def _exported_names() -> set[str]:
         "services.intake.enrich",
         "services.intake.step",
         "services.web.app",
+        "services.observability.reconcile",
     )
     for module in modules:
         try:

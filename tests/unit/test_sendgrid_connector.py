@@ -18,6 +18,7 @@ from services.connectors import sendgrid
 from services.connectors.kit import Command, CredentialsRefused, IncompleteBatch, Outcome
 from services.connectors.sendgrid import SendGridConnector, rate_limit_wait
 from services.standins.sendgrid_api import SendGridStandin
+from services.standins.web import Response
 from tests.support.commands import make_command
 from tests.support.standin_transport import Routed
 
@@ -260,3 +261,31 @@ def test_a_refusal_naming_a_longer_address_does_not_reject_its_suffix() -> None:
 
     assert outcomes[short.command_id].status is AckStatus.APPLIED
     assert outcomes[long.command_id].status is AckStatus.REJECTED
+
+
+def test_lists_every_global_suppression_page_by_page_for_reconciliation() -> None:
+    standin = SendGridStandin(api_key=KEY)
+    sg, routed = connector(standin)
+    sg.apply([cmd(f"list{i}@example.com") for i in range(7)])
+    routed.requests.clear()
+
+    listed = list(sg.list_suppressed(page_size=3))
+
+    assert listed == [f"list{i}@example.com" for i in range(7)]
+    assert [
+        (r.method, r.url.path, r.url.params["limit"], r.url.params["offset"]) for r in routed.requests
+    ] == [
+        ("GET", "/v3/suppression/unsubscribes", "3", "0"),
+        ("GET", "/v3/suppression/unsubscribes", "3", "3"),
+        ("GET", "/v3/suppression/unsubscribes", "3", "6"),
+    ]
+    assert all(r.headers["authorization"] == f"Bearer {KEY}" for r in routed.requests)
+
+
+def test_a_list_answer_that_is_not_the_documented_array_is_not_an_empty_list() -> None:
+    routed = Routed(lambda request: Response(200, {"result": []}))
+    sg = SendGridConnector(
+        "sendgrid_eu", SecretStr(KEY), routed.client(), base_url="https://api.sendgrid.test"
+    )
+    with pytest.raises(RetriableError, match="documented"):
+        list(sg.list_suppressed())

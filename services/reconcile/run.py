@@ -1,0 +1,293 @@
+"""``optout reconcile``: read a destination's list back, compare it with ``suppression_state``,
+re-issue what is missing, report what the destination has that we never sent.
+
+1. Read back (``read_back_of``): the kinds whose destination can list its entries
+   (``SUPPORTED_KINDS``); every other kind is refused with one clear line.
+2. Expected: every ``email_sha256:`` (email kinds) or ``phone_sha256:`` (SMS) subject of
+   ``suppression_state`` suppressed for at least one scope the destination serves.
+3. Compare by SHA-256 of the normalized identifier (``services.reconcile.drift``).
+4. Repair (unless ``repair=False``): each missing entry whose raw value the encrypted
+   suppression list holds is re-issued as a SuppressionCommand on the destination's topic,
+   request id ``reconcile:<destination>:<sha256>:<generation>`` (deterministic: see
+   ``drift``). The connector applies it like any command and acknowledges it; the confirmer
+   ignores acks of ``reconcile:`` requests (no ``destination_status`` row, no confirmation,
+   no customer notice). Its outcome is in ``connector_applied`` (the connector's dedupe
+   store) under that request id.
+5. The report (counts only) is stored in ``reconcile_reports`` (migration 0013); the
+   exporter exports it as gauges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from services.common.avro import default_codec
+from services.common.clock import Clock, SystemClock, to_millis
+from services.common.contract import Action, Destination, Identifier, Scope
+from services.common.db import connect
+from services.common.errors import ConfigurationError
+from services.common.kafka import DeliveryTracker, make_producer
+from services.common.logging import get_logger
+from services.common.records import SuppressionCommandRecord
+from services.common.sealing import KeyRing, SealError
+from services.common.settings import Settings
+from services.connectors import email_provider, mailgun, sendgrid, ses, sms_optout_list
+from services.connectors.kit import Connector
+from services.connectors.registry import build_connector, destination_of
+from services.reconcile.drift import RANK_STEP, Drift, Expected, compare, reissue_ids, reissue_prefix
+from services.suppression.entries import Kind, suppression_ring
+from services.suppression.identifiers import identifiers_for
+
+log = get_logger(__name__)
+
+# Kinds whose list can be read back, and what each reads (see docs/destinations.md).
+SUPPORTED_KINDS: dict[str, str] = {
+    sendgrid.KIND: "GET /v3/suppression/unsubscribes (limit/offset pages)",
+    mailgun.KIND: "GET /v3/{domain}/unsubscribes (paging.next)",
+    email_provider.KIND: "GET /v3/asm/suppressions/global (one list)",
+    ses.KIND: "ListContacts (NextToken pages; opted-out contacts only)",
+    sms_optout_list.KIND: "DescribeOptedOutNumbers (NextToken pages)",
+}
+# How long a re-issued command has (its ``deadline``; connectors do not act on it).
+REISSUE_DEADLINE = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class ReadBack:
+    identifier: Identifier  # EMAIL or PHONE: what the destination lists
+    entries: Callable[[], Iterator[str]]
+    connector: Connector
+
+
+@dataclass(frozen=True)
+class Report:
+    destination: str
+    kind: str
+    ran_at: datetime
+    drift: Drift
+    reissued: int
+    unsendable: int  # missing, but the suppression list holds no (readable) value
+    repaired: bool
+
+    @property
+    def missing(self) -> int:
+        return len(self.drift.missing)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "destination": self.destination,
+            "kind": self.kind,
+            "ran_at": self.ran_at.isoformat(),
+            "expected": self.drift.expected,
+            "present": self.drift.present,
+            "missing": self.missing,
+            "unknown": len(self.drift.unknown),
+            "unreadable": self.drift.unreadable,
+            "reissued": self.reissued,
+            "unsendable": self.unsendable,
+            "repair": self.repaired,
+            # hashes only (SHA-256 of the normalized identifier), never the values
+            "missing_sha256": [m.sha256 for m in self.drift.missing],
+            "unknown_sha256": list(self.drift.unknown),
+        }
+
+
+def read_back_of(settings: Settings, destination: Destination) -> ReadBack:
+    """The list reader of ``destination``; ``ConfigurationError`` for a kind that has none."""
+    if destination.kind not in SUPPORTED_KINDS:
+        raise ConfigurationError(
+            f"destination {destination.id!r} ({destination.kind}): reconciliation is not supported "
+            f"for this kind (supported: {', '.join(sorted(SUPPORTED_KINDS))})"
+        )
+    connector = build_connector(settings, destination.id)
+    if isinstance(connector, sendgrid.SendGridConnector):
+        return ReadBack(Identifier.EMAIL, connector.list_suppressed, connector)
+    if isinstance(connector, mailgun.MailgunConnector):
+        return ReadBack(Identifier.EMAIL, connector.list_unsubscribed, connector)
+    if isinstance(connector, email_provider.EmailProviderConnector):
+        return ReadBack(Identifier.EMAIL, connector.list_suppressed, connector)
+    if isinstance(connector, ses.SesConnector):
+        return ReadBack(Identifier.EMAIL, connector.opted_out_addresses, connector)
+    if isinstance(connector, sms_optout_list.SmsOptOutListConnector):
+        return ReadBack(Identifier.PHONE, connector.opted_out_numbers, connector)
+    connector.close()
+    raise ConfigurationError(f"destination {destination.id!r}: its connector cannot list its entries")
+
+
+_EXPECTED = """
+SELECT substr(subject, %s), array_agg(scope ORDER BY scope), max(since)
+FROM suppression_state
+WHERE subject LIKE %s AND suppressed AND scope = ANY(%s)
+GROUP BY subject
+"""
+
+
+def expected_of(
+    conn: psycopg.Connection[Any], identifier: Identifier, scopes: Sequence[str]
+) -> dict[str, Expected]:
+    prefix = "email_sha256:" if identifier is Identifier.EMAIL else "phone_sha256:"
+    rows = conn.execute(_EXPECTED, (len(prefix) + 1, prefix + "%", list(scopes))).fetchall()
+    return {r[0]: Expected(r[0], tuple(r[1]), r[2]) for r in rows}
+
+
+def _generations(conn: psycopg.Connection[Any], destination: str, hashes: Sequence[str]) -> dict[str, int]:
+    """Per hash, how many re-issues the destination already has an outcome for."""
+    if not hashes:
+        return {}
+    prefix = reissue_prefix(destination, "")
+    rows = conn.execute(
+        "SELECT split_part(substr(request_id, %s), ':', 1), count(*) FROM connector_applied "
+        "WHERE destination = %s AND request_id LIKE %s GROUP BY 1",
+        (len(prefix) + 1, destination, prefix.replace("_", r"\_") + "%"),
+    ).fetchall()
+    counts = {r[0]: int(r[1]) for r in rows}
+    return {h: counts.get(h, 0) for h in hashes}
+
+
+def _values(
+    conn: psycopg.Connection[Any], ring: KeyRing, kind: Kind, hashes: Sequence[str]
+) -> dict[str, str]:
+    """Raw values of ``hashes`` from the encrypted suppression list (only in memory); an entry
+    that does not open with the configured keys is left out (counted as unsendable)."""
+    if not hashes:
+        return {}
+    try:
+        found = identifiers_for(conn, ring, kind, hashes)
+    except SealError:  # one bad entry: open them one by one, keep the others
+        found = {}
+        for sha in hashes:
+            try:
+                found.update(identifiers_for(conn, ring, kind, [sha]))
+            except SealError:
+                log.warning(
+                    "a suppression-list entry does not open with the configured keys", kind=kind.value
+                )
+    return {sha: entry.identifier for sha, entry in found.items()}
+
+
+def command_records(
+    destination: Destination,
+    identifier: Identifier,
+    missing: Sequence[Expected],
+    values: Mapping[str, str],
+    generations: Mapping[str, int],
+    now: datetime,
+) -> list[SuppressionCommandRecord]:
+    """The re-issued commands (only the identifier fields the destination takes)."""
+    records: list[SuppressionCommandRecord] = []
+    for entry in missing:
+        value = values.get(entry.sha256)
+        if value is None:
+            continue
+        request_id, cid = reissue_ids(destination.id, entry.sha256, generations.get(entry.sha256, 0))
+        email = value if identifier is Identifier.EMAIL else None
+        phone = value if identifier is Identifier.PHONE else None
+        records.append(
+            SuppressionCommandRecord(
+                command_id=cid,
+                request_id=request_id,
+                destination=destination.id,
+                customer_id=None,
+                email=email if Identifier.EMAIL in destination.identifiers else None,
+                phone=phone if Identifier.PHONE in destination.identifiers else None,
+                postal_address=None,
+                email_sha256=entry.sha256 if email is not None else None,
+                phone_sha256=entry.sha256 if phone is not None else None,
+                scopes=list(entry.scopes),
+                issued_at=to_millis(now),
+                deadline=to_millis(now + REISSUE_DEADLINE),
+                action=Action.OPT_OUT.value,
+                requested_at=to_millis(entry.since + RANK_STEP),
+                device_id=None,
+            )
+        )
+    return records
+
+
+_STORE = """
+INSERT INTO reconcile_reports
+    (destination, kind, ran_at, expected, present, missing, unknown, reissued, unsendable)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (destination) DO UPDATE SET kind = EXCLUDED.kind, ran_at = EXCLUDED.ran_at,
+    expected = EXCLUDED.expected, present = EXCLUDED.present, missing = EXCLUDED.missing,
+    unknown = EXCLUDED.unknown, reissued = EXCLUDED.reissued, unsendable = EXCLUDED.unsendable
+"""
+
+
+def reconcile(settings: Settings, name: str, repair: bool = True, clock: Clock | None = None) -> Report:
+    """Compare destination ``name`` with our state; re-issue what is missing when ``repair``."""
+    destination = destination_of(settings, name)
+    read_back = read_back_of(settings, destination)
+    now = (clock or SystemClock()).now()
+    scopes = sorted(s.value for s in destination.scopes if s is not Scope.ALL)
+    try:
+        returned = list(read_back.entries())
+    finally:
+        read_back.connector.close()
+    kind = Kind.EMAIL if read_back.identifier is Identifier.EMAIL else Kind.PHONE
+    with connect(settings.dsn(), prepared_statements=settings.database_prepared_statements) as conn:
+        expected = expected_of(conn, read_back.identifier, scopes)
+        drift = compare(expected, returned, read_back.identifier)
+        records: list[SuppressionCommandRecord] = []
+        if repair and drift.missing:
+            hashes = [m.sha256 for m in drift.missing]
+            values = _values(conn, suppression_ring(settings), kind, hashes)
+            generations = _generations(conn, destination.id, hashes)
+            records = command_records(
+                destination, read_back.identifier, drift.missing, values, generations, now
+            )
+        if records:
+            _publish(settings, destination.id, records)
+        report = Report(
+            destination.id,
+            destination.kind,
+            now,
+            drift,
+            reissued=len(records),
+            unsendable=len(drift.missing) - len(records) if repair else 0,
+            repaired=repair,
+        )
+        with conn.transaction():
+            conn.execute(
+                _STORE,
+                (
+                    name,
+                    destination.kind,
+                    now,
+                    drift.expected,
+                    drift.present,
+                    report.missing,
+                    len(drift.unknown),
+                    report.reissued,
+                    report.unsendable,
+                ),
+            )
+    log.debug(  # the CLI prints the report itself (stdout stays one JSON document with --json)
+        "reconciled",
+        destination=name,
+        expected=drift.expected,
+        present=drift.present,
+        missing=report.missing,
+        unknown=len(drift.unknown),
+        reissued=report.reissued,
+        unsendable=report.unsendable,
+    )
+    return report
+
+
+def _publish(settings: Settings, destination: str, records: Sequence[SuppressionCommandRecord]) -> None:
+    codec = default_codec()
+    producer = make_producer(settings)
+    tracker = DeliveryTracker(producer)
+    for record in records:
+        tracker.produce(
+            settings.suppress_topic(destination),
+            value=codec.encode("SuppressionCommand", record),
+            key=record["request_id"],
+        )
+    tracker.wait()
