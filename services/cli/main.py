@@ -19,6 +19,7 @@ from services.cli import (
     link,
     overdue,
     purge,
+    replay,
     requests,
     resolve,
     runner,
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     customers.add_commands(sub)
     scrub.add_commands(sub)
     state.add_commands(sub)
+    replay.add_commands(sub)
     return parser
 
 
