@@ -101,8 +101,7 @@ WHERE suppressed AND scope = ANY(%(scopes)s) AND subject > %(cursor)s
 """
 
 _SEALED = """
-SELECT kind, sha256, sealed FROM suppression_list
-WHERE (kind, sha256) IN (SELECT * FROM unnest(%s::text[], %s::text[]))
+SELECT kind, sha256, sealed FROM suppression_list WHERE kind = %s AND sha256 = ANY(%s)
 """
 
 _RECORD = """
@@ -267,8 +266,10 @@ class Replayer:
                 wanted[(kind, split_subject(row.subject)[1])] = row.subject
         if not wanted:
             return {}
-        keys = list(wanted)
-        found = conn.execute(_SEALED, ([k for k, _ in keys], [h for _, h in keys])).fetchall()
+        found = []
+        for kind in sorted({k for k, _ in wanted}):
+            hashes = [h for k, h in wanted if k == kind]
+            found += conn.execute(_SEALED, (kind, hashes)).fetchall()
         values: dict[str, str | PostalAddressRecord] = {}
         for kind, sha256, sealed in found:
             value = open_value(ring, kind, sha256, sealed)
