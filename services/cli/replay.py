@@ -8,6 +8,7 @@ import sys
 
 from services.cli.gpclog import parse_moment
 from services.cli.scrub import ProgressBar
+from services.common.db import connect, require_schema
 from services.common.errors import ConfigurationError
 from services.common.settings import settings
 from services.replay.run import Replayer
@@ -28,6 +29,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
         progress=lambda done, total: bar("replay", done, total),
         stop_after=args.stop_after,
     )
+    require_schema(cfg.dsn())
+    with connect(cfg.dsn(), autocommit=True) as conn:
+        row = conn.execute("SELECT to_regclass('public.replay_runs')").fetchone()
+    if not row or row[0] is None:
+        raise ConfigurationError(
+            "the database lacks the replay tables (migration 0012); run 'optout migrate'"
+        )
     report = replayer.dry_run() if args.dry_run else replayer.run()
     if args.json:
         body = {
