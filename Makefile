@@ -28,7 +28,7 @@ endif
 
 .PHONY: help install up down run test test-unit test-integration test-faults check fmt \
         bench-intake bench-e2e bench-web bench-suppression bench-connectors bench-resources \
-        bench-pk-read bench-lookup bench-scrub bench-intake-scale k8s-render clean
+        bench-pk-read bench-lookup bench-scrub bench-replay bench-intake-scale k8s-render clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -138,6 +138,12 @@ bench-lookup: install ## lookup API: single lookups/s + p99 and batch identifier
 bench-scrub: install ## optout scrub of 1,000,000 rows vs COPY + anti-join in PostgreSQL
 	$(PY) -m services.devstack up
 	$(WITH_STACK) $(PY) -m benchmarks.bench_scrub
+
+# `make bench-replay REPLAY_SUPPRESSIONS=200000`: a smaller run (default 1,000,000).
+REPLAY_SUPPRESSIONS ?= 1000000
+bench-replay: install ## optout replay of 1,000,000 suppressions vs a bare producer of the same messages
+	$(PY) -m services.devstack up
+	$(WITH_STACK) $(PY) -m benchmarks.bench_replay --suppressions $(REPLAY_SUPPRESSIONS)
 
 k8s-render: ## render every Kubernetes overlay into test-output/k8s/ (kubectl kustomize)
 	bash deploy/install-kustomize.sh

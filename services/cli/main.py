@@ -20,6 +20,7 @@ from services.cli import (
     overdue,
     purge,
     reconcile,
+    replay,
     requests,
     resolve,
     runner,
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     scrub.add_commands(sub)
     state.add_commands(sub)
     reconcile.add_commands(sub)
+    replay.add_commands(sub)
     return parser
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from services.common.errors import ConfigurationError
 from services.common.settings import settings
 from services.domain.subjects import BadIdentifier, IdentifierKind, parse_scope
+from services.replay.plan import eta_seconds
 from services.suppression.scrub import scrub
 
 BAR_WIDTH = 30
@@ -20,8 +21,9 @@ LONG_FILE_BYTES = 1_000_000  # a progress bar for files larger than this
 class ProgressBar:
     """One line on stderr, redrawn at most 10 times a second."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, show_eta: bool = False) -> None:
         self.enabled = enabled
+        self.show_eta = show_eta
         self.started = time.monotonic()
         self._last = 0.0
         self._phase = ""
@@ -37,7 +39,12 @@ class ProgressBar:
         share = min(1.0, done / total) if total else 1.0
         filled = int(share * BAR_WIDTH)
         bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-        sys.stderr.write(f"\r{phase:8} [{bar}] {share:6.1%} {now - self.started:6.1f}s")
+        elapsed = now - self.started
+        eta = ""
+        if self.show_eta and not finished:
+            left = eta_seconds(done, total, elapsed)
+            eta = f" ETA {left:7.1f}s" if left is not None else " ETA       ?"
+        sys.stderr.write(f"\r{phase:8} [{bar}] {share:6.1%} {elapsed:6.1f}s{eta}")
         if finished:
             sys.stderr.write("\n")
         sys.stderr.flush()

@@ -150,3 +150,12 @@ RECONCILE_REQUEST_PREFIX = "reconcile:"
 
 def is_reconcile_request(request_id: str) -> bool:
     return request_id.startswith(RECONCILE_REQUEST_PREFIX)
+
+
+# Request ids of the commands `optout replay` sends (``replay:<replay id>``): the confirmer
+# records their acks in ``replay_commands`` and never confirms anything for them.
+REPLAY_REQUEST_PREFIX = "replay:"
+
+
+def is_replay_request(request_id: str) -> bool:
+    return request_id.startswith(REPLAY_REQUEST_PREFIX)

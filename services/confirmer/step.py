@@ -166,7 +166,9 @@ class ConfirmerStep:
         topic = self._topic
         for _, poison in dead:
             metrics.DEAD_LETTERED.labels(SERVICE, poison.reason).inc()
-        metrics.MESSAGES_CONSUMED.labels(SERVICE, topic, "processed").inc(len(outcome.changed))
+        metrics.MESSAGES_CONSUMED.labels(SERVICE, topic, "processed").inc(
+            len(outcome.changed) + outcome.replayed
+        )
         metrics.MESSAGES_CONSUMED.labels(SERVICE, topic, "duplicate").inc(outcome.unchanged)
         metrics.MESSAGES_CONSUMED.labels(SERVICE, topic, "dead_lettered").inc(len(dead))
         metrics.MESSAGES_PRODUCED.labels(SERVICE, self.settings.confirmations_topic).inc(
@@ -178,6 +180,7 @@ class ConfirmerStep:
             changed=len(outcome.changed),
             unchanged=outcome.unchanged,
             confirmed=len(outcome.confirmations),
+            replayed=outcome.replayed,
             needs_attention=len(outcome.needs_attention),
             dead_lettered=len(dead),
         )

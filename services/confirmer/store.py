@@ -25,8 +25,10 @@ from typing import Any
 
 import psycopg
 
+from services.common.contract import AckStatus, is_replay_request
 from services.common.records import OptOutConfirmedRecord
 from services.confirmer.outcomes import (
+    MAX_DETAIL,
     Ack,
     DestinationRow,
     RequestRow,
@@ -46,6 +48,7 @@ class AckOutcome:
     unchanged: int = 0  # acks that changed nothing (duplicates, late or out of order)
     confirmations: list[OptOutConfirmedRecord] = field(default_factory=list)
     needs_attention: set[str] = field(default_factory=set)  # event ids that now need attention
+    replayed: int = 0  # acks of replayed commands (``optout replay``): recorded, never confirmed
 
 
 _LOCK_REQUESTS = """
@@ -73,6 +76,56 @@ SET state = t.s, confirmed_at = CASE WHEN t.s = 'CONFIRMED' THEN %s ELSE r.confi
 FROM unnest(%s::text[], %s::text[]) AS t(e, s)
 WHERE r.event_id = t.e
 """
+
+
+# Acks of replayed commands (services/replay): recorded in ``replay_commands`` with the same
+# precedence as ``outcomes.fold_acks`` (PENDING takes any ack, a success is final, REJECTED
+# gives way to a success). They belong to no request, so nothing is ever confirmed for them.
+_REPLAYED = """
+SELECT command_id, 'replay:' || replay_id, destination FROM replay_commands WHERE command_id = ANY(%s)
+"""
+
+_UPDATE_REPLAYED = """
+UPDATE replay_commands AS r SET status = t.s, detail = t.dt, acked_at = t.a
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[]) AS t(c, s, dt, a)
+WHERE r.command_id = t.c
+  AND (r.status = 'PENDING' OR (r.status = 'REJECTED' AND t.s <> 'REJECTED'))
+"""
+
+
+def _apply_replayed(cur: psycopg.Cursor[Any], acks: Sequence[Ack], outcome: AckOutcome) -> None:
+    """Take the acks of replayed commands out of ``outcome.unknown`` and record them."""
+    candidates = [a for a in acks if a.command_id in outcome.unknown and is_replay_request(a.request_id)]
+    if not candidates:
+        return
+    cur.execute(_REPLAYED, (sorted({a.command_id for a in candidates}),))
+    known = {r[0]: (r[1], r[2]) for r in cur.fetchall()}
+    final: dict[str, Ack] = {}
+    for ack in candidates:
+        if ack.command_id not in known:
+            continue
+        outcome.unknown.discard(ack.command_id)
+        request_id, destination = known[ack.command_id]
+        if (ack.request_id, ack.destination) != (request_id, destination):
+            outcome.mismatched[ack.command_id] = (
+                f"ack says request {ack.request_id} at {ack.destination}; "
+                f"the replayed command is {request_id} at {destination}"
+            )
+            continue
+        outcome.replayed += 1
+        previous = final.get(ack.command_id)
+        if previous is None or previous.status is AckStatus.REJECTED:
+            final[ack.command_id] = ack  # the last success, or the last refusal
+    if final:
+        cur.execute(
+            _UPDATE_REPLAYED,
+            (
+                list(final),
+                [a.status.value for a in final.values()],
+                [a.detail[:MAX_DETAIL] if a.detail else None for a in final.values()],
+                [a.acked_at for a in final.values()],
+            ),
+        )
 
 
 def apply_acks(conn: psycopg.Connection[Any], acks: Sequence[Ack], now: datetime) -> AckOutcome:
@@ -104,6 +157,7 @@ def apply_acks(conn: psycopg.Connection[Any], acks: Sequence[Ack], now: datetime
                 outcome.mismatched[ack.command_id] = why
                 continue
             valid.append(ack)
+        _apply_replayed(cur, acks, outcome)
         changed = fold_acks(rows, valid)
         outcome.changed = set(changed)
         outcome.unchanged = len(valid) - len(changed)

@@ -1,0 +1,1 @@
+"""Replaying the active suppressions to a new or restored destination (``optout replay``)."""
