@@ -124,8 +124,8 @@ class ClusterFaults:
         while time.monotonic() < deadline:
             try:
                 leader = kafka_cluster.active_controller(self.paths, self.cluster)
-            except StackError:
-                continue
+            except StackError:  # the quorum is still electing: ask again shortly
+                leader = exclude
             if leader != exclude:
                 return leader
             time.sleep(0.5)
