@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
 
 from services.common.errors import ConfigurationError, RetriableError
 from services.common.logging import get_logger
@@ -169,3 +170,41 @@ def require_schema(dsn: str) -> None:
         ) from None
     if not row or row[0] is None:
         raise ConfigurationError("the database has no optout tables; run 'optout migrate' first")
+
+
+class AsyncPool:
+    """A small async connection pool of an HTTP service (web, inbound, lookup): autocommit,
+    opened lazily (``open()`` does not wait for PostgreSQL, so the service starts while the
+    database is down), named for ``pg_stat_activity``, and without server-side prepared
+    statements when ``prepared_statements`` is False (PgBouncer in transaction pooling)."""
+
+    def __init__(
+        self,
+        dsn: str,
+        application_name: str,
+        *,
+        min_size: int = 0,
+        max_size: int = 4,
+        timeout: float = 5.0,
+        prepared_statements: bool = True,
+    ) -> None:
+        self.timeout = timeout
+        self.pool: AsyncConnectionPool = AsyncConnectionPool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            open=False,
+            timeout=timeout,
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": 5,
+                "application_name": application_name,
+                "prepare_threshold": prepare_threshold(prepared_statements),
+            },
+        )
+
+    async def open(self) -> None:
+        await self.pool.open(wait=False)
+
+    async def close(self) -> None:
+        await self.pool.close()

@@ -13,9 +13,9 @@ import time
 from datetime import datetime
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 
-from services.common.db import prepare_threshold
+from services.common.db import AsyncPool
 from services.common.logging import get_logger
 
 log = get_logger(__name__)
@@ -31,31 +31,14 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-class ReplayStore:
+class ReplayStore(AsyncPool):
     def __init__(
         self, dsn: str, max_size: int = 4, timeout: float = 5.0, prepared_statements: bool = True
     ) -> None:
-        self.timeout = timeout
-        self._last_cleanup = 0.0
-        self.pool = AsyncConnectionPool(
-            dsn,
-            min_size=0,
-            max_size=max_size,
-            open=False,
-            timeout=timeout,
-            kwargs={
-                "autocommit": True,
-                "connect_timeout": 5,
-                "application_name": "optout-inbound",
-                "prepare_threshold": prepare_threshold(prepared_statements),
-            },
+        super().__init__(
+            dsn, "optout-inbound", max_size=max_size, timeout=timeout, prepared_statements=prepared_statements
         )
-
-    async def open(self) -> None:
-        await self.pool.open(wait=False)
-
-    async def close(self) -> None:
-        await self.pool.close()
+        self._last_cleanup = 0.0
 
     async def seen(self, provider: str, token: str) -> bool:
         try:

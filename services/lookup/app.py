@@ -67,7 +67,11 @@ def _unavailable() -> Response:
 
 
 def create_app(settings: Settings, reader: States | None = None) -> Starlette:
-    states: States = reader or StateReader(settings.dsn(), settings.lookup_database_connections)
+    states: States = reader or StateReader(
+        settings.dsn(),
+        settings.lookup_database_connections,
+        prepared_statements=settings.database_prepared_statements,
+    )
     keys = [k.get_secret_value().encode("utf-8") for k in settings.lookup_api_keys]
     region = settings.default_phone_region
 

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 
+from services.common.db import AsyncPool
 from services.common.logging import get_logger
 from services.domain.subjects import ScopeState
 
@@ -38,25 +39,20 @@ def group(rows: Sequence[Row]) -> dict[str, list[ScopeState]]:
     return found
 
 
-class StateReader:
+class StateReader(AsyncPool):
     """The suppression state of subjects, from PostgreSQL."""
 
-    def __init__(self, dsn: str, max_size: int, timeout: float = 5.0) -> None:
-        self.timeout = timeout
-        self.pool: AsyncConnectionPool = AsyncConnectionPool(
+    def __init__(
+        self, dsn: str, max_size: int, timeout: float = 5.0, prepared_statements: bool = True
+    ) -> None:
+        super().__init__(
             dsn,
+            "optout-lookup",
             min_size=1,
             max_size=max_size,
-            open=False,
             timeout=timeout,
-            kwargs={"autocommit": True, "connect_timeout": 5, "application_name": "optout-lookup"},
+            prepared_statements=prepared_statements,
         )
-
-    async def open(self) -> None:
-        await self.pool.open(wait=False)
-
-    async def close(self) -> None:
-        await self.pool.close()
 
     async def states(self, subjects: Sequence[str]) -> dict[str, list[ScopeState]]:
         """The state rows of ``subjects`` grouped by subject (a subject with none: absent)."""

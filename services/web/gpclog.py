@@ -18,9 +18,9 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 
-from services.common.db import prepare_threshold
+from services.common.db import AsyncPool
 
 
 @dataclass(frozen=True)
@@ -56,32 +56,15 @@ VALUES (%s, %s, %s, %s, %s, %s, %s)
 """
 
 
-class SignalLog:
+class SignalLog(AsyncPool):
     """Writes rows from the web app through its own small async pool."""
 
     def __init__(
         self, dsn: str, max_size: int = 2, timeout: float = 5.0, prepared_statements: bool = True
     ) -> None:
-        self.timeout = timeout
-        self.pool = AsyncConnectionPool(
-            dsn,
-            min_size=0,
-            max_size=max_size,
-            open=False,
-            timeout=timeout,
-            kwargs={
-                "autocommit": True,
-                "connect_timeout": 5,
-                "application_name": "optout-web-gpc",
-                "prepare_threshold": prepare_threshold(prepared_statements),
-            },
+        super().__init__(
+            dsn, "optout-web-gpc", max_size=max_size, timeout=timeout, prepared_statements=prepared_statements
         )
-
-    async def open(self) -> None:
-        await self.pool.open(wait=False)
-
-    async def close(self) -> None:
-        await self.pool.close()
 
     async def record(self, signal: GpcSignal) -> None:
         try:

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 
-from services.common.db import prepare_threshold
+from services.common.db import AsyncPool
 from services.common.logging import get_logger
 from services.web.pages import RequestView
 
@@ -48,30 +48,13 @@ def to_view(row: Sequence[Any]) -> RequestView:
     )
 
 
-class StatusReader:
+class StatusReader(AsyncPool):
     def __init__(
         self, dsn: str, max_size: int = 4, timeout: float = 5.0, prepared_statements: bool = True
     ) -> None:
-        self.timeout = timeout
-        self.pool = AsyncConnectionPool(
-            dsn,
-            min_size=0,
-            max_size=max_size,
-            open=False,
-            timeout=timeout,
-            kwargs={
-                "autocommit": True,
-                "connect_timeout": 5,
-                "application_name": "optout-web",
-                "prepare_threshold": prepare_threshold(prepared_statements),
-            },
+        super().__init__(
+            dsn, "optout-web", max_size=max_size, timeout=timeout, prepared_statements=prepared_statements
         )
-
-    async def open(self) -> None:
-        await self.pool.open(wait=False)
-
-    async def close(self) -> None:
-        await self.pool.close()
 
     async def requests(
         self, event_ids: Sequence[str], refs: Sequence[str] = (), customer_id: str | None = None
