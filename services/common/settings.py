@@ -285,6 +285,13 @@ class Settings(BaseSettings):
     web_publish_timeout_seconds: float = Field(
         5.0, gt=0, le=120, description="How long a POST waits for the broker before a 503."
     )
+    web_resubscribe_record_wait_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=60,
+        description="How long a resubscribe waits for intake to record the opt-in before it "
+        "answers, so that an opt-out through the same link right after gets a new event id.",
+    )
     web_device_cookie_secure: bool = Field(
         True,
         description="Mark the GPC device cookie Secure (named __Host-optout_device); false "

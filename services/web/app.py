@@ -360,6 +360,24 @@ class WebApp:
             log.warning("resubscribes of a link unknown (database unavailable); using round 0")
             return 0
 
+    async def _until_recorded(self, event_id: str) -> None:
+        """Wait (bounded) until intake has recorded ``event_id``. An opt-out through the
+        same link takes its event id from the resubscribes recorded (``_round``): answering a
+        resubscribe only once it is recorded keeps a quick "stop again" from reusing the
+        earlier opt-out's id (which intake would take for that request, and drop)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.web_resubscribe_record_wait_seconds
+        while True:
+            try:
+                if await self.statuses.requests([event_id]):
+                    return
+            except StatusUnavailable:
+                pass
+            if loop.time() >= deadline:
+                log.warning("resubscribe not yet recorded by intake; answering anyway", event_id=event_id)
+                return
+            await asyncio.sleep(0.05)
+
     async def _resubscribe_offers(
         self, token: VerifiedToken
     ) -> tuple[list[OptOutScope], list[OptOutScope], int]:
@@ -415,6 +433,7 @@ class WebApp:
             return _unavailable(exc, "resubscribe")
         WEB_REQUESTS.labels("resubscribe", "published").inc()
         record = prepared.record
+        await self._until_recorded(str(record["event_id"]))
         return _html(
             pages.resubscribed_page(
                 raw_token,

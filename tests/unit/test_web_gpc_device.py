@@ -47,7 +47,11 @@ from services.web.tokens import (
 from tests.unit.test_web_rules import NOW, FakePublisher, token
 
 DEVICE = "A" * 16 + "b-_9" * 4
-FAST = {"web_rate_limit_per_second": 1000.0, "web_rate_limit_burst": 1000}
+FAST = {
+    "web_rate_limit_per_second": 1000.0,
+    "web_rate_limit_burst": 1000,
+    "web_resubscribe_record_wait_seconds": 0,  # the fake database never records anything
+}
 
 
 # --- the device id and its cookie -------------------------------------------------------
