@@ -74,12 +74,13 @@ def safe_detail(detail: str | None) -> str | None:
 
 _APPEND = """
 INSERT INTO audit_events (event_id, at, step, destination, status, detail)
-SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::text[], %s::text[])
+SELECT * FROM unnest(%b::text[], %b::timestamptz[], %b::text[], %b::text[], %b::text[], %b::text[])
 """
 
 
 def append(cur: psycopg.Cursor[Any] | psycopg.Connection[Any], events: Sequence[AuditEvent]) -> None:
-    """Append ``events`` with one statement, inside the caller's transaction."""
+    """Append ``events`` with one statement, inside the caller's transaction. A detail
+    that comes from outside (a provider's) must be passed through ``safe_detail`` first."""
     if not events:
         return
     cur.execute(
@@ -90,7 +91,7 @@ def append(cur: psycopg.Cursor[Any] | psycopg.Connection[Any], events: Sequence[
             [e.step for e in events],
             [e.destination for e in events],
             [e.status for e in events],
-            [safe_detail(e.detail) for e in events],
+            [e.detail for e in events],
         ),
     )
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import psycopg
 
-from services.common.audit import AuditEvent, Step, append
+from services.common.audit import AuditEvent, Step, append, safe_detail
 from services.common.contract import AckStatus, is_replay_request
 from services.common.records import OptOutConfirmedRecord
 from services.confirmer.outcomes import (
@@ -196,7 +196,7 @@ def apply_acks(conn: psycopg.Connection[Any], acks: Sequence[Ack], now: datetime
                 Step.ACKNOWLEDGED,
                 destination=r.destination,
                 status=r.status,
-                detail=r.detail,
+                detail=safe_detail(r.detail),
             )
             for r in sorted(changed.values(), key=lambda r: (r.event_id, r.command_id))
         ]
