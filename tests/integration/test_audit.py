@@ -24,6 +24,7 @@ from services.publisher.publish import RequestPublisher
 from services.retention.purge import purge_contact_details
 from services.standins.email_provider_api import EmailProviderStandin
 from services.standins.web import StandinServer
+from services.web.status import QUERY, to_view
 from tests.support.pipeline import isolated_settings, running, wait_until
 
 pytestmark = pytest.mark.integration
@@ -95,6 +96,11 @@ def test_timeline_in_order_purge_appends_and_no_raw_email(
         assert purge_contact_details(conn, datetime.now(UTC) + timedelta(days=1), timedelta(days=0)) == 1
         rows = conn.execute("SELECT * FROM audit_events WHERE event_id = %s", (event_id,)).fetchall()
     assert email not in repr(rows) and email.split("@")[0] not in repr(rows)
+
+    # The web status page's query reads the same timeline (services/web/status.py).
+    with psycopg.connect(cfg.dsn()) as conn:
+        (view,) = [to_view(row) for row in conn.execute(QUERY, ([event_id], [], None)).fetchall()]
+    assert [step for _, step in view.history][-2:] == ["confirmed", "purged"]
 
     status, out, _ = _cli(monkeypatch, capsys, cfg, "audit", event_id)
     assert status == 0

@@ -62,3 +62,24 @@ def test_parse_day() -> None:
     assert parse_day("2026-11-29T10:00:00") == datetime(2026, 11, 29, 10, tzinfo=UTC)
     with pytest.raises(ConfigurationError, match="not a date"):
         parse_day("yesterday")
+
+
+def test_status_page_shows_the_history_without_system_names() -> None:
+    from services.web import pages
+
+    view = pages.RequestView(
+        "e1",
+        "confirmed",
+        ("EMAIL_MARKETING",),
+        AT,
+        AT,
+        AT,
+        1,
+        1,
+        history=((AT, "recorded"), (AT, "command_sent"), (AT, "confirmed"), (AT, "<odd>")),
+    )
+    html = pages._history(view)
+    assert html.count("<li>") == 4
+    assert "2026-11-29 12:00 UTC: Received" in html and "Done everywhere" in html
+    assert "&lt;odd&gt;" in html and "email_provider" not in html
+    assert pages._history(pages.RequestView("e2", "pending", (), AT, AT, None, 0, 1)) == ""
