@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from services.cli import (
     admin,
+    audit,
     config,
     customers,
     gpclog,
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     state.add_commands(sub)
     reconcile.add_commands(sub)
     replay.add_commands(sub)
+    audit.add_commands(sub)
     return parser
 
 

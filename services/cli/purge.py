@@ -7,6 +7,7 @@ import argparse
 import sys
 from datetime import timedelta
 
+from services.common.audit import purge_audit
 from services.common.clock import SystemClock
 from services.common.db import connect, require_schema
 from services.common.errors import ConfigurationError
@@ -47,6 +48,12 @@ def cmd_purge(args: argparse.Namespace) -> int:
         f"{verb} {signals} GPC signal log row(s) older than {cfg.gpc_log_retention_days} days "
         "(OPTOUT_GPC_LOG_RETENTION_DAYS)\n"
     )
+    with connect(cfg.dsn(), prepared_statements=cfg.database_prepared_statements) as conn:
+        audited = purge_audit(conn, now - timedelta(days=cfg.audit_retention_days), dry_run=args.dry_run)
+    sys.stdout.write(
+        f"{verb} {audited} audit event(s) older than {cfg.audit_retention_days} days "
+        "(OPTOUT_AUDIT_RETENTION_DAYS)\n"
+    )
     # Every folder a local_mail_house destination of the destinations file writes.
     folders = sorted({folder_of(d, cfg) for d in cfg.destinations if d.kind == MAIL_HOUSE_KIND})
     for folder in folders:
@@ -73,7 +80,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "hashes, scopes and timestamps needed to keep suppressing and to prove compliance; and "
         "remove the mail house's suppression files (the folder of each local_mail_house "
         "destination) older than that; and the log of applied GPC signals older than "
-        "OPTOUT_GPC_LOG_RETENTION_DAYS (it holds no raw identifier).",
+        "OPTOUT_GPC_LOG_RETENTION_DAYS (it holds no raw identifier); and audit trail events "
+        "older than OPTOUT_AUDIT_RETENTION_DAYS.",
     )
     p.add_argument("--retention-days", type=int, help="override OPTOUT_RETENTION_DAYS")
     p.add_argument("--dry-run", action="store_true", help="only count what would be purged")

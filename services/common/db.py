@@ -157,6 +157,8 @@ def _grant_dml(conn: psycopg.Connection[Any], role: str) -> None:
     conn.execute(sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(ident))
     conn.execute(sql.SQL("REVOKE ALL ON schema_migrations FROM {}").format(ident))
     conn.execute(sql.SQL("GRANT SELECT ON schema_migrations TO {}").format(ident))
+    # The audit trail is append-only: no UPDATE (DELETE stays for ``optout purge``'s retention).
+    conn.execute(sql.SQL("REVOKE UPDATE ON audit_events FROM {}").format(ident))
 
 
 def require_schema(dsn: str) -> None:

@@ -306,6 +306,12 @@ class Settings(BaseSettings):
         description="`optout purge` deletes applied-GPC-signal log rows older than this "
         "(24 months: CCPA regulations section 7101).",
     )
+    audit_retention_days: int = Field(
+        730,
+        ge=0,
+        description="`optout purge` deletes audit trail events (audit_events) older than this, "
+        "independently of the contact-details purge (24 months: CCPA regulations section 7101).",
+    )
 
     # --- Inbound provider webhooks (`optout run inbound`, docs/inbound.md) --------------
     inbound_host: str = Field("127.0.0.1", description="Address the inbound webhook service listens on.")

@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg
 
+from services.common.audit import AuditEvent, Step, append, safe_detail
 from services.common.contract import AckStatus, is_replay_request
 from services.common.records import OptOutConfirmedRecord
 from services.confirmer.outcomes import (
@@ -187,6 +188,24 @@ def apply_acks(conn: psycopg.Connection[Any], acks: Sequence[Ack], now: datetime
                 outcome.confirmations.append(confirmation_record(request, by_request[event_id], now))
             elif state is RequestState.NEEDS_ATTENTION:
                 outcome.needs_attention.add(event_id)
+        # The audit trail (services/common/audit.py): one statement for the batch.
+        audit = [
+            AuditEvent(
+                r.event_id,
+                now,
+                Step.ACKNOWLEDGED,
+                destination=r.destination,
+                status=r.status,
+                detail=safe_detail(r.detail),
+            )
+            for r in sorted(changed.values(), key=lambda r: (r.event_id, r.command_id))
+        ]
+        audit += [
+            AuditEvent(e, now, Step.CONFIRMED if s is RequestState.CONFIRMED else Step.NEEDS_ATTENTION)
+            for e, s in new_states.items()
+            if s is not RequestState.PENDING
+        ]
+        append(cur, audit)
         if new_states:
             cur.execute(
                 _UPDATE_REQUESTS,

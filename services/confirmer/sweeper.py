@@ -39,6 +39,7 @@ from confluent_kafka import Producer
 from prometheus_client import Gauge
 
 from services.common import metrics
+from services.common.audit import AuditEvent, Step, append
 from services.common.avro import Codec
 from services.common.clock import Clock
 from services.common.contract import Action, Scope, Source
@@ -248,6 +249,20 @@ class Sweeper:
                     cur.execute(_MARK_REISSUED, (now, sent))
                     counts = dict(cur.fetchall())
                     result.reissued = [(row[0], row[1], counts[row[0]]) for row in due if row[0] in counts]
+                    append(
+                        cur,
+                        [
+                            AuditEvent(
+                                row[3],
+                                now,
+                                Step.COMMAND_RESENT,
+                                destination=row[1],
+                                detail=f"{row[0]} issue {counts[row[0]]}",
+                            )
+                            for row in due
+                            if row[0] in counts
+                        ],
+                    )
                 cur.execute(_MARK_OVERDUE, {"now": now, "limit": limit})
                 overdue = cur.fetchall()
                 result.newly_overdue = [r[0] for r in overdue]

@@ -26,6 +26,7 @@ from typing import Any
 
 import psycopg
 
+from services.common.audit import AuditEvent, Step, append
 from services.common.contract import Action, Scope
 from services.common.sealing import KeyRing
 from services.domain.planning import PlannedCommand
@@ -230,7 +231,7 @@ _EXISTING = "SELECT event_id, content_sha256 FROM requests WHERE event_id = ANY(
 _MARK_RESENT = """
 UPDATE destination_status SET last_issued_at = %s, issue_count = issue_count + 1
 WHERE event_id = ANY(%s) AND status = 'PENDING'
-RETURNING command_id
+RETURNING command_id, event_id, destination, issue_count
 """
 
 
@@ -334,7 +335,12 @@ def record_batch(
         }
         if outcome.duplicates:
             cur.execute(_MARK_RESENT, (now, list(outcome.duplicates)))
-            outcome.resend = {row[0] for row in cur.fetchall()}
+            resent = cur.fetchall()
+            outcome.resend = {row[0] for row in resent}
+        else:
+            resent = []
+        # The audit trail (services/common/audit.py): one statement for the chunk.
+        append(cur, _audit_events(candidates, kept, outcome, resent, now))
         published = changed | {
             s for r in requests if r.event_id in outcome.duplicates for s in subjects_of(r)
         }
@@ -344,6 +350,53 @@ def record_batch(
             for subject, scope, suppressed, since, event_id, action in cur.fetchall():
                 outcome.states[subject].append(ScopeState(scope, suppressed, since, event_id, action))
     return outcome
+
+
+def _audit_events(
+    candidates: Sequence[OptOutRequest],
+    kept: Mapping[str, Sequence[PlannedCommand]],
+    outcome: RecordOutcome,
+    resent: Sequence[tuple[Any, ...]],
+    now: datetime,
+) -> list[AuditEvent]:
+    """What the chunk did, per request, in order: recorded, enriched, the newest-wins
+    decision, the commands sent; then the commands re-sent for redelivered requests."""
+    events: list[AuditEvent] = []
+    for r in candidates:
+        e = r.event_id
+        if e not in outcome.new:
+            continue
+        events.append(AuditEvent(e, now, Step.RECORDED, status=r.action.value))
+        if r.enrichment:
+            added = r.enrichment
+            events.append(
+                AuditEvent(
+                    e,
+                    now,
+                    Step.ENRICHED,
+                    detail=f"directory added {len(added.emails)} email(s), {len(added.phones)} phone(s), "
+                    f"{len(added.postal_addresses)} postal address(es)",
+                )
+            )
+        if e in outcome.superseded:
+            events.append(AuditEvent(e, now, Step.SUPERSEDED, detail="a newer request holds for every scope"))
+        elif r.action is Action.OPT_IN:
+            events.append(AuditEvent(e, now, Step.OPTED_IN))
+        for c in kept[e]:
+            events.append(
+                AuditEvent(e, now, Step.COMMAND_SENT, destination=c.destination, detail=c.command_id)
+            )
+    for command_id, event_id, destination, count in resent:
+        events.append(
+            AuditEvent(
+                event_id,
+                now,
+                Step.COMMAND_RESENT,
+                destination=destination,
+                detail=f"{command_id} issue {count}",
+            )
+        )
+    return events
 
 
 def _decide(

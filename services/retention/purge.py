@@ -38,11 +38,16 @@ WITH chosen AS (
     ORDER BY coalesce(confirmed_at, resolved_at)
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), purged AS (
+    UPDATE requests r
+    SET email = NULL, phone = NULL, postal_address = NULL, directory_identifiers = NULL,
+        device_id = NULL, pii_purged_at = %(now)s
+    FROM chosen WHERE r.event_id = chosen.event_id
+    RETURNING r.event_id
 )
-UPDATE requests r
-SET email = NULL, phone = NULL, postal_address = NULL, directory_identifiers = NULL,
-    device_id = NULL, pii_purged_at = %(now)s
-FROM chosen WHERE r.event_id = chosen.event_id
+-- The audit trail (services/common/audit.py), in the same statement.
+INSERT INTO audit_events (event_id, at, step, detail)
+SELECT event_id, %(now)s, 'purged', 'contact details removed' FROM purged
 """
 
 _COUNT = f"SELECT count(*) FROM requests WHERE {_DUE}"

@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 
+from services.common.audit import AuditEvent, Step, append
 from services.common.logging import get_logger
 from services.suppression.entries import Kind
 
@@ -142,6 +143,15 @@ def erase_person(conn: psycopg.Connection[Any], person: Person, now: datetime) -
             _DELETE, {"kinds": [k for k, _ in keys], "hashes": [h for _, h in keys]}
         ).rowcount
         result.requests_cleared = conn.execute(_CLEAR, {"now": now, "events": events}).rowcount
+        append(
+            conn,
+            [
+                AuditEvent(
+                    e, now, Step.ERASED, detail=f"{result.entries_removed} suppression-list entries removed"
+                )
+                for e in events
+            ],
+        )
     log.info(
         "person erased",
         entries_removed=result.entries_removed,

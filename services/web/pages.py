@@ -11,7 +11,7 @@ import base64
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from html import escape
 from urllib.parse import quote
 
@@ -116,6 +116,34 @@ class RequestView:
     destinations_done: int
     destinations_total: int
     action: str = "OPT_OUT"  # OPT_IN: a resubscribe (contract version 2)
+    # The audit trail (services/common/audit.py): (when, step), oldest first.
+    history: tuple[tuple[datetime, str], ...] = ()
+
+
+# What each audit step means to the person (no system names: those are ours).
+HISTORY_TEXT = {
+    "recorded": "Received",
+    "enriched": "Matched to your customer record",
+    "command_sent": "Sent to one of our systems",
+    "command_resent": "Sent again to one of our systems",
+    "opted_in": "Your choice to receive messages again took effect",
+    "superseded": "A newer request of yours already applies",
+    "acknowledged": "One of our systems answered",
+    "confirmed": "Done everywhere",
+    "needs_attention": "Being looked at by our team",
+    "purged": "Your contact details were deleted from our records",
+    "erased": "Your data was erased",
+}
+
+
+def _history(view: RequestView) -> str:
+    if not view.history:
+        return ""
+    items = "".join(
+        f"<li>{_e(f'{at.astimezone(UTC):%Y-%m-%d %H:%M} UTC')}: {_e(HISTORY_TEXT.get(step, step))}</li>"
+        for at, step in view.history
+    )
+    return f'<details class="history"><summary>History</summary><ol>{items}</ol></details>'
 
 
 def _e(value: object) -> str:
@@ -358,7 +386,8 @@ def status_page(token: str, claims: Claims, views: Sequence[RequestView], refs: 
                 f"<li><strong>{verb}: {_scope_list(view.scopes)}</strong><br>"
                 f'<span class="state {v_css}" data-state="{_e(v_key)}">{_e(v_text)}</span> '
                 f'<span class="hint">Requested {_e(_date(view.requested_at))}. {_e(detail)}</span>'
-                f'<br><span class="hint">Reference <code>{_e(view.event_id)}</code></span></li>'
+                f'<br><span class="hint">Reference <code>{_e(view.event_id)}</code></span>'
+                f"{_history(view)}</li>"
             )
         listing = f'<ul class="requests">{"".join(items)}</ul>'
     else:

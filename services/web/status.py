@@ -22,7 +22,10 @@ STATE_NAMES = {"PENDING": "pending", "CONFIRMED": "confirmed", "NEEDS_ATTENTION"
 
 QUERY = """
 SELECT r.event_id, r.state, r.scopes, r.requested_at, r.due_at, r.confirmed_at,
-       count(d.command_id) FILTER (WHERE d.status <> 'PENDING'), count(d.command_id)
+       count(d.command_id) FILTER (WHERE d.status <> 'PENDING'), count(d.command_id),
+       -- the audit trail (services/common/audit.py; index on (event_id, id)): steps and times
+       (SELECT array_agg(a.step ORDER BY a.id) FROM audit_events a WHERE a.event_id = r.event_id),
+       (SELECT array_agg(a.at ORDER BY a.id) FROM audit_events a WHERE a.event_id = r.event_id)
   FROM requests r LEFT JOIN destination_status d ON d.event_id = r.event_id
  WHERE r.event_id = ANY(%s) OR (r.event_id = ANY(%s) AND r.customer_id = %s)
  GROUP BY r.event_id
@@ -35,7 +38,7 @@ class StatusUnavailable(Exception):
 
 
 def to_view(row: Sequence[Any]) -> RequestView:
-    event_id, state, scopes, requested_at, due_at, confirmed_at, done, total = row
+    event_id, state, scopes, requested_at, due_at, confirmed_at, done, total, steps, times = row
     return RequestView(
         event_id=event_id,
         state=STATE_NAMES.get(state, "pending"),
@@ -45,6 +48,7 @@ def to_view(row: Sequence[Any]) -> RequestView:
         confirmed_at=confirmed_at,
         destinations_done=int(done),
         destinations_total=int(total),
+        history=tuple(zip(times or (), steps or (), strict=True)),
     )
 
 

@@ -346,6 +346,19 @@ def test_sweeper_reissues_unacked_commands_and_marks_requests_overdue(
                 if r.event_id in expected
             ]
 
+        with psycopg.connect(cfg.dsn()) as conn:
+            audited = conn.execute(
+                "SELECT step, destination, detail FROM audit_events WHERE event_id = %s ORDER BY id", (slow,)
+            ).fetchall()
+
+    # The audit trail: recorded, sent, then each re-send by the sweeper with its issue count.
+    assert [(s, d) for s, d, _ in audited] == [
+        ("recorded", None),
+        ("command_sent", "email_provider"),
+        ("command_resent", "email_provider"),
+        ("command_resent", "email_provider"),
+    ]
+    assert [d for _, _, d in audited][2:] == [f"{commands[slow][0]} issue 2", f"{commands[slow][0]} issue 3"]
     assert row is not None and row[0] == clock.now()
     assert [(r.event_id, r.state, r.waiting_on) for r in late] == [
         (slow, "PENDING", ("email_provider:PENDING",))

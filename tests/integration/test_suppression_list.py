@@ -316,6 +316,13 @@ def test_erase_removes_the_entries_and_the_contact_details_of_every_request(data
         assert by_id[erased.event_id][5] is not None
     assert by_id[with_phone.event_id][3:5] == (with_phone.email_sha256, customer)
     assert by_id[bystander.event_id][0] == bystander.email and by_id[bystander.event_id][2] is not None
+    with psycopg.connect(database["app"]) as conn:
+        erased_steps = conn.execute(
+            "SELECT event_id FROM audit_events WHERE step = 'erased' AND event_id = ANY(%s)"
+            " ORDER BY event_id",
+            ([with_phone.event_id, phone_only.event_id, bystander.event_id],),
+        ).fetchall()
+    assert [r[0] for r in erased_steps] == sorted([with_phone.event_id, phone_only.event_id])
 
     again = _erase_cli(database, "--customer-id", customer)
     assert again.returncode == 0, again.stderr

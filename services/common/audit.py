@@ -1,0 +1,205 @@
+"""The audit trail (issue #13, proof of compliance): an append-only history per request.
+
+Each step that changes a request appends rows to ``audit_events`` (migration 0014) in the
+SAME transaction as the change, with ONE multi-row ``INSERT ... SELECT FROM unnest`` per
+batch (``append``), so intake's throughput barely changes. Rows hold no raw contact
+details: the event id, the step, the destination, a status and a detail (a command id, an
+issue count, or the provider's detail with emails and phones redacted by
+``redact_text``).
+
+Steps, in the order a request usually goes through them:
+
+* ``recorded`` (intake; status: the action), ``enriched`` (intake: the customer directory
+  added identifiers; detail: how many), ``command_sent`` (intake; detail: the command id),
+  ``opted_in`` / ``superseded`` (intake's newest-wins decision: an opt-in took effect, or the
+  request took effect for no scope);
+* ``command_resent`` (intake on a redelivery, the confirmer's sweeper; detail: issue count);
+* ``acknowledged`` (confirmer; status: the ack's, detail: the provider's, redacted),
+  ``confirmed`` / ``needs_attention`` (confirmer);
+* ``purged`` (``optout purge``: contact details removed), ``erased`` (``optout erase``).
+
+``optout purge`` deletes rows older than ``OPTOUT_AUDIT_RETENTION_DAYS`` (730 days: CCPA
+regulations section 7101), independently of the contact-details purge.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import psycopg
+
+from services.common.logging import redact_text
+
+MAX_DETAIL = 500
+
+
+class Step(StrEnum):
+    RECORDED = "recorded"
+    ENRICHED = "enriched"
+    COMMAND_SENT = "command_sent"
+    COMMAND_RESENT = "command_resent"
+    OPTED_IN = "opted_in"
+    SUPERSEDED = "superseded"
+    ACKNOWLEDGED = "acknowledged"
+    CONFIRMED = "confirmed"
+    NEEDS_ATTENTION = "needs_attention"
+    PURGED = "purged"
+    ERASED = "erased"
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    event_id: str
+    at: datetime
+    step: str
+    destination: str | None = None
+    status: str | None = None
+    detail: str | None = None
+    id: int = 0  # assigned by the database
+
+
+def safe_detail(detail: str | None) -> str | None:
+    """A detail fit for the audit trail: one line, emails and phones redacted, bounded."""
+    if detail is None:
+        return None
+    return redact_text(" ".join(detail.split()))[:MAX_DETAIL]
+
+
+_APPEND = """
+INSERT INTO audit_events (event_id, at, step, destination, status, detail)
+SELECT * FROM unnest(%b::text[], %b::timestamptz[], %b::text[], %b::text[], %b::text[], %b::text[])
+"""
+
+
+def append(cur: psycopg.Cursor[Any] | psycopg.Connection[Any], events: Sequence[AuditEvent]) -> None:
+    """Append ``events`` with one statement, inside the caller's transaction. A detail
+    that comes from outside (a provider's) must be passed through ``safe_detail`` first."""
+    if not events:
+        return
+    cur.execute(
+        _APPEND,
+        (
+            [e.event_id for e in events],
+            [e.at for e in events],
+            [e.step for e in events],
+            [e.destination for e in events],
+            [e.status for e in events],
+            [e.detail for e in events],
+        ),
+    )
+
+
+_COLUMNS = "id, event_id, at, step, destination, status, detail"
+
+
+def timeline(conn: psycopg.Connection[Any], event_id: str) -> list[AuditEvent]:
+    """The audit events of one request, in the order they were written."""
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM audit_events WHERE event_id = %s ORDER BY id", (event_id,)
+    ).fetchall()
+    return [_event(r) for r in rows]
+
+
+def _event(row: tuple[Any, ...]) -> AuditEvent:
+    return AuditEvent(
+        id=int(row[0]),
+        event_id=row[1],
+        at=row[2],
+        step=row[3],
+        destination=row[4],
+        status=row[5],
+        detail=row[6],
+    )
+
+
+def stream(
+    conn: psycopg.Connection[Any],
+    start: datetime,
+    end: datetime,
+    progress: Callable[[int], None] | None = None,
+    every: int = 10_000,
+) -> Iterator[AuditEvent]:
+    """Every event with ``start <= at < end`` in id order, read with a server-side cursor."""
+    count = 0
+    with conn.transaction(), conn.cursor(name="audit_export") as cur:
+        cur.itersize = 5_000
+        cur.execute(
+            f"SELECT {_COLUMNS} FROM audit_events WHERE at >= %s AND at < %s ORDER BY at, id", (start, end)
+        )
+        for row in cur:
+            yield _event(row)
+            count += 1
+            if progress is not None and count % every == 0:
+                progress(count)
+    if progress is not None and count % every:
+        progress(count)
+
+
+def purge_audit(conn: psycopg.Connection[Any], cutoff: datetime, dry_run: bool = False) -> int:
+    """Delete audit events older than ``cutoff``; return how many (or would be)."""
+    if dry_run:
+        row = conn.execute("SELECT count(*) FROM audit_events WHERE at < %s", (cutoff,)).fetchone()
+        return int(row[0]) if row else 0
+    with conn.transaction():
+        return conn.execute("DELETE FROM audit_events WHERE at < %s", (cutoff,)).rowcount
+
+
+# --- formatting (pure) ----------------------------------------------------------------
+FIELDS = ("id", "event_id", "at", "step", "destination", "status", "detail")
+
+
+def as_dict(event: AuditEvent) -> dict[str, str | int | None]:
+    return {
+        "id": event.id,
+        "event_id": event.event_id,
+        "at": event.at.astimezone(UTC).isoformat(),
+        "step": event.step,
+        "destination": event.destination,
+        "status": event.status,
+        "detail": event.detail,
+    }
+
+
+def jsonl_line(event: AuditEvent) -> str:
+    return json.dumps(as_dict(event), separators=(",", ":")) + "\n"
+
+
+def csv_header() -> str:
+    return _csv_row(list(FIELDS))
+
+
+def csv_line(event: AuditEvent) -> str:
+    return _csv_row(["" if v is None else str(v) for v in as_dict(event).values()])
+
+
+def _csv_row(values: list[str]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(values)
+    return out.getvalue()
+
+
+def table(events: Sequence[AuditEvent]) -> str:
+    """A human table of a timeline: time, step, destination, status, detail."""
+    head = ("at (UTC)", "step", "destination", "status", "detail")
+    rows = [
+        (
+            e.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            e.step,
+            e.destination or "-",
+            e.status or "-",
+            e.detail or "",
+        )
+        for e in events
+    ]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+    lines = []
+    for r in [head, *rows]:
+        lines.append("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4])
+    return "\n".join(line.rstrip() for line in lines) + "\n"
