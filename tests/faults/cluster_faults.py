@@ -21,6 +21,7 @@ from services.devstack.config import Paths
 from services.devstack.errors import StackError
 from services.devstack.kafka_broker import BrokerNode, stop_node
 from services.devstack.kafka_cluster import Cluster
+from tests.support.pipeline import wait_until
 
 REJOIN_TIMEOUT_SECONDS = 120.0
 REPLICATED_TIMEOUT_SECONDS = 180.0
@@ -120,16 +121,18 @@ class ClusterFaults:
         self._settle("the controller kill")
 
     def _new_controller(self, exclude: int, timeout: float = 60.0) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
+        found: list[int] = []
+
+        def elected() -> bool:
+            try:  # StackError: the quorum is still electing
                 leader = kafka_cluster.active_controller(self.paths, self.cluster)
-            except StackError:  # the quorum is still electing: ask again shortly
-                leader = exclude
-            if leader != exclude:
-                return leader
-            time.sleep(0.5)
-        raise StackError(f"no new controller within {timeout:.0f}s")
+            except StackError:
+                return False
+            found.append(leader)
+            return leader != exclude
+
+        wait_until(elected, timeout=timeout, interval=0.5, message="a new active controller")
+        return found[-1]
 
     def freeze(self, seconds: float) -> None:
         node, led = self.busiest_leader()

@@ -17,37 +17,18 @@ import pytest
 
 from services.cli.main import main
 from services.common.settings import Settings, settings
-from services.confirmer.service import run as run_confirmer
-from services.connectors.registry import connector_runner
-from services.intake.service import run as run_intake
 from services.publisher.publish import RequestPublisher
 from services.retention.purge import purge_contact_details
-from services.standins.email_provider_api import EmailProviderStandin
-from services.standins.web import StandinServer
 from services.web.status import QUERY, to_view
-from tests.support.pipeline import isolated_settings, running, wait_until
+from tests.support.pipeline import email_provider_pipeline, wait_until
 
 pytestmark = pytest.mark.integration
-
-TOKEN = "test-esp-token"
 
 
 @pytest.fixture
 def pipeline(base_settings: dict[str, Any]) -> Iterator[Settings]:
-    standin = EmailProviderStandin(token=TOKEN)
-    with StandinServer(standin.handle, name="email_provider") as server:
-        cfg = isolated_settings(
-            base_settings,
-            email_provider_url=server.url,
-            email_provider_token=TOKEN,
-            connector_retry_initial_seconds=0.05,
-        )
-        with (
-            running(run_intake, cfg, "intake"),
-            running(connector_runner("email_provider", cfg), cfg, "email_provider"),
-            running(run_confirmer, cfg, "confirmer"),
-        ):
-            yield cfg
+    with email_provider_pipeline(base_settings) as (cfg, _standin):
+        yield cfg
 
 
 def _cli(

@@ -21,39 +21,21 @@ import pytest
 from services.common.destinations import load_destinations
 from services.common.sealing import KeyRing
 from services.common.settings import DEV_SUPPRESSION_KEY, Settings
-from services.confirmer.service import run as run_confirmer
-from services.connectors.registry import connector_runner
 from services.domain.identity import sha256_hex
 from services.domain.planning import plan_commands
 from services.domain.validation import validate_request
-from services.intake.service import run as run_intake
 from services.intake.store import record_batch
 from services.publisher.publish import RequestPublisher
 from services.standins.email_provider_api import EmailProviderStandin
-from services.standins.web import StandinServer
-from tests.support.pipeline import isolated_settings, read_topic, running, wait_until
+from tests.support.pipeline import email_provider_pipeline, read_topic, wait_until
 
 pytestmark = pytest.mark.integration
-
-TOKEN = "test-esp-token"
 
 
 @pytest.fixture
 def pipeline(base_settings: dict[str, Any]) -> Iterator[tuple[Settings, EmailProviderStandin]]:
-    standin = EmailProviderStandin(token=TOKEN)
-    with StandinServer(standin.handle, name="email_provider") as server:
-        cfg = isolated_settings(
-            base_settings,
-            email_provider_url=server.url,
-            email_provider_token=TOKEN,
-            connector_retry_initial_seconds=0.05,
-        )
-        with (
-            running(run_intake, cfg, "intake"),
-            running(connector_runner("email_provider", cfg), cfg, "email_provider"),
-            running(run_confirmer, cfg, "confirmer"),
-        ):
-            yield cfg, standin
+    with email_provider_pipeline(base_settings) as running_pipeline:
+        yield running_pipeline
 
 
 def _publish(cfg: Settings, email: str, action: str, requested_at: datetime) -> str:

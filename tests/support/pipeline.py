@@ -19,6 +19,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixe
 from services.common.avro import default_codec
 from services.common.kafka import create_topics, header_pairs, make_admin
 from services.common.settings import Settings
+from services.standins.email_provider_api import EmailProviderStandin
 from services.standins.sms_optout_api import SmsOptOutStandin
 from services.standins.web import StandinServer
 
@@ -264,3 +265,31 @@ def sms_standin() -> Iterator[SmsOptOutStandin]:
     with StandinServer(standin.handle, name="sms") as server, pytest.MonkeyPatch.context() as patch:
         patch.setenv("OPTOUT_STANDIN_SMS_PORT", str(server.port))
         yield standin
+
+
+ESP_TOKEN = "test-esp-token"
+
+
+@contextmanager
+def email_provider_pipeline(base: dict[str, Any]) -> Iterator[tuple[Settings, EmailProviderStandin]]:
+    """Intake, the email_provider connector (against its stand-in over HTTP) and the
+    confirmer as consume loops in this process, on fresh topics."""
+    # Imported here: services import tests.support nowhere, and this module stays light.
+    from services.confirmer.service import run as run_confirmer
+    from services.connectors.registry import connector_runner
+    from services.intake.service import run as run_intake
+
+    standin = EmailProviderStandin(token=ESP_TOKEN)
+    with StandinServer(standin.handle, name="email_provider") as server:
+        cfg = isolated_settings(
+            base,
+            email_provider_url=server.url,
+            email_provider_token=ESP_TOKEN,
+            connector_retry_initial_seconds=0.05,
+        )
+        with (
+            running(run_intake, cfg, "intake"),
+            running(connector_runner("email_provider", cfg), cfg, "email_provider"),
+            running(run_confirmer, cfg, "confirmer"),
+        ):
+            yield cfg, standin
