@@ -21,8 +21,10 @@ the figures (the machine is shared).
 from __future__ import annotations
 
 import argparse
+import cProfile
 import hashlib
 import os
+import pstats
 import sys
 import time
 from collections.abc import Sequence
@@ -36,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import close_env, load_average, note, open_env, setup_logging, start_stack
 from services.common.avro import default_codec
 from services.common.kafka import DeliveryTracker, make_producer
+from services.common.sealing import KeyRing
 from services.replay.plan import Suppressed, replay_command
 from services.replay.run import Replayer
 from services.suppression.entries import Entry, Kind, seal, suppression_ring
@@ -48,10 +51,48 @@ def email(i: int) -> str:
     return f"person.{i}@example.com"
 
 
+def fill(dsn: str, admin_dsn: str, ring: KeyRing, count: int, since: datetime, now: datetime) -> None:
+    """``count`` people suppressed for EMAIL_MARKETING, as intake leaves them (COPY)."""
+    note(f"filling suppression_state and suppression_list: {count:,} people")
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
+        with cur.copy(
+            "COPY suppression_state (subject, scope, suppressed, since, event_id, action, updated_at)"
+            " FROM STDIN"
+        ) as state:
+            for i in range(count):
+                digest = hashlib.sha256(email(i).encode()).hexdigest()
+                state.write_row(
+                    (f"email_sha256:{digest}", "EMAIL_MARKETING", True, since, f"e{i}", "OPT_OUT", now)
+                )
+        with cur.copy(
+            "COPY suppression_list (kind, sha256, sealed, scopes, first_request_id, last_request_id,"
+            " created_at, updated_at) FROM STDIN"
+        ) as listed:
+            for i in range(count):
+                value = email(i)
+                digest = hashlib.sha256(value.encode()).hexdigest()
+                sealed = seal(ring, Entry(Kind.EMAIL, digest, value))
+                listed.write_row(("email", digest, sealed, ["EMAIL_MARKETING"], f"e{i}", f"e{i}", now, now))
+    # As autovacuum would after such a load (only the tables' owner may ANALYZE them).
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute("ANALYZE suppression_state")
+        conn.execute("ANALYZE suppression_list")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--suppressions", type=int, default=1_000_000)
     parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument(
+        "--workers", type=int, default=2, help="sender processes of ours (optout replay --workers)"
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="N",
+        type=int,
+        default=0,
+        help="cProfile ours; print the top N functions to stderr",
+    )
     args = parser.parse_args(argv)
     setup_logging()
     load_start = load_average()
@@ -61,34 +102,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         ring = suppression_ring(cfg)
         now = datetime.now(UTC)
         since = now - timedelta(days=1)
-        note(f"filling suppression_state and suppression_list: {args.suppressions:,} people")
-        with psycopg.connect(env.dsn()) as conn, conn.cursor() as cur:
-            with cur.copy(
-                "COPY suppression_state (subject, scope, suppressed, since, event_id, action, updated_at)"
-                " FROM STDIN"
-            ) as state:
-                for i in range(args.suppressions):
-                    digest = hashlib.sha256(email(i).encode()).hexdigest()
-                    state.write_row(
-                        (f"email_sha256:{digest}", "EMAIL_MARKETING", True, since, f"e{i}", "OPT_OUT", now)
-                    )
-            with cur.copy(
-                "COPY suppression_list (kind, sha256, sealed, scopes, first_request_id, last_request_id,"
-                " created_at, updated_at) FROM STDIN"
-            ) as listed:
-                for i in range(args.suppressions):
-                    value = email(i)
-                    digest = hashlib.sha256(value.encode()).hexdigest()
-                    sealed = seal(ring, Entry(Kind.EMAIL, digest, value))
-                    listed.write_row(
-                        ("email", digest, sealed, ["EMAIL_MARKETING"], f"e{i}", f"e{i}", now, now)
-                    )
-            cur.execute("ANALYZE suppression_state")
-            cur.execute("ANALYZE suppression_list")
+        fill(env.dsn(), cfg.admin_dsn(), ring, args.suppressions, since, now)
 
         note("ours: optout replay")
         load_before_ours = load_average()
-        report = Replayer(cfg, DESTINATION, batch_size=args.batch_size).run()
+        replayer = Replayer(cfg, DESTINATION, batch_size=args.batch_size, workers=args.workers)
+        if args.profile:
+            profiler = cProfile.Profile()
+            report = profiler.runcall(replayer.run)
+            stats = pstats.Stats(profiler, stream=sys.stderr)
+            stats.sort_stats("tottime").print_stats(args.profile)
+        else:
+            report = replayer.run()
         load_ours = load_average()
         if report.sent != args.suppressions:
             print(f"MISMATCH: replay sent {report.sent:,} of {args.suppressions:,}")

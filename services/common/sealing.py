@@ -19,7 +19,7 @@ import binascii
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -146,6 +146,31 @@ class KeyRing:
         except InvalidTag:
             raise SealError("forged") from None
         return kid, nonce, plaintext
+
+    def open_many(self, values: Sequence[str], contexts: Sequence[bytes]) -> list[bytes]:
+        """The plaintexts of many sealed values (``values[i]`` bound to ``contexts[i]``), with
+        the checks of ``open`` and its ``SealError`` on the first that cannot be opened; for
+        bulk readers (``optout replay``), without ``open``'s per-call overhead."""
+        ciphers = self._ciphers
+        out: list[bytes] = []
+        append = out.append
+        for value, context in zip(values, contexts, strict=True):
+            kid, _, body = value.partition(".")
+            cipher = ciphers.get(kid)  # a kid of the ring matches KID_PATTERN
+            if cipher is None or "." in body or not _B64.match(body):
+                append(self.open(value, context)[2])  # raises the reason
+                continue
+            try:
+                raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+            except (ValueError, binascii.Error):
+                raise SealError("malformed") from None
+            if len(raw) < NONCE_BYTES + TAG_BYTES:
+                raise SealError("malformed")
+            try:
+                append(cipher.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], context + kid.encode("ascii")))
+            except InvalidTag:
+                raise SealError("forged") from None
+        return out
 
 
 def kid_of(value: str) -> str:

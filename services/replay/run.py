@@ -1,26 +1,34 @@
-"""Running a replay against PostgreSQL and Kafka (the pure part is ``plan.py``).
+"""Running a replay against PostgreSQL and Kafka (the pure part is ``plan.py``, the bytes
+``encode.py``).
 
-Each batch is durable before the cursor moves:
+The run walks the suppressed subjects in subject order, in batches of ``batch_size``:
 
-1. read the next ``batch_size`` suppressed subjects after the cursor (``suppression_state``,
-   in subject order, only the destination's scopes, only since ``--since``);
-2. decrypt the raw values the destination needs from the suppression list;
-3. record one ``replay_commands`` row per command (so the confirmer knows its ack);
-4. produce the commands to ``optout.suppress.<destination>`` (throttled by a token bucket)
-   and wait for every delivery report;
-5. save the cursor and the counts in ``replay_runs``.
+1. the main process finds where the next batch ends (one short index walk: the
+   ``batch_size``-th suppressed subject after the previous end);
+2. a sender (in the main process, or one of ``workers`` processes, each with its own
+   database connection and producer) reads the batch's subjects and their sealed list entries
+   in one query, decrypts the raw values the destination needs, builds each command (id and
+   Avro bytes), records one ``replay_commands`` row per command (COPY; the confirmer matches
+   the acks there), produces the commands to ``optout.suppress.<destination>`` (throttled by a
+   token bucket) and waits for every delivery report;
+3. the main process saves the cursor and the counts in ``replay_runs`` once a batch and
+   every batch before it are delivered, in batch order.
 
-A kill anywhere re-does at most the batch in flight, with the same command ids: the
-connector's dedupe store (``connector_applied``) acknowledges a command it has already
-applied without applying it again.
+A kill anywhere re-does at most the batches in flight (``2 * workers``), with the same
+command ids: the connector's dedupe store (``connector_applied``) acknowledges a command it
+has already applied without applying it again, and the ``replay_commands`` rows a re-done
+batch had recorded are kept.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,23 +38,17 @@ from confluent_kafka import Producer
 
 from services.common.avro import Codec, default_codec
 from services.common.clock import Clock, SystemClock
-from services.common.contract import Destination
+from services.common.contract import Destination, Identifier
 from services.common.db import connect
 from services.common.errors import ConfigurationError
 from services.common.kafka import DeliveryTracker, make_producer
-from services.common.logging import get_logger
+from services.common.logging import configure_logging, get_logger
 from services.common.records import PostalAddressRecord, postal_address_record
 from services.common.sealing import KeyRing
 from services.common.settings import Settings
-from services.replay.plan import (
-    Suppressed,
-    TokenBucket,
-    replay_command,
-    sealed_kind,
-    split_subject,
-    usable,
-)
-from services.suppression.entries import open_value, suppression_ring
+from services.replay.encode import ReplayBuilder
+from services.replay.plan import SubjectKind, TokenBucket, usable
+from services.suppression.entries import context, suppression_ring
 
 log = get_logger(__name__)
 
@@ -87,22 +89,41 @@ SELECT replay_id, since, cursor_subject, sent, skipped FROM replay_runs
 WHERE destination = %s AND finished_at IS NULL
 """
 
-_SUBJECTS = """
-SELECT subject, array_agg(scope ORDER BY scope), max(since) FROM suppression_state
-WHERE suppressed AND scope = ANY(%(scopes)s) AND subject > %(cursor)s
-  AND (%(since)s::timestamptz IS NULL OR since >= %(since)s::timestamptz)
-GROUP BY subject ORDER BY subject LIMIT %(limit)s
+_FILTER = """suppressed AND scope = ANY(%(scopes)s)
+  AND (%(since)s::timestamptz IS NULL OR since >= %(since)s::timestamptz)"""
+
+# Where the batch after ``cursor`` ends: its ``limit``-th subject. The inner walk follows the
+# primary key (subject, scope) and stops after ``rows`` rows (``limit`` times the number of
+# scopes: enough for ``limit`` subjects), so each batch costs the same however far the run is.
+_BOUNDARY = f"""
+SELECT max(subject) FROM (
+  SELECT DISTINCT subject FROM (
+    SELECT subject FROM suppression_state
+    WHERE {_FILTER} AND subject > %(cursor)s
+    ORDER BY subject, scope LIMIT %(rows)s
+  ) AS r ORDER BY subject LIMIT %(limit)s
+) AS b
 """
 
-_COUNT = """
-SELECT count(DISTINCT subject) FROM suppression_state
-WHERE suppressed AND scope = ANY(%(scopes)s) AND subject > %(cursor)s
-  AND (%(since)s::timestamptz IS NULL OR since >= %(since)s::timestamptz)
+# One batch: the state rows of the subjects in (lo, hi], in key order (an index range scan).
+_BATCH = f"""
+SELECT subject, scope, since FROM suppression_state
+WHERE {_FILTER} AND subject > %(lo)s AND subject <= %(hi)s
+ORDER BY subject, scope
 """
 
+# The sealed entries of one kind for the batch's subjects of that kind: their hashes are one
+# range of the list's primary key (the subjects share a prefix, so subject order is hash
+# order), read in one index range scan rather than a lookup per subject.
 _SEALED = """
-SELECT kind, sha256, sealed FROM suppression_list WHERE kind = %s AND sha256 = ANY(%s)
+SELECT sha256, sealed FROM suppression_list WHERE kind = %s AND sha256 >= %s AND sha256 <= %s
 """
+
+_COUNT = f"""
+SELECT count(DISTINCT subject) FROM suppression_state WHERE {_FILTER} AND subject > %(cursor)s
+"""
+
+_COPY_RECORD = "COPY replay_commands (command_id, replay_id, destination) FROM STDIN"
 
 _RECORD = """
 INSERT INTO replay_commands (command_id, replay_id, destination)
@@ -115,11 +136,200 @@ UPDATE replay_runs SET cursor_subject = %s, sent = sent + %s, skipped = skipped 
 WHERE replay_id = %s
 """
 
+# The suppression-list kind whose raw value a destination taking this identifier needs, per
+# subject kind (``plan.sealed_kind``).
+_SEALED_KINDS = {
+    SubjectKind.EMAIL.value: (Identifier.EMAIL, "email"),
+    SubjectKind.PHONE.value: (Identifier.PHONE, "phone"),
+    SubjectKind.POSTAL.value: (Identifier.POSTAL_ADDRESS, "postal"),
+}
+
 
 def new_replay_id(destination: str, now: datetime) -> str:
     """Sortable by start time, so a later replay's request id ranks above an earlier one's
     at the connector (newest wins on equal ``requested_at``)."""
     return f"{now:%Y%m%dT%H%M%S%fZ}-{destination}-{uuid.uuid4().hex[:8]}"
+
+
+def _copy_text(value: str) -> str:
+    """A value in COPY's text format."""
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The subjects after ``lo`` up to and including ``hi``."""
+
+    lo: str
+    hi: str
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    sent: int
+    skipped: int
+    subjects: int
+
+
+Row = tuple[str, list[str], datetime, str | None]  # subject, scopes, newest since, sealed entry
+
+
+class BatchReader:
+    """Reads batches for one destination (and ``--since``)."""
+
+    def __init__(self, dest: Destination, since: datetime | None) -> None:
+        self.dest = dest
+        self.since = since
+        self.scopes = sorted(s.value for s in dest.scopes)
+        self.sealed_kinds = {
+            prefix: kind
+            for prefix, (identifier, kind) in _SEALED_KINDS.items()
+            if identifier in dest.identifiers
+        }
+
+    def read(self, conn: psycopg.Connection[Any], batch: Batch) -> list[Row]:
+        """The batch's subjects, each with its scopes, its newest ``since`` and, when the
+        destination takes its raw value, its sealed suppression-list entry (None if absent)."""
+        params = {"scopes": self.scopes, "since": self.since, "lo": batch.lo, "hi": batch.hi}
+        rows: list[Row] = []
+        last = ""
+        for subject, scope, since in conn.execute(_BATCH, params).fetchall():
+            if subject == last:
+                previous = rows[-1]
+                rows[-1] = (subject, [*previous[1], scope], max(previous[2], since), None)
+            else:
+                rows.append((subject, [scope], since, None))
+                last = subject
+        if not rows or not self.sealed_kinds:
+            return rows
+        hashes: dict[str, list[int]] = {}
+        for i, (subject, _, _, _) in enumerate(rows):
+            prefix, _, sha256 = subject.partition(":")
+            if prefix in self.sealed_kinds:
+                hashes.setdefault(prefix, []).append(i)
+        for prefix, where in hashes.items():
+            first = rows[where[0]][0].partition(":")[2]
+            last = rows[where[-1]][0].partition(":")[2]
+            found = dict(conn.execute(_SEALED, (self.sealed_kinds[prefix], first, last)).fetchall())
+            for i in where:
+                subject, scopes, since, _ = rows[i]
+                rows[i] = (subject, scopes, since, found.get(subject.partition(":")[2]))
+        return rows
+
+
+class BatchSender:
+    """Sends whole batches of one run: read, decrypt, build, record, produce, wait."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        dest: Destination,
+        replay_id: str,
+        since: datetime | None,
+        rate: float | None,
+        producer: Producer,
+        ring: KeyRing,
+        codec: Codec,
+        clock: Clock,
+    ) -> None:
+        self.dest = dest
+        self.replay_id = replay_id
+        self.reader = BatchReader(dest, since)
+        self.bucket = TokenBucket(rate) if rate else None
+        self.producer = producer
+        self.ring = ring
+        self.clock = clock
+        self.builder = ReplayBuilder(codec, replay_id, dest)
+        self.topic = settings.suppress_topic(dest.id)
+        self._copy_suffix = f"\t{_copy_text(replay_id)}\t{_copy_text(dest.id)}\n"
+
+    def raw_values(self, rows: Sequence[Row]) -> list[str | PostalAddressRecord | None]:
+        """Each row's decrypted value (None: none needed, or not in the suppression list)."""
+        values: list[str | PostalAddressRecord | None] = [None] * len(rows)
+        where: list[int] = []
+        sealed: list[str] = []
+        contexts: list[bytes] = []
+        kinds = self.reader.sealed_kinds
+        for i, (subject, _, _, found) in enumerate(rows):
+            if found is not None:
+                prefix, _, sha256 = subject.partition(":")
+                where.append(i)
+                sealed.append(found)
+                contexts.append(context(kinds[prefix], sha256))
+        for i, plain in zip(where, self.ring.open_many(sealed, contexts), strict=True):
+            text = plain.decode("utf-8")
+            if rows[i][0].startswith("postal:"):
+                values[i] = postal_address_record(json.loads(text))
+            else:
+                values[i] = text
+        return values
+
+    def record(self, conn: psycopg.Connection[Any], command_ids: Sequence[str]) -> None:
+        """One ``replay_commands`` row per command, before it is produced (so the confirmer
+        knows its ack). A re-done batch of a resumed run finds its rows there already."""
+        suffix = self._copy_suffix
+        try:
+            with conn.cursor() as cur, cur.copy(_COPY_RECORD) as copy:
+                copy.write("".join([c + suffix for c in command_ids]))
+        except psycopg.errors.UniqueViolation:
+            conn.execute(_RECORD, (self.replay_id, self.dest.id, list(command_ids)))
+
+    def send(self, conn: psycopg.Connection[Any], batch: Batch) -> BatchResult:
+        rows = self.reader.read(conn, batch)
+        raw = self.raw_values(rows)
+        build = self.builder.build
+        self.builder.at(self.clock.now())
+        keys: list[str] = []
+        values: list[bytes] = []
+        for (subject, scopes, since, _), found in zip(rows, raw, strict=True):
+            built = build(subject, scopes, since, found)
+            if built is not None:
+                keys.append(built[0])
+                values.append(built[1])
+        if keys:
+            self.record(conn, keys)
+            tracker = DeliveryTracker(self.producer)
+            produce = tracker.produce
+            topic = self.topic
+            bucket = self.bucket
+            for key, value in zip(keys, values, strict=True):
+                if bucket is not None:
+                    bucket.take()
+                produce(topic, value=value, key=key)
+            tracker.wait(60.0)
+        return BatchResult(len(keys), len(rows) - len(keys), len(rows))
+
+
+# --- worker processes -------------------------------------------------------------------
+_worker: tuple[BatchSender, psycopg.Connection[Any]] | None = None
+
+
+def _start_worker(
+    settings: Settings, destination: str, replay_id: str, since: datetime | None, rate: float | None
+) -> None:
+    """Initializer of a worker process: its own connection, producer and key ring."""
+    global _worker
+    configure_logging(settings.log_level, settings.log_format)
+    dest = settings.destinations[destination]
+    sender = BatchSender(
+        settings,
+        dest,
+        replay_id,
+        since,
+        rate,
+        make_producer(settings),
+        suppression_ring(settings),
+        default_codec(),
+        SystemClock(),
+    )
+    _worker = (sender, connect(settings.dsn(), autocommit=True))
+
+
+def _send_in_worker(batch: Batch) -> BatchResult:
+    if _worker is None:
+        raise RuntimeError("replay worker not started")
+    sender, conn = _worker
+    return sender.send(conn, batch)
 
 
 class Replayer:
@@ -136,6 +346,7 @@ class Replayer:
         codec: Codec | None = None,
         ring: KeyRing | None = None,
         stop_after: int | None = None,
+        workers: int = 1,
     ) -> None:
         found = settings.destinations.get(destination)
         if found is None:
@@ -143,10 +354,12 @@ class Replayer:
             raise ConfigurationError(f"--destination {destination!r}: no such destination (known: {known})")
         if batch_size < 1:
             raise ConfigurationError("--batch-size must be at least 1")
+        if workers < 1:
+            raise ConfigurationError("--workers must be at least 1")
         self.settings = settings
         self.dest: Destination = found
         self.since = since
-        self.bucket = TokenBucket(rate) if rate else None
+        self.rate = rate
         self.batch_size = batch_size
         self.progress = progress
         self.clock = clock or SystemClock()
@@ -154,6 +367,7 @@ class Replayer:
         self.codec = codec or default_codec()
         self._ring = ring
         self.stop_after = stop_after  # batches (tests: a run killed halfway)
+        self.workers = workers
         self.topic = settings.suppress_topic(found.id)
         self.scopes = sorted(s.value for s in found.scopes)
 
@@ -162,12 +376,26 @@ class Replayer:
         row = conn.execute(_COUNT, params).fetchone()
         return int(row[0]) if row else 0
 
+    def boundary(self, conn: psycopg.Connection[Any], cursor: str) -> Batch | None:
+        """The next batch after ``cursor`` (None: no suppressed subject left)."""
+        params = {
+            "scopes": self.scopes,
+            "since": self.since,
+            "cursor": cursor,
+            "rows": self.batch_size * len(self.scopes),
+            "limit": self.batch_size,
+        }
+        row = conn.execute(_BOUNDARY, params).fetchone()
+        return Batch(cursor, str(row[0])) if row is not None and row[0] is not None else None
+
     def dry_run(self) -> ReplayReport:
         """Counts only: the subjects and, of them, the commands it would send (no decryption:
         a raw value later missing from the suppression list would be skipped for real)."""
         with connect(self.settings.dsn(), autocommit=True) as conn:
             open_run = conn.execute(_OPEN_RUN, (self.dest.id,)).fetchone()
             cursor = str(open_run[2]) if open_run else ""
+            if open_run is not None:
+                self.since = open_run[1]
             report = ReplayReport(
                 str(open_run[0]) if open_run else "(new)",
                 self.dest.id,
@@ -175,47 +403,26 @@ class Replayer:
                 total=self.count(conn, cursor),
                 dry_run=True,
             )
-            while True:
-                rows = self._subjects(conn, cursor)
-                if not rows:
-                    break
-                for row in rows:
-                    ok = usable(row.subject, self.dest)
+            reader = BatchReader(self.dest, self.since)
+            while (batch := self.boundary(conn, cursor)) is not None:
+                for row in reader.read(conn, batch):
+                    ok = usable(row[0], self.dest)
                     report.sent += ok
                     report.skipped += not ok
-                cursor = rows[-1].subject
+                cursor = batch.hi
             return report
 
     def run(self) -> ReplayReport:
         started = time.monotonic()
-        ring = self._ring or suppression_ring(self.settings)
-        producer = self._producer or make_producer(self.settings)
         with connect(self.settings.dsn(), autocommit=True) as conn:
             report, cursor = self._open(conn)
-            done = 0
-            batches = 0
-            if self.progress:
-                self.progress(0, report.total)
-            while True:
-                rows = self._subjects(conn, cursor)
-                if not rows:
-                    conn.execute(
-                        "UPDATE replay_runs SET finished_at = %s WHERE replay_id = %s",
-                        (self.clock.now(), report.replay_id),
-                    )
-                    break
-                sent, skipped = self._batch(conn, producer, ring, report.replay_id, rows)
-                cursor = rows[-1].subject
-                conn.execute(_CURSOR, (cursor, sent, skipped, report.replay_id))
-                report.sent += sent
-                report.skipped += skipped
-                done += len(rows)
-                batches += 1
-                if self.progress:
-                    self.progress(done, max(report.total, done))
-                if self.stop_after is not None and batches >= self.stop_after:
-                    report.stopped = True
-                    break
+            with ThreadPoolExecutor(1, thread_name_prefix="replay-count") as counting:
+                total = counting.submit(self._count_apart, cursor)
+                if self.workers == 1:
+                    self._run_here(conn, report, cursor, total)
+                else:
+                    self._run_in_workers(conn, report, cursor, total)
+                report.total = total.result()
         report.seconds = time.monotonic() - started
         log.info(
             "replay batch run ended",
@@ -228,6 +435,12 @@ class Replayer:
         return report
 
     # --- internals --------------------------------------------------------------------
+    def _count_apart(self, cursor: str) -> int:
+        """The subjects to go through, counted on a connection of its own (for the progress
+        bar and its ETA) while the first batches are sent."""
+        with connect(self.settings.dsn(), autocommit=True) as conn:
+            return self.count(conn, cursor)
+
     def _open(self, conn: psycopg.Connection[Any]) -> tuple[ReplayReport, str]:
         """The open run of this destination (resumed), or a new one."""
         row = conn.execute(_OPEN_RUN, (self.dest.id,)).fetchone()
@@ -239,72 +452,106 @@ class Replayer:
                     f"{since.isoformat() if since else '(none)'}; resume it with the same --since"
                 )
             self.since = since
-            report = ReplayReport(replay_id, self.dest.id, True, self.count(conn, cursor), sent, skipped)
+            report = ReplayReport(replay_id, self.dest.id, True, 0, sent, skipped)
             log.info("replay resumed", replay_id=replay_id, destination=self.dest.id)
             return report, str(cursor)
         now = self.clock.now()
         replay_id = new_replay_id(self.dest.id, now)
-        total = self.count(conn, "")
         conn.execute(
             "INSERT INTO replay_runs (replay_id, destination, since, started_at) VALUES (%s, %s, %s, %s)",
             (replay_id, self.dest.id, self.since, now),
         )
-        log.info("replay started", replay_id=replay_id, destination=self.dest.id, subjects=total)
-        return ReplayReport(replay_id, self.dest.id, False, total), ""
+        log.info("replay started", replay_id=replay_id, destination=self.dest.id)
+        return ReplayReport(replay_id, self.dest.id, False, 0), ""
 
-    def _subjects(self, conn: psycopg.Connection[Any], cursor: str) -> list[Suppressed]:
-        params = {"scopes": self.scopes, "cursor": cursor, "since": self.since, "limit": self.batch_size}
-        return [Suppressed(r[0], tuple(r[1]), r[2]) for r in conn.execute(_SUBJECTS, params).fetchall()]
+    def _batches(self, conn: psycopg.Connection[Any], cursor: str) -> Iterator[Batch]:
+        count = 0
+        while self.stop_after is None or count < self.stop_after:
+            batch = self.boundary(conn, cursor)
+            if batch is None:
+                return
+            yield batch
+            cursor = batch.hi
+            count += 1
 
-    def _raw_values(
-        self, conn: psycopg.Connection[Any], ring: KeyRing, rows: Sequence[Suppressed]
-    ) -> dict[str, str | PostalAddressRecord]:
-        wanted: dict[tuple[str, str], str] = {}
-        for row in rows:
-            kind = sealed_kind(row.subject, self.dest)
-            if kind is not None:
-                wanted[(kind, split_subject(row.subject)[1])] = row.subject
-        if not wanted:
-            return {}
-        found = []
-        for kind in sorted({k for k, _ in wanted}):
-            hashes = [h for k, h in wanted if k == kind]
-            found += conn.execute(_SEALED, (kind, hashes)).fetchall()
-        values: dict[str, str | PostalAddressRecord] = {}
-        for kind, sha256, sealed in found:
-            value = open_value(ring, kind, sha256, sealed)
-            subject = wanted[(kind, sha256)]
-            if kind == "postal":
-                address = postal_address_record(json.loads(value))
-                if address is not None:
-                    values[subject] = address
-            else:
-                values[subject] = value
-        return values
-
-    def _batch(
+    def _done(
         self,
         conn: psycopg.Connection[Any],
-        producer: Producer,
-        ring: KeyRing,
-        replay_id: str,
-        rows: Sequence[Suppressed],
-    ) -> tuple[int, int]:
-        raw = self._raw_values(conn, ring, rows)
-        now = self.clock.now()
-        commands = []
-        for row in rows:
-            record = replay_command(replay_id, self.dest, row, raw.get(row.subject), now)
-            if record is not None:
-                commands.append(record)
-        if commands:
-            conn.execute(_RECORD, (replay_id, self.dest.id, [c["command_id"] for c in commands]))
-            tracker = DeliveryTracker(producer)
-            encode = self.codec.encode
-            for record in commands:
-                if self.bucket is not None:
-                    self.bucket.take()
-                value = encode("SuppressionCommand", record)
-                tracker.produce(self.topic, value=value, key=record["command_id"])
-            tracker.wait(60.0)
-        return len(commands), len(rows) - len(commands)
+        report: ReplayReport,
+        batch: Batch,
+        result: BatchResult,
+        done: int,
+        total: Future[int],
+    ) -> int:
+        """Save the cursor after a delivered batch (every batch before it delivered too)."""
+        conn.execute(_CURSOR, (batch.hi, result.sent, result.skipped, report.replay_id))
+        report.sent += result.sent
+        report.skipped += result.skipped
+        done += result.subjects
+        if self.progress and total.done():  # the bar waits for the count
+            self.progress(done, max(total.result(), done))
+        return done
+
+    def _finish(
+        self, conn: psycopg.Connection[Any], report: ReplayReport, batches: int, done: int, total: Future[int]
+    ) -> None:
+        """Close the run when it went through every subject (a run stopped by ``stop_after``
+        stays open, to be resumed, even if it sent the last batch)."""
+        if self.progress:
+            self.progress(done, max(total.result(), done))
+        if self.stop_after is None or batches < self.stop_after:
+            conn.execute(
+                "UPDATE replay_runs SET finished_at = %s WHERE replay_id = %s",
+                (self.clock.now(), report.replay_id),
+            )
+        else:
+            report.stopped = True
+
+    def _run_here(
+        self, conn: psycopg.Connection[Any], report: ReplayReport, cursor: str, total: Future[int]
+    ) -> None:
+        producer = self._producer or make_producer(self.settings)
+        ring = self._ring or suppression_ring(self.settings)
+        sender = BatchSender(
+            self.settings,
+            self.dest,
+            report.replay_id,
+            self.since,
+            self.rate,
+            producer,
+            ring,
+            self.codec,
+            self.clock,
+        )
+        done = batches = 0
+        for batch in self._batches(conn, cursor):
+            done = self._done(conn, report, batch, sender.send(conn, batch), done, total)
+            batches += 1
+        self._finish(conn, report, batches, done, total)
+
+    def _run_in_workers(
+        self, conn: psycopg.Connection[Any], report: ReplayReport, cursor: str, total: Future[int]
+    ) -> None:
+        rate = self.rate / self.workers if self.rate else None
+        pool = ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(self.settings, self.dest.id, report.replay_id, self.since, rate),
+        )
+        in_flight: deque[tuple[Batch, Future[BatchResult]]] = deque()
+        done = batches = 0
+        try:
+            for batch in self._batches(conn, cursor):
+                in_flight.append((batch, pool.submit(_send_in_worker, batch)))
+                while len(in_flight) >= 2 * self.workers or (in_flight and in_flight[0][1].done()):
+                    first, future = in_flight.popleft()
+                    done = self._done(conn, report, first, future.result(), done, total)
+                    batches += 1
+            while in_flight:
+                first, future = in_flight.popleft()
+                done = self._done(conn, report, first, future.result(), done, total)
+                batches += 1
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        self._finish(conn, report, batches, done, total)

@@ -139,3 +139,29 @@ def test_tokens_minted_before_the_primitive_was_shared_still_verify():
     )
     assert mint(ring, claims, nonce=bytes(12)) == before
     assert verify(ring, before, datetime(2026, 1, 1, tzinfo=UTC), Purpose.UNSUBSCRIBE).claims == claims
+
+
+def test_open_many_opens_what_open_opens_and_refuses_the_same_values():
+    ring = KeyRing({"a": KEY_A, "b": KEY_B}, "b")
+    old = KeyRing({"a": KEY_A}, "a").seal(b"first", CONTEXT + b"1")
+    new = ring.seal(b"second", CONTEXT + b"2")
+    assert ring.open_many([old, new], [CONTEXT + b"1", CONTEXT + b"2"]) == [b"first", b"second"]
+    assert ring.open_many([], []) == []
+    for value, context, reason in [
+        (new, CONTEXT + b"1", "forged"),
+        ("zz." + new.partition(".")[2], CONTEXT + b"2", "unknown_key"),
+        ("b.A", CONTEXT, "malformed"),
+        ("b.AAAA", CONTEXT, "malformed"),
+        ("b.AA.AA", CONTEXT, "malformed"),
+        ("b.!!!!", CONTEXT, "malformed"),
+    ]:
+        with pytest.raises(SealError) as err:
+            ring.open_many([old, value], [CONTEXT + b"1", context])
+        assert err.value.reason == reason, value
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=200))
+def test_open_many_only_ever_raises_seal_error(text):
+    with pytest.raises(SealError):
+        KeyRing({"a": KEY_A}, "a").open_many([text], [CONTEXT])
