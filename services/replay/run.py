@@ -1,34 +1,42 @@
 """Running a replay against PostgreSQL and Kafka (the pure part is ``plan.py``, the bytes
 ``encode.py``).
 
-The run walks the suppressed subjects in subject order, in batches of ``batch_size``:
+The run walks the suppressed subjects in subject order, in batches of ``batch_size``
+subjects, through three overlapping stages (one process; each thread has its own database
+connection):
 
-1. the main process finds where the next batch ends (one short index walk: the
-   ``batch_size``-th suppressed subject after the previous end);
-2. a sender (in the main process, or one of ``workers`` processes, each with its own
-   database connection and producer) reads the batch's subjects and their sealed list entries
-   in one query, decrypts the raw values the destination needs, builds each command (id and
-   Avro bytes), records one ``replay_commands`` row per command (COPY; the confirmer matches
-   the acks there), produces the commands to ``optout.suppress.<destination>`` (throttled by a
-   token bucket) and waits for every delivery report;
-3. the main process saves the cursor and the counts in ``replay_runs`` once a batch and
-   every batch before it are delivered, in batch order.
+1. a reading thread finds where the next batch ends (a short walk of the state's primary
+   key: the ``batch_size``-th suppressed subject after the previous end), reads the batch's
+   state rows (one index range scan) and, for the kinds whose raw value the destination
+   takes, their sealed suppression-list entries (one range scan of the list's key per kind);
+   it reads up to ``PREFETCH`` batches ahead;
+2. the main thread decrypts the raw values (``KeyRing.open_many``) and builds each command's
+   id and Avro bytes (``encode.ReplayBuilder``, byte-identical to the codec's);
+3. a recording thread records one ``replay_commands`` row per command (COPY; the confirmer
+   matches the acks there) while the main thread builds the next batch; once a batch is
+   recorded the main thread produces it to ``optout.suppress.<destination>`` (throttled by a
+   token bucket) and goes on; the cursor and the counts are saved in ``replay_runs`` once a
+   batch's delivery reports are all in (and every earlier batch's), in batch order.
 
-A kill anywhere re-does at most the batches in flight (``2 * workers``), with the same
-command ids: the connector's dedupe store (``connector_applied``) acknowledges a command it
-has already applied without applying it again, and the ``replay_commands`` rows a re-done
-batch had recorded are kept.
+A kill anywhere re-does the batches recorded or produced after the saved cursor (at most
+``PREFETCH`` + 2: the one being recorded and those produced but not all delivered), with the
+same command ids: the connector's dedupe store
+(``connector_applied``) acknowledges a command it has already applied without applying it
+again, and the ``replay_commands`` rows a re-done batch had recorded are kept (COPY falls back
+to INSERT ... ON CONFLICT DO NOTHING for that batch).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import multiprocessing
+import queue
+import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -40,9 +48,9 @@ from services.common.avro import Codec, default_codec
 from services.common.clock import Clock, SystemClock
 from services.common.contract import Destination, Identifier
 from services.common.db import connect
-from services.common.errors import ConfigurationError
+from services.common.errors import ConfigurationError, RetriableError
 from services.common.kafka import DeliveryTracker, make_producer
-from services.common.logging import configure_logging, get_logger
+from services.common.logging import get_logger
 from services.common.records import PostalAddressRecord, postal_address_record
 from services.common.sealing import KeyRing
 from services.common.settings import Settings
@@ -171,6 +179,19 @@ class BatchResult:
     subjects: int
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A batch's commands, ready to record and produce."""
+
+    keys: list[str]  # command ids (the Kafka keys)
+    values: list[bytes]
+    result: BatchResult
+
+
+DELIVERY_TIMEOUT_SECONDS = 60.0
+PREFETCH = 2  # batches read ahead of the one being built (in-process runs)
+
+
 Row = tuple[str, list[str], datetime, str | None]  # subject, scopes, newest since, sealed entry
 
 
@@ -204,7 +225,7 @@ class BatchReader:
             return rows
         hashes: dict[str, list[int]] = {}
         for i, (subject, _, _, _) in enumerate(rows):
-            prefix, _, sha256 = subject.partition(":")
+            prefix = subject.partition(":")[0]
             if prefix in self.sealed_kinds:
                 hashes.setdefault(prefix, []).append(i)
         for prefix, where in hashes.items():
@@ -274,8 +295,9 @@ class BatchSender:
         except psycopg.errors.UniqueViolation:
             conn.execute(_RECORD, (self.replay_id, self.dest.id, list(command_ids)))
 
-    def send(self, conn: psycopg.Connection[Any], batch: Batch) -> BatchResult:
-        rows = self.reader.read(conn, batch)
+    def prepare(self, rows: Sequence[Row]) -> Prepared:
+        """Decrypt, then build each command's id and bytes (None for a subject the
+        destination cannot use)."""
         raw = self.raw_values(rows)
         build = self.builder.build
         self.builder.at(self.clock.now())
@@ -286,50 +308,38 @@ class BatchSender:
             if built is not None:
                 keys.append(built[0])
                 values.append(built[1])
-        if keys:
-            self.record(conn, keys)
-            tracker = DeliveryTracker(self.producer)
-            produce = tracker.produce
-            topic = self.topic
-            bucket = self.bucket
-            for key, value in zip(keys, values, strict=True):
-                if bucket is not None:
-                    bucket.take()
-                produce(topic, value=value, key=key)
-            tracker.wait(60.0)
-        return BatchResult(len(keys), len(rows) - len(keys), len(rows))
+        return Prepared(keys, values, BatchResult(len(keys), len(rows) - len(keys), len(rows)))
+
+    def produce(self, prepared: Prepared) -> DeliveryTracker:
+        """Produce a recorded batch (throttled); its tracker counts the delivery reports."""
+        tracker = DeliveryTracker(self.producer)
+        produce = tracker.produce
+        topic = self.topic
+        bucket = self.bucket
+        for key, value in zip(prepared.keys, prepared.values, strict=True):
+            if bucket is not None:
+                bucket.take()
+            produce(topic, value=value, key=key)
+        return tracker
+
+    def send(self, conn: psycopg.Connection[Any], batch: Batch) -> BatchResult:
+        """One batch, start to end: read, prepare, record, produce, wait for delivery."""
+        prepared = self.prepare(self.reader.read(conn, batch))
+        if prepared.keys:
+            self.record(conn, prepared.keys)
+            self.produce(prepared).wait(DELIVERY_TIMEOUT_SECONDS)
+        return prepared.result
 
 
-# --- worker processes -------------------------------------------------------------------
-_worker: tuple[BatchSender, psycopg.Connection[Any]] | None = None
-
-
-def _start_worker(
-    settings: Settings, destination: str, replay_id: str, since: datetime | None, rate: float | None
-) -> None:
-    """Initializer of a worker process: its own connection, producer and key ring."""
-    global _worker
-    configure_logging(settings.log_level, settings.log_format)
-    dest = settings.destinations[destination]
-    sender = BatchSender(
-        settings,
-        dest,
-        replay_id,
-        since,
-        rate,
-        make_producer(settings),
-        suppression_ring(settings),
-        default_codec(),
-        SystemClock(),
-    )
-    _worker = (sender, connect(settings.dsn(), autocommit=True))
-
-
-def _send_in_worker(batch: Batch) -> BatchResult:
-    if _worker is None:
-        raise RuntimeError("replay worker not started")
-    sender, conn = _worker
-    return sender.send(conn, batch)
+def delivered(tracker: DeliveryTracker) -> bool:
+    """Whether every message of a batch has its delivery report (serving the reports due);
+    ``RetriableError`` if one failed."""
+    tracker.producer.poll(0)
+    if tracker.failures:
+        raise RetriableError(
+            f"{len(tracker.failures)} messages failed delivery (first: {tracker.failures[0]})"
+        )
+    return tracker.pending <= 0
 
 
 class Replayer:
@@ -346,7 +356,6 @@ class Replayer:
         codec: Codec | None = None,
         ring: KeyRing | None = None,
         stop_after: int | None = None,
-        workers: int = 1,
     ) -> None:
         found = settings.destinations.get(destination)
         if found is None:
@@ -354,8 +363,6 @@ class Replayer:
             raise ConfigurationError(f"--destination {destination!r}: no such destination (known: {known})")
         if batch_size < 1:
             raise ConfigurationError("--batch-size must be at least 1")
-        if workers < 1:
-            raise ConfigurationError("--workers must be at least 1")
         self.settings = settings
         self.dest: Destination = found
         self.since = since
@@ -367,7 +374,6 @@ class Replayer:
         self.codec = codec or default_codec()
         self._ring = ring
         self.stop_after = stop_after  # batches (tests: a run killed halfway)
-        self.workers = workers
         self.topic = settings.suppress_topic(found.id)
         self.scopes = sorted(s.value for s in found.scopes)
 
@@ -418,10 +424,7 @@ class Replayer:
             report, cursor = self._open(conn)
             with ThreadPoolExecutor(1, thread_name_prefix="replay-count") as counting:
                 total = counting.submit(self._count_apart, cursor)
-                if self.workers == 1:
-                    self._run_here(conn, report, cursor, total)
-                else:
-                    self._run_in_workers(conn, report, cursor, total)
+                self._run_here(conn, report, cursor, total)
                 report.total = total.result()
         report.seconds = time.monotonic() - started
         log.info(
@@ -510,6 +513,10 @@ class Replayer:
     def _run_here(
         self, conn: psycopg.Connection[Any], report: ReplayReport, cursor: str, total: Future[int]
     ) -> None:
+        """One process, three overlapping stages: a thread reads the next batches (its own
+        connection), the main thread builds batch N while a second thread records batch N-1
+        (its own connection), then produces N-1; a batch's cursor is saved once its delivery
+        reports are in, in batch order."""
         producer = self._producer or make_producer(self.settings)
         ring = self._ring or suppression_ring(self.settings)
         sender = BatchSender(
@@ -523,35 +530,71 @@ class Replayer:
             self.codec,
             self.clock,
         )
-        done = batches = 0
-        for batch in self._batches(conn, cursor):
-            done = self._done(conn, report, batch, sender.send(conn, batch), done, total)
-            batches += 1
-        self._finish(conn, report, batches, done, total)
-
-    def _run_in_workers(
-        self, conn: psycopg.Connection[Any], report: ReplayReport, cursor: str, total: Future[int]
-    ) -> None:
-        rate = self.rate / self.workers if self.rate else None
-        pool = ProcessPoolExecutor(
-            self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_worker,
-            initargs=(self.settings, self.dest.id, report.replay_id, self.since, rate),
+        reads: queue.Queue[tuple[Batch, list[Row]] | BaseException | None] = queue.Queue(PREFETCH)
+        stop = threading.Event()
+        reader = threading.Thread(
+            target=self._read_ahead,
+            args=(cursor, sender.reader, reads, stop),
+            name="replay-read",
+            daemon=True,
         )
-        in_flight: deque[tuple[Batch, Future[BatchResult]]] = deque()
+        reader.start()
+        unsent: tuple[Batch, Prepared, Future[None]] | None = None
+        in_flight: deque[tuple[Batch, BatchResult, DeliveryTracker]] = deque()
         done = batches = 0
         try:
-            for batch in self._batches(conn, cursor):
-                in_flight.append((batch, pool.submit(_send_in_worker, batch)))
-                while len(in_flight) >= 2 * self.workers or (in_flight and in_flight[0][1].done()):
-                    first, future = in_flight.popleft()
-                    done = self._done(conn, report, first, future.result(), done, total)
+            with (
+                connect(self.settings.dsn(), autocommit=True) as recording,
+                ThreadPoolExecutor(1, thread_name_prefix="replay-record") as recorder,
+            ):
+                while True:
+                    item = reads.get()
+                    if isinstance(item, BaseException):
+                        raise item
+                    current = None
+                    if item is not None:
+                        batch, rows = item
+                        prepared = sender.prepare(rows)
+                        current = (batch, prepared, recorder.submit(sender.record, recording, prepared.keys))
+                    if unsent is not None:  # the previous batch, recorded meanwhile
+                        previous, ready, recorded = unsent
+                        recorded.result()
+                        in_flight.append((previous, ready.result, sender.produce(ready)))
+                    unsent = current
+                    while in_flight and (delivered(in_flight[0][2]) or len(in_flight) > PREFETCH):
+                        first, result, tracker = in_flight.popleft()
+                        tracker.wait(DELIVERY_TIMEOUT_SECONDS)
+                        done = self._done(conn, report, first, result, done, total)
+                        batches += 1
+                    if item is None:
+                        break
+                while in_flight:
+                    first, result, tracker = in_flight.popleft()
+                    tracker.wait(DELIVERY_TIMEOUT_SECONDS)
+                    done = self._done(conn, report, first, result, done, total)
                     batches += 1
-            while in_flight:
-                first, future = in_flight.popleft()
-                done = self._done(conn, report, first, future.result(), done, total)
-                batches += 1
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            stop.set()
+            while reader.is_alive():  # unblock a reader waiting on a full queue
+                with contextlib.suppress(queue.Empty):
+                    reads.get(timeout=0.05)
+            reader.join()
         self._finish(conn, report, batches, done, total)
+
+    def _read_ahead(
+        self,
+        cursor: str,
+        reader: BatchReader,
+        out: queue.Queue[tuple[Batch, list[Row]] | BaseException | None],
+        stop: threading.Event,
+    ) -> None:
+        """The reading thread: each batch's boundary and rows, then None (or the error)."""
+        try:
+            with connect(self.settings.dsn(), autocommit=True) as conn:
+                for batch in self._batches(conn, cursor):
+                    if stop.is_set():
+                        return
+                    out.put((batch, reader.read(conn, batch)))
+            out.put(None)
+        except BaseException as exc:  # handed to the main thread, which raises it
+            out.put(exc)
