@@ -31,6 +31,8 @@ NONCE_BYTES = 12
 TAG_BYTES = 16
 KID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _B64 = re.compile(r"^[A-Za-z0-9_-]+$")
+_URLSAFE = bytes.maketrans(b"-_", b"+/")  # base64url to base64 (``open_many``)
+_PADDING = ("", "===", "==", "=")
 
 
 class SealError(Exception):
@@ -152,6 +154,7 @@ class KeyRing:
         the checks of ``open`` and its ``SealError`` on the first that cannot be opened; for
         bulk readers (``optout replay``), without ``open``'s per-call overhead."""
         ciphers = self._ciphers
+        a2b = binascii.a2b_base64
         out: list[bytes] = []
         append = out.append
         for value, context in zip(values, contexts, strict=True):
@@ -161,7 +164,7 @@ class KeyRing:
                 append(self.open(value, context)[2])  # raises the reason
                 continue
             try:
-                raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+                raw = a2b((body + _PADDING[len(body) % 4]).encode("ascii").translate(_URLSAFE))
             except (ValueError, binascii.Error):
                 raise SealError("malformed") from None
             if len(raw) < NONCE_BYTES + TAG_BYTES:

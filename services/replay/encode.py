@@ -68,10 +68,6 @@ def write_string(value: str) -> bytes:
     return (_SMALL_LENGTHS[n] if n < 1024 else write_long(n)) + data
 
 
-def _optional(value: str | None) -> bytes:
-    return NULL if value is None else _STRING_BRANCH + write_string(value)
-
-
 def _enum_symbols(field_type: Any) -> list[str]:
     if not isinstance(field_type, dict) or field_type.get("type") != "enum":
         raise ValueError(f"{SCHEMA}: expected an enum, got {field_type!r}")
@@ -114,6 +110,7 @@ class CommandEncoder:
         self._times = write_long(issued_at) * 2 + self._action
 
     def scopes(self, scopes: Sequence[str]) -> bytes:
+        """The ``scopes`` array's bytes (cached by its value)."""
         key = tuple(scopes)
         found = self._scopes.get(key)
         if found is None:
@@ -136,17 +133,18 @@ class CommandEncoder:
         requested_at: int,
     ) -> bytes:
         """A command without a postal address (``encode_record`` takes any)."""
+        string = write_string
         return b"".join(
             (
                 self._head,
-                write_string(command_id),
+                string(command_id),
                 self._fixed,
-                _optional(customer_id),
-                _optional(email),
-                _optional(phone),
+                NULL if customer_id is None else _STRING_BRANCH + string(customer_id),
+                NULL if email is None else _STRING_BRANCH + string(email),
+                NULL if phone is None else _STRING_BRANCH + string(phone),
                 NULL,  # postal_address
-                _optional(email_sha256),
-                _optional(phone_sha256),
+                NULL if email_sha256 is None else _STRING_BRANCH + string(email_sha256),
+                NULL if phone_sha256 is None else _STRING_BRANCH + string(phone_sha256),
                 self.scopes(scopes),
                 self._times,
                 write_long(requested_at),
