@@ -25,6 +25,7 @@ import cProfile
 import hashlib
 import os
 import pstats
+import resource
 import sys
 import time
 from collections.abc import Sequence
@@ -35,7 +36,16 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import close_env, load_average, note, open_env, setup_logging, start_stack
+from benchmarks.common import (
+    EndOffsets,
+    close_env,
+    count_rows,
+    load_average,
+    note,
+    open_env,
+    setup_logging,
+    start_stack,
+)
 from services.common.avro import default_codec
 from services.common.kafka import DeliveryTracker, make_producer
 from services.common.sealing import KeyRing
@@ -78,6 +88,12 @@ def fill(dsn: str, admin_dsn: str, ring: KeyRing, count: int, since: datetime, n
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute("ANALYZE suppression_state")
         conn.execute("ANALYZE suppression_list")
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process (every thread)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
 
 
 def bare_producer(cfg: Settings, values: Sequence[tuple[str, bytes]]) -> float:
@@ -129,7 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for number in range(1, args.rounds + 1):
             load = [load_average()]
             note(f"round {number}: the limit (a bare producer), then ours (optout replay), then the limit")
+            cpu = cpu_seconds()
             before = bare_producer(cfg, values)
+            cpu_limit = cpu_seconds() - cpu
             load.append(load_average())
             replayer = Replayer(cfg, DESTINATION, batch_size=args.batch_size)
             if args.profile:
@@ -140,16 +158,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 report = replayer.run()
             load.append(load_average())
+            cpu_ours = cpu_seconds() - cpu - cpu_limit
             if report.sent != args.suppressions:
                 print(f"MISMATCH: replay sent {report.sent:,} of {args.suppressions:,}")
             after = bare_producer(cfg, values)
             load.append(load_average())
             rounds.append((report.seconds, before, after, " / ".join(load)))
+            note(
+                f"round {number}: CPU seconds of this process: ours {cpu_ours:.1f}, "
+                f"the limit (before) {cpu_limit:.1f}"
+            )
 
+        # None missing, none twice: each round's replay produced and recorded every command once.
+        expected = args.suppressions * args.rounds
+        offsets = EndOffsets(cfg, [cfg.suppress_topic(DESTINATION)])
+        produced = offsets.total()
+        offsets.close()
+        recorded = count_rows(env.dsn(), "replay_commands")
+        check = "ok" if produced == recorded == expected else "MISMATCH"
         print(
             f"\noptout replay, {args.suppressions:,} suppressions, batches of {args.batch_size:,}, "
             f"{os.cpu_count()} cores; "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+        )
+        print(
+            f"commands on optout.suppress.{DESTINATION}: {produced:,}, replay_commands rows: {recorded:,}, "
+            f"expected {expected:,} ({args.rounds} round(s)): {check}"
         )
         print(
             f"{'round':>5} {'ours s':>7} {'ours msgs/s':>12} {'limit msgs/s (before, after)':>30}  share  "

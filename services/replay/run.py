@@ -5,11 +5,11 @@ The run walks the suppressed subjects in subject order, in batches of ``batch_si
 subjects, through three overlapping stages (one process; each thread has its own database
 connection):
 
-1. a reading thread finds where the next batch ends (a short walk of the state's primary
-   key: the ``batch_size``-th suppressed subject after the previous end), reads the batch's
-   state rows (one index range scan) and, for the kinds whose raw value the destination
-   takes, their sealed suppression-list entries (one range scan of the list's key per kind);
-   it reads up to ``PREFETCH`` batches ahead;
+1. a reading thread reads the next batch: the state rows after the previous batch's last
+   subject (one walk of the state's primary key, stopped after enough rows for
+   ``batch_size`` subjects) and, for the kinds whose raw value the destination takes, their
+   sealed suppression-list entries (one range scan of the list's key per kind); it reads up
+   to ``PREFETCH`` batches ahead;
 2. the main thread decrypts the raw values (``KeyRing.open_many``) and builds each command's
    id and Avro bytes (``encode.ReplayBuilder``, byte-identical to the codec's);
 3. a recording thread records one ``replay_commands`` row per command (COPY; the confirmer
@@ -35,7 +35,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -100,24 +100,13 @@ WHERE destination = %s AND finished_at IS NULL
 _FILTER = """suppressed AND scope = ANY(%(scopes)s)
   AND (%(since)s::timestamptz IS NULL OR since >= %(since)s::timestamptz)"""
 
-# Where the batch after ``cursor`` ends: its ``limit``-th subject. The inner walk follows the
-# primary key (subject, scope) and stops after ``rows`` rows (``limit`` times the number of
-# scopes: enough for ``limit`` subjects), so each batch costs the same however far the run is.
-_BOUNDARY = f"""
-SELECT max(subject) FROM (
-  SELECT DISTINCT subject FROM (
-    SELECT subject FROM suppression_state
-    WHERE {_FILTER} AND subject > %(cursor)s
-    ORDER BY subject, scope LIMIT %(rows)s
-  ) AS r ORDER BY subject LIMIT %(limit)s
-) AS b
-"""
-
-# One batch: the state rows of the subjects in (lo, hi], in key order (an index range scan).
-_BATCH = f"""
+# The next batch: the state rows after ``cursor`` in primary-key order (subject, scope), an
+# index walk that stops after ``rows`` rows: ``batch_size`` times the number of scopes, enough
+# for ``batch_size`` subjects, so each batch costs the same however far the run is.
+_NEXT = f"""
 SELECT subject, scope, since FROM suppression_state
-WHERE {_FILTER} AND subject > %(lo)s AND subject <= %(hi)s
-ORDER BY subject, scope
+WHERE {_FILTER} AND subject > %(cursor)s
+ORDER BY subject, scope LIMIT %(rows)s
 """
 
 # The sealed entries of one kind for the batch's subjects of that kind: their hashes are one
@@ -208,19 +197,35 @@ class BatchReader:
             if identifier in dest.identifiers
         }
 
-    def read(self, conn: psycopg.Connection[Any], batch: Batch) -> list[Row]:
-        """The batch's subjects, each with its scopes, its newest ``since`` and, when the
-        destination takes its raw value, its sealed suppression-list entry (None if absent)."""
-        params = {"scopes": self.scopes, "since": self.since, "lo": batch.lo, "hi": batch.hi}
+    def next(self, conn: psycopg.Connection[Any], cursor: str, size: int) -> tuple[Batch, list[Row]] | None:
+        """The ``size`` subjects after ``cursor`` (fewer at the end; None: none left), each
+        with its scopes, its newest ``since`` and, when the destination takes its raw value,
+        its sealed suppression-list entry (None if absent)."""
+        params = {
+            "scopes": self.scopes,
+            "since": self.since,
+            "cursor": cursor,
+            "rows": size * len(self.scopes),
+        }
         rows: list[Row] = []
         last = ""
-        for subject, scope, since in conn.execute(_BATCH, params).fetchall():
+        for subject, scope, since in conn.execute(_NEXT, params).fetchall():
             if subject == last:
                 previous = rows[-1]
                 rows[-1] = (subject, [*previous[1], scope], max(previous[2], since), None)
             else:
                 rows.append((subject, [scope], since, None))
                 last = subject
+        # A subject has at most one row per scope, so the walk holds at least ``size``
+        # subjects when it was cut short; only the last one can miss rows, and it is beyond
+        # the first ``size`` unless every one has all its rows.
+        del rows[size:]
+        if not rows:
+            return None
+        return Batch(cursor, rows[-1][0]), self.sealed(conn, rows)
+
+    def sealed(self, conn: psycopg.Connection[Any], rows: list[Row]) -> list[Row]:
+        """``rows`` with the sealed entries of the kinds whose raw value the destination takes."""
         if not rows or not self.sealed_kinds:
             return rows
         hashes: dict[str, list[int]] = {}
@@ -322,14 +327,6 @@ class BatchSender:
             produce(topic, value=value, key=key)
         return tracker
 
-    def send(self, conn: psycopg.Connection[Any], batch: Batch) -> BatchResult:
-        """One batch, start to end: read, prepare, record, produce, wait for delivery."""
-        prepared = self.prepare(self.reader.read(conn, batch))
-        if prepared.keys:
-            self.record(conn, prepared.keys)
-            self.produce(prepared).wait(DELIVERY_TIMEOUT_SECONDS)
-        return prepared.result
-
 
 def delivered(tracker: DeliveryTracker) -> bool:
     """Whether every message of a batch has its delivery report (serving the reports due);
@@ -382,18 +379,6 @@ class Replayer:
         row = conn.execute(_COUNT, params).fetchone()
         return int(row[0]) if row else 0
 
-    def boundary(self, conn: psycopg.Connection[Any], cursor: str) -> Batch | None:
-        """The next batch after ``cursor`` (None: no suppressed subject left)."""
-        params = {
-            "scopes": self.scopes,
-            "since": self.since,
-            "cursor": cursor,
-            "rows": self.batch_size * len(self.scopes),
-            "limit": self.batch_size,
-        }
-        row = conn.execute(_BOUNDARY, params).fetchone()
-        return Batch(cursor, str(row[0])) if row is not None and row[0] is not None else None
-
     def dry_run(self) -> ReplayReport:
         """Counts only: the subjects and, of them, the commands it would send (no decryption:
         a raw value later missing from the suppression list would be skipped for real)."""
@@ -410,8 +395,9 @@ class Replayer:
                 dry_run=True,
             )
             reader = BatchReader(self.dest, self.since)
-            while (batch := self.boundary(conn, cursor)) is not None:
-                for row in reader.read(conn, batch):
+            while (found := reader.next(conn, cursor, self.batch_size)) is not None:
+                batch, rows = found
+                for row in rows:
                     ok = usable(row[0], self.dest)
                     report.sent += ok
                     report.skipped += not ok
@@ -466,16 +452,6 @@ class Replayer:
         )
         log.info("replay started", replay_id=replay_id, destination=self.dest.id)
         return ReplayReport(replay_id, self.dest.id, False, 0), ""
-
-    def _batches(self, conn: psycopg.Connection[Any], cursor: str) -> Iterator[Batch]:
-        count = 0
-        while self.stop_after is None or count < self.stop_after:
-            batch = self.boundary(conn, cursor)
-            if batch is None:
-                return
-            yield batch
-            cursor = batch.hi
-            count += 1
 
     def _done(
         self,
@@ -588,13 +564,17 @@ class Replayer:
         out: queue.Queue[tuple[Batch, list[Row]] | BaseException | None],
         stop: threading.Event,
     ) -> None:
-        """The reading thread: each batch's boundary and rows, then None (or the error)."""
+        """The reading thread: each batch with its rows, then None (or the error)."""
         try:
             with connect(self.settings.dsn(), autocommit=True) as conn:
-                for batch in self._batches(conn, cursor):
-                    if stop.is_set():
-                        return
-                    out.put((batch, reader.read(conn, batch)))
+                count = 0
+                while self.stop_after is None or count < self.stop_after:
+                    found = reader.next(conn, cursor, self.batch_size)
+                    if found is None or stop.is_set():
+                        break
+                    out.put(found)
+                    cursor = found[0].hi
+                    count += 1
             out.put(None)
         except BaseException as exc:  # handed to the main thread, which raises it
             out.put(exc)
