@@ -13,6 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -131,3 +132,60 @@ def test_a_killed_replay_resumes_and_delivers_each_suppression_once(
 
     again = Replayer(cfg, "email_provider", batch_size=BATCH).dry_run()
     assert again.replay_id == "(new)" and again.total == PEOPLE  # the run is finished
+
+
+def test_batches_never_split_a_subjects_scopes(base_settings: dict[str, Any], tmp_path: Path) -> None:
+    """Subjects with one to three scopes of a destination serving three, batches of one to
+    four subjects: every subject is sent once with all its suppressed scopes (a batch is cut
+    after whole subjects), a device hash is skipped, other scopes and opted-in rows are not."""
+    path = tmp_path / "destinations.toml"
+    path.write_text(
+        """
+[[destinations]]
+name = "everywhere"
+kind = "partners"
+scopes = ["EMAIL_MARKETING", "SMS_MARKETING", "THIRD_PARTY_SHARING"]
+identifiers = ["customer_id", "email_sha256", "phone_sha256"]
+requires_one_of = ["customer_id", "email_sha256", "phone_sha256"]
+"""
+    )
+    cfg = isolated_settings(base_settings, destinations_file=path)
+    scopes = ["EMAIL_MARKETING", "SMS_MARKETING", "THIRD_PARTY_SHARING"]
+    since = datetime(2026, 11, 1, tzinfo=UTC)
+    expected: dict[str, list[str]] = {}
+    state = []
+    for n in range(23):
+        subject = f"email_sha256:{sha256_hex(f'multi{n}@example.com')}" if n % 4 else f"cust:C-{n}"
+        mine = scopes[: 1 + n % 3]
+        expected[subject] = mine
+        state += [(subject, scope, True) for scope in mine]
+        state.append((subject, "POSTAL_MARKETING", True))  # not the destination's
+    state.append((f"email_sha256:{sha256_hex('opted-in@example.com')}", "EMAIL_MARKETING", False))
+    state.append((f"device_sha256:{'d' * 64}", "THIRD_PARTY_SHARING", True))  # unusable: skipped
+    with psycopg.connect(cfg.dsn()) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO suppression_state (subject, scope, suppressed, since, event_id, action, updated_at)"
+            " VALUES (%s, %s, %s, %s, 'e', %s, %s)",
+            [(s, scope, on, since, "OPT_OUT" if on else "OPT_IN", since) for s, scope, on in state],
+        )
+
+    for size in (1, 2, 3, 4):
+        dry = Replayer(cfg, "everywhere", batch_size=size).dry_run()
+        assert (dry.total, dry.sent, dry.skipped) == (len(expected) + 1, len(expected), 1), size
+    report = Replayer(cfg, "everywhere", batch_size=2).run()
+    assert (report.sent, report.skipped, report.total, report.stopped) == (
+        len(expected),
+        1,
+        len(expected) + 1,
+        False,
+    )
+    commands = [c.decoded() for c in read_topic(cfg, cfg.suppress_topic("everywhere"), expect=len(expected))]
+    sent = {
+        (c["customer_id"] and f"cust:{c['customer_id']}") or f"email_sha256:{c['email_sha256']}": c
+        for c in commands
+    }
+    assert len(commands) == len(sent) == len(expected)
+    assert {s: c["scopes"] for s, c in sent.items()} == expected
+    with psycopg.connect(cfg.dsn()) as conn:
+        recorded = conn.execute("SELECT count(*) FROM replay_commands").fetchone()
+    assert recorded == (len(expected),)
