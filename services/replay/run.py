@@ -197,10 +197,12 @@ class BatchReader:
             if identifier in dest.identifiers
         }
 
-    def next(self, conn: psycopg.Connection[Any], cursor: str, size: int) -> tuple[Batch, list[Row]] | None:
+    def next(
+        self, conn: psycopg.Connection[Any], cursor: str, size: int, sealed: bool = True
+    ) -> tuple[Batch, list[Row]] | None:
         """The ``size`` subjects after ``cursor`` (fewer at the end; None: none left), each
-        with its scopes, its newest ``since`` and, when the destination takes its raw value,
-        its sealed suppression-list entry (None if absent)."""
+        with its scopes, its newest ``since`` and, when the destination takes its raw value
+        (and ``sealed``), its sealed suppression-list entry (None if absent)."""
         params = {
             "scopes": self.scopes,
             "since": self.since,
@@ -222,7 +224,7 @@ class BatchReader:
         del rows[size:]
         if not rows:
             return None
-        return Batch(cursor, rows[-1][0]), self.sealed(conn, rows)
+        return Batch(cursor, rows[-1][0]), self.sealed(conn, rows) if sealed else rows
 
     def sealed(self, conn: psycopg.Connection[Any], rows: list[Row]) -> list[Row]:
         """``rows`` with the sealed entries of the kinds whose raw value the destination takes."""
@@ -395,7 +397,7 @@ class Replayer:
                 dry_run=True,
             )
             reader = BatchReader(self.dest, self.since)
-            while (found := reader.next(conn, cursor, self.batch_size)) is not None:
+            while (found := reader.next(conn, cursor, self.batch_size, sealed=False)) is not None:
                 batch, rows = found
                 for row in rows:
                     ok = usable(row[0], self.dest)
