@@ -2,20 +2,26 @@
 run the limit: a bare producer sending the same messages.
 
     .venv/bin/python -m benchmarks.bench_replay [--suppressions 1000000] [--batch-size 5000]
+        [--rounds 1] [--profile N]
 
 Fills a fresh database (COPY) with ``--suppressions`` people suppressed for EMAIL_MARKETING:
 a ``suppression_state`` row and a sealed ``suppression_list`` entry each, as intake leaves
-them. Then times:
+them, then ANALYZE as the tables' owner (as autovacuum would). Builds and Avro-encodes the
+limit's messages (not timed). Then, ``--rounds`` times:
 
+* the limit: one new producer (the settings of ours) sends the same commands to another
+  topic with the same partitions and is flushed once;
 * ours: ``Replayer.run()`` to ``email_provider`` (raw emails: every value decrypted), batches
-  of ``--batch-size`` subjects: read the state after the cursor, read and decrypt the list
-  entries, record ``replay_commands``, encode and produce, wait for every delivery report,
-  save the cursor;
-* the limit: the same commands, built and Avro-encoded beforehand (not timed), produced by
-  one bare producer to another topic with the same partitions and flushed once.
+  of ``--batch-size`` subjects: read the state after the cursor and the sealed list entries,
+  decrypt, build, record ``replay_commands``, produce, save the cursor once a batch is
+  delivered (a new replay each round: new command ids);
+* the limit again.
 
-Target: ours at >= 50% of the limit's messages per second. The load average is printed with
-the figures (the machine is shared).
+Ours is compared with the faster of the two limits. Target: ours at >= 50% of the limit's
+messages per second. Also printed: the load average around each measurement and the CPU
+seconds this process spent on ours and on the limit (the machine is shared), and a check
+that the topic holds one command per suppression and round and ``replay_commands`` one row
+each. ``--profile N``: ours under cProfile, the top N functions on stderr.
 """
 
 from __future__ import annotations
