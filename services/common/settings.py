@@ -10,6 +10,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Iterator
+from datetime import date
 from functools import lru_cache
 from ipaddress import ip_network
 from pathlib import Path
@@ -282,6 +283,11 @@ class Settings(BaseSettings):
         pattern=r"^/[A-Za-z0-9._~/-]*$",
         description="Path of the Global Privacy Control signal endpoint.",
     )
+    web_gpc_last_update: date | None = Field(
+        None,
+        description="Date (YYYY-MM-DD) the site's GPC statement last changed: the lastUpdate "
+        "member of /.well-known/gpc.json; empty leaves it out.",
+    )
     web_publish_timeout_seconds: float = Field(
         5.0, gt=0, le=120, description="How long a POST waits for the broker before a 503."
     )
@@ -450,6 +456,11 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"{item!r} is not an IP network in CIDR notation") from None
         return networks
+
+    @field_validator("web_gpc_last_update", mode="before")
+    @classmethod
+    def _empty_date_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("topic_min_insync_replicas", mode="before")
     @classmethod
