@@ -332,6 +332,22 @@ class Settings(BaseSettings):
     inbound_max_body_bytes: int = Field(
         1_048_576, ge=1024, le=16_777_216, description="Largest webhook body accepted."
     )
+    inbound_refusals_per_minute: float = Field(
+        30.0,
+        gt=0,
+        le=60_000,
+        description="Refused webhooks (bad or stale signature, replay, malformed, too large) "
+        "allowed per client per minute once the burst is spent; beyond it the client gets 429 "
+        "before any signature is checked. Accepted webhooks never count.",
+    )
+    inbound_refusal_burst: int = Field(
+        20, ge=1, le=100_000, description="Refused webhooks a client may send at once."
+    )
+    inbound_trusted_proxies: list[str] = Field(
+        [],
+        description="CIDRs of proxies in front of the inbound service whose X-Forwarded-For "
+        "names the client (as OPTOUT_WEB_TRUSTED_PROXIES); empty: the TCP peer is the client.",
+    )
     inbound_max_age_seconds: int = Field(
         600,
         ge=1,
@@ -446,7 +462,7 @@ class Settings(BaseSettings):
     def destinations(self) -> Destinations:
         return self._destinations
 
-    @field_validator("web_trusted_proxies")
+    @field_validator("web_trusted_proxies", "inbound_trusted_proxies")
     @classmethod
     def _check_cidrs(cls, value: list[str]) -> list[str]:
         networks = []
