@@ -221,7 +221,7 @@ def test_reconcile_finds_and_restores_exactly_the_deleted_entries(
 
 def test_a_kind_that_cannot_be_read_back_is_refused_in_one_line(base_settings: dict[str, Any]) -> None:
     cfg = Settings(**base_settings)
-    name = next(d.id for d in cfg.destinations if d.kind == "local_mail_house")
+    name = next(d.id for d in cfg.destinations if d.kind == "partners")  # hashes, no list to read
     with pytest.raises(ConfigurationError, match="reconciliation is not supported"):
         reconcile(cfg, name)
 
