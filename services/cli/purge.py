@@ -49,7 +49,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
         "(OPTOUT_GPC_LOG_RETENTION_DAYS)\n"
     )
     with connect(cfg.dsn(), prepared_statements=cfg.database_prepared_statements) as conn:
-        audited = purge_audit(conn, now - timedelta(days=cfg.audit_retention_days), dry_run=args.dry_run)
+        audited = purge_audit(conn, cfg.audit_retention_days, dry_run=args.dry_run)
     sys.stdout.write(
         f"{verb} {audited} audit event(s) older than {cfg.audit_retention_days} days "
         "(OPTOUT_AUDIT_RETENTION_DAYS)\n"

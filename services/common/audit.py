@@ -19,7 +19,10 @@ Steps, in the order a request usually goes through them:
 * ``purged`` (``optout purge``: contact details removed), ``erased`` (``optout erase``).
 
 ``optout purge`` deletes rows older than ``OPTOUT_AUDIT_RETENTION_DAYS`` (730 days: CCPA
-regulations section 7101), independently of the contact-details purge.
+regulations section 7101), independently of the contact-details purge. The rows are
+append-only for the application role (no UPDATE, DELETE, TRUNCATE): the purge goes through the
+SECURITY DEFINER function ``purge_audit_events`` (migration 0015), which refuses a retention
+below ``audit_retention_floor`` (730 days).
 """
 
 from __future__ import annotations
@@ -35,9 +38,11 @@ from typing import Any
 
 import psycopg
 
+from services.common.errors import ConfigurationError
 from services.common.logging import redact_text
 
 MAX_DETAIL = 500
+DEFAULT_RETENTION_FLOOR_DAYS = 730  # migration 0015's floor (CCPA regulations section 7101)
 
 
 class Step(StrEnum):
@@ -142,13 +147,31 @@ def stream(
         progress(count)
 
 
-def purge_audit(conn: psycopg.Connection[Any], cutoff: datetime, dry_run: bool = False) -> int:
-    """Delete audit events older than ``cutoff``; return how many (or would be)."""
+def retention_floor(conn: psycopg.Connection[Any]) -> int:
+    """The fewest days audit events are kept (``audit_retention_floor``, migration 0015)."""
+    row = conn.execute("SELECT min_days FROM audit_retention_floor").fetchone()
+    return int(row[0]) if row else DEFAULT_RETENTION_FLOOR_DAYS
+
+
+def purge_audit(conn: psycopg.Connection[Any], retention_days: int, dry_run: bool = False) -> int:
+    """Delete audit events older than ``retention_days`` (by the database's clock) through
+    ``purge_audit_events`` (the app role cannot DELETE them itself); return how many (or, with
+    ``dry_run``, would be). ``ConfigurationError`` when ``retention_days`` is below the floor."""
+    floor = retention_floor(conn)
+    if retention_days < floor:
+        raise ConfigurationError(
+            f"OPTOUT_AUDIT_RETENTION_DAYS={retention_days} is below the audit trail's floor of "
+            f"{floor} days (table audit_retention_floor; only the migration owner can lower it)"
+        )
     if dry_run:
-        row = conn.execute("SELECT count(*) FROM audit_events WHERE at < %s", (cutoff,)).fetchone()
+        row = conn.execute(
+            "SELECT count(*) FROM audit_events WHERE at < now() - make_interval(days => %s)",
+            (retention_days,),
+        ).fetchone()
         return int(row[0]) if row else 0
     with conn.transaction():
-        return conn.execute("DELETE FROM audit_events WHERE at < %s", (cutoff,)).rowcount
+        row = conn.execute("SELECT purge_audit_events(%s)", (retention_days,)).fetchone()
+    return int(row[0]) if row else 0
 
 
 # --- formatting (pure) ----------------------------------------------------------------

@@ -316,7 +316,8 @@ class Settings(BaseSettings):
         730,
         ge=0,
         description="`optout purge` deletes audit trail events (audit_events) older than this, "
-        "independently of the contact-details purge (24 months: CCPA regulations section 7101).",
+        "independently of the contact-details purge (24 months: CCPA regulations section 7101). "
+        "The database refuses less than its floor (table audit_retention_floor, 730 days).",
     )
 
     # --- Inbound provider webhooks (`optout run inbound`, docs/inbound.md) --------------
