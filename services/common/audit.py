@@ -16,7 +16,11 @@ Steps, in the order a request usually goes through them:
 * ``command_resent`` (intake on a redelivery, the confirmer's sweeper; detail: issue count);
 * ``acknowledged`` (confirmer; status: the ack's, detail: the provider's, redacted),
   ``confirmed`` / ``needs_attention`` (confirmer);
-* ``purged`` (``optout purge``: contact details removed), ``erased`` (``optout erase``).
+* ``purged`` (``optout purge``: contact details removed), ``erased`` (``optout erase``);
+* ``reconcile_resent`` (``optout reconcile`` re-sent the suppression to a destination that
+  lacked it) and ``replayed`` (``optout replay``), written into the trail of the request(s)
+  whose suppression the command carries (``record_reissued``), and their ``acknowledged``
+  rows (the confirmer, ``record_reissue_acks``; detail ``reconcile command <id>: ...``).
 
 ``optout purge`` deletes rows older than ``OPTOUT_AUDIT_RETENTION_DAYS`` (730 days: CCPA
 regulations section 7101), independently of the contact-details purge. The rows are
@@ -57,6 +61,19 @@ class Step(StrEnum):
     NEEDS_ATTENTION = "needs_attention"
     PURGED = "purged"
     ERASED = "erased"
+    RECONCILE_RESENT = "reconcile_resent"
+    REPLAYED = "replayed"
+
+
+class Reissue(StrEnum):
+    """Commands sent without a request of their own, written into the trail of the requests
+    whose suppression they carry (``record_reissued``)."""
+
+    RECONCILE = "reconcile"  # optout reconcile re-sent what the destination lacked
+    REPLAY = "replay"  # optout replay sent the suppressions to a new or restored destination
+
+
+_REISSUE_STEP = {Reissue.RECONCILE: Step.RECONCILE_RESENT, Reissue.REPLAY: Step.REPLAYED}
 
 
 @dataclass(frozen=True)
@@ -98,6 +115,99 @@ def append(cur: psycopg.Cursor[Any] | psycopg.Connection[Any], events: Sequence[
             [e.status for e in events],
             [e.detail for e in events],
         ),
+    )
+
+
+# One statement per batch: the winning requests of each command's subject (for the scopes the
+# destination serves) get a row, and ``audit_commands`` maps the command to them for its ack.
+_REISSUED = """
+WITH src AS (
+    SELECT DISTINCT u.command_id, s.event_id
+    FROM unnest(%(commands)s::text[], %(subjects)s::text[]) AS u(command_id, subject)
+    JOIN suppression_state s ON s.subject = u.subject AND s.suppressed AND s.scope = ANY(%(scopes)s)
+), mapped AS (
+    INSERT INTO audit_commands (command_id, event_id, destination, kind, at)
+    SELECT command_id, event_id, %(destination)s, %(kind)s, %(at)s FROM src
+    ON CONFLICT (command_id, event_id) DO NOTHING
+)
+INSERT INTO audit_events (event_id, at, step, destination, detail)
+SELECT event_id, %(at)s, %(step)s, %(destination)s, %(detail)s || command_id FROM src
+"""
+
+
+def record_reissued(
+    cur: psycopg.Cursor[Any] | psycopg.Connection[Any],
+    kind: Reissue,
+    destination: str,
+    scopes: Sequence[str],
+    sent: Sequence[tuple[str, str]],
+    at: datetime,
+    label: str,
+) -> None:
+    """Write ``sent`` ((command id, suppression_state subject) of commands delivered to
+    ``destination``) into the trail of each request suppressing the subject for one of
+    ``scopes``: step ``reconcile_resent`` or ``replayed``, detail ``<label>: command <id>``.
+    One statement, inside the caller's transaction (or autocommitted)."""
+    if not sent:
+        return
+    cur.execute(
+        _REISSUED,
+        {
+            "commands": [c for c, _ in sent],
+            "subjects": [s for _, s in sent],
+            "scopes": list(scopes),
+            "destination": destination,
+            "kind": kind.value,
+            "at": at,
+            "step": _REISSUE_STEP[kind].value,
+            "detail": f"{label}: command ",
+        },
+    )
+
+
+# Acks of those commands: written into the same trails when they change the command's status
+# there (the first ack, or a success after a refusal), like the confirmer's own acks.
+_REISSUE_ACKS = """
+WITH t AS (
+    SELECT * FROM unnest(%(commands)s::text[], %(destinations)s::text[], %(statuses)s::text[],
+                         %(details)s::text[]) AS t(command_id, destination, status, detail)
+), changed AS (
+    UPDATE audit_commands m SET acked = t.status
+    FROM t
+    WHERE m.command_id = t.command_id AND m.destination = t.destination
+      AND (m.acked IS NULL OR (m.acked = 'REJECTED' AND t.status <> 'REJECTED'))
+    RETURNING m.event_id, m.kind, t.command_id, t.destination, t.status, t.detail
+)
+INSERT INTO audit_events (event_id, at, step, destination, status, detail)
+SELECT event_id, %(at)s, 'acknowledged', destination, status,
+       kind || ' command ' || command_id || coalesce(': ' || detail, '')
+FROM changed
+"""
+
+
+def record_reissue_acks(
+    cur: psycopg.Cursor[Any] | psycopg.Connection[Any],
+    acks: Sequence[tuple[str, str, str, str | None]],
+    at: datetime,
+) -> None:
+    """Acks ((command id, destination, status, provider detail), in message order) of
+    reconcile and replay commands: one statement; acks of other commands match nothing."""
+    final: dict[str, tuple[str, str, str | None]] = {}
+    for command_id, destination, status, detail in acks:
+        previous = final.get(command_id)
+        if previous is None or previous[1] == "REJECTED":
+            final[command_id] = (destination, status, detail)  # the last success, or refusal
+    if not final:
+        return
+    cur.execute(
+        _REISSUE_ACKS,
+        {
+            "commands": list(final),
+            "destinations": [d for d, _, _ in final.values()],
+            "statuses": [s for _, s, _ in final.values()],
+            "details": [safe_detail(d) for _, _, d in final.values()],
+            "at": at,
+        },
     )
 
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import psycopg
 
+from services.common import audit
 from services.common.avro import default_codec
 from services.common.clock import Clock, SystemClock, to_millis
 from services.common.contract import Action, Destination, Identifier, Scope
@@ -353,6 +354,20 @@ def reconcile(settings: Settings, name: str, repair: bool = True, clock: Clock |
                     report.reissued,
                     report.unsendable,
                 ),
+            )
+            # The audit trail of the requests whose suppression was re-sent (no values).
+            sent = [m for m in drift.missing if m.sha256 in values] if records else []
+            audit.record_reissued(
+                conn,
+                audit.Reissue.RECONCILE,
+                destination.id,
+                scopes,
+                [
+                    (r["command_id"], _PREFIX_OF[identifier] + m.sha256)
+                    for r, m in zip(records, sent, strict=True)
+                ],
+                now,
+                f"reconcile re-sent to {destination.id}",
             )
     log.debug(  # the CLI prints the report itself (stdout stays one JSON document with --json)
         "reconciled",

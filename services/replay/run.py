@@ -28,6 +28,7 @@ from typing import Any
 import psycopg
 from confluent_kafka import Producer
 
+from services.common import audit
 from services.common.avro import Codec, default_codec
 from services.common.clock import Clock, SystemClock
 from services.common.contract import Destination
@@ -293,10 +294,12 @@ class Replayer:
         raw = self._raw_values(conn, ring, rows)
         now = self.clock.now()
         commands = []
+        subjects = []
         for row in rows:
             record = replay_command(replay_id, self.dest, row, raw.get(row.subject), now)
             if record is not None:
                 commands.append(record)
+                subjects.append(row.subject)
         if commands:
             conn.execute(_RECORD, (replay_id, self.dest.id, [c["command_id"] for c in commands]))
             tracker = DeliveryTracker(producer)
@@ -307,4 +310,8 @@ class Replayer:
                 value = encode("SuppressionCommand", record)
                 tracker.produce(self.topic, value=value, key=record["command_id"])
             tracker.wait(60.0)
+            sent = [(c["command_id"], s) for c, s in zip(commands, subjects, strict=True)]
+            audit.record_reissued(  # the trail of each subject's requests: one statement
+                conn, audit.Reissue.REPLAY, self.dest.id, self.scopes, sent, now, f"replay {replay_id}"
+            )
         return len(commands), len(rows) - len(commands)
