@@ -119,19 +119,14 @@ def append(cur: psycopg.Cursor[Any] | psycopg.Connection[Any], events: Sequence[
 
 
 # One statement per batch: the winning requests of each command's subject (for the scopes the
-# destination serves) get a row, and ``audit_commands`` maps the command to them for its ack.
+# destination serves) get a row carrying the command id (migration 0015), which the confirmer
+# finds the command's acks' trails by.
 _REISSUED = """
-WITH src AS (
-    SELECT DISTINCT u.command_id, s.event_id
-    FROM unnest(%(commands)s::text[], %(subjects)s::text[]) AS u(command_id, subject)
-    JOIN suppression_state s ON s.subject = u.subject AND s.suppressed AND s.scope = ANY(%(scopes)s)
-), mapped AS (
-    INSERT INTO audit_commands (command_id, event_id, destination, kind, at)
-    SELECT command_id, event_id, %(destination)s, %(kind)s, %(at)s FROM src
-    ON CONFLICT (command_id, event_id) DO NOTHING
-)
-INSERT INTO audit_events (event_id, at, step, destination, detail)
-SELECT event_id, %(at)s, %(step)s, %(destination)s, %(detail)s || command_id FROM src
+INSERT INTO audit_events (event_id, at, step, destination, detail, command_id)
+SELECT DISTINCT s.event_id, %(at)s::timestamptz, %(step)s, %(destination)s,
+       %(detail)s || u.command_id, u.command_id
+FROM unnest(%(commands)s::text[], %(subjects)s::text[]) AS u(command_id, subject)
+JOIN suppression_state s ON s.subject = u.subject AND s.suppressed AND s.scope = ANY(%(scopes)s)
 """
 
 
@@ -171,17 +166,22 @@ _REISSUE_ACKS = """
 WITH t AS (
     SELECT * FROM unnest(%(commands)s::text[], %(destinations)s::text[], %(statuses)s::text[],
                          %(details)s::text[]) AS t(command_id, destination, status, detail)
-), changed AS (
-    UPDATE audit_commands m SET acked = t.status
-    FROM t
-    WHERE m.command_id = t.command_id AND m.destination = t.destination
-      AND (m.acked IS NULL OR (m.acked = 'REJECTED' AND t.status <> 'REJECTED'))
-    RETURNING m.event_id, m.kind, t.command_id, t.destination, t.status, t.detail
 )
-INSERT INTO audit_events (event_id, at, step, destination, status, detail)
-SELECT event_id, %(at)s, 'acknowledged', destination, status,
-       kind || ' command ' || command_id || coalesce(': ' || detail, '')
-FROM changed
+INSERT INTO audit_events (event_id, at, step, destination, status, detail, command_id)
+SELECT DISTINCT ON (sent.event_id, t.command_id)
+       sent.event_id, %(at)s::timestamptz, 'acknowledged', t.destination, t.status,
+       CASE sent.step WHEN 'replayed' THEN 'replay' ELSE 'reconcile' END
+           || ' command ' || t.command_id || coalesce(': ' || t.detail, ''),
+       t.command_id
+FROM t
+JOIN audit_events sent ON sent.command_id = t.command_id AND sent.destination = t.destination
+     AND sent.step IN ('reconcile_resent', 'replayed')
+WHERE NOT EXISTS (
+    SELECT 1 FROM audit_events done
+    WHERE done.command_id = t.command_id AND done.event_id = sent.event_id
+      AND done.step = 'acknowledged' AND (done.status <> 'REJECTED' OR t.status = 'REJECTED')
+)
+ORDER BY sent.event_id, t.command_id
 """
 
 

@@ -161,7 +161,6 @@ def _grant_dml(conn: psycopg.Connection[Any], role: str) -> None:
     # expired rows through the SECURITY DEFINER function of migration 0015, whose retention
     # floor only the migration owner can change.
     conn.execute(sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON audit_events FROM {}").format(ident))
-    conn.execute(sql.SQL("REVOKE DELETE, TRUNCATE ON audit_commands FROM {}").format(ident))
     conn.execute(sql.SQL("REVOKE ALL ON audit_retention_floor FROM {}").format(ident))
     conn.execute(sql.SQL("GRANT SELECT ON audit_retention_floor TO {}").format(ident))
     conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION purge_audit_events(integer) TO {}").format(ident))

@@ -14,20 +14,12 @@ INSERT INTO audit_retention_floor (min_days) VALUES (730) ON CONFLICT (only_row)
 
 -- Commands re-sent without a request of their own (`optout reconcile`'s `reconcile:` and
 -- `optout replay`'s `replay:` commands) are written into the audit trail of the request(s)
--- whose suppression they carry (the winning requests of suppression_state). This table maps
--- such a command to those requests, so the confirmer can write the command's ack into the same
--- trails; `acked` is the last status written (an ack that changes nothing is not written
--- again). No contact details. Deleted with the audit events by purge_audit_events.
-CREATE TABLE IF NOT EXISTS audit_commands (
-    command_id   text        NOT NULL,
-    event_id     text        NOT NULL,   -- the request whose trail gets the rows
-    destination  text        NOT NULL,
-    kind         text        NOT NULL,   -- 'reconcile' or 'replay'
-    at           timestamptz NOT NULL,
-    acked        text        NULL,       -- the last ack status written to the trail
-    PRIMARY KEY (command_id, event_id)
-);
-CREATE INDEX IF NOT EXISTS audit_commands_at ON audit_commands (at);
+-- whose suppression they carry (the winning requests of suppression_state), with the command
+-- id in command_id, so the confirmer writes the command's acks into the same trails. Only those
+-- rows set it (a partial index: intake's rows pay nothing for it).
+ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS command_id text NULL;
+CREATE INDEX IF NOT EXISTS audit_events_command ON audit_events (command_id)
+    WHERE command_id IS NOT NULL;
 
 CREATE OR REPLACE FUNCTION purge_audit_events(retention_days integer) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -43,7 +35,6 @@ BEGIN
     END IF;
     DELETE FROM public.audit_events WHERE at < now() - make_interval(days => retention_days);
     GET DIAGNOSTICS removed = ROW_COUNT;
-    DELETE FROM public.audit_commands WHERE at < now() - make_interval(days => retention_days);
     RETURN removed;
 END
 $$;
