@@ -40,6 +40,7 @@ class Expected:
     sha256: str
     scopes: tuple[str, ...]
     since: datetime  # the newest winning request's requested_at among those scopes
+    event_id: str | None = None  # that request (suppression_state.event_id)
 
 
 @dataclass

@@ -192,7 +192,8 @@ def read_back_of(settings: Settings, destination: Destination) -> ReadBack:
 
 
 _EXPECTED = """
-SELECT substr(subject, %s), array_agg(scope ORDER BY scope), max(since)
+SELECT substr(subject, %s), array_agg(scope ORDER BY scope), max(since),
+       (array_agg(event_id ORDER BY since DESC))[1]
 FROM suppression_state
 WHERE subject LIKE %s AND suppressed AND scope = ANY(%s)
 GROUP BY subject
@@ -204,7 +205,20 @@ def expected_of(
 ) -> dict[str, Expected]:
     prefix = _PREFIX_OF[identifier]
     rows = conn.execute(_EXPECTED, (len(prefix) + 1, prefix + "%", list(scopes))).fetchall()
-    return {r[0]: Expected(r[0], tuple(r[1]), r[2]) for r in rows}
+    return {r[0]: Expected(r[0], tuple(r[1]), r[2], r[3]) for r in rows}
+
+
+def _customers(conn: psycopg.Connection[Any], missing: Sequence[Expected]) -> dict[str, str]:
+    """Per hash, the customer id of the request that suppressed it (a mail house suppresses an
+    address sent with a customer id only where it is that customer's address on file)."""
+    wanted = {m.event_id: m.sha256 for m in missing if m.event_id}
+    if not wanted:
+        return {}
+    rows = conn.execute(
+        "SELECT event_id, customer_id FROM requests WHERE event_id = ANY(%s) AND customer_id IS NOT NULL",
+        (list(wanted),),
+    ).fetchall()
+    return {wanted[r[0]]: r[1] for r in rows}
 
 
 def _generations(conn: psycopg.Connection[Any], destination: str, hashes: Sequence[str]) -> dict[str, int]:
@@ -249,8 +263,10 @@ def command_records(
     values: Mapping[str, str],
     generations: Mapping[str, int],
     now: datetime,
+    customers: Mapping[str, str] | None = None,
 ) -> list[SuppressionCommandRecord]:
-    """The re-issued commands (only the identifier fields the destination takes)."""
+    """The re-issued commands (only the identifier fields the destination takes; a postal
+    one with the customer id of the request that suppressed the address, ``customers``)."""
     records: list[SuppressionCommandRecord] = []
     for entry in missing:
         value = values.get(entry.sha256)
@@ -265,7 +281,9 @@ def command_records(
                 command_id=cid,
                 request_id=request_id,
                 destination=destination.id,
-                customer_id=None,
+                customer_id=(customers or {}).get(entry.sha256)
+                if Identifier.CUSTOMER_ID in destination.identifiers
+                else None,
                 email=email if Identifier.EMAIL in destination.identifiers else None,
                 phone=phone if Identifier.PHONE in destination.identifiers else None,
                 postal_address=address if Identifier.POSTAL_ADDRESS in destination.identifiers else None,
@@ -325,7 +343,10 @@ def reconcile(settings: Settings, name: str, repair: bool = True, clock: Clock |
         if repair and drift.missing:
             hashes = [m.sha256 for m in drift.missing]
             generations = _generations(conn, destination.id, hashes)
-            records = command_records(destination, identifier, drift.missing, values, generations, now)
+            customers = _customers(conn, drift.missing) if postal else {}
+            records = command_records(
+                destination, identifier, drift.missing, values, generations, now, customers
+            )
         if records:
             _publish(settings, destination.id, records)
         report = Report(

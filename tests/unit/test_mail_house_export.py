@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
 
-from services.common.contract import Identifier
+from services.common.contract import Destination, Identifier, Scope
 from services.common.errors import ConfigurationError
 from services.connectors import mail_house_export as mx
 from services.connectors import sftp_mail_house as sm
 from services.domain.identity import sha256_hex
 from services.domain.validation import normalize_postal_address, postal_key
 from services.reconcile.drift import Expected, compare, match_file_forms
+from services.reconcile.run import command_records
 from services.standins.mail_house_sftp import MailHouseSftpStandin
 from tests.support.commands import make_command
 
@@ -119,3 +121,25 @@ def test_the_stand_in_publishes_its_list_as_it_imports_files(tmp_path: Path) -> 
     assert standin.import_once() == ["suppressions-00000002.csv"]
     assert standin.import_once() == []
     assert mx.read_folder_export(tmp_path / "export", "mail_house").keys == [mx.key_of_address(ada)]
+
+
+def test_a_postal_reissue_carries_the_address_and_the_suppressing_requests_customer() -> None:
+    dest = Destination(
+        "mail_house",
+        frozenset({Scope.POSTAL_MARKETING}),
+        frozenset({Identifier.CUSTOMER_ID, Identifier.POSTAL_ADDRESS}),
+        frozenset({Identifier.POSTAL_ADDRESS}),
+        "sftp_mail_house",
+    )
+    ada, bob = address(), address(name="Bob", lines=["1 High St"])
+    missing = [
+        Expected(sha256_hex(postal_key(a) or ""), ("POSTAL_MARKETING",), NOW, "ev") for a in (ada, bob)
+    ]
+    values = {m.sha256: json.dumps(a) for m, a in zip(missing, (ada, bob), strict=True)}
+    records = command_records(
+        dest, Identifier.POSTAL_ADDRESS, missing, values, {}, NOW, {missing[0].sha256: "C-7"}
+    )
+    assert [r["postal_address"] for r in records] == [ada, bob]
+    assert [r["customer_id"] for r in records] == ["C-7", None]
+    assert all(r["email"] is None and r["email_sha256"] is None for r in records)
+    assert all(r["request_id"].startswith("reconcile:mail_house:") for r in records)
