@@ -263,16 +263,21 @@ def retention_floor(conn: psycopg.Connection[Any]) -> int:
     return int(row[0]) if row else DEFAULT_RETENTION_FLOOR_DAYS
 
 
-def purge_audit(conn: psycopg.Connection[Any], retention_days: int, dry_run: bool = False) -> int:
-    """Delete audit events older than ``retention_days`` (by the database's clock) through
-    ``purge_audit_events`` (the app role cannot DELETE them itself); return how many (or, with
-    ``dry_run``, would be). ``ConfigurationError`` when ``retention_days`` is below the floor."""
+def check_audit_retention(conn: psycopg.Connection[Any], retention_days: int) -> None:
+    """``ConfigurationError`` (one line) when ``retention_days`` is below the floor."""
     floor = retention_floor(conn)
     if retention_days < floor:
         raise ConfigurationError(
             f"OPTOUT_AUDIT_RETENTION_DAYS={retention_days} is below the audit trail's floor of "
             f"{floor} days (table audit_retention_floor; only the migration owner can lower it)"
         )
+
+
+def purge_audit(conn: psycopg.Connection[Any], retention_days: int, dry_run: bool = False) -> int:
+    """Delete audit events older than ``retention_days`` (by the database's clock) through
+    ``purge_audit_events`` (the app role cannot DELETE them itself); return how many (or, with
+    ``dry_run``, would be). ``ConfigurationError`` when ``retention_days`` is below the floor."""
+    check_audit_retention(conn, retention_days)
     if dry_run:
         row = conn.execute(
             "SELECT count(*) FROM audit_events WHERE at < now() - make_interval(days => %s)",

@@ -26,6 +26,8 @@ Acks of commands ``optout reconcile`` re-issued (request id ``reconcile:...``,
 ``services.common.contract.is_reconcile_request``) are skipped: no customer request is
 behind them, so nothing is recorded, confirmed or dead-lettered (their outcome stays in the
 connector's ``connector_applied``). They are counted as consumed with outcome ``ignored``.
+Their acks, and those of replayed commands, are written into the audit trail of the requests
+whose suppression the command carries (``services.common.audit.record_reissue_acks``).
 """
 
 from __future__ import annotations

@@ -18,9 +18,12 @@ re-issue what is missing, report what the destination has that we never sent.
    ``drift``). The connector applies it like any command and acknowledges it; the confirmer
    ignores acks of ``reconcile:`` requests (no ``destination_status`` row, no confirmation,
    no customer notice). Its outcome is in ``connector_applied`` (the connector's dedupe
-   store) under that request id.
+   store) under that request id. A postal one carries the customer id of the request that
+   suppressed the address.
 5. The report (counts only) is stored in ``reconcile_reports`` (migration 0013); the
-   exporter exports it as gauges.
+   exporter exports it as gauges. In the same transaction each re-issued command is written
+   into the audit trail of the request(s) whose suppression it re-sends
+   (``audit.record_reissued``, step ``reconcile_resent``); the confirmer adds its ack there.
 """
 
 from __future__ import annotations

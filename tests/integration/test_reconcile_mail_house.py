@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from services.common.errors import ConfigurationError
 from services.common.settings import Settings
 from services.connectors import mail_house_export as mx
 from services.connectors import sftp_mail_house as sm
@@ -138,6 +139,8 @@ def test_rows_deleted_from_the_mail_house_export_are_found_and_restored(
         or {}
     )
     load_postal_state(cfg, found, newer)
+    with pytest.raises(ConfigurationError, match="the mail house has published no export"):
+        reconcile(cfg, NAME)  # over SFTP: no export/ folder yet
     # What the mail house holds: our earlier file, imported; then 1% lost from its list.
     first = sm.build_file(
         [make_command(datetime.now(UTC), NAME, postal_address=a) for a in found], datetime.now(UTC).date()
