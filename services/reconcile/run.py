@@ -305,11 +305,13 @@ def command_records(
 
 _STORE = """
 INSERT INTO reconcile_reports
-    (destination, kind, ran_at, expected, present, missing, unknown, reissued, unsendable)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+    (destination, kind, ran_at, expected, present, missing, unknown, reissued, unsendable,
+     source_written_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (destination) DO UPDATE SET kind = EXCLUDED.kind, ran_at = EXCLUDED.ran_at,
     expected = EXCLUDED.expected, present = EXCLUDED.present, missing = EXCLUDED.missing,
-    unknown = EXCLUDED.unknown, reissued = EXCLUDED.reissued, unsendable = EXCLUDED.unsendable
+    unknown = EXCLUDED.unknown, reissued = EXCLUDED.reissued, unsendable = EXCLUDED.unsendable,
+    source_written_at = EXCLUDED.source_written_at
 """
 
 
@@ -377,6 +379,7 @@ def reconcile(settings: Settings, name: str, repair: bool = True, clock: Clock |
                     len(drift.unknown),
                     report.reissued,
                     report.unsendable,
+                    listing.as_of,
                 ),
             )
             # The audit trail of the requests whose suppression was re-sent (no values).

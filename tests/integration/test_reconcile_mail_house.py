@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 
 from services.common.errors import ConfigurationError
 from services.common.settings import Settings
@@ -24,6 +25,7 @@ from services.connectors.kit import run_connector
 from services.connectors.registry import build_connector
 from services.domain.identity import sha256_hex
 from services.domain.validation import normalize_postal_address, postal_key
+from services.observability import reconcile as reconcile_gauges
 from services.reconcile.run import reconcile
 from services.standins.mail_house_sftp import MailHouseSftpStandin
 from services.suppression.entries import Entry, Kind, seal, suppression_ring
@@ -182,3 +184,8 @@ def test_rows_deleted_from_the_mail_house_export_are_found_and_restored(
 
     after = reconcile(cfg, NAME, repair=False)
     assert after.drift.missing == [] and after.drift.unknown == [] and after.drift.present == N
+    with psycopg.connect(cfg.dsn()) as conn:
+        assert reconcile_gauges.export(conn) == 1  # the exporter: the export's age is watched
+    assert after.as_of is not None
+    written = REGISTRY.get_sample_value("optout_reconcile_source_timestamp_seconds", {"destination": NAME})
+    assert written == after.as_of.timestamp()

@@ -39,3 +39,8 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION purge_audit_events(integer) FROM PUBLIC;
+
+-- Reconciliation of a mail house reads the export it publishes (a snapshot): when that
+-- snapshot was written (NULL for destinations read live), exported as
+-- optout_reconcile_source_timestamp_seconds (alert OptoutReconcileExportStale).
+ALTER TABLE reconcile_reports ADD COLUMN IF NOT EXISTS source_written_at timestamptz NULL;
