@@ -312,6 +312,12 @@ class Replayer:
             tracker.wait(60.0)
             sent = [(c["command_id"], s) for c, s in zip(commands, subjects, strict=True)]
             audit.record_reissued(  # the trail of each subject's requests: one statement
-                conn, audit.Reissue.REPLAY, self.dest.id, self.scopes, sent, now, f"replay {replay_id}"
+                conn,
+                audit.Reissue.REPLAY,
+                self.dest.id,
+                self.scopes,
+                sent,
+                now,
+                f"replayed to {self.dest.id} ({replay_id})",
             )
         return len(commands), len(rows) - len(commands)

@@ -151,5 +151,6 @@ def test_a_killed_replay_resumes_and_delivers_each_suppression_once(
         ("replayed", "email_provider", None),
         ("acknowledged", "email_provider", "APPLIED"),
     ]
-    assert trail[0].detail == f"replay {first.replay_id}: command {trail[1].detail.split()[2].rstrip(':')}"
     assert trail[1].detail is not None and trail[1].detail.startswith("replay command ")
+    command = trail[1].detail.split()[2].rstrip(":")
+    assert trail[0].detail == f"replayed to email_provider ({first.replay_id}): command {command}"
