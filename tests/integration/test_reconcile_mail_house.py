@@ -7,6 +7,8 @@ expected), re-issues them, and the real connector and stand-in restore them."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import threading
 from datetime import UTC, datetime, timedelta
@@ -189,3 +191,30 @@ def test_rows_deleted_from_the_mail_house_export_are_found_and_restored(
     assert after.as_of is not None
     written = REGISTRY.get_sample_value("optout_reconcile_source_timestamp_seconds", {"destination": NAME})
     assert written == after.as_of.timestamp()
+
+
+def test_a_local_mail_house_is_read_back_from_its_folders_export(
+    base_settings: dict[str, Any], tmp_path: Path
+) -> None:
+    cfg = isolated_settings(base_settings, mail_house_dir=str(tmp_path))
+    found = addresses()[:4]
+    newer = dict(
+        normalize_postal_address(
+            {"name": "New", "lines": ["9 Elm St"], "city": "X", "postal_code": "1", "country": "US"}
+        )
+        or {}
+    )
+    load_postal_state(cfg, found, newer)
+    batch = sm.build_file(
+        [make_command(datetime.now(UTC), "mail_house", postal_address=a) for a in found[1:]],
+        datetime.now(UTC).date(),
+    )
+    rows = list(csv.DictReader(io.StringIO(batch.content.decode())))
+    (tmp_path / mx.EXPORT_DIR).mkdir()
+    (tmp_path / mx.EXPORT_DIR / mx.export_name(datetime.now(UTC).date())).write_bytes(mx.render_export(rows))
+
+    report = reconcile(cfg, "mail_house")
+    assert [m.sha256 for m in report.drift.missing] == [digest(found[0])]
+    assert report.drift.unknown == [] and report.newer_than_export == 1 and report.reissued == 1
+    (command,) = [r.decoded() for r in read_topic(cfg, cfg.suppress_topic("mail_house"), expect=1)]
+    assert command["postal_address"] == found[0]
