@@ -6,19 +6,21 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
 
+from services.cli.reconcile import render
 from services.common.contract import Destination, Identifier, Scope
 from services.common.errors import ConfigurationError
 from services.connectors import mail_house_export as mx
 from services.connectors import sftp_mail_house as sm
 from services.domain.identity import sha256_hex
 from services.domain.validation import normalize_postal_address, postal_key
-from services.reconcile.drift import Expected, compare, match_file_forms
-from services.reconcile.run import command_records
+from services.reconcile.drift import Drift, Expected, compare, match_file_forms
+from services.reconcile.run import Report, command_records
 from services.standins.mail_house_sftp import MailHouseSftpStandin
 from tests.support.commands import make_command
 
@@ -143,3 +145,20 @@ def test_a_postal_reissue_carries_the_address_and_the_suppressing_requests_custo
     assert [r["customer_id"] for r in records] == ["C-7", None]
     assert all(r["email"] is None and r["email_sha256"] is None for r in records)
     assert all(r["request_id"].startswith("reconcile:mail_house:") for r in records)
+
+
+def test_the_report_names_the_export_it_read() -> None:
+    missing = Expected("ab" * 32, ("POSTAL_MARKETING",), NOW)
+    drift = Drift(expected=5, present=4, missing=[missing], unknown=["cd" * 32])
+    report = Report(
+        "mail_house", "sftp_mail_house", NOW, drift, 1, 0, True, "suppressions-20261201.csv", NOW, 2
+    )
+    text = render(report)
+    assert (
+        "read from the export" in text
+        and "suppressions-20261201.csv (written 2026-12-01 06:00:00 UTC)" in text
+    )
+    assert re.search(r"^suppressed after the export \(not expected\) +2$", text, re.MULTILINE)
+    assert f"missing  address key sha256 {'ab' * 32}" in text
+    out = report.as_json()
+    assert out["export"] == "suppressions-20261201.csv" and out["newer_than_export"] == 2
