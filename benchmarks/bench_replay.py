@@ -20,8 +20,9 @@ limit's messages (not timed). Then, ``--rounds`` times:
 Ours is compared with the faster of the two limits. Target: ours at >= 50% of the limit's
 messages per second. Also printed: the load average around each measurement and the CPU
 seconds this process spent on ours and on the limit (the machine is shared), and a check
-that the topic holds one command per suppression and round and ``replay_commands`` one row
-each. ``--profile N``: ours under cProfile, the top N functions on stderr.
+that the topic holds one command per suppression and round, and ``replay_commands`` and
+``audit_events`` (``replayed``) one row each. ``--profile N``: ours under cProfile, the top
+N functions on stderr.
 """
 
 from __future__ import annotations
@@ -181,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         produced = offsets.total()
         offsets.close()
         recorded = count_rows(env.dsn(), "replay_commands")
-        check = "ok" if produced == recorded == expected else "MISMATCH"
+        audited = count_rows(env.dsn(), "audit_events")  # one 'replayed' row per command here
+        check = "ok" if produced == recorded == audited == expected else "MISMATCH"
         print(
             f"\noptout replay, {args.suppressions:,} suppressions, batches of {args.batch_size:,}, "
             f"{os.cpu_count()} cores; "
@@ -189,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(
             f"commands on optout.suppress.{DESTINATION}: {produced:,}, replay_commands rows: {recorded:,}, "
-            f"expected {expected:,} ({args.rounds} round(s)): {check}"
+            f"audit rows: {audited:,}, expected {expected:,} ({args.rounds} round(s)): {check}"
         )
         print(
             f"{'round':>5} {'ours s':>7} {'ours msgs/s':>12} {'limit msgs/s (before, after)':>30}  share  "

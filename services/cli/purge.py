@@ -7,7 +7,7 @@ import argparse
 import sys
 from datetime import timedelta
 
-from services.common.audit import purge_audit
+from services.common.audit import check_audit_retention, purge_audit
 from services.common.clock import SystemClock
 from services.common.db import connect, require_schema
 from services.common.errors import ConfigurationError
@@ -27,6 +27,8 @@ def cmd_purge(args: argparse.Namespace) -> int:
     require_schema(cfg.dsn())
     days = args.retention_days if args.retention_days is not None else cfg.retention_days
     now = SystemClock().now()
+    with connect(cfg.dsn(), prepared_statements=cfg.database_prepared_statements) as conn:
+        check_audit_retention(conn, cfg.audit_retention_days)  # before anything is removed
     with connect(cfg.dsn(), prepared_statements=cfg.database_prepared_statements) as conn:
         count = purge_contact_details(
             conn,
@@ -49,7 +51,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
         "(OPTOUT_GPC_LOG_RETENTION_DAYS)\n"
     )
     with connect(cfg.dsn(), prepared_statements=cfg.database_prepared_statements) as conn:
-        audited = purge_audit(conn, now - timedelta(days=cfg.audit_retention_days), dry_run=args.dry_run)
+        audited = purge_audit(conn, cfg.audit_retention_days, dry_run=args.dry_run)
     sys.stdout.write(
         f"{verb} {audited} audit event(s) older than {cfg.audit_retention_days} days "
         "(OPTOUT_AUDIT_RETENTION_DAYS)\n"

@@ -33,12 +33,18 @@ def render(report: Report) -> str:
         ("re-issued as commands", str(report.reissued) if report.repaired else "- (--no-repair)"),
         ("missing with no value to re-send", str(report.unsendable)),
     ]
+    if report.source is not None and report.as_of is not None:  # a mail house's export
+        rows[1:1] = [
+            ("read from the export", f"{report.source} (written {report.as_of:%Y-%m-%d %H:%M:%S} UTC)"),
+            ("suppressed after the export (not expected)", str(report.newer_than_export)),
+        ]
+    what = "address key" if report.source is not None else "email/phone"
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     for sha in (m.sha256 for m in d.missing):
-        lines.append(f"missing  email/phone sha256 {sha}")
+        lines.append(f"missing  {what} sha256 {sha}")
     for sha in d.unknown:
-        lines.append(f"unknown  email/phone sha256 {sha}")
+        lines.append(f"unknown  {what} sha256 {sha}")
     return "\n".join(lines) + "\n"
 
 

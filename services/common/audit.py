@@ -16,10 +16,17 @@ Steps, in the order a request usually goes through them:
 * ``command_resent`` (intake on a redelivery, the confirmer's sweeper; detail: issue count);
 * ``acknowledged`` (confirmer; status: the ack's, detail: the provider's, redacted),
   ``confirmed`` / ``needs_attention`` (confirmer);
-* ``purged`` (``optout purge``: contact details removed), ``erased`` (``optout erase``).
+* ``purged`` (``optout purge``: contact details removed), ``erased`` (``optout erase``);
+* ``reconcile_resent`` (``optout reconcile`` re-sent the suppression to a destination that
+  lacked it) and ``replayed`` (``optout replay``), written into the trail of the request(s)
+  whose suppression the command carries (``record_reissued``), and their ``acknowledged``
+  rows (the confirmer, ``record_reissue_acks``; detail ``reconcile command <id>: ...``).
 
 ``optout purge`` deletes rows older than ``OPTOUT_AUDIT_RETENTION_DAYS`` (730 days: CCPA
-regulations section 7101), independently of the contact-details purge.
+regulations section 7101), independently of the contact-details purge. The rows are
+append-only for the application role (no UPDATE, DELETE, TRUNCATE): the purge goes through the
+SECURITY DEFINER function ``purge_audit_events`` (migration 0015), which refuses a retention
+below ``audit_retention_floor`` (730 days).
 """
 
 from __future__ import annotations
@@ -35,9 +42,11 @@ from typing import Any
 
 import psycopg
 
+from services.common.errors import ConfigurationError
 from services.common.logging import redact_text
 
 MAX_DETAIL = 500
+DEFAULT_RETENTION_FLOOR_DAYS = 730  # migration 0015's floor (CCPA regulations section 7101)
 
 
 class Step(StrEnum):
@@ -52,6 +61,19 @@ class Step(StrEnum):
     NEEDS_ATTENTION = "needs_attention"
     PURGED = "purged"
     ERASED = "erased"
+    RECONCILE_RESENT = "reconcile_resent"
+    REPLAYED = "replayed"
+
+
+class Reissue(StrEnum):
+    """Commands sent without a request of their own, written into the trail of the requests
+    whose suppression they carry (``record_reissued``)."""
+
+    RECONCILE = "reconcile"  # optout reconcile re-sent what the destination lacked
+    REPLAY = "replay"  # optout replay sent the suppressions to a new or restored destination
+
+
+_REISSUE_STEP = {Reissue.RECONCILE: Step.RECONCILE_RESENT, Reissue.REPLAY: Step.REPLAYED}
 
 
 @dataclass(frozen=True)
@@ -93,6 +115,99 @@ def append(cur: psycopg.Cursor[Any] | psycopg.Connection[Any], events: Sequence[
             [e.status for e in events],
             [e.detail for e in events],
         ),
+    )
+
+
+# One statement per batch: the winning requests of each command's subject (for the scopes the
+# destination serves) get a row carrying the command id (migration 0015), which the confirmer
+# finds the command's acks' trails by.
+_REISSUED = """
+INSERT INTO audit_events (event_id, at, step, destination, detail, command_id)
+SELECT DISTINCT s.event_id, %(at)s::timestamptz, %(step)s, %(destination)s,
+       %(detail)s || u.command_id, u.command_id
+FROM unnest(%(commands)s::text[], %(subjects)s::text[]) AS u(command_id, subject)
+JOIN suppression_state s ON s.subject = u.subject AND s.suppressed AND s.scope = ANY(%(scopes)s)
+"""
+
+
+def record_reissued(
+    cur: psycopg.Cursor[Any] | psycopg.Connection[Any],
+    kind: Reissue,
+    destination: str,
+    scopes: Sequence[str],
+    sent: Sequence[tuple[str, str]],
+    at: datetime,
+    label: str,
+) -> None:
+    """Write ``sent`` ((command id, suppression_state subject) of commands delivered to
+    ``destination``) into the trail of each request suppressing the subject for one of
+    ``scopes``: step ``reconcile_resent`` or ``replayed``, detail ``<label>: command <id>``.
+    One statement, inside the caller's transaction (or autocommitted)."""
+    if not sent:
+        return
+    cur.execute(
+        _REISSUED,
+        {
+            "commands": [c for c, _ in sent],
+            "subjects": [s for _, s in sent],
+            "scopes": list(scopes),
+            "destination": destination,
+            "kind": kind.value,
+            "at": at,
+            "step": _REISSUE_STEP[kind].value,
+            "detail": f"{label}: command ",
+        },
+    )
+
+
+# Acks of those commands: written into the same trails when they change the command's status
+# there (the first ack, or a success after a refusal), like the confirmer's own acks.
+_REISSUE_ACKS = """
+WITH t AS (
+    SELECT * FROM unnest(%(commands)s::text[], %(destinations)s::text[], %(statuses)s::text[],
+                         %(details)s::text[]) AS t(command_id, destination, status, detail)
+)
+INSERT INTO audit_events (event_id, at, step, destination, status, detail, command_id)
+SELECT DISTINCT ON (sent.event_id, t.command_id)
+       sent.event_id, %(at)s::timestamptz, 'acknowledged', t.destination, t.status,
+       CASE sent.step WHEN 'replayed' THEN 'replay' ELSE 'reconcile' END
+           || ' command ' || t.command_id || coalesce(': ' || t.detail, ''),
+       t.command_id
+FROM t
+JOIN audit_events sent ON sent.command_id = t.command_id AND sent.destination = t.destination
+     AND sent.step IN ('reconcile_resent', 'replayed')
+WHERE NOT EXISTS (
+    SELECT 1 FROM audit_events done
+    WHERE done.command_id = t.command_id AND done.event_id = sent.event_id
+      AND done.step = 'acknowledged' AND (done.status <> 'REJECTED' OR t.status = 'REJECTED')
+)
+ORDER BY sent.event_id, t.command_id
+"""
+
+
+def record_reissue_acks(
+    cur: psycopg.Cursor[Any] | psycopg.Connection[Any],
+    acks: Sequence[tuple[str, str, str, str | None]],
+    at: datetime,
+) -> None:
+    """Acks ((command id, destination, status, provider detail), in message order) of
+    reconcile and replay commands: one statement; acks of other commands match nothing."""
+    final: dict[str, tuple[str, str, str | None]] = {}
+    for command_id, destination, status, detail in acks:
+        previous = final.get(command_id)
+        if previous is None or previous[1] == "REJECTED":
+            final[command_id] = (destination, status, detail)  # the last success, or refusal
+    if not final:
+        return
+    cur.execute(
+        _REISSUE_ACKS,
+        {
+            "commands": list(final),
+            "destinations": [d for d, _, _ in final.values()],
+            "statuses": [s for _, s, _ in final.values()],
+            "details": [safe_detail(d) for _, _, d in final.values()],
+            "at": at,
+        },
     )
 
 
@@ -142,13 +257,36 @@ def stream(
         progress(count)
 
 
-def purge_audit(conn: psycopg.Connection[Any], cutoff: datetime, dry_run: bool = False) -> int:
-    """Delete audit events older than ``cutoff``; return how many (or would be)."""
+def retention_floor(conn: psycopg.Connection[Any]) -> int:
+    """The fewest days audit events are kept (``audit_retention_floor``, migration 0015)."""
+    row = conn.execute("SELECT min_days FROM audit_retention_floor").fetchone()
+    return int(row[0]) if row else DEFAULT_RETENTION_FLOOR_DAYS
+
+
+def check_audit_retention(conn: psycopg.Connection[Any], retention_days: int) -> None:
+    """``ConfigurationError`` (one line) when ``retention_days`` is below the floor."""
+    floor = retention_floor(conn)
+    if retention_days < floor:
+        raise ConfigurationError(
+            f"OPTOUT_AUDIT_RETENTION_DAYS={retention_days} is below the audit trail's floor of "
+            f"{floor} days (table audit_retention_floor; only the migration owner can lower it)"
+        )
+
+
+def purge_audit(conn: psycopg.Connection[Any], retention_days: int, dry_run: bool = False) -> int:
+    """Delete audit events older than ``retention_days`` (by the database's clock) through
+    ``purge_audit_events`` (the app role cannot DELETE them itself); return how many (or, with
+    ``dry_run``, would be). ``ConfigurationError`` when ``retention_days`` is below the floor."""
+    check_audit_retention(conn, retention_days)
     if dry_run:
-        row = conn.execute("SELECT count(*) FROM audit_events WHERE at < %s", (cutoff,)).fetchone()
+        row = conn.execute(
+            "SELECT count(*) FROM audit_events WHERE at < now() - make_interval(days => %s)",
+            (retention_days,),
+        ).fetchone()
         return int(row[0]) if row else 0
     with conn.transaction():
-        return conn.execute("DELETE FROM audit_events WHERE at < %s", (cutoff,)).rowcount
+        row = conn.execute("SELECT purge_audit_events(%s)", (retention_days,)).fetchone()
+    return int(row[0]) if row else 0
 
 
 # --- formatting (pure) ----------------------------------------------------------------

@@ -157,8 +157,13 @@ def _grant_dml(conn: psycopg.Connection[Any], role: str) -> None:
     conn.execute(sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(ident))
     conn.execute(sql.SQL("REVOKE ALL ON schema_migrations FROM {}").format(ident))
     conn.execute(sql.SQL("GRANT SELECT ON schema_migrations TO {}").format(ident))
-    # The audit trail is append-only: no UPDATE (DELETE stays for ``optout purge``'s retention).
-    conn.execute(sql.SQL("REVOKE UPDATE ON audit_events FROM {}").format(ident))
+    # The audit trail is append-only: no UPDATE, DELETE or TRUNCATE; ``optout purge`` deletes
+    # expired rows through the SECURITY DEFINER function of migration 0015, whose retention
+    # floor only the migration owner can change.
+    conn.execute(sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON audit_events FROM {}").format(ident))
+    conn.execute(sql.SQL("REVOKE ALL ON audit_retention_floor FROM {}").format(ident))
+    conn.execute(sql.SQL("GRANT SELECT ON audit_retention_floor TO {}").format(ident))
+    conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION purge_audit_events(integer) TO {}").format(ident))
 
 
 def require_schema(dsn: str) -> None:

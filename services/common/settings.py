@@ -10,6 +10,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Iterator
+from datetime import date
 from functools import lru_cache
 from ipaddress import ip_network
 from pathlib import Path
@@ -282,6 +283,11 @@ class Settings(BaseSettings):
         pattern=r"^/[A-Za-z0-9._~/-]*$",
         description="Path of the Global Privacy Control signal endpoint.",
     )
+    web_gpc_last_update: date | None = Field(
+        None,
+        description="Date (YYYY-MM-DD) the site's GPC statement last changed: the lastUpdate "
+        "member of /.well-known/gpc.json; empty leaves it out.",
+    )
     web_publish_timeout_seconds: float = Field(
         5.0, gt=0, le=120, description="How long a POST waits for the broker before a 503."
     )
@@ -310,7 +316,8 @@ class Settings(BaseSettings):
         730,
         ge=0,
         description="`optout purge` deletes audit trail events (audit_events) older than this, "
-        "independently of the contact-details purge (24 months: CCPA regulations section 7101).",
+        "independently of the contact-details purge (24 months: CCPA regulations section 7101). "
+        "The database refuses less than its floor (table audit_retention_floor, 730 days).",
     )
 
     # --- Inbound provider webhooks (`optout run inbound`, docs/inbound.md) --------------
@@ -325,6 +332,22 @@ class Settings(BaseSettings):
     )
     inbound_max_body_bytes: int = Field(
         1_048_576, ge=1024, le=16_777_216, description="Largest webhook body accepted."
+    )
+    inbound_refusals_per_minute: float = Field(
+        30.0,
+        gt=0,
+        le=60_000,
+        description="Refused webhooks (bad or stale signature, replay, malformed, too large) "
+        "allowed per client per minute once the burst is spent; beyond it the client gets 429 "
+        "before any signature is checked. Accepted webhooks never count.",
+    )
+    inbound_refusal_burst: int = Field(
+        20, ge=1, le=100_000, description="Refused webhooks a client may send at once."
+    )
+    inbound_trusted_proxies: list[str] = Field(
+        [],
+        description="CIDRs of proxies in front of the inbound service whose X-Forwarded-For "
+        "names the client (as OPTOUT_WEB_TRUSTED_PROXIES); empty: the TCP peer is the client.",
     )
     inbound_max_age_seconds: int = Field(
         600,
@@ -440,7 +463,7 @@ class Settings(BaseSettings):
     def destinations(self) -> Destinations:
         return self._destinations
 
-    @field_validator("web_trusted_proxies")
+    @field_validator("web_trusted_proxies", "inbound_trusted_proxies")
     @classmethod
     def _check_cidrs(cls, value: list[str]) -> list[str]:
         networks = []
@@ -450,6 +473,11 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"{item!r} is not an IP network in CIDR notation") from None
         return networks
+
+    @field_validator("web_gpc_last_update", mode="before")
+    @classmethod
+    def _empty_date_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("topic_min_insync_replicas", mode="before")
     @classmethod

@@ -26,6 +26,8 @@ Acks of commands ``optout reconcile`` re-issued (request id ``reconcile:...``,
 ``services.common.contract.is_reconcile_request``) are skipped: no customer request is
 behind them, so nothing is recorded, confirmed or dead-lettered (their outcome stays in the
 connector's ``connector_applied``). They are counted as consumed with outcome ``ignored``.
+Their acks, and those of replayed commands, are written into the audit trail of the requests
+whose suppression the command carries (``services.common.audit.record_reissue_acks``).
 """
 
 from __future__ import annotations
@@ -38,10 +40,10 @@ from typing import Any
 import psycopg
 from confluent_kafka import Message, Producer
 
-from services.common import metrics
+from services.common import audit, metrics
 from services.common.avro import Codec
 from services.common.clock import Clock
-from services.common.contract import is_reconcile_request
+from services.common.contract import is_reconcile_request, is_replay_request
 from services.common.db import LazyConnection
 from services.common.errors import PoisonMessage
 from services.common.kafka import DeliveryTracker, dead_letter
@@ -98,6 +100,7 @@ class ConfirmerStep:
         acks: list[tuple[Message, Ack]] = []
         dead: list[tuple[Message, PoisonMessage]] = []
         ignored = 0
+        reissued: list[Ack] = []  # acks of reconcile and replay commands (services/common/audit.py)
         for message in messages:
             try:
                 ack = decode_ack(self.codec, message.value())
@@ -106,8 +109,11 @@ class ConfirmerStep:
                 continue
             if is_reconcile_request(ack.request_id):
                 ignored += 1  # a reconcile re-issue: no request to record or confirm
+                reissued.append(ack)  # but the audit trail of the requests it re-sent
             else:
                 acks.append((message, ack))
+                if is_replay_request(ack.request_id):
+                    reissued.append(ack)
         if ignored:
             metrics.MESSAGES_CONSUMED.labels(SERVICE, self._topic, "ignored").inc(ignored)
         now = self.clock.now()
@@ -117,6 +123,9 @@ class ConfirmerStep:
         def work(conn: psycopg.Connection[Any]) -> AckOutcome:
             with conn.transaction():
                 outcome = self._record_acks(conn, [ack for _, ack in acks], now)
+                audit.record_reissue_acks(
+                    conn, [(a.command_id, a.destination, a.status.value, a.detail) for a in reissued], now
+                )
                 metrics.DB_SECONDS.labels(SERVICE, "apply_acks").observe(time.monotonic() - started)
                 dead.extend(self._rejected(acks, outcome))
                 for record in outcome.confirmations:

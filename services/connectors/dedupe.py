@@ -23,7 +23,9 @@ command id; the mail house file is de-duplicated by command id before it is rewr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -31,7 +33,8 @@ from typing import Any, Protocol, TypeVar
 import psycopg
 
 from services.common.contract import AckStatus, Action
-from services.common.db import LazyConnection
+from services.common.db import LazyConnection, first_line
+from services.common.errors import RetriableError
 
 MAX_DETAIL_LENGTH = 500
 
@@ -124,6 +127,18 @@ WHERE (EXCLUDED.requested_at, EXCLUDED.action = 'OPT_OUT', EXCLUDED.request_id)
 """
 
 
+def lock_key(destination: str, subject: str) -> int:
+    """Pure: the 64-bit advisory-lock key of one person at one destination (a hash; two
+    people sharing a key only wait for each other)."""
+    digest = hashlib.blake2b(f"{destination}\n{subject}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+# Keys in ascending order, one after another (unnest keeps the array's order): two instances
+# locking overlapping sets always take them in the same order, so they never deadlock.
+_LOCK = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) AS k"
+
+
 def _row(row: tuple[Any, ...]) -> StoredOutcome:
     return StoredOutcome(row[0], row[1], AckStatus(row[2]), row[3], row[4])
 
@@ -135,6 +150,27 @@ class DedupeStore:
         self.dsn = dsn
         self.destination = destination
         self._db = LazyConnection(dsn, autocommit=True, prepared_statements=prepared_statements)
+
+    @contextmanager
+    def serialized(self, subjects: Sequence[str]) -> Iterator[None]:
+        """Hold a per-person lock for ``subjects`` at this destination until the block ends:
+        another instance of this destination's connector with a command for one of them
+        waits, so "read the newest applied, apply, record" is never interleaved for one
+        person. Transaction-level advisory locks on this store's connection (``latest`` and
+        ``record`` inside the block run in the same transaction, committed when it ends),
+        so PgBouncer's transaction pooling keeps them; a crash releases them."""
+        if not subjects:
+            yield
+            return
+        keys = sorted({lock_key(self.destination, s) for s in subjects})
+        try:
+            conn = self._db.get()
+            with conn.transaction():
+                conn.execute(_LOCK, (keys,))
+                yield
+        except psycopg.OperationalError as exc:
+            self._db.close()
+            raise RetriableError(f"database error: {first_line(exc)}") from exc
 
     def lookup(self, command_ids: Sequence[str]) -> dict[str, StoredOutcome]:
         if not command_ids:

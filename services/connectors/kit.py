@@ -553,21 +553,27 @@ class ConnectorStep:
         failed call (so those are never applied again); then raise its error, and the
         loop retries the batch after its backoff (or the provider's Retry-After).
         Commands older than what was applied here for the same person are not applied
-        (``superseded``)."""
+        (``superseded``); the check, the call and the record hold the people's locks
+        (``DedupeStore.serialized``), so two instances of one destination never interleave
+        them for one person."""
         subjects = sorted({s for c in fresh if c.rank is not None for s in c.subjects()})
-        stale = superseded(fresh, self.store.latest(subjects))
-        to_apply = [c for c in fresh if c.command_id not in stale]
-        kept, _ = stored_outcomes(fresh, list(stale.values()), self.clock.now())
-        run = ApplyRun({}, None)
-        if to_apply:
-            try:
-                run = apply_once(self.connector, to_apply, self.clock)
-            except RetriableError as exc:  # raised as it is: nothing to keep
-                self.credentials.observe(exc, got_answers=False)
-                raise
-            self.credentials.observe(run.error, bool(run.outcomes))
-        done = {cid for cid, o in run.outcomes.items() if o.status is not AckStatus.REJECTED} | run.awaiting
-        stored = self.store.record([*kept.values(), *run.outcomes.values()], latest_of(to_apply, done))
+        # Another instance of this destination waits for these people until we recorded.
+        with self.store.serialized(subjects):
+            stale = superseded(fresh, self.store.latest(subjects))
+            to_apply = [c for c in fresh if c.command_id not in stale]
+            kept, _ = stored_outcomes(fresh, list(stale.values()), self.clock.now())
+            run = ApplyRun({}, None)
+            if to_apply:
+                try:
+                    run = apply_once(self.connector, to_apply, self.clock)
+                except RetriableError as exc:  # raised as it is: nothing to keep
+                    self.credentials.observe(exc, got_answers=False)
+                    raise
+                self.credentials.observe(run.error, bool(run.outcomes))
+            done = {cid for cid, o in run.outcomes.items() if o.status is not AckStatus.REJECTED}
+            stored = self.store.record(
+                [*kept.values(), *run.outcomes.values()], latest_of(to_apply, done | run.awaiting)
+            )
         if stale:
             for command in fresh:
                 if command.command_id in stale:

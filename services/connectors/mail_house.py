@@ -87,7 +87,7 @@ GARBLED_FILES = Counter(
     "Day's suppression files that could not be read back and were kept aside.",
 )
 # Spreadsheet programs run cells starting with these as formulas (CSV injection).
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def file_name(day: date) -> str:
@@ -107,7 +107,7 @@ def normalize_field(value: str | None) -> str:
 
 def safe_cell(value: str) -> str:
     """Neutralise spreadsheet formulas: a leading ``'`` makes the cell plain text."""
-    return "'" + value if value.startswith(_FORMULA_STARTS) else value
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
 
 
 def address_lines(lines: Sequence[str]) -> list[str]:

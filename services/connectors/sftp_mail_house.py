@@ -28,7 +28,9 @@ until fixed). Login by private key only (credential ``private_key``: the key's t
 environment variable or a file; optional ``passphrase``).
 
 Options: host, port (22), username, remote_dir, known_hosts (path of an OpenSSH
-known_hosts file), receipt_timeout_seconds (3600), file_prefix, connect_timeout_seconds.
+known_hosts file), receipt_timeout_seconds (3600), file_prefix, connect_timeout_seconds,
+export_dir (``<remote_dir>/export``: where the mail house publishes its current suppression
+list, read by ``optout reconcile``; ``services.connectors.mail_house_export``).
 SFTP: draft-ietf-secsh-filexfer-02 (https://datatracker.ietf.org/doc/html/draft-ietf-secsh-filexfer-02),
 spoken by paramiko (https://docs.paramiko.org/en/stable/api/sftp.html).
 """
@@ -43,7 +45,7 @@ import stat
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,13 @@ from services.connectors.dedupe import StoredOutcome
 from services.connectors.kinds import OPTIONS_CONFIG, parse_options, require_credential
 from services.connectors.kit import Awaiting, Command, Connector, CredentialsRefused, Outcome
 from services.connectors.mail_house import csv_row, render_rows
+from services.connectors.mail_house_export import (
+    EXPORT_DIR,
+    Export,
+    UnreadableExport,
+    newest_export,
+    parse_export,
+)
 
 log = get_logger(__name__)
 
@@ -85,6 +94,7 @@ class SftpMailHouseOptions(BaseModel):
     file_prefix: str = Field("suppressions-", pattern=r"^[A-Za-z0-9_.-]+$")
     connect_timeout_seconds: float = Field(10.0, gt=0)
     refused_retry_seconds: float = Field(30.0, gt=0)
+    export_dir: str | None = Field(None, min_length=1)
 
 
 # --- pure parts ------------------------------------------------------------------------------
@@ -439,6 +449,39 @@ class SftpMailHouseConnector(Connector):
         log.info(
             "suppression file uploaded", destination=self.destination, file=name, rows=len(batch.commands)
         )
+
+    # --- the mail house's export (read back by ``optout reconcile``) --------------------------
+    def read_export(self) -> Export:
+        """The newest export the mail house published (``ConfigurationError`` when there is
+        none or it is not the documented format: one line naming the file)."""
+        folder = self.options.export_dir or self._remote(EXPORT_DIR)
+        where = f"{self.options.host}:{folder}"
+        try:
+            sftp = self._session()
+            try:
+                names = sftp.listdir(folder)
+            except FileNotFoundError:
+                names = []
+            name = newest_export(names)
+            if name is None:
+                raise ConfigurationError(
+                    f"destination {self.destination!r}: the mail house has published no export "
+                    f"(no suppressions-YYYYMMDD.csv in {where}; see docs/destinations.md)"
+                )
+            path = f"{folder.rstrip('/')}/{name}"
+            written = sftp.stat(path).st_mtime or 0
+            buffer = io.BytesIO()
+            sftp.getfo(path, buffer)
+        except (CredentialsRefused, ConfigurationError):
+            raise
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            self._drop_session()
+            raise RetriableError(f"reading the mail house's export failed ({exc})") from exc
+        try:
+            keys = parse_export(buffer.getvalue())
+        except UnreadableExport as why:
+            raise ConfigurationError(f"destination {self.destination!r}: {where}/{name}: {why}") from None
+        return Export(name, datetime.fromtimestamp(written, UTC), keys)
 
     # --- receipts ---------------------------------------------------------------------------
     def settle(self) -> list[StoredOutcome]:

@@ -6,13 +6,17 @@ opt-out through the one validated path (``services.web.publishing.AsyncPublisher
 validation, then the broker's acknowledgement) and only then answers 200 with the
 provider's reply. The broker did not acknowledge: 503 + Retry-After (providers retry; the
 event ids are deterministic, so a retry is the same request). Forged, stale or replayed:
-401, nothing published. ``GET /healthz`` for probes; /metrics and /readyz are on the
-metrics port like every service.
+401, nothing published; a client past its budget of refusals
+(``OPTOUT_INBOUND_REFUSALS_PER_MINUTE``, burst ``OPTOUT_INBOUND_REFUSAL_BURST``) gets 429 +
+Retry-After before its signature is checked, so forgeries cannot burn the CPU that signature
+checks cost; accepted deliveries never count against it. ``GET /healthz`` for probes;
+/metrics and /readyz are on the metrics port like every service.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -34,15 +38,16 @@ from services.inbound.base import Delivery, Outcome, Provider, Rejected, inbound
 from services.inbound.providers import providers_from_settings
 from services.inbound.replay import ReplayStore, ReplayUnavailable
 from services.publisher.publish import Prepared
-from services.web.app import BodyTooLarge, Publisher, read_body
+from services.web.app import BodyTooLarge, Publisher, client_key, read_body
 from services.web.publishing import AsyncPublisher, PublishUnavailable
+from services.web.ratelimit import RateLimiter, parse_trusted_proxies
 
 log = get_logger(__name__)
 
 INBOUND_WEBHOOKS = Counter(
     "optout_inbound_webhooks_total",
     "Webhook deliveries by provider and outcome (accepted, ignored, bad_signature, stale, replay, "
-    "malformed, unknown_topic, too_large, unavailable).",
+    "malformed, unknown_topic, too_large, unavailable, throttled).",
     ["provider", "outcome"],
 )
 INBOUND_PUBLISHED = Counter(
@@ -91,6 +96,10 @@ class InboundApp:
         self.base_url = settings.inbound_public_url.rstrip("/")
         self.limit = settings.inbound_max_body_bytes
         self.token_ttl = timedelta(seconds=settings.inbound_max_age_seconds + settings.clock_skew_seconds)
+        self.refusals = RateLimiter(
+            settings.inbound_refusals_per_minute / 60.0, settings.inbound_refusal_burst, clock.monotonic
+        )
+        self.trusted = parse_trusted_proxies(settings.inbound_trusted_proxies)
 
     def route(self, provider: Provider) -> Route:
         async def endpoint(request: Request) -> Response:
@@ -104,9 +113,15 @@ class InboundApp:
 
     async def receive(self, provider: Provider, request: Request) -> Response:
         name = provider.name
+        client = client_key(request.scope, self.trusted)
+        wait = self.refusals.wait(client)
+        if wait > 0:
+            INBOUND_WEBHOOKS.labels(name, "throttled").inc()
+            return _text(429, "too many refused requests", {"Retry-After": str(max(1, math.ceil(wait)))})
         try:
             body = await read_body(request, self.limit)
         except BodyTooLarge:
+            self.refusals.acquire(client)
             INBOUND_WEBHOOKS.labels(name, "too_large").inc()
             return _text(413, "request too large")
         headers = {k.lower(): v for k, v in request.headers.items()}
@@ -116,6 +131,7 @@ class InboundApp:
             if outcome.replay_token is not None and await self.replay.seen(name, outcome.replay_token):
                 raise Rejected("replay", "token already used")
         except Rejected as exc:
+            self.refusals.acquire(client)
             INBOUND_WEBHOOKS.labels(name, exc.reason).inc()
             log.warning("webhook refused", provider=name, reason=exc.reason, detail=exc.detail)
             return _text(400 if exc.reason == "malformed" else 401, "refused")

@@ -8,6 +8,8 @@ migration 0013), exported by ``optout run exporter``:
 - ``optout_reconcile_unsendable{destination}``: missing entries with no value in the
   suppression list to re-send
 - ``optout_reconcile_last_run_timestamp_seconds{destination}``: when it ran
+- ``optout_reconcile_source_timestamp_seconds{destination}``: when the snapshot it read was
+  written (mail houses: their export; absent for destinations read live)
 """
 
 from __future__ import annotations
@@ -38,15 +40,23 @@ LAST_RUN = Gauge(
     ["destination"],
 )
 
+SOURCE_WRITTEN = Gauge(
+    "optout_reconcile_source_timestamp_seconds",
+    "When the snapshot the last `optout reconcile` read was written (a mail house's export; Unix time).",
+    ["destination"],
+)
+
 
 def export(conn: psycopg.Connection[Any]) -> int:
     """Set the gauges from ``reconcile_reports``; the number of destinations exported."""
     rows = conn.execute(
-        "SELECT destination, missing, unknown, unsendable, ran_at FROM reconcile_reports"
+        "SELECT destination, missing, unknown, unsendable, ran_at, source_written_at FROM reconcile_reports"
     ).fetchall()
-    for destination, missing, unknown, unsendable, ran_at in rows:
+    for destination, missing, unknown, unsendable, ran_at, written in rows:
         MISSING.labels(destination).set(missing)
         UNKNOWN.labels(destination).set(unknown)
         UNSENDABLE.labels(destination).set(unsendable)
         LAST_RUN.labels(destination).set(ran_at.timestamp())
+        if written is not None:
+            SOURCE_WRITTEN.labels(destination).set(written.timestamp())
     return len(rows)

@@ -1,8 +1,10 @@
 """What a destination lacks and what it has that we never sent. Pure: no I/O.
 
 Both sides are compared as SHA-256 hex digests of the normalized identifier (the hashes of
-``suppression_state`` subjects ``email_sha256:<hex>`` / ``phone_sha256:<hex>``): what the
-destination returns is normalized with ``services.domain.identity`` and hashed first.
+``suppression_state`` subjects ``email_sha256:<hex>`` / ``phone_sha256:<hex>`` /
+``postal:<hex>``): what the destination returns is normalized with
+``services.domain.identity`` and hashed first; a mail house's export row is turned back into
+the address key (``services.connectors.mail_house_export``).
 
 A missing entry is re-issued as a SuppressionCommand whose ids are deterministic: request id
 ``reconcile:<destination>:<hash>:<generation>`` and a command id derived from it, where the
@@ -20,6 +22,7 @@ from datetime import datetime, timedelta
 
 from services.common.contract import RECONCILE_REQUEST_PREFIX, Identifier
 from services.common.errors import PoisonMessage
+from services.connectors.mail_house_export import postal_sha256_of_key
 from services.domain.identity import normalize_email, normalize_phone, sha256_hex
 from services.domain.planning import command_id
 
@@ -37,6 +40,7 @@ class Expected:
     sha256: str
     scopes: tuple[str, ...]
     since: datetime  # the newest winning request's requested_at among those scopes
+    event_id: str | None = None  # that request (suppression_state.event_id)
 
 
 @dataclass
@@ -51,8 +55,11 @@ class Drift:
 
 
 def hash_of(identifier: Identifier, raw: str) -> str | None:
-    """SHA-256 of the normalized ``raw`` (an email or phone as the provider returned it);
-    None when it does not normalize (counted, never guessed)."""
+    """SHA-256 of the normalized ``raw`` (an email or phone as the provider returned it, a
+    mail house's file-form address key); None when it does not normalize (counted, never
+    guessed)."""
+    if identifier is Identifier.POSTAL_ADDRESS:
+        return postal_sha256_of_key(raw)
     try:
         value = normalize_email(raw) if identifier is Identifier.EMAIL else normalize_phone(raw)
     except PoisonMessage:
@@ -76,6 +83,25 @@ def compare(expected: Mapping[str, Expected], returned: Iterable[str], identifie
         missing=[expected[h] for h in sorted(expected.keys() - present)],
         unknown=sorted(present - expected.keys()),
         unreadable=unreadable,
+    )
+
+
+def match_file_forms(drift: Drift, forms: Mapping[str, str], returned: Iterable[str]) -> Drift:
+    """Mail houses: a missing address (by hash) whose file form (``forms``: hash -> the key
+    ``mail_house_export.key_of_address`` gives for our value) is among the ``returned`` keys is
+    present after all (its key did not survive our files' upper-casing or line folding); the
+    returned row it matched is then not unknown either."""
+    keys = set(returned)
+    found = {sha: form for sha, form in forms.items() if form in keys}
+    if not found:
+        return drift
+    matched = {postal_sha256_of_key(form) for form in found.values()}
+    return Drift(
+        expected=drift.expected,
+        present=drift.present,
+        missing=[m for m in drift.missing if m.sha256 not in found],
+        unknown=[u for u in drift.unknown if u not in matched],
+        unreadable=drift.unreadable,
     )
 
 

@@ -2,30 +2,41 @@
 re-issue what is missing, report what the destination has that we never sent.
 
 1. Read back (``read_back_of``): the kinds whose destination can list its entries
-   (``SUPPORTED_KINDS``); every other kind is refused with one clear line.
-2. Expected: every ``email_sha256:`` (email kinds) or ``phone_sha256:`` (SMS) subject of
-   ``suppression_state`` suppressed for at least one scope the destination serves.
-3. Compare by SHA-256 of the normalized identifier (``services.reconcile.drift``).
+   (``SUPPORTED_KINDS``); every other kind is refused with one clear line. A mail house's
+   list is its newest published export (``services.connectors.mail_house_export``), a
+   snapshot: entries suppressed here at or after the time it was written are not expected
+   in it (counted as ``newer_than_export``).
+2. Expected: every ``email_sha256:`` (email kinds), ``phone_sha256:`` (SMS) or ``postal:``
+   (mail houses) subject of ``suppression_state`` suppressed for at least one scope the
+   destination serves.
+3. Compare by SHA-256 of the normalized identifier or address key
+   (``services.reconcile.drift``); an address missing by its key but present in the export in
+   its file form is present (``drift.match_file_forms``).
 4. Repair (unless ``repair=False``): each missing entry whose raw value the encrypted
    suppression list holds is re-issued as a SuppressionCommand on the destination's topic,
    request id ``reconcile:<destination>:<sha256>:<generation>`` (deterministic: see
    ``drift``). The connector applies it like any command and acknowledges it; the confirmer
    ignores acks of ``reconcile:`` requests (no ``destination_status`` row, no confirmation,
    no customer notice). Its outcome is in ``connector_applied`` (the connector's dedupe
-   store) under that request id.
+   store) under that request id. A postal one carries the customer id of the request that
+   suppressed the address.
 5. The report (counts only) is stored in ``reconcile_reports`` (migration 0013); the
-   exporter exports it as gauges.
+   exporter exports it as gauges. In the same transaction each re-issued command is written
+   into the audit trail of the request(s) whose suppression it re-sends
+   (``audit.record_reissued``, step ``reconcile_resent``); the confirmer adds its ack there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
 
+from services.common import audit
 from services.common.avro import default_codec
 from services.common.clock import Clock, SystemClock, to_millis
 from services.common.contract import Action, Destination, Identifier, Scope
@@ -36,10 +47,27 @@ from services.common.logging import get_logger
 from services.common.records import SuppressionCommandRecord
 from services.common.sealing import KeyRing, SealError
 from services.common.settings import Settings
-from services.connectors import email_provider, mailgun, sendgrid, ses, sms_optout_list
+from services.connectors import (
+    email_provider,
+    mail_house,
+    mailgun,
+    sendgrid,
+    ses,
+    sftp_mail_house,
+    sms_optout_list,
+)
 from services.connectors.kit import Connector
+from services.connectors.mail_house_export import EXPORT_DIR, Export, key_of_address, read_folder_export
 from services.connectors.registry import build_connector, destination_of
-from services.reconcile.drift import RANK_STEP, Drift, Expected, compare, reissue_ids, reissue_prefix
+from services.reconcile.drift import (
+    RANK_STEP,
+    Drift,
+    Expected,
+    compare,
+    match_file_forms,
+    reissue_ids,
+    reissue_prefix,
+)
 from services.suppression.entries import Kind, suppression_ring
 from services.suppression.identifiers import identifiers_for
 
@@ -52,16 +80,50 @@ SUPPORTED_KINDS: dict[str, str] = {
     email_provider.KIND: "GET /v3/asm/suppressions/global (one list)",
     ses.KIND: "ListContacts (NextToken pages; opted-out contacts only)",
     sms_optout_list.KIND: "DescribeOptedOutNumbers (NextToken pages)",
+    sftp_mail_house.KIND: "the newest export/suppressions-YYYYMMDD.csv the mail house publishes (SFTP)",
+    mail_house.KIND: "the newest <folder>/export/suppressions-YYYYMMDD.csv the mail house publishes",
+}
+_KIND_OF = {
+    Identifier.EMAIL: Kind.EMAIL,
+    Identifier.PHONE: Kind.PHONE,
+    Identifier.POSTAL_ADDRESS: Kind.POSTAL,
+}
+_PREFIX_OF = {
+    Identifier.EMAIL: "email_sha256:",
+    Identifier.PHONE: "phone_sha256:",
+    Identifier.POSTAL_ADDRESS: "postal:",
 }
 # How long a re-issued command has (its ``deadline``; connectors do not act on it).
 REISSUE_DEADLINE = timedelta(days=1)
 
 
 @dataclass(frozen=True)
+class Listing:
+    """What a destination returned: raw emails or phones (mail houses: file-form address keys),
+    and, for a snapshot (a mail house's export), its name and when it was written."""
+
+    entries: list[str]
+    source: str | None = None
+    as_of: datetime | None = None
+
+
+@dataclass(frozen=True)
 class ReadBack:
-    identifier: Identifier  # EMAIL or PHONE: what the destination lists
-    entries: Callable[[], Iterator[str]]
+    identifier: Identifier  # EMAIL, PHONE or POSTAL_ADDRESS: what the destination lists
+    read: Callable[[], Listing]
     connector: Connector
+
+
+def _live(entries: Callable[[], Iterable[str]]) -> Callable[[], Listing]:
+    return lambda: Listing(list(entries()))
+
+
+def _export(read: Callable[[], Export]) -> Callable[[], Listing]:
+    def listing() -> Listing:
+        export = read()
+        return Listing(export.keys, export.name, export.written_at)
+
+    return listing
 
 
 @dataclass(frozen=True)
@@ -73,6 +135,9 @@ class Report:
     reissued: int
     unsendable: int  # missing, but the suppression list holds no (readable) value
     repaired: bool
+    source: str | None = None  # the export read (mail houses)
+    as_of: datetime | None = None  # when that export was written
+    newer_than_export: int = 0  # suppressed here at or after ``as_of``: not expected in it
 
     @property
     def missing(self) -> int:
@@ -91,6 +156,9 @@ class Report:
             "reissued": self.reissued,
             "unsendable": self.unsendable,
             "repair": self.repaired,
+            "export": self.source,
+            "export_written_at": self.as_of.isoformat() if self.as_of else None,
+            "newer_than_export": self.newer_than_export,
             # hashes only (SHA-256 of the normalized identifier), never the values
             "missing_sha256": [m.sha256 for m in self.drift.missing],
             "unknown_sha256": list(self.drift.unknown),
@@ -106,21 +174,29 @@ def read_back_of(settings: Settings, destination: Destination) -> ReadBack:
         )
     connector = build_connector(settings, destination.id)
     if isinstance(connector, sendgrid.SendGridConnector):
-        return ReadBack(Identifier.EMAIL, connector.list_suppressed, connector)
+        return ReadBack(Identifier.EMAIL, _live(connector.list_suppressed), connector)
     if isinstance(connector, mailgun.MailgunConnector):
-        return ReadBack(Identifier.EMAIL, connector.list_unsubscribed, connector)
+        return ReadBack(Identifier.EMAIL, _live(connector.list_unsubscribed), connector)
     if isinstance(connector, email_provider.EmailProviderConnector):
-        return ReadBack(Identifier.EMAIL, connector.list_suppressed, connector)
+        return ReadBack(Identifier.EMAIL, _live(connector.list_suppressed), connector)
     if isinstance(connector, ses.SesConnector):
-        return ReadBack(Identifier.EMAIL, connector.opted_out_addresses, connector)
+        return ReadBack(Identifier.EMAIL, _live(connector.opted_out_addresses), connector)
     if isinstance(connector, sms_optout_list.SmsOptOutListConnector):
-        return ReadBack(Identifier.PHONE, connector.opted_out_numbers, connector)
+        return ReadBack(Identifier.PHONE, _live(connector.opted_out_numbers), connector)
+    if isinstance(connector, sftp_mail_house.SftpMailHouseConnector):
+        return ReadBack(Identifier.POSTAL_ADDRESS, _export(connector.read_export), connector)
+    if isinstance(connector, mail_house.MailHouseConnector):
+        folder, name = connector.folder / EXPORT_DIR, destination.id
+        return ReadBack(
+            Identifier.POSTAL_ADDRESS, _export(lambda: read_folder_export(folder, name)), connector
+        )
     connector.close()
     raise ConfigurationError(f"destination {destination.id!r}: its connector cannot list its entries")
 
 
 _EXPECTED = """
-SELECT substr(subject, %s), array_agg(scope ORDER BY scope), max(since)
+SELECT substr(subject, %s), array_agg(scope ORDER BY scope), max(since),
+       (array_agg(event_id ORDER BY since DESC))[1]
 FROM suppression_state
 WHERE subject LIKE %s AND suppressed AND scope = ANY(%s)
 GROUP BY subject
@@ -130,9 +206,22 @@ GROUP BY subject
 def expected_of(
     conn: psycopg.Connection[Any], identifier: Identifier, scopes: Sequence[str]
 ) -> dict[str, Expected]:
-    prefix = "email_sha256:" if identifier is Identifier.EMAIL else "phone_sha256:"
+    prefix = _PREFIX_OF[identifier]
     rows = conn.execute(_EXPECTED, (len(prefix) + 1, prefix + "%", list(scopes))).fetchall()
-    return {r[0]: Expected(r[0], tuple(r[1]), r[2]) for r in rows}
+    return {r[0]: Expected(r[0], tuple(r[1]), r[2], r[3]) for r in rows}
+
+
+def _customers(conn: psycopg.Connection[Any], missing: Sequence[Expected]) -> dict[str, str]:
+    """Per hash, the customer id of the request that suppressed it (a mail house suppresses an
+    address sent with a customer id only where it is that customer's address on file)."""
+    wanted = {m.event_id: m.sha256 for m in missing if m.event_id}
+    if not wanted:
+        return {}
+    rows = conn.execute(
+        "SELECT event_id, customer_id FROM requests WHERE event_id = ANY(%s) AND customer_id IS NOT NULL",
+        (list(wanted),),
+    ).fetchall()
+    return {wanted[r[0]]: r[1] for r in rows}
 
 
 def _generations(conn: psycopg.Connection[Any], destination: str, hashes: Sequence[str]) -> dict[str, int]:
@@ -177,8 +266,10 @@ def command_records(
     values: Mapping[str, str],
     generations: Mapping[str, int],
     now: datetime,
+    customers: Mapping[str, str] | None = None,
 ) -> list[SuppressionCommandRecord]:
-    """The re-issued commands (only the identifier fields the destination takes)."""
+    """The re-issued commands (only the identifier fields the destination takes; a postal
+    one with the customer id of the request that suppressed the address, ``customers``)."""
     records: list[SuppressionCommandRecord] = []
     for entry in missing:
         value = values.get(entry.sha256)
@@ -187,15 +278,18 @@ def command_records(
         request_id, cid = reissue_ids(destination.id, entry.sha256, generations.get(entry.sha256, 0))
         email = value if identifier is Identifier.EMAIL else None
         phone = value if identifier is Identifier.PHONE else None
+        address = json.loads(value) if identifier is Identifier.POSTAL_ADDRESS else None
         records.append(
             SuppressionCommandRecord(
                 command_id=cid,
                 request_id=request_id,
                 destination=destination.id,
-                customer_id=None,
+                customer_id=(customers or {}).get(entry.sha256)
+                if Identifier.CUSTOMER_ID in destination.identifiers
+                else None,
                 email=email if Identifier.EMAIL in destination.identifiers else None,
                 phone=phone if Identifier.PHONE in destination.identifiers else None,
-                postal_address=None,
+                postal_address=address if Identifier.POSTAL_ADDRESS in destination.identifiers else None,
                 email_sha256=entry.sha256 if email is not None else None,
                 phone_sha256=entry.sha256 if phone is not None else None,
                 scopes=list(entry.scopes),
@@ -211,11 +305,13 @@ def command_records(
 
 _STORE = """
 INSERT INTO reconcile_reports
-    (destination, kind, ran_at, expected, present, missing, unknown, reissued, unsendable)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+    (destination, kind, ran_at, expected, present, missing, unknown, reissued, unsendable,
+     source_written_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (destination) DO UPDATE SET kind = EXCLUDED.kind, ran_at = EXCLUDED.ran_at,
     expected = EXCLUDED.expected, present = EXCLUDED.present, missing = EXCLUDED.missing,
-    unknown = EXCLUDED.unknown, reissued = EXCLUDED.reissued, unsendable = EXCLUDED.unsendable
+    unknown = EXCLUDED.unknown, reissued = EXCLUDED.reissued, unsendable = EXCLUDED.unsendable,
+    source_written_at = EXCLUDED.source_written_at
 """
 
 
@@ -226,20 +322,35 @@ def reconcile(settings: Settings, name: str, repair: bool = True, clock: Clock |
     now = (clock or SystemClock()).now()
     scopes = sorted(s.value for s in destination.scopes if s is not Scope.ALL)
     try:
-        returned = list(read_back.entries())
+        listing = read_back.read()
     finally:
         read_back.connector.close()
-    kind = Kind.EMAIL if read_back.identifier is Identifier.EMAIL else Kind.PHONE
+    identifier = read_back.identifier
+    postal = identifier is Identifier.POSTAL_ADDRESS
     with connect(settings.dsn(), prepared_statements=settings.database_prepared_statements) as conn:
-        expected = expected_of(conn, read_back.identifier, scopes)
-        drift = compare(expected, returned, read_back.identifier)
+        expected = expected_of(conn, identifier, scopes)
+        newer = 0
+        if listing.as_of is not None:  # a snapshot: what we suppressed since is not in it yet
+            too_new = [h for h, e in expected.items() if e.since >= listing.as_of]
+            for digest in too_new:
+                del expected[digest]
+            newer = len(too_new)
+        drift = compare(expected, listing.entries, identifier)
+        values: dict[str, str] = {}
+        if drift.missing and (repair or postal):
+            values = _values(
+                conn, suppression_ring(settings), _KIND_OF[identifier], [m.sha256 for m in drift.missing]
+            )
+        if postal and drift.missing:
+            forms = {sha: key_of_address(json.loads(v)) for sha, v in values.items()}
+            drift = match_file_forms(drift, forms, listing.entries)
         records: list[SuppressionCommandRecord] = []
         if repair and drift.missing:
             hashes = [m.sha256 for m in drift.missing]
-            values = _values(conn, suppression_ring(settings), kind, hashes)
             generations = _generations(conn, destination.id, hashes)
+            customers = _customers(conn, drift.missing) if postal else {}
             records = command_records(
-                destination, read_back.identifier, drift.missing, values, generations, now
+                destination, identifier, drift.missing, values, generations, now, customers
             )
         if records:
             _publish(settings, destination.id, records)
@@ -251,6 +362,9 @@ def reconcile(settings: Settings, name: str, repair: bool = True, clock: Clock |
             reissued=len(records),
             unsendable=len(drift.missing) - len(records) if repair else 0,
             repaired=repair,
+            source=listing.source,
+            as_of=listing.as_of,
+            newer_than_export=newer,
         )
         with conn.transaction():
             conn.execute(
@@ -265,7 +379,22 @@ def reconcile(settings: Settings, name: str, repair: bool = True, clock: Clock |
                     len(drift.unknown),
                     report.reissued,
                     report.unsendable,
+                    listing.as_of,
                 ),
+            )
+            # The audit trail of the requests whose suppression was re-sent (no values).
+            sent = [m for m in drift.missing if m.sha256 in values] if records else []
+            audit.record_reissued(
+                conn,
+                audit.Reissue.RECONCILE,
+                destination.id,
+                scopes,
+                [
+                    (r["command_id"], _PREFIX_OF[identifier] + m.sha256)
+                    for r, m in zip(records, sent, strict=True)
+                ],
+                now,
+                f"reconcile re-sent to {destination.id}",
             )
     log.debug(  # the CLI prints the report itself (stdout stays one JSON document with --json)
         "reconciled",

@@ -2,7 +2,7 @@
 ``encode.py``).
 
 The run walks the suppressed subjects in subject order, in batches of ``batch_size``
-subjects, through three overlapping stages (one process; each thread has its own database
+subjects, through overlapping stages (one process; each thread has its own database
 connection):
 
 1. a reading thread reads the next batch: the state rows after the previous batch's last
@@ -15,15 +15,17 @@ connection):
 3. a recording thread records one ``replay_commands`` row per command (COPY; the confirmer
    matches the acks there) while the main thread builds the next batch; once a batch is
    recorded the main thread produces it to ``optout.suppress.<destination>`` (throttled by a
-   token bucket) and goes on; the cursor and the counts are saved in ``replay_runs`` once a
-   batch's delivery reports are all in (and every earlier batch's), in batch order.
+   token bucket) and goes on; once a batch's delivery reports are all in (and every earlier
+   batch's), in batch order, its commands are written into the audit trail of the requests
+   whose suppression they carry (``audit.record_reissued``, one statement) and the cursor
+   and the counts are saved in ``replay_runs``, by a saving thread.
 
-A kill anywhere re-does the batches recorded or produced after the saved cursor (at most
-``PREFETCH`` + 2: the one being recorded and those produced but not all delivered), with the
-same command ids: the connector's dedupe store
+A kill anywhere re-does the batches recorded, produced or delivered after the saved cursor
+(at most seven: the one being recorded, up to three produced and not all delivered, up to three
+delivered and not yet saved), with the same command ids: the connector's dedupe store
 (``connector_applied``) acknowledges a command it has already applied without applying it
 again, and the ``replay_commands`` rows a re-done batch had recorded are kept (COPY falls back
-to INSERT ... ON CONFLICT DO NOTHING for that batch).
+to INSERT ... ON CONFLICT DO NOTHING for that batch); their audit rows are written again.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from typing import Any
 import psycopg
 from confluent_kafka import Producer
 
+from services.common import audit
 from services.common.avro import Codec, default_codec
 from services.common.clock import Clock, SystemClock
 from services.common.contract import Destination, Identifier
@@ -174,6 +177,8 @@ class Prepared:
 
     keys: list[str]  # command ids (the Kafka keys)
     values: list[bytes]
+    subjects: list[str]  # each command's subject (for the audit trail)
+    issued_at: datetime
     result: BatchResult
 
 
@@ -307,15 +312,19 @@ class BatchSender:
         destination cannot use)."""
         raw = self.raw_values(rows)
         build = self.builder.build
-        self.builder.at(self.clock.now())
+        now = self.clock.now()
+        self.builder.at(now)
         keys: list[str] = []
         values: list[bytes] = []
+        subjects: list[str] = []
         for (subject, scopes, since, _), found in zip(rows, raw, strict=True):
             built = build(subject, scopes, since, found)
             if built is not None:
                 keys.append(built[0])
                 values.append(built[1])
-        return Prepared(keys, values, BatchResult(len(keys), len(rows) - len(keys), len(rows)))
+                subjects.append(subject)
+        result = BatchResult(len(keys), len(rows) - len(keys), len(rows))
+        return Prepared(keys, values, subjects, now, result)
 
     def produce(self, prepared: Prepared) -> DeliveryTracker:
         """Produce a recorded batch (throttled); its tracker counts the delivery reports."""
@@ -455,20 +464,27 @@ class Replayer:
         log.info("replay started", replay_id=replay_id, destination=self.dest.id)
         return ReplayReport(replay_id, self.dest.id, False, 0), ""
 
-    def _done(
-        self,
-        conn: psycopg.Connection[Any],
-        report: ReplayReport,
-        batch: Batch,
-        result: BatchResult,
-        done: int,
-        total: Future[int],
-    ) -> int:
-        """Save the cursor after a delivered batch (every batch before it delivered too)."""
-        conn.execute(_CURSOR, (batch.hi, result.sent, result.skipped, report.replay_id))
-        report.sent += result.sent
-        report.skipped += result.skipped
-        done += result.subjects
+    def _save(self, conn: psycopg.Connection[Any], replay_id: str, batch: Batch, prepared: Prepared) -> None:
+        """After a delivered batch (every batch before it delivered too), on the saving
+        thread: write its commands into the audit trail of the requests whose suppression they
+        carry (one statement), then save the cursor and the counts."""
+        audit.record_reissued(
+            conn,
+            audit.Reissue.REPLAY,
+            self.dest.id,
+            self.scopes,
+            list(zip(prepared.keys, prepared.subjects, strict=True)),
+            prepared.issued_at,
+            f"replayed to {self.dest.id} ({replay_id})",
+        )
+        result = prepared.result
+        conn.execute(_CURSOR, (batch.hi, result.sent, result.skipped, replay_id))
+
+    def _delivered(self, report: ReplayReport, prepared: Prepared, done: int, total: Future[int]) -> int:
+        """Count a delivered batch and show the progress."""
+        report.sent += prepared.result.sent
+        report.skipped += prepared.result.skipped
+        done += prepared.result.subjects
         if self.progress and total.done():  # the bar waits for the count
             self.progress(done, max(total.result(), done))
         return done
@@ -491,10 +507,11 @@ class Replayer:
     def _run_here(
         self, conn: psycopg.Connection[Any], report: ReplayReport, cursor: str, total: Future[int]
     ) -> None:
-        """One process, three overlapping stages: a thread reads the next batches (its own
+        """One process, overlapping stages: a thread reads the next batches (its own
         connection), the main thread builds batch N while a second thread records batch N-1
-        (its own connection), then produces N-1; a batch's cursor is saved once its delivery
-        reports are in, in batch order."""
+        (its own connection), then produces N-1; once a batch's delivery reports are in, in
+        batch order, a third thread (its own connection) writes its audit rows and saves the
+        cursor."""
         producer = self._producer or make_producer(self.settings)
         ring = self._ring or suppression_ring(self.settings)
         sender = BatchSender(
@@ -518,13 +535,26 @@ class Replayer:
         )
         reader.start()
         unsent: tuple[Batch, Prepared, Future[None]] | None = None
-        in_flight: deque[tuple[Batch, BatchResult, DeliveryTracker]] = deque()
+        in_flight: deque[tuple[Batch, Prepared, DeliveryTracker]] = deque()
+        saves: deque[Future[None]] = deque()
         done = batches = 0
         try:
             with (
                 connect(self.settings.dsn(), autocommit=True) as recording,
+                connect(self.settings.dsn(), autocommit=True) as saving,
                 ThreadPoolExecutor(1, thread_name_prefix="replay-record") as recorder,
+                ThreadPoolExecutor(1, thread_name_prefix="replay-save") as saver,
             ):
+
+                def delivered_batch(batch: Batch, prepared: Prepared, tracker: DeliveryTracker) -> None:
+                    nonlocal done, batches
+                    tracker.wait(DELIVERY_TIMEOUT_SECONDS)
+                    saves.append(saver.submit(self._save, saving, report.replay_id, batch, prepared))
+                    while saves and (saves[0].done() or len(saves) > PREFETCH):
+                        saves.popleft().result()  # raises what the saving thread met
+                    done = self._delivered(report, prepared, done, total)
+                    batches += 1
+
                 while True:
                     item = reads.get()
                     if isinstance(item, BaseException):
@@ -537,20 +567,16 @@ class Replayer:
                     if unsent is not None:  # the previous batch, recorded meanwhile
                         previous, ready, recorded = unsent
                         recorded.result()
-                        in_flight.append((previous, ready.result, sender.produce(ready)))
+                        in_flight.append((previous, ready, sender.produce(ready)))
                     unsent = current
                     while in_flight and (delivered(in_flight[0][2]) or len(in_flight) > PREFETCH):
-                        first, result, tracker = in_flight.popleft()
-                        tracker.wait(DELIVERY_TIMEOUT_SECONDS)
-                        done = self._done(conn, report, first, result, done, total)
-                        batches += 1
+                        delivered_batch(*in_flight.popleft())
                     if item is None:
                         break
                 while in_flight:
-                    first, result, tracker = in_flight.popleft()
-                    tracker.wait(DELIVERY_TIMEOUT_SECONDS)
-                    done = self._done(conn, report, first, result, done, total)
-                    batches += 1
+                    delivered_batch(*in_flight.popleft())
+                while saves:
+                    saves.popleft().result()
         finally:
             stop.set()
             while reader.is_alive():  # unblock a reader waiting on a full queue

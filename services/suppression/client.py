@@ -74,6 +74,7 @@ class SuppressionClient:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._assigned: list[int] = []
+        self._next: dict[int, int] = {}  # next offset to read, per partition read so far
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SuppressionClient:
@@ -111,6 +112,7 @@ class SuppressionClient:
                 continue
             self._apply(message)
             seen[message.partition() or 0] = (message.offset() or 0) + 1
+        self._next.update(seen)
         return seen
 
     def load(self, timeout: float = 120.0) -> int:
@@ -123,7 +125,8 @@ class SuppressionClient:
             for p in self._assigned:
                 low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
                 ends[p] = (low, high)
-            position = {p: low for p, (low, _) in ends.items()}
+            # Read from where an earlier load or poll stopped (the consumer keeps its place).
+            position = {p: max(low, self._next.get(p, low)) for p, (low, _) in ends.items()}
             while any(position[p] < high for p, (_, high) in ends.items()):
                 if time.monotonic() > deadline:
                     raise RetriableError(f"{self.topic} not read to its end within {timeout:.0f}s")

@@ -37,7 +37,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Protocol
 
 from prometheus_client import Counter, Histogram
@@ -747,6 +747,15 @@ class WebApp:
     async def favicon(self, _request: Request) -> Response:
         return Response(status_code=204, headers={"Cache-Control": "public, max-age=86400"})
 
+    async def gpc_support(self, _request: Request) -> Response:
+        """The GPC support resource (W3C GPC, section "The GPC Support Resource",
+        https://www.w3.org/TR/gpc/): ``/.well-known/gpc.json`` says this origin honours the
+        signal, with the date that statement last changed when one is configured."""
+        return JSONResponse(
+            gpc_support_resource(self.settings.web_gpc_last_update),
+            headers={"Cache-Control": "public, max-age=86400"},
+        )
+
     # --- refusals ----------------------------------------------------------------
     def _bad_token(self, route: str, exc: TokenError) -> Response:
         WEB_REQUESTS.labels(route, f"token_{exc.reason}").inc()
@@ -765,6 +774,18 @@ def _opt_ins(views: Sequence[pages.RequestView]) -> int:
 def _wants_json(request: Request) -> bool:
     accept = request.headers.get("accept", "")
     return "application/json" in accept and "text/html" not in accept
+
+
+GPC_SUPPORT_PATH = "/.well-known/gpc.json"
+
+
+def gpc_support_resource(last_update: date | None) -> dict[str, bool | str]:
+    """Pure: the body of ``/.well-known/gpc.json``: ``gpc`` true (this origin honours GPC) and,
+    when known, ``lastUpdate`` as an RFC 3339 full-date."""
+    body: dict[str, bool | str] = {"gpc": True}
+    if last_update is not None:
+        body["lastUpdate"] = last_update.isoformat()
+    return body
 
 
 def _first(form: Mapping[str, list[str]], name: str) -> str:
@@ -827,6 +848,7 @@ def create_app(
     routes = [
         Route("/healthz", web.health, methods=["GET"]),
         Route("/favicon.ico", web.favicon, methods=["GET"]),
+        Route(GPC_SUPPORT_PATH, web.gpc_support, methods=["GET"]),
         Route("/u/choose", web.choose_posted, methods=["POST"]),
         Route("/u/status", web.status_posted, methods=["POST"]),
         Route("/u/resubscribe", web.resubscribe_posted, methods=["POST"]),
@@ -840,7 +862,7 @@ def create_app(
     app.add_middleware(
         RateLimit,
         limiter=limiter,
-        exempt=frozenset({"/healthz", "/favicon.ico"}),
+        exempt=frozenset({"/healthz", "/favicon.ico", GPC_SUPPORT_PATH}),
         trusted=web.trusted,
     )
     app.add_middleware(SecurityHeaders, headers=security_headers(settings))

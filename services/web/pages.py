@@ -133,6 +133,8 @@ HISTORY_TEXT = {
     "needs_attention": "Being looked at by our team",
     "purged": "Your contact details were deleted from our records",
     "erased": "Your data was erased",
+    "reconcile_resent": "Checked with one of our systems and sent to it again",
+    "replayed": "Sent to a new or restored system of ours",
 }
 
 

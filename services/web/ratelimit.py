@@ -112,6 +112,14 @@ class RateLimiter:
         self._remember(client, tokens, now)
         return (1.0 - tokens) / self.rate
 
+    def wait(self, client: str) -> float:
+        """Seconds until ``client`` has a token (0.0: it has one now), taking none."""
+        if client not in self._buckets:
+            return 0.0
+        tokens, last = self._buckets[client]
+        tokens = min(self.burst, tokens + (self.monotonic() - last) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
     def _remember(self, client: str, tokens: float, now: float) -> None:
         self._buckets[client] = (tokens, now)
         while len(self._buckets) > self.max_clients:

@@ -16,6 +16,8 @@ import psycopg
 import pytest
 
 from services.cli.main import main
+from services.common.audit import purge_audit
+from services.common.errors import ConfigurationError
 from services.common.settings import Settings, settings
 from services.publisher.publish import RequestPublisher
 from services.retention.purge import purge_contact_details
@@ -121,9 +123,37 @@ def test_timeline_in_order_purge_appends_and_no_raw_email(
     assert status == 1 and "no audit events" in err
 
 
-def test_the_app_role_cannot_update_audit_events(database: dict[str, str]) -> None:
+def test_audit_events_are_append_only_for_the_app_role_and_purged_through_the_function(
+    database: dict[str, str],
+) -> None:
     with psycopg.connect(database["app"], autocommit=True) as conn:
-        conn.execute("INSERT INTO audit_events (event_id, at, step) VALUES ('e-1', now(), 'recorded')")
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute("UPDATE audit_events SET step = 'confirmed'")
-        assert conn.execute("DELETE FROM audit_events WHERE event_id = 'e-1'").rowcount == 1  # purge
+        conn.execute(
+            "INSERT INTO audit_events (event_id, at, step) VALUES ('e-old', now() - interval '800 days', "
+            "'recorded'), ('e-mid', now() - interval '100 days', 'recorded'), ('e-new', now(), 'recorded')"
+        )
+        for statement in (
+            "UPDATE audit_events SET step = 'confirmed'",
+            "DELETE FROM audit_events WHERE event_id = 'e-new'",
+            "TRUNCATE audit_events",
+            "UPDATE audit_retention_floor SET min_days = 0",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+        # The function refuses less than the floor (730 days), also when called directly.
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="kept at least 730 days"):
+            conn.execute("SELECT purge_audit_events(30)")
+        with pytest.raises(ConfigurationError, match="below the audit trail's floor of 730 days"):
+            purge_audit(conn, 30)
+        assert purge_audit(conn, 730, dry_run=True) == 1
+        assert purge_audit(conn, 730) == 1
+        assert _events(conn) == ["e-mid", "e-new"]
+    # A test (or an operator with the migration owner's role) may lower the floor.
+    with psycopg.connect(database["admin"], autocommit=True) as conn:
+        conn.execute("UPDATE audit_retention_floor SET min_days = 0")
+    with psycopg.connect(database["app"], autocommit=True) as conn:
+        assert purge_audit(conn, 30) == 1
+        assert _events(conn) == ["e-new"]
+
+
+def _events(conn: psycopg.Connection[Any]) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT event_id FROM audit_events ORDER BY id")]

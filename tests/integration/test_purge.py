@@ -88,6 +88,23 @@ def test_purge_cli_dry_run(database):
     assert "would purge the contact details of" in done.stdout
 
 
+def test_purge_cli_refuses_an_audit_retention_below_the_floor_before_removing_anything(database):
+    env = {
+        "OPTOUT_DATABASE_URL": database["app"],
+        "PATH": "/usr/bin:/bin",
+        "OPTOUT_AUDIT_RETENTION_DAYS": "30",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "purge"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert "OPTOUT_AUDIT_RETENTION_DAYS=30 is below the audit trail's floor of 730 days" in done.stderr
+
+
 # --- a whole-database dump after purging -------------------------------------------------------
 def _pg_dump(database: dict[str, str]) -> str:
     """The whole test database as SQL text (schema and every row of every table)."""

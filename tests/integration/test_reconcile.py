@@ -18,6 +18,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.cli.main import main as cli_main
+from services.common import audit
 from services.common.errors import ConfigurationError
 from services.common.settings import Settings, settings
 from services.confirmer import service as confirmer
@@ -177,6 +178,19 @@ def test_reconcile_finds_and_restores_exactly_the_deleted_entries(
             )
         assert {a["status"] for a in acks} == {"APPLIED"}
         assert read_topic(cfg, cfg.confirmations_topic) == []
+
+        # The audit trail of the request that suppressed a lost entry: re-sent twice (the
+        # re-run), acknowledged once (the second ack changes nothing).
+        with psycopg.connect(cfg.dsn()) as conn:
+            trail = audit.timeline(conn, f"ev-{emails.index(deleted[0])}")
+        assert [(e.step, e.destination, e.status) for e in trail] == [
+            ("reconcile_resent", NAME, None),
+            ("reconcile_resent", NAME, None),
+            ("acknowledged", NAME, "APPLIED"),
+        ]
+        command = trail[0].detail.rsplit(" ", 1)[-1] if trail[0].detail else ""
+        assert trail[0].detail == f"reconcile re-sent to {NAME}: command {command}"
+        assert trail[2].detail is not None and trail[2].detail.startswith(f"reconcile command {command}")
         assert read_topic(cfg, cfg.acks_dlq_topic) == []
 
         after = reconcile(cfg, NAME, repair=False)
@@ -221,7 +235,7 @@ def test_reconcile_finds_and_restores_exactly_the_deleted_entries(
 
 def test_a_kind_that_cannot_be_read_back_is_refused_in_one_line(base_settings: dict[str, Any]) -> None:
     cfg = Settings(**base_settings)
-    name = next(d.id for d in cfg.destinations if d.kind == "local_mail_house")
+    name = next(d.id for d in cfg.destinations if d.kind == "partners")  # hashes, no list to read
     with pytest.raises(ConfigurationError, match="reconciliation is not supported"):
         reconcile(cfg, name)
 

@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from services.common import audit
 from services.common.settings import Settings
 from services.confirmer.service import run as run_confirmer
 from services.connectors.registry import connector_runner
@@ -132,6 +133,28 @@ def test_a_killed_replay_resumes_and_delivers_each_suppression_once(
 
     again = Replayer(cfg, "email_provider", batch_size=BATCH).dry_run()
     assert again.replay_id == "(new)" and again.total == PEOPLE  # the run is finished
+
+    # The audit trail of each person's request: replayed (twice for the batch sent again),
+    # then one acknowledgement (the confirmer, in the same transaction as replay_commands).
+    with psycopg.connect(cfg.dsn()) as conn:
+        steps: dict[str, int] = dict(
+            conn.execute(
+                "SELECT step, count(*) FROM audit_events WHERE destination = 'email_provider' GROUP BY step"
+            ).fetchall()
+        )
+        (event_id,) = conn.execute(  # the last subject: in the last batch, sent once
+            "SELECT event_id FROM suppression_state WHERE scope = 'EMAIL_MARKETING' AND suppressed"
+            " ORDER BY subject DESC LIMIT 1"
+        ).fetchone() or (None,)
+        trail = audit.timeline(conn, str(event_id))
+    assert steps == {"replayed": PEOPLE + BATCH, "acknowledged": PEOPLE}
+    assert [(e.step, e.destination, e.status) for e in trail] == [
+        ("replayed", "email_provider", None),
+        ("acknowledged", "email_provider", "APPLIED"),
+    ]
+    assert trail[1].detail is not None and trail[1].detail.startswith("replay command ")
+    command = trail[1].detail.split()[2].rstrip(":")
+    assert trail[0].detail == f"replayed to email_provider ({first.replay_id}): command {command}"
 
 
 def test_batches_never_split_a_subjects_scopes(base_settings: dict[str, Any], tmp_path: Path) -> None:

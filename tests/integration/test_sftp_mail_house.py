@@ -39,6 +39,10 @@ class Inbox:
 
 @pytest.fixture
 def inbox(stack: Any) -> Iterator[Inbox]:
+    yield fresh_inbox(stack)
+
+
+def fresh_inbox(stack: Any) -> Inbox:
     """A fresh folder in the stack's SFTP inbox, writable by the SFTP login."""
     sftp: SftpInfo | None = stack.sftp
     if sftp is None:
@@ -48,7 +52,7 @@ def inbox(stack: Any) -> Iterator[Inbox]:
     local.mkdir()
     owner = sftp.local_dir.stat()
     os.chown(local, owner.st_uid, owner.st_gid)
-    yield Inbox(sftp, local, f"{sftp.remote_dir}/{name}")
+    return Inbox(sftp, local, f"{sftp.remote_dir}/{name}")
 
 
 def destination(box: Inbox, known_hosts: Path | None = None, **options: Any) -> Destination:

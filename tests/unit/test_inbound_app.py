@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +146,32 @@ def test_sns_subscription_is_confirmed_by_get_of_the_subscribe_url_when_enabled(
         reply = client.post("/ses/sns", content=body, headers=data["headers"])
     assert reply.status_code == (200 if status == 200 else 503)
     assert asked == [data["body"]["SubscribeURL"]]
+
+
+def test_a_client_past_its_refusal_budget_gets_429_before_any_signature_check():
+    settings = _settings(inbound_refusal_burst=3, inbound_refusals_per_minute=60)
+    clock = ManualClock(NOW)
+    publisher = FakePublisher(settings)
+    forged = mailgun_sign(recorded("mailgun_unsubscribed.json")["body"], "not-the-key", NOW)
+    good = mailgun_sign(recorded("mailgun_unsubscribed.json")["body"], KEY, NOW)
+    app = create_app(settings, publisher=publisher, replay=FakeReplay(), clock=clock)
+    with TestClient(app) as client:
+        assert [client.post("/mailgun/events", content=forged).status_code for _ in range(3)] == [401] * 3
+        throttled = client.post("/mailgun/events", content=good)  # even a good one, from this client
+        assert throttled.status_code == 429 and throttled.headers["retry-after"] == "1"
+        assert publisher.published == []
+        clock.advance(timedelta(seconds=1))  # 60 a minute: one refusal back per second
+        assert client.post("/mailgun/events", content=good).status_code == 200
+        assert len(publisher.published) == 1
+
+
+def test_accepted_webhooks_never_count_against_the_refusal_budget():
+    settings = _settings(inbound_refusal_burst=1)
+    publisher = FakePublisher(settings)
+    payload = recorded("mailgun_unsubscribed.json")["body"]
+    with _client(settings, publisher, FakeReplay()) as client:
+        for i in range(5):  # a fresh token each: each a valid delivery
+            payload["event-data"]["id"] = f"evt-{i}"
+            body = mailgun_sign(payload, KEY, NOW)
+            assert client.post("/mailgun/events", content=body).status_code == 200
+    assert len(publisher.published) == 5

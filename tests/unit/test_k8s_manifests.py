@@ -36,6 +36,7 @@ from services.cli.runner import SERVICES
 from services.common.destinations import load_destinations
 from services.common.settings import DEV_SECRETS, Settings, load_settings
 from services.connectors.registry import check_destinations
+from services.reconcile.run import SUPPORTED_KINDS
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -73,6 +74,7 @@ DATABASE_USERS = {
     "purge",
     "lookup",
     "inbound",
+    "reconcile",
 }
 
 
@@ -357,6 +359,21 @@ def test_one_connector_deployment_per_destination(overlay: str) -> None:
         if service_of(d).startswith("connector.")
     )
     assert connectors == sorted(names)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_destination_that_can_be_read_back_is_reconciled_daily(overlay: str) -> None:
+    destinations = tomllib.loads(destinations_toml(overlay))["destinations"]
+    readable = sorted(d["name"] for d in destinations if d["kind"] in SUPPORTED_KINDS)
+    assert readable and len(readable) < len(destinations)  # the partners have no list
+    runs = [
+        (job["spec"]["schedule"], pod_spec(job)["containers"][0]["args"])
+        for job in of_kind(overlay, "CronJob")
+        if pod_spec(job)["containers"][0]["args"][0] == "reconcile"
+    ]
+    assert sorted(args[2] for _, args in runs) == readable
+    assert all(args == ["reconcile", "--destination", args[2]] for _, args in runs)
+    assert len({schedule for schedule, _ in runs}) == len(runs)  # staggered
 
 
 # --- 5. every service and every setting of the code is deployed -----------------------------

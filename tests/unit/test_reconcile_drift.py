@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from pydantic import SecretStr
 
 from services.common.contract import Destination, Identifier, Scope, is_reconcile_request
+from services.common.errors import ConfigurationError
+from services.common.settings import Settings
 from services.connectors.email_provider import EmailProviderConnector
 from services.domain.identity import sha256_hex
 from services.reconcile.drift import RANK_STEP, Expected, compare, hash_of, reissue_ids
-from services.reconcile.run import command_records
+from services.reconcile.run import command_records, read_back_of
 from services.standins.email_provider_api import EmailProviderStandin
 from tests.support.commands import make_command
 from tests.support.standin_transport import Routed
@@ -82,3 +85,18 @@ def test_the_legacy_email_provider_lists_its_suppressions() -> None:
         "GET",
         "/v3/asm/suppressions/global",
     )
+
+
+def test_webhook_partners_have_no_list_to_read_and_are_refused_in_one_line() -> None:
+    dest = Destination(
+        "partners",
+        frozenset({Scope.THIRD_PARTY_SHARING}),
+        frozenset({Identifier.EMAIL_SHA256}),
+        frozenset(),
+        "webhook_partners",
+    )
+    with pytest.raises(
+        ConfigurationError,
+        match=r"destination .partners' \(webhook_partners\): reconciliation is not supported",
+    ):
+        read_back_of(Settings(), dest)

@@ -180,6 +180,7 @@ class FakeDedupeStore:
     def __init__(self) -> None:
         self.rows: dict[str, StoredOutcome] = {}
         self.newest: dict[str, Latest] = {}
+        self.locked: list[list[str]] = []
         self.closed = False
 
     def lookup(self, command_ids: Sequence[str]) -> dict[str, StoredOutcome]:
@@ -187,6 +188,11 @@ class FakeDedupeStore:
 
     def latest(self, subjects: Sequence[str]) -> dict[str, Latest]:
         return {s: self.newest[s] for s in subjects if s in self.newest}
+
+    @contextmanager
+    def serialized(self, subjects: Sequence[str]) -> Iterator[None]:
+        self.locked.append(sorted(subjects))
+        yield
 
     def record(
         self, outcomes: Sequence[StoredOutcome], latest: Sequence[Latest] = ()

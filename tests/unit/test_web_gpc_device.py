@@ -450,3 +450,23 @@ def test_without_the_database_one_click_and_the_page_still_work_in_round_0():
     assert publisher.published[-1]["event_id"] == request_event_id(tok, [Scope.EMAIL_MARKETING])
     refused = client.post("/u/resubscribe", data={"t": link.token, "scope": "EMAIL_MARKETING"})
     assert refused.status_code == 503 and len(publisher.published) == 1
+
+
+# --- the GPC support resource (W3C GPC, "The GPC Support Resource") ---------------------
+
+
+def test_the_gpc_support_resource_says_the_signal_is_honoured_with_its_last_update():
+    plain = Settings(**FAST)
+    client = _app(plain)[0]
+    answer = client.get("/.well-known/gpc.json")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.json() == {"gpc": True}
+    dated = Settings(**FAST, web_gpc_last_update="2026-11-30")
+    assert _app(dated)[0].get("/.well-known/gpc.json").json() == {
+        "gpc": True,
+        "lastUpdate": "2026-11-30",
+    }
+    assert Settings(**FAST, web_gpc_last_update="").web_gpc_last_update is None
+    with pytest.raises(ValueError):
+        Settings(**FAST, web_gpc_last_update="30/11/2026")
