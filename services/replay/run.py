@@ -45,6 +45,9 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import Producer
+from psycopg import postgres
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 
 from services.common import audit
 from services.common.avro import Codec, default_codec
@@ -339,6 +342,27 @@ class BatchSender:
         return tracker
 
 
+class _TextArrayDumper(Dumper):
+    """Lists of strings as ``text[]`` literals, for the saving connection only: psycopg's
+    general list dumper costs about 1 µs an element, this about a tenth (the audit rows of
+    a batch pass two arrays of ``batch_size`` strings)."""
+
+    format = Format.TEXT
+    oid = postgres.types["text"].array_oid
+
+    def dump(self, obj: Any) -> bytes:
+        if not isinstance(obj, list) or not all(type(item) is str for item in obj):
+            raise TypeError("the replay's saving connection passes lists of strings only")
+        quoted = ['"' + item.replace("\\", "\\\\").replace('"', '\\"') + '"' for item in obj]
+        return ("{" + ",".join(quoted) + "}").encode()
+
+
+def text_arrays(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    """``conn`` with lists dumped by ``_TextArrayDumper``."""
+    conn.adapters.register_dumper(list, _TextArrayDumper)
+    return conn
+
+
 def delivered(tracker: DeliveryTracker) -> bool:
     """Whether every message of a batch has its delivery report (serving the reports due);
     ``RetriableError`` if one failed."""
@@ -541,7 +565,7 @@ class Replayer:
         try:
             with (
                 connect(self.settings.dsn(), autocommit=True) as recording,
-                connect(self.settings.dsn(), autocommit=True) as saving,
+                text_arrays(connect(self.settings.dsn(), autocommit=True)) as saving,
                 ThreadPoolExecutor(1, thread_name_prefix="replay-record") as recorder,
                 ThreadPoolExecutor(1, thread_name_prefix="replay-save") as saver,
             ):
