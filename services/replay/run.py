@@ -357,9 +357,15 @@ class _TextArrayDumper(Dumper):
         return ("{" + ",".join(quoted) + "}").encode()
 
 
-def text_arrays(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
-    """``conn`` with lists dumped by ``_TextArrayDumper``."""
+def saving_connection(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    """``conn`` (the saving thread's: audit rows and cursor) with lists dumped by
+    ``_TextArrayDumper``, and without hash or merge joins: ``audit.record_reissued`` joins a
+    batch's subjects to ``suppression_state``, which the planner otherwise does by hashing the
+    whole table for every batch (a sequential scan of a million rows, 200 times a million);
+    a nested loop over the primary key costs the same per batch however big the table is."""
     conn.adapters.register_dumper(list, _TextArrayDumper)
+    conn.execute("SET enable_hashjoin = off")
+    conn.execute("SET enable_mergejoin = off")
     return conn
 
 
@@ -565,7 +571,7 @@ class Replayer:
         try:
             with (
                 connect(self.settings.dsn(), autocommit=True) as recording,
-                text_arrays(connect(self.settings.dsn(), autocommit=True)) as saving,
+                saving_connection(connect(self.settings.dsn(), autocommit=True)) as saving,
                 ThreadPoolExecutor(1, thread_name_prefix="replay-record") as recorder,
                 ThreadPoolExecutor(1, thread_name_prefix="replay-save") as saver,
             ):
