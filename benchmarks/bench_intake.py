@@ -80,6 +80,7 @@ from services.directory.store import upsert_entries
 from services.domain.enrichment import DirectoryEntry, DirectoryIndex, enrich
 from services.domain.planning import plan_commands
 from services.domain.validation import decode_request, normalize_postal_address, validate_request
+from services.intake.service import tune_gc
 from services.intake.step import SERVICE, IntakeStep
 from services.suppression.entries import suppression_ring
 
@@ -304,6 +305,7 @@ def run_ours(
     settings = env.settings
     before = _histogram_sums()
     step = TimedStep(IntakeStep(settings, make_producer(settings), default_codec(), SystemClock()))
+    tune_gc()  # as ``optout run intake`` does
     stop = threading.Event()
     errors: list[BaseException] = []
     loop = ConsumerLoop(settings, SERVICE, [settings.requests_topic], step, stop)

@@ -168,4 +168,4 @@ def newest_per_key(requests: Iterable[OptOutRequest]) -> dict[Key, StateEntry]:
 
 def serves(destination_scopes: Iterable[Scope], effective: Iterable[Scope]) -> bool:
     """Does a destination serving ``destination_scopes`` get a command for ``effective``?"""
-    return bool(set(destination_scopes) & set(effective))
+    return not frozenset(destination_scopes).isdisjoint(effective)
