@@ -55,17 +55,25 @@ for _n in range(64, 1024):
     _SMALL[_n] = _varint(_n)
 
 
+# Varints of larger values written lately: timestamps repeat (a batch's issue time, a
+# request's deadline in each of its commands). Bounded: emptied when full.
+_RECENT: dict[int, bytes] = {}
+_RECENT_MAX = 4096
+
+
 def write_long(out: bytearray, n: int) -> None:
-    if not -(1 << 63) <= n < (1 << 63):
-        raise ValueError(f"{n} does not fit in an Avro long")
     if 0 <= n < 1024:
         out += _SMALL[n]
         return
-    z = (n << 1) ^ (n >> 63)
-    while z & ~0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
+    known = _RECENT.get(n)
+    if known is None:
+        if not -(1 << 63) <= n < (1 << 63):
+            raise ValueError(f"{n} does not fit in an Avro long")
+        known = _varint(n)
+        if len(_RECENT) >= _RECENT_MAX:
+            _RECENT.clear()
+        _RECENT[n] = known
+    out += known
 
 
 def write_string(out: bytearray, value: str) -> None:
