@@ -98,7 +98,7 @@ fmt: install ## format the code
 	$(VENV)/bin/ruff format services tests benchmarks
 	$(VENV)/bin/ruff check --fix services tests benchmarks
 
-bench-intake: install ## intake throughput: bare consume vs naive vs ours (200,000 events)
+bench-intake: install ## intake throughput: bare consume vs naive vs ours vs the serial limit (200,000 events)
 	$(PY) -m services.devstack up
 	$(WITH_STACK) $(PY) -m benchmarks.bench_intake
 

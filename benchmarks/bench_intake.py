@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.bench_intake [--events 200000] [--naive-events 5000]
         [--partitions 6] [--sweep 100,500,1000,5000 --sweep-events 20000] [--profile 50000]
+    .venv/bin/python -m benchmarks.bench_intake --cpu-profile 20000
 
 Preloads ``--events`` OptOutRequested events into a fresh input topic, then measures,
 one after the other on the same machine:
@@ -11,7 +12,17 @@ one after the other on the same machine:
     with single statements + commit, produce its commands, ``flush()``, synchronous offset
     commit. It is slow, so it runs on the first ``--naive-events`` messages only;
 (c) ours: ``IntakeStep`` inside ``ConsumerLoop`` (in a thread), timed until every event is
-    in ``requests`` and every command is on its topic (sum of the end offsets).
+    in ``requests`` and every command is on its topic (sum of the end offsets);
+(limit) the serial limit of the same work: PostgreSQL taking every row (c) wrote (requests,
+    destination_status, suppression_state, suppression_list, audit_events; read back, then
+    COPY into a fresh database) and a bare producer delivering every message (c) produced
+    (commands and subject states, read back, so already encoded). Done one after another,
+    (a) + COPY + produce take 1/(1/a + 1/COPY + 1/produce) per event: the report prints that
+    limit and (c) as a percentage of it (issue #15: 50% or more).
+
+``--cpu-profile N`` needs no broker or database: it times intake's Python work alone
+(decode, validate, plan, encode the commands) on N generated events, stage by stage, and
+prints a cProfile of it.
 
 Each clock starts when the first messages are in hand (after the consumer group join, shown
 separately as "join") and stops when the last event is done. Progress goes to stderr;
@@ -22,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import io
 import os
 import pstats
@@ -31,15 +43,16 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka import version as kafka_version
 from prometheus_client import REGISTRY
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from benchmarks.common import (
@@ -62,15 +75,19 @@ from services.common.avro import default_codec
 from services.common.clock import SystemClock
 from services.common.consumer_loop import ConsumerLoop
 from services.common.kafka import make_consumer, make_producer
+from services.common.records import decode_opt_out_requested
+from services.common.settings import Settings
 from services.directory.store import upsert_entries
 from services.domain.enrichment import DirectoryEntry, DirectoryIndex, enrich
 from services.domain.planning import plan_commands
 from services.domain.validation import decode_request, normalize_postal_address, validate_request
+from services.intake.service import tune_gc
 from services.intake.step import SERVICE, IntakeStep
 from services.suppression.entries import suppression_ring
 
 TARGET_RATIO = 20.0
 TARGET_RATE = 10_000.0
+TARGET_SHARE = 0.5  # of the serial limit (issue #15)
 
 
 @dataclass(frozen=True)
@@ -276,6 +293,7 @@ class OursResult:
     measurement: Measurement
     commands: int
     breakdown: list[str]
+    cpu_seconds: float = 0.0  # this process's CPU time during the run (every thread)
 
 
 def run_ours(
@@ -289,6 +307,7 @@ def run_ours(
     settings = env.settings
     before = _histogram_sums()
     step = TimedStep(IntakeStep(settings, make_producer(settings), default_codec(), SystemClock()))
+    tune_gc()  # as ``optout run intake`` does
     stop = threading.Event()
     errors: list[BaseException] = []
     loop = ConsumerLoop(settings, SERVICE, [settings.requests_topic], step, stop)
@@ -360,7 +379,108 @@ def run_ours(
         "(wall minus optout_batch_processing_seconds)",
     ]
     measurement = Measurement(label, events, wall, phase.detail())
-    return OursResult(measurement, commands, breakdown)
+    return OursResult(measurement, commands, breakdown, cpu)
+
+
+# --- the serial limit: (a) + COPY + bare produce of the same work --------------------------------
+# Every table intake writes per event, parents first (destination_status references requests).
+LIMIT_TABLES = ("requests", "destination_status", "suppression_state", "suppression_list", "audit_events")
+
+
+def run_copy_limit(done: BenchEnv, limit: BenchEnv, events: int) -> Measurement:
+    """PostgreSQL taking the rows intake wrote for ``events`` (read back from ``done``'s
+    database with ``COPY TO``, untimed) by ``COPY FROM`` into ``limit``'s fresh database (same
+    schema and indexes), in one transaction; timed from the first COPY to the commit."""
+    dumps: dict[str, bytes] = {}
+    counts: dict[str, int] = {}
+    with psycopg.connect(done.dsn()) as conn, conn.cursor() as cur:
+        for table in LIMIT_TABLES:
+            buffer = bytearray()
+            with cur.copy(sql.SQL("COPY {} TO STDOUT").format(sql.Identifier(table))) as copy:
+                for data in copy:
+                    buffer += data
+            dumps[table] = bytes(buffer)
+            counts[table] = count_rows(done.dsn(), table)
+    note("(limit) COPY " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
+    with psycopg.connect(limit.dsn()) as conn, conn.cursor() as cur:
+        started = time.monotonic()
+        for table in LIMIT_TABLES:
+            with cur.copy(sql.SQL("COPY {} FROM STDIN").format(sql.Identifier(table))) as copy:
+                data = dumps[table]
+                for start in range(0, len(data), 1 << 20):
+                    copy.write(data[start : start + (1 << 20)])
+        conn.commit()
+        ended = time.monotonic()
+    rows = sum(counts.values())
+    return Measurement(
+        "(limit) COPY the same rows", events, ended - started, f"{rows:,} rows ({rows / events:.1f}/event)"
+    )
+
+
+def drain(settings: Settings, topics: Sequence[str]) -> list[tuple[str, bytes | None, bytes | None]]:
+    """Every message of ``topics`` as (topic, key, value), read from the beginning."""
+    consumer = make_consumer(settings, f"bench-drain-{uuid.uuid4().hex}", **{"enable.partition.eof": True})
+    metadata = consumer.list_topics(timeout=10)
+    partitions = [
+        TopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in metadata.topics[t].partitions
+    ]
+    ends = {(tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions}
+    consumer.assign(partitions)
+    open_partitions = {k for k, end in ends.items() if end > 0}
+    out: list[tuple[str, bytes | None, bytes | None]] = []
+    try:
+        while open_partitions:
+            for message in consumer.consume(10_000, 1.0):
+                if not _check(message):
+                    open_partitions.discard((message.topic(), message.partition()))
+                    continue
+                out.append((message.topic(), message.key(), message.value()))
+                offset = message.offset()
+                if offset is not None and offset + 1 >= ends[(message.topic(), message.partition())]:
+                    open_partitions.discard((message.topic(), message.partition()))
+    finally:
+        consumer.close()
+    return out
+
+
+def run_produce_limit(done: BenchEnv, limit: BenchEnv, events: int) -> Measurement:
+    """A bare producer (intake's producer settings) delivering the messages intake produced for
+    ``events`` (commands and subject states, read back from ``done``'s topics, so already
+    encoded) to ``limit``'s topics; timed from the first produce to the end of ``flush``."""
+    sources = [*done.suppress_topics(), done.settings.suppressions_topic]
+    targets = dict(zip(sources, [*limit.suppress_topics(), limit.settings.suppressions_topic], strict=True))
+    messages = drain(done.settings, sources)
+    note(f"(limit) produce {len(messages):,} messages read back from (c)'s topics")
+    producer = make_producer(limit.settings)
+    failures: list[str] = []
+
+    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            failures.append(f"{err.name()}: {err.str()}")
+
+    started = time.monotonic()
+    for topic, key, value in messages:
+        while True:
+            try:
+                producer.produce(targets[topic], value=value, key=key, on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        producer.poll(0)
+    if producer.flush(120) or failures:
+        raise RuntimeError(f"bare produce: delivery failed {failures[:1]}")
+    ended = time.monotonic()
+    return Measurement(
+        "(limit) bare produce, same messages",
+        events,
+        ended - started,
+        f"{len(messages):,} messages ({len(messages) / events:.2f}/event)",
+    )
+
+
+def serial_limit(*rates: float) -> float:
+    """Events/s of doing the phases one after another: 1 / (sum of seconds per event)."""
+    return 1.0 / sum(1.0 / r for r in rates)
 
 
 def run_ours_processes(
@@ -506,6 +626,92 @@ def profile_report(profiler: cProfile.Profile, limit: int = 30) -> str:
     return out.getvalue()
 
 
+# --- intake's Python work alone ----------------------------------------------------------------
+def cpu_profile(events: int, seed: int, settings: Settings) -> list[str]:
+    """Decode, validate, plan and encode ``events`` generated events with no broker or
+    database: microseconds per event for each stage (timed apart), then under cProfile."""
+    codec = default_codec()
+    now = datetime.now(UTC)
+    skew = timedelta(seconds=settings.clock_skew_seconds)
+    region, destinations = settings.default_phone_region, settings.destinations
+    generated = list(generate_events(events, seed))
+    payloads = [
+        codec.encode("OptOutRequested", {**e.record, "action": "OPT_OUT", "device_id": None})
+        for e in generated
+    ]
+
+    def decode() -> list[Any]:
+        return [decode_opt_out_requested(codec, p) for p in payloads]
+
+    records = decode()
+
+    def validate() -> list[Any]:
+        return [validate_request(r, now, skew, region) for r in records]
+
+    requests = validate()
+
+    def plan() -> list[Any]:
+        return [c for r in requests for c in plan_commands(r, now, destinations)]
+
+    commands = plan()
+
+    def encode() -> list[bytes]:
+        return [codec.encode("SuppressionCommand", c.record) for c in commands]
+
+    def everything() -> None:
+        for p in payloads:
+            request = decode_request(codec, p, now, skew, region)
+            for command in plan_commands(request, now, destinations):
+                codec.encode("SuppressionCommand", command.record)
+
+    lines = [
+        f"intake's Python work alone, {events:,} generated events, {len(commands):,} commands "
+        f"({len(commands) / events:.2f}/event), load average {load_average()}; "
+        "least thread CPU time of 5 runs:",
+    ]
+    total = 0.0
+    for name, stage in (("decode", decode), ("validate", validate), ("plan", plan), ("encode", encode)):
+        seconds = _best_of(5, stage)
+        total += seconds
+        lines.append(f"  {name:<10} {1e6 * seconds / events:7.1f} µs/event")
+    together = _best_of(5, everything)
+    lines.append(f"  {'sum':<10} {1e6 * total / events:7.1f} µs/event (stages timed apart)")
+    lines.append(f"  {'together':<10} {1e6 * together / events:7.1f} µs/event (one pass, as intake does)")
+    thresholds = gc.get_threshold()
+    tune_gc()
+    try:
+        tuned = _best_of(5, everything)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+    lines.append(f"  {'with gc':<10} {1e6 * tuned / events:7.1f} µs/event (one pass, tune_gc as intake runs)")
+    profiler = cProfile.Profile()
+    profiler.runcall(everything)
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(20)
+    lines += ["", "cProfile of the one pass (tottime):", *_trim_profile(out.getvalue())]
+    return lines
+
+
+def _best_of(runs: int, work: Callable[[], object]) -> float:
+    """The least CPU time of this thread over ``runs`` runs of ``work`` (CPU time, not wall
+    time: the machine is shared, and a descheduled thread is not charged)."""
+    best = float("inf")
+    for _ in range(runs):
+        started = time.thread_time()
+        work()
+        best = min(best, time.thread_time() - started)
+    return best
+
+
+def _trim_profile(text: str) -> list[str]:
+    """The pstats table without its preamble, paths shortened to the repository's."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
+    return [line.replace(root, "").replace(sys.prefix + os.sep, "") for line in lines[start:] if line.strip()]
+
+
 # --- main ---------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench-intake", description=__doc__.split("\n\n")[0])
@@ -535,6 +741,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also run (c) under cProfile on N fresh events; stats to stderr",
     )
     parser.add_argument("--profile-out", default=".run/bench-intake.prof")
+    parser.add_argument(
+        "--cpu-profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only time intake's Python work (decode, validate, plan, encode) on N generated "
+        "events, no broker or database, and print its profile",
+    )
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument(
         "--directory",
@@ -559,6 +773,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level)
+    if args.cpu_profile:
+        print("\n".join(cpu_profile(args.cpu_profile, args.seed, Settings())), flush=True)
+        return 0
     stack = start_stack()
     load_before = load_average()
     overrides: dict[str, Any] = {} if args.batch_size is None else {"batch_size": args.batch_size}
@@ -580,6 +797,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             note(f"(b) naive: {naive.rate:,.0f} ev/s")
         ours = run_ours(env, args.events, loaded.commands, args.timeout)
         note(f"(c) ours: {ours.measurement.rate:,.0f} ev/s")
+        limit_env = open_env(stack, "limit", args.partitions, **overrides)
+        try:
+            copied = run_copy_limit(env, limit_env, args.events)
+            note(f"(limit) COPY: {copied.rate:,.0f} ev/s")
+            produced = run_produce_limit(env, limit_env, args.events)
+            note(f"(limit) bare produce: {produced.rate:,.0f} ev/s")
+        finally:
+            if not args.keep:
+                close_env(limit_env)
+        limit = serial_limit(bare.rate, copied.rate, produced.rate)
         scaled = None
         if args.instances:
             scaled_env = open_env(stack, "scaled", args.partitions, **overrides)
@@ -619,6 +846,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     rows = [bare] + ([naive] if naive else []) + [ours.measurement] + ([scaled] if scaled else [])
     rows += [directory.measurement] if directory else []
+    rows += [copied, produced]
+    share = ours.measurement.rate / limit
     lines = [
         f"bench-intake on {time.strftime('%Y-%m-%d %H:%M:%S %Z')}: {args.events:,} events, "
         f"{args.partitions} partitions, batch_size {env.settings.batch_size}, "
@@ -627,6 +856,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(machine shared with other runs)",
         "",
         *format_table(rows, baseline=naive),
+        "",
+        f"serial limit = 1/(1/(a) + 1/COPY + 1/produce) = {limit:,.0f} events/s; "
+        f"(c) ours = {ours.measurement.rate:,.0f} events/s = {100 * share:.1f}% of it "
+        f"(target >= {100 * TARGET_SHARE:.0f}%: {'met' if share >= TARGET_SHARE else 'NOT met'})",
+        f"(c) took {1e6 * ours.cpu_seconds / args.events:,.0f} µs of this process's CPU per event (all its "
+        "threads: intake, database workers, librdkafka; steadier than rates on a busy machine)",
         "",
         *ours.breakdown,
         *(directory.breakdown if directory else []),
@@ -655,6 +890,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             + f"ours={ours.measurement.rate:,.0f} ev/s "
             + (f"ours_{args.instances}proc={scaled.rate:,.0f} ev/s " if scaled else "")
             + f"best/naive={ratio:.1f}x "
+            + f"limit={limit:,.0f} ev/s ours/limit={100 * share:.1f}% "
             f"target(>={TARGET_RATIO:.0f}x, >={TARGET_RATE:.0f} ev/s)={'PASS' if passed else 'FAIL'}"
         ),
     ]

@@ -5,6 +5,10 @@ CRC-64-AVRO fingerprint (little-endian) + the Avro binary body. Decoders find th
 writer schema by fingerprint among every ``.avsc`` in ``schemas/`` and resolve it
 to the newest known version of the same record (reader schema), so old and new
 writers both decode.
+
+Bodies are written, and read when the writer schema is the newest, by functions generated
+once per schema (``services/common/avro_compiled.py``, the same bytes as fastavro's);
+fastavro resolves an older writer's body to the newest schema.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 import fastavro
 import fastavro.schema
 
+from services.common.avro_compiled import Reader, Unsupported, Writer, compile_reader, compile_writer
 from services.common.errors import PoisonMessage
 
 MARKER = b"\xc3\x01"
@@ -40,6 +45,9 @@ class SchemaVersion:
     version: int
     parsed: Any = field(repr=False)
     fingerprint: bytes  # 8 bytes, as they appear on the wire
+    # Generated once from ``parsed`` (services/common/avro_compiled.py); None: fastavro does it.
+    writer: Writer | None = field(default=None, repr=False, compare=False)
+    reader: Reader | None = field(default=None, repr=False, compare=False)
 
     @property
     def short_name(self) -> str:
@@ -52,11 +60,18 @@ def _load(path: Path) -> SchemaVersion:
     canonical = fastavro.schema.to_parsing_canonical_form(parsed)
     fingerprint = bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
     version = int(path.name.split(".v", 1)[1].split(".", 1)[0])
+    try:
+        writer: Writer | None = compile_writer(parsed)
+        reader: Reader | None = compile_reader(parsed)
+    except Unsupported:
+        writer = reader = None
     return SchemaVersion(
         raw["name"] if "." in raw["name"] else f"{raw['namespace']}.{raw['name']}",
         version,
         parsed,
         fingerprint,
+        writer,
+        reader,
     )
 
 
@@ -80,6 +95,11 @@ class Codec:
 
     def encode(self, short_name: str, record: Mapping[str, Any]) -> bytes:
         schema = self._latest[short_name]
+        if schema.writer is not None:
+            out = bytearray(MARKER)
+            out += schema.fingerprint
+            schema.writer(out, record)
+            return bytes(out)
         buffer = io.BytesIO()
         buffer.write(MARKER)
         buffer.write(schema.fingerprint)
@@ -100,6 +120,8 @@ class Codec:
         if expect is not None and writer.short_name != expect:
             raise PoisonMessage("wrong_message_type", f"expected {expect}, got {writer.short_name}")
         reader = self._latest[writer.short_name]
+        if reader is writer and writer.reader is not None:
+            return writer.short_name, _read_compiled(writer.reader, payload)
         buffer = io.BytesIO(payload)
         buffer.seek(HEADER_LENGTH)
         try:
@@ -113,6 +135,16 @@ class Codec:
         if not isinstance(record, dict):
             raise PoisonMessage("undecodable", "body is not a record")
         return writer.short_name, record
+
+
+def _read_compiled(read: Reader, payload: bytes) -> dict[str, Any]:
+    try:
+        record, end = read(payload, HEADER_LENGTH)
+    except Exception as exc:  # any malformed body: an index, a length, UTF-8, a date out of range
+        raise PoisonMessage("undecodable", f"{type(exc).__name__} while reading body") from None
+    if end != len(payload):
+        raise PoisonMessage("undecodable", "trailing bytes after the Avro body")
+    return record
 
 
 @lru_cache(maxsize=1)

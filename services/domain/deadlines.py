@@ -150,6 +150,26 @@ def _applicable(scopes: frozenset[Scope], jurisdiction: str) -> tuple[DeadlineRu
     return found or (RULES[-1],)
 
 
+def deadline_of(
+    requested_at: datetime, scopes: tuple[Scope, ...], jurisdiction: str | None
+) -> tuple[DeadlineRule, datetime]:
+    """``governing_rule_of`` and its due time, computed once per combination of scopes,
+    jurisdiction and day: every rule keeps the time of day (hours, business days and months
+    are added to the date), so the rule that wins at midnight wins all day, and the due time
+    is the midnight one plus the time of day."""
+    midnight = requested_at.replace(hour=0, minute=0, second=0, microsecond=0)
+    rule, due_at_midnight = _deadline_of_day(scopes, jurisdiction, midnight)
+    return rule, due_at_midnight + (requested_at - midnight)
+
+
+@lru_cache(maxsize=4096)
+def _deadline_of_day(
+    scopes: tuple[Scope, ...], jurisdiction: str | None, midnight: datetime
+) -> tuple[DeadlineRule, datetime]:
+    rule = governing_rule_of(midnight, scopes, jurisdiction)
+    return rule, rule.due(midnight)
+
+
 def due_at(requested_at: datetime, scopes: Iterable[Scope], jurisdiction: str | None) -> datetime:
     return governing_rule_of(requested_at, scopes, jurisdiction).due(requested_at)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from functools import lru_cache
 
 import phonenumbers
 
@@ -36,7 +37,9 @@ def check_text(field: str, value: str, max_length: int = MAX_TEXT_FIELD) -> str:
 
 def normalize_email(raw: str) -> str:
     """Trim and lower-case an email address; raise ``PoisonMessage('invalid_email')``."""
-    email = unicodedata.normalize("NFC", raw.strip()).lower()
+    email = raw.strip()
+    # NFC leaves ASCII text as it is: normalize only what may change.
+    email = (email if email.isascii() else unicodedata.normalize("NFC", email)).lower()
     if len(email) > MAX_EMAIL_LENGTH or email.count("@") != 1:
         raise PoisonMessage("invalid_email", "not a single-@ address of at most 254 characters")
     local, _, domain = email.partition("@")
@@ -54,8 +57,11 @@ def normalize_email(raw: str) -> str:
     return email
 
 
+@lru_cache(maxsize=4096)
 def normalize_phone(raw: str, default_region: str = "US") -> str:
-    """Return the E.164 form of a phone number; raise ``PoisonMessage('invalid_phone')``."""
+    """Return the E.164 form of a phone number; raise ``PoisonMessage('invalid_phone')``.
+    Parsing is the most expensive check of a request: a number seen again (a person's
+    repeated requests, a redelivered batch) is parsed once."""
     text = raw.strip()
     if not text or len(text) > 40:
         raise PoisonMessage("invalid_phone", "empty or longer than 40 characters")

@@ -6,6 +6,7 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
 from services.common.clock import to_millis
 from services.common.contract import CONCRETE_SCOPES, Destination, Destinations, Identifier, Scope
@@ -31,6 +32,9 @@ def command_id(event_id: str, destination_id: str) -> str:
 
 
 _NAMESPACE_BYTES = COMMAND_NAMESPACE.bytes
+# The same instants recur in a batch (its issue time; a request's deadline and request time
+# in each of its commands): converted once each.
+_millis = lru_cache(maxsize=4096)(to_millis)
 
 
 @dataclass(frozen=True)
@@ -198,10 +202,10 @@ def command_for(
         if Identifier.PHONE_SHA256 in has
         else None,
         scopes=[s.value for s in request.scopes],
-        issued_at=to_millis(issued_at),
-        deadline=to_millis(request.due_at),
+        issued_at=_millis(issued_at),
+        deadline=_millis(request.due_at),
         action=request.action.value,
-        requested_at=to_millis(request.requested_at),
+        requested_at=_millis(request.requested_at),
         device_id=request.device_id if Identifier.DEVICE_ID in has else None,
     )
     return PlannedCommand(cid, dest.id, record, frozenset(dest.scopes))

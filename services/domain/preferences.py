@@ -31,10 +31,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
 from services.common.contract import CONCRETE_SCOPES, Action, Scope
-from services.domain.identity import sha256_hex
-from services.domain.validation import OptOutRequest, postal_key
+from services.domain.validation import OptOutRequest
 
 Key = tuple[str, Scope]  # (subject, concrete scope)
 
@@ -75,34 +75,28 @@ class Decision:
 
 def subjects_of(request: OptOutRequest) -> tuple[str, ...]:
     """Every subject (pseudonymous identifier) the request names, with those the customer
-    directory added to it, sorted."""
-    found: list[str] = []
-    if request.customer_id:
-        found.append(f"cust:{request.customer_id}")
-    if request.email_sha256:
-        found.append(f"email_sha256:{request.email_sha256}")
-    if request.phone_sha256:
-        found.append(f"phone_sha256:{request.phone_sha256}")
-    address = postal_key(request.postal_address)
-    if address is not None:
-        found.append(f"postal:{sha256_hex(address)}")
-    if request.device_id:
-        found.append(f"device_sha256:{sha256_hex(request.device_id)}")
-    added = request.enrichment  # what the customer directory added (opt-outs only)
-    if added:
-        found.extend(f"cust:{c}" for c in added.customer_ids)
-        found.extend(f"email_sha256:{sha256_hex(e)}" for e in added.emails)
-        found.extend(f"phone_sha256:{sha256_hex(p)}" for p in added.phones)
-        found.extend(f"postal:{sha256_hex(k)}" for a in added.postal_addresses if (k := postal_key(a)))
-    return tuple(sorted(set(found)))
+    directory added to it, sorted (computed once per request: ``OptOutRequest.subjects``)."""
+    return request.subjects
 
 
 def concrete_scopes(scopes: Iterable[Scope]) -> tuple[Scope, ...]:
     """The concrete scopes ``scopes`` stand for (``ALL``: all of them), in contract order."""
+    if isinstance(scopes, tuple):
+        return _concrete_of(scopes)
+    return _concrete(scopes)
+
+
+def _concrete(scopes: Iterable[Scope]) -> tuple[Scope, ...]:
     wanted = set(scopes)
     if Scope.ALL in wanted:
         return CONCRETE_SCOPES
     return tuple(s for s in CONCRETE_SCOPES if s in wanted)
+
+
+@lru_cache(maxsize=256)
+def _concrete_of(scopes: tuple[Scope, ...]) -> tuple[Scope, ...]:
+    """A request's scopes are a sorted tuple: few combinations exist."""
+    return _concrete(scopes)
 
 
 def entry_of(request: OptOutRequest) -> StateEntry:
@@ -156,16 +150,22 @@ def apply(state: dict[Key, StateEntry], decision: Decision) -> None:
 def newest_per_key(requests: Iterable[OptOutRequest]) -> dict[Key, StateEntry]:
     """The winner of each (subject, scope) among ``requests`` alone: the state they lead to
     from nothing, whatever their order (what intake writes for one chunk, guarded by
-    ``wins`` against the stored state)."""
+    ``wins`` against the stored state). The same as applying ``proposed`` changes with
+    ``wins``, without building them (intake calls this for every chunk)."""
     state: dict[Key, StateEntry] = {}
     for request in requests:
-        for change in proposed(request):
-            key = (change.subject, change.scope)
-            if wins(change.entry, state.get(key)):
-                state[key] = change.entry
+        entry = entry_of(request)
+        rank = entry.rank
+        scopes = concrete_scopes(request.scopes)
+        for subject in subjects_of(request):
+            for scope in scopes:
+                key = (subject, scope)
+                current = state.get(key)
+                if current is None or rank > current.rank:
+                    state[key] = entry
     return state
 
 
 def serves(destination_scopes: Iterable[Scope], effective: Iterable[Scope]) -> bool:
     """Does a destination serving ``destination_scopes`` get a command for ``effective``?"""
-    return bool(set(destination_scopes) & set(effective))
+    return not frozenset(destination_scopes).isdisjoint(effective)

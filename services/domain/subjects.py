@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from functools import lru_cache
 
 from services.common.clock import to_millis
 from services.common.contract import CONCRETE_SCOPES, Scope
@@ -125,6 +126,9 @@ class Answer:
 
 
 _ORDER = {s.value: i for i, s in enumerate(CONCRETE_SCOPES)}
+# A request that wins a subject wins it for each of its scopes, and a chunk's states share
+# one ``updated_at``: the same instants recur, converted once each.
+_millis = lru_cache(maxsize=4096)(to_millis)
 
 
 def _rank(state: ScopeState) -> tuple[int, str]:
@@ -167,13 +171,13 @@ def state_record(subject: str, states: Iterable[ScopeState], now: datetime) -> S
             ScopeStateRecord(
                 scope=s.scope,
                 suppressed=s.suppressed,
-                since=to_millis(s.since),
+                since=_millis(s.since),
                 request_id=s.request_id,
                 action=s.action,
             )
             for s in listed
         ],
-        updated_at=to_millis(now),
+        updated_at=_millis(now),
     )
 
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from services.common.avro import Codec
 from services.common.contract import Action, Scope, Source
 from services.common.errors import PoisonMessage
 from services.common.records import PostalAddressRecord, decode_opt_out_requested
-from services.domain.deadlines import governing_rule_of
+from services.domain.deadlines import deadline_of
 from services.domain.identity import (
     check_text,
     normalize_email,
@@ -54,6 +55,36 @@ class OptOutRequest:
     # What the customer directory added (intake, services/domain/enrichment.py); not part of
     # the request's content (content_sha256).
     enrichment: Enrichment | None = None
+
+    # Derived once, when the request is made (intake asks for them several times per chunk).
+    # SHA-256 of the normalized address key:
+    postal_sha256: str | None = field(init=False, repr=False, compare=False)
+    # Every subject (pseudonymous identifier) the request names, with those the customer
+    # directory added to it, sorted (``services.domain.preferences.subjects_of``):
+    subjects: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        key = postal_key(self.postal_address)
+        postal = sha256_hex(key) if key is not None else None
+        found: list[str] = []
+        if self.customer_id:
+            found.append(f"cust:{self.customer_id}")
+        if self.email_sha256:
+            found.append(f"email_sha256:{self.email_sha256}")
+        if self.phone_sha256:
+            found.append(f"phone_sha256:{self.phone_sha256}")
+        if postal is not None:
+            found.append(f"postal:{postal}")
+        if self.device_id:
+            found.append(f"device_sha256:{sha256_hex(self.device_id)}")
+        added = self.enrichment  # what the customer directory added (opt-outs only)
+        if added:
+            found.extend(f"cust:{c}" for c in added.customer_ids)
+            found.extend(f"email_sha256:{sha256_hex(e)}" for e in added.emails)
+            found.extend(f"phone_sha256:{sha256_hex(p)}" for p in added.phones)
+            found.extend(f"postal:{sha256_hex(k)}" for a in added.postal_addresses if (k := postal_key(a)))
+        object.__setattr__(self, "postal_sha256", postal)
+        object.__setattr__(self, "subjects", tuple(sorted(set(found))))
 
 
 def _optional_text(record: Mapping[str, Any], field: str, max_length: int = 512) -> str | None:
@@ -117,12 +148,12 @@ def validate_request(
         raise PoisonMessage(
             "no_identifier", "customer_id, email, phone, postal_address and device_id are empty"
         )
-    action = Action(record.get("action") or Action.OPT_OUT)
+    action = _ACTIONS.get(record.get("action") or "") or Action(record.get("action") or Action.OPT_OUT)
 
-    scopes = tuple(sorted({Scope(s) for s in record.get("scopes") or []}))
+    scopes = _scopes_of(tuple(record.get("scopes") or ()))
     if not scopes:
         raise PoisonMessage("empty_scopes", "scopes is empty")
-    source = Source(record.get("source") or Source.OTHER)
+    source = _SOURCES.get(record.get("source") or "") or Source(record.get("source") or Source.OTHER)
     jurisdiction = _optional_text(record, "jurisdiction", 20)
     jurisdiction = jurisdiction.upper() if jurisdiction else None
 
@@ -132,7 +163,7 @@ def validate_request(
     if requested_at > now + clock_skew:
         raise PoisonMessage("requested_at_in_future", f"requested_at is more than {clock_skew} after now")
 
-    rule = governing_rule_of(requested_at, scopes, jurisdiction)
+    rule, due = deadline_of(requested_at, scopes, jurisdiction)
     # The substance of the request, in a fixed order (the address dict is built above in a
     # fixed key order), so that the same content always hashes the same.
     # Version-1 content (an opt-out without a device id) hashes as it always did, so a
@@ -160,13 +191,23 @@ def validate_request(
         source=source,
         jurisdiction=jurisdiction,
         requested_at=requested_at,
-        due_at=rule.due(requested_at),
+        due_at=due,
         deadline_rule=rule.name,
         subject_key=subject_key(customer_id, email, phone, postal_key(address), device_id),
         content_sha256=hashlib.sha256(content.encode("utf-8")).hexdigest(),
         action=action,
         device_id=device_id,
     )
+
+
+_ACTIONS = {a.value: a for a in Action}
+_SOURCES = {s.value: s for s in Source}
+
+
+@lru_cache(maxsize=1024)
+def _scopes_of(raw: tuple[Any, ...]) -> tuple[Scope, ...]:
+    """The distinct scopes, sorted (few combinations exist: computed once each)."""
+    return tuple(sorted({Scope(s) for s in raw}))
 
 
 def _device_id(record: Mapping[str, Any]) -> str | None:

@@ -109,6 +109,8 @@ class IntakeStep:
             max_workers=settings.intake_database_connections, thread_name_prefix="intake-db"
         )
         self._skew = timedelta(seconds=settings.clock_skew_seconds)
+        self._destinations = settings.destinations  # a private attribute: slow to reach per event
+        self._region = settings.default_phone_region
         self._topic = settings.requests_topic
         self._states_topic = settings.suppressions_topic
         for d in ("processed", "duplicate", "dead_lettered"):
@@ -161,22 +163,16 @@ class IntakeStep:
         plan; dedupe within the batch."""
         prepared = _Prepared()
         decoded: list[tuple[Message, OptOutRequest]] = []
+        codec, skew, region, destinations = self.codec, self._skew, self._region, self._destinations
         for message in messages:
             try:
-                decoded.append(
-                    (
-                        message,
-                        decode_request(
-                            self.codec, message.value(), now, self._skew, self.settings.default_phone_region
-                        ),
-                    )
-                )
+                decoded.append((message, decode_request(codec, message.value(), now, skew, region)))
             except PoisonMessage as poison:
                 prepared.dead.append((message, poison))
         enriched = self._directory.enrich([request for _, request in decoded])
         for (message, _), request in zip(decoded, enriched, strict=True):
             try:
-                item = _Accepted(message, request, plan_commands(request, now, self.settings.destinations))
+                item = _Accepted(message, request, plan_commands(request, now, destinations))
             except PoisonMessage as poison:
                 prepared.dead.append((message, poison))
                 continue

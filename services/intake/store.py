@@ -41,9 +41,10 @@ from services.domain.preferences import (
 from services.domain.subjects import ScopeState
 from services.domain.validation import OptOutRequest
 from services.intake.enrich import enrichment_columns
-from services.suppression.entries import Entry, Kind, entries_of, postal_sha256, seal
+from services.suppression.entries import Entry, Kind, entries_of, seal
 
 _SCOPE_VALUES = frozenset(s.value for s in Scope)
+_SCOPES = {s.value: s for s in Scope}
 # Which subject prefix a suppression-list kind's hash goes with (the same SHA-256).
 _SUBJECT_PREFIX = {
     Kind.EMAIL.value: "email_sha256:",
@@ -279,7 +280,7 @@ def record_batch(
                 [json.dumps(r.postal_address) if r.postal_address else None for r in candidates],
                 [r.email_sha256 for r in candidates],
                 [r.phone_sha256 for r in candidates],
-                [postal_sha256(r.postal_address) for r in candidates],
+                [r.postal_sha256 for r in candidates],
                 [",".join(r.scopes) for r in candidates],
                 [r.source.value for r in candidates],
                 [r.jurisdiction for r in candidates],
@@ -422,12 +423,19 @@ def _decide(
             [e.action.value for e in entries],
         ),
     )
-    won = {(subject, Scope(scope)) for subject, scope in cur.fetchall()}
+    if cur.rowcount == len(keys):  # the usual case: the chunk won every row it proposed
+        won = keys
+        lost: list[Key] = []
+    else:
+        # Rows come back as (text, text); a Scope is a StrEnum, equal to its value and hashed
+        # alike, so the keys are looked up as they are (no enum per row).
+        returned = set(cur.fetchall())
+        won = [k for k in keys if k in returned]
+        lost = [k for k in keys if k not in returned]
     after: dict[Key, bool] = {k: chunk_winners[k].suppressed for k in won}
-    lost = [k for k in keys if k not in won]
     if lost:
         cur.execute(_STATE_OF, ([k[0] for k in lost], [k[1].value for k in lost]))
-        after.update({(subject, Scope(scope)): bool(v) for subject, scope, v in cur.fetchall()})
+        after.update({(subject, _SCOPES[scope]): bool(v) for subject, scope, v in cur.fetchall()})
     return {r.event_id: effective_scopes(r, after) for r in candidates}, {k[0] for k in won}
 
 

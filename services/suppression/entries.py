@@ -71,7 +71,14 @@ def postal_sha256(address: Mapping[str, Any] | None) -> str | None:
 def entries_of(request: OptOutRequest) -> list[Entry]:
     """The identifiers of ``request`` the suppression list keeps (none for a customer id
     alone: it is not a contact detail and stays on the request)."""
-    found = identifier_entries(request.email, request.phone, request.postal_address)
+    # The request's own identifiers with the hashes validation already computed.
+    found: list[Entry] = []
+    if request.email:
+        found.append(Entry(Kind.EMAIL, request.email_sha256 or sha256_hex(request.email), request.email))
+    if request.phone:
+        found.append(Entry(Kind.PHONE, request.phone_sha256 or sha256_hex(request.phone), request.phone))
+    if request.postal_address is not None and request.postal_sha256 is not None:
+        found.append(Entry(Kind.POSTAL, request.postal_sha256, _postal_value(request.postal_address)))
     added = request.enrichment  # what the customer directory added (services/intake/enrich.py)
     if added:
         for email in added.emails:
@@ -94,9 +101,12 @@ def identifier_entries(
         found.append(Entry(Kind.PHONE, sha256_hex(phone), phone))
     digest = postal_sha256(postal_address)
     if postal_address is not None and digest is not None:
-        value = json.dumps(postal_address, separators=(",", ":"), ensure_ascii=False)
-        found.append(Entry(Kind.POSTAL, digest, value))
+        found.append(Entry(Kind.POSTAL, digest, _postal_value(postal_address)))
     return found
+
+
+def _postal_value(postal_address: Mapping[str, Any]) -> str:
+    return json.dumps(postal_address, separators=(",", ":"), ensure_ascii=False)
 
 
 def seal(ring: KeyRing, entry: Entry) -> str:
