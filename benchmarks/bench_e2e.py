@@ -552,11 +552,11 @@ def slices_line(result: PhaseResult) -> str:
     )
 
 
-def timeouts_line(timeouts: dict[str, int], batch_size: int) -> str:
+def timeouts_line(timeouts: dict[str, int], batch_size: int, linger_ms: int) -> str:
     return (
         "OPTOUT_BATCH_TIMEOUT_MS: "
         + "  ".join(f"{role}={ms} ms" for role, ms in timeouts.items())
-        + f"  (OPTOUT_BATCH_SIZE={batch_size})"
+        + f"  (OPTOUT_BATCH_SIZE={batch_size}, OPTOUT_BATCH_LINGER_MS={linger_ms})"
     )
 
 
@@ -596,6 +596,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=Settings.model_fields["batch_timeout_ms"].default,
         help="OPTOUT_BATCH_TIMEOUT_MS of every service (default: the settings' default)",
     )
+    parser.add_argument(
+        "--batch-linger-ms",
+        type=int,
+        default=Settings.model_fields["batch_linger_ms"].default,
+        help="OPTOUT_BATCH_LINGER_MS of every service (default: the settings' default)",
+    )
     parser.add_argument("--intake-timeout-ms", type=int, help="override for intake")
     parser.add_argument("--confirmer-timeout-ms", type=int, help="override for the confirmer")
     parser.add_argument("--connector-timeout-ms", type=int, help="override for the connectors")
@@ -634,6 +640,7 @@ class Bench:
             batch_size=args.batch_size,
             log_level=args.log_level,
         )
+        self.env["OPTOUT_BATCH_LINGER_MS"] = str(args.batch_linger_ms)
         self.settings = settings_for(self.env)
         self.infra = Infra.find(stack.superuser_database_url or "", self.db_name)
         note(f"broker pids {self.infra.brokers}, postmaster pid {self.infra.postmaster}")
@@ -651,10 +658,8 @@ class Bench:
         return self.seed
 
     def fleet(self, name: str, timeouts: dict[str, int]) -> Pipeline:
-        note(
-            f"starting the pipeline ({name}): {timeouts_line(timeouts, self.args.batch_size)}; logs in "
-            f"{self.work_dir / name}"
-        )
+        line = timeouts_line(timeouts, self.args.batch_size, self.args.batch_linger_ms)
+        note(f"starting the pipeline ({name}): {line}; logs in {self.work_dir / name}")
         pipeline = Pipeline.start(self.env, self.work_dir / name, timeouts)
         warm_up(self.settings, self.codec, self.reader, pipeline, self.next_seed())
         return pipeline
@@ -701,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
             pipeline = bench.fleet(f"sweep-{ms}ms", timeouts)
             sweep_rows.append(
                 (
-                    timeouts_line(timeouts, args.batch_size),
+                    timeouts_line(timeouts, args.batch_size, args.batch_linger_ms),
                     bench.phase(pipeline, f"timeout {ms} ms", args.rate, args.sweep_seconds),
                 )
             )
@@ -747,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
     lines += [
         f"phase 1: steady {args.rate:,.0f}/s for {args.seconds:.0f} s  "
-        f"[{timeouts_line(timeouts, args.batch_size)}]",
+        f"[{timeouts_line(timeouts, args.batch_size, args.batch_linger_ms)}]",
         *phase_table([steady]),
         steady_cpu,
         *phase_costs(steady),

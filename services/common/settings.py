@@ -119,7 +119,29 @@ class Settings(BaseSettings):
 
     # --- Processing ------------------------------------------------------------
     batch_size: int = Field(5000, ge=1, le=100_000, description="Messages consumed per batch.")
-    batch_timeout_ms: int = Field(100, ge=1, description="Longest wait to fill a batch.")
+    batch_timeout_ms: int = Field(
+        100,
+        ge=1,
+        description="Longest wait for the first message of a batch; an idle service does its "
+        "periodic work (the confirmer's sweep, a connector's settle) this often.",
+    )
+    batch_linger_ms: int = Field(
+        0,
+        ge=0,
+        le=10_000,
+        description="Once a batch's first message is in, wait at most this long for more (up to "
+        "OPTOUT_BATCH_SIZE); 0 takes what is fetched already. Higher: fewer, larger batches "
+        "(less CPU per message), each message waiting up to this long more per service.",
+    )
+    commit_interval_ms: int = Field(
+        1000,
+        ge=0,
+        le=60_000,
+        description="How often consumed offsets are committed. A batch's offsets are stored only "
+        "once its work is durable; committed every this many ms, on a rebalance and on stop (a "
+        "crash re-processes at most this long's messages, idempotently). 0: a synchronous "
+        "commit after every batch (one more broker round trip per batch).",
+    )
     max_poll_interval_ms: int = Field(
         300_000, ge=10_000, description="librdkafka max.poll.interval.ms; /healthz fails before it."
     )
