@@ -490,7 +490,9 @@ def run_backlog(args: argparse.Namespace) -> int:
         f"({done:,} confirmed in {elapsed:.0f} s, {done / elapsed if elapsed else 0:,.0f}/s); resident "
         f"size (MiB) of each process every {args.every:,} confirmed requests"
     )
-    print(f"{'confirmed':>10} {'s':>6} " + " ".join(f"{n[-14:]:>14}" for n in names))
+    print(
+        f"{'confirmed':>10} {'s':>6} " + " ".join(f"{n.removeprefix('connector ')[:14]:>14}" for n in names)
+    )
     print(f"{'idle':>10} {'':>6} " + " ".join(f"{idle.get(n, 0) / 2**20:>14.0f}" for n in names))
     for c in checkpoints:
         print(
@@ -500,13 +502,18 @@ def run_backlog(args: argparse.Namespace) -> int:
     verdicts = growth_verdicts(checkpoints, args.max_growth)
     print(
         f"largest RSS after the first checkpoint / RSS at the first (limit {1 + args.max_growth:.2f}): "
-        + ", ".join(f"{n} {r:.2f} {'PASS' if ok else 'FAIL'}" for n, (r, ok) in verdicts.items())
+        + ", ".join(
+            f"{n} {r:.2f} " + ("(a stand-in: not judged)" if n == "standins" else "PASS" if ok else "FAIL")
+            for n, (r, ok) in verdicts.items()
+        )
     )
     print(
         f"({os.cpu_count()} cores shared with the broker, the database and other users; load average "
         f"before {load_start}, after {load_end}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})"
     )
-    passed = bool(verdicts) and done >= args.backlog and all(ok for _, ok in verdicts.values())
+    # The stand-ins are test doubles that keep every body they were sent (for the tests): not judged.
+    judged = {n: v for n, v in verdicts.items() if n != "standins"}
+    passed = bool(judged) and done >= args.backlog and all(ok for _, ok in judged.values())
     print(
         f"bench-memory: backlog={args.backlog:,} confirmed={done:,} "
         f"memory_flat(<= +{args.max_growth:.0%})={'PASS' if passed else 'FAIL'}"
