@@ -74,6 +74,15 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="More librdkafka settings as a JSON object, passed through to every client.",
     )
+    kafka_consumer_queue_kbytes: int = Field(
+        8192,
+        ge=1,
+        le=2_097_151,
+        description="Most KiB of messages a consumer fetches ahead of what it has processed "
+        "(librdkafka queued.max.messages.kbytes; its default, 64 MiB, fills up only behind a "
+        "backlog and makes resident memory grow with it). A batch of OPTOUT_BATCH_SIZE "
+        "messages needs about a tenth of the default.",
+    )
     topic_prefix: str = Field("", description="Prepended to every topic name (isolation).")
     destinations_file: Path | None = Field(
         None,

@@ -353,3 +353,12 @@ def test_offsets_are_stored_for_librdkafka_to_commit_on_its_interval() -> None:
     h.run()
     assert h.consumer.config["enable.auto.offset.store"] is False
     assert h.committed() == {1: 2}
+
+
+def test_a_consumer_fetches_ahead_at_most_the_configured_queue() -> None:
+    """Behind a backlog librdkafka's default prefetch (64 MiB) grows resident memory."""
+    from services.common.kafka import consumer_config
+
+    assert consumer_config(Settings(), "g")["queued.max.messages.kbytes"] == 8192
+    smaller = Settings(kafka_consumer_queue_kbytes=1024)
+    assert consumer_config(smaller, "g")["queued.max.messages.kbytes"] == 1024
