@@ -28,7 +28,7 @@ endif
 
 .PHONY: help install up down run test test-unit test-integration test-faults check fmt \
         bench-intake bench-e2e bench-web bench-suppression bench-connectors bench-resources \
-        bench-pk-read bench-lookup bench-scrub bench-replay bench-intake-scale k8s-render clean
+        bench-memory bench-pk-read bench-lookup bench-scrub bench-replay bench-intake-scale k8s-render clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -126,6 +126,13 @@ bench-connectors: install ## commands/s of each connector kind vs its stand-in's
 bench-resources: install ## memory and CPU of every service process under load (the k8s resource figures)
 	$(PY) -m services.devstack up
 	$(WITH_STACK) $(PY) -m benchmarks.bench_resources
+
+# `make bench-memory BACKLOG=200000 EVERY=20000`: a smaller run (default 1,000,000 / 100,000).
+BACKLOG ?= 1000000
+EVERY ?= 100000
+bench-memory: install ## resident size of every service through a backlog of 1,000,000 opt-outs: flat within 20%?
+	$(PY) -m services.devstack up
+	$(WITH_STACK) $(PY) -m benchmarks.bench_resources --backlog $(BACKLOG) --every $(EVERY)
 
 bench-pk-read: install ## primary-key reads/s of the suppression list (stand-in for bench-lookup)
 	$(PY) -m services.devstack up

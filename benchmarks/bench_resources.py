@@ -3,6 +3,8 @@ behind the Kubernetes resource requests and limits (deploy/k8s, docs/capacity.md
 
     .venv/bin/python -m benchmarks.bench_resources [--rate 1000] [--seconds 30]
         [--web-rate 50] [--idle-seconds 10] [--all-kinds]
+    .venv/bin/python -m benchmarks.bench_resources --backlog 1000000 [--every 100000]
+        [--max-growth 0.2]                                    (``make bench-memory``)
 
 Starts every service of ``optout run all`` as its own OS process (``optout run standins``,
 ``intake``, ``confirmer``, ``connector NAME`` for each destination of the shipped
@@ -23,6 +25,13 @@ database's rows and bytes per request by table and the topics' bytes per message
 storage figures of docs/capacity.md). The machine
 (2 cores here) is shared with the broker, the database and other users: the load average
 is printed with the figures.
+
+``--backlog N`` measures instead whether memory stays flat through a long backlog: N
+opt-outs are produced to ``optout.requests`` before the pipeline's processes (stand-ins,
+intake, confirmer, the connectors) start; then, every ``--every`` confirmed requests, the
+resident size of each process is printed. A process passes when none of its later figures
+exceeds its first (after the first ``--every`` requests: warmed up, every service busy) by
+more than ``--max-growth`` (20%). The last line says PASS or FAIL per process and overall.
 """
 
 from __future__ import annotations
@@ -58,6 +67,7 @@ from benchmarks.common import (
     load_average,
     note,
     open_env,
+    preload,
     setup_logging,
     start_stack,
 )
@@ -398,6 +408,119 @@ def confirmed(dsn: str) -> int:
     return int(row[0]) if row else 0
 
 
+# --- memory through a long backlog (--backlog) ----------------------------------------------------
+@dataclass(frozen=True)
+class Checkpoint:
+    confirmed: int
+    seconds: float  # since the pipeline started
+    rss: dict[str, int]  # process -> bytes
+
+
+def growth_verdicts(checkpoints: Sequence[Checkpoint], max_growth: float) -> dict[str, tuple[float, bool]]:
+    """Per process: its largest RSS after the first checkpoint relative to the first, and
+    whether that stays within ``max_growth`` (0.2: 20% above where it started)."""
+    if not checkpoints:
+        return {}
+    first = checkpoints[0].rss
+    verdicts: dict[str, tuple[float, bool]] = {}
+    for name, start_rss in first.items():
+        later = [c.rss.get(name, 0) for c in checkpoints[1:]] or [start_rss]
+        ratio = max(later) / start_rss if start_rss else 0.0
+        verdicts[name] = (ratio, ratio <= 1 + max_growth)
+    return verdicts
+
+
+def run_backlog(args: argparse.Namespace) -> int:
+    """The ``--backlog`` mode (see the module docstring)."""
+    load_start = load_average()
+    stack = start_stack()
+    work = Path(tempfile.mkdtemp(prefix="bench-memory-"))
+    env = open_env(stack, "mem", partitions=6)
+    environ = service_env(env, work, free_port())
+    services = [
+        Service("standins", ["standins"], free_port()),
+        Service("intake", ["intake"], free_port()),
+        Service("confirmer", ["confirmer"], free_port()),
+        *(Service(f"connector {n}", ["connector", n], free_port()) for n in load_destinations().names),
+    ]
+    checkpoints: list[Checkpoint] = []
+    idle: dict[str, int] = {}
+    done = 0
+    try:
+        note(f"producing a backlog of {args.backlog:,} opt-outs")
+        loaded = preload(env.settings, args.backlog, seed=int(time.time()))
+        note(f"backlog produced in {loaded.seconds:.0f} s; starting the pipeline (logs in {work})")
+        for service in services:
+            start(service, environ, work)
+        wait_ready(services)
+        for service in services:
+            assert service.proc is not None
+            idle[service.name] = rss_bytes(service.proc.pid)
+        started = time.monotonic()
+        deadline = started + args.backlog / 100 + DRAIN_TIMEOUT  # at least 100 confirmed/s
+        next_mark = args.every
+        last_progress = 0.0
+        while done < args.backlog and time.monotonic() < deadline:
+            time.sleep(2.0)
+            for service in services:
+                assert service.proc is not None
+                if service.proc.poll() is not None:
+                    raise SystemExit(f"{service.name} exited with {service.proc.returncode}; see {work}")
+            done = confirmed(env.dsn())
+            while done >= next_mark:
+                rss = {s.name: rss_bytes(s.proc.pid) for s in services if s.proc is not None}
+                checkpoints.append(Checkpoint(next_mark, time.monotonic() - started, rss))
+                note(
+                    f"{next_mark:,} confirmed at {time.monotonic() - started:.0f} s: "
+                    + ", ".join(f"{n} {b / 2**20:.0f}Mi" for n, b in rss.items())
+                )
+                next_mark += args.every
+            if time.monotonic() - last_progress > 30:
+                note(f"{done:,}/{args.backlog:,} confirmed")
+                last_progress = time.monotonic()
+        elapsed = time.monotonic() - started
+    finally:
+        stop(services)
+        close_env(env)
+        shutil.rmtree(work, ignore_errors=True)
+    load_end = load_average()
+    names = [s.name for s in services]
+    print(
+        f"\nbench-memory: a backlog of {args.backlog:,} opt-outs through the pipeline "
+        f"({done:,} confirmed in {elapsed:.0f} s, {done / elapsed if elapsed else 0:,.0f}/s); resident "
+        f"size (MiB) of each process every {args.every:,} confirmed requests"
+    )
+    print(
+        f"{'confirmed':>10} {'s':>6} " + " ".join(f"{n.removeprefix('connector ')[:14]:>14}" for n in names)
+    )
+    print(f"{'idle':>10} {'':>6} " + " ".join(f"{idle.get(n, 0) / 2**20:>14.0f}" for n in names))
+    for c in checkpoints:
+        print(
+            f"{c.confirmed:>10,} {c.seconds:>6.0f} "
+            + " ".join(f"{c.rss.get(n, 0) / 2**20:>14.0f}" for n in names)
+        )
+    verdicts = growth_verdicts(checkpoints, args.max_growth)
+    print(
+        f"largest RSS after the first checkpoint / RSS at the first (limit {1 + args.max_growth:.2f}): "
+        + ", ".join(
+            f"{n} {r:.2f} " + ("(a stand-in: not judged)" if n == "standins" else "PASS" if ok else "FAIL")
+            for n, (r, ok) in verdicts.items()
+        )
+    )
+    print(
+        f"({os.cpu_count()} cores shared with the broker, the database and other users; load average "
+        f"before {load_start}, after {load_end}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})"
+    )
+    # The stand-ins are test doubles that keep every body they were sent (for the tests): not judged.
+    judged = {n: v for n, v in verdicts.items() if n != "standins"}
+    passed = bool(judged) and done >= args.backlog and all(ok for _, ok in judged.values())
+    print(
+        f"bench-memory: backlog={args.backlog:,} confirmed={done:,} "
+        f"memory_flat(<= +{args.max_growth:.0%})={'PASS' if passed else 'FAIL'}"
+    )
+    return 0 if passed else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--rate", type=int, default=1000, help="opt-outs published a second")
@@ -410,8 +533,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the connectors of deploy/destinations.all-kinds.toml (every real kind against the "
         "stand-ins, the SFTP mail house on the stack's sshd) instead of the shipped file's",
     )
+    parser.add_argument(
+        "--backlog", type=int, default=0, help="memory through a backlog of this many opt-outs instead"
+    )
+    parser.add_argument("--every", type=int, default=100_000, help="--backlog: print RSS every N confirmed")
+    parser.add_argument(
+        "--max-growth", type=float, default=0.2, help="--backlog: allowed RSS growth over the first figure"
+    )
     args = parser.parse_args(argv)
     setup_logging()
+    if args.backlog:
+        return run_backlog(args)
     if os.environ.get("OPTOUT_DESTINATIONS_FILE"):
         raise SystemExit("unset OPTOUT_DESTINATIONS_FILE (--all-kinds chooses the other file)")
     load_start = load_average()

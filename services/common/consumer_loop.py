@@ -6,8 +6,10 @@ A service provides a *step* with a tiny interface::
     poll()            # serve callbacks and periodic work between batches
     close()
 
-The loop does the rest: consume a batch, hand it to the step, commit offsets only
-after ``submit`` returned, retry ``RetriableError`` with exponential backoff and
+The loop does the rest: consume a batch, hand it to the step, store offsets only
+after ``submit`` returned (librdkafka commits the stored offsets every
+OPTOUT_COMMIT_INTERVAL_MS, on a revocation and on close; 0: a synchronous commit after
+every batch), retry ``RetriableError`` with exponential backoff and
 jitter (tenacity; never sooner than the error's ``retry_after``, e.g. a provider's
 Retry-After) while keeping the consumer in its group with its partitions paused, handle
 cooperative rebalances and stop cleanly on SIGTERM after the current batch. This is the
@@ -141,6 +143,21 @@ class Backoff:
         )
 
 
+def commit_config(settings: Settings) -> dict[str, Any]:
+    """Consumer settings of the loop's commit cadence: with OPTOUT_COMMIT_INTERVAL_MS, the
+    loop stores a batch's offsets once its work is durable and librdkafka commits what is
+    stored every interval, on a revocation and on close (a crash redelivers at most an
+    interval's batches, which every step processes idempotently); 0: none (the loop commits
+    synchronously after each batch)."""
+    if not settings.commit_interval_ms:
+        return {}
+    return {
+        "enable.auto.commit": True,
+        "enable.auto.offset.store": False,
+        "auto.commit.interval.ms": settings.commit_interval_ms,
+    }
+
+
 class ConsumerLoop:
     def __init__(
         self,
@@ -188,9 +205,10 @@ class ConsumerLoop:
         self._assignment_changed = True
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Batches are committed synchronously before the next consume(), so nothing of a
-        # revoked partition is pending here unless we are retrying a batch: then the batch
-        # is finished by its retry and the new owner re-processes (idempotently).
+        # A batch's offsets are stored (or committed) before the next consume(), and
+        # librdkafka commits the stored offsets of revoked partitions, so nothing of a revoked
+        # partition is pending here unless we are retrying a batch: then the batch is
+        # finished by its retry and the new owner re-processes (idempotently).
         self._revoked_during_batch = True
         metrics.REBALANCES.labels(self.service, "revoked").inc()
         metrics.ASSIGNED_PARTITIONS.labels(self.service).set(
@@ -213,17 +231,17 @@ class ConsumerLoop:
             self.observer.stopped()
 
     def _run(self) -> None:
-        overrides = {**self.observer.consumer_config(), **self._overrides}
+        overrides = {**commit_config(self.settings), **self.observer.consumer_config(), **self._overrides}
         consumer = self._make_consumer(self.settings, self.group_id, **overrides)
         self.consumer = consumer
         consumer.subscribe(
             self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
         log.info("consuming", topics=self.topics, group=self.group_id)
-        timeout = self.settings.batch_timeout_ms / 1000
         try:
             while not self.stop.is_set():
-                messages = consumer.consume(self.settings.batch_size, timeout)
+                self._revoked_during_batch = False
+                messages = self._next_batch(consumer)
                 if self._assignment_changed:
                     self._assignment_changed = False
                     consumer.resume(consumer.assignment())
@@ -240,6 +258,20 @@ class ConsumerLoop:
                 consumer.close()
                 self.consumer = None
 
+    def _next_batch(self, consumer: Consumer) -> list[Message]:
+        """Wait up to OPTOUT_BATCH_TIMEOUT_MS for a first message, then take what else comes
+        within OPTOUT_BATCH_LINGER_MS (0: what is fetched already), up to OPTOUT_BATCH_SIZE.
+
+        A batch starts as soon as a message is there: ``consume(n, timeout)`` alone would
+        wait the whole timeout whenever fewer than ``n`` messages come, which at a steady
+        rate adds the timeout to every hop of the pipeline. Under load batches grow by
+        themselves: what arrives while a batch is processed is the next batch."""
+        size = self.settings.batch_size
+        first = consumer.consume(1, self.settings.batch_timeout_ms / 1000)
+        if not first or size == 1:
+            return first
+        return first + consumer.consume(size - 1, self.settings.batch_linger_ms / 1000)
+
     def _usable(self, message: Message) -> bool:
         err = message.error()
         if err is None:
@@ -253,7 +285,6 @@ class ConsumerLoop:
 
     def _process(self, consumer: Consumer, batch: list[Message]) -> None:
         started = time.monotonic()
-        self._revoked_during_batch = False
         idled = False
         for m in batch:
             log.debug("message received", topic=m.topic(), partition=m.partition(), offset=m.offset())
@@ -344,7 +375,10 @@ class ConsumerLoop:
         if not offsets:
             return
         try:
-            consumer.commit(offsets=offsets, asynchronous=False)
+            if self.settings.commit_interval_ms:
+                consumer.store_offsets(offsets=offsets)
+            else:
+                consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             # The work is durable and idempotent: a failed commit means redelivery, not loss.
             log.warning("offset commit failed; batch will be redelivered", error=str(exc))

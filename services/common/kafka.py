@@ -85,6 +85,7 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 1_000,
         "fetch.wait.max.ms": 50,
+        "queued.max.messages.kbytes": settings.kafka_consumer_queue_kbytes,
         "error_cb": _error_cb,
         "logger": NATIVE_LOG,
     }

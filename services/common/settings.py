@@ -75,6 +75,15 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="More librdkafka settings as a JSON object, passed through to every client.",
     )
+    kafka_consumer_queue_kbytes: int = Field(
+        8192,
+        ge=1,
+        le=2_097_151,
+        description="Most KiB of messages a consumer fetches ahead of what it has processed "
+        "(librdkafka queued.max.messages.kbytes; its default, 64 MiB, fills up only behind a "
+        "backlog and makes resident memory grow with it). A batch of OPTOUT_BATCH_SIZE "
+        "messages needs about a tenth of the default.",
+    )
     topic_prefix: str = Field("", description="Prepended to every topic name (isolation).")
     destinations_file: Path | None = Field(
         None,
@@ -120,7 +129,29 @@ class Settings(BaseSettings):
 
     # --- Processing ------------------------------------------------------------
     batch_size: int = Field(5000, ge=1, le=100_000, description="Messages consumed per batch.")
-    batch_timeout_ms: int = Field(100, ge=1, description="Longest wait to fill a batch.")
+    batch_timeout_ms: int = Field(
+        100,
+        ge=1,
+        description="Longest wait for the first message of a batch; an idle service does its "
+        "periodic work (the confirmer's sweep, a connector's settle) this often.",
+    )
+    batch_linger_ms: int = Field(
+        50,
+        ge=0,
+        le=10_000,
+        description="Once a batch's first message is in, wait at most this long for more (up to "
+        "OPTOUT_BATCH_SIZE); 0 takes what is fetched already. Higher: fewer, larger batches "
+        "(less CPU per message), each message waiting up to this long more per service.",
+    )
+    commit_interval_ms: int = Field(
+        1000,
+        ge=0,
+        le=60_000,
+        description="How often consumed offsets are committed. A batch's offsets are stored only "
+        "once its work is durable; committed every this many ms, on a rebalance and on stop (a "
+        "crash re-processes at most this long's messages, idempotently). 0: a synchronous "
+        "commit after every batch (one more broker round trip per batch).",
+    )
     max_poll_interval_ms: int = Field(
         300_000, ge=10_000, description="librdkafka max.poll.interval.ms; /healthz fails before it."
     )

@@ -109,6 +109,7 @@ class FakeConsumer:
         self.commits: list[list[tuple[str, int, int]]] = []
         self.polls = 0
         self.consumes = 0
+        self.consume_calls: list[tuple[int, float]] = []  # (num_messages, timeout) of each consume
         self.closed = False
         self.config: dict[str, Any] = {}
         self.on_poll: Callable[[FakeConsumer], None] | None = None  # test hook, once per poll
@@ -163,8 +164,14 @@ class FakeConsumer:
             self.broker.committed[(self.group, key)] = tp.offset
         self.commits.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
 
+    def store_offsets(self, offsets: list[TopicPartition] | None = None) -> None:
+        """Stored offsets are committed at once here (librdkafka: every auto.commit.interval.ms)."""
+        assert offsets is not None, "the loop stores explicit offsets"
+        self.commit(offsets, asynchronous=False)
+
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
         self.consumes += 1
+        self.consume_calls.append((num_messages, timeout))
         got = self._fetch(num_messages, timeout)
         self._empty_streak = 0 if got else self._empty_streak + 1
         if self._empty_streak >= self.drained_after and self.on_drained is not None:

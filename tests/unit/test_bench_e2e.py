@@ -36,3 +36,18 @@ def test_a_step_is_sustained_only_when_it_keeps_up():
     assert not slow[0] and "p99" in slow[1]
     behind = _phase(1000, 1000, 14.0, 300.0).sustained(5000)  # 71/s confirmed for 100/s sent
     assert not behind[0] and "confirmations/s" in behind[1]
+
+
+def test_time_per_hop_from_each_hops_create_time():
+    from benchmarks.bench_e2e import Hops, add_stages
+
+    stages: dict[str, list[float]] = {}
+    hops = Hops(commands={"email": 1_030, "mail": 1_040}, acks={"email": 1_090, "mail": 1_200})
+    add_stages(stages, requested=1_000, hops=hops, confirmed=1_260)
+    assert stages == {
+        "intake": [40.0],  # request -> last command
+        "connectors": [160.0],  # last command -> last ack
+        "confirmer": [60.0],  # last ack -> confirmation
+        "  email": [60.0],
+        "  mail": [160.0],
+    }

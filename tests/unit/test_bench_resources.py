@@ -32,3 +32,18 @@ def test_an_empty_phase_counts_nothing() -> None:
 
 def test_rss_of_this_process_is_read_from_proc() -> None:
     assert rss_bytes(os.getpid()) > 10 * 2**20
+
+
+def test_memory_is_flat_when_no_later_figure_exceeds_the_first_by_more_than_the_limit() -> None:
+    from benchmarks.bench_resources import Checkpoint, growth_verdicts
+
+    mib = 2**20
+    checkpoints = [
+        Checkpoint(100, 1.0, {"intake": 100 * mib, "mail": 100 * mib}),
+        Checkpoint(200, 2.0, {"intake": 110 * mib, "mail": 130 * mib}),
+        Checkpoint(300, 3.0, {"intake": 119 * mib, "mail": 125 * mib}),
+    ]
+    verdicts = growth_verdicts(checkpoints, 0.2)
+    assert verdicts["intake"] == (1.19, True)
+    assert verdicts["mail"] == (1.3, False)
+    assert growth_verdicts([], 0.2) == {}

@@ -325,3 +325,40 @@ def test_retries_of_a_quiet_error_are_not_logged_as_warnings() -> None:
     retries = [e for e in logs if e["event"] == "batch failed; retrying"]
     assert [e["log_level"] for e in retries] == ["debug", "debug"]
     assert h.committed() == {0: 1}
+
+
+def test_a_batch_starts_with_the_first_message_and_takes_what_is_fetched_already() -> None:
+    """consume(1, timeout) for the first message, then consume(n - 1, linger): a steady trickle
+    is never held back for the whole batch timeout."""
+    step = ScriptedStep()
+    h = Harness(step)
+    h.publish(0, 3)
+    h.run()
+    assert step.batches[0] == [(0, 0), (0, 1), (0, 2)]
+    assert h.consumer.consume_calls[:2] == [(1, 0.1), (99, 0.05)]  # OPTOUT_BATCH_LINGER_MS 50
+
+
+def test_offsets_are_stored_for_librdkafka_to_commit_on_its_interval() -> None:
+    from services.common.consumer_loop import commit_config
+
+    cadence = commit_config(Settings(commit_interval_ms=1000))
+    assert cadence == {
+        "enable.auto.commit": True,
+        "enable.auto.offset.store": False,
+        "auto.commit.interval.ms": 1000,
+    }
+    assert commit_config(Settings(commit_interval_ms=0)) == {}  # a synchronous commit per batch
+    h = Harness(ScriptedStep())
+    h.publish(1, 2)
+    h.run()
+    assert h.consumer.config["enable.auto.offset.store"] is False
+    assert h.committed() == {1: 2}
+
+
+def test_a_consumer_fetches_ahead_at_most_the_configured_queue() -> None:
+    """Behind a backlog librdkafka's default prefetch (64 MiB) grows resident memory."""
+    from services.common.kafka import consumer_config
+
+    assert consumer_config(Settings(), "g")["queued.max.messages.kbytes"] == 8192
+    smaller = Settings(kafka_consumer_queue_kbytes=1024)
+    assert consumer_config(smaller, "g")["queued.max.messages.kbytes"] == 1024

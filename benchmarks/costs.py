@@ -1,0 +1,169 @@
+"""What an opt-out costs outside the pipeline's own processes: the broker's and PostgreSQL's
+CPU (from /proc) and the database's transactions and WAL (pg_stat_database, pg_stat_wal).
+
+The stack is local (``make up``): the broker is the JVM running ``kafka.Kafka`` (those
+started from OPTOUT_STACK_DIR when it is set), PostgreSQL the postmaster of the benchmark's
+server and every process it forked. A backend that exits adds its CPU time to the
+postmaster's (it reaps it: cutime/cstime), so the sum over the postmaster's own fields and its
+live children is a running total that never goes back. Both serve whoever else uses the
+stack at the same time: the figures are the machine's, not the benchmark's alone, except
+``db_backends`` (the backends connected to the benchmark's own database) and the
+database's own transaction counter.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def own_cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` alone (0 when it is gone)."""
+    try:
+        fields = _stat_fields(pid)
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime + cutime + cstime of ``pid`` (its reaped children included)."""
+    try:
+        fields = _stat_fields(pid)
+    except OSError:
+        return 0.0
+    return sum(int(v) for v in fields[11:15]) / CLOCK_TICK
+
+
+def _pids() -> list[int]:
+    return [int(e.name) for e in os.scandir("/proc") if e.name.isdigit()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(_stat_fields(pid)[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def broker_pids() -> list[int]:
+    """The local Kafka JVMs (of OPTOUT_STACK_DIR when set)."""
+    stack_dir = os.environ.get("OPTOUT_STACK_DIR", "")
+    found = []
+    for pid in _pids():
+        line = _cmdline(pid)
+        if "kafka.Kafka" in line and (not stack_dir or stack_dir in line):
+            found.append(pid)
+    return found
+
+
+@dataclass
+class Infra:
+    """Where to read the broker's and PostgreSQL's costs from."""
+
+    superuser_url: str
+    database: str
+    postmaster: int | None
+    brokers: list[int]
+
+    @classmethod
+    def find(cls, superuser_url: str, database: str) -> Infra:
+        with psycopg.connect(superuser_url, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        backend = int(row[0]) if row else -1
+        postmaster = _ppid(backend)
+        return cls(superuser_url, database, postmaster if postmaster > 1 else None, broker_pids())
+
+
+@dataclass(frozen=True)
+class InfraSample:
+    broker_cpu: float  # s, every broker JVM
+    postgres_cpu: float  # s, the postmaster and all its processes (every database)
+    db_backends_cpu: float  # s, live backends connected to the benchmark's database
+    xact_commit: int  # the benchmark's database
+    wal_records: int  # the whole server
+    wal_bytes: int
+    wal_sync: int  # WAL fsyncs (pg_stat_wal.wal_sync; 0 before PostgreSQL 14)
+
+    def minus(self, before: InfraSample) -> InfraSample:
+        return InfraSample(
+            self.broker_cpu - before.broker_cpu,
+            self.postgres_cpu - before.postgres_cpu,
+            self.db_backends_cpu - before.db_backends_cpu,
+            self.xact_commit - before.xact_commit,
+            self.wal_records - before.wal_records,
+            self.wal_bytes - before.wal_bytes,
+            self.wal_sync - before.wal_sync,
+        )
+
+
+def sample(infra: Infra, backends: dict[int, float] | None = None) -> InfraSample:
+    """The running totals now. ``backends`` (pid -> CPU s at the previous sample) lets
+    ``db_backends_cpu`` count the CPU of backends seen before: pass the same dict each time."""
+    postgres = 0.0
+    if infra.postmaster is not None:
+        postgres = tree_cpu_seconds(infra.postmaster) + sum(
+            own_cpu_seconds(p) for p in _pids() if _ppid(p) == infra.postmaster
+        )
+    with psycopg.connect(infra.superuser_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = %s", (infra.database,)
+        ).fetchone()
+        xact = int(row[0]) if row else 0
+        pids = [
+            int(r[0])
+            for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (infra.database,),
+            ).fetchall()
+        ]
+        try:
+            wal = conn.execute("SELECT wal_records, wal_bytes, wal_sync FROM pg_stat_wal").fetchone()
+        except psycopg.Error:
+            wal = None
+    seen = backends if backends is not None else {}
+    for pid in pids:
+        seen[pid] = own_cpu_seconds(pid) or seen.get(pid, 0.0)
+    return InfraSample(
+        broker_cpu=sum(tree_cpu_seconds(p) for p in infra.brokers),
+        postgres_cpu=postgres,
+        db_backends_cpu=sum(seen.values()),
+        xact_commit=xact,
+        wal_records=int(wal[0]) if wal else 0,
+        wal_bytes=int(wal[1]) if wal else 0,
+        wal_sync=int(wal[2]) if wal else 0,
+    )
+
+
+def cost_lines(pipeline_cpu: float, delta: InfraSample, events: int, label: str) -> list[str]:
+    """What each opt-out cost: CPU ms of the pipeline, the broker and PostgreSQL; database
+    transactions and WAL."""
+    if events <= 0:
+        return [f"cost per opt-out during '{label}': nothing confirmed"]
+    per = 1000.0 / events
+    total = pipeline_cpu + delta.broker_cpu + delta.postgres_cpu
+    return [
+        f"cost per opt-out during '{label}' ({events:,} opt-outs): CPU ms: pipeline processes "
+        f"{pipeline_cpu * per:.2f}, broker {delta.broker_cpu * per:.2f}, PostgreSQL (all "
+        f"processes) {delta.postgres_cpu * per:.2f} (of which backends of this database "
+        f"{delta.db_backends_cpu * per:.2f}); total {total * per:.2f}",
+        f"  database per opt-out: {delta.xact_commit / events:.2f} transactions committed (this "
+        f"database), {delta.wal_records / events:.1f} WAL records, {delta.wal_bytes / events / 1024:.1f} KiB "
+        f"WAL, {delta.wal_sync / events:.3f} WAL fsyncs (whole server: shared with other users)",
+    ]
