@@ -881,7 +881,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         lines += ["", profile_line]
     best = max([ours.measurement] + ([scaled] if scaled else []), key=lambda m: m.rate)
     ratio = best.rate / naive.rate if naive else float("nan")
-    passed = naive is not None and ratio >= TARGET_RATIO and best.rate >= TARGET_RATE
+    earlier = naive is not None and ratio >= TARGET_RATIO and best.rate >= TARGET_RATE
+    passed = share >= TARGET_SHARE  # issue #15's target; the earlier one is printed beside it
     lines += [
         "",
         (
@@ -891,7 +892,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             + (f"ours_{args.instances}proc={scaled.rate:,.0f} ev/s " if scaled else "")
             + f"best/naive={ratio:.1f}x "
             + f"limit={limit:,.0f} ev/s ours/limit={100 * share:.1f}% "
-            f"target(>={TARGET_RATIO:.0f}x, >={TARGET_RATE:.0f} ev/s)={'PASS' if passed else 'FAIL'}"
+            f"target(ours/limit>={100 * TARGET_SHARE:.0f}%)={'PASS' if passed else 'FAIL'} "
+            f"earlier target(>={TARGET_RATIO:.0f}x, >={TARGET_RATE:.0f} ev/s)={'PASS' if earlier else 'FAIL'}"
         ),
     ]
     print("\n".join(lines), flush=True)
