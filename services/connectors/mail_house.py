@@ -66,9 +66,8 @@ from services.connectors.kit import Command, Connector, Outcome
 
 log = get_logger(__name__)
 
-COLUMNS = (
-    "request_id",
-    "command_id",
+# The postal address, as every file about addresses (ours, a mail house's export) writes it.
+ADDRESS_COLUMNS = (
     "name",
     "address_line_1",
     "address_line_2",
@@ -77,6 +76,11 @@ COLUMNS = (
     "region",
     "postal_code",
     "country",
+)
+COLUMNS = (
+    "request_id",
+    "command_id",
+    *ADDRESS_COLUMNS,
     "suppressed_on",
     # Last, so files written before it existed keep their columns: the mail house suppresses
     # the address only where it is the one on file for this customer (docs/web.md).
@@ -231,11 +235,14 @@ def plan_file(existing: bytes, commands: Sequence[Command], day: date) -> FilePl
     return FilePlan(existing + render_rows(rows, with_header=not existing), outcomes, len(rows))
 
 
-def write_atomically(path: Path, content: bytes) -> None:
-    """Temporary file in the same folder, fsync, rename over ``path``, fsync the folder."""
+def write_atomically(path: Path, content: bytes, *, after_copy_of: Path | None = None) -> None:
+    """Temporary file in the same folder (starting as a kernel copy of ``after_copy_of``, if
+    given), ``content`` written, fsync, rename over ``path``, fsync the folder."""
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
     try:
-        with open(temp, "wb") as handle:
+        if after_copy_of is not None:
+            shutil.copyfile(after_copy_of, temp)
+        with open(temp, "wb" if after_copy_of is None else "ab") as handle:
             handle.write(content)
             handle.flush()
             os.fsync(handle.fileno())
@@ -246,20 +253,9 @@ def write_atomically(path: Path, content: bytes) -> None:
 
 
 def append_atomically(path: Path, rows: bytes) -> None:
-    """``path`` plus ``rows`` (it ends with a line break: this connector wrote it), as
-    ``write_atomically``: a kernel copy of ``path`` to a temporary file, the rows appended,
-    fsync, rename over ``path``, fsync the folder. Memory does not grow with the file."""
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
-    try:
-        shutil.copyfile(path, temp)
-        with open(temp, "ab") as handle:
-            handle.write(rows)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    fsync_folder(path.parent)
+    """``path`` plus ``rows`` (it ends with a line break: this connector wrote it), replaced
+    as ``write_atomically`` does, from a kernel copy: memory does not grow with the file."""
+    write_atomically(path, rows, after_copy_of=path)
 
 
 class SeenIds:

@@ -29,23 +29,18 @@ from pathlib import Path
 from typing import Any
 
 from services.common.errors import ConfigurationError, RetriableError
-from services.connectors.mail_house import FORMULA_STARTS, address_lines, normalize_field, safe_cell
+from services.connectors.mail_house import (
+    ADDRESS_COLUMNS,
+    FORMULA_STARTS,
+    address_lines,
+    normalize_field,
+    safe_cell,
+)
 from services.domain.identity import sha256_hex
 
 EXPORT_DIR = "export"
 EXPORT_PREFIX = "suppressions-"
-EXPORT_COLUMNS = (
-    "name",
-    "address_line_1",
-    "address_line_2",
-    "address_line_3",
-    "city",
-    "region",
-    "postal_code",
-    "country",
-    "customer_id",
-    "suppressed_on",
-)
+EXPORT_COLUMNS = (*ADDRESS_COLUMNS, "customer_id", "suppressed_on")
 REQUIRED_COLUMNS = ("name", "address_line_1", "city", "postal_code", "country")
 # The cells an address is compared by (region is not part of the address key).
 KEY_COLUMNS = ("name", "address_line_1", "address_line_2", "address_line_3", "city", "postal_code", "country")
