@@ -9,7 +9,8 @@ role gets DML rights (and nothing else) on every table.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -24,6 +25,26 @@ log = get_logger(__name__)
 R = TypeVar("R")
 
 CONNECT_TIMEOUT_SECONDS = 10
+
+# Transaction-level advisory locks, one per key, taken in the order given (unnest keeps the
+# array's order): callers pass ``advisory_keys(...)`` (sorted), so two transactions locking
+# overlapping sets take them in the same order and never deadlock. Released at commit or
+# rollback, so PgBouncer's transaction pooling keeps them.
+ADVISORY_XACT_LOCKS = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) AS k"
+
+
+def advisory_key(namespace: str, name: str) -> int:
+    """Pure: the 64-bit advisory-lock key of ``name`` in ``namespace`` (a hash; two names
+    sharing a key only wait for each other)."""
+    digest = hashlib.blake2b(f"{namespace}\n{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def advisory_keys(namespace: str, names: Iterable[str]) -> list[int]:
+    """Pure: the sorted, distinct keys of ``names`` (the order every caller locks them in)."""
+    return sorted({advisory_key(namespace, n) for n in names})
+
+
 # psycopg prepares a statement on the server once a connection has run it this many times
 # (its own default). Behind a transaction-pooling PgBouncer older than 1.21 the next
 # transaction may land on another server connection that lacks it, so

@@ -23,7 +23,6 @@ command id; the mail house file is de-duplicated by command id before it is rewr
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from typing import Any, Protocol, TypeVar
 import psycopg
 
 from services.common.contract import AckStatus, Action
-from services.common.db import LazyConnection, first_line
+from services.common.db import ADVISORY_XACT_LOCKS, LazyConnection, advisory_key, advisory_keys, first_line
 from services.common.errors import RetriableError
 
 MAX_DETAIL_LENGTH = 500
@@ -128,15 +127,8 @@ WHERE (EXCLUDED.requested_at, EXCLUDED.action = 'OPT_OUT', EXCLUDED.request_id)
 
 
 def lock_key(destination: str, subject: str) -> int:
-    """Pure: the 64-bit advisory-lock key of one person at one destination (a hash; two
-    people sharing a key only wait for each other)."""
-    digest = hashlib.blake2b(f"{destination}\n{subject}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-# Keys in ascending order, one after another (unnest keeps the array's order): two instances
-# locking overlapping sets always take them in the same order, so they never deadlock.
-_LOCK = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) AS k"
+    """Pure: the advisory-lock key of one person at one destination."""
+    return advisory_key(destination, subject)
 
 
 def _row(row: tuple[Any, ...]) -> StoredOutcome:
@@ -162,11 +154,11 @@ class DedupeStore:
         if not subjects:
             yield
             return
-        keys = sorted({lock_key(self.destination, s) for s in subjects})
+        keys = advisory_keys(self.destination, subjects)
         try:
             conn = self._db.get()
             with conn.transaction():
-                conn.execute(_LOCK, (keys,))
+                conn.execute(ADVISORY_XACT_LOCKS, (keys,))
                 yield
         except psycopg.OperationalError as exc:
             self._db.close()

@@ -29,9 +29,9 @@ from services.common.kafka import DeliveryTracker, dead_letter
 from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.domain.planning import PlannedCommand, plan_commands
-from services.domain.subjects import state_record
 from services.domain.validation import OptOutRequest, decode_request
 from services.intake.enrich import Directory, NoDirectory, directory_for
+from services.intake.states import publish_current_states
 from services.intake.store import RecordOutcome, record_batch
 from services.suppression.entries import suppression_ring
 
@@ -77,6 +77,7 @@ class _Summary:
     dead: int = 0
     commands: int = 0
     superseded: int = 0
+    states: set[str] = field(default_factory=set)  # subjects whose state goes to the topic
 
 
 # Records a chunk of requests (unique event ids) and their commands in one transaction.
@@ -113,6 +114,7 @@ class IntakeStep:
         self._region = settings.default_phone_region
         self._topic = settings.requests_topic
         self._states_topic = settings.suppressions_topic
+        self._states_db: LazyConnection | None = None  # reads what goes to that topic
         for d in ("processed", "duplicate", "dead_lettered"):
             metrics.MESSAGES_CONSUMED.labels(SERVICE, self._topic, d)
 
@@ -127,6 +129,8 @@ class IntakeStep:
         for conn in self._conns.values():
             conn.close()
         self._conns.clear()
+        if self._states_db is not None:
+            self._states_db.close()
 
     def submit(self, messages: Sequence[Message]) -> None:
         """Record and fan out a batch, pipelined in chunks: while database workers (one
@@ -153,6 +157,7 @@ class IntakeStep:
                 self._fan_out(*in_flight.popleft(), tracker, summary)
         while in_flight:
             self._fan_out(*in_flight.popleft(), tracker, summary)
+        self._publish_states(tracker, summary.states)
         started = time.monotonic()
         tracker.wait()
         metrics.PRODUCE_SECONDS.labels(SERVICE).observe(time.monotonic() - started)
@@ -219,7 +224,7 @@ class IntakeStep:
                 if event_id in outcome.new or command.command_id in outcome.resend:
                     self._send_command(tracker, command)
                     summary.commands += 1
-        self._publish_states(tracker, outcome)
+        summary.states |= outcome.states
         for message, why in dead:
             dead_letter(tracker, self.settings.requests_dlq_topic, message, why.reason, why.detail, SERVICE)
             metrics.DEAD_LETTERED.labels(SERVICE, why.reason).inc()
@@ -260,7 +265,7 @@ class IntakeStep:
             total.resend |= one.resend
             total.withheld |= one.withheld
             total.superseded |= one.superseded
-            total.states.update(one.states)
+            total.states |= one.states
         return total, rejected
 
     def _record_in_database(
@@ -285,16 +290,22 @@ class IntakeStep:
         metrics.DB_SECONDS.labels(SERVICE, "record_batch").observe(time.monotonic() - started)
         return outcome
 
-    def _publish_states(self, tracker: DeliveryTracker, outcome: RecordOutcome) -> None:
-        """The committed state of every subject the chunk changed, to the compacted topic
-        optout.suppressions (key: the subject; a tombstone when nothing is suppressed)."""
-        now = self.clock.now()
-        for subject in sorted(outcome.states):
-            record = state_record(subject, outcome.states[subject], now)
-            value = None if record is None else self.codec.encode("SuppressionState", record)
-            tracker.produce(self._states_topic, value=value, key=subject)
-        if outcome.states:
-            STATES_PUBLISHED.inc(len(outcome.states))
+    def _publish_states(self, tracker: DeliveryTracker, subjects: set[str]) -> None:
+        """Once every chunk of the batch has committed: the current state of every subject
+        the batch changed, to the compacted topic optout.suppressions, in an order that
+        leaves the newest state last (``services.intake.states``)."""
+        if not subjects:
+            return
+        if self._states_db is None:
+            self._states_db = LazyConnection(
+                self.settings.dsn(),
+                autocommit=True,
+                prepared_statements=self.settings.database_prepared_statements,
+            )
+        published = publish_current_states(
+            self._states_db, tracker, self.codec, self._states_topic, subjects, self.clock.now()
+        )
+        STATES_PUBLISHED.inc(published)
 
     def _send_command(self, tracker: DeliveryTracker, command: PlannedCommand) -> None:
         tracker.produce(

@@ -38,7 +38,6 @@ from services.domain.preferences import (
     serves,
     subjects_of,
 )
-from services.domain.subjects import ScopeState
 from services.domain.validation import OptOutRequest
 from services.intake.enrich import enrichment_columns
 from services.suppression.entries import Entry, Kind, entries_of, seal
@@ -117,10 +116,10 @@ class RecordOutcome:
     # destination serves (newest wins). Superseded: new event ids that took effect nowhere.
     withheld: set[str] = field(default_factory=set)
     superseded: set[str] = field(default_factory=set)
-    # The state (every scope) of each subject whose state this chunk changed, and of the
-    # subjects of its duplicates (a redelivery publishes again what may not have been
-    # published): what goes to the compacted topic optout.suppressions after the commit.
-    states: dict[str, list[ScopeState]] = field(default_factory=dict)
+    # The subjects whose state this chunk changed, and those of its duplicates (a redelivery
+    # publishes again what may not have been published): their current state goes to the
+    # compacted topic optout.suppressions once the batch has committed (``states``).
+    states: set[str] = field(default_factory=set)
 
 
 # One statement records the new requests, their destination rows and their suppression-list
@@ -191,13 +190,6 @@ SET suppressed = EXCLUDED.suppressed, since = EXCLUDED.since, event_id = EXCLUDE
 WHERE (EXCLUDED.since, EXCLUDED.suppressed, EXCLUDED.event_id)
       > (st.since, st.suppressed, st.event_id)
 RETURNING subject, scope
-"""
-
-# The whole state (every scope) of the subjects whose state changed, for the compacted topic
-# optout.suppressions (published by the intake step once the transaction has committed).
-_PUBLISHED_STATE = """
-SELECT subject, scope, suppressed, since, event_id, action FROM suppression_state
-WHERE subject = ANY(%b::text[])
 """
 
 # The stored state of the rows the chunk did not win (locked by the upsert, which locks a
@@ -342,14 +334,9 @@ def record_batch(
             resent = []
         # The audit trail (services/common/audit.py): one statement for the chunk.
         append(cur, _audit_events(candidates, kept, outcome, resent, now))
-        published = changed | {
+        outcome.states = changed | {
             s for r in requests if r.event_id in outcome.duplicates for s in subjects_of(r)
         }
-        if published:
-            cur.execute(_PUBLISHED_STATE, (sorted(published),))
-            outcome.states = {s: [] for s in published}
-            for subject, scope, suppressed, since, event_id, action in cur.fetchall():
-                outcome.states[subject].append(ScopeState(scope, suppressed, since, event_id, action))
     return outcome
 
 

@@ -258,3 +258,64 @@ def test_survives_the_database_going_away_for_ten_seconds(base_settings, databas
         )
         commands = read_topic(cfg, cfg.suppress_topic("email_provider"), expect=600)
     assert {r.decoded()["request_id"] for r in commands} == set(ids)
+
+
+def test_the_compacted_topic_ends_with_the_newest_state_when_chunks_commit_out_of_order(base_settings):
+    """Two chunks of one batch change one person's state (an opt-out of email, one of SMS),
+    and the later chunk commits first: the last message of that person on
+    optout.suppressions must still be the state after both (it was the first chunk's own
+    view, read inside its transaction, before the fix)."""
+    from confluent_kafka import Message
+
+    from services.common.clock import SystemClock
+    from services.domain.identity import sha256_hex
+    from services.intake.step import IntakeStep
+    from services.publisher.publish import RequestPublisher as Publisher
+
+    cfg = isolated_settings(base_settings, intake_pipeline_chunk=1, intake_database_connections=2)
+    email = f"order.{uuid.uuid4().hex[:8]}@example.com"
+    now = datetime.now(UTC)
+    publisher = Publisher(cfg)
+    first = publisher.prepare(
+        _event(0, ["EMAIL_MARKETING"], email=email, requested_at=now - timedelta(seconds=2))
+    )
+    second = publisher.prepare(
+        _event(
+            0, ["SMS_MARKETING"], email=email, phone="+14155550123", requested_at=now - timedelta(seconds=1)
+        )
+    )
+    step = IntakeStep(cfg, make_producer(cfg), default_codec(), SystemClock())
+    real = step._recorder
+    second_done = threading.Event()
+
+    def recorder(requests, commands, at):
+        if requests[0].event_id == first.record["event_id"]:
+            assert second_done.wait(30)  # the first chunk commits after the second
+            return real(requests, commands, at)
+        try:
+            return real(requests, commands, at)
+        finally:
+            second_done.set()
+
+    step._recorder = recorder
+    codec = default_codec()
+    messages = [
+        Message(
+            topic=cfg.requests_topic,
+            partition=0,
+            offset=i,
+            key=b"k",
+            value=codec.encode("OptOutRequested", p.record),
+        )
+        for i, p in enumerate((first, second))
+    ]
+    try:
+        step.submit(messages)
+    finally:
+        step.close()
+    subject = f"email_sha256:{sha256_hex(email)}"
+    states = [r for r in read_topic(cfg, cfg.suppressions_topic) if r.key == subject.encode()]
+    assert states, "no state published"
+    last = states[-1].decoded()
+    suppressed = {s["scope"] for s in last["scopes"] if s["suppressed"]}
+    assert {"EMAIL_MARKETING", "SMS_MARKETING"} <= suppressed, last
