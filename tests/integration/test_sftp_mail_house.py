@@ -86,10 +86,17 @@ def csv_files(box: Inbox) -> list[str]:
     return sorted(p.name for p in box.local.iterdir() if p.name.endswith(".csv"))
 
 
+# These tests expect the commands published before the connector starts to be one batch,
+# so one file: one partition, and a batch that waits up to 2 s for more after its first
+# message (a batch starts with its first message; a 50 ms linger split them on a busy
+# machine, the first partitions' messages in one file and the rest in a second).
+ONE_BATCH: dict[str, Any] = {"batch_size": 10, "topic_partitions": 1, "batch_linger_ms": 2000}
+
+
 def test_a_batch_is_uploaded_and_acknowledged_only_on_its_receipt(
     base_settings: dict[str, Any], inbox: Inbox
 ) -> None:
-    cfg = isolated_settings(base_settings, batch_size=10)
+    cfg = isolated_settings(base_settings, **ONE_BATCH)
     batch = commands("mail_house", 3)
     publish(cfg, "mail_house", batch)
     with running(runner(inbox), cfg, "sftp_mail_house"):
@@ -110,7 +117,7 @@ def test_a_batch_is_uploaded_and_acknowledged_only_on_its_receipt(
 def test_a_receipt_that_disagrees_rejects_the_files_commands(
     base_settings: dict[str, Any], inbox: Inbox
 ) -> None:
-    cfg = isolated_settings(base_settings, batch_size=10)
+    cfg = isolated_settings(base_settings, **ONE_BATCH)
     batch = commands("mail_house", 2)
     publish(cfg, "mail_house", batch)
     with running(runner(inbox), cfg, "sftp_mail_house"):
@@ -125,7 +132,7 @@ def test_a_receipt_that_disagrees_rejects_the_files_commands(
 def test_without_a_receipt_nothing_is_acknowledged_and_a_late_resend_goes_in_a_new_file(
     base_settings: dict[str, Any], inbox: Inbox
 ) -> None:
-    cfg = isolated_settings(base_settings, batch_size=10)
+    cfg = isolated_settings(base_settings, **ONE_BATCH)
     batch = commands("mail_house", 2)
     publish(cfg, "mail_house", batch)
     with running(runner(inbox, receipt_timeout_seconds=0.2), cfg, "sftp_mail_house"):
