@@ -1,5 +1,5 @@
 """``optout suppression-state publish``: the whole state to the compacted topic
-(services/suppression/publish_state.py)."""
+(services/intake/states_backfill.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from services.common.avro import default_codec
 from services.common.clock import SystemClock
 from services.common.kafka import make_producer
 from services.common.settings import settings
-from services.suppression.publish_state import publish_state
+from services.intake.states_backfill import publish_state
 
 
 def cmd_publish(_args: argparse.Namespace) -> int:

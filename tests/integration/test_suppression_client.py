@@ -5,6 +5,7 @@ hashed as intake does, scopes filter, bad identifiers and a missing topic fail c
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,13 +13,15 @@ import psycopg
 import pytest
 
 from services.common.avro import default_codec
+from services.common.db import advisory_key
 from services.common.errors import RetriableError
 from services.common.kafka import make_producer
 from services.common.settings import Settings
 from services.domain.identity import sha256_hex
 from services.domain.subjects import BadIdentifier, ScopeState, state_record
+from services.intake.states import LOCK_NAMESPACE
+from services.intake.states_backfill import publish_state
 from services.suppression.client import SuppressionClient
-from services.suppression.publish_state import publish_state
 from tests.support.pipeline import isolated_settings, wait_until
 
 pytestmark = pytest.mark.integration
@@ -112,5 +115,54 @@ def test_publish_state_puts_states_recorded_before_the_topic_on_it(base_settings
         assert client.is_suppressed(email="ada@example.com", scope="EMAIL_MARKETING")
         assert not client.is_suppressed(email="ada@example.com", scope="SMS_MARKETING")
         assert client.states(ADA)[1] == ScopeState("SMS_MARKETING", False, AT, "e2", "OPT_IN")
+    finally:
+        client.close()
+
+
+def test_publish_state_waits_for_intake_and_leaves_the_newest_state_last(
+    base_settings: dict[str, Any],
+) -> None:
+    """The backfill may run while intake runs: it publishes under intake's per-subject locks,
+    so a subject intake is publishing is read after intake's change and published after it
+    (before, the backfill's older read could land last on the topic and stay there)."""
+    cfg = isolated_settings(base_settings)
+    insert = (
+        "INSERT INTO suppression_state (subject, scope, suppressed, since, event_id, action, updated_at) "
+        "VALUES (%s, 'EMAIL_MARKETING', %s, %s, %s, %s, %s) ON CONFLICT (subject, scope) DO UPDATE "
+        "SET suppressed = excluded.suppressed, event_id = excluded.event_id, action = excluded.action"
+    )
+    with psycopg.connect(cfg.dsn(), autocommit=True) as conn:
+        conn.execute(insert, (ADA, True, AT, "e1", "OPT_OUT", AT))
+    result: list[tuple[int, int]] = []
+    with psycopg.connect(cfg.dsn()) as intake:
+        # Intake is publishing Ada's state: it holds her lock until the broker acknowledged it.
+        intake.execute("SELECT pg_advisory_xact_lock(%s)", (advisory_key(LOCK_NAMESPACE, ADA),))
+
+        def run_backfill() -> None:
+            result.append(publish_state(cfg, make_producer(cfg), default_codec(), AT))
+
+        backfill = threading.Thread(target=run_backfill, daemon=True)
+        backfill.start()
+
+        def backfill_waits() -> bool:
+            with psycopg.connect(cfg.dsn()) as probe:
+                row = probe.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                ).fetchone()
+            return row is not None and row[0] == 1
+
+        wait_until(backfill_waits, timeout=30, message="the backfill waits for the subject intake holds")
+        # Meanwhile Ada opted back in; intake publishes that (a tombstone) and lets go.
+        with psycopg.connect(cfg.dsn(), autocommit=True) as conn:
+            conn.execute(insert, (ADA, False, AT, "e2", "OPT_IN", AT))
+        _publish(cfg, {ADA: [ScopeState("EMAIL_MARKETING", False, AT, "e2", "OPT_IN")]})
+        intake.commit()
+    backfill.join(timeout=60)
+    assert result == [(0, 1)]  # it read Ada's state after intake's change: a tombstone
+    client = SuppressionClient.from_settings(cfg)
+    try:
+        client.load(timeout=60)
+        assert not client.is_suppressed(email="ada@example.com")
     finally:
         client.close()
