@@ -160,6 +160,60 @@ def record_reissued(
     )
 
 
+# ``optout replay``'s commands of one batch, without sending PostgreSQL their ids: the batch is
+# the destination's suppressed state rows of the subjects after ``lo`` up to ``hi`` (the filter
+# of services/replay/run.py's batch reader), but those in ``skipped`` (no command sent), read in
+# the snapshot the batch was read in (``replayed_batch``); the command id is computed by
+# ``replay_command_id`` (migration 0019, equal to ``plan.replay_command_id``). DISTINCT only
+# when a subject can have rows of several scopes (one row per request and command).
+_REPLAYED_BATCH = """
+INSERT INTO audit_events (event_id, at, step, destination, detail, command_id)
+SELECT {distinct} s.event_id, %(at)s::timestamptz, 'replayed', %(destination)s, %(detail)s || s.c, s.c
+FROM (
+    SELECT event_id, replay_command_id(%(replay_id)s, %(destination)s, subject) AS c
+    FROM suppression_state
+    WHERE suppressed AND scope = ANY(%(scopes)s)
+      AND (%(since)s::timestamptz IS NULL OR since >= %(since)s::timestamptz)
+      AND subject > %(lo)s AND subject <= %(hi)s AND subject <> ALL(%(skipped)s::text[])
+) s
+"""
+
+
+def record_replayed_batch(
+    cur: psycopg.Cursor[Any] | psycopg.Connection[Any],
+    replay_id: str,
+    destination: str,
+    scopes: Sequence[str],
+    since: datetime | None,
+    lo: str,
+    hi: str,
+    skipped: Sequence[str],
+    at: datetime,
+    label: str,
+) -> int:
+    """Write the commands ``optout replay`` sent for the batch of subjects after ``lo`` up to
+    ``hi`` (but ``skipped``) into the trail of each request suppressing the subject for one of
+    ``scopes`` (step ``replayed``, detail ``<label>: command <id>``, as ``record_reissued``
+    writes them). One statement; call it in the snapshot the batch was read in (the rows it
+    selects are then exactly the batch's). Returns the rows written."""
+    statement = _REPLAYED_BATCH.format(distinct="DISTINCT" if len(scopes) > 1 else "")
+    found = cur.execute(
+        statement,
+        {
+            "replay_id": replay_id,
+            "destination": destination,
+            "scopes": list(scopes),
+            "since": since,
+            "lo": lo,
+            "hi": hi,
+            "skipped": list(skipped),
+            "at": at,
+            "detail": f"{label}: command ",
+        },
+    )
+    return max(found.rowcount, 0)
+
+
 # Acks of those commands: written into the same trails when they change the command's status
 # there (the first ack, or a success after a refusal), like the confirmer's own acks.
 _REISSUE_ACKS = """

@@ -9,23 +9,31 @@ connection):
    subject (one walk of the state's primary key, stopped after enough rows for
    ``batch_size`` subjects) and, for the kinds whose raw value the destination takes, their
    sealed suppression-list entries (one range scan of the list's key per kind); it reads up
-   to ``PREFETCH`` batches ahead;
+   to ``PREFETCH`` batches ahead, all in one REPEATABLE READ transaction whose snapshot it
+   exports (``pg_export_snapshot``) and keeps open until the run ends;
 2. the main thread decrypts the raw values (``KeyRing.open_many``) and builds each command's
    id and Avro bytes (``encode.ReplayBuilder``, byte-identical to the codec's);
-3. a recording thread records one ``replay_commands`` row per command (COPY; the confirmer
+3. a recording thread records one ``replay_commands`` row per command (the confirmer
    matches the acks there) while the main thread builds the next batch; once a batch is
    recorded the main thread produces it to ``optout.suppress.<destination>`` (throttled by a
    token bucket) and goes on; once a batch's delivery reports are all in (and every earlier
    batch's), in batch order, its commands are written into the audit trail of the requests
-   whose suppression they carry (``audit.record_reissued``, one statement) and the cursor
-   and the counts are saved in ``replay_runs``, by a saving thread.
+   whose suppression they carry (``audit.record_replayed_batch``) and the cursor and the
+   counts are saved in ``replay_runs``, by a saving thread.
+
+The per-command rows (``replay_commands``, ``replayed`` audit rows) are computed by
+PostgreSQL: one ``INSERT ... SELECT`` over the batch's subject range of ``suppression_state``
+(but the subjects the batch skipped) in the snapshot the batch was read in (``in_snapshot``:
+exactly the rows read, whatever intake changed since), with the command id computed by
+``replay_command_id`` (migration 0019, equal to ``plan.replay_command_id``); Python sends no
+per-command value for them.
 
 A kill anywhere re-does the batches recorded, produced or delivered after the saved cursor
 (at most seven: the one being recorded, up to three produced and not all delivered, up to three
 delivered and not yet saved), with the same command ids: the connector's dedupe store
 (``connector_applied``) acknowledges a command it has already applied without applying it
-again, and the ``replay_commands`` rows a re-done batch had recorded are kept (COPY falls back
-to INSERT ... ON CONFLICT DO NOTHING for that batch); their audit rows are written again.
+again, and the ``replay_commands`` rows a re-done batch had recorded are kept (``ON CONFLICT
+DO NOTHING``); their audit rows are written again.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,7 +53,7 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import Producer
-from psycopg import postgres
+from psycopg import postgres, sql
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
@@ -126,11 +134,17 @@ _COUNT = f"""
 SELECT count(DISTINCT subject) FROM suppression_state WHERE {_FILTER} AND subject > %(cursor)s
 """
 
-_COPY_RECORD = "COPY replay_commands (command_id, replay_id, destination) FROM STDIN"
-
-_RECORD = """
+# One ``replay_commands`` row per command of a batch, computed by PostgreSQL from the batch's
+# subject range (in the snapshot the batch was read in: exactly the subjects read) but those
+# skipped; ``replay_command_id`` (migration 0019) equals ``plan.replay_command_id``. A re-done
+# batch of a resumed run finds its rows there already.
+_RECORD = f"""
 INSERT INTO replay_commands (command_id, replay_id, destination)
-SELECT c, %s, %s FROM unnest(%s::text[]) AS t(c)
+SELECT replay_command_id(%(replay_id)s, %(destination)s, subject), %(replay_id)s, %(destination)s
+FROM (
+    SELECT DISTINCT subject FROM suppression_state
+    WHERE {_FILTER} AND subject > %(lo)s AND subject <= %(hi)s AND subject <> ALL(%(skipped)s::text[])
+) s
 ON CONFLICT (command_id) DO NOTHING
 """
 
@@ -154,17 +168,14 @@ def new_replay_id(destination: str, now: datetime) -> str:
     return f"{now:%Y%m%dT%H%M%S%fZ}-{destination}-{uuid.uuid4().hex[:8]}"
 
 
-def _copy_text(value: str) -> str:
-    """A value in COPY's text format."""
-    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-
-
 @dataclass(frozen=True)
 class Batch:
-    """The subjects after ``lo`` up to and including ``hi``."""
+    """The subjects after ``lo`` up to and including ``hi``, read in the exported snapshot
+    ``snapshot`` (empty: none), which the statements writing the batch's rows import."""
 
     lo: str
     hi: str
+    snapshot: str = ""
 
 
 @dataclass(frozen=True)
@@ -180,7 +191,7 @@ class Prepared:
 
     keys: list[str]  # command ids (the Kafka keys)
     values: list[bytes]
-    subjects: list[str]  # each command's subject (for the audit trail)
+    skipped: list[str]  # the subjects of the batch without a command
     issued_at: datetime
     result: BatchResult
 
@@ -253,6 +264,31 @@ class BatchReader:
         return rows
 
 
+def record_batch(
+    conn: psycopg.Connection[Any],
+    replay_id: str,
+    destination: str,
+    scopes: Sequence[str],
+    since: datetime | None,
+    batch: Batch,
+    skipped: Sequence[str],
+) -> None:
+    """One ``replay_commands`` row per command of ``batch`` (its subjects but ``skipped``):
+    one statement in the batch's snapshot (``conn``: ``snapshot_connection``). A re-done batch
+    of a resumed run finds its rows there already."""
+    params = {
+        "replay_id": replay_id,
+        "destination": destination,
+        "scopes": list(scopes),
+        "since": since,
+        "lo": batch.lo,
+        "hi": batch.hi,
+        "skipped": list(skipped),
+    }
+    with in_snapshot(conn, batch.snapshot):
+        conn.execute(_RECORD, params)
+
+
 class BatchSender:
     """Sends whole batches of one run: read, decrypt, build, record, produce, wait."""
 
@@ -277,7 +313,7 @@ class BatchSender:
         self.clock = clock
         self.builder = ReplayBuilder(codec, replay_id, dest)
         self.topic = settings.suppress_topic(dest.id)
-        self._copy_suffix = f"\t{_copy_text(replay_id)}\t{_copy_text(dest.id)}\n"
+        self.since = since
 
     def raw_values(self, rows: Sequence[Row]) -> list[str | PostalAddressRecord | None]:
         """Each row's decrypted value (None: none needed, or not in the suppression list)."""
@@ -300,15 +336,11 @@ class BatchSender:
                 values[i] = text
         return values
 
-    def record(self, conn: psycopg.Connection[Any], command_ids: Sequence[str]) -> None:
-        """One ``replay_commands`` row per command, before it is produced (so the confirmer
-        knows its ack). A re-done batch of a resumed run finds its rows there already."""
-        suffix = self._copy_suffix
-        try:
-            with conn.cursor() as cur, cur.copy(_COPY_RECORD) as copy:
-                copy.write("".join([c + suffix for c in command_ids]))
-        except psycopg.errors.UniqueViolation:
-            conn.execute(_RECORD, (self.replay_id, self.dest.id, list(command_ids)))
+    def record(self, conn: psycopg.Connection[Any], batch: Batch, prepared: Prepared) -> None:
+        """One ``replay_commands`` row per command of ``batch``, before it is produced (so the
+        confirmer knows its ack): ``record_batch``."""
+        dest, skipped = self.dest.id, prepared.skipped
+        record_batch(conn, self.replay_id, dest, self.reader.scopes, self.since, batch, skipped)
 
     def prepare(self, rows: Sequence[Row]) -> Prepared:
         """Decrypt, then build each command's id and bytes (None for a subject the
@@ -319,15 +351,16 @@ class BatchSender:
         self.builder.at(now)
         keys: list[str] = []
         values: list[bytes] = []
-        subjects: list[str] = []
+        skipped: list[str] = []
         for (subject, scopes, since, _), found in zip(rows, raw, strict=True):
             built = build(subject, scopes, since, found)
             if built is not None:
                 keys.append(built[0])
                 values.append(built[1])
-                subjects.append(subject)
+            else:
+                skipped.append(subject)
         result = BatchResult(len(keys), len(rows) - len(keys), len(rows))
-        return Prepared(keys, values, subjects, now, result)
+        return Prepared(keys, values, skipped, now, result)
 
     def produce(self, prepared: Prepared) -> DeliveryTracker:
         """Produce a recorded batch (throttled); its tracker counts the delivery reports."""
@@ -357,16 +390,25 @@ class _TextArrayDumper(Dumper):
         return ("{" + ",".join(quoted) + "}").encode()
 
 
-def saving_connection(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
-    """``conn`` (the saving thread's: audit rows and cursor) with lists dumped by
-    ``_TextArrayDumper``, and without hash or merge joins: ``audit.record_reissued`` joins a
-    batch's subjects to ``suppression_state``, which the planner otherwise does by hashing the
-    whole table for every batch (a sequential scan of a million rows, 200 times a million);
-    a nested loop over the primary key costs the same per batch however big the table is."""
+def snapshot_connection(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    """``conn`` (an autocommit connection of the recording or the saving thread) with lists
+    dumped by ``_TextArrayDumper`` and its explicit transactions (``in_snapshot``) at
+    REPEATABLE READ, the isolation an imported snapshot needs."""
     conn.adapters.register_dumper(list, _TextArrayDumper)
-    conn.execute("SET enable_hashjoin = off")
-    conn.execute("SET enable_mergejoin = off")
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     return conn
+
+
+@contextlib.contextmanager
+def in_snapshot(conn: psycopg.Connection[Any], snapshot: str) -> Iterator[None]:
+    """A transaction of ``conn`` (``snapshot_connection``) that sees the database as the
+    reading thread's transaction, which exported ``snapshot`` (``pg_export_snapshot``), does:
+    a statement over a batch's subject range then selects exactly the rows the batch was read
+    from, whatever intake changed since. Empty ``snapshot``: the transaction's own."""
+    with conn.transaction():
+        if snapshot:
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        yield
 
 
 def delivered(tracker: DeliveryTracker) -> bool:
@@ -497,16 +539,22 @@ class Replayer:
     def _save(self, conn: psycopg.Connection[Any], replay_id: str, batch: Batch, prepared: Prepared) -> None:
         """After a delivered batch (every batch before it delivered too), on the saving
         thread: write its commands into the audit trail of the requests whose suppression they
-        carry (one statement), then save the cursor and the counts."""
-        audit.record_reissued(
-            conn,
-            audit.Reissue.REPLAY,
-            self.dest.id,
-            self.scopes,
-            list(zip(prepared.keys, prepared.subjects, strict=True)),
-            prepared.issued_at,
-            f"replayed to {self.dest.id} ({replay_id})",
-        )
+        carry (one statement, in the batch's snapshot), then save the cursor and the counts
+        (outside the snapshot: the run's row changed since)."""
+        if prepared.keys:
+            with in_snapshot(conn, batch.snapshot):
+                audit.record_replayed_batch(
+                    conn,
+                    replay_id,
+                    self.dest.id,
+                    self.scopes,
+                    self.since,
+                    batch.lo,
+                    batch.hi,
+                    prepared.skipped,
+                    prepared.issued_at,
+                    f"replayed to {self.dest.id} ({replay_id})",
+                )
         result = prepared.result
         conn.execute(_CURSOR, (batch.hi, result.sent, result.skipped, replay_id))
 
@@ -570,8 +618,8 @@ class Replayer:
         done = batches = 0
         try:
             with (
-                connect(self.settings.dsn(), autocommit=True) as recording,
-                saving_connection(connect(self.settings.dsn(), autocommit=True)) as saving,
+                snapshot_connection(connect(self.settings.dsn(), autocommit=True)) as recording,
+                snapshot_connection(connect(self.settings.dsn(), autocommit=True)) as saving,
                 ThreadPoolExecutor(1, thread_name_prefix="replay-record") as recorder,
                 ThreadPoolExecutor(1, thread_name_prefix="replay-save") as saver,
             ):
@@ -593,7 +641,8 @@ class Replayer:
                     if item is not None:
                         batch, rows = item
                         prepared = sender.prepare(rows)
-                        current = (batch, prepared, recorder.submit(sender.record, recording, prepared.keys))
+                        recorded_future = recorder.submit(sender.record, recording, batch, prepared)
+                        current = (batch, prepared, recorded_future)
                     if unsent is not None:  # the previous batch, recorded meanwhile
                         previous, ready, recorded = unsent
                         recorded.result()
@@ -622,17 +671,27 @@ class Replayer:
         out: queue.Queue[tuple[Batch, list[Row]] | BaseException | None],
         stop: threading.Event,
     ) -> None:
-        """The reading thread: each batch with its rows, then None (or the error)."""
+        """The reading thread: each batch with its rows, then None (or the error). It reads in
+        one REPEATABLE READ transaction whose snapshot it exports (each ``Batch`` names it, for
+        the statements writing the batch's rows) and keeps open until ``stop`` (the end of
+        the run: the last batch is saved)."""
         try:
             with connect(self.settings.dsn(), autocommit=True) as conn:
-                count = 0
-                while self.stop_after is None or count < self.stop_after:
-                    found = reader.next(conn, cursor, self.batch_size)
-                    if found is None or stop.is_set():
-                        break
-                    out.put(found)
-                    cursor = found[0].hi
-                    count += 1
-            out.put(None)
+                conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+                conn.read_only = True
+                with conn.transaction():
+                    exported = conn.execute("SELECT pg_export_snapshot()").fetchone()
+                    snapshot = str(exported[0]) if exported else ""
+                    count = 0
+                    while self.stop_after is None or count < self.stop_after:
+                        found = reader.next(conn, cursor, self.batch_size)
+                        if found is None or stop.is_set():
+                            break
+                        batch, rows = found
+                        out.put((Batch(batch.lo, batch.hi, snapshot), rows))
+                        cursor = batch.hi
+                        count += 1
+                    out.put(None)
+                    stop.wait()
         except BaseException as exc:  # handed to the main thread, which raises it
             out.put(exc)
