@@ -11,29 +11,29 @@ connection):
    sealed suppression-list entries (one range scan of the list's key per kind); it reads up
    to ``PREFETCH`` batches ahead, all in one REPEATABLE READ transaction whose snapshot it
    exports (``pg_export_snapshot``) and keeps open until the run ends;
-2. the main thread decrypts the raw values (``KeyRing.open_many``) and builds each command's
-   id and Avro bytes (``encode.ReplayBuilder``, byte-identical to the codec's);
-3. a recording thread records one ``replay_commands`` row per command (the confirmer
-   matches the acks there) while the main thread builds the next batch; once a batch is
-   recorded the main thread produces it to ``optout.suppress.<destination>`` (throttled by a
-   token bucket) and goes on; once a batch's delivery reports are all in (and every earlier
-   batch's), in batch order, its commands are written into the audit trail of the requests
-   whose suppression they carry (``audit.record_replayed_batch``) and the cursor and the
-   counts are saved in ``replay_runs``, by a saving thread.
+2. the main thread decrypts the raw values (``KeyRing.open_many``), builds each command's
+   id and Avro bytes (``encode.ReplayBuilder``, byte-identical to the codec's) and produces
+   them to ``optout.suppress.<destination>`` (throttled by a token bucket), then goes on with
+   the next batch;
+3. once a batch's delivery reports are all in (and every earlier batch's), in batch order, a
+   saving thread writes its commands into the audit trail of the requests whose suppression
+   they carry (``audit.record_replayed_batch``) and saves the cursor and the counts in
+   ``replay_runs``.
 
-The per-command rows (``replay_commands``, ``replayed`` audit rows) are computed by
-PostgreSQL: one ``INSERT ... SELECT`` over the batch's subject range of ``suppression_state``
-(but the subjects the batch skipped) in the snapshot the batch was read in (``in_snapshot``:
-exactly the rows read, whatever intake changed since), with the command id computed by
-``replay_command_id`` (migration 0019, equal to ``plan.replay_command_id``); Python sends no
-per-command value for them.
+The ``replayed`` audit rows are computed by PostgreSQL: one ``INSERT ... SELECT`` over the
+batch's subject range of ``suppression_state`` (but the subjects the batch skipped) in the
+snapshot the batch was read in (``in_snapshot``: exactly the rows read, whatever intake
+changed since), with the command id computed by ``replay_command_id`` (migration 0019, equal
+to ``plan.replay_command_id``); Python sends no per-command value for them. The replayer
+writes no ``replay_commands`` row: the confirmer records each ack there when it arrives
+(services/confirmer/store.py; the run's ``replay_runs`` row, inserted before anything is
+sent, tells it the command is a replay's).
 
-A kill anywhere re-does the batches recorded, produced or delivered after the saved cursor
-(at most seven: the one being recorded, up to three produced and not all delivered, up to three
-delivered and not yet saved), with the same command ids: the connector's dedupe store
-(``connector_applied``) acknowledges a command it has already applied without applying it
-again, and the ``replay_commands`` rows a re-done batch had recorded are kept (``ON CONFLICT
-DO NOTHING``); their audit rows are written again.
+A kill anywhere re-does the batches produced or delivered after the saved cursor (at most
+six: up to three produced and not all delivered, up to three delivered and not yet saved),
+with the same command ids: the connector's dedupe store (``connector_applied``) acknowledges
+a command it has already applied without applying it again; their audit rows are written
+again.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
+import re
 import threading
 import time
 import uuid
@@ -116,42 +117,41 @@ _FILTER = """suppressed AND scope = ANY(%(scopes)s)
 
 # The next batch: the state rows after ``cursor`` in primary-key order (subject, scope), an
 # index walk that stops after ``rows`` rows: ``batch_size`` times the number of scopes, enough
-# for ``batch_size`` subjects, so each batch costs the same however far the run is.
+# for ``batch_size`` subjects, so each batch costs the same however far the run is. The rows
+# come as ONE text value, a line each: ``<since in epoch ms> <scope> <subject>`` (the subject
+# last, with backslash and newline escaped as \\ and \n), which Python splits: decoding
+# thousands of rows of three columns through psycopg cost about 2 µs a row. The milliseconds
+# are computed as ``clock.to_millis`` does (the double nearest the epoch seconds, times 1000,
+# truncated: tests/integration/test_replay_sql.py).
 _NEXT = f"""
-SELECT subject, scope, since FROM suppression_state
-WHERE {_FILTER} AND subject > %(cursor)s
-ORDER BY subject, scope LIMIT %(rows)s
+SELECT string_agg(
+    trunc(extract(epoch FROM since)::float8 * 1000)::bigint::text || ' ' || scope || ' '
+        || replace(replace(subject, '\\', '\\\\'), E'\\n', '\\n'),
+    E'\\n' ORDER BY subject, scope)
+FROM (
+    SELECT subject, scope, since FROM suppression_state
+    WHERE {_FILTER} AND subject > %(cursor)s
+    ORDER BY subject, scope LIMIT %(rows)s
+) s
 """
 
 # The sealed entries of one kind for the batch's subjects of that kind: their hashes are one
 # range of the list's primary key (the subjects share a prefix, so subject order is hash
-# order), read in one index range scan rather than a lookup per subject.
+# order), read in one index range scan rather than a lookup per subject; one text value, a
+# line ``<sha256> <sealed>`` each (hex and base64url: nothing to escape).
 _SEALED = """
-SELECT sha256, sealed FROM suppression_list WHERE kind = %s AND sha256 >= %s AND sha256 <= %s
+SELECT string_agg(sha256 || ' ' || sealed, E'\\n') FROM suppression_list
+WHERE kind = %s AND sha256 >= %s AND sha256 <= %s
 """
 
 _COUNT = f"""
 SELECT count(DISTINCT subject) FROM suppression_state WHERE {_FILTER} AND subject > %(cursor)s
 """
 
-# One ``replay_commands`` row per command of a batch, computed by PostgreSQL from the batch's
-# subject range (in the snapshot the batch was read in: exactly the subjects read) but those
-# skipped; ``replay_command_id`` (migration 0019) equals ``plan.replay_command_id``. A re-done
-# batch of a resumed run finds its rows there already.
-_RECORD = f"""
-INSERT INTO replay_commands (command_id, replay_id, destination)
-SELECT replay_command_id(%(replay_id)s, %(destination)s, subject), %(replay_id)s, %(destination)s
-FROM (
-    SELECT DISTINCT subject FROM suppression_state
-    WHERE {_FILTER} AND subject > %(lo)s AND subject <= %(hi)s AND subject <> ALL(%(skipped)s::text[])
-) s
-ON CONFLICT (command_id) DO NOTHING
-"""
-
-_CURSOR = """
-UPDATE replay_runs SET cursor_subject = %s, sent = sent + %s, skipped = skipped + %s
-WHERE replay_id = %s
-"""
+_CURSOR = sql.SQL("""
+UPDATE replay_runs SET cursor_subject = {}, sent = sent + {}, skipped = skipped + {}
+WHERE replay_id = {}
+""")
 
 # The suppression-list kind whose raw value a destination taking this identifier needs, per
 # subject kind (``plan.sealed_kind``).
@@ -187,7 +187,7 @@ class BatchResult:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A batch's commands, ready to record and produce."""
+    """A batch's commands, ready to produce."""
 
     keys: list[str]  # command ids (the Kafka keys)
     values: list[bytes]
@@ -200,7 +200,16 @@ DELIVERY_TIMEOUT_SECONDS = 60.0
 PREFETCH = 2  # batches read ahead of the one being built (in-process runs)
 
 
-Row = tuple[str, list[str], datetime, str | None]  # subject, scopes, newest since, sealed entry
+# subject, scopes, newest since (epoch milliseconds), sealed entry
+Row = tuple[str, tuple[str, ...], int, str | None]
+
+
+def _unescape(subject: str) -> str:
+    """A subject as ``_NEXT`` escaped it (backslash and newline)."""
+    return _ESCAPED.sub(lambda m: "\n" if m[1] == "n" else m[1], subject)
+
+
+_ESCAPED = re.compile(r"\\(.)", re.DOTALL)
 
 
 class BatchReader:
@@ -228,14 +237,27 @@ class BatchReader:
             "cursor": cursor,
             "rows": size * len(self.scopes),
         }
+        found = conn.execute(_NEXT, params).fetchone()
+        text = found[0] if found else None
+        if not text:
+            return None
         rows: list[Row] = []
-        last = ""
-        for subject, scope, since in conn.execute(_NEXT, params).fetchall():
+        append = rows.append
+        last = None
+        escaped = "\\" in text
+        scopes: dict[str, tuple[str, ...]] = {}  # one tuple per scope
+        for line in text.split("\n"):
+            millis, scope, subject = line.split(" ", 2)
+            if escaped and "\\" in subject:
+                subject = _unescape(subject)
             if subject == last:
                 previous = rows[-1]
-                rows[-1] = (subject, [*previous[1], scope], max(previous[2], since), None)
+                rows[-1] = (subject, (*previous[1], scope), max(previous[2], int(millis)), None)
             else:
-                rows.append((subject, [scope], since, None))
+                one = scopes.get(scope)
+                if one is None:
+                    one = scopes[scope] = (scope,)
+                append((subject, one, int(millis), None))
                 last = subject
         # A subject has at most one row per scope, so the walk holds at least ``size``
         # subjects when it was cut short; only the last one can miss rows, and it is beyond
@@ -257,40 +279,16 @@ class BatchReader:
         for prefix, where in hashes.items():
             first = rows[where[0]][0].partition(":")[2]
             last = rows[where[-1]][0].partition(":")[2]
-            found = dict(conn.execute(_SEALED, (self.sealed_kinds[prefix], first, last)).fetchall())
+            text = conn.execute(_SEALED, (self.sealed_kinds[prefix], first, last)).fetchone()
+            found = dict(line.split(" ", 1) for line in text[0].split("\n")) if text and text[0] else {}
             for i in where:
                 subject, scopes, since, _ = rows[i]
                 rows[i] = (subject, scopes, since, found.get(subject.partition(":")[2]))
         return rows
 
 
-def record_batch(
-    conn: psycopg.Connection[Any],
-    replay_id: str,
-    destination: str,
-    scopes: Sequence[str],
-    since: datetime | None,
-    batch: Batch,
-    skipped: Sequence[str],
-) -> None:
-    """One ``replay_commands`` row per command of ``batch`` (its subjects but ``skipped``):
-    one statement in the batch's snapshot (``conn``: ``snapshot_connection``). A re-done batch
-    of a resumed run finds its rows there already."""
-    params = {
-        "replay_id": replay_id,
-        "destination": destination,
-        "scopes": list(scopes),
-        "since": since,
-        "lo": batch.lo,
-        "hi": batch.hi,
-        "skipped": list(skipped),
-    }
-    with in_snapshot(conn, batch.snapshot):
-        conn.execute(_RECORD, params)
-
-
 class BatchSender:
-    """Sends whole batches of one run: read, decrypt, build, record, produce, wait."""
+    """Sends whole batches of one run: read, decrypt, build, produce."""
 
     def __init__(
         self,
@@ -336,12 +334,6 @@ class BatchSender:
                 values[i] = text
         return values
 
-    def record(self, conn: psycopg.Connection[Any], batch: Batch, prepared: Prepared) -> None:
-        """One ``replay_commands`` row per command of ``batch``, before it is produced (so the
-        confirmer knows its ack): ``record_batch``."""
-        dest, skipped = self.dest.id, prepared.skipped
-        record_batch(conn, self.replay_id, dest, self.reader.scopes, self.since, batch, skipped)
-
     def prepare(self, rows: Sequence[Row]) -> Prepared:
         """Decrypt, then build each command's id and bytes (None for a subject the
         destination cannot use)."""
@@ -363,7 +355,7 @@ class BatchSender:
         return Prepared(keys, values, skipped, now, result)
 
     def produce(self, prepared: Prepared) -> DeliveryTracker:
-        """Produce a recorded batch (throttled); its tracker counts the delivery reports."""
+        """Produce a batch (throttled); its tracker counts the delivery reports."""
         tracker = DeliveryTracker(self.producer)
         produce = tracker.produce
         topic = self.topic
@@ -391,7 +383,7 @@ class _TextArrayDumper(Dumper):
 
 
 def snapshot_connection(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
-    """``conn`` (an autocommit connection of the recording or the saving thread) with lists
+    """``conn`` (the saving thread's autocommit connection) with lists
     dumped by ``_TextArrayDumper`` and its explicit transactions (``in_snapshot``) at
     REPEATABLE READ, the isolation an imported snapshot needs."""
     conn.adapters.register_dumper(list, _TextArrayDumper)
@@ -538,13 +530,16 @@ class Replayer:
 
     def _save(self, conn: psycopg.Connection[Any], replay_id: str, batch: Batch, prepared: Prepared) -> None:
         """After a delivered batch (every batch before it delivered too), on the saving
-        thread: write its commands into the audit trail of the requests whose suppression they
-        carry (one statement, in the batch's snapshot), then save the cursor and the counts
-        (outside the snapshot: the run's row changed since)."""
+        thread, in one round trip: write its commands into the audit trail of the requests
+        whose suppression they carry (one statement, in a transaction in the batch's
+        snapshot), then save the cursor and the counts (outside the snapshot: the run's row
+        changed since)."""
+        statements: list[sql.Composable] = []
         if prepared.keys:
-            with in_snapshot(conn, batch.snapshot):
-                audit.record_replayed_batch(
-                    conn,
+            statements += [
+                sql.SQL("BEGIN ISOLATION LEVEL REPEATABLE READ"),
+                sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(batch.snapshot)),
+                audit.replayed_batch(
                     replay_id,
                     self.dest.id,
                     self.scopes,
@@ -554,9 +549,19 @@ class Replayer:
                     prepared.skipped,
                     prepared.issued_at,
                     f"replayed to {self.dest.id} ({replay_id})",
-                )
+                ),
+                sql.SQL("COMMIT"),
+            ]
         result = prepared.result
-        conn.execute(_CURSOR, (batch.hi, result.sent, result.skipped, replay_id))
+        statements.append(
+            _CURSOR.format(
+                sql.Literal(batch.hi),
+                sql.Literal(result.sent),
+                sql.Literal(result.skipped),
+                sql.Literal(replay_id),
+            )
+        )
+        conn.execute(sql.SQL(";\n").join(statements))
 
     def _delivered(self, report: ReplayReport, prepared: Prepared, done: int, total: Future[int]) -> int:
         """Count a delivered batch and show the progress."""
@@ -586,10 +591,9 @@ class Replayer:
         self, conn: psycopg.Connection[Any], report: ReplayReport, cursor: str, total: Future[int]
     ) -> None:
         """One process, overlapping stages: a thread reads the next batches (its own
-        connection), the main thread builds batch N while a second thread records batch N-1
-        (its own connection), then produces N-1; once a batch's delivery reports are in, in
-        batch order, a third thread (its own connection) writes its audit rows and saves the
-        cursor."""
+        connection, one snapshot), the main thread builds and produces them; once a batch's
+        delivery reports are in, in batch order, a second thread (its own connection) writes
+        its audit rows and saves the cursor."""
         producer = self._producer or make_producer(self.settings)
         ring = self._ring or suppression_ring(self.settings)
         sender = BatchSender(
@@ -612,15 +616,12 @@ class Replayer:
             daemon=True,
         )
         reader.start()
-        unsent: tuple[Batch, Prepared, Future[None]] | None = None
         in_flight: deque[tuple[Batch, Prepared, DeliveryTracker]] = deque()
         saves: deque[Future[None]] = deque()
         done = batches = 0
         try:
             with (
-                snapshot_connection(connect(self.settings.dsn(), autocommit=True)) as recording,
                 snapshot_connection(connect(self.settings.dsn(), autocommit=True)) as saving,
-                ThreadPoolExecutor(1, thread_name_prefix="replay-record") as recorder,
                 ThreadPoolExecutor(1, thread_name_prefix="replay-save") as saver,
             ):
 
@@ -637,17 +638,10 @@ class Replayer:
                     item = reads.get()
                     if isinstance(item, BaseException):
                         raise item
-                    current = None
                     if item is not None:
                         batch, rows = item
                         prepared = sender.prepare(rows)
-                        recorded_future = recorder.submit(sender.record, recording, batch, prepared)
-                        current = (batch, prepared, recorded_future)
-                    if unsent is not None:  # the previous batch, recorded meanwhile
-                        previous, ready, recorded = unsent
-                        recorded.result()
-                        in_flight.append((previous, ready, sender.produce(ready)))
-                    unsent = current
+                        in_flight.append((batch, prepared, sender.produce(prepared)))
                     while in_flight and (delivered(in_flight[0][2]) or len(in_flight) > PREFETCH):
                         delivered_batch(*in_flight.popleft())
                     if item is None:

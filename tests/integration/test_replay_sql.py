@@ -1,6 +1,6 @@
-"""The rows ``optout replay`` has PostgreSQL compute (migration 0019, services/replay/run.py):
-the SQL command id equals the Python one, and a batch's rows are those of the snapshot it was
-read in, whatever changed in its subject range since."""
+"""The audit rows ``optout replay`` has PostgreSQL compute (migration 0019,
+services/replay/run.py): the SQL command id equals the Python one, and a batch's rows are those
+of the snapshot it was read in, whatever changed in its subject range since."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ import psycopg
 import pytest
 
 from services.common import audit
+from services.common.clock import to_millis
+from services.common.contract import AckStatus, Destination, Identifier, Scope
 from services.common.settings import Settings
+from services.confirmer.outcomes import Ack
+from services.confirmer.store import apply_acks
 from services.domain.identity import sha256_hex
 from services.replay.plan import replay_command_id
-from services.replay.run import Batch, in_snapshot, record_batch, snapshot_connection
+from services.replay.run import Batch, BatchReader, in_snapshot, snapshot_connection
 
 pytestmark = pytest.mark.integration
 
@@ -48,9 +52,9 @@ def _state(conn: psycopg.Connection[object], subject: str, event_id: str, since:
 
 
 def test_a_batchs_rows_are_those_of_its_snapshot(database: dict[str, str]) -> None:
-    """The replay_commands and ``replayed`` audit rows of a batch, written after intake added a
-    subject to its range and suppressed another's scope again: exactly the subjects read (but
-    the skipped one)."""
+    """The ``replayed`` audit rows of a batch, written after intake added a subject to its
+    range and another request took over a subject's suppression: exactly the subjects read
+    (but the skipped one), with the requests of the snapshot."""
     cfg = Settings(database_url=database["app"], admin_database_url=database["admin"])
     dest = cfg.destinations["email_provider"]
     since = datetime(2026, 11, 1, tzinfo=UTC)
@@ -71,7 +75,6 @@ def test_a_batchs_rows_are_those_of_its_snapshot(database: dict[str, str]) -> No
             intake.execute("UPDATE suppression_state SET event_id = 'evt-newer' WHERE subject = 'cust:e'")
             batch = Batch("cust:", "cust:e", str(exported[0]))
             skipped = ["cust:c"]
-            record_batch(writer, "run-1", dest.id, ["EMAIL_MARKETING"], None, batch, skipped)
             with in_snapshot(writer, batch.snapshot):
                 written = audit.record_replayed_batch(
                     writer,
@@ -86,13 +89,98 @@ def test_a_batchs_rows_are_those_of_its_snapshot(database: dict[str, str]) -> No
                     "replayed to email_provider (run-1)",
                 )
         assert written == 2
-        recorded = writer.execute("SELECT command_id FROM replay_commands ORDER BY 1").fetchall()
         trail = writer.execute(
             "SELECT event_id, command_id, detail FROM audit_events WHERE step = 'replayed' ORDER BY 1"
         ).fetchall()
     ids = {s: replay_command_id("run-1", dest.id, s) for s in ("cust:a", "cust:e")}
-    assert sorted(r[0] for r in recorded) == sorted(ids.values())
     assert trail == [
         ("evt-0", ids["cust:a"], f"replayed to email_provider (run-1): command {ids['cust:a']}"),
         ("evt-2", ids["cust:e"], f"replayed to email_provider (run-1): command {ids['cust:e']}"),
     ]
+
+
+def test_the_confirmer_records_replay_acks_as_they_arrive(database: dict[str, str]) -> None:
+    """The replayer writes no ``replay_commands`` row: the confirmer inserts one per
+    acknowledged command of a known run (a success is final, a refusal gives way to a
+    success), leaves acks of unknown runs unknown, and refuses a destination the run does not
+    send to. Nothing is confirmed."""
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+
+    def ack(command: str, status: AckStatus, replay_id: str = "run-1", dest: str = "email_provider") -> Ack:
+        return Ack(command, f"replay:{replay_id}", dest, status, f"{status} detail", at)
+
+    with psycopg.connect(database["app"]) as conn:
+        conn.execute(
+            "INSERT INTO replay_runs (replay_id, destination, started_at)"
+            " VALUES ('run-1', 'email_provider', %s)",
+            (at,),
+        )
+        first = apply_acks(
+            conn,
+            [
+                ack("c1", AckStatus.REJECTED),
+                ack("c1", AckStatus.APPLIED),
+                ack("c2", AckStatus.ALREADY_SUPPRESSED),
+                ack("c3", AckStatus.APPLIED, replay_id="run-unknown"),
+                ack("c4", AckStatus.APPLIED, dest="mail_house"),
+            ],
+            at,
+        )
+        second = apply_acks(conn, [ack("c1", AckStatus.REJECTED), ack("c2", AckStatus.APPLIED)], at)
+        rows = conn.execute(
+            "SELECT command_id, replay_id, destination, status FROM replay_commands ORDER BY 1"
+        ).fetchall()
+    assert (first.replayed, first.unknown, set(first.mismatched), first.confirmations) == (
+        3,
+        {"c3"},
+        {"c4"},
+        [],
+    )
+    assert second.replayed == 2 and not second.unknown
+    assert rows == [
+        ("c1", "run-1", "email_provider", "APPLIED"),
+        ("c2", "run-1", "email_provider", "ALREADY_SUPPRESSED"),
+    ]
+
+
+def test_the_sql_milliseconds_are_to_millis(database: dict[str, str]) -> None:
+    """The batch reader has PostgreSQL turn ``since`` into ``requested_at``: the same
+    milliseconds as ``clock.to_millis`` (the double nearest the epoch seconds, times 1000,
+    truncated), exact milliseconds and microseconds, before and after 1970."""
+    base = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    moments = [base + timedelta(microseconds=n * 997) for n in range(2000)]
+    moments += [base + timedelta(milliseconds=n) for n in range(2000)]
+    moments += [datetime(1969, 12, 31, 23, 59, 59, 999_000 - n, tzinfo=UTC) for n in range(0, 5000, 7)]
+    with psycopg.connect(database["app"]) as conn:
+        found = conn.execute(
+            "SELECT trunc(extract(epoch FROM t)::float8 * 1000)::bigint"
+            " FROM unnest(%s::timestamptz[]) WITH ORDINALITY AS u(t, n) ORDER BY n",
+            (moments,),
+        ).fetchall()
+    assert [row[0] for row in found] == [to_millis(m) for m in moments]
+
+
+def test_the_batch_reader_reads_any_subject_back(database: dict[str, str]) -> None:
+    """Subjects come as one text value (newline and backslash escaped): customer ids with
+    newlines, backslashes, spaces and tabs are read back exactly, with their scopes and newest
+    ``since``."""
+    odd = ["cust:a\nb", "cust:back\\slash", "cust:two\\\\n", "cust:sp ace\ttab", "cust:\\n", "cust:é\r\n"]
+    since = datetime(2026, 11, 1, 8, 30, 0, 123_000, tzinfo=UTC)
+    with psycopg.connect(database["app"], autocommit=True) as conn:
+        for n, subject in enumerate(odd):
+            _state(conn, subject, f"evt-{n}", since + timedelta(seconds=n))
+        conn.execute(
+            "INSERT INTO suppression_state (subject, scope, suppressed, since, event_id, action, updated_at)"
+            " VALUES (%s, 'THIRD_PARTY_SHARING', true, %s, 'evt-x', 'OPT_OUT', %s)",
+            (odd[0], since + timedelta(days=1), since),
+        )
+        scopes = frozenset({Scope.EMAIL_MARKETING, Scope.THIRD_PARTY_SHARING})
+        customers = frozenset({Identifier.CUSTOMER_ID})
+        found = BatchReader(Destination("x", scopes, customers, customers), None).next(conn, "", 100)
+    assert found is not None
+    batch, rows = found
+    expected = {s: (("EMAIL_MARKETING",), to_millis(since + timedelta(seconds=n))) for n, s in enumerate(odd)}
+    expected[odd[0]] = (("EMAIL_MARKETING", "THIRD_PARTY_SHARING"), to_millis(since + timedelta(days=1)))
+    assert {subject: (scopes, millis) for subject, scopes, millis, _ in rows} == expected
+    assert len(rows) == len(odd)
+    assert batch.hi == rows[-1][0]
