@@ -15,10 +15,11 @@ connection):
    id and Avro bytes (``encode.ReplayBuilder``, byte-identical to the codec's) and produces
    them to ``optout.suppress.<destination>`` (throttled by a token bucket), then goes on with
    the next batch;
-3. once a batch's delivery reports are all in (and every earlier batch's), in batch order, a
-   saving thread writes its commands into the audit trail of the requests whose suppression
-   they carry (``audit.record_replayed_batch``) and saves the cursor and the counts in
-   ``replay_runs``.
+3. once a batch's delivery reports are all in (and every earlier batch's), one of two saving
+   threads (a connection each: two batches at once) writes its commands into the audit trail
+   of the requests whose suppression they carry (``audit.replayed_batch``); once a batch's
+   audit rows are written, and every earlier batch's, the main thread saves the cursor and
+   the counts in ``replay_runs``, in batch order.
 
 The ``replayed`` audit rows are computed by PostgreSQL: one ``INSERT ... SELECT`` over the
 batch's subject range of ``suppression_state`` (but the subjects the batch skipped) in the
@@ -148,10 +149,10 @@ _COUNT = f"""
 SELECT count(DISTINCT subject) FROM suppression_state WHERE {_FILTER} AND subject > %(cursor)s
 """
 
-_CURSOR = sql.SQL("""
-UPDATE replay_runs SET cursor_subject = {}, sent = sent + {}, skipped = skipped + {}
-WHERE replay_id = {}
-""")
+_CURSOR = """
+UPDATE replay_runs SET cursor_subject = %s, sent = sent + %s, skipped = skipped + %s
+WHERE replay_id = %s
+"""
 
 # The suppression-list kind whose raw value a destination taking this identifier needs, per
 # subject kind (``plan.sealed_kind``).
@@ -198,6 +199,7 @@ class Prepared:
 
 DELIVERY_TIMEOUT_SECONDS = 60.0
 PREFETCH = 2  # batches read ahead of the one being built (in-process runs)
+SAVERS = 2  # connections writing the audit rows of delivered batches at once
 
 
 # subject, scopes, newest since (epoch milliseconds), sealed entry
@@ -528,40 +530,45 @@ class Replayer:
         log.info("replay started", replay_id=replay_id, destination=self.dest.id)
         return ReplayReport(replay_id, self.dest.id, False, 0), ""
 
-    def _save(self, conn: psycopg.Connection[Any], replay_id: str, batch: Batch, prepared: Prepared) -> None:
-        """After a delivered batch (every batch before it delivered too), on the saving
-        thread, in one round trip: write its commands into the audit trail of the requests
-        whose suppression they carry (one statement, in a transaction in the batch's
-        snapshot), then save the cursor and the counts (outside the snapshot: the run's row
-        changed since)."""
-        statements: list[sql.Composable] = []
-        if prepared.keys:
-            statements += [
-                sql.SQL("BEGIN ISOLATION LEVEL REPEATABLE READ"),
-                sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(batch.snapshot)),
-                audit.replayed_batch(
-                    replay_id,
-                    self.dest.id,
-                    self.scopes,
-                    self.since,
-                    batch.lo,
-                    batch.hi,
-                    prepared.skipped,
-                    prepared.issued_at,
-                    f"replayed to {self.dest.id} ({replay_id})",
-                ),
-                sql.SQL("COMMIT"),
-            ]
-        result = prepared.result
-        statements.append(
-            _CURSOR.format(
-                sql.Literal(batch.hi),
-                sql.Literal(result.sent),
-                sql.Literal(result.skipped),
-                sql.Literal(replay_id),
-            )
+    def _audit(
+        self, conns: queue.Queue[psycopg.Connection[Any]], replay_id: str, batch: Batch, prepared: Prepared
+    ) -> None:
+        """After a delivered batch, on a saving thread (with one of ``conns``): write its
+        commands into the audit trail of the requests whose suppression they carry, in one
+        round trip (a transaction in the batch's snapshot around one statement)."""
+        if not prepared.keys:
+            return
+        statement = audit.replayed_batch(
+            replay_id,
+            self.dest.id,
+            self.scopes,
+            self.since,
+            batch.lo,
+            batch.hi,
+            prepared.skipped,
+            prepared.issued_at,
+            f"replayed to {self.dest.id} ({replay_id})",
         )
-        conn.execute(sql.SQL(";\n").join(statements))
+        conn = conns.get()
+        try:
+            conn.execute(
+                sql.SQL(";\n").join(
+                    [
+                        sql.SQL("BEGIN ISOLATION LEVEL REPEATABLE READ"),
+                        sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(batch.snapshot)),
+                        statement,
+                        sql.SQL("COMMIT"),
+                    ]
+                )
+            )
+        finally:
+            conns.put(conn)
+
+    def _save(self, conn: psycopg.Connection[Any], replay_id: str, batch: Batch, prepared: Prepared) -> None:
+        """Once a batch's audit rows are written (and every earlier batch's, and its cursor),
+        save the cursor and the counts (outside the snapshot: the run's row changed since)."""
+        result = prepared.result
+        conn.execute(_CURSOR, (batch.hi, result.sent, result.skipped, replay_id))
 
     def _delivered(self, report: ReplayReport, prepared: Prepared, done: int, total: Future[int]) -> int:
         """Count a delivered batch and show the progress."""
@@ -592,8 +599,8 @@ class Replayer:
     ) -> None:
         """One process, overlapping stages: a thread reads the next batches (its own
         connection, one snapshot), the main thread builds and produces them; once a batch's
-        delivery reports are in, in batch order, a second thread (its own connection) writes
-        its audit rows and saves the cursor."""
+        delivery reports are in, a saving thread (``SAVERS``, a connection each) writes its
+        audit rows; the main thread saves the cursors in batch order (``conn``)."""
         producer = self._producer or make_producer(self.settings)
         ring = self._ring or suppression_ring(self.settings)
         sender = BatchSender(
@@ -617,22 +624,34 @@ class Replayer:
         )
         reader.start()
         in_flight: deque[tuple[Batch, Prepared, DeliveryTracker]] = deque()
-        saves: deque[Future[None]] = deque()
+        saves: deque[tuple[Batch, Prepared, Future[None]]] = deque()
         done = batches = 0
+        conns: queue.Queue[psycopg.Connection[Any]] = queue.Queue()
         try:
-            with (
-                snapshot_connection(connect(self.settings.dsn(), autocommit=True)) as saving,
-                ThreadPoolExecutor(1, thread_name_prefix="replay-save") as saver,
-            ):
+            with contextlib.ExitStack() as stack:
+                for _ in range(SAVERS):
+                    saving = snapshot_connection(connect(self.settings.dsn(), autocommit=True))
+                    conns.put(stack.enter_context(saving))
+                saver = stack.enter_context(ThreadPoolExecutor(SAVERS, thread_name_prefix="replay-save"))
+
+                def saved(wait: bool) -> None:
+                    """Save the cursor of each batch whose audit rows are written, in batch order
+                    (``wait``: also the oldest one still being written)."""
+                    nonlocal done, batches
+                    while saves and (saves[0][2].done() or wait or len(saves) > PREFETCH):
+                        batch, prepared, written = saves.popleft()
+                        written.result()  # raises what the saving thread met
+                        self._save(conn, report.replay_id, batch, prepared)
+                        done = self._delivered(report, prepared, done, total)
+                        batches += 1
+                        wait = False
 
                 def delivered_batch(batch: Batch, prepared: Prepared, tracker: DeliveryTracker) -> None:
-                    nonlocal done, batches
                     tracker.wait(DELIVERY_TIMEOUT_SECONDS)
-                    saves.append(saver.submit(self._save, saving, report.replay_id, batch, prepared))
-                    while saves and (saves[0].done() or len(saves) > PREFETCH):
-                        saves.popleft().result()  # raises what the saving thread met
-                    done = self._delivered(report, prepared, done, total)
-                    batches += 1
+                    saves.append(
+                        (batch, prepared, saver.submit(self._audit, conns, report.replay_id, batch, prepared))
+                    )
+                    saved(wait=False)
 
                 while True:
                     item = reads.get()
@@ -644,12 +663,13 @@ class Replayer:
                         in_flight.append((batch, prepared, sender.produce(prepared)))
                     while in_flight and (delivered(in_flight[0][2]) or len(in_flight) > PREFETCH):
                         delivered_batch(*in_flight.popleft())
+                    saved(wait=False)
                     if item is None:
                         break
                 while in_flight:
                     delivered_batch(*in_flight.popleft())
                 while saves:
-                    saves.popleft().result()
+                    saved(wait=True)
         finally:
             stop.set()
             while reader.is_alive():  # unblock a reader waiting on a full queue
