@@ -198,12 +198,27 @@ class Prepared:
 
 
 DELIVERY_TIMEOUT_SECONDS = 60.0
+SNAPSHOT_SECONDS = 60.0  # a reading snapshot is renewed (between batches) after this long
+KEEPALIVE_SECONDS = 10.0  # a reading transaction waiting for the main thread runs SELECT 1 this often
 PREFETCH = 2  # batches read ahead of the one being built (in-process runs)
 SAVERS = 2  # connections writing the audit rows of delivered batches at once
 
 
 # subject, scopes, newest since (epoch milliseconds), sealed entry
 Row = tuple[str, tuple[str, ...], int, str | None]
+
+
+@dataclass(frozen=True)
+class SnapshotEnd:
+    """The reading thread ends its snapshot once the main thread has finished (delivered,
+    audited, saved) every batch read in it and set ``done``."""
+
+    done: threading.Event
+
+
+# What the reading thread hands the main thread: a batch and its rows, the end of a snapshot,
+# the end of the run (None) or the error it met.
+Read = tuple["Batch", list[Row]] | SnapshotEnd | BaseException | None
 
 
 def _unescape(subject: str) -> str:
@@ -614,7 +629,7 @@ class Replayer:
             self.codec,
             self.clock,
         )
-        reads: queue.Queue[tuple[Batch, list[Row]] | BaseException | None] = queue.Queue(PREFETCH)
+        reads: queue.Queue[Read] = queue.Queue(PREFETCH)
         stop = threading.Event()
         reader = threading.Thread(
             target=self._read_ahead,
@@ -657,6 +672,13 @@ class Replayer:
                     item = reads.get()
                     if isinstance(item, BaseException):
                         raise item
+                    if isinstance(item, SnapshotEnd):  # finish every batch read in it
+                        while in_flight:
+                            delivered_batch(*in_flight.popleft())
+                        while saves:
+                            saved(wait=True)
+                        item.done.set()
+                        continue
                     if item is not None:
                         batch, rows = item
                         prepared = sender.prepare(rows)
@@ -682,30 +704,64 @@ class Replayer:
         self,
         cursor: str,
         reader: BatchReader,
-        out: queue.Queue[tuple[Batch, list[Row]] | BaseException | None],
+        out: queue.Queue[Read],
         stop: threading.Event,
     ) -> None:
         """The reading thread: each batch with its rows, then None (or the error). It reads in
-        one REPEATABLE READ transaction whose snapshot it exports (each ``Batch`` names it, for
-        the statements writing the batch's rows) and keeps open until ``stop`` (the end of
-        the run: the last batch is saved)."""
+        a REPEATABLE READ transaction whose snapshot it exports (each ``Batch`` names it, for
+        the statement writing the batch's audit rows) and keeps open until every batch read
+        in it is saved: after ``SNAPSHOT_SECONDS`` it hands a ``SnapshotEnd`` and waits for
+        the main thread to finish those batches, then starts a new one (VACUUM is held back
+        that long at most); the last one stays open until ``stop`` (the end of the run). While
+        it waits, it runs ``SELECT 1`` every ``KEEPALIVE_SECONDS`` (a throttled run may wait
+        long; a server's ``idle_in_transaction_session_timeout`` would end the snapshot)."""
         try:
             with connect(self.settings.dsn(), autocommit=True) as conn:
                 conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
                 conn.read_only = True
-                with conn.transaction():
-                    exported = conn.execute("SELECT pg_export_snapshot()").fetchone()
-                    snapshot = str(exported[0]) if exported else ""
-                    count = 0
-                    while self.stop_after is None or count < self.stop_after:
-                        found = reader.next(conn, cursor, self.batch_size)
-                        if found is None or stop.is_set():
-                            break
-                        batch, rows = found
-                        out.put((Batch(batch.lo, batch.hi, snapshot), rows))
-                        cursor = batch.hi
-                        count += 1
-                    out.put(None)
-                    stop.wait()
+                count = 0
+                more = True
+                while more:
+                    with conn.transaction():
+                        exported = conn.execute("SELECT pg_export_snapshot()").fetchone()
+                        snapshot = str(exported[0]) if exported else ""
+                        started = time.monotonic()
+                        while True:
+                            found = None
+                            if self.stop_after is None or count < self.stop_after:
+                                found = reader.next(conn, cursor, self.batch_size)
+                            if found is None or stop.is_set():
+                                more = False
+                                _hand(conn, out, None)
+                                _idle(conn, stop, stop)  # keep the snapshot until the run ends
+                                break
+                            batch, rows = found
+                            _hand(conn, out, (Batch(batch.lo, batch.hi, snapshot), rows))
+                            cursor = batch.hi
+                            count += 1
+                            if time.monotonic() - started >= SNAPSHOT_SECONDS:
+                                ended = SnapshotEnd(threading.Event())
+                                _hand(conn, out, ended)
+                                _idle(conn, ended.done, stop)
+                                break
         except BaseException as exc:  # handed to the main thread, which raises it
             out.put(exc)
+
+
+def _hand(conn: psycopg.Connection[Any], out: queue.Queue[Read], item: Read) -> None:
+    """Put ``item`` for the main thread, keeping ``conn``'s transaction alive meanwhile."""
+    while True:
+        try:
+            out.put(item, timeout=KEEPALIVE_SECONDS)
+            return
+        except queue.Full:
+            conn.execute("SELECT 1")
+
+
+def _idle(conn: psycopg.Connection[Any], done: threading.Event, stop: threading.Event) -> None:
+    """Wait for ``done`` (or ``stop``), keeping ``conn``'s transaction alive meanwhile."""
+    due = time.monotonic() + KEEPALIVE_SECONDS
+    while not done.wait(0.1) and not stop.is_set():
+        if time.monotonic() >= due:
+            conn.execute("SELECT 1")
+            due = time.monotonic() + KEEPALIVE_SECONDS

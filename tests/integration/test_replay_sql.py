@@ -4,7 +4,10 @@ of the snapshot it was read in, whatever changed in its subject range since."""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -16,8 +19,10 @@ from services.common.settings import Settings
 from services.confirmer.outcomes import Ack
 from services.confirmer.store import apply_acks
 from services.domain.identity import sha256_hex
+from services.replay import run
 from services.replay.plan import replay_command_id
 from services.replay.run import Batch, BatchReader, in_snapshot, snapshot_connection
+from tests.support.pipeline import isolated_settings, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -184,3 +189,64 @@ def test_the_batch_reader_reads_any_subject_back(database: dict[str, str]) -> No
     assert {subject: (scopes, millis) for subject, scopes, millis, _ in rows} == expected
     assert len(rows) == len(odd)
     assert batch.hi == rows[-1][0]
+
+
+def test_a_run_renews_its_snapshot_and_sends_each_subject_once(
+    base_settings: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reading snapshot renewed after every batch (``SNAPSHOT_SECONDS`` 0: the main
+    thread finishes each batch before the next is read): every subject sent once, with its
+    audit row, and the run finished."""
+    path = tmp_path / "destinations.toml"
+    path.write_text(
+        """
+[[destinations]]
+name = "customers"
+kind = "partners"
+scopes = ["EMAIL_MARKETING"]
+identifiers = ["customer_id"]
+requires_one_of = ["customer_id"]
+"""
+    )
+    cfg = isolated_settings(base_settings, destinations_file=path)
+    monkeypatch.setattr(run, "SNAPSHOT_SECONDS", 0.0)
+    since = datetime(2026, 11, 1, tzinfo=UTC)
+    subjects = [f"cust:C-{n:02d}" for n in range(11)]
+    with psycopg.connect(cfg.dsn(), autocommit=True) as conn:
+        for n, subject in enumerate(subjects):
+            _state(conn, subject, f"evt-{n:02d}", since)
+    report = run.Replayer(cfg, "customers", batch_size=2).run()
+    assert (report.sent, report.skipped, report.stopped) == (len(subjects), 0, False)
+    commands = read_topic(cfg, cfg.suppress_topic("customers"), expect=len(subjects))
+    assert sorted(f"cust:{c.decoded()['customer_id']}" for c in commands) == subjects
+    with psycopg.connect(cfg.dsn()) as conn:
+        audited = conn.execute(
+            "SELECT event_id, command_id FROM audit_events WHERE step = 'replayed' ORDER BY 1"
+        ).fetchall()
+        finished = conn.execute("SELECT finished_at IS NOT NULL, cursor_subject FROM replay_runs").fetchall()
+    assert audited == [
+        (f"evt-{n:02d}", replay_command_id(report.replay_id, "customers", s)) for n, s in enumerate(subjects)
+    ]
+    assert finished == [(True, subjects[-1])]
+
+
+def test_a_waiting_reading_transaction_outlives_the_idle_timeout(
+    database: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the reading thread waits for the main thread (a throttled run), it keeps its
+    snapshot's transaction alive: a server's ``idle_in_transaction_session_timeout`` shorter
+    than the wait does not end it."""
+    monkeypatch.setattr(run, "KEEPALIVE_SECONDS", 0.1)
+    done, stop = threading.Event(), threading.Event()
+    with psycopg.connect(database["app"], autocommit=True) as conn:
+        conn.execute("SET idle_in_transaction_session_timeout = '400ms'")
+        with conn.transaction():
+            exported = conn.execute("SELECT pg_export_snapshot()").fetchone()
+            timer = threading.Timer(1.5, done.set)
+            timer.start()
+            run._idle(conn, done, stop)
+            assert exported is not None
+            with psycopg.connect(database["app"], autocommit=True) as other:
+                other.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+                with in_snapshot(other, str(exported[0])):
+                    assert other.execute("SELECT 1").fetchone() == (1,)
