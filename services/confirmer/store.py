@@ -122,15 +122,16 @@ def _apply_replayed(cur: psycopg.Cursor[Any], acks: Sequence[Ack], outcome: AckO
         if previous is None or previous.status is AckStatus.REJECTED:
             final[ack.command_id] = ack  # the last success, or the last refusal
     if final:
+        ordered = [final[c] for c in sorted(final)]  # in key order: concurrent confirmers never deadlock
         cur.execute(
             _UPSERT_REPLAYED,
             (
-                list(final),
-                [a.request_id[prefix:] for a in final.values()],
-                [a.destination for a in final.values()],
-                [a.status.value for a in final.values()],
-                [a.detail[:MAX_DETAIL] if a.detail else None for a in final.values()],
-                [a.acked_at for a in final.values()],
+                [a.command_id for a in ordered],
+                [a.request_id[prefix:] for a in ordered],
+                [a.destination for a in ordered],
+                [a.status.value for a in ordered],
+                [a.detail[:MAX_DETAIL] if a.detail else None for a in ordered],
+                [a.acked_at for a in ordered],
             ),
         )
 
