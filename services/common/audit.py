@@ -41,6 +41,7 @@ from enum import StrEnum
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from services.common.errors import ConfigurationError
 from services.common.logging import redact_text
@@ -158,6 +159,73 @@ def record_reissued(
             "detail": f"{label}: command ",
         },
     )
+
+
+# ``optout replay``'s commands of one batch, without sending PostgreSQL their ids: the batch is
+# the destination's suppressed state rows of the subjects after ``lo`` up to ``hi`` (the filter
+# of services/replay/run.py's batch reader), but those in ``skipped`` (no command sent), read in
+# the snapshot the batch was read in (``replayed_batch``); the command id is computed by
+# ``replay_command_id`` (migration 0019, equal to ``plan.replay_command_id``). DISTINCT only
+# when a subject can have rows of several scopes (one row per request and command).
+_REPLAYED_BATCH = sql.SQL("""
+INSERT INTO audit_events (event_id, at, step, destination, detail, command_id)
+SELECT {distinct} s.event_id, {at}::timestamptz, 'replayed', {destination}, {detail} || s.c, s.c
+FROM (
+    SELECT event_id, replay_command_id({replay_id}, {destination}, subject) AS c
+    FROM suppression_state
+    WHERE suppressed AND scope = ANY({scopes}::text[])
+      AND ({since}::timestamptz IS NULL OR since >= {since}::timestamptz)
+      AND subject > {lo} AND subject <= {hi} AND subject <> ALL({skipped}::text[])
+) s
+""")
+
+
+def replayed_batch(
+    replay_id: str,
+    destination: str,
+    scopes: Sequence[str],
+    since: datetime | None,
+    lo: str,
+    hi: str,
+    skipped: Sequence[str],
+    at: datetime,
+    label: str,
+) -> sql.Composed:
+    """The statement writing the commands ``optout replay`` sent for the batch of subjects
+    after ``lo`` up to ``hi`` (but ``skipped``) into the trail of each request suppressing the
+    subject for one of ``scopes`` (step ``replayed``, detail ``<label>: command <id>``, as
+    ``record_reissued`` writes them), its values inlined as literals (so that the replay can
+    send it with other statements in one round trip). Run it in the snapshot the batch was
+    read in: the rows it selects are then exactly the batch's."""
+    return _REPLAYED_BATCH.format(
+        distinct=sql.SQL("DISTINCT" if len(scopes) > 1 else ""),
+        at=sql.Literal(at),
+        destination=sql.Literal(destination),
+        detail=sql.Literal(f"{label}: command "),
+        replay_id=sql.Literal(replay_id),
+        scopes=sql.Literal(list(scopes)),
+        since=sql.Literal(since),
+        lo=sql.Literal(lo),
+        hi=sql.Literal(hi),
+        skipped=sql.Literal(list(skipped)),
+    )
+
+
+def record_replayed_batch(
+    cur: psycopg.Cursor[Any] | psycopg.Connection[Any],
+    replay_id: str,
+    destination: str,
+    scopes: Sequence[str],
+    since: datetime | None,
+    lo: str,
+    hi: str,
+    skipped: Sequence[str],
+    at: datetime,
+    label: str,
+) -> int:
+    """Run ``replayed_batch`` (in the caller's transaction); the rows written."""
+    statement = replayed_batch(replay_id, destination, scopes, since, lo, hi, skipped, at, label)
+    return max(cur.execute(statement).rowcount, 0)
 
 
 # Acks of those commands: written into the same trails when they change the command's status

@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 
 from services.common.audit import AuditEvent, Step, append, safe_detail
-from services.common.contract import AckStatus, is_replay_request
+from services.common.contract import REPLAY_REQUEST_PREFIX, AckStatus, is_replay_request
 from services.common.records import OptOutConfirmedRecord
 from services.confirmer.outcomes import (
     MAX_DETAIL,
@@ -79,18 +79,21 @@ WHERE r.event_id = t.e
 """
 
 
-# Acks of replayed commands (services/replay): recorded in ``replay_commands`` with the same
-# precedence as ``outcomes.fold_acks`` (PENDING takes any ack, a success is final, REJECTED
-# gives way to a success). They belong to no request, so nothing is ever confirmed for them.
-_REPLAYED = """
-SELECT command_id, 'replay:' || replay_id, destination FROM replay_commands WHERE command_id = ANY(%s)
-"""
+# Acks of replayed commands (services/replay): the replayer writes no row per command (it
+# would cost a million inserts on the replay's path); the confirmer records each ack in
+# ``replay_commands`` when it arrives, for a command whose request id names a run of
+# ``replay_runs`` (inserted before the run sends anything) to the ack's destination, with the
+# same precedence as ``outcomes.fold_acks`` (a success is final, REJECTED gives way to a
+# success). They belong to no request, so nothing is ever confirmed for them.
+_REPLAY_RUNS = "SELECT replay_id, destination FROM replay_runs WHERE replay_id = ANY(%s)"
 
-_UPDATE_REPLAYED = """
-UPDATE replay_commands AS r SET status = t.s, detail = t.dt, acked_at = t.a
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[]) AS t(c, s, dt, a)
-WHERE r.command_id = t.c
-  AND (r.status = 'PENDING' OR (r.status = 'REJECTED' AND t.s <> 'REJECTED'))
+_UPSERT_REPLAYED = """
+INSERT INTO replay_commands AS r (command_id, replay_id, destination, status, detail, acked_at)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[])
+ON CONFLICT (command_id) DO UPDATE SET status = excluded.status, detail = excluded.detail,
+    acked_at = excluded.acked_at
+WHERE r.replay_id = excluded.replay_id AND r.destination = excluded.destination
+  AND (r.status = 'PENDING' OR (r.status = 'REJECTED' AND excluded.status <> 'REJECTED'))
 """
 
 
@@ -99,18 +102,19 @@ def _apply_replayed(cur: psycopg.Cursor[Any], acks: Sequence[Ack], outcome: AckO
     candidates = [a for a in acks if a.command_id in outcome.unknown and is_replay_request(a.request_id)]
     if not candidates:
         return
-    cur.execute(_REPLAYED, (sorted({a.command_id for a in candidates}),))
-    known = {r[0]: (r[1], r[2]) for r in cur.fetchall()}
+    prefix = len(REPLAY_REQUEST_PREFIX)
+    cur.execute(_REPLAY_RUNS, (sorted({a.request_id[prefix:] for a in candidates}),))
+    runs: dict[str, str] = {str(r[0]): str(r[1]) for r in cur.fetchall()}
     final: dict[str, Ack] = {}
     for ack in candidates:
-        if ack.command_id not in known:
-            continue
+        replay_id = ack.request_id[prefix:]
+        destination = runs.get(replay_id)
+        if destination is None:
+            continue  # no such run: unknown
         outcome.unknown.discard(ack.command_id)
-        request_id, destination = known[ack.command_id]
-        if (ack.request_id, ack.destination) != (request_id, destination):
+        if ack.destination != destination:
             outcome.mismatched[ack.command_id] = (
-                f"ack says request {ack.request_id} at {ack.destination}; "
-                f"the replayed command is {request_id} at {destination}"
+                f"ack says request {ack.request_id} at {ack.destination}; that replay sends to {destination}"
             )
             continue
         outcome.replayed += 1
@@ -118,13 +122,16 @@ def _apply_replayed(cur: psycopg.Cursor[Any], acks: Sequence[Ack], outcome: AckO
         if previous is None or previous.status is AckStatus.REJECTED:
             final[ack.command_id] = ack  # the last success, or the last refusal
     if final:
+        ordered = [final[c] for c in sorted(final)]  # in key order: concurrent confirmers never deadlock
         cur.execute(
-            _UPDATE_REPLAYED,
+            _UPSERT_REPLAYED,
             (
-                list(final),
-                [a.status.value for a in final.values()],
-                [a.detail[:MAX_DETAIL] if a.detail else None for a in final.values()],
-                [a.acked_at for a in final.values()],
+                [a.command_id for a in ordered],
+                [a.request_id[prefix:] for a in ordered],
+                [a.destination for a in ordered],
+                [a.status.value for a in ordered],
+                [a.detail[:MAX_DETAIL] if a.detail else None for a in ordered],
+                [a.acked_at for a in ordered],
             ),
         )
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from services.common.avro import MARKER, Codec
-from services.common.clock import to_millis
+from services.common.clock import from_millis, to_millis
 from services.common.contract import Action, Destination, Identifier
 from services.common.records import PostalAddressRecord, SuppressionCommandRecord
 from services.domain.planning import COMMAND_NAMESPACE
@@ -218,10 +218,12 @@ class ReplayBuilder:
         self.encoder.at(to_millis(issued_at))
 
     def build(
-        self, subject: str, scopes: Sequence[str], since: datetime, raw: str | PostalAddressRecord | None
+        self, subject: str, scopes: Sequence[str], since: int, raw: str | PostalAddressRecord | None
     ) -> tuple[str, bytes] | None:
         """``subject``'s command id and bytes, or None when the destination cannot act on it
-        (``raw``: its decrypted value, when ``plan.sealed_kind`` asked for one)."""
+        (``since``: the newest time it was suppressed, in epoch milliseconds, the command's
+        ``requested_at``; ``raw``: its decrypted value, when ``plan.sealed_kind`` asked for
+        one)."""
         kind, _, value = subject.partition(":")
         needs = self._needs
         customer = email = phone = email_sha256 = phone_sha256 = None
@@ -251,13 +253,18 @@ class ReplayBuilder:
                 return None
         else:  # a postal address (the codec writes the nested record) or nothing usable
             record = replay_command(
-                self.replay_id, self.dest, Suppressed(subject, tuple(scopes), since), raw, self._issued_at
+                self.replay_id,
+                self.dest,
+                Suppressed(subject, tuple(scopes), from_millis(since)),
+                raw,
+                self._issued_at,
             )
             if record is None:
                 return None
+            record["requested_at"] = since  # exactly (a datetime may not convert back to it)
             return record["command_id"], self.encoder.encode_record(record)
         command_id = self.ids(subject)
         body = self.encoder.encode(
-            command_id, customer, email, phone, email_sha256, phone_sha256, scopes, to_millis(since)
+            command_id, customer, email, phone, email_sha256, phone_sha256, scopes, since
         )
         return command_id, body

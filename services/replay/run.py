@@ -9,23 +9,32 @@ connection):
    subject (one walk of the state's primary key, stopped after enough rows for
    ``batch_size`` subjects) and, for the kinds whose raw value the destination takes, their
    sealed suppression-list entries (one range scan of the list's key per kind); it reads up
-   to ``PREFETCH`` batches ahead;
-2. the main thread decrypts the raw values (``KeyRing.open_many``) and builds each command's
-   id and Avro bytes (``encode.ReplayBuilder``, byte-identical to the codec's);
-3. a recording thread records one ``replay_commands`` row per command (COPY; the confirmer
-   matches the acks there) while the main thread builds the next batch; once a batch is
-   recorded the main thread produces it to ``optout.suppress.<destination>`` (throttled by a
-   token bucket) and goes on; once a batch's delivery reports are all in (and every earlier
-   batch's), in batch order, its commands are written into the audit trail of the requests
-   whose suppression they carry (``audit.record_reissued``, one statement) and the cursor
-   and the counts are saved in ``replay_runs``, by a saving thread.
+   to ``PREFETCH`` batches ahead, all in one REPEATABLE READ transaction whose snapshot it
+   exports (``pg_export_snapshot``) and keeps open until the run ends;
+2. the main thread decrypts the raw values (``KeyRing.open_many``), builds each command's
+   id and Avro bytes (``encode.ReplayBuilder``, byte-identical to the codec's) and produces
+   them to ``optout.suppress.<destination>`` (throttled by a token bucket), then goes on with
+   the next batch;
+3. once a batch's delivery reports are all in (and every earlier batch's), one of two saving
+   threads (a connection each: two batches at once) writes its commands into the audit trail
+   of the requests whose suppression they carry (``audit.replayed_batch``); once a batch's
+   audit rows are written, and every earlier batch's, the main thread saves the cursor and
+   the counts in ``replay_runs``, in batch order.
 
-A kill anywhere re-does the batches recorded, produced or delivered after the saved cursor
-(at most seven: the one being recorded, up to three produced and not all delivered, up to three
-delivered and not yet saved), with the same command ids: the connector's dedupe store
-(``connector_applied``) acknowledges a command it has already applied without applying it
-again, and the ``replay_commands`` rows a re-done batch had recorded are kept (COPY falls back
-to INSERT ... ON CONFLICT DO NOTHING for that batch); their audit rows are written again.
+The ``replayed`` audit rows are computed by PostgreSQL: one ``INSERT ... SELECT`` over the
+batch's subject range of ``suppression_state`` (but the subjects the batch skipped) in the
+snapshot the batch was read in (``in_snapshot``: exactly the rows read, whatever intake
+changed since), with the command id computed by ``replay_command_id`` (migration 0019, equal
+to ``plan.replay_command_id``); Python sends no per-command value for them. The replayer
+writes no ``replay_commands`` row: the confirmer records each ack there when it arrives
+(services/confirmer/store.py; the run's ``replay_runs`` row, inserted before anything is
+sent, tells it the command is a replay's).
+
+A kill anywhere re-does the batches produced or delivered after the saved cursor (at most
+six: up to three produced and not all delivered, up to three delivered and not yet saved),
+with the same command ids: the connector's dedupe store (``connector_applied``) acknowledges
+a command it has already applied without applying it again; their audit rows are written
+again.
 """
 
 from __future__ import annotations
@@ -33,11 +42,12 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
+import re
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,7 +55,7 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import Producer
-from psycopg import postgres
+from psycopg import postgres, sql
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
@@ -108,30 +118,35 @@ _FILTER = """suppressed AND scope = ANY(%(scopes)s)
 
 # The next batch: the state rows after ``cursor`` in primary-key order (subject, scope), an
 # index walk that stops after ``rows`` rows: ``batch_size`` times the number of scopes, enough
-# for ``batch_size`` subjects, so each batch costs the same however far the run is.
+# for ``batch_size`` subjects, so each batch costs the same however far the run is. The rows
+# come as ONE text value, a line each: ``<since in epoch ms> <scope> <subject>`` (the subject
+# last, with backslash and newline escaped as \\ and \n), which Python splits: decoding
+# thousands of rows of three columns through psycopg cost about 2 µs a row. The milliseconds
+# are computed as ``clock.to_millis`` does (the double nearest the epoch seconds, times 1000,
+# truncated: tests/integration/test_replay_sql.py).
 _NEXT = f"""
-SELECT subject, scope, since FROM suppression_state
-WHERE {_FILTER} AND subject > %(cursor)s
-ORDER BY subject, scope LIMIT %(rows)s
+SELECT string_agg(
+    trunc(extract(epoch FROM since)::float8 * 1000)::bigint::text || ' ' || scope || ' '
+        || replace(replace(subject, '\\', '\\\\'), E'\\n', '\\n'),
+    E'\\n' ORDER BY subject, scope)
+FROM (
+    SELECT subject, scope, since FROM suppression_state
+    WHERE {_FILTER} AND subject > %(cursor)s
+    ORDER BY subject, scope LIMIT %(rows)s
+) s
 """
 
 # The sealed entries of one kind for the batch's subjects of that kind: their hashes are one
 # range of the list's primary key (the subjects share a prefix, so subject order is hash
-# order), read in one index range scan rather than a lookup per subject.
+# order), read in one index range scan rather than a lookup per subject; one text value, a
+# line ``<sha256> <sealed>`` each (hex and base64url: nothing to escape).
 _SEALED = """
-SELECT sha256, sealed FROM suppression_list WHERE kind = %s AND sha256 >= %s AND sha256 <= %s
+SELECT string_agg(sha256 || ' ' || sealed, E'\\n') FROM suppression_list
+WHERE kind = %s AND sha256 >= %s AND sha256 <= %s
 """
 
 _COUNT = f"""
 SELECT count(DISTINCT subject) FROM suppression_state WHERE {_FILTER} AND subject > %(cursor)s
-"""
-
-_COPY_RECORD = "COPY replay_commands (command_id, replay_id, destination) FROM STDIN"
-
-_RECORD = """
-INSERT INTO replay_commands (command_id, replay_id, destination)
-SELECT c, %s, %s FROM unnest(%s::text[]) AS t(c)
-ON CONFLICT (command_id) DO NOTHING
 """
 
 _CURSOR = """
@@ -154,17 +169,14 @@ def new_replay_id(destination: str, now: datetime) -> str:
     return f"{now:%Y%m%dT%H%M%S%fZ}-{destination}-{uuid.uuid4().hex[:8]}"
 
 
-def _copy_text(value: str) -> str:
-    """A value in COPY's text format."""
-    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-
-
 @dataclass(frozen=True)
 class Batch:
-    """The subjects after ``lo`` up to and including ``hi``."""
+    """The subjects after ``lo`` up to and including ``hi``, read in the exported snapshot
+    ``snapshot`` (empty: none), which the statements writing the batch's rows import."""
 
     lo: str
     hi: str
+    snapshot: str = ""
 
 
 @dataclass(frozen=True)
@@ -176,20 +188,45 @@ class BatchResult:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A batch's commands, ready to record and produce."""
+    """A batch's commands, ready to produce."""
 
     keys: list[str]  # command ids (the Kafka keys)
     values: list[bytes]
-    subjects: list[str]  # each command's subject (for the audit trail)
+    skipped: list[str]  # the subjects of the batch without a command
     issued_at: datetime
     result: BatchResult
 
 
 DELIVERY_TIMEOUT_SECONDS = 60.0
+SNAPSHOT_SECONDS = 60.0  # a reading snapshot is renewed (between batches) after this long
+KEEPALIVE_SECONDS = 10.0  # a reading transaction waiting for the main thread runs SELECT 1 this often
 PREFETCH = 2  # batches read ahead of the one being built (in-process runs)
+SAVERS = 2  # connections writing the audit rows of delivered batches at once
 
 
-Row = tuple[str, list[str], datetime, str | None]  # subject, scopes, newest since, sealed entry
+# subject, scopes, newest since (epoch milliseconds), sealed entry
+Row = tuple[str, tuple[str, ...], int, str | None]
+
+
+@dataclass(frozen=True)
+class SnapshotEnd:
+    """The reading thread ends its snapshot once the main thread has finished (delivered,
+    audited, saved) every batch read in it and set ``done``."""
+
+    done: threading.Event
+
+
+# What the reading thread hands the main thread: a batch and its rows, the end of a snapshot,
+# the end of the run (None) or the error it met.
+Read = tuple["Batch", list[Row]] | SnapshotEnd | BaseException | None
+
+
+def _unescape(subject: str) -> str:
+    """A subject as ``_NEXT`` escaped it (backslash and newline)."""
+    return _ESCAPED.sub(lambda m: "\n" if m[1] == "n" else m[1], subject)
+
+
+_ESCAPED = re.compile(r"\\(.)", re.DOTALL)
 
 
 class BatchReader:
@@ -217,14 +254,27 @@ class BatchReader:
             "cursor": cursor,
             "rows": size * len(self.scopes),
         }
+        found = conn.execute(_NEXT, params).fetchone()
+        text = found[0] if found else None
+        if not text:
+            return None
         rows: list[Row] = []
-        last = ""
-        for subject, scope, since in conn.execute(_NEXT, params).fetchall():
+        append = rows.append
+        last = None
+        escaped = "\\" in text
+        scopes: dict[str, tuple[str, ...]] = {}  # one tuple per scope
+        for line in text.split("\n"):
+            millis, scope, subject = line.split(" ", 2)
+            if escaped and "\\" in subject:
+                subject = _unescape(subject)
             if subject == last:
                 previous = rows[-1]
-                rows[-1] = (subject, [*previous[1], scope], max(previous[2], since), None)
+                rows[-1] = (subject, (*previous[1], scope), max(previous[2], int(millis)), None)
             else:
-                rows.append((subject, [scope], since, None))
+                one = scopes.get(scope)
+                if one is None:
+                    one = scopes[scope] = (scope,)
+                append((subject, one, int(millis), None))
                 last = subject
         # A subject has at most one row per scope, so the walk holds at least ``size``
         # subjects when it was cut short; only the last one can miss rows, and it is beyond
@@ -246,7 +296,8 @@ class BatchReader:
         for prefix, where in hashes.items():
             first = rows[where[0]][0].partition(":")[2]
             last = rows[where[-1]][0].partition(":")[2]
-            found = dict(conn.execute(_SEALED, (self.sealed_kinds[prefix], first, last)).fetchall())
+            text = conn.execute(_SEALED, (self.sealed_kinds[prefix], first, last)).fetchone()
+            found = dict(line.split(" ", 1) for line in text[0].split("\n")) if text and text[0] else {}
             for i in where:
                 subject, scopes, since, _ = rows[i]
                 rows[i] = (subject, scopes, since, found.get(subject.partition(":")[2]))
@@ -254,7 +305,7 @@ class BatchReader:
 
 
 class BatchSender:
-    """Sends whole batches of one run: read, decrypt, build, record, produce, wait."""
+    """Sends whole batches of one run: read, decrypt, build, produce."""
 
     def __init__(
         self,
@@ -277,7 +328,7 @@ class BatchSender:
         self.clock = clock
         self.builder = ReplayBuilder(codec, replay_id, dest)
         self.topic = settings.suppress_topic(dest.id)
-        self._copy_suffix = f"\t{_copy_text(replay_id)}\t{_copy_text(dest.id)}\n"
+        self.since = since
 
     def raw_values(self, rows: Sequence[Row]) -> list[str | PostalAddressRecord | None]:
         """Each row's decrypted value (None: none needed, or not in the suppression list)."""
@@ -300,16 +351,6 @@ class BatchSender:
                 values[i] = text
         return values
 
-    def record(self, conn: psycopg.Connection[Any], command_ids: Sequence[str]) -> None:
-        """One ``replay_commands`` row per command, before it is produced (so the confirmer
-        knows its ack). A re-done batch of a resumed run finds its rows there already."""
-        suffix = self._copy_suffix
-        try:
-            with conn.cursor() as cur, cur.copy(_COPY_RECORD) as copy:
-                copy.write("".join([c + suffix for c in command_ids]))
-        except psycopg.errors.UniqueViolation:
-            conn.execute(_RECORD, (self.replay_id, self.dest.id, list(command_ids)))
-
     def prepare(self, rows: Sequence[Row]) -> Prepared:
         """Decrypt, then build each command's id and bytes (None for a subject the
         destination cannot use)."""
@@ -319,18 +360,19 @@ class BatchSender:
         self.builder.at(now)
         keys: list[str] = []
         values: list[bytes] = []
-        subjects: list[str] = []
+        skipped: list[str] = []
         for (subject, scopes, since, _), found in zip(rows, raw, strict=True):
             built = build(subject, scopes, since, found)
             if built is not None:
                 keys.append(built[0])
                 values.append(built[1])
-                subjects.append(subject)
+            else:
+                skipped.append(subject)
         result = BatchResult(len(keys), len(rows) - len(keys), len(rows))
-        return Prepared(keys, values, subjects, now, result)
+        return Prepared(keys, values, skipped, now, result)
 
     def produce(self, prepared: Prepared) -> DeliveryTracker:
-        """Produce a recorded batch (throttled); its tracker counts the delivery reports."""
+        """Produce a batch (throttled); its tracker counts the delivery reports."""
         tracker = DeliveryTracker(self.producer)
         produce = tracker.produce
         topic = self.topic
@@ -357,16 +399,25 @@ class _TextArrayDumper(Dumper):
         return ("{" + ",".join(quoted) + "}").encode()
 
 
-def saving_connection(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
-    """``conn`` (the saving thread's: audit rows and cursor) with lists dumped by
-    ``_TextArrayDumper``, and without hash or merge joins: ``audit.record_reissued`` joins a
-    batch's subjects to ``suppression_state``, which the planner otherwise does by hashing the
-    whole table for every batch (a sequential scan of a million rows, 200 times a million);
-    a nested loop over the primary key costs the same per batch however big the table is."""
+def snapshot_connection(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    """``conn`` (the saving thread's autocommit connection) with lists
+    dumped by ``_TextArrayDumper`` and its explicit transactions (``in_snapshot``) at
+    REPEATABLE READ, the isolation an imported snapshot needs."""
     conn.adapters.register_dumper(list, _TextArrayDumper)
-    conn.execute("SET enable_hashjoin = off")
-    conn.execute("SET enable_mergejoin = off")
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
     return conn
+
+
+@contextlib.contextmanager
+def in_snapshot(conn: psycopg.Connection[Any], snapshot: str) -> Iterator[None]:
+    """A transaction of ``conn`` (``snapshot_connection``) that sees the database as the
+    reading thread's transaction, which exported ``snapshot`` (``pg_export_snapshot``), does:
+    a statement over a batch's subject range then selects exactly the rows the batch was read
+    from, whatever intake changed since. Empty ``snapshot``: the transaction's own."""
+    with conn.transaction():
+        if snapshot:
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        yield
 
 
 def delivered(tracker: DeliveryTracker) -> bool:
@@ -494,19 +545,43 @@ class Replayer:
         log.info("replay started", replay_id=replay_id, destination=self.dest.id)
         return ReplayReport(replay_id, self.dest.id, False, 0), ""
 
-    def _save(self, conn: psycopg.Connection[Any], replay_id: str, batch: Batch, prepared: Prepared) -> None:
-        """After a delivered batch (every batch before it delivered too), on the saving
-        thread: write its commands into the audit trail of the requests whose suppression they
-        carry (one statement), then save the cursor and the counts."""
-        audit.record_reissued(
-            conn,
-            audit.Reissue.REPLAY,
+    def _audit(
+        self, conns: queue.Queue[psycopg.Connection[Any]], replay_id: str, batch: Batch, prepared: Prepared
+    ) -> None:
+        """After a delivered batch, on a saving thread (with one of ``conns``): write its
+        commands into the audit trail of the requests whose suppression they carry, in one
+        round trip (a transaction in the batch's snapshot around one statement)."""
+        if not prepared.keys:
+            return
+        statement = audit.replayed_batch(
+            replay_id,
             self.dest.id,
             self.scopes,
-            list(zip(prepared.keys, prepared.subjects, strict=True)),
+            self.since,
+            batch.lo,
+            batch.hi,
+            prepared.skipped,
             prepared.issued_at,
             f"replayed to {self.dest.id} ({replay_id})",
         )
+        conn = conns.get()
+        try:
+            conn.execute(
+                sql.SQL(";\n").join(
+                    [
+                        sql.SQL("BEGIN ISOLATION LEVEL REPEATABLE READ"),
+                        sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(batch.snapshot)),
+                        statement,
+                        sql.SQL("COMMIT"),
+                    ]
+                )
+            )
+        finally:
+            conns.put(conn)
+
+    def _save(self, conn: psycopg.Connection[Any], replay_id: str, batch: Batch, prepared: Prepared) -> None:
+        """Once a batch's audit rows are written (and every earlier batch's, and its cursor),
+        save the cursor and the counts (outside the snapshot: the run's row changed since)."""
         result = prepared.result
         conn.execute(_CURSOR, (batch.hi, result.sent, result.skipped, replay_id))
 
@@ -538,10 +613,9 @@ class Replayer:
         self, conn: psycopg.Connection[Any], report: ReplayReport, cursor: str, total: Future[int]
     ) -> None:
         """One process, overlapping stages: a thread reads the next batches (its own
-        connection), the main thread builds batch N while a second thread records batch N-1
-        (its own connection), then produces N-1; once a batch's delivery reports are in, in
-        batch order, a third thread (its own connection) writes its audit rows and saves the
-        cursor."""
+        connection, one snapshot), the main thread builds and produces them; once a batch's
+        delivery reports are in, a saving thread (``SAVERS``, a connection each) writes its
+        audit rows; the main thread saves the cursors in batch order (``conn``)."""
         producer = self._producer or make_producer(self.settings)
         ring = self._ring or suppression_ring(self.settings)
         sender = BatchSender(
@@ -555,7 +629,7 @@ class Replayer:
             self.codec,
             self.clock,
         )
-        reads: queue.Queue[tuple[Batch, list[Row]] | BaseException | None] = queue.Queue(PREFETCH)
+        reads: queue.Queue[Read] = queue.Queue(PREFETCH)
         stop = threading.Event()
         reader = threading.Thread(
             target=self._read_ahead,
@@ -564,49 +638,60 @@ class Replayer:
             daemon=True,
         )
         reader.start()
-        unsent: tuple[Batch, Prepared, Future[None]] | None = None
         in_flight: deque[tuple[Batch, Prepared, DeliveryTracker]] = deque()
-        saves: deque[Future[None]] = deque()
+        saves: deque[tuple[Batch, Prepared, Future[None]]] = deque()
         done = batches = 0
+        conns: queue.Queue[psycopg.Connection[Any]] = queue.Queue()
         try:
-            with (
-                connect(self.settings.dsn(), autocommit=True) as recording,
-                saving_connection(connect(self.settings.dsn(), autocommit=True)) as saving,
-                ThreadPoolExecutor(1, thread_name_prefix="replay-record") as recorder,
-                ThreadPoolExecutor(1, thread_name_prefix="replay-save") as saver,
-            ):
+            with contextlib.ExitStack() as stack:
+                for _ in range(SAVERS):
+                    saving = snapshot_connection(connect(self.settings.dsn(), autocommit=True))
+                    conns.put(stack.enter_context(saving))
+                saver = stack.enter_context(ThreadPoolExecutor(SAVERS, thread_name_prefix="replay-save"))
+
+                def saved(wait: bool) -> None:
+                    """Save the cursor of each batch whose audit rows are written, in batch order
+                    (``wait``: also the oldest one still being written)."""
+                    nonlocal done, batches
+                    while saves and (saves[0][2].done() or wait or len(saves) > PREFETCH):
+                        batch, prepared, written = saves.popleft()
+                        written.result()  # raises what the saving thread met
+                        self._save(conn, report.replay_id, batch, prepared)
+                        done = self._delivered(report, prepared, done, total)
+                        batches += 1
+                        wait = False
 
                 def delivered_batch(batch: Batch, prepared: Prepared, tracker: DeliveryTracker) -> None:
-                    nonlocal done, batches
                     tracker.wait(DELIVERY_TIMEOUT_SECONDS)
-                    saves.append(saver.submit(self._save, saving, report.replay_id, batch, prepared))
-                    while saves and (saves[0].done() or len(saves) > PREFETCH):
-                        saves.popleft().result()  # raises what the saving thread met
-                    done = self._delivered(report, prepared, done, total)
-                    batches += 1
+                    saves.append(
+                        (batch, prepared, saver.submit(self._audit, conns, report.replay_id, batch, prepared))
+                    )
+                    saved(wait=False)
 
                 while True:
                     item = reads.get()
                     if isinstance(item, BaseException):
                         raise item
-                    current = None
+                    if isinstance(item, SnapshotEnd):  # finish every batch read in it
+                        while in_flight:
+                            delivered_batch(*in_flight.popleft())
+                        while saves:
+                            saved(wait=True)
+                        item.done.set()
+                        continue
                     if item is not None:
                         batch, rows = item
                         prepared = sender.prepare(rows)
-                        current = (batch, prepared, recorder.submit(sender.record, recording, prepared.keys))
-                    if unsent is not None:  # the previous batch, recorded meanwhile
-                        previous, ready, recorded = unsent
-                        recorded.result()
-                        in_flight.append((previous, ready, sender.produce(ready)))
-                    unsent = current
+                        in_flight.append((batch, prepared, sender.produce(prepared)))
                     while in_flight and (delivered(in_flight[0][2]) or len(in_flight) > PREFETCH):
                         delivered_batch(*in_flight.popleft())
+                    saved(wait=False)
                     if item is None:
                         break
                 while in_flight:
                     delivered_batch(*in_flight.popleft())
                 while saves:
-                    saves.popleft().result()
+                    saved(wait=True)
         finally:
             stop.set()
             while reader.is_alive():  # unblock a reader waiting on a full queue
@@ -619,20 +704,64 @@ class Replayer:
         self,
         cursor: str,
         reader: BatchReader,
-        out: queue.Queue[tuple[Batch, list[Row]] | BaseException | None],
+        out: queue.Queue[Read],
         stop: threading.Event,
     ) -> None:
-        """The reading thread: each batch with its rows, then None (or the error)."""
+        """The reading thread: each batch with its rows, then None (or the error). It reads in
+        a REPEATABLE READ transaction whose snapshot it exports (each ``Batch`` names it, for
+        the statement writing the batch's audit rows) and keeps open until every batch read
+        in it is saved: after ``SNAPSHOT_SECONDS`` it hands a ``SnapshotEnd`` and waits for
+        the main thread to finish those batches, then starts a new one (VACUUM is held back
+        that long at most); the last one stays open until ``stop`` (the end of the run). While
+        it waits, it runs ``SELECT 1`` every ``KEEPALIVE_SECONDS`` (a throttled run may wait
+        long; a server's ``idle_in_transaction_session_timeout`` would end the snapshot)."""
         try:
             with connect(self.settings.dsn(), autocommit=True) as conn:
+                conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+                conn.read_only = True
                 count = 0
-                while self.stop_after is None or count < self.stop_after:
-                    found = reader.next(conn, cursor, self.batch_size)
-                    if found is None or stop.is_set():
-                        break
-                    out.put(found)
-                    cursor = found[0].hi
-                    count += 1
-            out.put(None)
+                more = True
+                while more:
+                    with conn.transaction():
+                        exported = conn.execute("SELECT pg_export_snapshot()").fetchone()
+                        snapshot = str(exported[0]) if exported else ""
+                        started = time.monotonic()
+                        while True:
+                            found = None
+                            if self.stop_after is None or count < self.stop_after:
+                                found = reader.next(conn, cursor, self.batch_size)
+                            if found is None or stop.is_set():
+                                more = False
+                                _hand(conn, out, None)
+                                _idle(conn, stop, stop)  # keep the snapshot until the run ends
+                                break
+                            batch, rows = found
+                            _hand(conn, out, (Batch(batch.lo, batch.hi, snapshot), rows))
+                            cursor = batch.hi
+                            count += 1
+                            if time.monotonic() - started >= SNAPSHOT_SECONDS:
+                                ended = SnapshotEnd(threading.Event())
+                                _hand(conn, out, ended)
+                                _idle(conn, ended.done, stop)
+                                break
         except BaseException as exc:  # handed to the main thread, which raises it
             out.put(exc)
+
+
+def _hand(conn: psycopg.Connection[Any], out: queue.Queue[Read], item: Read) -> None:
+    """Put ``item`` for the main thread, keeping ``conn``'s transaction alive meanwhile."""
+    while True:
+        try:
+            out.put(item, timeout=KEEPALIVE_SECONDS)
+            return
+        except queue.Full:
+            conn.execute("SELECT 1")
+
+
+def _idle(conn: psycopg.Connection[Any], done: threading.Event, stop: threading.Event) -> None:
+    """Wait for ``done`` (or ``stop``), keeping ``conn``'s transaction alive meanwhile."""
+    due = time.monotonic() + KEEPALIVE_SECONDS
+    while not done.wait(0.1) and not stop.is_set():
+        if time.monotonic() >= due:
+            conn.execute("SELECT 1")
+            due = time.monotonic() + KEEPALIVE_SECONDS

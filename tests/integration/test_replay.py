@@ -209,6 +209,8 @@ requires_one_of = ["customer_id", "email_sha256", "phone_sha256"]
     }
     assert len(commands) == len(sent) == len(expected)
     assert {s: c["scopes"] for s, c in sent.items()} == expected
-    with psycopg.connect(cfg.dsn()) as conn:
-        recorded = conn.execute("SELECT count(*) FROM replay_commands").fetchone()
-    assert recorded == (len(expected),)
+    with psycopg.connect(cfg.dsn()) as conn:  # one audit row per command (one request: 'e')
+        audited = conn.execute(
+            "SELECT count(DISTINCT command_id) FROM audit_events WHERE step = 'replayed'"
+        ).fetchone()
+    assert audited == (len(expected),)

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.common.avro import Codec, default_codec
+from services.common.clock import to_millis
 from services.common.contract import Action, Destination, Identifier, Scope
 from services.common.records import PostalAddressRecord, SuppressionCommandRecord
 from services.replay.encode import CommandEncoder, CommandIds, ReplayBuilder, write_long
@@ -205,7 +206,7 @@ def test_the_builder_gives_what_the_reference_gives(
     since = NOW - timedelta(days=3, microseconds=7)
     for scope_list in (("EMAIL_MARKETING",), ("EMAIL_MARKETING", "THIRD_PARTY_SHARING")):
         record = replay_command("20261201T120000Z-x", dest, Suppressed(subject, scope_list, since), raw, NOW)
-        built = builder.build(subject, scope_list, since, raw)
+        built = builder.build(subject, scope_list, to_millis(since), raw)
         if record is None:
             assert built is None
         else:
