@@ -86,8 +86,8 @@ class Infra:
     def find(cls, superuser_url: str, database: str) -> Infra:
         with psycopg.connect(superuser_url, autocommit=True) as conn:
             row = conn.execute("SELECT pg_backend_pid()").fetchone()
-        backend = int(row[0]) if row else -1
-        postmaster = _ppid(backend)
+            backend = int(row[0]) if row else -1
+            postmaster = _ppid(backend)  # while the backend lives (it exits with the connection)
         return cls(superuser_url, database, postmaster if postmaster > 1 else None, broker_pids())
 
 
