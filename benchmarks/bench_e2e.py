@@ -168,6 +168,7 @@ class PhaseResult:
     wall: tuple[datetime, datetime] | None = None  # when the phase started and ended (UTC)
     batches: dict[str, tuple[int, int]] = field(default_factory=dict)  # service -> (batches, messages)
     db_cpu: dict[str, float] = field(default_factory=dict)  # service -> CPU s of its PostgreSQL backends
+    requests: dict[str, dict[str, int]] = field(default_factory=dict)  # service -> Kafka requests by type
 
     @property
     def publish_rate(self) -> float:
@@ -343,6 +344,47 @@ def batch_lines(log: Path) -> Iterator[tuple[datetime, int]]:
             yield at, int(entry.get("messages") or 0)
 
 
+REQUEST_FIELDS = frozenset({"event", "client", "service", "group", "level", "timestamp"})
+
+
+def request_lines(log: Path) -> Iterator[tuple[datetime, str, dict[str, int]]]:
+    """(when, client, running totals) of each "kafka requests" line of a service's JSON log
+    (OPTOUT_KAFKA_REQUEST_LOG_SECONDS, ``services.common.kafka.RequestLog``)."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return
+    for line in text.splitlines():
+        if '"kafka requests"' not in line:
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(entry, dict) or entry.get("event") != "kafka requests":
+            continue
+        at = datetime.fromisoformat(str(entry.get("timestamp", "")).replace("Z", "+00:00"))
+        counts = {k: int(v) for k, v in entry.items() if k not in REQUEST_FIELDS and isinstance(v, int)}
+        yield at, str(entry.get("client", "")), counts
+
+
+def requests_between(log: Path, start: datetime, end: datetime) -> dict[str, int]:
+    """Requests the clients of one process sent between ``start`` and ``end``: per client,
+    its last running totals logged by ``end`` minus those logged by ``start``."""
+    before: dict[str, dict[str, int]] = {}
+    after: dict[str, dict[str, int]] = {}
+    for at, client, counts in request_lines(log):
+        if at <= start:
+            before[client] = counts
+        if at <= end:
+            after[client] = counts
+    total: dict[str, int] = {}
+    for client, counts in after.items():
+        for name, value in counts.items():
+            total[name] = total.get(name, 0) + value - before.get(client, {}).get(name, 0)
+    return total
+
+
 @dataclass
 class Pipeline:
     """The service processes of one configuration (one ``Fleet`` per batch-timeout role)."""
@@ -379,6 +421,11 @@ class Pipeline:
 
     def cpu_seconds(self) -> dict[str, float]:
         return {i.name: process_cpu_seconds(i.proc.pid) for f in self.fleets for i in f.instances}
+
+    def requests(self, start: datetime, end: datetime) -> dict[str, dict[str, int]]:
+        """Per service: the Kafka requests its clients sent between ``start`` and ``end``."""
+        found = {i.name: requests_between(Path(i.log), start, end) for f in self.fleets for i in f.instances}
+        return {name: counts for name, counts in found.items() if counts}
 
     def pids(self) -> dict[str, int]:
         return {i.name: i.proc.pid for f in self.fleets for i in f.instances}
@@ -493,6 +540,7 @@ def run_phase(
         result.db_cpu = backend_cpu_delta(db_before, backend_cpu_by_client(infra, clients))
     result.wall = (wall_started, datetime.now(UTC))
     result.batches = pipeline.batches(*result.wall)
+    result.requests = pipeline.requests(*result.wall)
     machine_after = machine_cpu()
     total = machine_after[1] - machine_before[1]
     result.machine_busy = 100 * (machine_after[0] - machine_before[0]) / total if total else 0.0
@@ -588,6 +636,25 @@ def batch_report(result: PhaseResult) -> list[str]:
         for name, (count, messages) in sorted(result.batches.items())
     ]
     lines = [f"  batches per 1,000 opt-outs (one transaction + one produce flush each): {', '.join(parts)}"]
+    if result.requests:
+        per = 1.0 / result.confirmed
+        totals: dict[str, int] = {}
+        for counts in result.requests.values():
+            for name, value in counts.items():
+                totals[name] = totals.get(name, 0) + value
+        sent, produce, fetch = totals.get("tx", 0), totals.get("Produce", 0), totals.get("Fetch", 0)
+        by_service = ", ".join(
+            f"{name} {c.get('Produce', 0) * per:.2f}/{c.get('Fetch', 0) * per:.2f}"
+            for name, c in sorted(result.requests.items())
+        )
+        lines.append(
+            f"  Kafka requests per opt-out (our clients, librdkafka statistics): all {sent * per:.2f} "
+            f"(Produce {produce * per:.2f}, Fetch {fetch * per:.2f}, "
+            f"other {(sent - produce - fetch) * per:.2f}); "
+            f"{totals.get('txbytes', 0) * per / 1024:.1f} KiB sent, "
+            f"{totals.get('rxbytes', 0) * per / 1024:.1f} KiB received; "
+            f"Produce/Fetch by service: {by_service}"
+        )
     if result.db_cpu:
         per = 1000.0 / result.confirmed
         lines.append(
@@ -821,6 +888,7 @@ class Bench:
             log_level=args.log_level,
         )
         self.env["OPTOUT_BATCH_LINGER_MS"] = str(args.batch_linger_ms)
+        self.env["OPTOUT_KAFKA_REQUEST_LOG_SECONDS"] = "1"  # requests per opt-out, from the logs
         self.settings = settings_for(self.env)
         self.infra = Infra.find(stack.superuser_database_url or "", self.db_name)
         note(f"broker pids {self.infra.brokers}, postmaster pid {self.infra.postmaster}")
