@@ -54,10 +54,15 @@ class AckOutcome:
     replayed: int = 0  # acks of replayed commands (``optout replay``): recorded, never confirmed
 
 
+# The batch's command ids are joined (unnest), not matched with ``= ANY(array)``: a prepared
+# statement's generic plan built on a young table can test every row against the whole array,
+# a cost that grows with the table (see services/connectors/dedupe.py).
 _LOCK_REQUESTS = """
 SELECT event_id, state, customer_id, email, postal_address, scopes, requested_at, action, phone
 FROM requests
-WHERE event_id IN (SELECT event_id FROM destination_status WHERE command_id = ANY(%s))
+WHERE event_id IN (
+    SELECT d.event_id FROM unnest(%s::text[]) AS u(command_id)
+    JOIN destination_status AS d ON d.command_id = u.command_id)
 ORDER BY event_id
 FOR UPDATE
 """
@@ -65,7 +70,9 @@ FOR UPDATE
 _DESTINATIONS = """
 SELECT command_id, event_id, destination, status, detail, acked_at
 FROM destination_status
-WHERE event_id IN (SELECT event_id FROM destination_status WHERE command_id = ANY(%s))
+WHERE event_id IN (
+    SELECT d.event_id FROM unnest(%s::text[]) AS u(command_id)
+    JOIN destination_status AS d ON d.command_id = u.command_id)
 """
 
 _UPDATE_DESTINATIONS = """
