@@ -1032,11 +1032,11 @@ def main(argv: list[str] | None = None) -> int:
     if intake_alone is not None:
         share = (highest.rate if highest else 0.0) / intake_alone.rate if intake_alone.rate else 0.0
         verdict = "PASS" if share >= TARGET_SHARE_OF_INTAKE else "FAIL"
-        share_text = f"share_of_intake={share:.2f}({verdict})"
+        share_text = f"share_of_intake={share:.3f}({verdict})"
         lines += [
             f"phase 3: intake alone over a backlog of {intake_alone.events:,} requests: "
             f"{intake_alone.rate:,.0f} requests/s ({intake_alone.detail})",
-            f"highest sustained rate {highest.rate if highest else 0:,.0f}/s = {share:.0%} of intake's own "
+            f"highest sustained rate {highest.rate if highest else 0:,.0f}/s = {share:.1%} of intake's own "
             f"rate in this run; target {TARGET_SHARE_OF_INTAKE:.0%} or more: {verdict}",
         ]
     passed = steady.confirmed == steady.published and steady.pct(99) < TARGET_P99_MS
