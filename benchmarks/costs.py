@@ -86,8 +86,8 @@ class Infra:
     def find(cls, superuser_url: str, database: str) -> Infra:
         with psycopg.connect(superuser_url, autocommit=True) as conn:
             row = conn.execute("SELECT pg_backend_pid()").fetchone()
-        backend = int(row[0]) if row else -1
-        postmaster = _ppid(backend)
+            backend = int(row[0]) if row else -1
+            postmaster = _ppid(backend)  # while the backend lives (it exits with the connection)
         return cls(superuser_url, database, postmaster if postmaster > 1 else None, broker_pids())
 
 
@@ -159,7 +159,7 @@ def cost_lines(pipeline_cpu: float, delta: InfraSample, events: int, label: str)
     per = 1000.0 / events
     total = pipeline_cpu + delta.broker_cpu + delta.postgres_cpu
     return [
-        f"cost per opt-out during '{label}' ({events:,} opt-outs): CPU ms: pipeline processes "
+        f"cost per opt-out during '{label}' ({events:,} opt-outs): CPU ms: service processes "
         f"{pipeline_cpu * per:.2f}, broker {delta.broker_cpu * per:.2f}, PostgreSQL (all "
         f"processes) {delta.postgres_cpu * per:.2f} (of which backends of this database "
         f"{delta.db_backends_cpu * per:.2f}); total {total * per:.2f}",
@@ -167,3 +167,61 @@ def cost_lines(pipeline_cpu: float, delta: InfraSample, events: int, label: str)
         f"database), {delta.wal_records / events:.1f} WAL records, {delta.wal_bytes / events / 1024:.1f} KiB "
         f"WAL, {delta.wal_sync / events:.3f} WAL fsyncs (whole server: shared with other users)",
     ]
+
+
+# --- PostgreSQL's CPU by client process ------------------------------------------------------
+def _socket_ports(pid: int) -> set[int]:
+    """Local TCP ports of the sockets ``pid`` holds (from its fds and the net tables)."""
+    inodes: set[int] = set()
+    try:
+        for fd in os.scandir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(fd.path)
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(int(link[8:-1]))
+    except OSError:
+        return set()
+    ports: set[int] = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) > 9 and int(parts[9]) in inodes:
+                ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def backend_cpu_by_client(infra: Infra, clients: dict[str, int]) -> dict[int, tuple[str, float]]:
+    """The backends of the benchmark's database whose client is one of ``clients`` (name ->
+    pid): backend pid -> (client name, its CPU seconds so far). Matched by the client's TCP
+    port (``pg_stat_activity.client_port``) among the sockets the client process holds."""
+    owner: dict[int, str] = {}
+    for name, pid in clients.items():
+        for port in _socket_ports(pid):
+            owner[port] = name
+    with psycopg.connect(infra.superuser_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid, client_port FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (infra.database,),
+        ).fetchall()
+    return {
+        int(pid): (owner[int(port)], own_cpu_seconds(int(pid)))
+        for pid, port in rows
+        if port is not None and int(port) in owner
+    }
+
+
+def backend_cpu_delta(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds each client's backends used between two ``backend_cpu_by_client``."""
+    used: dict[str, float] = {}
+    for pid, (name, seconds) in after.items():
+        start = before.get(pid, (name, 0.0))[1]
+        used[name] = used.get(name, 0.0) + max(0.0, seconds - start)
+    return used

@@ -7,6 +7,7 @@ before offsets are committed.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -71,7 +72,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "logger": NATIVE_LOG,
     }
     config.update(overrides)
-    return config
+    return with_request_log(settings, config)
 
 
 def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
@@ -90,6 +91,66 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         "logger": NATIVE_LOG,
     }
     config.update(overrides)
+    return with_request_log(settings, config)
+
+
+# --- requests sent, from librdkafka's statistics (OPTOUT_KAFKA_REQUEST_LOG_SECONDS) ----------
+COUNTED_BROKER_FIELDS = ("tx", "txbytes", "rx", "rxbytes")
+
+
+def request_counts(raw: str | bytes) -> tuple[str, dict[str, int]]:
+    """Pure: a librdkafka statistics document -> (client name, running totals over every
+    broker connection: requests sent by type, ``brokers.*.req``, and tx/txbytes/rx/rxbytes)."""
+    stats = json.loads(raw)
+    if not isinstance(stats, dict):
+        raise ValueError("librdkafka statistics are not a JSON object")
+    counts: dict[str, int] = {}
+    brokers = stats.get("brokers")
+    for broker in brokers.values() if isinstance(brokers, dict) else ():
+        if not isinstance(broker, dict):
+            continue
+        requests = broker.get("req")
+        items = [*(requests.items() if isinstance(requests, dict) else ())]
+        items += [(name, broker.get(name)) for name in COUNTED_BROKER_FIELDS]
+        for name, value in items:
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                counts[name] = counts.get(name, 0) + value
+    return str(stats.get("name", "")), counts
+
+
+class RequestLog:
+    """A ``stats_cb`` logging the client's running request counts (``request_counts``) at most
+    every ``seconds``, after passing the statistics to ``inner`` (the lag tracker's)."""
+
+    def __init__(self, seconds: float, inner: Callable[[str], None] | None = None) -> None:
+        self.seconds = seconds
+        self.inner = inner
+        self._last = -seconds
+
+    def __call__(self, raw: str) -> None:
+        if self.inner is not None:
+            self.inner(raw)
+        now = time.monotonic()
+        if now - self._last < self.seconds:
+            return
+        self._last = now
+        try:
+            client, counts = request_counts(raw)
+        except ValueError as exc:
+            log.warning("unreadable librdkafka statistics", error=str(exc))
+            return
+        log.info("kafka requests", client=client, **counts)
+
+
+def with_request_log(settings: Settings, config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with a ``RequestLog`` when OPTOUT_KAFKA_REQUEST_LOG_SECONDS is set (chained
+    after a ``stats_cb`` already there; statistics at least that often)."""
+    seconds = settings.kafka_request_log_seconds
+    if not seconds:
+        return config
+    interval = max(1, int(seconds * 1000))
+    config["stats_cb"] = RequestLog(seconds, config.get("stats_cb"))
+    config["statistics.interval.ms"] = min(int(config.get("statistics.interval.ms") or interval), interval)
     return config
 
 

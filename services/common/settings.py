@@ -84,6 +84,14 @@ class Settings(BaseSettings):
         "backlog and makes resident memory grow with it). A batch of OPTOUT_BATCH_SIZE "
         "messages needs about a tenth of the default.",
     )
+    kafka_request_log_seconds: float = Field(
+        0,
+        ge=0,
+        le=3600,
+        description="Above 0: every Kafka client logs the requests it has sent to the brokers, by "
+        "type (Produce, Fetch, ...; librdkafka statistics), every this many seconds (bench-e2e "
+        "counts requests per opt-out from them). 0: off.",
+    )
     topic_prefix: str = Field("", description="Prepended to every topic name (isolation).")
     destinations_file: Path | None = Field(
         None,

@@ -1,11 +1,13 @@
-"""Recording a batch of acknowledgements in PostgreSQL: four round trips per batch.
+"""Recording a batch of acknowledgements in PostgreSQL.
 
 ``apply_acks`` runs inside the caller's transaction (the step commits it only after the
-batch's confirmations are delivered, see ``step.py``):
+batch's confirmations are delivered, see ``step.py``; the step runs it in pipeline mode, so
+1 and 2 go in one round trip and 3 and 4 are queued for the step's sync):
 
 1. find the requests the acks belong to and lock them (``FOR UPDATE``, in event id
    order, so concurrent confirmers and rebalances serialize instead of deadlocking);
-2. read every destination row of those requests;
+2. read every destination row of those requests (a second statement, run after the first
+   took its locks: it sees what the last holder of a lock committed);
 3. fold the acks in with the precedence rules of ``outcomes.py`` and write the rows
    that changed (one ``UPDATE ... FROM unnest``);
 4. write the requests whose state changed, and build a confirmation for each request
@@ -52,17 +54,25 @@ class AckOutcome:
     replayed: int = 0  # acks of replayed commands (``optout replay``): recorded, never confirmed
 
 
+# The batch's command ids are joined (unnest), not matched with ``= ANY(array)``: a prepared
+# statement's generic plan built on a young table can test every row against the whole array,
+# a cost that grows with the table (see services/connectors/dedupe.py).
 _LOCK_REQUESTS = """
 SELECT event_id, state, customer_id, email, postal_address, scopes, requested_at, action, phone
 FROM requests
-WHERE event_id IN (SELECT event_id FROM destination_status WHERE command_id = ANY(%s))
+WHERE event_id IN (
+    SELECT d.event_id FROM unnest(%s::text[]) AS u(command_id)
+    JOIN destination_status AS d ON d.command_id = u.command_id)
 ORDER BY event_id
 FOR UPDATE
 """
 
 _DESTINATIONS = """
 SELECT command_id, event_id, destination, status, detail, acked_at
-FROM destination_status WHERE event_id = ANY(%s)
+FROM destination_status
+WHERE event_id IN (
+    SELECT d.event_id FROM unnest(%s::text[]) AS u(command_id)
+    JOIN destination_status AS d ON d.command_id = u.command_id)
 """
 
 _UPDATE_DESTINATIONS = """
@@ -141,18 +151,18 @@ def apply_acks(conn: psycopg.Connection[Any], acks: Sequence[Ack], now: datetime
     outcome = AckOutcome()
     if not acks:
         return outcome
-    with conn.cursor() as cur:
-        cur.execute(_LOCK_REQUESTS, (sorted({a.command_id for a in acks}),))
+    command_ids = sorted({a.command_id for a in acks})
+    with conn.cursor() as cur, conn.cursor() as destinations:
+        # both sent before either is read: one round trip in pipeline mode
+        cur.execute(_LOCK_REQUESTS, (command_ids,))
+        destinations.execute(_DESTINATIONS, (command_ids,))
         requests = {
             row[0]: RequestRow(
                 row[0], row[1], row[2], row[3], row[4], tuple(row[5]), row[6], action=row[7], phone=row[8]
             )
             for row in cur.fetchall()
         }
-        rows: dict[str, DestinationRow] = {}
-        if requests:
-            cur.execute(_DESTINATIONS, (list(requests),))
-            rows = {r[0]: DestinationRow(*r) for r in cur.fetchall()}
+        rows = {r[0]: DestinationRow(*r) for r in destinations.fetchall() if r[1] in requests}
 
         valid: list[Ack] = []
         for ack in acks:

@@ -24,15 +24,16 @@ command id; the mail house file is de-duplicated by command id before it is rewr
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from services.common.contract import AckStatus, Action
-from services.common.db import ADVISORY_XACT_LOCKS, LazyConnection, advisory_key, advisory_keys, first_line
+from services.common.db import ADVISORY_XACT_LOCKS, LazyConnection, advisory_key, advisory_keys
 from services.common.errors import RetriableError
 
 MAX_DETAIL_LENGTH = 500
@@ -89,9 +90,15 @@ def clip_detail(detail: str | None) -> str | None:
     return detail.replace("\x00", " ")[:MAX_DETAIL_LENGTH]
 
 
+# The id lists are joined, not matched with ``= ANY(array)``: a prepared statement's generic
+# plan built while the table was small is a sequential scan testing each row against the
+# whole array (PostgreSQL hashes the array only when it is a constant at planning time), which
+# cost a batch of 2,000 commands up to ~1 s of database CPU once the table had grown (bench-e2e
+# at 1,000/s; a connector that fell behind never caught up). A join stays linear whatever plan.
 _LOOKUP = """
-SELECT command_id, request_id, status, detail, applied_at FROM connector_applied
-WHERE destination = %s AND command_id = ANY(%s)
+SELECT a.command_id, a.request_id, a.status, a.detail, a.applied_at
+FROM unnest(%s::text[]) AS u(command_id)
+JOIN connector_applied AS a ON a.destination = %s AND a.command_id = u.command_id
 """
 
 # DO UPDATE (a no-op) rather than DO NOTHING so RETURNING also yields the row that won
@@ -106,8 +113,9 @@ RETURNING command_id, request_id, status, detail, applied_at
 
 
 _LATEST = """
-SELECT subject, requested_at, action, request_id FROM connector_latest
-WHERE destination = %s AND subject = ANY(%s)
+SELECT l.subject, l.requested_at, l.action, l.request_id
+FROM unnest(%s::text[]) AS u(subject)
+JOIN connector_latest AS l ON l.destination = %s AND l.subject = u.subject
 """
 
 # Newest wins (the same rank as ``Latest.rank``); rows in key order against deadlocks.
@@ -135,13 +143,24 @@ def _row(row: tuple[Any, ...]) -> StoredOutcome:
     return StoredOutcome(row[0], row[1], AckStatus(row[2]), row[3], row[4])
 
 
+Params = tuple[Any, ...]
+
+
 class DedupeStore:
-    """Outcomes of one destination's commands, in PostgreSQL."""
+    """Outcomes of one destination's commands, in PostgreSQL.
+
+    Round trips per batch (issue #15: each costs both processes a wake-up): the lookup; then,
+    inside ``serialized``, BEGIN, the people's locks and ``latest`` in one pipeline; ``record``'s
+    two statements and the COMMIT in another: three in all (nine before: BEGIN, locks and
+    ``latest`` one by one, and a savepoint around ``record``'s statements)."""
 
     def __init__(self, dsn: str, destination: str, prepared_statements: bool = True) -> None:
         self.dsn = dsn
         self.destination = destination
         self._db = LazyConnection(dsn, autocommit=True, prepared_statements=prepared_statements)
+        self._pending_locks: list[int] | None = None  # serialized: taken with the first statement
+        self._open = False  # serialized: our BEGIN was sent and no COMMIT/ROLLBACK yet
+        self._in_block = False
 
     @contextmanager
     def serialized(self, subjects: Sequence[str]) -> Iterator[None]:
@@ -149,41 +168,92 @@ class DedupeStore:
         another instance of this destination's connector with a command for one of them
         waits, so "read the newest applied, apply, record" is never interleaved for one
         person. Transaction-level advisory locks on this store's connection (``latest`` and
-        ``record`` inside the block run in the same transaction, committed when it ends),
-        so PgBouncer's transaction pooling keeps them; a crash releases them."""
+        ``record`` inside the block run in the same transaction), so PgBouncer's transaction
+        pooling keeps them; a crash releases them.
+
+        The transaction begins, and the locks are taken, with the block's first statement
+        (same pipeline, one round trip); ``record`` ends the block's transaction: its
+        statements and the COMMIT go in one round trip, and nothing may run in the block after
+        it. A block that raises rolls back."""
         if not subjects:
             yield
             return
-        keys = advisory_keys(self.destination, subjects)
+        if self._in_block:
+            raise RuntimeError("DedupeStore.serialized blocks do not nest")
+        self._pending_locks = advisory_keys(self.destination, subjects)
+        self._in_block = True
         try:
-            conn = self._db.get()
-            with conn.transaction():
-                conn.execute(ADVISORY_XACT_LOCKS, (keys,))
-                yield
-        except psycopg.OperationalError as exc:
-            self._db.close()
-            raise RetriableError(f"database error: {first_line(exc)}") from exc
+            yield
+        except BaseException:
+            self._rollback()
+            raise
+        else:
+            if self._open:  # record() was not called: commit what the block read
+                self._db.run(lambda conn: conn.execute("COMMIT"))
+        finally:
+            self._pending_locks = None
+            self._open = False
+            self._in_block = False
+
+    def _rollback(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        with suppress(RetriableError, psycopg.Error):
+            self._db.run(lambda conn: conn.execute("ROLLBACK"))
+
+    def _pipelined(
+        self, statements: Sequence[tuple[str, Params]], commit: bool = False
+    ) -> list[tuple[Any, ...]]:
+        """Run ``statements`` in one round trip, preceded by the block's BEGIN and locks when
+        they are pending (or by a BEGIN of their own when ``commit`` and outside a block),
+        followed by COMMIT when ``commit``; the last statement's rows."""
+        if self._in_block and not self._open and self._pending_locks is None:
+            raise RuntimeError("DedupeStore: nothing may run in a serialized block after record()")
+
+        def work(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+            try:
+                with conn.pipeline():
+                    if self._pending_locks is not None:
+                        conn.execute("BEGIN")
+                        self._open = True
+                        conn.execute(ADVISORY_XACT_LOCKS, (self._pending_locks,))
+                        self._pending_locks = None
+                    elif commit and not self._open:
+                        conn.execute("BEGIN")
+                    cursors = [conn.execute(query, params) for query, params in statements]
+                    if commit:
+                        conn.execute("COMMIT")
+                        self._open = False
+                return cursors[-1].fetchall() if cursors and cursors[-1].description else []
+            except psycopg.Error:
+                if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+                    self._open = False
+                    with suppress(psycopg.Error):
+                        conn.execute("ROLLBACK")
+                raise
+
+        return self._db.run(work)
 
     def lookup(self, command_ids: Sequence[str]) -> dict[str, StoredOutcome]:
         if not command_ids:
             return {}
-        rows = self._db.run(
-            lambda conn: conn.execute(_LOOKUP, (self.destination, list(command_ids))).fetchall()
-        )
+        rows = self._pipelined([(_LOOKUP, (list(command_ids), self.destination))])
         return {r[0]: _row(r) for r in rows}
 
     def latest(self, subjects: Sequence[str]) -> dict[str, Latest]:
         """The newest request applied here for each of ``subjects`` (absent: none)."""
         if not subjects:
             return {}
-        rows = self._db.run(lambda conn: conn.execute(_LATEST, (self.destination, list(subjects))).fetchall())
+        rows = self._pipelined([(_LATEST, (list(subjects), self.destination))])
         return {r[0]: Latest(r[0], r[1], Action(r[2]), r[3]) for r in rows}
 
     def record(
         self, outcomes: Sequence[StoredOutcome], latest: Sequence[Latest] = ()
     ) -> dict[str, StoredOutcome]:
         """Store outcomes (first writer wins) and, in the same transaction, the newest request
-        applied per person (newest wins); return what is stored for each id."""
+        applied per person (newest wins), and commit (inside ``serialized``: the block's
+        transaction); return what is stored for each id."""
         if not outcomes and not latest:
             return {}
         newest: dict[str, Latest] = {}
@@ -191,34 +261,37 @@ class DedupeStore:
             if item.subject not in newest or item.rank > newest[item.subject].rank:
                 newest[item.subject] = item
         ordered = [newest[k] for k in sorted(newest)]
-        params = (
-            self.destination,
-            [o.command_id for o in outcomes],
-            [o.request_id for o in outcomes],
-            [o.status.value for o in outcomes],
-            [clip_detail(o.detail) for o in outcomes],
-            [o.applied_at for o in outcomes],
-        )
-
-        def write(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
-            with conn.transaction():
-                if ordered:
-                    conn.execute(
-                        _RECORD_LATEST,
-                        (
-                            self.destination,
-                            max(o.applied_at for o in outcomes) if outcomes else None,
-                            [x.subject for x in ordered],
-                            [x.requested_at for x in ordered],
-                            [x.action.value for x in ordered],
-                            [x.request_id for x in ordered],
-                        ),
-                    )
-                if not outcomes:
-                    return []
-                return conn.execute(_RECORD, params).fetchall()
-
-        return {r[0]: _row(r) for r in self._db.run(write)}
+        statements: list[tuple[str, Params]] = []
+        if ordered:
+            statements.append(
+                (
+                    _RECORD_LATEST,
+                    (
+                        self.destination,
+                        max(o.applied_at for o in outcomes) if outcomes else None,
+                        [x.subject for x in ordered],
+                        [x.requested_at for x in ordered],
+                        [x.action.value for x in ordered],
+                        [x.request_id for x in ordered],
+                    ),
+                )
+            )
+        if outcomes:
+            statements.append(
+                (
+                    _RECORD,
+                    (
+                        self.destination,
+                        [o.command_id for o in outcomes],
+                        [o.request_id for o in outcomes],
+                        [o.status.value for o in outcomes],
+                        [clip_detail(o.detail) for o in outcomes],
+                        [o.applied_at for o in outcomes],
+                    ),
+                )
+            )
+        rows = self._pipelined(statements, commit=True)
+        return {r[0]: _row(r) for r in rows} if outcomes else {}
 
     def close(self) -> None:
         self._db.close()

@@ -390,6 +390,32 @@ def latest_of(commands: Sequence[Command], done: Collection[str]) -> list[Latest
     ]
 
 
+# The people's advisory locks of one transaction (``DedupeStore.serialized``) take room in
+# PostgreSQL's shared lock table (max_locks_per_transaction x max_connections, 12,800 on the
+# devstack's server, shared by every session): a backlog's batch of 5,000 commands with up to
+# five identifiers each would ask for 25,000 locks and fail with "out of shared memory" on
+# every retry (30,000 did on the devstack). A larger batch is applied and recorded in groups.
+MAX_LOCKED_SUBJECTS = 5_000
+
+
+def lock_groups(commands: Sequence[Command]) -> list[list[Command]]:
+    """Pure: ``commands`` in order, cut into groups of at most ``MAX_LOCKED_SUBJECTS``
+    subjects (one group for any batch that fits: the usual case)."""
+    groups: list[list[Command]] = []
+    current: list[Command] = []
+    count = 0
+    for command in commands:
+        size = len(command.subjects()) if command.rank is not None else 0
+        if current and count + size > MAX_LOCKED_SUBJECTS:
+            groups.append(current)
+            current, count = [], 0
+        current.append(command)
+        count += size
+    if current:
+        groups.append(current)
+    return groups
+
+
 def connector_backoff(settings: Settings) -> Backoff:
     """The consume loop's wait between attempts of a connector's failing batch."""
     return Backoff(
@@ -492,8 +518,8 @@ class ConnectorStep:
         known = self.store.lookup([c.command_id for c in unique])
         fresh = [c for c in unique if c.command_id not in known]
         outcomes = dict(known)
-        if fresh:
-            outcomes.update(self._apply_and_record(fresh))
+        for group in lock_groups(fresh):  # one group unless the batch is very large
+            outcomes.update(self._apply_and_record(group))
 
         tracker = DeliveryTracker(self.producer)
         for _, command in deliveries:

@@ -13,6 +13,10 @@ names no one, but a partner still gets only its SHA-256, like every other identi
 A command is APPLIED once every partner accepted it; REJECTED, naming the partners and
 their reasons, if any partner refused it permanently. A transient failure at any
 partner retries the batch (partners that already accepted see the same references).
+The partners are called at the same time (``PartnerCalls``: one thread per partner), so a
+batch takes as long as the slowest partner, not the sum of them; the batch's outcome waits
+for every partner, and a failure raises the first partner's error in the configured order,
+as calling them in turn would.
 
 A partner's 2xx names refused references in ``rejected``; a permanent 4xx names none, so
 the call is split in halves and sent again (a half accepted whole proves the refusal is
@@ -31,9 +35,12 @@ for those hashes (the stand-in, ``services/standins/partners_api.py``, documents
 
 from __future__ import annotations
 
+import contextvars
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel
@@ -123,6 +130,39 @@ def _chunks(records: Sequence[dict[str, str]], size: int) -> Iterator[list[dict[
         yield list(records[start : start + size])
 
 
+P = TypeVar("P")
+R = TypeVar("R")
+
+
+class PartnerCalls:
+    """Runs one call per partner at the same time (a thread per partner; the HTTP client's
+    connection pool is shared and thread-safe) and returns their results in partner order.
+    Every call finishes before ``each`` returns or raises; when some raised, the error of the
+    first of them in partner order is raised (what calling them in turn would have raised;
+    the partners that did accept see the same references again on the retry, harmlessly:
+    they key opt-outs by reference). Each call runs in a copy of the caller's context, so
+    its log lines keep the service's bound fields."""
+
+    def __init__(self, partners: int, name: str) -> None:
+        self._pool = ThreadPoolExecutor(max(1, partners), thread_name_prefix=f"partners-{name}")
+
+    def each(self, partners: Sequence[P], call: Callable[[P], R]) -> list[R]:
+        if len(partners) == 1:
+            return [call(partners[0])]
+        futures: list[Future[R]] = [
+            self._pool.submit(contextvars.copy_context().run, call, partner) for partner in partners
+        ]
+        wait_all(futures)
+        for future in futures:
+            error = future.exception()
+            if error is not None:
+                raise error
+        return [future.result() for future in futures]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
 class ThirdPartySharingConnector(Connector):
     destination = "third_party_sharing"
 
@@ -143,13 +183,17 @@ class ThirdPartySharingConnector(Connector):
         self.partners = list(partners)
         self.client = client
         self.clock = clock or SystemClock()
+        self.calls = PartnerCalls(len(self.partners), destination)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ThirdPartySharingConnector:
         return cls(settings.partners, make_client(settings.connector_http_timeout_seconds))
 
     def close(self) -> None:
-        self.client.close()
+        try:
+            self.calls.close()
+        finally:
+            self.client.close()
 
     def apply(self, commands: Sequence[Command]) -> list[Outcome]:
         outcomes: list[Outcome] = []
@@ -163,12 +207,19 @@ class ThirdPartySharingConnector(Connector):
                 )
             else:
                 (ins if command.opt_in else outs).append(record)
-        refusals: dict[str, list[str]] = {}
-        for partner in self.partners:
+
+        def tell(partner: PartnerEndpoint) -> dict[str, str]:
+            """One partner's refusals of the whole batch (its calls in turn)."""
+            found: dict[str, str] = {}
             for records, opting_in in ((outs, False), (ins, True)):
                 for chunk in _chunks(records, MAX_BATCH):
-                    for reference, reason in self._send(partner, chunk, opting_in).items():
-                        refusals.setdefault(reference, []).append(reason)
+                    found.update(self._send(partner, chunk, opting_in))
+            return found
+
+        refusals: dict[str, list[str]] = {}
+        for found in self.calls.each(self.partners, tell):  # every partner at once
+            for reference, reason in found.items():
+                refusals.setdefault(reference, []).append(reason)
         outcomes.extend(combine([r["reference"] for r in (*outs, *ins)], refusals))
         return outcomes
 

@@ -34,10 +34,12 @@ or phone. The partner answers 2xx ``{"results": [{"reference", "status": "accept
 "rejected", "reason"}]}``. A command is APPLIED once every partner accepted it; REJECTED
 with the partners' reasons when one refused it. A 2xx of another shape, or one naming no
 result for a reference, refuses those opt-outs with that reason (outcome unknown: never
-APPLIED, never a crash). Unreachable, timeouts, 408/425/429/5xx (Retry-After honoured):
-the batch is retried (``RetriableError``). 401/403: the partner refuses our signature, our
-misconfiguration: ``CredentialsRefused``. 404/405/410: a wrong URL, retried with an error
-log (an operator must act). Another 4xx names no reference: the call is split in halves
+APPLIED, never a crash). The partners are called at the same time
+(``third_party_sharing.PartnerCalls``); a batch's outcome waits for all of them.
+Unreachable, timeouts, 408/425/429/5xx (Retry-After honoured): the batch is retried
+(``RetriableError``). 401/403: the partner refuses our signature, our misconfiguration:
+``CredentialsRefused``. 404/405/410: a wrong URL, retried with an error log (an operator
+must act). Another 4xx names no reference: the call is split in halves
 to find the refused opt-outs (``services.connectors.http.find_refusals``).
 
 Signing secrets (``whsec_<base64>``) come from credentials; a credential may hold several
@@ -86,7 +88,7 @@ from services.connectors.http import (
 )
 from services.connectors.kinds import OPTIONS_CONFIG, parse_options, require_credential, require_hashes_only
 from services.connectors.kit import Command, Connector, CredentialsRefused, Outcome
-from services.connectors.third_party_sharing import combine, partner_record
+from services.connectors.third_party_sharing import PartnerCalls, combine, partner_record
 
 log = get_logger(__name__)
 
@@ -248,9 +250,13 @@ class WebhookPartnersConnector(Connector):
         self.max_batch = max_batch
         self.credentials_recheck_seconds = credentials_recheck_seconds
         self.clock = clock or SystemClock()
+        self.calls = PartnerCalls(len(self.partners), destination)
 
     def close(self) -> None:
-        self.client.close()
+        try:
+            self.calls.close()
+        finally:
+            self.client.close()
 
     def apply(self, commands: Sequence[Command]) -> list[Outcome]:
         outcomes: list[Outcome] = []
@@ -266,14 +272,21 @@ class WebhookPartnersConnector(Connector):
                 continue
             (ins if command.opt_in else outs).append(record)
             ordered[command.command_id] = command.issued_at
-        refusals: dict[str, list[str]] = {}
-        for partner in self.partners:
+
+        def tell(partner: Partner) -> dict[str, str]:
+            """One partner's refusals of the whole batch (its deliveries in turn)."""
+            found: dict[str, str] = {}
             for records, opting_in in ((outs, False), (ins, True)):
                 for chunk in _chunks(records, self.max_batch):
                     opt_outs = [partner_opt_out(r, partner) for r in chunk]
                     call = partial(self._call, partner, ordered, opting_in)
-                    for reference, reason in find_refusals(opt_outs, _reference, call).items():
-                        refusals.setdefault(reference, []).append(reason)
+                    found.update(find_refusals(opt_outs, _reference, call))
+            return found
+
+        refusals: dict[str, list[str]] = {}
+        for found in self.calls.each(self.partners, tell):  # every partner at once
+            for reference, reason in found.items():
+                refusals.setdefault(reference, []).append(reason)
         outcomes.extend(combine([r["reference"] for r in (*outs, *ins)], refusals))
         return outcomes
 

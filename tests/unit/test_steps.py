@@ -375,6 +375,14 @@ class FakeConnection:
         self.topic = topic
         self.committed: list[int] = []  # confirmations delivered when each transaction committed
         self.rolled_back = 0
+        self.synced: list[int] = []  # confirmations delivered when the pipeline was synced
+
+    @contextmanager
+    def pipeline(self) -> Iterator[FakeConnection]:
+        yield self
+
+    def sync(self) -> None:
+        self.synced.append(len(self.producer.to(self.topic)))
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -463,6 +471,7 @@ def test_confirmer_delivers_confirmations_before_its_transaction_commits() -> No
     step, producer, conn = _confirmer({"c1": "evt-1"})
     step.submit(_messages(step.settings.acks_topic, [_ack("c1", "evt-1"), _ack("c-none", "evt-2"), b"junk"]))
     assert conn.committed == [1]  # the confirmation was delivered when the transaction committed
+    assert conn.synced == [0]  # and the writes were synced (their errors seen) before it was produced
     [confirmation] = producer.to(step.settings.confirmations_topic)
     assert confirmation.key == b"evt-1" and CODEC.decode(confirmation.value)[1]["request_id"] == "evt-1"
     assert _reasons(producer, step.settings.acks_dlq_topic) == ["undecodable", "unknown_command"]

@@ -1,0 +1,85 @@
+"""The connectors' dedupe store on the real database: its pipelined round trips keep the
+transaction semantics of ``serialized`` (locks held from the first statement to the commit
+``record`` sends, nothing kept when the block raises) and of ``record`` alone."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+
+from services.common.contract import AckStatus, Action
+from services.connectors.dedupe import DedupeStore, Latest, StoredOutcome, lock_key
+
+NOW = datetime(2026, 12, 1, 6, 0, 0, tzinfo=UTC)
+SUBJECT = "cust:C-1"
+
+
+def outcome(command_id: str) -> StoredOutcome:
+    return StoredOutcome(command_id, f"evt-{command_id}", AckStatus.APPLIED, None, NOW)
+
+
+def newest(request_id: str) -> Latest:
+    return Latest(SUBJECT, NOW, Action.OPT_OUT, request_id)
+
+
+def lock_is_free(dsn: str) -> bool:
+    """Whether another session can take the person's lock at once (and give it back)."""
+    with psycopg.connect(dsn, autocommit=True) as other:
+        row = other.execute(
+            "SELECT pg_try_advisory_lock(%s)", (lock_key("email_provider", SUBJECT),)
+        ).fetchone()
+        free = bool(row and row[0])
+        if free:
+            other.execute("SELECT pg_advisory_unlock(%s)", (lock_key("email_provider", SUBJECT),))
+    return free
+
+
+def stored(dsn: str) -> set[str]:
+    with psycopg.connect(dsn) as other:
+        return {r[0] for r in other.execute("SELECT command_id FROM connector_applied").fetchall()}
+
+
+def test_a_block_holds_the_lock_from_its_first_statement_to_records_commit(
+    base_settings: dict[str, Any],
+) -> None:
+    dsn = base_settings["database_url"]
+    store = DedupeStore(dsn, "email_provider")
+    try:
+        with store.serialized([SUBJECT]):
+            assert store.latest([SUBJECT]) == {}  # BEGIN, the lock and the read: one round trip
+            assert not lock_is_free(dsn)
+            assert stored(dsn) == set()
+            result = store.record([outcome("c-1")], [newest("evt-c-1")])  # and the COMMIT
+            assert set(result) == {"c-1"}
+            assert stored(dsn) == {"c-1"} and lock_is_free(dsn)
+            with pytest.raises(RuntimeError, match="after record"):
+                store.latest([SUBJECT])
+        assert store.latest([SUBJECT])[SUBJECT].request_id == "evt-c-1"
+        assert set(store.lookup(["c-1", "c-2"])) == {"c-1"}
+    finally:
+        store.close()
+
+
+def test_a_block_that_raises_keeps_nothing_and_releases_the_lock(base_settings: dict[str, Any]) -> None:
+    dsn = base_settings["database_url"]
+    store = DedupeStore(dsn, "email_provider")
+    try:
+        with pytest.raises(ValueError), store.serialized([SUBJECT]):
+            store.latest([SUBJECT])
+            assert not lock_is_free(dsn)
+            raise ValueError("the destination call failed")
+        assert lock_is_free(dsn) and stored(dsn) == set()
+        # a block that only read commits its (empty) transaction and frees the lock
+        with store.serialized([SUBJECT]):
+            store.latest([SUBJECT])
+        assert lock_is_free(dsn)
+        # outside a block, record is its own transaction: first writer wins
+        assert store.record([outcome("c-9")])["c-9"].status is AckStatus.APPLIED
+        again = StoredOutcome("c-9", "evt-c-9", AckStatus.REJECTED, "later", NOW)
+        assert store.record([again])["c-9"].status is AckStatus.APPLIED
+        assert stored(dsn) == {"c-9"}
+    finally:
+        store.close()
