@@ -15,23 +15,77 @@ followed by such a read, so the last message is the state after every commit.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import psycopg
 
-from services.common.avro import Codec
+from services.common.avro import MARKER, Codec
+from services.common.avro_compiled import write_long, write_string
+from services.common.clock import to_millis
+from services.common.contract import CONCRETE_SCOPES
 from services.common.db import ADVISORY_XACT_LOCKS, LazyConnection, advisory_keys
 from services.common.kafka import DeliveryTracker
 from services.domain.subjects import ScopeState, state_record
+from services.intake.arrays import text_array
 
 LOCK_NAMESPACE = "optout.suppressions"
 
+# A subject's rows in contract order (``services.domain.subjects.ordered``: the concrete
+# scopes in their order, then scopes unknown to this version by name; array_position gives
+# NULL for those, and NULLs sort last).
 _CURRENT = """
 SELECT subject, scope, suppressed, since, event_id, action FROM suppression_state
 WHERE subject = ANY(%s::text[])
+ORDER BY subject, array_position(%s::text[], scope), scope
 """
+_SCOPE_ORDER = text_array([s.value for s in CONCRETE_SCOPES])
+
+# (scope, suppressed, since, request id, action): a suppression_state row without its subject.
+StateRow = tuple[str, bool, datetime, str, str]
+StateEncoder = Callable[[str, Sequence[StateRow], datetime], bytes | None]
+
+# The schema ``encode_state_v1`` writes (the codec's newest SuppressionState must be this one).
+_V1 = ("dev.optout.v1.SuppressionState", 1)
+# A batch's states share instants (a request's requested_at in each of its scopes, the
+# batch's updated_at): converted once each.
+_millis = lru_cache(maxsize=4096)(to_millis)
+
+
+def state_encoder(codec: Codec) -> StateEncoder:
+    """The topic's value for a subject's rows (contract order), or None (a tombstone) when no
+    scope is suppressed: ``codec.encode("SuppressionState", state_record(...))`` byte for
+    byte. Written straight from the rows (no record dictionaries) while the codec's newest
+    SuppressionState is version 1; through the codec otherwise."""
+    latest = codec.latest("SuppressionState")
+    if (latest.name, latest.version) != _V1:
+
+        def generic(subject: str, rows: Sequence[StateRow], now: datetime) -> bytes | None:
+            record = state_record(subject, [ScopeState(*row) for row in rows], now)
+            return None if record is None else codec.encode("SuppressionState", record)
+
+        return generic
+    header = MARKER + latest.fingerprint
+
+    def encode_state_v1(subject: str, rows: Sequence[StateRow], now: datetime) -> bytes | None:
+        if not any(row[1] for row in rows):
+            return None
+        out = bytearray(header)
+        write_string(out, subject)
+        write_long(out, len(rows))  # one array block, then the empty block that ends it
+        for scope, suppressed, since, request_id, action in rows:
+            write_string(out, scope)
+            out.append(1 if suppressed else 0)
+            write_long(out, _millis(since))
+            write_string(out, request_id)
+            write_string(out, action)
+        out.append(0)
+        write_long(out, _millis(now))
+        return bytes(out)
+
+    return encode_state_v1
 
 
 def publish_current_states(
@@ -50,16 +104,17 @@ def publish_current_states(
         return 0
     ordered = sorted(subjects)
 
+    encode = state_encoder(codec)
+
     def work(conn: psycopg.Connection[Any]) -> int:
         with conn.transaction():
             conn.execute(ADVISORY_XACT_LOCKS, (advisory_keys(LOCK_NAMESPACE, ordered),))
-            states: dict[str, list[ScopeState]] = {s: [] for s in ordered}
-            for subject, scope, suppressed, since, event_id, action in conn.execute(_CURRENT, (ordered,)):
-                states[subject].append(ScopeState(scope, suppressed, since, event_id, action))
-            for subject in ordered:
-                record = state_record(subject, states[subject], now)
-                value = None if record is None else codec.encode("SuppressionState", record)
-                tracker.produce(topic, value=value, key=subject)
+            rows = conn.execute(_CURRENT, (text_array(ordered), _SCOPE_ORDER)).fetchall()
+            states: dict[str, list[StateRow]] = {s: [] for s in ordered}
+            for row in rows:
+                states[row[0]].append(row[1:])
+            for subject, scoped in states.items():
+                tracker.produce(topic, value=encode(subject, scoped, now), key=subject)
             tracker.wait()  # delivered before the locks go: the next reader's message is later
         return len(ordered)
 

@@ -39,10 +39,14 @@ from services.domain.preferences import (
     subjects_of,
 )
 from services.domain.validation import OptOutRequest
+from services.intake.arrays import bool_array, int_array, text_array
 from services.intake.enrich import enrichment_columns
 from services.suppression.entries import Entry, Kind, entries_of, seal
 
 _SCOPE_VALUES = frozenset(s.value for s in Scope)
+# A request's scopes travel as one text per request, split in SQL (``string_to_array``): a
+# separator that needs no quoting in an array literal (``services.intake.arrays``).
+SCOPE_SEPARATOR = "|"
 _SCOPES = {s.value: s for s in Scope}
 # Which subject prefix a suppression-list kind's hash goes with (the same SHA-256).
 _SUBJECT_PREFIX = {
@@ -97,7 +101,7 @@ class ListedEntries:
             listed.kinds.append(key[0])
             listed.hashes.append(key[1])
             listed.sealed.append(seal(ring, entry))
-            listed.scopes.append(",".join(sorted({s for r in named_by for s in scopes(r)})))
+            listed.scopes.append(SCOPE_SEPARATOR.join(sorted({s for r in named_by for s in scopes(r)})))
             listed.first.append(named_by[0].event_id)
             listed.last.append(named_by[-1].event_id)
             for request in named_by:
@@ -138,23 +142,23 @@ WITH new AS (
                           source, jurisdiction, requested_at, received_at, due_at, deadline_rule,
                           directory_identifiers, identifier_sources,
                           action, device_id, effective_scopes, state, confirmed_at)
-    SELECT e, c, k, cu, em, ph, pa::jsonb, eh, phh, pah, string_to_array(sc, ','), so, ju, ra, %b,
-           du, dr, di::jsonb, ds::jsonb, ac, dv, string_to_array(ef, ','),
+    SELECT e, c, k, cu, em, ph, pa::jsonb, eh, phh, pah, string_to_array(sc, '|'), so, ju, ra, %b,
+           du, dr, di::jsonb, ds::jsonb, ac, dv, string_to_array(ef, '|'),
            CASE WHEN cf THEN 'CONFIRMED' ELSE 'PENDING' END, CASE WHEN cf THEN %b END
-    FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
-                %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
-                %b::text[], %b::timestamptz[], %b::timestamptz[], %b::text[], %b::text[],
-                %b::text[], %b::text[], %b::text[], %b::text[], %b::bool[])
+    FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+                %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+                %s::text[], %b::timestamptz[], %b::timestamptz[], %s::text[], %s::text[],
+                %s::text[], %s::text[], %s::text[], %s::text[], %s::bool[])
          AS t(e, c, k, cu, em, ph, pa, eh, phh, pah, sc, so, ju, ra, du, dr, di, ds, ac, dv, ef, cf)
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id
 ), listed AS (
     INSERT INTO suppression_list AS s (kind, sha256, sealed, scopes, first_request_id,
                                        last_request_id, created_at, updated_at)
-    SELECT t.k, t.h, t.v, string_to_array(t.sc, ','), t.f, t.l, %b, %b
-    FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[])
+    SELECT t.k, t.h, t.v, string_to_array(t.sc, '|'), t.f, t.l, %b, %b
+    FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])
          WITH ORDINALITY AS t(k, h, v, sc, f, l, n)
-    WHERE t.n IN (SELECT m.n FROM unnest(%b::text[], %b::int8[]) AS m(e, n)
+    WHERE t.n IN (SELECT m.n FROM unnest(%s::text[], %s::int8[]) AS m(e, n)
                   JOIN new ON new.event_id = m.e)
     ORDER BY t.n
     ON CONFLICT (kind, sha256) DO UPDATE
@@ -168,7 +172,7 @@ WITH new AS (
     INSERT INTO destination_status (command_id, event_id, destination, first_issued_at,
                                     last_issued_at)
     SELECT t.c, t.e, t.d, %b, %b
-    FROM unnest(%b::text[], %b::text[], %b::text[]) AS t(c, e, d) JOIN new ON new.event_id = t.e
+    FROM unnest(%s::text[], %s::text[], %s::text[]) AS t(c, e, d) JOIN new ON new.event_id = t.e
     ON CONFLICT (command_id) DO NOTHING
 )
 SELECT event_id FROM new
@@ -181,7 +185,7 @@ _UPSERT_STATE = """
 INSERT INTO suppression_state AS st (subject, scope, suppressed, since, event_id, action,
                                      updated_at)
 SELECT t.s, t.sc, t.su, t.si, t.e, t.a, %b
-FROM unnest(%b::text[], %b::text[], %b::bool[], %b::timestamptz[], %b::text[], %b::text[])
+FROM unnest(%s::text[], %s::text[], %s::bool[], %b::timestamptz[], %s::text[], %s::text[])
      WITH ORDINALITY AS t(s, sc, su, si, e, a, n)
 ORDER BY t.n
 ON CONFLICT (subject, scope) DO UPDATE
@@ -196,7 +200,7 @@ RETURNING subject, scope
 # conflicting row even when its guard keeps it unchanged). Rows it won hold its own values.
 _STATE_OF = """
 SELECT st.subject, st.scope, st.suppressed
-FROM suppression_state st JOIN unnest(%b::text[], %b::text[]) AS t(s, sc)
+FROM suppression_state st JOIN unnest(%s::text[], %s::text[]) AS t(s, sc)
      ON st.subject = t.s AND st.scope = t.sc
 """
 
@@ -219,7 +223,7 @@ DELETE FROM suppression_list s USING unnest(%b::text[], %b::text[]) AS t(k, h)
 WHERE s.kind = t.k AND s.sha256 = t.h
 """
 
-_EXISTING = "SELECT event_id, content_sha256 FROM requests WHERE event_id = ANY(%s)"
+_EXISTING = "SELECT event_id, content_sha256 FROM requests WHERE event_id = ANY(%s::text[])"
 
 _MARK_RESENT = """
 UPDATE destination_status SET last_issued_at = %s, issue_count = issue_count + 1
@@ -242,7 +246,7 @@ def record_batch(
     if not requests:
         return outcome
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute(_EXISTING, ([r.event_id for r in requests],))
+        cur.execute(_EXISTING, (text_array([r.event_id for r in requests]),))
         stored = dict(cur.fetchall())
         candidates = [r for r in requests if r.event_id not in stored]
         effective, changed = _decide(cur, candidates, now)
@@ -263,42 +267,44 @@ def record_batch(
             (
                 now,
                 now,
-                [r.event_id for r in candidates],
-                [r.content_sha256 for r in candidates],
-                [r.subject_key for r in candidates],
-                [r.customer_id for r in candidates],
-                [r.email for r in candidates],
-                [r.phone for r in candidates],
-                [json.dumps(r.postal_address) if r.postal_address else None for r in candidates],
-                [r.email_sha256 for r in candidates],
-                [r.phone_sha256 for r in candidates],
-                [r.postal_sha256 for r in candidates],
-                [",".join(r.scopes) for r in candidates],
-                [r.source.value for r in candidates],
-                [r.jurisdiction for r in candidates],
+                text_array([r.event_id for r in candidates]),
+                text_array([r.content_sha256 for r in candidates]),
+                text_array([r.subject_key for r in candidates]),
+                text_array([r.customer_id for r in candidates]),
+                text_array([r.email for r in candidates]),
+                text_array([r.phone for r in candidates]),
+                text_array([json.dumps(r.postal_address) if r.postal_address else None for r in candidates]),
+                text_array([r.email_sha256 for r in candidates]),
+                text_array([r.phone_sha256 for r in candidates]),
+                text_array([r.postal_sha256 for r in candidates]),
+                text_array([SCOPE_SEPARATOR.join(r.scopes) for r in candidates]),
+                text_array([r.source.value for r in candidates]),
+                text_array([r.jurisdiction for r in candidates]),
                 [r.requested_at for r in candidates],
                 [r.due_at for r in candidates],
-                [r.deadline_rule for r in candidates],
-                *enrichment_columns(candidates),
-                [r.action.value for r in candidates],
-                [r.device_id for r in candidates],
-                [",".join(s.value for s in sorted(effective[r.event_id])) for r in candidates],
-                [not kept[r.event_id] for r in candidates],
+                text_array([r.deadline_rule for r in candidates]),
+                *map(text_array, enrichment_columns(candidates)),
+                text_array([r.action.value for r in candidates]),
+                text_array([r.device_id for r in candidates]),
+                text_array(
+                    [SCOPE_SEPARATOR.join(s.value for s in sorted(effective[r.event_id])) for r in candidates]
+                ),
+                bool_array([not kept[r.event_id] for r in candidates]),
                 now,
                 now,
-                listed.kinds,
-                listed.hashes,
-                listed.sealed,
-                listed.scopes,
-                listed.first,
-                listed.last,
-                listed.events,
-                listed.rows,
+                text_array(listed.kinds),
+                text_array(listed.hashes),
+                text_array(listed.sealed),
+                text_array(listed.scopes),
+                text_array(listed.first),
+                text_array(listed.last),
+                text_array(listed.events),
+                int_array(listed.rows),
                 now,
                 now,
-                [c.command_id for c in all_commands],
-                [c.record["request_id"] for c in all_commands],
-                [c.destination for c in all_commands],
+                text_array([c.command_id for c in all_commands]),
+                text_array([c.record["request_id"] for c in all_commands]),
+                text_array([c.destination for c in all_commands]),
             ),
         )
         outcome.new = {row[0] for row in cur.fetchall()}
@@ -318,7 +324,7 @@ def record_batch(
             elif r.event_id in stored:
                 outcome.conflicts.add(r.event_id)
             else:  # recorded meanwhile by another writer: look again
-                row = cur.execute(_EXISTING, ([r.event_id],)).fetchone()
+                row = cur.execute(_EXISTING, (text_array([r.event_id]),)).fetchone()
                 if row is not None and row[1] == r.content_sha256:
                     outcome.duplicates.add(r.event_id)
                 else:
@@ -402,12 +408,12 @@ def _decide(
         _UPSERT_STATE,
         (
             now,
-            [k[0] for k in keys],
-            [k[1].value for k in keys],
-            [e.suppressed for e in entries],
+            text_array([k[0] for k in keys]),
+            text_array([k[1].value for k in keys]),
+            bool_array([e.suppressed for e in entries]),
             [e.since for e in entries],
-            [e.event_id for e in entries],
-            [e.action.value for e in entries],
+            text_array([e.event_id for e in entries]),
+            text_array([e.action.value for e in entries]),
         ),
     )
     if cur.rowcount == len(keys):  # the usual case: the chunk won every row it proposed
@@ -421,7 +427,7 @@ def _decide(
         lost = [k for k in keys if k not in returned]
     after: dict[Key, bool] = {k: chunk_winners[k].suppressed for k in won}
     if lost:
-        cur.execute(_STATE_OF, ([k[0] for k in lost], [k[1].value for k in lost]))
+        cur.execute(_STATE_OF, (text_array([k[0] for k in lost]), text_array([k[1].value for k in lost])))
         after.update({(subject, _SCOPES[scope]): bool(v) for subject, scope, v in cur.fetchall()})
     return {r.event_id: effective_scopes(r, after) for r in candidates}, {k[0] for k in won}
 
