@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 
-from services.common.audit import AuditEvent, Step, append
+from services.common.audit import AuditEvent, Step
 from services.common.contract import Action, Scope
 from services.common.sealing import KeyRing
 from services.domain.planning import PlannedCommand
@@ -339,58 +339,111 @@ def record_batch(
         else:
             resent = []
         # The audit trail (services/common/audit.py): one statement for the chunk.
-        append(cur, _audit_events(candidates, kept, outcome, resent, now))
+        _append_audit(cur, _audit_rows(candidates, kept, outcome, resent), now)
         outcome.states = changed | {
             s for r in requests if r.event_id in outcome.duplicates for s in subjects_of(r)
         }
     return outcome
 
 
-def _audit_events(
+@dataclass
+class AuditRows:
+    """A chunk's audit rows (``services/common/audit.py``) as the statement's columns; every
+    row is at the chunk's ``now``."""
+
+    event_ids: list[str] = field(default_factory=list)
+    steps: list[str] = field(default_factory=list)
+    destinations: list[str | None] = field(default_factory=list)
+    statuses: list[str | None] = field(default_factory=list)
+    details: list[str | None] = field(default_factory=list)
+
+    def add(
+        self,
+        event_id: str,
+        step: str,
+        destination: str | None = None,
+        status: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        self.event_ids.append(event_id)
+        self.steps.append(step)
+        self.destinations.append(destination)
+        self.statuses.append(status)
+        self.details.append(detail)
+
+    def events(self, now: datetime) -> list[AuditEvent]:
+        """The same rows as ``services.common.audit.append`` takes them."""
+        return [
+            AuditEvent(e, now, step, destination, status, detail)
+            for e, step, destination, status, detail in zip(
+                self.event_ids, self.steps, self.destinations, self.statuses, self.details, strict=True
+            )
+        ]
+
+
+# ``services.common.audit.append`` for intake's rows, which share one instant: the columns
+# as array literals (``services.intake.arrays``), rows inserted in the arrays' order.
+_APPEND_AUDIT = """
+INSERT INTO audit_events (event_id, at, step, destination, status, detail)
+SELECT t.e, %b, t.s, t.d, t.st, t.de
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[]) AS t(e, s, d, st, de)
+"""
+
+
+def _append_audit(cur: psycopg.Cursor[Any], rows: AuditRows, now: datetime) -> None:
+    if not rows.event_ids:
+        return
+    cur.execute(
+        _APPEND_AUDIT,
+        (
+            now,
+            text_array(rows.event_ids),
+            text_array(rows.steps),
+            text_array(rows.destinations),
+            text_array(rows.statuses),
+            text_array(rows.details),
+        ),
+    )
+
+
+def _audit_rows(
     candidates: Sequence[OptOutRequest],
     kept: Mapping[str, Sequence[PlannedCommand]],
     outcome: RecordOutcome,
     resent: Sequence[tuple[Any, ...]],
-    now: datetime,
-) -> list[AuditEvent]:
+) -> AuditRows:
     """What the chunk did, per request, in order: recorded, enriched, the newest-wins
     decision, the commands sent; then the commands re-sent for redelivered requests."""
-    events: list[AuditEvent] = []
+    rows = AuditRows()
+    add = rows.add
+    new, superseded = outcome.new, outcome.superseded
     for r in candidates:
         e = r.event_id
-        if e not in outcome.new:
+        if e not in new:
             continue
-        events.append(AuditEvent(e, now, Step.RECORDED, status=r.action.value))
+        add(e, Step.RECORDED.value, status=r.action.value)
         if r.enrichment:
             added = r.enrichment
-            events.append(
-                AuditEvent(
-                    e,
-                    now,
-                    Step.ENRICHED,
-                    detail=f"directory added {len(added.emails)} email(s), {len(added.phones)} phone(s), "
-                    f"{len(added.postal_addresses)} postal address(es)",
-                )
+            add(
+                e,
+                Step.ENRICHED.value,
+                detail=f"directory added {len(added.emails)} email(s), {len(added.phones)} phone(s), "
+                f"{len(added.postal_addresses)} postal address(es)",
             )
-        if e in outcome.superseded:
-            events.append(AuditEvent(e, now, Step.SUPERSEDED, detail="a newer request holds for every scope"))
+        if e in superseded:
+            add(e, Step.SUPERSEDED.value, detail="a newer request holds for every scope")
         elif r.action is Action.OPT_IN:
-            events.append(AuditEvent(e, now, Step.OPTED_IN))
+            add(e, Step.OPTED_IN.value)
         for c in kept[e]:
-            events.append(
-                AuditEvent(e, now, Step.COMMAND_SENT, destination=c.destination, detail=c.command_id)
-            )
+            add(e, _COMMAND_SENT, c.destination, None, c.command_id)
     for command_id, event_id, destination, count in resent:
-        events.append(
-            AuditEvent(
-                event_id,
-                now,
-                Step.COMMAND_RESENT,
-                destination=destination,
-                detail=f"{command_id} issue {count}",
-            )
+        add(
+            event_id, Step.COMMAND_RESENT.value, destination=destination, detail=f"{command_id} issue {count}"
         )
-    return events
+    return rows
+
+
+_COMMAND_SENT = Step.COMMAND_SENT.value
 
 
 def _decide(

@@ -3,6 +3,8 @@ psycopg's own adaptation of the same lists, hostile values included (issue #15).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -70,3 +72,24 @@ def test_generated_values_read_back_as_psycopg_sends_them(
         ours = conn.execute("SELECT %s::text[], cardinality(%s::text[])", (literal, literal)).fetchone()
         theirs = conn.execute("SELECT %b::text[]", (values,)).fetchone()
         assert ours == (values, len(values)) and theirs == (values,)
+
+
+def test_intake_audit_rows_are_written_as_the_audit_module_writes_them(database: dict[str, str]) -> None:
+    from services.common.audit import append
+    from services.intake.store import AuditRows, _append_audit
+
+    now = datetime(2026, 12, 1, 15, 0, 0, 123456, tzinfo=UTC)
+    rows = AuditRows()
+    rows.add("e-1", "recorded", status="OPT_OUT")
+    rows.add("e-1", "enriched", detail="directory added 1 email(s), 0 phone(s), 0 postal address(es)")
+    rows.add("e-1", "command_sent", "email_provider", None, "5f0c9e1a-0000-4000-8000-000000000000")
+    rows.add("e-2", "command_resent", "mail_house", None, 'c-1 issue 2, "quoted" \\ {braces} NULL')
+    rows.add("e-3", "superseded", detail="")
+    columns = "event_id, at, step, destination, status, detail"
+    with psycopg.connect(database["app"]) as conn, conn.cursor() as cur:
+        append(cur, rows.events(now))
+        expected = cur.execute(f"SELECT {columns} FROM audit_events ORDER BY id").fetchall()
+        first = cur.execute("SELECT max(id) FROM audit_events").fetchone()
+        _append_audit(cur, rows, now)
+        ours = cur.execute(f"SELECT {columns} FROM audit_events WHERE id > %s ORDER BY id", first).fetchall()
+    assert ours == expected and len(ours) == 5
