@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 
 from services.common.avro import MARKER, Codec
-from services.common.avro_compiled import write_long, write_string
+from services.common.avro_compiled import varint
 from services.common.clock import to_millis
 from services.common.contract import CONCRETE_SCOPES
 from services.common.db import ADVISORY_XACT_LOCKS, LazyConnection, advisory_keys
@@ -43,15 +43,31 @@ ORDER BY subject, array_position(%s::text[], scope), scope
 """
 _SCOPE_ORDER = text_array([s.value for s in CONCRETE_SCOPES])
 
-# (scope, suppressed, since, request id, action): a suppression_state row without its subject.
-StateRow = tuple[str, bool, datetime, str, str]
+# A suppression_state row as _CURRENT reads it: (subject, scope, suppressed, since, request
+# id, action).
+StateRow = tuple[str, str, bool, datetime, str, str]
 StateEncoder = Callable[[str, Sequence[StateRow], datetime], bytes | None]
 
 # The schema ``encode_state_v1`` writes (the codec's newest SuppressionState must be this one).
 _V1 = ("dev.optout.v1.SuppressionState", 1)
+
+
+def _string(value: str) -> bytes:
+    """An Avro string: the zig-zag varint of its UTF-8 length, then the bytes."""
+    data = value.encode()
+    return varint(len(data)) + data
+
+
 # A batch's states share instants (a request's requested_at in each of its scopes, the
-# batch's updated_at): converted once each.
-_millis = lru_cache(maxsize=4096)(to_millis)
+# batch's updated_at) and the scope and action names recur: each written once.
+@lru_cache(maxsize=4096)
+def _instant(moment: datetime) -> bytes:
+    """A timestamp-millis as ``write_millis`` writes the epoch milliseconds of ``to_millis``."""
+    return varint(to_millis(moment))
+
+
+_name = lru_cache(maxsize=256)(_string)
+_FLAG = (b"\x00", b"\x01")
 
 
 def state_encoder(codec: Codec) -> StateEncoder:
@@ -63,27 +79,21 @@ def state_encoder(codec: Codec) -> StateEncoder:
     if (latest.name, latest.version) != _V1:
 
         def generic(subject: str, rows: Sequence[StateRow], now: datetime) -> bytes | None:
-            record = state_record(subject, [ScopeState(*row) for row in rows], now)
+            record = state_record(subject, [ScopeState(*row[1:]) for row in rows], now)
             return None if record is None else codec.encode("SuppressionState", record)
 
         return generic
     header = MARKER + latest.fingerprint
 
     def encode_state_v1(subject: str, rows: Sequence[StateRow], now: datetime) -> bytes | None:
-        if not any(row[1] for row in rows):
+        if not any(row[2] for row in rows):
             return None
-        out = bytearray(header)
-        write_string(out, subject)
-        write_long(out, len(rows))  # one array block, then the empty block that ends it
-        for scope, suppressed, since, request_id, action in rows:
-            write_string(out, scope)
-            out.append(1 if suppressed else 0)
-            write_long(out, _millis(since))
-            write_string(out, request_id)
-            write_string(out, action)
-        out.append(0)
-        write_long(out, _millis(now))
-        return bytes(out)
+        # The scopes as one array block (its item count, the items), then the empty block.
+        parts = [header, _string(subject), varint(len(rows))]
+        for _, scope, suppressed, since, request_id, action in rows:
+            parts += (_name(scope), _FLAG[suppressed], _instant(since), _string(request_id), _name(action))
+        parts += (b"\x00", _instant(now))
+        return b"".join(parts)
 
     return encode_state_v1
 
@@ -109,10 +119,9 @@ def publish_current_states(
     def work(conn: psycopg.Connection[Any]) -> int:
         with conn.transaction():
             conn.execute(ADVISORY_XACT_LOCKS, (advisory_keys(LOCK_NAMESPACE, ordered),))
-            rows = conn.execute(_CURRENT, (text_array(ordered), _SCOPE_ORDER)).fetchall()
             states: dict[str, list[StateRow]] = {s: [] for s in ordered}
-            for row in rows:
-                states[row[0]].append(row[1:])
+            for row in conn.execute(_CURRENT, (text_array(ordered), _SCOPE_ORDER)).fetchall():
+                states[row[0]].append(row)
             for subject, scoped in states.items():
                 tracker.produce(topic, value=encode(subject, scoped, now), key=subject)
             tracker.wait()  # delivered before the locks go: the next reader's message is later

@@ -115,6 +115,7 @@ class IntakeStep:
         self._topic = settings.requests_topic
         self._states_topic = settings.suppressions_topic
         self._states_db: LazyConnection | None = None  # reads what goes to that topic
+        self._command_topics: dict[str, str] = {}  # destination id -> its command topic
         for d in ("processed", "duplicate", "dead_lettered"):
             metrics.MESSAGES_CONSUMED.labels(SERVICE, self._topic, d)
 
@@ -308,8 +309,13 @@ class IntakeStep:
         STATES_PUBLISHED.inc(published)
 
     def _send_command(self, tracker: DeliveryTracker, command: PlannedCommand) -> None:
+        topic = self._command_topics.get(command.destination)
+        if topic is None:  # the settings build the name anew on every call
+            topic = self._command_topics[command.destination] = self.settings.suppress_topic(
+                command.destination
+            )
         tracker.produce(
-            self.settings.suppress_topic(command.destination),
+            topic,
             value=self.codec.encode("SuppressionCommand", command.record),
             key=command.record["request_id"],
         )

@@ -3,7 +3,8 @@ psycopg's own adaptation of the same lists, hostile values included (issue #15).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 from hypothesis import HealthCheck, given, settings
@@ -93,3 +94,47 @@ def test_intake_audit_rows_are_written_as_the_audit_module_writes_them(database:
         _append_audit(cur, rows, now)
         ours = cur.execute(f"SELECT {columns} FROM audit_events WHERE id > %s ORDER BY id", first).fetchall()
     assert ours == expected and len(ours) == 5
+
+
+def test_published_states_are_the_codec_bytes_of_the_state_records(base_settings: dict[str, Any]) -> None:
+    """What ``publish_current_states`` produces for rows stored out of contract order is what
+    the codec writes for ``state_record`` (the table's check admits the concrete scopes only)."""
+    from services.common.avro import default_codec
+    from services.common.db import LazyConnection
+    from services.common.kafka import DeliveryTracker, make_producer
+    from services.domain.subjects import ScopeState, state_record
+    from services.intake.states import publish_current_states
+    from tests.support.pipeline import isolated_settings, read_topic
+
+    cfg = isolated_settings(base_settings)
+    at = datetime(2026, 12, 1, 15, 0, 0, 987654, tzinfo=UTC)
+    rows = [  # (subject, scope, suppressed, since, event id, action), stored in this order
+        ("email_sha256:aa", "SMS_MARKETING", True, at, "e-2", "OPT_OUT"),
+        ("email_sha256:aa", "POSTAL_MARKETING", False, at, "e-3", "OPT_IN"),
+        ("email_sha256:aa", "EMAIL_MARKETING", True, at - timedelta(days=400), "e-1", "OPT_OUT"),
+        ("email_sha256:aa", "THIRD_PARTY_SHARING", False, at, "é-5", "OPT_IN"),
+        ("cust:tombstone", "EMAIL_MARKETING", False, at, "e-6", "OPT_IN"),
+    ]
+    with psycopg.connect(cfg.dsn()) as conn:
+        conn.execute(
+            "INSERT INTO suppression_state (subject, scope, suppressed, since, event_id, action, updated_at) "
+            "SELECT s, sc, su, si, e, a, now() FROM unnest(%s::text[], %s::text[], %s::bool[], "
+            "%s::timestamptz[], %s::text[], %s::text[]) AS t(s, sc, su, si, e, a)",
+            [list(column) for column in zip(*rows, strict=True)],
+        )
+    codec = default_codec()
+    db = LazyConnection(cfg.dsn(), autocommit=True)
+    try:
+        tracker = DeliveryTracker(make_producer(cfg))
+        subjects = ["email_sha256:aa", "cust:tombstone", "phone_sha256:never"]
+        assert publish_current_states(db, tracker, codec, cfg.suppressions_topic, subjects, at) == 3
+    finally:
+        db.close()
+    published = {r.key.decode(): r.value for r in read_topic(cfg, cfg.suppressions_topic, expect=3) if r.key}
+    record = state_record("email_sha256:aa", [ScopeState(*row[1:]) for row in rows[:4]], at)
+    assert record is not None
+    assert published == {
+        "email_sha256:aa": codec.encode("SuppressionState", record),
+        "cust:tombstone": None,
+        "phone_sha256:never": None,
+    }
