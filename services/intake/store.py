@@ -22,12 +22,13 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import psycopg
 
 from services.common.audit import AuditEvent, Step
-from services.common.contract import Action, Scope
+from services.common.contract import Action, Scope, Source
 from services.common.sealing import KeyRing
 from services.domain.planning import PlannedCommand
 from services.domain.preferences import (
@@ -48,6 +49,9 @@ _SCOPE_VALUES = frozenset(s.value for s in Scope)
 # separator that needs no quoting in an array literal (``services.intake.arrays``).
 SCOPE_SEPARATOR = "|"
 _SCOPES = {s.value: s for s in Scope}
+# An enum member's value by a dictionary lookup (``.value`` is a Python-level property: about
+# twenty reads per request).
+_VALUE: dict[StrEnum, str] = {m: m.value for e in (Scope, Action, Source, Kind) for m in e}
 # Which subject prefix a suppression-list kind's hash goes with (the same SHA-256).
 _SUBJECT_PREFIX = {
     Kind.EMAIL.value: "email_sha256:",
@@ -84,12 +88,12 @@ class ListedEntries:
         def scopes(request: OptOutRequest) -> Sequence[str]:
             if scopes_of is not None and request.event_id in scopes_of:
                 return scopes_of[request.event_id]
-            return [s.value for s in request.scopes]
+            return [_VALUE[s] for s in request.scopes]
 
         merged: dict[tuple[str, str], tuple[Entry, list[OptOutRequest]]] = {}
         for request in requests:
             for entry in entries_of(request):
-                key = (entry.kind.value, entry.sha256)
+                key = (_VALUE[entry.kind], entry.sha256)
                 seen = merged.get(key)
                 if seen is None:
                     merged[key] = (entry, [request])
@@ -278,16 +282,19 @@ def record_batch(
                 text_array([r.phone_sha256 for r in candidates]),
                 text_array([r.postal_sha256 for r in candidates]),
                 text_array([SCOPE_SEPARATOR.join(r.scopes) for r in candidates]),
-                text_array([r.source.value for r in candidates]),
+                text_array([_VALUE[r.source] for r in candidates]),
                 text_array([r.jurisdiction for r in candidates]),
                 [r.requested_at for r in candidates],
                 [r.due_at for r in candidates],
                 text_array([r.deadline_rule for r in candidates]),
                 *map(text_array, enrichment_columns(candidates)),
-                text_array([r.action.value for r in candidates]),
+                text_array([_VALUE[r.action] for r in candidates]),
                 text_array([r.device_id for r in candidates]),
                 text_array(
-                    [SCOPE_SEPARATOR.join(s.value for s in sorted(effective[r.event_id])) for r in candidates]
+                    [
+                        SCOPE_SEPARATOR.join([_VALUE[s] for s in sorted(effective[r.event_id])])
+                        for r in candidates
+                    ]
                 ),
                 bool_array([not kept[r.event_id] for r in candidates]),
                 now,
@@ -421,7 +428,7 @@ def _audit_rows(
         e = r.event_id
         if e not in new:
             continue
-        add(e, Step.RECORDED.value, status=r.action.value)
+        add(e, _RECORDED, status=_VALUE[r.action])
         if r.enrichment:
             added = r.enrichment
             add(
@@ -444,6 +451,7 @@ def _audit_rows(
 
 
 _COMMAND_SENT = Step.COMMAND_SENT.value
+_RECORDED = Step.RECORDED.value
 
 
 def _decide(
@@ -462,11 +470,11 @@ def _decide(
         (
             now,
             text_array([k[0] for k in keys]),
-            text_array([k[1].value for k in keys]),
+            text_array([_VALUE[k[1]] for k in keys]),
             bool_array([e.suppressed for e in entries]),
             [e.since for e in entries],
             text_array([e.event_id for e in entries]),
-            text_array([e.action.value for e in entries]),
+            text_array([_VALUE[e.action] for e in entries]),
         ),
     )
     if cur.rowcount == len(keys):  # the usual case: the chunk won every row it proposed
@@ -488,8 +496,8 @@ def _decide(
 def _listed_scopes(request: OptOutRequest, effective: frozenset[Scope]) -> list[str]:
     """The scopes an opt-out's suppression-list entries get: its own, or where it took effect."""
     if set(concrete_scopes(request.scopes)) <= effective:
-        return [s.value for s in request.scopes]
-    return sorted(s.value for s in effective)
+        return [_VALUE[s] for s in request.scopes]
+    return sorted(_VALUE[s] for s in effective)
 
 
 def _prune_entries(cur: psycopg.Cursor[Any], opt_ins: Sequence[OptOutRequest], now: datetime) -> None:
