@@ -203,3 +203,31 @@ def test_a_newer_state_schema_is_written_through_the_codec(tmp_path: Path) -> No
     assert state_encoder(codec)("email_sha256:ab", [row], at) != state_encoder(default_codec())(
         "email_sha256:ab", [row], at
     )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    scopes=SCOPE_SETS, served=st.lists(st.sampled_from([s for s in Scope if s is not Scope.ALL]), max_size=3)
+)
+def test_routing_computed_once_per_scopes_is_the_plain_routing(
+    scopes: tuple[Scope, ...], served: list[Scope]
+) -> None:
+    from services.common.contract import Destination, Destinations, Identifier
+    from services.common.settings import Settings
+    from services.domain.planning import _routing
+
+    for destinations in (
+        Settings().destinations,
+        Destinations(
+            Destination(f"d{i}", frozenset({s}), frozenset({Identifier.EMAIL}), frozenset({Identifier.EMAIL}))
+            for i, s in enumerate(served)
+        ),
+    ):
+        plain_unserved: list[str] = []
+        if Scope.ALL not in scopes:
+            covered = {s for d in destinations for s in d.scopes}
+            plain_unserved = sorted(s.value for s in scopes if s not in covered)
+        for _ in range(2):  # computed, then cached
+            routed, unserved = _routing(destinations, scopes)
+            assert list(routed) == destinations.for_scopes(scopes)
+            assert list(unserved) == plain_unserved
