@@ -29,7 +29,7 @@ from services.common.contract import CONCRETE_SCOPES
 from services.common.db import ADVISORY_XACT_LOCKS, LazyConnection, advisory_keys
 from services.common.kafka import DeliveryTracker
 from services.domain.subjects import ScopeState, state_record
-from services.intake.arrays import text_array
+from services.intake.arrays import int_array, text_array
 
 LOCK_NAMESPACE = "optout.suppressions"
 
@@ -58,9 +58,10 @@ def _string(value: str) -> bytes:
     return varint(len(data)) + data
 
 
-# A batch's states share instants (a request's requested_at in each of its scopes, the
-# batch's updated_at) and the scope and action names recur: each written once.
-@lru_cache(maxsize=4096)
+# A batch's states share instants (a request's requested_at in each of its scopes and
+# subjects, which the statement returns far apart; the batch's updated_at) and the scope and
+# action names recur: each written once.
+@lru_cache(maxsize=65536)
 def _instant(moment: datetime) -> bytes:
     """A timestamp-millis as ``write_millis`` writes the epoch milliseconds of ``to_millis``."""
     return varint(to_millis(moment))
@@ -118,7 +119,7 @@ def publish_current_states(
 
     def work(conn: psycopg.Connection[Any]) -> int:
         with conn.transaction():
-            conn.execute(ADVISORY_XACT_LOCKS, (advisory_keys(LOCK_NAMESPACE, ordered),))
+            conn.execute(ADVISORY_XACT_LOCKS, (int_array(advisory_keys(LOCK_NAMESPACE, ordered)),))
             states: dict[str, list[StateRow]] = {s: [] for s in ordered}
             for row in conn.execute(_CURRENT, (text_array(ordered), _SCOPE_ORDER)).fetchall():
                 states[row[0]].append(row)
