@@ -35,11 +35,11 @@ LOCK_NAMESPACE = "optout.suppressions"
 
 # A subject's rows in contract order (``services.domain.subjects.ordered``: the concrete
 # scopes in their order, then scopes unknown to this version by name; array_position gives
-# NULL for those, and NULLs sort last).
+# NULL for those, and NULLs sort last; by code point, as Python sorts).
 _CURRENT = """
 SELECT subject, scope, suppressed, since, event_id, action FROM suppression_state
 WHERE subject = ANY(%s::text[])
-ORDER BY subject, array_position(%s::text[], scope), scope
+ORDER BY subject, array_position(%s::text[], scope), scope COLLATE "C"
 """
 _SCOPE_ORDER = text_array([s.value for s in CONCRETE_SCOPES])
 
