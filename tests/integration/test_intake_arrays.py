@@ -127,7 +127,13 @@ def test_published_states_are_the_codec_bytes_of_the_state_records(base_settings
     try:
         tracker = DeliveryTracker(make_producer(cfg))
         subjects = ["email_sha256:aa", "cust:tombstone", "phone_sha256:never"]
-        assert publish_current_states(db, tracker, codec, cfg.suppressions_topic, subjects, at) == 3
+        # two subjects per transaction: the slices lock, read and deliver one after another
+        assert (
+            publish_current_states(
+                db, tracker, codec, cfg.suppressions_topic, subjects, at, per_transaction=2
+            )
+            == 3
+        )
     finally:
         db.close()
     published = {r.key.decode(): r.value for r in read_topic(cfg, cfg.suppressions_topic, expect=3) if r.key}
