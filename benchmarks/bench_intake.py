@@ -74,7 +74,8 @@ from benchmarks.common import (
 from services.common.avro import default_codec
 from services.common.clock import SystemClock
 from services.common.consumer_loop import ConsumerLoop
-from services.common.kafka import make_consumer, make_producer
+from services.common.db import LazyConnection
+from services.common.kafka import DeliveryTracker, make_consumer, make_producer
 from services.common.records import decode_opt_out_requested
 from services.common.settings import Settings
 from services.directory.store import upsert_entries
@@ -82,7 +83,9 @@ from services.domain.enrichment import DirectoryEntry, DirectoryIndex, enrich
 from services.domain.planning import plan_commands
 from services.domain.validation import decode_request, normalize_postal_address, validate_request
 from services.intake.service import tune_gc
+from services.intake.states import publish_current_states
 from services.intake.step import SERVICE, IntakeStep
+from services.intake.store import record_batch
 from services.suppression.entries import suppression_ring
 
 TARGET_RATIO = 20.0
@@ -693,6 +696,69 @@ def cpu_profile(events: int, seed: int, settings: Settings) -> list[str]:
     return lines
 
 
+# --- intake's database-thread work alone --------------------------------------------------------
+def db_profile(stack: Any, events: int, seed: int, partitions: int) -> list[str]:
+    """Record ``events`` generated events in chunks of ``OPTOUT_INTAKE_PIPELINE_CHUNK`` on one
+    connection (``record_batch``, as a database worker does), then publish the states they
+    changed (``publish_current_states``, as the intake thread does after the batch), all on
+    this thread: its CPU time per event for each (excluding PostgreSQL's and the broker's)."""
+    env = open_env(stack, "dbprofile", partitions)
+    try:
+        settings = env.settings
+        codec, ring = default_codec(), suppression_ring(settings)
+        now = datetime.now(UTC)
+        skew = timedelta(seconds=settings.clock_skew_seconds)
+        requests = [
+            decode_request(
+                codec,
+                codec.encode("OptOutRequested", {**e.record, "action": "OPT_OUT", "device_id": None}),
+                now,
+                skew,
+                settings.default_phone_region,
+            )
+            for e in generate_events(events, seed)
+        ]
+        commands = {r.event_id: plan_commands(r, now, settings.destinations) for r in requests}
+        prepared = settings.database_prepared_statements
+        conn = LazyConnection(settings.dsn(), prepared_statements=prepared)
+        states_db = LazyConnection(settings.dsn(), autocommit=True, prepared_statements=prepared)
+        producer = make_producer(settings)
+        tune_gc()
+        subjects: set[str] = set()
+        record_cpu = 0.0
+        size = settings.intake_pipeline_chunk
+        for start in range(0, events, size):
+            chunk = requests[start : start + size]
+            started = time.thread_time()
+            outcome = conn.run(lambda c, chunk=chunk: record_batch(c, chunk, commands, now, ring))
+            record_cpu += time.thread_time() - started
+            subjects |= outcome.states
+        tracker = DeliveryTracker(producer)
+        started = time.thread_time()
+        ordered = sorted(subjects)
+        for start in range(0, len(ordered), settings.batch_size):
+            publish_current_states(
+                states_db,
+                tracker,
+                codec,
+                settings.suppressions_topic,
+                ordered[start : start + settings.batch_size],
+                now,
+            )
+        states_cpu = time.thread_time() - started
+        conn.close()
+        states_db.close()
+    finally:
+        close_env(env)
+    return [
+        f"intake's database-thread work alone, {events:,} generated events, chunks of {size}, one thread, "
+        f"load average {load_average()}:",
+        f"  record_batch       {1e6 * record_cpu / events:6.1f} µs of CPU per event",
+        f"  publish states     {1e6 * states_cpu / events:6.1f} µs of CPU per event "
+        f"({len(subjects) / events:.2f} states per event; reading, encoding, producing, delivery reports)",
+    ]
+
+
 def _best_of(runs: int, work: Callable[[], object]) -> float:
     """The least CPU time of this thread over ``runs`` runs of ``work`` (CPU time, not wall
     time: the machine is shared, and a descheduled thread is not charged)."""
@@ -749,6 +815,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="only time intake's Python work (decode, validate, plan, encode) on N generated "
         "events, no broker or database, and print its profile",
     )
+    parser.add_argument(
+        "--db-profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only time intake's database-thread Python work (record_batch, then publishing the "
+        "states) on N generated events, on one thread of this process, and print it",
+    )
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument(
         "--directory",
@@ -777,6 +851,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(cpu_profile(args.cpu_profile, args.seed, Settings())), flush=True)
         return 0
     stack = start_stack()
+    if args.db_profile:
+        print("\n".join(db_profile(stack, args.db_profile, args.seed, args.partitions)), flush=True)
+        return 0
     load_before = load_average()
     overrides: dict[str, Any] = {} if args.batch_size is None else {"batch_size": args.batch_size}
     env = open_env(stack, "main", args.partitions, **overrides)

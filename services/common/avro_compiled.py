@@ -55,6 +55,11 @@ for _n in range(64, 1024):
     _SMALL[_n] = _varint(_n)
 
 
+def varint(n: int) -> bytes:
+    """The zig-zag varint of ``n`` (an Avro int or long), as ``write_long`` writes it."""
+    return _SMALL[n] if 0 <= n < 1024 else _varint(n)
+
+
 # Varints of larger values written lately: timestamps repeat (a batch's issue time, a
 # request's deadline in each of its commands). Bounded: emptied when full.
 _RECENT: dict[int, bytes] = {}

@@ -110,17 +110,15 @@ def applicable_destinations(request: OptOutRequest, destinations: Destinations) 
     serves; an explicitly requested scope that no destination serves, or whose destination
     lacks an identifier, is an error (the request is dead-lettered with the reason).
     """
-    if Scope.ALL not in request.scopes:
-        served = {s for d in destinations for s in d.scopes}
-        unserved = sorted(s.value for s in request.scopes if s not in served)
-        if unserved:
-            raise PoisonMessage(
-                "no_destination_for_scope",
-                f"no destination serves {', '.join(unserved)} (see the destinations file)",
-            )
+    routed, unserved = _routing(destinations, request.scopes)
+    if unserved:
+        raise PoisonMessage(
+            "no_destination_for_scope",
+            f"no destination serves {', '.join(unserved)} (see the destinations file)",
+        )
     values = _identifier_values(request)
     chosen = []
-    for dest in destinations.for_scopes(request.scopes):
+    for dest in routed:
         if any(values[i] for i in dest.requires_one_of):
             chosen.append(dest)
         elif Scope.ALL not in request.scopes:
@@ -131,6 +129,21 @@ def applicable_destinations(request: OptOutRequest, destinations: Destinations) 
     if not chosen:
         raise PoisonMessage("missing_identifier_for_scope", "no destination can act on this request")
     return chosen
+
+
+@lru_cache(maxsize=256)
+def _routing(
+    destinations: Destinations, scopes: tuple[Scope, ...]
+) -> tuple[tuple[Destination, ...], tuple[str, ...]]:
+    """The destinations ``scopes`` route to (``Destinations.for_scopes``) and, unless ``ALL``
+    is asked for, the scopes no destination serves. A deployment's destinations are loaded
+    once and a request's scopes are one of a few sorted combinations: computed once each
+    (``Destinations`` hashes by identity)."""
+    unserved: tuple[str, ...] = ()
+    if Scope.ALL not in scopes:
+        served = {s for d in destinations for s in d.scopes}
+        unserved = tuple(sorted(s.value for s in scopes if s not in served))
+    return tuple(destinations.for_scopes(scopes)), unserved
 
 
 def plan_commands(

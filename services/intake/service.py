@@ -17,7 +17,8 @@ from services.observability.loop import observe_loop
 # all short-lived and free of cycles: with CPython's default first threshold (700
 # allocations) the cyclic garbage collector ran hundreds of times per batch and took 20-30%
 # of intake's Python time (issue #15). Reference counting frees these objects anyway; the
-# collector still runs, every 50,000 allocations.
+# collector still runs, every 50,000 allocations, and not at all while a batch is in hand
+# (``services.intake.step.paused_gc``).
 GC_THRESHOLD = (50_000, 20, 100)
 
 

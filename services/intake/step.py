@@ -7,11 +7,13 @@ consume loop then commits the offsets.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -47,6 +49,24 @@ STATES_PUBLISHED = Counter(
     "optout_suppression_states_published_total",
     "Subject states intake published to the compacted topic optout.suppressions (values and tombstones).",
 )
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector for a batch (issue #15). A batch keeps its requests,
+    commands and rows alive until it is fanned out, and every collection on the way rescans
+    them (they all survive it: reference counting frees them once the batch is done, and
+    hardly any is in a cycle). Cycles made during the batch wait for the first collection
+    after it (the thresholds of ``services.intake.service.tune_gc`` still apply), so memory
+    stays bounded by a batch. A collector someone switched off stays off."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 class _DataRejected(Exception):
@@ -115,6 +135,7 @@ class IntakeStep:
         self._topic = settings.requests_topic
         self._states_topic = settings.suppressions_topic
         self._states_db: LazyConnection | None = None  # reads what goes to that topic
+        self._command_topics: dict[str, str] = {}  # destination id -> its command topic
         for d in ("processed", "duplicate", "dead_lettered"):
             metrics.MESSAGES_CONSUMED.labels(SERVICE, self._topic, d)
 
@@ -141,7 +162,12 @@ class IntakeStep:
         writes never wait on each other.
         Returns only when every chunk is committed and every message delivered. If a
         chunk fails, the whole batch is retried: chunks already committed then count as
-        duplicates and only their unacknowledged commands are sent again."""
+        duplicates and only their unacknowledged commands are sent again.
+        The cyclic garbage collector is paused while the batch is in hand (``paused_gc``)."""
+        with paused_gc():
+            self._submit(messages)
+
+    def _submit(self, messages: Sequence[Message]) -> None:
         now = self.clock.now()
         tracker = DeliveryTracker(self.producer)
         seen: dict[str, _Accepted] = {}
@@ -308,8 +334,13 @@ class IntakeStep:
         STATES_PUBLISHED.inc(published)
 
     def _send_command(self, tracker: DeliveryTracker, command: PlannedCommand) -> None:
+        topic = self._command_topics.get(command.destination)
+        if topic is None:  # the settings build the name anew on every call
+            topic = self._command_topics[command.destination] = self.settings.suppress_topic(
+                command.destination
+            )
         tracker.produce(
-            self.settings.suppress_topic(command.destination),
+            topic,
             value=self.codec.encode("SuppressionCommand", command.record),
             key=command.record["request_id"],
         )

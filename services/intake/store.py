@@ -22,12 +22,13 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import psycopg
 
-from services.common.audit import AuditEvent, Step, append
-from services.common.contract import Action, Scope
+from services.common.audit import AuditEvent, Step
+from services.common.contract import Action, Scope, Source
 from services.common.sealing import KeyRing
 from services.domain.planning import PlannedCommand
 from services.domain.preferences import (
@@ -39,11 +40,18 @@ from services.domain.preferences import (
     subjects_of,
 )
 from services.domain.validation import OptOutRequest
+from services.intake.arrays import bool_array, int_array, text_array
 from services.intake.enrich import enrichment_columns
 from services.suppression.entries import Entry, Kind, entries_of, seal
 
 _SCOPE_VALUES = frozenset(s.value for s in Scope)
+# A request's scopes travel as one text per request, split in SQL (``string_to_array``): a
+# separator that needs no quoting in an array literal (``services.intake.arrays``).
+SCOPE_SEPARATOR = "|"
 _SCOPES = {s.value: s for s in Scope}
+# An enum member's value by a dictionary lookup (``.value`` is a Python-level property: about
+# twenty reads per request).
+_VALUE: dict[StrEnum, str] = {m: m.value for e in (Scope, Action, Source, Kind) for m in e}
 # Which subject prefix a suppression-list kind's hash goes with (the same SHA-256).
 _SUBJECT_PREFIX = {
     Kind.EMAIL.value: "email_sha256:",
@@ -80,12 +88,12 @@ class ListedEntries:
         def scopes(request: OptOutRequest) -> Sequence[str]:
             if scopes_of is not None and request.event_id in scopes_of:
                 return scopes_of[request.event_id]
-            return [s.value for s in request.scopes]
+            return [_VALUE[s] for s in request.scopes]
 
         merged: dict[tuple[str, str], tuple[Entry, list[OptOutRequest]]] = {}
         for request in requests:
             for entry in entries_of(request):
-                key = (entry.kind.value, entry.sha256)
+                key = (_VALUE[entry.kind], entry.sha256)
                 seen = merged.get(key)
                 if seen is None:
                     merged[key] = (entry, [request])
@@ -97,7 +105,7 @@ class ListedEntries:
             listed.kinds.append(key[0])
             listed.hashes.append(key[1])
             listed.sealed.append(seal(ring, entry))
-            listed.scopes.append(",".join(sorted({s for r in named_by for s in scopes(r)})))
+            listed.scopes.append(SCOPE_SEPARATOR.join(sorted({s for r in named_by for s in scopes(r)})))
             listed.first.append(named_by[0].event_id)
             listed.last.append(named_by[-1].event_id)
             for request in named_by:
@@ -138,23 +146,23 @@ WITH new AS (
                           source, jurisdiction, requested_at, received_at, due_at, deadline_rule,
                           directory_identifiers, identifier_sources,
                           action, device_id, effective_scopes, state, confirmed_at)
-    SELECT e, c, k, cu, em, ph, pa::jsonb, eh, phh, pah, string_to_array(sc, ','), so, ju, ra, %b,
-           du, dr, di::jsonb, ds::jsonb, ac, dv, string_to_array(ef, ','),
+    SELECT e, c, k, cu, em, ph, pa::jsonb, eh, phh, pah, string_to_array(sc, '|'), so, ju, ra, %b,
+           du, dr, di::jsonb, ds::jsonb, ac, dv, string_to_array(ef, '|'),
            CASE WHEN cf THEN 'CONFIRMED' ELSE 'PENDING' END, CASE WHEN cf THEN %b END
-    FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
-                %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
-                %b::text[], %b::timestamptz[], %b::timestamptz[], %b::text[], %b::text[],
-                %b::text[], %b::text[], %b::text[], %b::text[], %b::bool[])
+    FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+                %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+                %s::text[], %b::timestamptz[], %b::timestamptz[], %s::text[], %s::text[],
+                %s::text[], %s::text[], %s::text[], %s::text[], %s::bool[])
          AS t(e, c, k, cu, em, ph, pa, eh, phh, pah, sc, so, ju, ra, du, dr, di, ds, ac, dv, ef, cf)
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id
 ), listed AS (
     INSERT INTO suppression_list AS s (kind, sha256, sealed, scopes, first_request_id,
                                        last_request_id, created_at, updated_at)
-    SELECT t.k, t.h, t.v, string_to_array(t.sc, ','), t.f, t.l, %b, %b
-    FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[])
+    SELECT t.k, t.h, t.v, string_to_array(t.sc, '|'), t.f, t.l, %b, %b
+    FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])
          WITH ORDINALITY AS t(k, h, v, sc, f, l, n)
-    WHERE t.n IN (SELECT m.n FROM unnest(%b::text[], %b::int8[]) AS m(e, n)
+    WHERE t.n IN (SELECT m.n FROM unnest(%s::text[], %s::int8[]) AS m(e, n)
                   JOIN new ON new.event_id = m.e)
     ORDER BY t.n
     ON CONFLICT (kind, sha256) DO UPDATE
@@ -168,7 +176,7 @@ WITH new AS (
     INSERT INTO destination_status (command_id, event_id, destination, first_issued_at,
                                     last_issued_at)
     SELECT t.c, t.e, t.d, %b, %b
-    FROM unnest(%b::text[], %b::text[], %b::text[]) AS t(c, e, d) JOIN new ON new.event_id = t.e
+    FROM unnest(%s::text[], %s::text[], %s::text[]) AS t(c, e, d) JOIN new ON new.event_id = t.e
     ON CONFLICT (command_id) DO NOTHING
 )
 SELECT event_id FROM new
@@ -181,7 +189,7 @@ _UPSERT_STATE = """
 INSERT INTO suppression_state AS st (subject, scope, suppressed, since, event_id, action,
                                      updated_at)
 SELECT t.s, t.sc, t.su, t.si, t.e, t.a, %b
-FROM unnest(%b::text[], %b::text[], %b::bool[], %b::timestamptz[], %b::text[], %b::text[])
+FROM unnest(%s::text[], %s::text[], %s::bool[], %b::timestamptz[], %s::text[], %s::text[])
      WITH ORDINALITY AS t(s, sc, su, si, e, a, n)
 ORDER BY t.n
 ON CONFLICT (subject, scope) DO UPDATE
@@ -196,7 +204,7 @@ RETURNING subject, scope
 # conflicting row even when its guard keeps it unchanged). Rows it won hold its own values.
 _STATE_OF = """
 SELECT st.subject, st.scope, st.suppressed
-FROM suppression_state st JOIN unnest(%b::text[], %b::text[]) AS t(s, sc)
+FROM suppression_state st JOIN unnest(%s::text[], %s::text[]) AS t(s, sc)
      ON st.subject = t.s AND st.scope = t.sc
 """
 
@@ -219,7 +227,7 @@ DELETE FROM suppression_list s USING unnest(%b::text[], %b::text[]) AS t(k, h)
 WHERE s.kind = t.k AND s.sha256 = t.h
 """
 
-_EXISTING = "SELECT event_id, content_sha256 FROM requests WHERE event_id = ANY(%s)"
+_EXISTING = "SELECT event_id, content_sha256 FROM requests WHERE event_id = ANY(%s::text[])"
 
 _MARK_RESENT = """
 UPDATE destination_status SET last_issued_at = %s, issue_count = issue_count + 1
@@ -242,7 +250,7 @@ def record_batch(
     if not requests:
         return outcome
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute(_EXISTING, ([r.event_id for r in requests],))
+        cur.execute(_EXISTING, (text_array([r.event_id for r in requests]),))
         stored = dict(cur.fetchall())
         candidates = [r for r in requests if r.event_id not in stored]
         effective, changed = _decide(cur, candidates, now)
@@ -263,42 +271,47 @@ def record_batch(
             (
                 now,
                 now,
-                [r.event_id for r in candidates],
-                [r.content_sha256 for r in candidates],
-                [r.subject_key for r in candidates],
-                [r.customer_id for r in candidates],
-                [r.email for r in candidates],
-                [r.phone for r in candidates],
-                [json.dumps(r.postal_address) if r.postal_address else None for r in candidates],
-                [r.email_sha256 for r in candidates],
-                [r.phone_sha256 for r in candidates],
-                [r.postal_sha256 for r in candidates],
-                [",".join(r.scopes) for r in candidates],
-                [r.source.value for r in candidates],
-                [r.jurisdiction for r in candidates],
+                text_array([r.event_id for r in candidates]),
+                text_array([r.content_sha256 for r in candidates]),
+                text_array([r.subject_key for r in candidates]),
+                text_array([r.customer_id for r in candidates]),
+                text_array([r.email for r in candidates]),
+                text_array([r.phone for r in candidates]),
+                text_array([json.dumps(r.postal_address) if r.postal_address else None for r in candidates]),
+                text_array([r.email_sha256 for r in candidates]),
+                text_array([r.phone_sha256 for r in candidates]),
+                text_array([r.postal_sha256 for r in candidates]),
+                text_array([SCOPE_SEPARATOR.join(r.scopes) for r in candidates]),
+                text_array([_VALUE[r.source] for r in candidates]),
+                text_array([r.jurisdiction for r in candidates]),
                 [r.requested_at for r in candidates],
                 [r.due_at for r in candidates],
-                [r.deadline_rule for r in candidates],
-                *enrichment_columns(candidates),
-                [r.action.value for r in candidates],
-                [r.device_id for r in candidates],
-                [",".join(s.value for s in sorted(effective[r.event_id])) for r in candidates],
-                [not kept[r.event_id] for r in candidates],
+                text_array([r.deadline_rule for r in candidates]),
+                *map(text_array, enrichment_columns(candidates)),
+                text_array([_VALUE[r.action] for r in candidates]),
+                text_array([r.device_id for r in candidates]),
+                text_array(
+                    [
+                        SCOPE_SEPARATOR.join([_VALUE[s] for s in sorted(effective[r.event_id])])
+                        for r in candidates
+                    ]
+                ),
+                bool_array([not kept[r.event_id] for r in candidates]),
                 now,
                 now,
-                listed.kinds,
-                listed.hashes,
-                listed.sealed,
-                listed.scopes,
-                listed.first,
-                listed.last,
-                listed.events,
-                listed.rows,
+                text_array(listed.kinds),
+                text_array(listed.hashes),
+                text_array(listed.sealed),
+                text_array(listed.scopes),
+                text_array(listed.first),
+                text_array(listed.last),
+                text_array(listed.events),
+                int_array(listed.rows),
                 now,
                 now,
-                [c.command_id for c in all_commands],
-                [c.record["request_id"] for c in all_commands],
-                [c.destination for c in all_commands],
+                text_array([c.command_id for c in all_commands]),
+                text_array([c.record["request_id"] for c in all_commands]),
+                text_array([c.destination for c in all_commands]),
             ),
         )
         outcome.new = {row[0] for row in cur.fetchall()}
@@ -318,7 +331,7 @@ def record_batch(
             elif r.event_id in stored:
                 outcome.conflicts.add(r.event_id)
             else:  # recorded meanwhile by another writer: look again
-                row = cur.execute(_EXISTING, ([r.event_id],)).fetchone()
+                row = cur.execute(_EXISTING, (text_array([r.event_id]),)).fetchone()
                 if row is not None and row[1] == r.content_sha256:
                     outcome.duplicates.add(r.event_id)
                 else:
@@ -333,58 +346,112 @@ def record_batch(
         else:
             resent = []
         # The audit trail (services/common/audit.py): one statement for the chunk.
-        append(cur, _audit_events(candidates, kept, outcome, resent, now))
+        _append_audit(cur, _audit_rows(candidates, kept, outcome, resent), now)
         outcome.states = changed | {
             s for r in requests if r.event_id in outcome.duplicates for s in subjects_of(r)
         }
     return outcome
 
 
-def _audit_events(
+@dataclass
+class AuditRows:
+    """A chunk's audit rows (``services/common/audit.py``) as the statement's columns; every
+    row is at the chunk's ``now``."""
+
+    event_ids: list[str] = field(default_factory=list)
+    steps: list[str] = field(default_factory=list)
+    destinations: list[str | None] = field(default_factory=list)
+    statuses: list[str | None] = field(default_factory=list)
+    details: list[str | None] = field(default_factory=list)
+
+    def add(
+        self,
+        event_id: str,
+        step: str,
+        destination: str | None = None,
+        status: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        self.event_ids.append(event_id)
+        self.steps.append(step)
+        self.destinations.append(destination)
+        self.statuses.append(status)
+        self.details.append(detail)
+
+    def events(self, now: datetime) -> list[AuditEvent]:
+        """The same rows as ``services.common.audit.append`` takes them."""
+        return [
+            AuditEvent(e, now, step, destination, status, detail)
+            for e, step, destination, status, detail in zip(
+                self.event_ids, self.steps, self.destinations, self.statuses, self.details, strict=True
+            )
+        ]
+
+
+# ``services.common.audit.append`` for intake's rows, which share one instant: the columns
+# as array literals (``services.intake.arrays``), rows inserted in the arrays' order.
+_APPEND_AUDIT = """
+INSERT INTO audit_events (event_id, at, step, destination, status, detail)
+SELECT t.e, %b, t.s, t.d, t.st, t.de
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[]) AS t(e, s, d, st, de)
+"""
+
+
+def _append_audit(cur: psycopg.Cursor[Any], rows: AuditRows, now: datetime) -> None:
+    if not rows.event_ids:
+        return
+    cur.execute(
+        _APPEND_AUDIT,
+        (
+            now,
+            text_array(rows.event_ids),
+            text_array(rows.steps),
+            text_array(rows.destinations),
+            text_array(rows.statuses),
+            text_array(rows.details),
+        ),
+    )
+
+
+def _audit_rows(
     candidates: Sequence[OptOutRequest],
     kept: Mapping[str, Sequence[PlannedCommand]],
     outcome: RecordOutcome,
     resent: Sequence[tuple[Any, ...]],
-    now: datetime,
-) -> list[AuditEvent]:
+) -> AuditRows:
     """What the chunk did, per request, in order: recorded, enriched, the newest-wins
     decision, the commands sent; then the commands re-sent for redelivered requests."""
-    events: list[AuditEvent] = []
+    rows = AuditRows()
+    add = rows.add
+    new, superseded = outcome.new, outcome.superseded
     for r in candidates:
         e = r.event_id
-        if e not in outcome.new:
+        if e not in new:
             continue
-        events.append(AuditEvent(e, now, Step.RECORDED, status=r.action.value))
+        add(e, _RECORDED, status=_VALUE[r.action])
         if r.enrichment:
             added = r.enrichment
-            events.append(
-                AuditEvent(
-                    e,
-                    now,
-                    Step.ENRICHED,
-                    detail=f"directory added {len(added.emails)} email(s), {len(added.phones)} phone(s), "
-                    f"{len(added.postal_addresses)} postal address(es)",
-                )
+            add(
+                e,
+                Step.ENRICHED.value,
+                detail=f"directory added {len(added.emails)} email(s), {len(added.phones)} phone(s), "
+                f"{len(added.postal_addresses)} postal address(es)",
             )
-        if e in outcome.superseded:
-            events.append(AuditEvent(e, now, Step.SUPERSEDED, detail="a newer request holds for every scope"))
+        if e in superseded:
+            add(e, Step.SUPERSEDED.value, detail="a newer request holds for every scope")
         elif r.action is Action.OPT_IN:
-            events.append(AuditEvent(e, now, Step.OPTED_IN))
+            add(e, Step.OPTED_IN.value)
         for c in kept[e]:
-            events.append(
-                AuditEvent(e, now, Step.COMMAND_SENT, destination=c.destination, detail=c.command_id)
-            )
+            add(e, _COMMAND_SENT, c.destination, None, c.command_id)
     for command_id, event_id, destination, count in resent:
-        events.append(
-            AuditEvent(
-                event_id,
-                now,
-                Step.COMMAND_RESENT,
-                destination=destination,
-                detail=f"{command_id} issue {count}",
-            )
+        add(
+            event_id, Step.COMMAND_RESENT.value, destination=destination, detail=f"{command_id} issue {count}"
         )
-    return events
+    return rows
+
+
+_COMMAND_SENT = Step.COMMAND_SENT.value
+_RECORDED = Step.RECORDED.value
 
 
 def _decide(
@@ -402,12 +469,12 @@ def _decide(
         _UPSERT_STATE,
         (
             now,
-            [k[0] for k in keys],
-            [k[1].value for k in keys],
-            [e.suppressed for e in entries],
+            text_array([k[0] for k in keys]),
+            text_array([_VALUE[k[1]] for k in keys]),
+            bool_array([e.suppressed for e in entries]),
             [e.since for e in entries],
-            [e.event_id for e in entries],
-            [e.action.value for e in entries],
+            text_array([e.event_id for e in entries]),
+            text_array([_VALUE[e.action] for e in entries]),
         ),
     )
     if cur.rowcount == len(keys):  # the usual case: the chunk won every row it proposed
@@ -421,7 +488,7 @@ def _decide(
         lost = [k for k in keys if k not in returned]
     after: dict[Key, bool] = {k: chunk_winners[k].suppressed for k in won}
     if lost:
-        cur.execute(_STATE_OF, ([k[0] for k in lost], [k[1].value for k in lost]))
+        cur.execute(_STATE_OF, (text_array([k[0] for k in lost]), text_array([k[1].value for k in lost])))
         after.update({(subject, _SCOPES[scope]): bool(v) for subject, scope, v in cur.fetchall()})
     return {r.event_id: effective_scopes(r, after) for r in candidates}, {k[0] for k in won}
 
@@ -429,8 +496,8 @@ def _decide(
 def _listed_scopes(request: OptOutRequest, effective: frozenset[Scope]) -> list[str]:
     """The scopes an opt-out's suppression-list entries get: its own, or where it took effect."""
     if set(concrete_scopes(request.scopes)) <= effective:
-        return [s.value for s in request.scopes]
-    return sorted(s.value for s in effective)
+        return [_VALUE[s] for s in request.scopes]
+    return sorted(_VALUE[s] for s in effective)
 
 
 def _prune_entries(cur: psycopg.Cursor[Any], opt_ins: Sequence[OptOutRequest], now: datetime) -> None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from benchmarks.common import generate_events
+from services.common.avro import default_codec
 from services.common.contract import Scope
 from services.domain.deadlines import deadline_of, governing_rule_of
 from services.domain.identity import normalize_email, sha256_hex
@@ -68,3 +71,163 @@ def test_subjects_and_entries_use_the_hashes_validation_computed() -> None:
         assert entries_of(request) == identifier_entries(request.email, request.phone, request.postal_address)
         key = postal_key(request.postal_address)
         assert request.postal_sha256 == (sha256_hex(key) if key else None)
+
+
+# --- array literals (services/intake/arrays.py) --------------------------------------------------
+def _read_text_array(literal: str) -> list[str | None]:
+    """A reader of one-dimensional ``text[]`` literals as PostgreSQL's array_in reads them
+    (the database itself checks the same in tests/integration/test_intake_arrays.py)."""
+    assert literal[0] == "{" and literal[-1] == "}"
+    body, values, i = literal[1:-1], [], 0
+    if not body:
+        return []
+    while True:
+        if body[i] == '"':
+            i += 1
+            chars = []
+            while body[i] != '"':
+                if body[i] == "\\":
+                    i += 1
+                chars.append(body[i])
+                i += 1
+            values.append("".join(chars))
+            i += 1
+        else:
+            end = body.find(",", i)
+            end = len(body) if end < 0 else end
+            token = body[i:end]
+            assert token and not any(c in token for c in '{}"\\ \t\n\r\v\f'), token
+            values.append(None if token.lower() == "null" else token)
+            i = end
+        if i == len(body):
+            return values
+        assert body[i] == ","
+        i += 1
+
+
+HOSTILE = [
+    "",
+    " ",
+    "a b",
+    ' "q" ',
+    "back\\slash",
+    "a,b",
+    "{x}",
+    "}{",
+    "NULL",
+    "null",
+    "Null",
+    "nullish",
+    "x\ty",
+    "line\nbreak",
+    "é",
+    "日本",
+    "\u00a0",
+    "[1:1]={a}",
+    "'",
+    '\\"',
+    "\\",
+    '"',
+]
+TEXTS = st.lists(st.one_of(st.none(), st.sampled_from(HOSTILE), st.text(max_size=12)), max_size=12)
+
+
+@settings(max_examples=500, deadline=None)
+@given(TEXTS)
+def test_a_text_array_literal_reads_back_as_the_values(values: list[str | None]) -> None:
+    from services.intake.arrays import text_array
+
+    assert _read_text_array(text_array(values)) == values
+
+
+def test_plain_values_are_joined_unquoted_and_anything_else_quoted() -> None:
+    from services.intake.arrays import bool_array, int_array, text_array
+
+    assert text_array(["ab12", None, "5f0c-9e"]) == "{ab12,NULL,5f0c-9e}"
+    assert text_array([]) == "{}" and text_array([None]) == "{NULL}"
+    assert text_array(["a", ""]) == '{"a",""}'
+    assert text_array(["x", "NuLl"]) == '{"x","NuLl"}'
+    assert text_array(['say "hi"', None, "c:\\"]) == '{"say \\"hi\\"",NULL,"c:\\\\"}'
+    assert int_array([1, 20, -3]) == "{1,20,-3}" and int_array([]) == "{}"
+    assert bool_array([True, False]) == "{t,f}"
+
+
+# --- the subject states' encoder (services/intake/states.py) --------------------------------------
+STATE_ROWS = st.lists(
+    st.tuples(
+        st.sampled_from([*(s.value for s in Scope if s is not Scope.ALL), "FUTURE_SCOPE"]),
+        st.booleans(),
+        st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)),
+        st.text(max_size=400),  # past one and two varint bytes of length
+        st.sampled_from(["OPT_OUT", "OPT_IN"]),
+    ),
+    max_size=5,
+    unique_by=lambda row: row[0],
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(subject=st.text(max_size=80), rows=STATE_ROWS, now=MOMENTS)
+def test_the_state_encoder_writes_what_the_codec_writes_for_the_state_record(
+    subject: str, rows: list[tuple[str, bool, datetime, str, str]], now: datetime
+) -> None:
+    from services.domain.subjects import ScopeState, ordered, state_record
+    from services.intake.states import state_encoder
+
+    codec = default_codec()
+    states = ordered(ScopeState(*row) for row in rows)  # the statement's order
+    record = state_record(subject, states, now)
+    expected = None if record is None else codec.encode("SuppressionState", record)
+    in_order = [(subject, s.scope, s.suppressed, s.since, s.request_id, s.action) for s in states]
+    assert state_encoder(codec)(subject, in_order, now) == expected
+
+
+def test_a_newer_state_schema_is_written_through_the_codec(tmp_path: Path) -> None:
+    from services.common.avro import Codec, schemas_dir
+    from services.domain.subjects import ScopeState, state_record
+    from services.intake.states import state_encoder
+
+    for source in schemas_dir().glob("*.avsc"):
+        (tmp_path / source.name).write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+    v2 = json.loads((schemas_dir() / "SuppressionState.v1.avsc").read_text(encoding="utf-8"))
+    v2["namespace"] = "dev.optout.v2"
+    v2["fields"].append({"name": "note", "type": "string", "default": "v2"})
+    (tmp_path / "SuppressionState.v2.avsc").write_text(json.dumps(v2), encoding="utf-8")
+    codec = Codec(tmp_path)
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    row = ("email_sha256:ab", "EMAIL_MARKETING", True, at, "e-1", "OPT_OUT")
+    record = state_record("email_sha256:ab", [ScopeState(*row[1:])], at)
+    assert record is not None
+    assert state_encoder(codec)("email_sha256:ab", [row], at) == codec.encode("SuppressionState", record)
+    # and not the version 1 bytes the shortcut writes
+    assert state_encoder(codec)("email_sha256:ab", [row], at) != state_encoder(default_codec())(
+        "email_sha256:ab", [row], at
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    scopes=SCOPE_SETS, served=st.lists(st.sampled_from([s for s in Scope if s is not Scope.ALL]), max_size=3)
+)
+def test_routing_computed_once_per_scopes_is_the_plain_routing(
+    scopes: tuple[Scope, ...], served: list[Scope]
+) -> None:
+    from services.common.contract import Destination, Destinations, Identifier
+    from services.common.settings import Settings
+    from services.domain.planning import _routing
+
+    for destinations in (
+        Settings().destinations,
+        Destinations(
+            Destination(f"d{i}", frozenset({s}), frozenset({Identifier.EMAIL}), frozenset({Identifier.EMAIL}))
+            for i, s in enumerate(served)
+        ),
+    ):
+        plain_unserved: list[str] = []
+        if Scope.ALL not in scopes:
+            covered = {s for d in destinations for s in d.scopes}
+            plain_unserved = sorted(s.value for s in scopes if s not in covered)
+        for _ in range(2):  # computed, then cached
+            routed, unserved = _routing(destinations, scopes)
+            assert list(routed) == destinations.for_scopes(scopes)
+            assert list(unserved) == plain_unserved

@@ -502,3 +502,29 @@ def test_connector_step_reports_a_plainly_raised_credentials_refusal_and_its_end
     step.submit(batch)
     assert not step.credentials.refused and step.credentials.readiness() is None
     assert [x["status"] for x in _acks(producer, step.settings)] == ["APPLIED"]
+
+
+def test_intake_pauses_the_garbage_collector_for_a_batch_only(intake: Any) -> None:
+    import gc
+
+    step, _, store, publisher = intake
+    seen: list[bool] = []
+    record = store.__call__
+
+    def recording(*args: Any) -> Any:
+        seen.append(gc.isenabled())
+        return record(*args)
+
+    step._recorder = recording
+    messages = _messages(
+        step.settings.requests_topic, [_request(publisher, "evt-gc", ["ALL"], email="g@example.com")]
+    )
+    assert gc.isenabled()
+    step.submit(messages)
+    assert seen == [False] and gc.isenabled()
+    gc.disable()  # switched off by someone else: stays off
+    try:
+        step.submit(messages)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -91,7 +91,7 @@ def test_a_chunk_lists_each_identifier_once_in_key_order_merging_its_requests():
     keys = list(zip(listed.kinds, listed.hashes, strict=True))
     assert keys == sorted(keys) and len(keys) == 3  # jane's email once, john's email, jane's phone
     jane = keys.index(("email", sha256_hex("jane@example.com")))
-    assert listed.scopes[jane] == "EMAIL_MARKETING,THIRD_PARTY_SHARING"
+    assert listed.scopes[jane] == "EMAIL_MARKETING|THIRD_PARTY_SHARING"
     assert (listed.first[jane], listed.last[jane]) == ("e-1", "e-3")
     assert open_value(ring, Kind.EMAIL, keys[jane][1], listed.sealed[jane]) == "jane@example.com"
     # Each request points at the rows it names (1-based): written if that request is new.
