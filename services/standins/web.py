@@ -59,6 +59,7 @@ App = Callable[[Request], Response]
 def _handler_for(app: App, name: str) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
         server_version = f"optout-standin-{name}"
 
         def _serve(self) -> None:
