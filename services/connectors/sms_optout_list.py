@@ -311,7 +311,7 @@ class SmsOptOutListConnector(Connector):
             else:
                 by_number.setdefault(command.phone, []).append(command)
         failures: list[RetriableError] = []
-        for done, failure in self._pool.map(self._apply_number, list(by_number.values())):
+        for done, failure in self._apply_numbers(list(by_number.values())):
             outcomes.extend(done)
             if failure is not None:
                 failures.append(failure)
@@ -329,6 +329,30 @@ class SmsOptOutListConnector(Connector):
         if not outcomes:
             raise cause
         raise IncompleteBatch(outcomes, cause) from cause
+
+    def _apply_numbers(
+        self, numbers: list[list[Command]]
+    ) -> list[tuple[list[Outcome], RetriableError | None]]:
+        """Each number's commands (``_apply_number``), ``concurrency`` numbers at a time, the
+        results in ``numbers``' order. At most ``concurrency`` tasks go to the pool, each
+        taking the next number until none is left: a batch of thousands of numbers (behind a
+        backlog) does not queue one Future per number."""
+        results: list[tuple[list[Outcome], RetriableError | None]] = [([], None)] * len(numbers)
+        taken = iter(range(len(numbers)))
+        lock = threading.Lock()
+
+        def work() -> None:
+            while True:
+                with lock:
+                    index = next(taken, None)
+                if index is None:
+                    return
+                results[index] = self._apply_number(numbers[index])
+
+        workers = [self._pool.submit(work) for _ in range(min(self.options.concurrency, len(numbers)))]
+        for worker in workers:
+            worker.result()
+        return results
 
     def _apply_number(self, commands: list[Command]) -> tuple[list[Outcome], RetriableError | None]:
         """One number's commands, in order; stops at the first transient failure."""

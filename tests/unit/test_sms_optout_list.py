@@ -324,3 +324,24 @@ def test_requests_per_second_paces_the_calls(standin) -> None:
         connector.close()
     with pytest.raises(ConfigurationError):
         sms.build(destination(requests_per_second=-1), Settings())
+
+
+def test_a_large_batch_queues_at_most_concurrency_tasks(standin, monkeypatch) -> None:
+    connector, _routed = connect(standin, concurrency=3)
+    submitted = 0
+    submit = connector._pool.submit
+
+    def counting_submit(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        nonlocal submitted
+        submitted += 1
+        return submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(connector._pool, "submit", counting_submit)
+    phones = [f"+1415555{n:04d}" for n in range(60)]
+    try:
+        outcomes = connector.apply([cmd(p) for p in phones])
+    finally:
+        connector.close()
+    assert len(outcomes) == 60 and set(statuses(outcomes).values()) == {AckStatus.APPLIED}
+    assert standin.opted_out() == set(phones)
+    assert submitted == 3  # not one Future per number
