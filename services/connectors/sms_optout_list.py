@@ -38,13 +38,24 @@ https://docs.aws.amazon.com/pinpoint/latest/apireference_smsvoicev2/CommonErrors
 botocore's own retries are off: the kit retries, honouring ``retry_after``. Progress made
 before a transient failure is kept (``IncompleteBatch``). Commands for the same number in one
 batch run one after another in the batch's order; different numbers run on a small thread
-pool (``concurrency``).
+pool (``concurrency``) sharing one botocore client (thread-safe; its connection pool holds
+``concurrency`` keep-alive connections).
+
+Rate: AWS gives every operation of this API a default requests-per-second quota, per account
+and Region, that can be raised on request
+(https://docs.aws.amazon.com/sms-voice/latest/userguide/quotas.html; DeleteOptedOutNumber: 10
+a second by default). ``requests_per_second`` (0: no pacing) spaces this destination's calls
+to stay under the account's quota instead of running into ``ThrottlingException``; calls
+above it are answered ThrottlingException, which the kit retries after
+``throttle_retry_seconds``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -124,6 +135,7 @@ class SmsOptOutListOptions(BaseModel):
     endpoint_url: str | None = None
     timeout: float = Field(10.0, gt=0)
     concurrency: int = Field(4, ge=1, le=32)
+    requests_per_second: float = Field(0.0, ge=0)  # 0: no pacing (see the module docstring)
     throttle_retry_seconds: float = Field(1.0, gt=0)
     credentials_retry_seconds: float = Field(60.0, gt=0)
 
@@ -246,6 +258,34 @@ def classify(
     )
 
 
+# --- pacing ---------------------------------------------------------------------------------------
+class Pacer:
+    """Spaces calls ``1 / rate`` seconds apart across threads (0: no pacing): each ``wait``
+    takes the next free slot, then sleeps until it comes."""
+
+    def __init__(
+        self,
+        rate: float,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        with self._lock:
+            now = self._monotonic()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        if slot > now:
+            self._sleep(slot - now)
+
+
 # --- the connector --------------------------------------------------------------------------------
 class SmsOptOutListConnector(Connector):
     def __init__(self, destination: str, options: SmsOptOutListOptions, client: SmsVoiceV2Client) -> None:
@@ -253,6 +293,7 @@ class SmsOptOutListConnector(Connector):
         self.options = options
         self.client = client
         self._pool = ThreadPoolExecutor(options.concurrency, thread_name_prefix=f"sms-{destination}")
+        self._pacer = Pacer(options.requests_per_second)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -270,7 +311,7 @@ class SmsOptOutListConnector(Connector):
             else:
                 by_number.setdefault(command.phone, []).append(command)
         failures: list[RetriableError] = []
-        for done, failure in self._pool.map(self._apply_number, list(by_number.values())):
+        for done, failure in self._apply_numbers(list(by_number.values())):
             outcomes.extend(done)
             if failure is not None:
                 failures.append(failure)
@@ -288,6 +329,30 @@ class SmsOptOutListConnector(Connector):
         if not outcomes:
             raise cause
         raise IncompleteBatch(outcomes, cause) from cause
+
+    def _apply_numbers(
+        self, numbers: list[list[Command]]
+    ) -> list[tuple[list[Outcome], RetriableError | None]]:
+        """Each number's commands (``_apply_number``), ``concurrency`` numbers at a time, the
+        results in ``numbers``' order. At most ``concurrency`` tasks go to the pool, each
+        taking the next number until none is left: a batch of thousands of numbers (behind a
+        backlog) does not queue one Future per number."""
+        results: list[tuple[list[Outcome], RetriableError | None]] = [([], None)] * len(numbers)
+        taken = iter(range(len(numbers)))
+        lock = threading.Lock()
+
+        def work() -> None:
+            while True:
+                with lock:
+                    index = next(taken, None)
+                if index is None:
+                    return
+                results[index] = self._apply_number(numbers[index])
+
+        workers = [self._pool.submit(work) for _ in range(min(self.options.concurrency, len(numbers)))]
+        for worker in workers:
+            worker.result()
+        return results
 
     def _apply_number(self, commands: list[Command]) -> tuple[list[Outcome], RetriableError | None]:
         """One number's commands, in order; stops at the first transient failure."""
@@ -307,6 +372,7 @@ class SmsOptOutListConnector(Connector):
         phone = command.phone or ""
         name = self.options.opt_out_list_name
         operation = "PutOptedOutNumber" if command.action == Action.OPT_OUT else "DeleteOptedOutNumber"
+        self._pacer.wait()
         try:
             if command.action == Action.OPT_OUT:
                 self.client.put_opted_out_number(OptOutListName=name, OptedOutNumber=phone)

@@ -290,3 +290,58 @@ def test_standin_lists_filters_and_creates_lists_like_the_reference(standin) -> 
         client.describe_opted_out_numbers(OptOutListName="optout", OptedOutNumbers=["not-a-number"])
     assert bad.value.response["Fields"][0]["Name"] == "OptedOutNumbers"
     connector.close()
+
+
+def test_the_pacer_spaces_calls_to_the_configured_rate() -> None:
+    clock = [100.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(round(seconds, 6))
+        clock[0] += seconds
+
+    pacer = sms.Pacer(10, monotonic=lambda: clock[0], sleep=sleep)
+    for _ in range(4):
+        pacer.wait()
+    assert slept == [0.1, 0.1, 0.1]  # the first goes at once, then one every 1/10 s
+    clock[0] += 5.0  # idle: no burst is saved up beyond the next slot
+    pacer.wait()
+    assert slept == [0.1, 0.1, 0.1]
+    unpaced = sms.Pacer(0, monotonic=lambda: clock[0], sleep=sleep)
+    unpaced.wait()
+    unpaced.wait()
+    assert slept == [0.1, 0.1, 0.1]
+
+
+def test_requests_per_second_paces_the_calls(standin) -> None:
+    connector, _routed = connect(standin, requests_per_second=1000, concurrency=2)
+    try:
+        assert connector._pacer.interval == pytest.approx(0.001)
+        outcomes = connector.apply([cmd(PHONE_A), cmd(PHONE_B), cmd(PHONE_C)])
+        assert set(statuses(outcomes).values()) == {AckStatus.APPLIED}
+        assert standin.opted_out() == {PHONE_A, PHONE_B, PHONE_C}
+    finally:
+        connector.close()
+    with pytest.raises(ConfigurationError):
+        sms.build(destination(requests_per_second=-1), Settings())
+
+
+def test_a_large_batch_queues_at_most_concurrency_tasks(standin, monkeypatch) -> None:
+    connector, _routed = connect(standin, concurrency=3)
+    submitted = 0
+    submit = connector._pool.submit
+
+    def counting_submit(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        nonlocal submitted
+        submitted += 1
+        return submit(fn, *args, **kwargs)
+
+    monkeypatch.setattr(connector._pool, "submit", counting_submit)
+    phones = [f"+1415555{n:04d}" for n in range(60)]
+    try:
+        outcomes = connector.apply([cmd(p) for p in phones])
+    finally:
+        connector.close()
+    assert len(outcomes) == 60 and set(statuses(outcomes).values()) == {AckStatus.APPLIED}
+    assert standin.opted_out() == set(phones)
+    assert submitted == 3  # not one Future per number
