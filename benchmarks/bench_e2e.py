@@ -16,6 +16,8 @@ its ``requested_at``; the same figure from the record's ``confirmed_at`` (when t
 acknowledgement was recorded) is shown too.
 
 Phase 1: ``--rate`` per second for ``--seconds``: p50/p95/p99/max, target p99 < 250 ms.
+``--settle-seconds N`` runs N seconds at the same rate before it, printed as its own row and
+not judged (default 0: none).
 Phase 2: ``--steps`` rates, ``--step-seconds`` each (draining in between), until one is not
 sustained: not every request confirmed within the drain timeout, p99 above
 ``--max-p99-ms`` or confirmations/s (confirmed / span from first to last confirmation)
@@ -62,6 +64,7 @@ from confluent_kafka import (
     Consumer,
     KafkaException,
     Message,
+    Producer,
     TopicPartition,
 )
 
@@ -462,15 +465,23 @@ def _at_millis(ms: int) -> datetime:
 
 
 def publish_steady(
-    settings: Settings, codec: Codec, rate: float, seconds: float, seed: int, label: str
+    settings: Settings,
+    codec: Codec,
+    producer: Producer,
+    rate: float,
+    seconds: float,
+    seed: int,
+    label: str,
 ) -> tuple[dict[str, int], float]:
     """Publish ``rate * seconds`` realistic requests evenly over ``seconds``, each with
     ``requested_at`` = now (ms) as it is produced. Return {event_id: requested_at ms}
-    and the seconds publishing took (until every delivery report)."""
+    and the seconds publishing took (until every delivery report). ``producer`` is the
+    bench's one producer, connected since the warm-up: a new producer per phase made the
+    phase's first requests wait for its connection and metadata (a p99 of ~0.7 s in the first
+    10 s of every phase at 500/s), which is the load generator's start, not the pipeline."""
     count = max(1, round(rate * seconds))
     events = list(generate_events(count, seed))
     check_sample(events[:200], settings)
-    producer = make_producer(settings)
     tracker = DeliveryTracker(producer)
     sent: dict[str, int] = {}
     started = time.monotonic()
@@ -498,6 +509,7 @@ def publish_steady(
 def run_phase(
     settings: Settings,
     codec: Codec,
+    producer: Producer,
     reader: ConfirmationReader,
     pipeline: Pipeline,
     label: str,
@@ -514,7 +526,7 @@ def run_phase(
     clients = pipeline.pids()
     db_before = backend_cpu_by_client(infra, clients) if infra else {}
     cpu_before, cpu_started, machine_before = pipeline.cpu_seconds(), time.monotonic(), machine_cpu()
-    sent, result.publish_seconds = publish_steady(settings, codec, rate, seconds, seed, label)
+    sent, result.publish_seconds = publish_steady(settings, codec, producer, rate, seconds, seed, label)
     result.published = len(sent)
     published_at = time.monotonic()
     ids = list(sent)
@@ -731,12 +743,26 @@ def measure_intake(stack: StackInfo, args: argparse.Namespace, seed: int) -> Mea
 
 
 def warm_up(
-    settings: Settings, codec: Codec, reader: ConfirmationReader, pipeline: Pipeline, seed: int
+    settings: Settings,
+    codec: Codec,
+    producer: Producer,
+    reader: ConfirmationReader,
+    pipeline: Pipeline,
+    seed: int,
 ) -> None:
     """Publish a few requests and wait until they are confirmed: groups joined, caches warm."""
     note(f"warm-up: waiting for every service to join its group and confirm {WARMUP_EVENTS} requests")
     result = run_phase(
-        settings, codec, reader, pipeline, "warm-up", 100.0, WARMUP_EVENTS / 100, seed, drain_timeout=180.0
+        settings,
+        codec,
+        producer,
+        reader,
+        pipeline,
+        "warm-up",
+        100.0,
+        WARMUP_EVENTS / 100,
+        seed,
+        drain_timeout=180.0,
     )
     if result.confirmed < result.published:
         raise RuntimeError(
@@ -821,6 +847,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="500,1000,1500,2000,2500,3000",
         help="phase 2 rates, comma separated ('' skips phase 2)",
     )
+    parser.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=0.0,
+        help="before phase 1, run at --rate this long, shown but not judged (0: none)",
+    )
     parser.add_argument("--step-seconds", type=float, default=20.0)
     parser.add_argument(
         "--max-p99-ms", type=float, default=5000.0, help="a phase 2 step with a higher p99 is not sustained"
@@ -896,6 +928,7 @@ class Bench:
         try:
             create_topics(self.settings, self.settings.all_topics())
             self.reader = ConfirmationReader(self.settings, self.codec)
+            self.producer = make_producer(self.settings)
         except BaseException:
             self._drop()
             raise
@@ -909,13 +942,14 @@ class Bench:
         line = timeouts_line(timeouts, self.args.batch_size, self.args.batch_linger_ms)
         note(f"starting the pipeline ({name}): {line}; logs in {self.work_dir / name}")
         pipeline = Pipeline.start(self.env, self.work_dir / name, timeouts)
-        warm_up(self.settings, self.codec, self.reader, pipeline, self.next_seed())
+        warm_up(self.settings, self.codec, self.producer, self.reader, pipeline, self.next_seed())
         return pipeline
 
     def phase(self, pipeline: Pipeline, label: str, rate: float, seconds: float) -> PhaseResult:
         return run_phase(
             self.settings,
             self.codec,
+            self.producer,
             self.reader,
             pipeline,
             label,
@@ -968,6 +1002,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         pipeline = bench.fleet("main", timeouts)
         idle = idle_cpu(pipeline, args.idle_seconds)
+        settle = (
+            bench.phase(pipeline, f"settle {args.rate:,.0f}/s", args.rate, args.settle_seconds)
+            if args.settle_seconds > 0
+            else None
+        )
         steady = bench.phase(pipeline, f"steady {args.rate:,.0f}/s", args.rate, args.seconds)
         steady_cpu = cpu_line(steady)
         steps: list[PhaseResult] = []
@@ -1002,8 +1041,13 @@ def main(argv: list[str] | None = None) -> int:
         ]
     lines += [
         f"phase 1: steady {args.rate:,.0f}/s for {args.seconds:.0f} s  "
-        f"[{timeouts_line(timeouts, args.batch_size, args.batch_linger_ms)}]",
-        *phase_table([steady]),
+        f"[{timeouts_line(timeouts, args.batch_size, args.batch_linger_ms)}]"
+        + (
+            f"; before it, {args.settle_seconds:.0f} s at the same rate (settle: shown, not judged)"
+            if settle is not None
+            else ""
+        ),
+        *phase_table([settle, steady] if settle is not None else [steady]),
         steady_cpu,
         *phase_costs(steady),
         slices_line(steady),
