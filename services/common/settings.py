@@ -144,7 +144,7 @@ class Settings(BaseSettings):
         "periodic work (the confirmer's sweep, a connector's settle) this often.",
     )
     batch_linger_ms: int = Field(
-        50,
+        20,
         ge=0,
         le=10_000,
         description="Once a batch's first message is in, wait at most this long for more (up to "

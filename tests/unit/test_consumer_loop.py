@@ -335,7 +335,7 @@ def test_a_batch_starts_with_the_first_message_and_takes_what_is_fetched_already
     h.publish(0, 3)
     h.run()
     assert step.batches[0] == [(0, 0), (0, 1), (0, 2)]
-    assert h.consumer.consume_calls[:2] == [(1, 0.1), (99, 0.05)]  # OPTOUT_BATCH_LINGER_MS 50
+    assert h.consumer.consume_calls[:2] == [(1, 0.1), (99, 0.02)]  # OPTOUT_BATCH_LINGER_MS 20
 
 
 def test_offsets_are_stored_for_librdkafka_to_commit_on_its_interval() -> None:
