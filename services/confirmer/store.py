@@ -54,25 +54,28 @@ class AckOutcome:
     replayed: int = 0  # acks of replayed commands (``optout replay``): recorded, never confirmed
 
 
-# The batch's command ids are joined (unnest), not matched with ``= ANY(array)``: a prepared
-# statement's generic plan built on a young table can test every row against the whole array,
-# a cost that grows with the table (see services/connectors/dedupe.py).
-_LOCK_REQUESTS = """
+# The batch's command ids find their rows by one primary-key probe each (a LATERAL subquery
+# with LIMIT 1, see services/connectors/dedupe.py): a plain join of ``unnest`` became a hash
+# join over the whole of destination_status once batches held a few hundred acks.
+_REQUESTS_OF_COMMANDS = """
+SELECT d.event_id FROM unnest(%s::text[]) AS u(command_id)
+CROSS JOIN LATERAL (
+    SELECT s.event_id FROM destination_status AS s WHERE s.command_id = u.command_id LIMIT 1
+) AS d
+"""
+
+_LOCK_REQUESTS = f"""
 SELECT event_id, state, customer_id, email, postal_address, scopes, requested_at, action, phone
 FROM requests
-WHERE event_id IN (
-    SELECT d.event_id FROM unnest(%s::text[]) AS u(command_id)
-    JOIN destination_status AS d ON d.command_id = u.command_id)
+WHERE event_id IN ({_REQUESTS_OF_COMMANDS})
 ORDER BY event_id
 FOR UPDATE
 """
 
-_DESTINATIONS = """
+_DESTINATIONS = f"""
 SELECT command_id, event_id, destination, status, detail, acked_at
 FROM destination_status
-WHERE event_id IN (
-    SELECT d.event_id FROM unnest(%s::text[]) AS u(command_id)
-    JOIN destination_status AS d ON d.command_id = u.command_id)
+WHERE event_id IN ({_REQUESTS_OF_COMMANDS})
 """
 
 _UPDATE_DESTINATIONS = """

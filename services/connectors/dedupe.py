@@ -90,15 +90,20 @@ def clip_detail(detail: str | None) -> str | None:
     return detail.replace("\x00", " ")[:MAX_DETAIL_LENGTH]
 
 
-# The id lists are joined, not matched with ``= ANY(array)``: a prepared statement's generic
-# plan built while the table was small is a sequential scan testing each row against the
-# whole array (PostgreSQL hashes the array only when it is a constant at planning time), which
-# cost a batch of 2,000 commands up to ~1 s of database CPU once the table had grown (bench-e2e
-# at 1,000/s; a connector that fell behind never caught up). A join stays linear whatever plan.
+# A batch's reads probe the primary key once per id: each id is a LATERAL subquery (with
+# LIMIT 1, so the planner can neither pull it up into a join nor hash it). ``= ANY(array)``
+# with a generic plan can test every row against the whole array; a plain join of ``unnest``
+# is planned as a hash join over the whole table once a batch holds a few hundred ids and the
+# table tens of thousands of rows (the cost model's random_page_cost, while the table is in
+# memory): bench-e2e's first minute saw 1,874 sequential scans of connector_applied reading
+# 37 million rows, and a p99 that climbed as batches grew. The subquery keeps the probe.
 _LOOKUP = """
 SELECT a.command_id, a.request_id, a.status, a.detail, a.applied_at
 FROM unnest(%s::text[]) AS u(command_id)
-JOIN connector_applied AS a ON a.destination = %s AND a.command_id = u.command_id
+CROSS JOIN LATERAL (
+    SELECT * FROM connector_applied AS c
+    WHERE c.destination = %s AND c.command_id = u.command_id LIMIT 1
+) AS a
 """
 
 # DO UPDATE (a no-op) rather than DO NOTHING so RETURNING also yields the row that won
@@ -115,7 +120,9 @@ RETURNING command_id, request_id, status, detail, applied_at
 _LATEST = """
 SELECT l.subject, l.requested_at, l.action, l.request_id
 FROM unnest(%s::text[]) AS u(subject)
-JOIN connector_latest AS l ON l.destination = %s AND l.subject = u.subject
+CROSS JOIN LATERAL (
+    SELECT * FROM connector_latest AS c WHERE c.destination = %s AND c.subject = u.subject LIMIT 1
+) AS l
 """
 
 # Newest wins (the same rank as ``Latest.rank``); rows in key order against deadlocks.
