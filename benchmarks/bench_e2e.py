@@ -16,8 +16,6 @@ its ``requested_at``; the same figure from the record's ``confirmed_at`` (when t
 acknowledgement was recorded) is shown too.
 
 Phase 1: ``--rate`` per second for ``--seconds``: p50/p95/p99/max, target p99 < 250 ms.
-``--settle-seconds N`` runs N seconds at the same rate before it, printed as its own row and
-not judged (default 0: none).
 Phase 2: ``--steps`` rates, ``--step-seconds`` each (draining in between), until one is not
 sustained: not every request confirmed within the drain timeout, p99 above
 ``--max-p99-ms`` or confirmations/s (confirmed / span from first to last confirmation)
@@ -847,12 +845,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="500,1000,1500,2000,2500,3000",
         help="phase 2 rates, comma separated ('' skips phase 2)",
     )
-    parser.add_argument(
-        "--settle-seconds",
-        type=float,
-        default=0.0,
-        help="before phase 1, run at --rate this long, shown but not judged (0: none)",
-    )
     parser.add_argument("--step-seconds", type=float, default=20.0)
     parser.add_argument(
         "--max-p99-ms", type=float, default=5000.0, help="a phase 2 step with a higher p99 is not sustained"
@@ -1002,11 +994,6 @@ def main(argv: list[str] | None = None) -> int:
         }
         pipeline = bench.fleet("main", timeouts)
         idle = idle_cpu(pipeline, args.idle_seconds)
-        settle = (
-            bench.phase(pipeline, f"settle {args.rate:,.0f}/s", args.rate, args.settle_seconds)
-            if args.settle_seconds > 0
-            else None
-        )
         steady = bench.phase(pipeline, f"steady {args.rate:,.0f}/s", args.rate, args.seconds)
         steady_cpu = cpu_line(steady)
         steps: list[PhaseResult] = []
@@ -1041,13 +1028,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
     lines += [
         f"phase 1: steady {args.rate:,.0f}/s for {args.seconds:.0f} s  "
-        f"[{timeouts_line(timeouts, args.batch_size, args.batch_linger_ms)}]"
-        + (
-            f"; before it, {args.settle_seconds:.0f} s at the same rate (settle: shown, not judged)"
-            if settle is not None
-            else ""
-        ),
-        *phase_table([settle, steady] if settle is not None else [steady]),
+        f"[{timeouts_line(timeouts, args.batch_size, args.batch_linger_ms)}]",
+        *phase_table([steady]),
         steady_cpu,
         *phase_costs(steady),
         slices_line(steady),

@@ -211,23 +211,6 @@ def replayed_batch(
     )
 
 
-def record_replayed_batch(
-    cur: psycopg.Cursor[Any] | psycopg.Connection[Any],
-    replay_id: str,
-    destination: str,
-    scopes: Sequence[str],
-    since: datetime | None,
-    lo: str,
-    hi: str,
-    skipped: Sequence[str],
-    at: datetime,
-    label: str,
-) -> int:
-    """Run ``replayed_batch`` (in the caller's transaction); the rows written."""
-    statement = replayed_batch(replay_id, destination, scopes, since, lo, hi, skipped, at, label)
-    return max(cur.execute(statement).rowcount, 0)
-
-
 # Acks of those commands: written into the same trails when they change the command's status
 # there (the first ack, or a success after a refusal), like the confirmer's own acks.
 _REISSUE_ACKS = """

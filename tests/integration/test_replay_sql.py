@@ -81,8 +81,7 @@ def test_a_batchs_rows_are_those_of_its_snapshot(database: dict[str, str]) -> No
             batch = Batch("cust:", "cust:e", str(exported[0]))
             skipped = ["cust:c"]
             with in_snapshot(writer, batch.snapshot):
-                written = audit.record_replayed_batch(
-                    writer,
+                statement = audit.replayed_batch(
                     "run-1",
                     dest.id,
                     ["EMAIL_MARKETING"],
@@ -93,6 +92,7 @@ def test_a_batchs_rows_are_those_of_its_snapshot(database: dict[str, str]) -> No
                     since + timedelta(days=1),
                     "replayed to email_provider (run-1)",
                 )
+                written = writer.execute(statement).rowcount
         assert written == 2
         trail = writer.execute(
             "SELECT event_id, command_id, detail FROM audit_events WHERE step = 'replayed' ORDER BY 1"
