@@ -6,7 +6,6 @@ calls over HTTP are not held ~40 ms each by Nagle and delayed ACKs."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -151,8 +150,10 @@ def test_a_refused_key_acknowledges_nothing_until_it_works(base_settings: dict[s
 
 def test_calls_over_http_are_not_held_by_delayed_acknowledgements() -> None:
     """The stand-in server writes a response's headers and body in two writes: without
-    TCP_NODELAY each call waited ~40 ms for the client's delayed ACK (100 calls one at a time
-    took over 4 s; with it, well under a second on a busy machine)."""
+    TCP_NODELAY (the stdlib handler's ``disable_nagle_algorithm``) each call waited ~40 ms for
+    the client's delayed ACK (100 calls one at a time took over 4 s). What it costs is measured
+    by bench-e2e's sms_sender hop, not timed here; here: the flag is set on the server's
+    handler, and a batch of 100 calls one at a time over real sockets all land."""
     assert web._handler_for(lambda request: web.Response(200), "sms").disable_nagle_algorithm
     standin = SmsOptOutStandin({KEY_ID: SECRET})
     with StandinServer(standin.handle, name="sms") as server:
@@ -162,15 +163,11 @@ def test_calls_over_http_are_not_held_by_delayed_acknowledgements() -> None:
         connector = sms.SmsOptOutListConnector(NAME, options, sms.make_client(options, KEY_ID, SECRET, None))
         try:
             now = datetime.now(UTC)
-            phones = [f"+1415555{n:04d}" for n in range(101)]
-            connector.apply([make_command(now, NAME, phone=phones[0], scopes=["SMS_MARKETING"])])  # connect
-            started = time.monotonic()
+            phones = [f"+1415555{n:04d}" for n in range(100)]
             outcomes = connector.apply(
-                [make_command(now, NAME, phone=p, scopes=["SMS_MARKETING"]) for p in phones[1:]]
+                [make_command(now, NAME, phone=p, scopes=["SMS_MARKETING"]) for p in phones]
             )
-            elapsed = time.monotonic() - started
         finally:
             connector.close()
     assert {o.status for o in outcomes} == {AckStatus.APPLIED}
     assert standin.opted_out() == set(phones)
-    assert elapsed < 3.0, f"100 calls one at a time took {elapsed:.1f} s"
