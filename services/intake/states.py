@@ -22,6 +22,7 @@ from typing import Any
 
 import psycopg
 
+from services.common.arrays import int_array, text_array
 from services.common.avro import MARKER, Codec
 from services.common.avro_compiled import varint
 from services.common.clock import to_millis
@@ -29,7 +30,6 @@ from services.common.contract import CONCRETE_SCOPES
 from services.common.db import ADVISORY_XACT_LOCKS, LazyConnection, advisory_keys
 from services.common.kafka import DeliveryTracker
 from services.domain.subjects import ScopeState, state_record
-from services.intake.arrays import int_array, text_array
 
 LOCK_NAMESPACE = "optout.suppressions"
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import psycopg
 
+from services.common.arrays import bool_array, int_array, text_array
 from services.common.audit import AuditEvent, Step
 from services.common.contract import Action, Scope, Source
 from services.common.sealing import KeyRing
@@ -40,13 +41,12 @@ from services.domain.preferences import (
     subjects_of,
 )
 from services.domain.validation import OptOutRequest
-from services.intake.arrays import bool_array, int_array, text_array
 from services.intake.enrich import enrichment_columns
 from services.suppression.entries import Entry, Kind, entries_of, seal
 
 _SCOPE_VALUES = frozenset(s.value for s in Scope)
 # A request's scopes travel as one text per request, split in SQL (``string_to_array``): a
-# separator that needs no quoting in an array literal (``services.intake.arrays``).
+# separator that needs no quoting in an array literal (``services.common.arrays``).
 SCOPE_SEPARATOR = "|"
 _SCOPES = {s.value: s for s in Scope}
 # An enum member's value by a dictionary lookup (``.value`` is a Python-level property: about
@@ -389,7 +389,7 @@ class AuditRows:
 
 
 # ``services.common.audit.append`` for intake's rows, which share one instant: the columns
-# as array literals (``services.intake.arrays``), rows inserted in the arrays' order.
+# as array literals (``services.common.arrays``), rows inserted in the arrays' order.
 _APPEND_AUDIT = """
 INSERT INTO audit_events (event_id, at, step, destination, status, detail)
 SELECT t.e, %b, t.s, t.d, t.st, t.de

@@ -1,4 +1,4 @@
-"""PostgreSQL reads intake's array literals (services/intake/arrays.py) exactly as it reads
+"""PostgreSQL reads intake's array literals (services/common/arrays.py) exactly as it reads
 psycopg's own adaptation of the same lists, hostile values included (issue #15)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.intake.arrays import bool_array, int_array, text_array
+from services.common.arrays import bool_array, int_array, text_array
 
 HOSTILE = [
     "",

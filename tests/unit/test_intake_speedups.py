@@ -73,7 +73,7 @@ def test_subjects_and_entries_use_the_hashes_validation_computed() -> None:
         assert request.postal_sha256 == (sha256_hex(key) if key else None)
 
 
-# --- array literals (services/intake/arrays.py) --------------------------------------------------
+# --- array literals (services/common/arrays.py) --------------------------------------------------
 def _read_text_array(literal: str) -> list[str | None]:
     """A reader of one-dimensional ``text[]`` literals as PostgreSQL's array_in reads them
     (the database itself checks the same in tests/integration/test_intake_arrays.py)."""
@@ -135,13 +135,13 @@ TEXTS = st.lists(st.one_of(st.none(), st.sampled_from(HOSTILE), st.text(max_size
 @settings(max_examples=500, deadline=None)
 @given(TEXTS)
 def test_a_text_array_literal_reads_back_as_the_values(values: list[str | None]) -> None:
-    from services.intake.arrays import text_array
+    from services.common.arrays import text_array
 
     assert _read_text_array(text_array(values)) == values
 
 
 def test_plain_values_are_joined_unquoted_and_anything_else_quoted() -> None:
-    from services.intake.arrays import bool_array, int_array, text_array
+    from services.common.arrays import bool_array, int_array, text_array
 
     assert text_array(["ab12", None, "5f0c-9e"]) == "{ab12,NULL,5f0c-9e}"
     assert text_array([]) == "{}" and text_array([None]) == "{NULL}"
