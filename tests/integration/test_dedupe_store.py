@@ -129,3 +129,34 @@ def test_a_batch_read_probes_the_primary_key_whatever_the_sizes(
     for plan in plans(database["admin"], table, sql):
         assert f"Seq Scan on {table}" not in plan, plan
         assert "Index Scan" in plan, plan
+
+
+def test_record_answers_the_first_writers_outcome_and_keeps_any_detail(
+    base_settings: dict[str, Any],
+) -> None:
+    """``record`` returns what is stored for every id: the batch's own outcome where it was
+    first (its detail clipped as stored, whatever characters it holds), the other writer's
+    where another instance recorded the same command first; and ``lookup`` reads the same."""
+    dsn = base_settings["database_url"]
+    first, second = DedupeStore(dsn, "email_provider"), DedupeStore(dsn, "email_provider")
+    odd = 'a, "quoted" {brace} back\\slash\x00 NULL null ' + "x" * 600
+    later = datetime(2026, 12, 1, 7, 0, 0, 123456, tzinfo=UTC)
+    try:
+        won = StoredOutcome("c-1", "evt-1", AckStatus.REJECTED, "first writer", NOW)
+        assert first.record([won]) == {"c-1": won}
+        mine = [
+            StoredOutcome("c-1", "evt-1", AckStatus.APPLIED, None, later),
+            StoredOutcome("c-2", "evt-2", AckStatus.REJECTED, odd, later),
+            StoredOutcome("c-3", "evt-3", AckStatus.APPLIED, "", later),
+        ]
+        result = second.record(mine)
+        clipped = odd.replace("\x00", " ")[:500]
+        assert result == {
+            "c-1": won,
+            "c-2": StoredOutcome("c-2", "evt-2", AckStatus.REJECTED, clipped, later),
+            "c-3": mine[2],
+        }
+        assert first.lookup(["c-1", "c-2", "c-3", "c-4"]) == result
+    finally:
+        first.close()
+        second.close()
