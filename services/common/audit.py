@@ -43,6 +43,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from services.common.arrays import text_array
 from services.common.errors import ConfigurationError
 from services.common.logging import redact_text
 
@@ -97,7 +98,7 @@ def safe_detail(detail: str | None) -> str | None:
 
 _APPEND = """
 INSERT INTO audit_events (event_id, at, step, destination, status, detail)
-SELECT * FROM unnest(%b::text[], %b::timestamptz[], %b::text[], %b::text[], %b::text[], %b::text[])
+SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::text[], %s::text[])
 """
 
 
@@ -108,13 +109,13 @@ def append(cur: psycopg.Cursor[Any] | psycopg.Connection[Any], events: Sequence[
         return
     cur.execute(
         _APPEND,
-        (
-            [e.event_id for e in events],
-            [e.at for e in events],
-            [e.step for e in events],
-            [e.destination for e in events],
-            [e.status for e in events],
-            [e.detail for e in events],
+        (  # array literals: one string per column (services/common/arrays.py)
+            text_array([e.event_id for e in events]),
+            text_array([e.at.isoformat() for e in events]),
+            text_array([e.step for e in events]),
+            text_array([e.destination for e in events]),
+            text_array([e.status for e in events]),
+            text_array([e.detail for e in events]),
         ),
     )
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import psycopg
 
+from services.common.arrays import text_array
 from services.common.audit import AuditEvent, Step, append, safe_detail
 from services.common.contract import REPLAY_REQUEST_PREFIX, AckStatus, is_replay_request
 from services.common.records import OptOutConfirmedRecord
@@ -157,8 +158,9 @@ def apply_acks(conn: psycopg.Connection[Any], acks: Sequence[Ack], now: datetime
     command_ids = sorted({a.command_id for a in acks})
     with conn.cursor() as cur, conn.cursor() as destinations:
         # both sent before either is read: one round trip in pipeline mode
-        cur.execute(_LOCK_REQUESTS, (command_ids,))
-        destinations.execute(_DESTINATIONS, (command_ids,))
+        ids = text_array(command_ids)  # one literal (services/common/arrays.py)
+        cur.execute(_LOCK_REQUESTS, (ids,))
+        destinations.execute(_DESTINATIONS, (ids,))
         requests = {
             row[0]: RequestRow(
                 row[0], row[1], row[2], row[3], row[4], tuple(row[5]), row[6], action=row[7], phone=row[8]
@@ -186,10 +188,12 @@ def apply_acks(conn: psycopg.Connection[Any], acks: Sequence[Ack], now: datetime
             cur.execute(
                 _UPDATE_DESTINATIONS,
                 (
-                    list(changed),
-                    [r.status for r in changed.values()],
-                    [r.detail for r in changed.values()],
-                    [r.acked_at for r in changed.values()],
+                    text_array(list(changed)),
+                    text_array([r.status for r in changed.values()]),
+                    text_array([r.detail for r in changed.values()]),
+                    text_array(
+                        [None if r.acked_at is None else r.acked_at.isoformat() for r in changed.values()]
+                    ),
                 ),
             )
 
@@ -231,8 +235,8 @@ def apply_acks(conn: psycopg.Connection[Any], acks: Sequence[Ack], now: datetime
                 _UPDATE_REQUESTS,
                 (
                     now,
-                    list(new_states),
-                    [s.value for s in new_states.values()],
+                    text_array(list(new_states)),
+                    text_array([s.value for s in new_states.values()]),
                 ),
             )
     return outcome

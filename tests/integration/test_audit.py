@@ -157,3 +157,32 @@ def test_audit_events_are_append_only_for_the_app_role_and_purged_through_the_fu
 
 def _events(conn: psycopg.Connection[Any]) -> list[str]:
     return [r[0] for r in conn.execute("SELECT event_id FROM audit_events ORDER BY id")]
+
+
+def test_append_keeps_every_value_as_given(base_settings: dict[str, Any]) -> None:
+    """``append`` passes its columns as array literals: instants to the microsecond in any
+    zone, NULLs, empty strings and details with quotes, commas, braces and backslashes come
+    back as they were given."""
+    from datetime import timezone
+
+    from services.common.audit import AuditEvent, Step, append, timeline
+
+    east = timezone(timedelta(hours=5, minutes=30))
+    events = [
+        AuditEvent("evt-1", datetime(2026, 12, 1, 6, 0, 0, 123456, tzinfo=UTC), Step.RECORDED),
+        AuditEvent(
+            "evt-1",
+            datetime(2026, 12, 1, 11, 30, 0, 1, tzinfo=east),
+            Step.ACKNOWLEDGED,
+            destination="email_provider",
+            status="REJECTED",
+            detail='400 {"errors": [{"message": "a, \\"b\\" \\\\ c"}]} NULL',
+        ),
+        AuditEvent("evt-1", datetime(2026, 12, 1, 6, 0, 1, tzinfo=UTC), Step.CONFIRMED, status="", detail=""),
+    ]
+    with psycopg.connect(base_settings["database_url"]) as conn:
+        append(conn, events)
+        back = timeline(conn, "evt-1")
+    assert [(e.event_id, e.at, e.step, e.destination, e.status, e.detail) for e in back] == [
+        (e.event_id, e.at, e.step, e.destination, e.status, e.detail) for e in events
+    ]
