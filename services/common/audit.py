@@ -20,7 +20,9 @@ Steps, in the order a request usually goes through them:
 * ``reconcile_resent`` (``optout reconcile`` re-sent the suppression to a destination that
   lacked it) and ``replayed`` (``optout replay``), written into the trail of the request(s)
   whose suppression the command carries (``record_reissued``), and their ``acknowledged``
-  rows (the confirmer, ``record_reissue_acks``; detail ``reconcile command <id>: ...``).
+  rows (the confirmer, ``record_reissue_acks``; detail ``reconcile command <id>: ...``), or,
+  for an ack that came before its command's row, the replay or the reconcile
+  (``replay_acks_catch_up``, ``record_applied_reissue_acks``: whichever comes second writes it).
 
 ``optout purge`` deletes rows older than ``OPTOUT_AUDIT_RETENTION_DAYS`` (730 days: CCPA
 regulations section 7101), independently of the contact-details purge. The rows are
