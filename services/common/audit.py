@@ -20,7 +20,9 @@ Steps, in the order a request usually goes through them:
 * ``reconcile_resent`` (``optout reconcile`` re-sent the suppression to a destination that
   lacked it) and ``replayed`` (``optout replay``), written into the trail of the request(s)
   whose suppression the command carries (``record_reissued``), and their ``acknowledged``
-  rows (the confirmer, ``record_reissue_acks``; detail ``reconcile command <id>: ...``).
+  rows (the confirmer, ``record_reissue_acks``; detail ``reconcile command <id>: ...``), or,
+  for an ack that came before its command's row, the replay or the reconcile
+  (``replay_acks_catch_up``, ``record_applied_reissue_acks``: whichever comes second writes it).
 
 ``optout purge`` deletes rows older than ``OPTOUT_AUDIT_RETENTION_DAYS`` (730 days: CCPA
 regulations section 7101), independently of the contact-details purge. The rows are
@@ -34,7 +36,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -44,6 +46,7 @@ import psycopg
 from psycopg import sql
 
 from services.common.arrays import text_array
+from services.common.db import advisory_key, advisory_keys
 from services.common.errors import ConfigurationError
 from services.common.logging import redact_text
 
@@ -212,6 +215,47 @@ def replayed_batch(
     )
 
 
+# Acks that beat their command's audit row. ``optout replay`` writes a batch's ``replayed``
+# rows once its delivery reports are in, ``optout reconcile`` its ``reconcile_resent`` rows
+# once its commands are delivered: a connector can apply a command and the confirmer record its
+# ack before that, and the ack's join (``_REISSUE_ACKS``) then finds no row. So whichever of
+# the two writers comes second writes the ``acknowledged`` row, under one transaction-level
+# advisory lock per destination (``reissue_lock_key``; one open replay per destination):
+#
+# * the confirmer takes it SHARED (confirmers do not wait for each other) before it records a
+#   replay ack (``replay_commands``, services/confirmer/store.py) and before ``_REISSUE_ACKS``,
+#   and holds it to its commit;
+# * the replayer (``replay_acks_catch_up``) and the reconcile (``record_applied_reissue_acks``),
+#   after their rows are committed, take it EXCLUSIVE in a READ COMMITTED transaction and, in a
+#   later statement (a snapshot taken after the lock is granted), write the ``acknowledged``
+#   rows of the acks already recorded.
+#
+# The two lock holdings are ordered. Confirmer first: it committed the ack (``replay_commands``
+# row, or the connector's ``connector_applied`` row, committed before the ack was even
+# produced) before the writer's statement started, which therefore sees it. Writer first: its
+# rows were committed before it took the lock, so the confirmer's join sees them. Either way
+# the row is written; both sides skip an ack already in the trail (the NOT EXISTS below).
+REISSUE_LOCK_NAMESPACE = "reissue-audit"
+
+_SHARED_LOCKS = "SELECT count(pg_advisory_xact_lock_shared(k)) FROM unnest(%s::bigint[]) AS k"
+
+
+def reissue_lock_key(destination: str) -> int:
+    """Pure: the advisory-lock key serializing the audit rows of ``destination``'s re-issued
+    commands with their acks (namespace ``reissue-audit``: no other lock uses it)."""
+    return advisory_key(REISSUE_LOCK_NAMESPACE, destination)
+
+
+def lock_reissue_acks(
+    cur: psycopg.Cursor[Any] | psycopg.Connection[Any], destinations: Iterable[str]
+) -> None:
+    """The confirmer's side: the shared locks of ``destinations`` (sorted: no deadlock), held
+    until the caller's transaction ends."""
+    keys = advisory_keys(REISSUE_LOCK_NAMESPACE, destinations)
+    if keys:
+        cur.execute(_SHARED_LOCKS, (keys,))
+
+
 # Acks of those commands: written into the same trails when they change the command's status
 # there (the first ack, or a success after a refusal), like the confirmer's own acks.
 _REISSUE_ACKS = """
@@ -243,7 +287,8 @@ def record_reissue_acks(
     at: datetime,
 ) -> None:
     """Acks ((command id, destination, status, provider detail), in message order) of
-    reconcile and replay commands: one statement; acks of other commands match nothing."""
+    reconcile and replay commands: one statement (after the destinations' shared locks,
+    held to the end of the caller's transaction); acks of other commands match nothing."""
     final: dict[str, tuple[str, str, str | None]] = {}
     for command_id, destination, status, detail in acks:
         previous = final.get(command_id)
@@ -251,6 +296,7 @@ def record_reissue_acks(
             final[command_id] = (destination, status, detail)  # the last success, or refusal
     if not final:
         return
+    lock_reissue_acks(cur, {d for d, _, _ in final.values()})
     cur.execute(
         _REISSUE_ACKS,
         {
@@ -261,6 +307,82 @@ def record_reissue_acks(
             "at": at,
         },
     )
+
+
+# The replayer's side, after a batch's ``replayed`` rows are committed: the acks of its run
+# that the confirmer recorded before any ``replayed`` row of their command was visible
+# (``replay_commands.audit_pending``, migration 0020; a partial index of those rows only, so
+# this costs nothing per command) get their ``acknowledged`` rows as the confirmer would
+# have written them (status and detail as ``replay_commands`` keeps them: the confirmer
+# stores the detail through ``safe_detail``), and lose the flag once their command has its
+# ``replayed`` rows (a command of a later batch keeps it). Runs in its own READ COMMITTED
+# transaction, after the exclusive lock (a separate statement: its snapshot is taken once
+# the lock is granted). Only the last recorded ack of such a command is written (an earlier
+# refusal it replaced is not).
+_REPLAY_ACKS_CATCH_UP = sql.SQL("""
+WITH pending AS (
+    SELECT command_id, destination, status, detail FROM replay_commands
+    WHERE replay_id = {replay_id} AND audit_pending
+), sent AS (
+    SELECT DISTINCT ON (s.event_id, p.command_id) s.event_id, p.command_id, p.destination,
+           p.status, p.detail
+    FROM pending p
+    JOIN audit_events s ON s.command_id = p.command_id AND s.destination = p.destination
+         AND s.step = 'replayed'
+    ORDER BY s.event_id, p.command_id
+), written AS (
+    INSERT INTO audit_events (event_id, at, step, destination, status, detail, command_id)
+    SELECT sent.event_id, {at}::timestamptz, 'acknowledged', sent.destination, sent.status,
+           'replay command ' || sent.command_id || coalesce(': ' || sent.detail, ''), sent.command_id
+    FROM sent
+    WHERE NOT EXISTS (
+        SELECT 1 FROM audit_events done
+        WHERE done.command_id = sent.command_id AND done.event_id = sent.event_id
+          AND done.step = 'acknowledged' AND (done.status <> 'REJECTED' OR sent.status = 'REJECTED')
+    )
+)
+UPDATE replay_commands r SET audit_pending = false
+WHERE r.command_id IN (SELECT command_id FROM sent)
+""")
+
+
+def replay_acks_catch_up(replay_id: str, destination: str, at: datetime) -> sql.Composed:
+    """The transaction writing the ``acknowledged`` rows of replay ``replay_id``'s acks that
+    came before their ``replayed`` rows (see ``_REPLAY_ACKS_CATCH_UP``), its values inlined
+    (the replay sends it after the batch's ``replayed`` rows, in the same round trip)."""
+    return sql.SQL(";\n").join(
+        [
+            sql.SQL("BEGIN ISOLATION LEVEL READ COMMITTED"),
+            sql.SQL("SELECT pg_advisory_xact_lock({})").format(sql.Literal(reissue_lock_key(destination))),
+            _REPLAY_ACKS_CATCH_UP.format(replay_id=sql.Literal(replay_id), at=sql.Literal(at)),
+            sql.SQL("COMMIT"),
+        ]
+    )
+
+
+_APPLIED = """
+SELECT command_id, destination, status, detail FROM connector_applied
+WHERE destination = %s AND command_id = ANY(%s)
+ORDER BY command_id
+"""
+
+
+def record_applied_reissue_acks(
+    conn: psycopg.Connection[Any], destination: str, commands: Sequence[str], at: datetime
+) -> int:
+    """``optout reconcile``'s side, once its ``reconcile_resent`` rows are committed: in a
+    transaction of its own (call it outside any transaction; READ COMMITTED), under the exclusive
+    lock, the acks of ``commands`` the connector already recorded (its dedupe store,
+    ``connector_applied``, committed before it produced the ack) are written as the confirmer
+    writes them (``record_reissue_acks``: a command already acknowledged in the trail is
+    skipped). Returns how many acks it found."""
+    if not commands:
+        return 0
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (reissue_lock_key(destination),))
+        rows = conn.execute(_APPLIED, (destination, list(commands))).fetchall()
+        record_reissue_acks(conn, [(str(r[0]), str(r[1]), str(r[2]), r[3]) for r in rows], at)
+    return len(rows)
 
 
 _COLUMNS = "id, event_id, at, step, destination, status, detail"

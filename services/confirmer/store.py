@@ -28,11 +28,10 @@ from typing import Any
 import psycopg
 
 from services.common.arrays import text_array
-from services.common.audit import AuditEvent, Step, append, safe_detail
+from services.common.audit import AuditEvent, Step, append, lock_reissue_acks, safe_detail
 from services.common.contract import REPLAY_REQUEST_PREFIX, AckStatus, is_replay_request
 from services.common.records import OptOutConfirmedRecord
 from services.confirmer.outcomes import (
-    MAX_DETAIL,
     Ack,
     DestinationRow,
     RequestRow,
@@ -101,11 +100,24 @@ WHERE r.event_id = t.e
 # success). They belong to no request, so nothing is ever confirmed for them.
 _REPLAY_RUNS = "SELECT replay_id, destination FROM replay_runs WHERE replay_id = ANY(%s)"
 
+#
+# The ack's ``acknowledged`` audit row (services/common/audit.py, "Acks that beat their
+# command's audit row"): under the destination's shared lock, taken before this statement, a
+# command with no ``replayed`` audit row yet is flagged ``audit_pending`` (migration 0020);
+# the replayer writes its row after the batch's ``replayed`` rows. The detail is stored as
+# the audit trail takes it (``safe_detail``: one line, emails and phones redacted), so the
+# replayer can copy it there.
 _UPSERT_REPLAYED = """
-INSERT INTO replay_commands AS r (command_id, replay_id, destination, status, detail, acked_at)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[])
+INSERT INTO replay_commands AS r
+    (command_id, replay_id, destination, status, detail, acked_at, audit_pending)
+SELECT u.*, NOT EXISTS (
+    SELECT 1 FROM audit_events s
+    WHERE s.command_id = u.c AND s.destination = u.d AND s.step = 'replayed'
+)
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[])
+    AS u(c, r, d, s, dt, a)
 ON CONFLICT (command_id) DO UPDATE SET status = excluded.status, detail = excluded.detail,
-    acked_at = excluded.acked_at
+    acked_at = excluded.acked_at, audit_pending = excluded.audit_pending
 WHERE r.replay_id = excluded.replay_id AND r.destination = excluded.destination
   AND (r.status = 'PENDING' OR (r.status = 'REJECTED' AND excluded.status <> 'REJECTED'))
 """
@@ -137,6 +149,7 @@ def _apply_replayed(cur: psycopg.Cursor[Any], acks: Sequence[Ack], outcome: AckO
             final[ack.command_id] = ack  # the last success, or the last refusal
     if final:
         ordered = [final[c] for c in sorted(final)]  # in key order: concurrent confirmers never deadlock
+        lock_reissue_acks(cur, {a.destination for a in ordered})
         cur.execute(
             _UPSERT_REPLAYED,
             (
@@ -144,7 +157,7 @@ def _apply_replayed(cur: psycopg.Cursor[Any], acks: Sequence[Ack], outcome: AckO
                 [a.request_id[prefix:] for a in ordered],
                 [a.destination for a in ordered],
                 [a.status.value for a in ordered],
-                [a.detail[:MAX_DETAIL] if a.detail else None for a in ordered],
+                [safe_detail(a.detail) for a in ordered],
                 [a.acked_at for a in ordered],
             ),
         )

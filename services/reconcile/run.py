@@ -24,6 +24,8 @@ re-issue what is missing, report what the destination has that we never sent.
    exporter exports it as gauges. In the same transaction each re-issued command is written
    into the audit trail of the request(s) whose suppression it re-sends
    (``audit.record_reissued``, step ``reconcile_resent``); the confirmer adds its ack there.
+   An ack that came before those rows were committed is added by the reconcile itself, from
+   the connector's dedupe store (``audit.record_applied_reissue_acks``).
 """
 
 from __future__ import annotations
@@ -396,6 +398,12 @@ def reconcile(settings: Settings, name: str, repair: bool = True, clock: Clock |
                 now,
                 f"reconcile re-sent to {destination.id}",
             )
+        # The commands were delivered before their reconcile_resent rows were committed: a
+        # connector may have acknowledged some already, and the confirmer found no row to add
+        # the ack to. Those acks (the connector's dedupe store) are written now, under the
+        # lock the confirmer shares (audit.py, "Acks that beat their command's audit row").
+        conn.commit()
+        audit.record_applied_reissue_acks(conn, destination.id, [r["command_id"] for r in records], now)
     log.debug(  # the CLI prints the report itself (stdout stays one JSON document with --json)
         "reconciled",
         destination=name,

@@ -28,7 +28,11 @@ changed since), with the command id computed by ``replay_command_id`` (migration
 to ``plan.replay_command_id``); Python sends no per-command value for them. The replayer
 writes no ``replay_commands`` row: the confirmer records each ack there when it arrives
 (services/confirmer/store.py; the run's ``replay_runs`` row, inserted before anything is
-sent, tells it the command is a replay's).
+sent, tells it the command is a replay's). An ack can come before its command's ``replayed``
+row (the connector was faster than the delivery reports): the confirmer then cannot write its
+``acknowledged`` row and flags it; after each batch's ``replayed`` rows the replayer writes
+the flagged acks' rows, under a lock shared with the confirmer, so that whichever comes
+second writes it (``audit.replay_acks_catch_up``).
 
 A kill anywhere re-does the batches produced or delivered after the saved cursor (at most
 six: up to three produced and not all delivered, up to three delivered and not yet saved),
@@ -549,8 +553,11 @@ class Replayer:
         self, conns: queue.Queue[psycopg.Connection[Any]], replay_id: str, batch: Batch, prepared: Prepared
     ) -> None:
         """After a delivered batch, on a saving thread (with one of ``conns``): write its
-        commands into the audit trail of the requests whose suppression they carry, in one
-        round trip (a transaction in the batch's snapshot around one statement)."""
+        commands into the audit trail of the requests whose suppression they carry (a
+        transaction in the batch's snapshot around one statement), then, in a second
+        transaction (READ COMMITTED, under the destination's exclusive audit lock), the
+        ``acknowledged`` rows of acks the confirmer recorded before their command's
+        ``replayed`` rows existed (``audit.replay_acks_catch_up``); both in one round trip."""
         if not prepared.keys:
             return
         statement = audit.replayed_batch(
@@ -564,6 +571,7 @@ class Replayer:
             prepared.issued_at,
             f"replayed to {self.dest.id} ({replay_id})",
         )
+        catch_up = audit.replay_acks_catch_up(replay_id, self.dest.id, self.clock.now())
         conn = conns.get()
         try:
             conn.execute(
@@ -573,6 +581,7 @@ class Replayer:
                         sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(batch.snapshot)),
                         statement,
                         sql.SQL("COMMIT"),
+                        catch_up,
                     ]
                 )
             )

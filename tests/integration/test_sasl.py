@@ -4,8 +4,10 @@ three connectors, confirmer) runs against the local broker's SASL_PLAINTEXT list
 from __future__ import annotations
 
 import json
+import socket
 import uuid
 from contextlib import ExitStack
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -92,3 +94,21 @@ def test_wrong_sasl_password_is_refused(stack, base_settings):
     )
     with pytest.raises(ConfigurationError, match="did not answer"):
         check_broker(cfg, timeout=5)
+
+
+def test_a_free_port_is_reserved_until_its_server_binds_it() -> None:
+    """``free_port`` leaves the port in TIME_WAIT: no bind to port 0 (another worker's
+    ``free_port``) gets it, a plain bind of it is refused, and a server setting SO_REUSEADDR
+    (``http.server``, as the stand-ins) binds it."""
+    ports = {free_port() for _ in range(50)}
+    handed: set[int] = set()
+    for _ in range(2000):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            handed.add(int(sock.getsockname()[1]))
+    assert not handed & ports
+    port = ports.pop()
+    with socket.socket() as sock, pytest.raises(OSError, match="in use"):
+        sock.bind(("127.0.0.1", port))
+    server = ThreadingHTTPServer(("127.0.0.1", port), BaseHTTPRequestHandler)
+    server.server_close()

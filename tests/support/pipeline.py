@@ -37,10 +37,26 @@ ADDRESS: dict[str, Any] = {
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on, and that the kernel will hand to no
+    other ``bind`` to port 0 or outgoing connection for a minute (TIME_WAIT's length), while
+    a server setting ``SO_REUSEADDR`` binds it at once (ours do: ``http.server``, uvicorn,
+    ``services.common.http_server``, PgBouncer, Kafka, moto's werkzeug).
+
+    The port is first bound to a listening socket, connected to, and the accepted side
+    closed first: that side's TIME_WAIT keeps the port taken. Merely binding port 0 and
+    closing (as before) freed the port at once, and the caller starts its server seconds
+    later (after creating topics): meanwhile another test's ``free_port`` (other pytest-xdist
+    workers, other sessions on the machine) could get the same port from the kernel, and
+    the server's bind failed with "Address already in use"."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = int(listener.getsockname()[1])
+        with socket.create_connection(("127.0.0.1", port)):
+            accepted, _ = listener.accept()
+            accepted.close()  # the active close: TIME_WAIT on (127.0.0.1, port)
+    return port
 
 
 def standin_ports() -> dict[str, int]:
