@@ -19,7 +19,9 @@ Phase 1: ``--rate`` per second for ``--seconds``: p50/p95/p99/max, target p99 < 
 Phase 2: ``--steps`` rates, ``--step-seconds`` each (draining in between), until one is not
 sustained: not every request confirmed within the drain timeout, p99 above
 ``--max-p99-ms`` or confirmations/s (confirmed / span from first to last confirmation)
-below 95% of the publish rate. The last sustained step is the figure.
+below 95% of the publish rate. Then ``--refine`` more steps halve the gap between the last
+sustained rate and the first that was not (2,000 and 2,500: 2,250, then 2,125 or 2,375), so
+the figure is not just the ladder's rung. The highest sustained step is the figure.
 
 Phase 3 (issue #15: "the highest sustained rate at 40% or more of intake's own rate in the
 same run"): with the pipeline stopped, intake alone over a preloaded backlog of
@@ -832,6 +834,14 @@ def delete_groups(settings: Settings) -> None:
 
 
 # --- the run -----------------------------------------------------------------------------------
+def refine_rate(low: float, high: float) -> int | None:
+    """Pure: the rate halfway between the highest sustained ``low`` and the lowest not
+    sustained ``high``, rounded to 25/s; None once they are 50/s or less apart."""
+    if high - low <= 50:
+        return None
+    return int(round((low + high) / 2 / 25) * 25)
+
+
 def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
@@ -846,6 +856,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="phase 2 rates, comma separated ('' skips phase 2)",
     )
     parser.add_argument("--step-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--refine",
+        type=int,
+        default=2,
+        help="after the first step not sustained, this many steps halving the gap to the last sustained one",
+    )
     parser.add_argument(
         "--max-p99-ms", type=float, default=5000.0, help="a phase 2 step with a higher p99 is not sustained"
     )
@@ -1002,6 +1018,16 @@ def main(argv: list[str] | None = None) -> int:
             steps.append(step)
             if not step.sustained(args.max_p99_ms)[0]:
                 break
+        if steps and not steps[-1].sustained(args.max_p99_ms)[0]:
+            kept = [s.rate for s in steps if s.sustained(args.max_p99_ms)[0]]
+            low, high = (max(kept) if kept else 0.0), steps[-1].rate
+            for _ in range(args.refine):
+                rate = refine_rate(low, high)
+                if rate is None:
+                    break
+                step = bench.phase(pipeline, f"refine {rate:,}/s", rate, args.step_seconds)
+                steps.append(step)
+                low, high = (rate, high) if step.sustained(args.max_p99_ms)[0] else (low, rate)
         pipeline.stop()
         pipeline = None
     finally:
@@ -1041,17 +1067,18 @@ def main(argv: list[str] | None = None) -> int:
     sustained = [s for s in steps if s.sustained(args.max_p99_ms)[0]]
     if steps:
         lines += [
-            f"phase 2: steps of {args.step_seconds:.0f} s until not sustained (every request "
+            f"phase 2: steps of {args.step_seconds:.0f} s until not sustained, then {args.refine} "
+            "halving the gap (every request "
             f"confirmed, p99 <= {args.max_p99_ms:,.0f} ms, conf/s >= {KEEP_UP_SHARE:.0%} of "
             "sent/s)",
             *phase_table(steps, args.max_p99_ms),
-            cpu_line(steps[-1]),
+            cpu_line(max(steps, key=lambda s: s.rate)),
             *[line for step in steps for line in phase_costs(step)],
-            *stage_lines(steps[-1]),
+            *stage_lines(max(steps, key=lambda s: s.rate)),
             "",
         ]
     lines.append(f"duplicate confirmations seen: {duplicates}")
-    best = sustained[-1] if sustained else None
+    best = max(sustained, key=lambda s: s.rate) if sustained else None
     # the highest rate sustained in this run: the last sustained step, else phase 1 itself
     highest = best or (steady if steady.sustained(args.max_p99_ms)[0] else None)
     share_text = "share_of_intake=n/a"

@@ -51,3 +51,14 @@ def test_time_per_hop_from_each_hops_create_time():
         "  email": [60.0],
         "  mail": [160.0],
     }
+
+
+def test_refine_halves_the_gap_to_25_per_second_until_50_apart() -> None:
+    from benchmarks.bench_e2e import refine_rate
+
+    assert refine_rate(2000, 2500) == 2250
+    assert refine_rate(2250, 2500) == 2375
+    assert refine_rate(2000, 2250) == 2125
+    assert refine_rate(0, 500) == 250
+    assert refine_rate(2125, 2175) is None
+    assert refine_rate(2000, 2000) is None
