@@ -165,6 +165,7 @@ class PhaseResult:
     cpu: dict[str, float] = field(default_factory=dict)  # service -> % of one core
     cpu_seconds: float = 0.0  # every service process (not the stand-ins), user + system
     standin_seconds: float = 0.0  # the providers' stand-ins (reported apart)
+    own_percent: float = 0.0  # this process (publisher and readers), % of one core
     infra: InfraSample | None = None  # broker, PostgreSQL: what the phase added
     stages: dict[str, list[float]] = field(default_factory=dict)  # hop -> sorted ms
     machine_busy: float = 0.0  # % of all cores busy (everything on the machine)
@@ -526,6 +527,7 @@ def run_phase(
     clients = pipeline.pids()
     db_before = backend_cpu_by_client(infra, clients) if infra else {}
     cpu_before, cpu_started, machine_before = pipeline.cpu_seconds(), time.monotonic(), machine_cpu()
+    own_before = time.process_time()
     sent, result.publish_seconds = publish_steady(settings, codec, producer, rate, seconds, seed, label)
     result.published = len(sent)
     published_at = time.monotonic()
@@ -543,6 +545,7 @@ def run_phase(
         time.sleep(0.2)
     elapsed = time.monotonic() - cpu_started
     cpu_after = pipeline.cpu_seconds()
+    result.own_percent = 100 * (time.process_time() - own_before) / elapsed
     result.cpu = {name: 100 * (cpu_after[name] - cpu_before.get(name, 0.0)) / elapsed for name in cpu_after}
     used = {name: cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after}
     result.cpu_seconds = sum(v for name, v in used.items() if name not in STAND_INS)
@@ -803,7 +806,8 @@ def cpu_line(result: PhaseResult) -> str:
         f"cpu during '{result.label}', % of one core: "
         + ", ".join(parts)
         + f"; pipeline total {sum(result.cpu.values()):.0f}%; whole machine busy "
-        f"{result.machine_busy:.0f}% of {os.cpu_count()} cores (broker, database, others)"
+        f"{result.machine_busy:.0f}% of {os.cpu_count()} cores (broker, database, others; "
+        f"this benchmark's own process, publishing and reading every topic: {result.own_percent:.0f}%)"
     )
 
 
