@@ -78,6 +78,15 @@ FROM destination_status
 WHERE event_id IN ({_REQUESTS_OF_COMMANDS})
 """
 
+# The batch's UPDATEs join the batch's arrays to their tables; with a few hundred ids or more
+# the planner hashes the whole table (a sequential scan of destination_status or requests for
+# every batch: tests/integration/test_confirmer_plans.py). UPDATE ... FROM cannot take the
+# reads' LATERAL form, so the write part of the transaction turns hash and merge joins off
+# (``set_config(..., true)``: until the transaction ends), leaving a primary-key probe per
+# row. A prepared statement's generic plan is made under the same settings, since this runs
+# before every execution of the UPDATEs.
+PROBE_ONLY = "SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)"
+
 _UPDATE_DESTINATIONS = """
 UPDATE destination_status AS d SET status = t.s, detail = t.dt, acked_at = t.a
 FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[]) AS t(c, s, dt, a)
@@ -198,6 +207,7 @@ def apply_acks(conn: psycopg.Connection[Any], acks: Sequence[Ack], now: datetime
         outcome.changed = set(changed)
         outcome.unchanged = len(valid) - len(changed)
         if changed:
+            cur.execute(PROBE_ONLY)  # the UPDATEs below: primary-key probes, never a hash join
             cur.execute(
                 _UPDATE_DESTINATIONS,
                 (
