@@ -84,6 +84,23 @@ class Settings(BaseSettings):
         "backlog and makes resident memory grow with it). A batch of OPTOUT_BATCH_SIZE "
         "messages needs about a tenth of the default.",
     )
+    kafka_fetch_wait_ms: int = Field(
+        50,
+        ge=1,
+        le=60_000,
+        description="Longest the broker holds a consumer's fetch while fewer than "
+        "OPTOUT_KAFKA_FETCH_MIN_BYTES are there (librdkafka fetch.wait.max.ms): how often an "
+        "idle consumer asks, and with a high minimum the window each fetch gathers.",
+    )
+    kafka_fetch_min_bytes: int = Field(
+        1,
+        ge=1,
+        le=100_000_000,
+        description="Bytes the broker waits for before answering a fetch (librdkafka "
+        "fetch.min.bytes). 1: every message is fetched as soon as it is written (a busy "
+        "consumer sends many small fetches); higher: one fetch per OPTOUT_KAFKA_FETCH_WAIT_MS "
+        "at low rates (fewer requests for the broker, each message waiting up to that long).",
+    )
     kafka_request_log_seconds: float = Field(
         0,
         ge=0,

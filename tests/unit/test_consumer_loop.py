@@ -362,3 +362,12 @@ def test_a_consumer_fetches_ahead_at_most_the_configured_queue() -> None:
     assert consumer_config(Settings(), "g")["queued.max.messages.kbytes"] == 8192
     smaller = Settings(kafka_consumer_queue_kbytes=1024)
     assert consumer_config(smaller, "g")["queued.max.messages.kbytes"] == 1024
+
+
+def test_a_consumer_fetches_with_the_configured_wait_and_minimum() -> None:
+    from services.common.kafka import consumer_config
+
+    default = consumer_config(Settings(), "g")
+    assert (default["fetch.wait.max.ms"], default["fetch.min.bytes"]) == (50, 1)
+    windowed = consumer_config(Settings(kafka_fetch_wait_ms=20, kafka_fetch_min_bytes=1_000_000), "g")
+    assert (windowed["fetch.wait.max.ms"], windowed["fetch.min.bytes"]) == (20, 1_000_000)
