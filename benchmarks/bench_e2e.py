@@ -92,7 +92,8 @@ from benchmarks.costs import (
     cost_lines,
     sample,
 )
-from services.common.avro import Codec, default_codec
+from services.common.avro import HEADER_LENGTH, MARKER, Codec, default_codec
+from services.common.avro_compiled import read_string
 from services.common.clock import to_millis
 from services.common.errors import PoisonMessage
 from services.common.kafka import (
@@ -270,18 +271,18 @@ class ConfirmationReader:
             if key is None:
                 return
             request_id = key.decode(errors="replace")
+            if topic == self.acks_topic:
+                # the destination is in the value; the ack's partition key is the request
+                destination = ack_destination(message.value())
+                if destination is None:
+                    return
+            else:
+                destination = self.destination_of.get(topic or "", "?")
             with self.lock:
-                hops = self.hops.setdefault(request_id, Hops())
-                if topic == self.acks_topic:
-                    # the destination is in the value; the ack's partition key is the request:
-                    # decode only the destination of an ack (cheap: acks are small)
-                    try:
-                        _, ack = self.codec.decode(message.value(), expect="SuppressionAck")
-                    except PoisonMessage:
-                        return
-                    hops.acks.setdefault(str(ack["destination"]), written)
-                else:
-                    hops.commands.setdefault(self.destination_of.get(topic or "", "?"), written)
+                hops = self.hops.get(request_id)
+                if hops is None:
+                    hops = self.hops[request_id] = Hops()
+                (hops.acks if topic == self.acks_topic else hops.commands).setdefault(destination, written)
             return
         try:
             _, record = self.codec.decode(message.value(), expect="OptOutConfirmed")
@@ -314,6 +315,21 @@ class ConfirmationReader:
 
 
 # --- the pipeline's processes ------------------------------------------------------------------
+def ack_destination(payload: bytes | None) -> str | None:
+    """Pure: the ``destination`` of a SuppressionAck (v1) without decoding the rest: its third
+    field, after ``command_id`` and ``request_id`` (tests/unit/test_bench_e2e.py checks it
+    against the codec). None for anything else: the reader reads every message of the acks
+    topic at up to ~10,000 a second, on the same two cores as the pipeline it measures."""
+    if not payload or len(payload) <= HEADER_LENGTH or payload[:2] != MARKER:
+        return None
+    try:
+        _, pos = read_string(payload, HEADER_LENGTH)  # command_id
+        _, pos = read_string(payload, pos)  # request_id
+        return read_string(payload, pos)[0]
+    except (ValueError, IndexError, UnicodeDecodeError):
+        return None
+
+
 def process_cpu_seconds(pid: int) -> float:
     """utime + stime of a process (and its waited-for children) from /proc."""
     try:

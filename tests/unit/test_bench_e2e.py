@@ -62,3 +62,28 @@ def test_refine_halves_the_gap_to_25_per_second_until_50_apart() -> None:
     assert refine_rate(0, 500) == 250
     assert refine_rate(2125, 2175) is None
     assert refine_rate(2000, 2000) is None
+
+
+def test_ack_destination_reads_what_the_codec_reads() -> None:
+    from datetime import UTC, datetime
+
+    from benchmarks.bench_e2e import ack_destination
+    from services.common.avro import default_codec
+
+    codec = default_codec()
+    for destination in ("email_provider", "mail_house", "é" * 70, ""):
+        payload = codec.encode(
+            "SuppressionAck",
+            {
+                "command_id": "c" * 200,
+                "request_id": "r-1",
+                "destination": destination,
+                "status": "APPLIED",
+                "detail": None,
+                "acked_at": datetime(2026, 12, 1, tzinfo=UTC),
+            },
+        )
+        assert ack_destination(payload) == codec.decode(payload)[1]["destination"] == destination
+        assert ack_destination(payload[: -12 - len(destination.encode())]) is None
+    assert ack_destination(b"") is None
+    assert ack_destination(b"not avro at all") is None
