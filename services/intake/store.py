@@ -200,12 +200,18 @@ WHERE (EXCLUDED.since, EXCLUDED.suppressed, EXCLUDED.event_id)
 RETURNING subject, scope
 """
 
+# Reads of a batch's keys probe the primary key once per key (LATERAL subqueries kept apart by
+# LIMIT 1 or OFFSET 0): as ``= ANY(...)`` or a join of ``unnest`` PostgreSQL read the whole of
+# requests and suppression_state instead once a batch held a few dozen requests (bench-e2e:
+# 471 and 457 sequential scans in 40 s; tests/integration/test_intake_plans.py).
 # The stored state of the rows the chunk did not win (locked by the upsert, which locks a
 # conflicting row even when its guard keeps it unchanged). Rows it won hold its own values.
 _STATE_OF = """
 SELECT st.subject, st.scope, st.suppressed
-FROM suppression_state st JOIN unnest(%s::text[], %s::text[]) AS t(s, sc)
-     ON st.subject = t.s AND st.scope = t.sc
+FROM unnest(%s::text[], %s::text[]) AS t(s, sc)
+CROSS JOIN LATERAL (
+    SELECT * FROM suppression_state AS x WHERE x.subject = t.s AND x.scope = t.sc LIMIT 1
+) AS st
 """
 
 # Suppression-list entries of the people an opt-in took effect for, and the scopes their
@@ -216,7 +222,12 @@ JOIN unnest(%b::text[], %b::text[]) AS t(k, h) ON s.kind = t.k AND s.sha256 = t.
 ORDER BY s.kind, s.sha256
 FOR UPDATE OF s
 """
-_OPTED_IN = "SELECT subject, scope FROM suppression_state WHERE subject = ANY(%b::text[]) AND NOT suppressed"
+_OPTED_IN = """
+SELECT st.subject, st.scope FROM (SELECT DISTINCT unnest(%b::text[]) AS subject) AS u
+CROSS JOIN LATERAL (
+    SELECT * FROM suppression_state AS s WHERE s.subject = u.subject AND NOT s.suppressed OFFSET 0
+) AS st
+"""
 _PRUNE = """
 UPDATE suppression_list s SET scopes = string_to_array(t.sc, ','), updated_at = %b
 FROM unnest(%b::text[], %b::text[], %b::text[]) AS t(k, h, sc)
@@ -227,7 +238,10 @@ DELETE FROM suppression_list s USING unnest(%b::text[], %b::text[]) AS t(k, h)
 WHERE s.kind = t.k AND s.sha256 = t.h
 """
 
-_EXISTING = "SELECT event_id, content_sha256 FROM requests WHERE event_id = ANY(%s::text[])"
+_EXISTING = """
+SELECT r.event_id, r.content_sha256 FROM (SELECT DISTINCT unnest(%s::text[]) AS e) AS u
+CROSS JOIN LATERAL (SELECT * FROM requests AS x WHERE x.event_id = u.e LIMIT 1) AS r
+"""
 
 _MARK_RESENT = """
 UPDATE destination_status SET last_issued_at = %s, issue_count = issue_count + 1

@@ -1,0 +1,65 @@
+"""Intake's reads of a batch's keys on the real database: one primary-key probe per key,
+whatever the batch's and the tables' sizes (services/intake/store.py, states.py).
+
+As ``key = ANY(...)`` or a join of ``unnest``, PostgreSQL read the whole of ``requests`` and
+``suppression_state`` for every batch of a few dozen requests or more on tables grown since
+their last ANALYZE (bench-e2e's first 40 s: 471 and 457 sequential scans)."""
+
+from __future__ import annotations
+
+import re
+
+import psycopg
+import pytest
+
+from services.intake.states import _CURRENT, _SCOPE_ORDER
+from services.intake.store import _EXISTING, _OPTED_IN, _STATE_OF
+
+pytestmark = pytest.mark.integration
+
+REQUESTS = (
+    "INSERT INTO requests (event_id, content_sha256, subject_key, scopes, source, requested_at, due_at, "
+    "deadline_rule) SELECT 'evt-' || g, 'x', 'k', ARRAY['EMAIL_MARKETING'], 'web', now(), now(), 'r' "
+    "FROM generate_series(%s::int, %s::int) AS g"
+)
+STATES = (
+    "INSERT INTO suppression_state (subject, scope, suppressed, since, event_id, action, updated_at) "
+    "SELECT 'email:' || g, sc, true, now(), 'evt-' || g, 'OPT_OUT', now() "
+    "FROM generate_series(%s::int, %s::int) AS g, unnest(ARRAY['EMAIL_MARKETING', 'SMS_MARKETING']) AS sc"
+)
+
+EVENTS = "{" + ",".join(f"evt-{n}" for n in range(1, 2001)) + "}"
+SUBJECTS = "{" + ",".join(f"email:{n}" for n in range(1, 2001)) + "}"
+SCOPES = "{" + ",".join(["EMAIL_MARKETING"] * 2000) + "}"
+
+CASES = {
+    "existing": (_EXISTING, (EVENTS,), "requests_pkey"),
+    "current": (_CURRENT, (SUBJECTS, _SCOPE_ORDER), "suppression_state_pkey"),
+    "state_of": (_STATE_OF, (SUBJECTS, SCOPES), "suppression_state_pkey"),
+    "opted_in": (_OPTED_IN, (SUBJECTS,), "suppression_state_pkey"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_batch_read_probes_the_primary_key_whatever_the_sizes(database: dict[str, str], case: str) -> None:
+    """Custom plan (for the values) and generic plan (what a prepared statement may keep) on
+    tables that grew to 30,000 keys since their last ANALYZE (at 300)."""
+    sql, params, index = CASES[case]
+    plain = sql.replace("%b", "%s")
+    numbered = iter(range(1, 100))
+    generic = re.sub(r"%s", lambda _m: f"${next(numbered)}", plain)
+    with psycopg.connect(database["admin"], autocommit=True) as conn:
+        conn.execute(REQUESTS, (1, 300))
+        conn.execute(STATES, (1, 300))
+        conn.execute("ANALYZE requests")
+        conn.execute("ANALYZE suppression_state")
+        conn.execute(REQUESTS, (301, 30_000))
+        conn.execute(STATES, (301, 30_000))
+        custom = "\n".join(str(r[0]) for r in conn.execute("EXPLAIN " + plain, params))
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        conn.execute(f"PREPARE probe AS {generic}")
+        literal = ", ".join("'" + p + "'" for p in params)
+        cached = "\n".join(str(r[0]) for r in conn.execute(f"EXPLAIN EXECUTE probe({literal})"))
+    for plan in (custom, cached):
+        assert "Seq Scan" not in plan, plan
+        assert index in plan, plan
