@@ -25,9 +25,10 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from services.common.avro import Codec, default_codec
 from services.common.contract import Scope
@@ -45,6 +46,41 @@ from services.domain.subjects import (
 )
 
 log = get_logger(__name__)
+
+
+_LEADER_MOVING = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._TIMED_OUT,
+}
+
+
+def _leader_moving(exc: BaseException) -> bool:
+    """Pure: a watermark query failed because the partition has no (known) leader yet."""
+    if not isinstance(exc, KafkaException) or not exc.args:
+        return False
+    error = exc.args[0]
+    return isinstance(error, KafkaError) and (error.code() in _LEADER_MOVING or error.retriable())
+
+
+def asked_until(deadline: float, ask: Callable[[], tuple[int, int]], what: str) -> tuple[int, int]:
+    """``ask()`` (a partition's watermark offsets), asked again with a short backoff while
+    the partition has no known leader (a topic just created, a leader moving), until the
+    ``time.monotonic()`` ``deadline``; then ``RetriableError``. Other errors are raised."""
+    retrying = Retrying(
+        retry=retry_if_exception(_leader_moving),
+        wait=wait_exponential(multiplier=0.05, max=1.0),
+        stop=stop_after_delay(max(0.0, deadline - time.monotonic())),
+        reraise=True,
+    )
+    try:
+        low, high = retrying(ask)
+    except KafkaException as exc:
+        if _leader_moving(exc):
+            raise RetriableError(f"{what} has no leader yet: {exc}") from exc
+        raise
+    return int(low), int(high)
 
 
 class SuppressionClient:
@@ -90,6 +126,13 @@ class SuppressionClient:
         self._assigned = sorted(metadata.partitions)
         self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in self._assigned])
 
+    def _watermarks(self, partition: int, deadline: float) -> tuple[int, int]:
+        """The partition's low and high offsets (asked again while its leader is not known)."""
+        where = TopicPartition(self.topic, partition)
+        return asked_until(
+            deadline, lambda: self._consumer.get_watermark_offsets(where, timeout=10), str(where)
+        )
+
     def _apply(self, message: Message) -> None:
         key = message.key()
         if key is None:
@@ -123,8 +166,7 @@ class SuppressionClient:
             self._assign(min(timeout, 30.0))
             ends = {}
             for p in self._assigned:
-                low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
-                ends[p] = (low, high)
+                ends[p] = self._watermarks(p, deadline)
             # Read from where an earlier load or poll stopped (the consumer keeps its place).
             position = {p: max(low, self._next.get(p, low)) for p, (low, _) in ends.items()}
             while any(position[p] < high for p, (_, high) in ends.items()):
