@@ -4,7 +4,6 @@ transaction semantics of ``serialized`` (locks held from the first statement to 
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 
 from services.common.contract import AckStatus, Action
 from services.connectors.dedupe import _LATEST, _LOOKUP, DedupeStore, Latest, StoredOutcome, lock_key
+from tests.support.plans import batch_plans
 
 NOW = datetime(2026, 12, 1, 6, 0, 0, tzinfo=UTC)
 SUBJECT = "cust:C-1"
@@ -97,21 +97,10 @@ GROWN = {
 
 
 def plans(admin_dsn: str, table: str, sql: str) -> list[str]:
-    """The plans of ``sql`` for a batch of 2,000 ids, planned for the values (a custom plan)
-    and once for all (the generic plan a prepared statement may keep), on a table that
-    grew to 30,000 rows since its last ANALYZE (at 300 rows)."""
+    """The plans of ``sql`` for a batch of 2,000 ids (custom and generic) on a table that grew
+    to 30,000 rows since its last ANALYZE (at 300 rows)."""
     ids = "{" + ",".join(f"c-{n}" for n in range(1, 2001)) + "}"
-    numbered = iter(range(1, 100))
-    generic = re.sub(r"%s", lambda _m: f"${next(numbered)}", sql)
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(GROWN[table], (1, 300))
-        conn.execute(f"ANALYZE {table}")
-        conn.execute(GROWN[table], (301, 30_000))
-        custom = [str(r[0]) for r in conn.execute("EXPLAIN " + sql, (ids, "email_provider"))]
-        conn.execute("SET plan_cache_mode = force_generic_plan")
-        conn.execute(f"PREPARE probe AS {generic}")
-        cached = [str(r[0]) for r in conn.execute(f"EXPLAIN EXECUTE probe('{ids}', 'email_provider')")]
-    return ["\n".join(custom), "\n".join(cached)]
+    return batch_plans(admin_dsn, [(table, GROWN[table])], sql, (ids, "email_provider"))
 
 
 @pytest.mark.parametrize(

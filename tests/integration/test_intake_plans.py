@@ -7,13 +7,11 @@ their last ANALYZE (bench-e2e's first 40 s: 471 and 457 sequential scans)."""
 
 from __future__ import annotations
 
-import re
-
-import psycopg
 import pytest
 
 from services.intake.states import _CURRENT, _SCOPE_ORDER
 from services.intake.store import _EXISTING, _OPTED_IN, _STATE_OF
+from tests.support.plans import batch_plans
 
 pytestmark = pytest.mark.integration
 
@@ -45,21 +43,7 @@ def test_a_batch_read_probes_the_primary_key_whatever_the_sizes(database: dict[s
     """Custom plan (for the values) and generic plan (what a prepared statement may keep) on
     tables that grew to 30,000 keys since their last ANALYZE (at 300)."""
     sql, params, index = CASES[case]
-    plain = sql.replace("%b", "%s")
-    numbered = iter(range(1, 100))
-    generic = re.sub(r"%s", lambda _m: f"${next(numbered)}", plain)
-    with psycopg.connect(database["admin"], autocommit=True) as conn:
-        conn.execute(REQUESTS, (1, 300))
-        conn.execute(STATES, (1, 300))
-        conn.execute("ANALYZE requests")
-        conn.execute("ANALYZE suppression_state")
-        conn.execute(REQUESTS, (301, 30_000))
-        conn.execute(STATES, (301, 30_000))
-        custom = "\n".join(str(r[0]) for r in conn.execute("EXPLAIN " + plain, params))
-        conn.execute("SET plan_cache_mode = force_generic_plan")
-        conn.execute(f"PREPARE probe AS {generic}")
-        literal = ", ".join("'" + p + "'" for p in params)
-        cached = "\n".join(str(r[0]) for r in conn.execute(f"EXPLAIN EXECUTE probe({literal})"))
-    for plan in (custom, cached):
+    grow = [("requests", REQUESTS), ("suppression_state", STATES)]
+    for plan in batch_plans(database["admin"], grow, sql, params):
         assert "Seq Scan" not in plan, plan
         assert index in plan, plan
