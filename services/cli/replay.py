@@ -11,6 +11,7 @@ from services.cli.scrub import ProgressBar
 from services.common.db import connect, require_schema
 from services.common.errors import ConfigurationError
 from services.common.settings import settings
+from services.replay import status
 from services.replay.run import Replayer
 
 
@@ -55,6 +56,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay_status(args: argparse.Namespace) -> int:
+    cfg = settings()
+    if args.limit < 1:
+        raise ConfigurationError("--limit must be 1 or more")
+    require_schema(cfg.dsn())
+    with connect(cfg.dsn(), autocommit=True) as conn:
+        found = status.runs(conn, args.destination, args.limit)
+    if args.json:
+        sys.stdout.write(json.dumps([s.as_dict() for s in found], indent=2) + "\n")
+    else:
+        sys.stdout.write("\n".join(status.lines(found)) + "\n")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "replay",
@@ -83,3 +98,16 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     p.add_argument("--stop-after", type=int, metavar="BATCHES", help=argparse.SUPPRESS)  # tests
     p.set_defaults(handler=cmd_replay)
+
+    q = sub.add_parser(
+        "replay-status",
+        help="what each replay run sent and what its destination acknowledged",
+        description="The newest replay runs, newest first: commands sent, acknowledged as applied "
+        "(or already suppressed), rejected, still awaiting an ack, and subjects skipped (no "
+        "identifier the destination takes). Acks that came before their command's audit rows "
+        "are written into the audit trail by the run's next batch: resume an open run.",
+    )
+    q.add_argument("--destination", metavar="NAME", help="only runs to this destination")
+    q.add_argument("--limit", type=int, default=20, metavar="N", help="at most N runs (default 20)")
+    q.add_argument("--json", action="store_true", help="print the runs as a JSON list")
+    q.set_defaults(handler=cmd_replay_status)
