@@ -6,11 +6,13 @@ connections) or by two intake processes (the same person's requests keyed differ
 on different partitions), and they commit in any order. Each chunk's own view of the state,
 read inside its transaction, can miss the other's change; published in the wrong order, the
 topic's last (and, after compaction, only) message of the subject would be stale. So once a
-batch has committed, intake reads the subjects' **current** state and produces it **under a
-per-subject lock held until the broker acknowledged it** (transaction-level advisory locks,
-taken in key order). Whatever the interleaving, a later message of a subject on the topic
-comes from a later read, and a later read sees every commit before it; every commit is
-followed by such a read, so the last message is the state after every commit.
+chunk has committed, intake reads the subjects it changed in their **current** state and
+produces it **under a per-subject lock held until the broker acknowledged it**
+(transaction-level advisory locks, taken in key order), on a thread and a producer of their
+own while the batch's next chunks are written (issue #15). Whatever the interleaving, a
+later message of a subject on the topic comes from a later read, and a later read sees every
+commit before it; every commit is followed by such a read, so the last message is the state
+after every commit.
 """
 
 from __future__ import annotations
