@@ -727,13 +727,17 @@ def db_profile(stack: Any, events: int, seed: int, partitions: int) -> list[str]
         subjects: set[str] = set()
         record_cpu = 0.0
         size = settings.intake_pipeline_chunk
+        profile = cProfile.Profile()
         for start in range(0, events, size):
             chunk = requests[start : start + size]
             started = time.thread_time()
+            profile.enable()
             outcome = conn.run(lambda c, chunk=chunk: record_batch(c, chunk, commands, now, ring))
+            profile.disable()
             record_cpu += time.thread_time() - started
             subjects |= outcome.states
         tracker = DeliveryTracker(producer)
+        profile.enable()
         started = time.thread_time()
         ordered = sorted(subjects)
         for start in range(0, len(ordered), settings.batch_size):
@@ -746,6 +750,7 @@ def db_profile(stack: Any, events: int, seed: int, partitions: int) -> list[str]
                 now,
             )
         states_cpu = time.thread_time() - started
+        profile.disable()
         conn.close()
         states_db.close()
     finally:
@@ -756,7 +761,16 @@ def db_profile(stack: Any, events: int, seed: int, partitions: int) -> list[str]
         f"  record_batch       {1e6 * record_cpu / events:6.1f} µs of CPU per event",
         f"  publish states     {1e6 * states_cpu / events:6.1f} µs of CPU per event "
         f"({len(subjects) / events:.2f} states per event; reading, encoding, producing, delivery reports)",
+        "",
+        "cProfile of both (tottime; its own overhead inflates the times above when it runs):",
+        *_trim_profile(_profile_text(profile, 25)),
     ]
+
+
+def _profile_text(profile: cProfile.Profile, top: int) -> str:
+    out = io.StringIO()
+    pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
 
 
 def _best_of(runs: int, work: Callable[[], object]) -> float:

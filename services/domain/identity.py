@@ -57,12 +57,27 @@ def normalize_email(raw: str) -> str:
     return email
 
 
-@lru_cache(maxsize=4096)
 def normalize_phone(raw: str, default_region: str = "US") -> str:
     """Return the E.164 form of a phone number; raise ``PoisonMessage('invalid_phone')``.
-    Parsing is the most expensive check of a request: a number seen again (a person's
-    repeated requests, a redelivered batch) is parsed once."""
+    Parsing is the most expensive check of a request: a number already in the E.164 form of
+    the North American plan is returned as it is (``is_nanp_e164``), and any other number
+    seen again (a person's repeated requests, a redelivered batch) is parsed once."""
     text = raw.strip()
+    if is_nanp_e164(text):
+        return text
+    return _parse_phone(text, default_region)
+
+
+def is_nanp_e164(text: str) -> bool:
+    """``+1`` and ten ASCII digits: phonenumbers reads every such string as a possible number
+    of country code 1 (the plan's only length, 10, in every region it covers) and formats it
+    back unchanged, whatever the default region (a leading ``+`` ignores it). Checked
+    against the parse on generated numbers: ``tests/unit/test_intake_speedups.py``."""
+    return len(text) == 12 and text.startswith("+1") and text.isascii() and text[2:].isdigit()
+
+
+@lru_cache(maxsize=4096)
+def _parse_phone(text: str, default_region: str) -> str:
     if not text or len(text) > 40:
         raise PoisonMessage("invalid_phone", "empty or longer than 40 characters")
     try:

@@ -231,3 +231,42 @@ def test_routing_computed_once_per_scopes_is_the_plain_routing(
             routed, unserved = _routing(destinations, scopes)
             assert list(routed) == destinations.for_scopes(scopes)
             assert list(unserved) == plain_unserved
+
+
+def _parsed_e164(text: str, region: str) -> str | None:
+    """The plain computation: phonenumbers' parse, possibility check and E.164 format."""
+    import phonenumbers
+
+    try:
+        parsed = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(parsed):
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    digits=st.text(alphabet="0123456789", min_size=10, max_size=10),
+    region=st.sampled_from(["US", "CA", "GB", "DE", "FR", "IN", "BR", "JP", "ZZ"]),
+    pad=st.sampled_from(["", " ", "\t", "  \n"]),
+)
+def test_a_nanp_e164_number_is_returned_as_phonenumbers_would_format_it(
+    digits: str, region: str, pad: str
+) -> None:
+    from services.domain.identity import is_nanp_e164, normalize_phone
+
+    text = "+1" + digits
+    assert is_nanp_e164(text)
+    assert normalize_phone(pad + text + pad, region) == text == _parsed_e164(text, region)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.text(alphabet="+0123456789\u0661\u0662 -()", min_size=1, max_size=16))
+def test_the_nanp_shortcut_takes_nothing_else(text: str) -> None:
+    from services.domain.identity import is_nanp_e164
+
+    if is_nanp_e164(text):
+        assert text[:2] == "+1" and len(text) == 12 and all(c in "0123456789" for c in text[2:])
+        assert _parsed_e164(text, "US") == text
