@@ -9,7 +9,7 @@ from datetime import datetime
 from functools import lru_cache
 
 from services.common.clock import to_millis
-from services.common.contract import CONCRETE_SCOPES, Destination, Destinations, Identifier, Scope
+from services.common.contract import CONCRETE_SCOPES, Action, Destination, Destinations, Identifier, Scope
 from services.common.errors import PoisonMessage
 from services.common.records import PostalAddressRecord, SuppressionCommandRecord
 from services.domain.enrichment import all_emails, all_phones, all_postal_addresses
@@ -35,6 +35,14 @@ _NAMESPACE_BYTES = COMMAND_NAMESPACE.bytes
 # The same instants recur in a batch (its issue time; a request's deadline and request time
 # in each of its commands): converted once each.
 _millis = lru_cache(maxsize=4096)(to_millis)
+# Enum values by a dictionary lookup (``Enum.value`` is a Python-level property), a request's
+# scopes per combination (a few sorted combinations exist).
+_ACTION_VALUE = {a: a.value for a in Action}
+
+
+@lru_cache(maxsize=256)
+def _scope_values(scopes: tuple[Scope, ...]) -> tuple[str, ...]:
+    return tuple(s.value for s in scopes)
 
 
 @dataclass(frozen=True)
@@ -214,10 +222,10 @@ def command_for(
         phone_sha256=_hash(slot.phone, request.phone, request.phone_sha256)
         if Identifier.PHONE_SHA256 in has
         else None,
-        scopes=[s.value for s in request.scopes],
+        scopes=list(_scope_values(request.scopes)),
         issued_at=_millis(issued_at),
         deadline=_millis(request.due_at),
-        action=request.action.value,
+        action=_ACTION_VALUE[request.action],
         requested_at=_millis(request.requested_at),
         device_id=request.device_id if Identifier.DEVICE_ID in has else None,
     )

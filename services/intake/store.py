@@ -42,7 +42,7 @@ from services.domain.preferences import (
 )
 from services.domain.validation import OptOutRequest
 from services.intake.enrich import enrichment_columns
-from services.suppression.entries import Entry, Kind, entries_of, seal
+from services.suppression.entries import Entry, Kind, entries_of, nonces, seal
 
 _SCOPE_VALUES = frozenset(s.value for s in Scope)
 # A request's scopes travel as one text per request, split in SQL (``string_to_array``): a
@@ -100,11 +100,12 @@ class ListedEntries:
                 else:
                     merged[key] = (entry, [*seen[1], request])  # the latest value wins
         listed = cls()
+        fresh = nonces(len(merged))
         for row, key in enumerate(sorted(merged), start=1):
             entry, named_by = merged[key]
             listed.kinds.append(key[0])
             listed.hashes.append(key[1])
-            listed.sealed.append(seal(ring, entry))
+            listed.sealed.append(seal(ring, entry, fresh[row - 1]))
             listed.scopes.append(SCOPE_SEPARATOR.join(sorted({s for r in named_by for s in scopes(r)})))
             listed.first.append(named_by[0].event_id)
             listed.last.append(named_by[-1].event_id)
