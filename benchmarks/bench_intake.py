@@ -697,7 +697,7 @@ def cpu_profile(events: int, seed: int, settings: Settings) -> list[str]:
 
 
 # --- intake's database-thread work alone --------------------------------------------------------
-def db_profile(stack: Any, events: int, seed: int, partitions: int) -> list[str]:
+def db_profile(stack: Any, events: int, seed: int, partitions: int, with_cprofile: bool = False) -> list[str]:
     """Record ``events`` generated events in chunks of ``OPTOUT_INTAKE_PIPELINE_CHUNK`` on one
     connection (``record_batch``, as a database worker does), then publish the states they
     changed (``publish_current_states``, as the intake thread does after the batch), all on
@@ -728,16 +728,17 @@ def db_profile(stack: Any, events: int, seed: int, partitions: int) -> list[str]
         record_cpu = 0.0
         size = settings.intake_pipeline_chunk
         profile = cProfile.Profile()
+        switch: Callable[[], None] = profile.enable if with_cprofile else (lambda: None)
         for start in range(0, events, size):
             chunk = requests[start : start + size]
             started = time.thread_time()
-            profile.enable()
+            switch()
             outcome = conn.run(lambda c, chunk=chunk: record_batch(c, chunk, commands, now, ring))
             profile.disable()
             record_cpu += time.thread_time() - started
             subjects |= outcome.states
         tracker = DeliveryTracker(producer)
-        profile.enable()
+        switch()
         started = time.thread_time()
         ordered = sorted(subjects)
         for start in range(0, len(ordered), settings.batch_size):
@@ -761,9 +762,15 @@ def db_profile(stack: Any, events: int, seed: int, partitions: int) -> list[str]
         f"  record_batch       {1e6 * record_cpu / events:6.1f} µs of CPU per event",
         f"  publish states     {1e6 * states_cpu / events:6.1f} µs of CPU per event "
         f"({len(subjects) / events:.2f} states per event; reading, encoding, producing, delivery reports)",
-        "",
-        "cProfile of both (tottime; its own overhead inflates the times above when it runs):",
-        *_trim_profile(_profile_text(profile, 25)),
+        *(
+            [
+                "",
+                "cProfile of both (tottime; its overhead inflates the times above):",
+                *_trim_profile(_profile_text(profile, 25)),
+            ]
+            if with_cprofile
+            else []
+        ),
     ]
 
 
@@ -837,6 +844,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="only time intake's database-thread Python work (record_batch, then publishing the "
         "states) on N generated events, on one thread of this process, and print it",
     )
+    parser.add_argument(
+        "--db-cprofile", action="store_true", help="with --db-profile: also print its cProfile (slower)"
+    )
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument(
         "--directory",
@@ -866,7 +876,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     stack = start_stack()
     if args.db_profile:
-        print("\n".join(db_profile(stack, args.db_profile, args.seed, args.partitions)), flush=True)
+        lines = db_profile(stack, args.db_profile, args.seed, args.partitions, args.db_cprofile)
+        print("\n".join(lines), flush=True)
         return 0
     load_before = load_average()
     overrides: dict[str, Any] = {} if args.batch_size is None else {"batch_size": args.batch_size}
