@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from benchmarks.common import generate_events
 from services.common.avro import default_codec
-from services.common.contract import Scope
+from services.common.contract import Identifier, Scope
 from services.domain.deadlines import deadline_of, governing_rule_of
 from services.domain.identity import normalize_email, sha256_hex
 from services.domain.preferences import newest_per_key, proposed, wins
@@ -212,7 +212,7 @@ def test_a_newer_state_schema_is_written_through_the_codec(tmp_path: Path) -> No
 def test_routing_computed_once_per_scopes_is_the_plain_routing(
     scopes: tuple[Scope, ...], served: list[Scope]
 ) -> None:
-    from services.common.contract import Destination, Destinations, Identifier
+    from services.common.contract import Destination, Destinations
     from services.common.settings import Settings
     from services.domain.planning import _routing
 
@@ -270,3 +270,79 @@ def test_the_nanp_shortcut_takes_nothing_else(text: str) -> None:
     if is_nanp_e164(text):
         assert text[:2] == "+1" and len(text) == 12 and all(c in "0123456789" for c in text[2:])
         assert _parsed_e164(text, "US") == text
+
+
+IDENTIFIER_SETS = st.frozensets(st.sampled_from(list(Identifier)))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    scopes=SCOPE_SETS,
+    has=st.fixed_dictionaries(
+        {k: st.booleans() for k in ("customer_id", "email", "phone", "postal_address", "device_id")}
+    ),
+    requires=st.lists(IDENTIFIER_SETS, min_size=1, max_size=4),
+)
+def test_destinations_chosen_by_bit_mask_are_those_the_identifier_values_choose(
+    scopes: tuple[Scope, ...], has: dict[str, bool], requires: list[frozenset[Identifier]]
+) -> None:
+    """``applicable_destinations`` of a request without enrichment (bit masks) chooses and
+    refuses exactly as the plain check of ``_identifier_values`` does."""
+    import dataclasses
+
+    from services.common.contract import Destination, Destinations
+    from services.common.errors import PoisonMessage
+    from services.common.settings import Settings
+    from services.domain.planning import _identifier_values, _routing, applicable_destinations
+
+    base = validate_request(
+        {
+            "event_id": "e-1",
+            "customer_id": "C-1",
+            "email": "a@example.com",
+            "phone": "+12025550123",
+            "postal_address": {
+                "name": "A B",
+                "lines": ["1 Main St"],
+                "city": "Springfield",
+                "region": None,
+                "postal_code": "12345",
+                "country": "US",
+            },
+            "device_id": "dev-1",
+            "scopes": [s.value for s in scopes],
+            "requested_at": datetime(2026, 1, 1, tzinfo=UTC),
+        },
+        datetime(2026, 1, 2, tzinfo=UTC),
+        timedelta(seconds=60),
+    )
+    request = dataclasses.replace(base, **{k: getattr(base, k) if v else None for k, v in has.items()})
+
+    def plain(destinations: Destinations) -> list[str] | str:
+        routed, unserved = _routing(destinations, request.scopes)
+        if unserved:
+            return "no_destination_for_scope"
+        values = _identifier_values(request)
+        chosen = []
+        for dest in routed:
+            if any(values[i] for i in dest.requires_one_of):
+                chosen.append(dest.id)
+            elif Scope.ALL not in request.scopes:
+                return f"missing {dest.id}"
+        return chosen or "missing none"
+
+    def fast(destinations: Destinations) -> list[str] | str:
+        try:
+            return [d.id for d in applicable_destinations(request, destinations)]
+        except PoisonMessage as poison:
+            if poison.reason == "no_destination_for_scope":
+                return poison.reason
+            return f"missing {poison.detail.split(' ')[0]}" if "needs" in poison.detail else "missing none"
+
+    concrete = [s for s in Scope if s is not Scope.ALL]
+    made = Destinations(
+        Destination(f"d{i}", frozenset({concrete[i % len(concrete)]}), frozenset(Identifier), r)
+        for i, r in enumerate(requires)
+    )
+    for destinations in (Settings().destinations, made):
+        assert fast(destinations) == plain(destinations)
