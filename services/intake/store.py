@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 import psycopg
@@ -493,6 +494,9 @@ def _decide(
         ),
     )
     if cur.rowcount == len(keys):  # the usual case: the chunk won every row it proposed
+        alone = effective_when_all_won(candidates, len(keys))
+        if alone is not None:
+            return alone, {k[0] for k in keys}
         won = keys
         lost: list[Key] = []
     else:
@@ -506,6 +510,26 @@ def _decide(
         cur.execute(_STATE_OF, (text_array([k[0] for k in lost]), text_array([k[1].value for k in lost])))
         after.update({(subject, _SCOPES[scope]): bool(v) for subject, scope, v in cur.fetchall()})
     return {r.event_id: effective_scopes(r, after) for r in candidates}, {k[0] for k in won}
+
+
+def effective_when_all_won(
+    candidates: Sequence[OptOutRequest], keys: int
+) -> dict[str, frozenset[Scope]] | None:
+    """When the chunk won every one of its ``keys`` rows (``newest_per_key``) and no two of
+    its requests share a (subject, scope): each request takes effect for all its scopes,
+    what ``effective_scopes`` gives then, without a lookup per subject and scope. None when
+    that does not hold (some request shares a row, or names no subject)."""
+    if keys != sum(len(r.subjects) * len(_concrete_set(r.scopes)) for r in candidates):
+        return None
+    if not all(r.subjects for r in candidates):
+        return None
+    return {r.event_id: _concrete_set(r.scopes) for r in candidates}
+
+
+@lru_cache(maxsize=256)
+def _concrete_set(scopes: tuple[Scope, ...]) -> frozenset[Scope]:
+    """A request's concrete scopes as a set (a few sorted combinations exist)."""
+    return frozenset(concrete_scopes(scopes))
 
 
 def _listed_scopes(request: OptOutRequest, effective: frozenset[Scope]) -> list[str]:

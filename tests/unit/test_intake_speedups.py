@@ -6,6 +6,7 @@ import json
 import unicodedata
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from hypothesis import given, settings
@@ -346,3 +347,57 @@ def test_destinations_chosen_by_bit_mask_are_those_the_identifier_values_choose(
     )
     for destinations in (Settings().destinations, made):
         assert fast(destinations) == plain(destinations)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    people=st.lists(
+        st.tuples(
+            st.sampled_from([None, "C-1", "C-2", "C-3"]),
+            st.sampled_from([None, "a@example.com", "b@example.com"]),
+            SCOPE_SETS,
+            st.sampled_from(["OPT_OUT", "OPT_IN"]),
+            st.integers(min_value=0, max_value=3),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_effective_scopes_when_the_chunk_won_every_row_are_the_plain_ones(
+    people: list[tuple[str | None, str | None, tuple[Scope, ...], str, int]],
+) -> None:
+    """``effective_when_all_won`` (no two requests of the chunk share a row) gives what
+    ``effective_scopes`` gives with the chunk's winners applied, and declines otherwise."""
+    from services.domain.preferences import effective_scopes
+    from services.intake.store import effective_when_all_won
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    requests = [
+        validate_request(
+            {
+                "event_id": f"e-{i}",
+                "customer_id": customer,
+                "email": email if email or customer else "z@example.com",
+                "scopes": [s.value for s in scopes],
+                "action": action,
+                "requested_at": start + timedelta(minutes=minute),
+            },
+            start + timedelta(days=1),
+            timedelta(seconds=60),
+        )
+        for i, (customer, email, scopes, action, minute) in enumerate(people)
+    ]
+    winners = newest_per_key(requests)
+    after = {k: w.suppressed for k, w in winners.items()}
+    got = effective_when_all_won(requests, len(winners))
+    keys = [(s, c) for r in requests for s in r.subjects for c in proposed_scopes(r)]
+    if len(keys) == len(set(keys)):
+        assert got == {r.event_id: effective_scopes(r, after) for r in requests}
+    else:
+        assert got is None
+
+
+def proposed_scopes(request: Any) -> tuple[Scope, ...]:
+    from services.domain.preferences import concrete_scopes
+
+    return concrete_scopes(request.scopes)
