@@ -401,3 +401,47 @@ def proposed_scopes(request: Any) -> tuple[Scope, ...]:
     from services.domain.preferences import concrete_scopes
 
     return concrete_scopes(request.scopes)
+
+
+def _email_checks(raw: str) -> str | None:
+    """The full checks of ``normalize_email`` with its shortcut switched off."""
+    from unittest import mock
+
+    from services.common.errors import PoisonMessage
+    from services.domain import identity
+
+    with mock.patch.object(identity, "_PLAIN_EMAIL", identity.re.compile(r"(?!)")):
+        try:
+            return identity.normalize_email(raw)
+        except PoisonMessage:
+            return None
+
+
+EMAIL_PARTS = st.text(alphabet='abcXYZ019._%+-@ "\\é\u200b', min_size=0, max_size=12)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    local=EMAIL_PARTS,
+    domain=EMAIL_PARTS,
+    tld=st.sampled_from(["com", "c0m", "-x", "x-", "", "co.uk", "a" * 64]),
+)
+def test_the_plain_email_shortcut_accepts_only_what_the_full_checks_return_unchanged(
+    local: str, domain: str, tld: str
+) -> None:
+    from services.domain.identity import _PLAIN_EMAIL, normalize_email
+
+    for raw in (f"{local}@{domain}.{tld}", f"{local}@{domain}", local, f"{local}.{domain}@{tld}"):
+        full = _email_checks(raw)
+        if _PLAIN_EMAIL.fullmatch(raw) and len(raw) <= 254:
+            assert full == raw
+        assert (normalize_email(raw) if full is not None else None) == full
+
+
+def test_the_plain_email_shortcut_takes_the_generated_addresses() -> None:
+    from services.domain.identity import _PLAIN_EMAIL
+
+    emails = [e.record["email"] for e in generate_events(500) if e.record["email"]]
+    plain = [e for e in emails if e.isascii()]  # the generator also writes names like josé
+    assert len(plain) > len(emails) / 2 and all(_PLAIN_EMAIL.fullmatch(e) for e in plain)
+    assert all(_email_checks(e) == e for e in emails)
