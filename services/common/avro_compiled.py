@@ -43,6 +43,17 @@ _SMALL = [bytes([n << 1]) if n < 64 else b"" for n in range(1024)]
 
 def _varint(n: int) -> bytes:
     z = (n << 1) ^ (n >> 63)
+    if 1 << 35 <= z < 1 << 42:  # six bytes: epoch milliseconds from 1971 to 2109, unrolled
+        return bytes(
+            (
+                (z & 0x7F) | 0x80,
+                (z >> 7 & 0x7F) | 0x80,
+                (z >> 14 & 0x7F) | 0x80,
+                (z >> 21 & 0x7F) | 0x80,
+                (z >> 28 & 0x7F) | 0x80,
+                z >> 35,
+            )
+        )
     out = bytearray()
     while z & ~0x7F:
         out.append((z & 0x7F) | 0x80)
@@ -153,6 +164,7 @@ def read_boolean(data: bytes, pos: int) -> tuple[bool, int]:
 _HELPERS: dict[str, Any] = {
     "_SMALL": _SMALL,
     "_varint": _varint,
+    "_RECENT": _RECENT,
     "write_long": write_long,
     "write_string": write_string,
     "write_millis": write_millis,
@@ -240,7 +252,15 @@ def _write(src: _Source, schema: Any, value: str, lines: list[str], indent: str)
     elif kind in ("int", "long"):
         lines.append(f"{indent}write_long(out, {value})")
     elif kind == "timestamp-millis":
-        lines.append(f"{indent}write_millis(out, {value})")
+        # Epoch milliseconds written lately (``write_long``'s ``_RECENT``) are appended here;
+        # anything else (a new value, a datetime, a bool) goes through write_millis.
+        v, known = src.fresh("v"), src.fresh("k")
+        lines.append(f"{indent}{v} = {value}")
+        lines.append(f"{indent}{known} = _RECENT.get({v}) if {v}.__class__ is int else None")
+        lines.append(f"{indent}if {known} is None:")
+        lines.append(f"{indent}    write_millis(out, {v})")
+        lines.append(f"{indent}else:")
+        lines.append(f"{indent}    out += {known}")
     elif kind == "string":  # write_string, inlined (a call per string cost as much as the rest)
         data, size = src.fresh("d"), src.fresh("z")
         lines.append(f"{indent}{data} = {value}.encode()")
