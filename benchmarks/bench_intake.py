@@ -697,7 +697,7 @@ def cpu_profile(events: int, seed: int, settings: Settings) -> list[str]:
 
 
 # --- intake's database-thread work alone --------------------------------------------------------
-def db_profile(stack: Any, events: int, seed: int, partitions: int) -> list[str]:
+def db_profile(stack: Any, events: int, seed: int, partitions: int, with_cprofile: bool = False) -> list[str]:
     """Record ``events`` generated events in chunks of ``OPTOUT_INTAKE_PIPELINE_CHUNK`` on one
     connection (``record_batch``, as a database worker does), then publish the states they
     changed (``publish_current_states``, as the intake thread does after the batch), all on
@@ -727,13 +727,18 @@ def db_profile(stack: Any, events: int, seed: int, partitions: int) -> list[str]
         subjects: set[str] = set()
         record_cpu = 0.0
         size = settings.intake_pipeline_chunk
+        profile = cProfile.Profile()
+        switch: Callable[[], None] = profile.enable if with_cprofile else (lambda: None)
         for start in range(0, events, size):
             chunk = requests[start : start + size]
             started = time.thread_time()
+            switch()
             outcome = conn.run(lambda c, chunk=chunk: record_batch(c, chunk, commands, now, ring))
+            profile.disable()
             record_cpu += time.thread_time() - started
             subjects |= outcome.states
         tracker = DeliveryTracker(producer)
+        switch()
         started = time.thread_time()
         ordered = sorted(subjects)
         for start in range(0, len(ordered), settings.batch_size):
@@ -746,6 +751,7 @@ def db_profile(stack: Any, events: int, seed: int, partitions: int) -> list[str]
                 now,
             )
         states_cpu = time.thread_time() - started
+        profile.disable()
         conn.close()
         states_db.close()
     finally:
@@ -756,7 +762,22 @@ def db_profile(stack: Any, events: int, seed: int, partitions: int) -> list[str]
         f"  record_batch       {1e6 * record_cpu / events:6.1f} µs of CPU per event",
         f"  publish states     {1e6 * states_cpu / events:6.1f} µs of CPU per event "
         f"({len(subjects) / events:.2f} states per event; reading, encoding, producing, delivery reports)",
+        *(
+            [
+                "",
+                "cProfile of both (tottime; its overhead inflates the times above):",
+                *_trim_profile(_profile_text(profile, 25)),
+            ]
+            if with_cprofile
+            else []
+        ),
     ]
+
+
+def _profile_text(profile: cProfile.Profile, top: int) -> str:
+    out = io.StringIO()
+    pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
 
 
 def _best_of(runs: int, work: Callable[[], object]) -> float:
@@ -823,6 +844,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="only time intake's database-thread Python work (record_batch, then publishing the "
         "states) on N generated events, on one thread of this process, and print it",
     )
+    parser.add_argument(
+        "--db-cprofile", action="store_true", help="with --db-profile: also print its cProfile (slower)"
+    )
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument(
         "--directory",
@@ -852,7 +876,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     stack = start_stack()
     if args.db_profile:
-        print("\n".join(db_profile(stack, args.db_profile, args.seed, args.partitions)), flush=True)
+        lines = db_profile(stack, args.db_profile, args.seed, args.partitions, args.db_cprofile)
+        print("\n".join(lines), flush=True)
         return 0
     load_before = load_average()
     overrides: dict[str, Any] = {} if args.batch_size is None else {"batch_size": args.batch_size}

@@ -43,6 +43,17 @@ _SMALL = [bytes([n << 1]) if n < 64 else b"" for n in range(1024)]
 
 def _varint(n: int) -> bytes:
     z = (n << 1) ^ (n >> 63)
+    if 1 << 35 <= z < 1 << 42:  # six bytes: epoch milliseconds from 1971 to 2109, unrolled
+        return bytes(
+            (
+                (z & 0x7F) | 0x80,
+                (z >> 7 & 0x7F) | 0x80,
+                (z >> 14 & 0x7F) | 0x80,
+                (z >> 21 & 0x7F) | 0x80,
+                (z >> 28 & 0x7F) | 0x80,
+                z >> 35,
+            )
+        )
     out = bytearray()
     while z & ~0x7F:
         out.append((z & 0x7F) | 0x80)
@@ -151,6 +162,9 @@ def read_boolean(data: bytes, pos: int) -> tuple[bool, int]:
 
 
 _HELPERS: dict[str, Any] = {
+    "_SMALL": _SMALL,
+    "_varint": _varint,
+    "_RECENT": _RECENT,
     "write_long": write_long,
     "write_string": write_string,
     "write_millis": write_millis,
@@ -238,9 +252,21 @@ def _write(src: _Source, schema: Any, value: str, lines: list[str], indent: str)
     elif kind in ("int", "long"):
         lines.append(f"{indent}write_long(out, {value})")
     elif kind == "timestamp-millis":
-        lines.append(f"{indent}write_millis(out, {value})")
-    elif kind == "string":
-        lines.append(f"{indent}write_string(out, {value})")
+        # Epoch milliseconds written lately (``write_long``'s ``_RECENT``) are appended here;
+        # anything else (a new value, a datetime, a bool) goes through write_millis.
+        v, known = src.fresh("v"), src.fresh("k")
+        lines.append(f"{indent}{v} = {value}")
+        lines.append(f"{indent}{known} = _RECENT.get({v}) if {v}.__class__ is int else None")
+        lines.append(f"{indent}if {known} is None:")
+        lines.append(f"{indent}    write_millis(out, {v})")
+        lines.append(f"{indent}else:")
+        lines.append(f"{indent}    out += {known}")
+    elif kind == "string":  # write_string, inlined (a call per string cost as much as the rest)
+        data, size = src.fresh("d"), src.fresh("z")
+        lines.append(f"{indent}{data} = {value}.encode()")
+        lines.append(f"{indent}{size} = len({data})")
+        lines.append(f"{indent}out += _SMALL[{size}] if {size} < 1024 else _varint({size})")
+        lines.append(f"{indent}out += {data}")
     elif kind == "enum":
         index = src.constant({s: bytes([i << 1]) for i, s in enumerate(schema["symbols"])}, "_enum")
         if len(schema["symbols"]) > 63:
@@ -302,15 +328,24 @@ def _read(src: _Source, schema: Any, target: str, lines: list[str], indent: str)
     elif kind == "boolean":
         lines.append(f"{indent}{target}, pos = read_boolean(data, pos)")
     elif kind in ("int", "long"):
-        lines.append(f"{indent}{target}, pos = read_long(data, pos)")
+        _read_long_inline(src, target, lines, indent)
     elif kind == "timestamp-millis":
         lines.append(f"{indent}{target}, pos = read_millis(data, pos)")
     elif kind == "string":
-        lines.append(f"{indent}{target}, pos = read_string(data, pos)")
+        # read_string, inlined for lengths of one varint byte (0..63): most strings here.
+        b, end = src.fresh("b"), src.fresh("e")
+        lines.append(f"{indent}{b} = data[pos]")
+        lines.append(f"{indent}if {b} < 0x80 and not {b} & 1:")
+        lines.append(f"{indent}    {end} = pos + 1 + ({b} >> 1)")
+        lines.append(f"{indent}    if {end} > len(data): raise ValueError('string length out of range')")
+        lines.append(f"{indent}    {target} = data[pos + 1 : {end}].decode()")
+        lines.append(f"{indent}    pos = {end}")
+        lines.append(f"{indent}else:")
+        lines.append(f"{indent}    {target}, pos = read_string(data, pos)")
     elif kind == "enum":
         symbols = src.constant(tuple(schema["symbols"]), "_symbols")
         n = src.fresh("n")
-        lines.append(f"{indent}{n}, pos = read_long(data, pos)")
+        _read_long_inline(src, n, lines, indent)
         lines.append(f"{indent}if {n} < 0: raise ValueError('negative enum index')")
         lines.append(f"{indent}{target} = {symbols}[{n}]")
     elif kind == "array":
@@ -328,7 +363,7 @@ def _read(src: _Source, schema: Any, target: str, lines: list[str], indent: str)
     elif kind == "union":
         inner = _nullable(schema)
         branch = src.fresh("b")
-        lines.append(f"{indent}{branch}, pos = read_long(data, pos)")
+        _read_long_inline(src, branch, lines, indent)
         lines.append(f"{indent}if {branch} == 0:")
         lines.append(f"{indent}    {target} = None")
         lines.append(f"{indent}elif {branch} == 1:")
@@ -340,6 +375,17 @@ def _read(src: _Source, schema: Any, target: str, lines: list[str], indent: str)
         lines.append(f"{indent}{target}, pos = {function}(data, pos)")
     else:
         raise Unsupported(f"type {kind}")
+
+
+def _read_long_inline(src: _Source, target: str, lines: list[str], indent: str) -> None:
+    """``read_long``, inlined for a value of one varint byte (-64..63); the call otherwise."""
+    b = src.fresh("b")
+    lines.append(f"{indent}{b} = data[pos]")
+    lines.append(f"{indent}if {b} < 0x80:")
+    lines.append(f"{indent}    {target} = ({b} >> 1) ^ -({b} & 1)")
+    lines.append(f"{indent}    pos += 1")
+    lines.append(f"{indent}else:")
+    lines.append(f"{indent}    {target}, pos = read_long(data, pos)")
 
 
 def _reader_function(src: _Source, schema: Mapping[str, Any]) -> str:

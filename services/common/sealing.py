@@ -115,7 +115,9 @@ class KeyRing:
 
     def seal(self, plaintext: bytes, context: bytes, nonce: bytes | None = None) -> str:
         """``KID.BODY`` of ``plaintext`` under the current key, bound to ``context``.
-        ``nonce`` only for tests (a nonce must never repeat under one key)."""
+        ``nonce``: drawn here from ``os.urandom`` when None; a caller passing one draws it
+        from ``os.urandom`` too (``services.suppression.entries.nonces``) or is a test (a
+        nonce must never repeat under one key)."""
         kid = self.current
         iv = nonce if nonce is not None else os.urandom(NONCE_BYTES)
         sealed = self._ciphers[kid].encrypt(iv, plaintext, context + kid.encode("ascii"))

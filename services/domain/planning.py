@@ -9,7 +9,7 @@ from datetime import datetime
 from functools import lru_cache
 
 from services.common.clock import to_millis
-from services.common.contract import CONCRETE_SCOPES, Destination, Destinations, Identifier, Scope
+from services.common.contract import CONCRETE_SCOPES, Action, Destination, Destinations, Identifier, Scope
 from services.common.errors import PoisonMessage
 from services.common.records import PostalAddressRecord, SuppressionCommandRecord
 from services.domain.enrichment import all_emails, all_phones, all_postal_addresses
@@ -35,6 +35,14 @@ _NAMESPACE_BYTES = COMMAND_NAMESPACE.bytes
 # The same instants recur in a batch (its issue time; a request's deadline and request time
 # in each of its commands): converted once each.
 _millis = lru_cache(maxsize=4096)(to_millis)
+# Enum values by a dictionary lookup (``Enum.value`` is a Python-level property), a request's
+# scopes per combination (a few sorted combinations exist).
+_ACTION_VALUE = {a: a.value for a in Action}
+
+
+@lru_cache(maxsize=256)
+def _scope_values(scopes: tuple[Scope, ...]) -> tuple[str, ...]:
+    return tuple(s.value for s in scopes)
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,8 @@ def applicable_destinations(request: OptOutRequest, destinations: Destinations) 
             "no_destination_for_scope",
             f"no destination serves {', '.join(unserved)} (see the destinations file)",
         )
+    if request.enrichment is None:  # the usual case: one bit mask per request
+        return _applicable_by_mask(request, routed, _needs(destinations, request.scopes))
     values = _identifier_values(request)
     chosen = []
     for dest in routed:
@@ -129,6 +139,52 @@ def applicable_destinations(request: OptOutRequest, destinations: Destinations) 
     if not chosen:
         raise PoisonMessage("missing_identifier_for_scope", "no destination can act on this request")
     return chosen
+
+
+# A request's identifiers as bits (a hash travels with its value: the same bit).
+_BIT = {
+    Identifier.CUSTOMER_ID: 1,
+    Identifier.EMAIL: 2,
+    Identifier.EMAIL_SHA256: 2,
+    Identifier.PHONE: 4,
+    Identifier.PHONE_SHA256: 4,
+    Identifier.POSTAL_ADDRESS: 8,
+    Identifier.DEVICE_ID: 16,
+}
+
+
+def _applicable_by_mask(
+    request: OptOutRequest, routed: tuple[Destination, ...], needs: tuple[int, ...]
+) -> list[Destination]:
+    """``applicable_destinations`` for a request without enrichment (the values
+    ``_identifier_values`` gives are then the request's own): the same choice and errors,
+    each destination's ``requires_one_of`` as a bit mask (``_needs``)."""
+    present = (
+        (1 if request.customer_id else 0)
+        | (2 if request.email else 0)
+        | (4 if request.phone else 0)
+        | (8 if request.postal_address else 0)
+        | (16 if request.device_id else 0)
+    )
+    chosen = []
+    for dest, need in zip(routed, needs, strict=True):
+        if present & need:
+            chosen.append(dest)
+        elif Scope.ALL not in request.scopes:
+            wanted = " or ".join(sorted(i.value for i in dest.requires_one_of))
+            raise PoisonMessage(
+                "missing_identifier_for_scope", f"{dest.id} needs {wanted}, which the request lacks"
+            )
+    if not chosen:
+        raise PoisonMessage("missing_identifier_for_scope", "no destination can act on this request")
+    return chosen
+
+
+@lru_cache(maxsize=256)
+def _needs(destinations: Destinations, scopes: tuple[Scope, ...]) -> tuple[int, ...]:
+    """The ``requires_one_of`` bit mask of each destination ``_routing`` gives."""
+    routed, _ = _routing(destinations, scopes)
+    return tuple(sum({_BIT[i] for i in dest.requires_one_of}) for dest in routed)
 
 
 @lru_cache(maxsize=256)
@@ -214,10 +270,10 @@ def command_for(
         phone_sha256=_hash(slot.phone, request.phone, request.phone_sha256)
         if Identifier.PHONE_SHA256 in has
         else None,
-        scopes=[s.value for s in request.scopes],
+        scopes=list(_scope_values(request.scopes)),
         issued_at=_millis(issued_at),
         deadline=_millis(request.due_at),
-        action=request.action.value,
+        action=_ACTION_VALUE[request.action],
         requested_at=_millis(request.requested_at),
         device_id=request.device_id if Identifier.DEVICE_ID in has else None,
     )

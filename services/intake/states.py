@@ -6,11 +6,13 @@ connections) or by two intake processes (the same person's requests keyed differ
 on different partitions), and they commit in any order. Each chunk's own view of the state,
 read inside its transaction, can miss the other's change; published in the wrong order, the
 topic's last (and, after compaction, only) message of the subject would be stale. So once a
-batch has committed, intake reads the subjects' **current** state and produces it **under a
-per-subject lock held until the broker acknowledged it** (transaction-level advisory locks,
-taken in key order). Whatever the interleaving, a later message of a subject on the topic
-comes from a later read, and a later read sees every commit before it; every commit is
-followed by such a read, so the last message is the state after every commit.
+chunk has committed, intake reads the subjects it changed in their **current** state and
+produces it **under a per-subject lock held until the broker acknowledged it**
+(transaction-level advisory locks, taken in key order), on a thread and a producer of their
+own while the batch's next chunks are written (issue #15). Whatever the interleaving, a
+later message of a subject on the topic comes from a later read, and a later read sees every
+commit before it; every commit is followed by such a read, so the last message is the state
+after every commit.
 """
 
 from __future__ import annotations
@@ -75,6 +77,17 @@ def _instant(moment: datetime) -> bytes:
 
 _name = lru_cache(maxsize=256)(_string)
 _FLAG = (b"\x00", b"\x01")
+# A row's instant and request id, encoded once per request: a request's rows recur in each of
+# its scopes and subjects (about four rows per request). Bounded: emptied when full.
+_MIDDLES: dict[tuple[datetime, str], bytes] = {}
+_MIDDLES_MAX = 65536
+
+
+def _middle(since: datetime, request_id: str) -> bytes:
+    if len(_MIDDLES) >= _MIDDLES_MAX:
+        _MIDDLES.clear()
+    piece = _MIDDLES[(since, request_id)] = _instant(since) + _string(request_id)
+    return piece
 
 
 def state_encoder(codec: Codec) -> StateEncoder:
@@ -93,12 +106,19 @@ def state_encoder(codec: Codec) -> StateEncoder:
     header = MARKER + latest.fingerprint
 
     def encode_state_v1(subject: str, rows: Sequence[StateRow], now: datetime) -> bytes | None:
-        if not any(row[2] for row in rows):
-            return None
+        for row in rows:
+            if row[2]:
+                break
+        else:
+            return None  # nothing suppressed (or no row): a tombstone
         # The scopes as one array block (its item count, the items), then the empty block.
         parts = [header, _string(subject), varint(len(rows))]
+        middles = _MIDDLES
         for _, scope, suppressed, since, request_id, action in rows:
-            parts += (_name(scope), _FLAG[suppressed], _instant(since), _string(request_id), _name(action))
+            middle = middles.get((since, request_id))
+            if middle is None:
+                middle = _middle(since, request_id)
+            parts += (_name(scope), _FLAG[suppressed], middle, _name(action))
         parts += (b"\x00", _instant(now))
         return b"".join(parts)
 

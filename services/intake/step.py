@@ -27,7 +27,7 @@ from services.common.avro import Codec
 from services.common.clock import Clock
 from services.common.db import LazyConnection, first_line
 from services.common.errors import PoisonMessage
-from services.common.kafka import DeliveryTracker, dead_letter
+from services.common.kafka import DeliveryTracker, dead_letter, make_producer
 from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.domain.planning import PlannedCommand, plan_commands
@@ -97,7 +97,8 @@ class _Summary:
     dead: int = 0
     commands: int = 0
     superseded: int = 0
-    states: set[str] = field(default_factory=set)  # subjects whose state goes to the topic
+    # Each committed chunk's subject states, being published (``IntakeStep._publish_states``).
+    publishing: list[Future[int]] = field(default_factory=list)
 
 
 # Records a chunk of requests (unique event ids) and their commands in one transaction.
@@ -113,6 +114,7 @@ class IntakeStep:
         clock: Clock,
         recorder: Recorder | None = None,
         directory: Directory | None = None,
+        states_producer: Producer | None = None,
     ) -> None:
         self.settings = settings
         self._recorder = recorder or self._record_in_database
@@ -135,6 +137,11 @@ class IntakeStep:
         self._topic = settings.requests_topic
         self._states_topic = settings.suppressions_topic
         self._states_db: LazyConnection | None = None  # reads what goes to that topic
+        # Subject states go out chunk by chunk as chunks commit, on a thread of their own with
+        # a producer of their own (delivery reports are counted per tracker: one thread
+        # produces and polls each producer). A test's fake recorder publishes no state.
+        self._states_producer = states_producer or (make_producer(settings) if recorder is None else producer)
+        self._states_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake-states")
         self._command_topics: dict[str, str] = {}  # destination id -> its command topic
         for d in ("processed", "duplicate", "dead_lettered"):
             metrics.MESSAGES_CONSUMED.labels(SERVICE, self._topic, d)
@@ -145,8 +152,11 @@ class IntakeStep:
 
     def close(self) -> None:
         self._db.shutdown(wait=True)
+        self._states_pool.shutdown(wait=True)
         self._directory.close()
         self.producer.flush(10)
+        if self._states_producer is not self.producer:
+            self._states_producer.flush(10)
         for conn in self._conns.values():
             conn.close()
         self._conns.clear()
@@ -157,9 +167,11 @@ class IntakeStep:
         """Record and fan out a batch, pipelined in chunks: while database workers (one
         connection each, ``OPTOUT_INTAKE_DATABASE_CONNECTIONS``) write chunks *n*, *n+1*
         (PostgreSQL works on other cores), this thread decodes and validates the next one,
-        then encodes and produces the oldest committed chunk's commands. Chunks hold
-        distinct event ids (duplicates within a batch are removed first), so concurrent
-        writes never wait on each other.
+        then encodes and produces the oldest committed chunk's commands, and hands the
+        chunk's changed subjects to the states thread (``_publish_states``), which publishes
+        their current state while the next chunks are written. Chunks hold distinct event
+        ids (duplicates within a batch are removed first), so concurrent writes never wait
+        on each other.
         Returns only when every chunk is committed and every message delivered. If a
         chunk fails, the whole batch is retried: chunks already committed then count as
         duplicates and only their unacknowledged commands are sent again.
@@ -183,9 +195,10 @@ class IntakeStep:
                 self._fan_out(*in_flight.popleft(), tracker, summary)
         while in_flight:
             self._fan_out(*in_flight.popleft(), tracker, summary)
-        self._publish_states(tracker, summary.states)
         started = time.monotonic()
         tracker.wait()
+        for published in summary.publishing:  # each delivered before its locks went
+            published.result()
         metrics.PRODUCE_SECONDS.labels(SERVICE).observe(time.monotonic() - started)
         self._count(len(messages), summary)
 
@@ -250,7 +263,8 @@ class IntakeStep:
                 if event_id in outcome.new or command.command_id in outcome.resend:
                     self._send_command(tracker, command)
                     summary.commands += 1
-        summary.states |= outcome.states
+        if outcome.states:
+            summary.publishing.append(self._states_pool.submit(self._publish_states, outcome.states))
         for message, why in dead:
             dead_letter(tracker, self.settings.requests_dlq_topic, message, why.reason, why.detail, SERVICE)
             metrics.DEAD_LETTERED.labels(SERVICE, why.reason).inc()
@@ -316,12 +330,11 @@ class IntakeStep:
         metrics.DB_SECONDS.labels(SERVICE, "record_batch").observe(time.monotonic() - started)
         return outcome
 
-    def _publish_states(self, tracker: DeliveryTracker, subjects: set[str]) -> None:
-        """Once every chunk of the batch has committed: the current state of every subject
-        the batch changed, to the compacted topic optout.suppressions, in an order that
-        leaves the newest state last (``services.intake.states``)."""
-        if not subjects:
-            return
+    def _publish_states(self, subjects: set[str]) -> int:
+        """On the states thread, once a chunk has committed: the current state of every
+        subject it changed, to the compacted topic optout.suppressions, under the subjects'
+        locks until delivered (``services.intake.states``). A subject two chunks of a batch
+        changed is published after each commit: the later read sees both."""
         if self._states_db is None:
             self._states_db = LazyConnection(
                 self.settings.dsn(),
@@ -329,9 +342,15 @@ class IntakeStep:
                 prepared_statements=self.settings.database_prepared_statements,
             )
         published = publish_current_states(
-            self._states_db, tracker, self.codec, self._states_topic, subjects, self.clock.now()
+            self._states_db,
+            DeliveryTracker(self._states_producer),
+            self.codec,
+            self._states_topic,
+            subjects,
+            self.clock.now(),
         )
         STATES_PUBLISHED.inc(published)
+        return published
 
     def _send_command(self, tracker: DeliveryTracker, command: PlannedCommand) -> None:
         topic = self._command_topics.get(command.destination)

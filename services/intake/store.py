@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 import psycopg
@@ -42,7 +43,7 @@ from services.domain.preferences import (
 )
 from services.domain.validation import OptOutRequest
 from services.intake.enrich import enrichment_columns
-from services.suppression.entries import Entry, Kind, entries_of, seal
+from services.suppression.entries import Entry, Kind, entries_of, nonces, seal
 
 _SCOPE_VALUES = frozenset(s.value for s in Scope)
 # A request's scopes travel as one text per request, split in SQL (``string_to_array``): a
@@ -100,11 +101,12 @@ class ListedEntries:
                 else:
                     merged[key] = (entry, [*seen[1], request])  # the latest value wins
         listed = cls()
+        fresh = nonces(len(merged))
         for row, key in enumerate(sorted(merged), start=1):
             entry, named_by = merged[key]
             listed.kinds.append(key[0])
             listed.hashes.append(key[1])
-            listed.sealed.append(seal(ring, entry))
+            listed.sealed.append(seal(ring, entry, fresh[row - 1]))
             listed.scopes.append(SCOPE_SEPARATOR.join(sorted({s for r in named_by for s in scopes(r)})))
             listed.first.append(named_by[0].event_id)
             listed.last.append(named_by[-1].event_id)
@@ -492,6 +494,9 @@ def _decide(
         ),
     )
     if cur.rowcount == len(keys):  # the usual case: the chunk won every row it proposed
+        alone = effective_when_all_won(candidates, len(keys))
+        if alone is not None:
+            return alone, {k[0] for k in keys}
         won = keys
         lost: list[Key] = []
     else:
@@ -505,6 +510,26 @@ def _decide(
         cur.execute(_STATE_OF, (text_array([k[0] for k in lost]), text_array([k[1].value for k in lost])))
         after.update({(subject, _SCOPES[scope]): bool(v) for subject, scope, v in cur.fetchall()})
     return {r.event_id: effective_scopes(r, after) for r in candidates}, {k[0] for k in won}
+
+
+def effective_when_all_won(
+    candidates: Sequence[OptOutRequest], keys: int
+) -> dict[str, frozenset[Scope]] | None:
+    """When the chunk won every one of its ``keys`` rows (``newest_per_key``) and no two of
+    its requests share a (subject, scope): each request takes effect for all its scopes,
+    what ``effective_scopes`` gives then, without a lookup per subject and scope. None when
+    that does not hold (some request shares a row, or names no subject)."""
+    if keys != sum(len(r.subjects) * len(_concrete_set(r.scopes)) for r in candidates):
+        return None
+    if not all(r.subjects for r in candidates):
+        return None
+    return {r.event_id: _concrete_set(r.scopes) for r in candidates}
+
+
+@lru_cache(maxsize=256)
+def _concrete_set(scopes: tuple[Scope, ...]) -> frozenset[Scope]:
+    """A request's concrete scopes as a set (a few sorted combinations exist)."""
+    return frozenset(concrete_scopes(scopes))
 
 
 def _listed_scopes(request: OptOutRequest, effective: frozenset[Scope]) -> list[str]:

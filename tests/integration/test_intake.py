@@ -319,3 +319,51 @@ def test_the_compacted_topic_ends_with_the_newest_state_when_chunks_commit_out_o
     last = states[-1].decoded()
     suppressed = {s["scope"] for s in last["scopes"] if s["suppressed"]}
     assert {"EMAIL_MARKETING", "SMS_MARKETING"} <= suppressed, last
+
+
+def test_states_go_out_chunk_by_chunk_and_the_last_one_is_the_batch_outcome(base_settings):
+    """Each chunk's changed subjects are published once it commits (issue #15), on the
+    states thread, while later chunks are written: a person opted out in the first chunk and
+    back in in the third gets one message per chunk that changed them, and the topic ends with
+    the tombstone of the batch's outcome as soon as ``submit`` returns."""
+    from confluent_kafka import Message
+
+    from services.common.clock import SystemClock
+    from services.domain.identity import sha256_hex
+    from services.intake.step import IntakeStep
+
+    cfg = isolated_settings(base_settings, intake_pipeline_chunk=1, intake_database_connections=2)
+    email = f"chunks.{uuid.uuid4().hex[:8]}@example.com"
+    now = datetime.now(UTC)
+    publisher = RequestPublisher(cfg)
+    prepared = [
+        publisher.prepare(
+            _event(0, ["EMAIL_MARKETING"], email=email, requested_at=now - timedelta(seconds=3))
+        ),
+        publisher.prepare(_event(1, ["EMAIL_MARKETING"], requested_at=now - timedelta(seconds=2))),
+        publisher.prepare(
+            _event(
+                0, ["EMAIL_MARKETING"], email=email, action="OPT_IN", requested_at=now - timedelta(seconds=1)
+            )
+        ),
+    ]
+    codec = default_codec()
+    messages = [
+        Message(
+            topic=cfg.requests_topic,
+            partition=0,
+            offset=i,
+            key=b"k",
+            value=codec.encode("OptOutRequested", p.record),
+        )
+        for i, p in enumerate(prepared)
+    ]
+    step = IntakeStep(cfg, make_producer(cfg), codec, SystemClock())
+    try:
+        step.submit(messages)
+        subject = f"email_sha256:{sha256_hex(email)}"
+        states = [r for r in read_topic(cfg, cfg.suppressions_topic) if r.key == subject.encode()]
+    finally:
+        step.close()
+    assert len(states) == 2, states  # after the first chunk's commit and after the third's
+    assert states[-1].value is None  # opted back in: nothing suppressed, a tombstone

@@ -146,3 +146,46 @@ def test_a_schema_the_generator_does_not_handle_stays_with_fastavro(tmp_path: Pa
     codec = Codec(tmp_path)
     assert codec.latest("Tagged").writer is None
     assert codec.decode(codec.encode("Tagged", {"tags": {"a": "b"}})) == ("Tagged", {"tags": {"a": "b"}})
+
+
+def _plain_varint(n: int) -> bytes:
+    z = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while z & ~0x7F:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)
+
+
+EDGES = [s * (2**k + d) for k in (34, 35, 41, 42, 62) for d in (-1, 0, 1) for s in (1, -1)]
+
+
+@settings(max_examples=500, deadline=None)
+@given(n=st.one_of(LONG, MILLIS, st.sampled_from(EDGES)))
+def test_the_unrolled_varint_is_the_plain_one(n: int) -> None:
+    from services.common.avro_compiled import _varint
+
+    assert _varint(n) == _plain_varint(n)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(millis=st.lists(st.one_of(MILLIS, st.sampled_from(EDGES[:24]), MOMENTS), min_size=1, max_size=4))
+def test_timestamps_written_again_from_the_recent_cache_are_fastavros_bytes(millis: list[Any]) -> None:
+    """A timestamp field's value seen lately is appended from ``write_long``'s cache."""
+    codec = default_codec()
+    schema = codec.latest("SuppressionCommand")
+    assert schema.writer is not None
+    for issued in millis * 2:  # the second round hits the cache
+        record = {
+            "command_id": "c",
+            "request_id": "r",
+            "destination": "d",
+            "scopes": ["ALL"],
+            "issued_at": issued,
+            "deadline": issued,
+            "requested_at": issued,
+        }
+        out = bytearray()
+        schema.writer(out, record)
+        assert bytes(out) == _fastavro_bytes(schema.parsed, record)

@@ -6,6 +6,7 @@ import json
 import unicodedata
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from hypothesis import given, settings
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from benchmarks.common import generate_events
 from services.common.avro import default_codec
-from services.common.contract import Scope
+from services.common.contract import Identifier, Scope
 from services.domain.deadlines import deadline_of, governing_rule_of
 from services.domain.identity import normalize_email, sha256_hex
 from services.domain.preferences import newest_per_key, proposed, wins
@@ -212,7 +213,7 @@ def test_a_newer_state_schema_is_written_through_the_codec(tmp_path: Path) -> No
 def test_routing_computed_once_per_scopes_is_the_plain_routing(
     scopes: tuple[Scope, ...], served: list[Scope]
 ) -> None:
-    from services.common.contract import Destination, Destinations, Identifier
+    from services.common.contract import Destination, Destinations
     from services.common.settings import Settings
     from services.domain.planning import _routing
 
@@ -231,3 +232,216 @@ def test_routing_computed_once_per_scopes_is_the_plain_routing(
             routed, unserved = _routing(destinations, scopes)
             assert list(routed) == destinations.for_scopes(scopes)
             assert list(unserved) == plain_unserved
+
+
+def _parsed_e164(text: str, region: str) -> str | None:
+    """The plain computation: phonenumbers' parse, possibility check and E.164 format."""
+    import phonenumbers
+
+    try:
+        parsed = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(parsed):
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    digits=st.text(alphabet="0123456789", min_size=10, max_size=10),
+    region=st.sampled_from(["US", "CA", "GB", "DE", "FR", "IN", "BR", "JP", "ZZ"]),
+    pad=st.sampled_from(["", " ", "\t", "  \n"]),
+)
+def test_a_nanp_e164_number_is_returned_as_phonenumbers_would_format_it(
+    digits: str, region: str, pad: str
+) -> None:
+    from services.domain.identity import is_nanp_e164, normalize_phone
+
+    text = "+1" + digits
+    assert is_nanp_e164(text)
+    assert normalize_phone(pad + text + pad, region) == text == _parsed_e164(text, region)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.text(alphabet="+0123456789\u0661\u0662 -()", min_size=1, max_size=16))
+def test_the_nanp_shortcut_takes_nothing_else(text: str) -> None:
+    from services.domain.identity import is_nanp_e164
+
+    if is_nanp_e164(text):
+        assert text[:2] == "+1" and len(text) == 12 and all(c in "0123456789" for c in text[2:])
+        assert _parsed_e164(text, "US") == text
+
+
+IDENTIFIER_SETS = st.frozensets(st.sampled_from(list(Identifier)))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    scopes=SCOPE_SETS,
+    has=st.fixed_dictionaries(
+        {k: st.booleans() for k in ("customer_id", "email", "phone", "postal_address", "device_id")}
+    ),
+    requires=st.lists(IDENTIFIER_SETS, min_size=1, max_size=4),
+)
+def test_destinations_chosen_by_bit_mask_are_those_the_identifier_values_choose(
+    scopes: tuple[Scope, ...], has: dict[str, bool], requires: list[frozenset[Identifier]]
+) -> None:
+    """``applicable_destinations`` of a request without enrichment (bit masks) chooses and
+    refuses exactly as the plain check of ``_identifier_values`` does."""
+    import dataclasses
+
+    from services.common.contract import Destination, Destinations
+    from services.common.errors import PoisonMessage
+    from services.common.settings import Settings
+    from services.domain.planning import _identifier_values, _routing, applicable_destinations
+
+    base = validate_request(
+        {
+            "event_id": "e-1",
+            "customer_id": "C-1",
+            "email": "a@example.com",
+            "phone": "+12025550123",
+            "postal_address": {
+                "name": "A B",
+                "lines": ["1 Main St"],
+                "city": "Springfield",
+                "region": None,
+                "postal_code": "12345",
+                "country": "US",
+            },
+            "device_id": "dev-1",
+            "scopes": [s.value for s in scopes],
+            "requested_at": datetime(2026, 1, 1, tzinfo=UTC),
+        },
+        datetime(2026, 1, 2, tzinfo=UTC),
+        timedelta(seconds=60),
+    )
+    request = dataclasses.replace(base, **{k: getattr(base, k) if v else None for k, v in has.items()})
+
+    def plain(destinations: Destinations) -> list[str] | str:
+        routed, unserved = _routing(destinations, request.scopes)
+        if unserved:
+            return "no_destination_for_scope"
+        values = _identifier_values(request)
+        chosen = []
+        for dest in routed:
+            if any(values[i] for i in dest.requires_one_of):
+                chosen.append(dest.id)
+            elif Scope.ALL not in request.scopes:
+                return f"missing {dest.id}"
+        return chosen or "missing none"
+
+    def fast(destinations: Destinations) -> list[str] | str:
+        try:
+            return [d.id for d in applicable_destinations(request, destinations)]
+        except PoisonMessage as poison:
+            if poison.reason == "no_destination_for_scope":
+                return poison.reason
+            return f"missing {poison.detail.split(' ')[0]}" if "needs" in poison.detail else "missing none"
+
+    concrete = [s for s in Scope if s is not Scope.ALL]
+    made = Destinations(
+        Destination(f"d{i}", frozenset({concrete[i % len(concrete)]}), frozenset(Identifier), r)
+        for i, r in enumerate(requires)
+    )
+    for destinations in (Settings().destinations, made):
+        assert fast(destinations) == plain(destinations)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    people=st.lists(
+        st.tuples(
+            st.sampled_from([None, "C-1", "C-2", "C-3"]),
+            st.sampled_from([None, "a@example.com", "b@example.com"]),
+            SCOPE_SETS,
+            st.sampled_from(["OPT_OUT", "OPT_IN"]),
+            st.integers(min_value=0, max_value=3),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_effective_scopes_when_the_chunk_won_every_row_are_the_plain_ones(
+    people: list[tuple[str | None, str | None, tuple[Scope, ...], str, int]],
+) -> None:
+    """``effective_when_all_won`` (no two requests of the chunk share a row) gives what
+    ``effective_scopes`` gives with the chunk's winners applied, and declines otherwise."""
+    from services.domain.preferences import effective_scopes
+    from services.intake.store import effective_when_all_won
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    requests = [
+        validate_request(
+            {
+                "event_id": f"e-{i}",
+                "customer_id": customer,
+                "email": email if email or customer else "z@example.com",
+                "scopes": [s.value for s in scopes],
+                "action": action,
+                "requested_at": start + timedelta(minutes=minute),
+            },
+            start + timedelta(days=1),
+            timedelta(seconds=60),
+        )
+        for i, (customer, email, scopes, action, minute) in enumerate(people)
+    ]
+    winners = newest_per_key(requests)
+    after = {k: w.suppressed for k, w in winners.items()}
+    got = effective_when_all_won(requests, len(winners))
+    keys = [(s, c) for r in requests for s in r.subjects for c in proposed_scopes(r)]
+    if len(keys) == len(set(keys)):
+        assert got == {r.event_id: effective_scopes(r, after) for r in requests}
+    else:
+        assert got is None
+
+
+def proposed_scopes(request: Any) -> tuple[Scope, ...]:
+    from services.domain.preferences import concrete_scopes
+
+    return concrete_scopes(request.scopes)
+
+
+def _email_checks(raw: str) -> str | None:
+    """The full checks of ``normalize_email`` with its shortcut switched off."""
+    from unittest import mock
+
+    from services.common.errors import PoisonMessage
+    from services.domain import identity
+
+    with mock.patch.object(identity, "_PLAIN_EMAIL", identity.re.compile(r"(?!)")):
+        try:
+            return identity.normalize_email(raw)
+        except PoisonMessage:
+            return None
+
+
+EMAIL_PARTS = st.text(alphabet='abcXYZ019._%+-@ "\\é\u200b', min_size=0, max_size=12)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    local=EMAIL_PARTS,
+    domain=EMAIL_PARTS,
+    tld=st.sampled_from(["com", "c0m", "-x", "x-", "", "co.uk", "a" * 64]),
+)
+def test_the_plain_email_shortcut_accepts_only_what_the_full_checks_return_unchanged(
+    local: str, domain: str, tld: str
+) -> None:
+    from services.domain.identity import _PLAIN_EMAIL, normalize_email
+
+    for raw in (f"{local}@{domain}.{tld}", f"{local}@{domain}", local, f"{local}.{domain}@{tld}"):
+        full = _email_checks(raw)
+        if _PLAIN_EMAIL.fullmatch(raw) and len(raw) <= 254:
+            assert full == raw
+        assert (normalize_email(raw) if full is not None else None) == full
+
+
+def test_the_plain_email_shortcut_takes_the_generated_addresses() -> None:
+    from services.domain.identity import _PLAIN_EMAIL
+
+    emails = [e.record["email"] for e in generate_events(500) if e.record["email"]]
+    plain = [e for e in emails if e.isascii()]  # the generator also writes names like josé
+    assert len(plain) > len(emails) / 2 and all(_PLAIN_EMAIL.fullmatch(e) for e in plain)
+    assert all(_email_checks(e) == e for e in emails)

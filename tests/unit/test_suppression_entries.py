@@ -111,3 +111,15 @@ def test_intake_refuses_to_start_with_the_dev_key_in_production():
         IntakeStep(
             Settings().model_copy(update={"env": "production"}), producer, default_codec(), ManualClock(NOW)
         )
+
+
+def test_nonces_drawn_at_once_are_distinct_and_open_their_entries():
+    from services.suppression.entries import nonces
+
+    drawn = nonces(1000)
+    assert len(drawn) == 1000 and {len(n) for n in drawn} == {12} and len(set(drawn)) == 1000
+    assert nonces(0) == []
+    ring = suppression_ring(Settings())
+    entry = Entry(Kind.EMAIL, "ab" * 32, "jane@example.com")
+    sealed = seal(ring, entry, drawn[0])
+    assert open_value(ring, Kind.EMAIL, entry.sha256, sealed) == "jane@example.com"
