@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -127,9 +128,18 @@ def applicable_destinations(request: OptOutRequest, destinations: Destinations) 
     if request.enrichment is None:  # the usual case: one bit mask per request
         return _applicable_by_mask(request, routed, _needs(destinations, request.scopes))
     values = _identifier_values(request)
+    return _chosen(request, routed, lambda _n, dest: any(values[i] for i in dest.requires_one_of))
+
+
+def _chosen(
+    request: OptOutRequest, routed: tuple[Destination, ...], acts: Callable[[int, Destination], bool]
+) -> list[Destination]:
+    """The destinations of ``routed`` that ``acts`` on the request (given each one's position
+    and itself); one that cannot is an error unless the request is for ALL scopes, and so is
+    none at all."""
     chosen = []
-    for dest in routed:
-        if any(values[i] for i in dest.requires_one_of):
+    for position, dest in enumerate(routed):
+        if acts(position, dest):
             chosen.append(dest)
         elif Scope.ALL not in request.scopes:
             needs = " or ".join(sorted(i.value for i in dest.requires_one_of))
@@ -166,18 +176,7 @@ def _applicable_by_mask(
         | (8 if request.postal_address else 0)
         | (16 if request.device_id else 0)
     )
-    chosen = []
-    for dest, need in zip(routed, needs, strict=True):
-        if present & need:
-            chosen.append(dest)
-        elif Scope.ALL not in request.scopes:
-            wanted = " or ".join(sorted(i.value for i in dest.requires_one_of))
-            raise PoisonMessage(
-                "missing_identifier_for_scope", f"{dest.id} needs {wanted}, which the request lacks"
-            )
-    if not chosen:
-        raise PoisonMessage("missing_identifier_for_scope", "no destination can act on this request")
-    return chosen
+    return _chosen(request, routed, lambda position, _dest: bool(present & needs[position]))
 
 
 @lru_cache(maxsize=256)

@@ -7,10 +7,11 @@ import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Message, Producer
 from psycopg import sql
 
 from services.common.avro import default_codec
@@ -260,13 +261,21 @@ def test_survives_the_database_going_away_for_ten_seconds(base_settings, databas
     assert {r.decoded()["request_id"] for r in commands} == set(ids)
 
 
+def request_messages(topic: str, records: list[dict[str, Any]]) -> list[Message]:
+    """Consumed OptOutRequested messages of ``records`` (offsets 0, 1, ...), for a step's
+    ``submit`` called directly."""
+    codec = default_codec()
+    return [
+        Message(topic=topic, partition=0, offset=i, key=b"k", value=codec.encode("OptOutRequested", r))
+        for i, r in enumerate(records)
+    ]
+
+
 def test_the_compacted_topic_ends_with_the_newest_state_when_chunks_commit_out_of_order(base_settings):
     """Two chunks of one batch change one person's state (an opt-out of email, one of SMS),
     and the later chunk commits first: the last message of that person on
     optout.suppressions must still be the state after both (it was the first chunk's own
     view, read inside its transaction, before the fix)."""
-    from confluent_kafka import Message
-
     from services.common.clock import SystemClock
     from services.domain.identity import sha256_hex
     from services.intake.step import IntakeStep
@@ -298,17 +307,7 @@ def test_the_compacted_topic_ends_with_the_newest_state_when_chunks_commit_out_o
             second_done.set()
 
     step._recorder = recorder
-    codec = default_codec()
-    messages = [
-        Message(
-            topic=cfg.requests_topic,
-            partition=0,
-            offset=i,
-            key=b"k",
-            value=codec.encode("OptOutRequested", p.record),
-        )
-        for i, p in enumerate((first, second))
-    ]
+    messages = request_messages(cfg.requests_topic, [first.record, second.record])
     try:
         step.submit(messages)
     finally:
@@ -326,8 +325,6 @@ def test_states_go_out_chunk_by_chunk_and_the_last_one_is_the_batch_outcome(base
     states thread, while later chunks are written: a person opted out in the first chunk and
     back in in the third gets one message per chunk that changed them, and the topic ends with
     the tombstone of the batch's outcome as soon as ``submit`` returns."""
-    from confluent_kafka import Message
-
     from services.common.clock import SystemClock
     from services.domain.identity import sha256_hex
     from services.intake.step import IntakeStep
@@ -347,18 +344,8 @@ def test_states_go_out_chunk_by_chunk_and_the_last_one_is_the_batch_outcome(base
             )
         ),
     ]
-    codec = default_codec()
-    messages = [
-        Message(
-            topic=cfg.requests_topic,
-            partition=0,
-            offset=i,
-            key=b"k",
-            value=codec.encode("OptOutRequested", p.record),
-        )
-        for i, p in enumerate(prepared)
-    ]
-    step = IntakeStep(cfg, make_producer(cfg), codec, SystemClock())
+    messages = request_messages(cfg.requests_topic, [p.record for p in prepared])
+    step = IntakeStep(cfg, make_producer(cfg), default_codec(), SystemClock())
     try:
         step.submit(messages)
         subject = f"email_sha256:{sha256_hex(email)}"
