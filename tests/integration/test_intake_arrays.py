@@ -11,38 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.common.arrays import bool_array, int_array, text_array
+from tests.support.hostile_text import HOSTILE
 
-HOSTILE = [
-    "",
-    " ",
-    " lead",
-    "trail ",
-    "a b",
-    '"q"',
-    "back\\slash",
-    "a,b",
-    "{x}",
-    "}{",
-    "NULL",
-    "null",
-    "nUlL",
-    "nullish",
-    "x\ty",
-    "line\nbreak",
-    "cr\r",
-    "\v\f",
-    "é",
-    "日本語",
-    "\u00a0nbsp",
-    "\u2003",
-    "[1:1]={a}",
-    "'",
-    '\\"',
-    "\\",
-    '"',
-    "ab12ef",
-    "5f0c9e1a-0000-4000-8000-000000000000",
-]
 # PostgreSQL text holds no NUL character, UTF-8 no lone surrogate (either way psycopg refuses it).
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=10)
 VALUES = st.lists(st.one_of(st.none(), st.sampled_from(HOSTILE), TEXT), max_size=8)

@@ -20,6 +20,7 @@ from services.domain.identity import normalize_email, sha256_hex
 from services.domain.preferences import newest_per_key, proposed, wins
 from services.domain.validation import postal_key, validate_request
 from services.suppression.entries import entries_of, identifier_entries
+from tests.support.hostile_text import HOSTILE
 
 SCOPE_SETS = st.lists(st.sampled_from(list(Scope)), min_size=1, max_size=3).map(
     lambda s: tuple(sorted(set(s)))
@@ -106,30 +107,6 @@ def _read_text_array(literal: str) -> list[str | None]:
         i += 1
 
 
-HOSTILE = [
-    "",
-    " ",
-    "a b",
-    ' "q" ',
-    "back\\slash",
-    "a,b",
-    "{x}",
-    "}{",
-    "NULL",
-    "null",
-    "Null",
-    "nullish",
-    "x\ty",
-    "line\nbreak",
-    "é",
-    "日本",
-    "\u00a0",
-    "[1:1]={a}",
-    "'",
-    '\\"',
-    "\\",
-    '"',
-]
 TEXTS = st.lists(st.one_of(st.none(), st.sampled_from(HOSTILE), st.text(max_size=12)), max_size=12)
 
 
