@@ -26,7 +26,7 @@ from services.common import metrics
 from services.common.avro import Codec
 from services.common.clock import Clock
 from services.common.db import LazyConnection, first_line
-from services.common.errors import PoisonMessage
+from services.common.errors import PoisonMessage, RetriableError
 from services.common.kafka import DeliveryTracker, dead_letter, make_producer
 from services.common.logging import get_logger
 from services.common.settings import Settings
@@ -126,8 +126,13 @@ class IntakeStep:
         self._directory = directory or (
             directory_for(settings, self._ring) if recorder is None else NoDirectory()
         )
-        # One connection per database worker thread (keyed by thread id).
-        self._conns: dict[int, LazyConnection] = {}
+        # One connection per database worker thread (keyed by thread id), and the epoch each
+        # was opened in. A batch that failed bumps the epoch: every thread then opens its
+        # connection anew on its next use. After an outage (backends terminated) each idle
+        # connection would otherwise fail one attempt of the batch in turn, each attempt
+        # followed by a longer backoff (three workers and the states thread: up to four).
+        self._conns: dict[int, tuple[LazyConnection, int]] = {}
+        self._epoch = 0
         self._db = ThreadPoolExecutor(
             max_workers=settings.intake_database_connections, thread_name_prefix="intake-db"
         )
@@ -136,7 +141,7 @@ class IntakeStep:
         self._region = settings.default_phone_region
         self._topic = settings.requests_topic
         self._states_topic = settings.suppressions_topic
-        self._states_db: LazyConnection | None = None  # reads what goes to that topic
+        self._states_db: tuple[LazyConnection, int] | None = None  # reads what goes to that topic
         # Subject states go out chunk by chunk as chunks commit, on a thread of their own with
         # a producer of their own (delivery reports are counted per tracker: one thread
         # produces and polls each producer). A test's fake recorder publishes no state.
@@ -157,11 +162,11 @@ class IntakeStep:
         self.producer.flush(10)
         if self._states_producer is not self.producer:
             self._states_producer.flush(10)
-        for conn in self._conns.values():
+        for conn, _ in self._conns.values():
             conn.close()
         self._conns.clear()
         if self._states_db is not None:
-            self._states_db.close()
+            self._states_db[0].close()
 
     def submit(self, messages: Sequence[Message]) -> None:
         """Record and fan out a batch, pipelined in chunks: while database workers (one
@@ -177,7 +182,11 @@ class IntakeStep:
         duplicates and only their unacknowledged commands are sent again.
         The cyclic garbage collector is paused while the batch is in hand (``paused_gc``)."""
         with paused_gc():
-            self._submit(messages)
+            try:
+                self._submit(messages)
+            except RetriableError:
+                self._epoch += 1  # every connection is opened anew on its next use
+                raise
 
     def _submit(self, messages: Sequence[Message]) -> None:
         now = self.clock.now()
@@ -312,12 +321,17 @@ class IntakeStep:
         self, requests: list[OptOutRequest], commands: dict[str, list[PlannedCommand]], now: datetime
     ) -> RecordOutcome:
         worker = threading.get_ident()
-        conn = self._conns.get(worker)
-        if conn is None:
-            conn = self._conns[worker] = LazyConnection(
-                self.settings.dsn(), prepared_statements=self.settings.database_prepared_statements
+        held = self._conns.get(worker)
+        if held is None or held[1] != self._epoch:
+            if held is not None:
+                held[0].close()  # opened before the last failure: maybe terminated since
+            held = self._conns[worker] = (
+                LazyConnection(
+                    self.settings.dsn(), prepared_statements=self.settings.database_prepared_statements
+                ),
+                self._epoch,
             )
-        return conn.run(lambda c: record_batch(c, requests, commands, now, self._ring))
+        return held[0].run(lambda c: record_batch(c, requests, commands, now, self._ring))
 
     def _record(self, items: list[_Accepted], now: Any) -> RecordOutcome:
         started = time.monotonic()
@@ -335,14 +349,19 @@ class IntakeStep:
         subject it changed, to the compacted topic optout.suppressions, under the subjects'
         locks until delivered (``services.intake.states``). A subject two chunks of a batch
         changed is published after each commit: the later read sees both."""
-        if self._states_db is None:
-            self._states_db = LazyConnection(
-                self.settings.dsn(),
-                autocommit=True,
-                prepared_statements=self.settings.database_prepared_statements,
+        if self._states_db is None or self._states_db[1] != self._epoch:
+            if self._states_db is not None:
+                self._states_db[0].close()  # opened before the last failure (see _conns)
+            self._states_db = (
+                LazyConnection(
+                    self.settings.dsn(),
+                    autocommit=True,
+                    prepared_statements=self.settings.database_prepared_statements,
+                ),
+                self._epoch,
             )
         published = publish_current_states(
-            self._states_db,
+            self._states_db[0],
             DeliveryTracker(self._states_producer),
             self.codec,
             self._states_topic,

@@ -357,3 +357,38 @@ def test_states_go_out_chunk_by_chunk_and_the_last_one_is_the_batch_outcome(base
         step.close()
     assert len(states) == 2, states  # after the first chunk's commit and after the third's
     assert states[-1].value is None  # opted back in: nothing suppressed, a tombstone
+
+
+def test_after_the_database_dropped_its_connections_one_failed_attempt_is_enough(base_settings, database):
+    """Every connection of intake (each database worker's and the states thread's) opened
+    before a failed batch is opened anew on its next use: once the database has terminated
+    them all, one attempt of the batch fails and the next succeeds. Each stale connection
+    failed an attempt of its own before, each followed by a longer backoff (an outage's
+    catch-up took up to twice as long)."""
+    from services.common.clock import SystemClock
+    from services.common.errors import RetriableError
+    from services.intake.step import IntakeStep
+
+    cfg = isolated_settings(base_settings, intake_pipeline_chunk=1, intake_database_connections=2)
+    publisher = RequestPublisher(cfg)
+
+    def batch() -> tuple[list[Message], list[str]]:
+        records = [publisher.prepare(_event(i, ["EMAIL_MARKETING"])).record for i in range(4)]
+        return request_messages(cfg.requests_topic, records), [str(r["event_id"]) for r in records]
+
+    step = IntakeStep(cfg, make_producer(cfg), default_codec(), SystemClock())
+    try:
+        step.submit(batch()[0])  # opens both workers' connections and the states thread's
+        with psycopg.connect(database["superuser"], autocommit=True) as su:
+            su.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (database["name"],),
+            )
+        again, ids = batch()
+        with pytest.raises(RetriableError):
+            step.submit(again)
+        step.submit(again)
+    finally:
+        step.close()
+    assert _count_rows(cfg.dsn(), ids)[0] == 4
