@@ -300,24 +300,25 @@ class DedupeStore:
                     ),
                 )
             )
-        if outcomes:
+        kept = [_clipped(o) for o in outcomes]  # as the store keeps them
+        if kept:
             statements.append(
                 (
                     _RECORD,
                     (
-                        text_array([o.command_id for o in outcomes]),
-                        text_array([o.request_id for o in outcomes]),
-                        text_array([o.status.value for o in outcomes]),
-                        text_array([clip_detail(o.detail) for o in outcomes]),
-                        text_array([o.applied_at.isoformat() for o in outcomes]),
+                        text_array([o.command_id for o in kept]),
+                        text_array([o.request_id for o in kept]),
+                        text_array([o.status.value for o in kept]),
+                        text_array([o.detail for o in kept]),
+                        text_array([o.applied_at.isoformat() for o in kept]),
                         self.destination,
                     ),
                 )
             )
         rows = self._pipelined(statements, commit=True)
-        if not outcomes:
+        if not kept:
             return {}
-        stored = {o.command_id: _clipped(o) for o in outcomes}
+        stored = {o.command_id: o for o in kept}
         stored.update((r[0], _row(r)) for r in rows)  # another writer's outcome won
         return stored
 
