@@ -307,6 +307,43 @@ def _wait_until_served(admin: AdminClient, topics: Sequence[str], timeout: float
     check()
 
 
+class _ConfigNotServedYet(RetriableError):
+    pass
+
+
+def _wait_until_configs_served(admin: AdminClient, wanted: dict[str, dict[str, str]], timeout: float) -> None:
+    """Return once the broker describes every topic of ``wanted`` with the values given.
+
+    Like topic creation, KRaft answers IncrementalAlterConfigs when the controller has
+    committed the change, and the broker applies it a moment later: a describe right after
+    could still show the old value (seen on CI). Raises ``RetriableError`` after ``timeout``."""
+
+    @retry(
+        retry=retry_if_exception_type(_ConfigNotServedYet),
+        wait=wait_exponential(multiplier=0.02, max=0.5),
+        stop=stop_after_delay(timeout),
+        reraise=True,
+    )
+    def check() -> None:
+        described = admin.describe_configs(
+            [ConfigResource("TOPIC", t) for t in wanted], request_timeout=timeout
+        )
+        pending = []
+        for resource, future in described.items():
+            entries = future.result(timeout)
+            values = {
+                name: entries[name].value if name in entries else None for name in wanted[resource.name]
+            }
+            if values != wanted[resource.name]:
+                pending.append(resource.name)
+        if pending:
+            raise _ConfigNotServedYet(
+                f"topic settings changed but not yet served by the broker: {sorted(pending)}"
+            )
+
+    check()
+
+
 @dataclass(frozen=True)
 class RetentionChange:
     topic: str
@@ -348,6 +385,11 @@ def apply_pii_retention(settings: Settings, timeout: float = 30.0) -> list[Reten
     )
     for future in altered.values():
         future.result(timeout)
+    _wait_until_configs_served(
+        admin,
+        {topic: {e.name: str(e.value) for e in entries} for topic, (_, entries) in changes.items()},
+        timeout,
+    )
     return [changes[t][0] for t in topics if t in changes]
 
 
@@ -377,6 +419,7 @@ def apply_min_insync_replicas(settings: Settings, timeout: float = 30.0) -> list
     )
     for future in altered.values():
         future.result(timeout)
+    _wait_until_configs_served(admin, {t: {MIN_INSYNC_REPLICAS: str(wanted)} for t in differing}, timeout)
     return [t for t in topics if t in differing]
 
 
