@@ -28,7 +28,8 @@ endif
 
 .PHONY: help install up down run test test-unit test-integration test-faults check fmt \
         bench-intake bench-e2e bench-web bench-suppression bench-connectors bench-resources \
-        bench-memory bench-pk-read bench-lookup bench-scrub bench-replay bench-intake-scale k8s-render clean
+        bench-memory bench-pk-read bench-lookup bench-scrub bench-replay bench-intake-scale bench-call-cpu \
+        k8s-render clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -122,6 +123,9 @@ bench-intake-scale: install ## intake from 1 to 3 processes on the replicated cl
 bench-connectors: install ## commands/s of each connector kind vs its stand-in's ceiling (bare client)
 	$(PY) -m services.devstack up
 	$(WITH_STACK) $(PY) -m benchmarks.bench_connectors
+
+bench-call-cpu: install ## CPU of one provider call per client library (botocore vs httpx)
+	$(PY) -m benchmarks.bench_call_cpu
 
 bench-resources: install ## memory and CPU of every service process under load (the k8s resource figures)
 	$(PY) -m services.devstack up
