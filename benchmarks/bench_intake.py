@@ -35,6 +35,7 @@ import argparse
 import cProfile
 import gc
 import io
+import json
 import os
 import pstats
 import signal
@@ -251,6 +252,111 @@ def run_naive(env: BenchEnv, out: BenchEnv, events: int, timeout: float) -> Meas
     )
 
 
+# --- where (c)'s CPU goes: intake's threads, PostgreSQL's backends, produce requests ------------
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_cpu(path: str) -> float | None:
+    """utime + stime of /proc/<pid>[/task/<tid>]/stat in seconds (None once it is gone)."""
+    try:
+        with open(path, "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _thread_group(name: str) -> str:
+    """A thread's group: pool threads share their prefix, librdkafka's threads are 'rdk:'."""
+    for prefix in ("intake-db", "intake-states", "rdk:"):
+        if name.startswith(prefix):
+            return prefix.rstrip("_:") if prefix != "rdk:" else "librdkafka"
+    return name
+
+
+class CostMeter:
+    """CPU of this process by thread group, of the PostgreSQL backends connected to one
+    database (read from /proc: the server runs on this machine), and the produce requests of
+    some producers (librdkafka statistics), sampled while a run goes on: threads and backends
+    keep their totals until they end, so the last sample before the run stops is the total."""
+
+    def __init__(self, superuser_url: str | None, database: str) -> None:
+        self._database = database
+        self._conn = psycopg.connect(superuser_url, autocommit=True) if superuser_url else None
+        self._backends: dict[int, float] = {}
+        self._threads: dict[int, tuple[str, float]] = {}
+        self._produce_requests: dict[str, int] = {}
+        self._messages: dict[str, int] = {}
+
+    def stats_cb(self, name: str) -> Callable[[str], None]:
+        """A librdkafka ``stats_cb`` counting produce requests and messages sent to brokers."""
+
+        def on_stats(raw: str) -> None:
+            stats = json.loads(raw)
+            brokers = stats.get("brokers", {}).values()
+            self._produce_requests[name] = sum(int(b.get("req", {}).get("Produce", 0)) for b in brokers)
+            self._messages[name] = int(stats.get("txmsgs", 0))
+
+        return on_stats
+
+    def sample(self) -> None:
+        names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+        for entry in os.listdir("/proc/self/task"):
+            tid = int(entry)
+            cpu = _proc_cpu(f"/proc/self/task/{entry}/stat")
+            if cpu is None:
+                continue
+            name = names.get(tid)
+            if name is None:
+                try:
+                    with open(f"/proc/self/task/{entry}/comm") as f:
+                        name = f.read().strip()
+                except OSError:
+                    continue
+            self._threads[tid] = (_thread_group(name), cpu)
+        if self._conn is None:
+            return
+        pids = self._conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s", (self._database,)
+        ).fetchall()
+        for (pid,) in pids:
+            cpu = _proc_cpu(f"/proc/{pid}/stat")
+            if cpu is not None:
+                self._backends[pid] = cpu
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+    def report(self, events: int, before: dict[int, tuple[str, float]]) -> list[str]:
+        groups: dict[str, float] = {}
+        for tid, (group, cpu) in self._threads.items():
+            start = before.get(tid, (group, 0.0))[1]
+            groups[group] = groups.get(group, 0.0) + cpu - start
+        per = 1e6 / events
+        lines = ["  CPU per event by thread (/proc, sampled until done; µs):"]
+        for group, cpu in sorted(groups.items(), key=lambda g: -g[1]):
+            if cpu * per >= 0.5:
+                lines.append(f"    {group:22s} {cpu * per:7.1f}")
+        if self._backends:
+            total = sum(self._backends.values())
+            lines.append(
+                f"  PostgreSQL backends of the bench database: {total * per:7.1f} µs of CPU per event "
+                f"({len(self._backends)} backends; WAL writer/checkpointer not counted)"
+            )
+        for name, requests in sorted(self._produce_requests.items()):
+            messages = self._messages.get(name, 0)
+            lines.append(
+                f"  producer {name:8s}: {requests / events:.3f} produce requests per event, "
+                f"{messages / max(requests, 1):,.0f} messages per request"
+            )
+        return lines
+
+    def threads_now(self) -> dict[int, tuple[str, float]]:
+        self.sample()
+        return dict(self._threads)
+
+
 # --- (c) our intake -----------------------------------------------------------------------------
 class TimedStep:
     """Wraps the real ``IntakeStep``: records when the first batch arrived, how many
@@ -297,6 +403,7 @@ class OursResult:
     commands: int
     breakdown: list[str]
     cpu_seconds: float = 0.0  # this process's CPU time during the run (every thread)
+    costs: tuple[str, ...] = ()  # CPU by thread, PostgreSQL's backends, produce requests
 
 
 def run_ours(
@@ -306,10 +413,19 @@ def run_ours(
     timeout: float,
     label: str = "(c) ours",
     profiler: cProfile.Profile | None = None,
+    superuser_url: str | None = None,
 ) -> OursResult:
     settings = env.settings
     before = _histogram_sums()
-    step = TimedStep(IntakeStep(settings, make_producer(settings), default_codec(), SystemClock()))
+    meter = CostMeter(superuser_url, env.database)
+    stats = {"statistics.interval.ms": 500}
+    commands_producer = make_producer(settings, **stats, stats_cb=meter.stats_cb("commands"))
+    states_producer = make_producer(settings, **stats, stats_cb=meter.stats_cb("states"))
+    step = TimedStep(
+        IntakeStep(
+            settings, commands_producer, default_codec(), SystemClock(), states_producer=states_producer
+        )
+    )
     tune_gc()  # as ``optout run intake`` does
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -327,6 +443,7 @@ def run_ours(
     watch = EndOffsets(settings, env.suppress_topics())
     dlq = EndOffsets(settings, [settings.requests_dlq_topic])
     progress = Progress(label, events)
+    threads0 = meter.threads_now()
     cpu0, subscribed = time.process_time(), time.monotonic()
     thread = threading.Thread(target=target, name="intake", daemon=True)
     thread.start()
@@ -340,12 +457,15 @@ def run_ours(
                 raise RuntimeError(f"intake: {step.submitted}/{events} submitted within {timeout:.0f}s")
             if watch.total() >= commands and count_rows(env.dsn(), "requests") >= events:
                 ended = time.monotonic()
+                meter.sample()
                 break
             progress.update(step.submitted)
+            meter.sample()
             time.sleep(0.1)
     finally:
         stop.set()
         thread.join(60)
+        meter.close()
     cpu = time.process_time() - cpu0
     delivered, dead = watch.total(), dlq.total()
     watch.close()
@@ -382,7 +502,7 @@ def run_ours(
         "(wall minus optout_batch_processing_seconds)",
     ]
     measurement = Measurement(label, events, wall, phase.detail())
-    return OursResult(measurement, commands, breakdown, cpu)
+    return OursResult(measurement, commands, breakdown, cpu, tuple(meter.report(events, threads0)))
 
 
 # --- the serial limit: (a) + COPY + bare produce of the same work --------------------------------
@@ -897,7 +1017,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.skip_naive:
             naive = run_naive(env, naive_env, args.naive_events, args.timeout)
             note(f"(b) naive: {naive.rate:,.0f} ev/s")
-        ours = run_ours(env, args.events, loaded.commands, args.timeout)
+        ours = run_ours(
+            env, args.events, loaded.commands, args.timeout, superuser_url=stack.superuser_database_url
+        )
         note(f"(c) ours: {ours.measurement.rate:,.0f} ev/s")
         limit_env = open_env(stack, "limit", args.partitions, **overrides)
         try:
@@ -964,6 +1086,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(target >= {100 * TARGET_SHARE:.0f}%: {'met' if share >= TARGET_SHARE else 'NOT met'})",
         f"(c) took {1e6 * ours.cpu_seconds / args.events:,.0f} µs of this process's CPU per event (all its "
         "threads: intake, database workers, librdkafka; steadier than rates on a busy machine)",
+        *ours.costs,
         "",
         *ours.breakdown,
         *(directory.breakdown if directory else []),
