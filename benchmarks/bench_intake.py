@@ -85,7 +85,7 @@ from services.domain.planning import plan_commands
 from services.domain.validation import decode_request, normalize_postal_address, validate_request
 from services.intake.service import tune_gc
 from services.intake.states import publish_current_states
-from services.intake.step import SERVICE, IntakeStep
+from services.intake.step import SERVICE, IntakeStep, intake_producer
 from services.intake.store import record_batch
 from services.suppression.entries import suppression_ring
 
@@ -274,6 +274,22 @@ def _thread_group(name: str) -> str:
     return name
 
 
+def broker_pids() -> list[int]:
+    """The Kafka brokers running on this machine (JVMs whose main class is kafka.Kafka)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                words = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"kafka.Kafka" in words:
+            found.append(int(entry))
+    return found
+
+
 class CostMeter:
     """CPU of this process by thread group, of the PostgreSQL backends connected to one
     database (read from /proc: the server runs on this machine), and the produce requests of
@@ -287,6 +303,8 @@ class CostMeter:
         self._threads: dict[int, tuple[str, float]] = {}
         self._produce_requests: dict[str, int] = {}
         self._messages: dict[str, int] = {}
+        self._brokers = {pid: _proc_cpu(f"/proc/{pid}/stat") or 0.0 for pid in broker_pids()}
+        self._broker_cpu = 0.0
 
     def stats_cb(self, name: str) -> Callable[[str], None]:
         """A librdkafka ``stats_cb`` counting produce requests and messages sent to brokers."""
@@ -314,6 +332,9 @@ class CostMeter:
                 except OSError:
                     continue
             self._threads[tid] = (_thread_group(name), cpu)
+        self._broker_cpu = sum(
+            (_proc_cpu(f"/proc/{pid}/stat") or 0.0) - start for pid, start in self._brokers.items()
+        )
         if self._conn is None:
             return
         pids = self._conn.execute(
@@ -343,6 +364,11 @@ class CostMeter:
             lines.append(
                 f"  PostgreSQL backends of the bench database: {total * per:7.1f} µs of CPU per event "
                 f"({len(self._backends)} backends; WAL writer/checkpointer not counted)"
+            )
+        if self._brokers:
+            lines.append(
+                f"  Kafka broker process: {self._broker_cpu * per:7.1f} µs of CPU per event (the whole "
+                "broker: other runs on the machine using it count too)"
             )
         for name, requests in sorted(self._produce_requests.items()):
             messages = self._messages.get(name, 0)
@@ -418,9 +444,11 @@ def run_ours(
     settings = env.settings
     before = _histogram_sums()
     meter = CostMeter(superuser_url, env.database)
-    stats = {"statistics.interval.ms": 500}
-    commands_producer = make_producer(settings, **stats, stats_cb=meter.stats_cb("commands"))
-    states_producer = make_producer(settings, **stats, stats_cb=meter.stats_cb("states"))
+    stats: dict[str, Any] = {"statistics.interval.ms": 500}
+    if os.environ.get("BENCH_INTAKE_LINGER_MS"):  # for comparisons: intake's producers at another linger
+        stats["linger.ms"] = int(os.environ["BENCH_INTAKE_LINGER_MS"])
+    commands_producer = intake_producer(settings, **stats, stats_cb=meter.stats_cb("commands"))
+    states_producer = intake_producer(settings, **stats, stats_cb=meter.stats_cb("states"))
     step = TimedStep(
         IntakeStep(
             settings, commands_producer, default_codec(), SystemClock(), states_producer=states_producer
@@ -526,17 +554,34 @@ def run_copy_limit(done: BenchEnv, limit: BenchEnv, events: int) -> Measurement:
             counts[table] = count_rows(done.dsn(), table)
     note("(limit) COPY " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
     with psycopg.connect(limit.dsn()) as conn, conn.cursor() as cur:
+        backend = f"/proc/{conn.info.backend_pid}/stat"
+        cpu0 = _proc_cpu(backend)
         started = time.monotonic()
+        per_table: dict[str, float] = {}
         for table in LIMIT_TABLES:
+            before = _proc_cpu(backend)
             with cur.copy(sql.SQL("COPY {} FROM STDIN").format(sql.Identifier(table))) as copy:
                 data = dumps[table]
                 for start in range(0, len(data), 1 << 20):
                     copy.write(data[start : start + (1 << 20)])
+            after = _proc_cpu(backend)
+            if before is not None and after is not None:
+                per_table[table] = after - before
         conn.commit()
         ended = time.monotonic()
+        cpu1 = _proc_cpu(backend)
     rows = sum(counts.values())
+    cpu = "" if cpu0 is None or cpu1 is None else f", backend CPU {1e6 * (cpu1 - cpu0) / events:.0f} µs/event"
+    if per_table:
+        note(
+            "(limit) COPY backend CPU per event: "
+            + ", ".join(f"{t} {1e6 * c / events:.1f} µs" for t, c in per_table.items())
+        )
     return Measurement(
-        "(limit) COPY the same rows", events, ended - started, f"{rows:,} rows ({rows / events:.1f}/event)"
+        "(limit) COPY the same rows",
+        events,
+        ended - started,
+        f"{rows:,} rows ({rows / events:.1f}/event){cpu}",
     )
 
 
@@ -574,7 +619,7 @@ def run_produce_limit(done: BenchEnv, limit: BenchEnv, events: int) -> Measureme
     targets = dict(zip(sources, [*limit.suppress_topics(), limit.settings.suppressions_topic], strict=True))
     messages = drain(done.settings, sources)
     note(f"(limit) produce {len(messages):,} messages read back from (c)'s topics")
-    producer = make_producer(limit.settings)
+    producer = intake_producer(limit.settings)
     failures: list[str] = []
 
     def on_delivery(err: KafkaError | None, _msg: Message) -> None:
