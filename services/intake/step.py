@@ -303,9 +303,10 @@ class IntakeStep:
             )
         summary.new += len(outcome.new)
         summary.superseded += len(outcome.superseded)
-        for item in prepared.accepted:
-            if item.request.event_id in outcome.superseded:
-                SUPERSEDED.labels(item.request.action.value).inc()
+        if outcome.superseded:
+            for item in prepared.accepted:
+                if item.request.event_id in outcome.superseded:
+                    SUPERSEDED.labels(item.request.action.value).inc()
         summary.duplicates += len(outcome.duplicates) + prepared.in_batch_duplicates
         summary.dead += len(dead)
 
