@@ -47,7 +47,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
@@ -862,11 +862,45 @@ def cpu_profile(events: int, seed: int, settings: Settings) -> list[str]:
 
 
 # --- intake's database-thread work alone --------------------------------------------------------
+# Backend CPU per statement (``--db-profile``): statement's first words -> (seconds, runs).
+_STATEMENT_CPU: dict[str, tuple[float, int]] = {}
+
+
+def _backend_seconds(pid: int) -> float:
+    """CPU time a backend has run (``/proc/<pid>/schedstat``, nanoseconds: finer than ticks)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0]) / 1e9
+
+
+class TimedCursor(psycopg.Cursor[Any]):
+    """A cursor adding each statement's backend CPU time to ``_STATEMENT_CPU`` (the server
+    runs on this machine)."""
+
+    def execute(
+        self,
+        query: Any,
+        params: Any = None,
+        *,
+        prepare: bool | None = None,
+        binary: bool | None = None,
+    ) -> Self:
+        pid = self.connection.info.backend_pid
+        before = _backend_seconds(pid)
+        try:
+            return super().execute(query, params, prepare=prepare, binary=binary)
+        finally:
+            text = query.decode() if isinstance(query, bytes) else str(query)
+            key = " ".join(text.split())[:48]
+            seconds, runs = _STATEMENT_CPU.get(key, (0.0, 0))
+            _STATEMENT_CPU[key] = (seconds + _backend_seconds(pid) - before, runs + 1)
+
+
 def db_profile(stack: Any, events: int, seed: int, partitions: int, with_cprofile: bool = False) -> list[str]:
     """Record ``events`` generated events in chunks of ``OPTOUT_INTAKE_PIPELINE_CHUNK`` on one
     connection (``record_batch``, as a database worker does), then publish the states they
     changed (``publish_current_states``, as the intake thread does after the batch), all on
-    this thread: its CPU time per event for each (excluding PostgreSQL's and the broker's)."""
+    this thread: its CPU time per event for each, its PostgreSQL backend's, and the backend's
+    per statement (``TimedCursor``; the broker's is not counted)."""
     env = open_env(stack, "dbprofile", partitions)
     try:
         settings = env.settings
@@ -894,6 +928,9 @@ def db_profile(stack: Any, events: int, seed: int, partitions: int, with_cprofil
         size = settings.intake_pipeline_chunk
         profile = cProfile.Profile()
         switch: Callable[[], None] = profile.enable if with_cprofile else (lambda: None)
+        conn.get().cursor_factory = TimedCursor
+        states_db.get().cursor_factory = TimedCursor
+        _STATEMENT_CPU.clear()
         record_backend = f"/proc/{conn.get().info.backend_pid}/stat"
         states_backend = f"/proc/{states_db.get().info.backend_pid}/stat"
         backend0 = _proc_cpu(record_backend) or 0.0
@@ -935,6 +972,12 @@ def db_profile(stack: Any, events: int, seed: int, partitions: int, with_cprofil
         f"  publish states     {1e6 * states_cpu / events:6.1f} µs of CPU per event "
         f"(and {1e6 * states_pg / events:.1f} µs of its PostgreSQL backend's) "
         f"({len(subjects) / events:.2f} states per event; reading, encoding, producing, delivery reports)",
+        "  PostgreSQL backend CPU per statement (µs per event, runs):",
+        *(
+            f"    {1e6 * seconds / events:6.1f}  {runs:5d}x  {key}"
+            for key, (seconds, runs) in sorted(_STATEMENT_CPU.items(), key=lambda kv: -kv[1][0])
+            if 1e6 * seconds / events >= 0.1
+        ),
         *(
             [
                 "",
