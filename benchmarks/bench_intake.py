@@ -35,6 +35,7 @@ import argparse
 import cProfile
 import gc
 import io
+import json
 import os
 import pstats
 import signal
@@ -46,7 +47,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
@@ -84,7 +85,7 @@ from services.domain.planning import plan_commands
 from services.domain.validation import decode_request, normalize_postal_address, validate_request
 from services.intake.service import tune_gc
 from services.intake.states import publish_current_states
-from services.intake.step import SERVICE, IntakeStep
+from services.intake.step import SERVICE, IntakeStep, intake_producer
 from services.intake.store import record_batch
 from services.suppression.entries import suppression_ring
 
@@ -251,6 +252,137 @@ def run_naive(env: BenchEnv, out: BenchEnv, events: int, timeout: float) -> Meas
     )
 
 
+# --- where (c)'s CPU goes: intake's threads, PostgreSQL's backends, produce requests ------------
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_cpu(path: str) -> float | None:
+    """utime + stime of /proc/<pid>[/task/<tid>]/stat in seconds (None once it is gone)."""
+    try:
+        with open(path, "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _thread_group(name: str) -> str:
+    """A thread's group: pool threads share their prefix, librdkafka's threads are 'rdk:'."""
+    for prefix in ("intake-db", "intake-states", "rdk:"):
+        if name.startswith(prefix):
+            return prefix.rstrip("_:") if prefix != "rdk:" else "librdkafka"
+    return name
+
+
+def broker_pids() -> list[int]:
+    """The Kafka brokers running on this machine (JVMs whose main class is kafka.Kafka)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                words = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"kafka.Kafka" in words:
+            found.append(int(entry))
+    return found
+
+
+class CostMeter:
+    """CPU of this process by thread group, of the PostgreSQL backends connected to one
+    database (read from /proc: the server runs on this machine), and the produce requests of
+    some producers (librdkafka statistics), sampled while a run goes on: threads and backends
+    keep their totals until they end, so the last sample before the run stops is the total."""
+
+    def __init__(self, superuser_url: str | None, database: str) -> None:
+        self._database = database
+        self._conn = psycopg.connect(superuser_url, autocommit=True) if superuser_url else None
+        self._backends: dict[int, float] = {}
+        self._threads: dict[int, tuple[str, float]] = {}
+        self._produce_requests: dict[str, int] = {}
+        self._messages: dict[str, int] = {}
+        self._brokers = {pid: _proc_cpu(f"/proc/{pid}/stat") or 0.0 for pid in broker_pids()}
+        self._broker_cpu = 0.0
+
+    def stats_cb(self, name: str) -> Callable[[str], None]:
+        """A librdkafka ``stats_cb`` counting produce requests and messages sent to brokers."""
+
+        def on_stats(raw: str) -> None:
+            stats = json.loads(raw)
+            brokers = stats.get("brokers", {}).values()
+            self._produce_requests[name] = sum(int(b.get("req", {}).get("Produce", 0)) for b in brokers)
+            self._messages[name] = int(stats.get("txmsgs", 0))
+
+        return on_stats
+
+    def sample(self) -> None:
+        names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+        for entry in os.listdir("/proc/self/task"):
+            tid = int(entry)
+            cpu = _proc_cpu(f"/proc/self/task/{entry}/stat")
+            if cpu is None:
+                continue
+            name = names.get(tid)
+            if name is None:
+                try:
+                    with open(f"/proc/self/task/{entry}/comm") as f:
+                        name = f.read().strip()
+                except OSError:
+                    continue
+            self._threads[tid] = (_thread_group(name), cpu)
+        self._broker_cpu = sum(
+            (_proc_cpu(f"/proc/{pid}/stat") or 0.0) - start for pid, start in self._brokers.items()
+        )
+        if self._conn is None:
+            return
+        pids = self._conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s", (self._database,)
+        ).fetchall()
+        for (pid,) in pids:
+            cpu = _proc_cpu(f"/proc/{pid}/stat")
+            if cpu is not None:
+                self._backends[pid] = cpu
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+    def report(self, events: int, before: dict[int, tuple[str, float]]) -> list[str]:
+        groups: dict[str, float] = {}
+        for tid, (group, cpu) in self._threads.items():
+            start = before.get(tid, (group, 0.0))[1]
+            groups[group] = groups.get(group, 0.0) + cpu - start
+        per = 1e6 / events
+        lines = ["  CPU per event by thread (/proc, sampled until done; µs):"]
+        for group, cpu in sorted(groups.items(), key=lambda g: -g[1]):
+            if cpu * per >= 0.5:
+                lines.append(f"    {group:22s} {cpu * per:7.1f}")
+        if self._backends:
+            total = sum(self._backends.values())
+            lines.append(
+                f"  PostgreSQL backends of the bench database: {total * per:7.1f} µs of CPU per event "
+                f"({len(self._backends)} backends; WAL writer/checkpointer not counted)"
+            )
+        if self._brokers:
+            lines.append(
+                f"  Kafka broker process: {self._broker_cpu * per:7.1f} µs of CPU per event (the whole "
+                "broker: other runs on the machine using it count too)"
+            )
+        for name, requests in sorted(self._produce_requests.items()):
+            messages = self._messages.get(name, 0)
+            lines.append(
+                f"  producer {name:8s}: {requests / events:.3f} produce requests per event, "
+                f"{messages / max(requests, 1):,.0f} messages per request"
+            )
+        return lines
+
+    def threads_now(self) -> dict[int, tuple[str, float]]:
+        self.sample()
+        return dict(self._threads)
+
+
 # --- (c) our intake -----------------------------------------------------------------------------
 class TimedStep:
     """Wraps the real ``IntakeStep``: records when the first batch arrived, how many
@@ -297,6 +429,7 @@ class OursResult:
     commands: int
     breakdown: list[str]
     cpu_seconds: float = 0.0  # this process's CPU time during the run (every thread)
+    costs: tuple[str, ...] = ()  # CPU by thread, PostgreSQL's backends, produce requests
 
 
 def run_ours(
@@ -306,10 +439,21 @@ def run_ours(
     timeout: float,
     label: str = "(c) ours",
     profiler: cProfile.Profile | None = None,
+    superuser_url: str | None = None,
 ) -> OursResult:
     settings = env.settings
     before = _histogram_sums()
-    step = TimedStep(IntakeStep(settings, make_producer(settings), default_codec(), SystemClock()))
+    meter = CostMeter(superuser_url, env.database)
+    stats: dict[str, Any] = {"statistics.interval.ms": 500}
+    if os.environ.get("BENCH_INTAKE_LINGER_MS"):  # for comparisons: intake's producers at another linger
+        stats["linger.ms"] = int(os.environ["BENCH_INTAKE_LINGER_MS"])
+    commands_producer = intake_producer(settings, **stats, stats_cb=meter.stats_cb("commands"))
+    states_producer = intake_producer(settings, **stats, stats_cb=meter.stats_cb("states"))
+    step = TimedStep(
+        IntakeStep(
+            settings, commands_producer, default_codec(), SystemClock(), states_producer=states_producer
+        )
+    )
     tune_gc()  # as ``optout run intake`` does
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -327,6 +471,7 @@ def run_ours(
     watch = EndOffsets(settings, env.suppress_topics())
     dlq = EndOffsets(settings, [settings.requests_dlq_topic])
     progress = Progress(label, events)
+    threads0 = meter.threads_now()
     cpu0, subscribed = time.process_time(), time.monotonic()
     thread = threading.Thread(target=target, name="intake", daemon=True)
     thread.start()
@@ -340,12 +485,15 @@ def run_ours(
                 raise RuntimeError(f"intake: {step.submitted}/{events} submitted within {timeout:.0f}s")
             if watch.total() >= commands and count_rows(env.dsn(), "requests") >= events:
                 ended = time.monotonic()
+                meter.sample()
                 break
             progress.update(step.submitted)
+            meter.sample()
             time.sleep(0.1)
     finally:
         stop.set()
         thread.join(60)
+        meter.close()
     cpu = time.process_time() - cpu0
     delivered, dead = watch.total(), dlq.total()
     watch.close()
@@ -382,7 +530,7 @@ def run_ours(
         "(wall minus optout_batch_processing_seconds)",
     ]
     measurement = Measurement(label, events, wall, phase.detail())
-    return OursResult(measurement, commands, breakdown, cpu)
+    return OursResult(measurement, commands, breakdown, cpu, tuple(meter.report(events, threads0)))
 
 
 # --- the serial limit: (a) + COPY + bare produce of the same work --------------------------------
@@ -406,17 +554,34 @@ def run_copy_limit(done: BenchEnv, limit: BenchEnv, events: int) -> Measurement:
             counts[table] = count_rows(done.dsn(), table)
     note("(limit) COPY " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
     with psycopg.connect(limit.dsn()) as conn, conn.cursor() as cur:
+        backend = f"/proc/{conn.info.backend_pid}/stat"
+        cpu0 = _proc_cpu(backend)
         started = time.monotonic()
+        per_table: dict[str, float] = {}
         for table in LIMIT_TABLES:
+            before = _proc_cpu(backend)
             with cur.copy(sql.SQL("COPY {} FROM STDIN").format(sql.Identifier(table))) as copy:
                 data = dumps[table]
                 for start in range(0, len(data), 1 << 20):
                     copy.write(data[start : start + (1 << 20)])
+            after = _proc_cpu(backend)
+            if before is not None and after is not None:
+                per_table[table] = after - before
         conn.commit()
         ended = time.monotonic()
+        cpu1 = _proc_cpu(backend)
     rows = sum(counts.values())
+    cpu = "" if cpu0 is None or cpu1 is None else f", backend CPU {1e6 * (cpu1 - cpu0) / events:.0f} µs/event"
+    if per_table:
+        note(
+            "(limit) COPY backend CPU per event: "
+            + ", ".join(f"{t} {1e6 * c / events:.1f} µs" for t, c in per_table.items())
+        )
     return Measurement(
-        "(limit) COPY the same rows", events, ended - started, f"{rows:,} rows ({rows / events:.1f}/event)"
+        "(limit) COPY the same rows",
+        events,
+        ended - started,
+        f"{rows:,} rows ({rows / events:.1f}/event){cpu}",
     )
 
 
@@ -454,7 +619,7 @@ def run_produce_limit(done: BenchEnv, limit: BenchEnv, events: int) -> Measureme
     targets = dict(zip(sources, [*limit.suppress_topics(), limit.settings.suppressions_topic], strict=True))
     messages = drain(done.settings, sources)
     note(f"(limit) produce {len(messages):,} messages read back from (c)'s topics")
-    producer = make_producer(limit.settings)
+    producer = intake_producer(limit.settings)
     failures: list[str] = []
 
     def on_delivery(err: KafkaError | None, _msg: Message) -> None:
@@ -697,11 +862,45 @@ def cpu_profile(events: int, seed: int, settings: Settings) -> list[str]:
 
 
 # --- intake's database-thread work alone --------------------------------------------------------
+# Backend CPU per statement (``--db-profile``): statement's first words -> (seconds, runs).
+_STATEMENT_CPU: dict[str, tuple[float, int]] = {}
+
+
+def _backend_seconds(pid: int) -> float:
+    """CPU time a backend has run (``/proc/<pid>/schedstat``, nanoseconds: finer than ticks)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0]) / 1e9
+
+
+class TimedCursor(psycopg.Cursor[Any]):
+    """A cursor adding each statement's backend CPU time to ``_STATEMENT_CPU`` (the server
+    runs on this machine)."""
+
+    def execute(
+        self,
+        query: Any,
+        params: Any = None,
+        *,
+        prepare: bool | None = None,
+        binary: bool | None = None,
+    ) -> Self:
+        pid = self.connection.info.backend_pid
+        before = _backend_seconds(pid)
+        try:
+            return super().execute(query, params, prepare=prepare, binary=binary)
+        finally:
+            text = query.decode() if isinstance(query, bytes) else str(query)
+            key = " ".join(text.split())[:48]
+            seconds, runs = _STATEMENT_CPU.get(key, (0.0, 0))
+            _STATEMENT_CPU[key] = (seconds + _backend_seconds(pid) - before, runs + 1)
+
+
 def db_profile(stack: Any, events: int, seed: int, partitions: int, with_cprofile: bool = False) -> list[str]:
     """Record ``events`` generated events in chunks of ``OPTOUT_INTAKE_PIPELINE_CHUNK`` on one
     connection (``record_batch``, as a database worker does), then publish the states they
     changed (``publish_current_states``, as the intake thread does after the batch), all on
-    this thread: its CPU time per event for each (excluding PostgreSQL's and the broker's)."""
+    this thread: its CPU time per event for each, its PostgreSQL backend's, and the backend's
+    per statement (``TimedCursor``; the broker's is not counted)."""
     env = open_env(stack, "dbprofile", partitions)
     try:
         settings = env.settings
@@ -729,6 +928,12 @@ def db_profile(stack: Any, events: int, seed: int, partitions: int, with_cprofil
         size = settings.intake_pipeline_chunk
         profile = cProfile.Profile()
         switch: Callable[[], None] = profile.enable if with_cprofile else (lambda: None)
+        conn.get().cursor_factory = TimedCursor
+        states_db.get().cursor_factory = TimedCursor
+        _STATEMENT_CPU.clear()
+        record_backend = f"/proc/{conn.get().info.backend_pid}/stat"
+        states_backend = f"/proc/{states_db.get().info.backend_pid}/stat"
+        backend0 = _proc_cpu(record_backend) or 0.0
         for start in range(0, events, size):
             chunk = requests[start : start + size]
             started = time.thread_time()
@@ -737,7 +942,9 @@ def db_profile(stack: Any, events: int, seed: int, partitions: int, with_cprofil
             profile.disable()
             record_cpu += time.thread_time() - started
             subjects |= outcome.states
+        record_pg = (_proc_cpu(record_backend) or 0.0) - backend0
         tracker = DeliveryTracker(producer)
+        backend0 = _proc_cpu(states_backend) or 0.0
         switch()
         started = time.thread_time()
         ordered = sorted(subjects)
@@ -751,6 +958,7 @@ def db_profile(stack: Any, events: int, seed: int, partitions: int, with_cprofil
                 now,
             )
         states_cpu = time.thread_time() - started
+        states_pg = (_proc_cpu(states_backend) or 0.0) - backend0
         profile.disable()
         conn.close()
         states_db.close()
@@ -759,9 +967,17 @@ def db_profile(stack: Any, events: int, seed: int, partitions: int, with_cprofil
     return [
         f"intake's database-thread work alone, {events:,} generated events, chunks of {size}, one thread, "
         f"load average {load_average()}:",
-        f"  record_batch       {1e6 * record_cpu / events:6.1f} µs of CPU per event",
+        f"  record_batch       {1e6 * record_cpu / events:6.1f} µs of CPU per event "
+        f"(and {1e6 * record_pg / events:.1f} µs of its PostgreSQL backend's)",
         f"  publish states     {1e6 * states_cpu / events:6.1f} µs of CPU per event "
+        f"(and {1e6 * states_pg / events:.1f} µs of its PostgreSQL backend's) "
         f"({len(subjects) / events:.2f} states per event; reading, encoding, producing, delivery reports)",
+        "  PostgreSQL backend CPU per statement (µs per event, runs):",
+        *(
+            f"    {1e6 * seconds / events:6.1f}  {runs:5d}x  {key}"
+            for key, (seconds, runs) in sorted(_STATEMENT_CPU.items(), key=lambda kv: -kv[1][0])
+            if 1e6 * seconds / events >= 0.1
+        ),
         *(
             [
                 "",
@@ -897,7 +1113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.skip_naive:
             naive = run_naive(env, naive_env, args.naive_events, args.timeout)
             note(f"(b) naive: {naive.rate:,.0f} ev/s")
-        ours = run_ours(env, args.events, loaded.commands, args.timeout)
+        ours = run_ours(
+            env, args.events, loaded.commands, args.timeout, superuser_url=stack.superuser_database_url
+        )
         note(f"(c) ours: {ours.measurement.rate:,.0f} ev/s")
         limit_env = open_env(stack, "limit", args.partitions, **overrides)
         try:
@@ -964,6 +1182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(target >= {100 * TARGET_SHARE:.0f}%: {'met' if share >= TARGET_SHARE else 'NOT met'})",
         f"(c) took {1e6 * ours.cpu_seconds / args.events:,.0f} µs of this process's CPU per event (all its "
         "threads: intake, database workers, librdkafka; steadier than rates on a busy machine)",
+        *ours.costs,
         "",
         *ours.breakdown,
         *(directory.breakdown if directory else []),

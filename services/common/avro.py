@@ -18,7 +18,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +49,8 @@ class SchemaVersion:
     writer: Writer | None = field(default=None, repr=False, compare=False)
     reader: Reader | None = field(default=None, repr=False, compare=False)
 
-    @property
-    def short_name(self) -> str:
+    @cached_property
+    def short_name(self) -> str:  # computed once: read about three times per message decoded
         return self.name.rsplit(".", 1)[-1]
 
 

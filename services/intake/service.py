@@ -8,9 +8,8 @@ import threading
 from services.common.avro import default_codec
 from services.common.clock import SystemClock
 from services.common.consumer_loop import ConsumerLoop
-from services.common.kafka import make_producer
 from services.common.settings import Settings
-from services.intake.step import SERVICE, IntakeStep
+from services.intake.step import SERVICE, IntakeStep, intake_producer
 from services.observability.loop import observe_loop
 
 # Intake allocates a few dozen small containers per event (records, rows, messages), nearly
@@ -30,7 +29,7 @@ def tune_gc() -> None:
 
 
 def run(settings: Settings, stop: threading.Event) -> None:
-    producer = make_producer(settings)
+    producer = intake_producer(settings)
     step = IntakeStep(settings, producer, default_codec(), SystemClock())
     observer = observe_loop(settings, SERVICE)
     tune_gc()

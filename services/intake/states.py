@@ -32,6 +32,7 @@ from services.common.contract import CONCRETE_SCOPES
 from services.common.db import ADVISORY_XACT_LOCKS, LazyConnection, advisory_keys
 from services.common.kafka import DeliveryTracker
 from services.domain.subjects import ScopeState, state_record
+from services.intake.store import NO_JIT
 
 LOCK_NAMESPACE = "optout.suppressions"
 
@@ -158,6 +159,7 @@ def publish_current_states(
 
     def work(conn: psycopg.Connection[Any], part: list[str]) -> None:
         with conn.transaction():
+            conn.execute(NO_JIT)  # see services.intake.store.NO_JIT
             conn.execute(ADVISORY_XACT_LOCKS, (int_array(advisory_keys(LOCK_NAMESPACE, part)),))
             states: dict[str, list[StateRow]] = {s: [] for s in part}
             for row in conn.execute(_CURRENT, (text_array(part), _SCOPE_ORDER)).fetchall():

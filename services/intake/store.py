@@ -240,6 +240,14 @@ DELETE FROM suppression_list s USING unnest(%b::text[], %b::text[]) AS t(k, h)
 WHERE s.kind = t.k AND s.sha256 = t.h
 """
 
+# PostgreSQL's JIT compiler (on by default, for plans estimated above ``jit_above_cost``)
+# compiled intake's batch statements on every run: their estimates are large (a thousand
+# keys, each a lateral probe, and on tables not yet analyzed hundreds of rows per probe), their
+# work is small. Compiling took 58 of 68 ms of a 1,000-subject state read and about a third of
+# the backends' CPU per event in all (bench-intake, issue #15). Off for the transaction (``SET
+# LOCAL``: works through any pooler, nothing leaks to the connection's later use).
+NO_JIT = "SET LOCAL jit = off"
+
 _EXISTING = """
 SELECT r.event_id, r.content_sha256 FROM (SELECT DISTINCT unnest(%s::text[]) AS e) AS u
 CROSS JOIN LATERAL (SELECT * FROM requests AS x WHERE x.event_id = u.e LIMIT 1) AS r
@@ -266,6 +274,7 @@ def record_batch(
     if not requests:
         return outcome
     with conn.transaction(), conn.cursor() as cur:
+        cur.execute(NO_JIT)
         cur.execute(_EXISTING, (text_array([r.event_id for r in requests]),))
         stored = dict(cur.fetchall())
         candidates = [r for r in requests if r.event_id not in stored]

@@ -392,3 +392,22 @@ def test_after_the_database_dropped_its_connections_one_failed_attempt_is_enough
     finally:
         step.close()
     assert _count_rows(cfg.dsn(), ids)[0] == 4
+
+
+def test_a_batch_is_delivered_without_waiting_for_the_producers_linger(base_settings, monkeypatch):
+    """Intake's producers linger before sending a partial batch (``PRODUCER_OVERRIDES``), yet
+    ``submit`` flushes at the end of every batch and a flush sends what is queued at once: with
+    a linger of 20 s the commands and subject states are on their topics within seconds."""
+    import services.intake.step as step_module
+
+    monkeypatch.setattr(step_module, "PRODUCER_OVERRIDES", {"linger.ms": 20_000})
+    cfg = isolated_settings(base_settings)
+    publisher = RequestPublisher(cfg)
+    events = [publisher.prepare(_event(i, ["EMAIL_MARKETING"])) for i in range(5)]
+    publisher.publish(events)
+    started = time.monotonic()
+    with running(run_intake, cfg, "intake"):
+        commands = read_topic(cfg, cfg.suppress_topic("email_provider"), expect=5, timeout=15, settle=0)
+        states = read_topic(cfg, cfg.suppressions_topic, expect=5, timeout=15, settle=0)
+    assert len(commands) == 5 and len(states) == 5
+    assert time.monotonic() - started < 15
