@@ -402,6 +402,24 @@ def topic_sizes(settings: Settings, timeout: float = 60.0) -> list[tuple[str, in
     return out
 
 
+def consumed(metrics_port: int, service: str) -> int:
+    """Messages ``service`` consumed so far (every outcome), from its ``/metrics``; 0 when
+    it does not answer."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return 0
+    total = 0.0
+    for line in text.splitlines():
+        if (
+            line.startswith("optout_messages_consumed_total{")
+            and f'service="{service}"' in line
+            and 'outcome="failed"' not in line
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
 def confirmed(dsn: str) -> int:
     with psycopg.connect(dsn) as conn:
         row = conn.execute("SELECT count(*) FROM requests WHERE confirmed_at IS NOT NULL").fetchone()
@@ -414,6 +432,8 @@ class Checkpoint:
     confirmed: int
     seconds: float  # since the pipeline started
     rss: dict[str, int]  # process -> bytes
+    cpu: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds so far
+    recorded: int = 0  # requests intake had consumed by then (ahead of the confirmations)
 
 
 def growth_verdicts(checkpoints: Sequence[Checkpoint], max_growth: float) -> dict[str, tuple[float, bool]]:
@@ -469,9 +489,12 @@ def run_backlog(args: argparse.Namespace) -> int:
             done = confirmed(env.dsn())
             while done >= next_mark:
                 rss = {s.name: rss_bytes(s.proc.pid) for s in services if s.proc is not None}
-                checkpoints.append(Checkpoint(next_mark, time.monotonic() - started, rss))
+                cpu = {s.name: cpu_seconds(s.proc.pid) for s in services if s.proc is not None}
+                recorded = consumed(services[1].metrics_port, "intake")
+                checkpoints.append(Checkpoint(next_mark, time.monotonic() - started, rss, cpu, recorded))
                 note(
-                    f"{next_mark:,} confirmed at {time.monotonic() - started:.0f} s: "
+                    f"{next_mark:,} confirmed at {time.monotonic() - started:.0f} s "
+                    f"(intake {recorded:,} consumed; load {load_average()}): "
                     + ", ".join(f"{n} {b / 2**20:.0f}Mi" for n, b in rss.items())
                 )
                 next_mark += args.every
@@ -499,6 +522,21 @@ def run_backlog(args: argparse.Namespace) -> int:
             f"{c.confirmed:>10,} {c.seconds:>6.0f} "
             + " ".join(f"{c.rss.get(n, 0) / 2**20:>14.0f}" for n in names)
         )
+    print(
+        "CPU seconds of each process between checkpoints, and requests intake had consumed by "
+        "each (intake ahead of the confirmations: the drain waits on the services after it)"
+    )
+    print(
+        f"{'confirmed':>10} {'intake had':>10} "
+        + " ".join(f"{n.removeprefix('connector ')[:14]:>14}" for n in names)
+    )
+    previous: dict[str, float] = {}
+    for c in checkpoints:
+        print(
+            f"{c.confirmed:>10,} {c.recorded:>10,} "
+            + " ".join(f"{c.cpu.get(n, 0) - previous.get(n, 0):>14.1f}" for n in names)
+        )
+        previous = c.cpu
     verdicts = growth_verdicts(checkpoints, args.max_growth)
     print(
         f"largest RSS after the first checkpoint / RSS at the first (limit {1 + args.max_growth:.2f}): "

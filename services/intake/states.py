@@ -69,8 +69,11 @@ def _string(value: str) -> bytes:
 
 # A batch's states share instants (a request's requested_at in each of its scopes and
 # subjects, which the statement returns far apart; the batch's updated_at) and the scope and
-# action names recur: each written once.
-@lru_cache(maxsize=65536)
+# action names recur: each written once. A request's rows recur within one publication (each
+# encoder's own ``middles``); across publications an instant recurs only by chance, so the
+# cache is small: at 65,536 instants it held about 12 MiB for good (README, "Memory through a
+# backlog").
+@lru_cache(maxsize=8192)
 def _instant(moment: datetime) -> bytes:
     """A timestamp-millis as ``write_millis`` writes the epoch milliseconds of ``to_millis``."""
     return varint(to_millis(moment))
@@ -78,17 +81,6 @@ def _instant(moment: datetime) -> bytes:
 
 _name = lru_cache(maxsize=256)(_string)
 _FLAG = (b"\x00", b"\x01")
-# A row's instant and request id, encoded once per request: a request's rows recur in each of
-# its scopes and subjects (about four rows per request). Bounded: emptied when full.
-_MIDDLES: dict[tuple[datetime, str], bytes] = {}
-_MIDDLES_MAX = 65536
-
-
-def _middle(since: datetime, request_id: str) -> bytes:
-    if len(_MIDDLES) >= _MIDDLES_MAX:
-        _MIDDLES.clear()
-    piece = _MIDDLES[(since, request_id)] = _instant(since) + _string(request_id)
-    return piece
 
 
 def state_encoder(codec: Codec) -> StateEncoder:
@@ -105,6 +97,12 @@ def state_encoder(codec: Codec) -> StateEncoder:
 
         return generic
     header = MARKER + latest.fingerprint
+    # A row's instant and request id, encoded once per request: a request's rows recur in each
+    # of its scopes and subjects (about four rows per request), all in the publication of the
+    # chunk that recorded it. This encoder's own (one per ``publish_current_states``), so it
+    # goes with the publication: one for the whole process, emptied only once it held
+    # 65,536 requests, rose and fell by about 10 MiB over a backlog.
+    middles: dict[tuple[datetime, str], bytes] = {}
 
     def encode_state_v1(subject: str, rows: Sequence[StateRow], now: datetime) -> bytes | None:
         for row in rows:
@@ -114,11 +112,10 @@ def state_encoder(codec: Codec) -> StateEncoder:
             return None  # nothing suppressed (or no row): a tombstone
         # The scopes as one array block (its item count, the items), then the empty block.
         parts = [header, _string(subject), varint(len(rows))]
-        middles = _MIDDLES
         for _, scope, suppressed, since, request_id, action in rows:
             middle = middles.get((since, request_id))
             if middle is None:
-                middle = _middle(since, request_id)
+                middle = middles[(since, request_id)] = _instant(since) + _string(request_id)
             parts += (_name(scope), _FLAG[suppressed], middle, _name(action))
         parts += (b"\x00", _instant(now))
         return b"".join(parts)
