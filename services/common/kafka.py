@@ -279,19 +279,24 @@ class _NotServedYet(RetriableError):
     pass
 
 
-def _wait_until_served(admin: AdminClient, topics: Sequence[str], timeout: float) -> None:
-    """Return once the broker's metadata lists every topic with a leader for each partition.
+def _until_served(check: Callable[[], None], timeout: float) -> None:
+    """Run ``check`` until it stops raising ``_NotServedYet`` (backing off), at most
+    ``timeout`` seconds; then its last ``_NotServedYet`` (a ``RetriableError``) is raised.
 
-    KRaft answers CreateTopics when the controller has committed the topic; the broker's
-    metadata cache applies it a moment later, so a list or produce right after the create
-    could find nothing (seen on CI). Raises ``RetriableError`` after ``timeout``."""
-
-    @retry(
+    KRaft answers CreateTopics and IncrementalAlterConfigs when the controller has committed
+    the change; the broker's metadata cache applies it a moment later, so a list, describe or
+    produce right after could still see the old state (both seen on CI)."""
+    retry(
         retry=retry_if_exception_type(_NotServedYet),
         wait=wait_exponential(multiplier=0.02, max=0.5),
         stop=stop_after_delay(timeout),
         reraise=True,
-    )
+    )(check)()
+
+
+def _wait_until_served(admin: AdminClient, topics: Sequence[str], timeout: float) -> None:
+    """Return once the broker's metadata lists every topic with a leader for each partition."""
+
     def check() -> None:
         listed = admin.list_topics(timeout=timeout).topics
         pending = [
@@ -304,26 +309,12 @@ def _wait_until_served(admin: AdminClient, topics: Sequence[str], timeout: float
         if pending:
             raise _NotServedYet(f"topics created but not yet served by the broker: {pending}")
 
-    check()
-
-
-class _ConfigNotServedYet(RetriableError):
-    pass
+    _until_served(check, timeout)
 
 
 def _wait_until_configs_served(admin: AdminClient, wanted: dict[str, dict[str, str]], timeout: float) -> None:
-    """Return once the broker describes every topic of ``wanted`` with the values given.
+    """Return once the broker describes every topic of ``wanted`` with the values given."""
 
-    Like topic creation, KRaft answers IncrementalAlterConfigs when the controller has
-    committed the change, and the broker applies it a moment later: a describe right after
-    could still show the old value (seen on CI). Raises ``RetriableError`` after ``timeout``."""
-
-    @retry(
-        retry=retry_if_exception_type(_ConfigNotServedYet),
-        wait=wait_exponential(multiplier=0.02, max=0.5),
-        stop=stop_after_delay(timeout),
-        reraise=True,
-    )
     def check() -> None:
         described = admin.describe_configs(
             [ConfigResource("TOPIC", t) for t in wanted], request_timeout=timeout
@@ -337,11 +328,9 @@ def _wait_until_configs_served(admin: AdminClient, wanted: dict[str, dict[str, s
             if values != wanted[resource.name]:
                 pending.append(resource.name)
         if pending:
-            raise _ConfigNotServedYet(
-                f"topic settings changed but not yet served by the broker: {sorted(pending)}"
-            )
+            raise _NotServedYet(f"topic settings changed but not yet served by the broker: {sorted(pending)}")
 
-    check()
+    _until_served(check, timeout)
 
 
 @dataclass(frozen=True)
