@@ -328,8 +328,10 @@ class ConsumerLoop:
 
     def _idle_for_retry(self, seconds: float) -> None:
         self._idled = True
-        if self.consumer is not None:
-            self._idle(self.consumer, seconds)
+        if self.consumer is None:  # only while _run holds one; never retry without a backoff
+            self.stop.wait(seconds)
+            return
+        self._idle(self.consumer, seconds)
 
     def _before_retry(self, state: RetryCallState) -> None:
         metrics.RETRIES.labels(self.service, "batch").inc()
