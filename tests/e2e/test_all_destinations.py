@@ -139,6 +139,21 @@ class Pipeline:
             Fleet(
                 {**self.env, "OPTOUT_METRICS_PORT": str(port)}, self.fleet.log_dir, self.fleet.instances
             ).start(f"connector.{name}", "connector", name)
+        # Start-up (imports, the broker's metadata) takes seconds on a quiet machine and a
+        # minute or more on a loaded one: the tests' timeouts are for the work, not for that.
+        wait_until(self._serving, 240, 0.5, "every connector process serving /healthz")
+
+    def _serving(self) -> bool:
+        exited = [i.name for i in self.fleet.instances if i.proc.poll() is not None]
+        assert not exited, f"exited during start-up: {exited}"
+        for port in self.metrics_ports.values():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as reply:
+                    if reply.status != 200:
+                        return False
+            except OSError:
+                return False
+        return True
 
     def refused_gauge(self, name: str) -> float | None:
         """optout_connector_credentials_refused{destination=name} of its connector process."""
