@@ -75,6 +75,7 @@ from services.common.records import PostalAddressRecord, postal_address_record
 from services.common.sealing import KeyRing
 from services.common.settings import Settings
 from services.replay.encode import ReplayBuilder
+from services.replay.kernel import kernel
 from services.replay.plan import SubjectKind, TokenBucket, usable
 from services.suppression.entries import context, suppression_ring
 
@@ -331,6 +332,7 @@ class BatchSender:
         self.ring = ring
         self.clock = clock
         self.builder = ReplayBuilder(codec, replay_id, dest)
+        self.kernel = kernel(ring, self.builder)  # None: not compiled, the Python path only
         self.topic = settings.suppress_topic(dest.id)
         self.since = since
 
@@ -357,10 +359,35 @@ class BatchSender:
 
     def prepare(self, rows: Sequence[Row]) -> Prepared:
         """Decrypt, then build each command's id and bytes (None for a subject the
-        destination cannot use)."""
+        destination cannot use): in the compiled kernel (services/replay/kernel.py), the rows
+        it leaves (a postal address, a device, ...) and a batch it cannot open in Python."""
+        now = self.clock.now()
+        self.builder.at(now)
+        built = self.kernel.build(list(rows)) if self.kernel is not None else None
+        if built is None:
+            return self.prepare_python(rows, now)
+        rest = [i for i, one in enumerate(built) if one is False]
+        if rest:
+            left = [rows[i] for i in rest]
+            build = self.builder.build
+            for i, (subject, scopes, since, _), found in zip(rest, left, self.raw_values(left), strict=True):
+                built[i] = build(subject, scopes, since, found)
+        keys: list[str] = []
+        values: list[bytes] = []
+        skipped: list[str] = []
+        for row, one in zip(rows, built, strict=True):
+            if one:
+                keys.append(one[0])
+                values.append(one[1])
+            else:
+                skipped.append(row[0])
+        result = BatchResult(len(keys), len(rows) - len(keys), len(rows))
+        return Prepared(keys, values, skipped, now, result)
+
+    def prepare_python(self, rows: Sequence[Row], now: datetime) -> Prepared:
+        """``prepare`` in Python only (the reference of the kernel), issued at ``now``."""
         raw = self.raw_values(rows)
         build = self.builder.build
-        now = self.clock.now()
         self.builder.at(now)
         keys: list[str] = []
         values: list[bytes] = []
