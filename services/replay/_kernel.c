@@ -234,7 +234,7 @@ static PyObject *build_batch(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *row = PyList_GET_ITEM(rows, i);
         PyObject *item;
-        if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != 4) goto unhandled;
+        if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) < 4) goto unhandled; /* more: the caller's */
         PyObject *subject_obj = PyTuple_GET_ITEM(row, 0), *scopes = PyTuple_GET_ITEM(row, 1),
                  *since_obj = PyTuple_GET_ITEM(row, 2), *sealed_obj = PyTuple_GET_ITEM(row, 3);
         if (!PyUnicode_Check(subject_obj) || !PyLong_Check(since_obj) || !PyTuple_Check(scopes))

@@ -2,7 +2,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 def build_batch(
-    rows: list[tuple[str, tuple[str, ...], int, str | None]],
+    rows: list[tuple[str, tuple[str, ...], int, str | None, tuple[str, ...]]],
     keys: dict[str, bytes],
     email_context: bytes,
     phone_context: bytes,

@@ -22,7 +22,8 @@ from services.common.sealing import KeyRing
 from services.replay.encode import ReplayBuilder
 from services.suppression.entries import context
 
-Row = tuple[str, tuple[str, ...], int, str | None]
+# (subject, scopes, since, sealed entry, ...): services/replay/run.py's rows
+Row = tuple[str, tuple[str, ...], int, str | None, tuple[str, ...]]
 Built = tuple[str, bytes] | Literal[False] | None
 BuildBatch = Callable[
     [

@@ -72,7 +72,7 @@ def rows(draw: st.DrawFn, sealed_kinds: frozenset[str]) -> Row:
             ).encode()
         ring = RINGS[draw(st.sampled_from(sorted(KEYS)))]
         sealed = ring.seal(plain, context(kind, value))
-    return (subject, draw(scope_tuples), draw(millis), sealed)
+    return (subject, draw(scope_tuples), draw(millis), sealed, ("evt-1",))
 
 
 def _sender(dest: Destination) -> BatchSender:
@@ -123,8 +123,8 @@ def test_an_entry_that_cannot_be_opened_fails_the_same_way(bad: str, where: int)
     sender = _sender(dest)
     h = "ab" * 32
     good = RING.seal(b"ada@example.com", context("email", h))
-    batch: list[Row] = [(f"email_sha256:{h}", ("EMAIL_MARKETING",), 1, good) for _ in range(3)]
-    batch[where] = (f"email_sha256:{h}", ("EMAIL_MARKETING",), 1, bad)
+    batch: list[Row] = [(f"email_sha256:{h}", ("EMAIL_MARKETING",), 1, good, ()) for _ in range(3)]
+    batch[where] = (f"email_sha256:{h}", ("EMAIL_MARKETING",), 1, bad, ())
     with pytest.raises(SealError) as fast:
         sender.prepare(batch)
     with pytest.raises(SealError) as slow:
@@ -139,6 +139,7 @@ def test_an_entry_that_cannot_be_opened_fails_the_same_way(bad: str, where: int)
         RING.seal(b"ada@example.com", context("email", "cd" * 32)),  # another row's entry
         RING.seal(b"ada@example.com", context("phone", "ab" * 32)),  # another kind's entry
     ],
+    ids=["forged", "another-row", "another-kind"],
 )
 def test_a_forged_or_moved_entry_is_refused(sealed: str) -> None:
     dest = Destination(
@@ -148,7 +149,7 @@ def test_a_forged_or_moved_entry_is_refused(sealed: str) -> None:
         frozenset({Identifier.EMAIL}),
     )
     with pytest.raises(SealError, match="forged"):
-        _sender(dest).prepare([(f"email_sha256:{'ab' * 32}", ("EMAIL_MARKETING",), 1, sealed)])
+        _sender(dest).prepare([(f"email_sha256:{'ab' * 32}", ("EMAIL_MARKETING",), 1, sealed, ())])
 
 
 def test_a_plaintext_that_is_not_utf8_fails_the_same_way() -> None:
@@ -159,7 +160,7 @@ def test_a_plaintext_that_is_not_utf8_fails_the_same_way() -> None:
         frozenset({Identifier.EMAIL}),
     )
     sealed = RING.seal(b"\xff\xfe", context("email", "ab" * 32))
-    batch: list[Row] = [(f"email_sha256:{'ab' * 32}", ("EMAIL_MARKETING",), 1, sealed)]
+    batch: list[Row] = [(f"email_sha256:{'ab' * 32}", ("EMAIL_MARKETING",), 1, sealed, ())]
     with pytest.raises(UnicodeDecodeError):
         _sender(dest).prepare(batch)
     with pytest.raises(UnicodeDecodeError):
@@ -178,10 +179,16 @@ def test_the_kernel_builds_the_usual_rows_itself() -> None:
     assert sender.kernel is not None
     h = "ab" * 32
     batch: list[Row] = [
-        (f"email_sha256:{h}", ("EMAIL_MARKETING",), 1, RING.seal(b"ada@example.com", context("email", h))),
-        (f"phone_sha256:{h}", ("EMAIL_MARKETING",), 2, None),
-        ("cust:C-1", ("EMAIL_MARKETING",), 3, None),
-        (f"device_sha256:{h}", ("EMAIL_MARKETING",), 4, None),
+        (
+            f"email_sha256:{h}",
+            ("EMAIL_MARKETING",),
+            1,
+            RING.seal(b"ada@example.com", context("email", h)),
+            ("e1",),
+        ),
+        (f"phone_sha256:{h}", ("EMAIL_MARKETING",), 2, None, ("e2",)),
+        ("cust:C-1", ("EMAIL_MARKETING",), 3, None, ("e3",)),
+        (f"device_sha256:{h}", ("EMAIL_MARKETING",), 4, None, ("e4",)),
     ]
     sender.builder.at(NOW)
     built = sender.kernel.build(batch)
@@ -189,5 +196,5 @@ def test_the_kernel_builds_the_usual_rows_itself() -> None:
     assert [type(one) for one in built] == [tuple, tuple, tuple, bool]
     assert built[:3] == [
         sender.builder.build(s, sc, t, "ada@example.com" if n == 0 else None)
-        for n, (s, sc, t, _) in enumerate(batch[:3])
+        for n, (s, sc, t, _, _) in enumerate(batch[:3])
     ]
