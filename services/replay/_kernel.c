@@ -377,10 +377,230 @@ done:
     return result;
 }
 
+/* BatchReader.parse_python in C: the rows of ``_NEXT``'s text (lines ``<millis> <scope>
+   <event id> <subject>``, the subject's backslash and newline escaped), a subject's lines merged
+   (its scopes, its newest since, its distinct event ids), at most ``size`` subjects. None:
+   a line this does not read (the caller's Python path decides). */
+static PyObject *parse_rows(PyObject *self, PyObject *args) {
+    PyObject *text_obj;
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "Un", &text_obj, &size)) return NULL;
+    Py_ssize_t tn;
+    const char *text = PyUnicode_AsUTF8AndSize(text_obj, &tn);
+    if (!text) return NULL;
+    PyObject *rows = PyList_New(0), *scopes = PyDict_New(), *result = NULL;
+    out_buf subject = {0}, last = {0};
+    int have_last = 0;
+    if (!rows || !scopes) goto done;
+    const char *p = text, *end = text + tn;
+    while (p <= end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *line_end = nl ? nl : end;
+        const char *s1 = memchr(p, ' ', (size_t)(line_end - p));
+        const char *s2 = s1 ? memchr(s1 + 1, ' ', (size_t)(line_end - s1 - 1)) : NULL;
+        const char *s3 = s2 ? memchr(s2 + 1, ' ', (size_t)(line_end - s2 - 1)) : NULL;
+        if (!s3) goto fallback;
+        /* millis: -?[0-9]+ fitting a long long */
+        const char *q = p;
+        int negative = 0;
+        if (q < s1 && *q == '-') {
+            negative = 1;
+            q++;
+        }
+        if (q == s1 || s1 - q > 18) goto fallback;
+        long long millis = 0;
+        for (; q < s1; q++) {
+            if (*q < '0' || *q > '9') goto fallback;
+            millis = millis * 10 + (*q - '0');
+        }
+        if (negative) millis = -millis;
+        /* the subject, unescaped (\\ and \n; a backslash escapes the character after it) */
+        subject.len = 0;
+        for (const char *c = s3 + 1; c < line_end; c++) {
+            char ch = *c;
+            if (ch == '\\' && c + 1 < line_end) {
+                c++;
+                ch = *c == 'n' ? '\n' : *c;
+            }
+            if (ob_put(&subject, &ch, 1) < 0) goto done;
+        }
+        PyObject *scope = PyUnicode_FromStringAndSize(s1 + 1, s2 - s1 - 1);
+        PyObject *event = scope ? PyUnicode_FromStringAndSize(s2 + 1, s3 - s2 - 1) : NULL;
+        PyObject *since = event ? PyLong_FromLongLong(millis) : NULL;
+        if (!since) {
+            Py_XDECREF(scope);
+            Py_XDECREF(event);
+            goto done;
+        }
+        PyObject *row = NULL;
+        if (have_last && last.len == subject.len && memcmp(last.buf, subject.buf, subject.len) == 0) {
+            Py_ssize_t n = PyList_GET_SIZE(rows);
+            PyObject *previous = PyList_GET_ITEM(rows, n - 1);
+            PyObject *old_scopes = PyTuple_GET_ITEM(previous, 1), *old_since = PyTuple_GET_ITEM(previous, 2),
+                     *old_events = PyTuple_GET_ITEM(previous, 4);
+            int has_event = PySequence_Contains(old_events, event);
+            PyObject *new_scopes = has_event < 0 ? NULL : PyTuple_New(PyTuple_GET_SIZE(old_scopes) + 1);
+            PyObject *new_events = NULL;
+            if (new_scopes) {
+                for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(old_scopes); k++) {
+                    PyObject *one = PyTuple_GET_ITEM(old_scopes, k);
+                    Py_INCREF(one);
+                    PyTuple_SET_ITEM(new_scopes, k, one);
+                }
+                Py_INCREF(scope);
+                PyTuple_SET_ITEM(new_scopes, PyTuple_GET_SIZE(old_scopes), scope);
+                if (has_event) {
+                    new_events = old_events;
+                    Py_INCREF(new_events);
+                } else {
+                    new_events = PyTuple_New(PyTuple_GET_SIZE(old_events) + 1);
+                    if (new_events) {
+                        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(old_events); k++) {
+                            PyObject *one = PyTuple_GET_ITEM(old_events, k);
+                            Py_INCREF(one);
+                            PyTuple_SET_ITEM(new_events, k, one);
+                        }
+                        Py_INCREF(event);
+                        PyTuple_SET_ITEM(new_events, PyTuple_GET_SIZE(old_events), event);
+                    }
+                }
+            }
+            int newer = new_events ? PyObject_RichCompareBool(since, old_since, Py_GT) : -1;
+            if (newer >= 0)
+                row = PyTuple_Pack(5, PyTuple_GET_ITEM(previous, 0), new_scopes, newer ? since : old_since,
+                                   Py_None, new_events);
+            Py_XDECREF(new_scopes);
+            Py_XDECREF(new_events);
+            Py_DECREF(scope);
+            Py_DECREF(event);
+            Py_DECREF(since);
+            if (!row) goto done;
+            if (PyList_SetItem(rows, n - 1, row) < 0) goto done; /* steals row */
+        } else {
+            if (PyList_GET_SIZE(rows) >= size) { /* the rest is cut (``del rows[size:]``) */
+                Py_DECREF(scope);
+                Py_DECREF(event);
+                Py_DECREF(since);
+                break;
+            }
+            PyObject *one = PyDict_GetItemWithError(scopes, scope); /* borrowed */
+            if (one) {
+                Py_INCREF(one);
+            } else if (!PyErr_Occurred()) {
+                one = PyTuple_Pack(1, scope);
+                if (one && PyDict_SetItem(scopes, scope, one) < 0) Py_CLEAR(one);
+            }
+            PyObject *subject_obj = one ? PyUnicode_DecodeUTF8(subject.buf ? subject.buf : "", (Py_ssize_t)subject.len, "strict") : NULL;
+            PyObject *events = subject_obj ? PyTuple_Pack(1, event) : NULL;
+            if (events) row = PyTuple_Pack(5, subject_obj, one, since, Py_None, events);
+            Py_XDECREF(one);
+            Py_XDECREF(subject_obj);
+            Py_XDECREF(events);
+            Py_DECREF(scope);
+            Py_DECREF(event);
+            Py_DECREF(since);
+            if (!row) goto done;
+            int bad = PyList_Append(rows, row);
+            Py_DECREF(row);
+            if (bad < 0) goto done;
+            last.len = 0;
+            if (ob_put(&last, subject.buf ? subject.buf : "", subject.len) < 0) goto done;
+            have_last = 1;
+        }
+        if (!nl) break;
+        p = nl + 1;
+    }
+    result = rows;
+    rows = NULL;
+    goto done;
+fallback:
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    Py_XDECREF(rows);
+    Py_XDECREF(scopes);
+    PyMem_Free(subject.buf);
+    PyMem_Free(last.buf);
+    return result;
+}
+
+/* BatchReader.sealed's assignment in C: ``rows[i]`` for each i of ``where`` with its sealed
+   entry from ``text`` (``_SEALED``'s lines ``<sha256> <sealed>``; None: none), looked up by
+   the subject's part after its first colon (None when absent). */
+static PyObject *attach_sealed(PyObject *self, PyObject *args) {
+    PyObject *rows, *where, *text_obj;
+    if (!PyArg_ParseTuple(args, "O!O!O", &PyList_Type, &rows, &PyList_Type, &where, &text_obj)) return NULL;
+    PyObject *found = PyDict_New();
+    if (!found) return NULL;
+    if (text_obj != Py_None) {
+        if (!PyUnicode_Check(text_obj)) {
+            PyErr_SetString(PyExc_TypeError, "text: str or None");
+            goto error;
+        }
+        Py_ssize_t tn;
+        const char *text = PyUnicode_AsUTF8AndSize(text_obj, &tn);
+        if (!text) goto error;
+        const char *p = text, *end = text + tn;
+        while (tn > 0 && p <= end) {
+            const char *nl = memchr(p, '\n', (size_t)(end - p));
+            const char *line_end = nl ? nl : end;
+            const char *sp = memchr(p, ' ', (size_t)(line_end - p));
+            if (!sp) {
+                PyErr_SetString(PyExc_ValueError, "a sealed line without a space");
+                goto error;
+            }
+            PyObject *key = PyUnicode_DecodeUTF8(p, sp - p, "strict");
+            PyObject *value = key ? PyUnicode_DecodeUTF8(sp + 1, line_end - sp - 1, "strict") : NULL;
+            int bad = !value || PyDict_SetItem(found, key, value) < 0;
+            Py_XDECREF(key);
+            Py_XDECREF(value);
+            if (bad) goto error;
+            if (!nl) break;
+            p = nl + 1;
+        }
+    }
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(where); k++) {
+        Py_ssize_t i = PyLong_AsSsize_t(PyList_GET_ITEM(where, k));
+        if (i == -1 && PyErr_Occurred()) goto error;
+        if (i < 0 || i >= PyList_GET_SIZE(rows)) {
+            PyErr_SetString(PyExc_IndexError, "where: not a row");
+            goto error;
+        }
+        PyObject *row = PyList_GET_ITEM(rows, i);
+        if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != 5 || !PyUnicode_Check(PyTuple_GET_ITEM(row, 0))) {
+            PyErr_SetString(PyExc_TypeError, "rows: 5-tuples");
+            goto error;
+        }
+        Py_ssize_t sn;
+        const char *subject = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(row, 0), &sn);
+        if (!subject) goto error;
+        const char *colon = memchr(subject, ':', (size_t)sn);
+        PyObject *key = colon ? PyUnicode_DecodeUTF8(colon + 1, subject + sn - colon - 1, "strict")
+                              : PyUnicode_FromStringAndSize("", 0);
+        if (!key) goto error;
+        PyObject *sealed = PyDict_GetItemWithError(found, key); /* borrowed */
+        Py_DECREF(key);
+        if (!sealed) {
+            if (PyErr_Occurred()) goto error;
+            sealed = Py_None;
+        }
+        PyObject *new_row = PyTuple_Pack(5, PyTuple_GET_ITEM(row, 0), PyTuple_GET_ITEM(row, 1),
+                                         PyTuple_GET_ITEM(row, 2), sealed, PyTuple_GET_ITEM(row, 4));
+        if (!new_row || PyList_SetItem(rows, i, new_row) < 0) goto error;
+    }
+    Py_DECREF(found);
+    Py_RETURN_NONE;
+error:
+    Py_DECREF(found);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"build_batch", build_batch, METH_VARARGS,
      "build_batch(rows, keys, email_context, phone_context, scopes_cache, scopes, head, fixed, "
      "times, id_prefix, customer_flags, email_flags, phone_flags) -> list | None"},
+    {"parse_rows", parse_rows, METH_VARARGS, "parse_rows(text, size) -> list | None"},
+    {"attach_sealed", attach_sealed, METH_VARARGS, "attach_sealed(rows, where, text) -> None"},
     {NULL, NULL, 0, NULL},
 };
 

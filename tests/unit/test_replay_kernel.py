@@ -21,7 +21,7 @@ from services.common.clock import ManualClock
 from services.common.contract import Destination, Identifier, Scope
 from services.common.sealing import KeyRing, SealError
 from services.common.settings import Settings
-from services.replay import kernel
+from services.replay import kernel, run
 from services.replay.run import BatchSender, Row
 from services.suppression.entries import context
 
@@ -198,3 +198,61 @@ def test_the_kernel_builds_the_usual_rows_itself() -> None:
         sender.builder.build(s, sc, t, "ada@example.com" if n == 0 else None)
         for n, (s, sc, t, _, _) in enumerate(batch[:3])
     ]
+
+
+def _escape(subject: str) -> str:
+    """As ``_NEXT`` escapes a subject."""
+    return subject.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+words = st.text(
+    st.characters(blacklist_characters=" \n", blacklist_categories=["Cs"]), min_size=1, max_size=12
+)
+subjects = st.text(st.characters(blacklist_categories=["Cs"]), max_size=30) | st.sampled_from(
+    ["cust:a", "cust:a\\n"]
+)
+lines = st.tuples(st.integers(-(10**18) + 1, 10**18 - 1) | st.integers(-5, 5), words, words, subjects)
+
+
+@settings(max_examples=300, deadline=None)
+@given(found=st.lists(lines, max_size=20), size=st.integers(1, 25), ordered=st.booleans())
+def test_the_compiled_reader_reads_what_the_python_one_reads(
+    found: list[tuple[int, str, str, str]], size: int, ordered: bool
+) -> None:
+    if ordered:
+        found.sort(key=lambda line: line[3])
+    text = "\n".join(
+        f"{millis} {scope} {event} {_escape(subject)}" for millis, scope, event, subject in found
+    )
+    if not text:
+        return
+    assert kernel.parse_rows(text, size) == run.parse_python(text, size)
+
+
+@pytest.mark.parametrize(
+    "text", ["1 A e", "x A e cust:a", "1.5 A e s", "1 A e s\n", "1234567890123456789 A e s"]
+)
+def test_a_line_the_compiled_reader_does_not_read_is_left_to_python(text: str) -> None:
+    assert kernel.parse_rows(text, 5) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    entries=st.dictionaries(
+        st.text(st.characters(blacklist_characters=" \n", blacklist_categories=["Cs"]), max_size=8),
+        st.text(st.characters(blacklist_characters="\n", blacklist_categories=["Cs"]), max_size=10),
+        max_size=8,
+    ),
+    values=st.lists(st.text(st.characters(blacklist_categories=["Cs"]), max_size=8), max_size=8),
+)
+def test_the_compiled_sealed_entries_are_the_python_ones(entries: dict[str, str], values: list[str]) -> None:
+    keys = list(entries)
+    chosen = [*values, *keys[:3]]
+    rows: list[Row] = [(f"email_sha256:{v}", ("S",), n, None, ("e",)) for n, v in enumerate(chosen)]
+    rows.append(("no-colon", ("S",), 0, None, ("e",)))
+    text = "\n".join(f"{k} {v}" for k, v in entries.items()) or None
+    where = list(range(0, len(rows), 2))
+    fast, slow = list(rows), list(rows)
+    assert kernel.attach_sealed(fast, where, text)
+    run.attach_sealed_python(slow, where, text)
+    assert fast == slow
