@@ -17,9 +17,6 @@ def build_batch(
     phone_flags: int,
     /,
 ) -> list[tuple[str, bytes] | Literal[False] | None] | None: ...
-def parse_rows(
-    text: str, size: int, /
-) -> list[tuple[str, tuple[str, ...], int, str | None, tuple[str, ...]]] | None: ...
 def attach_sealed(
     rows: list[tuple[str, tuple[str, ...], int, str | None, tuple[str, ...]]],
     where: list[int],

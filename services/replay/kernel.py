@@ -8,8 +8,8 @@ kinds of the fixed shape (``cust``, ``email_sha256``, ``phone_sha256``). Per row
 ``(command id, bytes)``, None (the destination cannot act on the subject) or False (left to
 the Python path: a postal address, a device, anything unusual); None for the whole batch
 when a sealed entry cannot be opened there (the Python path then raises the precise
-``SealError``). ``parse_rows`` and ``attach_sealed`` do the batch reader's splitting of the
-text values PostgreSQL sends (``BatchReader.parse_python``, ``attach_sealed_python``).
+``SealError``). ``attach_sealed`` gives the batch reader's rows their sealed entries
+(``attach_sealed_python``; 0.3 against 1.0 µs a row).
 tests/unit/test_replay_kernel.py proves each identical to its Python path; without the
 compiled module (``AVAILABLE`` false) the replay runs the Python paths.
 """
@@ -53,16 +53,15 @@ NEEDS_HASH = 4  # the hash (customer id) satisfies requires_one_of
 NEEDS_RAW = 8  # the raw value satisfies requires_one_of
 
 
-ParseRows = Callable[[str, int], list[Row] | None]
 AttachSealed = Callable[[list[Row], list[int], str | None], None]
 
 
-def _load() -> tuple[BuildBatch, ParseRows, AttachSealed] | None:
+def _load() -> tuple[BuildBatch, AttachSealed] | None:
     try:
-        from services.replay._kernel import attach_sealed, build_batch, parse_rows
+        from services.replay._kernel import attach_sealed, build_batch
     except ImportError:  # not compiled: `make install` builds it
         return None
-    return build_batch, parse_rows, attach_sealed
+    return build_batch, attach_sealed
 
 
 _KERNEL = _load()
@@ -70,16 +69,11 @@ _BUILD = _KERNEL[0] if _KERNEL is not None else None
 AVAILABLE = _KERNEL is not None
 
 
-def parse_rows(text: str, size: int) -> list[Row] | None:
-    """``BatchReader.parse_python`` compiled (None: not compiled, or a line it does not read)."""
-    return _KERNEL[1](text, size) if _KERNEL is not None else None
-
-
 def attach_sealed(rows: list[Row], where: list[int], text: str | None) -> bool:
     """``BatchReader.attach_sealed_python`` compiled, in place (False: not compiled)."""
     if _KERNEL is None:
         return False
-    _KERNEL[2](rows, where, text)
+    _KERNEL[1](rows, where, text)
     return True
 
 

@@ -200,42 +200,6 @@ def test_the_kernel_builds_the_usual_rows_itself() -> None:
     ]
 
 
-def _escape(subject: str) -> str:
-    """As ``_NEXT`` escapes a subject."""
-    return subject.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-words = st.text(
-    st.characters(blacklist_characters=" \n", blacklist_categories=["Cs"]), min_size=1, max_size=12
-)
-subjects = st.text(st.characters(blacklist_categories=["Cs"]), max_size=30) | st.sampled_from(
-    ["cust:a", "cust:a\\n"]
-)
-lines = st.tuples(st.integers(-(10**18) + 1, 10**18 - 1) | st.integers(-5, 5), words, words, subjects)
-
-
-@settings(max_examples=300, deadline=None)
-@given(found=st.lists(lines, max_size=20), size=st.integers(1, 25), ordered=st.booleans())
-def test_the_compiled_reader_reads_what_the_python_one_reads(
-    found: list[tuple[int, str, str, str]], size: int, ordered: bool
-) -> None:
-    if ordered:
-        found.sort(key=lambda line: line[3])
-    text = "\n".join(
-        f"{millis} {scope} {event} {_escape(subject)}" for millis, scope, event, subject in found
-    )
-    if not text:
-        return
-    assert kernel.parse_rows(text, size) == run.parse_python(text, size)
-
-
-@pytest.mark.parametrize(
-    "text", ["1 A e", "x A e cust:a", "1.5 A e s", "1 A e s\n", "1234567890123456789 A e s"]
-)
-def test_a_line_the_compiled_reader_does_not_read_is_left_to_python(text: str) -> None:
-    assert kernel.parse_rows(text, 5) is None
-
-
 @settings(max_examples=200, deadline=None)
 @given(
     entries=st.dictionaries(
