@@ -665,6 +665,8 @@ class Replayer:
             self.codec,
             self.clock,
         )
+        if sender.kernel is None:
+            log.warning("replay kernel not built (services/replay/_kernel.c, make install): Python path")
         reads: queue.Queue[Read] = queue.Queue(PREFETCH)
         stop = threading.Event()
         reader = threading.Thread(
