@@ -128,6 +128,12 @@ class Kernel:
         )
 
 
+MAX_KEYS = 16  # _kernel.c's MAX_KIDS
+
+
 def kernel(ring: KeyRing, builder: ReplayBuilder) -> Kernel | None:
-    """The compiled path for this run, or None when the module is not built."""
-    return Kernel(ring, builder, _BUILD) if _BUILD is not None else None
+    """The compiled path for this run, or None when the module is not built (or the ring
+    holds more keys than it takes)."""
+    if _BUILD is None or len(ring.kids) > MAX_KEYS:
+        return None
+    return Kernel(ring, builder, _BUILD)

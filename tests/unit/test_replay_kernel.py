@@ -220,3 +220,25 @@ def test_the_compiled_sealed_entries_are_the_python_ones(entries: dict[str, str]
     assert kernel.attach_sealed(fast, where, text)
     run.attach_sealed_python(slow, where, text)
     assert fast == slow
+
+
+def test_a_ring_of_more_keys_than_the_kernel_takes_uses_the_python_path() -> None:
+    keys = {f"k{n}": bytes([n]) * 32 for n in range(kernel.MAX_KEYS + 1)}
+    dest = Destination(
+        "dest_x",
+        frozenset({Scope.EMAIL_MARKETING}),
+        frozenset({Identifier.EMAIL}),
+        frozenset({Identifier.EMAIL}),
+    )
+    sender = BatchSender(
+        SETTINGS,
+        dest,
+        "r",
+        None,
+        None,
+        cast(Producer, None),
+        KeyRing(keys, "k0"),
+        default_codec(),
+        ManualClock(NOW),
+    )
+    assert sender.kernel is None
