@@ -22,7 +22,9 @@ Ours is compared with the faster of the two limits. Target: ours at >= 50% of th
 messages per second. Also printed: the load average around each measurement and the CPU
 seconds this process spent on ours and on the limit (the machine is shared), and a check
 that the topic holds one command per suppression and round, and ``audit_events``
-(``replayed``) one row each. ``--profile N``: ours under cProfile, the top
+(``replayed``) one row each. With the local devstack PostgreSQL (same machine), also the CPU
+its backends serving the benchmark's database spent during ours (read from /proc: the
+database's share of the work, which the limit does not have). ``--profile N``: ours under cProfile, the top
 N functions on stderr.
 """
 
@@ -35,6 +37,7 @@ import os
 import pstats
 import resource
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -98,6 +101,50 @@ def fill(dsn: str, admin_dsn: str, ring: KeyRing, count: int, since: datetime, n
         conn.execute("ANALYZE suppression_list")
 
 
+class BackendCpu:
+    """CPU seconds of the PostgreSQL backends serving ``database`` while it runs (polled from
+    /proc every 50 ms, by pg_stat_activity's pids; None when the server is not local)."""
+
+    def __init__(self, admin_dsn: str, database: str) -> None:
+        self._dsn = admin_dsn
+        self._database = database
+        self._seen: dict[int, tuple[float, float]] = {}  # pid: (first, last) CPU seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self.local = True
+
+    def __enter__(self) -> BackendCpu:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def seconds(self) -> float | None:
+        return sum(last - first for first, last in self._seen.values()) if self.local else None
+
+    def _poll(self) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
+        with psycopg.connect(self._dsn, autocommit=True) as conn:
+            while not self._stop.is_set():
+                pids = conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (self._database,),
+                ).fetchall()
+                for (pid,) in pids:
+                    try:
+                        with open(f"/proc/{pid}/stat") as stat:
+                            fields = stat.read().rsplit(")", 1)[1].split()
+                    except OSError:
+                        self.local = False
+                        return
+                    cpu = (int(fields[11]) + int(fields[12])) / tick
+                    first = self._seen.get(pid, (0.0, 0.0))[0]
+                    self._seen[pid] = (first, cpu)
+                self._stop.wait(0.05)
+
+
 def cpu_seconds() -> float:
     """CPU seconds of this process (every thread)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
@@ -149,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             assert record is not None
             values.append((record["command_id"], codec.encode("SuppressionCommand", record)))
 
-        rounds: list[tuple[float, float, float, str]] = []  # ours, limit before, limit after (s)
+        # ours, limit before, limit after (s), loads, CPU s: ours, limit, ours' PostgreSQL backends
+        rounds: list[tuple[float, float, float, str, float, float, float | None]] = []
         for number in range(1, args.rounds + 1):
             load = [load_average()]
             note(f"round {number}: the limit (a bare producer), then ours (optout replay), then the limit")
@@ -158,20 +206,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             cpu_limit = cpu_seconds() - cpu
             load.append(load_average())
             replayer = Replayer(cfg, DESTINATION, batch_size=args.batch_size)
-            if args.profile:
-                profiler = cProfile.Profile()
-                report = profiler.runcall(replayer.run)
-                stats = pstats.Stats(profiler, stream=sys.stderr)
-                stats.sort_stats("tottime").print_stats(args.profile)
-            else:
-                report = replayer.run()
+            with BackendCpu(cfg.admin_dsn(), env.database) as backends:
+                if args.profile:
+                    profiler = cProfile.Profile()
+                    report = profiler.runcall(replayer.run)
+                    stats = pstats.Stats(profiler, stream=sys.stderr)
+                    stats.sort_stats("tottime").print_stats(args.profile)
+                else:
+                    report = replayer.run()
             load.append(load_average())
             cpu_ours = cpu_seconds() - cpu - cpu_limit
             if report.sent != args.suppressions:
                 print(f"MISMATCH: replay sent {report.sent:,} of {args.suppressions:,}")
             after = bare_producer(cfg, values)
             load.append(load_average())
-            rounds.append((report.seconds, before, after, " / ".join(load)))
+            rounds.append(
+                (report.seconds, before, after, " / ".join(load), cpu_ours, cpu_limit, backends.seconds())
+            )
             note(
                 f"round {number}: CPU seconds of this process: ours {cpu_ours:.1f}, "
                 f"the limit (before) {cpu_limit:.1f}"
@@ -197,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{'round':>5} {'ours s':>7} {'ours msgs/s':>12} {'limit msgs/s (before, after)':>30}  share  "
             "load average before / after the limit / after ours / after the limit"
         )
-        for number, (ours, before, after, loads) in enumerate(rounds, 1):
+        for number, (ours, before, after, loads, cpu_ours, cpu_limit, cpu_db) in enumerate(rounds, 1):
             ours_rate = args.suppressions / ours
             limit_rate = args.suppressions / min(before, after)  # the faster of the two: conservative
             share = ours_rate / limit_rate
@@ -209,6 +260,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"      target: ours >= {TARGET_SHARE:.0%} of the faster limit: "
                 f"{'met' if share >= TARGET_SHARE else 'MISSED'}"
+            )
+            per = 1e6 / args.suppressions
+            db = f"{cpu_db:.1f} s ({cpu_db * per:.1f} µs a message)" if cpu_db is not None else "(not local)"
+            print(
+                f"      CPU of this process: ours {cpu_ours:.1f} s ({cpu_ours * per:.1f} µs a message), "
+                f"the limit {cpu_limit:.1f} s ({cpu_limit * per:.1f} µs); PostgreSQL during ours: {db}"
             )
     finally:
         close_env(env)

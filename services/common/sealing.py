@@ -103,11 +103,17 @@ class KeyRing:
             raise ConfigurationError(f"{current_setting} {current!r} is not in {setting}")
         self.current = current
         self._ciphers = {kid: AESGCM(key) for kid, key in keys.items()}
+        self._keys = dict(keys)
         self._dev_kids = frozenset(kid for kid, key in keys.items() if dev_key is not None and key == dev_key)
 
     @property
     def kids(self) -> list[str]:
         return sorted(self._ciphers)
+
+    def key_material(self) -> dict[str, bytes]:
+        """The raw keys by id, for a compiled bulk opener that calls OpenSSL's AES-GCM itself
+        (services/replay/_kernel.c: the same primitive, the same checks as ``open_many``)."""
+        return dict(self._keys)
 
     @property
     def uses_dev_key(self) -> bool:

@@ -96,29 +96,29 @@ class CommandEncoder:
         self.request_id = request_id
         self.destination = destination
         self.action = action
-        self._head = MARKER + schema.fingerprint
-        self._fixed = write_string(request_id) + write_string(destination)
+        self.head = MARKER + schema.fingerprint
+        self.fixed = write_string(request_id) + write_string(destination)
         self._action = write_long(action_index)
-        self._scopes: dict[tuple[str, ...], bytes] = {}
-        self._times = b""
+        self.scope_cache: dict[tuple[str, ...], bytes] = {}  # ``scopes`` by value
+        self.times = b""  # issued_at, deadline and action (``at``)
         self.issued_at = 0
 
     def at(self, issued_at: int) -> None:
         """``issued_at`` (and ``deadline``: replayed commands have no legal deadline) in
         epoch milliseconds for the commands encoded next."""
         self.issued_at = issued_at
-        self._times = write_long(issued_at) * 2 + self._action
+        self.times = write_long(issued_at) * 2 + self._action
 
     def scopes(self, scopes: Sequence[str]) -> bytes:
         """The ``scopes`` array's bytes (cached by its value)."""
         key = tuple(scopes)
-        found = self._scopes.get(key)
+        found = self.scope_cache.get(key)
         if found is None:
             if key:
                 found = write_long(len(key)) + b"".join(write_long(self._scope_index[s]) for s in key) + NULL
             else:
                 found = NULL
-            self._scopes[key] = found
+            self.scope_cache[key] = found
         return found
 
     def encode(
@@ -136,9 +136,9 @@ class CommandEncoder:
         string = write_string
         return b"".join(
             (
-                self._head,
+                self.head,
                 string(command_id),
-                self._fixed,
+                self.fixed,
                 NULL if customer_id is None else _STRING_BRANCH + string(customer_id),
                 NULL if email is None else _STRING_BRANCH + string(email),
                 NULL if phone is None else _STRING_BRANCH + string(phone),
@@ -146,7 +146,7 @@ class CommandEncoder:
                 NULL if email_sha256 is None else _STRING_BRANCH + string(email_sha256),
                 NULL if phone_sha256 is None else _STRING_BRANCH + string(phone_sha256),
                 self.scopes(scopes),
-                self._times,
+                self.times,
                 write_long(requested_at),
                 NULL,  # device_id
             )
@@ -183,7 +183,8 @@ class CommandIds:
     fixed prefix computed once (``plan.replay_command_id`` is the reference)."""
 
     def __init__(self, request_id: str, destination: str) -> None:
-        self._base = hashlib.sha1(COMMAND_NAMESPACE.bytes + f"{request_id}\x1f{destination}\x1f".encode())
+        self.prefix = COMMAND_NAMESPACE.bytes + f"{request_id}\x1f{destination}\x1f".encode()
+        self._base = hashlib.sha1(self.prefix)
 
     def __call__(self, subject: str) -> str:
         h = self._base.copy()

@@ -7,25 +7,26 @@ connection):
 
 1. a reading thread reads the next batch: the state rows after the previous batch's last
    subject (one walk of the state's primary key, stopped after enough rows for
-   ``batch_size`` subjects) and, for the kinds whose raw value the destination takes, their
-   sealed suppression-list entries (one range scan of the list's key per kind); it reads up
-   to ``PREFETCH`` batches ahead, all in one REPEATABLE READ transaction whose snapshot it
-   exports (``pg_export_snapshot``) and keeps open until the run ends;
-2. the main thread decrypts the raw values (``KeyRing.open_many``), builds each command's
-   id and Avro bytes (``encode.ReplayBuilder``, byte-identical to the codec's) and produces
-   them to ``optout.suppress.<destination>`` (throttled by a token bucket), then goes on with
-   the next batch;
+   ``batch_size`` subjects), with the requests (event ids) suppressing each subject, and, for
+   the kinds whose raw value the destination takes, their sealed suppression-list entries
+   (one range scan of the list's key per kind); it reads up to ``PREFETCH`` batches ahead,
+   in REPEATABLE READ transactions renewed every ``SNAPSHOT_SECONDS`` (their exported
+   snapshot is no longer imported by anything since the audit rows are written from what
+   was read: a follow-up may drop it);
+2. the main thread decrypts the raw values, builds each command's id and Avro bytes (the
+   compiled kernel, services/replay/kernel.py, for the usual subject kinds; else
+   ``KeyRing.open_many`` and ``encode.ReplayBuilder``, byte-identical) and produces them to
+   ``optout.suppress.<destination>`` (throttled by a token bucket), then goes on with the
+   next batch;
 3. once a batch's delivery reports are all in (and every earlier batch's), one of two saving
    threads (a connection each: two batches at once) writes its commands into the audit trail
-   of the requests whose suppression they carry (``audit.replayed_batch``); once a batch's
-   audit rows are written, and every earlier batch's, the main thread saves the cursor and
-   the counts in ``replay_runs``, in batch order.
+   of the requests whose suppression they carry (one ``COPY`` of ``audit.replayed_rows``);
+   once a batch's audit rows are written, and every earlier batch's, the main thread saves
+   the cursor and the counts in ``replay_runs``, in batch order.
 
-The ``replayed`` audit rows are computed by PostgreSQL: one ``INSERT ... SELECT`` over the
-batch's subject range of ``suppression_state`` (but the subjects the batch skipped) in the
-snapshot the batch was read in (``in_snapshot``: exactly the rows read, whatever intake
-changed since), with the command id computed by ``replay_command_id`` (migration 0019, equal
-to ``plan.replay_command_id``); Python sends no per-command value for them. The replayer
+The ``replayed`` audit rows hold the event ids the batch read (exactly the rows read,
+whatever intake changed since) and the command ids the batch sent; PostgreSQL re-reads
+nothing for them. The replayer
 writes no ``replay_commands`` row: the confirmer records each ack there when it arrives
 (services/confirmer/store.py; the run's ``replay_runs`` row, inserted before anything is
 sent, tells it the command is a replay's). An ack can come before its command's ``replayed``
@@ -59,9 +60,7 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import Producer
-from psycopg import postgres, sql
-from psycopg.adapt import Dumper
-from psycopg.pq import Format
+from psycopg import sql
 
 from services.common import audit
 from services.common.avro import Codec, default_codec
@@ -75,6 +74,8 @@ from services.common.records import PostalAddressRecord, postal_address_record
 from services.common.sealing import KeyRing
 from services.common.settings import Settings
 from services.replay.encode import ReplayBuilder
+from services.replay.kernel import attach_sealed as kernel_attach_sealed
+from services.replay.kernel import kernel
 from services.replay.plan import SubjectKind, TokenBucket, usable
 from services.suppression.entries import context, suppression_ring
 
@@ -123,18 +124,23 @@ _FILTER = """suppressed AND scope = ANY(%(scopes)s)
 # The next batch: the state rows after ``cursor`` in primary-key order (subject, scope), an
 # index walk that stops after ``rows`` rows: ``batch_size`` times the number of scopes, enough
 # for ``batch_size`` subjects, so each batch costs the same however far the run is. The rows
-# come as ONE text value, a line each: ``<since in epoch ms> <scope> <subject>`` (the subject
-# last, with backslash and newline escaped as \\ and \n), which Python splits: decoding
+# come as ONE text value, a line each: ``<since in epoch ms> <scope> <event id> <subject>`` (the
+# subject last, with backslash and newline escaped as \\ and \n; the event id, the winning
+# request, already escaped for COPY's text format, so that the audit rows are written as it
+# comes: backslash, newline, carriage return and tab as \\ \n \r \t, space as \x20, none left
+# to split on), which Python splits: decoding
 # thousands of rows of three columns through psycopg cost about 2 µs a row. The milliseconds
 # are computed as ``clock.to_millis`` does (the double nearest the epoch seconds, times 1000,
 # truncated: tests/integration/test_replay_sql.py).
 _NEXT = f"""
 SELECT string_agg(
     trunc(extract(epoch FROM since)::float8 * 1000)::bigint::text || ' ' || scope || ' '
+        || replace(replace(replace(replace(replace(event_id, '\\', '\\\\'), E'\\n', '\\n'), E'\\r', '\\r'),
+                   E'\\t', '\\t'), ' ', '\\x20') || ' '
         || replace(replace(subject, '\\', '\\\\'), E'\\n', '\\n'),
     E'\\n' ORDER BY subject, scope)
 FROM (
-    SELECT subject, scope, since FROM suppression_state
+    SELECT subject, scope, since, event_id FROM suppression_state
     WHERE {_FILTER} AND subject > %(cursor)s
     ORDER BY subject, scope LIMIT %(rows)s
 ) s
@@ -149,8 +155,13 @@ SELECT string_agg(sha256 || ' ' || sealed, E'\\n') FROM suppression_list
 WHERE kind = %s AND sha256 >= %s AND sha256 <= %s
 """
 
+# The subjects to go through. A subject has one row per scope (the primary key), so with one
+# scope its rows are counted without the DISTINCT (a sort of every subject: about 1 µs a row).
 _COUNT = f"""
 SELECT count(DISTINCT subject) FROM suppression_state WHERE {_FILTER} AND subject > %(cursor)s
+"""
+_COUNT_ONE_SCOPE = f"""
+SELECT count(*) FROM suppression_state WHERE {_FILTER} AND subject > %(cursor)s
 """
 
 _CURSOR = """
@@ -176,7 +187,7 @@ def new_replay_id(destination: str, now: datetime) -> str:
 @dataclass(frozen=True)
 class Batch:
     """The subjects after ``lo`` up to and including ``hi``, read in the exported snapshot
-    ``snapshot`` (empty: none), which the statements writing the batch's rows import."""
+    ``snapshot`` (empty: none)."""
 
     lo: str
     hi: str
@@ -199,6 +210,7 @@ class Prepared:
     skipped: list[str]  # the subjects of the batch without a command
     issued_at: datetime
     result: BatchResult
+    events: list[tuple[str, ...]]  # per command, the requests it carries (``Row``; COPY-escaped)
 
 
 DELIVERY_TIMEOUT_SECONDS = 60.0
@@ -208,8 +220,9 @@ PREFETCH = 2  # batches read ahead of the one being built (in-process runs)
 SAVERS = 2  # connections writing the audit rows of delivered batches at once
 
 
-# subject, scopes, newest since (epoch milliseconds), sealed entry
-Row = tuple[str, tuple[str, ...], int, str | None]
+# subject, scopes, newest since (epoch milliseconds), sealed entry, the event ids of the
+# requests suppressing it for those scopes (distinct; escaped for COPY's text format)
+Row = tuple[str, tuple[str, ...], int, str | None, tuple[str, ...]]
 
 
 @dataclass(frozen=True)
@@ -231,6 +244,45 @@ def _unescape(subject: str) -> str:
 
 
 _ESCAPED = re.compile(r"\\(.)", re.DOTALL)
+
+
+def parse_python(text: str, size: int) -> list[Row]:
+    """The rows of ``_NEXT``'s text: a subject's lines merged (its scopes, its newest since,
+    its distinct event ids), at most ``size`` subjects (0.65 µs a row: a compiled one was no
+    faster, str.split is already C)."""
+    rows: list[Row] = []
+    append = rows.append
+    last = None
+    escaped = "\\" in text
+    scopes: dict[str, tuple[str, ...]] = {}  # one tuple per scope
+    for line in text.split("\n"):
+        millis, scope, event, subject = line.split(" ", 3)
+        if escaped and "\\" in subject:
+            subject = _unescape(subject)
+        if subject == last:
+            previous = rows[-1]
+            events = previous[4] if event in previous[4] else (*previous[4], event)
+            rows[-1] = (subject, (*previous[1], scope), max(previous[2], int(millis)), None, events)
+        else:
+            one = scopes.get(scope)
+            if one is None:
+                one = scopes[scope] = (scope,)
+            append((subject, one, int(millis), None, (event,)))
+            last = subject
+    # A subject has at most one row per scope, so the walk holds at least ``size``
+    # subjects when it was cut short; only the last one can miss rows, and it is beyond
+    # the first ``size`` unless every one has all its rows.
+    del rows[size:]
+    return rows
+
+
+def attach_sealed_python(rows: list[Row], where: list[int], text: str | None) -> None:
+    """``rows[i]`` for each i of ``where`` with its sealed entry from ``_SEALED``'s text (None:
+    none), by the subject's part after its first colon (``kernel.attach_sealed`` compiled)."""
+    found = dict(line.split(" ", 1) for line in text.split("\n")) if text else {}
+    for i in where:
+        subject, scopes, since, _, events = rows[i]
+        rows[i] = (subject, scopes, since, found.get(subject.partition(":")[2]), events)
 
 
 class BatchReader:
@@ -262,28 +314,7 @@ class BatchReader:
         text = found[0] if found else None
         if not text:
             return None
-        rows: list[Row] = []
-        append = rows.append
-        last = None
-        escaped = "\\" in text
-        scopes: dict[str, tuple[str, ...]] = {}  # one tuple per scope
-        for line in text.split("\n"):
-            millis, scope, subject = line.split(" ", 2)
-            if escaped and "\\" in subject:
-                subject = _unescape(subject)
-            if subject == last:
-                previous = rows[-1]
-                rows[-1] = (subject, (*previous[1], scope), max(previous[2], int(millis)), None)
-            else:
-                one = scopes.get(scope)
-                if one is None:
-                    one = scopes[scope] = (scope,)
-                append((subject, one, int(millis), None))
-                last = subject
-        # A subject has at most one row per scope, so the walk holds at least ``size``
-        # subjects when it was cut short; only the last one can miss rows, and it is beyond
-        # the first ``size`` unless every one has all its rows.
-        del rows[size:]
+        rows = parse_python(text, size)
         if not rows:
             return None
         return Batch(cursor, rows[-1][0]), self.sealed(conn, rows) if sealed else rows
@@ -293,7 +324,7 @@ class BatchReader:
         if not rows or not self.sealed_kinds:
             return rows
         hashes: dict[str, list[int]] = {}
-        for i, (subject, _, _, _) in enumerate(rows):
+        for i, (subject, _, _, _, _) in enumerate(rows):
             prefix = subject.partition(":")[0]
             if prefix in self.sealed_kinds:
                 hashes.setdefault(prefix, []).append(i)
@@ -301,10 +332,9 @@ class BatchReader:
             first = rows[where[0]][0].partition(":")[2]
             last = rows[where[-1]][0].partition(":")[2]
             text = conn.execute(_SEALED, (self.sealed_kinds[prefix], first, last)).fetchone()
-            found = dict(line.split(" ", 1) for line in text[0].split("\n")) if text and text[0] else {}
-            for i in where:
-                subject, scopes, since, _ = rows[i]
-                rows[i] = (subject, scopes, since, found.get(subject.partition(":")[2]))
+            value = str(text[0]) if text and text[0] else None
+            if not kernel_attach_sealed(rows, where, value):
+                attach_sealed_python(rows, where, value)
         return rows
 
 
@@ -331,6 +361,7 @@ class BatchSender:
         self.ring = ring
         self.clock = clock
         self.builder = ReplayBuilder(codec, replay_id, dest)
+        self.kernel = kernel(ring, self.builder)  # None: not compiled, the Python path only
         self.topic = settings.suppress_topic(dest.id)
         self.since = since
 
@@ -341,7 +372,7 @@ class BatchSender:
         sealed: list[str] = []
         contexts: list[bytes] = []
         kinds = self.reader.sealed_kinds
-        for i, (subject, _, _, found) in enumerate(rows):
+        for i, (subject, _, _, found, _) in enumerate(rows):
             if found is not None:
                 prefix, _, sha256 = subject.partition(":")
                 where.append(i)
@@ -357,23 +388,54 @@ class BatchSender:
 
     def prepare(self, rows: Sequence[Row]) -> Prepared:
         """Decrypt, then build each command's id and bytes (None for a subject the
-        destination cannot use)."""
+        destination cannot use): in the compiled kernel (services/replay/kernel.py), the rows
+        it leaves (a postal address, a device, ...) and a batch it cannot open in Python."""
+        now = self.clock.now()
+        self.builder.at(now)
+        built = self.kernel.build(list(rows)) if self.kernel is not None else None
+        if built is None:
+            return self.prepare_python(rows, now)
+        rest = [i for i, one in enumerate(built) if one is False]
+        if rest:
+            left = [rows[i] for i in rest]
+            build = self.builder.build
+            for i, (subject, scopes, since, _, _), found in zip(
+                rest, left, self.raw_values(left), strict=True
+            ):
+                built[i] = build(subject, scopes, since, found)
+        keys: list[str] = []
+        values: list[bytes] = []
+        events: list[tuple[str, ...]] = []
+        skipped: list[str] = []
+        for row, one in zip(rows, built, strict=True):
+            if one:
+                keys.append(one[0])
+                values.append(one[1])
+                events.append(row[4])
+            else:
+                skipped.append(row[0])
+        result = BatchResult(len(keys), len(rows) - len(keys), len(rows))
+        return Prepared(keys, values, skipped, now, result, events)
+
+    def prepare_python(self, rows: Sequence[Row], now: datetime) -> Prepared:
+        """``prepare`` in Python only (the reference of the kernel), issued at ``now``."""
         raw = self.raw_values(rows)
         build = self.builder.build
-        now = self.clock.now()
         self.builder.at(now)
         keys: list[str] = []
         values: list[bytes] = []
+        events: list[tuple[str, ...]] = []
         skipped: list[str] = []
-        for (subject, scopes, since, _), found in zip(rows, raw, strict=True):
+        for (subject, scopes, since, _, requests), found in zip(rows, raw, strict=True):
             built = build(subject, scopes, since, found)
             if built is not None:
                 keys.append(built[0])
                 values.append(built[1])
+                events.append(requests)
             else:
                 skipped.append(subject)
         result = BatchResult(len(keys), len(rows) - len(keys), len(rows))
-        return Prepared(keys, values, skipped, now, result)
+        return Prepared(keys, values, skipped, now, result, events)
 
     def produce(self, prepared: Prepared) -> DeliveryTracker:
         """Produce a batch (throttled); its tracker counts the delivery reports."""
@@ -388,33 +450,9 @@ class BatchSender:
         return tracker
 
 
-class _TextArrayDumper(Dumper):
-    """Lists of strings as ``text[]`` literals, for the saving connection only: psycopg's
-    general list dumper costs about 1 µs an element, this about a tenth (the audit rows of
-    a batch pass two arrays of ``batch_size`` strings)."""
-
-    format = Format.TEXT
-    oid = postgres.types["text"].array_oid
-
-    def dump(self, obj: Any) -> bytes:
-        if not isinstance(obj, list) or not all(type(item) is str for item in obj):
-            raise TypeError("the replay's saving connection passes lists of strings only")
-        quoted = ['"' + item.replace("\\", "\\\\").replace('"', '\\"') + '"' for item in obj]
-        return ("{" + ",".join(quoted) + "}").encode()
-
-
-def snapshot_connection(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
-    """``conn`` (the saving thread's autocommit connection) with lists
-    dumped by ``_TextArrayDumper`` and its explicit transactions (``in_snapshot``) at
-    REPEATABLE READ, the isolation an imported snapshot needs."""
-    conn.adapters.register_dumper(list, _TextArrayDumper)
-    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-    return conn
-
-
 @contextlib.contextmanager
 def in_snapshot(conn: psycopg.Connection[Any], snapshot: str) -> Iterator[None]:
-    """A transaction of ``conn`` (``snapshot_connection``) that sees the database as the
+    """A transaction of ``conn`` (at REPEATABLE READ) that sees the database as the
     reading thread's transaction, which exported ``snapshot`` (``pg_export_snapshot``), does:
     a statement over a batch's subject range then selects exactly the rows the batch was read
     from, whatever intake changed since. Empty ``snapshot``: the transaction's own."""
@@ -472,7 +510,7 @@ class Replayer:
 
     def count(self, conn: psycopg.Connection[Any], cursor: str = "") -> int:
         params = {"scopes": self.scopes, "cursor": cursor, "since": self.since}
-        row = conn.execute(_COUNT, params).fetchone()
+        row = conn.execute(_COUNT if len(self.scopes) > 1 else _COUNT_ONE_SCOPE, params).fetchone()
         return int(row[0]) if row else 0
 
     def dry_run(self) -> ReplayReport:
@@ -553,38 +591,27 @@ class Replayer:
         self, conns: queue.Queue[psycopg.Connection[Any]], replay_id: str, batch: Batch, prepared: Prepared
     ) -> None:
         """After a delivered batch, on a saving thread (with one of ``conns``): write its
-        commands into the audit trail of the requests whose suppression they carry (a
-        transaction in the batch's snapshot around one statement), then, in a second
-        transaction (READ COMMITTED, under the destination's exclusive audit lock), the
-        ``acknowledged`` rows of acks the confirmer recorded before their command's
-        ``replayed`` rows existed (``audit.replay_acks_catch_up``); both in one round trip."""
+        commands into the audit trail of the requests whose suppression they carry (one
+        ``COPY`` of the rows ``audit.replayed_rows`` writes from what the batch read: its
+        own transaction), then, in a second transaction (READ COMMITTED, under the
+        destination's exclusive audit lock), the ``acknowledged`` rows of acks the confirmer
+        recorded before their command's ``replayed`` rows existed
+        (``audit.replay_acks_catch_up``)."""
         if not prepared.keys:
             return
-        statement = audit.replayed_batch(
-            replay_id,
+        rows = audit.replayed_rows(
             self.dest.id,
-            self.scopes,
-            self.since,
-            batch.lo,
-            batch.hi,
-            prepared.skipped,
+            prepared.keys,
+            prepared.events,
             prepared.issued_at,
             f"replayed to {self.dest.id} ({replay_id})",
         )
         catch_up = audit.replay_acks_catch_up(replay_id, self.dest.id, self.clock.now())
         conn = conns.get()
         try:
-            conn.execute(
-                sql.SQL(";\n").join(
-                    [
-                        sql.SQL("BEGIN ISOLATION LEVEL REPEATABLE READ"),
-                        sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(batch.snapshot)),
-                        statement,
-                        sql.SQL("COMMIT"),
-                        catch_up,
-                    ]
-                )
-            )
+            with conn.cursor() as cur, cur.copy(audit.REPLAYED_COPY) as copy:
+                copy.write(rows)
+            conn.execute(catch_up)
         finally:
             conns.put(conn)
 
@@ -638,6 +665,8 @@ class Replayer:
             self.codec,
             self.clock,
         )
+        if sender.kernel is None:
+            log.warning("replay kernel not built (services/replay/_kernel.c, make install): Python path")
         reads: queue.Queue[Read] = queue.Queue(PREFETCH)
         stop = threading.Event()
         reader = threading.Thread(
@@ -654,8 +683,7 @@ class Replayer:
         try:
             with contextlib.ExitStack() as stack:
                 for _ in range(SAVERS):
-                    saving = snapshot_connection(connect(self.settings.dsn(), autocommit=True))
-                    conns.put(stack.enter_context(saving))
+                    conns.put(stack.enter_context(connect(self.settings.dsn(), autocommit=True)))
                 saver = stack.enter_context(ThreadPoolExecutor(SAVERS, thread_name_prefix="replay-save"))
 
                 def saved(wait: bool) -> None:

@@ -5,7 +5,7 @@ can ack first. Whichever of the two comes second writes the row, under a lock th
 
 Each interleaving is driven directly, in a fixed order: the confirmer's store functions (as
 ``ConfirmerStep.submit`` runs them: one transaction, pipeline mode) and the replayer's audit
-stage (``Replayer._audit``, in the snapshot of a batch read). The same for ``optout
+stage (``Replayer._audit``). The same for ``optout
 reconcile``'s ``reconcile_resent`` rows, which it writes after its commands are delivered."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from services.common.settings import Settings
 from services.confirmer.outcomes import Ack
 from services.confirmer.store import apply_acks
 from services.replay.plan import replay_command_id
-from services.replay.run import Batch, BatchResult, Prepared, Replayer, snapshot_connection
+from services.replay.run import Batch, BatchResult, Prepared, Replayer
 from tests.support.pipeline import wait_until
 
 pytestmark = pytest.mark.integration
@@ -82,20 +82,14 @@ def _confirm(database: dict[str, str], acks: Sequence[Ack]) -> None:
 
 
 def _replay_audit(cfg: Settings, database: dict[str, str]) -> None:
-    """The replayer's audit stage for a batch of ``SUBJECTS`` (read in a snapshot it exports)."""
-    with (
-        psycopg.connect(database["app"], autocommit=True) as reader,
-        snapshot_connection(psycopg.connect(database["app"], autocommit=True)) as writer,
-    ):
-        reader.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        with reader.transaction():
-            exported = reader.execute("SELECT pg_export_snapshot()").fetchone()
-            assert exported is not None
-            keys = [_command(s) for s in SUBJECTS]
-            prepared = Prepared(keys, [b""] * len(keys), [], AT, BatchResult(len(keys), 0, len(keys)))
-            conns: queue.Queue[psycopg.Connection[Any]] = queue.Queue()
-            conns.put(writer)
-            Replayer(cfg, DEST)._audit(conns, RUN, Batch("cust:", SUBJECTS[-1], str(exported[0])), prepared)
+    """The replayer's audit stage for a batch of ``SUBJECTS`` (requests evt-0..2)."""
+    with psycopg.connect(database["app"], autocommit=True) as writer:
+        keys = [_command(s) for s in SUBJECTS]
+        events = [(f"evt-{n}",) for n in range(len(SUBJECTS))]
+        prepared = Prepared(keys, [b""] * len(keys), [], AT, BatchResult(len(keys), 0, len(keys)), events)
+        conns: queue.Queue[psycopg.Connection[Any]] = queue.Queue()
+        conns.put(writer)
+        Replayer(cfg, DEST)._audit(conns, RUN, Batch("cust:", SUBJECTS[-1]), prepared)
 
 
 def _trail(database: dict[str, str]) -> list[tuple[str, str, str | None, str | None]]:

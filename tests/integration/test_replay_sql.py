@@ -1,9 +1,10 @@
-"""The audit rows ``optout replay`` has PostgreSQL compute (migration 0019,
-services/replay/run.py): the SQL command id equals the Python one, and a batch's rows are those
-of the snapshot it was read in, whatever changed in its subject range since."""
+"""The SQL side of ``optout replay`` (services/replay/run.py): the SQL command id (migration
+0019) equals the Python one, a batch's audit rows are those it read, whatever changed in its
+subject range since, the reader reads any subject back, the confirmer records replay acks."""
 
 from __future__ import annotations
 
+import queue
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +22,7 @@ from services.confirmer.store import apply_acks
 from services.domain.identity import sha256_hex
 from services.replay import run
 from services.replay.plan import replay_command_id
-from services.replay.run import Batch, BatchReader, in_snapshot, snapshot_connection
+from services.replay.run import BatchReader, BatchResult, Prepared, in_snapshot
 from tests.support.pipeline import isolated_settings, read_topic
 
 pytestmark = pytest.mark.integration
@@ -56,51 +57,61 @@ def _state(conn: psycopg.Connection[object], subject: str, event_id: str, since:
     )
 
 
-def test_a_batchs_rows_are_those_of_its_snapshot(database: dict[str, str]) -> None:
+def test_a_batchs_rows_are_those_it_read(database: dict[str, str]) -> None:
     """The ``replayed`` audit rows of a batch, written after intake added a subject to its
     range and another request took over a subject's suppression: exactly the subjects read
-    (but the skipped one), with the requests of the snapshot."""
+    (but the skipped one), with the requests read (event ids with characters COPY escapes
+    come back as they were)."""
     cfg = Settings(database_url=database["app"], admin_database_url=database["admin"])
     dest = cfg.destinations["email_provider"]
     since = datetime(2026, 11, 1, tzinfo=UTC)
     read = ["cust:a", "cust:c", "cust:e"]
-    with psycopg.connect(database["app"], autocommit=True) as setup:
-        for n, subject in enumerate(read):
-            _state(setup, subject, f"evt-{n}", since)
-    with (
-        psycopg.connect(database["app"], autocommit=True) as reader,
-        snapshot_connection(psycopg.connect(database["app"], autocommit=True)) as writer,
-        psycopg.connect(database["app"], autocommit=True) as intake,
-    ):
-        reader.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        with reader.transaction():
-            exported = reader.execute("SELECT pg_export_snapshot()").fetchone()
-            assert exported is not None
-            _state(intake, "cust:b", "evt-late", since)  # after the read: not in the batch
-            intake.execute("UPDATE suppression_state SET event_id = 'evt-newer' WHERE subject = 'cust:e'")
-            batch = Batch("cust:", "cust:e", str(exported[0]))
-            skipped = ["cust:c"]
-            with in_snapshot(writer, batch.snapshot):
-                statement = audit.replayed_batch(
-                    "run-1",
-                    dest.id,
-                    ["EMAIL_MARKETING"],
-                    None,
-                    batch.lo,
-                    batch.hi,
-                    skipped,
-                    since + timedelta(days=1),
-                    "replayed to email_provider (run-1)",
-                )
-                written = writer.execute(statement).rowcount
-        assert written == 2
-        trail = writer.execute(
-            "SELECT event_id, command_id, detail FROM audit_events WHERE step = 'replayed' ORDER BY 1"
+    events = ["evt-0", "evt-1", "evt 2\\x20 \\ \t\n\r é"]
+    with psycopg.connect(database["app"], autocommit=True) as conn:
+        for subject, event in zip(read, events, strict=True):
+            _state(conn, subject, event, since)
+        found = BatchReader(dest, None).next(conn, "", 10)
+        assert found is not None
+        batch, rows = found
+        _state(conn, "cust:b", "evt-late", since)  # after the read: not in the batch
+        conn.execute("UPDATE suppression_state SET event_id = 'evt-newer' WHERE subject = 'cust:e'")
+        sent = [row for row in rows if row[0] != "cust:c"]  # cust:c skipped
+        keys = [replay_command_id("run-1", dest.id, row[0]) for row in sent]
+        result = BatchResult(len(keys), 1, len(rows))
+        prepared = Prepared(
+            keys, [b""] * len(keys), ["cust:c"], since + timedelta(days=1), result, [r[4] for r in sent]
+        )
+        conns: queue.Queue[psycopg.Connection[Any]] = queue.Queue()
+        conns.put(conn)
+        run.Replayer(cfg, dest.id)._audit(conns, "run-1", batch, prepared)
+        trail = conn.execute(
+            "SELECT event_id, command_id, detail, at FROM audit_events WHERE step = 'replayed' ORDER BY 1"
         ).fetchall()
     ids = {s: replay_command_id("run-1", dest.id, s) for s in ("cust:a", "cust:e")}
-    assert trail == [
-        ("evt-0", ids["cust:a"], f"replayed to email_provider (run-1): command {ids['cust:a']}"),
-        ("evt-2", ids["cust:e"], f"replayed to email_provider (run-1): command {ids['cust:e']}"),
+    at = since + timedelta(days=1)
+    assert sorted(trail) == sorted(
+        [
+            ("evt-0", ids["cust:a"], f"replayed to email_provider (run-1): command {ids['cust:a']}", at),
+            (events[2], ids["cust:e"], f"replayed to email_provider (run-1): command {ids['cust:e']}", at),
+        ]
+    )
+
+
+def test_copy_text_escapes_what_copy_reads(database: dict[str, str]) -> None:
+    """``audit.replayed_rows`` (COPY text): a destination and label with backslashes, tabs and
+    newlines are written as they are."""
+    at = datetime(2026, 12, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    with psycopg.connect(database["app"], autocommit=True) as conn:
+        with conn.cursor() as cur, cur.copy(audit.REPLAYED_COPY) as copy:
+            copy.write(
+                audit.replayed_rows("d\\\t\n\rx", ["c1", "c2"], [("e1",), ("e2", "e3")], at, "l\\a\tb")
+            )
+        rows = conn.execute(
+            "SELECT event_id, at, step, destination, detail, command_id FROM audit_events ORDER BY 1"
+        ).fetchall()
+    assert rows == [
+        (e, at, "replayed", "d\\\t\n\rx", f"l\\a\tb: command {c}", c)
+        for e, c in [("e1", "c1"), ("e2", "c2"), ("e3", "c2")]
     ]
 
 
@@ -186,7 +197,8 @@ def test_the_batch_reader_reads_any_subject_back(database: dict[str, str]) -> No
     batch, rows = found
     expected = {s: (("EMAIL_MARKETING",), to_millis(since + timedelta(seconds=n))) for n, s in enumerate(odd)}
     expected[odd[0]] = (("EMAIL_MARKETING", "THIRD_PARTY_SHARING"), to_millis(since + timedelta(days=1)))
-    assert {subject: (scopes, millis) for subject, scopes, millis, _ in rows} == expected
+    assert {subject: (scopes, millis) for subject, scopes, millis, _, _ in rows} == expected
+    assert {row[0]: row[4] for row in rows}[odd[0]] == ("evt-0", "evt-x")
     assert len(rows) == len(odd)
     assert batch.hi == rows[-1][0]
 
