@@ -91,7 +91,7 @@ class Settings(BaseSettings):
         description="Most messages a consumer fetches ahead of what it has processed, plus one "
         "fetch (librdkafka queued.min.messages; its default, 100,000, fills up behind a backlog). "
         "For small messages (the confirmer's acks, about 100 bytes) this binds before "
-        "OPTOUT_KAFKA_CONSUMER_QUEUE_KBYTES: librdkafka keeps about 700 bytes of its own per "
+        "OPTOUT_KAFKA_CONSUMER_QUEUE_KBYTES: librdkafka keeps about 750 bytes of its own per "
         "queued message, so 100,000 acks held about 75 MiB. Two batches of OPTOUT_BATCH_SIZE.",
     )
     kafka_fetch_wait_ms: int = Field(
