@@ -5,6 +5,7 @@ behind the Kubernetes resource requests and limits (deploy/k8s, docs/capacity.md
         [--web-rate 50] [--idle-seconds 10] [--all-kinds]
     .venv/bin/python -m benchmarks.bench_resources --backlog 1000000 [--every 100000]
         [--max-growth 0.2]                                    (``make bench-memory``)
+        [--probe confirmer [--probe-out FILE] [--slow-confirmer 0.5]]   (benchmarks/memory_probe.py)
 
 Starts every service of ``optout run all`` as its own OS process (``optout run standins``,
 ``intake``, ``confirmer``, ``connector NAME`` for each destination of the shipped
@@ -236,10 +237,13 @@ def all_kinds_environment(work: Path) -> dict[str, str]:
     return env
 
 
-def start(service: Service, environ: dict[str, str], log_dir: Path) -> None:
+def start(service: Service, environ: dict[str, str], log_dir: Path, probe: Sequence[str] = ()) -> None:
+    """Start ``optout run SPEC``; with ``probe`` (``benchmarks.memory_probe``'s arguments),
+    under the memory probe."""
     log = (log_dir / f"{service.name}.log").open("wb")
+    command = ["-m", "benchmarks.memory_probe", *probe, "--"] if probe else ["-m", "services.cli.main"]
     service.proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "run", *service.spec],
+        [sys.executable, *command, "run", *service.spec],
         cwd=ROOT,
         env={**environ, "OPTOUT_METRICS_PORT": str(service.metrics_port)},
         stdout=log,
@@ -450,6 +454,17 @@ def growth_verdicts(checkpoints: Sequence[Checkpoint], max_growth: float) -> dic
     return verdicts
 
 
+def probe_args(args: argparse.Namespace) -> list[str]:
+    """``benchmarks.memory_probe``'s arguments for ``--probe``."""
+    default = Path(tempfile.gettempdir()) / f"bench-memory-probe-{time.strftime('%H%M%S')}.jsonl"
+    out = args.probe_out or default
+    found = [str(out), "--every", str(args.probe_every)]
+    if args.slow_confirmer:
+        found += ["--slow-confirmer", str(args.slow_confirmer)]
+    note(f"{args.probe} runs under benchmarks.memory_probe; its snapshots go to {out}")
+    return found
+
+
 def run_backlog(args: argparse.Namespace) -> int:
     """The ``--backlog`` mode (see the module docstring)."""
     load_start = load_average()
@@ -471,7 +486,7 @@ def run_backlog(args: argparse.Namespace) -> int:
         loaded = preload(env.settings, args.backlog, seed=int(time.time()))
         note(f"backlog produced in {loaded.seconds:.0f} s; starting the pipeline (logs in {work})")
         for service in services:
-            start(service, environ, work)
+            start(service, environ, work, probe_args(args) if service.name == args.probe else ())
         wait_ready(services)
         for service in services:
             assert service.proc is not None
@@ -578,8 +593,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--max-growth", type=float, default=0.2, help="--backlog: allowed RSS growth over the first figure"
     )
+    parser.add_argument(
+        "--probe",
+        default="",
+        help="--backlog: run this process (e.g. confirmer) under benchmarks.memory_probe (RSS, "
+        "malloc arenas, Python objects, librdkafka's queue every --probe-every seconds)",
+    )
+    parser.add_argument("--probe-out", type=Path, default=None, help="--probe: its JSON lines file")
+    parser.add_argument("--probe-every", type=float, default=15.0, help="--probe: seconds between snapshots")
+    parser.add_argument(
+        "--slow-confirmer",
+        type=float,
+        default=0.0,
+        help="--probe confirmer: sleep this long before each batch (the confirmer falls behind)",
+    )
     args = parser.parse_args(argv)
     setup_logging()
+    if args.slow_confirmer and args.probe != "confirmer":
+        raise SystemExit("--slow-confirmer needs --probe confirmer")
     if args.backlog:
         return run_backlog(args)
     if os.environ.get("OPTOUT_DESTINATIONS_FILE"):

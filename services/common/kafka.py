@@ -75,8 +75,19 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     return with_request_log(settings, config)
 
 
+# What one fetch brings per partition (librdkafka's max.partition.fetch.bytes, 1 MiB by
+# default). The consumer's queue limits (OPTOUT_KAFKA_CONSUMER_QUEUE_MESSAGES and _KBYTES) are
+# checked before a fetch, so a fetch may overshoot them by this much per partition: 1 MiB of
+# 100-byte acks is 10,000 messages per partition, about 7 MiB of librdkafka's memory each
+# (with 10,000 as the limit, six partitions' queue reached 44,000 acks at 1 MiB and 10,600 at
+# 256 KiB). A record batch larger than this is still returned whole (KIP-74), so no message
+# is ever too big to fetch. OPTOUT_KAFKA_EXTRA may set another value.
+CONSUMER_PARTITION_FETCH_BYTES = 262_144
+
+
 def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
+        "max.partition.fetch.bytes": CONSUMER_PARTITION_FETCH_BYTES,
         **settings.kafka_config(),
         "group.id": group_id,
         "enable.auto.commit": False,
@@ -88,6 +99,7 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         "fetch.wait.max.ms": settings.kafka_fetch_wait_ms,
         "fetch.min.bytes": settings.kafka_fetch_min_bytes,
         "queued.max.messages.kbytes": settings.kafka_consumer_queue_kbytes,
+        "queued.min.messages": settings.kafka_consumer_queue_messages,
         "error_cb": _error_cb,
         "logger": NATIVE_LOG,
     }

@@ -84,6 +84,16 @@ class Settings(BaseSettings):
         "backlog and makes resident memory grow with it). A batch of OPTOUT_BATCH_SIZE "
         "messages needs about a tenth of the default.",
     )
+    kafka_consumer_queue_messages: int = Field(
+        10_000,
+        ge=1,
+        le=10_000_000,
+        description="Most messages a consumer fetches ahead of what it has processed, plus one "
+        "fetch (librdkafka queued.min.messages; its default, 100,000, fills up behind a backlog). "
+        "For small messages (the confirmer's acks, about 100 bytes) this binds before "
+        "OPTOUT_KAFKA_CONSUMER_QUEUE_KBYTES: librdkafka keeps about 750 bytes of its own per "
+        "queued message, so 100,000 acks held about 75 MiB. Two batches of OPTOUT_BATCH_SIZE.",
+    )
     kafka_fetch_wait_ms: int = Field(
         50,
         ge=1,

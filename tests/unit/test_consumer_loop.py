@@ -393,6 +393,19 @@ def test_a_consumer_fetches_ahead_at_most_the_configured_queue() -> None:
     assert consumer_config(smaller, "g")["queued.max.messages.kbytes"] == 1024
 
 
+def test_a_consumer_fetches_ahead_at_most_the_configured_messages_in_small_fetches() -> None:
+    """Small messages (acks) filled librdkafka's default 100,000-message queue behind a
+    backlog: the confirmer's resident memory grew with its lag (about 700 bytes each)."""
+    from services.common.kafka import CONSUMER_PARTITION_FETCH_BYTES, consumer_config
+
+    default = consumer_config(Settings(), "g")
+    assert default["queued.min.messages"] == 10_000
+    assert default["max.partition.fetch.bytes"] == CONSUMER_PARTITION_FETCH_BYTES == 262_144
+    assert consumer_config(Settings(kafka_consumer_queue_messages=2000), "g")["queued.min.messages"] == 2000
+    extra = Settings(kafka_extra={"max.partition.fetch.bytes": "1048576"})
+    assert consumer_config(extra, "g")["max.partition.fetch.bytes"] == "1048576"  # OPTOUT_KAFKA_EXTRA wins
+
+
 def test_a_consumer_fetches_with_the_configured_wait_and_minimum() -> None:
     from services.common.kafka import consumer_config
 
