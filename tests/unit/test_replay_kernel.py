@@ -25,6 +25,7 @@ from services.common.settings import Settings
 from services.replay import kernel, run
 from services.replay.run import BatchSender, Row
 from services.suppression.entries import context
+from tests.unit.test_replay_encode import ADDRESS
 
 # `make install` builds the kernel: CI (a fresh clone) must have it, so there a missing kernel
 # fails this module instead of skipping it.
@@ -45,14 +46,6 @@ SETTINGS = Settings()
 OTHER_RING = KeyRing({"k1": bytes(range(1, 33))}, "k1")  # same kid, another key: forged
 SEALED_KIND = {"email_sha256": "email", "phone_sha256": "phone", "postal": "postal"}
 PREFIXES = ["cust", "email_sha256", "phone_sha256", "postal", "device_sha256", "other"]
-ADDRESS = {
-    "name": "Ada Lovelace",
-    "lines": ["12 St James's Square"],
-    "city": "London",
-    "region": None,
-    "postal_code": "SW1Y 4JH",
-    "country": "GB",
-}
 
 destinations = st.builds(
     lambda ident, needs: Destination(
