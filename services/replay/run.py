@@ -10,9 +10,7 @@ connection):
    ``batch_size`` subjects), with the requests (event ids) suppressing each subject, and, for
    the kinds whose raw value the destination takes, their sealed suppression-list entries
    (one range scan of the list's key per kind); it reads up to ``PREFETCH`` batches ahead,
-   in REPEATABLE READ transactions renewed every ``SNAPSHOT_SECONDS`` (their exported
-   snapshot is no longer imported by anything since the audit rows are written from what
-   was read: a follow-up may drop it);
+   in REPEATABLE READ transactions renewed every ``SNAPSHOT_SECONDS``;
 2. the main thread decrypts the raw values, builds each command's id and Avro bytes (the
    compiled kernel, services/replay/kernel.py, for the usual subject kinds; else
    ``KeyRing.open_many`` and ``encode.ReplayBuilder``, byte-identical) and produces them to
@@ -52,7 +50,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -60,7 +58,6 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import Producer
-from psycopg import sql
 
 from services.common import audit
 from services.common.avro import Codec, default_codec
@@ -186,12 +183,10 @@ def new_replay_id(destination: str, now: datetime) -> str:
 
 @dataclass(frozen=True)
 class Batch:
-    """The subjects after ``lo`` up to and including ``hi``, read in the exported snapshot
-    ``snapshot`` (empty: none)."""
+    """The subjects after ``lo`` up to and including ``hi``."""
 
     lo: str
     hi: str
-    snapshot: str = ""
 
 
 @dataclass(frozen=True)
@@ -448,18 +443,6 @@ class BatchSender:
                 bucket.take()
             produce(topic, value=value, key=key)
         return tracker
-
-
-@contextlib.contextmanager
-def in_snapshot(conn: psycopg.Connection[Any], snapshot: str) -> Iterator[None]:
-    """A transaction of ``conn`` (at REPEATABLE READ) that sees the database as the
-    reading thread's transaction, which exported ``snapshot`` (``pg_export_snapshot``), does:
-    a statement over a batch's subject range then selects exactly the rows the batch was read
-    from, whatever intake changed since. Empty ``snapshot``: the transaction's own."""
-    with conn.transaction():
-        if snapshot:
-            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-        yield
 
 
 def delivered(tracker: DeliveryTracker) -> bool:
@@ -744,14 +727,14 @@ class Replayer:
         out: queue.Queue[Read],
         stop: threading.Event,
     ) -> None:
-        """The reading thread: each batch with its rows, then None (or the error). It reads in
-        a REPEATABLE READ transaction whose snapshot it exports (each ``Batch`` names it, for
-        the statement writing the batch's audit rows) and keeps open until every batch read
-        in it is saved: after ``SNAPSHOT_SECONDS`` it hands a ``SnapshotEnd`` and waits for
-        the main thread to finish those batches, then starts a new one (VACUUM is held back
-        that long at most); the last one stays open until ``stop`` (the end of the run). While
-        it waits, it runs ``SELECT 1`` every ``KEEPALIVE_SECONDS`` (a throttled run may wait
-        long; a server's ``idle_in_transaction_session_timeout`` would end the snapshot)."""
+        """The reading thread: each batch with its rows, then None (or the error). It reads in a
+        REPEATABLE READ transaction (one snapshot for the batches read in it) that it keeps open
+        until every batch read in it is saved: after ``SNAPSHOT_SECONDS`` it hands a
+        ``SnapshotEnd`` and waits for the main thread to finish those batches, then starts a new
+        one (VACUUM is held back that long at most); the last one stays open until ``stop`` (the
+        end of the run). While it waits, it runs ``SELECT 1`` every ``KEEPALIVE_SECONDS`` (a
+        throttled run may wait long; a server's ``idle_in_transaction_session_timeout`` would end
+        the snapshot)."""
         try:
             with connect(self.settings.dsn(), autocommit=True) as conn:
                 conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -760,8 +743,6 @@ class Replayer:
                 more = True
                 while more:
                     with conn.transaction():
-                        exported = conn.execute("SELECT pg_export_snapshot()").fetchone()
-                        snapshot = str(exported[0]) if exported else ""
                         started = time.monotonic()
                         while True:
                             found = None
@@ -773,7 +754,7 @@ class Replayer:
                                 _idle(conn, stop, stop)  # keep the snapshot until the run ends
                                 break
                             batch, rows = found
-                            _hand(conn, out, (Batch(batch.lo, batch.hi, snapshot), rows))
+                            _hand(conn, out, (batch, rows))
                             cursor = batch.hi
                             count += 1
                             if time.monotonic() - started >= SNAPSHOT_SECONDS:
