@@ -147,7 +147,8 @@ class RecordOutcome:
 # (kind, hash) and sorted by it (see ``ListedEntries``); an entry is written when one of its
 # requests is new (``m`` maps request ids to entry rows), in key order, so concurrent writers
 # lock rows in one order and never deadlock, and merged with an existing entry: the latest
-# value and request, the union of the scopes. Arrays go over the wire in binary (%b).
+# value and request, the union of the scopes. Text columns go as one separated string each
+# (``split_columns``), instants as binary arrays (%b).
 # A request with no command to send (superseded, or effective only for scopes no destination
 # of it serves) is recorded CONFIRMED at once (``cf``).
 _RECORD = split_columns("""
