@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from services.common.arrays import int_array, text_array
+from services.common.arrays import SPLIT_TEXT, int_array, split_text, text_array
 from services.common.avro import MARKER, Codec
 from services.common.avro_compiled import varint
 from services.common.clock import to_millis
@@ -42,14 +42,18 @@ LOCK_NAMESPACE = "optout.suppressions"
 # One index range scan per subject (a LATERAL subquery kept apart by OFFSET 0): as
 # ``subject = ANY(...)`` over 1,000 subjects PostgreSQL read the whole table instead, 457 times
 # in bench-e2e's first 40 s (tests/integration/test_intake_plans.py).
-_CURRENT = """
+_CURRENT = (
+    """
 SELECT st.subject, st.scope, st.suppressed, st.since, st.event_id, st.action
-FROM (SELECT DISTINCT unnest(%s::text[]) AS subject) AS u
+FROM (SELECT DISTINCT unnest("""
+    + SPLIT_TEXT
+    + """) AS subject) AS u
 CROSS JOIN LATERAL (
     SELECT * FROM suppression_state AS s WHERE s.subject = u.subject OFFSET 0
 ) AS st
 ORDER BY st.subject, array_position(%s::text[], st.scope), st.scope COLLATE "C"
 """
+)
 _SCOPE_ORDER = text_array([s.value for s in CONCRETE_SCOPES])
 
 # A suppression_state row as _CURRENT reads it: (subject, scope, suppressed, since, request
@@ -159,7 +163,7 @@ def publish_current_states(
             conn.execute(NO_JIT)  # see services.intake.store.NO_JIT
             conn.execute(ADVISORY_XACT_LOCKS, (int_array(advisory_keys(LOCK_NAMESPACE, part)),))
             states: dict[str, list[StateRow]] = {s: [] for s in part}
-            for row in conn.execute(_CURRENT, (text_array(part), _SCOPE_ORDER)).fetchall():
+            for row in conn.execute(_CURRENT, (*split_text(part), _SCOPE_ORDER)).fetchall():
                 states[row[0]].append(row)
             for subject, scoped in states.items():
                 tracker.produce(topic, value=encode(subject, scoped, now), key=subject)

@@ -28,7 +28,7 @@ from typing import Any
 
 import psycopg
 
-from services.common.arrays import bool_array, int_array, text_array
+from services.common.arrays import SPLIT_TEXT, bool_array, int_array, split_text
 from services.common.audit import AuditEvent, Step
 from services.common.contract import Action, Scope, Source
 from services.common.sealing import KeyRing
@@ -46,6 +46,15 @@ from services.intake.enrich import enrichment_columns
 from services.suppression.entries import Entry, Kind, entries_of, nonces, seal
 
 _SCOPE_VALUES = frozenset(s.value for s in Scope)
+
+
+def split_columns(statement: str) -> str:
+    """``statement`` with each text column (``%s::text[]``) read from ``split_text``'s two
+    parameters (``services.common.arrays.SPLIT_TEXT``: cheaper for PostgreSQL to read than an
+    array literal)."""
+    return statement.replace("%s::text[]", SPLIT_TEXT)
+
+
 # A request's scopes travel as one text per request, split in SQL (``string_to_array``): a
 # separator that needs no quoting in an array literal (``services.common.arrays``).
 SCOPE_SEPARATOR = "|"
@@ -138,10 +147,11 @@ class RecordOutcome:
 # (kind, hash) and sorted by it (see ``ListedEntries``); an entry is written when one of its
 # requests is new (``m`` maps request ids to entry rows), in key order, so concurrent writers
 # lock rows in one order and never deadlock, and merged with an existing entry: the latest
-# value and request, the union of the scopes. Arrays go over the wire in binary (%b).
+# value and request, the union of the scopes. Text columns go as one separated string each
+# (``split_columns``), instants as binary arrays (%b).
 # A request with no command to send (superseded, or effective only for scopes no destination
 # of it serves) is recorded CONFIRMED at once (``cf``).
-_RECORD = """
+_RECORD = split_columns("""
 WITH new AS (
     INSERT INTO requests (event_id, content_sha256, subject_key, customer_id, email, phone,
                           postal_address, email_sha256, phone_sha256, postal_sha256, scopes,
@@ -182,12 +192,52 @@ WITH new AS (
     ON CONFLICT (command_id) DO NOTHING
 )
 SELECT event_id FROM new
-"""
+""")
+
+# ``_RECORD`` when none of the requests is stored (the transaction's first read found none;
+# ``record_batch``): every request, entry and command is written, with no join to the inserted
+# requests and no conflict check on requests and destination_status (a plain insert checks
+# its unique keys while it inserts; ``ON CONFLICT`` probes each key first and confirms each
+# row apart: issue #15). Should another writer have recorded one of them meanwhile, the
+# statement fails on the unique key instead, and the transaction is done again with ``_RECORD``.
+_RECORD_ALL_NEW = split_columns("""
+WITH new AS (
+    INSERT INTO requests (event_id, content_sha256, subject_key, customer_id, email, phone,
+                          postal_address, email_sha256, phone_sha256, postal_sha256, scopes,
+                          source, jurisdiction, requested_at, received_at, due_at, deadline_rule,
+                          directory_identifiers, identifier_sources,
+                          action, device_id, effective_scopes, state, confirmed_at)
+    SELECT e, c, k, cu, em, ph, pa::jsonb, eh, phh, pah, string_to_array(sc, '|'), so, ju, ra, %b,
+           du, dr, di::jsonb, ds::jsonb, ac, dv, string_to_array(ef, '|'),
+           CASE WHEN cf THEN 'CONFIRMED' ELSE 'PENDING' END, CASE WHEN cf THEN %b END
+    FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+                %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+                %s::text[], %b::timestamptz[], %b::timestamptz[], %s::text[], %s::text[],
+                %s::text[], %s::text[], %s::text[], %s::text[], %s::bool[])
+         AS t(e, c, k, cu, em, ph, pa, eh, phh, pah, sc, so, ju, ra, du, dr, di, ds, ac, dv, ef, cf)
+), listed AS (
+    INSERT INTO suppression_list AS s (kind, sha256, sealed, scopes, first_request_id,
+                                       last_request_id, created_at, updated_at)
+    SELECT t.k, t.h, t.v, string_to_array(t.sc, '|'), t.f, t.l, %b, %b
+    FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])
+         WITH ORDINALITY AS t(k, h, v, sc, f, l, n)
+    ORDER BY t.n
+    ON CONFLICT (kind, sha256) DO UPDATE
+    SET sealed = EXCLUDED.sealed,
+        scopes = CASE WHEN s.scopes @> EXCLUDED.scopes THEN s.scopes
+                      ELSE ARRAY(SELECT DISTINCT x FROM unnest(s.scopes || EXCLUDED.scopes) AS x
+                                 ORDER BY x) END,
+        last_request_id = EXCLUDED.last_request_id,
+        updated_at = EXCLUDED.updated_at
+)
+INSERT INTO destination_status (command_id, event_id, destination, first_issued_at, last_issued_at)
+SELECT t.c, t.e, t.d, %b, %b FROM unnest(%s::text[], %s::text[], %s::text[]) AS t(c, e, d)
+""")
 
 # The newest-wins guard of services/domain/preferences.py (``StateEntry.rank``): a row changes
 # only for a request ranking higher by (requested_at, suppressed, event_id). Rows come sorted
 # by key, so concurrent writers lock them in one order. RETURNING: the rows the chunk won.
-_UPSERT_STATE = """
+_UPSERT_STATE = split_columns("""
 INSERT INTO suppression_state AS st (subject, scope, suppressed, since, event_id, action,
                                      updated_at)
 SELECT t.s, t.sc, t.su, t.si, t.e, t.a, %b
@@ -200,7 +250,7 @@ SET suppressed = EXCLUDED.suppressed, since = EXCLUDED.since, event_id = EXCLUDE
 WHERE (EXCLUDED.since, EXCLUDED.suppressed, EXCLUDED.event_id)
       > (st.since, st.suppressed, st.event_id)
 RETURNING subject, scope
-"""
+""")
 
 # Reads of a batch's keys probe the primary key once per key (LATERAL subqueries kept apart by
 # LIMIT 1 or OFFSET 0): as ``= ANY(...)`` or a join of ``unnest`` PostgreSQL read the whole of
@@ -208,13 +258,13 @@ RETURNING subject, scope
 # 471 and 457 sequential scans in 40 s; tests/integration/test_intake_plans.py).
 # The stored state of the rows the chunk did not win (locked by the upsert, which locks a
 # conflicting row even when its guard keeps it unchanged). Rows it won hold its own values.
-_STATE_OF = """
+_STATE_OF = split_columns("""
 SELECT st.subject, st.scope, st.suppressed
 FROM unnest(%s::text[], %s::text[]) AS t(s, sc)
 CROSS JOIN LATERAL (
     SELECT * FROM suppression_state AS x WHERE x.subject = t.s AND x.scope = t.sc LIMIT 1
 ) AS st
-"""
+""")
 
 # Suppression-list entries of the people an opt-in took effect for, and the scopes their
 # state no longer suppresses.
@@ -248,10 +298,10 @@ WHERE s.kind = t.k AND s.sha256 = t.h
 # LOCAL``: works through any pooler, nothing leaks to the connection's later use).
 NO_JIT = "SET LOCAL jit = off"
 
-_EXISTING = """
+_EXISTING = split_columns("""
 SELECT r.event_id, r.content_sha256 FROM (SELECT DISTINCT unnest(%s::text[]) AS e) AS u
 CROSS JOIN LATERAL (SELECT * FROM requests AS x WHERE x.event_id = u.e LIMIT 1) AS r
-"""
+""")
 
 _MARK_RESENT = """
 UPDATE destination_status SET last_issued_at = %s, issue_count = issue_count + 1
@@ -269,13 +319,32 @@ def record_batch(
 ) -> RecordOutcome:
     """Record ``requests`` (unique event ids), the suppression state they win, the commands
     of the scopes they take effect for and their suppression-list entries (sealed with
-    ``ring``'s current key) in one transaction."""
-    outcome = RecordOutcome()
+    ``ring``'s current key) in one transaction.
+
+    The requests are first written as all new (``_RECORD_ALL_NEW``: none of them is stored, as
+    the transaction's first read found): when another writer recorded one of them meanwhile
+    (or a request repeats a command id), that statement fails on the unique key, and the
+    transaction is done again with the statement that skips conflicting rows (``_RECORD``)."""
     if not requests:
-        return outcome
+        return RecordOutcome()
+    try:
+        return _record_batch(conn, requests, commands, now, ring, all_new=True)
+    except psycopg.errors.UniqueViolation:
+        return _record_batch(conn, requests, commands, now, ring, all_new=False)
+
+
+def _record_batch(
+    conn: psycopg.Connection[Any],
+    requests: Sequence[OptOutRequest],
+    commands: dict[str, list[PlannedCommand]],
+    now: datetime,
+    ring: KeyRing,
+    all_new: bool,
+) -> RecordOutcome:
+    outcome = RecordOutcome()
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(NO_JIT)
-        cur.execute(_EXISTING, (text_array([r.event_id for r in requests]),))
+        cur.execute(_EXISTING, (*split_text([r.event_id for r in requests]),))
         stored = dict(cur.fetchall())
         candidates = [r for r in requests if r.event_id not in stored]
         effective, changed = _decide(cur, candidates, now)
@@ -291,55 +360,76 @@ def record_batch(
         listed = ListedEntries.of(
             opt_outs, ring, {r.event_id: _listed_scopes(r, effective[r.event_id]) for r in opt_outs}
         )
-        cur.execute(
-            _RECORD,
-            (
-                now,
-                now,
-                text_array([r.event_id for r in candidates]),
-                text_array([r.content_sha256 for r in candidates]),
-                text_array([r.subject_key for r in candidates]),
-                text_array([r.customer_id for r in candidates]),
-                text_array([r.email for r in candidates]),
-                text_array([r.phone for r in candidates]),
-                text_array([json.dumps(r.postal_address) if r.postal_address else None for r in candidates]),
-                text_array([r.email_sha256 for r in candidates]),
-                text_array([r.phone_sha256 for r in candidates]),
-                text_array([r.postal_sha256 for r in candidates]),
-                text_array([SCOPE_SEPARATOR.join(r.scopes) for r in candidates]),
-                text_array([_VALUE[r.source] for r in candidates]),
-                text_array([r.jurisdiction for r in candidates]),
-                [r.requested_at for r in candidates],
-                [r.due_at for r in candidates],
-                text_array([r.deadline_rule for r in candidates]),
-                *map(text_array, enrichment_columns(candidates)),
-                text_array([_VALUE[r.action] for r in candidates]),
-                text_array([r.device_id for r in candidates]),
-                text_array(
-                    [
-                        SCOPE_SEPARATOR.join([_VALUE[s] for s in sorted(effective[r.event_id])])
-                        for r in candidates
-                    ]
-                ),
-                bool_array([not kept[r.event_id] for r in candidates]),
-                now,
-                now,
-                text_array(listed.kinds),
-                text_array(listed.hashes),
-                text_array(listed.sealed),
-                text_array(listed.scopes),
-                text_array(listed.first),
-                text_array(listed.last),
-                text_array(listed.events),
-                int_array(listed.rows),
-                now,
-                now,
-                text_array([c.command_id for c in all_commands]),
-                text_array([c.record["request_id"] for c in all_commands]),
-                text_array([c.destination for c in all_commands]),
+        requests_columns = (
+            now,
+            now,
+            *split_text([r.event_id for r in candidates]),
+            *split_text([r.content_sha256 for r in candidates]),
+            *split_text([r.subject_key for r in candidates]),
+            *split_text([r.customer_id for r in candidates]),
+            *split_text([r.email for r in candidates]),
+            *split_text([r.phone for r in candidates]),
+            *split_text([json.dumps(r.postal_address) if r.postal_address else None for r in candidates]),
+            *split_text([r.email_sha256 for r in candidates]),
+            *split_text([r.phone_sha256 for r in candidates]),
+            *split_text([r.postal_sha256 for r in candidates]),
+            *split_text([SCOPE_SEPARATOR.join(r.scopes) for r in candidates]),
+            *split_text([_VALUE[r.source] for r in candidates]),
+            *split_text([r.jurisdiction for r in candidates]),
+            [r.requested_at for r in candidates],
+            [r.due_at for r in candidates],
+            *split_text([r.deadline_rule for r in candidates]),
+            *(p for column in enrichment_columns(candidates) for p in split_text(column)),
+            *split_text([_VALUE[r.action] for r in candidates]),
+            *split_text([r.device_id for r in candidates]),
+            *split_text(
+                [SCOPE_SEPARATOR.join([_VALUE[s] for s in sorted(effective[r.event_id])]) for r in candidates]
             ),
+            bool_array([not kept[r.event_id] for r in candidates]),
         )
-        outcome.new = {row[0] for row in cur.fetchall()}
+        command_columns = (
+            now,
+            now,
+            *split_text([c.command_id for c in all_commands]),
+            *split_text([c.record["request_id"] for c in all_commands]),
+            *split_text([c.destination for c in all_commands]),
+        )
+        if all_new:
+            cur.execute(
+                _RECORD_ALL_NEW,
+                (
+                    *requests_columns,
+                    now,
+                    now,
+                    *split_text(listed.kinds),
+                    *split_text(listed.hashes),
+                    *split_text(listed.sealed),
+                    *split_text(listed.scopes),
+                    *split_text(listed.first),
+                    *split_text(listed.last),
+                    *command_columns,
+                ),
+            )
+            outcome.new = {r.event_id for r in candidates}
+        else:
+            cur.execute(
+                _RECORD,
+                (
+                    *requests_columns,
+                    now,
+                    now,
+                    *split_text(listed.kinds),
+                    *split_text(listed.hashes),
+                    *split_text(listed.sealed),
+                    *split_text(listed.scopes),
+                    *split_text(listed.first),
+                    *split_text(listed.last),
+                    *split_text(listed.events),
+                    int_array(listed.rows),
+                    *command_columns,
+                ),
+            )
+            outcome.new = {row[0] for row in cur.fetchall()}
         outcome.superseded = {e for e in outcome.new if not effective[e]}
         opt_ins = [
             r
@@ -356,7 +446,7 @@ def record_batch(
             elif r.event_id in stored:
                 outcome.conflicts.add(r.event_id)
             else:  # recorded meanwhile by another writer: look again
-                row = cur.execute(_EXISTING, (text_array([r.event_id]),)).fetchone()
+                row = cur.execute(_EXISTING, (*split_text([r.event_id]),)).fetchone()
                 if row is not None and row[1] == r.content_sha256:
                     outcome.duplicates.add(r.event_id)
                 else:
@@ -415,11 +505,11 @@ class AuditRows:
 
 # ``services.common.audit.append`` for intake's rows, which share one instant: the columns
 # as array literals (``services.common.arrays``), rows inserted in the arrays' order.
-_APPEND_AUDIT = """
+_APPEND_AUDIT = split_columns("""
 INSERT INTO audit_events (event_id, at, step, destination, status, detail)
 SELECT t.e, %b, t.s, t.d, t.st, t.de
 FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[]) AS t(e, s, d, st, de)
-"""
+""")
 
 
 def _append_audit(cur: psycopg.Cursor[Any], rows: AuditRows, now: datetime) -> None:
@@ -429,11 +519,11 @@ def _append_audit(cur: psycopg.Cursor[Any], rows: AuditRows, now: datetime) -> N
         _APPEND_AUDIT,
         (
             now,
-            text_array(rows.event_ids),
-            text_array(rows.steps),
-            text_array(rows.destinations),
-            text_array(rows.statuses),
-            text_array(rows.details),
+            *split_text(rows.event_ids),
+            *split_text(rows.steps),
+            *split_text(rows.destinations),
+            *split_text(rows.statuses),
+            *split_text(rows.details),
         ),
     )
 
@@ -494,12 +584,12 @@ def _decide(
         _UPSERT_STATE,
         (
             now,
-            text_array([k[0] for k in keys]),
-            text_array([_VALUE[k[1]] for k in keys]),
+            *split_text([k[0] for k in keys]),
+            *split_text([_VALUE[k[1]] for k in keys]),
             bool_array([e.suppressed for e in entries]),
             [e.since for e in entries],
-            text_array([e.event_id for e in entries]),
-            text_array([_VALUE[e.action] for e in entries]),
+            *split_text([e.event_id for e in entries]),
+            *split_text([_VALUE[e.action] for e in entries]),
         ),
     )
     if cur.rowcount == len(keys):  # the usual case: the chunk won every row it proposed
@@ -516,7 +606,7 @@ def _decide(
         lost = [k for k in keys if k not in returned]
     after: dict[Key, bool] = {k: chunk_winners[k].suppressed for k in won}
     if lost:
-        cur.execute(_STATE_OF, (text_array([k[0] for k in lost]), text_array([k[1].value for k in lost])))
+        cur.execute(_STATE_OF, (*split_text([k[0] for k in lost]), *split_text([k[1].value for k in lost])))
         after.update({(subject, _SCOPES[scope]): bool(v) for subject, scope, v in cur.fetchall()})
     return {r.event_id: effective_scopes(r, after) for r in candidates}, {k[0] for k in won}
 

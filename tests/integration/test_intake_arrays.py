@@ -10,12 +10,23 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.common.arrays import bool_array, int_array, text_array
+from services.common.arrays import (
+    NULL_FIELD,
+    SEPARATOR,
+    SPLIT_TEXT,
+    bool_array,
+    int_array,
+    split_text,
+    text_array,
+)
 from tests.support.hostile_text import HOSTILE
 
 # PostgreSQL text holds no NUL character, UTF-8 no lone surrogate (either way psycopg refuses it).
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=10)
 VALUES = st.lists(st.one_of(st.none(), st.sampled_from(HOSTILE), TEXT), max_size=8)
+# split_text's own control characters, alone and inside values.
+CONTROL = [SEPARATOR, NULL_FIELD, f"a{SEPARATOR}b", f"{NULL_FIELD}x", SEPARATOR + NULL_FIELD]
+SPLIT_VALUES = st.lists(st.one_of(st.none(), st.sampled_from(HOSTILE + CONTROL), TEXT), max_size=8)
 
 
 def test_hostile_values_read_back_as_psycopg_sends_them(database: dict[str, str]) -> None:
@@ -30,6 +41,42 @@ def test_hostile_values_read_back_as_psycopg_sends_them(database: dict[str, str]
             [1, -2, 3],
             [True, False],
         )
+
+
+def test_split_columns_read_back_as_psycopg_sends_them(database: dict[str, str]) -> None:
+    """``SPLIT_TEXT`` reads ``split_text``'s parameters as the values, whichever form it chose."""
+    cases = (
+        [*HOSTILE],
+        [None, *HOSTILE, None],
+        [],
+        [None],
+        [""],
+        ["", ""],
+        [None, ""],
+        ["null", "NULL"],
+        ["a", None, "b"],
+        CONTROL,
+        [None, *CONTROL],
+        ["e-1", "e-2"],
+    )
+    with psycopg.connect(database["app"]) as conn:
+        for values in cases:
+            ours = conn.execute(f"SELECT {SPLIT_TEXT}", split_text(values)).fetchone()
+            assert ours == ([*values],), values
+        # Plain values go split, values holding a control character as the literal.
+        assert split_text(["e-1", None, ""]) == (None, f"e-1{SEPARATOR}{NULL_FIELD}{SEPARATOR}")
+        assert split_text([f"a{SEPARATOR}b"])[1] is None and split_text([""])[1] is None
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(SPLIT_VALUES)
+def test_generated_split_columns_read_back_as_the_values(
+    database: dict[str, str], values: list[str | None]
+) -> None:
+    with psycopg.connect(database["app"]) as conn:
+        params = split_text(values)
+        row = conn.execute(f"SELECT {SPLIT_TEXT}, cardinality({SPLIT_TEXT})", (*params, *params)).fetchone()
+        assert row == (values, len(values))
 
 
 # The database is only read: one for every example is fine.

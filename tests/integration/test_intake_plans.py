@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from services.common.arrays import split_text
 from services.intake.states import _CURRENT, _SCOPE_ORDER
 from services.intake.store import _EXISTING, _OPTED_IN, _STATE_OF
 from tests.support.plans import batch_plans
@@ -26,15 +27,17 @@ STATES = (
     "FROM generate_series(%s::int, %s::int) AS g, unnest(ARRAY['EMAIL_MARKETING', 'SMS_MARKETING']) AS sc"
 )
 
-EVENTS = "{" + ",".join(f"evt-{n}" for n in range(1, 2001)) + "}"
-SUBJECTS = "{" + ",".join(f"email:{n}" for n in range(1, 2001)) + "}"
-SCOPES = "{" + ",".join(["EMAIL_MARKETING"] * 2000) + "}"
+# Intake's text columns go as split_text's two parameters (one of them NULL).
+EVENTS = split_text([f"evt-{n}" for n in range(1, 2001)])
+SUBJECTS = split_text([f"email:{n}" for n in range(1, 2001)])
+SCOPES = split_text(["EMAIL_MARKETING"] * 2000)
+SUBJECTS_LITERAL = "{" + ",".join(f"email:{n}" for n in range(1, 2001)) + "}"
 
 CASES = {
-    "existing": (_EXISTING, (EVENTS,), "requests_pkey"),
-    "current": (_CURRENT, (SUBJECTS, _SCOPE_ORDER), "suppression_state_pkey"),
-    "state_of": (_STATE_OF, (SUBJECTS, SCOPES), "suppression_state_pkey"),
-    "opted_in": (_OPTED_IN, (SUBJECTS,), "suppression_state_pkey"),
+    "existing": (_EXISTING, EVENTS, "requests_pkey"),
+    "current": (_CURRENT, (*SUBJECTS, _SCOPE_ORDER), "suppression_state_pkey"),
+    "state_of": (_STATE_OF, (*SUBJECTS, *SCOPES), "suppression_state_pkey"),
+    "opted_in": (_OPTED_IN, (SUBJECTS_LITERAL,), "suppression_state_pkey"),
 }
 
 

@@ -14,18 +14,18 @@ def batch_plans(
     admin_dsn: str,
     grow: Sequence[tuple[str, str]],
     sql: str,
-    params: Sequence[str],
+    params: Sequence[str | None],
     before: Sequence[str] = (),
 ) -> list[str]:
     """EXPLAIN of ``sql`` (``%s``/``%b`` placeholders) with ``params`` (array literals and
-    other text values) planned for the values (a custom plan) and once for all (the generic
+    other text values, or None) planned for the values (a custom plan) and once for all (the generic
     plan a prepared statement may keep), after ``before`` in the same transaction, on tables
     grown by each ``(table, insert)`` of ``grow`` to 300 rows, analyzed, then to 30,000 (the
     insert takes the first and last row number)."""
     plain = sql.replace("%b", "%s")
     numbered = iter(range(1, 100))
     generic = re.sub(r"%s", lambda _m: f"${next(numbered)}", plain)
-    literal = ", ".join("'" + p.replace("'", "''") + "'" for p in params)
+    literal = ", ".join("NULL" if p is None else "'" + p.replace("'", "''") + "'" for p in params)
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         for _table, insert in grow:
             conn.execute(insert, (1, 300))
