@@ -16,7 +16,6 @@ values included: ``tests/unit/test_intake_speedups.py`` (the literal read back) 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import cast
 
 # Anything that could make an unquoted element read differently: the syntax characters,
 # the whitespace array_in trims around unquoted elements, and the NULL keyword (any case,
@@ -76,10 +75,7 @@ def split_text(values: Sequence[str | None]) -> tuple[str | None, str | None]:
     values joined by SEPARATOR)``, or ``(text_array(values), None)`` when that would read
     differently."""
     nulls = values.count(None)
-    if nulls:
-        joined = SEPARATOR.join([NULL_FIELD if v is None else v for v in values])
-    else:
-        joined = SEPARATOR.join(cast(Sequence[str], values))  # no None among them
+    joined = SEPARATOR.join([NULL_FIELD if v is None else v for v in values])
     if (
         joined.count(SEPARATOR) != max(len(values) - 1, 0)
         or joined.count(NULL_FIELD) != nulls
