@@ -23,6 +23,7 @@ partition and offset per message at debug level) are bound in the log context.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -206,6 +207,10 @@ class ConsumerLoop:
             reraise=False,
         )
         metrics.init_service_metrics(service, topics)
+        # Bound once: ``labels()`` looks the child up on every call (issue #15: per batch).
+        self._batch_size = metrics.BATCH_SIZE.labels(service)
+        self._batch_seconds = metrics.BATCH_SECONDS.labels(service)
+        self._last_processed = metrics.LAST_PROCESSED.labels(service)
 
     def _heartbeat(self) -> None:
         self.observer.beat()
@@ -302,8 +307,9 @@ class ConsumerLoop:
 
     def _process(self, consumer: Consumer, batch: list[Message]) -> None:
         started = time.monotonic()
-        for m in batch:
-            log.debug("message received", topic=m.topic(), partition=m.partition(), offset=m.offset())
+        if log.is_enabled_for(logging.DEBUG):  # not three calls per message for nothing
+            for m in batch:
+                log.debug("message received", topic=m.topic(), partition=m.partition(), offset=m.offset())
         self._in_hand = batch
         self._idled = False
         try:
@@ -318,9 +324,9 @@ class ConsumerLoop:
             if self._idled:
                 self._reposition(consumer, batch)
         self._commit(consumer, batch)
-        metrics.BATCH_SIZE.labels(self.service).observe(len(batch))
-        metrics.BATCH_SECONDS.labels(self.service).observe(time.monotonic() - started)
-        metrics.LAST_PROCESSED.labels(self.service).set_to_current_time()
+        self._batch_size.observe(len(batch))
+        self._batch_seconds.observe(time.monotonic() - started)
+        self._last_processed.set_to_current_time()
 
     # The retry's callbacks (``self._retrying``), for the batch in hand.
     def _stop_retrying(self, _state: RetryCallState) -> bool:

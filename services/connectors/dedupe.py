@@ -5,7 +5,8 @@ Pure part: ``first_of_each`` (which commands of a batch are distinct). I/O part:
 
 Ordering in ``ConnectorStep.submit`` and why:
 
-1. look up the batch's command ids here;
+1. look up the batch's command ids here (holding the people's locks, with the newest applied
+   per person: one round trip, ``read``);
 2. ``apply`` only the ones without a stored outcome;
 3. **commit their outcomes here** (one transaction);
 4. publish one ack per delivered message and wait for every delivery report;
@@ -173,10 +174,11 @@ Params = tuple[Any, ...]
 class DedupeStore:
     """Outcomes of one destination's commands, in PostgreSQL.
 
-    Round trips per batch (issue #15: each costs both processes a wake-up): the lookup; then,
-    inside ``serialized``, BEGIN, the people's locks and ``latest`` in one pipeline; ``record``'s
-    two statements and the COMMIT in another: three in all (nine before: BEGIN, locks and
-    ``latest`` one by one, and a savepoint around ``record``'s statements)."""
+    Round trips per batch (issue #15: each costs both processes a wake-up): inside
+    ``serialized``, BEGIN, the people's locks, the lookup and ``latest`` in one pipeline
+    (``read``); ``record``'s two statements and the COMMIT in another: two in all (nine at
+    first: the lookup, BEGIN, locks and ``latest`` one by one, and a savepoint around
+    ``record``'s statements; three while the lookup came before the block)."""
 
     def __init__(self, dsn: str, destination: str, prepared_statements: bool = True) -> None:
         self.dsn = dsn
@@ -228,14 +230,14 @@ class DedupeStore:
 
     def _pipelined(
         self, statements: Sequence[tuple[str, Params]], commit: bool = False
-    ) -> list[tuple[Any, ...]]:
+    ) -> list[list[tuple[Any, ...]]]:
         """Run ``statements`` in one round trip, preceded by the block's BEGIN and locks when
         they are pending (or by a BEGIN of their own when ``commit`` and outside a block),
-        followed by COMMIT when ``commit``; the last statement's rows."""
+        followed by COMMIT when ``commit``; each statement's rows."""
         if self._in_block and not self._open and self._pending_locks is None:
             raise RuntimeError("DedupeStore: nothing may run in a serialized block after record()")
 
-        def work(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+        def work(conn: psycopg.Connection[Any]) -> list[list[tuple[Any, ...]]]:
             try:
                 with conn.pipeline():
                     if self._pending_locks is not None:
@@ -249,7 +251,7 @@ class DedupeStore:
                     if commit:
                         conn.execute("COMMIT")
                         self._open = False
-                return cursors[-1].fetchall() if cursors and cursors[-1].description else []
+                return [c.fetchall() if c.description else [] for c in cursors]
             except psycopg.Error:
                 if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
                     self._open = False
@@ -260,17 +262,28 @@ class DedupeStore:
         return self._db.run(work)
 
     def lookup(self, command_ids: Sequence[str]) -> dict[str, StoredOutcome]:
-        if not command_ids:
-            return {}
-        rows = self._pipelined([(_LOOKUP, (text_array(command_ids), self.destination))])
-        return {r[0]: _row(r) for r in rows}
+        return self.read(command_ids, ())[0]
 
     def latest(self, subjects: Sequence[str]) -> dict[str, Latest]:
         """The newest request applied here for each of ``subjects`` (absent: none)."""
-        if not subjects:
-            return {}
-        rows = self._pipelined([(_LATEST, (text_array(subjects), self.destination))])
-        return {r[0]: Latest(r[0], r[1], Action(r[2]), r[3]) for r in rows}
+        return self.read((), subjects)[1]
+
+    def read(
+        self, command_ids: Sequence[str], subjects: Sequence[str]
+    ) -> tuple[dict[str, StoredOutcome], dict[str, Latest]]:
+        """``lookup`` and ``latest`` in one round trip (inside ``serialized``: with the block's
+        BEGIN and locks, so both read after the locks are held)."""
+        statements: list[tuple[str, Params]] = []
+        if command_ids:
+            statements.append((_LOOKUP, (text_array(command_ids), self.destination)))
+        if subjects:
+            statements.append((_LATEST, (text_array(subjects), self.destination)))
+        if not statements:
+            return {}, {}
+        results = iter(self._pipelined(statements))
+        known = {r[0]: _row(r) for r in next(results)} if command_ids else {}
+        latest = {r[0]: Latest(r[0], r[1], Action(r[2]), r[3]) for r in next(results)} if subjects else {}
+        return known, latest
 
     def record(
         self, outcomes: Sequence[StoredOutcome], latest: Sequence[Latest] = ()
@@ -315,7 +328,7 @@ class DedupeStore:
                     ),
                 )
             )
-        rows = self._pipelined(statements, commit=True)
+        rows = self._pipelined(statements, commit=True)[-1]
         if not kept:
             return {}
         stored = {o.command_id: o for o in kept}
