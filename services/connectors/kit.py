@@ -52,7 +52,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cached_property
 
 from confluent_kafka import Message, Producer
 from prometheus_client import Counter, Gauge, Histogram
@@ -132,7 +131,7 @@ class Command:
     def opt_in(self) -> bool:
         return self.action is Action.OPT_IN
 
-    @cached_property
+    @property
     def rank(self) -> tuple[datetime, bool, str] | None:
         """Newest first; on the same instant the opt-out; None: unknown (version 1)."""
         if self.requested_at is None:
@@ -140,13 +139,17 @@ class Command:
         return (self.requested_at, self.action is Action.OPT_OUT, self.request_id)
 
     def subjects(self) -> tuple[str, ...]:
-        """The person's pseudonymous identifiers this command carries (as subject keys)."""
-        return self._subjects
+        """The person's pseudonymous identifiers this command carries (as subject keys).
+        Computed once per command: a batch asks for them 4-5 times (locks, newest-applied read,
+        the supersede check, the record), each a SHA-256 of some identifiers (issue #15); kept
+        in the instance's ``__dict__`` (not a field: equality and ``replace`` ignore it)."""
+        cached: tuple[str, ...] | None = self.__dict__.get("_subject_keys")
+        if cached is None:
+            cached = self._find_subjects()
+            object.__setattr__(self, "_subject_keys", cached)
+        return cached
 
-    # Computed once per command: a batch asks for them 4-5 times (locks, newest-applied read,
-    # the supersede check, the record), each a SHA-256 of some identifiers (issue #15).
-    @cached_property
-    def _subjects(self) -> tuple[str, ...]:
+    def _find_subjects(self) -> tuple[str, ...]:
         found: set[str] = set()
         if self.customer_id:
             found.add(f"cust:{self.customer_id}")

@@ -182,6 +182,12 @@ class ThirdPartySharingConnector(Connector):
             )
         self.partners = list(partners)
         self.client = client
+        # Each partner's two URLs, parsed once, not on every call (issue #15).
+        self._urls = {
+            (p.url, opting_in): httpx.URL(p.url.rstrip("/") + (OPT_INS_PATH if opting_in else OPT_OUTS_PATH))
+            for p in self.partners
+            for opting_in in (False, True)
+        }
         self.clock = clock or SystemClock()
         self.calls = PartnerCalls(len(self.partners), destination)
 
@@ -234,7 +240,8 @@ class ThirdPartySharingConnector(Connector):
         def call(part: list[dict[str, str]]) -> CallAnswer:
             response = post_json(
                 self.client,
-                partner.url.rstrip("/") + (OPT_INS_PATH if opting_in else OPT_OUTS_PATH),
+                self._urls.get((partner.url, opting_in))
+                or partner.url.rstrip("/") + (OPT_INS_PATH if opting_in else OPT_OUTS_PATH),
                 partner.token,
                 {"opt_ins": part} if opting_in else {"opt_outs": part},
                 self.clock.now(),
