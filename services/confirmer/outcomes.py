@@ -91,6 +91,9 @@ def _plain(value: object, limit: int) -> str | None:
     return None
 
 
+_STATUSES = {s.value: s for s in AckStatus}
+
+
 def ack_from_record(record: SuppressionAckRecord) -> Ack:
     """Turn a decoded SuppressionAck record into an ``Ack``; raise ``PoisonMessage``."""
     raw_detail = record.get("detail")
@@ -117,10 +120,9 @@ def ack_from_record(record: SuppressionAckRecord) -> Ack:
     acked_at = record.get("acked_at")
     if not isinstance(acked_at, datetime):
         raise PoisonMessage("invalid_ack", "acked_at is not a timestamp")
-    try:
-        status = AckStatus(str(record.get("status")))
-    except ValueError:
-        raise PoisonMessage("invalid_ack", "unknown status") from None
+    status = _STATUSES.get(str(record.get("status")))
+    if status is None:
+        raise PoisonMessage("invalid_ack", "unknown status")
     return Ack(
         command_id,
         request_id,
