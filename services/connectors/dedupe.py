@@ -137,6 +137,17 @@ CROSS JOIN LATERAL (
 ) AS l
 """
 
+# ``read``: the lookup and the newest applied in one statement (one Parse/Bind/Execute and one
+# result instead of two, issue #15), each part probing its primary key as above; a row says
+# which part it comes from ('c': a stored outcome, 'l': a person's newest applied request).
+_READ = f"""
+SELECT 'c', a.command_id, a.request_id, a.status, a.detail, a.applied_at
+FROM ({_LOOKUP}) AS a
+UNION ALL
+SELECT 'l', l.subject, l.request_id, l.action, NULL, l.requested_at
+FROM ({_LATEST}) AS l
+"""
+
 # Newest wins (the same rank as ``Latest.rank``); rows in key order against deadlocks.
 _RECORD_LATEST = """
 INSERT INTO connector_latest AS l (destination, subject, requested_at, action, request_id,
@@ -151,6 +162,12 @@ SET requested_at = EXCLUDED.requested_at, action = EXCLUDED.action,
 WHERE (EXCLUDED.requested_at, EXCLUDED.action = 'OPT_OUT', EXCLUDED.request_id)
       > (l.requested_at, l.action = 'OPT_OUT', l.request_id)
 """
+
+
+# ``record`` with both: the newest-applied upsert as a data-modifying CTE of the outcomes'
+# statement (executed once, whether or not the query reads it; the tables differ): one
+# statement instead of two (issue #15).
+_RECORD_BOTH = "WITH latest AS (" + _RECORD_LATEST.strip() + "),\n" + _RECORD.strip().removeprefix("WITH ")
 
 
 def lock_key(destination: str, subject: str) -> int:
@@ -175,10 +192,10 @@ class DedupeStore:
     """Outcomes of one destination's commands, in PostgreSQL.
 
     Round trips per batch (issue #15: each costs both processes a wake-up): inside
-    ``serialized``, BEGIN, the people's locks, the lookup and ``latest`` in one pipeline
-    (``read``); ``record``'s two statements and the COMMIT in another: two in all (nine at
-    first: the lookup, BEGIN, locks and ``latest`` one by one, and a savepoint around
-    ``record``'s statements; three while the lookup came before the block)."""
+    ``serialized``, BEGIN, the people's locks and ``read`` (the lookup and ``latest``, one
+    statement) in one pipeline; ``record`` (one statement) and the COMMIT in another: two in
+    all (nine at first: the lookup, BEGIN, locks and ``latest`` one by one, and a savepoint
+    around ``record``'s two statements; three while the lookup came before the block)."""
 
     def __init__(self, dsn: str, destination: str, prepared_statements: bool = True) -> None:
         self.dsn = dsn
@@ -273,17 +290,19 @@ class DedupeStore:
     ) -> tuple[dict[str, StoredOutcome], dict[str, Latest]]:
         """``lookup`` and ``latest`` in one round trip (inside ``serialized``: with the block's
         BEGIN and locks, so both read after the locks are held)."""
-        statements: list[tuple[str, Params]] = []
+        if command_ids and subjects:
+            ids, keys = text_array(command_ids), text_array(subjects)
+            rows = self._pipelined([(_READ, (ids, self.destination, keys, self.destination))])[0]
+            known = {r[1]: _row(r[1:]) for r in rows if r[0] == "c"}
+            latest = {r[1]: Latest(r[1], r[5], Action(r[3]), r[2]) for r in rows if r[0] == "l"}
+            return known, latest
         if command_ids:
-            statements.append((_LOOKUP, (text_array(command_ids), self.destination)))
+            rows = self._pipelined([(_LOOKUP, (text_array(command_ids), self.destination))])[0]
+            return {r[0]: _row(r) for r in rows}, {}
         if subjects:
-            statements.append((_LATEST, (text_array(subjects), self.destination)))
-        if not statements:
-            return {}, {}
-        results = iter(self._pipelined(statements))
-        known = {r[0]: _row(r) for r in next(results)} if command_ids else {}
-        latest = {r[0]: Latest(r[0], r[1], Action(r[2]), r[3]) for r in next(results)} if subjects else {}
-        return known, latest
+            rows = self._pipelined([(_LATEST, (text_array(subjects), self.destination))])[0]
+            return {}, {r[0]: Latest(r[0], r[1], Action(r[2]), r[3]) for r in rows}
+        return {}, {}
 
     def record(
         self, outcomes: Sequence[StoredOutcome], latest: Sequence[Latest] = ()
@@ -298,37 +317,32 @@ class DedupeStore:
             if item.subject not in newest or item.rank > newest[item.subject].rank:
                 newest[item.subject] = item
         ordered = [newest[k] for k in sorted(newest)]
-        statements: list[tuple[str, Params]] = []
+        latest_params: Params = ()
         if ordered:
-            statements.append(
-                (
-                    _RECORD_LATEST,
-                    (
-                        self.destination,
-                        max(o.applied_at for o in outcomes) if outcomes else None,
-                        text_array([x.subject for x in ordered]),
-                        text_array([x.requested_at.isoformat() for x in ordered]),
-                        text_array([x.action.value for x in ordered]),
-                        text_array([x.request_id for x in ordered]),
-                    ),
-                )
+            latest_params = (
+                self.destination,
+                max(o.applied_at for o in outcomes) if outcomes else None,
+                text_array([x.subject for x in ordered]),
+                text_array([x.requested_at.isoformat() for x in ordered]),
+                text_array([x.action.value for x in ordered]),
+                text_array([x.request_id for x in ordered]),
             )
         kept = [_clipped(o) for o in outcomes]  # as the store keeps them
+        outcome_params: Params = ()
         if kept:
-            statements.append(
-                (
-                    _RECORD,
-                    (
-                        text_array([o.command_id for o in kept]),
-                        text_array([o.request_id for o in kept]),
-                        text_array([o.status.value for o in kept]),
-                        text_array([o.detail for o in kept]),
-                        text_array([o.applied_at.isoformat() for o in kept]),
-                        self.destination,
-                    ),
-                )
+            outcome_params = (
+                text_array([o.command_id for o in kept]),
+                text_array([o.request_id for o in kept]),
+                text_array([o.status.value for o in kept]),
+                text_array([o.detail for o in kept]),
+                text_array([o.applied_at.isoformat() for o in kept]),
+                self.destination,
             )
-        rows = self._pipelined(statements, commit=True)[-1]
+        if ordered and kept:
+            statement = (_RECORD_BOTH, latest_params + outcome_params)
+        else:
+            statement = (_RECORD_LATEST, latest_params) if ordered else (_RECORD, outcome_params)
+        rows = self._pipelined([statement], commit=True)[-1]
         if not kept:
             return {}
         stored = {o.command_id: o for o in kept}

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from services.common.contract import AckStatus, Action
-from services.connectors.dedupe import _LATEST, _LOOKUP, DedupeStore, Latest, StoredOutcome, lock_key
+from services.connectors.dedupe import _LATEST, _LOOKUP, _READ, DedupeStore, Latest, StoredOutcome, lock_key
 from tests.support.pipeline import wait_until
 from tests.support.plans import batch_plans
 
@@ -162,6 +162,16 @@ def test_a_batch_read_probes_the_primary_key_whatever_the_sizes(
     for plan in plans(database["admin"], table, sql):
         assert f"Seq Scan on {table}" not in plan, plan
         assert "Index Scan" in plan, plan
+
+
+def test_the_combined_read_probes_both_primary_keys_whatever_the_sizes(database: dict[str, str]) -> None:
+    """``read``'s one statement (the lookup and the newest applied) keeps each part's probes."""
+    ids = "{" + ",".join(f"c-{n}" for n in range(1, 2001)) + "}"
+    grow = [(t, GROWN[t]) for t in ("connector_applied", "connector_latest")]
+    for plan in batch_plans(database["admin"], grow, _READ, (ids, "email_provider", ids, "email_provider")):
+        assert "Seq Scan on connector_applied" not in plan, plan
+        assert "Seq Scan on connector_latest" not in plan, plan
+        assert plan.count("Index Scan") >= 2, plan
 
 
 def test_record_answers_the_first_writers_outcome_and_keeps_any_detail(
