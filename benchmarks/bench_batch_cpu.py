@@ -36,6 +36,7 @@ from confluent_kafka import Message
 
 from services.common.avro import default_codec
 from services.common.clock import SystemClock
+from services.common.gc_tuning import tune_gc
 from services.common.kafka import create_topics, make_producer
 from services.common.settings import Settings
 from services.connectors.dedupe import DedupeStore
@@ -117,8 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated connectors (default: all)")
     parser.add_argument("--profile", default="", help="connector to run under cProfile")
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument(
+        "--default-gc", action="store_true", help="keep CPython's collector thresholds (no tune_gc)"
+    )
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
+    if not args.default_gc:
+        tune_gc()  # as the services' processes do
     stack = start_stack()
     work = Path(tempfile.mkdtemp(prefix="bench-batch-cpu-"))
     database = f"optout_bench_{os.urandom(4).hex()}"

@@ -282,7 +282,8 @@ class ConsumerLoop:
 
     def _next_batch(self, consumer: Consumer) -> list[Message]:
         """Wait up to OPTOUT_BATCH_TIMEOUT_MS for a first message, then take what else comes
-        within OPTOUT_BATCH_LINGER_MS (0: what is fetched already), up to OPTOUT_BATCH_SIZE.
+        within OPTOUT_BATCH_LINGER_MS (0: what is fetched already), up to OPTOUT_BATCH_SIZE
+        (a batch already full when its first message comes does not linger).
 
         A batch starts as soon as a message is there: ``consume(n, timeout)`` alone would
         wait the whole timeout whenever fewer than ``n`` messages come, which at a steady
@@ -292,7 +293,15 @@ class ConsumerLoop:
         first = consumer.consume(1, self.settings.batch_timeout_ms / 1000)
         if not first or size == 1:
             return first
-        return first + consumer.consume(size - 1, self.settings.batch_linger_ms / 1000)
+        batch = first + consumer.consume(size - 1, 0)  # what is fetched already
+        linger = self.settings.batch_linger_ms / 1000
+        if len(batch) < size and linger > 0 and not self.stop.is_set():
+            # One wait, then what came meanwhile: ``consume(n, linger)`` woke this thread for
+            # every fetched partition's messages to see whether ``n`` were there yet (a dozen
+            # context switches per batch at 500/s; issue #15).
+            self.stop.wait(linger)
+            batch += consumer.consume(size - len(batch), 0)
+        return batch
 
     def _usable(self, message: Message) -> bool:
         err = message.error()

@@ -62,6 +62,7 @@ from services.common.clock import Clock, SystemClock, to_millis
 from services.common.consumer_loop import Backoff, ConsumerLoop
 from services.common.contract import AckStatus, Action
 from services.common.errors import PoisonMessage, RetriableError
+from services.common.gc_tuning import tune_gc
 from services.common.kafka import DeliveryTracker, dead_letter, make_producer
 from services.common.logging import get_logger
 from services.common.records import (
@@ -705,6 +706,7 @@ def run_connector(
     group = settings.group(service)
     check = f"credentials:{connector.destination}"
     health.add_check(check, watch.readiness)
+    tune_gc()
     try:
         ConsumerLoop(
             settings,
