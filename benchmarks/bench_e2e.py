@@ -164,6 +164,7 @@ class PhaseResult:
     load_before: str = ""
     load_after: str = ""
     cpu: dict[str, float] = field(default_factory=dict)  # service -> % of one core
+    cpu_used: dict[str, float] = field(default_factory=dict)  # service -> CPU s (user + system)
     cpu_seconds: float = 0.0  # every service process (not the stand-ins), user + system
     standin_seconds: float = 0.0  # the providers' stand-ins (reported apart)
     own_percent: float = 0.0  # this process (publisher and readers), % of one core
@@ -570,6 +571,7 @@ def run_phase(
     result.own_percent = 100 * (time.process_time() - own_before) / elapsed
     result.cpu = {name: 100 * (cpu_after[name] - cpu_before.get(name, 0.0)) / elapsed for name in cpu_after}
     used = {name: cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after}
+    result.cpu_used = used
     result.cpu_seconds = sum(v for name, v in used.items() if name not in STAND_INS)
     result.standin_seconds = sum(v for name, v in used.items() if name in STAND_INS)
     if infra is not None and infra_before is not None:
@@ -673,6 +675,17 @@ def batch_report(result: PhaseResult) -> list[str]:
         for name, (count, messages) in sorted(result.batches.items())
     ]
     lines = [f"  batches per 1,000 opt-outs (one transaction + one produce flush each): {', '.join(parts)}"]
+    # Issue #15: a service's CPU is mostly a cost per batch, and how many batches it gets follows
+    # its input's batching (the connectors take intake's bursts, the confirmer the acks), which
+    # moves with the machine's load from run to run: CPU per batch compares code with code.
+    costs = [
+        f"{name} {seconds * 1000 / result.confirmed:.3f} ms/opt-out, "
+        f"{seconds * 1000 / result.batches[name][0]:.2f} ms/batch"
+        for name, seconds in sorted(result.cpu_used.items())
+        if name in result.batches and result.batches[name][0]
+    ]
+    if costs:
+        lines.append(f"  service CPU (user + system): {'; '.join(costs)}")
     if result.requests:
         per = 1.0 / result.confirmed
         totals: dict[str, int] = {}

@@ -23,6 +23,7 @@ partition and offset per message at debug level) are bound in the log context.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -206,6 +207,10 @@ class ConsumerLoop:
             reraise=False,
         )
         metrics.init_service_metrics(service, topics)
+        # Bound once: ``labels()`` looks the child up on every call (issue #15: per batch).
+        self._batch_size = metrics.BATCH_SIZE.labels(service)
+        self._batch_seconds = metrics.BATCH_SECONDS.labels(service)
+        self._last_processed = metrics.LAST_PROCESSED.labels(service)
 
     def _heartbeat(self) -> None:
         self.observer.beat()
@@ -277,7 +282,8 @@ class ConsumerLoop:
 
     def _next_batch(self, consumer: Consumer) -> list[Message]:
         """Wait up to OPTOUT_BATCH_TIMEOUT_MS for a first message, then take what else comes
-        within OPTOUT_BATCH_LINGER_MS (0: what is fetched already), up to OPTOUT_BATCH_SIZE.
+        within OPTOUT_BATCH_LINGER_MS (0: what is fetched already), up to OPTOUT_BATCH_SIZE
+        (a batch already full when its first message comes does not linger).
 
         A batch starts as soon as a message is there: ``consume(n, timeout)`` alone would
         wait the whole timeout whenever fewer than ``n`` messages come, which at a steady
@@ -287,7 +293,15 @@ class ConsumerLoop:
         first = consumer.consume(1, self.settings.batch_timeout_ms / 1000)
         if not first or size == 1:
             return first
-        return first + consumer.consume(size - 1, self.settings.batch_linger_ms / 1000)
+        batch = first + consumer.consume(size - 1, 0)  # what is fetched already
+        linger = self.settings.batch_linger_ms / 1000
+        if len(batch) < size and linger > 0 and not self.stop.is_set():
+            # One wait, then what came meanwhile: ``consume(n, linger)`` woke this thread for
+            # every fetched partition's messages to see whether ``n`` were there yet (a dozen
+            # context switches per batch at 500/s; issue #15).
+            self.stop.wait(linger)
+            batch += consumer.consume(size - len(batch), 0)
+        return batch
 
     def _usable(self, message: Message) -> bool:
         err = message.error()
@@ -302,8 +316,9 @@ class ConsumerLoop:
 
     def _process(self, consumer: Consumer, batch: list[Message]) -> None:
         started = time.monotonic()
-        for m in batch:
-            log.debug("message received", topic=m.topic(), partition=m.partition(), offset=m.offset())
+        if log.is_enabled_for(logging.DEBUG):  # not three calls per message for nothing
+            for m in batch:
+                log.debug("message received", topic=m.topic(), partition=m.partition(), offset=m.offset())
         self._in_hand = batch
         self._idled = False
         try:
@@ -318,9 +333,9 @@ class ConsumerLoop:
             if self._idled:
                 self._reposition(consumer, batch)
         self._commit(consumer, batch)
-        metrics.BATCH_SIZE.labels(self.service).observe(len(batch))
-        metrics.BATCH_SECONDS.labels(self.service).observe(time.monotonic() - started)
-        metrics.LAST_PROCESSED.labels(self.service).set_to_current_time()
+        self._batch_size.observe(len(batch))
+        self._batch_seconds.observe(time.monotonic() - started)
+        self._last_processed.set_to_current_time()
 
     # The retry's callbacks (``self._retrying``), for the batch in hand.
     def _stop_retrying(self, _state: RetryCallState) -> bool:

@@ -83,25 +83,46 @@ class RequestRow:
     phone: str | None = None  # E.164; the contact when there is no email
 
 
+def _plain(value: object, limit: int) -> str | None:
+    """``value`` when it is a str within ``limit`` characters without a NUL (what every ack
+    our connectors write holds): the checks of ``check_text``, without its calls."""
+    if type(value) is str and len(value) <= limit and "\x00" not in value:
+        return value
+    return None
+
+
+_STATUSES = {s.value: s for s in AckStatus}
+
+
 def ack_from_record(record: SuppressionAckRecord) -> Ack:
     """Turn a decoded SuppressionAck record into an ``Ack``; raise ``PoisonMessage``."""
-    try:
-        command_id = check_text("command_id", str(record.get("command_id") or ""), 200).strip()
-        request_id = check_text("request_id", str(record.get("request_id") or ""), 200).strip()
-        destination = check_text("destination", str(record.get("destination") or ""), 200).strip()
-        raw_detail = record.get("detail")
-        detail = None if raw_detail is None else check_text("detail", str(raw_detail), 100_000)
-    except PoisonMessage as exc:
-        raise PoisonMessage("invalid_ack", exc.detail) from None
+    raw_detail = record.get("detail")
+    command_id = _plain(record.get("command_id"), 200)
+    request_id = _plain(record.get("request_id"), 200)
+    destination = _plain(record.get("destination"), 200)
+    detail = None if raw_detail is None else _plain(raw_detail, 100_000)
+    if (
+        command_id is None
+        or request_id is None
+        or destination is None
+        or (detail is None and raw_detail is not None)
+    ):
+        try:  # the slow path: empty, not a str, too long or a NUL somewhere
+            command_id = check_text("command_id", str(record.get("command_id") or ""), 200)
+            request_id = check_text("request_id", str(record.get("request_id") or ""), 200)
+            destination = check_text("destination", str(record.get("destination") or ""), 200)
+            detail = None if raw_detail is None else check_text("detail", str(raw_detail), 100_000)
+        except PoisonMessage as exc:
+            raise PoisonMessage("invalid_ack", exc.detail) from None
+    command_id, request_id, destination = command_id.strip(), request_id.strip(), destination.strip()
     if not command_id:
         raise PoisonMessage("invalid_ack", "command_id is empty")
     acked_at = record.get("acked_at")
     if not isinstance(acked_at, datetime):
         raise PoisonMessage("invalid_ack", "acked_at is not a timestamp")
-    try:
-        status = AckStatus(str(record.get("status")))
-    except ValueError:
-        raise PoisonMessage("invalid_ack", "unknown status") from None
+    status = _STATUSES.get(str(record.get("status")))
+    if status is None:
+        raise PoisonMessage("invalid_ack", "unknown status")
     return Ack(
         command_id,
         request_id,
@@ -139,7 +160,9 @@ def apply_ack(row: DestinationRow, ack: Ack) -> DestinationRow:
     """The row after ``ack`` (the same row when the ack changes nothing)."""
     if not supersedes(row.status, ack.status):
         return row
-    return replace(row, status=ack.status.value, detail=ack.detail, acked_at=ack.acked_at)
+    return DestinationRow(
+        row.command_id, row.event_id, row.destination, ack.status.value, ack.detail, ack.acked_at
+    )
 
 
 def fold_acks(rows: Mapping[str, DestinationRow], acks: Iterable[Ack]) -> dict[str, DestinationRow]:
@@ -151,7 +174,8 @@ def fold_acks(rows: Mapping[str, DestinationRow], acks: Iterable[Ack]) -> dict[s
         row = current.get(ack.command_id)
         if row is not None:
             current[ack.command_id] = apply_ack(row, ack)
-    return {cid: row for cid, row in current.items() if row != rows[cid]}
+    # ``apply_ack`` returns the row itself when nothing changes: most rows are compared by identity.
+    return {cid: row for cid, row in current.items() if row is not rows[cid] and row != rows[cid]}
 
 
 def request_state(statuses: Iterable[str]) -> RequestState:

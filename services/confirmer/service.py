@@ -7,6 +7,7 @@ import threading
 from services.common.avro import default_codec
 from services.common.clock import Clock, SystemClock
 from services.common.consumer_loop import ConsumerLoop
+from services.common.gc_tuning import tune_gc
 from services.common.kafka import make_producer
 from services.common.settings import Settings
 from services.confirmer.step import ConfirmerStep
@@ -18,4 +19,5 @@ def run(settings: Settings, stop: threading.Event, clock: Clock | None = None) -
     producer = make_producer(settings)
     step = ConfirmerStep(settings, producer, default_codec(), clock or SystemClock())
     observer = observe_loop(settings, SERVICE)
+    tune_gc()
     ConsumerLoop(settings, SERVICE, [settings.acks_topic], step, stop, observer=observer).run()

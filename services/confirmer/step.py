@@ -81,9 +81,14 @@ class ConfirmerStep:
         self._record_acks = record_acks
         self.sweeper = Sweeper(settings, producer, codec, clock, self.db)
         self._topic = settings.acks_topic
-        for outcome in metrics.CONSUME_OUTCOMES:
-            metrics.MESSAGES_CONSUMED.labels(SERVICE, self._topic, outcome)
-        metrics.MESSAGES_PRODUCED.labels(SERVICE, settings.confirmations_topic)
+        # Bound once (``labels()`` looks the child up on every call; issue #15: per batch).
+        self._consumed = {
+            outcome: metrics.MESSAGES_CONSUMED.labels(SERVICE, self._topic, outcome)
+            for outcome in metrics.CONSUME_OUTCOMES
+        }
+        self._produced = metrics.MESSAGES_PRODUCED.labels(SERVICE, settings.confirmations_topic)
+        self._db_seconds = metrics.DB_SECONDS.labels(SERVICE, "apply_acks")
+        self._produce_seconds = metrics.PRODUCE_SECONDS.labels(SERVICE)
         for reason in ("unknown_command", "ack_mismatch", "invalid_ack", "undecodable"):
             metrics.DEAD_LETTERED.labels(SERVICE, reason)
 
@@ -130,7 +135,7 @@ class ConfirmerStep:
                     conn, [(a.command_id, a.destination, a.status.value, a.detail) for a in reissued], now
                 )
                 pipeline.sync()
-                metrics.DB_SECONDS.labels(SERVICE, "apply_acks").observe(time.monotonic() - started)
+                self._db_seconds.observe(time.monotonic() - started)
                 dead.extend(self._rejected(acks, outcome))
                 for record in outcome.confirmations:
                     tracker.produce(
@@ -144,15 +149,17 @@ class ConfirmerStep:
                     )
                 produce_started = time.monotonic()
                 tracker.wait()  # before the commit: see the module docstring
-                metrics.PRODUCE_SECONDS.labels(SERVICE).observe(time.monotonic() - produce_started)
+                self._produce_seconds.observe(time.monotonic() - produce_started)
             return outcome
 
         # Transient database errors become RetriableError; a dropped connection is reopened.
         outcome = self.db.run(work)
         for record in outcome.confirmations:
-            metrics.observe_confirmation(
-                as_datetime(record["requested_at"]), as_datetime(record["confirmed_at"])
-            )
+            requested, confirmed = record["requested_at"], record["confirmed_at"]
+            if isinstance(requested, int) and isinstance(confirmed, int):  # as confirmation_record writes
+                metrics.observe_confirmation_millis(requested, confirmed)
+            else:
+                metrics.observe_confirmation(as_datetime(requested), as_datetime(confirmed))
         self._count(messages, outcome, dead)
 
     # --- internals --------------------------------------------------------------------
@@ -176,17 +183,12 @@ class ConfirmerStep:
         outcome: AckOutcome,
         dead: list[tuple[Message, PoisonMessage]],
     ) -> None:
-        topic = self._topic
         for _, poison in dead:
             metrics.DEAD_LETTERED.labels(SERVICE, poison.reason).inc()
-        metrics.MESSAGES_CONSUMED.labels(SERVICE, topic, "processed").inc(
-            len(outcome.changed) + outcome.replayed
-        )
-        metrics.MESSAGES_CONSUMED.labels(SERVICE, topic, "duplicate").inc(outcome.unchanged)
-        metrics.MESSAGES_CONSUMED.labels(SERVICE, topic, "dead_lettered").inc(len(dead))
-        metrics.MESSAGES_PRODUCED.labels(SERVICE, self.settings.confirmations_topic).inc(
-            len(outcome.confirmations)
-        )
+        self._consumed["processed"].inc(len(outcome.changed) + outcome.replayed)
+        self._consumed["duplicate"].inc(outcome.unchanged)
+        self._consumed["dead_lettered"].inc(len(dead))
+        self._produced.inc(len(outcome.confirmations))
         log.info(
             "acks recorded",
             messages=len(messages),

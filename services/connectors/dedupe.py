@@ -5,7 +5,8 @@ Pure part: ``first_of_each`` (which commands of a batch are distinct). I/O part:
 
 Ordering in ``ConnectorStep.submit`` and why:
 
-1. look up the batch's command ids here;
+1. look up the batch's command ids here (holding the people's locks, with the newest applied
+   per person: one round trip, ``read``);
 2. ``apply`` only the ones without a stored outcome;
 3. **commit their outcomes here** (one transaction);
 4. publish one ack per delivered message and wait for every delivery report;
@@ -136,6 +137,17 @@ CROSS JOIN LATERAL (
 ) AS l
 """
 
+# ``read``: the lookup and the newest applied in one statement (one Parse/Bind/Execute and one
+# result instead of two, issue #15), each part probing its primary key as above; a row says
+# which part it comes from ('c': a stored outcome, 'l': a person's newest applied request).
+_READ = f"""
+SELECT 'c', a.command_id, a.request_id, a.status, a.detail, a.applied_at
+FROM ({_LOOKUP}) AS a
+UNION ALL
+SELECT 'l', l.subject, l.request_id, l.action, NULL, l.requested_at
+FROM ({_LATEST}) AS l
+"""
+
 # Newest wins (the same rank as ``Latest.rank``); rows in key order against deadlocks.
 _RECORD_LATEST = """
 INSERT INTO connector_latest AS l (destination, subject, requested_at, action, request_id,
@@ -150,6 +162,12 @@ SET requested_at = EXCLUDED.requested_at, action = EXCLUDED.action,
 WHERE (EXCLUDED.requested_at, EXCLUDED.action = 'OPT_OUT', EXCLUDED.request_id)
       > (l.requested_at, l.action = 'OPT_OUT', l.request_id)
 """
+
+
+# ``record`` with both: the newest-applied upsert as a data-modifying CTE of the outcomes'
+# statement (executed once, whether or not the query reads it; the tables differ): one
+# statement instead of two (issue #15).
+_RECORD_BOTH = "WITH latest AS (" + _RECORD_LATEST.strip() + "),\n" + _RECORD.strip().removeprefix("WITH ")
 
 
 def lock_key(destination: str, subject: str) -> int:
@@ -173,10 +191,11 @@ Params = tuple[Any, ...]
 class DedupeStore:
     """Outcomes of one destination's commands, in PostgreSQL.
 
-    Round trips per batch (issue #15: each costs both processes a wake-up): the lookup; then,
-    inside ``serialized``, BEGIN, the people's locks and ``latest`` in one pipeline; ``record``'s
-    two statements and the COMMIT in another: three in all (nine before: BEGIN, locks and
-    ``latest`` one by one, and a savepoint around ``record``'s statements)."""
+    Round trips per batch (issue #15: each costs both processes a wake-up): inside
+    ``serialized``, BEGIN, the people's locks and ``read`` (the lookup and ``latest``, one
+    statement) in one pipeline; ``record`` (one statement) and the COMMIT in another: two in
+    all (nine at first: the lookup, BEGIN, locks and ``latest`` one by one, and a savepoint
+    around ``record``'s two statements; three while the lookup came before the block)."""
 
     def __init__(self, dsn: str, destination: str, prepared_statements: bool = True) -> None:
         self.dsn = dsn
@@ -228,14 +247,14 @@ class DedupeStore:
 
     def _pipelined(
         self, statements: Sequence[tuple[str, Params]], commit: bool = False
-    ) -> list[tuple[Any, ...]]:
+    ) -> list[list[tuple[Any, ...]]]:
         """Run ``statements`` in one round trip, preceded by the block's BEGIN and locks when
         they are pending (or by a BEGIN of their own when ``commit`` and outside a block),
-        followed by COMMIT when ``commit``; the last statement's rows."""
+        followed by COMMIT when ``commit``; each statement's rows."""
         if self._in_block and not self._open and self._pending_locks is None:
             raise RuntimeError("DedupeStore: nothing may run in a serialized block after record()")
 
-        def work(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+        def work(conn: psycopg.Connection[Any]) -> list[list[tuple[Any, ...]]]:
             try:
                 with conn.pipeline():
                     if self._pending_locks is not None:
@@ -249,7 +268,7 @@ class DedupeStore:
                     if commit:
                         conn.execute("COMMIT")
                         self._open = False
-                return cursors[-1].fetchall() if cursors and cursors[-1].description else []
+                return [c.fetchall() if c.description else [] for c in cursors]
             except psycopg.Error:
                 if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
                     self._open = False
@@ -260,17 +279,30 @@ class DedupeStore:
         return self._db.run(work)
 
     def lookup(self, command_ids: Sequence[str]) -> dict[str, StoredOutcome]:
-        if not command_ids:
-            return {}
-        rows = self._pipelined([(_LOOKUP, (text_array(command_ids), self.destination))])
-        return {r[0]: _row(r) for r in rows}
+        return self.read(command_ids, ())[0]
 
     def latest(self, subjects: Sequence[str]) -> dict[str, Latest]:
         """The newest request applied here for each of ``subjects`` (absent: none)."""
-        if not subjects:
-            return {}
-        rows = self._pipelined([(_LATEST, (text_array(subjects), self.destination))])
-        return {r[0]: Latest(r[0], r[1], Action(r[2]), r[3]) for r in rows}
+        return self.read((), subjects)[1]
+
+    def read(
+        self, command_ids: Sequence[str], subjects: Sequence[str]
+    ) -> tuple[dict[str, StoredOutcome], dict[str, Latest]]:
+        """``lookup`` and ``latest`` in one round trip (inside ``serialized``: with the block's
+        BEGIN and locks, so both read after the locks are held)."""
+        if command_ids and subjects:
+            ids, keys = text_array(command_ids), text_array(subjects)
+            rows = self._pipelined([(_READ, (ids, self.destination, keys, self.destination))])[0]
+            known = {r[1]: _row(r[1:]) for r in rows if r[0] == "c"}
+            latest = {r[1]: Latest(r[1], r[5], Action(r[3]), r[2]) for r in rows if r[0] == "l"}
+            return known, latest
+        if command_ids:
+            rows = self._pipelined([(_LOOKUP, (text_array(command_ids), self.destination))])[0]
+            return {r[0]: _row(r) for r in rows}, {}
+        if subjects:
+            rows = self._pipelined([(_LATEST, (text_array(subjects), self.destination))])[0]
+            return {}, {r[0]: Latest(r[0], r[1], Action(r[2]), r[3]) for r in rows}
+        return {}, {}
 
     def record(
         self, outcomes: Sequence[StoredOutcome], latest: Sequence[Latest] = ()
@@ -285,37 +317,32 @@ class DedupeStore:
             if item.subject not in newest or item.rank > newest[item.subject].rank:
                 newest[item.subject] = item
         ordered = [newest[k] for k in sorted(newest)]
-        statements: list[tuple[str, Params]] = []
+        latest_params: Params = ()
         if ordered:
-            statements.append(
-                (
-                    _RECORD_LATEST,
-                    (
-                        self.destination,
-                        max(o.applied_at for o in outcomes) if outcomes else None,
-                        text_array([x.subject for x in ordered]),
-                        text_array([x.requested_at.isoformat() for x in ordered]),
-                        text_array([x.action.value for x in ordered]),
-                        text_array([x.request_id for x in ordered]),
-                    ),
-                )
+            latest_params = (
+                self.destination,
+                max(o.applied_at for o in outcomes) if outcomes else None,
+                text_array([x.subject for x in ordered]),
+                text_array([x.requested_at.isoformat() for x in ordered]),
+                text_array([x.action.value for x in ordered]),
+                text_array([x.request_id for x in ordered]),
             )
         kept = [_clipped(o) for o in outcomes]  # as the store keeps them
+        outcome_params: Params = ()
         if kept:
-            statements.append(
-                (
-                    _RECORD,
-                    (
-                        text_array([o.command_id for o in kept]),
-                        text_array([o.request_id for o in kept]),
-                        text_array([o.status.value for o in kept]),
-                        text_array([o.detail for o in kept]),
-                        text_array([o.applied_at.isoformat() for o in kept]),
-                        self.destination,
-                    ),
-                )
+            outcome_params = (
+                text_array([o.command_id for o in kept]),
+                text_array([o.request_id for o in kept]),
+                text_array([o.status.value for o in kept]),
+                text_array([o.detail for o in kept]),
+                text_array([o.applied_at.isoformat() for o in kept]),
+                self.destination,
             )
-        rows = self._pipelined(statements, commit=True)
+        if ordered and kept:
+            statement = (_RECORD_BOTH, latest_params + outcome_params)
+        else:
+            statement = (_RECORD_LATEST, latest_params) if ordered else (_RECORD, outcome_params)
+        rows = self._pipelined([statement], commit=True)[-1]
         if not kept:
             return {}
         stored = {o.command_id: o for o in kept}

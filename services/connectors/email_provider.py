@@ -172,6 +172,7 @@ class EmailProviderConnector(Connector):
     ) -> None:
         self.destination = destination  # the destination's name in the destinations file
         self.url = base_url.rstrip("/") + ADD_PATH
+        self._add_url = httpx.URL(self.url)  # parsed once, not on every call (issue #15)
         self.token = token
         self.client = client
         self.clock = clock or SystemClock()
@@ -228,7 +229,7 @@ class EmailProviderConnector(Connector):
         def post(part: list[str]) -> httpx.Response:
             return post_json(
                 self.client,
-                self.url,
+                self._add_url,
                 self.token,
                 {"recipient_emails": part},
                 self.clock.now(),

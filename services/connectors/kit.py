@@ -62,6 +62,7 @@ from services.common.clock import Clock, SystemClock, to_millis
 from services.common.consumer_loop import Backoff, ConsumerLoop
 from services.common.contract import AckStatus, Action
 from services.common.errors import PoisonMessage, RetriableError
+from services.common.gc_tuning import tune_gc
 from services.common.kafka import DeliveryTracker, dead_letter, make_producer
 from services.common.logging import get_logger
 from services.common.records import (
@@ -139,7 +140,17 @@ class Command:
         return (self.requested_at, self.action is Action.OPT_OUT, self.request_id)
 
     def subjects(self) -> tuple[str, ...]:
-        """The person's pseudonymous identifiers this command carries (as subject keys)."""
+        """The person's pseudonymous identifiers this command carries (as subject keys).
+        Computed once per command: a batch asks for them 4-5 times (locks, newest-applied read,
+        the supersede check, the record), each a SHA-256 of some identifiers (issue #15); kept
+        in the instance's ``__dict__`` (not a field: equality and ``replace`` ignore it)."""
+        cached: tuple[str, ...] | None = self.__dict__.get("_subject_keys")
+        if cached is None:
+            cached = self._find_subjects()
+            object.__setattr__(self, "_subject_keys", cached)
+        return cached
+
+    def _find_subjects(self) -> tuple[str, ...]:
         found: set[str] = set()
         if self.customer_id:
             found.add(f"cust:{self.customer_id}")
@@ -241,7 +252,8 @@ class CredentialsWatch:
         self.destination = destination
         self._lock = threading.Lock()
         self._reason: str | None = None
-        CREDENTIALS_REFUSED.labels(destination).set(0)
+        self._gauge = CREDENTIALS_REFUSED.labels(destination)
+        self._gauge.set(0)
 
     @property
     def refused(self) -> bool:
@@ -260,7 +272,7 @@ class CredentialsWatch:
         with self._lock:
             started = self._reason is None
             self._reason = reason
-        CREDENTIALS_REFUSED.labels(self.destination).set(1)
+        self._gauge.set(1)
         if started:
             log.error(
                 "destination refuses our credentials; its partitions are paused and nothing is "
@@ -274,7 +286,7 @@ class CredentialsWatch:
         with self._lock:
             was = self._reason is not None
             self._reason = None
-        CREDENTIALS_REFUSED.labels(self.destination).set(0)
+        self._gauge.set(0)
         if was:
             log.info("destination accepts our credentials again; resuming", destination=self.destination)
 
@@ -488,11 +500,18 @@ class ConnectorStep:
         self.clock = clock
         self.store = store
         self._topic = settings.suppress_topic(self.destination)
-        for outcome in ("processed", "duplicate", "dead_lettered"):
-            metrics.MESSAGES_CONSUMED.labels(self.service, self._topic, outcome)
-        for status in AckStatus:
-            for source in ("applied", "stored"):
-                OUTCOMES.labels(self.destination, status.value, source)
+        # The batch's counters, bound once (``labels()`` looks a child up on every call).
+        self._consumed = {
+            outcome: metrics.MESSAGES_CONSUMED.labels(self.service, self._topic, outcome)
+            for outcome in ("processed", "duplicate", "dead_lettered")
+        }
+        self._acks_produced = metrics.MESSAGES_PRODUCED.labels(self.service, settings.acks_topic)
+        self._produce_seconds = metrics.PRODUCE_SECONDS.labels(self.service)
+        self._outcomes = {
+            (status, source): OUTCOMES.labels(self.destination, status.value, source)
+            for status in AckStatus
+            for source in ("applied", "stored")
+        }
 
     # --- Step interface -------------------------------------------------------------------
     def poll(self) -> None:
@@ -514,12 +533,12 @@ class ConnectorStep:
                 deliveries.append((message, decode_command(self.codec, message.value(), self.destination)))
             except PoisonMessage as poison:
                 dead.append((message, poison))
-        unique = first_of_each(c for _, c in deliveries)
-        known = self.store.lookup([c.command_id for c in unique])
-        fresh = [c for c in unique if c.command_id not in known]
-        outcomes = dict(known)
-        for group in lock_groups(fresh):  # one group unless the batch is very large
-            outcomes.update(self._apply_and_record(group))
+        outcomes: dict[str, StoredOutcome] = {}
+        fresh: list[Command] = []
+        # One group unless the batch is very large; a group's outcomes are durable before the
+        # next group starts (a failing group raises, and the retry finds the earlier ones).
+        for group in lock_groups(first_of_each(c for _, c in deliveries)):
+            outcomes.update(self._apply_and_record(group, fresh))
 
         tracker = DeliveryTracker(self.producer)
         for _, command in deliveries:
@@ -543,7 +562,7 @@ class ConnectorStep:
             )
         started = time.monotonic()
         tracker.wait()
-        metrics.PRODUCE_SECONDS.labels(self.service).observe(time.monotonic() - started)
+        self._produce_seconds.observe(time.monotonic() - started)
         self._count(deliveries, dead, {c.command_id for c in fresh}, outcomes)
 
     # --- internals --------------------------------------------------------------------------
@@ -570,24 +589,31 @@ class ConnectorStep:
             log.warning("could not settle confirmations yet", destination=self.destination, error=str(exc))
             return
         for outcome in stored.values():
-            OUTCOMES.labels(self.destination, outcome.status.value, "applied").inc()
-        metrics.MESSAGES_PRODUCED.labels(self.service, self.settings.acks_topic).inc(len(stored))
+            self._outcomes[(outcome.status, "applied")].inc()
+        self._acks_produced.inc(len(stored))
         log.info("confirmations acknowledged", destination=self.destination, acks=len(stored))
 
-    def _apply_and_record(self, fresh: list[Command]) -> dict[str, StoredOutcome]:
-        """Apply once and commit every outcome obtained, also the partial ones of a
-        failed call (so those are never applied again); then raise its error, and the
-        loop retries the batch after its backoff (or the provider's Retry-After).
-        Commands older than what was applied here for the same person are not applied
-        (``superseded``); the check, the call and the record hold the people's locks
-        (``DedupeStore.serialized``), so two instances of one destination never interleave
-        them for one person."""
-        subjects = sorted({s for c in fresh if c.rank is not None for s in c.subjects()})
+    def _apply_and_record(self, group: list[Command], fresh: list[Command]) -> dict[str, StoredOutcome]:
+        """The outcomes of ``group`` (distinct commands): the stored ones of commands seen
+        before, and those of the others (appended to ``fresh``), applied once now. Every
+        outcome obtained is committed, also the partial ones of a failed call (so those are
+        never applied again); then its error is raised, and the loop retries the batch after
+        its backoff (or the provider's Retry-After). Commands older than what was applied here
+        for the same person are not applied (``superseded``); the lookup, that check, the call
+        and the record hold the people's locks (``DedupeStore.serialized``), so two instances
+        of one destination never interleave them for one person. The lookup and the newest
+        applied are read in the same round trip as the locks (issue #15)."""
+        subjects = sorted({s for c in group if c.rank is not None for s in c.subjects()})
         # Another instance of this destination waits for these people until we recorded.
         with self.store.serialized(subjects):
-            stale = superseded(fresh, self.store.latest(subjects))
-            to_apply = [c for c in fresh if c.command_id not in stale]
-            kept, _ = stored_outcomes(fresh, list(stale.values()), self.clock.now())
+            known, latest = self.store.read([c.command_id for c in group], subjects)
+            new = [c for c in group if c.command_id not in known]
+            if not new:
+                return known
+            fresh.extend(new)
+            stale = superseded(new, latest)
+            to_apply = [c for c in new if c.command_id not in stale]
+            kept, _ = stored_outcomes(new, list(stale.values()), self.clock.now())
             run = ApplyRun({}, None)
             if to_apply:
                 try:
@@ -601,13 +627,13 @@ class ConnectorStep:
                 [*kept.values(), *run.outcomes.values()], latest_of(to_apply, done | run.awaiting)
             )
         if stale:
-            for command in fresh:
+            for command in new:
                 if command.command_id in stale:
                     SUPERSEDED_COMMANDS.labels(self.destination, command.action.value).inc()
             log.info("superseded commands acknowledged", destination=self.destination, count=len(stale))
         if run.error is not None:
             raise run.error
-        return stored
+        return {**known, **stored}
 
     def _count(
         self,
@@ -617,28 +643,31 @@ class ConnectorStep:
         outcomes: Mapping[str, StoredOutcome],
     ) -> None:
         first_seen: set[str] = set()
-        processed = duplicates = 0
+        processed = duplicates = acked = 0
+        by_outcome: dict[tuple[AckStatus, str], int] = {}
         for _, command in deliveries:
             outcome = outcomes.get(command.command_id)
             if outcome is None:  # Awaiting the destination's confirmation
                 processed += command.command_id not in first_seen
                 first_seen.add(command.command_id)
                 continue
-            status = outcome.status.value
+            acked += 1
             if command.command_id in applied_ids and command.command_id not in first_seen:
                 first_seen.add(command.command_id)
                 processed += 1
-                OUTCOMES.labels(self.destination, status, "applied").inc()
+                key = (outcome.status, "applied")
             else:
                 duplicates += 1
-                OUTCOMES.labels(self.destination, status, "stored").inc()
+                key = (outcome.status, "stored")
+            by_outcome[key] = by_outcome.get(key, 0) + 1
+        for key, count in by_outcome.items():
+            self._outcomes[key].inc(count)
         for _, poison in dead:
             metrics.DEAD_LETTERED.labels(self.service, poison.reason).inc()
-        metrics.MESSAGES_CONSUMED.labels(self.service, self._topic, "processed").inc(processed)
-        metrics.MESSAGES_CONSUMED.labels(self.service, self._topic, "duplicate").inc(duplicates)
-        metrics.MESSAGES_CONSUMED.labels(self.service, self._topic, "dead_lettered").inc(len(dead))
-        acked = sum(1 for _, command in deliveries if command.command_id in outcomes)
-        metrics.MESSAGES_PRODUCED.labels(self.service, self.settings.acks_topic).inc(acked)
+        self._consumed["processed"].inc(processed)
+        self._consumed["duplicate"].inc(duplicates)
+        self._consumed["dead_lettered"].inc(len(dead))
+        self._acks_produced.inc(acked)
         log.info(
             "batch acknowledged",
             destination=self.destination,
@@ -677,6 +706,7 @@ def run_connector(
     group = settings.group(service)
     check = f"credentials:{connector.destination}"
     health.add_check(check, watch.readiness)
+    tune_gc()
     try:
         ConsumerLoop(
             settings,

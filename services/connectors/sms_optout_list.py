@@ -57,6 +57,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, TypedDict
@@ -292,7 +293,9 @@ class SmsOptOutListConnector(Connector):
         self.destination = destination
         self.options = options
         self.client = client
-        self._pool = ThreadPoolExecutor(options.concurrency, thread_name_prefix=f"sms-{destination}")
+        self._pool = ThreadPoolExecutor(
+            max(1, options.concurrency - 1), thread_name_prefix=f"sms-{destination}"
+        )
         self._pacer = Pacer(options.requests_per_second)
 
     def close(self) -> None:
@@ -349,9 +352,15 @@ class SmsOptOutListConnector(Connector):
                     return
                 results[index] = self._apply_number(numbers[index])
 
-        workers = [self._pool.submit(work) for _ in range(min(self.options.concurrency, len(numbers)))]
-        for worker in workers:
-            worker.result()
+        # The calling thread is one of the ``concurrency`` workers (one thread hand-off fewer per
+        # batch, none for a batch of one number: issue #15); all finish before this returns.
+        helpers = [self._pool.submit(work) for _ in range(min(self.options.concurrency, len(numbers)) - 1)]
+        try:
+            work()
+        finally:
+            wait_all(helpers)
+        for helper in helpers:
+            helper.result()
         return results
 
     def _apply_number(self, commands: list[Command]) -> tuple[list[Outcome], RetriableError | None]:

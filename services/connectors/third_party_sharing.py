@@ -135,8 +135,9 @@ R = TypeVar("R")
 
 
 class PartnerCalls:
-    """Runs one call per partner at the same time (a thread per partner; the HTTP client's
-    connection pool is shared and thread-safe) and returns their results in partner order.
+    """Runs one call per partner at the same time (the caller's thread and one pool thread per
+    further partner; the HTTP client's connection pool is shared and thread-safe) and returns
+    their results in partner order.
     Every call finishes before ``each`` returns or raises; when some raised, the error of the
     first of them in partner order is raised (what calling them in turn would have raised;
     the partners that did accept see the same references again on the retry, harmlessly:
@@ -144,20 +145,27 @@ class PartnerCalls:
     its log lines keep the service's bound fields."""
 
     def __init__(self, partners: int, name: str) -> None:
-        self._pool = ThreadPoolExecutor(max(1, partners), thread_name_prefix=f"partners-{name}")
+        self._pool = ThreadPoolExecutor(max(1, partners - 1), thread_name_prefix=f"partners-{name}")
 
     def each(self, partners: Sequence[P], call: Callable[[P], R]) -> list[R]:
         if len(partners) == 1:
             return [call(partners[0])]
+        # The first partner is called on the caller's own thread while the pool calls the others
+        # (one thread hand-off fewer per batch, issue #15); all finish before this returns.
         futures: list[Future[R]] = [
-            self._pool.submit(contextvars.copy_context().run, call, partner) for partner in partners
+            self._pool.submit(contextvars.copy_context().run, call, partner) for partner in partners[1:]
         ]
+        try:
+            first = contextvars.copy_context().run(call, partners[0])
+        except Exception:
+            wait_all(futures)
+            raise
         wait_all(futures)
         for future in futures:
             error = future.exception()
             if error is not None:
                 raise error
-        return [future.result() for future in futures]
+        return [first, *(future.result() for future in futures)]
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -182,6 +190,12 @@ class ThirdPartySharingConnector(Connector):
             )
         self.partners = list(partners)
         self.client = client
+        # Each partner's two URLs, parsed once, not on every call (issue #15).
+        self._urls = {
+            (p.url, opting_in): httpx.URL(p.url.rstrip("/") + (OPT_INS_PATH if opting_in else OPT_OUTS_PATH))
+            for p in self.partners
+            for opting_in in (False, True)
+        }
         self.clock = clock or SystemClock()
         self.calls = PartnerCalls(len(self.partners), destination)
 
@@ -234,7 +248,8 @@ class ThirdPartySharingConnector(Connector):
         def call(part: list[dict[str, str]]) -> CallAnswer:
             response = post_json(
                 self.client,
-                partner.url.rstrip("/") + (OPT_INS_PATH if opting_in else OPT_OUTS_PATH),
+                self._urls.get((partner.url, opting_in))
+                or partner.url.rstrip("/") + (OPT_INS_PATH if opting_in else OPT_OUTS_PATH),
                 partner.token,
                 {"opt_ins": part} if opting_in else {"opt_outs": part},
                 self.clock.now(),

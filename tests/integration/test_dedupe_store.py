@@ -4,6 +4,7 @@ transaction semantics of ``serialized`` (locks held from the first statement to 
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +12,8 @@ import psycopg
 import pytest
 
 from services.common.contract import AckStatus, Action
-from services.connectors.dedupe import _LATEST, _LOOKUP, DedupeStore, Latest, StoredOutcome, lock_key
+from services.connectors.dedupe import _LATEST, _LOOKUP, _READ, DedupeStore, Latest, StoredOutcome, lock_key
+from tests.support.pipeline import wait_until
 from tests.support.plans import batch_plans
 
 NOW = datetime(2026, 12, 1, 6, 0, 0, tzinfo=UTC)
@@ -86,6 +88,48 @@ def test_a_block_that_raises_keeps_nothing_and_releases_the_lock(base_settings: 
         store.close()
 
 
+def waiting_for_a_lock(dsn: str) -> bool:
+    """Whether some session of this database waits for an advisory lock."""
+    with psycopg.connect(dsn, autocommit=True) as other:
+        row = other.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def test_a_blocks_read_takes_the_locks_first_and_sees_what_the_last_holder_recorded(
+    base_settings: dict[str, Any],
+) -> None:
+    """``read`` (the lookup and the newest applied, in the round trip of BEGIN and the locks)
+    runs after the locks are held: an instance that waited for another one's block sees the
+    command that block recorded, and does not apply it again (issue #15 folded the lookup,
+    which came before the block, into it)."""
+    dsn = base_settings["database_url"]
+    first, second = DedupeStore(dsn, "email_provider"), DedupeStore(dsn, "email_provider")
+    seen: list[tuple[set[str], set[str]]] = []
+
+    def waiter() -> None:
+        with second.serialized([SUBJECT]):
+            known, latest = second.read(["c-1", "c-2"], [SUBJECT])
+            seen.append((set(known), {x.request_id for x in latest.values()}))
+
+    try:
+        with first.serialized([SUBJECT]):
+            assert first.read(["c-1"], [SUBJECT]) == ({}, {})
+            thread = threading.Thread(target=waiter)
+            thread.start()
+            wait_until(lambda: waiting_for_a_lock(dsn), timeout=10, message="the second block to wait")
+            first.record([outcome("c-1")], [newest("evt-c-1")])
+        thread.join(10)
+        assert seen == [({"c-1"}, {"evt-c-1"})]
+        assert lock_is_free(dsn)
+        assert first.read([], []) == ({}, {})
+    finally:
+        first.close()
+        second.close()
+
+
 GROWN = {
     "connector_applied": "INSERT INTO connector_applied (destination, command_id, request_id, status, "
     "detail, applied_at) SELECT 'email_provider', 'c-' || g, 'evt-' || g, 'APPLIED', NULL, now() "
@@ -118,6 +162,16 @@ def test_a_batch_read_probes_the_primary_key_whatever_the_sizes(
     for plan in plans(database["admin"], table, sql):
         assert f"Seq Scan on {table}" not in plan, plan
         assert "Index Scan" in plan, plan
+
+
+def test_the_combined_read_probes_both_primary_keys_whatever_the_sizes(database: dict[str, str]) -> None:
+    """``read``'s one statement (the lookup and the newest applied) keeps each part's probes."""
+    ids = "{" + ",".join(f"c-{n}" for n in range(1, 2001)) + "}"
+    grow = [(t, GROWN[t]) for t in ("connector_applied", "connector_latest")]
+    for plan in batch_plans(database["admin"], grow, _READ, (ids, "email_provider", ids, "email_provider")):
+        assert "Seq Scan on connector_applied" not in plan, plan
+        assert "Seq Scan on connector_latest" not in plan, plan
+        assert plan.count("Index Scan") >= 2, plan
 
 
 def test_record_answers_the_first_writers_outcome_and_keeps_any_detail(

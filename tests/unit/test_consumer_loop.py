@@ -357,14 +357,25 @@ def test_retries_of_a_quiet_error_are_not_logged_as_warnings() -> None:
 
 
 def test_a_batch_starts_with_the_first_message_and_takes_what_is_fetched_already() -> None:
-    """consume(1, timeout) for the first message, then consume(n - 1, linger): a steady trickle
-    is never held back for the whole batch timeout."""
+    """consume(1, timeout) for the first message, then what is fetched already, and what came
+    within the linger (one wait, not a wake-up per fetched partition): a steady trickle is never
+    held back for the whole batch timeout."""
     step = ScriptedStep()
     h = Harness(step)
     h.publish(0, 3)
     h.run()
     assert step.batches[0] == [(0, 0), (0, 1), (0, 2)]
-    assert h.consumer.consume_calls[:2] == [(1, 0.1), (99, 0.02)]  # OPTOUT_BATCH_LINGER_MS 20
+    assert h.consumer.consume_calls[:3] == [(1, 0.1), (99, 0), (97, 0)]  # then OPTOUT_BATCH_LINGER_MS
+
+
+def test_a_batch_full_at_once_does_not_linger() -> None:
+    step = ScriptedStep()
+    h = Harness(step)
+    h.loop.settings = Settings(topic_prefix="u.", batch_size=3, batch_timeout_ms=100)
+    h.publish(0, 5)
+    h.run()
+    assert step.batches[0] == [(0, 0), (0, 1), (0, 2)]
+    assert h.consumer.consume_calls[:3] == [(1, 0.1), (2, 0), (1, 0.1)]
 
 
 def test_offsets_are_stored_for_librdkafka_to_commit_on_its_interval() -> None:

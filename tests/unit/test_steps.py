@@ -189,6 +189,11 @@ class FakeDedupeStore:
     def latest(self, subjects: Sequence[str]) -> dict[str, Latest]:
         return {s: self.newest[s] for s in subjects if s in self.newest}
 
+    def read(
+        self, command_ids: Sequence[str], subjects: Sequence[str]
+    ) -> tuple[dict[str, StoredOutcome], dict[str, Latest]]:
+        return self.lookup(command_ids), self.latest(subjects)
+
     @contextmanager
     def serialized(self, subjects: Sequence[str]) -> Iterator[None]:
         self.locked.append(sorted(subjects))
