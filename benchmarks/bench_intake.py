@@ -76,6 +76,7 @@ from services.common.avro import default_codec
 from services.common.clock import SystemClock
 from services.common.consumer_loop import ConsumerLoop
 from services.common.db import LazyConnection
+from services.common.gc_tuning import tune_gc
 from services.common.kafka import DeliveryTracker, make_consumer, make_producer
 from services.common.records import decode_opt_out_requested
 from services.common.settings import Settings
@@ -83,7 +84,6 @@ from services.directory.store import upsert_entries
 from services.domain.enrichment import DirectoryEntry, DirectoryIndex, enrich
 from services.domain.planning import plan_commands
 from services.domain.validation import decode_request, normalize_postal_address, validate_request
-from services.intake.service import tune_gc
 from services.intake.states import publish_current_states
 from services.intake.step import SERVICE, IntakeStep, intake_producer
 from services.intake.store import record_batch

@@ -194,7 +194,7 @@ class ConsumerLoop:
         # (``_in_hand``). A Retrying is a reference cycle (its state holds bound methods of
         # itself): one made per batch, with callbacks closing over the batch, kept each
         # batch's messages alive until the cyclic garbage collector ran, which in intake
-        # (collector tuned and paused, ``services.intake.service.tune_gc``) was up to 20
+        # (collector tuned and paused, ``services.common.gc_tuning.tune_gc``) was up to 20
         # batches later: 100,000 messages, about 60 MiB (README, "Memory through a backlog").
         self._in_hand: list[Message] = []
         self._idled = False

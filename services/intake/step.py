@@ -72,7 +72,7 @@ def paused_gc() -> Iterator[None]:
     commands and rows alive until it is fanned out, and every collection on the way rescans
     them (they all survive it: reference counting frees them once the batch is done, and
     hardly any is in a cycle). Cycles made during the batch wait for the first collection
-    after it (the thresholds of ``services.intake.service.tune_gc`` still apply), so memory
+    after it (the thresholds of ``services.common.gc_tuning.tune_gc`` still apply), so memory
     stays bounded by a batch. A collector someone switched off stays off."""
     if not gc.isenabled():
         yield
