@@ -151,8 +151,7 @@ class RecordOutcome:
 # (``split_columns``), instants as binary arrays (%b).
 # A request with no command to send (superseded, or effective only for scopes no destination
 # of it serves) is recorded CONFIRMED at once (``cf``).
-_RECORD = split_columns("""
-WITH new AS (
+_INSERT_REQUESTS = """
     INSERT INTO requests (event_id, content_sha256, subject_key, customer_id, email, phone,
                           postal_address, email_sha256, phone_sha256, postal_sha256, scopes,
                           source, jurisdiction, requested_at, received_at, due_at, deadline_rule,
@@ -165,17 +164,14 @@ WITH new AS (
                 %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
                 %s::text[], %b::timestamptz[], %b::timestamptz[], %s::text[], %s::text[],
                 %s::text[], %s::text[], %s::text[], %s::text[], %s::bool[])
-         AS t(e, c, k, cu, em, ph, pa, eh, phh, pah, sc, so, ju, ra, du, dr, di, ds, ac, dv, ef, cf)
-    ON CONFLICT (event_id) DO NOTHING
-    RETURNING event_id
-), listed AS (
+         AS t(e, c, k, cu, em, ph, pa, eh, phh, pah, sc, so, ju, ra, du, dr, di, ds, ac, dv, ef, cf)"""
+_LIST_ENTRIES = """
     INSERT INTO suppression_list AS s (kind, sha256, sealed, scopes, first_request_id,
                                        last_request_id, created_at, updated_at)
     SELECT t.k, t.h, t.v, string_to_array(t.sc, '|'), t.f, t.l, %b, %b
     FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])
-         WITH ORDINALITY AS t(k, h, v, sc, f, l, n)
-    WHERE t.n IN (SELECT m.n FROM unnest(%s::text[], %s::int8[]) AS m(e, n)
-                  JOIN new ON new.event_id = m.e)
+         WITH ORDINALITY AS t(k, h, v, sc, f, l, n)"""
+_MERGE_ENTRIES = """
     ORDER BY t.n
     ON CONFLICT (kind, sha256) DO UPDATE
     SET sealed = EXCLUDED.sealed,
@@ -183,7 +179,14 @@ WITH new AS (
                       ELSE ARRAY(SELECT DISTINCT x FROM unnest(s.scopes || EXCLUDED.scopes) AS x
                                  ORDER BY x) END,
         last_request_id = EXCLUDED.last_request_id,
-        updated_at = EXCLUDED.updated_at
+        updated_at = EXCLUDED.updated_at"""
+_RECORD = split_columns(f"""
+WITH new AS ({_INSERT_REQUESTS}
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+), listed AS ({_LIST_ENTRIES}
+    WHERE t.n IN (SELECT m.n FROM unnest(%s::text[], %s::int8[]) AS m(e, n)
+                  JOIN new ON new.event_id = m.e){_MERGE_ENTRIES}
 ), commands AS (
     INSERT INTO destination_status (command_id, event_id, destination, first_issued_at,
                                     last_issued_at)
@@ -200,35 +203,9 @@ SELECT event_id FROM new
 # its unique keys while it inserts; ``ON CONFLICT`` probes each key first and confirms each
 # row apart: issue #15). Should another writer have recorded one of them meanwhile, the
 # statement fails on the unique key instead, and the transaction is done again with ``_RECORD``.
-_RECORD_ALL_NEW = split_columns("""
-WITH new AS (
-    INSERT INTO requests (event_id, content_sha256, subject_key, customer_id, email, phone,
-                          postal_address, email_sha256, phone_sha256, postal_sha256, scopes,
-                          source, jurisdiction, requested_at, received_at, due_at, deadline_rule,
-                          directory_identifiers, identifier_sources,
-                          action, device_id, effective_scopes, state, confirmed_at)
-    SELECT e, c, k, cu, em, ph, pa::jsonb, eh, phh, pah, string_to_array(sc, '|'), so, ju, ra, %b,
-           du, dr, di::jsonb, ds::jsonb, ac, dv, string_to_array(ef, '|'),
-           CASE WHEN cf THEN 'CONFIRMED' ELSE 'PENDING' END, CASE WHEN cf THEN %b END
-    FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
-                %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
-                %s::text[], %b::timestamptz[], %b::timestamptz[], %s::text[], %s::text[],
-                %s::text[], %s::text[], %s::text[], %s::text[], %s::bool[])
-         AS t(e, c, k, cu, em, ph, pa, eh, phh, pah, sc, so, ju, ra, du, dr, di, ds, ac, dv, ef, cf)
-), listed AS (
-    INSERT INTO suppression_list AS s (kind, sha256, sealed, scopes, first_request_id,
-                                       last_request_id, created_at, updated_at)
-    SELECT t.k, t.h, t.v, string_to_array(t.sc, '|'), t.f, t.l, %b, %b
-    FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])
-         WITH ORDINALITY AS t(k, h, v, sc, f, l, n)
-    ORDER BY t.n
-    ON CONFLICT (kind, sha256) DO UPDATE
-    SET sealed = EXCLUDED.sealed,
-        scopes = CASE WHEN s.scopes @> EXCLUDED.scopes THEN s.scopes
-                      ELSE ARRAY(SELECT DISTINCT x FROM unnest(s.scopes || EXCLUDED.scopes) AS x
-                                 ORDER BY x) END,
-        last_request_id = EXCLUDED.last_request_id,
-        updated_at = EXCLUDED.updated_at
+_RECORD_ALL_NEW = split_columns(f"""
+WITH new AS ({_INSERT_REQUESTS}
+), listed AS ({_LIST_ENTRIES}{_MERGE_ENTRIES}
 )
 INSERT INTO destination_status (command_id, event_id, destination, first_issued_at, last_issued_at)
 SELECT t.c, t.e, t.d, %b, %b FROM unnest(%s::text[], %s::text[], %s::text[]) AS t(c, e, d)
