@@ -18,6 +18,7 @@ from services.common.http_server import run_worker_processes, serve_until_stoppe
 from services.common.logging import configure_logging, get_logger
 from services.common.settings import Settings
 from services.common.shutdown import install_stop_handlers
+from services.observability.health import HEALTH
 from services.web.app import create_app
 from services.web.links import check_public_url
 from services.web.tokens import keyring_from_settings
@@ -32,7 +33,14 @@ def _config(settings: Settings) -> uvicorn.Config:
 
 def serve(settings: Settings, stop: threading.Event, sockets: list[socket.socket] | None = None) -> None:
     """Run one uvicorn server until ``stop`` is set (it drains in-flight requests)."""
-    serve_until_stopped(uvicorn.Server(_config(settings)), stop, "web", sockets)
+    server = uvicorn.Server(_config(settings))
+    # /readyz is ready only once this port accepts connections (the health endpoint starts
+    # first; as services/inbound does): before, a probe could pass while the API refused.
+    HEALTH.add_check("web_http", lambda: None if server.started else "not listening yet")
+    try:
+        serve_until_stopped(server, stop, "web", sockets)
+    finally:
+        HEALTH.remove_check("web_http")
 
 
 def _worker(settings: Settings, sock: socket.socket) -> None:
