@@ -9,7 +9,7 @@ import socket
 import threading
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 
@@ -38,17 +38,39 @@ def uvicorn_config(app: Any, host: str, port: int, *, date_header: bool = False)
     )
 
 
+class Readiness(Protocol):
+    """What ``/readyz`` asks (``services.observability.health.HealthState``)."""
+
+    def add_check(self, name: str, check: Callable[[], str | None]) -> None: ...
+
+    def remove_check(self, name: str) -> None: ...
+
+
 def serve_until_stopped(
-    server: uvicorn.Server, stop: threading.Event, name: str, sockets: list[socket.socket] | None = None
+    server: uvicorn.Server,
+    stop: threading.Event,
+    name: str,
+    sockets: list[socket.socket] | None = None,
+    readiness: Readiness | None = None,
 ) -> None:
     """Run ``server`` until ``stop`` is set (it drains in-flight requests); raise if it
-    stopped by itself (e.g. its port was in use)."""
-    thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, name=f"uvicorn-{name}")
-    thread.start()
-    while thread.is_alive() and not stop.wait(0.2):
-        pass
-    server.should_exit = True
-    thread.join(30)
+    stopped by itself (e.g. its port was in use). With ``readiness``, the process's
+    ``/readyz`` says not ready (check ``<name>_http``) until the server listens: the health
+    endpoint starts first, and a probe passing before the port accepts connections sent
+    traffic to a server that refused it."""
+    check = f"{name}_http"
+    if readiness is not None:
+        readiness.add_check(check, lambda: None if server.started else "not listening yet")
+    try:
+        thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, name=f"uvicorn-{name}")
+        thread.start()
+        while thread.is_alive() and not stop.wait(0.2):
+            pass
+        server.should_exit = True
+        thread.join(30)
+    finally:
+        if readiness is not None:
+            readiness.remove_check(check)
     if not stop.is_set():
         raise RuntimeError(f"the {name} server stopped by itself (is the port in use?)")
 

@@ -51,10 +51,4 @@ def run(settings: Settings, stop: threading.Event) -> None:
         public_url=settings.inbound_public_url,
         providers={p.name: settings.inbound_public_url.rstrip("/") + p.path for p in providers},
     )
-    # /readyz is ready only once the webhook port accepts connections (the runner starts the
-    # health endpoint just before this, so for the first moment it may still say ready).
-    HEALTH.add_check("inbound_http", lambda: None if server.started else "not listening yet")
-    try:
-        serve_until_stopped(server, stop, "inbound")
-    finally:
-        HEALTH.remove_check("inbound_http")
+    serve_until_stopped(server, stop, "inbound", readiness=HEALTH)  # ready once it listens

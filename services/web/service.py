@@ -33,14 +33,7 @@ def _config(settings: Settings) -> uvicorn.Config:
 
 def serve(settings: Settings, stop: threading.Event, sockets: list[socket.socket] | None = None) -> None:
     """Run one uvicorn server until ``stop`` is set (it drains in-flight requests)."""
-    server = uvicorn.Server(_config(settings))
-    # /readyz is ready only once this port accepts connections (the health endpoint starts
-    # first; as services/inbound does): before, a probe could pass while the API refused.
-    HEALTH.add_check("web_http", lambda: None if server.started else "not listening yet")
-    try:
-        serve_until_stopped(server, stop, "web", sockets)
-    finally:
-        HEALTH.remove_check("web_http")
+    serve_until_stopped(uvicorn.Server(_config(settings)), stop, "web", sockets, readiness=HEALTH)
 
 
 def _worker(settings: Settings, sock: socket.socket) -> None:
