@@ -43,7 +43,7 @@ def test_not_ready_until_the_server_listens_and_the_check_goes_with_it() -> None
             seen.append(_check_detail("api_http"))  # listening
             stop.set()
 
-    serve_until_stopped(Server(uvicorn.Config(app=_no_app)), stop, "api", readiness=HEALTH)
+    serve_until_stopped(Server(uvicorn.Config(app=_no_app, log_config=None)), stop, "api", readiness=HEALTH)
     assert seen == [{"ok": False, "reason": "not listening yet"}, {"ok": True}]
     assert _check_detail("api_http") is None  # gone once the server stopped
 
@@ -62,7 +62,7 @@ def test_the_http_services_tell_readyz(monkeypatch: pytest.MonkeyPatch, module: 
         given.append(readiness)
 
     def fake_config(_settings: Settings) -> uvicorn.Config:
-        return uvicorn.Config(app=_no_app)
+        return uvicorn.Config(app=_no_app, log_config=None)
 
     monkeypatch.setattr(module, "serve_until_stopped", fake_serve)
     monkeypatch.setattr(module, "_config", fake_config)
