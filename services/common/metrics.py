@@ -11,6 +11,8 @@ from datetime import datetime
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.common.clock import to_millis
+
 MESSAGES_CONSUMED = Counter(
     "optout_messages_consumed_total",
     "Messages consumed, by outcome.",
@@ -143,14 +145,15 @@ END_TO_END_SECONDS = Histogram(
 )
 
 
-def observe_confirmation(requested_at: datetime, confirmed_at: datetime) -> None:
-    """Record one request's end-to-end latency when its confirmation is emitted."""
-    END_TO_END_SECONDS.observe(max(0.0, (confirmed_at - requested_at).total_seconds()))
+def observe_confirmation(requested_at: int | datetime, confirmed_at: int | datetime) -> None:
+    """Record one request's end-to-end latency when its confirmation is emitted, from the
+    confirmation record's timestamp-millis fields (epoch milliseconds as the confirmer writes
+    them: no datetime per confirmation, issue #15; or datetimes)."""
+    END_TO_END_SECONDS.observe(max(0.0, (_millis(confirmed_at) - _millis(requested_at)) / 1000))
 
 
-def observe_confirmation_millis(requested_ms: int, confirmed_ms: int) -> None:
-    """``observe_confirmation`` of epoch milliseconds (a confirmation record's fields)."""
-    END_TO_END_SECONDS.observe(max(0.0, (confirmed_ms - requested_ms) / 1000))
+def _millis(moment: int | datetime) -> int:
+    return moment if isinstance(moment, int) else to_millis(moment)
 
 
 CONSUME_OUTCOMES = ("processed", "duplicate", "dead_lettered", "failed")

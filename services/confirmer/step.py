@@ -48,7 +48,6 @@ from services.common.db import LazyConnection
 from services.common.errors import PoisonMessage
 from services.common.kafka import DeliveryTracker, dead_letter
 from services.common.logging import get_logger
-from services.common.records import as_datetime
 from services.common.settings import Settings
 from services.confirmer.outcomes import Ack, decode_ack
 from services.confirmer.store import AckOutcome, apply_acks
@@ -155,11 +154,7 @@ class ConfirmerStep:
         # Transient database errors become RetriableError; a dropped connection is reopened.
         outcome = self.db.run(work)
         for record in outcome.confirmations:
-            requested, confirmed = record["requested_at"], record["confirmed_at"]
-            if isinstance(requested, int) and isinstance(confirmed, int):  # as confirmation_record writes
-                metrics.observe_confirmation_millis(requested, confirmed)
-            else:
-                metrics.observe_confirmation(as_datetime(requested), as_datetime(confirmed))
+            metrics.observe_confirmation(record["requested_at"], record["confirmed_at"])
         self._count(messages, outcome, dead)
 
     # --- internals --------------------------------------------------------------------

@@ -248,8 +248,7 @@ class ThirdPartySharingConnector(Connector):
         def call(part: list[dict[str, str]]) -> CallAnswer:
             response = post_json(
                 self.client,
-                self._urls.get((partner.url, opting_in))
-                or partner.url.rstrip("/") + (OPT_INS_PATH if opting_in else OPT_OUTS_PATH),
+                self._urls[(partner.url, opting_in)],
                 partner.token,
                 {"opt_ins": part} if opting_in else {"opt_outs": part},
                 self.clock.now(),
