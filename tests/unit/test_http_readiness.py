@@ -19,8 +19,6 @@ from services.lookup import service as lookup_service
 from services.observability.health import HEALTH
 from services.web import service as web_service
 
-pytestmark = pytest.mark.unit
-
 
 async def _no_app(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
     raise AssertionError("not called")

@@ -394,8 +394,11 @@ def test_an_undocumented_2xx_rejects_with_the_reason_never_applied(garbage: Any)
 def test_batches_are_cut_at_max_batch() -> None:
     conn, routed = connector(standin(), max_batch=3)
     conn.apply([cmd(i) for i in range(7)])
-    sizes = [len(json.loads(r.content)["data"]["opt_outs"]) for r in routed.requests]
-    assert sizes == [3, 3, 1, 3, 3, 1]
+    # the partners are called at the same time, so only each partner's own order is fixed
+    sizes: dict[str, list[int]] = {}
+    for r in routed.requests:
+        sizes.setdefault(r.url.host, []).append(len(json.loads(r.content)["data"]["opt_outs"]))
+    assert sizes == {"adnetwork.example": [3, 3, 1], "databroker.example": [3, 3, 1]}
 
 
 def test_hmac_format_sends_keyed_hashes_of_the_sha256() -> None:
@@ -416,8 +419,10 @@ def test_the_same_event_keeps_its_webhook_id_across_retries_and_the_receiver_ans
     batch = [cmd(1)]
     conn.apply(batch)
     conn.apply(batch)  # e.g. the batch retried because another partner failed
-    ids = [r.headers["webhook-id"] for r in routed.requests]
-    assert ids[0] == ids[2] and ids[1] == ids[3]
+    ids: dict[str, list[str]] = {}  # per partner: the partners are called at the same time
+    for r in routed.requests:
+        ids.setdefault(r.url.host, []).append(r.headers["webhook-id"])
+    assert len(ids) == 2 and all(len(sent) == 2 and sent[0] == sent[1] for sent in ids.values())
     assert all(p.receiver.replays == 1 for p in partners_standin.partners.values())
 
 
