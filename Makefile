@@ -34,12 +34,14 @@ endif
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-# setup.py and the C source: `pip install -e` (re)builds services/replay/_kernel*.so in place.
+# setup.py and the C source: the editable install (re)builds services/replay/_kernel*.so in
+# place. uv (from PyPI, into the virtualenv) installs the same versions pip would resolve in
+# a few seconds instead of about 50 (it was most of a fresh clone's set-up before the tests).
 $(STAMP): pyproject.toml setup.py services/replay/_kernel.c
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "optout needs Python 3.11 or newer")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet uv==0.13.9
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP) ## create the virtualenv and install optout with its dev tools
