@@ -67,11 +67,6 @@ PG_APP_USER = "optout_app"
 PG_APP_PASSWORD = "app-secret"
 PG_READY_TIMEOUT_S = 60.0
 
-LOCAL_DATABASE_URL = f"postgresql://{PG_APP_USER}:{PG_APP_PASSWORD}@{PG_HOST}:{PG_PORT}/{PG_DATABASE}"
-LOCAL_ADMIN_DATABASE_URL = (
-    f"postgresql://{PG_ADMIN_USER}:{PG_ADMIN_PASSWORD}@{PG_HOST}:{PG_PORT}/{PG_DATABASE}"
-)
-LOCAL_SUPERUSER_DATABASE_URL = f"postgresql://{PG_SUPERUSER}@{PG_HOST}:{PG_PORT}/postgres"
 
 # --- Environment variables ------------------------------------------------------------------
 ENV_KAFKA_BOOTSTRAP = "OPTOUT_KAFKA_BOOTSTRAP"
@@ -81,6 +76,7 @@ ENV_STACK_DIR = "OPTOUT_STACK_DIR"
 ENV_KAFKA_LIBS = "OPTOUT_KAFKA_LIBS"
 ENV_BROKERS = "OPTOUT_DEVSTACK_BROKERS"  # 1 (default), 3 or 5 Kafka nodes
 ENV_KAFKA_PORT_BASE = "OPTOUT_DEVSTACK_KAFKA_PORT_BASE"  # first port of the (first) Kafka node
+ENV_PG_PORT = "OPTOUT_DEVSTACK_PG_PORT"  # PostgreSQL's port (default 15432)
 ENV_PGBOUNCER = "OPTOUT_DEVSTACK_PGBOUNCER"  # 1: PgBouncer in front of PostgreSQL for the services
 ENV_PGBOUNCER_PORT = "OPTOUT_DEVSTACK_PGBOUNCER_PORT"
 PGBOUNCER_PORT = 16432
@@ -118,6 +114,27 @@ def kafka_port_base(brokers: int) -> int:
     single broker and 19192 for a cluster."""
     default = KAFKA_PORT if brokers == 1 else KAFKA_CLUSTER_PORT_BASE
     return _port_setting(ENV_KAFKA_PORT_BASE, default, KAFKA_NODE_PORT_STEP * brokers)
+
+
+def pg_port() -> int:
+    """PostgreSQL's port: OPTOUT_DEVSTACK_PG_PORT, else 15432. With OPTOUT_STACK_DIR and
+    OPTOUT_DEVSTACK_KAFKA_PORT_BASE it lets a second stack run beside the first (the short
+    fault run of ``make test`` stops and restarts its own broker and database that way)."""
+    return _port_setting(ENV_PG_PORT, PG_PORT, 0)
+
+
+def local_database_url() -> str:
+    """Our server's database optout as optout_app (DML only)."""
+    return f"postgresql://{PG_APP_USER}:{PG_APP_PASSWORD}@{PG_HOST}:{pg_port()}/{PG_DATABASE}"
+
+
+def local_admin_database_url() -> str:
+    """Our server's database optout as optout_admin (its owner; runs the migrations)."""
+    return f"postgresql://{PG_ADMIN_USER}:{PG_ADMIN_PASSWORD}@{PG_HOST}:{pg_port()}/{PG_DATABASE}"
+
+
+def local_superuser_database_url(database: str = "postgres") -> str:
+    return f"postgresql://{PG_SUPERUSER}@{PG_HOST}:{pg_port()}/{database}"
 
 
 def pgbouncer_wanted() -> bool:

@@ -101,7 +101,7 @@ def for_stack(paths: Paths, database_url: str, port: int | None = None) -> Bounc
         directory=paths.pgbouncer_dir,
         port=c.pgbouncer_port() if port is None else port,
         server_host=str(params.get("host") or c.PG_HOST),
-        server_port=int(str(params.get("port") or c.PG_PORT)),
+        server_port=int(str(params.get("port") or c.pg_port())),
         users=((user, password),),
         log_file=paths.logs_dir / "pgbouncer.log",
     )

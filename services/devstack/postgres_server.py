@@ -68,7 +68,7 @@ def running_pid(paths: Paths) -> int | None:
 def pg_ready(bindir: Path | None = None, timeout: int = 2) -> bool:
     bindir = bindir or find_pg_bindir()
     if bindir is None:
-        return port_open(c.PG_HOST, c.PG_PORT)
+        return port_open(c.PG_HOST, c.pg_port())
     try:
         result = subprocess.run(
             [
@@ -77,7 +77,7 @@ def pg_ready(bindir: Path | None = None, timeout: int = 2) -> bool:
                 "-h",
                 c.PG_HOST,
                 "-p",
-                str(c.PG_PORT),
+                str(c.pg_port()),
                 "-U",
                 c.PG_SUPERUSER,
                 "-d",
@@ -126,7 +126,7 @@ def _prepare_dirs(paths: Paths) -> tuple[int, int]:
             log_file=paths.pg_log,
             timeout=30,
         )
-    sock = paths.pg_socket_dir / f".s.PGSQL.{c.PG_PORT}"
+    sock = paths.pg_socket_dir / f".s.PGSQL.{c.pg_port()}"
     if len(str(sock).encode()) > 107:
         raise StackError(
             f"The socket path {sock} is too long for a unix socket; set {c.ENV_STACK_DIR} "
@@ -170,7 +170,7 @@ def _initdb_if_needed(paths: Paths, bindir: Path, uid: int, gid: int) -> None:
 def _write_config(paths: Paths, uid: int, gid: int) -> None:
     settings = {
         "listen_addresses": _quote(c.PG_HOST),
-        "port": c.PG_PORT,
+        "port": c.pg_port(),
         "unix_socket_directories": _quote(paths.pg_socket_dir),
         "max_connections": 200,
         # PostgreSQL's own default (128MB) is sized to start anywhere, not to serve: the
@@ -220,13 +220,13 @@ def _clear_stale_lock_files(paths: Paths) -> None:
     if paths.pg_pid_file.exists():
         log.info("devstack.postgres_stale_pid_file", pid_file=str(paths.pg_pid_file))
         paths.pg_pid_file.unlink(missing_ok=True)
-    (paths.pg_socket_dir / f".s.PGSQL.{c.PG_PORT}.lock").unlink(missing_ok=True)
+    (paths.pg_socket_dir / f".s.PGSQL.{c.pg_port()}.lock").unlink(missing_ok=True)
 
 
 def bootstrap_roles() -> None:
     """Idempotently create optout_admin (owner of database optout) and optout_app (DML only)."""
     roles = ((c.PG_ADMIN_USER, c.PG_ADMIN_PASSWORD), (c.PG_APP_USER, c.PG_APP_PASSWORD))
-    with psycopg.connect(c.LOCAL_SUPERUSER_DATABASE_URL, autocommit=True, connect_timeout=10) as conn:
+    with psycopg.connect(c.local_superuser_database_url(), autocommit=True, connect_timeout=10) as conn:
         for role, password in roles:
             exists = conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone()
             conn.execute(
@@ -257,7 +257,7 @@ def bootstrap_roles() -> None:
                     sql.Identifier(c.PG_DATABASE), sql.Identifier(c.PG_ADMIN_USER)
                 )
             )
-    db_url = c.LOCAL_SUPERUSER_DATABASE_URL.rsplit("/", 1)[0] + "/" + c.PG_DATABASE
+    db_url = c.local_superuser_database_url(c.PG_DATABASE)
     with psycopg.connect(db_url, autocommit=True, connect_timeout=10) as conn:
         # PG 15 defaults, stated explicitly: only the database owner (optout_admin, via
         # pg_database_owner) may create objects in schema public or new schemas; optout_app
@@ -283,13 +283,13 @@ def ensure_running(paths: Paths, install: bool = True, timeout: float = c.PG_REA
         if not wait_for(lambda: pg_ready(bindir), timeout, 0.25, lambda: running_pid(paths) is None):
             raise StackError(
                 f"PostgreSQL (pid {pid}) is running but does not accept connections on "
-                f"{c.PG_HOST}:{c.PG_PORT}; read {logfile}."
+                f"{c.PG_HOST}:{c.pg_port()}; read {logfile}."
             )
-        log.info("devstack.postgres_reused", pid=pid, port=c.PG_PORT)
+        log.info("devstack.postgres_reused", pid=pid, port=c.pg_port())
     else:
-        if port_open(c.PG_HOST, c.PG_PORT):
+        if port_open(c.PG_HOST, c.pg_port()):
             raise StackError(
-                f"Port {c.PG_HOST}:{c.PG_PORT} is already used by a process devstack did not "
+                f"Port {c.PG_HOST}:{c.pg_port()} is already used by a process devstack did not "
                 f"start; stop it, or set {c.ENV_DATABASE_URL} to use an existing server."
             )
         bindir = _bindir_for(paths, install)
@@ -298,7 +298,7 @@ def ensure_running(paths: Paths, install: bool = True, timeout: float = c.PG_REA
         _write_config(paths, uid, gid)
         _clear_stale_lock_files(paths)
         started = time.monotonic()
-        log.info("devstack.postgres_starting", port=c.PG_PORT, log_file=str(paths.pg_log))
+        log.info("devstack.postgres_starting", port=c.pg_port(), log_file=str(paths.pg_log))
         run_logged(
             _as_pg_user(
                 [
@@ -322,7 +322,7 @@ def ensure_running(paths: Paths, install: bool = True, timeout: float = c.PG_REA
         )
         if not wait_for(lambda: pg_ready(bindir), timeout, 0.25):
             raise StackError(
-                f"PostgreSQL started but pg_isready -h {c.PG_HOST} -p {c.PG_PORT} never "
+                f"PostgreSQL started but pg_isready -h {c.PG_HOST} -p {c.pg_port()} never "
                 f"succeeded; read {logfile}."
             )
         log.info(
@@ -398,7 +398,7 @@ def status(paths: Paths) -> dict[str, object]:
         "running": pid is not None,
         "pid": pid,
         "answering": pid is not None and pg_ready(),
-        "port": c.PG_PORT,
+        "port": c.pg_port(),
         "initialized": (paths.pg_data / "PG_VERSION").is_file(),
         "data_dir": str(paths.pg_data),
         "socket_dir": str(paths.pg_socket_dir),

@@ -106,8 +106,8 @@ def _postgres(paths: Paths, install: bool) -> tuple[str, str, str | None, bool]:
     """(app url, admin url, superuser url, managed locally)."""
     given = os.environ.get(c.ENV_DATABASE_URL, "").strip()
     external = bool(given) and (
-        given != c.LOCAL_DATABASE_URL
-        or (postgres_server.running_pid(paths) is None and port_open(c.PG_HOST, c.PG_PORT))
+        given != c.local_database_url()
+        or (postgres_server.running_pid(paths) is None and port_open(c.PG_HOST, c.pg_port()))
     )
     if external:
         admin = os.environ.get(c.ENV_ADMIN_DATABASE_URL, "").strip() or given
@@ -125,9 +125,9 @@ def _postgres(paths: Paths, install: bool) -> tuple[str, str, str | None, bool]:
         return given, admin, None, False
     postgres_server.ensure_running(paths, install)
     return (
-        c.LOCAL_DATABASE_URL,
-        c.LOCAL_ADMIN_DATABASE_URL,
-        c.LOCAL_SUPERUSER_DATABASE_URL,
+        c.local_database_url(),
+        c.local_admin_database_url(),
+        c.local_superuser_database_url(),
         True,
     )
 

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.pipeline import wait_until
+
 
 @dataclass
 class Instance:
@@ -52,6 +54,20 @@ class Fleet:
 
     def restart(self, instance: Instance) -> Instance:
         return self.start(instance.name, *instance.spec)
+
+    def wait_consuming(self, timeout: float = 120.0) -> None:
+        """Until every consumer started so far logged that it consumes (the shared consume
+        loop's ``consuming`` line): a fault schedule that starts earlier hits processes still
+        importing on a busy machine, and a broker restart then fails their start-up check."""
+        consumers = [i for i in self.instances if i.spec[0] != "standins"]
+
+        def consuming(instance: Instance) -> bool:
+            if instance.proc.poll() is not None:
+                head = instance.log.read_text(encoding="utf-8", errors="replace")[-500:]
+                raise AssertionError(f"{instance.name} exited ({instance.proc.returncode}) on start: {head}")
+            return '"event": "consuming"' in instance.log.read_text(encoding="utf-8", errors="replace")
+
+        wait_until(lambda: all(consuming(i) for i in consumers), timeout, 0.25, "every service consuming")
 
     def died_unexpectedly(self, killed: set[int]) -> list[Instance]:
         """Instances that exited although nobody killed them."""

@@ -355,6 +355,7 @@ class Run:
             )
         fleet = Fleet(env, self.work_dir)
         start_pipeline(fleet, plan.intake_instances, plan.confirmer_instances)
+        fleet.wait_consuming()  # faults hit a running pipeline, however busy the machine
 
         publisher = RequestPublisher(cfg)
         prepared = [publisher.prepare(f) for f in requests]

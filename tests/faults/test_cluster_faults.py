@@ -27,8 +27,9 @@ from services.devstack.install import find_java
 from services.devstack.kafka_cluster import Cluster
 from tests.faults.run_faults import FaultPlan, run
 
-# It starts three more JVMs and freezes and kills them: never alongside other tests.
-pytestmark = [pytest.mark.e2e, pytest.mark.serial]
+# It starts three more JVMs (its own cluster) and freezes and kills them; the shared broker and
+# database stay up, so it runs beside the other tests, one fault run at a time.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("fault-runs")]
 
 # Clear of the single broker (19092-19094) and of the stack's own cluster (19192-19214).
 TEST_CLUSTER_PORT_BASE = 19292
