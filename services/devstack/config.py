@@ -100,7 +100,7 @@ def broker_count() -> int:
     return int(raw)
 
 
-def _port_setting(name: str, default: int, span: int) -> int:
+def port_setting(name: str, default: int, span: int) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
@@ -113,14 +113,14 @@ def kafka_port_base(brokers: int) -> int:
     """The first port of Kafka node 1: OPTOUT_DEVSTACK_KAFKA_PORT_BASE, else 19092 for the
     single broker and 19192 for a cluster."""
     default = KAFKA_PORT if brokers == 1 else KAFKA_CLUSTER_PORT_BASE
-    return _port_setting(ENV_KAFKA_PORT_BASE, default, KAFKA_NODE_PORT_STEP * brokers)
+    return port_setting(ENV_KAFKA_PORT_BASE, default, KAFKA_NODE_PORT_STEP * brokers)
 
 
 def pg_port() -> int:
     """PostgreSQL's port: OPTOUT_DEVSTACK_PG_PORT, else 15432. With OPTOUT_STACK_DIR and
     OPTOUT_DEVSTACK_KAFKA_PORT_BASE it lets a second stack run beside the first (the short
     fault run of ``make test`` stops and restarts its own broker and database that way)."""
-    return _port_setting(ENV_PG_PORT, PG_PORT, 0)
+    return port_setting(ENV_PG_PORT, PG_PORT, 0)
 
 
 def local_database_url() -> str:
@@ -148,7 +148,7 @@ def pgbouncer_wanted() -> bool:
 
 
 def pgbouncer_port() -> int:
-    return _port_setting(ENV_PGBOUNCER_PORT, PGBOUNCER_PORT, 0)
+    return port_setting(ENV_PGBOUNCER_PORT, PGBOUNCER_PORT, 0)
 
 
 def repo_root() -> Path:

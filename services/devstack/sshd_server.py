@@ -48,7 +48,8 @@ from services.devstack.procs import (
 log = structlog.get_logger()
 
 SSHD_HOST = "127.0.0.1"
-SSHD_PORT = 12222
+SSHD_PORT = 12222  # OPTOUT_DEVSTACK_SSHD_PORT moves it (a second stack beside the first)
+ENV_SSHD_PORT = "OPTOUT_DEVSTACK_SSHD_PORT"
 SSHD_ACCOUNT = "optout-mailhouse"  # the login when we are root
 SSHD_READY_TIMEOUT_S = 20.0
 SSHD_PROGRAM = "/usr/sbin/sshd"
@@ -221,10 +222,10 @@ def _prepare(paths: Paths) -> tuple[pwd.struct_passwd, bool]:
     authorized.write_text(Path(f"{client_key}.pub").read_text())
     os.chmod(authorized, 0o644)
     host_pub = Path(f"{host_key}.pub").read_text().split()
-    _file(paths, "known_hosts").write_text(f"[{SSHD_HOST}]:{SSHD_PORT} {host_pub[0]} {host_pub[1]}\n")
+    _file(paths, "known_hosts").write_text(f"[{SSHD_HOST}]:{sshd_port()} {host_pub[0]} {host_pub[1]}\n")
     lines = [
         "# Written by services/devstack on every start; edits here are overwritten.",
-        f"ListenAddress {SSHD_HOST}:{SSHD_PORT}",
+        f"ListenAddress {SSHD_HOST}:{sshd_port()}",
         f"HostKey {host_key}",
         "PidFile none",  # the launcher records the pid
         f"AuthorizedKeysFile {authorized}",
@@ -253,12 +254,16 @@ def _prepare(paths: Paths) -> tuple[pwd.struct_passwd, bool]:
     return account, chroot
 
 
+def sshd_port() -> int:
+    return c.port_setting(ENV_SSHD_PORT, SSHD_PORT, 0)
+
+
 def info(paths: Paths) -> SftpInfo:
     account = _login_account(paths)
     chroot = _is_root() and _chroot_possible(sftp_root(paths))
     return SftpInfo(
         host=SSHD_HOST,
-        port=SSHD_PORT,
+        port=sshd_port(),
         username=account.pw_name,
         remote_dir="/inbox" if chroot else str(inbox(paths)),
         known_hosts=_file(paths, "known_hosts"),
@@ -269,11 +274,11 @@ def info(paths: Paths) -> SftpInfo:
 
 def ensure_running(paths: Paths, install: bool) -> SftpInfo:
     """Start our sshd unless it already runs; its addresses and files."""
-    if running_pid(paths) is not None and port_open(SSHD_HOST, SSHD_PORT):
+    if running_pid(paths) is not None and port_open(SSHD_HOST, sshd_port()):
         return info(paths)
-    if port_open(SSHD_HOST, SSHD_PORT):
+    if port_open(SSHD_HOST, sshd_port()):
         raise StackError(
-            f"Port {SSHD_PORT} is held by a process this stack did not start; stop it or set "
+            f"Port {sshd_port()} is held by a process this stack did not start; stop it or set "
             f"{ENV_SFTP_HOST} to use that server."
         )
     program = ensure_sshd_program(paths, install)
@@ -290,10 +295,10 @@ def ensure_running(paths: Paths, install: bool) -> SftpInfo:
         cwd=sshd_dir(paths),
     )
     if not wait_for(
-        lambda: port_open(SSHD_HOST, SSHD_PORT), SSHD_READY_TIMEOUT_S, abort=lambda: not pid_alive(pid)
+        lambda: port_open(SSHD_HOST, sshd_port()), SSHD_READY_TIMEOUT_S, abort=lambda: not pid_alive(pid)
     ):
-        raise StackError(f"sshd did not listen on {SSHD_HOST}:{SSHD_PORT}; read {log_file(paths)}.")
-    log.info("devstack.sshd_started", pid=pid, port=SSHD_PORT, log=str(log_file(paths)))
+        raise StackError(f"sshd did not listen on {SSHD_HOST}:{sshd_port()}; read {log_file(paths)}.")
+    log.info("devstack.sshd_started", pid=pid, port=sshd_port(), log=str(log_file(paths)))
     return info(paths)
 
 
@@ -323,7 +328,7 @@ def status(paths: Paths) -> dict[str, object]:
     return {
         "running": pid is not None,
         "pid": pid,
-        "address": f"{SSHD_HOST}:{SSHD_PORT}",
+        "address": f"{SSHD_HOST}:{sshd_port()}",
         "inbox": str(inbox(paths)),
         "known_hosts": str(_file(paths, "known_hosts")),
         "log": str(log_file(paths)),
