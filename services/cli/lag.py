@@ -7,12 +7,17 @@ memory: a one-shot run samples ``--samples`` times, ``--interval`` seconds apart
 one run reports OK, WARN or STOP from what it saw in those few seconds; STALL needs an
 owned offset to stay put for 30 s, i.e. ``--watch``); ``--watch`` keeps sampling and
 the window fills up over the refreshes.
+
+It first checks that a broker answers (one metadata request within ``--timeout``), so an
+unreachable cluster is reported in ``--timeout`` seconds rather than after every request of
+the first sample has timed out in turn (about 3 x 10 s before).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -25,6 +30,12 @@ from services.common.errors import RetriableError
 from services.common.settings import Settings, settings
 from services.observability.group_lag import GroupLagMonitor, GroupReport, GroupSpec, pipeline_groups
 from services.observability.lag import DEFAULT_WINDOW
+
+# Seconds each request may take (``--timeout``): half the exporter's 10 s. A broker that is up
+# answers a metadata or offsets request well within a second, so 5 s still leaves room for a
+# busy cluster, and an operator learns within about 5 s that nothing answers (librdkafka keeps
+# retrying a refused connection, so the first check waits the whole timeout).
+DEFAULT_TIMEOUT = 5.0
 
 HEADERS = ("GROUP", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "LAG_SECONDS", "STATUS", "OWNER")
 
@@ -95,9 +106,10 @@ def cmd_lag(args: argparse.Namespace) -> int:
     if args.bootstrap:
         cfg = cfg.model_copy(update={"kafka_bootstrap": args.bootstrap})
     specs = group_specs(cfg, args.group or [])
-    monitor = GroupLagMonitor(cfg, window=args.window)
+    monitor = GroupLagMonitor(cfg, window=args.window, request_timeout=args.timeout)
     out = sys.stdout
     try:
+        _check_reachable(monitor, cfg.kafka_bootstrap, args.timeout)
         if args.watch is not None:
             while True:
                 _emit(out, _sample(monitor, specs), args.json, watching=True)
@@ -113,6 +125,13 @@ def cmd_lag(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_reachable(monitor: GroupLagMonitor, bootstrap: str, timeout: float) -> None:
+    try:
+        monitor.reachable()
+    except KafkaException:
+        raise RetriableError(f"no Kafka broker answered at {bootstrap} within {timeout:g} s") from None
+
+
 def _sample(monitor: GroupLagMonitor, specs: Sequence[GroupSpec]) -> list[GroupReport]:
     try:
         return monitor.sample(specs)
@@ -122,9 +141,12 @@ def _sample(monitor: GroupLagMonitor, specs: Sequence[GroupSpec]) -> list[GroupR
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be above 0")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number above 0, not {text!r}") from None
+    if not value > 0 or math.isinf(value):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a number above 0, not {text!r}")
     return value
 
 
@@ -181,5 +203,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         default=1.0,
         metavar="SECONDS",
         help="one-shot run: seconds between samples (default 1)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"seconds each request to the cluster may take, the first check that a broker "
+        f"answers included (default {DEFAULT_TIMEOUT:g}); no answer in time ends the command "
+        "with exit code 3",
     )
     p.set_defaults(handler=cmd_lag)

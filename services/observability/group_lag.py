@@ -32,6 +32,9 @@ from services.observability.lag import (
 )
 from services.observability.lag_seconds import OffsetTimestampReader, TopicPartitionKey, reader_config
 
+# Seconds each admin or offsets request may take (the exporter's; ``optout lag --timeout``
+# passes its own). ``fetch`` tries a group up to 3 times, so an unreachable broker costs about
+# 3 x this per group: callers that must answer fast check ``reachable`` first.
 REQUEST_TIMEOUT = 10.0
 
 
@@ -187,8 +190,10 @@ class GroupLagMonitor:
         reader: OffsetTimestampReader | None = None,
         wall_clock: Callable[[], float] = time.time,
         repeat_after: float = DEFAULT_REPEAT_AFTER,
+        request_timeout: float = REQUEST_TIMEOUT,
     ) -> None:
         self._repeat_after = repeat_after
+        self._timeout = request_timeout
         self._admin: AdminClient = make_admin(settings)
         # Reads watermarks only: never subscribes or commits, so it joins no group.
         self._offsets = Consumer({**reader_config(settings), "client.id": "optout-lag-offsets"})
@@ -196,6 +201,11 @@ class GroupLagMonitor:
         self._reader = reader or OffsetTimestampReader(settings, min_interval=1.0)
         self._now = wall_clock
         self.windows: dict[tuple[str, str, int], PartitionWindow] = {}
+
+    def reachable(self) -> None:
+        """One metadata request within the request timeout; raises ``KafkaException``
+        ("Local: Timed out" and the like) when no broker answers."""
+        self._admin.list_topics(timeout=self._timeout)
 
     def sample(self, specs: Sequence[GroupSpec]) -> list[GroupReport]:
         fetched = [self.fetch(spec) for spec in specs]
@@ -227,7 +237,7 @@ class GroupLagMonitor:
         return GroupOffsets(spec.group, state, members, committed, start, end, owners)
 
     def _describe(self, group: str) -> tuple[str, int, dict[TopicPartitionKey, str]]:
-        future = self._admin.describe_consumer_groups([group], request_timeout=REQUEST_TIMEOUT)[group]
+        future = self._admin.describe_consumer_groups([group], request_timeout=self._timeout)[group]
         description = future.result()
         owners: dict[TopicPartitionKey, str] = {}
         for member in description.members:
@@ -240,7 +250,7 @@ class GroupLagMonitor:
     def _partitions(self, topics: Iterable[str]) -> list[TopicPartitionKey]:
         out: list[TopicPartitionKey] = []
         for topic in topics:
-            metadata = self._admin.list_topics(topic=topic, timeout=REQUEST_TIMEOUT)
+            metadata = self._admin.list_topics(topic=topic, timeout=self._timeout)
             info = metadata.topics.get(topic)
             if info is None or info.error is not None:
                 continue
@@ -253,7 +263,7 @@ class GroupLagMonitor:
         request = ConsumerGroupTopicPartitions(
             group, [TopicPartition(t, p) for t, p in partitions] if partitions else None
         )
-        future = self._admin.list_consumer_group_offsets([request], request_timeout=REQUEST_TIMEOUT)
+        future = self._admin.list_consumer_group_offsets([request], request_timeout=self._timeout)
         result = future[group].result()
         committed: dict[TopicPartitionKey, int | None] = {tp: None for tp in partitions}
         for tp in result.topic_partitions or []:
@@ -271,7 +281,7 @@ class GroupLagMonitor:
         end: dict[TopicPartitionKey, int] = {}
         for topic, partition in keys:
             low, high = self._offsets.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=REQUEST_TIMEOUT, cached=False
+                TopicPartition(topic, partition), timeout=self._timeout, cached=False
             )
             start[(topic, partition)], end[(topic, partition)] = low, high
         return start, end

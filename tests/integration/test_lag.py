@@ -263,14 +263,19 @@ def test_optout_lag_one_shot_table_and_json_for_the_pipeline_groups(base_setting
     # GROUP TOPIC PARTITION COMMITTED END LAG LAG_SECONDS STATUS OWNER
     assert re.search(rf"{re.escape(topic)}\s+1\s+-\s+7\s+7\s+[\d.]+\s+STOP\s+-", table.stdout)
 
+    # No broker there: one line naming the address after the first check's --timeout, exit 3.
     unreachable = subprocess.run(
-        [*base[:-4], "--bootstrap", "127.0.0.1:1", "--samples", "1"],
+        [*base[:-4], "--bootstrap", "127.0.0.1:1", "--samples", "1", "--timeout", "1"],
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert unreachable.returncode != 0 and "Traceback" not in unreachable.stderr
+    assert unreachable.returncode == 3, unreachable.stderr
+    assert "Traceback" not in unreachable.stderr and unreachable.stdout == ""
+    assert unreachable.stderr.strip().splitlines() == [
+        "optout: no Kafka broker answered at 127.0.0.1:1 within 1 s (transient; try again)"
+    ]
 
 
 # --- a running intake's own /metrics, /healthz, /readyz -------------------------------------
