@@ -1,4 +1,8 @@
-"""``optout run``: run one service in this process, or several as supervised child processes."""
+"""``optout run``: run one service in this process, or several as supervised child processes.
+
+``optout run SERVICE`` imports that service's modules only (and ``run`` with several
+services imports none: each child imports its own); README, "Process start-up".
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from services.common.db import require_schema
 from services.common.errors import ConfigurationError
-from services.common.kafka import check_broker
 from services.common.logging import get_logger
 from services.common.settings import Settings, settings
 from services.common.shutdown import install_stop_handlers
-from services.observability.health import serve_health
 
 log = get_logger(__name__)
 
@@ -133,6 +134,10 @@ def parse_specs(tokens: list[str]) -> list[list[str]]:
 
 
 def _run_one(spec: list[str]) -> int:
+    from services.common.db import require_schema
+    from services.common.kafka import check_broker
+    from services.observability.health import serve_health
+
     cfg = settings()
     if spec[0] == "connector":
         needs_db, main = True, _connector_main(spec[1])  # connectors keep a dedupe store
