@@ -25,50 +25,51 @@ log = get_logger(__name__)
 ServiceMain = Callable[[Settings, threading.Event], None]
 
 
-def _intake(cfg: Settings, stop: threading.Event) -> None:
+def _intake() -> ServiceMain:
     from services.intake.service import run
 
-    run(cfg, stop)
+    return run
 
 
-def _confirmer(cfg: Settings, stop: threading.Event) -> None:
+def _confirmer() -> ServiceMain:
     from services.confirmer.service import run
 
-    run(cfg, stop)
+    return run
 
 
-def _standins(cfg: Settings, stop: threading.Event) -> None:
+def _standins() -> ServiceMain:
     from services.standins.server import run
 
-    run(cfg, stop)
+    return run
 
 
-def _web(cfg: Settings, stop: threading.Event) -> None:
+def _web() -> ServiceMain:
     from services.web.service import run
 
-    run(cfg, stop)
+    return run
 
 
-def _inbound(cfg: Settings, stop: threading.Event) -> None:
+def _inbound() -> ServiceMain:
     from services.inbound.service import run
 
-    run(cfg, stop)
+    return run
 
 
-def _lookup(cfg: Settings, stop: threading.Event) -> None:
+def _lookup() -> ServiceMain:
     from services.lookup.service import run
 
-    run(cfg, stop)
+    return run
 
 
-def _exporter(cfg: Settings, stop: threading.Event) -> None:
+def _exporter() -> ServiceMain:
     from services.observability.exporter import run
 
-    run(cfg, stop)
+    return run
 
 
-# Service name -> (needs the database, entry point). Connectors are "connector NAME".
-SERVICES: dict[str, tuple[bool, ServiceMain]] = {
+# Service name -> (needs the database, a loader: imports the service's module, returns its
+# entry point). Only the service run is imported. Connectors are "connector NAME".
+SERVICES: dict[str, tuple[bool, Callable[[], ServiceMain]]] = {
     "intake": (True, _intake),
     "exporter": (True, _exporter),
     "standins": (False, _standins),
@@ -142,7 +143,8 @@ def _run_one(spec: list[str]) -> int:
     if spec[0] == "connector":
         needs_db, main = True, _connector_main(spec[1])  # connectors keep a dedupe store
     else:
-        needs_db, main = SERVICES[spec[0]]
+        needs_db, load = SERVICES[spec[0]]
+        main = load()  # before the health server: ready only once the service's code is loaded
     needs_kafka = spec[0] not in NO_BROKER
     if needs_kafka:
         check_broker(cfg)
