@@ -5,18 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services.common.db import check_database, migrate
-from services.common.kafka import (
-    apply_min_insync_replicas,
-    apply_pii_retention,
-    check_broker,
-    create_topics,
-    under_replicated_topics,
-)
 from services.common.settings import settings
 
 
 def cmd_migrate(_args: argparse.Namespace) -> int:
+    from services.common.db import check_database, migrate
+
     cfg = settings()
     check_database(cfg.admin_dsn())
     applied = migrate(cfg.admin_dsn(), cfg.database_app_role)
@@ -28,6 +22,14 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
+    from services.common.kafka import (
+        apply_min_insync_replicas,
+        apply_pii_retention,
+        check_broker,
+        create_topics,
+        under_replicated_topics,
+    )
+
     cfg = settings()
     check_broker(cfg)
     created = create_topics(cfg, cfg.all_topics(), partitions=args.partitions)

@@ -8,8 +8,6 @@ import sys
 from datetime import UTC, date, datetime, time
 from typing import TextIO
 
-from services.common import audit
-from services.common.db import connect, require_schema
 from services.common.errors import ConfigurationError, OptoutError
 from services.common.settings import settings
 
@@ -28,6 +26,9 @@ def parse_day(text: str) -> datetime:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    from services.common import audit
+    from services.common.db import connect, require_schema
+
     if args.target == "export":
         return _export(args)
     if args.start or args.end or args.out or args.format:
@@ -46,6 +47,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from services.common import audit
+    from services.common.db import connect, require_schema
+
     if not args.start or not args.end:
         raise ConfigurationError("optout audit export needs --from DATE and --to DATE")
     start, end = parse_day(args.start), parse_day(args.end)

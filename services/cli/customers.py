@@ -11,12 +11,9 @@ import time
 from pathlib import Path
 
 from services.common.clock import SystemClock
-from services.common.db import connect, require_schema
 from services.common.errors import ConfigurationError
 from services.common.settings import settings
-from services.directory.csv_format import COLUMNS, parse_csv
-from services.directory.store import counts, upsert_entries
-from services.suppression.entries import suppression_ring
+from services.directory.columns import COLUMNS
 
 MAX_ERRORS_SHOWN = 1000
 
@@ -37,6 +34,11 @@ class _Status:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from services.common.db import connect, require_schema
+    from services.directory.csv_format import parse_csv
+    from services.directory.store import upsert_entries
+    from services.suppression.entries import suppression_ring
+
     cfg = settings()
     ring = suppression_ring(cfg)
     if args.chunk < 1:
@@ -85,6 +87,9 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_status(_args: argparse.Namespace) -> int:
+    from services.common.db import connect, require_schema
+    from services.directory.store import counts
+
     cfg = settings()
     require_schema(cfg.dsn())
     with connect(cfg.dsn(), prepared_statements=cfg.database_prepared_statements) as conn:

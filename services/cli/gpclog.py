@@ -11,11 +11,8 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 from services.common.clock import SystemClock
-from services.common.db import connect, require_schema
 from services.common.errors import ConfigurationError
 from services.common.settings import settings
-from services.web.device import subject_sha256
-from services.web.gpclog import list_signals
 
 COLUMNS = (
     "seen_at",
@@ -42,6 +39,10 @@ def parse_moment(text: str) -> datetime:
 
 
 def cmd_gpc_log(args: argparse.Namespace) -> int:
+    from services.common.db import connect, require_schema
+    from services.web.device import subject_sha256
+    from services.web.gpclog import list_signals
+
     cfg = settings()
     require_schema(cfg.dsn())
     now = SystemClock().now()

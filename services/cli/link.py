@@ -10,8 +10,6 @@ from typing import Any
 
 from services.common.errors import ConfigurationError, PoisonMessage
 from services.common.settings import settings
-from services.web.links import gpc_url, mint_gpc_token, mint_link
-from services.web.tokens import generate_key, keyring_from_settings
 
 
 def _scopes(text: str) -> list[str]:
@@ -25,6 +23,8 @@ def _row_scopes(value: Any, default: str) -> list[str]:
 
 
 def _one(args: argparse.Namespace) -> dict[str, Any]:
+    from services.web.links import mint_link
+
     cfg = settings()
     address = json.loads(args.postal_address) if args.postal_address else None
     link = mint_link(
@@ -40,6 +40,9 @@ def _one(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _from_file(args: argparse.Namespace) -> int:
+    from services.web.links import mint_link
+    from services.web.tokens import keyring_from_settings
+
     cfg = settings()
     ring = keyring_from_settings(cfg)
     stream = sys.stdin if args.file == "-" else Path(args.file).open(encoding="utf-8")  # noqa: SIM115
@@ -81,6 +84,9 @@ def _from_file(args: argparse.Namespace) -> int:
 
 
 def cmd_link(args: argparse.Namespace) -> int:
+    from services.web.links import gpc_url, mint_gpc_token
+    from services.web.tokens import generate_key
+
     if args.generate_key:
         sys.stdout.write(f"{generate_key()}\n")
         return 0

@@ -2,6 +2,11 @@
 
 Every subcommand fails with one clear line on stderr and a non-zero exit, never a
 traceback, when a setting is wrong or the broker or database is unreachable.
+
+Start-up: a process imports only what its command needs. The command modules below hold
+argument definitions and light imports (settings, errors, the standard library) at their top;
+each handler imports its implementation when it runs (README, "Process start-up";
+tests/unit/test_startup_imports.py fails when a heavy import comes back to a top level).
 """
 
 from __future__ import annotations

@@ -7,22 +7,19 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-
-import psycopg
+from typing import TYPE_CHECKING
 
 from services.common.clock import SystemClock
-from services.common.db import connect, require_schema
 from services.common.errors import ConfigurationError
 from services.common.settings import settings
-from services.confirmer.overdue import (
-    OverdueRequest,
-    describe_lateness,
-    list_attention_past_retention,
-    list_overdue,
-)
+
+if TYPE_CHECKING:
+    from services.confirmer.overdue import OverdueRequest
 
 
 def render_table(rows: Sequence[OverdueRequest], now: datetime) -> str:
+    from services.confirmer.overdue import describe_lateness
+
     lines = [f"{'EVENT ID':38} {'STATE':16} {'RULE':22} {'DUE AT':26} {'LATENESS':18} WAITING ON"]
     for r in rows:
         lines.append(
@@ -34,6 +31,11 @@ def render_table(rows: Sequence[OverdueRequest], now: datetime) -> str:
 
 
 def cmd_overdue(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from services.common.db import connect, require_schema
+    from services.confirmer.overdue import list_attention_past_retention, list_overdue
+
     cfg = settings()
     require_schema(cfg.dsn())
     now = SystemClock().now()

@@ -7,15 +7,9 @@ import argparse
 import sys
 from datetime import timedelta
 
-from services.common.audit import check_audit_retention, purge_audit
 from services.common.clock import SystemClock
-from services.common.db import connect, require_schema
 from services.common.errors import ConfigurationError
 from services.common.settings import settings
-from services.connectors.mail_house import FILE_PREFIX, folder_of
-from services.connectors.mail_house import KIND as MAIL_HOUSE_KIND
-from services.retention.files import remove_old_mail_house_files
-from services.retention.purge import purge_contact_details, purge_gpc_signals
 
 
 def _progress(purged: int) -> None:
@@ -23,6 +17,13 @@ def _progress(purged: int) -> None:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
+    from services.common.audit import check_audit_retention, purge_audit
+    from services.common.db import connect, require_schema
+    from services.connectors.mail_house import FILE_PREFIX, folder_of
+    from services.connectors.mail_house import KIND as MAIL_HOUSE_KIND
+    from services.retention.files import remove_old_mail_house_files
+    from services.retention.purge import purge_contact_details, purge_gpc_signals
+
     cfg = settings()
     require_schema(cfg.dsn())
     days = args.retention_days if args.retention_days is not None else cfg.retention_days

@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
-import psycopg
-
-from services.common.db import require_schema
 from services.common.errors import ConfigurationError
 from services.common.settings import settings
-from services.reconcile.run import Report, reconcile
+
+if TYPE_CHECKING:
+    from services.reconcile.run import Report
 
 
 def render(report: Report) -> str:
@@ -49,6 +49,11 @@ def render(report: Report) -> str:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from services.common.db import require_schema
+    from services.reconcile.run import reconcile
+
     cfg = settings()
     require_schema(cfg.dsn())
     try:

@@ -8,14 +8,14 @@ import sys
 
 from services.cli.gpclog import parse_moment
 from services.cli.scrub import ProgressBar
-from services.common.db import connect, require_schema
 from services.common.errors import ConfigurationError
 from services.common.settings import settings
-from services.replay import status
-from services.replay.run import Replayer
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from services.common.db import connect, require_schema
+    from services.replay.run import Replayer
+
     cfg = settings()
     if args.rate is not None and args.rate <= 0:
         raise ConfigurationError("--rate must be a positive number of messages per second")
@@ -57,6 +57,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_replay_status(args: argparse.Namespace) -> int:
+    from services.common.db import connect, require_schema
+    from services.replay import status
+
     cfg = settings()
     if args.limit < 1:
         raise ConfigurationError("--limit must be 1 or more")

@@ -8,14 +8,14 @@ import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.common.destinations import DEFAULT_DESTINATIONS_FILE
 from services.common.errors import ConfigurationError, PoisonMessage
-from services.common.kafka import check_broker
-from services.common.request_status import request_status
 from services.common.settings import settings
-from services.publisher.publish import Prepared, RequestPublisher
+
+if TYPE_CHECKING:
+    from services.publisher.publish import Prepared
 
 
 def _read_jsonl(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -33,6 +33,9 @@ def _read_jsonl(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
+    from services.common.kafka import check_broker
+    from services.publisher.publish import RequestPublisher
+
     cfg = settings()
     publisher = RequestPublisher(cfg)
     prepared: list[Prepared] = []
@@ -116,6 +119,8 @@ def _destinations_table() -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from services.common.request_status import request_status
+
     if args.event_id is None:
         return _destinations_table()
     status = request_status(settings(), args.event_id)

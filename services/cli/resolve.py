@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from services.common.clock import SystemClock
-from services.common.db import connect, require_schema
 from services.common.errors import ConfigurationError, OptoutError
 from services.common.logging import get_logger, redact_text
 from services.common.settings import settings
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = get_logger(__name__)
 
@@ -70,6 +70,10 @@ def resolve(conn: psycopg.Connection[Any], event_id: str, note: str) -> None:
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from services.common.db import connect, require_schema
+
     cfg = settings()
     note = check_note(args.note)
     require_schema(cfg.dsn())

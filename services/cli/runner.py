@@ -1,4 +1,8 @@
-"""``optout run``: run one service in this process, or several as supervised child processes."""
+"""``optout run``: run one service in this process, or several as supervised child processes.
+
+``optout run SERVICE`` imports that service's modules only (and ``run`` with several
+services imports none: each child imports its own); README, "Process start-up".
+"""
 
 from __future__ import annotations
 
@@ -11,63 +15,61 @@ import threading
 import time
 from collections.abc import Callable
 
-from services.common.db import require_schema
 from services.common.errors import ConfigurationError
-from services.common.kafka import check_broker
 from services.common.logging import get_logger
 from services.common.settings import Settings, settings
 from services.common.shutdown import install_stop_handlers
-from services.observability.health import serve_health
 
 log = get_logger(__name__)
 
 ServiceMain = Callable[[Settings, threading.Event], None]
 
 
-def _intake(cfg: Settings, stop: threading.Event) -> None:
+def _intake() -> ServiceMain:
     from services.intake.service import run
 
-    run(cfg, stop)
+    return run
 
 
-def _confirmer(cfg: Settings, stop: threading.Event) -> None:
+def _confirmer() -> ServiceMain:
     from services.confirmer.service import run
 
-    run(cfg, stop)
+    return run
 
 
-def _standins(cfg: Settings, stop: threading.Event) -> None:
+def _standins() -> ServiceMain:
     from services.standins.server import run
 
-    run(cfg, stop)
+    return run
 
 
-def _web(cfg: Settings, stop: threading.Event) -> None:
+def _web() -> ServiceMain:
     from services.web.service import run
 
-    run(cfg, stop)
+    return run
 
 
-def _inbound(cfg: Settings, stop: threading.Event) -> None:
+def _inbound() -> ServiceMain:
     from services.inbound.service import run
 
-    run(cfg, stop)
+    return run
 
 
-def _lookup(cfg: Settings, stop: threading.Event) -> None:
+def _lookup() -> ServiceMain:
     from services.lookup.service import run
 
-    run(cfg, stop)
+    return run
 
 
-def _exporter(cfg: Settings, stop: threading.Event) -> None:
+def _exporter() -> ServiceMain:
     from services.observability.exporter import run
 
-    run(cfg, stop)
+    return run
 
 
-# Service name -> (needs the database, entry point). Connectors are "connector NAME".
-SERVICES: dict[str, tuple[bool, ServiceMain]] = {
+# Service name -> (needs the database, a loader: imports the service's module, returns its
+# entry point). Only the service run is imported. Connectors are "connector NAME".
+SERVICES: dict[str, tuple[bool, Callable[[], ServiceMain]]] = {
     "intake": (True, _intake),
     "exporter": (True, _exporter),
     "standins": (False, _standins),
@@ -133,11 +135,16 @@ def parse_specs(tokens: list[str]) -> list[list[str]]:
 
 
 def _run_one(spec: list[str]) -> int:
+    from services.common.db import require_schema
+    from services.common.kafka import check_broker
+    from services.observability.health import serve_health
+
     cfg = settings()
     if spec[0] == "connector":
         needs_db, main = True, _connector_main(spec[1])  # connectors keep a dedupe store
     else:
-        needs_db, main = SERVICES[spec[0]]
+        needs_db, load = SERVICES[spec[0]]
+        main = load()  # before the health server: ready only once the service's code is loaded
     needs_kafka = spec[0] not in NO_BROKER
     if needs_kafka:
         check_broker(cfg)

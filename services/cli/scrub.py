@@ -10,9 +10,7 @@ from pathlib import Path
 
 from services.common.errors import ConfigurationError
 from services.common.settings import settings
-from services.domain.subjects import BadIdentifier, IdentifierKind, parse_scope
-from services.replay.plan import eta_seconds
-from services.suppression.scrub import scrub
+from services.domain.identifier_kind import IdentifierKind
 
 BAR_WIDTH = 30
 LONG_FILE_BYTES = 1_000_000  # a progress bar for files larger than this
@@ -42,6 +40,8 @@ class ProgressBar:
         elapsed = now - self.started
         eta = ""
         if self.show_eta and not finished:
+            from services.replay.plan import eta_seconds  # the replay's; not for a scrub
+
             left = eta_seconds(done, total, elapsed)
             eta = f" ETA {left:7.1f}s" if left is not None else " ETA       ?"
         sys.stderr.write(f"\r{phase:8} [{bar}] {share:6.1%} {elapsed:6.1f}s{eta}")
@@ -51,6 +51,9 @@ class ProgressBar:
 
 
 def cmd_scrub(args: argparse.Namespace) -> int:
+    from services.domain.subjects import BadIdentifier, parse_scope
+    from services.suppression.scrub import scrub
+
     cfg = settings()
     source, target = Path(args.input), Path(args.output)
     if not source.is_file():

@@ -6,14 +6,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services.common.avro import default_codec
 from services.common.clock import SystemClock
-from services.common.kafka import make_producer
 from services.common.settings import settings
-from services.intake.states_backfill import publish_state
 
 
 def cmd_publish(_args: argparse.Namespace) -> int:
+    from services.common.avro import default_codec
+    from services.common.kafka import make_producer
+    from services.intake.states_backfill import publish_state
+
     cfg = settings()
     producer = make_producer(cfg)
 

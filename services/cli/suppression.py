@@ -5,24 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from services.common.clock import SystemClock
-from services.common.db import connect, require_schema
 from services.common.errors import ConfigurationError
-from services.common.sealing import generate_key
 from services.common.settings import settings
-from services.domain.identity import normalize_email, normalize_phone, sha256_hex
-from services.domain.validation import normalize_postal_address
-from services.suppression.backfill import backfill
-from services.suppression.entries import postal_sha256, suppression_ring
-from services.suppression.erase import Person, erase_person
-from services.suppression.rotate import Rotation, entries_by_kid, rotate
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from services.suppression.rotate import Rotation
 
 
 def _connect() -> psycopg.Connection[Any]:
+    from services.common.db import connect, require_schema
+
     cfg = settings()
     require_schema(cfg.dsn())
     conn = connect(cfg.dsn(), prepared_statements=cfg.database_prepared_statements)
@@ -34,6 +31,9 @@ def _connect() -> psycopg.Connection[Any]:
 
 
 def cmd_status(_args: argparse.Namespace) -> int:
+    from services.suppression.entries import suppression_ring
+    from services.suppression.rotate import entries_by_kid
+
     ring = suppression_ring(settings())
     with _connect() as conn:
         by_kind = conn.execute("SELECT kind, count(*) FROM suppression_list GROUP BY kind ORDER BY kind")
@@ -53,6 +53,9 @@ def _progress(done: Rotation) -> None:
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
+    from services.suppression.entries import suppression_ring
+    from services.suppression.rotate import rotate
+
     ring = suppression_ring(settings())
     with _connect() as conn:
         result = rotate(conn, ring, chunk=args.chunk, progress=_progress)
@@ -67,6 +70,9 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
+    from services.suppression.backfill import backfill
+    from services.suppression.entries import suppression_ring
+
     ring = suppression_ring(settings())
 
     def progress(requests: int, entries: int) -> None:
@@ -81,11 +87,18 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def cmd_generate_key(_args: argparse.Namespace) -> int:
+    from services.common.sealing import generate_key
+
     sys.stdout.write(generate_key() + "\n")
     return 0
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
+    from services.domain.identity import normalize_email, normalize_phone, sha256_hex
+    from services.domain.validation import normalize_postal_address
+    from services.suppression.entries import postal_sha256
+    from services.suppression.erase import Person, erase_person
+
     cfg = settings()
     person = Person(
         email_sha256=frozenset({sha256_hex(normalize_email(args.email))} if args.email else ()),

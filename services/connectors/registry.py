@@ -2,44 +2,97 @@
 
 ``optout run connector NAME`` runs the destination ``NAME`` of the destinations file with
 the connector its ``kind`` names. Adding a kind: a module per services/connectors/kinds.py
-(``KIND``, an options model, ``build``) and ONE line in ``KINDS`` below.
+(``KIND``, an options model, ``build``), a loader below and ONE line in ``KINDS``.
+
+A kind's module is imported only when a connector of that kind is built: every ``optout``
+process checks the destinations file against ``KINDS`` at start-up, and importing every
+kind would load boto (ses), paramiko (sftp_mail_house), httpx... into all of them
+(README, "Process start-up"). tests/unit/test_startup_imports.py checks the keys are the
+modules' ``KIND``.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from services.common.contract import Destination
 from services.common.errors import ConfigurationError
 from services.common.settings import Settings
-from services.connectors import (
-    email_provider,
-    mail_house,
-    mailgun,
-    sendgrid,
-    ses,
-    sftp_mail_house,
-    sms_optout_list,
-    third_party_sharing,
-    webhook_partners,
-)
-from services.connectors.kinds import Build
-from services.connectors.kit import Connector, run_connector
+
+if TYPE_CHECKING:
+    from services.connectors.kinds import Build
+    from services.connectors.kit import Connector
 
 ServiceMain = Callable[[Settings, threading.Event], None]
 
-# Kind -> build(destination, settings). One line per kind.
-KINDS: dict[str, Build] = {
-    email_provider.KIND: email_provider.build,
-    mail_house.KIND: mail_house.build,
-    third_party_sharing.KIND: third_party_sharing.build,
-    sendgrid.KIND: sendgrid.build,
-    mailgun.KIND: mailgun.build,
-    webhook_partners.KIND: webhook_partners.build,
-    sftp_mail_house.KIND: sftp_mail_house.build,
-    ses.KIND: ses.build,
-    sms_optout_list.KIND: sms_optout_list.build,
+
+def _email_provider() -> Build:
+    from services.connectors.email_provider import build
+
+    return build
+
+
+def _local_mail_house() -> Build:
+    from services.connectors.mail_house import build
+
+    return build
+
+
+def _partners() -> Build:
+    from services.connectors.third_party_sharing import build
+
+    return build
+
+
+def _sendgrid() -> Build:
+    from services.connectors.sendgrid import build
+
+    return build
+
+
+def _mailgun() -> Build:
+    from services.connectors.mailgun import build
+
+    return build
+
+
+def _webhook_partners() -> Build:
+    from services.connectors.webhook_partners import build
+
+    return build
+
+
+def _sftp_mail_house() -> Build:
+    from services.connectors.sftp_mail_house import build
+
+    return build
+
+
+def _ses() -> Build:
+    from services.connectors.ses import build
+
+    return build
+
+
+def _sms_optout_list() -> Build:
+    from services.connectors.sms_optout_list import build
+
+    return build
+
+
+# Kind -> a loader: imports the kind's module, returns its build(destination, settings).
+KINDS: dict[str, Callable[[], Build]] = {
+    "email_provider": _email_provider,
+    "local_mail_house": _local_mail_house,
+    "partners": _partners,
+    "sendgrid": _sendgrid,
+    "mailgun": _mailgun,
+    "webhook_partners": _webhook_partners,
+    "sftp_mail_house": _sftp_mail_house,
+    "ses": _ses,
+    "sms_optout_list": _sms_optout_list,
 }
 
 
@@ -73,7 +126,8 @@ def build_connector(settings: Settings, name: str) -> Connector:
     """The connector of destination ``name``, built by its kind (which checks its options and
     credentials, raising ``ConfigurationError``)."""
     destination = destination_of(settings, name)
-    return KINDS[destination.kind](destination, settings)
+    build = KINDS[destination.kind]()
+    return build(destination, settings)
 
 
 def connector_runner(name: str, settings: Settings) -> ServiceMain:
@@ -83,6 +137,8 @@ def connector_runner(name: str, settings: Settings) -> ServiceMain:
     build_connector(settings, name).close()
 
     def run(run_settings: Settings, stop: threading.Event) -> None:
+        from services.connectors.kit import run_connector
+
         run_connector(run_settings, build_connector(run_settings, name), stop)
 
     return run

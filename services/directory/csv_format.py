@@ -26,22 +26,11 @@ from dataclasses import dataclass, field
 
 from services.common.errors import ConfigurationError, PoisonMessage
 from services.common.records import PostalAddressRecord
+from services.directory.columns import ADDRESS_COLUMNS, COLUMNS, CUSTOMER_ID
 from services.domain.enrichment import DirectoryEntry, postal_hash
 from services.domain.identity import check_text, normalize_email, normalize_phone
 from services.domain.validation import normalize_postal_address
 
-CUSTOMER_ID = "customer_id"
-ADDRESS_COLUMNS = (
-    "name",
-    "address_line1",
-    "address_line2",
-    "address_line3",
-    "city",
-    "region",
-    "postal_code",
-    "country",
-)
-COLUMNS = (CUSTOMER_ID, "email", "phone", *ADDRESS_COLUMNS)
 MAX_CUSTOMER_ID = 200
 MAX_PER_KIND = 50  # emails, phones or addresses of one customer
 

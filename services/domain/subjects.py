@@ -15,7 +15,6 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from functools import lru_cache
 
 from services.common.clock import to_millis
@@ -26,21 +25,12 @@ from services.common.records import (
     SuppressionStateRecord,
     as_datetime,
 )
+from services.domain.identifier_kind import IDENTIFIER_KINDS as IDENTIFIER_KINDS
+from services.domain.identifier_kind import IdentifierKind as IdentifierKind
 from services.domain.identity import check_text, normalize_email, normalize_phone, sha256_hex
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 MAX_CUSTOMER_ID = 200  # as validation.validate_request accepts it
-
-
-class IdentifierKind(StrEnum):
-    EMAIL = "email"
-    EMAIL_SHA256 = "email_sha256"
-    PHONE = "phone"
-    PHONE_SHA256 = "phone_sha256"
-    CUSTOMER_ID = "customer_id"
-
-
-IDENTIFIER_KINDS = tuple(k.value for k in IdentifierKind)
 
 
 class BadIdentifier(ValueError):

@@ -580,4 +580,4 @@ def test_a_partners_destination_with_raw_identifiers_is_refused() -> None:
     with pytest.raises(
         ConfigurationError, match=r"'third_party_sharing' \(partners\) receives hashes only: remove email"
     ):
-        KINDS["partners"](leaky, cfg)
+        KINDS["partners"]()(leaky, cfg)

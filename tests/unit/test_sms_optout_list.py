@@ -231,7 +231,7 @@ def test_error_mapping(error: ClientError | BotoCoreError, kind: type) -> None:
 
 # --- the kind -----------------------------------------------------------------------------------
 def test_the_kind_is_registered_and_checks_its_options() -> None:
-    assert KINDS[sms.KIND] is sms.build
+    assert KINDS[sms.KIND]() is sms.build
     with pytest.raises(ConfigurationError, match=r"settings\.opt_out_list_name"):
         sms.build(destination(opt_out_list_name="bad name!"), Settings())
     with pytest.raises(ConfigurationError, match=r"settings\.colour"):
