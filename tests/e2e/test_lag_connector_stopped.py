@@ -98,7 +98,8 @@ def optout_lag(cfg: Settings, group: str) -> dict[str, Any]:
         "OPTOUT_LOG_FORMAT": "json",
     }
     done = subprocess.run(
-        [sys.executable, "-m", "services.cli.main", "lag", "--group", group, "--json"],
+        # a generous --timeout: the machine is busy with this very test's pipeline
+        [sys.executable, "-m", "services.cli.main", "lag", "--group", group, "--json", "--timeout", "30"],
         env=env,
         capture_output=True,
         text=True,

@@ -77,6 +77,8 @@ class LagWatch:
                 "1",
                 "--window",
                 str(window),
+                "--timeout",  # generous: a busy test machine, not a missing broker
+                "30",
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -235,7 +237,8 @@ def test_optout_lag_one_shot_table_and_json_for_the_pipeline_groups(base_setting
         "--interval",
         "0.5",
     ]
-    done = subprocess.run([*base, "--json"], env=env, capture_output=True, text=True, timeout=120)
+    answered = [*base, "--timeout", "30"]  # generous: a busy test machine, not a missing broker
+    done = subprocess.run([*answered, "--json"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     groups = {g["group"]: g for g in json.loads(done.stdout)["groups"]}
     assert set(groups) == {
@@ -256,7 +259,7 @@ def test_optout_lag_one_shot_table_and_json_for_the_pipeline_groups(base_setting
     assert p1["lag_seconds"] is not None and p1["lag_seconds"] >= 0
     assert intake["status"] == "STOP" and groups[cfg.group("confirmer")]["status"] == "OK"
 
-    table = subprocess.run(base, env=env, capture_output=True, text=True, timeout=120)
+    table = subprocess.run(answered, env=env, capture_output=True, text=True, timeout=120)
     assert table.returncode == 0, table.stderr
     assert f"group {cfg.group('intake')}: STOP" in table.stdout
     assert "LAG_SECONDS" in table.stdout
