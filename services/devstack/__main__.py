@@ -8,7 +8,9 @@ state-dir  print the folder that holds the stack's data and logs (``make clean``
 
 OPTOUT_DEVSTACK_BROKERS=3 runs a replicated cluster of three Kafka nodes instead of the single
 broker (OPTOUT_DEVSTACK_KAFKA_PORT_BASE moves its ports). OPTOUT_DEVSTACK_PGBOUNCER=1 puts
-PgBouncer (transaction pooling, port 16432) between the services and PostgreSQL.
+PgBouncer (transaction pooling, port 16432) between the services and PostgreSQL. A second
+stack beside the first: another OPTOUT_STACK_DIR with OPTOUT_DEVSTACK_KAFKA_PORT_BASE,
+OPTOUT_DEVSTACK_PG_PORT (default 15432) and OPTOUT_DEVSTACK_SSHD_PORT (default 12222).
 
 Logs go to stderr, results to stdout. On failure: one line on stderr, exit code 1.
 """
