@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 from prometheus_client import REGISTRY
 
@@ -29,7 +29,7 @@ from services.confirmer.service import run as run_confirmer
 from services.domain.planning import command_id
 from services.intake.service import run as run_intake
 from services.publisher.publish import RequestPublisher
-from tests.support.pipeline import ADDRESS, isolated_settings, read_topic, running, wait_until
+from tests.support.pipeline import ADDRESS, isolated_settings, read_topic, running, wait_committed, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -121,21 +121,6 @@ def _states(cfg: Settings, event_ids: list[str]) -> Counter[str]:
     return Counter(r[0] for r in rows)
 
 
-def _caught_up(cfg: Settings) -> bool:
-    """The confirmer's group has committed every ack produced so far."""
-    consumer = Consumer({**cfg.kafka_config(), "group.id": cfg.group("confirmer")})
-    try:
-        parts = make_admin(cfg).list_topics(cfg.acks_topic, timeout=10).topics[cfg.acks_topic].partitions
-        committed = consumer.committed([TopicPartition(cfg.acks_topic, p) for p in parts], timeout=10)
-        for tp in committed:
-            _, high = consumer.get_watermark_offsets(tp, timeout=10)
-            if high > 0 and tp.offset < high:
-                return False
-        return True
-    finally:
-        consumer.close()
-
-
 def _confirm_main(clock: ManualClock | None = None) -> Any:
     def main(cfg: Settings, stop: threading.Event) -> None:
         run_confirmer(cfg, stop, clock)
@@ -161,7 +146,7 @@ def test_every_request_confirmed_exactly_once_naming_exactly_its_destinations(
         confirmations = read_topic(cfg, cfg.confirmations_topic, expect=len(ids), timeout=120)
         # Everything again, after completion: still nothing more.
         _send_acks(producer, cfg, commands, "APPLIED")
-        wait_until(lambda: _caught_up(cfg), message="confirmer consumed the duplicates")
+        wait_committed(cfg, {cfg.group("confirmer"): (cfg.acks_topic,)})  # consumed the duplicates
         again = read_topic(cfg, cfg.confirmations_topic, expect=len(ids))
 
     assert len(confirmations) == len(ids)
@@ -211,7 +196,7 @@ def test_rejected_destination_needs_attention_and_is_never_confirmed(base_settin
             return in_db >= 4 and REGISTRY.get_sample_value("optout_requests_needing_attention") == in_db
 
         wait_until(gauge_counts_ours, message="needs-attention gauge")
-        wait_until(lambda: _caught_up(cfg), message="confirmer consumed the acks")
+        wait_committed(cfg, {cfg.group("confirmer"): (cfg.acks_topic,)})  # consumed the acks
         assert read_topic(cfg, cfg.confirmations_topic, settle=2.0) == []
         status = request_status(cfg, ids[0])
         assert status is not None and status["state"] == "NEEDS_ATTENTION"

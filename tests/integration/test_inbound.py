@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import REGISTRY
 
 from services.common.settings import Settings
@@ -29,7 +28,7 @@ from services.inbound.replay import ReplayStore
 from services.inbound.service import run as run_inbound
 from services.intake.service import run as run_intake
 from tests.support.inbound_signers import SendGridSigner, SnsSigner, mailgun_sign, recorded, twilio_request
-from tests.support.pipeline import free_port, isolated_settings, read_topic, running, wait_until
+from tests.support.pipeline import free_port, isolated_settings, messages_on, read_topic, running, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -77,20 +76,8 @@ def inbound(cfg: Settings) -> Iterator[httpx.Client]:
         yield client
 
 
-def _on_topic(cfg: Settings, topic: str) -> int:
-    """Messages on ``topic`` (fresh per test); final at once: a 200 means acked."""
-    consumer = Consumer({**cfg.kafka_config(), "group.id": "inbound-test-counter"})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return sum(
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions
-        )
-    finally:
-        consumer.close()
-
-
 def _requests(cfg: Settings, expect: int) -> list[dict[str, Any]]:
-    assert _on_topic(cfg, cfg.requests_topic) == expect
+    assert messages_on(cfg, cfg.requests_topic) == expect
     return [r.decoded() for r in read_topic(cfg, cfg.requests_topic, expect=expect, timeout=30, settle=0)]
 
 
@@ -184,7 +171,7 @@ def test_email_provider_payloads_each_become_one_request_and_redeliveries_the_sa
     # Intake records each request once (the re-deliveries are the same request).
     with running(run_intake, cfg, "intake"):
         wait_until(lambda: _rows(cfg) == 7, timeout=60, message="intake to record the 7 requests")
-    assert _on_topic(cfg, cfg.requests_dlq_topic) == 0
+    assert messages_on(cfg, cfg.requests_dlq_topic) == 0
 
 
 def _rows(cfg: Settings) -> int:
@@ -231,7 +218,7 @@ def test_forged_stale_or_unsigned_webhooks_get_401_and_publish_nothing(cfg, send
             _sms_post(client, cfg, "STOP", "SM00000000000000000000000000000009", token="wrong"),
         ]
     assert [r.status_code for r in refused] == [401] * len(refused)
-    assert _on_topic(cfg, cfg.requests_topic) == 0
+    assert messages_on(cfg, cfg.requests_topic) == 0
     assert (
         _metric("optout_inbound_webhooks_total", provider="sendgrid", outcome="bad_signature") == before + 2
     )

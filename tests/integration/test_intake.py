@@ -19,7 +19,7 @@ from services.common.kafka import make_producer
 from services.domain.planning import command_id
 from services.intake.service import run as run_intake
 from services.publisher.publish import RequestPublisher
-from tests.support.pipeline import ADDRESS, isolated_settings, read_topic, running, wait_until
+from tests.support.pipeline import ADDRESS, isolated_settings, read_topic, running, wait_committed, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +107,7 @@ def test_redelivery_and_duplicate_publication_record_nothing_twice(base_settings
     # Redelivery: a new consumer group reads the whole topic again.
     again = cfg.model_copy(update={"topic_prefix": cfg.topic_prefix})
     with running(lambda s, stop: _run_in_group(s, stop, "intake-replay"), again, "replay"):
-        wait_until(lambda: _group_caught_up(again, "intake-replay"), message="replay caught up")
+        wait_committed(again, {again.group("intake-replay"): (again.requests_topic,)})  # replay caught up
     assert _count_rows(cfg.dsn(), ids) == (40, 80)
     with psycopg.connect(cfg.dsn()) as conn:
         counts = conn.execute(
@@ -124,22 +124,6 @@ def _run_in_group(cfg, stop: threading.Event, group: str) -> None:
 
     step = IntakeStep(cfg, make_producer(cfg), default_codec(), SystemClock())
     ConsumerLoop(cfg, "intake", [cfg.requests_topic], step, stop, group_id=cfg.group(group)).run()
-
-
-def _group_caught_up(cfg, group: str) -> bool:
-    from confluent_kafka import Consumer, TopicPartition
-
-    c = Consumer({**cfg.kafka_config(), "group.id": cfg.group(group)})
-    try:
-        parts = [TopicPartition(cfg.requests_topic, p) for p in range(3)]
-        committed = c.committed(parts, timeout=10)
-        for tp in committed:
-            _, high = c.get_watermark_offsets(tp, timeout=10)
-            if tp.offset < high:
-                return False
-        return True
-    finally:
-        c.close()
 
 
 def _raw(cfg) -> Producer:

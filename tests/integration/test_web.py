@@ -10,9 +10,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import psycopg
 import pytest
-from confluent_kafka import Consumer, KafkaException, TopicPartition
 from starlette.testclient import TestClient
-from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from services.common.clock import ManualClock
 from services.common.contract import Scope
@@ -33,7 +31,14 @@ from services.web.tokens import (
     request_event_id,
     verify,
 )
-from tests.support.pipeline import isolated_settings, read_topic, running, wait_until
+from tests.support.pipeline import (
+    isolated_settings,
+    messages_on,
+    read_topic,
+    running,
+    wait_committed,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -51,31 +56,8 @@ def _path(url: str) -> str:
 def _requests(cfg, expect: int):
     """The ``expect`` messages on the requests topic, after checking that exactly that many
     are there (every 200 was acked before it was answered, so the count is already final)."""
-    assert _on_topic(cfg, cfg.requests_topic) == expect
+    assert messages_on(cfg, cfg.requests_topic) == expect
     return [r.decoded() for r in read_topic(cfg, cfg.requests_topic, expect=expect, timeout=30, settle=0)]
-
-
-@retry(
-    retry=retry_if_exception_type(KafkaException),
-    wait=wait_fixed(0.2),
-    stop=stop_after_delay(30),
-    reraise=True,
-)
-def _intake_caught_up(cfg) -> bool:
-    """Intake's consumer group has committed every message on the requests topic: each
-    one was recorded or dead-lettered (intake commits only after that is durable)."""
-    topic = cfg.requests_topic
-    consumer = Consumer({**cfg.kafka_config(), "group.id": cfg.group("intake"), "enable.auto.commit": False})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
-        for tp in committed:
-            _low, high = consumer.get_watermark_offsets(tp, timeout=10)
-            if high > 0 and tp.offset < high:
-                return False
-        return True
-    finally:
-        consumer.close()
 
 
 def _rows(cfg, event_id: str) -> int:
@@ -112,33 +94,13 @@ def test_one_click_publishes_once_acked_and_twice_is_recorded_once(base_settings
     assert record["email"] == "jane.doe@example.com" and record["customer_id"] == "c-1"
 
     with running(run_intake, cfg, "intake"):
-        wait_until(lambda: _intake_caught_up(cfg), timeout=60, message="intake to commit both messages")
+        wait_committed(cfg, {cfg.group("intake"): (cfg.requests_topic,)})  # both messages
     assert _rows(cfg, expected_id) == 1
     assert _requests_dlq(cfg) == 0
 
 
-@retry(  # a fresh topic's partitions may still be electing their leader
-    retry=retry_if_exception_type(KafkaException),
-    wait=wait_fixed(0.2),
-    stop=stop_after_delay(30),
-    reraise=True,
-)
-def _on_topic(cfg, topic: str) -> int:
-    """Messages on ``topic`` (fresh per test): exact at once, no waiting for silence. The web
-    answers only after the broker acked, and intake commits only after its dead letters
-    were acked, so the count is final when the caller asks."""
-    consumer = Consumer({**cfg.kafka_config(), "group.id": "web-test-counter"})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return sum(
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions
-        )
-    finally:
-        consumer.close()
-
-
 def _requests_dlq(cfg) -> int:
-    return _on_topic(cfg, cfg.requests_dlq_topic)
+    return messages_on(cfg, cfg.requests_dlq_topic)
 
 
 def _reference(html: str) -> str:
@@ -175,7 +137,7 @@ def test_a_corrected_resubmission_is_recorded_and_nothing_is_dead_lettered(base_
     assert page_ids[0] != page_ids[1] == page_ids[2]
     gpc_ids = [s.json()["event_id"] for s in signals]
     with running(run_intake, cfg, "intake"):
-        wait_until(lambda: _intake_caught_up(cfg), timeout=60, message="intake to commit every message")
+        wait_committed(cfg, {cfg.group("intake"): (cfg.requests_topic,)})
     with psycopg.connect(cfg.dsn()) as conn:
         rows = conn.execute(
             "SELECT event_id, postal_address->'lines'->>0, jurisdiction FROM requests"
@@ -211,7 +173,7 @@ def test_get_shows_the_page_and_publishes_nothing(base_settings):
     assert headers["x-frame-options"] == "DENY"
     assert headers["cache-control"] == "no-store"
     assert "set-cookie" not in headers
-    assert _on_topic(cfg, cfg.requests_topic) == 0
+    assert messages_on(cfg, cfg.requests_topic) == 0
 
 
 def test_the_page_form_publishes_the_chosen_scopes(base_settings):
@@ -376,7 +338,7 @@ def test_not_one_click_bodies_and_oversized_bodies(base_settings):
     assert empty.status_code == 400 and wrong.status_code == 400
     assert huge.status_code == 413 and streamed.status_code == 413
     assert missing.status_code == 404 and "content-security-policy" in missing.headers
-    assert _on_topic(cfg, cfg.requests_topic) == 0
+    assert messages_on(cfg, cfg.requests_topic) == 0
 
 
 def test_rate_limit_answers_429_per_client(base_settings):
@@ -413,7 +375,7 @@ def test_broker_unreachable_answers_503_with_retry_after(base_settings):
     assert elapsed < 10
     assert form.status_code == 503 and "retry-after" in form.headers
     assert signal.status_code == 503
-    assert _on_topic(good, good.requests_topic) == 0
+    assert messages_on(good, good.requests_topic) == 0
 
 
 def test_gpc_signal_opts_out_of_sharing_once_per_customer(base_settings):

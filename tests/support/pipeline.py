@@ -254,6 +254,28 @@ def uncommitted(cfg: Settings, group: str, topics: tuple[str, ...]) -> int:
         watermarks.close()
 
 
+@retry(
+    retry=retry_if_exception_type((KafkaException, _TopicNotReady)),
+    stop=stop_after_delay(30),
+    wait=wait_fixed(0.2),
+    reraise=True,
+)
+def messages_on(cfg: Settings, topic: str) -> int:
+    """Messages written to ``topic`` so far (the sum of its partitions' end offsets), at once:
+    a producer's ack means they are counted. Retried while a fresh topic's partitions are
+    not listed or still elect their leader (NOT_LEADER_FOR_PARTITION on a busy machine)."""
+    consumer = Consumer({**cfg.kafka_config(), "group.id": f"watermarks-{uuid.uuid4().hex}"})
+    try:
+        partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        if not partitions:
+            raise _TopicNotReady(topic)
+        return sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions
+        )
+    finally:
+        consumer.close()
+
+
 def wait_committed(cfg: Settings, groups: dict[str, tuple[str, ...]], timeout: float = 60.0) -> None:
     """Wait until every group (name -> topics) committed every message of its topics: its
     services have then processed (and logged) all of them."""
