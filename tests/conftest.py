@@ -19,8 +19,6 @@ from services.common.db import migrate
 from tests.support.logcapture import CAPTURE, Capture, ensure_installed
 from tests.support.pipeline import delete_isolated_topics
 
-pytest_plugins = ["tests.support.heaviest_first"]
-
 
 def pytest_configure(config: pytest.Config) -> None:
     ensure_installed()
