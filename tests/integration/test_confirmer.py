@@ -257,6 +257,16 @@ def _set_max_message_bytes(cfg: Settings, topic: str, value: int) -> None:
     for future in admin.incremental_alter_configs([resource]).values():
         future.result(30)
 
+    # The controller has the change; the broker applies it when it replays the metadata, which
+    # lags on a busy machine (a fresh-clone run's confirmer delivered "too large" confirmations
+    # a moment after the call returned). Wait until the broker itself reports the new value.
+    def applied() -> bool:
+        described = admin.describe_configs([ConfigResource("TOPIC", topic)])
+        [configs] = [f.result(30) for f in described.values()]
+        return configs["max.message.bytes"].value == str(value)
+
+    wait_until(applied, timeout=30, message=f"the broker to apply max.message.bytes={value} on {topic}")
+
 
 def test_a_failed_confirmation_delivery_is_retried_not_skipped(base_settings: dict[str, Any]) -> None:
     cfg = isolated_settings(base_settings, retry_max_backoff_seconds=1.0)
