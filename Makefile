@@ -69,7 +69,7 @@ test: install ## install what is missing, start what the tests need, run every t
 	bash deploy/install-pgbouncer.sh
 	$(PY) -m services.devstack up
 	@# 1. Everything that can share the stack, on $(TEST_WORKERS) workers.
-	@# 2. `serial` tests (they restart the broker and database), alone. Exit 5: none selected.
+	@# 2. `serial` tests (none today; for tests that must stop the shared broker or database), alone. Exit 5: none selected.
 	@# 3. One closing line with the counts of both passes.
 	rm -f test-output/parallel.xml test-output/serial.xml
 	$(WITH_STACK) status=0; \
