@@ -42,9 +42,11 @@ from services.common.settings import Settings
 from services.connectors.dedupe import DedupeStore
 from services.connectors.kit import ConnectorStep
 from services.connectors.registry import build_connector
+from services.devstack.procs import port_open
 from services.domain.planning import plan_commands
 from services.domain.validation import validate_request
-from tests.faults.environment import create_database, drop_database, pipeline_env
+from tests.faults.environment import create_database, drop_database, drop_topics, pipeline_env
+from tests.support.pipeline import wait_until
 
 from .common import generate_events, load_average, note, setup_logging, start_stack
 
@@ -143,7 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     before = load_average()
     lines: list[str] = []
     try:
-        time.sleep(2.0)  # the stand-ins bind their ports
+        ports = [int(v) for k, v in env.items() if k.startswith("OPTOUT_STANDIN_") and k.endswith("_PORT")]
+        wait_until(  # every stand-in listens (or their process died)
+            lambda: standins.poll() is not None or all(port_open("127.0.0.1", p) for p in ports),
+            timeout=60,
+            message="the stand-ins to listen",
+        )
+        if standins.poll() is not None:
+            raise SystemExit(f"bench-batch-cpu: the stand-ins exited; see {work / 'standins.log'}")
         names = [n for n in settings.destinations.names if not args.only or n in args.only.split(",")]
         # Enough requests that the smallest destination (mail_house, ~1 in 7) fills its batches.
         events = (args.warm + args.batches) * args.batch * 8
@@ -166,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         standins.wait(10)
         log.close()
         drop_database(stack, database)
+        drop_topics(settings)
     print(f"bench-batch-cpu: load average before {before}, after {load_average()}; CPU per batch")
     print("\n".join(lines), flush=True)
     return 0

@@ -32,9 +32,11 @@ from services.common.kafka import create_topics, make_admin, make_producer
 from services.common.logging import configure_logging
 from services.common.settings import Settings
 from services.devstack import StackInfo, ensure_up
+from services.devstack.prune import left_by_runs
 from services.domain.identity import subject_key
 from services.domain.planning import plan_commands
 from services.domain.validation import normalize_postal_address, postal_key, validate_request
+from tests.faults.environment import drop_topics
 
 APP_ROLE = "optout_app"
 
@@ -131,7 +133,25 @@ def start_stack() -> StackInfo:
             "the benchmark creates its own database and needs the local devstack PostgreSQL "
             "(superuser access); unset OPTOUT_DATABASE_URL to use it"
         )
+    note_broker_topics(info)
     return info
+
+
+def note_broker_topics(info: StackInfo) -> None:
+    """Say how many topics the broker serves, and how many of them killed test or benchmark
+    runs left: thousands of leftover partitions cost the broker CPU in every run after."""
+    try:
+        metadata = make_admin(Settings(kafka_bootstrap=info.kafka_bootstrap)).list_topics(timeout=30).topics
+    except KafkaException as exc:
+        note(f"broker: could not list its topics ({exc.args[0].str()})")
+        return
+    left = left_by_runs(metadata)
+    line = f"broker: {len(metadata)} topics, {sum(len(t.partitions) for t in metadata.values()):,} partitions"
+    if left:
+        line += f"; {len(left)} of them left by earlier test or benchmark runs"
+        if info.kafka_brokers:
+            line += " (python -m services.devstack prune deletes them)"
+    note(line)
 
 
 def open_env(stack: StackInfo, label: str, partitions: int, **overrides: Any) -> BenchEnv:
@@ -160,14 +180,10 @@ def open_env(stack: StackInfo, label: str, partitions: int, **overrides: Any) ->
 
 def close_env(env: BenchEnv) -> None:
     """Delete this environment's topics and drop its database (only what it created)."""
-    admin = make_admin(env.settings)
-    futures = admin.delete_topics(env.settings.all_topics(), operation_timeout=30)
-    for topic, future in futures.items():
-        try:
-            future.result()
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                note(f"could not delete topic {topic}: {exc}")
+    try:
+        drop_topics(env.settings)
+    except KafkaException as exc:
+        note(f"could not delete the topics of {env.settings.topic_prefix}*: {exc}")
     with psycopg.connect(env.superuser_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(env.database)))
 

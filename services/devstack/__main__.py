@@ -5,6 +5,7 @@ env     same as up, but print only the ``export`` lines:  eval "$(python -m serv
 down    stop our broker(s), database server, sshd (and PgBouncer)
 status  print what runs where (``--json`` for machine-readable output)
 state-dir  print the folder that holds the stack's data and logs (``make clean`` removes it)
+prune   delete the topics killed test and benchmark runs left on our broker (``--dry-run``)
 
 OPTOUT_DEVSTACK_BROKERS=3 runs a replicated cluster of three Kafka nodes instead of the single
 broker (OPTOUT_DEVSTACK_KAFKA_PORT_BASE moves its ports). OPTOUT_DEVSTACK_PGBOUNCER=1 puts
@@ -69,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("status", help="show what runs where")
     st.add_argument("--json", action="store_true", help="print JSON")
     sub.add_parser("state-dir", help="print the folder that holds the stack's data and logs")
+    pr = sub.add_parser(
+        "prune",
+        help="delete the topics killed test and benchmark runs left on our broker "
+        "(run it while no tests or benchmarks run)",
+    )
+    pr.add_argument("--dry-run", action="store_true", help="only count them")
     args = parser.parse_args(argv)
 
     # Results go to stdout (so `eval "$(... env)"` works); logs go to stderr.
@@ -93,6 +100,15 @@ def main(argv: list[str] | None = None) -> int:
             from services.devstack.config import Paths
 
             _say(str(Paths.from_env().state_dir))
+        elif args.command == "prune":
+            from services.devstack.prune import prune
+
+            pruned = prune(ensure_up(install=False), dry_run=args.dry_run)
+            verb = "would delete" if args.dry_run else "deleted"
+            _say(
+                f"{verb} {pruned.topics} topics ({pruned.partitions} partitions) left by test and "
+                f"benchmark runs; {pruned.kept} other topics kept"
+            )
         elif args.command == "down":
             down()
             _say("stopped")

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from confluent_kafka import KafkaError, KafkaException
 from psycopg import sql
 
 from services.common.db import migrate
 from services.common.destinations import load_destinations
+from services.common.kafka import make_admin
 from services.common.settings import Settings
 from services.devstack import StackInfo
 from tests.faults.fleet import Fleet
@@ -52,6 +54,28 @@ def create_database(stack: StackInfo, name: str) -> tuple[str, str]:
     admin = with_db(stack.admin_database_url, name)
     migrate(admin, APP_ROLE)
     return app, admin
+
+
+def drop_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
+    """Delete every topic whose name starts with ``settings.topic_prefix`` (a run's fresh
+    prefix: its topics only); return the names deleted. A run that leaves its topics behind
+    leaves them on whatever broker it was pointed at: on the devstack they piled up to
+    thousands of partitions, which the broker keeps serving (retention checks, the log
+    cleaner of every compacted topic) while later benchmarks measure it."""
+    admin = make_admin(settings)
+    prefix = settings.topic_prefix
+    ours = [t for t in admin.list_topics(timeout=timeout).topics if t.startswith(prefix)]
+    if not prefix or not ours:
+        return []
+    deleted: list[str] = []
+    for topic, future in admin.delete_topics(ours, operation_timeout=timeout).items():
+        try:
+            future.result(timeout)
+            deleted.append(topic)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise
+    return deleted
 
 
 def drop_database(stack: StackInfo, name: str) -> None:

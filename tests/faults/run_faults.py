@@ -50,6 +50,7 @@ from tests.faults.environment import (
     CONNECTORS,
     create_database,
     drop_database,
+    drop_topics,
     pipeline_env,
     settings_for,
     start_pipeline,
@@ -404,8 +405,10 @@ class Run:
         sys.stderr.write(f"verified in {time.monotonic() - verifying:.1f}s\n")
         if self.report.ok:
             self._drop_database()
+            self.report.figures["topics deleted"] = len(drop_topics(cfg))
         else:
             self.report.figures["database kept for inspection"] = self.db_name
+            self.report.figures["topics kept for inspection"] = f"{cfg.topic_prefix}*"
         return self.report
 
     def _supervise(self, fleet: Fleet, done: threading.Event) -> None:
