@@ -38,7 +38,11 @@ Per service, the batches each one handled during a phase (counted from its log l
 database transaction and one produce flush per batch) show the fixed costs per opt-out.
 
 A warm-up (200 requests, not measured) precedes each fleet's phases, so consumer-group
-joins are not counted. Progress and service logs' location go to stderr; stdout carries
+joins are not counted. If the warm-up does not confirm them all, it says where each missing
+request is before the run's topics and database are dropped (``missing_lines``: event id,
+partition and offset in the requests topic, the topic's watermarks and intake's committed
+offsets per partition, its row in intake's database, what intake logged; no contact
+details) and stops the services. Progress and service logs' location go to stderr; stdout carries
 the report, whose last line is a one-line summary.
 """
 
