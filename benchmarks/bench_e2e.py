@@ -38,7 +38,11 @@ Per service, the batches each one handled during a phase (counted from its log l
 database transaction and one produce flush per batch) show the fixed costs per opt-out.
 
 A warm-up (200 requests, not measured) precedes each fleet's phases, so consumer-group
-joins are not counted. Progress and service logs' location go to stderr; stdout carries
+joins are not counted. If the warm-up does not confirm them all, it says where each missing
+request is before the run's topics and database are dropped (``missing_lines``: event id,
+partition and offset in the requests topic, the topic's watermarks and intake's committed
+offsets per partition, its row in intake's database, what intake logged; no contact
+details) and stops the services. Progress and service logs' location go to stderr; stdout carries
 the report, whose last line is a one-line summary.
 """
 
@@ -58,10 +62,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from confluent_kafka import (
     OFFSET_BEGINNING,
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
+    ConsumerGroupTopicPartitions,
     KafkaException,
     Message,
     Producer,
@@ -175,6 +181,7 @@ class PhaseResult:
     batches: dict[str, tuple[int, int]] = field(default_factory=dict)  # service -> (batches, messages)
     db_cpu: dict[str, float] = field(default_factory=dict)  # service -> CPU s of its PostgreSQL backends
     requests: dict[str, dict[str, int]] = field(default_factory=dict)  # service -> Kafka requests by type
+    missing: list[str] = field(default_factory=list)  # event ids published but not confirmed
 
     @property
     def publish_rate(self) -> float:
@@ -588,6 +595,7 @@ def run_phase(
     for event_id, requested in sent.items():
         seen = reader.get(event_id)
         if seen is None:
+            result.missing.append(event_id)
             continue
         written.append(seen.written_ms)
         result.latencies_ms.append(float(seen.written_ms - requested))
@@ -780,6 +788,159 @@ def measure_intake(stack: StackInfo, args: argparse.Namespace, seed: int) -> Mea
     return measured
 
 
+# --- where the requests that were not confirmed are -------------------------------------------
+MISSING_SHOWN = 20  # event ids listed by name when requests are not confirmed
+NO_OFFSET = -1001  # librdkafka's OFFSET_INVALID: the group committed nothing for the partition
+
+
+@dataclass
+class RequestsPartition:
+    """One partition of the requests topic, as seen after a phase: its watermarks, the
+    intake group's committed offset, and how many messages a read from ``low`` found."""
+
+    partition: int
+    low: int
+    high: int
+    committed: int = NO_OFFSET
+    read: int = 0
+
+
+@dataclass
+class MissingFacts:
+    """Where the requests that were not confirmed are: in the requests topic (partition,
+    offset), in intake's database (its ``requests.state``), and what intake logged."""
+
+    missing: list[str]
+    partitions: list[RequestsPartition]
+    located: dict[str, tuple[int, int]] = field(default_factory=dict)  # event id -> (partition, offset)
+    recorded: dict[str, str] = field(default_factory=dict)  # event id -> state in intake's database
+    intake_messages: int = 0  # summed over intake's "batch recorded" lines
+    intake_batches: int = 0
+    errors: list[str] = field(default_factory=list)  # what could not be looked up, and why
+
+
+def missing_verdict(facts: MissingFacts, event_id: str) -> str:
+    """Pure: what the facts say of one request that was not confirmed."""
+    state = facts.recorded.get(event_id)
+    if state is not None:
+        return f"recorded by intake (state {state}): lost after intake"
+    where = facts.located.get(event_id)
+    if where is None:
+        return "not in the requests topic: never written, though its delivery was reported"
+    partition, offset = where
+    part = next((p for p in facts.partitions if p.partition == partition), None)
+    committed = part.committed if part is not None else NO_OFFSET
+    if committed > offset:
+        return (
+            f"at [{partition}]@{offset}, below intake's committed offset {committed}: "
+            "consumed past but never recorded (skipped)"
+        )
+    shown = "none" if committed == NO_OFFSET else str(committed)
+    return f"at [{partition}]@{offset}, intake's committed offset {shown}: not consumed (yet)"
+
+
+def missing_lines(facts: MissingFacts) -> list[str]:
+    """Pure: the report of requests not confirmed (event ids, partitions and offsets only: no
+    contact details)."""
+    shown = facts.missing[:MISSING_SHOWN]
+    more = len(facts.missing) - len(shown)
+    lines = [
+        f"{len(facts.missing)} not confirmed: " + ", ".join(shown) + (f" (and {more} more)" if more else "")
+    ]
+    total_high = sum(p.high - p.low for p in facts.partitions)
+    total_read = sum(p.read for p in facts.partitions)
+    lines.append(
+        f"requests topic: {total_high} messages between the watermarks, {total_read} read back; "
+        f"intake logged {facts.intake_messages} messages in {facts.intake_batches} batches"
+    )
+    for p in facts.partitions:
+        committed = "none" if p.committed == NO_OFFSET else str(p.committed)
+        behind = "" if p.committed == NO_OFFSET else f", {max(0, p.high - p.committed)} behind"
+        here = sorted((o, i) for i, (part, o) in facts.located.items() if part == p.partition)
+        lines.append(
+            f"  [{p.partition}] low {p.low} high {p.high} ({p.high - p.low} messages, {p.read} read), "
+            f"intake committed {committed}{behind}"
+            + (": not confirmed here " + ", ".join(f"{i}@{o}" for o, i in here) if here else "")
+        )
+    for event_id in shown:
+        lines.append(f"  {event_id}: {missing_verdict(facts, event_id)}")
+    lines += [f"  (could not look up: {error})" for error in facts.errors]
+    return lines
+
+
+def gather_missing(
+    settings: Settings, codec: Codec, pipeline: Pipeline, missing: Sequence[str]
+) -> MissingFacts:
+    """Look up where ``missing`` requests are: the requests topic's watermarks, the intake
+    group's committed offsets, each request's partition and offset (the topic read back from
+    its low watermark), its row in intake's database, and what intake logged."""
+    topic = settings.requests_topic
+    group = settings.group("intake")
+    facts = MissingFacts(list(missing), [])
+    wanted = set(missing)
+    admin = make_admin(settings)
+    reader = Consumer(
+        {
+            **settings.kafka_config(),
+            "group.id": f"bench-e2e-missing-{uuid.uuid4().hex}",  # assign only: never joins
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        listed = sorted(admin.list_topics(topic, timeout=10).topics[topic].partitions)
+        for p in listed:
+            low, high = reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            facts.partitions.append(RequestsPartition(p, low, high))
+        try:
+            request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in listed])
+            result = admin.list_consumer_group_offsets([request], request_timeout=10)[group].result()
+            committed = {tp.partition: tp.offset for tp in result.topic_partitions or []}
+            for known in facts.partitions:
+                known.committed = committed.get(known.partition, NO_OFFSET)
+        except KafkaException as exc:
+            facts.errors.append(f"committed offsets of {group}: {exc}")
+        pending = {p.partition: p for p in facts.partitions if p.high > p.low}
+        reader.assign([TopicPartition(topic, p.partition, p.low) for p in pending.values()])
+        deadline = time.monotonic() + 30
+        while pending and time.monotonic() < deadline:
+            for message in reader.consume(1000, 0.5):
+                if message.error() is not None:
+                    continue
+                part_no, offset = message.partition() or 0, message.offset() or 0
+                part = pending.get(part_no)
+                if part is None:
+                    continue
+                part.read += 1
+                try:
+                    event_id = str(codec.decode(message.value(), expect="OptOutRequested")[1]["event_id"])
+                except PoisonMessage:
+                    event_id = ""
+                if event_id in wanted:
+                    facts.located[event_id] = (part_no, offset)
+                if offset + 1 >= part.high:
+                    del pending[part_no]
+        if pending:
+            facts.errors.append(f"read back timed out on partitions {sorted(pending)}")
+    except KafkaException as exc:
+        facts.errors.append(f"requests topic {topic}: {exc}")
+    finally:
+        reader.close()
+    try:
+        with psycopg.connect(settings.dsn()) as conn:
+            rows = conn.execute(
+                "SELECT event_id, state FROM requests WHERE event_id = ANY(%s)", (list(missing),)
+            ).fetchall()
+        facts.recorded = {str(event_id): str(state) for event_id, state in rows}
+    except psycopg.Error as exc:
+        facts.errors.append(f"intake's database: {str(exc).splitlines()[0] if str(exc) else exc!r}")
+    since = datetime(2000, 1, 1, tzinfo=UTC)
+    for name, (batches, messages) in pipeline.batches(since, datetime.now(UTC)).items():
+        if name.startswith("intake"):
+            facts.intake_batches += batches
+            facts.intake_messages += messages
+    return facts
+
+
 def warm_up(
     settings: Settings,
     codec: Codec,
@@ -803,6 +964,12 @@ def warm_up(
         drain_timeout=180.0,
     )
     if result.confirmed < result.published:
+        # Before the bench drops the topics, the database and the groups: where they are.
+        try:
+            for line in missing_lines(gather_missing(settings, codec, pipeline, result.missing)):
+                note(f"warm-up: {line}")
+        finally:
+            pipeline.stop()  # the caller never gets this pipeline: its services must not outlive the run
         raise RuntimeError(
             f"warm-up: only {result.confirmed}/{result.published} confirmed; see the service logs"
         )

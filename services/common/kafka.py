@@ -40,6 +40,21 @@ _ERROR_LOG_INTERVAL_SECONDS = 30.0
 _last_error_logged: dict[str, float] = {}
 
 
+def native_debug(config: dict[str, Any]) -> dict[str, Any]:
+    """``config``, and when it asks for librdkafka's debug contexts (OPTOUT_KAFKA_EXTRA, e.g.
+    ``{"debug": "cgrp,topic,fetch"}``) the native log lines reach stderr (the service's log),
+    each with its UTC time: otherwise ``NATIVE_LOG`` would swallow them."""
+    if config.get("debug") and not NATIVE_LOG.handlers:
+        handler = logging.StreamHandler()
+        formatter = logging.Formatter("%(asctime)s.%(msecs)03dZ librdkafka %(message)s", "%Y-%m-%dT%H:%M:%S")
+        formatter.converter = time.gmtime
+        handler.setFormatter(formatter)
+        NATIVE_LOG.addHandler(handler)
+        NATIVE_LOG.propagate = False
+        NATIVE_LOG.setLevel(logging.DEBUG)
+    return config
+
+
 def _error_cb(err: KafkaError) -> None:
     # librdkafka reports broker-down etc. here; it reconnects by itself.
     now = time.monotonic()
@@ -72,7 +87,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "logger": NATIVE_LOG,
     }
     config.update(overrides)
-    return with_request_log(settings, config)
+    return with_request_log(settings, native_debug(config))
 
 
 # What one fetch brings per partition (librdkafka's max.partition.fetch.bytes, 1 MiB by
@@ -104,7 +119,7 @@ def consumer_config(settings: Settings, group_id: str, **overrides: Any) -> dict
         "logger": NATIVE_LOG,
     }
     config.update(overrides)
-    return with_request_log(settings, config)
+    return with_request_log(settings, native_debug(config))
 
 
 # --- requests sent, from librdkafka's statistics (OPTOUT_KAFKA_REQUEST_LOG_SECONDS) ----------
@@ -177,7 +192,7 @@ def make_consumer(settings: Settings, group_id: str, **overrides: Any) -> Consum
 
 def make_admin(settings: Settings) -> AdminClient:
     config: dict[str, Any] = {**settings.kafka_config(), "logger": NATIVE_LOG}
-    return AdminClient(config)
+    return AdminClient(native_debug(config))
 
 
 def check_broker(settings: Settings, timeout: float = 10.0) -> None:

@@ -73,7 +73,10 @@ class Settings(BaseSettings):
     kafka_ssl_ca_location: str | None = Field(None, description="CA certificate file for SSL / SASL_SSL.")
     kafka_extra: dict[str, str] = Field(
         default_factory=dict,
-        description="More librdkafka settings as a JSON object, passed through to every client.",
+        description=(
+            "More librdkafka settings as a JSON object, passed through to every client; "
+            'with "debug" (e.g. {"debug": "cgrp,topic,fetch"}) librdkafka\'s debug lines go to stderr.'
+        ),
     )
     kafka_consumer_queue_kbytes: int = Field(
         8192,

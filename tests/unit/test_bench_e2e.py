@@ -1,6 +1,14 @@
 """The figures of ``benchmarks/bench_e2e.py``: percentiles, per-slice p99, the sustained rule."""
 
-from benchmarks.bench_e2e import PhaseResult, percentile
+from benchmarks.bench_e2e import (
+    NO_OFFSET,
+    MissingFacts,
+    PhaseResult,
+    RequestsPartition,
+    missing_lines,
+    missing_verdict,
+    percentile,
+)
 
 
 def test_nearest_rank_percentiles():
@@ -87,3 +95,51 @@ def test_ack_destination_reads_what_the_codec_reads() -> None:
         assert ack_destination(payload[: -12 - len(destination.encode())]) is None
     assert ack_destination(b"") is None
     assert ack_destination(b"not avro at all") is None
+
+
+def _facts() -> MissingFacts:
+    """Four requests not confirmed, each in a different place."""
+    return MissingFacts(
+        missing=["skipped", "pending", "never-written", "recorded"],
+        partitions=[
+            RequestsPartition(0, low=0, high=34, committed=34, read=34),
+            RequestsPartition(1, low=0, high=30, committed=NO_OFFSET, read=30),
+        ],
+        located={"skipped": (0, 33), "pending": (1, 29), "recorded": (0, 2)},
+        recorded={"recorded": "PENDING"},
+        intake_messages=62,
+        intake_batches=1,
+    )
+
+
+def test_each_request_not_confirmed_is_placed() -> None:
+    facts = _facts()
+    assert "skipped" in missing_verdict(facts, "skipped")  # below the committed offset
+    assert "committed offset 34" in missing_verdict(facts, "skipped")
+    assert "not consumed" in missing_verdict(facts, "pending")  # the group committed nothing there
+    assert "never written" in missing_verdict(facts, "never-written")
+    assert "recorded by intake (state PENDING)" in missing_verdict(facts, "recorded")
+
+
+def test_the_report_shows_watermarks_commits_and_offsets() -> None:
+    lines = missing_lines(_facts())
+    assert lines[0] == "4 not confirmed: skipped, pending, never-written, recorded"
+    assert lines[1] == (
+        "requests topic: 64 messages between the watermarks, 64 read back; "
+        "intake logged 62 messages in 1 batches"
+    )
+    assert lines[2] == (
+        "  [0] low 0 high 34 (34 messages, 34 read), intake committed 34, 0 behind: "
+        "not confirmed here recorded@2, skipped@33"
+    )
+    assert lines[3] == (
+        "  [1] low 0 high 30 (30 messages, 30 read), intake committed none: not confirmed here pending@29"
+    )
+    assert len(lines) == 4 + 4
+
+
+def test_the_report_names_at_most_twenty_requests() -> None:
+    facts = MissingFacts([f"id{i}" for i in range(25)], [])
+    lines = missing_lines(facts)
+    assert lines[0].endswith("id19 (and 5 more)")
+    assert len([line for line in lines if line.startswith("  id")]) == 20
