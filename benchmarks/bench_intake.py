@@ -18,7 +18,8 @@ one after the other on the same machine:
     COPY into a fresh database) and a bare producer delivering every message (c) produced
     (commands and subject states, read back, so already encoded). Done one after another,
     (a) + COPY + produce take 1/(1/a + 1/COPY + 1/produce) per event: the report prints that
-    limit and (c) as a percentage of it (issue #15: 50% or more).
+    limit, (c) and (d) as percentages of it, and judges the better of the two (issue #15: 50% or
+    more; "if Python remains the limit, use more cores (processes per partition group)").
 
 ``--cpu-profile N`` needs no broker or database: it times intake's Python work alone
 (decode, validate, plan, encode the commands) on N generated events, stage by stage, and
@@ -1179,6 +1180,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows += [directory.measurement] if directory else []
     rows += [copied, produced]
     share = ours.measurement.rate / limit
+    # Issue #15: "if Python remains the limit, use more cores (processes per partition group)":
+    # the target is judged on intake's best deployment measured here, (c) or (d), named.
+    best = max([ours.measurement] + ([scaled] if scaled else []), key=lambda m: m.rate)
+    best_share = best.rate / limit
+    processes = args.instances if best is scaled else 1
     lines = [
         f"bench-intake on {time.strftime('%Y-%m-%d %H:%M:%S %Z')}: {args.events:,} events, "
         f"{args.partitions} partitions, batch_size {env.settings.batch_size}, "
@@ -1189,8 +1195,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         *format_table(rows, baseline=naive),
         "",
         f"serial limit = 1/(1/(a) + 1/COPY + 1/produce) = {limit:,.0f} events/s; "
-        f"(c) ours = {ours.measurement.rate:,.0f} events/s = {100 * share:.1f}% of it "
-        f"(target >= {100 * TARGET_SHARE:.0f}%: {'met' if share >= TARGET_SHARE else 'NOT met'})",
+        f"(c) ours, 1 process = {ours.measurement.rate:,.0f} events/s = {100 * share:.1f}% of it"
+        + (
+            f"; (d) {args.instances} processes = {scaled.rate:,.0f} events/s = "
+            f"{100 * scaled.rate / limit:.1f}%"
+            if scaled
+            else ""
+        )
+        + f"; best {100 * best_share:.1f}% with {processes} process{'es' if processes > 1 else ''} "
+        f"(target >= {100 * TARGET_SHARE:.0f}%: {'met' if best_share >= TARGET_SHARE else 'NOT met'})",
         f"(c) took {1e6 * ours.cpu_seconds / args.events:,.0f} µs of this process's CPU per event (all its "
         "threads: intake, database workers, librdkafka; steadier than rates on a busy machine)",
         *ours.costs,
@@ -1211,10 +1224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
     if profile_line:
         lines += ["", profile_line]
-    best = max([ours.measurement] + ([scaled] if scaled else []), key=lambda m: m.rate)
     ratio = best.rate / naive.rate if naive else float("nan")
     earlier = naive is not None and ratio >= TARGET_RATIO and best.rate >= TARGET_RATE
-    passed = share >= TARGET_SHARE  # issue #15's target; the earlier one is printed beside it
+    passed = best_share >= TARGET_SHARE  # issue #15's target; the earlier one is printed beside it
     lines += [
         "",
         (
@@ -1224,7 +1236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             + (f"ours_{args.instances}proc={scaled.rate:,.0f} ev/s " if scaled else "")
             + f"best/naive={ratio:.1f}x "
             + f"limit={limit:,.0f} ev/s ours/limit={100 * share:.1f}% "
-            f"target(ours/limit>={100 * TARGET_SHARE:.0f}%)={'PASS' if passed else 'FAIL'} "
+            + (f"ours_{args.instances}proc/limit={100 * scaled.rate / limit:.1f}% " if scaled else "")
+            + f"best/limit={100 * best_share:.1f}% ({processes} proc) "
+            f"target(best/limit>={100 * TARGET_SHARE:.0f}%)={'PASS' if passed else 'FAIL'} "
             f"earlier target(>={TARGET_RATIO:.0f}x, >={TARGET_RATE:.0f} ev/s)={'PASS' if earlier else 'FAIL'}"
         ),
     ]
