@@ -62,7 +62,7 @@ from services.common.clock import Clock, SystemClock, to_millis
 from services.common.consumer_loop import Backoff, ConsumerLoop
 from services.common.contract import AckStatus, Action
 from services.common.errors import PoisonMessage, RetriableError
-from services.common.gc_tuning import tune_gc
+from services.common.gc_tuning import collect_young, tune_gc
 from services.common.kafka import DeliveryTracker, dead_letter, make_producer
 from services.common.logging import get_logger
 from services.common.records import (
@@ -564,6 +564,7 @@ class ConnectorStep:
         tracker.wait()
         self._produce_seconds.observe(time.monotonic() - started)
         self._count(deliveries, dead, {c.command_id for c in fresh}, outcomes)
+        collect_young()  # the batch's provider calls left reference cycles (gc_tuning)
 
     # --- internals --------------------------------------------------------------------------
     def _settle(self) -> None:
