@@ -36,4 +36,3 @@ def collect_young() -> None:
     A collection of the two young generations right after a batch scans little (what the
     batch left), not what start-up loaded (frozen)."""
     gc.collect(1)
-
