@@ -470,6 +470,7 @@ def run_backlog(args: argparse.Namespace) -> int:
     load_start = load_average()
     stack = start_stack()
     work = Path(tempfile.mkdtemp(prefix="bench-memory-"))
+    finished = False
     env = open_env(stack, "mem", partitions=6)
     environ = service_env(env, work, free_port())
     services = [
@@ -517,10 +518,14 @@ def run_backlog(args: argparse.Namespace) -> int:
                 note(f"{done:,}/{args.backlog:,} confirmed")
                 last_progress = time.monotonic()
         elapsed = time.monotonic() - started
+        finished = True
     finally:
         stop(services)
         close_env(env)
-        shutil.rmtree(work, ignore_errors=True)
+        if finished:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            note(f"the services' logs are kept in {work}")
     load_end = load_average()
     names = [s.name for s in services]
     print(
