@@ -51,6 +51,13 @@ from services.common.settings import Settings
 log = get_logger(__name__)
 
 IDLE_POLL_SECONDS = 0.2  # longest single poll while a batch waits for its retry
+# A consumer whose partitions were lost (its session expired, e.g. while the broker restarted)
+# and that is still no member of its group this long after is closed and a new one joins.
+# librdkafka rejoins by itself; once, in a fault run (2026-12-02), two consumers never did:
+# their groups stayed empty and their commands waited until the run gave up (README, "What
+# does not work yet"). An instance beyond the partition count is a member with no partitions
+# and is left alone.
+REJOIN_SECONDS = 60.0
 
 
 class Step(Protocol):
@@ -187,6 +194,7 @@ class ConsumerLoop:
         self._monotonic = monotonic
         self._revoked_during_batch = False
         self._assignment_changed = False
+        self._lost_since: float | None = None  # when the partitions were last lost, until assigned
         self._unprocessed: dict[tuple[str, int], int] = {}
         self.consumer: Consumer | None = None
         # One Retrying for the loop's life, reused batch after batch; what a batch's retry
@@ -222,6 +230,7 @@ class ConsumerLoop:
         owned = {(tp.topic, tp.partition) for tp in [*consumer.assignment(), *partitions]}
         metrics.ASSIGNED_PARTITIONS.labels(self.service).set(len(owned))
         log.info("partitions assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+        self._lost_since = None
         # librdkafka keeps a partition's pause flag across revocation and re-assignment:
         # partitions that come back must be resumed (unless we are idling, see _idle).
         self._assignment_changed = True
@@ -242,6 +251,8 @@ class ConsumerLoop:
         self._revoked_during_batch = True
         metrics.REBALANCES.labels(self.service, "lost").inc()
         log.warning("partitions lost", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+        if self._lost_since is None:
+            self._lost_since = self._monotonic()
 
     # --- the loop -------------------------------------------------------------------
     def run(self) -> None:
@@ -253,9 +264,22 @@ class ConsumerLoop:
             self.observer.stopped()
 
     def _run(self) -> None:
+        try:
+            while self._session():
+                log.warning(
+                    "still no member of the group long after losing its partitions; a new consumer joins",
+                    seconds=REJOIN_SECONDS,
+                )
+        finally:
+            self.step.close()
+
+    def _session(self) -> bool:
+        """Consume with one consumer until ``stop``; True when it must be replaced (still no
+        member of its group ``REJOIN_SECONDS`` after losing its partitions)."""
         overrides = {**commit_config(self.settings), **self.observer.consumer_config(), **self._overrides}
         consumer = self._make_consumer(self.settings, self.group_id, **overrides)
         self.consumer = consumer
+        self._lost_since = None
         consumer.subscribe(
             self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
@@ -272,13 +296,23 @@ class ConsumerLoop:
                 batch = [m for m in messages if self._usable(m)]
                 if batch:
                     self._process(consumer, batch)
+                elif self._left_out(consumer):
+                    return True
+            return False
         finally:
             log.info("closing consumer")
-            try:
-                self.step.close()
-            finally:
-                consumer.close()
-                self.consumer = None
+            consumer.close()
+            self.consumer = None
+
+    def _left_out(self, consumer: Consumer) -> bool:
+        """Whether the partitions were lost ``REJOIN_SECONDS`` ago and the consumer is still no
+        member of its group (librdkafka did not rejoin)."""
+        if self._lost_since is None or self._monotonic() - self._lost_since < REJOIN_SECONDS:
+            return False
+        if consumer.memberid():
+            self._lost_since = None  # a member, with nothing to consume: more instances than partitions
+            return False
+        return True
 
     def _next_batch(self, consumer: Consumer) -> list[Message]:
         """Wait up to OPTOUT_BATCH_TIMEOUT_MS for a first message, then take what else comes

@@ -113,6 +113,7 @@ class FakeConsumer:
         self.closed = False
         self.config: dict[str, Any] = {}
         self.on_poll: Callable[[FakeConsumer], None] | None = None  # test hook, once per poll
+        self.member: str | None = None  # the group's member id: set by an assignment, gone when lost
 
     # --- scripting (tests) --------------------------------------------------------------
     def revoke(self, keys: list[Key], lost: bool = False) -> None:
@@ -188,6 +189,9 @@ class FakeConsumer:
     def close(self) -> None:
         self.closed = True
 
+    def memberid(self) -> str | None:
+        return self.member
+
     # --- internals ----------------------------------------------------------------------
     def _serve_events(self) -> None:
         while self._events:
@@ -195,6 +199,7 @@ class FakeConsumer:
             callback = self.callbacks.get(kind)
             partitions = [TopicPartition(t, p) for t, p in keys]
             if kind == "assign":
+                self.member = f"{self.group}-member"
                 if callback is not None:
                     callback(self, partitions)  # before the assignment includes them
                 for key in keys:
@@ -203,6 +208,8 @@ class FakeConsumer:
                         committed = self.broker.committed.get((self.group, key), 0)
                         self.position[key] = committed
             else:
+                if kind == "lost":
+                    self.member = None  # the session expired: no member until assigned again
                 if callback is not None:
                     callback(self, partitions)
                 self._assigned = [k for k in self._assigned if k not in keys]

@@ -18,6 +18,7 @@ from tenacity import RetryCallState, Retrying, wait_fixed
 
 from services.common.consumer_loop import (
     IDLE_POLL_SECONDS,
+    REJOIN_SECONDS,
     Backoff,
     ConsumerLoop,
     retry_wait_seconds,
@@ -424,3 +425,64 @@ def test_a_consumer_fetches_with_the_configured_wait_and_minimum() -> None:
     assert (default["fetch.wait.max.ms"], default["fetch.min.bytes"]) == (50, 1)
     windowed = consumer_config(Settings(kafka_fetch_wait_ms=20, kafka_fetch_min_bytes=1_000_000), "g")
     assert (windowed["fetch.wait.max.ms"], windowed["fetch.min.bytes"]) == (20, 1_000_000)
+
+
+# --- a consumer left out of its group ---------------------------------------------------------
+def _run_losing_first(broker: FakeBroker, reassign_empty: bool) -> tuple[list[FakeConsumer], ScriptedStep]:
+    """The first consumer loses its partitions at once (its session expired) and then either is
+    never taken back into the group or (``reassign_empty``) comes back with no partitions; the
+    loop runs until a consumer has seen three empty consumes in a row after a batch."""
+    clock, stop, step = FakeClock(), threading.Event(), ScriptedStep()
+    consumers: list[FakeConsumer] = []
+    keys = [(TOPIC, p) for p in range(broker.partitions)]
+
+    def factory(settings: Settings, group_id: str, **overrides: Any) -> FakeConsumer:
+        consumer = FakeConsumer(broker, group_id, clock)
+        if consumers:  # a replacement: stop once it has consumed what there is
+            consumer.on_drained = stop.set
+        consumers.append(consumer)
+        return consumer
+
+    loop = ConsumerLoop(
+        Settings(topic_prefix="u.", batch_size=100, batch_timeout_ms=100),
+        "svc",
+        [TOPIC],
+        step,
+        stop,
+        group_id="g",
+        consumer_factory=factory,
+        monotonic=clock.monotonic,
+    )
+    first_consume = FakeConsumer.consume
+
+    def consume(self: FakeConsumer, num_messages: int = 1, timeout: float = -1) -> list[Message]:
+        if self is consumers[0] and self.consumes == 0:
+            self.revoke(keys, lost=True)
+            if reassign_empty:
+                self.assign([])
+        if self is consumers[0] and clock.monotonic() > 1000.0 + 3 * REJOIN_SECONDS:
+            stop.set()  # not replaced: enough waiting
+        return first_consume(self, num_messages, timeout)
+
+    broker.append(TOPIC, b"after the broker came back", partition=0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FakeConsumer, "consume", consume)
+        loop.run()
+    return consumers, step
+
+
+def test_a_consumer_still_out_of_its_group_after_losing_its_partitions_is_replaced() -> None:
+    consumers, step = _run_losing_first(FakeBroker(partitions=2), reassign_empty=False)
+    assert len(consumers) == 2, "the consumer left out of its group was not replaced"
+    first, second = consumers
+    assert first.closed and first.memberid() is None
+    assert first.clock.monotonic() >= 1000.0 + REJOIN_SECONDS  # not before REJOIN_SECONDS
+    assert second.memberid() is not None
+    assert step.batches == [[(0, 0)]]  # the replacement consumed what waited
+
+
+def test_a_member_with_no_partitions_is_left_alone() -> None:
+    """More instances than partitions: a member the group gave nothing is not replaced."""
+    consumers, step = _run_losing_first(FakeBroker(partitions=2), reassign_empty=True)
+    assert len(consumers) == 1
+    assert step.batches == []
