@@ -15,7 +15,7 @@ from services.devstack import config as c
 from services.devstack import kafka_broker, kafka_cluster
 from services.devstack.config import Paths
 from services.devstack.errors import StackError
-from services.devstack.stack import StackInfo
+from tests.support.stack_info import stack_info
 
 
 @pytest.fixture(autouse=True)
@@ -102,25 +102,13 @@ def test_the_single_broker_keeps_its_configuration(paths: Paths) -> None:
     assert props["log.dirs"] == str(paths.kafka_data)
 
 
-def _info(brokers: int) -> StackInfo:
-    return StackInfo(
-        kafka_bootstrap="b",
-        kafka_sasl_bootstrap=None,
-        database_url="postgresql://a@h/d",
-        admin_database_url="postgresql://b@h/d",
-        superuser_database_url=None,
-        started_here=True,
-        kafka_brokers=brokers,
-    )
-
-
 def test_the_cluster_environment_asks_for_three_copies_two_in_sync() -> None:
-    env = _info(3).env()
+    env = stack_info(3).env()
     assert env["OPTOUT_TOPIC_REPLICATION_FACTOR"] == "3"
     assert env["OPTOUT_TOPIC_MIN_INSYNC_REPLICAS"] == "2"
     for brokers in (0, 1):
-        assert "OPTOUT_TOPIC_REPLICATION_FACTOR" not in _info(brokers).env()
-        assert "OPTOUT_TOPIC_MIN_INSYNC_REPLICAS" not in _info(brokers).env()
+        assert "OPTOUT_TOPIC_REPLICATION_FACTOR" not in stack_info(brokers).env()
+        assert "OPTOUT_TOPIC_MIN_INSYNC_REPLICAS" not in stack_info(brokers).env()
 
 
 def test_min_insync_replicas_above_the_replication_factor_is_refused(

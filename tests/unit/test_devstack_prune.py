@@ -2,8 +2,9 @@
 
 import pytest
 
-from services.devstack import StackError, StackInfo
+from services.devstack import StackError
 from services.devstack.prune import left_by_runs, prune
+from tests.support.stack_info import stack_info
 
 
 def test_only_run_prefixes_are_left_by_runs() -> None:
@@ -26,14 +27,6 @@ def test_only_run_prefixes_are_left_by_runs() -> None:
 
 
 def test_a_broker_that_is_not_ours_is_left_alone() -> None:
-    external = StackInfo(
-        kafka_bootstrap="kafka.example:9092",
-        kafka_sasl_bootstrap=None,
-        database_url="postgresql://a@db/x",
-        admin_database_url="postgresql://b@db/x",
-        superuser_database_url=None,
-        started_here=False,
-        kafka_brokers=0,
-    )
+    external = stack_info(0)
     with pytest.raises(StackError, match="not ours"):
         prune(external)
