@@ -43,8 +43,8 @@ printed, marked not judged): a broker started just before the run (``make bench-
 fresh machine starts it) compiles its hot paths in its first seconds under load. On
 2026-12-02, 40 s at 500/s right after a broker restart gave a p99 of 393 ms in the first 10 s
 and 190-197 ms after, with the broker's CPU per opt-out at 1.20 ms against 0.82 ms in the
-next run on the same broker; the 10:01-10:04 UTC runs after a restart: 472, 416, 612 and
-605 ms in their first 10 s. If the warm-up does not confirm them all, it says where each missing
+next run on the same broker; five runs at 09:57-10:06 UTC, each 20-30 s after a restart: 472,
+416, 612, 605 and 427 ms in their first 10 s. If the warm-up does not confirm them all, it says where each missing
 request is before the run's topics and database are dropped (``missing_lines``: event id,
 partition and offset in the requests topic, the topic's watermarks and intake's committed
 offsets per partition, its row in intake's database, what intake logged; no contact
@@ -240,9 +240,9 @@ class Hops:
 # The reader's fetch window. It times each message by its Kafka CreateTime, not by when it
 # reads it, so it can wait: with the services' fetch settings (every fetch answered as soon as
 # a byte is there) it sent the broker a fetch for nearly every batch any service wrote, on 36
-# partitions. Measured 2026-12-02 (10:30-10:38 UTC, 500/s for 45 s, two runs each, alternated):
+# partitions. Measured 2026-12-02 (10:14-10:18 UTC, 500/s for 45 s, two runs each, alternated):
 # the broker's CPU per opt-out 0.75/0.76 ms with the services' settings against 0.66/0.63 with
-# this window, the benchmark's own context switches 3,700-3,800/s against 1,900-2,000/s.
+# this window, the benchmark's own context switches 3,700-3,900/s against 1,900-2,000/s.
 READER_FETCH: dict[str, Any] = {"fetch.wait.max.ms": 200, "fetch.min.bytes": 1_000_000}
 
 
