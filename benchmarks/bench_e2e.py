@@ -38,17 +38,21 @@ Per service, the batches each one handled during a phase (counted from its log l
 database transaction and one produce flush per batch) show the fixed costs per opt-out.
 
 A warm-up (200 requests, not measured) precedes each fleet's phases, so consumer-group
-joins are not counted. Then ``--warm-seconds`` at phase 1's rate (default 15 s; its row is
-printed, marked not judged): a broker started just before the run (``make bench-e2e`` on a
-fresh machine starts it) compiles its hot paths in its first seconds under load. On
-2026-12-02, 40 s at 500/s right after a broker restart gave a p99 of 393 ms in the first 10 s
-and 190-197 ms after, with the broker's CPU per opt-out at 1.20 ms against 0.82 ms in the
-next run on the same broker; five runs at 09:57-10:06 UTC, each 20-30 s after a restart: 472,
-416, 612, 605 and 427 ms in their first 10 s. If the warm-up does not confirm them all, it says where each missing
+joins are not counted. If the warm-up does not confirm them all, it says where each missing
 request is before the run's topics and database are dropped (``missing_lines``: event id,
 partition and offset in the requests topic, the topic's watermarks and intake's committed
 offsets per partition, its row in intake's database, what intake logged; no contact
-details) and stops the services. Progress and service logs' location go to stderr; stdout carries
+details) and stops the services.
+
+Then ``--warm-seconds`` at phase 1's rate (default 15 s; its row is printed, marked not
+judged): a broker started just before the run (``make bench-e2e`` on a fresh machine starts
+it) compiles its hot paths in its first seconds under load. On 2026-12-02, 40 s at 500/s
+right after a broker restart gave a p99 of 393 ms in the first 10 s and 190-197 ms after,
+with the broker's CPU per opt-out at 1.20 ms against 0.82 ms in the next run on the same
+broker; five runs at 09:57-10:06 UTC, each 20-30 s after a restart: 472, 416, 612, 605 and
+427 ms in their first 10 s.
+
+Progress and service logs' location go to stderr; stdout carries
 the report, whose last line is a one-line summary.
 """
 
