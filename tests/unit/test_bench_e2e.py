@@ -143,3 +143,23 @@ def test_the_report_names_at_most_twenty_requests() -> None:
     lines = missing_lines(facts)
     assert lines[0].endswith("id19 (and 5 more)")
     assert len([line for line in lines if line.startswith("  id")]) == 20
+
+
+def test_requests_encoded_ahead_carry_the_time_they_are_sent():
+    from benchmarks.bench_e2e import prepare_requests
+    from services.common.avro import default_codec
+    from services.common.clock import to_millis
+    from services.common.settings import Settings
+
+    codec = default_codec()
+    prepared = prepare_requests(Settings(), codec, 300, seed=11)
+    assert len({r.event_id for r in prepared}) == 300
+    for when in (1_796_000_000_000, 1_796_000_000_001, 4_102_444_800_000):  # 2026, and 2100
+        for request in prepared:
+            _, record = codec.decode(request.payload(when), expect="OptOutRequested")
+            assert to_millis(record["requested_at"]) == when
+            assert str(record["event_id"]) == request.event_id
+    # Everything but requested_at is what the generator made.
+    _, first = codec.decode(prepared[0].payload(1_796_000_000_000))
+    again = prepare_requests(Settings(), codec, 1, seed=11)[0]
+    assert codec.decode(again.payload(1_796_000_000_000)) == ("OptOutRequested", first)
