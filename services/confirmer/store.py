@@ -78,14 +78,24 @@ FROM destination_status
 WHERE event_id IN ({_REQUESTS_OF_COMMANDS})
 """
 
-# The batch's UPDATEs join the batch's arrays to their tables; with a few hundred ids or more
-# the planner hashes the whole table (a sequential scan of destination_status or requests for
-# every batch: tests/integration/test_confirmer_plans.py). UPDATE ... FROM cannot take the
-# reads' LATERAL form, so the write part of the transaction turns hash and merge joins off
-# (``set_config(..., true)``: until the transaction ends), leaving a primary-key probe per
-# row. A prepared statement's generic plan is made under the same settings, since this runs
-# before every execution of the UPDATEs.
-PROBE_ONLY = "SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)"
+# Every statement of the batch's transaction finds its rows by key, and the transaction
+# starts by turning hash joins, merge joins and sequential scans off (``set_config(..., true)``:
+# until it ends), leaving an index probe per key:
+# - the batch's UPDATEs join the batch's arrays to their tables; with a few hundred ids or more
+#   the planner hashed the whole table (a sequential scan of destination_status or requests
+#   for every batch), and UPDATE ... FROM cannot take the reads' LATERAL form;
+# - a prepared statement keeps the generic plan it made in the service's first batches, when a
+#   new database is nearly empty and reading a whole table is cheapest, until autovacuum
+#   analyzes the table (about once a minute): the UPDATE of ``requests`` read the whole table
+#   once per request and the reads hashed the whole of destination_status, as the tables grew
+#   (a bench-e2e run of 2026-12-02 12:37 UTC: the confirmer's p99 rose to 13 s at 500/s until
+#   ``requests`` was analyzed).
+# Plans are made under these settings whenever they are made, since this runs first in every
+# batch's transaction (tests/integration/test_confirmer_plans.py).
+PROBE_ONLY = (
+    "SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true), "
+    "set_config('enable_seqscan', 'off', true)"
+)
 
 _UPDATE_DESTINATIONS = """
 UPDATE destination_status AS d SET status = t.s, detail = t.dt, acked_at = t.a
@@ -179,7 +189,8 @@ def apply_acks(conn: psycopg.Connection[Any], acks: Sequence[Ack], now: datetime
         return outcome
     command_ids = sorted({a.command_id for a in acks})
     with conn.cursor() as cur, conn.cursor() as destinations:
-        # both sent before either is read: one round trip in pipeline mode
+        # all three sent before either read is fetched: one round trip in pipeline mode
+        conn.execute(PROBE_ONLY)  # every statement below: index probes by key (see PROBE_ONLY)
         ids = text_array(command_ids)  # one literal (services/common/arrays.py)
         cur.execute(_LOCK_REQUESTS, (ids,))
         destinations.execute(_DESTINATIONS, (ids,))
@@ -207,7 +218,6 @@ def apply_acks(conn: psycopg.Connection[Any], acks: Sequence[Ack], now: datetime
         outcome.changed = set(changed)
         outcome.unchanged = len(valid) - len(changed)
         if changed:
-            cur.execute(PROBE_ONLY)  # the UPDATEs below: primary-key probes, never a hash join
             cur.execute(
                 _UPDATE_DESTINATIONS,
                 (
