@@ -514,10 +514,10 @@ def _at_millis(ms: int) -> datetime:
     return EPOCH + timedelta(milliseconds=ms)
 
 
+# The publisher's shortest sleep: requests due meanwhile go together (``publish_steady``).
+PUBLISH_TICK_SECONDS = 0.005
 # ``requested_at`` while a request is encoded ahead of its phase: a time whose Avro long
 # (zigzag varint) occurs once in the payload, where the field is (``prepare_requests``).
-# The publisher's longest wait: requests due meanwhile go together (``publish_steady``).
-PUBLISH_TICK_SECONDS = 0.005
 _PLACEHOLDER_MS = (1_234_567_890_123, 1_234_567_890_124)
 
 
@@ -582,18 +582,18 @@ def publish_steady(
     (ms) as it is produced. Return {event_id: requested_at ms} and the seconds publishing
     took (until every delivery report).
 
-    It sleeps at least ``PUBLISH_TICK_SECONDS`` between sends and sends what is due: the pipeline's
-    batches linger 20 ms, so requests 5 ms apart arrive as evenly as 2 ms apart for it, and
-    ``requested_at`` is each one's own send time. The publisher shares the two cores with the
-    pipeline it measures: at 500/s, sleeping until each request was due (2 ms) and encoding
-    each as it went cost this process 10-12% of a core (its thread 129-139 µs per request, a
-    third of that in the sleeps' system calls); with the requests encoded ahead
+    It sleeps at least ``PUBLISH_TICK_SECONDS`` between sends, then sends what is due: the
+    pipeline's batches linger 20 ms, so requests 5 ms apart arrive as evenly as 2 ms apart for
+    it, and ``requested_at`` is each one's own send time. The publisher shares the two cores
+    with the pipeline it measures: at 500/s, sleeping until each request was due (2 ms) and
+    encoding each as it went cost this process 10-12% of a core (its thread 129-139 µs per
+    request, about 30% of that in the sleeps' system calls); with the requests encoded ahead
     (``prepare_requests``) and a 5 ms tick, 5% (48-65 µs; 2026-12-02, two runs each).
 
-    ``producer`` is the bench's one producer, connected
-    since the warm-up: a new producer per phase made the phase's first requests wait for its
-    connection and metadata (a p99 of ~0.7 s in the first 10 s of every phase at 500/s),
-    which is the load generator's start, not the pipeline."""
+    ``producer`` is the bench's one producer, connected since the warm-up: a new producer
+    per phase made the phase's first requests wait for its connection and metadata (a p99 of
+    ~0.7 s in the first 10 s of every phase at 500/s), which is the load generator's start,
+    not the pipeline."""
     count = len(requests)
     topic = settings.requests_topic
     tracker = DeliveryTracker(producer)
