@@ -4,6 +4,7 @@
         [--steps 500,1000,1500,2000,2500,3000] [--step-seconds 20] [--max-p99-ms 5000]
         [--batch-timeout-ms 50] [--intake-timeout-ms N] [--confirmer-timeout-ms N]
         [--connector-timeout-ms N] [--sweep-timeouts 20,50,100 --sweep-seconds 15]
+        [--batch-linger-ms N] [--fetch-wait-ms N] [--fetch-min-bytes N]
 
 Starts every service as its own OS process (``optout run standins``, ``intake``,
 ``confirmer``, ``connector NAME`` for each connector, the reference connectors talking to
@@ -1102,11 +1103,13 @@ def slices_line(result: PhaseResult) -> str:
     )
 
 
-def timeouts_line(timeouts: dict[str, int], batch_size: int, linger_ms: int) -> str:
+def timeouts_line(timeouts: dict[str, int], args: argparse.Namespace) -> str:
     return (
         "OPTOUT_BATCH_TIMEOUT_MS: "
         + "  ".join(f"{role}={ms} ms" for role, ms in timeouts.items())
-        + f"  (OPTOUT_BATCH_SIZE={batch_size}, OPTOUT_BATCH_LINGER_MS={linger_ms})"
+        + f"  (OPTOUT_BATCH_SIZE={args.batch_size}, OPTOUT_BATCH_LINGER_MS={args.batch_linger_ms}, "
+        + f"OPTOUT_KAFKA_FETCH_WAIT_MS={args.fetch_wait_ms}, "
+        + f"OPTOUT_KAFKA_FETCH_MIN_BYTES={args.fetch_min_bytes})"
     )
 
 
@@ -1166,6 +1169,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=Settings.model_fields["batch_linger_ms"].default,
         help="OPTOUT_BATCH_LINGER_MS of every service (default: the settings' default)",
     )
+    parser.add_argument(
+        "--fetch-wait-ms",
+        type=int,
+        default=Settings.model_fields["kafka_fetch_wait_ms"].default,
+        help="OPTOUT_KAFKA_FETCH_WAIT_MS of every service (default: the settings' default)",
+    )
+    parser.add_argument(
+        "--fetch-min-bytes",
+        type=int,
+        default=Settings.model_fields["kafka_fetch_min_bytes"].default,
+        help="OPTOUT_KAFKA_FETCH_MIN_BYTES of every service (default: the settings' default)",
+    )
     parser.add_argument("--intake-timeout-ms", type=int, help="override for intake")
     parser.add_argument("--confirmer-timeout-ms", type=int, help="override for the confirmer")
     parser.add_argument("--connector-timeout-ms", type=int, help="override for the connectors")
@@ -1223,6 +1238,8 @@ class Bench:
             log_level=args.log_level,
         )
         self.env["OPTOUT_BATCH_LINGER_MS"] = str(args.batch_linger_ms)
+        self.env["OPTOUT_KAFKA_FETCH_WAIT_MS"] = str(args.fetch_wait_ms)
+        self.env["OPTOUT_KAFKA_FETCH_MIN_BYTES"] = str(args.fetch_min_bytes)
         self.env["OPTOUT_KAFKA_REQUEST_LOG_SECONDS"] = "1"  # requests per opt-out, from the logs
         self.settings = settings_for(self.env)
         self.infra = Infra.find(stack.superuser_database_url or "", self.db_name)
@@ -1242,7 +1259,7 @@ class Bench:
         return self.seed
 
     def fleet(self, name: str, timeouts: dict[str, int]) -> Pipeline:
-        line = timeouts_line(timeouts, self.args.batch_size, self.args.batch_linger_ms)
+        line = timeouts_line(timeouts, self.args)
         note(f"starting the pipeline ({name}): {line}; logs in {self.work_dir / name}")
         pipeline = Pipeline.start(self.env, self.work_dir / name, timeouts)
         warm_up(self.settings, self.codec, self.producer, self.reader, pipeline, self.next_seed())
@@ -1291,7 +1308,7 @@ def main(argv: list[str] | None = None) -> int:
             pipeline = bench.fleet(f"sweep-{ms}ms", timeouts)
             sweep_rows.append(
                 (
-                    timeouts_line(timeouts, args.batch_size, args.batch_linger_ms),
+                    timeouts_line(timeouts, args),
                     bench.phase(pipeline, f"timeout {ms} ms", args.rate, args.sweep_seconds),
                 )
             )
@@ -1353,8 +1370,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
         ]
     lines += [
-        f"phase 1: steady {args.rate:,.0f}/s for {args.seconds:.0f} s  "
-        f"[{timeouts_line(timeouts, args.batch_size, args.batch_linger_ms)}]",
+        f"phase 1: steady {args.rate:,.0f}/s for {args.seconds:.0f} s  [{timeouts_line(timeouts, args)}]",
         *phase_table([*([warm] if warm else []), steady]),
         *(
             [f"*not judged: {args.warm_seconds:.0f} s at the same rate first, so the broker's JIT is warm"]
