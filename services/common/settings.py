@@ -102,20 +102,19 @@ class Settings(BaseSettings):
         ge=1,
         le=60_000,
         description="Longest the broker holds a consumer's fetch while fewer than "
-        "OPTOUT_KAFKA_FETCH_MIN_BYTES are there (librdkafka fetch.wait.max.ms): the window each "
-        "fetch gathers below that minimum (the batches' cadence at a steady rate), and how often "
-        "an idle consumer asks.",
+        "OPTOUT_KAFKA_FETCH_MIN_BYTES are there (librdkafka fetch.wait.max.ms): how often an "
+        "idle consumer asks, and with a high minimum the window each fetch gathers.",
     )
     kafka_fetch_min_bytes: int = Field(
-        131_072,
+        1,
         ge=1,
         le=100_000_000,
         description="Bytes the broker waits for before answering a fetch (librdkafka "
-        "fetch.min.bytes). Above what arrives in OPTOUT_KAFKA_FETCH_WAIT_MS: one fetch per that "
-        "window, whose messages are the next batch (with OPTOUT_BATCH_LINGER_MS 0), each message "
-        "waiting up to the window; a backlog is answered at once (at or below 262,144, a single "
-        "partition's fetch). 1: every message is fetched as soon as it is written (a busy consumer "
-        "sends a fetch every few messages, about 1.4 per opt-out at 500/s; issue #15).",
+        "fetch.min.bytes). 1: every message is fetched as soon as it is written (a busy "
+        "consumer sends many small fetches); higher: one fetch per OPTOUT_KAFKA_FETCH_WAIT_MS "
+        "at low rates (fewer requests for the broker, each message waiting up to that long, also "
+        "under load; README, Performance). Keep it at or below 262,144 (one partition's fetch), "
+        "or a consumer of one partition waits out every window behind a backlog.",
     )
     kafka_request_log_seconds: float = Field(
         0,
@@ -177,14 +176,12 @@ class Settings(BaseSettings):
         "periodic work (the confirmer's sweep, a connector's settle) this often.",
     )
     batch_linger_ms: int = Field(
-        0,
+        20,
         ge=0,
         le=10_000,
         description="Once a batch's first message is in, wait at most this long for more (up to "
-        "OPTOUT_BATCH_SIZE); 0 takes what is fetched already, which with the fetch window "
-        "(OPTOUT_KAFKA_FETCH_WAIT_MS, OPTOUT_KAFKA_FETCH_MIN_BYTES) is what came in that window. "
-        "Higher: fewer, larger batches (less CPU per message), each message waiting up to this "
-        "long more per service (20 with OPTOUT_KAFKA_FETCH_MIN_BYTES=1).",
+        "OPTOUT_BATCH_SIZE); 0 takes what is fetched already. Higher: fewer, larger batches "
+        "(less CPU per message), each message waiting up to this long more per service.",
     )
     commit_interval_ms: int = Field(
         1000,

@@ -363,23 +363,10 @@ def test_a_batch_starts_with_the_first_message_and_takes_what_is_fetched_already
     held back for the whole batch timeout."""
     step = ScriptedStep()
     h = Harness(step)
-    h.loop.settings = Settings(topic_prefix="u.", batch_size=100, batch_timeout_ms=100, batch_linger_ms=20)
     h.publish(0, 3)
     h.run()
     assert step.batches[0] == [(0, 0), (0, 1), (0, 2)]
     assert h.consumer.consume_calls[:3] == [(1, 0.1), (99, 0), (97, 0)]  # then OPTOUT_BATCH_LINGER_MS
-
-
-def test_by_default_a_batch_is_what_one_fetch_window_brought() -> None:
-    """OPTOUT_BATCH_LINGER_MS 0 (the default): the fetch window (OPTOUT_KAFKA_FETCH_WAIT_MS with
-    OPTOUT_KAFKA_FETCH_MIN_BYTES above a window's bytes) gathers the batch; the loop takes what
-    is fetched already and does not wait again."""
-    step = ScriptedStep()
-    h = Harness(step)
-    h.publish(0, 3)
-    h.run()
-    assert step.batches[0] == [(0, 0), (0, 1), (0, 2)]
-    assert h.consumer.consume_calls[:3] == [(1, 0.1), (99, 0), (1, 0.1)]
 
 
 def test_a_batch_full_at_once_does_not_linger() -> None:
@@ -435,20 +422,9 @@ def test_a_consumer_fetches_with_the_configured_wait_and_minimum() -> None:
     from services.common.kafka import consumer_config
 
     default = consumer_config(Settings(), "g")
-    assert (default["fetch.wait.max.ms"], default["fetch.min.bytes"]) == (50, 131_072)
-    eager = consumer_config(Settings(kafka_fetch_wait_ms=20, kafka_fetch_min_bytes=1), "g")
-    assert (eager["fetch.wait.max.ms"], eager["fetch.min.bytes"]) == (20, 1)
-
-
-def test_a_backlog_is_fetched_without_waiting_out_the_window() -> None:
-    """The broker answers a fetch once it holds fetch.min.bytes, or when the window ends. A
-    consumer of a single partition gets at most max.partition.fetch.bytes per fetch: were the
-    minimum above that, it would wait out every window behind a backlog (at most 256 KiB per
-    50 ms)."""
-    from services.common.kafka import CONSUMER_PARTITION_FETCH_BYTES, consumer_config
-
-    config = consumer_config(Settings(), "g")
-    assert config["fetch.min.bytes"] <= config["max.partition.fetch.bytes"] == CONSUMER_PARTITION_FETCH_BYTES
+    assert (default["fetch.wait.max.ms"], default["fetch.min.bytes"]) == (50, 1)
+    windowed = consumer_config(Settings(kafka_fetch_wait_ms=20, kafka_fetch_min_bytes=1_000_000), "g")
+    assert (windowed["fetch.wait.max.ms"], windowed["fetch.min.bytes"]) == (20, 1_000_000)
 
 
 # --- a consumer left out of its group ---------------------------------------------------------
