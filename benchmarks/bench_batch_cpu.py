@@ -14,6 +14,10 @@ main thread's alone. The consume loop (fetching, storing offsets) is not in it: 
 measures the whole.
 
 ``--profile NAME`` runs that connector's batches under cProfile and prints the top functions.
+``--only intake`` (or ``intake`` among others) measures intake's ``IntakeStep.submit`` the same
+way, on batches of generated opt-out requests (decode, validate, plan, record, produce the
+commands, publish the subject states and wait for every delivery); ``--profile intake``
+profiles it (the main thread's CPU: the database and states threads' work shows as waits).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -45,9 +50,11 @@ from services.connectors.registry import build_connector
 from services.devstack.procs import port_open
 from services.domain.planning import plan_commands
 from services.domain.validation import validate_request
+from services.intake.step import IntakeStep
 from tests.faults.environment import create_database, drop_database, drop_topics, pipeline_env
 from tests.support.pipeline import wait_until
 
+from .bench_intake import _proc_cpu, _thread_group
 from .common import generate_events, load_average, note, setup_logging, start_stack
 
 
@@ -73,18 +80,67 @@ def messages_by_destination(settings: Settings, events: int, seed: int) -> dict[
     return found
 
 
+def request_messages(settings: Settings, events: int, seed: int) -> list[Message]:
+    """``events`` generated opt-out requests, encoded, as intake consumes them."""
+    codec = default_codec()
+    return [
+        Message(
+            topic=settings.requests_topic,
+            partition=i % settings.topic_partitions,
+            offset=i,
+            key=event.key.encode(),
+            value=codec.encode("OptOutRequested", {**event.record, "action": "OPT_OUT", "device_id": None}),
+        )
+        for i, event in enumerate(generate_events(events, seed=seed, now=datetime.now(UTC)))
+    ]
+
+
+def threads_cpu() -> dict[int, tuple[str, float]]:
+    """This process's threads: id -> (group, CPU s) from /proc (librdkafka's as one group)."""
+    names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+    found: dict[int, tuple[str, float]] = {}
+    for entry in os.listdir("/proc/self/task"):
+        cpu = _proc_cpu(f"/proc/self/task/{entry}/stat")
+        name = names.get(int(entry))
+        if name is None:
+            try:
+                name = Path(f"/proc/self/task/{entry}/comm").read_text().strip()
+            except OSError:
+                continue
+        if cpu is not None:
+            found[int(entry)] = (_thread_group(name), cpu)
+    return found
+
+
+def by_thread(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], count: int) -> str:
+    """CPU ms per batch by thread group between two ``threads_cpu`` samples."""
+    groups: dict[str, float] = defaultdict(float)
+    for tid, (group, cpu) in after.items():
+        groups[group] += cpu - before.get(tid, (group, 0.0))[1]
+    return ", ".join(
+        f"{group} {1e3 * cpu / count:.2f}"
+        for group, cpu in sorted(groups.items(), key=lambda g: -g[1])
+        if cpu
+    )
+
+
 def measure(
     settings: Settings, name: str, messages: list[Message], batch: int, warm: int, profile: bool
-) -> tuple[int, float, float]:
-    """(batches measured, process CPU s, main-thread CPU s) of ``name``'s step over ``messages``."""
-    step = ConnectorStep(
-        settings,
-        build_connector(settings, name),
-        make_producer(settings),
-        default_codec(),
-        SystemClock(),
-        DedupeStore(settings.dsn(), name, settings.database_prepared_statements),
-    )
+) -> tuple[int, float, float, str]:
+    """(batches measured, process CPU s, main-thread CPU s, CPU ms per batch by thread) of
+    ``name``'s step over ``messages``."""
+    step: IntakeStep | ConnectorStep
+    if name == INTAKE:
+        step = IntakeStep(settings, make_producer(settings), default_codec(), SystemClock())
+    else:
+        step = ConnectorStep(
+            settings,
+            build_connector(settings, name),
+            make_producer(settings),
+            default_codec(),
+            SystemClock(),
+            DedupeStore(settings.dsn(), name, settings.database_prepared_statements),
+        )
     batches = [messages[i : i + batch] for i in range(0, len(messages), batch)]
     try:
         for b in batches[:warm]:
@@ -92,7 +148,7 @@ def measure(
             step.poll()
         measured = batches[warm:]
         profiler = cProfile.Profile(time.thread_time) if profile else None  # CPU, not waits
-        cpu, thread = time.process_time(), time.thread_time()
+        cpu, thread, threads = time.process_time(), time.thread_time(), threads_cpu()
         if profiler is not None:
             profiler.enable()
         for b in measured:
@@ -101,15 +157,19 @@ def measure(
         if profiler is not None:
             profiler.disable()
         cpu, thread = time.process_time() - cpu, time.thread_time() - thread
+        split = by_thread(threads, threads_cpu(), len(measured))
         if profiler is not None:
             out = io.StringIO()
             pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(60)
             out.write("\n--- by own time\n")
             pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(40)
             print(out.getvalue(), file=sys.stderr)
-        return len(measured), cpu, thread
+        return len(measured), cpu, thread, split
     finally:
         step.close()
+
+
+INTAKE = "intake"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,21 +213,28 @@ def main(argv: list[str] | None = None) -> int:
         )
         if standins.poll() is not None:
             raise SystemExit(f"bench-batch-cpu: the stand-ins exited; see {work / 'standins.log'}")
-        names = [n for n in settings.destinations.names if not args.only or n in args.only.split(",")]
+        names = [
+            n for n in (INTAKE, *settings.destinations.names) if not args.only or n in args.only.split(",")
+        ]
         # Enough requests that the smallest destination (mail_house, ~1 in 7) fills its batches.
         events = (args.warm + args.batches) * args.batch * 8
-        note(f"planning {events:,} requests")
-        queues = messages_by_destination(settings, events, seed=int.from_bytes(os.urandom(2)))
+        queues: dict[str, list[Message]] = {}
+        if any(name != INTAKE for name in names):
+            note(f"planning {events:,} requests")
+            queues = messages_by_destination(settings, events, seed=int.from_bytes(os.urandom(2)))
         for name in names:
             wanted = (args.warm + args.batches) * args.batch
-            messages = queues[name][:wanted]
-            count, cpu, thread = measure(
+            if name == INTAKE:
+                messages = request_messages(settings, wanted, seed=int.from_bytes(os.urandom(2)))
+            else:
+                messages = queues[name][:wanted]
+            count, cpu, thread, split = measure(
                 settings, name, messages, args.batch, args.warm, profile=name == args.profile
             )
             lines.append(
                 f"  {name:<22} {count:>5} batches of {args.batch}: process {1e3 * cpu / count:6.2f} ms "
-                f"({1e6 * cpu / (count * args.batch):5.0f} µs a command), main thread "
-                f"{1e3 * thread / count:6.2f} ms"
+                f"({1e6 * cpu / (count * args.batch):5.0f} µs a message), main thread "
+                f"{1e3 * thread / count:6.2f} ms; by thread (/proc, ms): {split}"
             )
             note(lines[-1].strip())
     finally:

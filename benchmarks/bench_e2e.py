@@ -447,13 +447,19 @@ class Pipeline:
     fleets: list[Fleet]
 
     @classmethod
-    def start(cls, env: dict[str, str], log_dir: Path, timeouts: dict[str, int]) -> Pipeline:
+    def start(
+        cls, env: dict[str, str], log_dir: Path, timeouts: dict[str, int], lingers: dict[str, int]
+    ) -> Pipeline:
+        """``timeouts`` and ``lingers``: role -> OPTOUT_BATCH_TIMEOUT_MS, OPTOUT_BATCH_LINGER_MS
+        (a role missing from ``lingers`` keeps ``env``'s)."""
         log_dir.mkdir(parents=True, exist_ok=True)
 
         def fleet(role: str) -> Fleet:
+            linger = {"OPTOUT_BATCH_LINGER_MS": str(lingers[role])} if role in lingers else {}
             return Fleet(
                 {
                     **env,
+                    **linger,
                     "OPTOUT_BATCH_TIMEOUT_MS": str(timeouts[role]),
                     "OPTOUT_MAIL_HOUSE_DIR": str(log_dir / "mail_house"),
                 },
@@ -1110,7 +1116,18 @@ def timeouts_line(timeouts: dict[str, int], args: argparse.Namespace) -> str:
         + f"  (OPTOUT_BATCH_SIZE={args.batch_size}, OPTOUT_BATCH_LINGER_MS={args.batch_linger_ms}, "
         + f"OPTOUT_KAFKA_FETCH_WAIT_MS={args.fetch_wait_ms}, "
         + f"OPTOUT_KAFKA_FETCH_MIN_BYTES={args.fetch_min_bytes})"
+        + "".join(f"  linger {role}={ms} ms" for role, ms in role_lingers(args).items())
     )
+
+
+def role_lingers(args: argparse.Namespace) -> dict[str, int]:
+    """The roles whose OPTOUT_BATCH_LINGER_MS a flag overrides (``--intake-linger-ms``, ...)."""
+    given = {
+        "intake": args.intake_linger_ms,
+        "connectors": args.connector_linger_ms,
+        "confirmer": args.confirmer_linger_ms,
+    }
+    return {role: ms for role, ms in given.items() if ms is not None}
 
 
 def delete_groups(settings: Settings) -> None:
@@ -1184,6 +1201,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--intake-timeout-ms", type=int, help="override for intake")
     parser.add_argument("--confirmer-timeout-ms", type=int, help="override for the confirmer")
     parser.add_argument("--connector-timeout-ms", type=int, help="override for the connectors")
+    parser.add_argument("--intake-linger-ms", type=int, help="OPTOUT_BATCH_LINGER_MS override for intake")
+    parser.add_argument(
+        "--confirmer-linger-ms", type=int, help="OPTOUT_BATCH_LINGER_MS override for the confirmer"
+    )
+    parser.add_argument(
+        "--connector-linger-ms", type=int, help="OPTOUT_BATCH_LINGER_MS override for the connectors"
+    )
     parser.add_argument(
         "--sweep-timeouts",
         default="",
@@ -1261,7 +1285,7 @@ class Bench:
     def fleet(self, name: str, timeouts: dict[str, int]) -> Pipeline:
         line = timeouts_line(timeouts, self.args)
         note(f"starting the pipeline ({name}): {line}; logs in {self.work_dir / name}")
-        pipeline = Pipeline.start(self.env, self.work_dir / name, timeouts)
+        pipeline = Pipeline.start(self.env, self.work_dir / name, timeouts, role_lingers(self.args))
         warm_up(self.settings, self.codec, self.producer, self.reader, pipeline, self.next_seed())
         return pipeline
 
