@@ -120,7 +120,12 @@ from services.common.kafka import (
     make_consumer,
     make_producer,
 )
-from services.common.settings import Settings
+from services.common.settings import (
+    CONFIRMER_BATCH_LINGER_MS,
+    CONNECTOR_BATCH_LINGER_MS,
+    INTAKE_BATCH_LINGER_MS,
+    Settings,
+)
 from services.devstack import StackInfo
 from tests.faults.environment import (
     CONNECTORS,
@@ -451,7 +456,7 @@ class Pipeline:
         cls, env: dict[str, str], log_dir: Path, timeouts: dict[str, int], lingers: dict[str, int]
     ) -> Pipeline:
         """``timeouts`` and ``lingers``: role -> OPTOUT_BATCH_TIMEOUT_MS, OPTOUT_BATCH_LINGER_MS
-        (a role missing from ``lingers`` keeps ``env``'s)."""
+        (a role missing from ``lingers`` keeps ``env``'s, or its service's own when unset)."""
         log_dir.mkdir(parents=True, exist_ok=True)
 
         def fleet(role: str) -> Fleet:
@@ -1113,10 +1118,11 @@ def timeouts_line(timeouts: dict[str, int], args: argparse.Namespace) -> str:
     return (
         "OPTOUT_BATCH_TIMEOUT_MS: "
         + "  ".join(f"{role}={ms} ms" for role, ms in timeouts.items())
-        + f"  (OPTOUT_BATCH_SIZE={args.batch_size}, OPTOUT_BATCH_LINGER_MS={args.batch_linger_ms}, "
+        + f"  (OPTOUT_BATCH_SIZE={args.batch_size}, "
         + f"OPTOUT_KAFKA_FETCH_WAIT_MS={args.fetch_wait_ms}, "
-        + f"OPTOUT_KAFKA_FETCH_MIN_BYTES={args.fetch_min_bytes})"
-        + "".join(f"  linger {role}={ms} ms" for role, ms in role_lingers(args).items())
+        + f"OPTOUT_KAFKA_FETCH_MIN_BYTES={args.fetch_min_bytes}; batch linger: "
+        + "  ".join(f"{role}={ms} ms" for role, ms in effective_lingers(args).items())
+        + ")"
     )
 
 
@@ -1128,6 +1134,18 @@ def role_lingers(args: argparse.Namespace) -> dict[str, int]:
         "confirmer": args.confirmer_linger_ms,
     }
     return {role: ms for role, ms in given.items() if ms is not None}
+
+
+def effective_lingers(args: argparse.Namespace) -> dict[str, int]:
+    """Each role's batch linger in this run: its flag, else --batch-linger-ms, else its
+    service's own (``services.common.settings``)."""
+    own = {
+        "intake": INTAKE_BATCH_LINGER_MS,
+        "connectors": CONNECTOR_BATCH_LINGER_MS,
+        "confirmer": CONFIRMER_BATCH_LINGER_MS,
+    }
+    every = args.batch_linger_ms
+    return {role: ms if every is None else every for role, ms in own.items()} | role_lingers(args)
 
 
 def delete_groups(settings: Settings) -> None:
@@ -1183,8 +1201,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--batch-linger-ms",
         type=int,
-        default=Settings.model_fields["batch_linger_ms"].default,
-        help="OPTOUT_BATCH_LINGER_MS of every service (default: the settings' default)",
+        help="OPTOUT_BATCH_LINGER_MS of every service (default: unset, each service's own)",
     )
     parser.add_argument(
         "--fetch-wait-ms",
@@ -1261,7 +1278,8 @@ class Bench:
             batch_size=args.batch_size,
             log_level=args.log_level,
         )
-        self.env["OPTOUT_BATCH_LINGER_MS"] = str(args.batch_linger_ms)
+        if args.batch_linger_ms is not None:
+            self.env["OPTOUT_BATCH_LINGER_MS"] = str(args.batch_linger_ms)
         self.env["OPTOUT_KAFKA_FETCH_WAIT_MS"] = str(args.fetch_wait_ms)
         self.env["OPTOUT_KAFKA_FETCH_MIN_BYTES"] = str(args.fetch_min_bytes)
         self.env["OPTOUT_KAFKA_REQUEST_LOG_SECONDS"] = "1"  # requests per opt-out, from the logs

@@ -46,7 +46,7 @@ from services.common import metrics
 from services.common.errors import RetriableError
 from services.common.kafka import make_consumer, next_offsets
 from services.common.logging import get_logger
-from services.common.settings import Settings
+from services.common.settings import BATCH_LINGER_MS, Settings
 
 log = get_logger(__name__)
 
@@ -180,8 +180,11 @@ class ConsumerLoop:
         backoff: Backoff | None = None,
         consumer_factory: ConsumerFactory = make_consumer,
         monotonic: Callable[[], float] = time.monotonic,
+        linger_ms: int = BATCH_LINGER_MS,
     ) -> None:
         self.settings = settings
+        # The service's own linger (``services.common.settings``), unless the settings set one.
+        self.linger_ms = linger_ms if settings.batch_linger_ms is None else settings.batch_linger_ms
         self.service = service
         self.topics = topics
         self.step = step
@@ -316,7 +319,8 @@ class ConsumerLoop:
 
     def _next_batch(self, consumer: Consumer) -> list[Message]:
         """Wait up to OPTOUT_BATCH_TIMEOUT_MS for a first message, then take what else comes
-        within OPTOUT_BATCH_LINGER_MS (0: what is fetched already), up to OPTOUT_BATCH_SIZE
+        within the service's linger (``linger_ms``, or OPTOUT_BATCH_LINGER_MS when set; 0: what
+        is fetched already), up to OPTOUT_BATCH_SIZE
         (a batch already full when its first message comes does not linger).
 
         A batch starts as soon as a message is there: ``consume(n, timeout)`` alone would
@@ -328,7 +332,7 @@ class ConsumerLoop:
         if not first or size == 1:
             return first
         batch = first + consumer.consume(size - 1, 0)  # what is fetched already
-        linger = self.settings.batch_linger_ms / 1000
+        linger = self.linger_ms / 1000
         if len(batch) < size and linger > 0 and not self.stop.is_set():
             # One wait, then what came meanwhile: ``consume(n, linger)`` woke this thread for
             # every fetched partition's messages to see whether ``n`` were there yet (a dozen

@@ -9,7 +9,7 @@ from services.common.clock import Clock, SystemClock
 from services.common.consumer_loop import ConsumerLoop
 from services.common.gc_tuning import tune_gc
 from services.common.kafka import make_producer
-from services.common.settings import Settings
+from services.common.settings import CONFIRMER_BATCH_LINGER_MS, Settings
 from services.confirmer.step import ConfirmerStep
 from services.confirmer.sweeper import SERVICE
 from services.observability.loop import observe_loop
@@ -20,4 +20,12 @@ def run(settings: Settings, stop: threading.Event, clock: Clock | None = None) -
     step = ConfirmerStep(settings, producer, default_codec(), clock or SystemClock())
     observer = observe_loop(settings, SERVICE)
     tune_gc()
-    ConsumerLoop(settings, SERVICE, [settings.acks_topic], step, stop, observer=observer).run()
+    ConsumerLoop(
+        settings,
+        SERVICE,
+        [settings.acks_topic],
+        step,
+        stop,
+        observer=observer,
+        linger_ms=CONFIRMER_BATCH_LINGER_MS,
+    ).run()

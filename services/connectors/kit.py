@@ -72,7 +72,7 @@ from services.common.records import (
     as_datetime,
     decode_suppression_command,
 )
-from services.common.settings import Settings
+from services.common.settings import CONNECTOR_BATCH_LINGER_MS, Settings
 from services.connectors.dedupe import DedupeStore, Latest, StoredOutcome, first_of_each
 from services.domain.identity import sha256_hex
 from services.domain.validation import postal_key
@@ -718,6 +718,7 @@ def run_connector(
             group_id=group,
             observer=observe_loop(settings, service, group, health),
             backoff=connector_backoff(settings),
+            linger_ms=CONNECTOR_BATCH_LINGER_MS,
         ).run()
     finally:
         health.remove_check(check)

@@ -8,7 +8,7 @@ from services.common.avro import default_codec
 from services.common.clock import SystemClock
 from services.common.consumer_loop import ConsumerLoop
 from services.common.gc_tuning import tune_gc
-from services.common.settings import Settings
+from services.common.settings import INTAKE_BATCH_LINGER_MS, Settings
 from services.intake.step import SERVICE, IntakeStep, intake_producer
 from services.observability.loop import observe_loop
 
@@ -18,4 +18,12 @@ def run(settings: Settings, stop: threading.Event) -> None:
     step = IntakeStep(settings, producer, default_codec(), SystemClock())
     observer = observe_loop(settings, SERVICE)
     tune_gc()
-    ConsumerLoop(settings, SERVICE, [settings.requests_topic], step, stop, observer=observer).run()
+    ConsumerLoop(
+        settings,
+        SERVICE,
+        [settings.requests_topic],
+        step,
+        stop,
+        observer=observer,
+        linger_ms=INTAKE_BATCH_LINGER_MS,
+    ).run()

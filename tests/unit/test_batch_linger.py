@@ -1,0 +1,120 @@
+"""Each consuming service's batch linger: its own when OPTOUT_BATCH_LINGER_MS is unset
+(intake longest, since its batches set every downstream service's; the connectors barely),
+the setting's for every service when it is set (issue #15)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from services.common.consumer_loop import ConsumerLoop
+from services.common.settings import (
+    BATCH_LINGER_MS,
+    CONFIRMER_BATCH_LINGER_MS,
+    CONNECTOR_BATCH_LINGER_MS,
+    INTAKE_BATCH_LINGER_MS,
+    Settings,
+)
+from services.confirmer import service as confirmer_service
+from services.connectors import kit
+from services.connectors.kit import Command, Connector, Outcome
+from services.intake import service as intake_service
+from tests.unit.test_consumer_loop import ScriptedStep
+
+
+def loop(settings: Settings, **kwargs: Any) -> ConsumerLoop:
+    return ConsumerLoop(settings, "svc", ["t"], ScriptedStep(), threading.Event(), **kwargs)
+
+
+def test_unset_each_service_lingers_its_own() -> None:
+    settings = Settings(topic_prefix="u.")
+    assert settings.batch_linger_ms is None
+    assert loop(settings).linger_ms == BATCH_LINGER_MS
+    assert loop(settings, linger_ms=INTAKE_BATCH_LINGER_MS).linger_ms == INTAKE_BATCH_LINGER_MS
+
+
+def test_set_the_setting_holds_for_every_service() -> None:
+    settings = Settings(topic_prefix="u.", batch_linger_ms=7)
+    assert loop(settings).linger_ms == 7
+    assert loop(settings, linger_ms=INTAKE_BATCH_LINGER_MS).linger_ms == 7
+    assert loop(Settings(topic_prefix="u.", batch_linger_ms=0), linger_ms=60).linger_ms == 0
+
+
+def test_an_empty_value_is_unset_as_the_k8s_config_map_gives_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPTOUT_BATCH_LINGER_MS", "")
+    assert Settings(topic_prefix="u.").batch_linger_ms is None
+    monkeypatch.setenv("OPTOUT_BATCH_LINGER_MS", "35")
+    assert Settings(topic_prefix="u.").batch_linger_ms == 35
+
+
+def test_intake_lingers_longer_than_the_confirmer_and_the_connectors() -> None:
+    """The order the measurements call for (README, Performance): intake sets the cadence,
+    the confirmer gathers the connectors' acks of one intake batch, the connectors' batch
+    arrives nearly whole."""
+    assert INTAKE_BATCH_LINGER_MS > CONFIRMER_BATCH_LINGER_MS > CONNECTOR_BATCH_LINGER_MS >= 0
+
+
+class Captured(Exception):
+    """Raised by the stand-in loop so the service's run() returns at once."""
+
+
+def capture_loop(monkeypatch: pytest.MonkeyPatch, module: Any) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+
+    class Recording:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            seen.update(kwargs)
+
+        def run(self) -> None:
+            raise Captured
+
+    monkeypatch.setattr(module, "ConsumerLoop", Recording)
+    return seen
+
+
+def test_intake_runs_its_loop_with_its_linger(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = capture_loop(monkeypatch, intake_service)
+    monkeypatch.setattr(intake_service, "IntakeStep", lambda *a, **k: object())
+    monkeypatch.setattr(intake_service, "intake_producer", lambda settings: object())
+    monkeypatch.setattr(intake_service, "observe_loop", lambda settings, service: None)
+    with pytest.raises(Captured):
+        intake_service.run(Settings(topic_prefix="u."), threading.Event())
+    assert seen["linger_ms"] == INTAKE_BATCH_LINGER_MS
+
+
+def test_the_confirmer_runs_its_loop_with_its_linger(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = capture_loop(monkeypatch, confirmer_service)
+    monkeypatch.setattr(confirmer_service, "ConfirmerStep", lambda *a, **k: object())
+    monkeypatch.setattr(confirmer_service, "make_producer", lambda settings: object())
+    monkeypatch.setattr(confirmer_service, "observe_loop", lambda settings, service: None)
+    with pytest.raises(Captured):
+        confirmer_service.run(Settings(topic_prefix="u."), threading.Event())
+    assert seen["linger_ms"] == CONFIRMER_BATCH_LINGER_MS
+
+
+class NoCalls(Connector):
+    destination = "email_provider"
+
+    def apply(self, commands: Sequence[Command]) -> list[Outcome]:
+        raise AssertionError("the loop never runs here")
+
+
+def test_a_connector_runs_its_loop_with_its_linger(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = capture_loop(monkeypatch, kit)
+    monkeypatch.setattr(kit, "ConnectorStep", lambda *a, **k: object())
+    monkeypatch.setattr(kit, "DedupeStore", lambda *a, **k: object())
+    monkeypatch.setattr(kit, "make_producer", lambda settings: object())
+    monkeypatch.setattr(kit, "observe_loop", lambda *a, **k: None)
+    monkeypatch.setattr(kit, "tune_gc", lambda: None)
+    with pytest.raises(Captured):
+        kit.run_connector(Settings(topic_prefix="u."), NoCalls(), threading.Event())
+    assert seen["linger_ms"] == CONNECTOR_BATCH_LINGER_MS
+
+
+def test_the_setting_documents_each_services_own_linger() -> None:
+    description = Settings.model_fields["batch_linger_ms"].description or ""
+    for ms in (INTAKE_BATCH_LINGER_MS, CONNECTOR_BATCH_LINGER_MS, CONFIRMER_BATCH_LINGER_MS):
+        assert f"{ms} ms" in description
