@@ -75,24 +75,24 @@ def capture_loop(monkeypatch: pytest.MonkeyPatch, module: Any) -> dict[str, Any]
     return seen
 
 
-def test_intake_runs_its_loop_with_its_linger(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen = capture_loop(monkeypatch, intake_service)
-    monkeypatch.setattr(intake_service, "IntakeStep", lambda *a, **k: object())
-    monkeypatch.setattr(intake_service, "intake_producer", lambda settings: object())
-    monkeypatch.setattr(intake_service, "observe_loop", lambda settings, service: None)
+@pytest.mark.parametrize(
+    ("module", "step", "producer", "linger"),
+    [
+        (intake_service, "IntakeStep", "intake_producer", INTAKE_BATCH_LINGER_MS),
+        (confirmer_service, "ConfirmerStep", "make_producer", CONFIRMER_BATCH_LINGER_MS),
+    ],
+    ids=["intake", "confirmer"],
+)
+def test_the_service_runs_its_loop_with_its_linger(
+    monkeypatch: pytest.MonkeyPatch, module: Any, step: str, producer: str, linger: int
+) -> None:
+    seen = capture_loop(monkeypatch, module)
+    monkeypatch.setattr(module, step, lambda *a, **k: object())
+    monkeypatch.setattr(module, producer, lambda settings: object())
+    monkeypatch.setattr(module, "observe_loop", lambda settings, service: None)
     with pytest.raises(Captured):
-        intake_service.run(Settings(topic_prefix="u."), threading.Event())
-    assert seen["linger_ms"] == INTAKE_BATCH_LINGER_MS
-
-
-def test_the_confirmer_runs_its_loop_with_its_linger(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen = capture_loop(monkeypatch, confirmer_service)
-    monkeypatch.setattr(confirmer_service, "ConfirmerStep", lambda *a, **k: object())
-    monkeypatch.setattr(confirmer_service, "make_producer", lambda settings: object())
-    monkeypatch.setattr(confirmer_service, "observe_loop", lambda settings, service: None)
-    with pytest.raises(Captured):
-        confirmer_service.run(Settings(topic_prefix="u."), threading.Event())
-    assert seen["linger_ms"] == CONFIRMER_BATCH_LINGER_MS
+        module.run(Settings(topic_prefix="u."), threading.Event())
+    assert seen["linger_ms"] == linger
 
 
 class NoCalls(Connector):
