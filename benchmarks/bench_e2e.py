@@ -123,6 +123,7 @@ from services.common.kafka import (
 from services.common.settings import (
     CONFIRMER_BATCH_LINGER_MS,
     CONNECTOR_BATCH_LINGER_MS,
+    INTAKE_BATCH_INTERVAL_MS,
     INTAKE_BATCH_LINGER_MS,
     Settings,
 )
@@ -453,18 +454,21 @@ class Pipeline:
 
     @classmethod
     def start(
-        cls, env: dict[str, str], log_dir: Path, timeouts: dict[str, int], lingers: dict[str, int]
+        cls,
+        env: dict[str, str],
+        log_dir: Path,
+        timeouts: dict[str, int],
+        overrides: dict[str, dict[str, str]],
     ) -> Pipeline:
-        """``timeouts`` and ``lingers``: role -> OPTOUT_BATCH_TIMEOUT_MS, OPTOUT_BATCH_LINGER_MS
-        (a role missing from ``lingers`` keeps ``env``'s, or its service's own when unset)."""
+        """``timeouts``: role -> OPTOUT_BATCH_TIMEOUT_MS; ``overrides``: role -> settings over
+        ``env``'s (a batch linger, intake's interval: ``role_env``)."""
         log_dir.mkdir(parents=True, exist_ok=True)
 
         def fleet(role: str) -> Fleet:
-            linger = {"OPTOUT_BATCH_LINGER_MS": str(lingers[role])} if role in lingers else {}
             return Fleet(
                 {
                     **env,
-                    **linger,
+                    **overrides.get(role, {}),
                     "OPTOUT_BATCH_TIMEOUT_MS": str(timeouts[role]),
                     "OPTOUT_MAIL_HOUSE_DIR": str(log_dir / "mail_house"),
                 },
@@ -1122,8 +1126,23 @@ def timeouts_line(timeouts: dict[str, int], args: argparse.Namespace) -> str:
         + f"OPTOUT_KAFKA_FETCH_WAIT_MS={args.fetch_wait_ms}, "
         + f"OPTOUT_KAFKA_FETCH_MIN_BYTES={args.fetch_min_bytes}; batch linger: "
         + "  ".join(f"{role}={ms} ms" for role, ms in effective_lingers(args).items())
-        + ")"
+        + f"; intake's batch interval {effective_intake_interval(args)} ms)"
     )
+
+
+def effective_intake_interval(args: argparse.Namespace) -> int:
+    """Intake's batch interval in this run: --intake-interval-ms, else its own."""
+    return INTAKE_BATCH_INTERVAL_MS if args.intake_interval_ms is None else int(args.intake_interval_ms)
+
+
+def role_env(args: argparse.Namespace) -> dict[str, dict[str, str]]:
+    """Per role, the settings its flags override (``--intake-linger-ms``, ...)."""
+    env: dict[str, dict[str, str]] = {
+        role: {"OPTOUT_BATCH_LINGER_MS": str(ms)} for role, ms in role_lingers(args).items()
+    }
+    if args.intake_interval_ms is not None:
+        env.setdefault("intake", {})["OPTOUT_BATCH_INTERVAL_MS"] = str(args.intake_interval_ms)
+    return env
 
 
 def role_lingers(args: argparse.Namespace) -> dict[str, int]:
@@ -1219,6 +1238,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--confirmer-timeout-ms", type=int, help="override for the confirmer")
     parser.add_argument("--connector-timeout-ms", type=int, help="override for the connectors")
     parser.add_argument("--intake-linger-ms", type=int, help="OPTOUT_BATCH_LINGER_MS override for intake")
+    parser.add_argument("--intake-interval-ms", type=int, help="OPTOUT_BATCH_INTERVAL_MS override for intake")
     parser.add_argument(
         "--confirmer-linger-ms", type=int, help="OPTOUT_BATCH_LINGER_MS override for the confirmer"
     )
@@ -1303,7 +1323,7 @@ class Bench:
     def fleet(self, name: str, timeouts: dict[str, int]) -> Pipeline:
         line = timeouts_line(timeouts, self.args)
         note(f"starting the pipeline ({name}): {line}; logs in {self.work_dir / name}")
-        pipeline = Pipeline.start(self.env, self.work_dir / name, timeouts, role_lingers(self.args))
+        pipeline = Pipeline.start(self.env, self.work_dir / name, timeouts, role_env(self.args))
         warm_up(self.settings, self.codec, self.producer, self.reader, pipeline, self.next_seed())
         return pipeline
 

@@ -80,7 +80,7 @@ from services.common.db import LazyConnection
 from services.common.gc_tuning import tune_gc
 from services.common.kafka import DeliveryTracker, make_consumer, make_producer
 from services.common.records import decode_opt_out_requested
-from services.common.settings import INTAKE_BATCH_LINGER_MS, Settings
+from services.common.settings import INTAKE_BATCH_INTERVAL_MS, INTAKE_BATCH_LINGER_MS, Settings
 from services.directory.store import upsert_entries
 from services.domain.enrichment import DirectoryEntry, DirectoryIndex, enrich
 from services.domain.planning import plan_commands
@@ -470,7 +470,13 @@ def run_ours(
     stop = threading.Event()
     errors: list[BaseException] = []
     loop = ConsumerLoop(
-        settings, SERVICE, [settings.requests_topic], step, stop, linger_ms=INTAKE_BATCH_LINGER_MS
+        settings,
+        SERVICE,
+        [settings.requests_topic],
+        step,
+        stop,
+        linger_ms=INTAKE_BATCH_LINGER_MS,
+        interval_ms=INTAKE_BATCH_INTERVAL_MS,
     )
 
     def target() -> None:

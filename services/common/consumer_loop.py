@@ -181,10 +181,14 @@ class ConsumerLoop:
         consumer_factory: ConsumerFactory = make_consumer,
         monotonic: Callable[[], float] = time.monotonic,
         linger_ms: int = BATCH_LINGER_MS,
+        interval_ms: int = 0,
     ) -> None:
         self.settings = settings
-        # The service's own linger (``services.common.settings``), unless the settings set one.
+        # The service's own linger and interval (``services.common.settings``), unless the
+        # settings set them.
         self.linger_ms = linger_ms if settings.batch_linger_ms is None else settings.batch_linger_ms
+        self.interval_ms = interval_ms if settings.batch_interval_ms is None else settings.batch_interval_ms
+        self._batch_started: float | None = None  # when the last batch was handed to the step
         self.service = service
         self.topics = topics
         self.step = step
@@ -320,8 +324,9 @@ class ConsumerLoop:
     def _next_batch(self, consumer: Consumer) -> list[Message]:
         """Wait up to OPTOUT_BATCH_TIMEOUT_MS for a first message, then take what else comes
         within the service's linger (``linger_ms``, or OPTOUT_BATCH_LINGER_MS when set; 0: what
-        is fetched already), up to OPTOUT_BATCH_SIZE
-        (a batch already full when its first message comes does not linger).
+        is fetched already) and until its interval (``interval_ms``, or OPTOUT_BATCH_INTERVAL_MS)
+        has passed since the previous batch started, whichever is later, up to
+        OPTOUT_BATCH_SIZE (a batch already full when its first message comes does not wait).
 
         A batch starts as soon as a message is there: ``consume(n, timeout)`` alone would
         wait the whole timeout whenever fewer than ``n`` messages come, which at a steady
@@ -332,13 +337,17 @@ class ConsumerLoop:
         if not first or size == 1:
             return first
         batch = first + consumer.consume(size - 1, 0)  # what is fetched already
-        linger = self.linger_ms / 1000
-        if len(batch) < size and linger > 0 and not self.stop.is_set():
+        now = self._monotonic()
+        wait = self.linger_ms / 1000
+        if self.interval_ms and self._batch_started is not None:
+            wait = max(wait, self._batch_started + self.interval_ms / 1000 - now)
+        if len(batch) < size and wait > 0 and not self.stop.is_set():
             # One wait, then what came meanwhile: ``consume(n, linger)`` woke this thread for
             # every fetched partition's messages to see whether ``n`` were there yet (a dozen
             # context switches per batch at 500/s; issue #15).
-            self.stop.wait(linger)
+            self.stop.wait(wait)
             batch += consumer.consume(size - len(batch), 0)
+        self._batch_started = self._monotonic()
         return batch
 
     def _usable(self, message: Message) -> bool:

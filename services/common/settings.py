@@ -39,15 +39,17 @@ DEV_SUPPRESSION_KEY = b"optout-DEV-ONLY-suppression-key!"
 DEV_SUPPRESSION_KEYS = '{"dev": "b3B0b3V0LURFVi1PTkxZLXN1cHByZXNzaW9uLWtleSE"}'
 DEV_LOOKUP_API_KEY = "dev-lookup-api-key"
 
-# Each consuming service's own OPTOUT_BATCH_LINGER_MS when it is not set (the consume loop's
-# ``linger_ms``). A batch costs each service a few ms of CPU whatever its size, and intake sets
-# the pipeline's cadence: it writes a batch's commands to every command topic at once, so each
-# connector takes about one batch per intake batch. Intake lingers long (fewer, larger batches
-# everywhere); the connectors, whose batch arrives nearly whole, only long enough for the
+# Each consuming service's own OPTOUT_BATCH_LINGER_MS and OPTOUT_BATCH_INTERVAL_MS when they
+# are not set (the consume loop's ``linger_ms`` and ``interval_ms``). A batch costs each service
+# a few ms of CPU whatever its size, and intake sets the pipeline's cadence: it writes a batch's
+# commands to every command topic at once, so each connector takes about one batch per intake
+# batch. Intake starts a batch at most every INTAKE_BATCH_INTERVAL_MS (fewer, larger batches
+# everywhere at low rates; no wait once a batch takes that long by itself, so none under
+# load); the connectors, whose batch arrives nearly whole, linger only long enough for the
 # fetches that bring the rest of it; the confirmer long enough to gather the acks of one intake
-# batch from every connector. At 500/s: 10-20% less CPU per opt-out in the services, the broker
-# and PostgreSQL than 20 ms everywhere, and the p99 no worse (issue #15; README, Performance).
-INTAKE_BATCH_LINGER_MS = 60
+# batch from every connector (issue #15; README, Performance).
+INTAKE_BATCH_LINGER_MS = 0
+INTAKE_BATCH_INTERVAL_MS = 100
 CONNECTOR_BATCH_LINGER_MS = 5
 CONFIRMER_BATCH_LINGER_MS = 40
 BATCH_LINGER_MS = 20  # any other consumer (the consume loop's default)
@@ -195,9 +197,19 @@ class Settings(BaseSettings):
         description="Once a batch's first message is in, wait at most this long for more (up to "
         "OPTOUT_BATCH_SIZE); 0 takes what is fetched already. Higher: fewer, larger batches "
         "(less CPU per message), each message waiting up to this long more per service. Unset: "
-        f"each service's own, intake {INTAKE_BATCH_LINGER_MS} ms (its batches set every "
-        f"downstream service's), the connectors {CONNECTOR_BATCH_LINGER_MS} ms, the confirmer "
+        f"each service's own, intake {INTAKE_BATCH_LINGER_MS} ms (see OPTOUT_BATCH_INTERVAL_MS), "
+        f"the connectors {CONNECTOR_BATCH_LINGER_MS} ms, the confirmer "
         f"{CONFIRMER_BATCH_LINGER_MS} ms; set, it applies to every service of the process.",
+    )
+    batch_interval_ms: int | None = Field(
+        None,
+        ge=0,
+        le=60_000,
+        description="A service starts a batch at most this often: once a batch's first message is "
+        "in, it waits until this long after the previous batch started, then takes what came "
+        "(nothing once a batch takes that long by itself, as under load). Unset: intake "
+        f"{INTAKE_BATCH_INTERVAL_MS} ms (its batches set every downstream service's), every other "
+        "service 0 (none); set, it applies to every service of the process.",
     )
     commit_interval_ms: int = Field(
         1000,
@@ -566,7 +578,7 @@ class Settings(BaseSettings):
     def _empty_date_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("topic_min_insync_replicas", "batch_linger_ms", mode="before")
+    @field_validator("topic_min_insync_replicas", "batch_linger_ms", "batch_interval_ms", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

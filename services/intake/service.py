@@ -8,7 +8,7 @@ from services.common.avro import default_codec
 from services.common.clock import SystemClock
 from services.common.consumer_loop import ConsumerLoop
 from services.common.gc_tuning import tune_gc
-from services.common.settings import INTAKE_BATCH_LINGER_MS, Settings
+from services.common.settings import INTAKE_BATCH_INTERVAL_MS, INTAKE_BATCH_LINGER_MS, Settings
 from services.intake.step import SERVICE, IntakeStep, intake_producer
 from services.observability.loop import observe_loop
 
@@ -26,4 +26,5 @@ def run(settings: Settings, stop: threading.Event) -> None:
         stop,
         observer=observer,
         linger_ms=INTAKE_BATCH_LINGER_MS,
+        interval_ms=INTAKE_BATCH_INTERVAL_MS,
     ).run()

@@ -9,12 +9,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from confluent_kafka import Message
 
 from services.common.consumer_loop import ConsumerLoop
 from services.common.settings import (
     BATCH_LINGER_MS,
     CONFIRMER_BATCH_LINGER_MS,
     CONNECTOR_BATCH_LINGER_MS,
+    INTAKE_BATCH_INTERVAL_MS,
     INTAKE_BATCH_LINGER_MS,
     Settings,
 )
@@ -54,7 +56,8 @@ def test_intake_lingers_longer_than_the_confirmer_and_the_connectors() -> None:
     """The order the measurements call for (README, Performance): intake sets the cadence,
     the confirmer gathers the connectors' acks of one intake batch, the connectors' batch
     arrives nearly whole."""
-    assert INTAKE_BATCH_LINGER_MS > CONFIRMER_BATCH_LINGER_MS > CONNECTOR_BATCH_LINGER_MS >= 0
+    assert INTAKE_BATCH_INTERVAL_MS > CONFIRMER_BATCH_LINGER_MS > CONNECTOR_BATCH_LINGER_MS >= 0
+    assert INTAKE_BATCH_LINGER_MS < CONNECTOR_BATCH_LINGER_MS  # intake waits by its interval
 
 
 class Captured(Exception):
@@ -76,15 +79,15 @@ def capture_loop(monkeypatch: pytest.MonkeyPatch, module: Any) -> dict[str, Any]
 
 
 @pytest.mark.parametrize(
-    ("module", "step", "producer", "linger"),
+    ("module", "step", "producer", "linger", "interval"),
     [
-        (intake_service, "IntakeStep", "intake_producer", INTAKE_BATCH_LINGER_MS),
-        (confirmer_service, "ConfirmerStep", "make_producer", CONFIRMER_BATCH_LINGER_MS),
+        (intake_service, "IntakeStep", "intake_producer", INTAKE_BATCH_LINGER_MS, INTAKE_BATCH_INTERVAL_MS),
+        (confirmer_service, "ConfirmerStep", "make_producer", CONFIRMER_BATCH_LINGER_MS, None),
     ],
     ids=["intake", "confirmer"],
 )
 def test_the_service_runs_its_loop_with_its_linger(
-    monkeypatch: pytest.MonkeyPatch, module: Any, step: str, producer: str, linger: int
+    monkeypatch: pytest.MonkeyPatch, module: Any, step: str, producer: str, linger: int, interval: int | None
 ) -> None:
     seen = capture_loop(monkeypatch, module)
     monkeypatch.setattr(module, step, lambda *a, **k: object())
@@ -93,6 +96,7 @@ def test_the_service_runs_its_loop_with_its_linger(
     with pytest.raises(Captured):
         module.run(Settings(topic_prefix="u."), threading.Event())
     assert seen["linger_ms"] == linger
+    assert seen.get("interval_ms") == interval
 
 
 class NoCalls(Connector):
@@ -118,3 +122,91 @@ def test_the_setting_documents_each_services_own_linger() -> None:
     description = Settings.model_fields["batch_linger_ms"].description or ""
     for ms in (INTAKE_BATCH_LINGER_MS, CONNECTOR_BATCH_LINGER_MS, CONFIRMER_BATCH_LINGER_MS):
         assert f"{ms} ms" in description
+    interval = Settings.model_fields["batch_interval_ms"].description or ""
+    assert f"intake {INTAKE_BATCH_INTERVAL_MS} ms" in interval
+
+
+class RecordingStop(threading.Event):
+    """A stop event whose waits return at once and are recorded (seconds)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout if timeout is not None else -1.0)
+        return self.is_set()
+
+
+class Trickle:
+    """A consumer with one message ready per ``consume`` call for a first message."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
+        if timeout == 0:
+            return []  # nothing more fetched
+        self.offset += 1
+        return [Message(topic="t", partition=0, offset=self.offset, value=b"x")]
+
+
+def test_intake_starts_a_batch_at_most_every_interval_and_never_waits_when_late() -> None:
+    """The wait after a batch's first message runs until the interval has passed since the
+    previous batch started: none for the first batch or after an idle spell, the rest of the
+    interval after a short batch, none when a batch took longer than the interval."""
+    now = [0.0]
+    stop = RecordingStop()
+    interval = INTAKE_BATCH_INTERVAL_MS / 1000
+    loop = ConsumerLoop(
+        Settings(topic_prefix="u."),
+        "intake",
+        ["t"],
+        ScriptedStep(),
+        stop,
+        monotonic=lambda: now[0],
+        linger_ms=0,
+        interval_ms=INTAKE_BATCH_INTERVAL_MS,
+    )
+    consumer = Trickle()
+    loop._next_batch(consumer)
+    assert stop.waits == []  # the first batch: nothing to space it from
+    now[0] += 0.03  # the batch took 30 ms
+    loop._next_batch(consumer)
+    assert stop.waits == [pytest.approx(interval - 0.03)]
+    now[0] += 5 * interval  # idle, then a request: it starts at once
+    loop._next_batch(consumer)
+    assert len(stop.waits) == 1
+    now[0] += 1.5 * interval  # a batch longer than the interval: the next starts at once
+    loop._next_batch(consumer)
+    assert len(stop.waits) == 1
+
+
+def test_the_interval_never_shortens_the_linger() -> None:
+    now = [0.0]
+    stop = RecordingStop()
+    loop = ConsumerLoop(
+        Settings(topic_prefix="u."),
+        "svc",
+        ["t"],
+        ScriptedStep(),
+        stop,
+        monotonic=lambda: now[0],
+        linger_ms=40,
+        interval_ms=100,
+    )
+    loop._next_batch(Trickle())
+    now[0] += 0.09
+    loop._next_batch(Trickle())
+    assert stop.waits == [pytest.approx(0.04), pytest.approx(0.04)]
+
+
+def test_the_interval_setting_holds_for_every_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert loop(Settings(topic_prefix="u."), interval_ms=INTAKE_BATCH_INTERVAL_MS).interval_ms == (
+        INTAKE_BATCH_INTERVAL_MS
+    )
+    assert loop(Settings(topic_prefix="u.")).interval_ms == 0
+    monkeypatch.setenv("OPTOUT_BATCH_INTERVAL_MS", "")
+    assert loop(Settings(topic_prefix="u."), interval_ms=100).interval_ms == 100
+    monkeypatch.setenv("OPTOUT_BATCH_INTERVAL_MS", "0")
+    assert loop(Settings(topic_prefix="u."), interval_ms=100).interval_ms == 0
