@@ -5,6 +5,8 @@
         [--batch-timeout-ms 50] [--intake-timeout-ms N] [--confirmer-timeout-ms N]
         [--connector-timeout-ms N] [--sweep-timeouts 20,50,100 --sweep-seconds 15]
         [--batch-linger-ms N] [--fetch-wait-ms N] [--fetch-min-bytes N]
+        [--intake-interval-ms N] [--intake-linger-ms N] [--connector-linger-ms N]
+        [--confirmer-linger-ms N]
 
 Starts every service as its own OS process (``optout run standins``, ``intake``,
 ``confirmer``, ``connector NAME`` for each connector, the reference connectors talking to
