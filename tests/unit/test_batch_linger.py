@@ -151,6 +151,20 @@ class Trickle:
         return [Message(topic="t", partition=0, offset=self.offset, value=b"x")]
 
 
+def timed_loop(now: list[float], stop: RecordingStop, linger_ms: int, interval_ms: int) -> ConsumerLoop:
+    """A loop whose clock reads ``now[0]`` and whose waits ``stop`` records."""
+    return ConsumerLoop(
+        Settings(topic_prefix="u."),
+        "svc",
+        ["t"],
+        ScriptedStep(),
+        stop,
+        monotonic=lambda: now[0],
+        linger_ms=linger_ms,
+        interval_ms=interval_ms,
+    )
+
+
 def test_intake_starts_a_batch_at_most_every_interval_and_never_waits_when_late() -> None:
     """The wait after a batch's first message runs until the interval has passed since the
     previous batch started: none for the first batch or after an idle spell, the rest of the
@@ -158,16 +172,7 @@ def test_intake_starts_a_batch_at_most_every_interval_and_never_waits_when_late(
     now = [0.0]
     stop = RecordingStop()
     interval = INTAKE_BATCH_INTERVAL_MS / 1000
-    loop = ConsumerLoop(
-        Settings(topic_prefix="u."),
-        "intake",
-        ["t"],
-        ScriptedStep(),
-        stop,
-        monotonic=lambda: now[0],
-        linger_ms=0,
-        interval_ms=INTAKE_BATCH_INTERVAL_MS,
-    )
+    loop = timed_loop(now, stop, INTAKE_BATCH_LINGER_MS, INTAKE_BATCH_INTERVAL_MS)
     consumer = Trickle()
     loop._next_batch(consumer)
     assert stop.waits == []  # the first batch: nothing to space it from
@@ -185,16 +190,7 @@ def test_intake_starts_a_batch_at_most_every_interval_and_never_waits_when_late(
 def test_the_interval_never_shortens_the_linger() -> None:
     now = [0.0]
     stop = RecordingStop()
-    loop = ConsumerLoop(
-        Settings(topic_prefix="u."),
-        "svc",
-        ["t"],
-        ScriptedStep(),
-        stop,
-        monotonic=lambda: now[0],
-        linger_ms=40,
-        interval_ms=100,
-    )
+    loop = timed_loop(now, stop, linger_ms=40, interval_ms=100)
     loop._next_batch(Trickle())
     now[0] += 0.09
     loop._next_batch(Trickle())
