@@ -50,7 +50,7 @@ from services.connectors.registry import build_connector
 from services.devstack.procs import port_open
 from services.domain.planning import plan_commands
 from services.domain.validation import validate_request
-from services.intake.step import IntakeStep
+from services.intake.step import IntakeStep, intake_producer
 from tests.faults.environment import create_database, drop_database, drop_topics, pipeline_env
 from tests.support.pipeline import wait_until
 
@@ -131,7 +131,7 @@ def measure(
     ``name``'s step over ``messages``."""
     step: IntakeStep | ConnectorStep
     if name == INTAKE:
-        step = IntakeStep(settings, make_producer(settings), default_codec(), SystemClock())
+        step = IntakeStep(settings, intake_producer(settings), default_codec(), SystemClock())
     else:
         step = ConnectorStep(
             settings,
