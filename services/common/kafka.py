@@ -23,6 +23,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_expo
 from services.common.contract import Identifier
 from services.common.errors import ConfigurationError, RetriableError
 from services.common.logging import get_logger
+from services.common.renewable_producer import RenewableProducer
 from services.common.settings import Settings
 
 log = get_logger(__name__)
@@ -477,15 +478,21 @@ class DeliveryTracker:
     or in its delivery report) is replaced by the fallback, so a refusal that would
     repeat on every retry never blocks the batch (see ``dead_letter``)."""
 
-    producer: Producer
+    producer: Producer | RenewableProducer
     pending: int = 0
     failures: list[str] = field(default_factory=list)
     _replacements: list[Outgoing] = field(default_factory=list)
+    delivered: int = 0
+    timed_out: int = 0
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
         self.pending -= 1
-        if err is not None:
-            self.failures.append(f"{err.name()}: {err.str()}")
+        if err is None:
+            self.delivered += 1
+            return
+        if err.code() == KafkaError._MSG_TIMED_OUT:
+            self.timed_out += 1
+        self.failures.append(f"{err.name()}: {err.str()}")
 
     def _delivery_with_fallback(self, fallback: Outgoing) -> Callable[[KafkaError | None, Message], None]:
         def on_delivery(err: KafkaError | None, msg: Message) -> None:
@@ -531,6 +538,9 @@ class DeliveryTracker:
             for outgoing in replacements:
                 self.produce(outgoing.topic, outgoing.value, outgoing.key, outgoing.headers)
             remaining = self.producer.flush(timeout)
+        if isinstance(self.producer, RenewableProducer):
+            # Still queued after the wait counts as timed out: nothing came back for it.
+            self.producer.batch_outcome(self.delivered, self.timed_out + max(self.pending, 0))
         if remaining or self.pending > 0:
             raise RetriableError(f"{self.pending} messages not delivered within {timeout:.0f}s")
         if self.failures:

@@ -27,6 +27,11 @@ DEAD_LETTERED = Counter(
     ["service", "reason"],
 )
 RETRIES = Counter("optout_retries_total", "Retries of transient failures.", ["service", "operation"])
+PRODUCERS_RENEWED = Counter(
+    "optout_producers_renewed_total",
+    "Producers replaced after batches in a row delivered nothing and timed out.",
+    ["service"],
+)
 REBALANCES = Counter("optout_rebalances_total", "Partition assignment changes.", ["service", "kind"])
 ASSIGNED_PARTITIONS = Gauge("optout_assigned_partitions", "Partitions assigned.", ["service"])
 BATCH_SIZE = Histogram(
@@ -169,6 +174,7 @@ def init_service_metrics(service: str, topics: list[str]) -> None:
     for kind in ("assigned", "revoked", "lost"):
         REBALANCES.labels(service, kind)
     RETRIES.labels(service, "batch")
+    PRODUCERS_RENEWED.labels(service)
     BATCH_SIZE.labels(service)
     BATCH_SECONDS.labels(service)
     PRODUCE_SECONDS.labels(service)

@@ -38,7 +38,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from confluent_kafka import Message, Producer
+from confluent_kafka import Message
 
 from services.common import audit, metrics
 from services.common.avro import Codec
@@ -48,6 +48,7 @@ from services.common.db import LazyConnection
 from services.common.errors import PoisonMessage
 from services.common.kafka import DeliveryTracker, dead_letter
 from services.common.logging import get_logger
+from services.common.renewable_producer import Producing
 from services.common.settings import Settings
 from services.confirmer.outcomes import Ack, decode_ack
 from services.confirmer.store import AckOutcome, apply_acks
@@ -64,7 +65,7 @@ class ConfirmerStep:
     def __init__(
         self,
         settings: Settings,
-        producer: Producer,
+        producer: Producing,
         codec: Codec,
         clock: Clock,
         db: LazyConnection | None = None,

@@ -35,7 +35,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
-from confluent_kafka import Producer
 from prometheus_client import Gauge
 
 from services.common import metrics
@@ -47,6 +46,7 @@ from services.common.db import LazyConnection
 from services.common.errors import RetriableError
 from services.common.kafka import DeliveryTracker
 from services.common.logging import get_logger
+from services.common.renewable_producer import Producing
 from services.common.settings import Settings
 from services.domain.enrichment import Enrichment
 from services.domain.planning import commands_for
@@ -191,7 +191,7 @@ class Sweeper:
     def __init__(
         self,
         settings: Settings,
-        producer: Producer,
+        producer: Producing,
         codec: Codec,
         clock: Clock,
         db: LazyConnection,

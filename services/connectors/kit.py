@@ -53,7 +53,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from confluent_kafka import Message, Producer
+from confluent_kafka import Message
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.common import metrics
@@ -72,6 +72,7 @@ from services.common.records import (
     as_datetime,
     decode_suppression_command,
 )
+from services.common.renewable_producer import Producing, RenewableProducer
 from services.common.settings import CONNECTOR_BATCH_LINGER_MS, Settings
 from services.connectors.dedupe import DedupeStore, Latest, StoredOutcome, first_of_each
 from services.domain.identity import sha256_hex
@@ -484,7 +485,7 @@ class ConnectorStep:
         self,
         settings: Settings,
         connector: Connector,
-        producer: Producer,
+        producer: Producing,
         codec: Codec,
         clock: Clock,
         store: DedupeStore,
@@ -698,7 +699,9 @@ def run_connector(
     step = ConnectorStep(
         settings,
         connector,
-        make_producer(settings),
+        RenewableProducer(
+            lambda: make_producer(settings), service, metrics.PRODUCERS_RENEWED.labels(service).inc
+        ),
         default_codec(),
         clock or SystemClock(),
         DedupeStore(settings.dsn(), connector.destination, settings.database_prepared_statements),

@@ -29,6 +29,7 @@ from services.common.db import LazyConnection, first_line
 from services.common.errors import PoisonMessage, RetriableError
 from services.common.kafka import DeliveryTracker, dead_letter, make_producer
 from services.common.logging import get_logger
+from services.common.renewable_producer import Producing, RenewableProducer
 from services.common.settings import Settings
 from services.domain.planning import PlannedCommand, plan_commands
 from services.domain.validation import OptOutRequest, decode_request
@@ -124,12 +125,12 @@ class IntakeStep:
     def __init__(
         self,
         settings: Settings,
-        producer: Producer,
+        producer: Producing,
         codec: Codec,
         clock: Clock,
         recorder: Recorder | None = None,
         directory: Directory | None = None,
-        states_producer: Producer | None = None,
+        states_producer: Producing | None = None,
     ) -> None:
         self.settings = settings
         self._recorder = recorder or self._record_in_database
@@ -161,7 +162,11 @@ class IntakeStep:
         # a producer of their own (delivery reports are counted per tracker: one thread
         # produces and polls each producer). A test's fake recorder publishes no state.
         self._states_producer = states_producer or (
-            intake_producer(settings) if recorder is None else producer
+            RenewableProducer(
+                lambda: intake_producer(settings), SERVICE, metrics.PRODUCERS_RENEWED.labels(SERVICE).inc
+            )
+            if recorder is None
+            else producer
         )
         self._states_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake-states")
         self._command_topics: dict[str, str] = {}  # destination id -> its command topic

@@ -247,15 +247,19 @@ class Produced:
 
 class FakeProducer:
     """Delivers into ``broker`` on ``poll``/``flush``. ``fail_deliveries`` makes the next
-    deliveries fail with that error; messages over ``broker.message_max_bytes`` (value,
-    key and headers) are refused at ``produce`` with MSG_SIZE_TOO_LARGE, as librdkafka does."""
+    deliveries fail with that error, ``fail_every`` every delivery (a producer that delivers
+    nothing); messages over ``broker.message_max_bytes`` (value, key and headers) are refused
+    at ``produce`` with MSG_SIZE_TOO_LARGE, as librdkafka does. ``purge`` fails what is
+    pending with _PURGE_QUEUE."""
 
-    def __init__(self, broker: FakeBroker) -> None:
+    def __init__(self, broker: FakeBroker, fail_every: KafkaError | None = None) -> None:
         self.broker = broker
         self.pending: list[tuple[Produced, Callable[[KafkaError | None, Message], None] | None]] = []
         self.delivered: list[Produced] = []
         self.fail_deliveries: list[KafkaError] = []
+        self.fail_every = fail_every
         self.flushes = 0
+        self.purged = 0
 
     def produce(
         self,
@@ -278,7 +282,7 @@ class FakeProducer:
         served = 0
         while self.pending:
             produced, callback = self.pending.pop(0)
-            error = self.fail_deliveries.pop(0) if self.fail_deliveries else None
+            error = self.fail_deliveries.pop(0) if self.fail_deliveries else self.fail_every
             message = Message(topic=produced.topic, value=produced.value, key=produced.key)
             if error is None:
                 message = self.broker.append(produced.topic, produced.value, produced.key, produced.headers)
@@ -292,6 +296,10 @@ class FakeProducer:
         self.flushes += 1
         self.poll(0)
         return 0
+
+    def purge(self, in_queue: bool = True, in_flight: bool = True, blocking: bool = True) -> None:
+        self.purged += len(self.pending)
+        self.fail_deliveries = [KafkaError(KafkaError._PURGE_QUEUE, "purged")] * len(self.pending)
 
     def to(self, topic: str) -> list[Produced]:
         return [p for p in self.delivered if p.topic == topic]

@@ -12,6 +12,7 @@ import pytest
 from confluent_kafka import Message
 
 from services.common.consumer_loop import ConsumerLoop
+from services.common.renewable_producer import RenewableProducer
 from services.common.settings import (
     BATCH_LINGER_MS,
     CONFIRMER_BATCH_LINGER_MS,
@@ -69,7 +70,7 @@ def capture_loop(monkeypatch: pytest.MonkeyPatch, module: Any) -> dict[str, Any]
 
     class Recording:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            seen.update(kwargs)
+            seen.update(kwargs, service=args[1])
 
         def run(self) -> None:
             raise Captured
@@ -90,13 +91,16 @@ def test_the_service_runs_its_loop_with_its_linger(
     monkeypatch: pytest.MonkeyPatch, module: Any, step: str, producer: str, linger: int, interval: int | None
 ) -> None:
     seen = capture_loop(monkeypatch, module)
-    monkeypatch.setattr(module, step, lambda *a, **k: object())
+    steps: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(module, step, lambda *a, **k: steps.append(a))
     monkeypatch.setattr(module, producer, lambda settings: object())
     monkeypatch.setattr(module, "observe_loop", lambda settings, service: None)
     with pytest.raises(Captured):
         module.run(Settings(topic_prefix="u."), threading.Event())
     assert seen["linger_ms"] == linger
     assert seen.get("interval_ms") == interval
+    [(_, made, *_)] = steps  # produces through a producer replaced when it only times out
+    assert isinstance(made, RenewableProducer) and made.service == seen["service"]
 
 
 class NoCalls(Connector):
@@ -108,7 +112,8 @@ class NoCalls(Connector):
 
 def test_a_connector_runs_its_loop_with_its_linger(monkeypatch: pytest.MonkeyPatch) -> None:
     seen = capture_loop(monkeypatch, kit)
-    monkeypatch.setattr(kit, "ConnectorStep", lambda *a, **k: object())
+    steps: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(kit, "ConnectorStep", lambda *a, **k: steps.append(a))
     monkeypatch.setattr(kit, "DedupeStore", lambda *a, **k: object())
     monkeypatch.setattr(kit, "make_producer", lambda settings: object())
     monkeypatch.setattr(kit, "observe_loop", lambda *a, **k: None)
@@ -116,6 +121,8 @@ def test_a_connector_runs_its_loop_with_its_linger(monkeypatch: pytest.MonkeyPat
     with pytest.raises(Captured):
         kit.run_connector(Settings(topic_prefix="u."), NoCalls(), threading.Event())
     assert seen["linger_ms"] == CONNECTOR_BATCH_LINGER_MS
+    [(_, _, made, *_)] = steps
+    assert isinstance(made, RenewableProducer) and made.service == seen["service"]
 
 
 def test_the_setting_documents_each_services_own_linger() -> None:
