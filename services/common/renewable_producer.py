@@ -22,7 +22,6 @@ metrics: ``services.common.kafka`` imports it, and the CLI imports that module a
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -62,7 +61,7 @@ class RenewableProducer:
         topic: str,
         value: bytes | None = None,
         key: bytes | str | None = None,
-        headers: Any = None,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
         on_delivery: DeliveryCallback | None = None,
     ) -> None:
         self.handle.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
