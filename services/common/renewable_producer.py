@@ -33,6 +33,7 @@ log = get_logger(__name__)
 # the loop's backoff between them, about a minute without a delivery. A broker restart that
 # takes less (the fault run's take 5-20 s) renews nothing.
 RENEW_AFTER_TIMED_OUT_BATCHES = 2
+RENEWED = "producer delivered nothing and timed out; replacing it"  # the log event
 
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
 
@@ -85,7 +86,7 @@ class RenewableProducer:
     def renew(self) -> None:
         """Drop what the handle still holds (its batch is retried) and make a new one."""
         log.warning(
-            "producer delivered nothing and timed out; replacing it",
+            RENEWED,
             service=self.service,
             batches=self.timed_out_batches,
         )

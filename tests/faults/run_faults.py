@@ -1,6 +1,7 @@
 """Fault-injection run: thousands of opt-outs through the whole pipeline (separate
 processes, real broker and database) while processes are SIGKILLed, the broker restarts,
-PostgreSQL goes away and consumer groups rebalance. Then every figure is verified from
+the broker is frozen for 75 s (SIGSTOP, then SIGCONT), PostgreSQL goes away and consumer
+groups rebalance. Then every figure is verified from
 the database and by reading every output topic from the beginning.
 
     python -m tests.faults.run_faults            # full: 20,000 opt-outs (make test-faults)
@@ -18,7 +19,9 @@ Seeded and repeatable (--seed): the same requests and the same fault schedule.
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import signal
 import sys
 import threading
 import time
@@ -37,6 +40,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_f
 
 from services.common.errors import RetriableError
 from services.common.kafka import create_topics
+from services.common.renewable_producer import RENEWED
 from services.common.settings import Settings
 from services.devstack import StackInfo, ensure_up, kafka_broker, kafka_cluster, postgres_server
 from services.devstack import config as devstack_config
@@ -57,6 +61,13 @@ from tests.faults.environment import (
 )
 from tests.faults.fleet import Fleet, Instance
 from tests.support.pipeline import Record, read_topic
+
+# The full run's broker freeze (SIGSTOP, then SIGCONT): longer than the consumers' sessions, so
+# they lose their partitions, and than two delivery timeouts (message.timeout.ms 30 s) with a
+# retry's backoff, so a service whose batch was in flight when the broker stopped replaces its
+# producer (RenewableProducer; counted from the logs, not required: a frozen broker serves no
+# fetch, so a batch is in flight only if the freeze lands in the few ms it waits for its acks).
+BROKER_FREEZE_SECONDS = 75.0
 
 SCOPE_MIX = [
     ["ALL"],
@@ -80,6 +91,8 @@ class FaultPlan:
     confirmer_kills: int = 2
     connector_kills: int = 2
     broker_restart: bool = True
+    # The single broker stopped with SIGSTOP this long, then SIGCONT (0: not at all).
+    broker_freeze_seconds: float = BROKER_FREEZE_SECONDS
     database_outage_seconds: float = 15.0
     rebalance: bool = True
     drain_timeout_seconds: float = 600.0
@@ -107,6 +120,7 @@ class FaultPlan:
             events=30_000,
             rate_per_second=150.0,
             broker_restart=False,
+            broker_freeze_seconds=0.0,
             cluster_faults=("leader", "controller", "freeze", "rolling"),
             drain_timeout_seconds=900.0,
         )
@@ -127,6 +141,7 @@ class FaultPlan:
             confirmer_kills=0,
             connector_kills=0,
             broker_restart=False,
+            broker_freeze_seconds=0.0,
             database_outage_seconds=0.0,
             rebalance=False,
             cluster_faults=("freeze", "leader-left-down"),
@@ -144,6 +159,7 @@ class FaultPlan:
             intake_kills=2,
             confirmer_kills=1,
             connector_kills=1,
+            broker_freeze_seconds=0.0,
             database_outage_seconds=6.0,
             drain_timeout_seconds=300.0,
         )
@@ -160,6 +176,7 @@ class FaultPlan:
             confirmer_kills=0,
             connector_kills=0,
             broker_restart=False,
+            broker_freeze_seconds=0.0,
             database_outage_seconds=0.0,
             rebalance=False,
             drain_timeout_seconds=180.0,
@@ -287,6 +304,19 @@ class Run:
         kafka_broker.ensure_running(self.paths, install=False)
         self.report.faults["Kafka broker stop + restart"] += 1
 
+    def _broker_freeze(self, seconds: float) -> None:
+        pid = kafka_broker.running_pid(self.paths) if self.stack.started_here else None
+        if pid is None:
+            self.report.faults["broker freeze (skipped: external broker)"] += 1
+            return
+        sys.stderr.write(f"SIGSTOP the broker for {seconds:.0f}s\n")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        self.report.faults[f"Kafka broker frozen (SIGSTOP) for {seconds:.0f}s, then SIGCONT"] += 1
+
     def _database_outage(self, seconds: float) -> None:
         if self.stack.superuser_database_url is None:
             self.report.faults["database outage (skipped: external database)"] += 1
@@ -314,6 +344,14 @@ class Run:
             )
         if p.broker_restart:
             events.append((r.uniform(0.3 * span, 0.6 * span), "broker", self._broker_restart))
+        if p.broker_freeze_seconds:  # the schedule runs in turn: later faults wait for the thaw
+            events.append(
+                (
+                    r.uniform(0.15 * span, 0.25 * span),
+                    "freeze",
+                    lambda: self._broker_freeze(p.broker_freeze_seconds),
+                )
+            )
         if p.database_outage_seconds:
             events.append(
                 (
@@ -541,6 +579,8 @@ class Run:
         fig["dead letters"] = dlq
         unexpected = self.died_on_their_own
         fig["processes that died on their own or failed to stop"] = len(unexpected)
+        renewed = sum(RENEWED in line for line in fleet.log_lines())
+        fig["producers replaced (RenewableProducer, logged)"] = renewed
 
         checks = [
             (fig["requests recorded (distinct)"] == len(ids), "not every event was recorded"),
