@@ -125,7 +125,13 @@ def by_thread(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, 
 
 
 def measure(
-    settings: Settings, name: str, messages: list[Message], batch: int, warm: int, profile: bool
+    settings: Settings,
+    name: str,
+    messages: list[Message],
+    batch: int,
+    warm: int,
+    profile: bool,
+    gap: float = 0.0,
 ) -> tuple[int, float, float, str]:
     """(batches measured, process CPU s, main-thread CPU s, CPU ms per batch by thread) of
     ``name``'s step over ``messages``."""
@@ -154,6 +160,8 @@ def measure(
         for b in measured:
             step.submit(b)
             step.poll()
+            if gap:  # idle between batches, as in a pipeline at a steady rate
+                time.sleep(gap)
         if profiler is not None:
             profiler.disable()
         cpu, thread = time.process_time() - cpu, time.thread_time() - thread
@@ -180,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated connectors (default: all)")
     parser.add_argument("--profile", default="", help="connector to run under cProfile")
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument(
+        "--gap-ms",
+        type=float,
+        default=0.0,
+        help="idle between batches (100: a batch every ~100 ms, as at 500/s; 0: back to back)",
+    )
     parser.add_argument(
         "--default-gc", action="store_true", help="keep CPython's collector thresholds (no tune_gc)"
     )
@@ -229,7 +243,13 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 messages = queues[name][:wanted]
             count, cpu, thread, split = measure(
-                settings, name, messages, args.batch, args.warm, profile=name == args.profile
+                settings,
+                name,
+                messages,
+                args.batch,
+                args.warm,
+                profile=name == args.profile,
+                gap=args.gap_ms / 1000,
             )
             lines.append(
                 f"  {name:<22} {count:>5} batches of {args.batch}: process {1e3 * cpu / count:6.2f} ms "
