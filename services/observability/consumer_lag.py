@@ -1,9 +1,12 @@
 """A service's own consumer lag, from librdkafka statistics, as Prometheus gauges.
 
 ``on_stats`` is the consumer's ``stats_cb`` (it runs on the poll thread, so it only
-parses and sets the message-lag gauges). A background thread adds the lag in seconds:
-it reads the timestamp of the message at each lagging partition's committed offset
-with its own non-group consumer (``OffsetTimestampReader``), away from the poll loop.
+parses and sets the message-lag gauges). A background thread, every interval, asks the
+broker for each partition's high watermark (the statistics carry the one the last fetch
+saw, and a partition paused while a batch waits for its retry is not fetched: its lag
+would stop growing exactly when it matters) and adds the lag in seconds: it reads the
+timestamp of the message at each lagging partition's committed offset with its own
+non-group consumer (``OffsetTimestampReader``), away from the poll loop.
 Series of partitions this member no longer owns are removed, so a revoked partition
 does not keep reporting a stale lag.
 """
@@ -11,6 +14,7 @@ does not keep reporting a stale lag.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +47,7 @@ class ConsumerLagTracker:
         self._lock = threading.Lock()
         self._latest: ConsumerStats | None = None
         self._exported: set[TopicPartitionKey] = set()
+        self._highs: dict[TopicPartitionKey, int] = {}  # high watermarks asked of the broker
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -59,8 +64,20 @@ class ConsumerLagTracker:
         if self._on_snapshot is not None:
             self._on_snapshot(snapshot)
 
+    def _fresh(self, partitions: tuple[PartitionOffsets, ...]) -> tuple[PartitionOffsets, ...]:
+        """``partitions`` with the newer of the two high watermarks (the statistics' and the
+        broker's last answer): a high watermark never goes back."""
+        return tuple(
+            dataclasses.replace(p, high=high)
+            if (high := self._highs.get((p.topic, p.partition), -1)) > p.high
+            else p
+            for p in partitions
+        )
+
     def _export_offsets(self, partitions: tuple[PartitionOffsets, ...]) -> None:
+        partitions = self._fresh(partitions)
         current = {(p.topic, p.partition) for p in partitions}
+        self._highs = {key: high for key, high in self._highs.items() if key in current}
         for topic, partition in self._exported - current:
             labels = (self.group, topic, str(partition))
             for gauge in (metrics.GROUP_LAG, metrics.GROUP_LAG_SECONDS, metrics.GROUP_OFFSET):
@@ -82,13 +99,19 @@ class ConsumerLagTracker:
             snapshot = self._latest
         if snapshot is None:
             return
-        lagging = {(p.topic, p.partition): p.committed for p in snapshot.partitions if p.lag > 0}
+        highs = self._reader.high_watermarks((p.topic, p.partition) for p in snapshot.partitions)
+        with self._lock:
+            self._highs.update(highs)
+            snapshot = self._latest or snapshot  # statistics that came meanwhile are newer
+            self._export_offsets(snapshot.partitions)
+            partitions = self._fresh(snapshot.partitions)
+        lagging = {(p.topic, p.partition): p.committed for p in partitions if p.lag > 0}
         stamps = self._reader.timestamps(lagging) if lagging else {}
         now_ms = int(time.time() * 1000)
         ages: list[float] = []
         with self._lock:
             owned = self._exported
-            for p in snapshot.partitions:
+            for p in partitions:
                 if (p.topic, p.partition) not in owned:
                     continue
                 age = lag_seconds(now_ms, stamps.get((p.topic, p.partition)), p.lag)

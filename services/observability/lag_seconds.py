@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +90,24 @@ class OffsetTimestampReader:
             if tp not in wanted:
                 del self._cache[tp]
         return {tp: self._cache[tp].timestamp_ms if tp in self._cache else None for tp in wanted}
+
+    def high_watermarks(self, partitions: Iterable[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
+        """Each partition's high watermark, asked of its leader (a ListOffsets request each).
+        librdkafka's statistics carry the one its consumer's last fetch saw, and a partition
+        the consume loop has paused (a batch waiting for its retry) is not fetched, so there
+        the statistics' lag stops counting what arrives (README, Observability)."""
+        found: dict[TopicPartitionKey, int] = {}
+        consumer = self._ensure_consumer()
+        for topic, partition in partitions:
+            try:
+                _low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=self._read_timeout, cached=False
+                )
+            except KafkaException as exc:
+                log.warning("reading a partition's high watermark failed", error=str(exc))
+                break
+            found[(topic, partition)] = high
+        return found
 
     def _read(self, offsets: Mapping[TopicPartitionKey, int]) -> dict[TopicPartitionKey, int | None]:
         found: dict[TopicPartitionKey, int | None] = {}
