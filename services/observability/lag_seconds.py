@@ -95,7 +95,7 @@ class OffsetTimestampReader:
         """Each partition's high watermark, asked of its leader (a ListOffsets request each).
         librdkafka's statistics carry the one its consumer's last fetch saw, and a partition
         the consume loop has paused (a batch waiting for its retry) is not fetched, so there
-        the statistics' lag stops counting what arrives (README, Observability)."""
+        the statistics' lag stops counting what arrives (deploy/observability.md)."""
         found: dict[TopicPartitionKey, int] = {}
         consumer = self._ensure_consumer()
         for topic, partition in partitions:

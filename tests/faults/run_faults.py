@@ -1,8 +1,8 @@
 """Fault-injection run: thousands of opt-outs through the whole pipeline (separate
-processes, real broker and database) while processes are SIGKILLed, the broker restarts,
-the broker is frozen for 75 s (SIGSTOP, then SIGCONT), PostgreSQL goes away and consumer
-groups rebalance. Then every figure is verified from
-the database and by reading every output topic from the beginning.
+processes, real broker and database) while processes are SIGKILLed, the broker restarts
+and, in the full run, is frozen for 75 s (SIGSTOP, then SIGCONT), PostgreSQL goes away and
+consumer groups rebalance. Then every figure is verified from the database and by reading
+every output topic from the beginning.
 
     python -m tests.faults.run_faults            # full: 20,000 opt-outs (make test-faults)
     python -m tests.faults.run_faults --short    # the short form run by make test
