@@ -29,7 +29,8 @@ DEAD_LETTERED = Counter(
 RETRIES = Counter("optout_retries_total", "Retries of transient failures.", ["service", "operation"])
 PRODUCERS_RENEWED = Counter(
     "optout_producers_renewed_total",
-    "Producers replaced after batches in a row delivered nothing and timed out.",
+    "Producers replaced after batches in a row (the web's: a minute of messages) delivered "
+    "nothing and timed out.",
     ["service"],
 )
 REBALANCES = Counter("optout_rebalances_total", "Partition assignment changes.", ["service", "kind"])

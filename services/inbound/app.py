@@ -44,6 +44,8 @@ from services.web.ratelimit import RateLimiter, parse_trusted_proxies
 
 log = get_logger(__name__)
 
+SERVICE = "inbound"
+
 INBOUND_WEBHOOKS = Counter(
     "optout_inbound_webhooks_total",
     "Webhook deliveries by provider and outcome (accepted, ignored, bad_signature, stale, replay, "
@@ -232,7 +234,7 @@ def create_app(
     """The inbound app; dependencies default to the real producer, database and clock
     (``confirm_client``: the HTTP client that confirms SNS subscriptions, when enabled)."""
     the_providers = providers if providers is not None else providers_from_settings(settings)
-    the_publisher: Publisher = publisher or AsyncPublisher(settings)
+    the_publisher: Publisher = publisher or AsyncPublisher(settings, service=SERVICE)
     the_replay: ReplayMemory = replay or ReplayStore(
         settings.dsn(), prepared_statements=settings.database_prepared_statements
     )

@@ -10,12 +10,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from confluent_kafka import Producer
-
 from services.common.avro import Codec, default_codec
 from services.common.clock import Clock, SystemClock
 from services.common.kafka import DeliveryTracker, make_producer
 from services.common.records import OptOutRequestedRecord
+from services.common.renewable_producer import Producing
 from services.common.settings import Settings
 from services.domain.validation import OptOutRequest, validate_request
 
@@ -57,7 +56,7 @@ class RequestPublisher:
     def __init__(
         self,
         settings: Settings,
-        producer: Producer | None = None,
+        producer: Producing | None = None,
         codec: Codec | None = None,
         clock: Clock | None = None,
     ) -> None:

@@ -5,19 +5,26 @@ each delivery report resolves an asyncio future on the event loop through
 ``call_soon_threadsafe``, so a request handler awaits its own message's acknowledgement
 without ever blocking the loop. No ack within the timeout (broker down, queue full)
 raises ``PublishUnavailable``: the web answers 503, never a success it cannot keep.
+
+The producer is a ``RenewableProducer``: each delivery report is counted, and when
+deliveries have timed out for a minute with nothing delivered (a librdkafka handle stuck
+after a broker restart, librdkafka#3009) the poll thread replaces the handle; the web and
+inbound count ``optout_producers_renewed_total{service}`` like the consume-loop services.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from services.common import metrics
 from services.common.kafka import make_producer
 from services.common.logging import get_logger
+from services.common.renewable_producer import RenewableProducer
 from services.common.settings import Settings
 from services.publisher.publish import Prepared, RequestPublisher
 
@@ -45,9 +52,17 @@ def web_producer(settings: Settings) -> Producer:
 
 
 class AsyncPublisher:
-    def __init__(self, settings: Settings, producer: Producer | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        make: Callable[[], Producer] | None = None,
+        service: str = SERVICE,
+    ) -> None:
+        """``make``: the librdkafka handles (default ``web_producer``); ``service``: the
+        label of ``optout_producers_renewed_total``."""
         self.settings = settings
-        self.producer = producer or web_producer(settings)
+        renewed = metrics.PRODUCERS_RENEWED.labels(service)
+        self.producer = RenewableProducer(make or (lambda: web_producer(settings)), service, renewed.inc)
         self.publisher = RequestPublisher(settings, producer=self.producer)
         self.timeout = settings.web_publish_timeout_seconds
         self._stopping = threading.Event()
@@ -61,6 +76,7 @@ class AsyncPublisher:
     def _serve(self) -> None:
         while not self._stopping.is_set():
             self.producer.poll(0.05)
+            self.producer.renew_if_due()
 
     def prepare(self, fields: Mapping[str, Any]) -> Prepared:
         """Validate like intake; raises ``PoisonMessage`` or ``ValueError``."""
@@ -72,6 +88,7 @@ class AsyncPublisher:
         done: asyncio.Future[None] = loop.create_future()
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            self.producer.delivery_outcome(err)
             loop.call_soon_threadsafe(_resolve, done, err)
 
         value = self.publisher.codec.encode("OptOutRequested", prepared.record)

@@ -10,7 +10,11 @@ from prometheus_client import REGISTRY
 from services.common import metrics
 from services.common.errors import RetriableError
 from services.common.kafka import DeliveryTracker
-from services.common.renewable_producer import RENEW_AFTER_TIMED_OUT_BATCHES, RenewableProducer
+from services.common.renewable_producer import (
+    RENEW_AFTER_SILENT_SECONDS,
+    RENEW_AFTER_TIMED_OUT_BATCHES,
+    RenewableProducer,
+)
 from tests.support.fake_kafka import FakeBroker, FakeProducer
 
 TOPIC = "u.out"
@@ -103,3 +107,68 @@ def test_messages_still_queued_when_the_wait_gives_up_count_as_timed_out() -> No
     assert len(made) == 2 and _renewed("renew-d") == 1
     assert made[0].purged == 4  # the old handle's queue is purged, its reports served
     assert made[0].pending == []
+
+
+class Ticks:
+    """An injected monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+OTHER = KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED, "no")
+
+
+def _per_message(handles: Handles, service: str, clock: Ticks) -> RenewableProducer:
+    return RenewableProducer(
+        handles,
+        service,
+        metrics.PRODUCERS_RENEWED.labels(service).inc,
+        renew_after_seconds=RENEW_AFTER_SILENT_SECONDS,
+        monotonic=clock,
+    )
+
+
+def test_a_minute_of_timeouts_with_no_delivery_renews_the_handle_once() -> None:
+    clock, handles = Ticks(), Handles(stuck=1)
+    producer = _per_message(handles, "renew-e", clock)
+    producer.delivery_outcome(TIMED_OUT)  # the first timeout starts the minute
+    clock.now += RENEW_AFTER_SILENT_SECONDS - 1
+    producer.delivery_outcome(TIMED_OUT)
+    assert not producer.renew_if_due() and len(handles.made) == 1
+    clock.now += 1
+    producer.delivery_outcome(TIMED_OUT)
+    assert producer.renew_if_due() and len(handles.made) == 2
+    assert producer.handle is handles.made[1] and _renewed("renew-e") == 1
+    assert not producer.renew_if_due()  # once; the next minute starts at the next timeout
+    producer.delivery_outcome(TIMED_OUT)
+    clock.now += RENEW_AFTER_SILENT_SECONDS - 1
+    producer.delivery_outcome(TIMED_OUT)
+    assert not producer.renew_if_due() and _renewed("renew-e") == 1
+
+
+def test_a_delivery_in_the_minute_or_other_failures_keep_the_handle() -> None:
+    clock, handles = Ticks(), Handles(stuck=1)
+    producer = _per_message(handles, "renew-f", clock)
+    producer.delivery_outcome(TIMED_OUT)
+    clock.now += RENEW_AFTER_SILENT_SECONDS / 2
+    producer.delivery_outcome(None)  # the broker answered: a short outage
+    clock.now += RENEW_AFTER_SILENT_SECONDS / 2
+    producer.delivery_outcome(TIMED_OUT)
+    clock.now += RENEW_AFTER_SILENT_SECONDS / 2
+    producer.delivery_outcome(OTHER)  # not a timeout: the handle is not the problem
+    producer.delivery_outcome(TIMED_OUT)
+    assert not producer.renew_if_due()
+    assert len(handles.made) == 1 and _renewed("renew-f") == 0
+
+
+def test_a_quiet_hour_then_one_timeout_renews_nothing() -> None:
+    clock, handles = Ticks(), Handles(stuck=1)
+    producer = _per_message(handles, "renew-g", clock)
+    producer.delivery_outcome(None)
+    clock.now += 3600  # no traffic: nothing delivered, nothing timed out
+    producer.delivery_outcome(TIMED_OUT)
+    assert not producer.renew_if_due() and len(handles.made) == 1
