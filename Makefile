@@ -28,7 +28,7 @@ endif
 
 .PHONY: help install up down run test test-unit test-integration test-faults check fmt \
         bench-intake bench-e2e bench-web bench-suppression bench-connectors bench-resources \
-        bench-memory bench-pk-read bench-lookup bench-scrub bench-replay bench-intake-scale bench-call-cpu \
+        bench-memory bench-pk-read bench-lookup bench-scrub bench-replay bench-intake-scale bench-call-cpu bench-loop-cpu \
         k8s-render clean
 
 help: ## list the targets
@@ -129,6 +129,10 @@ bench-connectors: install ## commands/s of each connector kind vs its stand-in's
 
 bench-call-cpu: install ## CPU of one provider call per client library (botocore vs httpx)
 	$(PY) -m benchmarks.bench_call_cpu
+
+bench-loop-cpu: install ## CPU per batch of the consume loop alone, beside a bare librdkafka loop
+	$(PY) -m services.devstack up
+	$(WITH_STACK) $(PY) -m benchmarks.bench_loop_cpu
 
 bench-resources: install ## memory and CPU of every service process under load (the k8s resource figures)
 	$(PY) -m services.devstack up
