@@ -35,7 +35,7 @@ from multiprocessing.synchronize import Event
 from confluent_kafka import Message
 
 from services.common.consumer_loop import ConsumerLoop, commit_config
-from services.common.kafka import create_topics, make_consumer, make_producer
+from services.common.kafka import create_topics, make_consumer, make_producer, next_offsets
 from services.common.settings import CONNECTOR_BATCH_LINGER_MS, Settings
 from tests.faults.environment import drop_topics
 
@@ -111,47 +111,47 @@ def window(way: str, counts: Callable[[], tuple[int, int]], warm: float, seconds
     )
 
 
-def bare(settings: Settings, topic: str, warm: float, seconds: float, size: int) -> Figure:
+def measured(
+    way: str, run: Callable[[], None], stop: threading.Event, step: NullStep, warm: float, seconds: float
+) -> Figure:
+    """``run`` on a thread of its own until ``stop``, measured by ``window``."""
+    thread = threading.Thread(target=run, name=f"{way}-loop")
+    thread.start()
+    try:
+        return window(way, lambda: (step.batches, step.messages), warm, seconds)
+    finally:
+        stop.set()
+        thread.join()
+
+
+def bare(settings: Settings, topic: str, warm: float, seconds: float) -> Figure:
     group = f"{settings.topic_prefix}bare-{uuid.uuid4().hex[:6]}"
     consumer = make_consumer(settings, group, **commit_config(settings))
     consumer.subscribe([topic])
-    stop = threading.Event()
-    counted = NullStep()
+    step, stop = NullStep(), threading.Event()
 
     def run() -> None:
         while not stop.is_set():
             batch = consumer.consume(1, settings.batch_timeout_ms / 1000)
             if not batch:
                 continue
-            batch += consumer.consume(size - 1, 0)
-            usable = [m for m in batch if m.error() is None]
+            usable = [m for m in batch + consumer.consume(settings.batch_size - 1, 0) if m.error() is None]
             if usable:
-                counted.submit(usable)
-                consumer.store_offsets(message=usable[-1])
+                step.submit(usable)
+                consumer.store_offsets(offsets=next_offsets(usable))
 
-    thread = threading.Thread(target=run, name="bare-loop")
-    thread.start()
     try:
-        return window("bare", lambda: (counted.batches, counted.messages), warm, seconds)
+        return measured("bare", run, stop, step, warm, seconds)
     finally:
-        stop.set()
-        thread.join()
         consumer.close()
 
 
 def ours(settings: Settings, topic: str, warm: float, seconds: float) -> Figure:
     step, stop = NullStep(), threading.Event()
     group = f"{settings.topic_prefix}ours-{uuid.uuid4().hex[:6]}"
-    loop = ConsumerLoop(
-        settings, "bench-loop", [topic], step, stop, group_id=group, linger_ms=CONNECTOR_BATCH_LINGER_MS
-    )
-    thread = threading.Thread(target=loop.run, name="consume-loop")
-    thread.start()
-    try:
-        return window("ours", lambda: (step.batches, step.messages), warm, seconds)
-    finally:
-        stop.set()
-        thread.join()
+    linger = CONNECTOR_BATCH_LINGER_MS
+    loop = ConsumerLoop(settings, "bench-loop", [topic], step, stop, group_id=group, linger_ms=linger)
+    return measured("ours", loop.run, stop, step, warm, seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for round_ in range(1, args.rounds + 1):
             note(f"round {round_}: bare")
-            figures.append(bare(settings, topic, args.warm_seconds, args.seconds, settings.batch_size))
+            figures.append(bare(settings, topic, args.warm_seconds, args.seconds))
             note(f"round {round_}: ours")
             figures.append(ours(settings, topic, args.warm_seconds, args.seconds))
     finally:
