@@ -8,7 +8,8 @@ wrapper, metrics) is paid about 120 times per 1,000 opt-outs across the six serv
 measures it on the real broker: a child process writes bursts of ``--burst`` messages every
 ``--every-ms`` ms (as intake writes a batch's commands to a command topic) to a fresh topic
 of 6 partitions, and this process consumes them with a step that does nothing, two ways,
-alternated ``--rounds`` times, each with a fresh group and ``--warm-seconds`` before measuring:
+alternated ``--rounds`` times, each with a fresh group, measured from ``--warm-seconds`` after
+its first batch:
 
 - **bare**: the confluent-kafka example's loop at the same batch boundaries, on the same
   consumer settings (``make_consumer``): ``consume(1, timeout)``, then what is fetched already,
@@ -44,6 +45,7 @@ from .common import load_average, note, setup_logging
 
 PARTITIONS = 6
 WAYS = ("bare", "ours")
+JOIN_TIMEOUT_SECONDS = 60.0
 
 
 def write_bursts(prefix: str, topic: str, burst: int, every: float, stop: Event) -> None:
@@ -94,9 +96,14 @@ class Figure:
 
 
 def window(way: str, counts: Callable[[], tuple[int, int]], warm: float, seconds: float) -> Figure:
-    """Measure ``seconds`` after ``warm``: batches and messages from ``counts``, this
-    process's CPU and its threads'."""
-    time.sleep(warm)  # the group joins and the first bursts arrive: not measured
+    """Measure ``seconds`` once the loop took its first batch and ``warm`` more seconds passed:
+    batches and messages from ``counts``, this process's CPU and its threads'."""
+    deadline = time.monotonic() + JOIN_TIMEOUT_SECONDS
+    while counts()[0] == 0:  # the group joins and the first burst arrives
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench-loop-cpu: {way} took no batch within {JOIN_TIMEOUT_SECONDS:.0f}s")
+        time.sleep(0.05)
+    time.sleep(warm)  # a steady rate of batches before measuring (a duration, not a condition)
     batches, messages = counts()
     cpu, threads = time.process_time(), threads_cpu()
     time.sleep(seconds)  # the window itself: the load runs meanwhile
@@ -159,7 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--burst", type=int, default=7, help="messages per burst (a connector's batch)")
     parser.add_argument("--every-ms", type=float, default=50.0, help="a burst every this many ms")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured per way and round")
-    parser.add_argument("--warm-seconds", type=float, default=6.0, help="before each measurement")
+    parser.add_argument(
+        "--warm-seconds", type=float, default=3.0, help="after the first batch, before each measurement"
+    )
     parser.add_argument("--rounds", type=int, default=2, help="bare then ours, this many times")
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
