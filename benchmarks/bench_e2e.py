@@ -1128,7 +1128,9 @@ def timeouts_line(timeouts: dict[str, int], args: argparse.Namespace) -> str:
         + f"OPTOUT_KAFKA_FETCH_WAIT_MS={args.fetch_wait_ms}, "
         + f"OPTOUT_KAFKA_FETCH_MIN_BYTES={args.fetch_min_bytes}; batch linger: "
         + "  ".join(f"{role}={ms} ms" for role, ms in effective_lingers(args).items())
-        + f"; intake's batch interval {effective_intake_interval(args)} ms)"
+        + f"; intake's batch interval {effective_intake_interval(args)} ms"
+        + "".join(f"; {role}: {name}={value}" for role, name, value in args.role_env)
+        + ")"
     )
 
 
@@ -1144,7 +1146,23 @@ def role_env(args: argparse.Namespace) -> dict[str, dict[str, str]]:
     }
     if args.intake_interval_ms is not None:
         env.setdefault("intake", {})["OPTOUT_BATCH_INTERVAL_MS"] = str(args.intake_interval_ms)
+    for role, name, value in args.role_env:
+        env.setdefault(role, {})[name] = value
     return env
+
+
+ROLES = ("intake", "connectors", "confirmer")
+
+
+def parse_role_env(text: str) -> tuple[str, str, str]:
+    """``intake:OPTOUT_KAFKA_FETCH_WAIT_MS=100`` -> (role, name, value), for --role-env."""
+    role, sep, assignment = text.partition(":")
+    name, eq, value = assignment.partition("=")
+    if not sep or not eq or role not in ROLES or not name.startswith("OPTOUT_"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected ROLE:OPTOUT_NAME=VALUE with ROLE one of {', '.join(ROLES)}"
+        )
+    return role, name, value
 
 
 def role_lingers(args: argparse.Namespace) -> dict[str, int]:
@@ -1246,6 +1264,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--connector-linger-ms", type=int, help="OPTOUT_BATCH_LINGER_MS override for the connectors"
+    )
+    parser.add_argument(
+        "--role-env",
+        type=parse_role_env,
+        action="append",
+        default=[],
+        metavar="ROLE:OPTOUT_NAME=VALUE",
+        help="a setting for one role's processes only (intake, connectors or confirmer), e.g. "
+        "intake:OPTOUT_KAFKA_FETCH_WAIT_MS=100; repeatable",
     )
     parser.add_argument(
         "--sweep-timeouts",

@@ -1,5 +1,9 @@
 """The figures of ``benchmarks/bench_e2e.py``: percentiles, per-slice p99, the sustained rule."""
 
+import argparse
+
+import pytest
+
 from benchmarks.bench_e2e import (
     NO_OFFSET,
     MissingFacts,
@@ -7,7 +11,10 @@ from benchmarks.bench_e2e import (
     RequestsPartition,
     missing_lines,
     missing_verdict,
+    parse_args,
+    parse_role_env,
     percentile,
+    role_env,
 )
 
 
@@ -163,3 +170,28 @@ def test_requests_encoded_ahead_carry_the_time_they_are_sent():
     _, first = codec.decode(prepared[0].payload(1_796_000_000_000))
     again = prepare_requests(Settings(), codec, 1, seed=11)[0]
     assert codec.decode(again.payload(1_796_000_000_000)) == ("OptOutRequested", first)
+
+
+def test_a_role_setting_reaches_that_role_only() -> None:
+    args = parse_args(
+        [
+            "--intake-interval-ms",
+            "0",
+            "--role-env",
+            "intake:OPTOUT_KAFKA_FETCH_WAIT_MS=100",
+            "--role-env",
+            "confirmer:OPTOUT_KAFKA_FETCH_MIN_BYTES=1=2",
+        ]
+    )
+    assert role_env(args) == {
+        "intake": {"OPTOUT_BATCH_INTERVAL_MS": "0", "OPTOUT_KAFKA_FETCH_WAIT_MS": "100"},
+        "confirmer": {"OPTOUT_KAFKA_FETCH_MIN_BYTES": "1=2"},
+    }
+
+
+@pytest.mark.parametrize(
+    "text", ["OPTOUT_X=1", "web:OPTOUT_X=1", "intake:OPTOUT_X", "intake:KAFKA_X=1", "intake:=1"]
+)
+def test_a_malformed_role_setting_is_refused(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="ROLE:OPTOUT_NAME=VALUE"):
+        parse_role_env(text)
