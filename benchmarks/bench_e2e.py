@@ -1271,8 +1271,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="ROLE:OPTOUT_NAME=VALUE",
-        help="a setting for one role's processes only (intake, connectors or confirmer), e.g. "
-        "intake:OPTOUT_KAFKA_FETCH_WAIT_MS=100; repeatable",
+        help="a setting for one role's processes only (intake, connectors, which includes the "
+        "stand-ins, or confirmer), e.g. intake:OPTOUT_KAFKA_FETCH_WAIT_MS=100; repeatable",
     )
     parser.add_argument(
         "--sweep-timeouts",
