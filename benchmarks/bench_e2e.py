@@ -104,11 +104,14 @@ from benchmarks.common import (
     start_stack,
 )
 from benchmarks.costs import (
+    DatabaseWork,
     Infra,
     InfraSample,
     backend_cpu_by_client,
     backend_cpu_delta,
     cost_lines,
+    database_work,
+    database_work_lines,
     sample,
 )
 from services.common.avro import HEADER_LENGTH, MARKER, Codec, default_codec
@@ -194,6 +197,7 @@ class PhaseResult:
     standin_seconds: float = 0.0  # the providers' stand-ins (reported apart)
     own_percent: float = 0.0  # this process (publisher and readers), % of one core
     infra: InfraSample | None = None  # broker, PostgreSQL: what the phase added
+    db_work: DatabaseWork | None = None  # rows by table, statements: what the phase added
     stages: dict[str, list[float]] = field(default_factory=dict)  # hop -> sorted ms
     machine_busy: float = 0.0  # % of all cores busy (everything on the machine)
     wall: tuple[datetime, datetime] | None = None  # when the phase started and ended (UTC)
@@ -655,6 +659,7 @@ def run_phase(
     wall_started = datetime.now(UTC)
     backends: dict[int, float] = {}
     infra_before = sample(infra, backends) if infra else None
+    work_before = database_work(infra) if infra else None
     clients = pipeline.pids()
     db_before = backend_cpu_by_client(infra, clients) if infra else {}
     cpu_before, cpu_started, machine_before = pipeline.cpu_seconds(), time.monotonic(), machine_cpu()
@@ -685,6 +690,8 @@ def run_phase(
     if infra is not None and infra_before is not None:
         result.infra = sample(infra, backends).minus(infra_before)
         result.db_cpu = backend_cpu_delta(db_before, backend_cpu_by_client(infra, clients))
+    if infra is not None and work_before is not None:
+        result.db_work = database_work(infra).minus(work_before)
     result.wall = (wall_started, datetime.now(UTC))
     result.batches = pipeline.batches(*result.wall)
     result.requests = pipeline.requests(*result.wall)
@@ -1470,6 +1477,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         steady_cpu,
         *phase_costs(steady),
+        *(database_work_lines(steady.db_work, steady.confirmed) if steady.db_work else []),
         slices_line(steady),
         *stage_lines(steady),
         "",

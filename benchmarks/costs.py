@@ -14,6 +14,7 @@ database's own transaction counter.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,3 +226,139 @@ def backend_cpu_delta(
         start = before.get(pid, (name, 0.0))[1]
         used[name] = used.get(name, 0.0) + max(0.0, seconds - start)
     return used
+
+
+# --- PostgreSQL's work by table and by statement ---------------------------------------------
+# The benchmark's database is fresh for each fleet, so these are its own rows and statements.
+# Rows come from pg_stat_user_tables (always there; a backend reports its counts at the end of
+# a transaction at most once a second, so an "after" misses at most about a second's rows).
+# Statements come from pg_stat_statements when the server preloads it (``make up`` does,
+# ``services/devstack/postgres_server.py``) and the extension exists in the database of the
+# superuser URL: https://www.postgresql.org/docs/15/pgstatstatements.html
+_WRITES = re.compile(r"\b(?:INSERT\s+INTO|(?<!DO\s)UPDATE|DELETE\s+FROM)\s+([A-Za-z_][A-Za-z0-9_]*)", re.I)
+_READS = re.compile(r"\bFROM\s+([A-Za-z_][A-Za-z0-9_]*)\b(?!\s*\()", re.I)
+_CTES = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*)\s+AS\s*(?:MATERIALIZED\s*)?\(", re.I)
+_NOT_TABLES = frozenset({"unnest", "select", "lateral"})
+STATEMENTS_SHOWN = 8
+
+
+@dataclass(frozen=True)
+class Statement:
+    calls: int
+    exec_ms: float  # total execution time (planning apart)
+    rows: int
+    query: str  # normalized text (constants are $n)
+
+
+@dataclass(frozen=True)
+class DatabaseWork:
+    """Running totals of the benchmark's database: rows by table and, when pg_stat_statements
+    is loaded, the statements (by queryid). ``statements`` is None when it is not."""
+
+    rows: dict[str, tuple[int, int, int]]  # table -> (inserted, updated, deleted)
+    statements: dict[int, Statement] | None
+
+    def minus(self, before: DatabaseWork) -> DatabaseWork:
+        rows = {}
+        for table, (ins, upd, dele) in self.rows.items():
+            b = before.rows.get(table, (0, 0, 0))
+            rows[table] = (ins - b[0], upd - b[1], dele - b[2])
+        statements = None
+        if self.statements is not None and before.statements is not None:
+            statements = {}
+            for qid, s in self.statements.items():
+                b0 = before.statements.get(qid)
+                if b0 is None:
+                    statements[qid] = s
+                elif s.calls > b0.calls:
+                    statements[qid] = Statement(
+                        s.calls - b0.calls, s.exec_ms - b0.exec_ms, s.rows - b0.rows, s.query
+                    )
+        return DatabaseWork(rows, statements)
+
+
+def statement_label(query: str) -> str:
+    """Pure: what a statement does, by the tables it writes (or else reads): ``writes
+    requests, destination_status`` / ``reads suppression_state`` / its first word."""
+    ctes = {name.lower() for name in _CTES.findall(query)}
+    writes = _tables(_WRITES.findall(query), ctes)
+    if writes:
+        return "writes " + ", ".join(writes)
+    reads = _tables(_READS.findall(query), ctes)
+    if reads:
+        return "reads " + ", ".join(reads)
+    words = query.split()
+    return " ".join(words[:6])[:60] if words else "(empty)"
+
+
+def _tables(found: list[str], ctes: set[str]) -> list[str]:
+    seen: list[str] = []
+    for name in found:
+        low = name.lower()
+        if low not in _NOT_TABLES and low not in ctes and low not in seen:
+            seen.append(low)
+    return seen
+
+
+def database_work(infra: Infra) -> DatabaseWork:
+    """The running totals now (see ``DatabaseWork``)."""
+    own = psycopg.conninfo.make_conninfo(infra.superuser_url, dbname=infra.database)
+    with psycopg.connect(own, autocommit=True) as conn:
+        rows = {
+            str(name): (int(ins), int(upd), int(dele))
+            for name, ins, upd, dele in conn.execute(
+                "SELECT relname, n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables"
+            ).fetchall()
+        }
+    statements: dict[int, Statement] | None
+    with psycopg.connect(infra.superuser_url, autocommit=True) as conn:
+        try:
+            statements = {
+                int(qid): Statement(int(calls), float(ms), int(n), str(query))
+                for qid, calls, ms, n, query in conn.execute(
+                    "SELECT queryid, calls, total_exec_time, rows, query FROM pg_stat_statements "
+                    "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = %s) AND queryid IS NOT NULL",
+                    (infra.database,),
+                ).fetchall()
+            }
+        except psycopg.Error:  # not preloaded, or no extension in this database
+            statements = None
+    return DatabaseWork(rows, statements)
+
+
+def database_work_lines(delta: DatabaseWork, events: int, shown: int = STATEMENTS_SHOWN) -> list[str]:
+    """Pure: rows written per opt-out by table, then the statements that took the most
+    execution time (µs per opt-out, calls per 1,000 opt-outs, rows per call, what it does)."""
+    if events <= 0:
+        return []
+    written = sorted(
+        ((sum(r), t, r) for t, r in delta.rows.items() if sum(r) > 0), key=lambda x: (-x[0], x[1])
+    )
+    lines = [
+        "  rows per opt-out by table (inserted/updated/deleted; pg_stat_user_tables, this database): "
+        + (
+            ", ".join(
+                f"{t} {i / events:.2f}/{u / events:.2f}/{d / events:.2f}" for _, t, (i, u, d) in written
+            )
+            or "none"
+        )
+    ]
+    if delta.statements is None:
+        lines.append(
+            "  statements: pg_stat_statements is not loaded on this server "
+            "(shared_preload_libraries; `make up` loads it)"
+        )
+        return lines
+    ranked = sorted(delta.statements.values(), key=lambda s: -s.exec_ms)
+    total = sum(s.exec_ms for s in ranked)
+    lines.append(
+        f"  statements by execution time (pg_stat_statements, this database): {total * 1000 / events:.0f} µs "
+        f"per opt-out in all, {sum(s.calls for s in ranked) * 1000 / events:,.0f} calls per 1,000 opt-outs; "
+        "the most (µs per opt-out, calls per 1,000 opt-outs, rows per call):"
+    )
+    for s in ranked[:shown]:
+        lines.append(
+            f"    {s.exec_ms * 1000 / events:6.1f} µs  {s.calls * 1000 / events:6.1f} calls  "
+            f"{s.rows / s.calls if s.calls else 0:7.1f} rows  {statement_label(s.query)}"
+        )
+    return lines

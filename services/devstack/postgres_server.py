@@ -185,6 +185,9 @@ def _write_config(paths: Paths, uid: int, gid: int) -> None:
         "shared_buffers": _quote("2GB"),
         "max_wal_size": _quote("8GB"),
         "checkpoint_timeout": _quote("15min"),
+        # Time and rows per normalized statement, for `make bench-e2e`'s database profile
+        # (benchmarks/costs.py): https://www.postgresql.org/docs/15/pgstatstatements.html
+        "shared_preload_libraries": _quote("pg_stat_statements"),
         # Durability is under test: keep every safety on.
         "fsync": "on",
         "synchronous_commit": "on",
@@ -241,6 +244,8 @@ def bootstrap_roles() -> None:
             )
             if not exists:
                 log.info("devstack.postgres_role_created", role=role)
+        # Its view, in the superuser's database (the statistics cover every database).
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         owner = conn.execute(
             "select pg_get_userbyid(datdba) from pg_database where datname = %s", (c.PG_DATABASE,)
         ).fetchone()
