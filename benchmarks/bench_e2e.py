@@ -38,7 +38,13 @@ one core at 500/s, 1.42 ms per opt-out (the figure the issue set "a third of tod
 0.47 ms or less), and the all-in total (pipeline + broker + PostgreSQL) with the lead's
 quiet-machine run of 2026-12-01 14:04 UTC (1.10 + 0.65 + 0.38 = 2.12 ms; a third: 0.71 ms).
 Per service, the batches each one handled during a phase (counted from its log lines: one
-database transaction and one produce flush per batch) show the fixed costs per opt-out.
+database transaction and one produce flush per batch) show the fixed costs per opt-out. Over
+phase 1 and the steps (whose batches grow with the rate), a least-squares fit splits the
+services' CPU per opt-out into a part per opt-out and a part per batch (every service's
+batches summed), and says what the CPU target needs at phase 1's batching: a batch that much
+cheaper, or that few batches (``batch_fit``, ``fit_lines``). Phase 1 also prints the
+database's profile (``benchmarks/costs.py``): rows written per opt-out by table and the
+statements that took the most execution time (pg_stat_statements, which ``make up`` preloads).
 
 A warm-up (200 requests, not measured) precedes each fleet's phases, so consumer-group
 joins are not counted. If the warm-up does not confirm them all, it says where each missing
@@ -781,6 +787,62 @@ def phase_costs(result: PhaseResult) -> list[str]:
     return cost_lines(result.cpu_seconds, result.infra, result.confirmed, result.label) + lines
 
 
+@dataclass(frozen=True)
+class BatchFit:
+    """The services' CPU per opt-out as ``per_event_ms`` + ``per_batch_ms`` x batches per
+    opt-out (every service's batches summed), least squares over a run's phases."""
+
+    per_event_ms: float
+    per_batch_ms: float
+    phases: int
+
+
+def batch_fit(points: Sequence[tuple[float, float]]) -> BatchFit | None:
+    """Pure: least squares of (batches per opt-out, CPU ms per opt-out) points; None with
+    fewer than three or when the batches do not vary."""
+    if len(points) < 3:
+        return None
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    if max(xs) - min(xs) <= 1e-9:
+        return None
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    spread = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in points) / spread
+    return BatchFit(my - slope * mx, slope, len(points))
+
+
+def fit_point(result: PhaseResult) -> tuple[float, float] | None:
+    """A phase's (batches per opt-out summed over the services, services' CPU ms per opt-out)."""
+    if not result.batches or not result.confirmed:
+        return None
+    batches = sum(count for count, _ in result.batches.values())
+    return batches / result.confirmed, result.cpu_seconds * 1000 / result.confirmed
+
+
+def fit_lines(fit: BatchFit | None, steady: PhaseResult) -> list[str]:
+    """What the fit says the CPU target needs at phase 1's batching (issue #15)."""
+    at = fit_point(steady)
+    if fit is None or at is None:
+        return []
+    target = BASELINE_PIPELINE_CPU_MS * CPU_TARGET_SHARE
+    room = target - fit.per_event_ms
+    lines = [
+        f"services' CPU per opt-out ~ {fit.per_event_ms:.2f} ms + {fit.per_batch_ms:.1f} ms x batches per "
+        f"opt-out (least squares over {fit.phases} phases; every service's batches summed); at "
+        f"{steady.rate:,.0f}/s, {at[0] * 1000:.0f} batches per 1,000 opt-outs: "
+        f"{fit.per_event_ms + fit.per_batch_ms * at[0]:.2f} ms (measured {at[1]:.2f})"
+    ]
+    if room <= 0:
+        lines.append(f"  the per-opt-out part alone is above the target {target:.2f} ms")
+    else:
+        lines.append(
+            f"  the target {target:.2f} ms at that batching needs a batch at {room / at[0]:.2f} ms or less "
+            f"({room / at[0] / fit.per_batch_ms:.0%} of now), or at this cost per batch "
+            f"{room / fit.per_batch_ms * 1000:.0f} batches per 1,000 opt-outs or fewer"
+        )
+    return lines
+
+
 def batch_report(result: PhaseResult) -> list[str]:
     """Batches per 1,000 opt-outs per service (each one database transaction and one produce
     flush, plus the statements of its step) and their mean size."""
@@ -1497,6 +1559,8 @@ def main(argv: list[str] | None = None) -> int:
             *stage_lines(max(steps, key=lambda s: s.rate)),
             "",
         ]
+    points = [p for p in (fit_point(r) for r in (steady, *steps)) if p is not None]
+    lines += fit_lines(batch_fit(points), steady)
     lines.append(f"duplicate confirmations seen: {duplicates}")
     best = max(sustained, key=lambda s: s.rate) if sustained else None
     # the highest rate sustained in this run: the last sustained step, else phase 1 itself

@@ -6,9 +6,13 @@ import pytest
 
 from benchmarks.bench_e2e import (
     NO_OFFSET,
+    BatchFit,
     MissingFacts,
     PhaseResult,
     RequestsPartition,
+    batch_fit,
+    fit_lines,
+    fit_point,
     missing_lines,
     missing_verdict,
     parse_args,
@@ -195,3 +199,38 @@ def test_a_role_setting_reaches_that_role_only() -> None:
 def test_a_malformed_role_setting_is_refused(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="ROLE:OPTOUT_NAME=VALUE"):
         parse_role_env(text)
+
+
+def _fit_phase(rate: float, confirmed: int, batches: dict[str, int], cpu_seconds: float) -> PhaseResult:
+    result = PhaseResult(f"step {rate:,.0f}/s", rate, 20.0)
+    result.confirmed = confirmed
+    result.batches = {name: (count, count * 10) for name, count in batches.items()}
+    result.cpu_seconds = cpu_seconds
+    return result
+
+
+def test_the_batch_fit_splits_cpu_into_per_opt_out_and_per_batch():
+    # 0.3 ms per opt-out + 5 ms per batch, exactly: the fit finds both
+    points = [(n / 1000, 0.3 + 5.0 * n / 1000) for n in (125, 60, 30, 6)]
+    fit = batch_fit(points)
+    assert fit is not None
+    assert fit.per_event_ms == pytest.approx(0.3)
+    assert fit.per_batch_ms == pytest.approx(5.0)
+    assert fit.phases == 4
+    assert batch_fit(points[:2]) is None  # too few to tell
+    assert batch_fit([(0.1, 1.0), (0.1, 1.1), (0.1, 0.9)]) is None  # the batches never varied
+
+
+def test_the_fit_lines_say_what_the_cpu_target_needs():
+    steady = _fit_phase(500, 1000, {"intake": 20, "confirmer": 20, "connector.a": 85}, cpu_seconds=0.925)
+    assert fit_point(steady) == pytest.approx((0.125, 0.925))
+    lines = fit_lines(batch_fit([(0.125, 0.925), (0.06, 0.6), (0.006, 0.33)]), steady)
+    assert "at 500/s, 125 batches per 1,000 opt-outs" in lines[0]
+    assert "(measured 0.93)" in lines[0]
+    # room below the target: 0.4733 - 0.3 = 0.173 ms per opt-out; at 0.125 batches per opt-out
+    # a batch may cost 1.39 ms (28% of 5 ms), or at 5 ms there may be 35 per 1,000
+    assert "a batch at 1.39 ms or less (28% of now)" in lines[1]
+    assert "35 batches per 1,000 opt-outs or fewer" in lines[1]
+    over = fit_lines(BatchFit(0.5, 5.0, 3), steady)
+    assert over[1].strip() == "the per-opt-out part alone is above the target 0.47 ms"
+    assert fit_lines(None, steady) == []
