@@ -188,6 +188,9 @@ def _write_config(paths: Paths, uid: int, gid: int) -> None:
         # Time and rows per normalized statement, for `make bench-e2e`'s database profile
         # (benchmarks/costs.py): https://www.postgresql.org/docs/15/pgstatstatements.html
         "shared_preload_libraries": _quote("pg_stat_statements"),
+        # Statements only: a utility statement is kept with its text as sent (ALTER ROLE ...
+        # PASSWORD '...'), where a statement's constants are kept as $n.
+        "pg_stat_statements.track_utility": "off",
         # Durability is under test: keep every safety on.
         "fsync": "on",
         "synchronous_commit": "on",
