@@ -822,7 +822,7 @@ def fit_point(result: PhaseResult) -> tuple[float, float] | None:
 def fit_lines(fit: BatchFit | None, steady: PhaseResult) -> list[str]:
     """What the fit says the CPU target needs at phase 1's batching (issue #15)."""
     at = fit_point(steady)
-    if fit is None or at is None:
+    if fit is None or at is None or at[0] <= 0:
         return []
     target = BASELINE_PIPELINE_CPU_MS * CPU_TARGET_SHARE
     room = target - fit.per_event_ms
@@ -834,6 +834,8 @@ def fit_lines(fit: BatchFit | None, steady: PhaseResult) -> list[str]:
     ]
     if room <= 0:
         lines.append(f"  the per-opt-out part alone is above the target {target:.2f} ms")
+    elif fit.per_batch_ms <= 0:
+        lines.append("  no cost per batch found: the batches' count does not explain the CPU")
     else:
         lines.append(
             f"  the target {target:.2f} ms at that batching needs a batch at {room / at[0]:.2f} ms or less "

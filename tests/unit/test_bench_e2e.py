@@ -234,3 +234,6 @@ def test_the_fit_lines_say_what_the_cpu_target_needs():
     over = fit_lines(BatchFit(0.5, 5.0, 3), steady)
     assert over[1].strip() == "the per-opt-out part alone is above the target 0.47 ms"
     assert fit_lines(None, steady) == []
+    flat = fit_lines(BatchFit(0.3, -0.5, 3), steady)
+    assert flat[1].strip() == "no cost per batch found: the batches' count does not explain the CPU"
+    assert fit_lines(BatchFit(0.3, 5.0, 3), _fit_phase(500, 1000, {}, cpu_seconds=0.9)) == []
