@@ -89,7 +89,10 @@ class AsyncPublisher:
 
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             self.producer.delivery_outcome(err)
-            loop.call_soon_threadsafe(_resolve, done, err)
+            try:
+                loop.call_soon_threadsafe(_resolve, done, err)
+            except RuntimeError:  # its event loop closed (the server stopped): nobody awaits it
+                return  # and an exception here would end the poll thread that serves the rest
 
         value = self.publisher.codec.encode("OptOutRequested", prepared.record)
         try:

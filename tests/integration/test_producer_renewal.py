@@ -58,11 +58,15 @@ def test_the_web_publisher_replaces_a_handle_that_only_times_out(base_settings: 
     timeouts span ``renew_after_seconds``, its poll thread replaces the handle and the next
     request is acknowledged by the real broker."""
     cfg = isolated_settings(base_settings, web_publish_timeout_seconds=1.0)
+    # The replacement's first delivery waits for its connection, metadata and idempotent
+    # producer id: on a busy machine that took longer than the stuck phase's 1 s (a
+    # fresh-clone `make test`, 2026-12-03), so it gets the time a real request would.
+    fresh = cfg.model_copy(update={"web_publish_timeout_seconds": 10.0})
     handles: list[Producer] = []
 
     def make() -> Producer:
         if handles:
-            handles.append(web_producer(cfg))
+            handles.append(web_producer(fresh))
         else:  # nothing listens on port 1
             handles.append(web_producer(cfg.model_copy(update={"kafka_bootstrap": "127.0.0.1:1"})))
         return handles[-1]
@@ -87,6 +91,7 @@ def test_the_web_publisher_replaces_a_handle_that_only_times_out(base_settings: 
         while len(handles) == 1 and refused < 20:
             assert not await publish()
             refused += 1
+        publisher.timeout = fresh.web_publish_timeout_seconds
         return refused, await publish()
 
     try:
